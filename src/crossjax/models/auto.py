@@ -1,0 +1,88 @@
+"""``FlaxAutoModelForSequenceClassification``: dispatch on ``config.model_type`` to a family.
+
+Families register themselves by being a module in ``crossjax.models`` that defines a
+:class:`FlaxPreTrainedModel` subclass with ``model_types``: adding an architecture is adding one file.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import os
+import pkgutil
+from functools import cache
+from typing import Any
+
+import jax.numpy as jnp
+
+from crossjax.models.hf_io import (
+    CheckpointError,
+    FlaxPreTrainedModel,
+    load_config,
+    resolve_checkpoint_dir,
+)
+
+_NOT_FAMILIES = {"auto", "hf_io", "layers"}
+
+
+@cache
+def model_registry() -> dict[str, type[FlaxPreTrainedModel]]:
+    import crossjax.models as package
+
+    registry: dict[str, type[FlaxPreTrainedModel]] = {}
+    for info in pkgutil.iter_modules(package.__path__):
+        if info.name in _NOT_FAMILIES or info.name.startswith("_"):
+            continue
+        module = importlib.import_module(f"crossjax.models.{info.name}")
+        for _, cls in inspect.getmembers(module, inspect.isclass):
+            if issubclass(cls, FlaxPreTrainedModel) and cls.__module__ == module.__name__:
+                for model_type in cls.model_types:
+                    registry[model_type] = cls
+    return registry
+
+
+def supported_model_types() -> list[str]:
+    return sorted(model_registry())
+
+
+def model_class_for(config) -> type[FlaxPreTrainedModel]:
+    model_type = getattr(config, "model_type", None)
+    try:
+        return model_registry()[model_type]
+    except KeyError:
+        raise CheckpointError(
+            f"model_type {model_type!r} is not supported by crossjax; supported: "
+            f"{', '.join(supported_model_types())}"
+        ) from None
+
+
+class FlaxAutoModelForSequenceClassification:
+    """Like transformers' Auto class: ``from_pretrained`` (a directory or hub id) and ``from_config``."""
+
+    def __init__(self) -> None:
+        raise OSError("Use FlaxAutoModelForSequenceClassification.from_pretrained(...) or .from_config(...)")
+
+    @staticmethod
+    def from_config(config, *, dtype=jnp.float32, seed: int = 0) -> FlaxPreTrainedModel:
+        return model_class_for(config).from_config(config, dtype=dtype, seed=seed)
+
+    @staticmethod
+    def from_pretrained(
+        name_or_path: str | os.PathLike,
+        num_labels: int | None = None,
+        *,
+        dtype=jnp.float32,
+        seed: int = 0,
+        output_loading_info: bool = False,
+        config_kwargs: dict | None = None,
+        **hub_kwargs: Any,
+    ):
+        """Load a Hugging Face checkpoint directory (or hub id) into the matching crossjax family.
+
+        ``num_labels`` overrides the checkpoint's; a head of another size is re-initialised with a warning.
+        """
+        directory = resolve_checkpoint_dir(name_or_path, **hub_kwargs)
+        config = load_config(directory, num_labels=num_labels, **(config_kwargs or {}))
+        return model_class_for(config).from_pretrained(
+            directory, config=config, dtype=dtype, seed=seed, output_loading_info=output_loading_info
+        )

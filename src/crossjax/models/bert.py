@@ -1,0 +1,93 @@
+"""BERT for sequence classification: encoder + pooler (dense, tanh on [CLS]) + classifier.
+
+Mirrors ``transformers.BertForSequenceClassification``; the table below is the single source of truth for
+Hugging Face parameter names in both directions.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from crossjax.models.hf_io import (
+    FlaxPreTrainedModel,
+    ParamRule,
+    bert_style_embeddings,
+    bert_style_layer,
+    linear,
+)
+from crossjax.models.layers import Embeddings, Encoder, config_dropout, dense
+
+
+def encoder_kwargs(config, dtype, rngs: nnx.Rngs) -> dict:
+    """Keyword arguments of :class:`Encoder` from a BERT-style config (shared with RoBERTa and ELECTRA)."""
+    return dict(
+        num_layers=config.num_hidden_layers,
+        hidden=config.hidden_size,
+        heads=config.num_attention_heads,
+        intermediate=config.intermediate_size,
+        act=config.hidden_act,
+        eps=config.layer_norm_eps,
+        hidden_dropout=config_dropout(config, "hidden_dropout_prob"),
+        attention_dropout=config_dropout(config, "attention_probs_dropout_prob"),
+        std=config.initializer_range,
+        dtype=dtype,
+        rngs=rngs,
+    )
+
+
+def classifier_dropout(config) -> float:
+    value = getattr(config, "classifier_dropout", None)
+    return config_dropout(config, "hidden_dropout_prob") if value is None else float(value)
+
+
+class BertForSequenceClassification(FlaxPreTrainedModel):
+    model_types = ("bert",)
+    architecture = "BertForSequenceClassification"
+    base_model_prefix = "bert"
+    head_prefixes = ("classifier.",)
+
+    def __init__(self, config, *, dtype=jnp.float32, rngs: nnx.Rngs):
+        self.config = config
+        self.embeddings = Embeddings(
+            vocab_size=config.vocab_size,
+            features=config.hidden_size,
+            max_positions=config.max_position_embeddings,
+            type_vocab_size=config.type_vocab_size,
+            eps=config.layer_norm_eps,
+            dropout=config_dropout(config, "hidden_dropout_prob"),
+            std=config.initializer_range,
+            dtype=dtype,
+            rngs=rngs,
+            pad_token_id=config.pad_token_id,
+        )
+        self.encoder = Encoder(**encoder_kwargs(config, dtype, rngs))
+        std = config.initializer_range
+        self.pooler = dense(config.hidden_size, config.hidden_size, std=std, dtype=dtype, rngs=rngs)
+        self.dropout = nnx.Dropout(classifier_dropout(config), rngs=rngs)
+        self.classifier = dense(config.hidden_size, config.num_labels, std=std, dtype=dtype, rngs=rngs)
+
+    @classmethod
+    def param_table(cls, config) -> list[ParamRule]:
+        return [
+            *bert_style_embeddings("bert.embeddings"),
+            *bert_style_layer("bert.encoder.layer.{i}"),
+            *linear("bert.pooler.dense", "pooler"),
+            *linear("classifier", "classifier"),
+        ]
+
+    def __call__(
+        self, input_ids: jax.Array, attention_mask: jax.Array | None = None, token_type_ids: jax.Array | None = None
+    ) -> jax.Array:
+        if attention_mask is None:
+            attention_mask = jnp.ones_like(input_ids)
+        hidden = self.encoder(self.embeddings(input_ids, token_type_ids), attention_mask)
+        pooled = jnp.tanh(self.pooler(hidden[:, 0]))
+        return self.classifier(self.dropout(pooled)).astype(jnp.float32)
+
+    def encode(self, input_ids, attention_mask=None, token_type_ids=None) -> jax.Array:
+        """The encoder's last hidden states (B, L, H): what ``transformers.BertModel`` returns first."""
+        if attention_mask is None:
+            attention_mask = jnp.ones_like(input_ids)
+        return self.encoder(self.embeddings(input_ids, token_type_ids), attention_mask)

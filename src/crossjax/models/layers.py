@@ -1,0 +1,233 @@
+"""Building blocks shared by the BERT-style encoder families (post-LayerNorm transformer layers).
+
+Every family file composes these and adds its own head and parameter table; the math here follows
+Hugging Face's PyTorch implementations exactly so that logits match to float32 round-off.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+Array = jax.Array
+
+ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
+    "gelu": partial(jax.nn.gelu, approximate=False),
+    "gelu_new": partial(jax.nn.gelu, approximate=True),
+    "gelu_pytorch_tanh": partial(jax.nn.gelu, approximate=True),
+    "gelu_fast": partial(jax.nn.gelu, approximate=True),
+    "relu": jax.nn.relu,
+    "silu": jax.nn.silu,
+    "swish": jax.nn.silu,
+    "tanh": jnp.tanh,
+}
+
+
+def activation(name: str) -> Callable[[Array], Array]:
+    """Look up a Hugging Face ``hidden_act`` name; unknown names are a clear error."""
+    if callable(name):
+        raise TypeError("hidden_act must be a string naming the activation, got a callable")
+    try:
+        return ACTIVATIONS[name]
+    except KeyError:
+        raise ValueError(
+            f"Unsupported activation {name!r}; supported: {sorted(ACTIVATIONS)}"
+        ) from None
+
+
+def normal_init(std: float):
+    return nnx.initializers.normal(stddev=std)
+
+
+def dense(in_features: int, out_features: int, *, std: float, dtype, rngs: nnx.Rngs) -> nnx.Linear:
+    """A Linear layer initialised as transformers does: normal(0, initializer_range), zero bias."""
+    return nnx.Linear(
+        in_features,
+        out_features,
+        kernel_init=normal_init(std),
+        bias_init=nnx.initializers.zeros_init(),
+        dtype=dtype,
+        param_dtype=jnp.float32,
+        rngs=rngs,
+    )
+
+
+def layer_norm(features: int, eps: float, *, dtype, rngs: nnx.Rngs) -> nnx.LayerNorm:
+    return nnx.LayerNorm(features, epsilon=eps, dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
+
+
+def embedding(num: int, features: int, *, std: float, dtype, rngs: nnx.Rngs, padding_idx: int | None = None):
+    emb = nnx.Embed(
+        num, features, embedding_init=normal_init(std), dtype=dtype, param_dtype=jnp.float32, rngs=rngs
+    )
+    if padding_idx is not None and 0 <= padding_idx < num:
+        # transformers zeroes the padding row at init; do the same so fresh models agree.
+        emb.embedding[...] = emb.embedding[...].at[padding_idx].set(0.0)
+    return emb
+
+
+def position_ids_from_padding(input_ids: Array, padding_idx: int) -> Array:
+    """RoBERTa-style positions: count real tokens, starting at padding_idx + 1; pads get padding_idx."""
+    mask = (input_ids != padding_idx).astype(jnp.int32)
+    return jnp.cumsum(mask, axis=1) * mask + padding_idx
+
+
+class Embeddings(nnx.Module):
+    """Word + position (+ token type) embeddings, LayerNorm and dropout."""
+
+    def __init__(
+        self,
+        *,
+        vocab_size: int,
+        features: int,
+        max_positions: int,
+        type_vocab_size: int,
+        eps: float,
+        dropout: float,
+        std: float,
+        dtype,
+        rngs: nnx.Rngs,
+        pad_token_id: int | None = None,
+        positions_from_padding: bool = False,
+    ):
+        self.word = embedding(vocab_size, features, std=std, dtype=dtype, rngs=rngs, padding_idx=pad_token_id)
+        self.position = embedding(
+            max_positions,
+            features,
+            std=std,
+            dtype=dtype,
+            rngs=rngs,
+            padding_idx=pad_token_id if positions_from_padding else None,
+        )
+        self.token_type = (
+            embedding(type_vocab_size, features, std=std, dtype=dtype, rngs=rngs) if type_vocab_size > 0 else None
+        )
+        self.norm = layer_norm(features, eps, dtype=dtype, rngs=rngs)
+        self.dropout = nnx.Dropout(dropout, rngs=rngs)
+        self.pad_token_id = pad_token_id
+        self.positions_from_padding = positions_from_padding
+
+    def __call__(self, input_ids: Array, token_type_ids: Array | None) -> Array:
+        if self.positions_from_padding:
+            positions = position_ids_from_padding(input_ids, self.pad_token_id)
+        else:
+            positions = jnp.broadcast_to(jnp.arange(input_ids.shape[1]), input_ids.shape)
+        x = self.word(input_ids) + self.position(positions)
+        if self.token_type is not None:
+            if token_type_ids is None:
+                token_type_ids = jnp.zeros_like(input_ids)
+            x = x + self.token_type(token_type_ids)
+        return self.dropout(self.norm(x))
+
+
+class EncoderLayer(nnx.Module):
+    """A post-LayerNorm transformer layer: self-attention and a feed-forward block, each residual."""
+
+    def __init__(
+        self,
+        *,
+        hidden: int,
+        heads: int,
+        intermediate: int,
+        act: str,
+        eps: float,
+        hidden_dropout: float,
+        attention_dropout: float,
+        std: float,
+        dtype,
+        rngs: nnx.Rngs,
+        attention_output_dropout: bool = True,
+    ):
+        if hidden % heads:
+            raise ValueError(f"hidden size {hidden} is not a multiple of the number of heads {heads}")
+        self.heads = heads
+        self.query = dense(hidden, hidden, std=std, dtype=dtype, rngs=rngs)
+        self.key = dense(hidden, hidden, std=std, dtype=dtype, rngs=rngs)
+        self.value = dense(hidden, hidden, std=std, dtype=dtype, rngs=rngs)
+        self.attention_out = dense(hidden, hidden, std=std, dtype=dtype, rngs=rngs)
+        self.attention_norm = layer_norm(hidden, eps, dtype=dtype, rngs=rngs)
+        self.ffn_in = dense(hidden, intermediate, std=std, dtype=dtype, rngs=rngs)
+        self.ffn_out = dense(intermediate, hidden, std=std, dtype=dtype, rngs=rngs)
+        self.ffn_norm = layer_norm(hidden, eps, dtype=dtype, rngs=rngs)
+        self.act = activation(act)
+        self.attention_dropout = nnx.Dropout(attention_dropout, rngs=rngs)
+        self.dropout = nnx.Dropout(hidden_dropout, rngs=rngs)
+        # BERT drops out the attention block's output before its residual; DistilBERT does not.
+        self.attention_output_dropout = attention_output_dropout
+
+    def attention(self, x: Array, mask: Array) -> Array:
+        batch, length, hidden = x.shape
+        head_dim = hidden // self.heads
+
+        def split(t: Array) -> Array:
+            return t.reshape(batch, length, self.heads, head_dim)
+
+        q, k, v = split(self.query(x)), split(self.key(x)), split(self.value(x))
+        bool_mask = mask[:, None, None, :].astype(bool)  # (B, 1, 1, S): keys that may be attended
+        if self.attention_dropout.deterministic or self.attention_dropout.rate == 0.0:
+            # Fused path (cuDNN flash attention on GPU where the shapes allow it).
+            out = jax.nn.dot_product_attention(q, k, v, mask=bool_mask)
+        else:
+            scores = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) / jnp.sqrt(head_dim)
+            scores = jnp.where(bool_mask, scores, jnp.finfo(jnp.float32).min)
+            probs = self.attention_dropout(jax.nn.softmax(scores, axis=-1)).astype(v.dtype)
+            out = jnp.einsum("bhqk,bkhd->bqhd", probs, v)
+        return out.reshape(batch, length, hidden)
+
+    def __call__(self, x: Array, mask: Array) -> Array:
+        attended = self.attention_out(self.attention(x, mask))
+        if self.attention_output_dropout:
+            attended = self.dropout(attended)
+        x = self.attention_norm(x + attended)
+        return self.ffn_norm(x + self.dropout(self.ffn_out(self.act(self.ffn_in(x)))))
+
+
+class Encoder(nnx.Module):
+    def __init__(self, num_layers: int, **layer_kwargs):
+        self.layers = nnx.List([EncoderLayer(**layer_kwargs) for _ in range(num_layers)])
+
+    def __call__(self, x: Array, mask: Array) -> Array:
+        for layer in self.layers:
+            x = layer(x, mask)
+        return x
+
+
+def config_dropout(config, name: str, default: float = 0.1) -> float:
+    value = getattr(config, name, None)
+    return default if value is None else float(value)
+
+
+class FirstTokenClassificationHead(nnx.Module):
+    """[dropout ->] dense -> activation -> dropout -> out_proj on the first token's hidden state.
+
+    transformers' ``RobertaClassificationHead`` (tanh), ``ElectraClassificationHead`` (exact GELU) and, with
+    ``input_dropout=False``, DistilBERT's ``pre_classifier`` -> ReLU -> dropout -> ``classifier``.
+    """
+
+    def __init__(
+        self,
+        hidden: int,
+        num_labels: int,
+        *,
+        act: str,
+        dropout: float,
+        std: float,
+        dtype,
+        rngs: nnx.Rngs,
+        input_dropout: bool = True,
+    ):
+        self.dense = dense(hidden, hidden, std=std, dtype=dtype, rngs=rngs)
+        self.out_proj = dense(hidden, num_labels, std=std, dtype=dtype, rngs=rngs)
+        self.act = activation(act)
+        self.dropout = nnx.Dropout(dropout, rngs=rngs)
+        self.input_dropout = input_dropout
+
+    def __call__(self, hidden_states: Array) -> Array:
+        x = hidden_states[:, 0]
+        if self.input_dropout:
+            x = self.dropout(x)
+        return self.out_proj(self.dropout(self.act(self.dense(x))))

@@ -1,0 +1,132 @@
+"""crossjax's Flax encoders against PyTorch transformers, the oracle: same logits from the same weights."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import transformers
+from transformers import AutoModelForSequenceClassification
+
+from crossjax.models import FlaxAutoModelForSequenceClassification
+
+TINY = dict(vocab_size=101, max_position_embeddings=70)
+
+FAMILIES = {
+    "bert": lambda n: transformers.BertConfig(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37, num_labels=n, **TINY
+    ),
+    "roberta": lambda n: transformers.RobertaConfig(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37, num_labels=n,
+        pad_token_id=1, bos_token_id=0, eos_token_id=2, type_vocab_size=1, **TINY
+    ),
+    "xlm-roberta": lambda n: transformers.XLMRobertaConfig(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37, num_labels=n,
+        pad_token_id=1, bos_token_id=0, eos_token_id=2, type_vocab_size=1, **TINY
+    ),
+    "distilbert": lambda n: transformers.DistilBertConfig(
+        dim=32, n_layers=2, n_heads=4, hidden_dim=37, num_labels=n, pad_token_id=0, **TINY
+    ),
+    "electra": lambda n: transformers.ElectraConfig(
+        embedding_size=16, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
+        num_labels=n, **TINY
+    ),
+}
+
+
+def padded_batch(pad_id: int, seed: int = 0):
+    """A batch of varied lengths (3..14 tokens) padded on the right, with two token types."""
+    rng = np.random.RandomState(seed)
+    lengths = [14, 9, 3, 12]
+    ids = np.full((len(lengths), 14), pad_id, dtype=np.int64)
+    mask = np.zeros_like(ids)
+    types = np.zeros_like(ids)
+    for row, n in enumerate(lengths):
+        ids[row, :n] = rng.randint(3, TINY["vocab_size"], n)
+        mask[row, :n] = 1
+        types[row, n // 2 : n] = 1
+    return ids, mask, types
+
+
+def torch_logits(model, ids, mask, types):
+    kwargs = dict(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask))
+    if model.config.model_type == "bert" or model.config.model_type == "electra":
+        kwargs["token_type_ids"] = torch.tensor(types)
+    with torch.no_grad():
+        return model(**kwargs).logits.numpy()
+
+
+@pytest.fixture(scope="module", params=[(f, n) for f in FAMILIES for n in (1, 3)], ids=lambda p: f"{p[0]}-{p[1]}")
+def saved_pair(request, tmp_path_factory):
+    family, num_labels = request.param
+    torch.manual_seed(0)
+    config = FAMILIES[family](num_labels)
+    pt = AutoModelForSequenceClassification.from_config(config).eval()
+    directory = tmp_path_factory.mktemp(f"{family}{num_labels}")
+    pt.save_pretrained(directory)
+    return family, pt, directory
+
+
+def test_logits_equal_pytorch_float32(saved_pair):
+    family, pt, directory = saved_pair
+    model, info = FlaxAutoModelForSequenceClassification.from_pretrained(directory, output_loading_info=True)
+    assert info["missing_keys"] == [] and info["unexpected_keys"] == []
+    model.eval()
+    ids, mask, types = padded_batch(pt.config.pad_token_id)
+    ours = np.asarray(model(input_ids=ids, attention_mask=mask, token_type_ids=types))
+    assert ours.shape == (ids.shape[0], pt.config.num_labels)
+    np.testing.assert_allclose(ours, torch_logits(pt, ids, mask, types), atol=1e-5, rtol=0)
+
+
+def test_logits_close_in_bfloat16(saved_pair):
+    import jax.numpy as jnp
+
+    _, pt, directory = saved_pair
+    model = FlaxAutoModelForSequenceClassification.from_pretrained(directory, dtype=jnp.bfloat16)
+    model.eval()
+    ids, mask, types = padded_batch(pt.config.pad_token_id)
+    ours = np.asarray(model(input_ids=ids, attention_mask=mask, token_type_ids=types), dtype=np.float32)
+    ref = torch_logits(pt, ids, mask, types)
+    assert np.abs(ours - ref).max() <= 2e-2 * max(np.abs(ref).max(), 1.0)
+
+
+def test_logits_do_not_depend_on_batch_neighbours(saved_pair):
+    _, pt, directory = saved_pair
+    model = FlaxAutoModelForSequenceClassification.from_pretrained(directory)
+    model.eval()
+    ids, mask, types = padded_batch(pt.config.pad_token_id)
+    together = np.asarray(model(input_ids=ids, attention_mask=mask, token_type_ids=types))
+    for row in range(ids.shape[0]):
+        n = int(mask[row].sum())
+        alone = np.asarray(
+            model(input_ids=ids[row : row + 1, :n], attention_mask=mask[row : row + 1, :n],
+                  token_type_ids=types[row : row + 1, :n])
+        )
+        np.testing.assert_allclose(alone[0], together[row], atol=1e-5, rtol=0)
+
+
+def test_dropout_active_in_train_mode_only(saved_pair):
+    _, pt, directory = saved_pair
+    model = FlaxAutoModelForSequenceClassification.from_pretrained(directory)
+    ids, mask, types = padded_batch(pt.config.pad_token_id)
+    model.train()
+    a = np.asarray(model(input_ids=ids, attention_mask=mask, token_type_ids=types))
+    b = np.asarray(model(input_ids=ids, attention_mask=mask, token_type_ids=types))
+    assert not np.allclose(a, b), "dropout should make two train-mode calls differ"
+    model.eval()
+    c = np.asarray(model(input_ids=ids, attention_mask=mask, token_type_ids=types))
+    d = np.asarray(model(input_ids=ids, attention_mask=mask, token_type_ids=types))
+    np.testing.assert_array_equal(c, d)
+
+
+def test_export_round_trip_loads_in_pytorch(saved_pair, tmp_path):
+    _, pt, directory = saved_pair
+    model = FlaxAutoModelForSequenceClassification.from_pretrained(directory)
+    model.eval()
+    out = model.save_pretrained(tmp_path / "export")
+    reloaded, info = AutoModelForSequenceClassification.from_pretrained(out, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
+    assert type(reloaded).__name__ == type(pt).__name__
+    ids, mask, types = padded_batch(pt.config.pad_token_id)
+    ours = np.asarray(model(input_ids=ids, attention_mask=mask, token_type_ids=types))
+    np.testing.assert_allclose(torch_logits(reloaded.eval(), ids, mask, types), ours, atol=1e-5, rtol=0)

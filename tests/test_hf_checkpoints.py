@@ -18,8 +18,13 @@ from crossjax.models import CheckpointError, FlaxAutoModelForSequenceClassificat
 
 def tiny_bert(num_labels: int = 2) -> transformers.BertConfig:
     return transformers.BertConfig(
-        vocab_size=64, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=20,
-        max_position_embeddings=32, num_labels=num_labels,
+        vocab_size=64,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=20,
+        max_position_embeddings=32,
+        num_labels=num_labels,
     )
 
 
@@ -32,8 +37,14 @@ def tiny_dir(tmp_path):
 
 
 def batch_of(tokenizer, pairs):
-    enc = tokenizer([a for a, _ in pairs], [b for _, b in pairs], padding=True, truncation=True,
-                    max_length=128, return_tensors="np")
+    enc = tokenizer(
+        [a for a, _ in pairs],
+        [b for _, b in pairs],
+        padding=True,
+        truncation=True,
+        max_length=128,
+        return_tensors="np",
+    )
     return {k: enc[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
 
 

@@ -17,19 +17,40 @@ FAMILIES = {
         hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37, num_labels=n, **TINY
     ),
     "roberta": lambda n: transformers.RobertaConfig(
-        hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37, num_labels=n,
-        pad_token_id=1, bos_token_id=0, eos_token_id=2, type_vocab_size=1, **TINY
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=37,
+        num_labels=n,
+        pad_token_id=1,
+        bos_token_id=0,
+        eos_token_id=2,
+        type_vocab_size=1,
+        **TINY,
     ),
     "xlm-roberta": lambda n: transformers.XLMRobertaConfig(
-        hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37, num_labels=n,
-        pad_token_id=1, bos_token_id=0, eos_token_id=2, type_vocab_size=1, **TINY
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=37,
+        num_labels=n,
+        pad_token_id=1,
+        bos_token_id=0,
+        eos_token_id=2,
+        type_vocab_size=1,
+        **TINY,
     ),
     "distilbert": lambda n: transformers.DistilBertConfig(
         dim=32, n_layers=2, n_heads=4, hidden_dim=37, num_labels=n, pad_token_id=0, **TINY
     ),
     "electra": lambda n: transformers.ElectraConfig(
-        embedding_size=16, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
-        num_labels=n, **TINY
+        embedding_size=16,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=37,
+        num_labels=n,
+        **TINY,
     ),
 }
 
@@ -56,7 +77,9 @@ def torch_logits(model, ids, mask, types):
         return model(**kwargs).logits.numpy()
 
 
-@pytest.fixture(scope="module", params=[(f, n) for f in FAMILIES for n in (1, 3)], ids=lambda p: f"{p[0]}-{p[1]}")
+@pytest.fixture(
+    scope="module", params=[(f, n) for f in FAMILIES for n in (1, 3)], ids=lambda p: f"{p[0]}-{p[1]}"
+)
 def saved_pair(request, tmp_path_factory):
     family, num_labels = request.param
     torch.manual_seed(0)
@@ -99,8 +122,11 @@ def test_logits_do_not_depend_on_batch_neighbours(saved_pair):
     for row in range(ids.shape[0]):
         n = int(mask[row].sum())
         alone = np.asarray(
-            model(input_ids=ids[row : row + 1, :n], attention_mask=mask[row : row + 1, :n],
-                  token_type_ids=types[row : row + 1, :n])
+            model(
+                input_ids=ids[row : row + 1, :n],
+                attention_mask=mask[row : row + 1, :n],
+                token_type_ids=types[row : row + 1, :n],
+            )
         )
         np.testing.assert_allclose(alone[0], together[row], atol=1e-5, rtol=0)
 

@@ -78,7 +78,10 @@ class BertForSequenceClassification(FlaxPreTrainedModel):
         ]
 
     def __call__(
-        self, input_ids: jax.Array, attention_mask: jax.Array | None = None, token_type_ids: jax.Array | None = None
+        self,
+        input_ids: jax.Array,
+        attention_mask: jax.Array | None = None,
+        token_type_ids: jax.Array | None = None,
     ) -> jax.Array:
         if attention_mask is None:
             attention_mask = jnp.ones_like(input_ids)

@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
@@ -65,7 +64,10 @@ class ParamRule:
 
 def linear(hf: str, ours: str) -> list[ParamRule]:
     """Rows for an ``nn.Linear`` (weight transposed into a kernel, bias as is)."""
-    return [ParamRule(f"{hf}.weight", f"{ours}.kernel", transpose=True), ParamRule(f"{hf}.bias", f"{ours}.bias")]
+    return [
+        ParamRule(f"{hf}.weight", f"{ours}.kernel", transpose=True),
+        ParamRule(f"{hf}.bias", f"{ours}.bias"),
+    ]
 
 
 def norm(hf: str, ours: str) -> list[ParamRule]:
@@ -248,9 +250,7 @@ class FlaxPreTrainedModel(nnx.Module):
         """A freshly initialised model (transformers' initialisation: normal(0, initializer_range))."""
         return cls(config, dtype=dtype, rngs=nnx.Rngs(params=seed, dropout=seed + 1))
 
-    def load_hf_state_dict(
-        self, tensors: dict[str, np.ndarray], source: str = "checkpoint"
-    ) -> LoadingInfo:
+    def load_hf_state_dict(self, tensors: dict[str, np.ndarray], source: str = "checkpoint") -> LoadingInfo:
         """Fill our parameters from Hugging Face named tensors; return what was missing/unexpected."""
         info = LoadingInfo()
         table = self.param_table(self.config)
@@ -258,9 +258,7 @@ class FlaxPreTrainedModel(nnx.Module):
         tensors = {_rename_legacy(k): v for k, v in tensors.items()}
         if not any(k.startswith(prefix) for k in tensors):
             # A base-model checkpoint (e.g. a sentence-transformers bi-encoder): names lack the prefix.
-            tensors = {
-                (k if k.startswith(self.head_prefixes) else prefix + k): v for k, v in tensors.items()
-            }
+            tensors = {(k if k.startswith(self.head_prefixes) else prefix + k): v for k, v in tensors.items()}
         ours = flat_params(self)
         filled: set[str] = set()
         for name, array in tensors.items():
@@ -274,7 +272,9 @@ class FlaxPreTrainedModel(nnx.Module):
             var = ours[target]
             if tuple(value.shape) != tuple(var.shape):
                 if name.startswith(self.head_prefixes):
-                    info.mismatched_keys.append((name, tuple(array.shape), tuple(rule.to_hf(np.empty(var.shape)).shape)))
+                    info.mismatched_keys.append(
+                        (name, tuple(array.shape), tuple(rule.to_hf(np.empty(var.shape)).shape))
+                    )
                     continue
                 raise CheckpointError(
                     f"{source}: parameter {name} has shape {tuple(array.shape)}, but the config implies "

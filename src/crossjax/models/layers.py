@@ -6,8 +6,8 @@ Hugging Face's PyTorch implementations exactly so that logits match to float32 r
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
-from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -34,9 +34,7 @@ def activation(name: str) -> Callable[[Array], Array]:
     try:
         return ACTIVATIONS[name]
     except KeyError:
-        raise ValueError(
-            f"Unsupported activation {name!r}; supported: {sorted(ACTIVATIONS)}"
-        ) from None
+        raise ValueError(f"Unsupported activation {name!r}; supported: {sorted(ACTIVATIONS)}") from None
 
 
 def normal_init(std: float):
@@ -104,7 +102,9 @@ class Embeddings(nnx.Module):
             padding_idx=pad_token_id if positions_from_padding else None,
         )
         self.token_type = (
-            embedding(type_vocab_size, features, std=std, dtype=dtype, rngs=rngs) if type_vocab_size > 0 else None
+            embedding(type_vocab_size, features, std=std, dtype=dtype, rngs=rngs)
+            if type_vocab_size > 0
+            else None
         )
         self.norm = layer_norm(features, eps, dtype=dtype, rngs=rngs)
         self.dropout = nnx.Dropout(dropout, rngs=rngs)

@@ -1,0 +1,555 @@
+"""Data handling for cross-encoder training: examples, validation, one-time tokenization, batch planning.
+
+The pipeline is built for static shapes under ``jit``: sentence pairs are tokenized once (ragged, no
+padding), every epoch is planned as lists of example indices, and each batch is padded to one of a few
+*bucket* lengths and to a fixed number of rows (extra rows are masked out with ``example_mask``), so
+only ``len(buckets)`` programs are ever compiled.
+
+This module imports numpy only (never torch or jax), so data preparation and validation are cheap and
+errors surface before any tokenization or compilation. Tokenizers come in as objects.
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+import math
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, fields
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "InputExample",
+    "DataLoader",
+    "collect_examples",
+    "validate_examples",
+    "TokenizedPairs",
+    "tokenize_pairs",
+    "default_buckets",
+    "bucket_for",
+    "plan_batches",
+    "Batch",
+    "collate",
+    "PaddingStats",
+    "padding_stats",
+    "process_slice",
+]
+
+
+# --- examples and loaders ----------------------------------------------------------------------------
+
+
+@dataclass(repr=False)
+class InputExample:
+    """One sentence pair with its label, like sentence-transformers' ``InputExample``.
+
+    Unlike sentence-transformers (whose label defaults to ``0``), ``label`` defaults to ``None`` so a
+    forgotten label is reported by :func:`validate_examples` instead of silently training on zeros.
+    Note the field order ``(texts, label, guid)``; pass them by keyword to be safe.
+    """
+
+    texts: list[str] | tuple[str, ...]
+    label: int | float | None = None
+    guid: str = ""
+
+    def __repr__(self) -> str:
+        texts = "; ".join(str(t) for t in self.texts) if self.texts is not None else "None"
+        return f"<InputExample> label: {self.label}, texts: {texts}"
+
+    __str__ = __repr__
+
+
+class DataLoader:
+    """A torch-free stand-in for ``torch.utils.data.DataLoader`` over ``InputExample`` lists.
+
+    Iterating yields lists of examples (a new random order per pass when ``shuffle``). The trainer does
+    not iterate it: it reads ``dataset``, ``batch_size``, ``shuffle`` and ``drop_last`` and plans its
+    own length-grouped batches.
+    """
+
+    def __init__(
+        self,
+        samples: Sequence[InputExample],
+        batch_size: int = 16,
+        shuffle: bool = False,
+        drop_last: bool = False,
+        seed: int | None = None,
+    ) -> None:
+        if int(batch_size) < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.dataset = list(samples)
+        self.batch_size = int(batch_size)
+        self.shuffle = bool(shuffle)
+        self.drop_last = bool(drop_last)
+        self.seed = seed
+        self._rng = np.random.default_rng(seed)
+
+    def __len__(self) -> int:
+        n = len(self.dataset)
+        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+
+    def __iter__(self) -> Iterator[list[InputExample]]:
+        n = len(self.dataset)
+        order = self._rng.permutation(n) if self.shuffle else np.arange(n)
+        for b in range(len(self)):
+            yield [self.dataset[i] for i in order[b * self.batch_size : (b + 1) * self.batch_size]]
+
+    def __repr__(self) -> str:
+        return (
+            f"DataLoader({len(self.dataset)} examples, batch_size={self.batch_size}, "
+            f"shuffle={self.shuffle}, drop_last={self.drop_last})"
+        )
+
+
+_PAIR_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("sentence1", "sentence2"),
+    ("sentence_0", "sentence_1"),
+    ("text1", "text2"),
+    ("query", "passage"),
+    ("query", "document"),
+    ("query", "answer"),
+    ("premise", "hypothesis"),
+    ("question1", "question2"),
+)
+_LABEL_COLUMNS: tuple[str, ...] = ("label", "labels", "score")
+
+
+def _is_hf_dataset(obj: Any) -> bool:
+    return hasattr(obj, "column_names") and hasattr(obj, "features") and not hasattr(obj, "sampler")
+
+
+def _examples_from_hf_dataset(ds: Any) -> list[InputExample]:
+    """Read a ``datasets.Dataset`` column-wise into examples (pair columns by name, else the first two
+    string columns; the label from "label"/"labels"/"score" if present)."""
+    columns = ds.column_names
+    if isinstance(columns, dict):
+        raise TypeError(f"got a DatasetDict with splits {sorted(columns)}; pass one split, e.g. ds['train']")
+    if columns is None:
+        raise TypeError("streaming datasets (IterableDataset) without known columns are not supported")
+    label_col = next((c for c in _LABEL_COLUMNS if c in columns), None)
+    pair = next((p for p in _PAIR_COLUMNS if p[0] in columns and p[1] in columns), None)
+    if pair is None:
+        string_cols = [
+            c
+            for c in columns
+            if c != label_col and getattr(ds.features[c], "dtype", None) in ("string", "large_string")
+        ]
+        if len(string_cols) < 2:
+            raise ValueError(
+                f"could not find two text columns in the dataset (columns {columns}); name them e.g. "
+                "'sentence1'/'sentence2' or make the first two string columns the pair"
+            )
+        pair = (string_cols[0], string_cols[1])
+    a, b = ds[pair[0]], ds[pair[1]]
+    labels = ds[label_col] if label_col is not None else [None] * len(a)
+    return [InputExample(texts=[x, y], label=lab) for x, y, lab in zip(a, b, labels, strict=True)]
+
+
+def _dataset_items(dataset: Any) -> list[Any]:
+    if _is_hf_dataset(dataset):
+        return _examples_from_hf_dataset(dataset)
+    if hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__"):
+        return [dataset[i] for i in range(len(dataset))]
+    return list(dataset)
+
+
+def collect_examples(
+    train_dataloader: Any, batch_size: int | None = None, shuffle: bool | None = None
+) -> tuple[list[InputExample], int, bool, bool]:
+    """Extract ``(examples, batch_size, shuffle, drop_last)`` from what users pass to ``fit``.
+
+    Accepts our :class:`DataLoader`; a ``torch.utils.data.DataLoader`` over examples (only its
+    ``dataset``/``batch_size``/``sampler`` are read, it is never iterated, so no ``collate_fn`` is
+    needed; shuffle means a ``RandomSampler``); a ``datasets.Dataset`` (batch size 16 and shuffle by
+    default); or any iterable of example batches (batch size = first batch's size, no shuffle). A flat
+    iterable of examples gets batch size 16 and no shuffle. ``batch_size``/``shuffle`` override.
+    """
+    drop_last = False
+    if isinstance(train_dataloader, DataLoader):
+        ours = train_dataloader
+        examples, bs, shuf, drop_last = list(ours.dataset), ours.batch_size, ours.shuffle, ours.drop_last
+    elif _is_hf_dataset(train_dataloader):
+        examples = _examples_from_hf_dataset(train_dataloader)
+        bs, shuf = 16, True
+    elif all(hasattr(train_dataloader, a) for a in ("dataset", "batch_size", "sampler")):  # torch DataLoader
+        examples = _dataset_items(train_dataloader.dataset)
+        bs = train_dataloader.batch_size
+        if bs is None:  # a custom batch_sampler
+            bs = getattr(getattr(train_dataloader, "batch_sampler", None), "batch_size", None)
+        if bs is None and batch_size is None:
+            raise ValueError("cannot read the batch size of this DataLoader; pass batch_size=...")
+        shuf = type(train_dataloader.sampler).__name__ == "RandomSampler"
+        drop_last = bool(getattr(train_dataloader, "drop_last", False))
+    elif hasattr(train_dataloader, "train_examples") and hasattr(train_dataloader, "batch_size"):
+        # sentence-transformers' NoDuplicatesDataLoader: shuffles, drops the last partial batch.
+        examples = list(train_dataloader.train_examples)
+        bs, shuf, drop_last = train_dataloader.batch_size, True, True
+    elif isinstance(train_dataloader, Iterable) and not isinstance(train_dataloader, (str, bytes, dict)):
+        examples, bs, shuf = [], None, False
+        for item in train_dataloader:
+            if hasattr(item, "texts"):  # a flat iterable of examples
+                examples.append(item)
+                bs = 16 if bs is None else bs
+            else:
+                batch = list(item)
+                bs = len(batch) if bs is None else bs
+                examples.extend(batch)
+    else:
+        raise TypeError(
+            f"train_dataloader must be a DataLoader, a datasets.Dataset or an iterable of InputExample "
+            f"batches, got {type(train_dataloader).__name__}"
+        )
+    if not examples:
+        raise ValueError("train_dataloader is empty: it holds no examples")
+    bs = int(batch_size if batch_size is not None else bs)
+    if bs < 1:
+        raise ValueError(f"batch_size must be >= 1, got {bs}")
+    shuf = bool(shuffle if shuffle is not None else shuf)
+    return examples, bs, shuf, drop_last
+
+
+# --- validation --------------------------------------------------------------------------------------
+
+
+def _where(i: int, guid: Any) -> str:
+    return f"Example {i} (guid {guid!r})" if guid not in (None, "") else f"Example {i}"
+
+
+def validate_examples(
+    examples: Sequence[Any], num_labels: int, require_labels: bool = True
+) -> tuple[list[str], list[str], np.ndarray]:
+    """Check every example and split it into ``(texts_a, texts_b, labels)``.
+
+    Raises ``ValueError`` naming the example index (and guid) on the first problem, so bad data fails
+    fast, before tokenization or compilation. Regression (``num_labels == 1``) labels become float32;
+    classification labels int32 in ``[0, num_labels)`` (integral floats like ``1.0`` are accepted as
+    ``1``, ``1.5`` is rejected). Without ``require_labels`` missing labels become 0.
+    """
+    if int(num_labels) < 1:
+        raise ValueError(f"num_labels must be >= 1, got {num_labels}")
+    classification = num_labels > 1
+    texts_a: list[str] = []
+    texts_b: list[str] = []
+    labels = np.zeros(len(examples), dtype=np.int32 if classification else np.float32)
+    for i, ex in enumerate(examples):
+        guid = getattr(ex, "guid", "")
+        where = _where(i, guid)
+        if not hasattr(ex, "texts"):
+            raise ValueError(
+                f"{where}: expected an InputExample with .texts and .label, got {type(ex).__name__}"
+            )
+        texts = ex.texts
+        if texts is None or isinstance(texts, (str, bytes)) or not hasattr(texts, "__len__"):
+            raise ValueError(f"{where}: texts must be a list of exactly 2 strings, got {texts!r}")
+        if len(texts) != 2:
+            raise ValueError(f"{where}: expected exactly 2 texts, got {len(texts)}")
+        for j, t in enumerate(texts):
+            if t is None:
+                raise ValueError(f"{where}: text {j} is None")
+            if not isinstance(t, str):
+                raise ValueError(f"{where}: text {j} must be a string, got {type(t).__name__} {t!r}")
+        texts_a.append(texts[0])
+        texts_b.append(texts[1])
+
+        label = ex.label
+        if label is None:
+            if require_labels:
+                raise ValueError(f"{where}: missing label (label is None)")
+            continue
+        if getattr(label, "ndim", None) == 0 and hasattr(label, "item"):  # numpy / torch scalars
+            label = label.item()
+        if isinstance(label, (bool, np.bool_)):
+            raise ValueError(f"{where}: label {label!r} is a bool; use an int (0/1) or a float")
+        if not isinstance(label, (int, float, np.integer, np.floating)):
+            raise ValueError(f"{where}: label must be a number, got {type(label).__name__} {label!r}")
+        if not math.isfinite(float(label)):
+            raise ValueError(f"{where}: label is {label} (labels must be finite numbers)")
+        if classification:
+            if isinstance(label, (float, np.floating)) and not float(label).is_integer():
+                raise ValueError(
+                    f"{where}: label {label!r} is not a class index; num_labels={num_labels} means "
+                    f"classification with int labels 0..{num_labels - 1} (use int(label), or num_labels=1 "
+                    "for regression)"
+                )
+            value = int(label)
+            if not 0 <= value < num_labels:
+                raise ValueError(f"{where}: label {label!r} is out of range for num_labels={num_labels}")
+            labels[i] = value
+        else:
+            labels[i] = float(label)
+    return texts_a, texts_b, labels
+
+
+# --- tokenization ------------------------------------------------------------------------------------
+
+
+class _Ragged(Sequence):
+    """A read-only view of one ragged field: ``view[i]`` is example ``i``'s int32 array."""
+
+    def __init__(self, flat: np.ndarray, offsets: np.ndarray) -> None:
+        self._flat = flat
+        self._offsets = offsets
+
+    def __len__(self) -> int:
+        return len(self._offsets) - 1
+
+    def __getitem__(self, i: int) -> np.ndarray:  # type: ignore[override]
+        if not -len(self) <= i < len(self):
+            raise IndexError(i)
+        i %= len(self)
+        return self._flat[self._offsets[i] : self._offsets[i + 1]]
+
+
+@dataclass
+class TokenizedPairs:
+    """Unpadded token ids of all pairs, stored flat with offsets (cheap for millions of pairs)."""
+
+    flat_input_ids: np.ndarray  # int32 [total_tokens]
+    flat_token_type_ids: np.ndarray  # int32 [total_tokens]
+    offsets: np.ndarray  # int64 [N + 1]; example i is flat[offsets[i]:offsets[i + 1]]
+    lengths: np.ndarray  # int32 [N]
+    max_length: int
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    @property
+    def input_ids(self) -> _Ragged:
+        return _Ragged(self.flat_input_ids, self.offsets)
+
+    @property
+    def token_type_ids(self) -> _Ragged:
+        return _Ragged(self.flat_token_type_ids, self.offsets)
+
+
+def tokenize_pairs(
+    tokenizer: Any,
+    texts_a: Sequence[str],
+    texts_b: Sequence[str],
+    max_length: int,
+    chunk_size: int = 10_000,
+) -> TokenizedPairs:
+    """Tokenize all pairs once with a Hugging Face (fast) tokenizer, ``truncation="longest_first"`` like
+    ``CrossEncoder``, without padding; chunks bound the peak memory of Python lists."""
+    if len(texts_a) != len(texts_b):
+        raise ValueError(f"texts_a and texts_b differ in length: {len(texts_a)} vs {len(texts_b)}")
+    ids_parts: list[np.ndarray] = []
+    type_parts: list[np.ndarray] = []
+    len_parts: list[np.ndarray] = []
+    for start in range(0, len(texts_a), chunk_size):
+        enc = tokenizer(
+            list(texts_a[start : start + chunk_size]),
+            list(texts_b[start : start + chunk_size]),
+            truncation="longest_first",
+            max_length=max_length,
+            padding=False,
+            return_token_type_ids=True,
+            return_attention_mask=False,
+        )
+        ids = enc["input_ids"]
+        lens = np.fromiter((len(x) for x in ids), dtype=np.int32, count=len(ids))
+        total = int(lens.sum())
+        ids_parts.append(np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int32, count=total))
+        types = enc.get("token_type_ids") if hasattr(enc, "get") else None
+        if types is None:
+            type_parts.append(np.zeros(total, dtype=np.int32))
+        else:
+            type_parts.append(np.fromiter(itertools.chain.from_iterable(types), dtype=np.int32, count=total))
+        len_parts.append(lens)
+    lengths = np.concatenate(len_parts) if len_parts else np.zeros(0, np.int32)
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    return TokenizedPairs(
+        flat_input_ids=np.concatenate(ids_parts) if ids_parts else np.zeros(0, np.int32),
+        flat_token_type_ids=np.concatenate(type_parts) if type_parts else np.zeros(0, np.int32),
+        offsets=offsets,
+        lengths=lengths,
+        max_length=int(max_length),
+    )
+
+
+# --- buckets and batch planning ----------------------------------------------------------------------
+
+
+def default_buckets(max_length: int) -> tuple[int, ...]:
+    """Static sequence lengths to pad to: powers of two from 32 (16 when ``max_length <= 64``) below
+    ``max_length``, then ``max_length`` itself. Few buckets = few compiles; doubling bounds the waste."""
+    max_length = int(max_length)
+    if max_length < 1:
+        raise ValueError(f"max_length must be >= 1, got {max_length}")
+    b = 16 if max_length <= 64 else 32
+    buckets = []
+    while b < max_length:
+        buckets.append(b)
+        b *= 2
+    buckets.append(max_length)
+    return tuple(buckets)
+
+
+def bucket_for(length: int, buckets: Sequence[int]) -> int:
+    """The smallest bucket that holds ``length`` tokens."""
+    ordered = sorted(buckets)
+    k = bisect.bisect_left(ordered, int(length))
+    if k == len(ordered):
+        raise ValueError(f"length {length} exceeds the largest bucket {ordered[-1] if ordered else None}")
+    return ordered[k]
+
+
+def _chunks(order: np.ndarray, batch_size: int, drop_last: bool) -> list[np.ndarray]:
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    if drop_last and batches and len(batches[-1]) < batch_size:
+        batches.pop()
+    return batches
+
+
+def plan_batches(
+    lengths: np.ndarray,
+    batch_size: int,
+    shuffle: bool,
+    seed: int,
+    epoch: int,
+    drop_last: bool,
+    group_by_length: bool = True,
+    megabatch_mult: int = 50,
+) -> list[np.ndarray]:
+    """One epoch's batches as arrays of example indices (only the last may be partial).
+
+    Without ``shuffle``: sequential order, exactly the batches sentence-transformers would see. With
+    ``shuffle`` and ``group_by_length``: like HF's ``LengthGroupedSampler`` — a seeded permutation is cut
+    into megabatches of ``batch_size * megabatch_mult``, each sorted by length (descending) and split
+    into batches, whose order is then shuffled (the partial batch stays last). Examples in a batch then
+    have similar lengths, so far less padding is computed. Depends only on ``(seed, epoch)``.
+    """
+    lengths = np.asarray(lengths)
+    batch_size = int(batch_size)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    n = len(lengths)
+    if not shuffle:
+        return _chunks(np.arange(n, dtype=np.int64), batch_size, drop_last)
+    rng = np.random.default_rng((int(seed), int(epoch)))
+    perm = rng.permutation(n).astype(np.int64)
+    if not group_by_length:
+        return _chunks(perm, batch_size, drop_last)
+    mega = batch_size * max(1, int(megabatch_mult))
+    full: list[np.ndarray] = []
+    partial: list[np.ndarray] = []
+    for start in range(0, n, mega):
+        mb = perm[start : start + mega]
+        mb = mb[np.argsort(-lengths[mb], kind="stable")]
+        for batch in _chunks(mb, batch_size, drop_last=False):
+            (full if len(batch) == batch_size else partial).append(batch)
+    # Megabatches are multiples of batch_size, so at most one partial batch exists (the last one).
+    order = rng.permutation(len(full))
+    batches = [full[i] for i in order]
+    if partial and not drop_last:
+        batches.append(partial[0])
+    return batches
+
+
+# --- collation ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class Batch:
+    """One fixed-shape batch: ``[B, L]`` int32 token arrays, ``[B]`` labels and ``example_mask``
+    (1.0 for real rows, 0.0 for rows added to reach the static batch size)."""
+
+    input_ids: np.ndarray
+    attention_mask: np.ndarray
+    token_type_ids: np.ndarray
+    labels: np.ndarray
+    example_mask: np.ndarray
+
+    @property
+    def num_real(self) -> int:
+        return int(self.example_mask.sum())
+
+
+def collate(
+    tokenized: TokenizedPairs,
+    indices: np.ndarray,
+    labels: np.ndarray | None,
+    batch_size: int,
+    buckets: Sequence[int],
+    pad_token_id: int,
+) -> Batch:
+    """Pad the examples ``indices`` into a static-shape :class:`Batch`.
+
+    Rows are right-padded (like HF ``padding=True``) to the bucket of the longest row, and the batch is
+    padded to ``batch_size`` rows with masked-out examples (``input_ids`` = pad id, a single attended
+    position 0 so no row is fully masked, which would give NaN attention). ``labels`` is the label array
+    of the whole dataset (indexed with ``indices``); ``None`` for prediction gives float32 zeros.
+    """
+    indices = np.asarray(indices, dtype=np.int64)
+    n = len(indices)
+    if n > batch_size:
+        raise ValueError(f"got {n} examples for a batch of {batch_size} rows")
+    lens = tokenized.lengths[indices].astype(np.int64)
+    seq_len = bucket_for(int(lens.max()) if n else 1, buckets)
+
+    input_ids = np.full((batch_size, seq_len), pad_token_id, dtype=np.int32)
+    token_type_ids = np.zeros((batch_size, seq_len), dtype=np.int32)
+    attention_mask = np.zeros((batch_size, seq_len), dtype=np.int32)
+    total = int(lens.sum())
+    rows = np.repeat(np.arange(n), lens)
+    cols = np.arange(total) - np.repeat(np.cumsum(lens) - lens, lens)
+    src = np.repeat(tokenized.offsets[indices], lens) + cols
+    input_ids[rows, cols] = tokenized.flat_input_ids[src]
+    token_type_ids[rows, cols] = tokenized.flat_token_type_ids[src]
+    attention_mask[rows, cols] = 1
+    attention_mask[n:, 0] = 1
+
+    if labels is None:
+        batch_labels = np.zeros(batch_size, dtype=np.float32)
+    else:
+        labels = np.asarray(labels)
+        batch_labels = np.zeros(batch_size, dtype=labels.dtype)
+        batch_labels[:n] = labels[indices]
+    example_mask = np.zeros(batch_size, dtype=np.float32)
+    example_mask[:n] = 1.0
+    return Batch(input_ids, attention_mask, token_type_ids, batch_labels, example_mask)
+
+
+@dataclass
+class PaddingStats:
+    """Accumulates how much of the computed tokens were real (to report the cost of padding)."""
+
+    real_tokens: int = 0
+    computed_tokens: int = 0
+    real_rows: int = 0
+    rows: int = 0
+
+    def add(self, batch: Batch) -> None:
+        real = batch.example_mask > 0
+        self.real_tokens += int(batch.attention_mask[real].sum())
+        self.computed_tokens += int(batch.input_ids.size)
+        self.real_rows += int(real.sum())
+        self.rows += int(batch.input_ids.shape[0])
+
+    @property
+    def efficiency(self) -> float:
+        """Real tokens / computed tokens (1.0 = no padding at all)."""
+        return self.real_tokens / self.computed_tokens if self.computed_tokens else 1.0
+
+
+def padding_stats(batches: Iterable[Batch]) -> PaddingStats:
+    """A :class:`PaddingStats` over ``batches``."""
+    stats = PaddingStats()
+    for batch in batches:
+        stats.add(batch)
+    return stats
+
+
+def process_slice(batch: Batch, process_index: int, process_count: int) -> Batch:
+    """The contiguous rows of the global batch that process ``process_index`` feeds (multi-host)."""
+    rows = batch.input_ids.shape[0]
+    if process_count < 1 or not 0 <= process_index < process_count:
+        raise ValueError(f"invalid process_index {process_index} for process_count {process_count}")
+    if rows % process_count:
+        raise ValueError(f"batch size {rows} is not divisible by the process count {process_count}")
+    per = rows // process_count
+    sl = slice(process_index * per, (process_index + 1) * per)
+    return Batch(**{f.name: getattr(batch, f.name)[sl] for f in fields(batch)})

@@ -1,0 +1,55 @@
+"""Cross-encoder evaluators with sentence-transformers' API, metric keys and CSV files, but no torch/scipy.
+
+Each evaluator is called as ``evaluator(model, output_path=None, epoch=-1, steps=-1)`` and returns a dict of
+``"{name}_{metric}"`` floats; ``evaluator.primary_metric`` names the key a training loop should optimise.
+Both the classic ``CE*`` names and the sentence-transformers 6 ``CrossEncoder*Evaluator`` names are exported.
+"""
+
+from __future__ import annotations
+
+from .base import CrossEncoderEvaluator, is_main_process
+from .binary import (
+    CEBinaryAccuracyEvaluator,
+    CEBinaryClassificationEvaluator,
+    CrossEncoderClassificationEvaluator,
+    average_precision,
+    f1_scores,
+    find_best_acc_and_threshold,
+    find_best_f1_and_threshold,
+)
+from .correlation import (
+    CECorrelationEvaluator,
+    CrossEncoderCorrelationEvaluator,
+    pearson_correlation,
+    rankdata_average,
+    spearman_correlation,
+)
+from .f1 import CEF1Evaluator
+from .reranking import CERerankingEvaluator, CrossEncoderRerankingEvaluator, mrr_at_k, ndcg_at_k
+from .softmax_accuracy import CESoftmaxAccuracyEvaluator
+
+__all__ = [
+    "CrossEncoderEvaluator",
+    "is_main_process",
+    # Classic names
+    "CECorrelationEvaluator",
+    "CEBinaryClassificationEvaluator",
+    "CEBinaryAccuracyEvaluator",
+    "CESoftmaxAccuracyEvaluator",
+    "CEF1Evaluator",
+    "CERerankingEvaluator",
+    # sentence-transformers 6 names
+    "CrossEncoderCorrelationEvaluator",
+    "CrossEncoderClassificationEvaluator",
+    "CrossEncoderRerankingEvaluator",
+    # numpy metrics
+    "pearson_correlation",
+    "spearman_correlation",
+    "rankdata_average",
+    "find_best_acc_and_threshold",
+    "find_best_f1_and_threshold",
+    "average_precision",
+    "f1_scores",
+    "mrr_at_k",
+    "ndcg_at_k",
+]

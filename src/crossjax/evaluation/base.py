@@ -1,0 +1,150 @@
+"""Shared plumbing for the cross-encoder evaluators.
+
+The evaluators mirror sentence-transformers' ``BaseEvaluator`` contract (``name``, ``primary_metric``,
+``greater_is_better``, name-prefixed metric keys, append-only CSV files) without importing
+sentence-transformers or torch, so that evaluation can run inside a JAX training job.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+import re
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+
+class PredictModel(Protocol):
+    """What an evaluator needs from a model: a ``predict`` over sentence pairs returning numpy scores."""
+
+    def predict(self, sentences: Any, batch_size: int = 32, **kwargs: Any) -> Any: ...
+
+
+def is_main_process() -> bool:
+    """Return True on JAX process 0, so that only one host of a multi-host run writes result files."""
+    import jax
+
+    return jax.process_index() == 0
+
+
+def epoch_text(epoch: int, steps: int) -> str:
+    """The ' in epoch X after Y steps' suffix used in log lines, worded exactly like sentence-transformers."""
+    if epoch == -1:
+        return ""
+    if steps == -1:
+        return f" after epoch {epoch}"
+    return f" in epoch {epoch} after {steps} steps"
+
+
+def resolve_show_progress_bar(show_progress_bar: bool | None) -> bool:
+    """Default the progress bar to the logging level, as sentence-transformers does (INFO/DEBUG -> on)."""
+    if show_progress_bar is None:
+        return logger.getEffectiveLevel() in (logging.INFO, logging.DEBUG)
+    return show_progress_bar
+
+
+def _maybe_to_float(value: Any) -> Any:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return value
+
+
+class CrossEncoderEvaluator:
+    """Base class of all crossjax cross-encoder evaluators.
+
+    Subclasses implement ``__call__(model, output_path=None, epoch=-1, steps=-1) -> dict[str, float]``.
+    The returned keys are prefixed with ``name`` (``"{name}_{metric}"``) and ``primary_metric`` names the key
+    that a training loop should treat as *the* score (higher is better when ``greater_is_better``), which is
+    how sentence-transformers >= 3 training loops consume evaluators.
+    """
+
+    csv_file: str = ""
+    csv_headers: list[str] = []
+
+    def __init__(self, name: str = "", write_csv: bool = True) -> None:
+        self.name = name
+        self.write_csv = write_csv
+        self.greater_is_better = True
+        self.primary_metric: str | None = None
+
+    def __call__(
+        self, model: PredictModel, output_path: str | None = None, epoch: int = -1, steps: int = -1
+    ) -> dict[str, float]:
+        """Evaluate ``model``; append a CSV row under ``output_path`` (process 0 only); return metrics."""
+        raise NotImplementedError
+
+    # -- helpers shared by the subclasses -------------------------------------------------------------------
+
+    def prefix_name_to_metrics(self, metrics: dict[str, Any], name: str) -> dict[str, Any]:
+        """Prefix keys with ``name_`` and cast values to float, keeping ``primary_metric`` in sync (as ST)."""
+        if not name:
+            return {key: _maybe_to_float(value) for key, value in metrics.items()}
+        metrics = {name + "_" + key: _maybe_to_float(value) for key, value in metrics.items()}
+        if self.primary_metric is not None and not self.primary_metric.startswith(name + "_"):
+            self.primary_metric = name + "_" + self.primary_metric
+        return metrics
+
+    def write_csv_row(self, output_path: str | None, row: Sequence[Any]) -> None:
+        """Append ``row`` to ``output_path/csv_file``; the header is written only when the file is new.
+
+        Only JAX process 0 writes, so multi-host runs on a shared filesystem don't interleave rows.
+        """
+        if output_path is None or not self.write_csv or not is_main_process():
+            return
+        os.makedirs(output_path, exist_ok=True)
+        csv_path = os.path.join(output_path, self.csv_file)
+        output_file_exists = os.path.isfile(csv_path)
+        with open(csv_path, newline="", mode="a" if output_file_exists else "w", encoding="utf-8") as f:
+            writer = csv.writer(f)
+            if not output_file_exists:
+                writer.writerow(self.csv_headers)
+            writer.writerow([value.item() if isinstance(value, np.generic) else value for value in row])
+
+    def store_metrics_in_model_card_data(
+        self, model: Any, metrics: dict[str, Any], epoch: int = 0, step: int = 0
+    ) -> None:
+        """Forward metrics to ``model.model_card_data`` when the model has one (ST models do)."""
+        card = getattr(model, "model_card_data", None)
+        if card is not None and hasattr(card, "set_evaluation_metrics"):
+            card.set_evaluation_metrics(self, metrics, epoch, step)
+
+    def predict(
+        self,
+        model: PredictModel,
+        sentence_pairs: Sequence[Sequence[str]],
+        batch_size: int,
+        show_progress_bar: bool,
+        prompt_name: str | None = None,
+    ) -> np.ndarray:
+        """Call ``model.predict`` with the kwargs sentence-transformers uses.
+
+        ``prompt_name`` is only forwarded when set, because crossjax models have no prompts.
+        """
+        kwargs: dict[str, Any] = {
+            "batch_size": batch_size,
+            "convert_to_numpy": True,
+            "show_progress_bar": show_progress_bar,
+        }
+        if prompt_name is not None:
+            kwargs["prompt_name"] = prompt_name
+        return np.asarray(model.predict(sentence_pairs, **kwargs))
+
+    @property
+    def description(self) -> str:
+        """Human-readable name for model cards: ``CECorrelationEvaluator`` -> ``CrossEncoder Correlation``."""
+        class_name = self.__class__.__name__
+        if class_name.startswith("CE"):
+            class_name = "CrossEncoder" + class_name[2:]
+        if "Evaluator" in class_name:
+            class_name = class_name[: class_name.index("Evaluator")]
+        return re.sub(r"([a-z])([A-Z])", r"\g<1> \g<2>", class_name)
+
+    def get_config_dict(self) -> dict[str, Any]:
+        """Configuration worth recording in a model card; empty unless a subclass has tunables."""
+        return {}

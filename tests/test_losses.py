@@ -1,0 +1,199 @@
+"""JAX losses must equal PyTorch's on the real rows and ignore padding rows."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from crossjax.losses import (
+    activation_from_export_name,
+    activation_name_for_export,
+    binary_cross_entropy_with_logits,
+    cross_entropy,
+    identity,
+    mse,
+    relu,
+    resolve_activation,
+    resolve_loss,
+    sigmoid,
+    softmax,
+    tanh,
+)
+
+torch = pytest.importorskip("torch")
+nn = torch.nn
+
+B = 16
+REAL = 11  # rows 11..15 are padding
+
+
+def _logits(seed: int, num_labels: int, scale: float) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(B, num_labels)).astype(np.float32) * scale
+    if scale > 1:
+        x[0, 0] = 80.0  # exp overflows in float32 without the stable form
+        x[1, 0] = -80.0
+    return x
+
+
+def _mask() -> np.ndarray:
+    m = np.zeros(B, np.float32)
+    m[:REAL] = 1.0
+    return m
+
+
+def _close(ours: jnp.ndarray, theirs: torch.Tensor) -> None:
+    np.testing.assert_allclose(float(ours), float(theirs), rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("scale", [1.0, 30.0])
+def test_bce_matches_torch(scale: float) -> None:
+    logits = _logits(0, 1, scale)
+    labels = np.random.default_rng(1).uniform(size=B).astype(np.float32)
+    labels[:4] = [1.0, 0.0, 1.0, 0.0]
+    labels_pad = labels.copy()
+    labels_pad[REAL:] = 123.0  # garbage in padding rows must not matter
+    ours = binary_cross_entropy_with_logits(
+        jnp.asarray(logits), jnp.asarray(labels_pad), jnp.asarray(_mask())
+    )
+    theirs = nn.BCEWithLogitsLoss()(torch.from_numpy(logits[:REAL, 0]), torch.from_numpy(labels[:REAL]))
+    _close(ours, theirs)
+
+    ours_pw = resolve_loss(nn.BCEWithLogitsLoss(pos_weight=torch.tensor(3.0)), 1)(
+        jnp.asarray(logits), jnp.asarray(labels_pad), jnp.asarray(_mask())
+    )
+    theirs_pw = nn.BCEWithLogitsLoss(pos_weight=torch.tensor(3.0))(
+        torch.from_numpy(logits[:REAL, 0]), torch.from_numpy(labels[:REAL])
+    )
+    _close(ours_pw, theirs_pw)
+
+
+@pytest.mark.parametrize("scale", [1.0, 30.0])
+def test_cross_entropy_matches_torch(scale: float) -> None:
+    logits = _logits(2, 3, scale)
+    labels = np.random.default_rng(3).integers(0, 3, size=B).astype(np.int32)
+    m = jnp.asarray(_mask())
+    t_logits, t_labels = torch.from_numpy(logits[:REAL]), torch.from_numpy(labels[:REAL]).long()
+    _close(
+        cross_entropy(jnp.asarray(logits), jnp.asarray(labels), m), nn.CrossEntropyLoss()(t_logits, t_labels)
+    )
+
+    weight = torch.tensor([0.2, 1.0, 3.0])
+    for module in (
+        nn.CrossEntropyLoss(weight=weight),
+        nn.CrossEntropyLoss(label_smoothing=0.1),
+        nn.CrossEntropyLoss(weight=weight, label_smoothing=0.2),
+    ):
+        ours = resolve_loss(module, 3)(jnp.asarray(logits), jnp.asarray(labels), m)
+        _close(ours, module(t_logits, t_labels))
+
+
+@pytest.mark.parametrize("scale", [1.0, 30.0])
+def test_mse_matches_torch(scale: float) -> None:
+    logits = _logits(4, 1, scale)
+    labels = np.random.default_rng(5).normal(size=B).astype(np.float32)
+    ours = mse(jnp.asarray(logits), jnp.asarray(labels), jnp.asarray(_mask()))
+    theirs = nn.MSELoss()(torch.from_numpy(logits[:REAL, 0]), torch.from_numpy(labels[:REAL]))
+    _close(ours, theirs)
+
+
+def test_padding_rows_get_no_gradient_and_all_padding_is_zero() -> None:
+    logits = jnp.asarray(_logits(6, 1, 1.0))
+    labels = jnp.ones(B)
+    grad = jax.grad(lambda x: binary_cross_entropy_with_logits(x, labels, jnp.asarray(_mask())))(logits)
+    assert np.all(np.asarray(grad)[REAL:] == 0)
+    assert np.all(np.asarray(grad)[:REAL] != 0)
+    for fn, lab in ((binary_cross_entropy_with_logits, labels), (mse, labels)):
+        assert float(fn(logits, lab, jnp.zeros(B))) == 0.0
+    assert float(cross_entropy(jnp.zeros((B, 2)), jnp.zeros(B, jnp.int32), jnp.zeros(B))) == 0.0
+
+
+def test_jit() -> None:
+    logits = jnp.asarray(_logits(7, 3, 1.0))
+    labels = jnp.zeros(B, jnp.int32)
+    assert np.isfinite(float(jax.jit(cross_entropy)(logits, labels, jnp.asarray(_mask()))))
+
+
+def test_resolve_loss_defaults_and_names() -> None:
+    assert resolve_loss(None, 1) is binary_cross_entropy_with_logits
+    assert resolve_loss(None, 3) is cross_entropy
+    for name, fn in [
+        ("bce", binary_cross_entropy_with_logits),
+        ("Binary_Cross_Entropy", binary_cross_entropy_with_logits),
+        ("CE", cross_entropy),
+        ("cross_entropy", cross_entropy),
+        ("MSE", mse),
+    ]:
+        assert resolve_loss(name, 1) is fn
+    assert resolve_loss(nn.BCEWithLogitsLoss(), 1) is binary_cross_entropy_with_logits
+    assert resolve_loss(nn.CrossEntropyLoss(), 2) is cross_entropy
+    assert resolve_loss(nn.MSELoss(), 1) is mse
+
+    def custom(logits, labels, mask):
+        return jnp.sum(logits)
+
+    assert resolve_loss(custom, 1) is custom
+
+
+def test_resolve_loss_errors() -> None:
+    with pytest.raises(ValueError, match="Unsupported torch loss L1Loss.*BCEWithLogitsLoss"):
+        resolve_loss(nn.L1Loss(), 1)
+    with pytest.raises(ValueError, match="reduction='sum'"):
+        resolve_loss(nn.MSELoss(reduction="sum"), 1)
+    with pytest.raises(ValueError, match="Unknown loss 'hinge'"):
+        resolve_loss("hinge", 1)
+    with pytest.raises(TypeError):
+        resolve_loss(3, 1)
+    with pytest.raises(ValueError, match=r"shape \[B, 1\]"):
+        mse(jnp.zeros((4, 3)), jnp.zeros(4), jnp.ones(4))
+
+
+def test_activations_match_torch() -> None:
+    x = np.random.default_rng(8).normal(size=(5, 3)).astype(np.float32) * 4
+    pairs = [
+        (nn.Identity(), identity),
+        (nn.Sigmoid(), sigmoid),
+        (nn.Tanh(), tanh),
+        (nn.Softmax(dim=-1), softmax),
+        (nn.ReLU(), relu),
+    ]
+    for module, ours in pairs:
+        fn = resolve_activation(module)
+        assert fn is ours
+        np.testing.assert_allclose(
+            np.asarray(fn(jnp.asarray(x))), module(torch.from_numpy(x)).numpy(), rtol=1e-6
+        )
+    assert resolve_activation(None) is identity
+    assert resolve_activation("identity") is identity
+    assert resolve_activation("Sigmoid") is sigmoid
+    assert resolve_activation(jax.nn.sigmoid) is sigmoid
+    custom = lambda v: v * 2  # noqa: E731
+    assert resolve_activation(custom) is custom
+    with pytest.raises(ValueError, match="Unsupported torch activation GELU"):
+        resolve_activation(nn.GELU())
+    with pytest.raises(ValueError, match="Unknown activation 'swish'"):
+        resolve_activation("swish")
+    with pytest.raises(ValueError, match="dim=0"):
+        resolve_activation(nn.Softmax(dim=0))
+
+
+def test_export_names_are_sentence_transformers_fullnames() -> None:
+    from sentence_transformers.util import fullname, import_from_string
+
+    for module in (nn.Identity(), nn.Sigmoid(), nn.Tanh(), nn.Softmax(dim=-1), nn.ReLU()):
+        name = activation_name_for_export(resolve_activation(module))
+        assert name == fullname(module)
+        assert activation_name_for_export(module) == name
+        assert type(import_from_string(name)()) is type(module)
+        assert activation_from_export_name(name) is resolve_activation(module)
+    assert activation_name_for_export(None) == "torch.nn.modules.linear.Identity"
+    assert activation_name_for_export(sigmoid) == "torch.nn.modules.activation.Sigmoid"
+    assert activation_from_export_name("torch.nn.Sigmoid") is sigmoid
+    with pytest.raises(ValueError, match="Cannot export custom activation"):
+        activation_name_for_export(lambda v: v)
+    with pytest.raises(ValueError, match="Unsupported activation"):
+        activation_from_export_name("torch.nn.modules.activation.GELU")
+    with pytest.raises(ValueError, match="Unsupported activation"):
+        activation_from_export_name("mypackage.Sigmoid")

@@ -61,7 +61,7 @@ def clip_by_global_norm_like_torch(max_norm: float) -> optax.GradientTransformat
 
     def update(updates, state, params=None):
         del params
-        norm = optax.global_norm(updates)
+        norm = optax.tree.norm(updates)
         scale = jnp.minimum(1.0, max_norm / (norm + 1e-6))
         return jax.tree.map(lambda g: g * scale.astype(g.dtype), updates), state
 
@@ -106,7 +106,7 @@ def make_train_step(
     k = int(accumulation_steps)
 
     def micro_loss(params, rest, micro, total):
-        model = nnx.merge(graphdef, params, rest)
+        model = nnx.merge(graphdef, params, rest, copy=True)
         logits = model(micro["input_ids"], micro["attention_mask"], micro["token_type_ids"])
         logits = activation(logits)
         count = jnp.sum(micro["example_mask"])
@@ -135,7 +135,7 @@ def make_train_step(
             (grads, loss, rest), _ = jax.lax.scan(
                 body, (zeros, jnp.zeros((), jnp.float32), state.rest), micro_batches
             )
-        grad_norm = optax.global_norm(grads)
+        grad_norm = optax.tree.norm(grads)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
@@ -160,7 +160,7 @@ def make_predict_step(graphdef, counter: CompileCounter | None = None):
     def predict_step(params, rest, batch: dict) -> jax.Array:
         if counter is not None:
             counter.tick(batch["input_ids"].shape)
-        model = nnx.merge(graphdef, params, rest)
+        model = nnx.merge(graphdef, params, rest, copy=True)
         return model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
 
     return predict_step
@@ -179,7 +179,7 @@ def batch_to_global(batch: Batch, plan: MeshPlan) -> dict:
 
 
 def graphdef_with_dtype(model: FlaxPreTrainedModel, dtype, train: bool):
-    """The graph of ``model`` rebuilt with another compute dtype and train/eval mode (parameters unchanged)."""
+    """The graph of ``model`` rebuilt with another compute dtype and train/eval mode (same parameters)."""
     config = model.config
     abstract = nnx.eval_shape(lambda: type(model)(config, dtype=dtype, rngs=nnx.Rngs(0)))
     if train:

@@ -1,0 +1,407 @@
+"""``CrossEncoder``: sentence-transformers' API over crossjax's models, data pipeline and trainer.
+
+A script written for ``sentence_transformers.CrossEncoder`` (its legacy ``fit``) runs after changing the
+imports. Differences are listed in the README ("Differences from sentence-transformers").
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from crossjax import data as data_lib
+from crossjax import losses, training
+from crossjax.models.auto import FlaxAutoModelForSequenceClassification, model_class_for
+from crossjax.models.hf_io import ST_CONFIG, load_config, resolve_checkpoint_dir
+from crossjax.parallel import MeshPlan, initialize_distributed, is_main_process, make_mesh
+from crossjax.schedules import make_schedule
+
+logger = logging.getLogger("crossjax")
+
+DTYPES = {"float32": jnp.float32, "fp32": jnp.float32, "bfloat16": jnp.bfloat16, "bf16": jnp.bfloat16}
+
+
+def _as_dtype(dtype) -> Any:
+    if isinstance(dtype, str):
+        try:
+            return DTYPES[dtype.lower()]
+        except KeyError:
+            raise ValueError(f"compute dtype {dtype!r} is not one of {sorted(DTYPES)}") from None
+    if jnp.dtype(dtype) not in (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16)):
+        raise ValueError(f"compute dtype must be float32 or bfloat16, got {dtype}")
+    return jnp.dtype(dtype).type
+
+
+def _saved_activation(directory: Path, config) -> str | None:
+    """The activation a sentence-transformers CrossEncoder saved (v4+ file, config.json, or pre-v4 key)."""
+    st_file = directory / ST_CONFIG
+    if st_file.is_file():
+        try:
+            name = json.loads(st_file.read_text()).get("activation_fn")
+        except ValueError:
+            name = None
+        if name:
+            return name
+    st = getattr(config, "sentence_transformers", None)
+    if isinstance(st, dict) and st.get("activation_fn"):
+        return st["activation_fn"]
+    return getattr(config, "sbert_ce_default_activation_function", None)
+
+
+class CrossEncoder:
+    """A cross-encoder: reads a sentence pair together and outputs a score (``num_labels=1``) or logits.
+
+    Args mirror ``sentence_transformers.CrossEncoder``: ``model_name_or_path`` is a local Hugging Face
+    directory or a hub id; ``num_labels`` None takes the checkpoint's when it has a sequence-classification
+    head, else 1; ``max_length`` truncates pairs (default: the model's position limit);
+    ``activation_fn`` is applied by ``predict`` (default: the saved one, else Sigmoid for one label,
+    Identity otherwise). JAX extras: ``compute_dtype`` ("float32" or "bfloat16", parameters always stay
+    float32), ``seed`` (head initialisation and dropout), ``sharding`` ("replicated" or "fsdp") and
+    ``buckets`` (the static sequence lengths batches are padded to).
+    """
+
+    def __init__(
+        self,
+        model_name_or_path: str | os.PathLike,
+        num_labels: int | None = None,
+        max_length: int | None = None,
+        activation_fn: Callable | str | None = None,
+        tokenizer_kwargs: dict | None = None,
+        config_kwargs: dict | None = None,
+        *,
+        compute_dtype: str | Any = "float32",
+        seed: int = 0,
+        sharding: str = "replicated",
+        buckets: tuple[int, ...] | None = None,
+        cache_dir: str | None = None,
+        revision: str | None = None,
+        local_files_only: bool = False,
+        token: str | bool | None = None,
+        default_activation_function: Callable | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if kwargs:
+            logger.warning("CrossEncoder: ignoring arguments without meaning in crossjax: %s", sorted(kwargs))
+        if activation_fn is None and default_activation_function is not None:
+            activation_fn = default_activation_function  # sentence-transformers < 4 spelling
+        initialize_distributed()  # a no-op unless this is a recognisable multi-process launch
+        hub = {k: v for k, v in dict(cache_dir=cache_dir, revision=revision, token=token).items() if v}
+        if local_files_only:
+            hub["local_files_only"] = True
+        directory = resolve_checkpoint_dir(model_name_or_path, **hub)
+        config = load_config(directory, **(config_kwargs or {}))
+        classifier_trained = any(
+            a.endswith("ForSequenceClassification") for a in (config.architectures or [])
+        )
+        if num_labels is None and not classifier_trained:
+            num_labels = 1
+        if num_labels is not None:
+            config = load_config(directory, num_labels=num_labels, **(config_kwargs or {}))
+        self.config = config
+        self.model_name_or_path = str(model_name_or_path)
+        self.compute_dtype = _as_dtype(compute_dtype)
+        self.seed = int(seed)
+        self.model = model_class_for(config).from_pretrained(
+            directory, config=config, dtype=jnp.float32, seed=self.seed
+        )
+        self.model.eval()
+        self.tokenizer = self._load_tokenizer(directory, tokenizer_kwargs or {})
+        self.max_length = self._resolve_max_length(max_length)
+        self.buckets = tuple(sorted(buckets)) if buckets else data_lib.default_buckets(self.max_length)
+        if self.buckets[-1] < self.max_length:
+            raise ValueError(f"the largest bucket {self.buckets[-1]} is below max_length={self.max_length}")
+        saved = _saved_activation(directory, config)
+        if activation_fn is not None:
+            self.activation_fn = losses.resolve_activation(activation_fn)
+        elif saved is not None:
+            self.activation_fn = losses.activation_from_export_name(saved)
+        else:
+            self.activation_fn = losses.sigmoid if self.num_labels == 1 else losses.identity
+        self.mesh_plan: MeshPlan = make_mesh(sharding)
+        self._predict_fns: dict = {}
+        self.compilations = {"train": 0, "predict": 0}
+        self.training_history: list[dict[str, float]] = []
+        self.best_score: float | None = None
+        self._place_parameters()
+
+    # ------------------------------------------------------------------------------------------ set-up
+    def _load_tokenizer(self, directory: Path, tokenizer_kwargs: dict):
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(str(directory), **tokenizer_kwargs)
+        if not getattr(tokenizer, "is_fast", False):
+            raise ValueError(
+                f"{directory}: crossjax needs a fast (Rust) tokenizer; this checkpoint only has a slow one. "
+                "Convert it with `AutoTokenizer.from_pretrained(..., use_fast=True).save_pretrained(...)`."
+            )
+        return tokenizer
+
+    def _resolve_max_length(self, max_length: int | None) -> int:
+        limit = int(getattr(self.config, "max_position_embeddings", 512))
+        if getattr(self.model.embeddings, "positions_from_padding", False):
+            limit -= int(self.config.pad_token_id) + 1  # RoBERTa-style positions start past the pad index
+        if max_length is None:
+            tokenizer_max = getattr(self.tokenizer, "model_max_length", None)
+            max_length = min(limit, tokenizer_max) if tokenizer_max and tokenizer_max < 10**6 else limit
+        max_length = int(max_length)
+        if not 2 <= max_length <= limit:
+            raise ValueError(
+                f"max_length={max_length} must be between 2 and the model's position limit {limit}"
+            )
+        return max_length
+
+    def _place_parameters(self) -> None:
+        """Put the parameters on the mesh (replicated, or sharded under fsdp) once, not per call."""
+        params = nnx.state(self.model, nnx.Param)
+        placed = jax.device_put(params, self.mesh_plan.state_shardings(params))
+        nnx.update(self.model, placed)
+
+    @property
+    def num_labels(self) -> int:
+        return self.model.num_labels
+
+    @property
+    def max_seq_length(self) -> int:
+        return self.max_length
+
+    # ------------------------------------------------------------------------------------------ predict
+    def _predict_fn(self, dtype):
+        key = jnp.dtype(dtype).name
+        if key not in self._predict_fns:
+            graphdef = training.graphdef_with_dtype(self.model, dtype, train=False)
+            counter = training.CompileCounter()
+            step = training.make_predict_step(graphdef, counter)
+            fn = jax.jit(step, out_shardings=self.mesh_plan.replicated)
+            self._predict_fns[key] = (fn, counter)
+        return self._predict_fns[key]
+
+    def _logits(self, pairs: list, batch_size: int, show_progress_bar: bool | None, dtype=None) -> np.ndarray:
+        """Logits in input order; pairs are sorted by length so each batch pads to a small bucket."""
+        texts_a, texts_b = [], []
+        for i, pair in enumerate(pairs):
+            if isinstance(pair, str) or len(pair) != 2:
+                raise ValueError(f"Pair {i}: expected two texts (a, b), got {pair!r}")
+            a, b = pair
+            if not isinstance(a, str) or not isinstance(b, str):
+                raise ValueError(
+                    f"Pair {i}: texts must be strings, got {type(a).__name__}, {type(b).__name__}"
+                )
+            texts_a.append(a)
+            texts_b.append(b)
+        tokenized = data_lib.tokenize_pairs(self.tokenizer, texts_a, texts_b, self.max_length)
+        shards = (
+            self.mesh_plan.data_shards
+            * jax.process_count()
+            // math.gcd(self.mesh_plan.data_shards, jax.process_count())
+        )
+        rows = max(1, int(batch_size))
+        rows = -(-rows // shards) * shards  # round up so the batch splits evenly over the data shards
+        order = np.argsort(-tokenized.lengths, kind="stable")
+        fn, counter = self._predict_fn(dtype or self.compute_dtype)
+        params, rest = nnx.state(self.model, nnx.Param), nnx.state(self.model, nnx.Not(nnx.Param))
+        out = np.zeros((len(pairs), self.num_labels), dtype=np.float32)
+        chunks = [order[i : i + rows] for i in range(0, len(order), rows)]
+        pending = []
+        for indices in _progress(chunks, show_progress_bar and len(chunks) > 1, "Batches"):
+            batch = data_lib.collate(tokenized, indices, None, rows, self.buckets, self._pad_id)
+            pending.append((indices, fn(params, rest, training.batch_to_global(batch, self.mesh_plan))))
+        for indices, logits in pending:
+            out[indices] = np.asarray(logits)[: len(indices)]
+        self.compilations["predict"] = sum(c.count for _, c in self._predict_fns.values())
+        return out
+
+    @property
+    def _pad_id(self) -> int:
+        pad = self.tokenizer.pad_token_id
+        return int(pad if pad is not None else (self.config.pad_token_id or 0))
+
+    def predict(
+        self,
+        sentences: list[tuple[str, str]] | list[list[str]] | tuple[str, str],
+        batch_size: int = 32,
+        show_progress_bar: bool | None = None,
+        activation_fn: Callable | str | None = None,
+        apply_softmax: bool = False,
+        convert_to_numpy: bool = True,
+        convert_to_tensor: bool = False,
+        **kwargs: Any,
+    ):
+        """Scores for sentence pairs, in input order: a 1-D array for one label, (n, num_labels) otherwise.
+
+        A single pair ``(a, b)`` gives a single score (or one row), as in sentence-transformers.
+        ``convert_to_tensor`` returns a JAX array instead of numpy.
+        """
+        if kwargs:
+            logger.debug("predict: ignoring %s", sorted(kwargs))
+        single = len(sentences) == 2 and all(isinstance(s, str) for s in sentences)
+        pairs = [tuple(sentences)] if single else list(sentences)
+        if not pairs:
+            return np.zeros((0,) if self.num_labels == 1 else (0, self.num_labels), dtype=np.float32)
+        if show_progress_bar is None:
+            show_progress_bar = logger.getEffectiveLevel() <= logging.INFO and is_main_process()
+        logits = self._logits(pairs, batch_size, show_progress_bar)
+        activation = self.activation_fn if activation_fn is None else losses.resolve_activation(activation_fn)
+        scores = np.asarray(activation(jnp.asarray(logits)), dtype=np.float32)
+        if apply_softmax and scores.shape[1] > 1:
+            scores = np.asarray(jax.nn.softmax(jnp.asarray(scores), axis=1))
+        if self.num_labels == 1:
+            scores = scores[:, 0]
+        if single:
+            scores = scores[0]
+        if convert_to_tensor:
+            return jnp.asarray(scores)
+        if not convert_to_numpy:
+            return list(scores) if not single else scores
+        return scores
+
+    def rank(
+        self,
+        query: str,
+        documents: list[str],
+        top_k: int | None = None,
+        return_documents: bool = False,
+        batch_size: int = 32,
+        show_progress_bar: bool | None = None,
+        activation_fn: Callable | str | None = None,
+        apply_softmax: bool = False,
+        convert_to_numpy: bool = True,
+    ) -> list[dict[str, Any]]:
+        """``[{"corpus_id", "score"(, "text")}]`` for ``documents`` against ``query``, best first."""
+        if self.num_labels != 1:
+            raise ValueError(
+                f"rank needs a model with one output (num_labels=1); this one has {self.num_labels}"
+            )
+        if not isinstance(query, str):
+            raise ValueError(f"query must be a string, got {type(query).__name__}")
+        scores = self.predict(
+            [(query, doc) for doc in documents],
+            batch_size=batch_size,
+            show_progress_bar=show_progress_bar,
+            activation_fn=activation_fn,
+            apply_softmax=apply_softmax,
+        )
+        results = [{"corpus_id": i, "score": float(s)} for i, s in enumerate(np.atleast_1d(scores))]
+        if return_documents:
+            for r in results:
+                r["text"] = documents[r["corpus_id"]]
+        results.sort(key=lambda r: r["score"], reverse=True)
+        return results[:top_k] if top_k is not None else results
+
+    # ------------------------------------------------------------------------------------------ save
+    def save(self, path: str | os.PathLike, **kwargs: Any) -> Path | None:
+        """Export a Hugging Face model (+ tokenizer and sentence-transformers metadata) to ``path``.
+
+        In a multi-process run every process must call it (parameters are gathered); only process 0 writes.
+        """
+        if path is None:
+            return None
+        params = nnx.state(self.model, nnx.Param)
+        gathered = jax.jit(lambda p: p, out_shardings=self.mesh_plan.replicated)(params)
+        if not is_main_process():
+            return None
+        model = nnx.merge(nnx.graphdef(self.model), gathered, nnx.state(self.model, nnx.Not(nnx.Param)))
+        out = model.save_pretrained(
+            path,
+            self.tokenizer,
+            activation_fn=losses.activation_name_for_export(self.activation_fn),
+            max_length=self.max_length,
+        )
+        logger.info("Saved model to %s", out)
+        return out
+
+    save_pretrained = save
+
+    # ------------------------------------------------------------------------------------------ fit
+    def fit(
+        self,
+        train_dataloader: Any,
+        evaluator: Callable | None = None,
+        epochs: int = 1,
+        loss_fct: Any = None,
+        activation_fct: Any = None,
+        scheduler: str = "WarmupLinear",
+        warmup_steps: int = 10000,
+        optimizer_class: Any = None,
+        optimizer_params: dict[str, Any] = {"lr": 2e-5},
+        weight_decay: float = 0.01,
+        evaluation_steps: int = 0,
+        output_path: str | None = None,
+        save_best_model: bool = True,
+        max_grad_norm: float = 1,
+        use_amp: bool = False,
+        callback: Callable[[float, int, int], None] | None = None,
+        show_progress_bar: bool = True,
+        *,
+        gradient_accumulation_steps: int = 1,
+        seed: int | None = None,
+        compute_dtype: str | Any | None = None,
+        logging_steps: int = 10,
+        checkpoint_path: str | None = None,
+        checkpoint_save_steps: int = 500,
+        checkpoint_save_total_limit: int | None = 2,
+    ) -> dict[str, Any]:
+        """Train like sentence-transformers' legacy ``fit`` (see its docs); returns a summary of the run.
+
+        JAX extras: ``gradient_accumulation_steps`` (each optimizer step consumes that many dataloader
+        batches), ``seed`` (data order and dropout; default: the CrossEncoder's seed), ``compute_dtype``
+        (default bfloat16 with ``use_amp`` else float32), ``logging_steps`` (how often the loss is fetched
+        from the device for the progress bar), and ``checkpoint_path``/``checkpoint_save_steps``/
+        ``checkpoint_save_total_limit`` for preemption-safe orbax checkpoints with exact resume.
+        """
+        from crossjax.fit_loop import FitConfig, run_fit
+
+        if optimizer_class is not None and "AdamW" not in getattr(
+            optimizer_class, "__name__", str(optimizer_class)
+        ):
+            raise ValueError(
+                f"crossjax trains with AdamW only; optimizer_class={optimizer_class!r} is not supported"
+            )
+        config = FitConfig(
+            epochs=epochs,
+            scheduler=scheduler,
+            warmup_steps=warmup_steps,
+            learning_rate=float(dict(optimizer_params or {}).get("lr", 2e-5)),
+            adam_eps=float(dict(optimizer_params or {}).get("eps", 1e-8)),
+            weight_decay=weight_decay,
+            evaluation_steps=evaluation_steps,
+            output_path=output_path,
+            save_best_model=save_best_model,
+            max_grad_norm=max_grad_norm,
+            compute_dtype=_as_dtype(
+                compute_dtype if compute_dtype is not None else ("bfloat16" if use_amp else "float32")
+            ),
+            show_progress_bar=show_progress_bar,
+            gradient_accumulation_steps=gradient_accumulation_steps,
+            seed=self.seed if seed is None else int(seed),
+            logging_steps=logging_steps,
+            checkpoint_path=checkpoint_path,
+            checkpoint_save_steps=checkpoint_save_steps,
+            checkpoint_save_total_limit=checkpoint_save_total_limit,
+        )
+        return run_fit(self, train_dataloader, evaluator, loss_fct, activation_fct, callback, config)
+
+    def __repr__(self) -> str:
+        return (
+            f"CrossEncoder({self.model_name_or_path!r}, model_type={self.config.model_type!r}, "
+            f"num_labels={self.num_labels}, max_length={self.max_length}, devices={self.mesh_plan.data_shards})"
+        )
+
+
+def _progress(iterable, enabled: bool, desc: str):
+    if not enabled:
+        return iterable
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, desc=desc)
+
+
+__all__ = ["CrossEncoder", "FlaxAutoModelForSequenceClassification"]

@@ -1,0 +1,312 @@
+"""The ``fit`` loop: data plan -> jitted train step -> evaluation, saving and checkpoints.
+
+It keeps sentence-transformers' legacy semantics (steps = batches per epoch x epochs, evaluation every
+``evaluation_steps`` batches of an epoch and at each epoch's end, best model to ``output_path``), and the JAX
+habits: the step is compiled once per bucket shape, metrics stay on the device until ``logging_steps``
+steps have run, the state's buffers are donated.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from crossjax import data as data_lib
+from crossjax import losses, training
+from crossjax.parallel import is_main_process
+from crossjax.schedules import make_schedule
+
+if TYPE_CHECKING:
+    from crossjax.cross_encoder import CrossEncoder
+
+logger = logging.getLogger("crossjax")
+
+
+@dataclass
+class FitConfig:
+    epochs: int = 1
+    scheduler: str = "WarmupLinear"
+    warmup_steps: int = 10000
+    learning_rate: float = 2e-5
+    adam_eps: float = 1e-8
+    weight_decay: float = 0.01
+    evaluation_steps: int = 0
+    output_path: str | None = None
+    save_best_model: bool = True
+    max_grad_norm: float | None = 1.0
+    compute_dtype: Any = jnp.float32
+    show_progress_bar: bool = True
+    gradient_accumulation_steps: int = 1
+    seed: int = 0
+    logging_steps: int = 10
+    checkpoint_path: str | None = None
+    checkpoint_save_steps: int = 500
+    checkpoint_save_total_limit: int | None = 2
+
+    def validate(self) -> None:
+        def positive_int(name: str, value: Any, minimum: int = 1) -> None:
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+                raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+        positive_int("epochs", self.epochs)
+        positive_int("warmup_steps", self.warmup_steps, 0)
+        positive_int("evaluation_steps", self.evaluation_steps, 0)
+        positive_int("gradient_accumulation_steps", self.gradient_accumulation_steps)
+        positive_int("logging_steps", self.logging_steps)
+        positive_int("checkpoint_save_steps", self.checkpoint_save_steps)
+        if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
+            raise ValueError(f"optimizer_params['lr'] must be a positive number, got {self.learning_rate!r}")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
+
+
+class _Metrics:
+    """Device-side metrics of recent steps, fetched to the host only when flushed."""
+
+    def __init__(self, history: list[dict[str, float]], schedule) -> None:
+        self.pending: list[tuple[int, int, dict]] = []
+        self.history = history
+        self.schedule = schedule
+        self.last_loss = float("nan")
+
+    def add(self, step: int, epoch: int, metrics: dict) -> None:
+        self.pending.append((step, epoch, metrics))
+
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        fetched = jax.device_get([m for _, _, m in self.pending])
+        for (step, epoch, _), m in zip(self.pending, fetched):
+            loss = float(m["loss"])
+            if not bool(m["finite"]):
+                self.pending = []
+                raise FloatingPointError(
+                    f"Training stopped: the loss became {loss} at step {step} (epoch {epoch}); the update from "
+                    "that batch was not applied, so the model keeps its last finite parameters and the last "
+                    "model saved to output_path is untouched. Lower the learning rate, check the labels, or "
+                    "use float32 compute."
+                )
+            self.history.append(
+                {
+                    "step": step,
+                    "epoch": epoch,
+                    "loss": loss,
+                    "grad_norm": float(m["grad_norm"]),
+                    "learning_rate": float(self.schedule(step - 1)),
+                }
+            )
+            self.last_loss = loss
+        self.pending = []
+
+
+def _prepare_data(ce: CrossEncoder, train_dataloader: Any):
+    examples, batch_size, shuffle, drop_last = data_lib.collect_examples(train_dataloader)
+    texts_a, texts_b, labels = data_lib.validate_examples(examples, ce.num_labels)
+    return texts_a, texts_b, labels, batch_size, shuffle, drop_last
+
+
+def run_fit(
+    ce: CrossEncoder,
+    train_dataloader: Any,
+    evaluator: Callable | None,
+    loss_fct: Any,
+    activation_fct: Any,
+    callback: Callable | None,
+    cfg: FitConfig,
+) -> dict[str, Any]:
+    # 1. Everything that can be wrong with the input is checked before any tokenization or compilation.
+    cfg.validate()
+    texts_a, texts_b, labels, batch_size, shuffle, drop_last = _prepare_data(ce, train_dataloader)
+    loss_fn = losses.resolve_loss(loss_fct, ce.num_labels)
+    activation = losses.resolve_activation(activation_fct)
+    plan = ce.mesh_plan
+    plan.check_batch_size(batch_size)
+    k = cfg.gradient_accumulation_steps
+    step_rows = batch_size * k
+    n = len(labels)
+    steps_per_epoch = len(data_lib.plan_batches(np.zeros(n, np.int32), step_rows, False, 0, 0, drop_last))
+    if steps_per_epoch == 0:
+        raise ValueError(f"no full batch of {step_rows} examples with drop_last=True: {n} examples only")
+    total_steps = steps_per_epoch * cfg.epochs
+    schedule = make_schedule(cfg.scheduler, cfg.learning_rate, cfg.warmup_steps, total_steps)
+
+    # 2. Tokenize once; the bucket list bounds the number of compilations.
+    tokenized = data_lib.tokenize_pairs(ce.tokenizer, texts_a, texts_b, ce.max_length)
+
+    # 3. The train state, placed on the mesh.
+    model = ce.model
+    nnx.reseed(model, dropout=cfg.seed)
+    params = nnx.state(model, nnx.Param)
+    rest = nnx.state(model, nnx.Not(nnx.Param))
+    tx = training.make_optimizer(
+        schedule, cfg.weight_decay, training.decay_mask(model, params), cfg.max_grad_norm, cfg.adam_eps
+    )
+    param_shardings = plan.state_shardings(params)
+    opt_shardings = plan.state_shardings(jax.eval_shape(tx.init, params))
+    state_shardings = training.TrainState(
+        step=plan.replicated,
+        params=param_shardings,
+        rest=jax.tree.map(lambda _: plan.replicated, rest),
+        opt_state=opt_shardings,
+    )
+    opt_state = jax.jit(tx.init, out_shardings=opt_shardings)(params)
+    state = training.TrainState(
+        step=jax.device_put(jnp.zeros((), jnp.int32), plan.replicated),
+        params=jax.device_put(params, param_shardings),
+        rest=jax.device_put(rest, plan.replicated),
+        opt_state=opt_state,
+    )
+
+    checkpointer = None
+    start_step = 0
+    best_score = None
+    if cfg.checkpoint_path:
+        from crossjax.checkpoint import TrainCheckpointer
+
+        fingerprint = {
+            "examples": n,
+            "batch_size": batch_size,
+            "gradient_accumulation_steps": k,
+            "epochs": cfg.epochs,
+            "seed": cfg.seed,
+            "shuffle": shuffle,
+            "num_labels": ce.num_labels,
+            "model_type": ce.config.model_type,
+            "steps_per_epoch": steps_per_epoch,
+        }
+        checkpointer = TrainCheckpointer(
+            cfg.checkpoint_path, cfg.checkpoint_save_steps, cfg.checkpoint_save_total_limit, fingerprint
+        )
+        restored = checkpointer.restore_latest(state, state_shardings)
+        if restored is not None:
+            state, meta = restored
+            start_step = int(meta["step"])
+            best_score = meta.get("best_score")
+            logger.info("Resuming from checkpoint step %d in %s", start_step, cfg.checkpoint_path)
+
+    counter = training.CompileCounter()
+    graphdef = training.graphdef_with_dtype(model, cfg.compute_dtype, train=True)
+    step_fn = jax.jit(
+        training.make_train_step(graphdef, tx, loss_fn, activation, k, counter),
+        in_shardings=(state_shardings, plan.batch),
+        out_shardings=(state_shardings, plan.replicated),
+        donate_argnums=(0,),
+    )
+
+    ce.training_history = []
+    metrics = _Metrics(ce.training_history, schedule)
+    stats = data_lib.PaddingStats()
+    ce.best_score = -9999999 if best_score is None else best_score
+    show = cfg.show_progress_bar and is_main_process()
+    bar = _progress_bar(show, total_steps, start_step)
+    global_step = start_step
+    started = time.perf_counter()
+    trained_pairs = 0
+
+    def sync_model() -> None:
+        nnx.update(model, state.params)
+        nnx.update(model, state.rest)
+
+    def evaluate(epoch: int, steps: int) -> None:
+        metrics.flush()
+        sync_model()
+        score = evaluator(ce, output_path=cfg.output_path, epoch=epoch, steps=steps)
+        if callback is not None:
+            callback(score, epoch, steps)
+        primary = getattr(evaluator, "primary_metric", None)
+        if isinstance(score, dict):
+            if primary in score:
+                score = score[primary]
+            elif len(score) == 1:
+                score = next(iter(score.values()))
+            else:
+                raise ValueError(f"evaluator returned {sorted(score)} but no primary_metric among them")
+        if score > ce.best_score:
+            ce.best_score = float(score)
+            if cfg.save_best_model and cfg.output_path is not None:
+                ce.save(cfg.output_path)
+
+    try:
+        for epoch in range(start_step // steps_per_epoch, cfg.epochs):
+            batches = data_lib.plan_batches(tokenized.lengths, step_rows, shuffle, cfg.seed, epoch, drop_last)
+            first = start_step - epoch * steps_per_epoch if epoch == start_step // steps_per_epoch else 0
+            for batch_index in range(first, len(batches)):
+                indices = batches[batch_index]
+                batch = data_lib.collate(tokenized, indices, labels, step_rows, ce.buckets, ce._pad_id)
+                stats.add(batch)
+                state, step_metrics = step_fn(state, training.batch_to_global(batch, plan))
+                global_step += 1
+                trained_pairs += len(indices)
+                metrics.add(global_step, epoch, step_metrics)
+                training_steps = batch_index + 1
+                if global_step % cfg.logging_steps == 0:
+                    metrics.flush()
+                    if bar is not None:
+                        rate = trained_pairs / max(time.perf_counter() - started, 1e-9)
+                        bar.set_postfix(loss=f"{metrics.last_loss:.4f}", pairs_per_s=f"{rate:.1f}")
+                if bar is not None:
+                    bar.update(1)
+                if (
+                    evaluator is not None
+                    and cfg.evaluation_steps > 0
+                    and training_steps % cfg.evaluation_steps == 0
+                ):
+                    evaluate(epoch, training_steps)
+                if checkpointer is not None and global_step % cfg.checkpoint_save_steps == 0:
+                    metrics.flush()  # never checkpoint a state whose last loss was not finite
+                    checkpointer.save(global_step, state, {"best_score": ce.best_score, "epoch": epoch})
+            if evaluator is not None:
+                evaluate(epoch, -1)
+        metrics.flush()
+    except FloatingPointError:
+        sync_model()
+        if checkpointer is not None:
+            checkpointer.close()
+        raise
+    finally:
+        if bar is not None:
+            bar.close()
+    sync_model()
+    if checkpointer is not None:
+        if global_step % cfg.checkpoint_save_steps != 0 and global_step > start_step:
+            checkpointer.save(global_step, state, {"best_score": ce.best_score, "epoch": cfg.epochs - 1})
+        checkpointer.close()
+    if evaluator is None and cfg.output_path is not None:
+        ce.save(cfg.output_path)
+    elapsed = time.perf_counter() - started
+    ce.compilations["train"] = counter.count
+    summary = {
+        "global_step": global_step,
+        "train_loss": metrics.last_loss,
+        "compilations": counter.count,
+        "compiled_shapes": sorted(set(counter.shapes)),
+        "padding_efficiency": stats.efficiency,
+        "pairs_per_second": trained_pairs / elapsed if elapsed > 0 else float("nan"),
+        "best_score": None if evaluator is None else ce.best_score,
+        "config": {k: v for k, v in asdict(cfg).items() if k != "compute_dtype"},
+    }
+    logger.info(
+        "fit done: %d steps, %d compilations (buckets %s), padding efficiency %.1f%%, %.1f pairs/s",
+        global_step,
+        counter.count,
+        summary["compiled_shapes"],
+        100 * stats.efficiency,
+        summary["pairs_per_second"],
+    )
+    return summary
+
+
+def _progress_bar(enabled: bool, total: int, initial: int):
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc="Training", unit="step", smoothing=0.05)

@@ -10,8 +10,9 @@ import json
 import logging
 import math
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -23,7 +24,6 @@ from crossjax import losses, training
 from crossjax.models.auto import FlaxAutoModelForSequenceClassification, model_class_for
 from crossjax.models.hf_io import ST_CONFIG, load_config, resolve_checkpoint_dir
 from crossjax.parallel import MeshPlan, initialize_distributed, is_main_process, make_mesh
-from crossjax.schedules import make_schedule
 
 logger = logging.getLogger("crossjax")
 

@@ -11,8 +11,9 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
@@ -84,7 +85,7 @@ class _Metrics:
         if not self.pending:
             return
         fetched = jax.device_get([m for _, _, m in self.pending])
-        for (step, epoch, _), m in zip(self.pending, fetched):
+        for (step, epoch, _), m in zip(self.pending, fetched, strict=True):
             loss = float(m["loss"])
             if not bool(m["finite"]):
                 self.pending = []

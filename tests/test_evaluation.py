@@ -170,7 +170,7 @@ def test_public_names_and_st6_aliases() -> None:
         assert hasattr(st_eval, name), f"sentence-transformers has no {name}"
         assert issubclass(getattr(cje, name), cje.CrossEncoderEvaluator)
     assert cje.CrossEncoderCorrelationEvaluator is cje.CECorrelationEvaluator
-    assert cje.CrossEncoderRerankingEvaluator is cje.CERerankingEvaluator
+    assert issubclass(cje.CERerankingEvaluator, cje.CrossEncoderRerankingEvaluator)
     for name in ["CEBinaryClassificationEvaluator", "CESoftmaxAccuracyEvaluator", "CEF1Evaluator"]:
         assert issubclass(getattr(cje, name), cje.CrossEncoderClassificationEvaluator)
     assert cje.is_main_process() is True  # single-process JAX
@@ -419,7 +419,7 @@ def _tied_table() -> dict[tuple[str, str], float]:
 def test_reranking_negatives_match_st_and_sklearn(tmp_path: Path, at_k: int, levels: int) -> None:
     samples = _negative_samples()
     model = StubModel(table=_tied_table(), levels=levels)
-    ours = cje.CERerankingEvaluator(samples, at_k=at_k, name="rr")
+    ours = cje.CrossEncoderRerankingEvaluator(samples, at_k=at_k, name="rr")
     theirs = st_eval.CrossEncoderRerankingEvaluator(samples, at_k=at_k, name="rr")
     our_metrics, st_metrics, our_dir, st_dir = run_both(ours, theirs, model, tmp_path, epoch=1, steps=3)
 
@@ -614,3 +614,14 @@ def test_stsb_correlation_matches_st(tmp_path: Path) -> None:
     our_metrics, st_metrics, our_dir, st_dir = run_both(ours, theirs, model, tmp_path)
     assert_same_metrics(our_metrics, st_metrics)
     assert_same_csv(our_dir, st_dir)
+
+
+def test_classic_reranking_evaluator_scores_by_mrr(tmp_path: Path) -> None:
+    samples = _negative_samples()
+    model = StubModel(table=_tied_table(), levels=0)
+    classic = cje.CERerankingEvaluator(samples, at_k=10, name="rr")
+    modern = cje.CrossEncoderRerankingEvaluator(samples, at_k=10, name="rr")
+    a = classic(model, output_path=str(tmp_path / "a"))
+    b = modern(model, output_path=str(tmp_path / "b"))
+    assert a == b
+    assert classic.primary_metric == "rr_mrr@10" and modern.primary_metric == "rr_ndcg@10"

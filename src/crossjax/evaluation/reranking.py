@@ -66,7 +66,7 @@ def ndcg_at_k(
     return float(dcg / ideal)
 
 
-class CERerankingEvaluator(CrossEncoderEvaluator):
+class CrossEncoderRerankingEvaluator(CrossEncoderEvaluator):
     """Re-ranking quality: MAP, MRR@k and NDCG@k (primary) of ``model.predict`` over (query, doc) pairs.
 
     Matches sentence-transformers 6's ``CrossEncoderRerankingEvaluator`` (whose deprecated alias is
@@ -126,7 +126,7 @@ class CERerankingEvaluator(CrossEncoderEvaluator):
         self.primary_metric = f"ndcg@{self.at_k}"
 
     @classmethod
-    def from_input_examples(cls, examples: list[Any], **kwargs: Any) -> CERerankingEvaluator:
+    def from_input_examples(cls, examples: list[Any], **kwargs: Any) -> CrossEncoderRerankingEvaluator:
         """Group ``InputExample``-like (query, doc) pairs by query; ``label > 0`` marks a positive.
 
         Queries keep their first-seen order. This helper is a crossjax addition (ST has none for re-ranking).
@@ -289,5 +289,15 @@ class CERerankingEvaluator(CrossEncoderEvaluator):
         return config_dict
 
 
-CrossEncoderRerankingEvaluator = CERerankingEvaluator
-"""sentence-transformers 6 name for :class:`CERerankingEvaluator` (identical behaviour)."""
+class CERerankingEvaluator(CrossEncoderRerankingEvaluator):
+    """The classic re-ranking evaluator: MRR@k is the primary score, as in sentence-transformers < 4.
+
+    Identical to :class:`CrossEncoderRerankingEvaluator` (same metrics, keys and CSV file) except that
+    ``primary_metric`` is ``mrr@{at_k}``, so ``fit(evaluator=...)`` keeps the best model by MRR@10 as legacy
+    scripts expect. sentence-transformers 6 turned this name into an alias whose primary metric is NDCG@k;
+    use ``CrossEncoderRerankingEvaluator`` for that behaviour.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.primary_metric = f"mrr@{self.at_k}"

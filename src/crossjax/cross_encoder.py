@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -198,11 +197,7 @@ class CrossEncoder:
             texts_a.append(a)
             texts_b.append(b)
         tokenized = data_lib.tokenize_pairs(self.tokenizer, texts_a, texts_b, self.max_length)
-        shards = (
-            self.mesh_plan.data_shards
-            * jax.process_count()
-            // math.gcd(self.mesh_plan.data_shards, jax.process_count())
-        )
+        shards = self.mesh_plan.data_shards  # a multiple of the process count
         rows = max(1, int(batch_size))
         rows = -(-rows // shards) * shards  # round up so the batch splits evenly over the data shards
         order = np.argsort(-tokenized.lengths, kind="stable")

@@ -2,20 +2,31 @@
 
 The data position needs no storage of its own: the batch plan is a pure function of (seed, epoch), so the
 global step says exactly where in which epoch to continue. A fingerprint of the run (dataset size, batch
-size, epochs, seed, ...) is stored beside the state; resuming a different run is refused with a clear
-error instead of silently training on a mismatched plan. Orbax writes each step to a temporary directory
-and renames it when complete, so an interrupted save never replaces the last good checkpoint.
+size, epochs, seed, a hash of the tokenized data, ...) is stored beside the state; resuming a different run
+is refused with a clear error instead of silently training on a mismatched plan. Orbax writes each step to a
+temporary directory and renames it when complete, so an interrupted save never replaces the last good
+checkpoint. Orbax does not verify the bytes it reads back, so each save also stores exact per-array checksums
+(integer sums of the bit patterns, independent of sharding and device count) that a restore checks: a
+damaged checkpoint is reported, never silently trained on, and the earlier steps are left untouched.
+
+Saves are asynchronous, but ``save`` returns only after the state was copied to host memory (orbax's default:
+every array's device-to-host transfer is synchronous), so the caller may donate the state's buffers to the
+next step right away.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import logging
 from pathlib import Path
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from crossjax.training import TrainState
 
@@ -24,6 +35,10 @@ logger = logging.getLogger("crossjax")
 
 class CheckpointMismatchError(ValueError):
     """The checkpoint directory holds a checkpoint of another run, or one that cannot be read."""
+
+
+class CheckpointCorruptError(CheckpointMismatchError):
+    """The latest checkpoint is damaged or incomplete: unreadable files, or data failing its checksums."""
 
 
 def _keys_to_data(tree):
@@ -44,6 +59,61 @@ def _data_to_keys(tree, like):
     )
 
 
+def data_fingerprint(tokenized, labels) -> str:
+    """A short hash of the tokenized pairs and labels: resuming on other data is refused even at equal size."""
+    digest = hashlib.sha256()
+    for part in (tokenized.offsets, tokenized.flat_input_ids, tokenized.flat_token_type_ids, labels):
+        part = np.ascontiguousarray(part)
+        digest.update(f"{part.dtype.str}{part.shape}".encode())
+        digest.update(part.tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _leaf_checksum(x) -> jax.Array:
+    """Two uint32 sums over ``x``'s bit patterns: plain, and weighted by position (catches moved data).
+
+    Integer sums wrap exactly, so the result does not depend on how ``x`` is sharded or reduced.
+    """
+    x = jnp.asarray(x)
+    if x.dtype == jnp.bool_:
+        bits = x.astype(jnp.uint32)
+    else:
+        unsigned = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32}[jnp.dtype(x.dtype).itemsize]
+        bits = jax.lax.bitcast_convert_type(x, unsigned).astype(jnp.uint32)
+    position = jnp.zeros(x.shape, jnp.uint32)
+    stride = 1
+    for axis in reversed(range(x.ndim)):
+        position = position + jax.lax.broadcasted_iota(jnp.uint32, x.shape, axis) * jnp.uint32(stride % 2**32)
+        stride *= x.shape[axis]
+    weight = position * jnp.uint32(0x9E3779B1) + jnp.uint32(1)
+    return jnp.stack([jnp.sum(bits, dtype=jnp.uint32), jnp.sum(bits * weight, dtype=jnp.uint32)])
+
+
+@functools.lru_cache(maxsize=8)
+def _checksum_fn(mesh: Mesh | None):
+    # Replicated outputs: every process of a multi-process run can read them.
+    out = None if mesh is None else NamedSharding(mesh, PartitionSpec())
+    return jax.jit(lambda tree: jax.tree.map(_leaf_checksum, tree), out_shardings=out)
+
+
+def state_checksums(pure: dict) -> dict[str, list[int]]:
+    """``{path: [sum, weighted sum]}`` of every array of a (pure, key-free) train state."""
+    shardings = [getattr(x, "sharding", None) for x in jax.tree.leaves(pure)]
+    mesh = next((s.mesh for s in shardings if isinstance(s, NamedSharding)), None)
+    sums = jax.device_get(_checksum_fn(mesh)(pure))
+    return {jax.tree_util.keystr(path): [int(v) for v in np.asarray(s)] for path, s in _flatten(sums)}
+
+
+def _flatten(tree):
+    return jax.tree_util.tree_flatten_with_path(tree)[0]
+
+
+def _first_line(e: Exception, limit: int = 300) -> str:
+    text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    text = text if len(text) <= limit else text[:limit] + "..."
+    return f"{type(e).__name__}: {text}"
+
+
 def _as_pure(state: TrainState) -> dict:
     return {
         "step": state.step,
@@ -57,6 +127,8 @@ class TrainCheckpointer:
     def __init__(self, directory: str, save_steps: int, total_limit: int | None, fingerprint: dict[str, Any]):
         self.directory = directory if "://" in str(directory) else str(Path(directory).expanduser().resolve())
         self.fingerprint = fingerprint
+        # No ``save_device_host_concurrent_bytes``: with it orbax would copy some arrays to the host only after
+        # ``save`` returned, while the train step may already have donated (overwritten) their buffers.
         options = ocp.CheckpointManagerOptions(
             max_to_keep=total_limit, save_interval_steps=1, enable_async_checkpointing=True, create=True
         )
@@ -69,9 +141,9 @@ class TrainCheckpointer:
         try:
             meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
         except Exception as e:  # noqa: BLE001 - orbax raises many types for unreadable files
-            raise CheckpointMismatchError(
-                f"The checkpoint at step {step} in {self.directory} cannot be read ({type(e).__name__}: {e}). "
-                "Delete that step's folder to resume from an earlier one, or use a new checkpoint_path."
+            raise CheckpointCorruptError(
+                f"The checkpoint at step {step} in {self.directory} cannot be read ({_first_line(e)}). "
+                + self._recovery_hint(step)
             ) from e
         saved = meta.get("fingerprint", {})
         diff = {k: (saved.get(k), v) for k, v in self.fingerprint.items() if saved.get(k) != v}
@@ -96,10 +168,22 @@ class TrainCheckpointer:
                 step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
             )["state"]
         except Exception as e:  # noqa: BLE001
-            raise CheckpointMismatchError(
-                f"The checkpoint at step {step} in {self.directory} does not fit this model and optimizer "
-                f"({type(e).__name__}: {e})."
+            raise CheckpointCorruptError(
+                f"The checkpoint at step {step} in {self.directory} could not be restored: its files are damaged "
+                f"or incomplete, or it was written for another model or optimizer ({_first_line(e)}). "
+                + self._recovery_hint(step)
             ) from e
+        expected = meta.get("checksums")
+        if expected is not None:  # checkpoints of older crossjax versions have none
+            actual = state_checksums(restored)
+            bad = sorted(k for k in set(expected) | set(actual) if expected.get(k) != actual.get(k))
+            if bad:
+                shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+                raise CheckpointCorruptError(
+                    f"The checkpoint at step {step} in {self.directory} is corrupt: the data read back for "
+                    f"{len(bad)} array(s) ({shown}) does not match the checksums stored when it was saved. "
+                    + self._recovery_hint(step)
+                )
         new_state = TrainState(
             step=restored["step"],
             params=restored["params"],
@@ -108,13 +192,22 @@ class TrainCheckpointer:
         )
         return new_state, meta
 
+    def _recovery_hint(self, step: int) -> str:
+        earlier = [s for s in self.manager.all_steps() if s < step]
+        where = f"{self.directory}/{step}"
+        if earlier:
+            return (
+                f"Nothing was deleted; the earlier checkpoint step(s) {sorted(earlier)} are kept: delete the "
+                f"folder {where} to resume from step {max(earlier)}, or use a new checkpoint_path."
+            )
+        return f"Nothing was deleted. Delete the folder {where} to start afresh, or use a new checkpoint_path."
+
     def save(self, step: int, state: TrainState, extra: dict[str, Any]) -> None:
-        meta = {"step": int(step), "fingerprint": self.fingerprint, **extra}
+        pure = _as_pure(state)
+        meta = {"step": int(step), "fingerprint": self.fingerprint, **extra, "checksums": state_checksums(pure)}
         self.manager.save(
             int(step),
-            args=ocp.args.Composite(
-                state=ocp.args.StandardSave(_as_pure(state)), meta=ocp.args.JsonSave(meta)
-            ),
+            args=ocp.args.Composite(state=ocp.args.StandardSave(pure), meta=ocp.args.JsonSave(meta)),
         )
 
     def close(self) -> None:

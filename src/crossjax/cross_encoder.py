@@ -22,7 +22,7 @@ from crossjax import data as data_lib
 from crossjax import losses, training
 from crossjax.models.auto import FlaxAutoModelForSequenceClassification, model_class_for
 from crossjax.models.hf_io import ST_CONFIG, load_config, resolve_checkpoint_dir
-from crossjax.parallel import MeshPlan, initialize_distributed, is_main_process, make_mesh
+from crossjax.parallel import MeshPlan, initialize_distributed, is_main_process, make_mesh, put_global
 
 logger = logging.getLogger("crossjax")
 
@@ -161,7 +161,7 @@ class CrossEncoder:
     def _place_parameters(self) -> None:
         """Put the parameters on the mesh (replicated, or sharded under fsdp) once, not per call."""
         params = nnx.state(self.model, nnx.Param)
-        placed = jax.device_put(params, self.mesh_plan.state_shardings(params))
+        placed = put_global(params, self.mesh_plan.state_shardings(params))
         nnx.update(self.model, placed)
 
     @property

@@ -22,7 +22,7 @@ from flax import nnx
 
 from crossjax import data as data_lib
 from crossjax import losses, training
-from crossjax.parallel import is_main_process
+from crossjax.parallel import is_main_process, put_global
 from crossjax.schedules import make_schedule
 
 if TYPE_CHECKING:
@@ -89,11 +89,18 @@ class _Metrics:
             loss = float(m["loss"])
             if not bool(m["finite"]):
                 self.pending = []
+                grad_norm = float(m["grad_norm"])
+                if not math.isfinite(loss):
+                    what = f"the loss became {loss}"
+                elif not math.isfinite(grad_norm):
+                    what = f"the gradient norm became {grad_norm} (loss {loss})"
+                else:
+                    what = f"the parameter update overflowed (loss {loss})"
                 raise FloatingPointError(
-                    f"Training stopped: the loss became {loss} at step {step} (epoch {epoch}); the update from "
-                    "that batch was not applied, so the model keeps its last finite parameters and the last "
-                    "model saved to output_path is untouched. Lower the learning rate, check the labels, or "
-                    "use float32 compute."
+                    f"Training stopped: {what} at step {step} (epoch {epoch}); neither that update nor any "
+                    "later one was applied, so the model keeps the parameters of the last finite step and the "
+                    "last model saved to output_path is untouched. Lower the learning rate, check the labels, "
+                    "or use float32 compute."
                 )
             self.history.append(
                 {
@@ -160,9 +167,9 @@ def run_fit(
     )
     opt_state = jax.jit(tx.init, out_shardings=opt_shardings)(params)
     state = training.TrainState(
-        step=jax.device_put(jnp.zeros((), jnp.int32), plan.replicated),
-        params=jax.device_put(params, param_shardings),
-        rest=jax.device_put(rest, plan.replicated),
+        step=put_global(np.zeros((), np.int32), plan.replicated),
+        params=put_global(params, param_shardings),
+        rest=put_global(rest, plan.replicated),
         opt_state=opt_state,
     )
 
@@ -170,10 +177,11 @@ def run_fit(
     start_step = 0
     best_score = None
     if cfg.checkpoint_path:
-        from crossjax.checkpoint import TrainCheckpointer
+        from crossjax.checkpoint import TrainCheckpointer, data_fingerprint
 
         fingerprint = {
             "examples": n,
+            "data": data_fingerprint(tokenized, labels),  # same size but other pairs/labels: another run
             "batch_size": batch_size,
             "gradient_accumulation_steps": k,
             "epochs": cfg.epochs,
@@ -197,10 +205,11 @@ def run_fit(
     graphdef = training.graphdef_with_dtype(model, cfg.compute_dtype, train=True)
     step_fn = jax.jit(
         training.make_train_step(graphdef, tx, loss_fn, activation, k, counter),
-        in_shardings=(state_shardings, plan.batch),
+        in_shardings=(state_shardings, plan.batch, plan.replicated),
         out_shardings=(state_shardings, plan.replicated),
         donate_argnums=(0,),
     )
+    healthy = jax.jit(lambda: jnp.array(True), out_shardings=plan.replicated)()
 
     ce.training_history = []
     metrics = _Metrics(ce.training_history, schedule)
@@ -243,7 +252,8 @@ def run_fit(
                 indices = batches[batch_index]
                 batch = data_lib.collate(tokenized, indices, labels, step_rows, ce.buckets, ce._pad_id)
                 stats.add(batch)
-                state, step_metrics = step_fn(state, training.batch_to_global(batch, plan))
+                state, step_metrics = step_fn(state, training.batch_to_global(batch, plan), healthy)
+                healthy = step_metrics["finite"]  # stays on the device: a bad step freezes all later ones
                 global_step += 1
                 trained_pairs += len(indices)
                 metrics.add(global_step, epoch, step_metrics)
@@ -286,6 +296,7 @@ def run_fit(
     ce.compilations["train"] = counter.count
     summary = {
         "global_step": global_step,
+        "resumed_from_step": start_step,  # 0 unless a checkpoint was restored
         "train_loss": metrics.last_loss,
         "compilations": counter.count,
         "compiled_shapes": sorted(set(counter.shapes)),

@@ -44,12 +44,14 @@ def initialize_distributed(
     if coordinator_address is None and os.environ.get("JAX_COORDINATOR_ADDRESS"):
         coordinator_address = os.environ["JAX_COORDINATOR_ADDRESS"]
     kwargs = {}
-    if (jax.config.jax_platforms or os.environ.get("JAX_PLATFORMS", "")) == "cpu":
-        # CPU processes need a collectives implementation to talk to each other.
-        try:
+    # CPU devices of different processes need a collectives implementation to talk to each other (older JAX
+    # has none by default). Set it whatever the platform: JAX_PLATFORMS is often unset on CPU-only machines,
+    # and on GPU/TPU hosts it only concerns the CPU backend. An explicit choice (e.g. "mpi") is kept.
+    try:
+        if getattr(jax.config, "jax_cpu_collectives_implementation", None) in (None, "", "none"):
             jax.config.update("jax_cpu_collectives_implementation", "gloo")
-        except Exception:  # noqa: BLE001 - older/newer JAX without the option
-            pass
+    except Exception:  # noqa: BLE001 - a JAX without the option
+        pass
     if local_device_ids is not None:
         kwargs["local_device_ids"] = local_device_ids
     jax.distributed.initialize(
@@ -147,8 +149,43 @@ def make_mesh(sharding: str = "replicated", devices=None) -> MeshPlan:
     return MeshPlan(Mesh(devices.reshape(-1), (DATA_AXIS,)), sharding)
 
 
+def put_global(tree, shardings):
+    """``jax.device_put`` onto mesh shardings that also works when the mesh spans several processes.
+
+    ``shardings`` is one sharding for every leaf or a tree of them. In a multi-process run every process
+    must hold the same host value of each leaf (true for parameters loaded from one checkpoint and for
+    seeded RNG keys); each process then fills only its own devices' shards from it, without the per-leaf
+    cross-process equality check ``device_put`` makes, and also for arrays already committed to a local
+    device (which ``device_put`` refuses to move onto non-addressable devices). Typed PRNG keys keep their
+    type; arrays that are already global are resharded by a jitted identity.
+    """
+    if jax.process_count() == 1:
+        return jax.device_put(tree, shardings)
+    if isinstance(shardings, jax.sharding.Sharding):
+        return jax.tree.map(lambda x: _put_global_leaf(x, shardings), tree)
+    return jax.tree.map(_put_global_leaf, tree, shardings)
+
+
+def _put_global_leaf(x, sharding):
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        return x if x.sharding == sharding else jax.jit(lambda a: a, out_shardings=sharding)(x)
+    if isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+        data = _put_global_leaf(jax.random.key_data(x), sharding)
+        return jax.random.wrap_key_data(data, impl=jax.random.key_impl(x))
+    host = np.asarray(x)
+    return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+
+def process_rows(sharding: NamedSharding, global_rows: int) -> np.ndarray:
+    """The global batch rows this process's devices hold under ``sharding``, in the order in which
+    ``jax.make_array_from_process_local_data`` expects them (ascending; replicas counted once)."""
+    index_map = sharding.addressable_devices_indices_map((global_rows,))
+    blocks = sorted({idx[0].indices(global_rows)[:2] for idx in index_map.values()})
+    return np.concatenate([np.arange(start, stop) for start, stop in blocks])
+
+
 def global_batch_array(local_rows: np.ndarray, sharding: NamedSharding, global_rows: int):
-    """Assemble a global array from this process's contiguous slice of rows (multi-host safe)."""
+    """Assemble a global array from this process's rows (:func:`process_rows`; multi-host safe)."""
     global_shape = (global_rows, *local_rows.shape[1:])
     if jax.process_count() == 1:
         return jax.device_put(local_rows, sharding)

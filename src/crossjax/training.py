@@ -2,12 +2,14 @@
 
 Optimisation follows sentence-transformers' legacy ``fit`` exactly: AdamW (torch defaults) with no weight
 decay on biases and LayerNorm weights, torch's global-norm clipping, a per-step learning-rate schedule.
-A non-finite loss or gradient leaves the state untouched (the host then stops the run), so parameters
-never become NaN.
+A non-finite loss, gradient or updated parameter leaves the state untouched, and so does every later step
+(the ``healthy`` flag threads through the steps on the device, so nothing waits for the host), until the
+host fetches the metrics and stops the run: the parameters stay those of the last finite step.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 from collections.abc import Callable
@@ -22,7 +24,7 @@ from flax import nnx, struct
 
 from crossjax.data import Batch
 from crossjax.models.hf_io import FlaxPreTrainedModel
-from crossjax.parallel import MeshPlan, global_batch_array
+from crossjax.parallel import MeshPlan, global_batch_array, process_rows
 
 logger = logging.getLogger("crossjax")
 
@@ -101,8 +103,10 @@ def make_train_step(
     accumulation_steps: int = 1,
     counter: CompileCounter | None = None,
 ):
-    """The pure step. With accumulation, the batch's rows {i*k + j} form micro-batch j, so the split stays
-    local to each data shard; gradients are summed exactly as one big batch would give them."""
+    """The pure step ``(state, batch, healthy) -> (state, metrics)``. With accumulation, the batch's rows
+    {i*k + j} form micro-batch j, so the split stays local to each data shard; gradients are summed exactly as
+    one big batch would give them. ``healthy`` is the previous step's ``metrics["finite"]`` (True at the
+    start): once a step was not finite, no later step changes the parameters or optimizer state either."""
     k = int(accumulation_steps)
 
     def micro_loss(params, rest, micro, total):
@@ -115,7 +119,7 @@ def make_train_step(
 
     grad_fn = jax.value_and_grad(micro_loss, has_aux=True)
 
-    def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+    def train_step(state: TrainState, batch: dict, healthy: jax.Array) -> tuple[TrainState, dict]:
         if counter is not None:
             counter.tick(batch["input_ids"].shape)
         total = jnp.maximum(jnp.sum(batch["example_mask"]), 1.0)
@@ -136,9 +140,10 @@ def make_train_step(
                 body, (zeros, jnp.zeros((), jnp.float32), state.rest), micro_batches
             )
         grad_norm = optax.tree.norm(grads)
-        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
+        params_finite = jax.tree.reduce(jnp.logical_and, jax.tree.map(lambda p: jnp.isfinite(p).all(), params))
+        finite = healthy & jnp.isfinite(loss) & jnp.isfinite(grad_norm) & params_finite
 
         def keep_if_finite(new, old):
             return jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
@@ -171,7 +176,13 @@ def batch_to_global(batch: Batch, plan: MeshPlan) -> dict:
     from crossjax.data import process_slice
 
     global_rows = batch.input_ids.shape[0]
-    local = process_slice(batch, jax.process_index(), jax.process_count())
+    index, count = jax.process_index(), jax.process_count()
+    rows = process_rows(plan.batch, global_rows) if count > 1 else None
+    per = global_rows // count
+    if rows is None or np.array_equal(rows, np.arange(index * per, (index + 1) * per)):
+        local = process_slice(batch, index, count)
+    else:  # a mesh whose device order interleaves the processes: feed exactly the rows our devices hold
+        local = Batch(**{f.name: getattr(batch, f.name)[rows] for f in dataclasses.fields(batch)})
     return {
         name: global_batch_array(np.asarray(getattr(local, name)), plan.batch, global_rows)
         for name in BATCH_FIELDS

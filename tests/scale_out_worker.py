@@ -1,0 +1,250 @@
+"""Subprocess worker of ``test_scale_out.py``: runs a list of ``fit`` jobs on the CPU devices it was given.
+
+Usage: ``python scale_out_worker.py SPEC.json [PROCESS_ID]``. The caller sets ``JAX_PLATFORMS=cpu`` and
+``XLA_FLAGS=--xla_force_host_platform_device_count=N``; with ``spec["distributed"]`` the process joins a
+multi-process run through ``crossjax.parallel.initialize_distributed``. Results go to
+``spec["out_dir"]/result_{PROCESS_ID}.json``.
+
+Instrumentation (worker-side monkeypatching, no library hooks needed):
+
+* every training batch's global rows are mapped back to example indices (``collate`` is wrapped), and
+  ``process_slice`` records the example indices of the real rows this process feeds (padding rows excluded),
+  checking that their token ids are the example's;
+* ``kill_after_step`` SIGKILLs the process when step ``kill_after_step + 1`` is about to be fed, once the
+  checkpoint of step ``kill_wait_for_step`` is on disk, so the kill point is deterministic.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+import traceback
+from pathlib import Path
+
+
+def act(job: dict) -> dict:
+    """File operations between fit jobs: damage a copy of a checkpoint, or delete one of its steps."""
+    import shutil
+
+    if job["action"] == "delete_step":
+        shutil.rmtree(Path(job["target"]) / str(job["step"]))
+        return {}
+    target = Path(job["target"])
+    shutil.copytree(job["source"], target)
+    latest = max(int(p.name) for p in target.iterdir() if p.name.isdigit())
+    files = [p for p in (target / str(latest) / "state").rglob("*") if p.is_file()]
+    victim = max(files, key=lambda p: p.stat().st_size)  # the largest array data file
+    data = bytearray(victim.read_bytes())
+    if job["action"] == "garble":  # flip the bits of 64 bytes in the middle: same size, other values
+        middle = len(data) // 2
+        data[middle : middle + 64] = bytes(b ^ 0xFF for b in data[middle : middle + 64])
+    else:  # truncate
+        data = data[: len(data) // 2]
+    victim.write_bytes(bytes(data))
+    return {"latest": latest, "damaged_file": str(victim.relative_to(target))}
+
+
+def predict_on_interleaved_mesh(model_dir: str, pairs: list) -> dict:
+    """Predict on the usual mesh, then on one whose device order alternates between the processes."""
+    import jax
+    from flax import nnx
+
+    from crossjax import CrossEncoder
+    from crossjax.parallel import make_mesh, process_rows, put_global
+
+    ce = CrossEncoder(model_dir, num_labels=1, max_length=64, buckets=(64,))
+    usual = ce.predict(pairs, batch_size=16)
+    groups = [[d for d in jax.devices() if d.process_index == p] for p in range(jax.process_count())]
+    ce.mesh_plan = make_mesh("replicated", devices=[d for group in zip(*groups, strict=True) for d in group])
+    ce._predict_fns = {}
+    params = jax.device_get(nnx.state(ce.model, nnx.Param))  # fully replicated: every process has it all
+    nnx.update(ce.model, put_global(params, ce.mesh_plan.state_shardings(params)))
+    return {
+        "process_rows": process_rows(ce.mesh_plan.batch, 16).tolist(),
+        "usual": [float(x) for x in usual],
+        "interleaved": [float(x) for x in ce.predict(pairs, batch_size=16)],
+    }
+
+
+def main() -> None:
+    spec = json.loads(Path(sys.argv[1]).read_text())
+    process_id = int(sys.argv[2]) if len(sys.argv) > 2 else 0
+    dist = spec.get("distributed")
+    if dist:
+        import jax
+
+        from crossjax.parallel import initialize_distributed
+
+        # Older JAX has no CPU collectives by default: initialize_distributed must choose gloo itself.
+        jax.config.update("jax_cpu_collectives_implementation", None)
+        initialize_distributed(dist["coordinator"], dist["num_processes"], process_id)
+
+    import jax
+    import numpy as np
+    from flax import nnx
+
+    import crossjax.data as data_lib
+    from crossjax import CrossEncoder, DataLoader, InputExample, training
+    from crossjax.checkpoint import TrainCheckpointer
+    from crossjax.evaluation import CECorrelationEvaluator
+
+    rows = json.loads(Path(spec["data"]).read_text())
+    out_dir = Path(spec["out_dir"])
+    result: dict = {
+        "process_index": jax.process_index(),
+        "process_count": jax.process_count(),
+        "device_count": jax.device_count(),
+        "local_device_count": jax.local_device_count(),
+        "cpu_collectives": jax.config.jax_cpu_collectives_implementation,
+        "jobs": {},
+    }
+
+    recorder = {"active": False, "fed": [], "log": None, "calls": 0, "kill": None}
+    orig_collate = data_lib.collate
+    orig_slice = data_lib.process_slice
+    orig_to_global = training.batch_to_global
+
+    def collate(tokenized, indices, labels, *args, **kwargs):
+        batch = orig_collate(tokenized, indices, labels, *args, **kwargs)
+        if labels is not None:  # a training batch (prediction passes labels=None)
+            batch._example_indices = np.asarray(indices)
+            batch._tokenized = tokenized
+        return batch
+
+    def process_slice(batch, process_index, process_count):
+        local = orig_slice(batch, process_index, process_count)
+        indices = getattr(batch, "_example_indices", None)
+        if recorder["active"] and indices is not None:
+            per = batch.input_ids.shape[0] // process_count
+            global_rows = np.arange(process_index * per, (process_index + 1) * per)
+            real = local.example_mask > 0
+            fed = indices[global_rows[real]]
+            for row, example in zip(np.flatnonzero(real), fed, strict=True):
+                ids = batch._tokenized.input_ids[int(example)]
+                assert np.array_equal(local.input_ids[row, : len(ids)], ids), "fed row is not its example"
+            recorder["fed"].append([int(i) for i in fed])
+            if recorder["log"] is not None:
+                with open(recorder["log"], "a") as f:
+                    f.write(json.dumps([int(i) for i in fed]) + "\n")
+        return local
+
+    def batch_to_global(batch, plan):
+        if recorder["active"]:
+            recorder["calls"] += 1
+            kill = recorder["kill"]
+            if kill is not None and recorder["calls"] == kill["after_step"] + 1:
+                step_dir = Path(kill["checkpoint_path"]) / str(kill["wait_for_step"])
+                deadline = time.monotonic() + 120
+                while not step_dir.is_dir() and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                os.kill(os.getpid(), signal.SIGKILL)
+        return orig_to_global(batch, plan)
+
+    def not_replicated(tree) -> dict:
+        return {
+            jax.tree_util.keystr(path): str(x.sharding.spec)
+            for path, x in jax.tree_util.tree_leaves_with_path(tree)
+            if not x.sharding.is_fully_replicated
+        }
+
+    saved_layouts = []  # how the optimizer state is laid out on the mesh, as checkpointed
+    orig_save = TrainCheckpointer.save
+
+    def save(self, step, state, extra):
+        saved_layouts.append(not_replicated(state.opt_state))
+        return orig_save(self, step, state, extra)
+
+    TrainCheckpointer.save = save
+    data_lib.collate = collate
+    data_lib.process_slice = process_slice
+    training.batch_to_global = batch_to_global
+
+    for job in spec["jobs"]:
+        name = job["name"]
+        started = time.perf_counter()
+        res: dict = {}
+        result["jobs"][name] = res
+        if job.get("action"):
+            res.update(act(job))
+            continue
+        if job.get("kind") == "interleaved_mesh":
+            res.update(predict_on_interleaved_mesh(spec["model_dir"], [(a, b) for a, b, _ in rows]))
+            continue
+        limit = job.get("limit", len(rows))
+        scale = job.get("label_scale", 5.0)
+        examples = [InputExample(texts=[a, b], label=s / scale) for a, b, s in rows[:limit]]
+        config_kwargs = {} if job.get("dropout") else {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
+        ce = CrossEncoder(
+            spec["model_dir"],
+            num_labels=1,
+            max_length=64,
+            buckets=(64,),
+            config_kwargs=config_kwargs,
+            seed=job.get("seed", 0),
+            sharding=job.get("sharding", "replicated"),
+        )
+        evaluator = None
+        if job.get("evaluator"):
+            evaluator = CECorrelationEvaluator(
+                [[a, b] for a, b, _ in rows[:limit]], [s / 5.0 for _, _, s in rows[:limit]], batch_size=16
+            )
+        fit_kwargs = dict(
+            epochs=job.get("epochs", 2),
+            warmup_steps=2,
+            optimizer_params={"lr": job.get("lr", 1e-3)},
+            show_progress_bar=False,
+            logging_steps=1,
+            evaluator=evaluator,
+        )
+        if job.get("checkpoint_path"):
+            fit_kwargs.update(
+                checkpoint_path=job["checkpoint_path"],
+                checkpoint_save_steps=job.get("save_steps", 2),
+                checkpoint_save_total_limit=job.get("save_total_limit", 2),
+            )
+        pairs = [(a, b) for a, b, _ in rows[:limit]]
+        if job.get("predict", True):  # before any fit too: the model's state was only placed, not trained
+            res["predictions_before"] = [float(x) for x in ce.predict(pairs, batch_size=16)]
+        loader = DataLoader(examples, batch_size=job["batch_size"], shuffle=True)
+        recorder.update(active=True, fed=[], calls=0, log=job.get("fed_log"), kill=None)
+        saved_layouts.clear()
+        if job.get("kill_after_step"):
+            recorder["kill"] = {
+                "after_step": job["kill_after_step"],
+                "wait_for_step": job["kill_wait_for_step"],
+                "checkpoint_path": job["checkpoint_path"],
+            }
+        try:
+            summary = ce.fit(loader, **fit_kwargs)
+        except Exception as e:  # noqa: BLE001 - reported to the test, which decides
+            res["error"] = {"type": type(e).__name__, "message": str(e), "traceback": traceback.format_exc()}
+            res["seconds"] = time.perf_counter() - started
+            continue
+        finally:
+            recorder["active"] = False
+        res["global_step"] = summary["global_step"]
+        res["resumed_from_step"] = summary.get("resumed_from_step")
+        res["history"] = ce.training_history
+        res["losses"] = [h["loss"] for h in ce.training_history]
+        res["best_score"] = summary["best_score"]
+        res["fed"] = recorder["fed"]
+        res["sharded_params"] = not_replicated(nnx.state(ce.model, nnx.Param))
+        if saved_layouts:
+            res["sharded_opt_state"] = saved_layouts[0]
+        if job.get("predict", True):
+            res["predictions"] = [float(x) for x in ce.predict(pairs, batch_size=16)]
+        if job.get("export"):
+            export = Path(job["export"].format(process=jax.process_index()))
+            written = ce.save(export)
+            res["export_returned"] = None if written is None else str(written)
+        res["seconds"] = time.perf_counter() - started
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / f"result_{jax.process_index()}.json").write_text(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

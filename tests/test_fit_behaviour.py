@@ -1,0 +1,539 @@
+"""``CrossEncoder.fit``/``predict``/``rank`` behaviour on a tiny random BERT (fast), MiniLM only where needed.
+
+Each test checks the library against an expectation computed independently of it: the Hugging Face
+tokenizer for bucket shapes, a separate reference run for "what the parameters should be", PyTorch
+transformers for the logits, sentence-transformers' file names for evaluator output.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from crossjax import CrossEncoder, DataLoader, InputExample, data, losses, training
+from crossjax.evaluation import CECorrelationEvaluator
+
+NO_DROPOUT = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
+QUIET = {"show_progress_bar": False}
+# Shared by most fits: a constant schedule makes the step program independent of the run's length, so fits
+# with the same batch shape and dropout setting reuse one compiled program (see `compilation_cache`).
+TRAIN = {"scheduler": "constantlr", "optimizer_params": {"lr": 1e-3}, **QUIET}
+WORDS = (
+    "the a man woman dog cat plays runs guitar field music park red blue small large quickly slowly "
+    "house car child ball water tree sings eats bread river city green old young"
+).split()
+
+
+# --------------------------------------------------------------------------------------------- fixtures
+@pytest.fixture(scope="module", autouse=True)
+def compilation_cache(tmp_path_factory):
+    """XLA's persistent cache for this module: every fit jits a fresh step, and fits with the same shapes and
+    settings lower to the same program, so they load it instead of compiling again (~1 s instead of ~5 s on
+    two cores). crossjax's compile counters count traces, so they are unaffected."""
+    from jax.experimental.compilation_cache import compilation_cache as cc
+
+    options = (
+        ("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("xla_cache"))),
+        ("jax_persistent_cache_min_compile_time_secs", 0.0),
+        ("jax_persistent_cache_min_entry_size_bytes", 0),
+    )
+    previous = [(name, getattr(jax.config, name)) for name, _ in options]
+    for name, value in options:
+        jax.config.update(name, value)
+    cc.reset_cache()
+    yield
+    for name, value in previous:
+        jax.config.update(name, value)
+    cc.reset_cache()
+
+
+def _save_tiny(directory: Path, tokenizer, num_labels: int) -> Path:
+    import torch
+    from transformers import AutoModelForSequenceClassification, BertConfig
+
+    torch.manual_seed(num_labels)
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=37,
+        max_position_embeddings=128,
+        initializer_range=0.2,  # visibly different scores per pair, so order/equality checks mean something
+        num_labels=num_labels,
+    )
+    AutoModelForSequenceClassification.from_config(config).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def tiny_dirs(minilm_dir, tmp_path_factory) -> dict[int, Path]:
+    """Random 2-layer BertForSequenceClassification checkpoints (1 and 3 labels) with MiniLM's tokenizer."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(minilm_dir)
+    return {n: _save_tiny(tmp_path_factory.mktemp(f"tiny{n}"), tokenizer, n) for n in (1, 3)}
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tiny_dirs) -> Path:
+    return tiny_dirs[1]
+
+
+def sentence(rng: np.random.Generator, n_words: int) -> str:
+    return " ".join(rng.choice(WORDS, size=n_words))
+
+
+def make_examples(n: int, seed: int = 0, min_words: int = 2, max_words: int = 6) -> list[InputExample]:
+    rng = np.random.default_rng(seed)
+    return [
+        InputExample(
+            texts=[sentence(rng, rng.integers(min_words, max_words + 1)), sentence(rng, rng.integers(1, 4))],
+            label=float(rng.integers(0, 2)),
+        )
+        for _ in range(n)
+    ]
+
+
+def params_of(ce: CrossEncoder) -> list[np.ndarray]:
+    return [np.asarray(x) for x in jax.tree.leaves(nnx.state(ce.model, nnx.Param))]
+
+
+def losses_of(ce: CrossEncoder) -> list[float]:
+    return [h["loss"] for h in ce.training_history]
+
+
+def hf_logits(directory: Path, pairs: list[tuple[str, str]]) -> np.ndarray:
+    """Logits from PyTorch transformers: the independent reference for crossjax's forward pass."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(directory)
+    model = AutoModelForSequenceClassification.from_pretrained(directory).eval()
+    enc = tok([a for a, _ in pairs], [b for _, b in pairs], padding=True, truncation=True, return_tensors="pt")
+    with torch.no_grad():
+        return model(**enc).logits.numpy()
+
+
+# ------------------------------------------------------------------------- 1. bad input, before compiling
+def _with_bad(index: int, bad: InputExample, n: int = 4) -> list[InputExample]:
+    examples = make_examples(n)
+    examples[index] = bad
+    return examples
+
+
+BAD_EXAMPLES = {
+    "three texts": (1, InputExample(texts=["a", "b", "c"], label=1.0), "exactly 2 texts"),
+    "one text": (1, InputExample(texts=["a"], label=1.0), "exactly 2 texts"),
+    "None text": (1, InputExample(texts=["a", None], label=1.0), "None"),
+    "non-string text": (1, InputExample(texts=["a", 5], label=1.0), "string"),
+    "missing label": (1, InputExample(texts=["a", "b"], label=None), "missing label"),
+    "NaN label": (1, InputExample(texts=["a", "b"], label=float("nan")), "finite"),
+    "float label for classification": (3, InputExample(texts=["a", "b"], label=1.5), "class index"),
+    "label >= num_labels": (3, InputExample(texts=["a", "b"], label=3), "out of range"),
+}
+
+
+@pytest.fixture
+def spies(monkeypatch):
+    """Record whether fit reached tokenization or built the train step."""
+    calls: list[str] = []
+    tokenize, make_step = data.tokenize_pairs, training.make_train_step
+
+    def spy_tokenize(*args, **kwargs):
+        calls.append("tokenize")
+        return tokenize(*args, **kwargs)
+
+    def spy_make_step(*args, **kwargs):
+        calls.append("make_train_step")
+        return make_step(*args, **kwargs)
+
+    monkeypatch.setattr(data, "tokenize_pairs", spy_tokenize)
+    monkeypatch.setattr(training, "make_train_step", spy_make_step)
+    return calls
+
+
+@pytest.fixture(scope="module")
+def untrained(tiny_dirs) -> dict[int, CrossEncoder]:
+    return {n: CrossEncoder(d) for n, d in tiny_dirs.items()}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_EXAMPLES))
+def test_bad_examples_rejected_before_compilation(case, untrained, spies):
+    num_labels, bad, message = BAD_EXAMPLES[case]
+    ce = untrained[num_labels]
+    before = params_of(ce)
+    examples = _with_bad(2, bad)
+    if num_labels == 3:
+        for i, ex in enumerate(examples):
+            if i != 2:
+                ex.label = i % 3
+    with pytest.raises(ValueError, match=message) as err:
+        ce.fit(DataLoader(examples, batch_size=4), **QUIET)
+    assert "Example 2" in str(err.value)
+    assert spies == [], f"fit went on to {spies} before rejecting the input"
+    assert ce.compilations["train"] == 0
+    for a, b in zip(before, params_of(ce), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize(
+    "loader, kwargs, message",
+    [
+        (DataLoader([], batch_size=4), {}, "empty"),
+        ([], {}, "empty"),
+        (DataLoader(make_examples(4), batch_size=4), {"epochs": 0}, "epochs"),
+        (DataLoader(make_examples(4), batch_size=4), {"scheduler": "NoSuchSchedule"}, "Unknown scheduler"),
+        (DataLoader(make_examples(4), batch_size=4), {"gradient_accumulation_steps": 0}, "accumulation"),
+        (DataLoader(make_examples(4), batch_size=4), {"optimizer_params": {"lr": -1.0}}, "lr"),
+    ],
+    ids=["empty DataLoader", "empty list", "epochs=0", "unknown scheduler", "accumulation 0", "negative lr"],
+)
+def test_bad_fit_arguments_rejected_before_compilation(loader, kwargs, message, untrained, spies):
+    ce = untrained[1]
+    with pytest.raises(ValueError, match=message):
+        ce.fit(loader, **QUIET, **kwargs)
+    assert spies == []
+    assert ce.compilations["train"] == 0
+
+
+# ----------------------------------------------------------------------------------- 2. non-finite loss
+SENTINEL = 7.0  # a finite label (so validation accepts it) that makes the loss below NaN
+
+
+def nan_on_sentinel(logits, labels, example_mask):
+    loss = losses.binary_cross_entropy_with_logits(logits, jnp.clip(labels, 0.0, 1.0), example_mask)
+    return jnp.where(jnp.any((labels == SENTINEL) & (example_mask > 0)), jnp.nan, loss)
+
+
+def _snapshot(directory: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+def test_nan_loss_stops_training_and_keeps_last_good_model(tiny_dir, tmp_path):
+    out = tmp_path / "best"
+    settings = dict(loss_fct=nan_on_sentinel, **TRAIN)
+    ce = CrossEncoder(tiny_dir, config_kwargs=NO_DROPOUT)
+    dev = make_examples(6, seed=9)
+    evaluator = CECorrelationEvaluator([e.texts for e in dev], [e.label for e in dev])
+    ce.fit(DataLoader(make_examples(16, seed=1), batch_size=8), evaluator=evaluator, output_path=str(out), **settings)
+    saved = _snapshot(out)
+    assert "model.safetensors" in saved
+
+    # Second run: 5 steps of 8, step 3's batch has the sentinel -> NaN loss at step 3.
+    examples = make_examples(40, seed=2)
+    examples[19].label = SENTINEL
+    with pytest.raises(FloatingPointError, match=r"step 3 \(epoch 0\)"):
+        ce.fit(DataLoader(examples, batch_size=8), output_path=str(out), **settings)
+    assert _snapshot(out) == saved, "a failed run must not overwrite the last good model"
+    after = params_of(ce)
+    assert all(np.isfinite(p).all() for p in after)
+
+    # Training stopped at the bad step: the parameters are those after the 2 good steps, nothing later.
+    reference = CrossEncoder(out, config_kwargs=NO_DROPOUT)  # the state the second run started from
+    reference.fit(DataLoader(examples[:16], batch_size=8), **settings)
+    assert len(reference.training_history) == 2
+    for a, b in zip(after, params_of(reference), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    assert [h["step"] for h in ce.training_history] == [1, 2]
+
+
+@pytest.mark.parametrize(
+    "lr, message",
+    [
+        (1e30, r"the loss became nan at step 2"),  # step 1 is finite; its huge parameters overflow step 2
+        (1e39, r"the parameter update overflowed .* at step 1"),  # inf in float32: the update itself is inf
+    ],
+)
+@pytest.mark.filterwarnings("ignore:overflow encountered in cast:RuntimeWarning")  # 1e39 -> float32 inf
+def test_exploding_learning_rate_raises_with_finite_parameters(tiny_dir, lr, message):
+    ce = CrossEncoder(tiny_dir, config_kwargs=NO_DROPOUT)
+    initial = params_of(ce)
+    loader = DataLoader(make_examples(24), batch_size=8)
+    with pytest.raises(FloatingPointError, match=message):
+        ce.fit(loader, scheduler="constantlr", optimizer_params={"lr": lr}, **QUIET)
+    after = params_of(ce)
+    assert all(np.isfinite(p).all() for p in after)
+    if lr > 1e38:  # not a single update was applied
+        for a, b in zip(initial, after, strict=True):
+            np.testing.assert_array_equal(a, b)
+
+
+# ------------------------------------------------------------------------------- 3. compilations/buckets
+def token_lengths(tokenizer, pairs, max_length: int) -> np.ndarray:
+    enc = tokenizer([a for a, _ in pairs], [b for _, b in pairs], truncation="longest_first", max_length=max_length)
+    return np.array([len(x) for x in enc["input_ids"]])
+
+
+def expected_buckets(lengths: np.ndarray, buckets, batches) -> set[int]:
+    """The bucket each batch pads to: the smallest bucket holding its longest pair."""
+    return {min(b for b in buckets if b >= lengths[idx].max()) for idx in batches}
+
+
+def test_compilations_bounded_by_buckets(tiny_dir):
+    rng = np.random.default_rng(3)
+    # Sequential batches of 8: medium pairs (17-32 tokens), long ones (truncated to 64), medium, long again.
+    sizes = ([(15, 24)] * 8 + [(30, 80)] * 8) * 2
+    examples = [
+        InputExample(texts=[sentence(rng, rng.integers(*s)), sentence(rng, 3)], label=float(i % 2))
+        for i, s in enumerate(sizes)
+    ]
+    pairs = [tuple(e.texts) for e in examples]
+    batches = [np.arange(i, i + 8) for i in range(0, 32, 8)]
+
+    one = CrossEncoder(tiny_dir, max_length=64)
+    assert one.buckets == (16, 32, 64)
+    lengths = token_lengths(one.tokenizer, pairs, 64)
+    expected = expected_buckets(lengths, one.buckets, batches)
+    assert expected == {32, 64}  # two buckets for four batches
+    summary = one.fit(DataLoader(examples, batch_size=8), epochs=1, **TRAIN)
+    assert summary["global_step"] == 4
+    assert summary["compilations"] == len(expected) <= len(one.buckets)
+    assert {shape[1] for shape in summary["compiled_shapes"]} == expected
+    assert one.compilations["train"] == len(expected)
+
+    two = CrossEncoder(tiny_dir, max_length=64)
+    summary2 = two.fit(DataLoader(examples, batch_size=8), epochs=2, **TRAIN)
+    assert summary2["global_step"] == 8
+    assert summary2["compilations"] == summary["compilations"]  # the second epoch compiled nothing
+
+    # predict: sorted by length, chunks of 8 -> one program per bucket used, and none on a second call.
+    order = np.argsort(-lengths, kind="stable")
+    predict_expected = expected_buckets(lengths, one.buckets, [order[i : i + 8] for i in range(0, 32, 8)])
+    first = one.predict(pairs, batch_size=8)
+    assert one.compilations["predict"] == len(predict_expected) <= len(one.buckets)
+    np.testing.assert_array_equal(one.predict(pairs, batch_size=8), first)
+    assert one.compilations["predict"] == len(predict_expected)
+
+
+# ----------------------------------------------------------------------------- 4. gradient accumulation
+def test_gradient_accumulation_matches_large_batch(tiny_dir):
+    examples = make_examples(30, seed=4, max_words=20)  # 30 = 3 full steps of 8 + a partial one
+    # eps 1e-6 rather than 1e-8: the attention key biases have an exactly-zero true gradient, and Adam with a
+    # tiny eps turns their float32 rounding noise (different for the two summation orders) into lr-sized steps.
+    settings = dict(scheduler="constantlr", optimizer_params={"lr": 1e-3, "eps": 1e-6}, epochs=1, **QUIET)
+    big = CrossEncoder(tiny_dir, config_kwargs=NO_DROPOUT)
+    big.fit(DataLoader(examples, batch_size=8), **settings)
+    accumulated = CrossEncoder(tiny_dir, config_kwargs=NO_DROPOUT)
+    summary = accumulated.fit(DataLoader(examples, batch_size=4), gradient_accumulation_steps=2, **settings)
+    assert summary["global_step"] == 4
+    np.testing.assert_allclose(losses_of(accumulated), losses_of(big), rtol=1e-5, atol=1e-6)
+    assert abs(losses_of(big)[-1] - losses_of(big)[0]) > 1e-4
+    for a, b in zip(params_of(accumulated), params_of(big), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+# --------------------------------------------------------------------------------------- 5. seeds
+def test_seed_makes_runs_reproducible(tiny_dir):
+    examples = make_examples(24, seed=5)
+
+    def run(seed: int, shuffle: bool) -> list[float]:
+        ce = CrossEncoder(tiny_dir)  # dropout on (the checkpoint's 0.1)
+        loader = DataLoader(examples, batch_size=8, shuffle=shuffle)
+        ce.fit(loader, seed=seed, **TRAIN)
+        return losses_of(ce)
+
+    first = run(1, shuffle=True)
+    assert run(1, shuffle=True) == first
+    assert run(2, shuffle=True) != first
+    # Without shuffling only dropout depends on the seed; it must still change the losses.
+    assert run(1, shuffle=False) != run(2, shuffle=False)
+
+
+# ------------------------------------------------------------------------------------------ 6. evaluator
+class RecordingEvaluator(CECorrelationEvaluator):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.calls: list[tuple[int, int]] = []
+        self.returned: list[dict] = []
+
+    def __call__(self, model, output_path=None, epoch=-1, steps=-1):
+        result = super().__call__(model, output_path=output_path, epoch=epoch, steps=steps)
+        self.calls.append((epoch, steps))
+        self.returned.append(result)
+        return result
+
+
+def test_evaluator_schedule_callback_and_best_model(tiny_dir, tmp_path):
+    out = tmp_path / "out"
+    dev = make_examples(8, seed=6)
+    probe = [tuple(e.texts) for e in make_examples(5, seed=7)]
+    evaluator = RecordingEvaluator([e.texts for e in dev], [e.label for e in dev], name="dev")
+    ce = CrossEncoder(tiny_dir)
+    seen = []
+
+    def callback(score, epoch, steps):
+        seen.append((score, epoch, steps, ce.predict(probe)))
+
+    summary = ce.fit(
+        DataLoader(make_examples(40, seed=8), batch_size=8),
+        evaluator=evaluator,
+        epochs=2,
+        evaluation_steps=2,
+        output_path=str(out),
+        callback=callback,
+        **TRAIN,
+    )
+    # 5 batches per epoch: after batches 2 and 4 of each epoch, and at each epoch's end (steps=-1).
+    expected_calls = [(0, 2), (0, 4), (0, -1), (1, 2), (1, 4), (1, -1)]
+    assert evaluator.calls == expected_calls
+    assert [(e, s) for _, e, s, _ in seen] == expected_calls
+    assert [score for score, *_ in seen] == evaluator.returned  # the callback gets the evaluator's return
+
+    # sentence-transformers' CSV file name and one row per evaluation.
+    with open(out / "CrossEncoderCorrelationEvaluator_dev_results.csv", newline="") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["epoch", "steps", "Pearson_Correlation", "Spearman_Correlation"]
+    assert [(int(r[0]), int(r[1])) for r in rows[1:]] == expected_calls
+
+    # The saved model is the first evaluation with the highest primary metric (strictly better wins).
+    scores = [r["dev_spearman"] for r in evaluator.returned]
+    best = int(np.argmax([-math.inf if math.isnan(s) else s for s in scores]))
+    assert summary["best_score"] == pytest.approx(scores[best])
+    np.testing.assert_allclose(CrossEncoder(out).predict(probe), seen[best][3], rtol=0, atol=1e-6)
+
+
+def test_without_evaluator_final_model_saved_and_reloads(tiny_dir, tmp_path):
+    out = tmp_path / "final"
+    ce = CrossEncoder(tiny_dir)
+    ce.fit(DataLoader(make_examples(16), batch_size=8), output_path=str(out), **TRAIN)
+    probe = [tuple(e.texts) for e in make_examples(6, seed=11)]
+    reloaded = CrossEncoder(out)
+    np.testing.assert_allclose(reloaded.predict(probe), ce.predict(probe), rtol=0, atol=1e-6)
+    assert not np.allclose(CrossEncoder(tiny_dir).predict(probe), ce.predict(probe), rtol=0, atol=1e-6)
+
+
+# --------------------------------------------------------------------------------------- 7. loader kinds
+def test_dataloader_kinds(tiny_dir):
+    import datasets
+    import torch
+    from sentence_transformers import InputExample as STInputExample
+
+    examples = make_examples(32, seed=12, max_words=20)
+    st_examples = [STInputExample(texts=list(e.texts), label=e.label) for e in examples]
+    loaders = {
+        "crossjax": DataLoader(examples, batch_size=16, shuffle=False),
+        "torch": torch.utils.data.DataLoader(st_examples, batch_size=16, shuffle=False),
+        "list of lists": [examples[:16], examples[16:]],
+    }
+    results = {}
+    for kind, loader in loaders.items():
+        ce = CrossEncoder(tiny_dir, config_kwargs=NO_DROPOUT)
+        ce.fit(loader, **TRAIN)
+        results[kind] = losses_of(ce)
+    assert len(results["crossjax"]) == 2
+    assert results["torch"] == results["crossjax"]
+    assert results["list of lists"] == results["crossjax"]
+
+    ds = datasets.Dataset.from_dict(
+        {
+            "sentence1": [e.texts[0] for e in examples],
+            "sentence2": [e.texts[1] for e in examples],
+            "label": [e.label for e in examples],
+        }
+    )
+    ce = CrossEncoder(tiny_dir, config_kwargs=NO_DROPOUT)
+    summary = ce.fit(ds, **TRAIN)
+    assert summary["global_step"] == 2  # 32 rows, batch size 16 by default
+    assert np.isfinite(losses_of(ce)).all()
+    assert any(not np.array_equal(a, b) for a, b in zip(params_of(ce), params_of(CrossEncoder(tiny_dir)), strict=True))
+
+
+# ---------------------------------------------------------------------------------------------- 8. AMP
+def test_use_amp_trains_in_bfloat16_with_float32_master_weights(tiny_dir):
+    examples = make_examples(32, seed=13, max_words=20)
+    full = CrossEncoder(tiny_dir, config_kwargs=NO_DROPOUT)
+    full.fit(DataLoader(examples, batch_size=16), **TRAIN)
+    amp = CrossEncoder(tiny_dir, config_kwargs=NO_DROPOUT)
+    before = params_of(amp)
+    amp.fit(DataLoader(examples, batch_size=16), use_amp=True, **TRAIN)
+    assert np.isfinite(losses_of(amp)).all() and len(losses_of(amp)) == 2
+    assert all(p.dtype == np.float32 for p in params_of(amp))
+    assert any(not np.array_equal(a, b) for a, b in zip(before, params_of(amp), strict=True))
+    assert losses_of(amp)[0] == pytest.approx(losses_of(full)[0], rel=2e-2)
+    assert losses_of(amp)[0] != losses_of(full)[0]  # really computed in bfloat16
+
+
+# ------------------------------------------------------------------------------------------- 9. predict
+@pytest.fixture(scope="module")
+def tiny_ce(tiny_dir) -> CrossEncoder:
+    return CrossEncoder(tiny_dir)
+
+
+def test_predict_single_pair_and_input_order(tiny_ce, tiny_dir):
+    rng = np.random.default_rng(14)
+    pairs = [(sentence(rng, int(n)), sentence(rng, 2)) for n in rng.integers(1, 40, size=10)]
+    single = tiny_ce.predict(pairs[0])
+    assert np.ndim(single) == 0
+    scores = tiny_ce.predict(pairs, batch_size=4)
+    assert scores.shape == (10,)
+    alone = np.array([tiny_ce.predict(p, batch_size=1) for p in pairs])
+    np.testing.assert_allclose(scores, alone, rtol=0, atol=1e-5)
+    assert np.std(scores) > 1e-3
+    reference = 1 / (1 + np.exp(-hf_logits(tiny_dir, pairs)[:, 0]))  # default Sigmoid for one label
+    np.testing.assert_allclose(scores, reference, rtol=0, atol=1e-5)
+
+
+def test_predict_apply_softmax_three_labels(tiny_dirs):
+    ce = CrossEncoder(tiny_dirs[3])
+    pairs = [tuple(e.texts) for e in make_examples(5, seed=15)]
+    probs = ce.predict(pairs, apply_softmax=True)
+    assert probs.shape == (5, 3)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-6)
+    logits = hf_logits(tiny_dirs[3], pairs)
+    expected = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(probs, expected, atol=1e-5)
+
+
+def test_rank(tiny_ce):
+    query = "a man plays the guitar"
+    documents = [tuple(e.texts)[0] for e in make_examples(7, seed=16)]
+    scores = tiny_ce.predict([(query, d) for d in documents])
+    ranked = tiny_ce.rank(query, documents, return_documents=True)
+    assert [r["corpus_id"] for r in ranked] == list(np.argsort(-scores, kind="stable"))
+    for r in ranked:
+        assert r["text"] == documents[r["corpus_id"]]
+        assert r["score"] == pytest.approx(float(scores[r["corpus_id"]]), abs=1e-6)
+    top = tiny_ce.rank(query, documents, top_k=3)
+    assert [r["corpus_id"] for r in top] == [r["corpus_id"] for r in ranked[:3]]
+    assert all("text" not in r for r in top)
+
+
+# ------------------------------------------------------------------------------- 10. construction rules
+def test_num_labels_and_default_activation(tiny_dirs, minilm_dir):
+    pairs = [tuple(e.texts) for e in make_examples(4, seed=17)]
+    three = CrossEncoder(tiny_dirs[3])
+    assert three.num_labels == 3
+    assert three.activation_fn is losses.identity
+    np.testing.assert_allclose(three.predict(pairs), hf_logits(tiny_dirs[3], pairs), atol=1e-5)
+
+    one = CrossEncoder(tiny_dirs[1])
+    assert one.num_labels == 1 and one.activation_fn is losses.sigmoid
+    scores = one.predict(pairs)
+    assert ((scores >= 0) & (scores <= 1)).all()
+
+    base = CrossEncoder(minilm_dir)  # a BertModel checkpoint: a fresh one-label head
+    assert base.config.architectures == ["BertModel"]
+    assert base.num_labels == 1 and base.activation_fn is losses.sigmoid
+
+
+def test_saved_activation_is_read_back(tiny_dir, tmp_path):
+    from sentence_transformers import CrossEncoder as TorchCrossEncoder
+
+    pairs = [tuple(e.texts) for e in make_examples(4, seed=18)]
+    CrossEncoder(tiny_dir, activation_fn="tanh").save(tmp_path / "tanh")
+    reloaded = CrossEncoder(tmp_path / "tanh")
+    assert reloaded.activation_fn is losses.tanh
+    scores = reloaded.predict(pairs)
+    np.testing.assert_allclose(scores, np.tanh(hf_logits(tiny_dir, pairs)[:, 0]), atol=1e-5)
+    theirs = TorchCrossEncoder(str(tmp_path / "tanh"), device="cpu")
+    assert type(theirs.activation_fn).__name__ == "Tanh"
+    np.testing.assert_allclose(theirs.predict(pairs), scores, atol=1e-5)

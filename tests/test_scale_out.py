@@ -1,0 +1,447 @@
+"""Scale-out on CPU: 8 devices vs 1, two processes vs one, and kill-and-resume from orbax checkpoints.
+
+Every run happens in a subprocess (``scale_out_worker.py``) because the number of CPU devices
+(``--xla_force_host_platform_device_count``) and ``jax.distributed`` are fixed when JAX starts. A tiny random
+BERT (32 hidden units, MiniLM's tokenizer) trains on 44 real STS-B pairs, batch 16: 3 steps per epoch, the last
+one with 12 real rows and 4 padding rows. One module fixture runs all subprocesses, two chains side by side
+(the machine has 2 cores), with a shared persistent compilation cache, a timeout on each and no orphans:
+
+* chain 1: 1 device (replicated and fsdp), then 2 processes x 4 devices (fsdp);
+* chain 2: 8 devices (dropout reference, replicated, fsdp, a bad batch size), then a checkpointed run that is
+  SIGKILLed after step 5, then the resume, the mismatched resumes and the damaged checkpoints.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import read_stsb
+
+pytestmark = pytest.mark.slow
+
+WORKER = Path(__file__).with_name("scale_out_worker.py")
+TIMEOUT_S = 240
+EXAMPLES = 44  # 3 batches of 16 per epoch: 16, 16 and 12 real rows
+FIT = dict(batch_size=16, limit=EXAMPLES, lr=1e-3)
+# The run that is killed and resumed, with dropout on: the RNG state must be restored too.
+RESUMABLE = dict(FIT, name="", sharding="fsdp", epochs=3, dropout=True, seed=3, predict=False)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class _Processes:
+    """Starts worker subprocesses and kills every one still running when the fixture ends."""
+
+    def __init__(self, root: Path, data: Path, model: Path) -> None:
+        self.root, self.data, self.model = root, data, model
+        self.cache = root / "jax_cache"
+        self.running: list[subprocess.Popen] = []
+        self.lock = threading.Lock()
+
+    def run(self, name: str, devices: int, jobs: list[dict], processes: int = 1) -> dict:
+        """Run ``jobs`` in ``processes`` workers of ``devices`` CPU devices each; never raises.
+
+        Returns ``{"results": [per process], "returncodes": [...], "logs": [...], "seconds": ...}``; a
+        result is None where the worker wrote none (crash, kill, timeout)."""
+        out_dir = self.root / name
+        spec = {"model_dir": str(self.model), "data": str(self.data), "out_dir": str(out_dir), "jobs": jobs}
+        if processes > 1:
+            spec["distributed"] = {"coordinator": f"127.0.0.1:{_free_port()}", "num_processes": processes}
+        spec_file = self.root / f"{name}.json"
+        spec_file.write_text(json.dumps(spec))
+        env = dict(os.environ)
+        env.update(
+            JAX_PLATFORMS="cpu",
+            XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+            JAX_COMPILATION_CACHE_DIR=str(self.cache),
+            JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.5",
+            TOKENIZERS_PARALLELISM="false",
+        )
+        started = time.monotonic()
+        procs, logs = [], []
+        for pid in range(processes):
+            log = self.root / f"{name}_{pid}.log"
+            logs.append(log)
+            with open(log, "w") as f:
+                proc = subprocess.Popen(
+                    [sys.executable, str(WORKER), str(spec_file), str(pid)], env=env, stdout=f, stderr=f
+                )
+            with self.lock:
+                self.running.append(proc)
+            procs.append(proc)
+        returncodes = []
+        for proc in procs:
+            try:
+                returncodes.append(proc.wait(timeout=max(1.0, TIMEOUT_S - (time.monotonic() - started))))
+            except subprocess.TimeoutExpired:
+                returncodes.append("timeout")
+                for other in procs:  # a lone survivor of a distributed run would wait forever for its peer
+                    other.kill()
+        for proc in procs:
+            proc.wait()
+            with self.lock:
+                self.running.remove(proc)
+        results = []
+        for pid in range(processes):
+            path = out_dir / f"result_{pid}.json"
+            results.append(json.loads(path.read_text()) if path.exists() else None)
+        return {
+            "results": results,
+            "returncodes": returncodes,
+            "logs": [log.read_text()[-4000:] for log in logs],
+            "seconds": time.monotonic() - started,
+        }
+
+    def kill_all(self) -> None:
+        with self.lock:
+            for proc in self.running:
+                proc.kill()
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, minilm_dir):
+    rows = read_stsb("train", limit=48)  # skips when ../shared is absent
+    assert len(rows) >= EXAMPLES
+    root = tmp_path_factory.mktemp("scale_out")
+    data = root / "stsb.json"
+    data.write_text(json.dumps(rows))
+    model = root / "tiny-bert"
+    _tiny_bert(model, minilm_dir)
+
+    procs = _Processes(root, data, model)
+    ck = root / "kill_resume_checkpoints"
+    one_device = [
+        dict(FIT, name="replicated", sharding="replicated", export=str(root / "export_1dev_replicated")),
+        dict(FIT, name="fsdp", sharding="fsdp", evaluator=True, export=str(root / "export_1dev_fsdp")),
+    ]
+    eight_devices = [
+        dict(RESUMABLE, name="reference", export=str(root / "export_reference")),
+        dict(FIT, name="replicated", sharding="replicated", export=str(root / "export_8dev_replicated")),
+        dict(
+            FIT,
+            name="fsdp",
+            sharding="fsdp",
+            evaluator=True,
+            checkpoint_path=str(root / "checkpoints_8dev"),
+            export=str(root / "export_8dev_fsdp"),
+        ),
+        dict(FIT, name="batch_12", sharding="fsdp", batch_size=12, predict=False),
+    ]
+    two_processes = [
+        dict(
+            FIT,
+            name="fsdp",
+            sharding="fsdp",
+            evaluator=True,
+            checkpoint_path=str(root / "checkpoints_2proc"),
+            export=str(root / "export_2proc_{process}"),
+        ),
+        {"name": "interleaved", "kind": "interleaved_mesh"},
+    ]
+    checkpointed = dict(RESUMABLE, checkpoint_path=str(ck), save_steps=2, save_total_limit=2)
+    killed = [
+        dict(checkpointed, name="killed", kill_after_step=5, kill_wait_for_step=4, fed_log=str(root / "fed.jsonl"))
+    ]
+    garbled, truncated = root / "checkpoints_garbled", root / "checkpoints_truncated"
+    resumed = [
+        dict(checkpointed, name="resumed", export=str(root / "export_resumed")),
+        dict(checkpointed, name="other_batch_size", batch_size=8),
+        dict(checkpointed, name="other_dataset_size", limit=EXAMPLES - 4),
+        dict(checkpointed, name="other_labels", label_scale=4.0),  # same size, other data
+        {"name": "garble", "action": "garble", "source": str(ck), "target": str(garbled)},
+        dict(checkpointed, name="garbled", checkpoint_path=str(garbled)),
+        {"name": "truncate", "action": "truncate", "source": str(ck), "target": str(truncated)},
+        dict(checkpointed, name="truncated", checkpoint_path=str(truncated)),
+        {"name": "drop_damaged", "action": "delete_step", "target": str(garbled), "step": 9},
+        dict(checkpointed, name="from_earlier_step", checkpoint_path=str(garbled), export=str(root / "export_8")),
+    ]
+    # A run that never happened (its chain hung) reads as None, which _results reports.
+    out: dict = collections.defaultdict(lambda: None)
+    out.update(root=root, checkpoints=ck, garbled=garbled, truncated=truncated)
+
+    def chain_1():
+        out["1dev"] = procs.run("1dev", 1, one_device)
+        out["2proc"] = procs.run("2proc", 4, two_processes, processes=2)
+
+    def chain_2():
+        out["8dev"] = procs.run("8dev", 8, eight_devices)
+        out["killed"] = procs.run("killed", 8, killed)
+        out["resumed"] = procs.run("resumed", 8, resumed)
+
+    threads = [threading.Thread(target=chain_1), threading.Thread(target=chain_2)]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=4 * TIMEOUT_S)
+    finally:
+        procs.kill_all()
+    timings = {k: round(v["seconds"], 1) for k, v in out.items() if isinstance(v, dict) and "seconds" in v}
+    print(f"scale-out subprocess wall times (s): {timings}")
+    yield out
+    procs.kill_all()
+
+
+def _tiny_bert(directory: Path, minilm_dir: Path) -> None:
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, BertConfig
+
+    torch.manual_seed(0)
+    config = BertConfig(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=37,
+        vocab_size=30522,
+        num_labels=1,
+    )
+    AutoModelForSequenceClassification.from_config(config).save_pretrained(directory)
+    AutoTokenizer.from_pretrained(minilm_dir).save_pretrained(directory)
+
+
+def _results(run: dict | None) -> list[dict]:
+    """The per-process results of a run; fails with the workers' log tails if one is missing."""
+    if run is None:
+        pytest.fail("the run did not happen (an earlier run of its chain hung)")
+    if any(r is None for r in run["results"]) or any(rc != 0 for rc in run["returncodes"]):
+        logs = "\n----\n".join(run["logs"])
+        pytest.fail(f"worker failed (return codes {run['returncodes']}):\n{logs}")
+    return run["results"]
+
+
+def _job(run: dict, name: str) -> dict:
+    job = _results(run)[0]["jobs"][name]
+    if "error" in job:
+        pytest.fail(f"job {name} failed:\n{job['error']['traceback']}")
+    return job
+
+
+def _load(directory: Path) -> dict[str, np.ndarray]:
+    from safetensors.numpy import load_file
+
+    return load_file(str(directory / "model.safetensors"))
+
+
+def _max_diff(a, b) -> float:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    assert a.shape == b.shape
+    return float(np.max(np.abs(a - b))) if a.size else 0.0
+
+
+def _max_tensor_diff(a: dict, b: dict) -> float:
+    assert sorted(a) == sorted(b)
+    return max(_max_diff(a[k], b[k]) for k in a)
+
+
+def _per_epoch(fed: list[list[int]], steps_per_epoch: int = 3) -> list[list[int]]:
+    return [sum(fed[i : i + steps_per_epoch], []) for i in range(0, len(fed), steps_per_epoch)]
+
+
+def _report(what: str, **diffs: float) -> None:
+    """Print the measured differences (shown with ``pytest -s``)."""
+    print(f"\n{what}: " + ", ".join(f"max |diff| {k} {v:.2e}" for k, v in diffs.items()))
+
+
+def _assert_trained(losses: list[float]) -> None:
+    assert abs(losses[-1] - losses[0]) > 5e-3, f"the loss barely moved ({losses}): the comparison would be vacuous"
+
+
+# --------------------------------------------------------------------------------------- 8 devices vs 1
+
+
+@pytest.mark.parametrize("mode", ["replicated", "fsdp"])
+def test_eight_devices_match_one_device(runs, mode):
+    one, eight = _job(runs["1dev"], mode), _job(runs["8dev"], mode)
+    assert _results(runs["1dev"])[0]["device_count"] == 1
+    assert _results(runs["8dev"])[0]["device_count"] == 8
+    assert len(one["losses"]) == len(eight["losses"]) == 6  # 2 epochs x 3 steps
+    _assert_trained(one["losses"])
+    assert one["fed"] == eight["fed"]  # the same batches, in the same order
+    exported_one = _load(runs["root"] / f"export_1dev_{mode}")
+    exported_eight = _load(runs["root"] / f"export_8dev_{mode}")
+    _report(
+        f"8 vs 1 device, {mode}",
+        losses=_max_diff(one["losses"], eight["losses"]),
+        predictions=_max_diff(one["predictions"], eight["predictions"]),
+        params=_max_tensor_diff(exported_one, exported_eight),
+    )
+    assert _max_diff(one["losses"], eight["losses"]) <= 1e-5
+    assert _max_diff(one["predictions"], eight["predictions"]) <= 1e-5
+    assert np.std(one["predictions"]) > 0
+    assert _max_tensor_diff(exported_one, exported_eight) <= 1e-5
+
+
+def test_fsdp_really_shards_parameters_and_optimizer_state(runs):
+    assert _job(runs["8dev"], "replicated")["sharded_params"] == {}
+    fsdp = _job(runs["8dev"], "fsdp")
+    sharded = fsdp["sharded_params"]
+    word = [k for k in sharded if "word" in k]
+    assert word, f"the word embedding is replicated under fsdp; sharded: {sharded}"
+    assert "'data'" in sharded[word[0]]
+    # Adam's moments are laid out like their parameters (mu and nu of each sharded parameter).
+    moments = [k for k in fsdp["sharded_opt_state"] if "word" in k]
+    assert len(moments) == 2, fsdp["sharded_opt_state"]
+    assert all(fsdp["sharded_opt_state"][k] == sharded[word[0]] for k in moments)
+
+
+def test_batch_size_not_divisible_by_devices_is_a_clear_error(runs):
+    error = _results(runs["8dev"])[0]["jobs"]["batch_12"].get("error")
+    assert error is not None and error["type"] == "ValueError"
+    message = error["message"]
+    assert "batch_size=12" in message and "8 data shards" in message
+    assert "8, 16, 24" in message  # the sizes that work
+
+
+# --------------------------------------------------------------------------------------- 2 processes
+
+
+def test_two_processes_match_one_process_with_eight_devices(runs):
+    p0, p1 = _results(runs["2proc"])
+    for index, result in enumerate((p0, p1)):
+        assert result["process_index"] == index
+        assert result["process_count"] == 2
+        assert result["local_device_count"] == 4 and result["device_count"] == 8
+        assert result["cpu_collectives"] == "gloo"  # chosen by initialize_distributed
+    single = _job(runs["8dev"], "fsdp")
+    jobs = [p0["jobs"]["fsdp"], p1["jobs"]["fsdp"]]
+    for job in jobs:
+        assert "error" not in job, job.get("error", {}).get("traceback")
+    for job in jobs:
+        assert _max_diff(job["losses"], single["losses"]) <= 1e-5
+        # predict (and the evaluator inside fit) give every process the full result
+        assert _max_diff(job["predictions_before"], single["predictions_before"]) <= 1e-5
+        assert _max_diff(job["predictions"], single["predictions"]) <= 1e-5
+        assert job["best_score"] == pytest.approx(single["best_score"], abs=1e-5)
+        assert job["sharded_params"] == single["sharded_params"]
+    _assert_trained(single["losses"])
+
+    # Only process 0 writes the export, and it equals the single-process export.
+    root = runs["root"]
+    _report(
+        "2 processes x 4 devices vs 1 process x 8 devices, fsdp",
+        losses=max(_max_diff(job["losses"], single["losses"]) for job in jobs),
+        predictions=max(_max_diff(job["predictions"], single["predictions"]) for job in jobs),
+        params=_max_tensor_diff(_load(root / "export_2proc_0"), _load(root / "export_8dev_fsdp")),
+    )
+    assert jobs[0]["export_returned"] is not None and jobs[1]["export_returned"] is None
+    assert not (root / "export_2proc_1").exists()
+    assert _max_tensor_diff(_load(root / "export_2proc_0"), _load(root / "export_8dev_fsdp")) <= 1e-5
+    # Both processes wrote their shards of the same checkpoints.
+    steps = sorted(p.name for p in (root / "checkpoints_2proc").iterdir() if p.name.isdigit())
+    assert steps == ["4", "6"]
+
+    # Every example exactly once per epoch over the two processes; padding rows are never counted.
+    assert len(jobs[0]["fed"]) == len(jobs[1]["fed"]) == 6
+    for epoch, (mine, theirs) in enumerate(zip(_per_epoch(jobs[0]["fed"]), _per_epoch(jobs[1]["fed"]), strict=True)):
+        assert sorted(mine + theirs) == list(range(EXAMPLES)), f"epoch {epoch}"
+    # The last batch of an epoch has 12 real rows: process 0 feeds 8 of them, process 1 the other 4.
+    assert [len(b) for b in jobs[0]["fed"]] == [8, 8, 8] * 2
+    assert [len(b) for b in jobs[1]["fed"]] == [8, 8, 4] * 2
+    # Together they feed exactly what the single process fed, step by step.
+    for step, (a, b, whole) in enumerate(zip(jobs[0]["fed"], jobs[1]["fed"], single["fed"], strict=True)):
+        assert a + b == whole, f"step {step + 1}"
+
+
+def test_mesh_interleaving_the_processes_feeds_the_right_rows(runs):
+    """A mesh whose device order alternates between processes: each process must feed the rows its devices
+    hold (not a contiguous half), or predictions would land on the wrong pairs."""
+    p0, p1 = (r["jobs"]["interleaved"] for r in _results(runs["2proc"]))
+    assert p0["process_rows"] == [0, 1, 4, 5, 8, 9, 12, 13]
+    assert p1["process_rows"] == [2, 3, 6, 7, 10, 11, 14, 15]
+    for job in (p0, p1):
+        # The random tiny model's scores differ by ~1e-5 between pairs: misplaced rows would show.
+        assert np.ptp(job["usual"]) > 1e-5
+        assert _max_diff(job["usual"], job["interleaved"]) <= 1e-7
+
+
+# --------------------------------------------------------------------------------------- kill and resume
+
+
+def test_killed_run_resumes_exactly(runs):
+    killed = runs["killed"]
+    if killed is None:
+        pytest.fail("the run to kill did not happen (an earlier run of its chain hung)")
+    assert killed["returncodes"] == [-signal.SIGKILL], killed["logs"]
+    fed_before_kill = [json.loads(line) for line in (runs["root"] / "fed.jsonl").read_text().splitlines()]
+    assert len(fed_before_kill) == 5  # killed while step 6 was being fed
+    reference = _job(runs["8dev"], "reference")
+    resumed = _job(runs["resumed"], "resumed")
+    assert resumed["resumed_from_step"] == 4  # the checkpoint of step 4, not a fresh start
+    assert resumed["history"][0]["step"] == 5 and resumed["global_step"] == 9
+    assert len(reference["losses"]) == 9
+    _assert_trained(reference["losses"])
+    # The exact data position: steps 5.. of the resumed run feed what the uninterrupted run fed.
+    assert fed_before_kill[:4] + resumed["fed"] == reference["fed"]
+    assert fed_before_kill == reference["fed"][:5]
+    for epoch in _per_epoch(reference["fed"]):
+        assert sorted(epoch) == list(range(EXAMPLES))
+    # Same losses and parameters as the run that was never interrupted, dropout on (RNG restored).
+    root = runs["root"]
+    _report(
+        "killed at step 5 + resumed from step 4 vs uninterrupted, dropout on",
+        losses=_max_diff(resumed["losses"], reference["losses"][4:]),
+        params=_max_tensor_diff(_load(root / "export_resumed"), _load(root / "export_reference")),
+    )
+    assert _max_diff(resumed["losses"], reference["losses"][4:]) <= 1e-6
+    assert _max_tensor_diff(_load(root / "export_resumed"), _load(root / "export_reference")) <= 1e-6
+
+
+@pytest.mark.parametrize(
+    ("job", "expected"),
+    [
+        ("other_batch_size", "batch_size: checkpoint 16 vs now 8"),
+        ("other_dataset_size", f"examples: checkpoint {EXAMPLES} vs now {EXAMPLES - 4}"),
+        ("other_labels", "data: checkpoint"),
+    ],
+)
+def test_resuming_another_run_is_refused(runs, job, expected):
+    error = _results(runs["resumed"])[0]["jobs"][job].get("error")
+    assert error is not None, f"{job} resumed a checkpoint of another run"
+    assert error["type"] == "CheckpointMismatchError"
+    assert expected in error["message"]
+    if job == "other_labels":  # same size and settings: only the data hash tells them apart
+        assert "examples:" not in error["message"] and "batch_size:" not in error["message"]
+
+
+@pytest.mark.parametrize("damage", ["garbled", "truncated"])
+def test_damaged_checkpoint_is_reported_and_earlier_step_kept(runs, damage):
+    jobs = _results(runs["resumed"])[0]["jobs"]
+    action = jobs["garble" if damage == "garbled" else "truncate"]
+    assert action["latest"] == 9
+    error = jobs[damage].get("error")
+    assert error is not None, f"a {damage} checkpoint was restored without complaint"
+    assert error["type"] == "CheckpointCorruptError"
+    message = error["message"]
+    assert "step 9" in message and "[8]" in message and "Nothing was deleted" in message
+    if damage == "garbled":  # readable but wrong bytes: only the checksums catch it
+        assert "does not match the checksums" in message
+    # The earlier step is still there, byte for byte, and so is the damaged one (nothing was overwritten).
+    original, damaged_copy = runs["checkpoints"], runs[damage]
+    if damage == "truncated":
+        assert (damaged_copy / "9").is_dir()
+    for path in sorted((original / "8").rglob("*")):
+        if path.is_file():
+            copy = damaged_copy / path.relative_to(original)
+            assert copy.read_bytes() == path.read_bytes(), f"{copy} changed"
+
+
+def test_resume_from_earlier_step_after_removing_damaged_one(runs):
+    job = _job(runs["resumed"], "from_earlier_step")
+    assert job["resumed_from_step"] == 8 and job["global_step"] == 9
+    root = runs["root"]
+    assert _max_tensor_diff(_load(root / "export_8"), _load(root / "export_reference")) <= 1e-6

@@ -255,14 +255,14 @@ def test_tokenize_stsb_pairs(tokenizer, stsb_rows) -> None:
 
 
 def test_buckets() -> None:
-    assert default_buckets(512) == (32, 64, 128, 256, 512)
-    assert default_buckets(128) == (32, 64, 128)
-    assert default_buckets(200) == (32, 64, 128, 200)
-    assert default_buckets(64) == (16, 32, 64)
-    assert default_buckets(40) == (16, 32, 40)
+    assert default_buckets(512) == (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
+    assert default_buckets(128) == (16, 24, 32, 48, 64, 96, 128)
+    assert default_buckets(200) == (16, 24, 32, 48, 64, 96, 128, 192, 200)
+    assert default_buckets(64) == (16, 24, 32, 48, 64)
+    assert default_buckets(40) == (16, 24, 32, 40)
     assert default_buckets(8) == (8,)
     buckets = default_buckets(200)
-    assert [bucket_for(n, buckets) for n in (1, 32, 33, 128, 129, 200)] == [32, 32, 64, 128, 200, 200]
+    assert [bucket_for(n, buckets) for n in (1, 17, 25, 33, 128, 129, 200)] == [16, 24, 32, 48, 128, 192, 200]
     with pytest.raises(ValueError, match="exceeds the largest bucket"):
         bucket_for(201, buckets)
 

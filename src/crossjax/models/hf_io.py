@@ -410,6 +410,9 @@ def atomic_directory_write(target: Path, write) -> Path:
     target = target.expanduser().resolve()
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the export should be as readable as any dir
     try:
         write(tmp)
         if target.exists():

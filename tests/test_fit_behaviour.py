@@ -289,7 +289,7 @@ def test_compilations_bounded_by_buckets(tiny_dir):
     pairs = [tuple(e.texts) for e in examples]
     batches = [np.arange(i, i + 8) for i in range(0, 32, 8)]
 
-    one = CrossEncoder(tiny_dir, max_length=64)
+    one = CrossEncoder(tiny_dir, max_length=64, buckets=(16, 32, 64))
     assert one.buckets == (16, 32, 64)
     lengths = token_lengths(one.tokenizer, pairs, 64)
     expected = expected_buckets(lengths, one.buckets, batches)
@@ -300,7 +300,7 @@ def test_compilations_bounded_by_buckets(tiny_dir):
     assert {shape[1] for shape in summary["compiled_shapes"]} == expected
     assert one.compilations["train"] == len(expected)
 
-    two = CrossEncoder(tiny_dir, max_length=64)
+    two = CrossEncoder(tiny_dir, max_length=64, buckets=(16, 32, 64))
     summary2 = two.fit(DataLoader(examples, batch_size=8), epochs=2, **TRAIN)
     assert summary2["global_step"] == 8
     assert summary2["compilations"] == summary["compilations"]  # the second epoch compiled nothing

@@ -22,7 +22,7 @@ from flax import nnx
 
 from crossjax import data as data_lib
 from crossjax import losses, training
-from crossjax.parallel import is_main_process, put_global
+from crossjax.parallel import is_main_process
 from crossjax.schedules import make_schedule
 
 if TYPE_CHECKING:
@@ -153,25 +153,10 @@ def run_fit(
     model = ce.model
     nnx.reseed(model, dropout=cfg.seed)
     params = nnx.state(model, nnx.Param)
-    rest = nnx.state(model, nnx.Not(nnx.Param))
     tx = training.make_optimizer(
         schedule, cfg.weight_decay, training.decay_mask(model, params), cfg.max_grad_norm, cfg.adam_eps
     )
-    param_shardings = plan.state_shardings(params)
-    opt_shardings = plan.state_shardings(jax.eval_shape(tx.init, params))
-    state_shardings = training.TrainState(
-        step=plan.replicated,
-        params=param_shardings,
-        rest=jax.tree.map(lambda _: plan.replicated, rest),
-        opt_state=opt_shardings,
-    )
-    opt_state = jax.jit(tx.init, out_shardings=opt_shardings)(params)
-    state = training.TrainState(
-        step=put_global(np.zeros((), np.int32), plan.replicated),
-        params=put_global(params, param_shardings),
-        rest=put_global(rest, plan.replicated),
-        opt_state=opt_state,
-    )
+    state, state_shardings = training.init_train_state(model, tx, plan)
 
     checkpointer = None
     start_step = 0

@@ -95,6 +95,33 @@ class CompileCounter:
         self.shapes.append(tuple(shape))
 
 
+def init_train_state(model: FlaxPreTrainedModel, tx: optax.GradientTransformation, plan: MeshPlan):
+    """The model's parameters and a fresh optimizer state, placed on the mesh; returns (state, shardings).
+
+    Parameters and optimizer moments follow ``plan``'s mode (replicated or fsdp); the step counter and the
+    dropout RNG state are replicated.
+    """
+    from crossjax.parallel import put_global
+
+    params = nnx.state(model, nnx.Param)
+    rest = nnx.state(model, nnx.Not(nnx.Param))
+    param_shardings = plan.state_shardings(params)
+    opt_shardings = plan.state_shardings(jax.eval_shape(tx.init, params))
+    shardings = TrainState(
+        step=plan.replicated,
+        params=param_shardings,
+        rest=jax.tree.map(lambda _: plan.replicated, rest),
+        opt_state=opt_shardings,
+    )
+    state = TrainState(
+        step=put_global(np.zeros((), np.int32), plan.replicated),
+        params=put_global(params, param_shardings),
+        rest=put_global(rest, plan.replicated),
+        opt_state=jax.jit(tx.init, out_shardings=opt_shardings)(params),
+    )
+    return state, shardings
+
+
 def make_train_step(
     graphdef,
     tx: optax.GradientTransformation,

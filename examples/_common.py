@@ -41,8 +41,6 @@ from typing import Any
 
 Row = tuple[str, str, Any]
 
-logger = logging.getLogger("crossjax.examples")
-
 NLI_LABEL2INT = {"contradiction": 0, "entailment": 1, "neutral": 2}
 # sentence-transformers/all-nli "pair-class" labels are 0=entailment, 1=neutral, 2=contradiction.
 ALL_NLI_TO_LABEL2INT = {0: 1, 1: 2, 2: 0}
@@ -63,7 +61,12 @@ def build_parser(description: str, *, evaluation_steps: int, output_prefix: str)
     p.add_argument("--batch-size", type=int, default=16, help="global batch size (all devices, all hosts)")
     p.add_argument("--lr", type=float, default=2e-5)
     p.add_argument("--warmup-ratio", type=float, default=0.1, help="warm-up steps as a fraction of all steps")
-    p.add_argument("--evaluation-steps", type=int, default=evaluation_steps, help="0: evaluate once per epoch")
+    p.add_argument(
+        "--evaluation-steps",
+        type=int,
+        default=evaluation_steps,
+        help="also evaluate every N steps of an epoch (0: at epoch ends only)",
+    )
     p.add_argument(
         "--output",
         default=None,
@@ -71,7 +74,12 @@ def build_parser(description: str, *, evaluation_steps: int, output_prefix: str)
         "gs://... is written locally first and uploaded with fsspec at the end",
     )
     p.add_argument("--max-length", type=int, default=None, help="token limit per pair (default: the model's)")
-    p.add_argument("--max-train-samples", type=int, default=None, help="random subset of the training pairs")
+    p.add_argument(
+        "--max-train-samples",
+        type=int,
+        default=None,
+        help="random subset of the training pairs (before the (b, a) copies)",
+    )
     p.add_argument("--max-dev-samples", type=int, default=None, help="random subset of the dev pairs")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--use-amp", action="store_true", help="bfloat16 compute (float32 master weights)")
@@ -94,7 +102,6 @@ def setup(args: argparse.Namespace) -> None:
     logging.basicConfig(format="%(asctime)s - %(message)s", datefmt="%Y-%m-%d %H:%M:%S", level=level)
     if args.output is None:
         args.output = f"output/{args.output_prefix}-{datetime.now().strftime('%Y-%m-%d_%H-%M-%S')}"
-    random.seed(args.seed)
 
 
 def main_print(*values: Any) -> None:

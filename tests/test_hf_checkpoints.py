@@ -195,3 +195,10 @@ def test_import_crossjax_does_not_import_torch():
 
     code = "import sys, crossjax, crossjax.models, crossjax.data; assert 'torch' not in sys.modules, 'torch!'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_url_save_directory_is_refused(tiny_dir):
+    directory, _ = tiny_dir
+    model = FlaxAutoModelForSequenceClassification.from_pretrained(directory)
+    with pytest.raises(ValueError, match=r"'gs://bucket/run' is a URL.*local directory"):
+        model.save_pretrained("gs://bucket/run")

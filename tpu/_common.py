@@ -456,6 +456,7 @@ def setup_commands(args: argparse.Namespace) -> list[Step]:
             f"{py} -m pip install -q -U pip",
             f"{py} -m pip install -U {shlex.quote(args.jax_spec)}",
             f"{py} -m pip install -U {crossjax_req}",
+            f"{py} -m pip install -U gcsfs",  # the examples' --output gs://... uploads the export with fsspec
             f"{py} -c " + shlex.quote('import crossjax, jax; print("crossjax OK, jax", jax.__version__)'),
         ]
     )

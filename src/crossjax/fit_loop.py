@@ -22,6 +22,7 @@ from flax import nnx
 
 from crossjax import data as data_lib
 from crossjax import losses, training
+from crossjax.models.hf_io import check_local_path
 from crossjax.parallel import is_main_process
 from crossjax.schedules import make_schedule
 
@@ -65,6 +66,7 @@ class FitConfig:
         positive_int("checkpoint_save_steps", self.checkpoint_save_steps)
         if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
             raise ValueError(f"optimizer_params['lr'] must be a positive number, got {self.learning_rate!r}")
+        check_local_path(self.output_path, "output_path")
         if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
             raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
 

@@ -382,6 +382,7 @@ class FlaxPreTrainedModel(nnx.Module):
                     tokenizer_config["model_max_length"] = int(max_length)
                     _write_json(path, tokenizer_config)
 
+        check_local_path(save_directory, "save directory")
         return atomic_directory_write(Path(save_directory), write)
 
 
@@ -407,7 +408,7 @@ def _versions() -> dict[str, str]:
 
 def atomic_directory_write(target: Path, write) -> Path:
     """Run ``write(tmp_dir)`` then swap tmp_dir into ``target``; keep files of ``target`` not rewritten."""
-    target = target.expanduser().resolve()
+    target = Path(target).expanduser().resolve()
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     umask = os.umask(0)
@@ -432,6 +433,16 @@ def atomic_directory_write(target: Path, write) -> Path:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def check_local_path(path, what: str) -> None:
+    """Exports are written to the local filesystem (atomically); a URL would silently become a local folder."""
+    if path is not None and "://" in str(path):
+        raise ValueError(
+            f"{what} {str(path)!r} is a URL; crossjax writes models and evaluation files to a local directory. "
+            "Save locally and copy it (e.g. `gcloud storage cp -r DIR gs://...`); the examples' --output gs://... "
+            "does that for you."
+        )
 
 
 def _link_or_copy(src: str, dst: str) -> str:

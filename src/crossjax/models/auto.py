@@ -51,8 +51,7 @@ def model_class_for(config) -> type[FlaxPreTrainedModel]:
         return model_registry()[model_type]
     except KeyError:
         raise CheckpointError(
-            f"model_type {model_type!r} is not supported by crossjax; supported: "
-            f"{', '.join(supported_model_types())}"
+            f"model_type {model_type!r} is not supported by crossjax; supported: {', '.join(supported_model_types())}"
         ) from None
 
 

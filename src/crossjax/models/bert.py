@@ -42,6 +42,23 @@ def classifier_dropout(config) -> float:
     return config_dropout(config, "hidden_dropout_prob") if value is None else float(value)
 
 
+def bert_embeddings(config, dtype, rngs: nnx.Rngs, *, features: int | None = None, **kwargs) -> Embeddings:
+    """The BERT-layout embeddings of a config (shared with RoBERTa and ELECTRA)."""
+    return Embeddings(
+        vocab_size=config.vocab_size,
+        features=config.hidden_size if features is None else features,
+        max_positions=config.max_position_embeddings,
+        type_vocab_size=config.type_vocab_size,
+        eps=config.layer_norm_eps,
+        dropout=config_dropout(config, "hidden_dropout_prob"),
+        std=config.initializer_range,
+        dtype=dtype,
+        rngs=rngs,
+        pad_token_id=config.pad_token_id,
+        **kwargs,
+    )
+
+
 class BertForSequenceClassification(FlaxPreTrainedModel):
     model_types = ("bert",)
     architecture = "BertForSequenceClassification"
@@ -50,18 +67,7 @@ class BertForSequenceClassification(FlaxPreTrainedModel):
 
     def __init__(self, config, *, dtype=jnp.float32, rngs: nnx.Rngs):
         self.config = config
-        self.embeddings = Embeddings(
-            vocab_size=config.vocab_size,
-            features=config.hidden_size,
-            max_positions=config.max_position_embeddings,
-            type_vocab_size=config.type_vocab_size,
-            eps=config.layer_norm_eps,
-            dropout=config_dropout(config, "hidden_dropout_prob"),
-            std=config.initializer_range,
-            dtype=dtype,
-            rngs=rngs,
-            pad_token_id=config.pad_token_id,
-        )
+        self.embeddings = bert_embeddings(config, dtype, rngs)
         self.encoder = Encoder(**encoder_kwargs(config, dtype, rngs))
         std = config.initializer_range
         self.pooler = dense(config.hidden_size, config.hidden_size, std=std, dtype=dtype, rngs=rngs)
@@ -77,20 +83,6 @@ class BertForSequenceClassification(FlaxPreTrainedModel):
             *linear("classifier", "classifier"),
         ]
 
-    def __call__(
-        self,
-        input_ids: jax.Array,
-        attention_mask: jax.Array | None = None,
-        token_type_ids: jax.Array | None = None,
-    ) -> jax.Array:
-        if attention_mask is None:
-            attention_mask = jnp.ones_like(input_ids)
-        hidden = self.encoder(self.embeddings(input_ids, token_type_ids), attention_mask)
+    def classify(self, hidden: jax.Array) -> jax.Array:
         pooled = jnp.tanh(self.pooler(hidden[:, 0]))
-        return self.classifier(self.dropout(pooled)).astype(jnp.float32)
-
-    def encode(self, input_ids, attention_mask=None, token_type_ids=None) -> jax.Array:
-        """The encoder's last hidden states (B, L, H): what ``transformers.BertModel`` returns first."""
-        if attention_mask is None:
-            attention_mask = jnp.ones_like(input_ids)
-        return self.encoder(self.embeddings(input_ids, token_type_ids), attention_mask)
+        return self.classifier(self.dropout(pooled))

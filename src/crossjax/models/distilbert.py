@@ -7,7 +7,6 @@ accepted and ignored) and, unlike BERT, no dropout on the attention block's outp
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
@@ -20,9 +19,7 @@ EPS = 1e-12  # hard-coded in transformers' DistilBERT for every LayerNorm
 
 def sinusoidal_positions(n_pos: int, dim: int) -> np.ndarray:
     """transformers' ``create_sinusoidal_embeddings`` (used at init when ``sinusoidal_pos_embds``)."""
-    position_enc = np.array(
-        [[pos / np.power(10000, 2 * (j // 2) / dim) for j in range(dim)] for pos in range(n_pos)]
-    )
+    position_enc = np.array([[pos / np.power(10000, 2 * (j // 2) / dim) for j in range(dim)] for pos in range(n_pos)])
     out = np.empty((n_pos, dim), dtype=np.float32)
     out[:, 0::2] = np.sin(position_enc[:, 0::2])
     out[:, 1::2] = np.cos(position_enc[:, 1::2])
@@ -100,21 +97,3 @@ class DistilBertForSequenceClassification(FlaxPreTrainedModel):
             *linear("pre_classifier", "classifier.dense"),
             *linear("classifier", "classifier.out_proj"),
         ]
-
-    def encode(self, input_ids, attention_mask=None, token_type_ids=None) -> jax.Array:
-        """The last hidden states (B, L, dim): what ``transformers.DistilBertModel`` returns first.
-
-        ``token_type_ids`` is accepted for a uniform interface and ignored: DistilBERT has no token types.
-        """
-        del token_type_ids
-        if attention_mask is None:
-            attention_mask = jnp.ones_like(input_ids)
-        return self.encoder(self.embeddings(input_ids, None), attention_mask)
-
-    def __call__(
-        self,
-        input_ids: jax.Array,
-        attention_mask: jax.Array | None = None,
-        token_type_ids: jax.Array | None = None,
-    ) -> jax.Array:
-        return self.classifier(self.encode(input_ids, attention_mask, token_type_ids)).astype(jnp.float32)

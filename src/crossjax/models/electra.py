@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from crossjax.models.bert import classifier_dropout, encoder_kwargs
+from crossjax.models.bert import bert_embeddings, classifier_dropout, encoder_kwargs
 from crossjax.models.hf_io import (
     FlaxPreTrainedModel,
     ParamRule,
@@ -18,7 +18,7 @@ from crossjax.models.hf_io import (
     bert_style_layer,
     linear,
 )
-from crossjax.models.layers import Embeddings, Encoder, FirstTokenClassificationHead, config_dropout, dense
+from crossjax.models.layers import Encoder, FirstTokenClassificationHead, dense
 
 
 def _projects(config) -> bool:
@@ -34,18 +34,7 @@ class ElectraForSequenceClassification(FlaxPreTrainedModel):
     def __init__(self, config, *, dtype=jnp.float32, rngs: nnx.Rngs):
         self.config = config
         std = config.initializer_range
-        self.embeddings = Embeddings(
-            vocab_size=config.vocab_size,
-            features=config.embedding_size,
-            max_positions=config.max_position_embeddings,
-            type_vocab_size=config.type_vocab_size,
-            eps=config.layer_norm_eps,
-            dropout=config_dropout(config, "hidden_dropout_prob"),
-            std=std,
-            dtype=dtype,
-            rngs=rngs,
-            pad_token_id=config.pad_token_id,
-        )
+        self.embeddings = bert_embeddings(config, dtype, rngs, features=config.embedding_size)
         self.embeddings_project = (
             dense(config.embedding_size, config.hidden_size, std=std, dtype=dtype, rngs=rngs)
             if _projects(config)
@@ -72,19 +61,6 @@ class ElectraForSequenceClassification(FlaxPreTrainedModel):
             *linear("classifier.out_proj", "classifier.out_proj"),
         ]
 
-    def encode(self, input_ids, attention_mask=None, token_type_ids=None) -> jax.Array:
-        """The encoder's last hidden states (B, L, H): what ``transformers.ElectraModel`` returns first."""
-        if attention_mask is None:
-            attention_mask = jnp.ones_like(input_ids)
+    def embed(self, input_ids: jax.Array, token_type_ids: jax.Array | None) -> jax.Array:
         x = self.embeddings(input_ids, token_type_ids)
-        if self.embeddings_project is not None:
-            x = self.embeddings_project(x)
-        return self.encoder(x, attention_mask)
-
-    def __call__(
-        self,
-        input_ids: jax.Array,
-        attention_mask: jax.Array | None = None,
-        token_type_ids: jax.Array | None = None,
-    ) -> jax.Array:
-        return self.classifier(self.encode(input_ids, attention_mask, token_type_ids)).astype(jnp.float32)
+        return x if self.embeddings_project is None else self.embeddings_project(x)

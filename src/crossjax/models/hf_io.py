@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
@@ -243,6 +244,25 @@ class FlaxPreTrainedModel(nnx.Module):
     @property
     def num_labels(self) -> int:
         return int(self.config.num_labels)
+
+    # Forward pass: embed -> encoder -> classify. Families override ``embed`` or ``classify`` where they differ.
+    def embed(self, input_ids: jax.Array, token_type_ids: jax.Array | None) -> jax.Array:
+        return self.embeddings(input_ids, token_type_ids if self.uses_token_types else None)
+
+    def classify(self, hidden: jax.Array) -> jax.Array:
+        return self.classifier(hidden)
+
+    def encode(self, input_ids, attention_mask=None, token_type_ids=None) -> jax.Array:
+        """The encoder's last hidden states (B, L, H): what transformers' base model returns first."""
+        if attention_mask is None:
+            attention_mask = jnp.ones_like(input_ids)
+        return self.encoder(self.embed(input_ids, token_type_ids), attention_mask)
+
+    def __call__(
+        self, input_ids: jax.Array, attention_mask: jax.Array | None = None, token_type_ids: jax.Array | None = None
+    ) -> jax.Array:
+        """Logits (B, num_labels) in float32 from integer token arrays (B, L)."""
+        return self.classify(self.encode(input_ids, attention_mask, token_type_ids)).astype(jnp.float32)
 
     # ------------------------------------------------------------------------------------- loading
     @classmethod

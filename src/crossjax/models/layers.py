@@ -59,9 +59,7 @@ def layer_norm(features: int, eps: float, *, dtype, rngs: nnx.Rngs) -> nnx.Layer
 
 
 def embedding(num: int, features: int, *, std: float, dtype, rngs: nnx.Rngs, padding_idx: int | None = None):
-    emb = nnx.Embed(
-        num, features, embedding_init=normal_init(std), dtype=dtype, param_dtype=jnp.float32, rngs=rngs
-    )
+    emb = nnx.Embed(num, features, embedding_init=normal_init(std), dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
     if padding_idx is not None and 0 <= padding_idx < num:
         # transformers zeroes the padding row at init; do the same so fresh models agree.
         emb.embedding[...] = emb.embedding[...].at[padding_idx].set(0.0)
@@ -102,9 +100,7 @@ class Embeddings(nnx.Module):
             padding_idx=pad_token_id if positions_from_padding else None,
         )
         self.token_type = (
-            embedding(type_vocab_size, features, std=std, dtype=dtype, rngs=rngs)
-            if type_vocab_size > 0
-            else None
+            embedding(type_vocab_size, features, std=std, dtype=dtype, rngs=rngs) if type_vocab_size > 0 else None
         )
         self.norm = layer_norm(features, eps, dtype=dtype, rngs=rngs)
         self.dropout = nnx.Dropout(dropout, rngs=rngs)

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from crossjax.models.bert import classifier_dropout, encoder_kwargs
+from crossjax.models.bert import bert_embeddings, classifier_dropout, encoder_kwargs
 from crossjax.models.hf_io import (
     FlaxPreTrainedModel,
     ParamRule,
@@ -19,7 +19,7 @@ from crossjax.models.hf_io import (
     bert_style_layer,
     linear,
 )
-from crossjax.models.layers import Embeddings, Encoder, FirstTokenClassificationHead, config_dropout
+from crossjax.models.layers import Encoder, FirstTokenClassificationHead
 
 
 class RobertaForSequenceClassification(FlaxPreTrainedModel):
@@ -30,19 +30,7 @@ class RobertaForSequenceClassification(FlaxPreTrainedModel):
 
     def __init__(self, config, *, dtype=jnp.float32, rngs: nnx.Rngs):
         self.config = config
-        self.embeddings = Embeddings(
-            vocab_size=config.vocab_size,
-            features=config.hidden_size,
-            max_positions=config.max_position_embeddings,
-            type_vocab_size=config.type_vocab_size,
-            eps=config.layer_norm_eps,
-            dropout=config_dropout(config, "hidden_dropout_prob"),
-            std=config.initializer_range,
-            dtype=dtype,
-            rngs=rngs,
-            pad_token_id=config.pad_token_id,
-            positions_from_padding=True,
-        )
+        self.embeddings = bert_embeddings(config, dtype, rngs, positions_from_padding=True)
         self.encoder = Encoder(**encoder_kwargs(config, dtype, rngs))
         self.classifier = FirstTokenClassificationHead(
             config.hidden_size,
@@ -64,21 +52,10 @@ class RobertaForSequenceClassification(FlaxPreTrainedModel):
             *linear("classifier.out_proj", "classifier.out_proj"),
         ]
 
-    def encode(self, input_ids, attention_mask=None, token_type_ids=None) -> jax.Array:
-        """The encoder's last hidden states (B, L, H): what ``transformers.RobertaModel`` returns first."""
-        if attention_mask is None:
-            attention_mask = jnp.ones_like(input_ids)
+    def embed(self, input_ids: jax.Array, token_type_ids: jax.Array | None) -> jax.Array:
         if self.config.type_vocab_size <= 1:
             token_type_ids = None  # a single type: transformers' tokenizers send none, embed all as type 0
-        return self.encoder(self.embeddings(input_ids, token_type_ids), attention_mask)
-
-    def __call__(
-        self,
-        input_ids: jax.Array,
-        attention_mask: jax.Array | None = None,
-        token_type_ids: jax.Array | None = None,
-    ) -> jax.Array:
-        return self.classifier(self.encode(input_ids, attention_mask, token_type_ids)).astype(jnp.float32)
+        return self.embeddings(input_ids, token_type_ids)
 
 
 class XLMRobertaForSequenceClassification(RobertaForSequenceClassification):

@@ -81,6 +81,11 @@ class CrossEncoderEvaluator:
 
     # -- helpers shared by the subclasses -------------------------------------------------------------------
 
+    @classmethod
+    def from_input_examples(cls, examples: list[Any], **kwargs: Any):
+        """Build from ``InputExample``-like objects: their ``.texts`` pairs and ``.label`` values."""
+        return cls([example.texts for example in examples], [example.label for example in examples], **kwargs)
+
     def prefix_name_to_metrics(self, metrics: dict[str, Any], name: str) -> dict[str, Any]:
         """Prefix keys with ``name_`` and cast values to float, keeping ``primary_metric`` in sync (as ST)."""
         if not name:

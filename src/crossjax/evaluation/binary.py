@@ -201,13 +201,6 @@ class CrossEncoderClassificationEvaluator(CrossEncoderEvaluator):
         self.show_progress_bar = resolve_show_progress_bar(show_progress_bar)
         self.csv_file = "CrossEncoderClassificationEvaluator" + ("_" + name if name else "") + "_results.csv"
 
-    @classmethod
-    def from_input_examples(cls, examples: list[Any], **kwargs: Any) -> CrossEncoderClassificationEvaluator:
-        """Build from ``InputExample``-like objects (``.texts`` pair, int ``.label``)."""
-        sentence_pairs = [example.texts for example in examples]
-        labels = [example.label for example in examples]
-        return cls(sentence_pairs, labels, **kwargs)
-
     def __call__(
         self, model: PredictModel, output_path: str | None = None, epoch: int = -1, steps: int = -1
     ) -> dict[str, float]:

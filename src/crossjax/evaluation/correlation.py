@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 
@@ -98,13 +97,6 @@ class CECorrelationEvaluator(CrossEncoderEvaluator):
         self.csv_file = "CrossEncoderCorrelationEvaluator" + ("_" + name if name else "") + "_results.csv"
         self.csv_headers = ["epoch", "steps", "Pearson_Correlation", "Spearman_Correlation"]
         self.primary_metric = "spearman"
-
-    @classmethod
-    def from_input_examples(cls, examples: list[Any], **kwargs: Any) -> CECorrelationEvaluator:
-        """Build from ``InputExample``-like objects (``.texts`` pair, float ``.label``)."""
-        sentence_pairs = [example.texts for example in examples]
-        scores = [example.label for example in examples]
-        return cls(sentence_pairs, scores, **kwargs)
 
     def __call__(
         self, model: PredictModel, output_path: str | None = None, epoch: int = -1, steps: int = -1

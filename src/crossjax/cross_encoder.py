@@ -20,7 +20,7 @@ from flax import nnx
 
 from crossjax import data as data_lib
 from crossjax import losses, training
-from crossjax.models.auto import FlaxAutoModelForSequenceClassification, model_class_for
+from crossjax.models.auto import model_class_for
 from crossjax.models.hf_io import ST_CONFIG, load_config, resolve_checkpoint_dir
 from crossjax.parallel import MeshPlan, initialize_distributed, is_main_process, make_mesh, put_global
 
@@ -399,4 +399,4 @@ def _progress(iterable, enabled: bool, desc: str):
     return tqdm(iterable, desc=desc)
 
 
-__all__ = ["CrossEncoder", "FlaxAutoModelForSequenceClassification"]
+__all__ = ["CrossEncoder"]

@@ -104,7 +104,7 @@ class CrossEncoder:
         if num_labels is None and not classifier_trained:
             num_labels = 1
         if num_labels is not None:
-            config = load_config(directory, num_labels=num_labels, **(config_kwargs or {}))
+            config.num_labels = int(num_labels)  # transformers' setter also resizes id2label / label2id
         self.config = config
         self.model_name_or_path = str(model_name_or_path)
         self.compute_dtype = _as_dtype(compute_dtype)

@@ -468,10 +468,6 @@ class Batch:
     labels: np.ndarray
     example_mask: np.ndarray
 
-    @property
-    def num_real(self) -> int:
-        return int(self.example_mask.sum())
-
 
 def collate(
     tokenized: TokenizedPairs,

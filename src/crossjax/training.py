@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -225,15 +224,3 @@ def graphdef_with_dtype(model: FlaxPreTrainedModel, dtype, train: bool):
     else:
         abstract.eval()
     return nnx.graphdef(abstract)
-
-
-def check_finite_history(losses: list[float], first_step: int) -> int | None:
-    """Index (global step) of the first non-finite loss in a block of host-fetched losses, or None."""
-    for i, value in enumerate(losses):
-        if not np.isfinite(value):
-            return first_step + i
-    return None
-
-
-def short_dtype_name(dtype) -> str:
-    return re.sub(r"^<class 'jax.numpy.|'>$", "", str(jnp.dtype(dtype)))

@@ -282,8 +282,7 @@ class FlaxPreTrainedModel(nnx.Module):
         ours = flat_params(self)
         filled: set[str] = set()
         for name, array in tensors.items():
-            target = next((t for rule in table if (t := rule.match_hf(name)) is not None), None)
-            rule = next((r for r in table if r.match_hf(name) is not None), None)
+            rule, target = next(((r, t) for r in table if (t := r.match_hf(name)) is not None), (None, None))
             if target is None or target not in ours:
                 if not any(p.search(name) for p in IGNORED_KEYS):
                     info.unexpected_keys.append(name)

@@ -95,7 +95,8 @@ def build_parser(description: str, *, evaluation_steps: int, output_prefix: str)
 
 def setup(args: argparse.Namespace) -> None:
     """Join the multi-host run first (before anything touches JAX devices), then configure logging."""
-    from crossjax.parallel import initialize_distributed, is_main_process
+    from crossjax.parallel import initialize_distributed
+    from crossjax.runtime import is_main_process
 
     initialize_distributed(args.coordinator_address, args.num_processes, args.process_id)
     level = logging.INFO if is_main_process() else logging.WARNING
@@ -106,7 +107,7 @@ def setup(args: argparse.Namespace) -> None:
 
 def main_print(*values: Any) -> None:
     """``print`` on process 0 only."""
-    from crossjax.parallel import is_main_process
+    from crossjax.runtime import is_main_process
 
     if is_main_process():
         print(*values, flush=True)
@@ -310,7 +311,7 @@ class _Output:
             self.local = target
 
     def finish(self) -> None:
-        from crossjax.parallel import is_main_process
+        from crossjax.runtime import is_main_process
 
         if self.remote and is_main_process() and os.path.isdir(self.local):
             self.fs.put(self.local.rstrip("/") + "/", self.target.rstrip("/") + "/", recursive=True)

@@ -20,9 +20,11 @@ from flax import nnx
 
 from crossjax import data as data_lib
 from crossjax import losses, training
-from crossjax.models.auto import model_class_for
-from crossjax.models.hf_io import ST_CONFIG, load_config, resolve_checkpoint_dir
-from crossjax.parallel import MeshPlan, initialize_distributed, is_main_process, make_mesh, put_global
+from crossjax.models.auto import load_config, model_class_for
+from crossjax.models.checkpoints import resolve_checkpoint_dir
+from crossjax.models.export import ST_CONFIG
+from crossjax.parallel import MeshPlan, make_mesh, put_global
+from crossjax.runtime import is_main_process, progress_bar
 
 logger = logging.getLogger("crossjax")
 
@@ -92,7 +94,8 @@ class CrossEncoder:
             logger.warning("CrossEncoder: ignoring arguments without meaning in crossjax: %s", sorted(kwargs))
         if activation_fn is None and default_activation_function is not None:
             activation_fn = default_activation_function  # sentence-transformers < 4 spelling
-        initialize_distributed()  # a no-op unless this is a recognisable multi-process launch
+        # The mesh first: with CROSSJAX_DISTRIBUTED=1 it joins the multi-process run before JAX starts a backend.
+        self.mesh_plan: MeshPlan = make_mesh(sharding)
         hub = {k: v for k, v in dict(cache_dir=cache_dir, revision=revision, token=token).items() if v}
         if local_files_only:
             hub["local_files_only"] = True
@@ -125,7 +128,6 @@ class CrossEncoder:
             self.activation_fn = losses.activation_from_export_name(saved)
         else:
             self.activation_fn = losses.sigmoid if self.num_labels == 1 else losses.identity
-        self.mesh_plan: MeshPlan = make_mesh(sharding)
         self._predict_fns: dict = {}
         self.compilations = {"train": 0, "predict": 0}
         self.training_history: list[dict[str, float]] = []
@@ -206,7 +208,7 @@ class CrossEncoder:
         out = np.zeros((len(pairs), self.num_labels), dtype=np.float32)
         chunks = [order[i : i + rows] for i in range(0, len(order), rows)]
         pending = []
-        for indices in _progress(chunks, show_progress_bar and len(chunks) > 1, "Batches"):
+        for indices in progress_bar(chunks, enabled=show_progress_bar and len(chunks) > 1, desc="Batches"):
             batch = data_lib.collate(tokenized, indices, None, rows, self.buckets, self._pad_id)
             pending.append((indices, fn(params, rest, training.batch_to_global(batch, self.mesh_plan))))
         for indices, logits in pending:
@@ -241,8 +243,6 @@ class CrossEncoder:
         pairs = [tuple(sentences)] if single else list(sentences)
         if not pairs:
             return np.zeros((0,) if self.num_labels == 1 else (0, self.num_labels), dtype=np.float32)
-        if show_progress_bar is None:
-            show_progress_bar = logger.getEffectiveLevel() <= logging.INFO and is_main_process()
         logits = self._logits(pairs, batch_size, show_progress_bar)
         activation = self.activation_fn if activation_fn is None else losses.resolve_activation(activation_fn)
         scores = np.asarray(activation(jnp.asarray(logits)), dtype=np.float32)
@@ -352,7 +352,7 @@ class CrossEncoder:
         from the device for the progress bar), and ``checkpoint_path``/``checkpoint_save_steps``/
         ``checkpoint_save_total_limit`` for preemption-safe orbax checkpoints with exact resume.
         """
-        from crossjax.fit_loop import FitConfig, run_fit
+        from crossjax.fit_loop import FitConfig, FitResult, FitTarget, run_fit
 
         if optimizer_class is not None and "AdamW" not in getattr(
             optimizer_class, "__name__", str(optimizer_class)
@@ -382,7 +382,24 @@ class CrossEncoder:
             checkpoint_save_steps=checkpoint_save_steps,
             checkpoint_save_total_limit=checkpoint_save_total_limit,
         )
-        return run_fit(self, train_dataloader, evaluator, loss_fct, activation_fct, callback, config)
+        target = FitTarget(
+            model=self.model,
+            tokenizer=self.tokenizer,
+            plan=self.mesh_plan,
+            max_length=self.max_length,
+            buckets=self.buckets,
+            pad_id=self._pad_id,
+            save=self.save,
+            evaluate=None if evaluator is None else _EvaluatorHook(self, evaluator),
+        )
+        result = FitResult(history=[])
+        self.training_history = result.history  # filled as the run goes, so an interrupted run keeps it too
+        try:
+            run_fit(target, train_dataloader, loss_fct, activation_fct, callback, config, result)
+        finally:
+            self.best_score = result.best_score
+            self.compilations["train"] = result.compilations
+        return result.summary
 
     def __repr__(self) -> str:
         return (
@@ -391,12 +408,19 @@ class CrossEncoder:
         )
 
 
-def _progress(iterable, enabled: bool, desc: str):
-    if not enabled:
-        return iterable
-    from tqdm.auto import tqdm
+class _EvaluatorHook:
+    """``evaluator(model, output_path, epoch, steps)`` as the loop calls it; keeps ``primary_metric`` visible."""
 
-    return tqdm(iterable, desc=desc)
+    def __init__(self, model: CrossEncoder, evaluator: Callable) -> None:
+        self.model = model
+        self.evaluator = evaluator
+
+    @property
+    def primary_metric(self) -> str | None:
+        return getattr(self.evaluator, "primary_metric", None)  # some evaluators set it on their first call
+
+    def __call__(self, output_path: str | None, epoch: int, steps: int) -> Any:
+        return self.evaluator(self.model, output_path=output_path, epoch=epoch, steps=steps)
 
 
 __all__ = ["CrossEncoder"]

@@ -12,8 +12,8 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -22,12 +22,11 @@ from flax import nnx
 
 from crossjax import data as data_lib
 from crossjax import losses, training
-from crossjax.models.hf_io import check_local_path
-from crossjax.parallel import is_main_process
+from crossjax.models.base import FlaxPreTrainedModel
+from crossjax.models.export import check_local_path
+from crossjax.parallel import MeshPlan
+from crossjax.runtime import progress_bar
 from crossjax.schedules import make_schedule
-
-if TYPE_CHECKING:
-    from crossjax.cross_encoder import CrossEncoder
 
 logger = logging.getLogger("crossjax")
 
@@ -69,6 +68,34 @@ class FitConfig:
         check_local_path(self.output_path, "output_path")
         if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
             raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
+
+
+@dataclass
+class FitTarget:
+    """What the loop trains, and how: the model, its tokenizer and mesh, and the facade's hooks.
+
+    ``evaluate(output_path, epoch, steps)`` runs the user's evaluator on the (synced) model; ``save(path)``
+    exports it. The loop knows nothing else about the object that called it.
+    """
+
+    model: FlaxPreTrainedModel
+    tokenizer: Any
+    plan: MeshPlan
+    max_length: int
+    buckets: tuple[int, ...]
+    pad_id: int
+    save: Callable[[str], Any]
+    evaluate: Callable[[str | None, int, int], Any] | None = None
+
+
+@dataclass
+class FitResult:
+    """What a run produced: per-logged-step history, the best evaluator score, and a summary of the run."""
+
+    history: list[dict[str, float]] = field(default_factory=list)
+    best_score: float | None = None
+    compilations: int = 0
+    summary: dict[str, Any] = field(default_factory=dict)
 
 
 class _Metrics:
@@ -117,27 +144,29 @@ class _Metrics:
         self.pending = []
 
 
-def _prepare_data(ce: CrossEncoder, train_dataloader: Any):
-    examples, batch_size, shuffle, drop_last = data_lib.collect_examples(train_dataloader)
-    texts_a, texts_b, labels = data_lib.validate_examples(examples, ce.num_labels)
-    return texts_a, texts_b, labels, batch_size, shuffle, drop_last
-
-
 def run_fit(
-    ce: CrossEncoder,
+    target: FitTarget,
     train_dataloader: Any,
-    evaluator: Callable | None,
     loss_fct: Any,
     activation_fct: Any,
     callback: Callable | None,
     cfg: FitConfig,
-) -> dict[str, Any]:
+    result: FitResult | None = None,
+) -> FitResult:
+    """Train ``target.model`` in place; return (or fill ``result`` with) the history, best score and summary.
+
+    Whatever stops the run (the end, Ctrl-C, an exception in an evaluator or callback, an out-of-memory or
+    checkpoint error), the model holds the parameters of the last completed step afterwards.
+    """
+    result = FitResult() if result is None else result
+    model = target.model
     # 1. Everything that can be wrong with the input is checked before any tokenization or compilation.
     cfg.validate()
-    texts_a, texts_b, labels, batch_size, shuffle, drop_last = _prepare_data(ce, train_dataloader)
-    loss_fn = losses.resolve_loss(loss_fct, ce.num_labels)
+    examples, batch_size, shuffle, drop_last = data_lib.collect_examples(train_dataloader)
+    texts_a, texts_b, labels = data_lib.validate_examples(examples, model.num_labels)
+    loss_fn = losses.resolve_loss(loss_fct, model.num_labels)
     activation = losses.resolve_activation(activation_fct)
-    plan = ce.mesh_plan
+    plan = target.plan
     plan.check_batch_size(batch_size)
     k = cfg.gradient_accumulation_steps
     step_rows = batch_size * k
@@ -149,10 +178,9 @@ def run_fit(
     schedule = make_schedule(cfg.scheduler, cfg.learning_rate, cfg.warmup_steps, total_steps)
 
     # 2. Tokenize once; the bucket list bounds the number of compilations.
-    tokenized = data_lib.tokenize_pairs(ce.tokenizer, texts_a, texts_b, ce.max_length)
+    tokenized = data_lib.tokenize_pairs(target.tokenizer, texts_a, texts_b, target.max_length)
 
     # 3. The train state, placed on the mesh.
-    model = ce.model
     nnx.reseed(model, dropout=cfg.seed)
     params = nnx.state(model, nnx.Param)
     tx = training.make_optimizer(
@@ -174,8 +202,8 @@ def run_fit(
             "epochs": cfg.epochs,
             "seed": cfg.seed,
             "shuffle": shuffle,
-            "num_labels": ce.num_labels,
-            "model_type": ce.config.model_type,
+            "num_labels": model.num_labels,
+            "model_type": model.config.model_type,
             "steps_per_epoch": steps_per_epoch,
         }
         checkpointer = TrainCheckpointer(
@@ -198,27 +226,30 @@ def run_fit(
     )
     healthy = jax.jit(lambda: jnp.array(True), out_shardings=plan.replicated)()
 
-    ce.training_history = []
-    metrics = _Metrics(ce.training_history, schedule)
+    metrics = _Metrics(result.history, schedule)
     stats = data_lib.PaddingStats()
-    ce.best_score = -9999999 if best_score is None else best_score
-    show = cfg.show_progress_bar and is_main_process()
-    bar = _progress_bar(show, total_steps, start_step)
+    result.best_score = -9999999 if best_score is None else best_score
+    bar = progress_bar(
+        enabled=cfg.show_progress_bar, total=total_steps, initial=start_step, desc="Training", unit="step",
+        smoothing=0.05,
+    )
     global_step = start_step
     started = time.perf_counter()
     trained_pairs = 0
+    evaluate_fn = target.evaluate
 
     def sync_model() -> None:
+        # The step donates the state: the model's own arrays are stale (deleted) until synced back.
         nnx.update(model, state.params)
         nnx.update(model, state.rest)
 
     def evaluate(epoch: int, steps: int) -> None:
         metrics.flush()
         sync_model()
-        score = evaluator(ce, output_path=cfg.output_path, epoch=epoch, steps=steps)
+        score = evaluate_fn(cfg.output_path, epoch, steps)
         if callback is not None:
             callback(score, epoch, steps)
-        primary = getattr(evaluator, "primary_metric", None)
+        primary = getattr(evaluate_fn, "primary_metric", None)
         if isinstance(score, dict):
             if primary in score:
                 score = score[primary]
@@ -226,10 +257,10 @@ def run_fit(
                 score = next(iter(score.values()))
             else:
                 raise ValueError(f"evaluator returned {sorted(score)} but no primary_metric among them")
-        if score > ce.best_score:
-            ce.best_score = float(score)
+        if score > result.best_score:
+            result.best_score = float(score)
             if cfg.save_best_model and cfg.output_path is not None:
-                ce.save(cfg.output_path)
+                target.save(cfg.output_path)
 
     try:
         for epoch in range(start_step // steps_per_epoch, cfg.epochs):
@@ -237,7 +268,7 @@ def run_fit(
             first = start_step - epoch * steps_per_epoch if epoch == start_step // steps_per_epoch else 0
             for batch_index in range(first, len(batches)):
                 indices = batches[batch_index]
-                batch = data_lib.collate(tokenized, indices, labels, step_rows, ce.buckets, ce._pad_id)
+                batch = data_lib.collate(tokenized, indices, labels, step_rows, target.buckets, target.pad_id)
                 stats.add(batch)
                 state, step_metrics = step_fn(state, training.batch_to_global(batch, plan), healthy)
                 healthy = step_metrics["finite"]  # stays on the device: a bad step freezes all later ones
@@ -253,35 +284,32 @@ def run_fit(
                 if bar is not None:
                     bar.update(1)
                 if (
-                    evaluator is not None
+                    evaluate_fn is not None
                     and cfg.evaluation_steps > 0
                     and training_steps % cfg.evaluation_steps == 0
                 ):
                     evaluate(epoch, training_steps)
                 if checkpointer is not None and global_step % cfg.checkpoint_save_steps == 0:
                     metrics.flush()  # never checkpoint a state whose last loss was not finite
-                    checkpointer.save(global_step, state, {"best_score": ce.best_score, "epoch": epoch})
-            if evaluator is not None:
+                    checkpointer.save(global_step, state, {"best_score": result.best_score, "epoch": epoch})
+            if evaluate_fn is not None:
                 evaluate(epoch, -1)
         metrics.flush()
-    except FloatingPointError:
-        sync_model()
-        if checkpointer is not None:
-            checkpointer.close()
-        raise
+        if checkpointer is not None and global_step % cfg.checkpoint_save_steps != 0 and global_step > start_step:
+            checkpointer.save(global_step, state, {"best_score": result.best_score, "epoch": cfg.epochs - 1})
     finally:
+        # Ctrl-C, an evaluator or callback error, OOM, a checkpoint error or a non-finite loss: the model keeps
+        # the last completed step's parameters (the state was only ever replaced by finished steps).
+        sync_model()
         if bar is not None:
             bar.close()
-    sync_model()
-    if checkpointer is not None:
-        if global_step % cfg.checkpoint_save_steps != 0 and global_step > start_step:
-            checkpointer.save(global_step, state, {"best_score": ce.best_score, "epoch": cfg.epochs - 1})
-        checkpointer.close()
-    if evaluator is None and cfg.output_path is not None:
-        ce.save(cfg.output_path)
+        if checkpointer is not None:
+            checkpointer.close()
+    if evaluate_fn is None and cfg.output_path is not None:
+        target.save(cfg.output_path)
     elapsed = time.perf_counter() - started
-    ce.compilations["train"] = counter.count
-    summary = {
+    result.compilations = counter.count
+    result.summary = {
         "global_step": global_step,
         "resumed_from_step": start_step,  # 0 unless a checkpoint was restored
         "train_loss": metrics.last_loss,
@@ -289,23 +317,15 @@ def run_fit(
         "compiled_shapes": sorted(set(counter.shapes)),
         "padding_efficiency": stats.efficiency,
         "pairs_per_second": trained_pairs / elapsed if elapsed > 0 else float("nan"),
-        "best_score": None if evaluator is None else ce.best_score,
+        "best_score": None if evaluate_fn is None else result.best_score,
         "config": {k: v for k, v in asdict(cfg).items() if k != "compute_dtype"},
     }
     logger.info(
         "fit done: %d steps, %d compilations (buckets %s), padding efficiency %.1f%%, %.1f pairs/s",
         global_step,
         counter.count,
-        summary["compiled_shapes"],
+        result.summary["compiled_shapes"],
         100 * stats.efficiency,
-        summary["pairs_per_second"],
+        result.summary["pairs_per_second"],
     )
-    return summary
-
-
-def _progress_bar(enabled: bool, total: int, initial: int):
-    if not enabled:
-        return None
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=initial, desc="Training", unit="step", smoothing=0.05)
+    return result

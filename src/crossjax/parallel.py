@@ -31,15 +31,16 @@ def initialize_distributed(
 ) -> bool:
     """Join a multi-process run through ``jax.distributed.initialize``; return True if it did.
 
-    With explicit arguments they are passed through. Without them, it initialises only where a
-    multi-process launch is recognisable (``CROSSJAX_DISTRIBUTED=1``, a TPU pod slice, SLURM with several
-    tasks, or ``JAX_COORDINATOR_ADDRESS``), and JAX discovers coordinator, process count and id itself.
-    Calling it twice is harmless.
+    Call it once, before anything touches JAX devices (the examples do, from their ``--coordinator-address``
+    / ``--num-processes`` / ``--process-id`` flags). With explicit arguments they are passed through. Without
+    them it joins only when ``CROSSJAX_DISTRIBUTED=1`` is set, and JAX discovers coordinator, process count
+    and id itself (TPU pod slices, SLURM, ``JAX_COORDINATOR_ADDRESS``...). Nothing in crossjax calls it
+    implicitly, except :func:`make_mesh` when ``CROSSJAX_DISTRIBUTED=1`` is set. Calling it twice is harmless.
     """
-    if _distributed_is_initialized():
+    if jax.distributed.is_initialized():
         return True
     explicit = coordinator_address is not None or num_processes is not None or process_id is not None
-    if not explicit and not _looks_multi_process():
+    if not explicit and not distributed_requested():
         return False
     if coordinator_address is None and os.environ.get("JAX_COORDINATOR_ADDRESS"):
         coordinator_address = os.environ["JAX_COORDINATOR_ADDRESS"]
@@ -67,30 +68,9 @@ def initialize_distributed(
     return True
 
 
-def _distributed_is_initialized() -> bool:
-    try:
-        from jax._src import distributed
-
-        return distributed.global_state.client is not None
-    except Exception:  # noqa: BLE001
-        return False
-
-
-def _looks_multi_process() -> bool:
-    env = os.environ
-    if env.get("CROSSJAX_DISTRIBUTED", "").lower() in ("1", "true", "yes"):
-        return True
-    if env.get("JAX_COORDINATOR_ADDRESS"):
-        return True
-    if int(env.get("SLURM_NTASKS", "1") or 1) > 1:
-        return True
-    hosts = env.get("TPU_WORKER_HOSTNAMES") or env.get("MEGASCALE_COORDINATOR_ADDRESS")
-    return bool(hosts and "," in hosts)
-
-
-def is_main_process() -> bool:
-    """Only process 0 writes exports, CSV files and logs."""
-    return jax.process_index() == 0
+def distributed_requested() -> bool:
+    """True when the environment asks crossjax to join a multi-process run (``CROSSJAX_DISTRIBUTED=1``)."""
+    return os.environ.get("CROSSJAX_DISTRIBUTED", "").lower() in ("1", "true", "yes")
 
 
 @dataclass(frozen=True)
@@ -145,6 +125,8 @@ def make_mesh(sharding: str = "replicated", devices=None) -> MeshPlan:
     """A 1-D ``data`` mesh over all devices of all processes (or the ones given)."""
     if sharding not in SHARDING_MODES:
         raise ValueError(f"sharding={sharding!r} is not one of {SHARDING_MODES}")
+    if distributed_requested():
+        initialize_distributed()
     devices = np.asarray(jax.devices() if devices is None else devices)
     return MeshPlan(Mesh(devices.reshape(-1), (DATA_AXIS,)), sharding)
 

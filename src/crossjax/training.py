@@ -22,7 +22,7 @@ import optax
 from flax import nnx, struct
 
 from crossjax.data import Batch
-from crossjax.models.hf_io import FlaxPreTrainedModel
+from crossjax.models.base import FlaxPreTrainedModel
 from crossjax.parallel import MeshPlan, global_batch_array, process_rows
 
 logger = logging.getLogger("crossjax")

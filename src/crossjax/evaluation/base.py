@@ -16,6 +16,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from crossjax.runtime import is_main_process
+
 logger = logging.getLogger(__name__)
 
 
@@ -25,13 +27,6 @@ class PredictModel(Protocol):
     def predict(self, sentences: Any, batch_size: int = 32, **kwargs: Any) -> Any: ...
 
 
-def is_main_process() -> bool:
-    """Return True on JAX process 0, so that only one host of a multi-host run writes result files."""
-    import jax
-
-    return jax.process_index() == 0
-
-
 def epoch_text(epoch: int, steps: int) -> str:
     """The ' in epoch X after Y steps' suffix used in log lines, worded exactly like sentence-transformers."""
     if epoch == -1:
@@ -39,13 +34,6 @@ def epoch_text(epoch: int, steps: int) -> str:
     if steps == -1:
         return f" after epoch {epoch}"
     return f" in epoch {epoch} after {steps} steps"
-
-
-def resolve_show_progress_bar(show_progress_bar: bool | None) -> bool:
-    """Default the progress bar to the logging level, as sentence-transformers does (INFO/DEBUG -> on)."""
-    if show_progress_bar is None:
-        return logger.getEffectiveLevel() in (logging.INFO, logging.DEBUG)
-    return show_progress_bar
 
 
 def _maybe_to_float(value: Any) -> Any:

@@ -14,7 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from .base import CrossEncoderEvaluator, PredictModel, epoch_text, resolve_show_progress_bar
+from crossjax.runtime import show_progress_default
+
+from .base import CrossEncoderEvaluator, PredictModel, epoch_text
 
 logger = logging.getLogger(__name__)
 
@@ -198,7 +200,7 @@ class CrossEncoderClassificationEvaluator(CrossEncoderEvaluator):
         self.labels = np.asarray(labels)
         self.prompt_name = prompt_name
         self.batch_size = batch_size
-        self.show_progress_bar = resolve_show_progress_bar(show_progress_bar)
+        self.show_progress_bar = show_progress_default(show_progress_bar)
         self.csv_file = "CrossEncoderClassificationEvaluator" + ("_" + name if name else "") + "_results.csv"
 
     def __call__(

@@ -7,7 +7,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .base import CrossEncoderEvaluator, PredictModel, epoch_text, resolve_show_progress_bar
+from crossjax.runtime import show_progress_default
+
+from .base import CrossEncoderEvaluator, PredictModel, epoch_text
 
 logger = logging.getLogger(__name__)
 
@@ -93,7 +95,7 @@ class CECorrelationEvaluator(CrossEncoderEvaluator):
         self.scores = scores
         self.prompt_name = prompt_name
         self.batch_size = batch_size
-        self.show_progress_bar = resolve_show_progress_bar(show_progress_bar)
+        self.show_progress_bar = show_progress_default(show_progress_bar)
         self.csv_file = "CrossEncoderCorrelationEvaluator" + ("_" + name if name else "") + "_results.csv"
         self.csv_headers = ["epoch", "steps", "Pearson_Correlation", "Spearman_Correlation"]
         self.primary_metric = "spearman"

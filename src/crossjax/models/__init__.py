@@ -1,7 +1,9 @@
 """Flax nnx encoders with Hugging Face parity, one family per file."""
 
 from crossjax.models.auto import FlaxAutoModelForSequenceClassification, supported_model_types
-from crossjax.models.hf_io import CheckpointError, FlaxPreTrainedModel, ParamRule
+from crossjax.models.base import FlaxPreTrainedModel
+from crossjax.models.checkpoints import CheckpointError
+from crossjax.models.params import ParamRule
 
 __all__ = [
     "CheckpointError",

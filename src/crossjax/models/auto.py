@@ -15,14 +15,11 @@ from typing import Any
 
 import jax.numpy as jnp
 
-from crossjax.models.hf_io import (
-    CheckpointError,
-    FlaxPreTrainedModel,
-    load_config,
-    resolve_checkpoint_dir,
-)
+from crossjax.models import checkpoints
+from crossjax.models.base import FlaxPreTrainedModel
+from crossjax.models.checkpoints import CheckpointError, UnknownModelTypeError, resolve_checkpoint_dir
 
-_NOT_FAMILIES = {"auto", "hf_io", "layers"}
+_NOT_FAMILIES = {"auto", "base", "checkpoints", "export", "layers", "params"}
 
 
 @cache
@@ -45,14 +42,29 @@ def supported_model_types() -> list[str]:
     return sorted(model_registry())
 
 
+def _unsupported(model_type: Any) -> CheckpointError:
+    return CheckpointError(
+        f"model_type {model_type!r} is not supported by crossjax; supported: {', '.join(supported_model_types())}"
+    )
+
+
 def model_class_for(config) -> type[FlaxPreTrainedModel]:
     model_type = getattr(config, "model_type", None)
     try:
         return model_registry()[model_type]
     except KeyError:
-        raise CheckpointError(
-            f"model_type {model_type!r} is not supported by crossjax; supported: {', '.join(supported_model_types())}"
-        ) from None
+        raise _unsupported(model_type) from None
+
+
+def load_config(directory: str | os.PathLike, num_labels: int | None = None, **config_kwargs: Any):
+    """The checkpoint's transformers config; a model_type that neither transformers nor crossjax knows is
+    reported with the list of supported ones."""
+    try:
+        return checkpoints.load_config(directory, num_labels=num_labels, **config_kwargs)
+    except UnknownModelTypeError as e:
+        if e.model_type not in model_registry():
+            raise _unsupported(e.model_type) from e
+        raise
 
 
 class FlaxAutoModelForSequenceClassification:

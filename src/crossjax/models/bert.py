@@ -10,14 +10,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from crossjax.models.hf_io import (
-    FlaxPreTrainedModel,
-    ParamRule,
-    bert_style_embeddings,
-    bert_style_layer,
-    linear,
-)
+from crossjax.models.base import FlaxPreTrainedModel
 from crossjax.models.layers import Embeddings, Encoder, config_dropout, dense
+from crossjax.models.params import ParamRule, bert_style_embeddings, bert_style_layer, linear
 
 
 def encoder_kwargs(config, dtype, rngs: nnx.Rngs) -> dict:

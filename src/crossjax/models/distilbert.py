@@ -11,8 +11,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from crossjax.models.hf_io import FlaxPreTrainedModel, ParamRule, bert_style_embeddings, linear, norm
+from crossjax.models.base import FlaxPreTrainedModel
 from crossjax.models.layers import Embeddings, Encoder, FirstTokenClassificationHead, config_dropout
+from crossjax.models.params import ParamRule, bert_style_embeddings, linear, norm
 
 EPS = 1e-12  # hard-coded in transformers' DistilBERT for every LayerNorm
 

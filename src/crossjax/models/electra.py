@@ -10,15 +10,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from crossjax.models.base import FlaxPreTrainedModel
 from crossjax.models.bert import bert_embeddings, classifier_dropout, encoder_kwargs
-from crossjax.models.hf_io import (
-    FlaxPreTrainedModel,
-    ParamRule,
-    bert_style_embeddings,
-    bert_style_layer,
-    linear,
-)
 from crossjax.models.layers import Encoder, FirstTokenClassificationHead, dense
+from crossjax.models.params import ParamRule, bert_style_embeddings, bert_style_layer, linear
 
 
 def _projects(config) -> bool:

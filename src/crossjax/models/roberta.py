@@ -11,15 +11,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from crossjax.models.base import FlaxPreTrainedModel
 from crossjax.models.bert import bert_embeddings, classifier_dropout, encoder_kwargs
-from crossjax.models.hf_io import (
-    FlaxPreTrainedModel,
-    ParamRule,
-    bert_style_embeddings,
-    bert_style_layer,
-    linear,
-)
 from crossjax.models.layers import Encoder, FirstTokenClassificationHead
+from crossjax.models.params import ParamRule, bert_style_embeddings, bert_style_layer, linear
 
 
 class RobertaForSequenceClassification(FlaxPreTrainedModel):

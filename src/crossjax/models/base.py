@@ -1,0 +1,234 @@
+"""The model base class: embed -> encoder -> classify, loading from and saving to Hugging Face layouts."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from crossjax.models import export
+from crossjax.models.checkpoints import CheckpointError, load_config, read_state_dict, resolve_checkpoint_dir
+from crossjax.models.params import IGNORED_KEYS, ParamRule, flat_params, hf_name_of, our_path_of, rename_legacy
+
+logger = logging.getLogger("crossjax")
+
+
+@dataclass
+class LoadingInfo:
+    missing_keys: list[str] = field(default_factory=list)
+    unexpected_keys: list[str] = field(default_factory=list)
+    mismatched_keys: list[tuple[str, tuple, tuple]] = field(default_factory=list)
+    error_msgs: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, list]:
+        return {
+            "missing_keys": self.missing_keys,
+            "unexpected_keys": self.unexpected_keys,
+            "mismatched_keys": self.mismatched_keys,
+            "error_msgs": self.error_msgs,
+        }
+
+
+class FlaxPreTrainedModel(nnx.Module):
+    """Base of every family: config, the parameter table, from_pretrained and save_pretrained.
+
+    A family sets ``model_types`` (the ``config.model_type`` values it serves), ``architecture`` (the
+    transformers class name written to ``config.json``), ``base_model_prefix``, ``head_prefixes`` (HF names
+    of the classification head, re-initialised when ``num_labels`` differs) and ``param_table(config)``.
+    """
+
+    model_types: ClassVar[tuple[str, ...]] = ()
+    architecture: ClassVar[str] = ""
+    base_model_prefix: ClassVar[str] = ""
+    head_prefixes: ClassVar[tuple[str, ...]] = ()
+    uses_token_types: ClassVar[bool] = True
+
+    config: Any
+
+    @classmethod
+    def param_table(cls, config) -> list[ParamRule]:
+        raise NotImplementedError
+
+    @property
+    def num_labels(self) -> int:
+        return int(self.config.num_labels)
+
+    # Forward pass: embed -> encoder -> classify. Families override ``embed`` or ``classify`` where they differ.
+    def embed(self, input_ids: jax.Array, token_type_ids: jax.Array | None) -> jax.Array:
+        return self.embeddings(input_ids, token_type_ids if self.uses_token_types else None)
+
+    def classify(self, hidden: jax.Array) -> jax.Array:
+        return self.classifier(hidden)
+
+    def encode(self, input_ids, attention_mask=None, token_type_ids=None) -> jax.Array:
+        """The encoder's last hidden states (B, L, H): what transformers' base model returns first."""
+        if attention_mask is None:
+            attention_mask = jnp.ones_like(input_ids)
+        return self.encoder(self.embed(input_ids, token_type_ids), attention_mask)
+
+    def __call__(
+        self, input_ids: jax.Array, attention_mask: jax.Array | None = None, token_type_ids: jax.Array | None = None
+    ) -> jax.Array:
+        """Logits (B, num_labels) in float32 from integer token arrays (B, L)."""
+        return self.classify(self.encode(input_ids, attention_mask, token_type_ids)).astype(jnp.float32)
+
+    # ------------------------------------------------------------------------------------- loading
+    @classmethod
+    def from_config(cls, config, *, dtype=jnp.float32, seed: int = 0) -> FlaxPreTrainedModel:
+        """A freshly initialised model (transformers' initialisation: normal(0, initializer_range))."""
+        return cls(config, dtype=dtype, rngs=nnx.Rngs(params=seed, dropout=seed + 1))
+
+    def load_hf_state_dict(self, tensors: dict[str, np.ndarray], source: str = "checkpoint") -> LoadingInfo:
+        """Fill our parameters from Hugging Face named tensors; return what was missing/unexpected."""
+        info = LoadingInfo()
+        table = self.param_table(self.config)
+        prefix = self.base_model_prefix + "."
+        tensors = {rename_legacy(k): v for k, v in tensors.items()}
+        if not any(k.startswith(prefix) for k in tensors):
+            # A base-model checkpoint (e.g. a sentence-transformers bi-encoder): names lack the prefix.
+            tensors = {(k if k.startswith(self.head_prefixes) else prefix + k): v for k, v in tensors.items()}
+        ours = flat_params(self)
+        filled: set[str] = set()
+        for name, array in tensors.items():
+            rule, target = our_path_of(table, name)
+            if target is None or target not in ours:
+                if not any(p.search(name) for p in IGNORED_KEYS):
+                    info.unexpected_keys.append(name)
+                continue
+            value = rule.to_ours(array)
+            var = ours[target]
+            if tuple(value.shape) != tuple(var.shape):
+                if name.startswith(self.head_prefixes):
+                    info.mismatched_keys.append(
+                        (name, tuple(array.shape), tuple(rule.to_hf(np.empty(var.shape)).shape))
+                    )
+                    continue
+                raise CheckpointError(
+                    f"{source}: parameter {name} has shape {tuple(array.shape)}, but the config implies "
+                    f"{tuple(rule.to_hf(np.empty(var.shape)).shape)}"
+                )
+            var[...] = jnp.asarray(value, dtype=var[...].dtype)
+            filled.add(target)
+        for path in ours:
+            if path not in filled:
+                info.missing_keys.append(hf_name_of(table, path) or path)
+        return info
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        name_or_path: str | os.PathLike,
+        *,
+        config=None,
+        num_labels: int | None = None,
+        dtype=jnp.float32,
+        seed: int = 0,
+        output_loading_info: bool = False,
+        config_kwargs: dict | None = None,
+        **hub_kwargs: Any,
+    ):
+        directory = resolve_checkpoint_dir(name_or_path, **hub_kwargs)
+        if config is None:
+            config = load_config(directory, num_labels=num_labels, **(config_kwargs or {}))
+        model = cls.from_config(config, dtype=dtype, seed=seed)
+        tensors, source = read_state_dict(directory)
+        info = model.load_hf_state_dict(tensors, source=str(source))
+        _report(cls.architecture, str(directory), info)
+        return (model, info.as_dict()) if output_loading_info else model
+
+    # ------------------------------------------------------------------------------------- export
+    def hf_state_dict(self) -> dict[str, np.ndarray]:
+        """Our parameters under Hugging Face PyTorch names and layouts, float32."""
+        table = self.param_table(self.config)
+        out: dict[str, np.ndarray] = {}
+        for path, var in flat_params(self).items():
+            name = hf_name_of(table, path)
+            if name is None:  # a family whose table misses one of its own parameters is a bug, not user error
+                raise RuntimeError(f"{type(self).__name__}: no Hugging Face name for parameter {path}")
+            rule, _ = our_path_of(table, name)
+            out[name] = np.ascontiguousarray(rule.to_hf(np.asarray(var[...], dtype=np.float32)))
+        return out
+
+    def export_config(self) -> dict[str, Any]:
+        config = self.config.to_dict()
+        config["architectures"] = [self.architecture]
+        num_labels = self.num_labels
+        id2label = {int(k): v for k, v in (getattr(self.config, "id2label", None) or {}).items()}
+        if len(id2label) != num_labels:
+            id2label = {i: f"LABEL_{i}" for i in range(num_labels)}
+        config["id2label"] = {str(i): id2label[i] for i in range(num_labels)}
+        config["label2id"] = {v: i for i, v in id2label.items()}
+        config.pop("num_labels", None)  # derived from id2label by transformers
+        config.pop("_name_or_path", None)
+        config.pop("torch_dtype", None)
+        config["dtype"] = "float32"
+        return config
+
+    def save_pretrained(
+        self,
+        save_directory: str | os.PathLike,
+        tokenizer=None,
+        *,
+        activation_fn: str | None = None,
+        max_length: int | None = None,
+        prompts: dict[str, str] | None = None,
+        default_prompt_name: str | None = None,
+    ) -> Path:
+        """Write a model that PyTorch transformers and sentence-transformers' CrossEncoder load as is.
+
+        Files: ``config.json``, ``model.safetensors`` (Hugging Face names, float32), the tokenizer's files
+        when given one (``model_max_length`` set to ``max_length``), and ``config_sentence_transformers.json``
+        naming the activation as a dotted torch path (default: Sigmoid for one label, else Identity).
+        Written atomically (see :func:`crossjax.models.export.write_model_directory`).
+        """
+        return export.write_model_directory(
+            self,
+            save_directory,
+            tokenizer,
+            activation_fn=activation_fn,
+            max_length=max_length,
+            prompts=prompts,
+            default_prompt_name=default_prompt_name,
+        )
+
+
+def _report(architecture: str, source: str, info: LoadingInfo) -> None:
+    """Warn like transformers does about newly initialised, unused and re-shaped weights."""
+    if info.unexpected_keys:
+        logger.warning(
+            "Some weights of the model checkpoint at %s were not used when initializing %s: %s",
+            source,
+            architecture,
+            info.unexpected_keys,
+        )
+    if info.missing_keys:
+        logger.warning(
+            "Some weights of %s were not initialized from the model checkpoint at %s and are newly "
+            "initialized: %s\nYou should probably TRAIN this model on a down-stream task to be able to use "
+            "it for predictions and inference.",
+            architecture,
+            source,
+            info.missing_keys,
+        )
+    if info.mismatched_keys:
+        details = "\n".join(
+            f"- {k}: found shape {a} in the checkpoint and {b} in the model instantiated"
+            for k, a, b in info.mismatched_keys
+        )
+        logger.warning(
+            "Some weights of %s were not initialized from the model checkpoint at %s and are newly "
+            "initialized because the shapes did not match (the checkpoint's classification head has a "
+            "different num_labels than asked):\n%s\nYou should probably TRAIN this model on a down-stream "
+            "task to be able to use it for predictions and inference.",
+            architecture,
+            source,
+            details,
+        )
+

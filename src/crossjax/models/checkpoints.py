@@ -1,0 +1,128 @@
+"""Reading Hugging Face checkpoints: hub resolution, config, and weights (safetensors or torch .bin)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+SAFE_WEIGHTS = "model.safetensors"
+SAFE_INDEX = "model.safetensors.index.json"
+TORCH_WEIGHTS = "pytorch_model.bin"
+TORCH_INDEX = "pytorch_model.bin.index.json"
+CONFIG = "config.json"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint directory or file that cannot be used, with the file and the problem named."""
+
+
+class UnknownModelTypeError(CheckpointError):
+    """transformers could not build a config for this ``model_type`` (the auto class names what is supported)."""
+
+    def __init__(self, model_type: str, detail: str) -> None:
+        super().__init__(f"model_type {model_type!r} could not be read: {detail}")
+        self.model_type = model_type
+
+
+def resolve_checkpoint_dir(name_or_path: str | os.PathLike, **hub_kwargs: Any) -> Path:
+    """A local directory as is; anything else is a hub id fetched (config + weights) with huggingface_hub."""
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        if not (path / CONFIG).is_file():
+            raise CheckpointError(f"{path} has no {CONFIG}: it is not a Hugging Face model directory")
+        return path
+    if path.exists():
+        raise CheckpointError(f"{path} is a file; pass the model directory that holds {CONFIG}")
+    if str(name_or_path).startswith((".", "/", "~")) or os.sep + os.sep in str(name_or_path):
+        raise CheckpointError(f"Model directory {path} does not exist")
+    from huggingface_hub import snapshot_download
+
+    try:
+        local = snapshot_download(
+            str(name_or_path),
+            allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model", "pytorch_model*.bin"],
+            **hub_kwargs,
+        )
+    except Exception as e:  # noqa: BLE001 - re-raised with the id named
+        raise CheckpointError(
+            f"Could not find {name_or_path!r} locally or download it from the Hugging Face hub: {e}"
+        ) from e
+    return resolve_checkpoint_dir(local)
+
+
+def _read_safetensors(file: Path) -> dict[str, np.ndarray]:
+    from safetensors import safe_open
+
+    try:
+        out = {}
+        with safe_open(str(file), framework="flax") as f:
+            for key in f.keys():
+                out[key] = np.asarray(f.get_tensor(key), dtype=np.float32)
+        return out
+    except Exception as e:  # noqa: BLE001 - safetensors raises several types
+        raise CheckpointError(f"Could not read {file}: {e}. The file is truncated or corrupt.") from e
+
+
+def _read_torch_bin(file: Path) -> dict[str, np.ndarray]:
+    try:
+        import torch
+    except ImportError:
+        raise CheckpointError(
+            f"{file} is a PyTorch pickle; reading it needs torch. Install it with "
+            "`pip install crossjax[torch]` (or convert the checkpoint to model.safetensors)."
+        ) from None
+    try:
+        state = torch.load(str(file), map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001
+        raise CheckpointError(f"Could not read {file}: {e}") from e
+    return {k: v.detach().float().numpy() for k, v in state.items()}
+
+
+def read_state_dict(directory: Path) -> tuple[dict[str, np.ndarray], Path]:
+    """All tensors of a checkpoint as float32 numpy, from safetensors (single or sharded) or torch .bin."""
+    for index_name, reader in ((SAFE_INDEX, _read_safetensors), (TORCH_INDEX, _read_torch_bin)):
+        index = directory / index_name
+        if index.is_file():
+            try:
+                shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            except (ValueError, KeyError) as e:
+                raise CheckpointError(f"{index} is not a valid sharded-checkpoint index: {e}") from e
+            tensors: dict[str, np.ndarray] = {}
+            for shard in shards:
+                if not (directory / shard).is_file():
+                    raise CheckpointError(f"{index} names shard {shard}, which is missing from {directory}")
+                tensors.update(reader(directory / shard))
+            return tensors, index
+    for name, reader in ((SAFE_WEIGHTS, _read_safetensors), (TORCH_WEIGHTS, _read_torch_bin)):
+        if (directory / name).is_file():
+            return reader(directory / name), directory / name
+    raise CheckpointError(
+        f"{directory} has no weights: expected {SAFE_WEIGHTS}, {SAFE_INDEX}, {TORCH_WEIGHTS} or {TORCH_INDEX}"
+    )
+
+
+
+def load_config(directory: str | os.PathLike, num_labels: int | None = None, **config_kwargs: Any):
+    """transformers' AutoConfig for a local directory, with a clear error for a bad config.json."""
+    from transformers import AutoConfig
+
+    directory = Path(directory)
+    if num_labels is not None:
+        config_kwargs["num_labels"] = int(num_labels)
+    try:
+        return AutoConfig.from_pretrained(str(directory), **config_kwargs)
+    except Exception as e:  # noqa: BLE001 - transformers raises ValueError/KeyError/OSError here
+        raw = {}
+        try:
+            raw = json.loads((directory / CONFIG).read_text())
+        except (OSError, ValueError) as read_error:
+            raise CheckpointError(f"{directory / CONFIG} is not valid JSON: {read_error}") from e
+        model_type = raw.get("model_type")
+        if model_type is not None:
+            raise UnknownModelTypeError(model_type, f"{directory / CONFIG}: {e}") from e
+        raise CheckpointError(f"Could not read the config in {directory / CONFIG}: {e}") from e
+

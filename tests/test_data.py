@@ -158,12 +158,15 @@ def test_collect_from_our_dataloader() -> None:
         2,
         True,
         True,
+        None,
     )
+    assert collect_examples(DataLoader(data, batch_size=2, shuffle=True, seed=5)).seed == 5
     assert collect_examples(DataLoader(data, batch_size=2), batch_size=4, shuffle=True) == (
         data,
         4,
         True,
         False,
+        None,
     )
 
 
@@ -171,13 +174,18 @@ def test_collect_from_torch_dataloader() -> None:
     torch_data = pytest.importorskip("torch.utils.data")
     data = _examples(20)
     # As sentence-transformers users write it: no collate_fn (we never iterate it).
-    assert collect_examples(torch_data.DataLoader(data, shuffle=True, batch_size=8)) == (data, 8, True, False)
+    assert collect_examples(torch_data.DataLoader(data, shuffle=True, batch_size=8)) == (data, 8, True, False, None)
     assert collect_examples(torch_data.DataLoader(data, batch_size=4, drop_last=True)) == (
         data,
         4,
         False,
         True,
+        None,
     )
+    import torch
+
+    seeded = torch_data.DataLoader(data, shuffle=True, batch_size=8, generator=torch.Generator().manual_seed(11))
+    assert collect_examples(seeded).seed == 11
 
 
 def test_collect_from_hf_dataset() -> None:
@@ -185,17 +193,17 @@ def test_collect_from_hf_dataset() -> None:
     ds = datasets.Dataset.from_dict(
         {"idx": [0, 1], "sentence1": ["a", "b"], "sentence2": ["c", "d"], "score": [0.1, 0.9]}
     )
-    examples, bs, shuffle, drop_last = collect_examples(ds)
+    examples, bs, shuffle, drop_last, _ = collect_examples(ds)
     assert (bs, shuffle, drop_last) == (16, True, False)
     assert [(e.texts, e.label) for e in examples] == [(["a", "c"], 0.1), (["b", "d"], 0.9)]
 
     ds = datasets.Dataset.from_dict({"label": [1, 0], "anchor": ["a", "b"], "other": ["c", "d"], "x": [1, 2]})
-    examples, bs, shuffle, _ = collect_examples(ds, batch_size=8, shuffle=False)
+    examples, bs, shuffle, _, _ = collect_examples(ds, batch_size=8, shuffle=False)
     assert (bs, shuffle) == (8, False)
     assert [(e.texts, e.label) for e in examples] == [(["a", "c"], 1), (["b", "d"], 0)]
 
     ds = datasets.Dataset.from_dict({"query": ["q"], "document": ["d"]})  # no label column
-    (ex,), _, _, _ = collect_examples(ds)
+    (ex,), *_ = collect_examples(ds)
     assert ex.texts == ["q", "d"] and ex.label is None
     with pytest.raises(ValueError, match="missing label"):
         validate_examples([ex], num_labels=1)
@@ -208,9 +216,9 @@ def test_collect_from_hf_dataset() -> None:
 def test_collect_from_iterables() -> None:
     data = _examples(7)
     batches = [data[:3], data[3:6], data[6:]]
-    assert collect_examples(batches) == (data, 3, False, False)
-    assert collect_examples(iter(batches)) == (data, 3, False, False)
-    assert collect_examples(data) == (data, 16, False, False)  # a flat list of examples
+    assert collect_examples(batches) == (data, 3, False, False, None)
+    assert collect_examples(iter(batches)) == (data, 3, False, False, None)
+    assert collect_examples(data) == (data, 16, False, False, None)  # a flat list of examples
 
 
 def test_collect_empty() -> None:

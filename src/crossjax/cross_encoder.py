@@ -42,20 +42,60 @@ def _as_dtype(dtype) -> Any:
     return jnp.dtype(dtype).type
 
 
-def _saved_activation(directory: Path, config) -> str | None:
-    """The activation a sentence-transformers CrossEncoder saved (v4+ file, config.json, or pre-v4 key)."""
+def _saved_st_config(directory: Path) -> dict[str, Any]:
+    """config_sentence_transformers.json of a checkpoint (activation, prompts), or {} when absent/unreadable."""
     st_file = directory / ST_CONFIG
-    if st_file.is_file():
-        try:
-            name = json.loads(st_file.read_text()).get("activation_fn")
-        except ValueError:
-            name = None
-        if name:
-            return name
+    if not st_file.is_file():
+        return {}
+    try:
+        content = json.loads(st_file.read_text())
+    except ValueError:
+        logger.warning("%s is not valid JSON; ignoring it", st_file)
+        return {}
+    return content if isinstance(content, dict) else {}
+
+
+def _saved_activation(st_config: dict[str, Any], config) -> str | None:
+    """The activation a sentence-transformers CrossEncoder saved (v4+ file, config.json, or pre-v4 key)."""
+    if st_config.get("activation_fn"):
+        return st_config["activation_fn"]
     st = getattr(config, "sentence_transformers", None)
     if isinstance(st, dict) and st.get("activation_fn"):
         return st["activation_fn"]
     return getattr(config, "sbert_ce_default_activation_function", None)
+
+
+def _merged(name_a: str, a: dict | None, name_b: str, b: dict | None) -> dict:
+    """Two spellings of the same keyword dict (e.g. tokenizer_kwargs and ST 6's processor_kwargs)."""
+    a, b = dict(a or {}), dict(b or {})
+    clash = sorted(k for k in set(a) & set(b) if a[k] != b[k])
+    if clash:
+        raise ValueError(f"{name_a} and {name_b} give different values for {clash}")
+    return {**a, **b}
+
+
+def _compute_dtype_from_model_kwargs(model_kwargs: dict | None, compute_dtype: Any) -> Any:
+    """sentence-transformers' ``model_kwargs``: only the dtype has a meaning in JAX (the compute dtype)."""
+    model_kwargs = dict(model_kwargs or {})
+    if "torch_dtype" in model_kwargs and "dtype" in model_kwargs:
+        raise ValueError("model_kwargs has both 'torch_dtype' and 'dtype'; pass one")
+    dtype = model_kwargs.pop("dtype", model_kwargs.pop("torch_dtype", None))
+    if model_kwargs:
+        raise ValueError(
+            f"model_kwargs {sorted(model_kwargs)} have no meaning in crossjax (PyTorch model loading options); "
+            "only 'dtype' / 'torch_dtype' is used, as the compute dtype"
+        )
+    if dtype is None or (isinstance(dtype, str) and dtype == "auto"):
+        return compute_dtype
+    name = str(dtype).removeprefix("torch.")
+    if name not in DTYPES:
+        raise ValueError(
+            f"model_kwargs dtype {dtype!r} is not supported: crossjax computes in float32 or bfloat16 "
+            "(parameters stay float32)"
+        )
+    if compute_dtype is not None and _as_dtype(compute_dtype) != DTYPES[name]:
+        raise ValueError(f"compute_dtype={compute_dtype!r} contradicts model_kwargs dtype {dtype!r}")
+    return name
 
 
 class CrossEncoder:
@@ -79,28 +119,54 @@ class CrossEncoder:
         tokenizer_kwargs: dict | None = None,
         config_kwargs: dict | None = None,
         *,
-        compute_dtype: str | Any = "float32",
+        device: str | None = None,
+        prompts: dict[str, str] | None = None,
+        default_prompt_name: str | None = None,
+        cache_folder: str | None = None,
+        trust_remote_code: bool = False,
+        revision: str | None = None,
+        local_files_only: bool = False,
+        token: str | bool | None = None,
+        model_kwargs: dict | None = None,
+        processor_kwargs: dict | None = None,
+        backend: str = "torch",
+        compute_dtype: str | Any | None = None,
         seed: int = 0,
         sharding: str = "replicated",
         buckets: tuple[int, ...] | None = None,
         cache_dir: str | None = None,
-        revision: str | None = None,
-        local_files_only: bool = False,
-        token: str | bool | None = None,
         default_activation_function: Callable | None = None,
-        **kwargs: Any,
+        classifier_dropout: float | None = None,
     ) -> None:
-        if kwargs:
-            logger.warning("CrossEncoder: ignoring arguments without meaning in crossjax: %s", sorted(kwargs))
+        # sentence-transformers' own arguments, checked first: none is silently ignored.
+        if trust_remote_code:
+            raise ValueError(
+                "trust_remote_code=True runs a checkpoint's own PyTorch modelling code, which cannot run in JAX. "
+                "crossjax supports the architectures in crossjax.models.supported_model_types()."
+            )
+        if backend != "torch":
+            raise ValueError(
+                f"backend={backend!r}: crossjax always runs the model in JAX (backend='torch' is accepted as the "
+                "default spelling). To serve with ONNX Runtime or OpenVINO, save() the model and load the export "
+                f"with sentence_transformers.CrossEncoder(path, backend={backend!r})."
+            )
         if activation_fn is None and default_activation_function is not None:
             activation_fn = default_activation_function  # sentence-transformers < 4 spelling
+        compute_dtype = _compute_dtype_from_model_kwargs(model_kwargs, compute_dtype)
+        tokenizer_kwargs = _merged("tokenizer_kwargs", tokenizer_kwargs, "processor_kwargs", processor_kwargs)
+        config_kwargs = dict(config_kwargs or {})
+        if classifier_dropout is not None:  # sentence-transformers < 4 spelling
+            config_kwargs["classifier_dropout"] = float(classifier_dropout)
+        if cache_folder is not None and cache_dir is not None and cache_folder != cache_dir:
+            raise ValueError(f"cache_folder={cache_folder!r} and cache_dir={cache_dir!r} disagree; pass one")
+        cache_dir = cache_folder if cache_folder is not None else cache_dir
         # The mesh first: with CROSSJAX_DISTRIBUTED=1 it joins the multi-process run before JAX starts a backend.
-        self.mesh_plan: MeshPlan = make_mesh(sharding)
+        self.mesh_plan: MeshPlan = make_mesh(sharding, devices=device)
         hub = {k: v for k, v in dict(cache_dir=cache_dir, revision=revision, token=token).items() if v}
         if local_files_only:
             hub["local_files_only"] = True
         directory = resolve_checkpoint_dir(model_name_or_path, **hub)
-        config = load_config(directory, **(config_kwargs or {}))
+        config = load_config(directory, **config_kwargs)
         classifier_trained = any(
             a.endswith("ForSequenceClassification") for a in (config.architectures or [])
         )
@@ -110,7 +176,7 @@ class CrossEncoder:
             config.num_labels = int(num_labels)  # transformers' setter also resizes id2label / label2id
         self.config = config
         self.model_name_or_path = str(model_name_or_path)
-        self.compute_dtype = _as_dtype(compute_dtype)
+        self.compute_dtype = _as_dtype(compute_dtype or "float32")
         self.seed = int(seed)
         self.model = model_class_for(config).from_pretrained(
             directory, config=config, dtype=jnp.float32, seed=self.seed
@@ -121,7 +187,16 @@ class CrossEncoder:
         self.buckets = tuple(sorted(buckets)) if buckets else data_lib.default_buckets(self.max_length)
         if self.buckets[-1] < self.max_length:
             raise ValueError(f"the largest bucket {self.buckets[-1]} is below max_length={self.max_length}")
-        saved = _saved_activation(directory, config)
+        saved_st_config = _saved_st_config(directory)
+        saved = _saved_activation(saved_st_config, config)
+        self.prompts: dict[str, str] = {**(saved_st_config.get("prompts") or {}), **(prompts or {})}
+        self.default_prompt_name = (
+            default_prompt_name if default_prompt_name is not None else saved_st_config.get("default_prompt_name")
+        )
+        if self.default_prompt_name is not None and self.default_prompt_name not in self.prompts:
+            raise ValueError(
+                f"default_prompt_name={self.default_prompt_name!r} is not among the prompts {sorted(self.prompts)}"
+            )
         if activation_fn is not None:
             self.activation_fn = losses.resolve_activation(activation_fn)
         elif saved is not None:
@@ -200,7 +275,7 @@ class CrossEncoder:
             texts_b.append(b)
         tokenized = data_lib.tokenize_pairs(self.tokenizer, texts_a, texts_b, self.max_length)
         shards = self.mesh_plan.data_shards  # a multiple of the process count
-        rows = max(1, int(batch_size))
+        rows = int(batch_size)
         rows = -(-rows // shards) * shards  # round up so the batch splits evenly over the data shards
         order = np.argsort(-tokenized.lengths, kind="stable")
         fn, counter = self._predict_fn(dtype or self.compute_dtype)
@@ -223,26 +298,49 @@ class CrossEncoder:
 
     def predict(
         self,
-        sentences: list[tuple[str, str]] | list[list[str]] | tuple[str, str],
+        sentences: list[tuple[str, str]] | list[list[str]] | tuple[str, str] | None = None,
         batch_size: int = 32,
         show_progress_bar: bool | None = None,
         activation_fn: Callable | str | None = None,
         apply_softmax: bool = False,
         convert_to_numpy: bool = True,
         convert_to_tensor: bool = False,
-        **kwargs: Any,
+        *,
+        inputs: list[tuple[str, str]] | list[list[str]] | tuple[str, str] | None = None,
+        prompt_name: str | None = None,
+        prompt: str | None = None,
+        device: str | None = None,
+        pool: Any = None,
+        chunk_size: int | None = None,
     ):
         """Scores for sentence pairs, in input order: a 1-D array for one label, (n, num_labels) otherwise.
 
-        A single pair ``(a, b)`` gives a single score (or one row), as in sentence-transformers.
-        ``convert_to_tensor`` returns a JAX array instead of numpy.
+        A single pair ``(a, b)`` gives a single score (or one row), as in sentence-transformers. The pairs
+        come as the first argument (legacy ``sentences``) or as ``inputs=`` (sentence-transformers 6).
+        ``prompt`` (or ``prompt_name``, a key of ``self.prompts``; default ``default_prompt_name``) is
+        prepended to the first text of every pair, as sentence-transformers 6 does. ``convert_to_tensor``
+        returns a JAX array instead of numpy. ``device``/``pool``/``chunk_size`` (sentence-transformers'
+        multi-process inference) have no JAX meaning: the model runs on the mesh chosen at construction.
         """
-        if kwargs:
-            logger.debug("predict: ignoring %s", sorted(kwargs))
+        if sentences is not None and inputs is not None:
+            raise TypeError("predict() got both 'sentences' and 'inputs'; pass the pairs once")
+        sentences = inputs if sentences is None else sentences
+        if sentences is None:
+            raise TypeError("predict() missing the pairs to score ('inputs')")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size <= 0:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        if device is not None or pool is not None or chunk_size is not None:
+            raise ValueError(
+                "predict(device=/pool=/chunk_size=) are sentence-transformers' multi-process options; crossjax "
+                "runs on the devices of its mesh: choose them with CrossEncoder(..., device=...)"
+            )
         single = len(sentences) == 2 and all(isinstance(s, str) for s in sentences)
         pairs = [tuple(sentences)] if single else list(sentences)
         if not pairs:
             return np.zeros((0,) if self.num_labels == 1 else (0, self.num_labels), dtype=np.float32)
+        prompt = self._resolve_prompt(prompt, prompt_name)
+        if prompt:
+            pairs = [_with_prompt(prompt, pair, i) for i, pair in enumerate(pairs)]
         logits = self._logits(pairs, batch_size, show_progress_bar)
         activation = self.activation_fn if activation_fn is None else losses.resolve_activation(activation_fn)
         scores = np.asarray(activation(jnp.asarray(logits)), dtype=np.float32)
@@ -269,6 +367,9 @@ class CrossEncoder:
         activation_fn: Callable | str | None = None,
         apply_softmax: bool = False,
         convert_to_numpy: bool = True,
+        *,
+        prompt_name: str | None = None,
+        prompt: str | None = None,
     ) -> list[dict[str, Any]]:
         """``[{"corpus_id", "score"(, "text")}]`` for ``documents`` against ``query``, best first."""
         if self.num_labels != 1:
@@ -283,6 +384,8 @@ class CrossEncoder:
             show_progress_bar=show_progress_bar,
             activation_fn=activation_fn,
             apply_softmax=apply_softmax,
+            prompt_name=prompt_name,
+            prompt=prompt,
         )
         results = [{"corpus_id": i, "score": float(s)} for i, s in enumerate(np.atleast_1d(scores))]
         if return_documents:
@@ -290,6 +393,33 @@ class CrossEncoder:
                 r["text"] = documents[r["corpus_id"]]
         results.sort(key=lambda r: r["score"], reverse=True)
         return results[:top_k] if top_k is not None else results
+
+    def _check_exportable(self) -> None:
+        try:
+            losses.activation_name_for_export(self.activation_fn)
+        except ValueError as e:
+            raise ValueError(
+                f"{e}. fit(output_path=...) saves the model, and the saved model must name its activation for "
+                "sentence-transformers: set CrossEncoder(..., activation_fn=...) to one of those (the activation "
+                "applied inside the loss is fit's activation_fct, which is not saved), or pass output_path=None."
+            ) from None
+
+    def _resolve_prompt(self, prompt: str | None, prompt_name: str | None) -> str | None:
+        """sentence-transformers 6's rule: an explicit prompt wins, then prompt_name, then the default."""
+        if prompt is not None:
+            if prompt_name is not None:
+                logger.warning("Provide either a `prompt`, a `prompt_name`, or neither; ignoring `prompt_name`.")
+            return prompt
+        if prompt_name is not None:
+            if prompt_name not in self.prompts:
+                raise ValueError(
+                    f"Prompt name {prompt_name!r} not found in the configured prompts dictionary with keys "
+                    f"{list(self.prompts)!r}."
+                )
+            return self.prompts[prompt_name]
+        if self.default_prompt_name is not None:
+            return self.prompts.get(self.default_prompt_name)
+        return None
 
     # ------------------------------------------------------------------------------------------ save
     def save(self, path: str | os.PathLike, **kwargs: Any) -> Path | None:
@@ -309,6 +439,8 @@ class CrossEncoder:
             self.tokenizer,
             activation_fn=losses.activation_name_for_export(self.activation_fn),
             max_length=self.max_length,
+            prompts=self.prompts,
+            default_prompt_name=self.default_prompt_name,
         )
         logger.info("Saved model to %s", out)
         return out
@@ -343,6 +475,7 @@ class CrossEncoder:
         checkpoint_path: str | None = None,
         checkpoint_save_steps: int = 500,
         checkpoint_save_total_limit: int | None = 2,
+        group_by_length: bool = True,
     ) -> dict[str, Any]:
         """Train like sentence-transformers' legacy ``fit`` (see its docs); returns a summary of the run.
 
@@ -350,7 +483,10 @@ class CrossEncoder:
         batches), ``seed`` (data order and dropout; default: the CrossEncoder's seed), ``compute_dtype``
         (default bfloat16 with ``use_amp`` else float32), ``logging_steps`` (how often the loss is fetched
         from the device for the progress bar), and ``checkpoint_path``/``checkpoint_save_steps``/
-        ``checkpoint_save_total_limit`` for preemption-safe orbax checkpoints with exact resume.
+        ``checkpoint_save_total_limit`` for preemption-safe orbax checkpoints with exact resume, and
+        ``group_by_length`` (shuffled batches of similar lengths, far less padding; False gives
+        sentence-transformers' plain random batches). The data order follows ``DataLoader(seed=...)`` when the
+        loader has a seed, else ``seed``.
         """
         from crossjax.fit_loop import FitConfig, FitResult, FitTarget, run_fit
 
@@ -381,7 +517,10 @@ class CrossEncoder:
             checkpoint_path=checkpoint_path,
             checkpoint_save_steps=checkpoint_save_steps,
             checkpoint_save_total_limit=checkpoint_save_total_limit,
+            group_by_length=bool(group_by_length),
         )
+        if output_path is not None:
+            self._check_exportable()  # an unexportable activation must fail now, not at the first save hours later
         target = FitTarget(
             model=self.model,
             tokenizer=self.tokenizer,
@@ -406,6 +545,12 @@ class CrossEncoder:
             f"CrossEncoder({self.model_name_or_path!r}, model_type={self.config.model_type!r}, "
             f"num_labels={self.num_labels}, max_length={self.max_length}, devices={self.mesh_plan.data_shards})"
         )
+
+
+def _with_prompt(prompt: str, pair: Any, index: int) -> tuple[str, str]:
+    if isinstance(pair, str) or len(pair) != 2 or not isinstance(pair[0], str):
+        raise ValueError(f"Pair {index}: expected two texts (a, b), got {pair!r}")
+    return (prompt + pair[0], pair[1])
 
 
 class _EvaluatorHook:

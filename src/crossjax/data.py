@@ -16,13 +16,14 @@ import itertools
 import math
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 __all__ = [
     "InputExample",
     "DataLoader",
+    "CollectedExamples",
     "collect_examples",
     "validate_examples",
     "TokenizedPairs",
@@ -65,8 +66,8 @@ class DataLoader:
     """A torch-free stand-in for ``torch.utils.data.DataLoader`` over ``InputExample`` lists.
 
     Iterating yields lists of examples (a new random order per pass when ``shuffle``). The trainer does
-    not iterate it: it reads ``dataset``, ``batch_size``, ``shuffle`` and ``drop_last`` and plans its
-    own length-grouped batches.
+    not iterate it: it reads ``dataset``, ``batch_size``, ``shuffle``, ``drop_last`` and ``seed`` (when given,
+    the seed of ``fit``'s data order; else ``fit``'s ``seed``) and plans its own batches.
     """
 
     def __init__(
@@ -155,21 +156,34 @@ def _dataset_items(dataset: Any) -> list[Any]:
     return list(dataset)
 
 
+class CollectedExamples(NamedTuple):
+    """What ``fit`` reads from a data loader; ``seed`` is the loader's own data-order seed, if it has one."""
+
+    examples: list[InputExample]
+    batch_size: int
+    shuffle: bool
+    drop_last: bool
+    seed: int | None = None
+
+
 def collect_examples(
     train_dataloader: Any, batch_size: int | None = None, shuffle: bool | None = None
-) -> tuple[list[InputExample], int, bool, bool]:
-    """Extract ``(examples, batch_size, shuffle, drop_last)`` from what users pass to ``fit``.
+) -> CollectedExamples:
+    """Extract ``(examples, batch_size, shuffle, drop_last, seed)`` from what users pass to ``fit``.
 
     Accepts our :class:`DataLoader`; a ``torch.utils.data.DataLoader`` over examples (only its
     ``dataset``/``batch_size``/``sampler`` are read, it is never iterated, so no ``collate_fn`` is
     needed; shuffle means a ``RandomSampler``); a ``datasets.Dataset`` (batch size 16 and shuffle by
     default); or any iterable of example batches (batch size = first batch's size, no shuffle). A flat
-    iterable of examples gets batch size 16 and no shuffle. ``batch_size``/``shuffle`` override.
+    iterable of examples gets batch size 16 and no shuffle. ``batch_size``/``shuffle`` override. ``seed`` is
+    ``DataLoader(seed=...)`` or the seed of a torch DataLoader's ``generator``, else None.
     """
     drop_last = False
+    seed = None
     if isinstance(train_dataloader, DataLoader):
         ours = train_dataloader
         examples, bs, shuf, drop_last = list(ours.dataset), ours.batch_size, ours.shuffle, ours.drop_last
+        seed = ours.seed
     elif _is_hf_dataset(train_dataloader):
         examples = _examples_from_hf_dataset(train_dataloader)
         bs, shuf = 16, True
@@ -182,6 +196,8 @@ def collect_examples(
             raise ValueError("cannot read the batch size of this DataLoader; pass batch_size=...")
         shuf = type(train_dataloader.sampler).__name__ == "RandomSampler"
         drop_last = bool(getattr(train_dataloader, "drop_last", False))
+        generator = getattr(train_dataloader, "generator", None)
+        seed = int(generator.initial_seed()) if generator is not None else None
     elif hasattr(train_dataloader, "train_examples") and hasattr(train_dataloader, "batch_size"):
         # sentence-transformers' NoDuplicatesDataLoader: shuffles, drops the last partial batch.
         examples = list(train_dataloader.train_examples)
@@ -207,7 +223,7 @@ def collect_examples(
     if bs < 1:
         raise ValueError(f"batch_size must be >= 1, got {bs}")
     shuf = bool(shuffle if shuffle is not None else shuf)
-    return examples, bs, shuf, drop_last
+    return CollectedExamples(examples, bs, shuf, drop_last, None if seed is None else int(seed))
 
 
 # --- validation --------------------------------------------------------------------------------------

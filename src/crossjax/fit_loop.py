@@ -8,6 +8,8 @@ steps have run, the state's buffers are donated.
 
 from __future__ import annotations
 
+import functools
+import json
 import logging
 import math
 import time
@@ -51,6 +53,7 @@ class FitConfig:
     checkpoint_path: str | None = None
     checkpoint_save_steps: int = 500
     checkpoint_save_total_limit: int | None = 2
+    group_by_length: bool = True
 
     def validate(self) -> None:
         def positive_int(name: str, value: Any, minimum: int = 1) -> None:
@@ -96,6 +99,34 @@ class FitResult:
     best_score: float | None = None
     compilations: int = 0
     summary: dict[str, Any] = field(default_factory=dict)
+
+
+# FitConfig fields that do not change the trained parameters: a resume may change them freely.
+_NOT_IN_FINGERPRINT = (
+    "evaluation_steps",
+    "output_path",
+    "save_best_model",
+    "show_progress_bar",
+    "logging_steps",
+    "checkpoint_path",
+    "checkpoint_save_steps",
+    "checkpoint_save_total_limit",
+)
+
+
+def run_settings(cfg: FitConfig) -> dict[str, Any]:
+    """Every setting that shapes the training trajectory, JSON-friendly (for resume fingerprints)."""
+    settings = {k: v for k, v in asdict(cfg).items() if k not in _NOT_IN_FINGERPRINT}
+    settings["compute_dtype"] = jnp.dtype(cfg.compute_dtype).name
+    return json.loads(json.dumps(settings, default=repr))  # tuples -> lists, as they come back from JSON
+
+
+def describe_callable(fn: Any) -> str:
+    """A stable description of a loss or activation (name and bound arguments), to tell two runs apart."""
+    if isinstance(fn, functools.partial):
+        args = {k: np.asarray(v).tolist() if hasattr(v, "shape") else v for k, v in sorted(fn.keywords.items())}
+        return f"{describe_callable(fn.func)}({', '.join(f'{k}={v!r}' for k, v in args.items())})"
+    return f"{getattr(fn, '__module__', '')}.{getattr(fn, '__qualname__', type(fn).__qualname__)}"
 
 
 class _Metrics:
@@ -162,7 +193,8 @@ def run_fit(
     model = target.model
     # 1. Everything that can be wrong with the input is checked before any tokenization or compilation.
     cfg.validate()
-    examples, batch_size, shuffle, drop_last = data_lib.collect_examples(train_dataloader)
+    examples, batch_size, shuffle, drop_last, loader_seed = data_lib.collect_examples(train_dataloader)
+    data_seed = cfg.seed if loader_seed is None else loader_seed  # DataLoader(seed=...) orders the data
     texts_a, texts_b, labels = data_lib.validate_examples(examples, model.num_labels)
     loss_fn = losses.resolve_loss(loss_fct, model.num_labels)
     activation = losses.resolve_activation(activation_fct)
@@ -198,13 +230,15 @@ def run_fit(
             "examples": n,
             "data": data_fingerprint(tokenized, labels),  # same size but other pairs/labels: another run
             "batch_size": batch_size,
-            "gradient_accumulation_steps": k,
-            "epochs": cfg.epochs,
-            "seed": cfg.seed,
             "shuffle": shuffle,
+            "drop_last": drop_last,
+            "data_seed": data_seed,
             "num_labels": model.num_labels,
             "model_type": model.config.model_type,
             "steps_per_epoch": steps_per_epoch,
+            "loss": describe_callable(loss_fn),
+            "activation_fct": describe_callable(activation),
+            **run_settings(cfg),
         }
         checkpointer = TrainCheckpointer(
             cfg.checkpoint_path, cfg.checkpoint_save_steps, cfg.checkpoint_save_total_limit, fingerprint
@@ -262,9 +296,16 @@ def run_fit(
             if cfg.save_best_model and cfg.output_path is not None:
                 target.save(cfg.output_path)
 
+    def maybe_checkpoint(epoch: int) -> None:
+        if checkpointer is not None and global_step % cfg.checkpoint_save_steps == 0 and global_step > start_step:
+            metrics.flush()  # never checkpoint a state whose last loss was not finite
+            checkpointer.save(global_step, state, {"best_score": result.best_score, "epoch": epoch})
+
     try:
         for epoch in range(start_step // steps_per_epoch, cfg.epochs):
-            batches = data_lib.plan_batches(tokenized.lengths, step_rows, shuffle, cfg.seed, epoch, drop_last)
+            batches = data_lib.plan_batches(
+                tokenized.lengths, step_rows, shuffle, data_seed, epoch, drop_last, cfg.group_by_length
+            )
             first = start_step - epoch * steps_per_epoch if epoch == start_step // steps_per_epoch else 0
             for batch_index in range(first, len(batches)):
                 indices = batches[batch_index]
@@ -289,11 +330,13 @@ def run_fit(
                     and training_steps % cfg.evaluation_steps == 0
                 ):
                     evaluate(epoch, training_steps)
-                if checkpointer is not None and global_step % cfg.checkpoint_save_steps == 0:
-                    metrics.flush()  # never checkpoint a state whose last loss was not finite
-                    checkpointer.save(global_step, state, {"best_score": result.best_score, "epoch": epoch})
+                # An epoch's last step is checkpointed after the epoch's evaluation (below), so a preemption
+                # between the two never skips that evaluation and its best-model save on resume.
+                if batch_index + 1 < len(batches):
+                    maybe_checkpoint(epoch)
             if evaluate_fn is not None:
                 evaluate(epoch, -1)
+            maybe_checkpoint(epoch)
         metrics.flush()
         if checkpointer is not None and global_step % cfg.checkpoint_save_steps != 0 and global_step > start_step:
             checkpointer.save(global_step, state, {"best_score": result.best_score, "epoch": cfg.epochs - 1})

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import jax
 import numpy as np
@@ -121,12 +122,45 @@ class MeshPlan:
             )
 
 
-def make_mesh(sharding: str = "replicated", devices=None) -> MeshPlan:
-    """A 1-D ``data`` mesh over all devices of all processes (or the ones given)."""
+def devices_for(device: Any) -> list | None:
+    """sentence-transformers' ``device`` argument as JAX devices: None (every device of the default backend),
+    "cpu", "cuda"/"gpu", "tpu" (every device of that platform) or "cuda:N"/"tpu:N" (that one device).
+
+    A platform JAX has no backend for is a clear error instead of a silent fall-back to another one.
+    """
+    if device is None:
+        return None
+    spec = str(device).strip().lower()  # also torch.device("cuda:0")
+    platform, _, index = spec.partition(":")
+    platform = {"cuda": "gpu", "rocm": "gpu"}.get(platform, platform)
+    if platform not in ("cpu", "gpu", "tpu"):
+        raise ValueError(
+            f"device={device!r} has no JAX backend; use 'cpu', 'cuda' (or 'gpu'), 'tpu', or e.g. 'cuda:0'"
+        )
+    try:
+        found = jax.devices(platform)
+    except RuntimeError as e:
+        raise RuntimeError(
+            f"device={device!r} was asked for, but JAX has no {platform.upper()} backend here "
+            f"(available: {sorted({d.platform for d in jax.devices()})}). Install the matching jax build "
+            "(e.g. `pip install -U 'jax[cuda12]'`, `'jax[tpu]'`) or pass device=None."
+        ) from e
+    if not index:
+        return found
+    if not index.isdigit() or int(index) >= len(found):
+        raise ValueError(f"device={device!r}: there are {len(found)} {platform} device(s), numbered from 0")
+    return [found[int(index)]]
+
+
+def make_mesh(sharding: str = "replicated", devices: Any = None) -> MeshPlan:
+    """A 1-D ``data`` mesh over all devices of all processes, or over ``devices``: a list of JAX devices or a
+    sentence-transformers ``device`` string (see :func:`devices_for`)."""
     if sharding not in SHARDING_MODES:
         raise ValueError(f"sharding={sharding!r} is not one of {SHARDING_MODES}")
     if distributed_requested():
         initialize_distributed()
+    if devices is None or isinstance(devices, str) or not isinstance(devices, (list, tuple, np.ndarray)):
+        devices = devices_for(devices)
     devices = np.asarray(jax.devices() if devices is None else devices)
     return MeshPlan(Mesh(devices.reshape(-1), (DATA_AXIS,)), sharding)
 

@@ -51,6 +51,7 @@ class FlaxPreTrainedModel(nnx.Module):
     uses_token_types: ClassVar[bool] = True
 
     config: Any
+    dtype: Any  # the compute dtype the family was built with (parameters are always float32)
 
     @classmethod
     def param_table(cls, config) -> list[ParamRule]:
@@ -71,13 +72,20 @@ class FlaxPreTrainedModel(nnx.Module):
         """The encoder's last hidden states (B, L, H): what transformers' base model returns first."""
         if attention_mask is None:
             attention_mask = jnp.ones_like(input_ids)
-        return self.encoder(self.embed(input_ids, token_type_ids), attention_mask)
+        with self.matmul_precision():
+            return self.encoder(self.embed(input_ids, token_type_ids), attention_mask)
 
     def __call__(
         self, input_ids: jax.Array, attention_mask: jax.Array | None = None, token_type_ids: jax.Array | None = None
     ) -> jax.Array:
         """Logits (B, num_labels) in float32 from integer token arrays (B, L)."""
-        return self.classify(self.encode(input_ids, attention_mask, token_type_ids)).astype(jnp.float32)
+        with self.matmul_precision():
+            return self.classify(self.encode(input_ids, attention_mask, token_type_ids)).astype(jnp.float32)
+
+    def matmul_precision(self):
+        """float32 compute means float32 matmuls: TPUs (bfloat16 passes) and GPUs (TF32) otherwise round the
+        operands of float32 dots by default. bfloat16 compute keeps the platform's default."""
+        return jax.default_matmul_precision("highest" if jnp.dtype(self.dtype) == jnp.float32 else "default")
 
     # ------------------------------------------------------------------------------------- loading
     @classmethod

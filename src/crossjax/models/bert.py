@@ -62,6 +62,7 @@ class BertForSequenceClassification(FlaxPreTrainedModel):
 
     def __init__(self, config, *, dtype=jnp.float32, rngs: nnx.Rngs):
         self.config = config
+        self.dtype = dtype
         self.embeddings = bert_embeddings(config, dtype, rngs)
         self.encoder = Encoder(**encoder_kwargs(config, dtype, rngs))
         std = config.initializer_range

@@ -49,6 +49,7 @@ class DistilBertForSequenceClassification(FlaxPreTrainedModel):
 
     def __init__(self, config, *, dtype=jnp.float32, rngs: nnx.Rngs):
         self.config = config
+        self.dtype = dtype
         std = config.initializer_range
         self.embeddings = Embeddings(
             vocab_size=config.vocab_size,

@@ -28,6 +28,7 @@ class ElectraForSequenceClassification(FlaxPreTrainedModel):
 
     def __init__(self, config, *, dtype=jnp.float32, rngs: nnx.Rngs):
         self.config = config
+        self.dtype = dtype
         std = config.initializer_range
         self.embeddings = bert_embeddings(config, dtype, rngs, features=config.embedding_size)
         self.embeddings_project = (

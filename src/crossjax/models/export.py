@@ -13,6 +13,18 @@ from crossjax.models.checkpoints import CONFIG, SAFE_WEIGHTS
 
 DEFAULT_ACTIVATIONS = {True: "torch.nn.modules.activation.Sigmoid", False: "torch.nn.modules.linear.Identity"}
 ST_CONFIG = "config_sentence_transformers.json"
+ST_MODULES = "modules.json"
+ST_TRANSFORMER_CONFIG = "sentence_bert_config.json"
+# What sentence-transformers 6.2 writes for a CrossEncoder: one Transformer module at the root, whose
+# sequence-classification logits are the scores.
+ST_MODULES_CONTENT = [
+    {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.base.modules.transformer.Transformer"}
+]
+ST_TRANSFORMER_CONFIG_CONTENT = {
+    "transformer_task": "sequence-classification",
+    "modality_config": {"text": {"method": "forward", "method_output_name": "logits"}},
+    "module_output_name": "scores",
+}
 
 
 def _write_json(path: Path, content: dict) -> None:
@@ -115,6 +127,10 @@ def write_model_directory(
         config["sentence_transformers"] = {"activation_fn": activation_fn}
         _write_json(tmp / CONFIG, config)
         _write_json(tmp / ST_CONFIG, sentence_transformers_config)
+        # sentence-transformers 6's module layout: with it, ST parses config_sentence_transformers.json (the
+        # prompts and the activation) exactly as for a model it saved itself.
+        _write_json(tmp / ST_MODULES, ST_MODULES_CONTENT)
+        _write_json(tmp / ST_TRANSFORMER_CONFIG, ST_TRANSFORMER_CONFIG_CONTENT)
         if tokenizer is not None:
             tokenizer.save_pretrained(str(tmp))
             if max_length is not None:

@@ -120,6 +120,23 @@ class Embeddings(nnx.Module):
         return self.dropout(self.norm(x))
 
 
+def scaled_dot_product_attention(q: Array, k: Array, v: Array, mask: Array, dropout: nnx.Dropout) -> Array:
+    """softmax(QK^T / sqrt(d) + mask) V over (B, L, heads, d) arrays, as transformers' eager attention.
+
+    The scores are accumulated and soft-maxed in float32 whatever the compute dtype (bfloat16 compute rounds
+    only the probabilities fed to the second matmul, like PyTorch autocast); masked keys get float32's
+    minimum, so a fully masked row gives uniform weights instead of NaN. One XLA path for training and
+    inference: JAX's cuDNN attention takes no dropout and no arbitrary key mask, so it is not used here.
+    """
+    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) / jnp.sqrt(
+        jnp.float32(q.shape[-1])
+    )
+    keep = mask[:, None, None, :].astype(bool)  # (B, 1, 1, S): keys that may be attended
+    scores = jnp.where(keep, scores, jnp.finfo(jnp.float32).min)
+    probs = dropout(jax.nn.softmax(scores, axis=-1)).astype(v.dtype)
+    return jnp.einsum("bhqk,bkhd->bqhd", probs, v)
+
+
 class EncoderLayer(nnx.Module):
     """A post-LayerNorm transformer layer: self-attention and a feed-forward block, each residual."""
 
@@ -163,16 +180,7 @@ class EncoderLayer(nnx.Module):
             return t.reshape(batch, length, self.heads, head_dim)
 
         q, k, v = split(self.query(x)), split(self.key(x)), split(self.value(x))
-        bool_mask = mask[:, None, None, :].astype(bool)  # (B, 1, 1, S): keys that may be attended
-        if self.attention_dropout.deterministic or self.attention_dropout.rate == 0.0:
-            # Fused path (cuDNN flash attention on GPU where the shapes allow it).
-            out = jax.nn.dot_product_attention(q, k, v, mask=bool_mask)
-        else:
-            scores = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) / jnp.sqrt(head_dim)
-            scores = jnp.where(bool_mask, scores, jnp.finfo(jnp.float32).min)
-            probs = self.attention_dropout(jax.nn.softmax(scores, axis=-1)).astype(v.dtype)
-            out = jnp.einsum("bhqk,bkhd->bqhd", probs, v)
-        return out.reshape(batch, length, hidden)
+        return scaled_dot_product_attention(q, k, v, mask, self.attention_dropout).reshape(batch, length, hidden)
 
     def __call__(self, x: Array, mask: Array) -> Array:
         attended = self.attention_out(self.attention(x, mask))

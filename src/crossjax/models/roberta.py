@@ -25,6 +25,7 @@ class RobertaForSequenceClassification(FlaxPreTrainedModel):
 
     def __init__(self, config, *, dtype=jnp.float32, rngs: nnx.Rngs):
         self.config = config
+        self.dtype = dtype
         self.embeddings = bert_embeddings(config, dtype, rngs, positions_from_padding=True)
         self.encoder = Encoder(**encoder_kwargs(config, dtype, rngs))
         self.classifier = FirstTokenClassificationHead(

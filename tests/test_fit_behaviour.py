@@ -401,6 +401,60 @@ def test_evaluator_schedule_callback_and_best_model(tiny_dir, tmp_path):
     np.testing.assert_allclose(CrossEncoder(out).predict(probe), seen[best][3], rtol=0, atol=1e-6)
 
 
+class RisingEvaluator:
+    """A better score at every call, so every evaluation saves the best model; writes a CSV row like ST's."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, model, output_path=None, epoch=-1, steps=-1):
+        self.calls += 1
+        with open(Path(output_path) / "rising.csv", "a") as f:
+            f.write(f"{epoch},{steps},{self.calls}\n")
+        return float(self.calls)
+
+
+def test_best_model_saves_leave_checkpoints_nested_in_output_path_alone(tiny_dir, tmp_path):
+    """fit(output_path=out, checkpoint_path=out/ckpt): orbax writes checkpoints asynchronously into out/ckpt
+    while each evaluation saves the best model to out. The save must not move (rename, copy back) out or
+    out/ckpt, and the checkpoints must restore."""
+    import os
+
+    out = tmp_path / "out"
+    ckpt = out / "ckpt"
+    examples = make_examples(24, seed=21)
+    probe = [tuple(e.texts) for e in make_examples(5, seed=22)]
+    evaluator = RisingEvaluator()
+    ce = CrossEncoder(tiny_dir)
+    identities = []
+
+    def callback(score, epoch, steps):  # before this evaluation's save, after the previous one's
+        identities.append((os.stat(out).st_ino, os.stat(ckpt).st_ino))
+
+    kwargs = dict(checkpoint_path=str(ckpt), checkpoint_save_steps=1, checkpoint_save_total_limit=3, epochs=2)
+    summary = ce.fit(
+        DataLoader(examples, batch_size=8),
+        evaluator=evaluator,
+        evaluation_steps=1,
+        output_path=str(out),
+        callback=callback,
+        **kwargs,
+        **TRAIN,
+    )
+    assert summary["global_step"] == 6 and evaluator.calls == 8  # 3 steps + the epoch's end, twice
+    identities.append((os.stat(out).st_ino, os.stat(ckpt).st_ino))
+    assert len(set(identities)) == 1, "a save moved the output directory or the checkpoint folder in it"
+    assert len((out / "rising.csv").read_text().splitlines()) == 8
+    assert sorted(p.name for p in ckpt.iterdir() if p.name.isdigit()) == ["4", "5", "6"]
+    # The best (last) model was saved, and the last checkpoint restores the same parameters.
+    np.testing.assert_allclose(CrossEncoder(out).predict(probe), ce.predict(probe), rtol=0, atol=1e-6)
+    resumed = CrossEncoder(tiny_dir)
+    summary = resumed.fit(DataLoader(examples, batch_size=8), **kwargs, **TRAIN)
+    assert summary["resumed_from_step"] == 6 and summary["global_step"] == 6
+    for a, b in zip(params_of(resumed), params_of(ce), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_without_evaluator_final_model_saved_and_reloads(tiny_dir, tmp_path):
     out = tmp_path / "final"
     ce = CrossEncoder(tiny_dir)

@@ -118,9 +118,150 @@ def test_interrupted_save_keeps_previous_model(tiny_dir, tmp_path, monkeypatch):
     assert (out / "model.safetensors").read_bytes() == before
     assert (out / "eval_results.csv").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".keep")], "temporary dirs left behind"
+    assert not [p for p in out.iterdir() if p.name.startswith(".")], "temporary dirs left behind"
+    with pytest.raises(KeyboardInterrupt):  # a first save that fails leaves no directory behind
+        model.save_pretrained(tmp_path / "fresh")
+    assert not (tmp_path / "fresh").exists()
     monkeypatch.undo()
     model.save_pretrained(out)  # a normal save keeps unrelated files such as evaluation CSVs
     assert (out / "eval_results.csv").exists()
+
+
+def test_export_has_normal_permissions(tiny_dir, tmp_path):
+    import os
+    import stat
+
+    umask = os.umask(0)
+    os.umask(umask)
+    model = FlaxAutoModelForSequenceClassification.from_pretrained(tiny_dir[0])
+    tokenizer = _word_tokenizer()
+    out = model.save_pretrained(tmp_path / "a" / "new", tokenizer)
+    for directory in (out, out.parent):
+        assert stat.S_IMODE(directory.stat().st_mode) == 0o777 & ~umask, directory
+    files = sorted(p for p in out.iterdir())
+    assert "tokenizer_config.json" in [p.name for p in files]
+    for path in files:
+        assert path.is_file() and stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask, path
+
+
+def _word_tokenizer():
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "b"]
+    return transformers.BertTokenizer(vocab={w: i for i, w in enumerate(words)})
+
+
+def _random_bert(seed: int, num_labels: int = 2):
+    torch.manual_seed(seed)
+    return AutoModelForSequenceClassification.from_config(tiny_bert(num_labels)).eval()
+
+
+def _assert_same_tensors(ours: dict, reference) -> None:
+    theirs = {k: v.detach().numpy() for k, v in reference.state_dict().items()}
+    assert sorted(ours) == sorted(theirs)
+    for key, value in ours.items():
+        np.testing.assert_array_equal(np.asarray(value), theirs[key], err_msg=key)
+
+
+def test_export_over_sharded_checkpoint_removes_its_weight_files(tmp_path):
+    """A sharded model X (plus a torch pickle of it) overwritten by an export of model Y: only Y's weights
+    remain, and crossjax and transformers both load Y."""
+    from crossjax.models.checkpoints import read_state_dict
+
+    x, y = _random_bert(1), _random_bert(2)
+    out = tmp_path / "out"
+    x.save_pretrained(out, max_shard_size="4KB")
+    index = json.loads((out / "model.safetensors.index.json").read_text())
+    x_shards = sorted(set(index["weight_map"].values()))
+    assert len(x_shards) > 1
+    torch.save(x.state_dict(), out / "pytorch_model.bin")
+    (out / "tf_model.h5").write_bytes(b"stale")
+    (out / "eval_results.csv").write_text("epoch,steps,score\n")
+    (out / "checkpoints").mkdir()
+    (out / "checkpoints" / "model-00001-of-00002.safetensors").write_bytes(b"not mine")  # nested: untouched
+
+    y.save_pretrained(tmp_path / "y")
+    FlaxAutoModelForSequenceClassification.from_pretrained(tmp_path / "y").save_pretrained(out)
+
+    names = sorted(p.name for p in out.iterdir())
+    assert names == [
+        "checkpoints",
+        "config.json",
+        "config_sentence_transformers.json",
+        "eval_results.csv",
+        "model.safetensors",
+    ]
+    assert (out / "checkpoints" / "model-00001-of-00002.safetensors").read_bytes() == b"not mine"
+    tensors, source = read_state_dict(out)
+    assert source == out / "model.safetensors"
+    _assert_same_tensors(tensors, y)
+    reloaded = FlaxAutoModelForSequenceClassification.from_pretrained(out)
+    _assert_same_tensors(reloaded.hf_state_dict(), y)
+    hf, info = AutoModelForSequenceClassification.from_pretrained(out, output_loading_info=True)
+    assert not any(info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys")), info
+    _assert_same_tensors({k: v.detach().numpy() for k, v in hf.state_dict().items()}, y)
+
+
+def test_single_safetensors_file_wins_over_index_as_in_transformers(tmp_path):
+    from crossjax.models.checkpoints import read_state_dict
+
+    x, y = _random_bert(1), _random_bert(2)
+    both = tmp_path / "both"
+    x.save_pretrained(both, max_shard_size="4KB")  # index + shards of X
+    y.save_pretrained(tmp_path / "y")
+    shutil.copy(tmp_path / "y" / "model.safetensors", both)  # and the single file of Y
+    assert (both / "model.safetensors.index.json").is_file()
+    tensors, source = read_state_dict(both)
+    assert source == both / "model.safetensors"
+    _assert_same_tensors(tensors, y)
+    hf = AutoModelForSequenceClassification.from_pretrained(both)  # transformers chooses the same file
+    _assert_same_tensors({k: v.detach().numpy() for k, v in hf.state_dict().items()}, y)
+    # And safetensors (even sharded) wins over a torch pickle.
+    (both / "model.safetensors").unlink()
+    torch.save(y.state_dict(), both / "pytorch_model.bin")
+    tensors, source = read_state_dict(both)
+    assert source == both / "model.safetensors.index.json"
+    _assert_same_tensors(tensors, x)
+
+
+def test_save_never_moves_the_directory_or_its_other_entries(tiny_dir, tmp_path):
+    """A checkpoint folder inside the export directory (fit(output_path=out, checkpoint_path=out/ckpt)) is
+    written by another thread while the model is saved: nothing of it may be moved, copied or lost."""
+    import os
+    import threading
+
+    model = FlaxAutoModelForSequenceClassification.from_pretrained(tiny_dir[0])
+    out = model.save_pretrained(tmp_path / "out")
+    nested = out / "checkpoints"
+    nested.mkdir()
+    (out / "eval_results.csv").write_text("epoch,steps,score\n")
+    identity = {p: os.stat(p).st_ino for p in (out, nested, out / "eval_results.csv")}
+    stop = threading.Event()
+    written: list[str] = []
+
+    def writer():  # appends through an open file and creates new files by path, as orbax does
+        with open(nested / "log.txt", "a") as log:
+            i = 0
+            while not stop.is_set() or i < 20:
+                name = f"part-{i}"
+                (nested / f"{name}.tmp").write_text(name)
+                os.replace(nested / f"{name}.tmp", nested / name)
+                log.write(name + "\n")
+                log.flush()
+                written.append(name)
+                i += 1
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        for _ in range(5):
+            model.save_pretrained(out)
+    finally:
+        stop.set()
+        thread.join()
+    assert {p: os.stat(p).st_ino for p in identity} == identity
+    assert (nested / "log.txt").read_text().split() == written
+    for name in written:
+        assert (nested / name).read_text() == name
+    assert sorted(p.name for p in nested.iterdir()) == sorted([*written, "log.txt"])
 
 
 def test_sharded_safetensors_and_prefixless_and_pytorch_bin(tiny_dir, tmp_path):

@@ -194,7 +194,8 @@ class FlaxPreTrainedModel(nnx.Module):
         Files: ``config.json``, ``model.safetensors`` (Hugging Face names, float32), the tokenizer's files
         when given one (``model_max_length`` set to ``max_length``), and ``config_sentence_transformers.json``
         naming the activation as a dotted torch path (default: Sigmoid for one label, else Identity).
-        Written atomically (see :func:`crossjax.models.export.write_model_directory`).
+        Each file is replaced atomically; weight files of a previous model there are removed, other entries
+        are left in place (see :func:`crossjax.models.export.write_model_directory`).
         """
         return export.write_model_directory(
             self,

@@ -82,28 +82,43 @@ def _read_torch_bin(file: Path) -> dict[str, np.ndarray]:
     return {k: v.detach().float().numpy() for k, v in state.items()}
 
 
+# transformers' order (``PreTrainedModel.from_pretrained`` on a local directory): the single safetensors file
+# wins over its sharded index, and safetensors over torch pickles. A directory holding several (a sharded model
+# later overwritten by a single-file one) must load the same weights here as in transformers.
+WEIGHTS_PREFERENCE = (SAFE_WEIGHTS, SAFE_INDEX, TORCH_WEIGHTS, TORCH_INDEX)
+
+
+def _read_sharded(index: Path, reader) -> dict[str, np.ndarray]:
+    directory = index.parent
+    try:
+        shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    except (ValueError, KeyError, AttributeError, TypeError) as e:
+        raise CheckpointError(f"{index} is not a valid sharded-checkpoint index: {e}") from e
+    tensors: dict[str, np.ndarray] = {}
+    for shard in shards:
+        if not (directory / shard).is_file():
+            raise CheckpointError(f"{index} names shard {shard}, which is missing from {directory}")
+        tensors.update(reader(directory / shard))
+    return tensors
+
+
 def read_state_dict(directory: Path) -> tuple[dict[str, np.ndarray], Path]:
-    """All tensors of a checkpoint as float32 numpy, from safetensors (single or sharded) or torch .bin."""
-    for index_name, reader in ((SAFE_INDEX, _read_safetensors), (TORCH_INDEX, _read_torch_bin)):
-        index = directory / index_name
-        if index.is_file():
-            try:
-                shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-            except (ValueError, KeyError) as e:
-                raise CheckpointError(f"{index} is not a valid sharded-checkpoint index: {e}") from e
-            tensors: dict[str, np.ndarray] = {}
-            for shard in shards:
-                if not (directory / shard).is_file():
-                    raise CheckpointError(f"{index} names shard {shard}, which is missing from {directory}")
-                tensors.update(reader(directory / shard))
-            return tensors, index
-    for name, reader in ((SAFE_WEIGHTS, _read_safetensors), (TORCH_WEIGHTS, _read_torch_bin)):
-        if (directory / name).is_file():
-            return reader(directory / name), directory / name
+    """All tensors of a checkpoint as float32 numpy, and the file they came from.
+
+    The first of ``WEIGHTS_PREFERENCE`` present is read, as transformers does: model.safetensors, then the
+    sharded model.safetensors.index.json, then pytorch_model.bin, then pytorch_model.bin.index.json.
+    """
+    for name in WEIGHTS_PREFERENCE:
+        path = directory / name
+        if not path.is_file():
+            continue
+        reader = _read_safetensors if name in (SAFE_WEIGHTS, SAFE_INDEX) else _read_torch_bin
+        if name in (SAFE_INDEX, TORCH_INDEX):
+            return _read_sharded(path, reader), path
+        return reader(path), path
     raise CheckpointError(
         f"{directory} has no weights: expected {SAFE_WEIGHTS}, {SAFE_INDEX}, {TORCH_WEIGHTS} or {TORCH_INDEX}"
     )
-
 
 
 def load_config(directory: str | os.PathLike, num_labels: int | None = None, **config_kwargs: Any):

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
+import stat
 import tempfile
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from crossjax.models.checkpoints import CONFIG, SAFE_WEIGHTS
+from crossjax.models.checkpoints import CONFIG, SAFE_INDEX, SAFE_WEIGHTS, TORCH_INDEX, TORCH_WEIGHTS
 
 DEFAULT_ACTIVATIONS = {True: "torch.nn.modules.activation.Sigmoid", False: "torch.nn.modules.linear.Identity"}
 ST_CONFIG = "config_sentence_transformers.json"
@@ -43,32 +46,104 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def atomic_directory_write(target: Path, write) -> Path:
-    """Run ``write(tmp_dir)`` then swap tmp_dir into ``target``; keep files of ``target`` not rewritten."""
+TMP_PREFIX = ".crossjax-export-tmp-"
+# Weight files of Hugging Face checkpoints (transformers' names for PyTorch, safetensors, TensorFlow and Flax
+# weights, single or sharded). An export writes model.safetensors and removes the others it finds: a stale
+# index would otherwise shadow the new weights in some reader, or be loaded by one that prefers it.
+WEIGHT_INDEXES = (SAFE_INDEX, TORCH_INDEX, "tf_model.h5.index.json", "flax_model.msgpack.index.json")
+WEIGHT_FILES = (SAFE_WEIGHTS, TORCH_WEIGHTS, "tf_model.h5", "flax_model.msgpack")
+WEIGHT_EXTENSIONS = (".safetensors", ".bin", ".h5", ".msgpack")
+WEIGHT_SHARD = re.compile(r"(model|pytorch_model|tf_model|flax_model)-\d{5}-of-\d{5}\.(safetensors|bin|h5|msgpack)")
+
+
+def _is_weight_file_name(name) -> bool:
+    """A plain file name (no folder, no ``..``) with a weight file's extension: only such index entries are deleted."""
+    return isinstance(name, str) and Path(name).name == name and name.endswith(WEIGHT_EXTENSIONS)
+
+
+def stale_weight_files(directory: Path, keep: set[str]) -> list[Path]:
+    """The weight files in ``directory`` other than ``keep``, in the order to delete them: indexes first (so
+    no index ever names a deleted shard), then the shards they name and any other shard, then single files."""
+    found: list[Path] = []
+    for name in WEIGHT_INDEXES:
+        index = directory / name
+        if not index.is_file():
+            continue
+        found.append(index)
+        try:
+            shards = set(json.loads(index.read_text())["weight_map"].values())
+        except (OSError, ValueError, KeyError, AttributeError, TypeError):
+            shards = set()  # unreadable: its shards are still caught by the shard name pattern below
+        found.extend(directory / s for s in sorted(shards, key=str) if _is_weight_file_name(s))
+    found.extend(sorted(p for p in directory.iterdir() if WEIGHT_SHARD.fullmatch(p.name)))
+    found.extend(directory / name for name in WEIGHT_FILES)
+    out, seen = [], set()
+    for path in found:
+        if path.name not in keep and path.name not in seen and path.is_file():
+            seen.add(path.name)
+            out.append(path)
+    return out
+
+
+def _default_file_mode(directory: Path) -> int:
+    """The mode a new file gets here (0o666 less the umask), found without os.umask: changing the process's
+    umask, even for an instant, would also apply to files other threads create (orbax saves asynchronously)."""
+    probe = directory / ".mode-probe"
+    os.close(os.open(probe, os.O_CREAT | os.O_WRONLY | os.O_EXCL, 0o666))
+    try:
+        return stat.S_IMODE(probe.stat().st_mode)
+    finally:
+        probe.unlink()
+
+
+def atomic_directory_write(
+    target: Path,
+    write: Callable[[Path], None],
+    *,
+    first: Sequence[str] = (),
+    last: Sequence[str] = (),
+    stale: Callable[[Path, set[str]], list[Path]] | None = None,
+) -> Path:
+    """Run ``write(tmp)`` into a temporary directory inside ``target``, then move each file it wrote into place.
+
+    Each file is replaced atomically (``os.replace``): ``first`` (file names) before the others and ``last``
+    after them; then ``stale(target, written_names)`` names files to delete. ``target`` itself is never
+    renamed or copied, and no entry that ``write`` did not produce is moved or touched (evaluation CSVs, a
+    checkpoint folder being written by another thread). If ``write`` fails nothing in ``target`` has changed.
+
+    There is no instant at which a reader finds a file half-written; between two moves it may find new files
+    next to old ones (there is no way to swap several files at once without moving the directory).
+    """
     target = Path(target).expanduser().resolve()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the export should be as readable as any dir
+    created = not target.exists()
+    target.mkdir(parents=True, exist_ok=True)
+    for leftover in target.glob(TMP_PREFIX + "*"):  # from a save that was killed (an exception cleans up)
+        shutil.rmtree(leftover, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(prefix=TMP_PREFIX, dir=target))
+    done = False
     try:
         write(tmp)
-        if target.exists():
-            for entry in target.iterdir():
-                if not (tmp / entry.name).exists():
-                    if entry.is_dir():
-                        shutil.copytree(entry, tmp / entry.name, copy_function=_link_or_copy)
-                    else:
-                        _link_or_copy(str(entry), str(tmp / entry.name))
-            backup = target.parent / f".{target.name}.old-{os.getpid()}"
-            os.replace(target, backup)
-            os.replace(tmp, target)
-            shutil.rmtree(backup, ignore_errors=True)
-        else:
-            os.replace(tmp, target)
+        files = [p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if not p.is_dir()]
+        mode = _default_file_mode(tmp)
+        for name in files:  # safetensors writes its files private (0600); an export is as readable as any file
+            if not (tmp / name).is_symlink():
+                os.chmod(tmp / name, mode)
+        rank = {name: 0 for name in first} | {name: 2 for name in last}
+        for name in sorted(files, key=lambda name: (rank.get(name, 1), name)):
+            destination = target / name
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(tmp / name, destination)
+        if stale is not None:
+            for path in stale(target, set(files)):
+                path.unlink(missing_ok=True)
+        done = True
     finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        if created and not done:
+            try:
+                target.rmdir()  # only when empty: nothing else was written there meanwhile
+            except OSError:
+                pass
     return target
 
 
@@ -80,15 +155,6 @@ def check_local_path(path, what: str) -> None:
             "Save locally and copy it (e.g. `gcloud storage cp -r DIR gs://...`); the examples' --output gs://... "
             "does that for you."
         )
-
-
-def _link_or_copy(src: str, dst: str) -> str:
-    try:
-        os.link(src, dst)
-    except OSError:
-        shutil.copy2(src, dst)
-    return dst
-
 
 
 def write_model_directory(
@@ -106,8 +172,13 @@ def write_model_directory(
     ``config_sentence_transformers.json`` names the activation as a dotted torch path (default: Sigmoid for
     one label, else Identity) and holds the prompts, as sentence-transformers 6 writes it.
 
-    Everything is written to a temporary directory first and moved into place, so an interrupted save
-    leaves the previous model intact; other files already in the directory (evaluation CSVs) are kept.
+    Everything is written to a temporary directory first and moved into place file by file (see
+    :func:`atomic_directory_write`), so an interrupted save leaves the previous model intact and other entries
+    of the directory (evaluation CSVs, a checkpoint folder) are neither moved nor touched. The new
+    model.safetensors is placed first: transformers and crossjax prefer it to any other weight file, so the
+    directory loads the new weights from then on. config.json comes last (a new directory becomes a model
+    directory only once complete), and then the weight files of a previous model (a sharded index and its
+    shards, pytorch_model.bin, ...) are deleted.
     """
     from safetensors.numpy import save_file
 
@@ -140,4 +211,6 @@ def write_model_directory(
                 _write_json(path, tokenizer_config)
 
     check_local_path(save_directory, "save directory")
-    return atomic_directory_write(Path(save_directory), write)
+    return atomic_directory_write(
+        Path(save_directory), write, first=(SAFE_WEIGHTS,), last=(CONFIG,), stale=stale_weight_files
+    )

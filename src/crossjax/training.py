@@ -22,6 +22,7 @@ import numpy as np
 import optax
 from flax import nnx, struct
 
+from crossjax import losses
 from crossjax.data import Batch
 from crossjax.models.base import FlaxPreTrainedModel
 from crossjax.models.params import hf_name_of
@@ -199,41 +200,58 @@ def make_train_step(
     counter: CompileCounter | None = None,
 ):
     """The pure step ``(state, batch, healthy) -> (state, metrics)``. With accumulation, the batch's rows
-    {i*k + j} form micro-batch j, so the split stays local to each data shard; gradients are summed exactly as
-    one big batch would give them. ``healthy`` is the previous step's ``metrics["finite"]`` (True at the
-    start): once a step was not finite, no later step changes the parameters or optimizer state either."""
-    k = int(accumulation_steps)
+    {i*k + j} form micro-batch j, so the split stays local to each data shard. ``healthy`` is the previous
+    step's ``metrics["finite"]`` (True at the start): once a step was not finite, no later step changes the
+    parameters or optimizer state either.
 
-    def micro_loss(params, rest, micro, total):
+    The loss of a step is ``sum(numerators) / sum(denominators)`` over its micro-batches, and its gradient
+    ``sum(grad numerators) / sum(denominators)``: for the losses crossjax ships (:func:`losses.loss_parts`:
+    BCE with ``pos_weight``, cross-entropy with class weights and label smoothing, MSE) that is exactly the
+    loss of the whole batch. Any other callable is taken as a mean over its real rows: its numerator is
+    ``loss * max(rows, 1)`` and its denominator the row count, exact for per-row means only.
+    """
+    k = int(accumulation_steps)
+    parts_fn = losses.loss_parts(loss_fn)
+
+    def micro_numerator(params, rest, micro):
         model = nnx.merge(graphdef, params, rest, copy=True)
         logits = model(micro["input_ids"], micro["attention_mask"], micro["token_type_ids"])
         logits = activation(logits)
-        count = jnp.sum(micro["example_mask"])
-        loss = loss_fn(logits, micro["labels"], micro["example_mask"]) * jnp.maximum(count, 1.0) / total
-        return loss, nnx.state(model, nnx.Not(nnx.Param))
+        if parts_fn is not None:
+            numerator, denominator = parts_fn(logits, micro["labels"], micro["example_mask"])
+        else:
+            count = jnp.sum(micro["example_mask"]).astype(jnp.float32)
+            numerator = loss_fn(logits, micro["labels"], micro["example_mask"]) * jnp.maximum(count, 1.0)
+            denominator = count
+        # The denominator depends on labels and mask only (class weights, row counts), never on parameters.
+        denominator = jax.lax.stop_gradient(jnp.asarray(denominator, jnp.float32))
+        return jnp.asarray(numerator, jnp.float32), (denominator, nnx.state(model, nnx.Not(nnx.Param)))
 
-    grad_fn = jax.value_and_grad(micro_loss, has_aux=True)
+    grad_fn = jax.value_and_grad(micro_numerator, has_aux=True)
 
     def train_step(state: TrainState, batch: dict, healthy: jax.Array) -> tuple[TrainState, dict]:
         if counter is not None:
             counter.tick(batch["input_ids"].shape)
-        total = jnp.maximum(jnp.sum(batch["example_mask"]), 1.0)
         if k == 1:
-            (loss, rest), grads = grad_fn(state.params, state.rest, batch, total)
+            (numerator, (denominator, rest)), grads = grad_fn(state.params, state.rest, batch)
         else:
             micro_batches = jax.tree.map(
                 lambda x: jnp.swapaxes(x.reshape(x.shape[0] // k, k, *x.shape[1:]), 0, 1), batch
             )
 
             def body(carry, micro):
-                grads_sum, loss_sum, rest = carry
-                (loss, rest), grads = grad_fn(state.params, rest, micro, total)
-                return (jax.tree.map(jnp.add, grads_sum, grads), loss_sum + loss, rest), None
+                grads_sum, num_sum, den_sum, rest = carry
+                (num, (den, rest)), grads = grad_fn(state.params, rest, micro)
+                return (jax.tree.map(jnp.add, grads_sum, grads), num_sum + num, den_sum + den, rest), None
 
             zeros = jax.tree.map(jnp.zeros_like, state.params)
-            (grads, loss, rest), _ = jax.lax.scan(
-                body, (zeros, jnp.zeros((), jnp.float32), state.rest), micro_batches
+            scalar = jnp.zeros((), jnp.float32)
+            (grads, numerator, denominator, rest), _ = jax.lax.scan(
+                body, (zeros, scalar, scalar, state.rest), micro_batches
             )
+        scale = 1.0 / jnp.where(denominator == 0.0, 1.0, denominator)
+        loss = numerator * scale
+        grads = jax.tree.map(lambda g: g * scale.astype(g.dtype), grads)
         grad_norm = optax.tree.norm(grads)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)

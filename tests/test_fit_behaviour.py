@@ -111,6 +111,14 @@ def losses_of(ce: CrossEncoder) -> list[float]:
     return [h["loss"] for h in ce.training_history]
 
 
+def hf_state(directory: Path) -> dict[str, np.ndarray]:
+    """The checkpoint's parameters as PyTorch transformers loads them."""
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(directory)
+    return {k: v.detach().numpy() for k, v in model.state_dict().items()}
+
+
 def hf_logits(directory: Path, pairs: list[tuple[str, str]]) -> np.ndarray:
     """Logits from PyTorch transformers: the independent reference for crossjax's forward pass."""
     import torch
@@ -329,6 +337,74 @@ def test_gradient_accumulation_matches_large_batch(tiny_dir):
     assert abs(losses_of(big)[-1] - losses_of(big)[0]) > 1e-4
     for a, b in zip(params_of(accumulated), params_of(big), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_gradient_accumulation_exact_for_class_weighted_cross_entropy(tiny_dirs):
+    """torch's CrossEntropyLoss(weight=w) is sum(w[y] * nll) / sum(w[y]) over the whole batch: 4 accumulated
+    micro-batches of 4 must give the parameters of one batch of 16, and both those of sentence-transformers'
+    old_fit on the batch of 16 (the oracle). Weighting each micro-batch's loss by its row count does not.
+
+    One Adam step moves each parameter by ~lr * g / (|g| + eps), so where the true gradient is ~eps or below
+    (the attention key biases: exactly zero) float32 round-off alone moves it by up to lr: those entries,
+    found from the oracle's own gradient, are left out (eps is not loosened to hide them).
+    """
+    import torch
+    from sentence_transformers import CrossEncoder as TorchCrossEncoder
+    from sentence_transformers import InputExample as TorchInputExample
+
+    examples = make_examples(16, seed=11, max_words=12)
+    for ex, label in zip(examples, [0, 0, 0, 1] * 2 + [0, 2, 1, 2] + [1, 0, 0, 0], strict=True):
+        ex.label = label  # micro-batches (rows j, j+4, j+8, j+12) with very different class-weight sums
+    weight = torch.tensor([0.2, 1.0, 5.0])
+    lr, eps = 1e-4, 1e-8
+    settings = dict(scheduler="constantlr", optimizer_params={"lr": lr, "eps": eps}, epochs=1, **QUIET)
+    no_dropout = {**NO_DROPOUT, "classifier_dropout": 0.0}
+
+    def ours(batch_size: int, k: int) -> dict[str, np.ndarray]:
+        ce = CrossEncoder(tiny_dirs[3], config_kwargs=no_dropout)
+        loader = DataLoader(examples, batch_size=batch_size, shuffle=False)
+        loss = torch.nn.CrossEntropyLoss(weight=weight)
+        assert ce.fit(loader, loss_fct=loss, gradient_accumulation_steps=k, **settings)["global_step"] == 1
+        return ce.model.hf_state_dict()
+
+    big, accumulated = ours(16, 1), ours(4, 4)
+
+    class RecordingAdamW(torch.optim.AdamW):
+        """torch's AdamW that keeps the (clipped) gradient of its step: the oracle's gradient."""
+
+        def step(self, closure=None):
+            self.grads = {id(p): p.grad.detach().clone() for g in self.param_groups for p in g["params"]}
+            RecordingAdamW.last = self
+            return super().step(closure)
+
+    theirs = TorchCrossEncoder(str(tiny_dirs[3]), device="cpu", config_kwargs=no_dropout)
+    torch_examples = [TorchInputExample(texts=ex.texts, label=ex.label) for ex in examples]
+    loader = torch.utils.data.DataLoader(torch_examples, batch_size=16, shuffle=False)
+    theirs.old_fit(
+        loader, loss_fct=torch.nn.CrossEntropyLoss(weight=weight), optimizer_class=RecordingAdamW, **settings
+    )
+    grads = {n: RecordingAdamW.last.grads[id(p)].numpy() for n, p in theirs.model.named_parameters()}
+    reference = {n: p.detach().numpy() for n, p in theirs.model.named_parameters()}
+    assert set(reference) == set(big) == set(accumulated)
+    start = hf_state(tiny_dirs[3])
+    # Exactly-zero gradients (unused embedding rows) stay in: no update on either side.
+    conditioned = {n: (np.abs(g) >= 100 * eps) | (g == 0) for n, g in grads.items()}
+    left_out = sorted(n for n, c in conditioned.items() if not c.all())
+    nonzero = sum(int((g != 0).sum()) for g in grads.values())
+    assert sum(int((~c).sum()) for c in conditioned.values()) <= 0.01 * nonzero  # 69 of 16493 measured
+    assert {n for n in reference if n.endswith("attention.self.key.bias")} <= set(left_out)
+
+    def worst(a: dict, b: dict) -> float:
+        return max(float(np.max(np.abs(a[n] - b[n])[conditioned[n]], initial=0.0)) for n in reference)
+
+    diffs = {
+        "accumulated vs batch 16": worst(accumulated, big),
+        "batch 16 vs old_fit": worst(big, reference),
+        "accumulated vs old_fit": worst(accumulated, reference),
+    }
+    print({k: f"{v:.3e}" for k, v in diffs.items()}, f"(entries with |g| < 100 eps left out of {left_out})")
+    assert worst(big, start) > 0.5 * lr  # the step moved the parameters
+    assert all(v <= 1e-6 for v in diffs.values()), diffs
 
 
 # --------------------------------------------------------------------------------------- 5. seeds

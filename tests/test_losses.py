@@ -13,6 +13,7 @@ from crossjax.losses import (
     binary_cross_entropy_with_logits,
     cross_entropy,
     identity,
+    loss_parts,
     mse,
     relu,
     resolve_activation,
@@ -148,6 +149,48 @@ def test_resolve_loss_errors() -> None:
         resolve_loss(3, 1)
     with pytest.raises(ValueError, match=r"shape \[B, 1\]"):
         mse(jnp.zeros((4, 3)), jnp.zeros(4), jnp.ones(4))
+
+
+@pytest.mark.parametrize(
+    "module, num_labels",
+    [
+        (nn.BCEWithLogitsLoss(pos_weight=torch.tensor([3.0])), 1),
+        (nn.CrossEntropyLoss(weight=torch.tensor([0.2, 1.0, 5.0]), label_smoothing=0.1), 3),
+        (nn.CrossEntropyLoss(weight=torch.tensor([0.2, 1.0, 5.0])), 3),
+        (nn.CrossEntropyLoss(label_smoothing=0.2), 3),
+        (nn.MSELoss(), 1),
+    ],
+    ids=["bce-pos_weight", "ce-weight-smoothing", "ce-weight", "ce-smoothing", "mse"],
+)
+def test_parts_summed_over_micro_batches_equal_torch_on_the_whole_batch(module, num_labels) -> None:
+    """Gradient accumulation sums (numerator, denominator) over micro-batches and divides once: that must be
+    torch's loss of the whole batch even when the micro-batches' weights differ (class weights)."""
+    rng = np.random.default_rng(8)
+    logits = rng.normal(size=(B, num_labels)).astype(np.float32)
+    if num_labels == 1:
+        labels = rng.uniform(size=B).astype(np.float32)
+        t_logits, t_labels = torch.from_numpy(logits[:REAL, 0]), torch.from_numpy(labels[:REAL])
+    else:
+        labels = np.array([0, 0, 0, 1, 0, 2, 1, 2, 2, 2, 1, 0, 0, 0, 0, 0], np.int32)
+        t_logits, t_labels = torch.from_numpy(logits[:REAL]), torch.from_numpy(labels[:REAL]).long()
+    parts = loss_parts(resolve_loss(module, num_labels))
+    assert parts is not None
+    mask = _mask()
+    num = den = 0.0
+    for rows in (slice(0, 3), slice(3, 8), slice(8, 12), slice(12, B)):  # the last one is all padding
+        n, d = parts(jnp.asarray(logits[rows]), jnp.asarray(labels[rows]), jnp.asarray(mask[rows]))
+        num, den = num + float(n), den + float(d)
+    _close(num / den, module(t_logits, t_labels))
+
+
+def test_loss_parts_only_for_shipped_losses() -> None:
+    assert loss_parts(binary_cross_entropy_with_logits) is not None
+    assert loss_parts(cross_entropy) is not None and loss_parts(mse) is not None
+
+    def custom(logits, labels, mask):
+        return jnp.sum(logits)
+
+    assert loss_parts(custom) is None
 
 
 def test_activations_match_torch() -> None:

@@ -479,6 +479,9 @@ class CrossEncoder:
     ) -> dict[str, Any]:
         """Train like sentence-transformers' legacy ``fit`` (see its docs); returns a summary of the run.
 
+        ``optimizer_class`` must be None or ``torch.optim.AdamW``; ``optimizer_params`` takes its ``lr``,
+        ``betas``, ``eps``, ``amsgrad`` (see :func:`crossjax.fit_loop.adamw_settings` for the rest).
+
         JAX extras: ``gradient_accumulation_steps`` (each optimizer step consumes that many dataloader
         batches), ``seed`` (data order and dropout; default: the CrossEncoder's seed), ``compute_dtype``
         (default bfloat16 with ``use_amp`` else float32), ``logging_steps`` (how often the loss is fetched
@@ -488,20 +491,13 @@ class CrossEncoder:
         sentence-transformers' plain random batches). The data order follows ``DataLoader(seed=...)`` when the
         loader has a seed, else ``seed``.
         """
-        from crossjax.fit_loop import FitConfig, FitResult, FitTarget, run_fit
+        from crossjax.fit_loop import FitConfig, FitResult, FitTarget, adamw_settings, run_fit
 
-        if optimizer_class is not None and "AdamW" not in getattr(
-            optimizer_class, "__name__", str(optimizer_class)
-        ):
-            raise ValueError(
-                f"crossjax trains with AdamW only; optimizer_class={optimizer_class!r} is not supported"
-            )
         config = FitConfig(
             epochs=epochs,
             scheduler=scheduler,
             warmup_steps=warmup_steps,
-            learning_rate=float(dict(optimizer_params or {}).get("lr", 2e-5)),
-            adam_eps=float(dict(optimizer_params or {}).get("eps", 1e-8)),
+            **adamw_settings(optimizer_class, optimizer_params),
             weight_decay=weight_decay,
             evaluation_steps=evaluation_steps,
             output_path=output_path,

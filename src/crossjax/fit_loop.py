@@ -12,6 +12,7 @@ import functools
 import json
 import logging
 import math
+import numbers
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -40,6 +41,8 @@ class FitConfig:
     warmup_steps: int = 10000
     learning_rate: float = 2e-5
     adam_eps: float = 1e-8
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    amsgrad: bool = False
     weight_decay: float = 0.01
     evaluation_steps: int = 0
     output_path: str | None = None
@@ -71,6 +74,86 @@ class FitConfig:
         check_local_path(self.output_path, "output_path")
         if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
             raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
+        if not (math.isfinite(self.adam_eps) and self.adam_eps >= 0):
+            raise ValueError(f"optimizer_params['eps'] must be >= 0, got {self.adam_eps!r}")
+        if len(self.adam_betas) != 2 or not all(0.0 <= b < 1.0 for b in self.adam_betas):
+            raise ValueError(f"optimizer_params['betas'] must be two numbers in [0, 1), got {self.adam_betas!r}")
+        if not isinstance(self.amsgrad, bool):
+            raise ValueError(f"optimizer_params['amsgrad'] must be True or False, got {self.amsgrad!r}")
+
+
+# torch.optim.AdamW's keyword arguments that only choose an implementation, not the arithmetic.
+_IMPLEMENTATION_SWITCHES = ("foreach", "fused", "capturable", "differentiable")
+# torch.optim.AdamW's defaults, used where optimizer_params leaves a key out (as torch does).
+_TORCH_ADAMW_DEFAULTS = {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, "amsgrad": False}
+
+
+def _allowed_optimizer_classes() -> list[Any]:
+    """torch.optim.AdamW and transformers' AdamW (gone in transformers 5), looked up only where already
+    imported: a class the caller holds comes from an imported module, and crossjax never imports torch."""
+    import sys
+
+    allowed = []
+    if "torch" in sys.modules:
+        allowed.append(sys.modules["torch"].optim.AdamW)
+    legacy = getattr(sys.modules.get("transformers.optimization"), "AdamW", None)
+    if legacy is not None:
+        allowed.append(legacy)
+    return allowed
+
+
+def adamw_settings(optimizer_class: Any, optimizer_params: dict[str, Any] | None) -> dict[str, Any]:
+    """``fit``'s ``optimizer_class``/``optimizer_params`` as FitConfig fields, checked before any work.
+
+    crossjax implements ``torch.optim.AdamW`` exactly, so ``optimizer_class`` must be ``None`` or that class
+    (by identity; transformers' old AdamW too where it still exists). ``optimizer_params`` takes AdamW's
+    ``lr``, ``betas``, ``eps`` and ``amsgrad`` (torch's defaults where missing: lr 1e-3, betas (0.9, 0.999),
+    eps 1e-8); ``weight_decay`` is checked but has no effect, exactly as in sentence-transformers' fit, which
+    sets it per parameter group (``fit``'s ``weight_decay`` / 0.0) and so overrides AdamW's own default; the
+    implementation switches ``foreach``, ``fused``, ``capturable``, ``differentiable`` are accepted and
+    ignored; ``maximize=True`` and any other key raise ``ValueError``. ``None`` means fit's default
+    ``{"lr": 2e-5}``.
+    """
+    if optimizer_class is not None and not any(optimizer_class is c for c in _allowed_optimizer_classes()):
+        name = getattr(optimizer_class, "__qualname__", None) or repr(optimizer_class)
+        raise ValueError(
+            f"optimizer_class={name} is not supported: crossjax implements torch.optim.AdamW only (pass "
+            "optimizer_class=None or torch.optim.AdamW)"
+        )
+    params = {"lr": 2e-5} if optimizer_params is None else dict(optimizer_params)
+    accepted = {*_TORCH_ADAMW_DEFAULTS, "weight_decay", "maximize", *_IMPLEMENTATION_SWITCHES}
+    unknown = sorted(set(params) - accepted)
+    if unknown:
+        raise ValueError(
+            f"optimizer_params {unknown} not supported: crossjax's AdamW takes lr, betas, eps, amsgrad, "
+            "weight_decay (overridden by fit's weight_decay, as in torch) and the implementation switches "
+            f"{', '.join(_IMPLEMENTATION_SWITCHES)}"
+        )
+    if params.get("maximize", False):
+        raise ValueError("optimizer_params['maximize']=True is not supported: fit minimises the loss")
+    if _real("weight_decay", params.get("weight_decay", 0.0)) < 0:
+        raise ValueError(f"optimizer_params['weight_decay'] must be >= 0, got {params['weight_decay']!r}")
+    if "weight_decay" in params:
+        logger.warning(
+            "optimizer_params['weight_decay'] has no effect: as in sentence-transformers' fit (torch param "
+            "groups), fit's weight_decay argument decays the weights and biases/LayerNorm weights get 0"
+        )
+    merged = {**_TORCH_ADAMW_DEFAULTS, **{k: params[k] for k in _TORCH_ADAMW_DEFAULTS if k in params}}
+    betas = merged["betas"]
+    if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+        raise ValueError(f"optimizer_params['betas'] must be two numbers in [0, 1), got {betas!r}")
+    return {
+        "learning_rate": _real("lr", merged["lr"]),
+        "adam_betas": (_real("betas", betas[0]), _real("betas", betas[1])),
+        "adam_eps": _real("eps", merged["eps"]),
+        "amsgrad": merged["amsgrad"],
+    }
+
+
+def _real(key: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"optimizer_params[{key!r}] must be a number, got {value!r}")
+    return float(value)
 
 
 @dataclass
@@ -216,7 +299,13 @@ def run_fit(
     nnx.reseed(model, dropout=cfg.seed)
     params = nnx.state(model, nnx.Param)
     tx = training.make_optimizer(
-        schedule, cfg.weight_decay, training.decay_mask(model, params), cfg.max_grad_norm, cfg.adam_eps
+        schedule,
+        cfg.weight_decay,
+        training.decay_mask(model, params),
+        cfg.max_grad_norm,
+        cfg.adam_eps,
+        adam_betas=tuple(cfg.adam_betas),
+        amsgrad=cfg.amsgrad,
     )
     state, state_shardings = training.init_train_state(model, tx, plan)
 

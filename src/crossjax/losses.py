@@ -6,6 +6,10 @@ that shapes stay static under ``jit``, and the padding rows must not change the 
 With no padding rows the values equal PyTorch's ``BCEWithLogitsLoss`` / ``CrossEntropyLoss`` /
 ``MSELoss`` with ``reduction="mean"``.
 
+Each shipped loss is a ratio ``sum(w_i * loss_i) / sum(w_i)`` over the real rows (``w_i`` = 1, or torch's
+class weight ``weight[y_i]``), and :func:`loss_parts` gives its ``(numerator, denominator)`` form, so
+gradient accumulation can sum both over micro-batches and divide once: exactly the loss of the whole batch.
+
 ``resolve_loss`` and ``resolve_activation`` accept what ``CrossEncoder.fit`` users pass (``None``, names,
 or torch modules such as ``nn.BCEWithLogitsLoss()``, recognised by class name so torch is never imported
 here) and return pure ``jnp`` callables.
@@ -23,6 +27,11 @@ import numpy as np
 
 __all__ = [
     "LossFn",
+    "LossParts",
+    "loss_parts",
+    "binary_cross_entropy_with_logits_parts",
+    "cross_entropy_parts",
+    "mse_parts",
     "binary_cross_entropy_with_logits",
     "cross_entropy",
     "mse",
@@ -38,12 +47,18 @@ __all__ = [
 ]
 
 LossFn = Callable[[jnp.ndarray, jnp.ndarray, jnp.ndarray], jnp.ndarray]
+# (logits, labels, example_mask) -> (sum of weighted per-row losses, sum of the weights), both over real rows.
+LossParts = Callable[[jnp.ndarray, jnp.ndarray, jnp.ndarray], tuple[jnp.ndarray, jnp.ndarray]]
 
 
-def _masked_mean(per_example: jnp.ndarray, example_mask: jnp.ndarray) -> jnp.ndarray:
-    """Mean over real rows; ``max(count, 1)`` keeps an all-padding batch at 0 instead of NaN."""
+def ratio(numerator: jnp.ndarray, denominator: jnp.ndarray) -> jnp.ndarray:
+    """The loss from its parts; a zero denominator (an all-padding batch) gives 0 instead of NaN."""
+    return numerator / jnp.where(denominator == 0.0, 1.0, denominator)
+
+
+def _masked_sum_and_count(per_example: jnp.ndarray, example_mask: jnp.ndarray) -> tuple[jnp.ndarray, jnp.ndarray]:
     mask = example_mask.astype(per_example.dtype)
-    return jnp.sum(per_example * mask) / jnp.maximum(jnp.sum(mask), 1.0)
+    return jnp.sum(per_example * mask), jnp.sum(mask)
 
 
 def _per_example_logits(logits: jnp.ndarray, labels: jnp.ndarray, loss_name: str) -> jnp.ndarray:
@@ -77,6 +92,16 @@ def binary_cross_entropy_with_logits(
 
     Uses the same overflow-free form as torch: ``(1 - y) x + (1 + (p - 1) y) * softplus(-x)``.
     """
+    return ratio(*binary_cross_entropy_with_logits_parts(logits, labels, example_mask, pos_weight))
+
+
+def binary_cross_entropy_with_logits_parts(
+    logits: jnp.ndarray,
+    labels: jnp.ndarray,
+    example_mask: jnp.ndarray,
+    pos_weight: float | jnp.ndarray | None = None,
+) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """(sum of the per-row losses, number of real rows) of :func:`binary_cross_entropy_with_logits`."""
     x = _per_example_logits(logits, labels, "binary_cross_entropy_with_logits").astype(jnp.float32)
     y = labels.astype(jnp.float32)
     softplus_neg_x = jnp.log1p(jnp.exp(-jnp.abs(x))) + jnp.maximum(-x, 0.0)
@@ -85,7 +110,7 @@ def binary_cross_entropy_with_logits(
     else:
         weight = 1.0 + (jnp.asarray(pos_weight, jnp.float32) - 1.0) * y
         loss = (1.0 - y) * x + weight * softplus_neg_x
-    return _masked_mean(_mean_over_trailing(loss), example_mask)
+    return _masked_sum_and_count(_mean_over_trailing(loss), example_mask)
 
 
 def cross_entropy(
@@ -99,6 +124,18 @@ def cross_entropy(
 
     With ``class_weights`` the mean is weighted like torch's: ``sum(w[y] * loss) / sum(w[y])``.
     """
+    return ratio(*cross_entropy_parts(logits, labels, example_mask, class_weights, label_smoothing))
+
+
+def cross_entropy_parts(
+    logits: jnp.ndarray,
+    labels: jnp.ndarray,
+    example_mask: jnp.ndarray,
+    class_weights: jnp.ndarray | None = None,
+    label_smoothing: float = 0.0,
+) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """(numerator, denominator) of :func:`cross_entropy`: ``(sum(w[y] * loss), sum(w[y]))`` over real rows
+    (``w`` = 1 without class weights; label smoothing changes the numerator only, as in torch)."""
     logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
     y = labels.astype(jnp.int32)
     nll = -jnp.take_along_axis(logp, y[:, None], axis=-1)[:, 0]
@@ -107,7 +144,7 @@ def cross_entropy(
         loss = nll
         if label_smoothing:
             loss = (1.0 - label_smoothing) * nll + label_smoothing * (-jnp.mean(logp, axis=-1))
-        return _masked_mean(loss, mask)
+        return _masked_sum_and_count(loss, mask)
     w = jnp.asarray(class_weights, jnp.float32)
     w_y = w[y]
     loss = w_y * nll
@@ -115,14 +152,40 @@ def cross_entropy(
         num_classes = logits.shape[-1]
         smooth = -jnp.sum(logp * w[None, :], axis=-1) / num_classes
         loss = (1.0 - label_smoothing) * loss + label_smoothing * smooth
-    denom = jnp.sum(w_y * mask)
-    return jnp.sum(loss * mask) / jnp.where(denom == 0.0, 1.0, denom)
+    return jnp.sum(loss * mask), jnp.sum(w_y * mask)
 
 
 def mse(logits: jnp.ndarray, labels: jnp.ndarray, example_mask: jnp.ndarray) -> jnp.ndarray:
     """``torch.nn.MSELoss`` on ``logits[:, 0]`` vs float labels (regression), averaged over real rows."""
+    return ratio(*mse_parts(logits, labels, example_mask))
+
+
+def mse_parts(
+    logits: jnp.ndarray, labels: jnp.ndarray, example_mask: jnp.ndarray
+) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """(sum of the per-row squared errors, number of real rows) of :func:`mse`."""
     x = _per_example_logits(logits, labels, "mse").astype(jnp.float32)
-    return _masked_mean(_mean_over_trailing(jnp.square(x - labels.astype(jnp.float32))), example_mask)
+    return _masked_sum_and_count(_mean_over_trailing(jnp.square(x - labels.astype(jnp.float32))), example_mask)
+
+
+_PARTS: dict[Callable, LossParts] = {
+    binary_cross_entropy_with_logits: binary_cross_entropy_with_logits_parts,
+    cross_entropy: cross_entropy_parts,
+    mse: mse_parts,
+}
+
+
+def loss_parts(loss_fn: Callable) -> LossParts | None:
+    """The ``(numerator, denominator)`` form of a loss crossjax ships (also under ``functools.partial``, as
+    :func:`resolve_loss` returns it for torch modules with weights or smoothing), or None for any other
+    callable: those are taken as means over their real rows and weighted by row count when accumulating."""
+    if isinstance(loss_fn, functools.partial):
+        parts = loss_parts(loss_fn.func)
+        return None if parts is None else functools.partial(parts, *loss_fn.args, **loss_fn.keywords)
+    for known, parts in _PARTS.items():
+        if loss_fn is known:
+            return parts
+    return None
 
 
 _LOSS_NAMES: dict[str, LossFn] = {

@@ -188,6 +188,8 @@ def test_export_over_sharded_checkpoint_removes_its_weight_files(tmp_path):
         "config_sentence_transformers.json",
         "eval_results.csv",
         "model.safetensors",
+        "modules.json",
+        "sentence_bert_config.json",
     ]
     assert (out / "checkpoints" / "model-00001-of-00002.safetensors").read_bytes() == b"not mine"
     tensors, source = read_state_dict(out)

@@ -68,3 +68,24 @@ def minilm_checkpoint() -> Path:
 @pytest.fixture(scope="session")
 def minilm_dir() -> Path:
     return minilm_checkpoint()
+
+
+@pytest.fixture
+def spies(monkeypatch):
+    """Record whether fit reached tokenization or built the train step (bad input must stop before both)."""
+    from crossjax import data, training
+
+    calls: list[str] = []
+    tokenize, make_step = data.tokenize_pairs, training.make_train_step
+
+    def spy_tokenize(*args, **kwargs):
+        calls.append("tokenize")
+        return tokenize(*args, **kwargs)
+
+    def spy_make_step(*args, **kwargs):
+        calls.append("make_train_step")
+        return make_step(*args, **kwargs)
+
+    monkeypatch.setattr(data, "tokenize_pairs", spy_tokenize)
+    monkeypatch.setattr(training, "make_train_step", spy_make_step)
+    return calls

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from crossjax import CrossEncoder, DataLoader, InputExample, data, losses, training
+from crossjax import CrossEncoder, DataLoader, InputExample, losses
 from crossjax.evaluation import CECorrelationEvaluator
 
 NO_DROPOUT = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
@@ -148,25 +148,6 @@ BAD_EXAMPLES = {
     "float label for classification": (3, InputExample(texts=["a", "b"], label=1.5), "class index"),
     "label >= num_labels": (3, InputExample(texts=["a", "b"], label=3), "out of range"),
 }
-
-
-@pytest.fixture
-def spies(monkeypatch):
-    """Record whether fit reached tokenization or built the train step."""
-    calls: list[str] = []
-    tokenize, make_step = data.tokenize_pairs, training.make_train_step
-
-    def spy_tokenize(*args, **kwargs):
-        calls.append("tokenize")
-        return tokenize(*args, **kwargs)
-
-    def spy_make_step(*args, **kwargs):
-        calls.append("make_train_step")
-        return make_step(*args, **kwargs)
-
-    monkeypatch.setattr(data, "tokenize_pairs", spy_tokenize)
-    monkeypatch.setattr(training, "make_train_step", spy_make_step)
-    return calls
 
 
 @pytest.fixture(scope="module")

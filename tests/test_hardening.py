@@ -25,7 +25,6 @@ from test_fit_behaviour import (  # noqa: F401 - fixtures used by name
     losses_of,
     make_examples,
     params_of,
-    spies,
     tiny_dir,
     tiny_dirs,
 )

@@ -21,7 +21,7 @@ from flax import nnx
 from test_models_parity import FAMILIES
 from transformers import AutoModelForSequenceClassification
 
-from crossjax import CrossEncoder, DataLoader, InputExample, data, training
+from crossjax import CrossEncoder, DataLoader, InputExample, training
 from crossjax.models import FlaxAutoModelForSequenceClassification
 from crossjax.models.params import hf_name_of
 
@@ -202,22 +202,6 @@ def tiny_ce(minilm_dir, tmp_path_factory) -> CrossEncoder:
     return CrossEncoder(_tiny_roberta(tmp_path_factory.mktemp("tiny-args"), minilm_dir))
 
 
-@pytest.fixture
-def spies(monkeypatch):
-    calls: list[str] = []
-    tokenize, make_step = data.tokenize_pairs, training.make_train_step
-
-    def spy_tokenize(*args, **kwargs):
-        calls.append("tokenize")
-        return tokenize(*args, **kwargs)
-
-    def spy_make_step(*args, **kwargs):
-        calls.append("make_train_step")
-        return make_step(*args, **kwargs)
-
-    monkeypatch.setattr(data, "tokenize_pairs", spy_tokenize)
-    monkeypatch.setattr(training, "make_train_step", spy_make_step)
-    return calls
 
 
 class AdamW8bit(torch.optim.AdamW):  # named like AdamW, but another algorithm

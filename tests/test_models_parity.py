@@ -90,9 +90,12 @@ def saved_pair(request, tmp_path_factory):
     return family, pt, directory
 
 
-def test_logits_equal_pytorch_float32(saved_pair):
+@pytest.mark.parametrize("scan_layers", [True, False], ids=["scanned", "unrolled"])
+def test_logits_equal_pytorch_float32(saved_pair, scan_layers):
     family, pt, directory = saved_pair
-    model, info = FlaxAutoModelForSequenceClassification.from_pretrained(directory, output_loading_info=True)
+    model, info = FlaxAutoModelForSequenceClassification.from_pretrained(
+        directory, output_loading_info=True, scan_layers=scan_layers
+    )
     assert info["missing_keys"] == [] and info["unexpected_keys"] == []
     model.eval()
     ids, mask, types = padded_batch(pt.config.pad_token_id)
@@ -145,9 +148,10 @@ def test_dropout_active_in_train_mode_only(saved_pair):
     np.testing.assert_array_equal(c, d)
 
 
-def test_export_round_trip_loads_in_pytorch(saved_pair, tmp_path):
+@pytest.mark.parametrize("scan_layers", [True, False], ids=["scanned", "unrolled"])
+def test_export_round_trip_loads_in_pytorch(saved_pair, tmp_path, scan_layers):
     _, pt, directory = saved_pair
-    model = FlaxAutoModelForSequenceClassification.from_pretrained(directory)
+    model = FlaxAutoModelForSequenceClassification.from_pretrained(directory, scan_layers=scan_layers)
     model.eval()
     out = model.save_pretrained(tmp_path / "export")
     reloaded, info = AutoModelForSequenceClassification.from_pretrained(out, output_loading_info=True)
@@ -156,3 +160,32 @@ def test_export_round_trip_loads_in_pytorch(saved_pair, tmp_path):
     ids, mask, types = padded_batch(pt.config.pad_token_id)
     ours = np.asarray(model(input_ids=ids, attention_mask=mask, token_type_ids=types))
     np.testing.assert_allclose(torch_logits(reloaded.eval(), ids, mask, types), ours, atol=1e-5, rtol=0)
+
+
+def test_scanned_layers_are_stacked_and_each_layer_slice_is_one_checkpoint_tensor(saved_pair, tmp_path):
+    """The key table maps every per-layer tensor to one slice of a stacked array, in both directions."""
+    import jax
+    from flax import nnx
+    from safetensors.numpy import load_file, save_file
+
+    _, pt, directory = saved_pair
+    layers = pt.config.num_hidden_layers if hasattr(pt.config, "num_hidden_layers") else pt.config.n_layers
+    scanned = FlaxAutoModelForSequenceClassification.from_pretrained(directory)
+    stacked = nnx.state(scanned.encoder, nnx.Param)
+    assert all(leaf.shape[0] == layers for leaf in jax.tree.leaves(stacked))
+    exported = scanned.hf_state_dict()
+    reference = {k: v.numpy() for k, v in pt.state_dict().items() if "position_ids" not in k}
+    assert sorted(exported) == sorted(reference)
+    for name, value in reference.items():
+        np.testing.assert_array_equal(exported[name], value, err_msg=name)
+
+    # A checkpoint without one layer's tensor: exactly that name is reported missing, the others load.
+    tensors = load_file(str(directory / "model.safetensors"))
+    dropped = next(k for k in tensors if ".1." in k and k.endswith("weight") and "layer" in k)
+    del tensors[dropped]
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    save_file(tensors, str(partial / "model.safetensors"))
+    (partial / "config.json").write_text((directory / "config.json").read_text())
+    _, info = FlaxAutoModelForSequenceClassification.from_pretrained(partial, output_loading_info=True)
+    assert info["missing_keys"] == [dropped] and info["unexpected_keys"] == []

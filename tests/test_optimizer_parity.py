@@ -23,7 +23,7 @@ from transformers import AutoModelForSequenceClassification
 
 from crossjax import CrossEncoder, DataLoader, InputExample, training
 from crossjax.models import FlaxAutoModelForSequenceClassification
-from crossjax.models.params import hf_name_of
+from crossjax.models.params import hf_slots_of
 
 # sentence-transformers' CrossEncoder.old_fit, verbatim: the names of the parameters it does not decay.
 ST_NO_DECAY = ["bias", "LayerNorm.bias", "LayerNorm.weight"]
@@ -36,14 +36,16 @@ def st_rule(name: str) -> bool:
 
 
 def mask_by_hf_name(model, mask) -> dict[str, bool]:
+    """The mask per Hugging Face tensor name (a stacked, scanned-layers leaf covers one name per layer)."""
     table = model.param_table(model.config)
+    shapes = {".".join(map(str, p)): v[...].shape for p, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
     out = {}
     for path, leaf in nnx.to_flat_state(mask):
         dotted = ".".join(map(str, path))
-        name = hf_name_of(table, dotted)
-        assert name is not None, f"no Hugging Face name for {dotted}"
+        slots = hf_slots_of(table, dotted, shapes[dotted][0] if shapes[dotted] else 0)
+        assert slots, f"no Hugging Face name for {dotted}"
         (value,) = jax.tree.leaves(leaf)  # a Python bool, inside the nnx.Param wrapper
-        out[name] = bool(value)
+        out.update({name: bool(value) for name, _, _ in slots})
     return out
 
 
@@ -79,7 +81,7 @@ def test_parameter_without_hf_name_is_an_error(tmp_path):
     model = FlaxAutoModelForSequenceClassification.from_pretrained(tmp_path)
     table = [r for r in model.param_table(model.config) if not r.ours.endswith("ffn_norm.scale")]
     model.param_table = lambda config: table
-    with pytest.raises(RuntimeError, match=r"encoder\.layers\.0\.ffn_norm\.scale"):
+    with pytest.raises(RuntimeError, match=r"encoder\.layers\.ffn_norm\.scale"):
         training.decay_mask(model, nnx.state(model, nnx.Param))
 
 

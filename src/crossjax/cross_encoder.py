@@ -106,8 +106,9 @@ class CrossEncoder:
     head, else 1; ``max_length`` truncates pairs (default: the model's position limit);
     ``activation_fn`` is applied by ``predict`` (default: the saved one, else Sigmoid for one label,
     Identity otherwise). JAX extras: ``compute_dtype`` ("float32" or "bfloat16", parameters always stay
-    float32), ``seed`` (head initialisation and dropout), ``sharding`` ("replicated" or "fsdp") and
-    ``buckets`` (the static sequence lengths batches are padded to).
+    float32), ``seed`` (head initialisation and dropout), ``sharding`` ("replicated" or "fsdp"),
+    ``buckets`` (the static sequence lengths batches are padded to) and ``scan_layers`` (stacked layers under
+    ``nnx.scan``, compiled once whatever the depth; False unrolls them).
     """
 
     def __init__(
@@ -134,6 +135,7 @@ class CrossEncoder:
         seed: int = 0,
         sharding: str = "replicated",
         buckets: tuple[int, ...] | None = None,
+        scan_layers: bool = True,
         cache_dir: str | None = None,
         default_activation_function: Callable | None = None,
         classifier_dropout: float | None = None,
@@ -179,7 +181,7 @@ class CrossEncoder:
         self.compute_dtype = _as_dtype(compute_dtype or "float32")
         self.seed = int(seed)
         self.model = model_class_for(config).from_pretrained(
-            directory, config=config, dtype=jnp.float32, seed=self.seed
+            directory, config=config, dtype=jnp.float32, seed=self.seed, scan_layers=scan_layers
         )
         self.model.eval()
         self.tokenizer = self._load_tokenizer(directory, tokenizer_kwargs or {})

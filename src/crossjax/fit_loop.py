@@ -296,7 +296,7 @@ def run_fit(
     tokenized = data_lib.tokenize_pairs(target.tokenizer, texts_a, texts_b, target.max_length)
 
     # 3. The train state, placed on the mesh.
-    nnx.reseed(model, dropout=cfg.seed)
+    nnx.reseed(model, dropout=cfg.seed, policy="match_shape")  # scanned layers hold one stream per layer
     params = nnx.state(model, nnx.Param)
     tx = training.make_optimizer(
         schedule,

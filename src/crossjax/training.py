@@ -305,7 +305,9 @@ def batch_to_global(batch: Batch, plan: MeshPlan) -> dict:
 def graphdef_with_dtype(model: FlaxPreTrainedModel, dtype, train: bool):
     """The graph of ``model`` rebuilt with another compute dtype and train/eval mode (same parameters)."""
     config = model.config
-    abstract = nnx.eval_shape(lambda: type(model)(config, dtype=dtype, rngs=nnx.Rngs(0)))
+    abstract = nnx.eval_shape(
+        lambda: type(model)(config, dtype=dtype, rngs=nnx.Rngs(0), scan_layers=model.scan_layers)
+    )
     if train:
         abstract.train()
     else:

@@ -74,8 +74,8 @@ class FlaxAutoModelForSequenceClassification:
         raise OSError("Use FlaxAutoModelForSequenceClassification.from_pretrained(...) or .from_config(...)")
 
     @staticmethod
-    def from_config(config, *, dtype=jnp.float32, seed: int = 0) -> FlaxPreTrainedModel:
-        return model_class_for(config).from_config(config, dtype=dtype, seed=seed)
+    def from_config(config, *, dtype=jnp.float32, seed: int = 0, scan_layers: bool = True) -> FlaxPreTrainedModel:
+        return model_class_for(config).from_config(config, dtype=dtype, seed=seed, scan_layers=scan_layers)
 
     @staticmethod
     def from_pretrained(
@@ -84,6 +84,7 @@ class FlaxAutoModelForSequenceClassification:
         *,
         dtype=jnp.float32,
         seed: int = 0,
+        scan_layers: bool = True,
         output_loading_info: bool = False,
         config_kwargs: dict | None = None,
         **hub_kwargs: Any,
@@ -95,5 +96,10 @@ class FlaxAutoModelForSequenceClassification:
         directory = resolve_checkpoint_dir(name_or_path, **hub_kwargs)
         config = load_config(directory, num_labels=num_labels, **(config_kwargs or {}))
         return model_class_for(config).from_pretrained(
-            directory, config=config, dtype=dtype, seed=seed, output_loading_info=output_loading_info
+            directory,
+            config=config,
+            dtype=dtype,
+            seed=seed,
+            scan_layers=scan_layers,
+            output_loading_info=output_loading_info,
         )

@@ -15,7 +15,7 @@ from flax import nnx
 
 from crossjax.models import export
 from crossjax.models.checkpoints import CheckpointError, load_config, read_state_dict, resolve_checkpoint_dir
-from crossjax.models.params import IGNORED_KEYS, ParamRule, flat_params, hf_name_of, our_path_of, rename_legacy
+from crossjax.models.params import IGNORED_KEYS, ParamRule, flat_params, hf_slots_of, our_slot_of, rename_legacy
 
 logger = logging.getLogger("crossjax")
 
@@ -52,6 +52,7 @@ class FlaxPreTrainedModel(nnx.Module):
 
     config: Any
     dtype: Any  # the compute dtype the family was built with (parameters are always float32)
+    scan_layers: bool  # layers stacked and run under nnx.scan (True) or unrolled
 
     @classmethod
     def param_table(cls, config) -> list[ParamRule]:
@@ -89,9 +90,14 @@ class FlaxPreTrainedModel(nnx.Module):
 
     # ------------------------------------------------------------------------------------- loading
     @classmethod
-    def from_config(cls, config, *, dtype=jnp.float32, seed: int = 0) -> FlaxPreTrainedModel:
-        """A freshly initialised model (transformers' initialisation: normal(0, initializer_range))."""
-        return cls(config, dtype=dtype, rngs=nnx.Rngs(params=seed, dropout=seed + 1))
+    def from_config(
+        cls, config, *, dtype=jnp.float32, seed: int = 0, scan_layers: bool = True
+    ) -> FlaxPreTrainedModel:
+        """A freshly initialised model (transformers' initialisation: normal(0, initializer_range)).
+
+        ``scan_layers`` stacks the transformer layers and runs them under ``nnx.scan``: one compiled layer
+        body whatever the depth. False unrolls them (one parameter set per layer)."""
+        return cls(config, dtype=dtype, rngs=nnx.Rngs(params=seed, dropout=seed + 1), scan_layers=scan_layers)
 
     def load_hf_state_dict(self, tensors: dict[str, np.ndarray], source: str = "checkpoint") -> LoadingInfo:
         """Fill our parameters from Hugging Face named tensors; return what was missing/unexpected."""
@@ -103,30 +109,43 @@ class FlaxPreTrainedModel(nnx.Module):
             # A base-model checkpoint (e.g. a sentence-transformers bi-encoder): names lack the prefix.
             tensors = {(k if k.startswith(self.head_prefixes) else prefix + k): v for k, v in tensors.items()}
         ours = flat_params(self)
-        filled: set[str] = set()
+        filled: set[tuple[str, int | None]] = set()
+        stacks: dict[str, np.ndarray] = {}  # scanned layers: filled slice by slice, written once at the end
         for name, array in tensors.items():
-            rule, target = our_path_of(table, name)
-            if target is None or target not in ours:
+            rule, target, layer = our_slot_of(table, name, ours)
+            if target is None:
                 if not any(p.search(name) for p in IGNORED_KEYS):
                     info.unexpected_keys.append(name)
                 continue
             value = rule.to_ours(array)
             var = ours[target]
-            if tuple(value.shape) != tuple(var.shape):
+            shape = tuple(var.shape) if layer is None else tuple(var.shape[1:])
+            if layer is not None and layer >= var.shape[0]:
+                info.unexpected_keys.append(name)  # a layer beyond the config's num_hidden_layers
+                continue
+            if tuple(value.shape) != shape:
+                expected = tuple(rule.to_hf(np.empty(shape)).shape)
                 if name.startswith(self.head_prefixes):
-                    info.mismatched_keys.append(
-                        (name, tuple(array.shape), tuple(rule.to_hf(np.empty(var.shape)).shape))
-                    )
+                    info.mismatched_keys.append((name, tuple(array.shape), expected))
                     continue
                 raise CheckpointError(
-                    f"{source}: parameter {name} has shape {tuple(array.shape)}, but the config implies "
-                    f"{tuple(rule.to_hf(np.empty(var.shape)).shape)}"
+                    f"{source}: parameter {name} has shape {tuple(array.shape)}, but the config implies {expected}"
                 )
-            var[...] = jnp.asarray(value, dtype=var[...].dtype)
-            filled.add(target)
-        for path in ours:
-            if path not in filled:
-                info.missing_keys.append(hf_name_of(table, path) or path)
+            if layer is None:
+                var[...] = jnp.asarray(value, dtype=var[...].dtype)
+            else:
+                if target not in stacks:
+                    stacks[target] = np.array(var[...])
+                stacks[target][layer] = value
+            filled.add((target, layer))
+        for target, stacked in stacks.items():
+            ours[target][...] = jnp.asarray(stacked, dtype=ours[target][...].dtype)
+        for path, var in ours.items():
+            for name, _, layer in hf_slots_of(table, path, var.shape[0] if var.ndim else 0):
+                if (path, layer) not in filled:
+                    info.missing_keys.append(name)
+            if not hf_slots_of(table, path, var.shape[0] if var.ndim else 0):
+                info.missing_keys.append(path)
         return info
 
     @classmethod
@@ -138,6 +157,7 @@ class FlaxPreTrainedModel(nnx.Module):
         num_labels: int | None = None,
         dtype=jnp.float32,
         seed: int = 0,
+        scan_layers: bool = True,
         output_loading_info: bool = False,
         config_kwargs: dict | None = None,
         **hub_kwargs: Any,
@@ -145,7 +165,7 @@ class FlaxPreTrainedModel(nnx.Module):
         directory = resolve_checkpoint_dir(name_or_path, **hub_kwargs)
         if config is None:
             config = load_config(directory, num_labels=num_labels, **(config_kwargs or {}))
-        model = cls.from_config(config, dtype=dtype, seed=seed)
+        model = cls.from_config(config, dtype=dtype, seed=seed, scan_layers=scan_layers)
         tensors, source = read_state_dict(directory)
         info = model.load_hf_state_dict(tensors, source=str(source))
         _report(cls.architecture, str(directory), info)
@@ -157,11 +177,12 @@ class FlaxPreTrainedModel(nnx.Module):
         table = self.param_table(self.config)
         out: dict[str, np.ndarray] = {}
         for path, var in flat_params(self).items():
-            name = hf_name_of(table, path)
-            if name is None:  # a family whose table misses one of its own parameters is a bug, not user error
+            value = np.asarray(var[...], dtype=np.float32)
+            slots = hf_slots_of(table, path, value.shape[0] if value.ndim else 0)
+            if not slots:  # a family whose table misses one of its own parameters is a bug, not user error
                 raise RuntimeError(f"{type(self).__name__}: no Hugging Face name for parameter {path}")
-            rule, _ = our_path_of(table, name)
-            out[name] = np.ascontiguousarray(rule.to_hf(np.asarray(var[...], dtype=np.float32)))
+            for name, rule, layer in slots:
+                out[name] = np.ascontiguousarray(rule.to_hf(value if layer is None else value[layer]))
         return out
 
     def export_config(self) -> dict[str, Any]:

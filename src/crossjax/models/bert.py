@@ -60,11 +60,12 @@ class BertForSequenceClassification(FlaxPreTrainedModel):
     base_model_prefix = "bert"
     head_prefixes = ("classifier.",)
 
-    def __init__(self, config, *, dtype=jnp.float32, rngs: nnx.Rngs):
+    def __init__(self, config, *, dtype=jnp.float32, rngs: nnx.Rngs, scan_layers: bool = True):
         self.config = config
         self.dtype = dtype
+        self.scan_layers = scan_layers
         self.embeddings = bert_embeddings(config, dtype, rngs)
-        self.encoder = Encoder(**encoder_kwargs(config, dtype, rngs))
+        self.encoder = Encoder(scan=scan_layers, **encoder_kwargs(config, dtype, rngs))
         std = config.initializer_range
         self.pooler = dense(config.hidden_size, config.hidden_size, std=std, dtype=dtype, rngs=rngs)
         self.dropout = nnx.Dropout(classifier_dropout(config), rngs=rngs)

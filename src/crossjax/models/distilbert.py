@@ -47,9 +47,10 @@ class DistilBertForSequenceClassification(FlaxPreTrainedModel):
     head_prefixes = ("pre_classifier.", "classifier.")
     uses_token_types = False
 
-    def __init__(self, config, *, dtype=jnp.float32, rngs: nnx.Rngs):
+    def __init__(self, config, *, dtype=jnp.float32, rngs: nnx.Rngs, scan_layers: bool = True):
         self.config = config
         self.dtype = dtype
+        self.scan_layers = scan_layers
         std = config.initializer_range
         self.embeddings = Embeddings(
             vocab_size=config.vocab_size,
@@ -67,6 +68,7 @@ class DistilBertForSequenceClassification(FlaxPreTrainedModel):
             table = sinusoidal_positions(config.max_position_embeddings, config.dim)
             self.embeddings.position.embedding[...] = jnp.asarray(table)
         self.encoder = Encoder(
+            scan=scan_layers,
             num_layers=config.n_layers,
             hidden=config.dim,
             heads=config.n_heads,

@@ -26,9 +26,10 @@ class ElectraForSequenceClassification(FlaxPreTrainedModel):
     base_model_prefix = "electra"
     head_prefixes = ("classifier.",)
 
-    def __init__(self, config, *, dtype=jnp.float32, rngs: nnx.Rngs):
+    def __init__(self, config, *, dtype=jnp.float32, rngs: nnx.Rngs, scan_layers: bool = True):
         self.config = config
         self.dtype = dtype
+        self.scan_layers = scan_layers
         std = config.initializer_range
         self.embeddings = bert_embeddings(config, dtype, rngs, features=config.embedding_size)
         self.embeddings_project = (
@@ -36,7 +37,7 @@ class ElectraForSequenceClassification(FlaxPreTrainedModel):
             if _projects(config)
             else None
         )
-        self.encoder = Encoder(**encoder_kwargs(config, dtype, rngs))
+        self.encoder = Encoder(scan=scan_layers, **encoder_kwargs(config, dtype, rngs))
         self.classifier = FirstTokenClassificationHead(
             config.hidden_size,
             config.num_labels,

@@ -191,13 +191,38 @@ class EncoderLayer(nnx.Module):
 
 
 class Encoder(nnx.Module):
-    def __init__(self, num_layers: int, **layer_kwargs):
-        self.layers = nnx.List([EncoderLayer(**layer_kwargs) for _ in range(num_layers)])
+    """``num_layers`` layers, applied in order.
 
-    def __call__(self, x: Array, mask: Array) -> Array:
-        for layer in self.layers:
-            x = layer(x, mask)
-        return x
+    With ``scan`` (the default) the layers' parameters are stacked on a leading axis (created under
+    ``nnx.vmap``, one RNG stream split per layer) and applied with ``nnx.scan``: XLA compiles one layer body
+    whatever the depth, so compile time no longer grows with the number of layers. Without it the layers are
+    unrolled Python modules (``layers.0``, ``layers.1``, ...). The parameter tables serve both layouts.
+    """
+
+    def __init__(self, num_layers: int, *, rngs: nnx.Rngs, scan: bool = True, layer: type = EncoderLayer, **kwargs):
+        self.scan = bool(scan)
+        if not self.scan:
+            self.layers = nnx.List([layer(rngs=rngs, **kwargs) for _ in range(num_layers)])
+            return
+
+        @nnx.split_rngs(splits=num_layers)
+        @nnx.vmap(in_axes=(0,), out_axes=0)
+        def create(rngs: nnx.Rngs):
+            return layer(rngs=rngs, **kwargs)
+
+        self.layers = create(rngs)
+
+    def __call__(self, x: Array, *args: Array) -> Array:
+        if not self.scan:
+            for layer in self.layers:
+                x = layer(x, *args)
+            return x
+
+        @nnx.scan(in_axes=(0, nnx.Carry, *(None,) * len(args)), out_axes=nnx.Carry)
+        def apply(layer, x, *args):
+            return layer(x, *args)
+
+        return apply(self.layers, x, *args)
 
 
 def config_dropout(config, name: str, default: float = 0.1) -> float:

@@ -7,7 +7,7 @@ export (ours -> HF) and the weight-decay rule (which is stated on HF names), so 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +22,9 @@ IGNORED_KEYS = (re.compile(r"(^|\.)position_ids$"), re.compile(r"(^|\.)token_typ
 class ParamRule:
     """One row of a family's table: ``{i}`` stands for a layer index on both sides.
 
-    ``transpose`` is for ``nn.Linear`` weights: PyTorch stores (out, in), nnx kernels are (in, out).
+    ``transpose`` is for ``nn.Linear`` weights: PyTorch stores (out, in), nnx kernels are (in, out). With
+    scanned layers our side holds one array per row with the layers stacked on axis 0, at ``stacked_ours``
+    (the ``ours`` path without its ``.{i}``); layer ``i``'s Hugging Face tensor is that array's slice ``i``.
     """
 
     hf: str
@@ -39,6 +41,15 @@ class ParamRule:
     def match_ours(self, path: str) -> str | None:
         m = self._regex(self.ours).match(path)
         return None if m is None else self.hf.format(**m.groupdict())
+
+    @property
+    def stacked_ours(self) -> str | None:
+        return self.ours.replace(".{i}", "") if ".{i}" in self.ours else None
+
+    def layer_of(self, name: str) -> int | None:
+        """The layer index in a Hugging Face name this row matches (None for rows without ``{i}``)."""
+        m = self._regex(self.hf).match(name)
+        return None if m is None or "i" not in m.groupdict() else int(m.group("i"))
 
     def to_ours(self, array: np.ndarray) -> np.ndarray:
         return array.T if self.transpose else array
@@ -104,8 +115,45 @@ def flat_params(model: nnx.Module) -> dict[str, Any]:
 
 
 def hf_name_of(table: Sequence[ParamRule], path: str) -> str | None:
-    """The Hugging Face name of our parameter ``path`` (dotted), or None when no row matches."""
-    return next((name for rule in table if (name := rule.match_ours(path)) is not None), None)
+    """The Hugging Face name of our parameter ``path`` (dotted), or None when no row matches.
+
+    For a stacked (scanned-layers) path, layer 0's name: every layer of a stack follows the same row.
+    """
+    return next((name for rule in table if (name := rule.match_ours(path)) is not None), None) or next(
+        (rule.hf.format(i=0) for rule in table if rule.stacked_ours == path), None
+    )
+
+
+def hf_slots_of(table: Sequence[ParamRule], path: str, layers: int) -> list[tuple[str, ParamRule, int | None]]:
+    """Every Hugging Face tensor our parameter ``path`` holds: ``[(name, row, layer index or None)]``.
+
+    An unstacked path holds one tensor; a stacked one (``layers`` on axis 0) holds one per layer.
+    """
+    for rule in table:
+        name = rule.match_ours(path)
+        if name is not None:
+            return [(name, rule, None)]
+        if rule.stacked_ours == path:
+            return [(rule.hf.format(i=i), rule, i) for i in range(layers)]
+    return []
+
+
+def our_slot_of(
+    table: Sequence[ParamRule], name: str, ours: Collection[str]
+) -> tuple[ParamRule | None, str | None, int | None]:
+    """Where the Hugging Face tensor ``name`` goes among our parameter paths ``ours``: (row, path, layer index).
+
+    The layer index is None for an unstacked target and the layer for a stacked one; (None, None, None) when
+    no row matches or the model has no such parameter.
+    """
+    rule, path = our_path_of(table, name)
+    if rule is None:
+        return None, None, None
+    if path in ours:
+        return rule, path, None
+    if rule.stacked_ours in ours:
+        return rule, rule.stacked_ours, rule.layer_of(name)
+    return None, None, None
 
 
 def our_path_of(table: Sequence[ParamRule], name: str) -> tuple[ParamRule | None, str | None]:

@@ -23,11 +23,12 @@ class RobertaForSequenceClassification(FlaxPreTrainedModel):
     base_model_prefix = "roberta"
     head_prefixes = ("classifier.",)
 
-    def __init__(self, config, *, dtype=jnp.float32, rngs: nnx.Rngs):
+    def __init__(self, config, *, dtype=jnp.float32, rngs: nnx.Rngs, scan_layers: bool = True):
         self.config = config
         self.dtype = dtype
+        self.scan_layers = scan_layers
         self.embeddings = bert_embeddings(config, dtype, rngs, positions_from_padding=True)
-        self.encoder = Encoder(**encoder_kwargs(config, dtype, rngs))
+        self.encoder = Encoder(scan=scan_layers, **encoder_kwargs(config, dtype, rngs))
         self.classifier = FirstTokenClassificationHead(
             config.hidden_size,
             config.num_labels,

@@ -1,0 +1,118 @@
+"""Compile time of crossjax's train step with scanned layers (``nnx.scan``, the default) and unrolled layers.
+
+The step is the one ``CrossEncoder.fit`` builds (``benchmarks/train_step.py`` builds it the same way: AdamW +
+clipping, BCE, donated state), for randomly initialised BERT-base and MiniLM-sized models. For each layout the
+script times tracing + lowering (``jax.jit(...).lower``) and XLA's compilation (``.compile()``) separately, with
+the persistent compilation cache off so every number is a real compile, then one step of each to show the
+run time per step (scan can cost a little at run time; this says how much here).
+
+Usage:
+    python benchmarks/compile_time.py                       # bert-base and minilm, batch 16 x 128, float32
+    python benchmarks/compile_time.py --models bert-base --dtypes float32 bfloat16 --steps 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _bench  # noqa: E402
+from train_step import MODELS, bert_config  # noqa: E402
+
+
+def measure(model_name: str, dtype_name: str, scan: bool, batch: int, seq: int, steps: int) -> dict:
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    from flax import nnx
+
+    from crossjax import losses, training
+    from crossjax.models.auto import FlaxAutoModelForSequenceClassification
+    from crossjax.parallel import make_mesh, put_global
+    from crossjax.schedules import make_schedule
+
+    config = bert_config(model_name, seq)
+    dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[dtype_name]
+    plan = make_mesh("replicated")
+    model = FlaxAutoModelForSequenceClassification.from_config(config, seed=0, scan_layers=scan)
+    params = nnx.state(model, nnx.Param)
+    tx = training.make_optimizer(
+        make_schedule("WarmupLinear", 2e-5, 10, 100), 0.01, training.decay_mask(model, params), 1.0
+    )
+    state, shardings = training.init_train_state(model, tx, plan)
+    graphdef = training.graphdef_with_dtype(model, dtype, train=True)
+    step = jax.jit(
+        training.make_train_step(graphdef, tx, losses.binary_cross_entropy_with_logits, losses.identity, 1),
+        in_shardings=(shardings, plan.batch, plan.replicated),
+        out_shardings=(shardings, plan.replicated),
+        donate_argnums=(0,),
+    )
+    rng = np.random.default_rng(0)
+    batch_np = {
+        "input_ids": rng.integers(1000, config.vocab_size, size=(batch, seq), dtype=np.int32),
+        "attention_mask": np.ones((batch, seq), np.int32),
+        "token_type_ids": np.zeros((batch, seq), np.int32),
+        "labels": rng.random(batch, dtype=np.float32),
+        "example_mask": np.ones(batch, np.float32),
+    }
+    device_batch = {k: put_global(v, plan.batch) for k, v in batch_np.items()}
+    healthy = jax.jit(lambda: jnp.array(True), out_shardings=plan.replicated)()
+    start = time.perf_counter()
+    lowered = step.lower(state, device_batch, healthy)
+    lower_s = time.perf_counter() - start
+    start = time.perf_counter()
+    compiled = lowered.compile()
+    compile_s = time.perf_counter() - start
+    state, metrics = compiled(state, device_batch, healthy)
+    jax.block_until_ready(metrics)
+    start = time.perf_counter()
+    for _ in range(steps):
+        state, metrics = compiled(state, device_batch, metrics["finite"])
+    jax.block_until_ready(metrics)
+    step_ms = 1e3 * (time.perf_counter() - start) / steps
+    return {"lower_s": lower_s, "compile_s": compile_s, "step_ms": step_ms}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--dtypes", nargs="+", default=["float32"], choices=["float32", "bfloat16"])
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--seq", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=2, help="timed steps after the first (run-time cost)")
+    args = parser.parse_args()
+
+    import jax
+
+    jax.config.update("jax_enable_compilation_cache", False)  # every compile below is a real one
+    _bench.print_info("crossjax train-step compile time: scanned vs unrolled layers")
+    print(f"batch {args.batch} x {args.seq} tokens\n")
+    print("| model | dtype | layers | trace+lower s | XLA compile s | total s | step ms |")
+    print("|---|---|---|---:|---:|---:|---:|")
+    for model_name in args.models:
+        for dtype_name in args.dtypes:
+            results = {}
+            for scan in (False, True):
+                r = measure(model_name, dtype_name, scan, args.batch, args.seq, args.steps)
+                results[scan] = r
+                layout = "scanned" if scan else "unrolled"
+                total = r["lower_s"] + r["compile_s"]
+                print(
+                    f"| {model_name} | {dtype_name} | {layout} | {r['lower_s']:.2f} | {r['compile_s']:.2f} | "
+                    f"{total:.2f} | {r['step_ms']:.0f} |",
+                    flush=True,
+                )
+            unrolled, scanned = results[False], results[True]
+            ratio = (unrolled["lower_s"] + unrolled["compile_s"]) / (scanned["lower_s"] + scanned["compile_s"])
+            print(
+                f"| {model_name} | {dtype_name} | unrolled / scanned | | | **{ratio:.2f}x** | "
+                f"{unrolled['step_ms'] / scanned['step_ms']:.2f}x |",
+                flush=True,
+            )
+
+
+if __name__ == "__main__":
+    main()

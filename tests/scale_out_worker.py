@@ -7,9 +7,9 @@ multi-process run through ``crossjax.parallel.initialize_distributed``. Results 
 
 Instrumentation (worker-side monkeypatching, no library hooks needed):
 
-* every training batch's global rows are mapped back to example indices (``collate`` is wrapped), and
-  ``process_slice`` records the example indices of the real rows this process feeds (padding rows excluded),
-  checking that their token ids are the example's;
+* every packed training batch (``packing.pack`` is wrapped) records, when it is fed, the example indices of
+  the real pair slots in the groups this process's devices hold (empty slots excluded), checking that each
+  slot's tokens are its example's;
 * ``kill_after_step`` SIGKILLs the process when step ``kill_after_step + 1`` is about to be fed, once the
   checkpoint of step ``kill_wait_for_step`` is on disk, so the kill point is deterministic.
 """
@@ -55,7 +55,7 @@ def predict_on_interleaved_mesh(model_dir: str, pairs: list) -> dict:
     from crossjax import CrossEncoder
     from crossjax.parallel import make_mesh, process_rows, put_global
 
-    ce = CrossEncoder(model_dir, num_labels=1, max_length=64, buckets=(64,))
+    ce = CrossEncoder(model_dir, num_labels=1, max_length=64)
     usual = ce.predict(pairs, batch_size=16)
     groups = [[d for d in jax.devices() if d.process_index == p] for p in range(jax.process_count())]
     ce.mesh_plan = make_mesh("replicated", devices=[d for group in zip(*groups, strict=True) for d in group])
@@ -86,10 +86,10 @@ def main() -> None:
     import numpy as np
     from flax import nnx
 
-    import crossjax.data as data_lib
-    from crossjax import CrossEncoder, DataLoader, InputExample, training
+    from crossjax import CrossEncoder, DataLoader, InputExample, packing, training
     from crossjax.checkpoint import TrainCheckpointer
     from crossjax.evaluation import CECorrelationEvaluator
+    from crossjax.parallel import process_rows
 
     rows = json.loads(Path(spec["data"]).read_text())
     out_dir = Path(spec["out_dir"])
@@ -103,36 +103,33 @@ def main() -> None:
     }
 
     recorder = {"active": False, "fed": [], "log": None, "calls": 0, "kill": None}
-    orig_collate = data_lib.collate
-    orig_slice = data_lib.process_slice
+    orig_pack = packing.pack
     orig_to_global = training.batch_to_global
 
-    def collate(tokenized, indices, labels, *args, **kwargs):
-        batch = orig_collate(tokenized, indices, labels, *args, **kwargs)
+    def pack(tokenized, indices, labels, *args, **kwargs):
+        batch = orig_pack(tokenized, indices, labels, *args, **kwargs)
         if labels is not None:  # a training batch (prediction passes labels=None)
-            batch._example_indices = np.asarray(indices)
             batch._tokenized = tokenized
         return batch
 
-    def process_slice(batch, process_index, process_count):
-        local = orig_slice(batch, process_index, process_count)
-        indices = getattr(batch, "_example_indices", None)
-        if recorder["active"] and indices is not None:
-            per = batch.input_ids.shape[0] // process_count
-            global_rows = np.arange(process_index * per, (process_index + 1) * per)
-            real = local.example_mask > 0
-            fed = indices[global_rows[real]]
-            for row, example in zip(np.flatnonzero(real), fed, strict=True):
-                ids = batch._tokenized.input_ids[int(example)]
-                assert np.array_equal(local.input_ids[row, : len(ids)], ids), "fed row is not its example"
-            recorder["fed"].append([int(i) for i in fed])
-            if recorder["log"] is not None:
-                with open(recorder["log"], "a") as f:
-                    f.write(json.dumps([int(i) for i in fed]) + "\n")
-        return local
+    def record_fed(batch, plan) -> None:
+        groups = batch.input_ids.shape[0]
+        mine = process_rows(plan.batch, groups) if jax.process_count() > 1 else np.arange(groups)
+        fed = []
+        for g in mine:
+            for p in np.flatnonzero(batch.indices[g] >= 0):
+                example = int(batch.indices[g, p])
+                ids = batch._tokenized.input_ids[example]
+                row, start = batch.pair_row[g, p], batch.pair_start[g, p]
+                assert np.array_equal(batch.input_ids[g, row, start : start + len(ids)], ids), "slot is not its example"
+                fed.append(example)
+        recorder["fed"].append(fed)
+        if recorder["log"] is not None:
+            with open(recorder["log"], "a") as f:
+                f.write(json.dumps(fed) + "\n")
 
     def batch_to_global(batch, plan):
-        if recorder["active"]:
+        if recorder["active"] and hasattr(batch, "_tokenized"):
             recorder["calls"] += 1
             kill = recorder["kill"]
             if kill is not None and recorder["calls"] == kill["after_step"] + 1:
@@ -141,6 +138,7 @@ def main() -> None:
                 while not step_dir.is_dir() and time.monotonic() < deadline:
                     time.sleep(0.05)
                 os.kill(os.getpid(), signal.SIGKILL)
+            record_fed(batch, plan)
         return orig_to_global(batch, plan)
 
     def not_replicated(tree) -> dict:
@@ -158,8 +156,7 @@ def main() -> None:
         return orig_save(self, step, state, extra)
 
     TrainCheckpointer.save = save
-    data_lib.collate = collate
-    data_lib.process_slice = process_slice
+    packing.pack = pack
     training.batch_to_global = batch_to_global
 
     for job in spec["jobs"]:
@@ -181,7 +178,6 @@ def main() -> None:
             spec["model_dir"],
             num_labels=1,
             max_length=64,
-            buckets=(64,),
             config_kwargs=config_kwargs,
             seed=job.get("seed", 0),
             sharding=job.get("sharding", "replicated"),

@@ -11,17 +11,10 @@ import pytest
 from conftest import shared_data
 
 from crossjax.data import (
-    Batch,
     DataLoader,
     InputExample,
-    PaddingStats,
-    bucket_for,
-    collate,
     collect_examples,
-    default_buckets,
-    padding_stats,
     plan_batches,
-    process_slice,
     tokenize_pairs,
     validate_examples,
 )
@@ -252,20 +245,7 @@ def test_tokenize_stsb_pairs(tokenizer, stsb_rows) -> None:
     assert max(len(tokenizer(x, y)["input_ids"]) for x, y in pairs) > 24
 
 
-# --- buckets and plans -------------------------------------------------------------------------------
-
-
-def test_buckets() -> None:
-    assert default_buckets(512) == (16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512)
-    assert default_buckets(128) == (16, 24, 32, 48, 64, 96, 128)
-    assert default_buckets(200) == (16, 24, 32, 48, 64, 96, 128, 192, 200)
-    assert default_buckets(64) == (16, 24, 32, 48, 64)
-    assert default_buckets(40) == (16, 24, 32, 40)
-    assert default_buckets(8) == (8,)
-    buckets = default_buckets(200)
-    assert [bucket_for(n, buckets) for n in (1, 17, 25, 33, 128, 129, 200)] == [16, 24, 32, 48, 128, 192, 200]
-    with pytest.raises(ValueError, match="exceeds the largest bucket"):
-        bucket_for(201, buckets)
+# --- batch plans -------------------------------------------------------------------------------------
 
 
 def _check_plan(batches: list[np.ndarray], n: int, batch_size: int, drop_last: bool) -> None:
@@ -303,100 +283,6 @@ def test_plan_batches_sequential_matches_plain_order() -> None:
     batches = plan_batches(lengths, 4, shuffle=False, seed=0, epoch=0, drop_last=True)
     assert [b.tolist() for b in batches] == [[0, 1, 2, 3], [4, 5, 6, 7]]
     assert plan_batches(np.zeros(0), 4, shuffle=True, seed=0, epoch=0, drop_last=False) == []
-
-
-def test_grouping_reduces_padding_on_stsb(tokenizer, stsb_rows) -> None:
-    tok = tokenize_pairs(tokenizer, [r[0] for r in stsb_rows], [r[1] for r in stsb_rows], 128)
-    labels = np.asarray([r[2] for r in stsb_rows], np.float32)
-    buckets = default_buckets(128)
-    exact = tuple(range(1, 129))  # pad only to the longest row: isolates the effect of grouping
-    eff = {}
-    for group in (False, True):
-        plan = plan_batches(
-            tok.lengths, 32, shuffle=True, seed=0, epoch=0, drop_last=False, group_by_length=group
-        )
-        for name, bk in (("buckets", buckets), ("exact", exact)):
-            eff[group, name] = padding_stats(
-                collate(tok, idx, labels, 32, bk, tokenizer.pad_token_id) for idx in plan
-            )
-    for name in ("buckets", "exact"):
-        random_eff, grouped_eff = eff[False, name].efficiency, eff[True, name].efficiency
-        assert grouped_eff > random_eff + 0.15, (name, random_eff, grouped_eff)
-    assert eff[True, "exact"].efficiency > 0.9
-    assert eff[True, "buckets"].real_rows == len(stsb_rows)
-
-
-# --- collation ---------------------------------------------------------------------------------------
-
-
-def test_collate_matches_hf_padding(tokenizer) -> None:
-    a, b = [p[0] for p in INLINE_PAIRS], [p[1] for p in INLINE_PAIRS]
-    tok = tokenize_pairs(tokenizer, a, b, max_length=40)
-    labels = np.arange(len(a), dtype=np.float32) + 1
-    idx = np.array([4, 0, 2])
-    batch = collate(tok, idx, labels, batch_size=8, buckets=(16, 32, 40), pad_token_id=tokenizer.pad_token_id)
-    longest = int(tok.lengths[idx].max())
-    assert batch.input_ids.shape == (8, bucket_for(longest, (16, 32, 40)))
-    for arr in (batch.input_ids, batch.attention_mask, batch.token_type_ids):
-        assert arr.dtype == np.int32 and arr.shape == batch.input_ids.shape
-    ref = tokenizer(
-        [a[i] for i in idx], [b[i] for i in idx], truncation="longest_first", max_length=40, padding=True
-    )
-    for key in ("input_ids", "attention_mask", "token_type_ids"):
-        ours = getattr(batch, key)
-        np.testing.assert_array_equal(ours[:3, :longest], np.asarray(ref[key]))
-        assert np.all(ours[:3, longest:] == (tokenizer.pad_token_id if key == "input_ids" else 0))
-    # padding rows: masked out, pad ids, exactly one attended position
-    assert batch.example_mask.tolist() == [1, 1, 1, 0, 0, 0, 0, 0]
-    assert batch.example_mask.dtype == np.float32
-    assert np.all(batch.input_ids[3:] == tokenizer.pad_token_id)
-    assert np.all(batch.attention_mask[3:, 0] == 1) and np.all(batch.attention_mask[3:, 1:] == 0)
-    assert np.all(batch.attention_mask.sum(axis=1) >= 1)
-    assert batch.labels.tolist() == [5, 1, 3, 0, 0, 0, 0, 0] and batch.labels.dtype == np.float32
-
-    int_labels = np.arange(len(a), dtype=np.int32)
-    assert collate(tok, idx, int_labels, 4, (16, 32, 40), 0).labels.dtype == np.int32
-    pred = collate(tok, np.array([1]), None, 4, (16, 32, 40), 0)  # prediction: no labels
-    assert pred.input_ids.shape[1] == 16 and pred.labels.tolist() == [0, 0, 0, 0]
-    with pytest.raises(ValueError):
-        collate(tok, np.arange(5), None, 4, (16, 32, 40), 0)
-
-
-def test_padding_stats_counts() -> None:
-    batch = Batch(
-        input_ids=np.zeros((4, 8), np.int32),
-        attention_mask=np.array([[1] * 8, [1] * 3 + [0] * 5, [1] + [0] * 7, [1] + [0] * 7], np.int32),
-        token_type_ids=np.zeros((4, 8), np.int32),
-        labels=np.zeros(4, np.float32),
-        example_mask=np.array([1, 1, 0, 0], np.float32),
-    )
-    stats = PaddingStats()
-    stats.add(batch)
-    stats.add(batch)
-    assert (stats.real_tokens, stats.computed_tokens, stats.real_rows, stats.rows) == (22, 64, 4, 8)
-    assert stats.efficiency == pytest.approx(22 / 64)
-
-
-def test_process_slice_reassembles_global_batch() -> None:
-    rng = np.random.default_rng(0)
-    batch = Batch(
-        input_ids=rng.integers(0, 100, (8, 16)).astype(np.int32),
-        attention_mask=rng.integers(0, 2, (8, 16)).astype(np.int32),
-        token_type_ids=rng.integers(0, 2, (8, 16)).astype(np.int32),
-        labels=rng.normal(size=8).astype(np.float32),
-        example_mask=np.array([1, 1, 1, 1, 1, 0, 0, 0], np.float32),
-    )
-    for count in (1, 2, 4, 8):
-        parts = [process_slice(batch, i, count) for i in range(count)]
-        assert all(p.input_ids.shape == (8 // count, 16) for p in parts)
-        for key in ("input_ids", "attention_mask", "token_type_ids", "labels", "example_mask"):
-            np.testing.assert_array_equal(
-                np.concatenate([getattr(p, key) for p in parts]), getattr(batch, key)
-            )
-    with pytest.raises(ValueError, match="not divisible"):
-        process_slice(batch, 0, 3)
-    with pytest.raises(ValueError):
-        process_slice(batch, 2, 2)
 
 
 def test_import_does_not_pull_torch_or_jax() -> None:

@@ -29,7 +29,7 @@ from test_fit_behaviour import (  # noqa: F401 - fixtures used by name
     tiny_dirs,
 )
 
-from crossjax import CrossEncoder, DataLoader, data
+from crossjax import CrossEncoder, DataLoader, data, packing
 from crossjax.checkpoint import CheckpointMismatchError
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "crossjax"
@@ -203,7 +203,7 @@ def test_custom_activation_with_output_path_fails_before_compilation(tiny_dir, t
         ({"loss_fct": "mse"}, "loss"),
         ({"activation_fct": "sigmoid"}, "activation_fct"),
         ({"use_amp": True}, "compute_dtype"),
-        ({"group_by_length": False}, "group_by_length"),
+        ({"group_by_length": True}, "group_by_length"),
     ],
 )
 def test_resuming_with_other_training_settings_is_refused(tiny_dir, tmp_path, change, field):
@@ -280,13 +280,13 @@ def test_dataloader_seed_orders_the_data_and_fit_seed_only_dropout(tiny_dir):
 def test_group_by_length_off_gives_plain_random_batches(tiny_dir, monkeypatch):
     examples = make_examples(64, seed=27, min_words=1, max_words=30)
     seen: list[np.ndarray] = []
-    collate = data.collate
+    pack = packing.pack
 
     def spy(tokenized, indices, *args, **kwargs):
         seen.append(np.asarray(indices))
-        return collate(tokenized, indices, *args, **kwargs)
+        return pack(tokenized, indices, *args, **kwargs)
 
-    monkeypatch.setattr(data, "collate", spy)
+    monkeypatch.setattr(packing, "pack", spy)
     ce = CrossEncoder(tiny_dir)
     lengths = data.tokenize_pairs(
         ce.tokenizer, [e.texts[0] for e in examples], [e.texts[1] for e in examples], ce.max_length

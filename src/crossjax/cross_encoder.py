@@ -19,7 +19,7 @@ import numpy as np
 from flax import nnx
 
 from crossjax import data as data_lib
-from crossjax import losses, training
+from crossjax import losses, packing, training
 from crossjax.models.auto import load_config, model_class_for
 from crossjax.models.checkpoints import resolve_checkpoint_dir
 from crossjax.models.export import ST_CONFIG
@@ -107,7 +107,8 @@ class CrossEncoder:
     ``activation_fn`` is applied by ``predict`` (default: the saved one, else Sigmoid for one label,
     Identity otherwise). JAX extras: ``compute_dtype`` ("float32" or "bfloat16", parameters always stay
     float32), ``seed`` (head initialisation and dropout), ``sharding`` ("replicated" or "fsdp"),
-    ``buckets`` (the static sequence lengths batches are padded to) and ``scan_layers`` (stacked layers under
+    ``max_shapes`` (how many static shapes packed batches may take per fit or predict call, i.e. programs
+    compiled; see :mod:`crossjax.packing`) and ``scan_layers`` (stacked layers under
     ``nnx.scan``, compiled once whatever the depth; False unrolls them).
     """
 
@@ -134,7 +135,7 @@ class CrossEncoder:
         compute_dtype: str | Any | None = None,
         seed: int = 0,
         sharding: str = "replicated",
-        buckets: tuple[int, ...] | None = None,
+        max_shapes: int = 2,
         scan_layers: bool = True,
         cache_dir: str | None = None,
         default_activation_function: Callable | None = None,
@@ -186,9 +187,9 @@ class CrossEncoder:
         self.model.eval()
         self.tokenizer = self._load_tokenizer(directory, tokenizer_kwargs or {})
         self.max_length = self._resolve_max_length(max_length)
-        self.buckets = tuple(sorted(buckets)) if buckets else data_lib.default_buckets(self.max_length)
-        if self.buckets[-1] < self.max_length:
-            raise ValueError(f"the largest bucket {self.buckets[-1]} is below max_length={self.max_length}")
+        if isinstance(max_shapes, bool) or not isinstance(max_shapes, int) or max_shapes < 1:
+            raise ValueError(f"max_shapes must be an integer >= 1, got {max_shapes!r}")
+        self.max_shapes = max_shapes
         saved_st_config = _saved_st_config(directory)
         saved = _saved_activation(saved_st_config, config)
         self.prompts: dict[str, str] = {**(saved_st_config.get("prompts") or {}), **(prompts or {})}
@@ -263,7 +264,7 @@ class CrossEncoder:
         return self._predict_fns[key]
 
     def _logits(self, pairs: list, batch_size: int, show_progress_bar: bool | None, dtype=None) -> np.ndarray:
-        """Logits in input order; pairs are sorted by length so each batch pads to a small bucket."""
+        """Logits in input order, computed on packed batches (at most ``max_shapes`` compiled shapes a call)."""
         texts_a, texts_b = [], []
         for i, pair in enumerate(pairs):
             if isinstance(pair, str) or len(pair) != 2:
@@ -279,17 +280,30 @@ class CrossEncoder:
         shards = self.mesh_plan.data_shards  # a multiple of the process count
         rows = int(batch_size)
         rows = -(-rows // shards) * shards  # round up so the batch splits evenly over the data shards
+        # Stratified chunks: the pairs sorted by length are dealt round-robin, so every chunk holds a similar
+        # mix of lengths and packs to (nearly) the same shape.
         order = np.argsort(-tokenized.lengths, kind="stable")
+        count = -(-len(order) // rows)
+        chunks = [order[c::count] for c in range(count)]
+        plan = packing.plan_packing(
+            chunks,
+            tokenized.lengths,
+            shards,
+            rows // shards,
+            hidden_size=packing.model_width(self.config),
+            max_shapes=self.max_shapes,
+        )
         fn, counter = self._predict_fn(dtype or self.compute_dtype)
         params, rest = nnx.state(self.model, nnx.Param), nnx.state(self.model, nnx.Not(nnx.Param))
         out = np.zeros((len(pairs), self.num_labels), dtype=np.float32)
-        chunks = [order[i : i + rows] for i in range(0, len(order), rows)]
         pending = []
         for indices in progress_bar(chunks, enabled=show_progress_bar and len(chunks) > 1, desc="Batches"):
-            batch = data_lib.collate(tokenized, indices, None, rows, self.buckets, self._pad_id)
-            pending.append((indices, fn(params, rest, training.batch_to_global(batch, self.mesh_plan))))
-        for indices, logits in pending:
-            out[indices] = np.asarray(logits)[: len(indices)]
+            batch = packing.pack(tokenized, indices, None, plan, self._pad_id)
+            logits = fn(params, rest, training.batch_to_global(batch, self.mesh_plan))
+            pending.append((batch.indices.reshape(-1), logits))
+        for slots, logits in pending:
+            real = slots >= 0
+            out[slots[real]] = np.asarray(logits)[real]
         self.compilations["predict"] = sum(c.count for _, c in self._predict_fns.values())
         return out
 
@@ -477,7 +491,7 @@ class CrossEncoder:
         checkpoint_path: str | None = None,
         checkpoint_save_steps: int = 500,
         checkpoint_save_total_limit: int | None = 2,
-        group_by_length: bool = True,
+        group_by_length: bool = False,
     ) -> dict[str, Any]:
         """Train like sentence-transformers' legacy ``fit`` (see its docs); returns a summary of the run.
 
@@ -489,8 +503,9 @@ class CrossEncoder:
         (default bfloat16 with ``use_amp`` else float32), ``logging_steps`` (how often the loss is fetched
         from the device for the progress bar), and ``checkpoint_path``/``checkpoint_save_steps``/
         ``checkpoint_save_total_limit`` for preemption-safe orbax checkpoints with exact resume, and
-        ``group_by_length`` (shuffled batches of similar lengths, far less padding; False gives
-        sentence-transformers' plain random batches). The data order follows ``DataLoader(seed=...)`` when the
+        ``group_by_length`` (shuffled batches of similar lengths, like Hugging Face's LengthGroupedSampler;
+        off by default: batches are packed, so plain random batches, as in sentence-transformers, cost no
+        padding). The data order follows ``DataLoader(seed=...)`` when the
         loader has a seed, else ``seed``.
         """
         from crossjax.fit_loop import FitConfig, FitResult, FitTarget, adamw_settings, run_fit
@@ -524,7 +539,7 @@ class CrossEncoder:
             tokenizer=self.tokenizer,
             plan=self.mesh_plan,
             max_length=self.max_length,
-            buckets=self.buckets,
+            max_shapes=self.max_shapes,
             pad_id=self._pad_id,
             save=self.save,
             evaluate=None if evaluator is None else _EvaluatorHook(self, evaluator),

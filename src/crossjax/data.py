@@ -1,9 +1,8 @@
 """Data handling for cross-encoder training: examples, validation, one-time tokenization, batch planning.
 
 The pipeline is built for static shapes under ``jit``: sentence pairs are tokenized once (ragged, no
-padding), every epoch is planned as lists of example indices, and each batch is padded to one of a few
-*bucket* lengths and to a fixed number of rows (extra rows are masked out with ``example_mask``), so
-only ``len(buckets)`` programs are ever compiled.
+padding) and every epoch is planned as lists of example indices; :mod:`crossjax.packing` then lays each
+batch's pairs end to end in a few fixed-shape rows.
 
 This module imports numpy only (never torch or jax), so data preparation and validation are cheap and
 errors surface before any tokenization or compilation. Tokenizers come in as objects.
@@ -11,11 +10,10 @@ errors surface before any tokenization or compilation. Tokenizers come in as obj
 
 from __future__ import annotations
 
-import bisect
 import itertools
 import math
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -28,14 +26,8 @@ __all__ = [
     "validate_examples",
     "TokenizedPairs",
     "tokenize_pairs",
-    "default_buckets",
-    "bucket_for",
     "plan_batches",
-    "Batch",
-    "collate",
     "PaddingStats",
-    "padding_stats",
-    "process_slice",
 ]
 
 
@@ -386,36 +378,7 @@ def tokenize_pairs(
     )
 
 
-# --- buckets and batch planning ----------------------------------------------------------------------
-
-
-def default_buckets(max_length: int) -> tuple[int, ...]:
-    """Static sequence lengths to pad to: 16, 24, 32, 48, 64, 96, ... (each power of two and 1.5x it) below
-    ``max_length``, then ``max_length`` itself.
-
-    With length-grouped batches, this 1.5x spacing computes about 80% real tokens on STS-B, SNLI and TrecQA
-    (powers of two alone: 65-70%) for 7 compilations at ``max_length=128`` (11 at 512). All are multiples
-    of 8, which GPU/TPU matrix units like.
-    """
-    max_length = int(max_length)
-    if max_length < 1:
-        raise ValueError(f"max_length must be >= 1, got {max_length}")
-    buckets = []
-    power = 16
-    while power < max_length:
-        buckets.extend(b for b in (power, power * 3 // 2) if b < max_length)
-        power *= 2
-    buckets.append(max_length)
-    return tuple(buckets)
-
-
-def bucket_for(length: int, buckets: Sequence[int]) -> int:
-    """The smallest bucket that holds ``length`` tokens."""
-    ordered = sorted(buckets)
-    k = bisect.bisect_left(ordered, int(length))
-    if k == len(ordered):
-        raise ValueError(f"length {length} exceeds the largest bucket {ordered[-1] if ordered else None}")
-    return ordered[k]
+# --- batch planning -----------------------------------------------------------------------------------
 
 
 def _chunks(order: np.ndarray, batch_size: int, drop_last: bool) -> list[np.ndarray]:
@@ -474,63 +437,6 @@ def plan_batches(
 
 
 @dataclass
-class Batch:
-    """One fixed-shape batch: ``[B, L]`` int32 token arrays, ``[B]`` labels and ``example_mask``
-    (1.0 for real rows, 0.0 for rows added to reach the static batch size)."""
-
-    input_ids: np.ndarray
-    attention_mask: np.ndarray
-    token_type_ids: np.ndarray
-    labels: np.ndarray
-    example_mask: np.ndarray
-
-
-def collate(
-    tokenized: TokenizedPairs,
-    indices: np.ndarray,
-    labels: np.ndarray | None,
-    batch_size: int,
-    buckets: Sequence[int],
-    pad_token_id: int,
-) -> Batch:
-    """Pad the examples ``indices`` into a static-shape :class:`Batch`.
-
-    Rows are right-padded (like HF ``padding=True``) to the bucket of the longest row, and the batch is
-    padded to ``batch_size`` rows with masked-out examples (``input_ids`` = pad id, a single attended
-    position 0 so no row is fully masked, which would give NaN attention). ``labels`` is the label array
-    of the whole dataset (indexed with ``indices``); ``None`` for prediction gives float32 zeros.
-    """
-    indices = np.asarray(indices, dtype=np.int64)
-    n = len(indices)
-    if n > batch_size:
-        raise ValueError(f"got {n} examples for a batch of {batch_size} rows")
-    lens = tokenized.lengths[indices].astype(np.int64)
-    seq_len = bucket_for(int(lens.max()) if n else 1, buckets)
-
-    input_ids = np.full((batch_size, seq_len), pad_token_id, dtype=np.int32)
-    token_type_ids = np.zeros((batch_size, seq_len), dtype=np.int32)
-    attention_mask = np.zeros((batch_size, seq_len), dtype=np.int32)
-    total = int(lens.sum())
-    rows = np.repeat(np.arange(n), lens)
-    cols = np.arange(total) - np.repeat(np.cumsum(lens) - lens, lens)
-    src = np.repeat(tokenized.offsets[indices], lens) + cols
-    input_ids[rows, cols] = tokenized.flat_input_ids[src]
-    token_type_ids[rows, cols] = tokenized.flat_token_type_ids[src]
-    attention_mask[rows, cols] = 1
-    attention_mask[n:, 0] = 1
-
-    if labels is None:
-        batch_labels = np.zeros(batch_size, dtype=np.float32)
-    else:
-        labels = np.asarray(labels)
-        batch_labels = np.zeros(batch_size, dtype=labels.dtype)
-        batch_labels[:n] = labels[indices]
-    example_mask = np.zeros(batch_size, dtype=np.float32)
-    example_mask[:n] = 1.0
-    return Batch(input_ids, attention_mask, token_type_ids, batch_labels, example_mask)
-
-
-@dataclass
 class PaddingStats:
     """Accumulates how much of the computed tokens were real (to report the cost of padding)."""
 
@@ -539,34 +445,14 @@ class PaddingStats:
     real_rows: int = 0
     rows: int = 0
 
-    def add(self, batch: Batch) -> None:
-        real = batch.example_mask > 0
-        self.real_tokens += int(batch.attention_mask[real].sum())
-        self.computed_tokens += int(batch.input_ids.size)
-        self.real_rows += int(real.sum())
-        self.rows += int(batch.input_ids.shape[0])
+    def add(self, batch) -> None:
+        """Count a :class:`crossjax.packing.PackedBatch`."""
+        self.real_tokens += batch.real_tokens
+        self.computed_tokens += batch.computed_tokens
+        self.real_rows += int((batch.example_mask > 0).sum())
+        self.rows += int(batch.example_mask.size)
 
     @property
     def efficiency(self) -> float:
         """Real tokens / computed tokens (1.0 = no padding at all)."""
         return self.real_tokens / self.computed_tokens if self.computed_tokens else 1.0
-
-
-def padding_stats(batches: Iterable[Batch]) -> PaddingStats:
-    """A :class:`PaddingStats` over ``batches``."""
-    stats = PaddingStats()
-    for batch in batches:
-        stats.add(batch)
-    return stats
-
-
-def process_slice(batch: Batch, process_index: int, process_count: int) -> Batch:
-    """The contiguous rows of the global batch that process ``process_index`` feeds (multi-host)."""
-    rows = batch.input_ids.shape[0]
-    if process_count < 1 or not 0 <= process_index < process_count:
-        raise ValueError(f"invalid process_index {process_index} for process_count {process_count}")
-    if rows % process_count:
-        raise ValueError(f"batch size {rows} is not divisible by the process count {process_count}")
-    per = rows // process_count
-    sl = slice(process_index * per, (process_index + 1) * per)
-    return Batch(**{f.name: getattr(batch, f.name)[sl] for f in fields(batch)})

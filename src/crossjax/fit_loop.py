@@ -24,7 +24,7 @@ import numpy as np
 from flax import nnx
 
 from crossjax import data as data_lib
-from crossjax import losses, training
+from crossjax import losses, packing, training
 from crossjax.models.base import FlaxPreTrainedModel
 from crossjax.models.export import check_local_path
 from crossjax.parallel import MeshPlan
@@ -56,7 +56,7 @@ class FitConfig:
     checkpoint_path: str | None = None
     checkpoint_save_steps: int = 500
     checkpoint_save_total_limit: int | None = 2
-    group_by_length: bool = True
+    group_by_length: bool = False
 
     def validate(self) -> None:
         def positive_int(name: str, value: Any, minimum: int = 1) -> None:
@@ -168,9 +168,9 @@ class FitTarget:
     tokenizer: Any
     plan: MeshPlan
     max_length: int
-    buckets: tuple[int, ...]
     pad_id: int
     save: Callable[[str], Any]
+    max_shapes: int = 2
     evaluate: Callable[[str | None, int, int], Any] | None = None
 
 
@@ -295,6 +295,23 @@ def run_fit(
     # 2. Tokenize once; the bucket list bounds the number of compilations.
     tokenized = data_lib.tokenize_pairs(target.tokenizer, texts_a, texts_b, target.max_length)
 
+    # 2b. Every epoch's batches are known now: plan the packed shapes of the whole run (at most max_shapes).
+    def epoch_batches(epoch: int) -> list[np.ndarray]:
+        return data_lib.plan_batches(
+            tokenized.lengths, step_rows, shuffle, data_seed, epoch, drop_last, cfg.group_by_length
+        )
+
+    groups = plan.data_shards * k  # one group per data shard and micro-batch: packing never crosses them
+    run_batches = [epoch_batches(epoch) for epoch in range(cfg.epochs)]
+    packing_plan = packing.plan_packing(
+        [b for batches in run_batches for b in batches],
+        tokenized.lengths,
+        groups,
+        step_rows // groups,
+        hidden_size=packing.model_width(model.config),
+        max_shapes=target.max_shapes,
+    )
+
     # 3. The train state, placed on the mesh.
     nnx.reseed(model, dropout=cfg.seed, policy="match_shape")  # scanned layers hold one stream per layer
     params = nnx.state(model, nnx.Param)
@@ -325,6 +342,7 @@ def run_fit(
             "num_labels": model.num_labels,
             "model_type": model.config.model_type,
             "steps_per_epoch": steps_per_epoch,
+            "packed_shapes": [list(shape) for shape in packing_plan.shapes],  # the layout sets dropout's masks
             "loss": describe_callable(loss_fn),
             "activation_fct": describe_callable(activation),
             **run_settings(cfg),
@@ -392,13 +410,11 @@ def run_fit(
 
     try:
         for epoch in range(start_step // steps_per_epoch, cfg.epochs):
-            batches = data_lib.plan_batches(
-                tokenized.lengths, step_rows, shuffle, data_seed, epoch, drop_last, cfg.group_by_length
-            )
+            batches = run_batches[epoch]
             first = start_step - epoch * steps_per_epoch if epoch == start_step // steps_per_epoch else 0
             for batch_index in range(first, len(batches)):
                 indices = batches[batch_index]
-                batch = data_lib.collate(tokenized, indices, labels, step_rows, target.buckets, target.pad_id)
+                batch = packing.pack(tokenized, indices, labels, packing_plan, target.pad_id)
                 stats.add(batch)
                 state, step_metrics = step_fn(state, training.batch_to_global(batch, plan), healthy)
                 healthy = step_metrics["finite"]  # stays on the device: a bad step freezes all later ones
@@ -453,7 +469,7 @@ def run_fit(
         "config": {k: v for k, v in asdict(cfg).items() if k != "compute_dtype"},
     }
     logger.info(
-        "fit done: %d steps, %d compilations (buckets %s), padding efficiency %.1f%%, %.1f pairs/s",
+        "fit done: %d steps, %d compilations (packed shapes %s), padding efficiency %.1f%%, %.1f pairs/s",
         global_step,
         counter.count,
         result.summary["compiled_shapes"],

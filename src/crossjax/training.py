@@ -10,7 +10,6 @@ host fetches the metrics and stops the run: the parameters stay those of the las
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,14 +22,14 @@ import optax
 from flax import nnx, struct
 
 from crossjax import losses
-from crossjax.data import Batch
 from crossjax.models.base import FlaxPreTrainedModel
 from crossjax.models.params import hf_name_of
+from crossjax.packing import PackedBatch
 from crossjax.parallel import MeshPlan, global_batch_array, process_rows
 
 logger = logging.getLogger("crossjax")
 
-BATCH_FIELDS = ("input_ids", "attention_mask", "token_type_ids", "labels", "example_mask")
+PACKED_INPUTS = ("input_ids", "token_type_ids", "segment_ids", "position_ids", "pair_row", "pair_start")
 # sentence-transformers' rule, applied to Hugging Face parameter names.
 NO_DECAY = ("bias", "LayerNorm.bias", "LayerNorm.weight")
 
@@ -199,8 +198,9 @@ def make_train_step(
     accumulation_steps: int = 1,
     counter: CompileCounter | None = None,
 ):
-    """The pure step ``(state, batch, healthy) -> (state, metrics)``. With accumulation, the batch's rows
-    {i*k + j} form micro-batch j, so the split stays local to each data shard. ``healthy`` is the previous
+    """The pure step ``(state, batch, healthy) -> (state, metrics)`` on a packed batch (:mod:`crossjax.packing`).
+    With accumulation, the batch's groups {i*k + j} form micro-batch j, so the split stays local to each data
+    shard. ``healthy`` is the previous
     step's ``metrics["finite"]`` (True at the start): once a step was not finite, no later step changes the
     parameters or optimizer state either.
 
@@ -215,13 +215,13 @@ def make_train_step(
 
     def micro_numerator(params, rest, micro):
         model = nnx.merge(graphdef, params, rest, copy=True)
-        logits = model(micro["input_ids"], micro["attention_mask"], micro["token_type_ids"])
-        logits = activation(logits)
+        logits = activation(packed_logits(model, micro))  # (pair slots, num_labels)
+        labels, mask = micro["labels"].reshape(-1), micro["example_mask"].reshape(-1)
         if parts_fn is not None:
-            numerator, denominator = parts_fn(logits, micro["labels"], micro["example_mask"])
+            numerator, denominator = parts_fn(logits, labels, mask)
         else:
-            count = jnp.sum(micro["example_mask"]).astype(jnp.float32)
-            numerator = loss_fn(logits, micro["labels"], micro["example_mask"]) * jnp.maximum(count, 1.0)
+            count = jnp.sum(mask).astype(jnp.float32)
+            numerator = loss_fn(logits, labels, mask) * jnp.maximum(count, 1.0)
             denominator = count
         # The denominator depends on labels and mask only (class weights, row counts), never on parameters.
         denominator = jax.lax.stop_gradient(jnp.asarray(denominator, jnp.float32))
@@ -272,33 +272,30 @@ def make_train_step(
     return train_step
 
 
+def packed_logits(model: FlaxPreTrainedModel, batch: dict) -> jax.Array:
+    """Logits (pair slots, num_labels) of a packed batch (the device fields of a ``PackedBatch``)."""
+    return model.packed_logits(*(batch[name] for name in PACKED_INPUTS))
+
+
 def make_predict_step(graphdef, counter: CompileCounter | None = None):
-    """Logits (float32) of a batch with the model in eval mode."""
+    """Logits (float32, one row per pair slot) of a packed batch with the model in eval mode."""
 
     def predict_step(params, rest, batch: dict) -> jax.Array:
         if counter is not None:
             counter.tick(batch["input_ids"].shape)
-        model = nnx.merge(graphdef, params, rest, copy=True)
-        return model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
+        return packed_logits(nnx.merge(graphdef, params, rest, copy=True), batch)
 
     return predict_step
 
 
-def batch_to_global(batch: Batch, plan: MeshPlan) -> dict:
-    """This process's rows of a global batch -> global arrays sharded over the data axis."""
-    from crossjax.data import process_slice
-
-    global_rows = batch.input_ids.shape[0]
-    index, count = jax.process_index(), jax.process_count()
-    rows = process_rows(plan.batch, global_rows) if count > 1 else None
-    per = global_rows // count
-    if rows is None or np.array_equal(rows, np.arange(index * per, (index + 1) * per)):
-        local = process_slice(batch, index, count)
-    else:  # a mesh whose device order interleaves the processes: feed exactly the rows our devices hold
-        local = Batch(**{f.name: getattr(batch, f.name)[rows] for f in dataclasses.fields(batch)})
+def batch_to_global(batch: PackedBatch, plan: MeshPlan) -> dict:
+    """This process's groups of a global packed batch -> global arrays sharded over the data axis."""
+    groups = batch.input_ids.shape[0]
+    if jax.process_count() > 1:
+        # The groups this process's devices hold (contiguous or, on an interleaved mesh, not).
+        batch = batch.take_groups(process_rows(plan.batch, groups))
     return {
-        name: global_batch_array(np.asarray(getattr(local, name)), plan.batch, global_rows)
-        for name in BATCH_FIELDS
+        name: global_batch_array(np.asarray(value), plan.batch, groups) for name, value in batch.device_fields().items()
     }
 
 

@@ -63,18 +63,21 @@ class FlaxPreTrainedModel(nnx.Module):
         return int(self.config.num_labels)
 
     # Forward pass: embed -> encoder -> classify. Families override ``embed`` or ``classify`` where they differ.
-    def embed(self, input_ids: jax.Array, token_type_ids: jax.Array | None) -> jax.Array:
-        return self.embeddings(input_ids, token_type_ids if self.uses_token_types else None)
+    def embed(self, input_ids: jax.Array, token_type_ids: jax.Array | None, position_ids=None) -> jax.Array:
+        return self.embeddings(input_ids, token_type_ids if self.uses_token_types else None, position_ids)
 
     def classify(self, hidden: jax.Array) -> jax.Array:
+        """Logits from hidden states (B, L, H); the heads read position 0 (each pair's first token)."""
         return self.classifier(hidden)
 
-    def encode(self, input_ids, attention_mask=None, token_type_ids=None) -> jax.Array:
-        """The encoder's last hidden states (B, L, H): what transformers' base model returns first."""
+    def encode(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None) -> jax.Array:
+        """The encoder's last hidden states (B, L, H): what transformers' base model returns first.
+
+        ``attention_mask`` is (B, L) (padding) or (B, L, L) (pairwise, for packed rows)."""
         if attention_mask is None:
             attention_mask = jnp.ones_like(input_ids)
         with self.matmul_precision():
-            return self.encoder(self.embed(input_ids, token_type_ids), attention_mask)
+            return self.encoder(self.embed(input_ids, token_type_ids, position_ids), attention_mask)
 
     def __call__(
         self, input_ids: jax.Array, attention_mask: jax.Array | None = None, token_type_ids: jax.Array | None = None
@@ -82,6 +85,33 @@ class FlaxPreTrainedModel(nnx.Module):
         """Logits (B, num_labels) in float32 from integer token arrays (B, L)."""
         with self.matmul_precision():
             return self.classify(self.encode(input_ids, attention_mask, token_type_ids)).astype(jnp.float32)
+
+    def packed_logits(
+        self,
+        input_ids: jax.Array,
+        token_type_ids: jax.Array,
+        segment_ids: jax.Array,
+        position_ids: jax.Array,
+        pair_row: jax.Array,
+        pair_start: jax.Array,
+    ) -> jax.Array:
+        """Logits (G * P, num_labels) in float32 of packed pairs (see :mod:`crossjax.packing`).
+
+        Token arrays are (G, R, T): G groups of R rows, each row several pairs end to end; ``segment_ids``
+        number the pairs of a row (0 = padding), so attention stays inside a pair. Pair slot p of group g
+        reads its first token at row ``pair_row[g, p]``, column ``pair_start[g, p]``. Each group gathers only
+        from its own rows, so with the groups sharded over devices nothing crosses devices.
+        """
+        groups, rows, length = input_ids.shape
+        flat = lambda x: x.reshape(groups * rows, length)  # noqa: E731
+        segments = flat(segment_ids)
+        mask = (segments[:, :, None] == segments[:, None, :]) & (segments[:, None, :] > 0)
+        with self.matmul_precision():
+            hidden = self.encode(flat(input_ids), mask, flat(token_type_ids), flat(position_ids))
+            hidden = hidden.reshape(groups, rows, length, hidden.shape[-1])
+            first = jax.vmap(lambda h, r, s: h[r, s])(hidden, pair_row, pair_start)  # (G, P, H)
+            logits = self.classify(first.reshape(-1, 1, first.shape[-1]))
+        return logits.astype(jnp.float32)
 
     def matmul_precision(self):
         """float32 compute means float32 matmuls: TPUs (bfloat16 passes) and GPUs (TF32) otherwise round the

@@ -58,6 +58,6 @@ class ElectraForSequenceClassification(FlaxPreTrainedModel):
             *linear("classifier.out_proj", "classifier.out_proj"),
         ]
 
-    def embed(self, input_ids: jax.Array, token_type_ids: jax.Array | None) -> jax.Array:
-        x = self.embeddings(input_ids, token_type_ids)
+    def embed(self, input_ids: jax.Array, token_type_ids: jax.Array | None, position_ids=None) -> jax.Array:
+        x = self.embeddings(input_ids, token_type_ids, position_ids)
         return x if self.embeddings_project is None else self.embeddings_project(x)

@@ -107,8 +107,12 @@ class Embeddings(nnx.Module):
         self.pad_token_id = pad_token_id
         self.positions_from_padding = positions_from_padding
 
-    def __call__(self, input_ids: Array, token_type_ids: Array | None) -> Array:
-        if self.positions_from_padding:
+    def __call__(self, input_ids: Array, token_type_ids: Array | None, position_ids: Array | None = None) -> Array:
+        """``position_ids`` (a token's position inside its own pair, for packed rows) replaces the default
+        0, 1, ... positions; RoBERTa-style embeddings add their ``pad_token_id + 1`` offset to it."""
+        if position_ids is not None:
+            positions = position_ids + (self.pad_token_id + 1 if self.positions_from_padding else 0)
+        elif self.positions_from_padding:
             positions = position_ids_from_padding(input_ids, self.pad_token_id)
         else:
             positions = jnp.broadcast_to(jnp.arange(input_ids.shape[1]), input_ids.shape)
@@ -123,6 +127,8 @@ class Embeddings(nnx.Module):
 def scaled_dot_product_attention(q: Array, k: Array, v: Array, mask: Array, dropout: nnx.Dropout) -> Array:
     """softmax(QK^T / sqrt(d) + mask) V over (B, L, heads, d) arrays, as transformers' eager attention.
 
+    ``mask`` is (B, S) (key padding) or (B, T, S) (a pairwise mask, e.g. block-diagonal for packed rows).
+
     The scores are accumulated and soft-maxed in float32 whatever the compute dtype (bfloat16 compute rounds
     only the probabilities fed to the second matmul, like PyTorch autocast); masked keys get float32's
     minimum, so a fully masked row gives uniform weights instead of NaN. One XLA path for training and
@@ -131,7 +137,8 @@ def scaled_dot_product_attention(q: Array, k: Array, v: Array, mask: Array, drop
     scores = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) / jnp.sqrt(
         jnp.float32(q.shape[-1])
     )
-    keep = mask[:, None, None, :].astype(bool)  # (B, 1, 1, S): keys that may be attended
+    # (B, S): keys each row may attend; (B, T, S): per query (packed rows: only its own pair's tokens).
+    keep = (mask[:, None, None, :] if mask.ndim == 2 else mask[:, None, :, :]).astype(bool)
     scores = jnp.where(keep, scores, jnp.finfo(jnp.float32).min)
     probs = dropout(jax.nn.softmax(scores, axis=-1)).astype(v.dtype)
     return jnp.einsum("bhqk,bkhd->bqhd", probs, v)

@@ -49,10 +49,10 @@ class RobertaForSequenceClassification(FlaxPreTrainedModel):
             *linear("classifier.out_proj", "classifier.out_proj"),
         ]
 
-    def embed(self, input_ids: jax.Array, token_type_ids: jax.Array | None) -> jax.Array:
+    def embed(self, input_ids: jax.Array, token_type_ids: jax.Array | None, position_ids=None) -> jax.Array:
         if self.config.type_vocab_size <= 1:
             token_type_ids = None  # a single type: transformers' tokenizers send none, embed all as type 0
-        return self.embeddings(input_ids, token_type_ids)
+        return self.embeddings(input_ids, token_type_ids, position_ids)
 
 
 class XLMRobertaForSequenceClassification(RobertaForSequenceClassification):

@@ -1,0 +1,163 @@
+"""Sequence packing: the packer's plans and batches, and packed logits against PyTorch on each pair alone."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+from test_models_parity import FAMILIES, torch_logits
+from transformers import AutoModelForSequenceClassification
+
+from crossjax import data, packing
+from crossjax.models import FlaxAutoModelForSequenceClassification
+
+
+def tokenized_pairs(lengths, vocab: int = 101, seed: int = 0) -> data.TokenizedPairs:
+    """Random token ids of the given lengths, token type 0 for the first half of each pair and 1 after."""
+    rng = np.random.default_rng(seed)
+    lengths = np.asarray(lengths, dtype=np.int32)
+    ids = [rng.integers(3, vocab, n).astype(np.int32) for n in lengths]
+    types = [(np.arange(n) >= n // 2).astype(np.int32) for n in lengths]
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    return data.TokenizedPairs(np.concatenate(ids), np.concatenate(types), offsets, lengths, int(lengths.max()))
+
+
+# --------------------------------------------------------------------------------------------- the packer
+def test_choose_row_counts_is_optimal_against_brute_force():
+    rng = np.random.default_rng(1)
+    for _ in range(30):
+        needs = rng.integers(8, 30, size=rng.integers(1, 25))
+        for k in (1, 2, 3):
+            chosen = packing.choose_row_counts(needs, k)
+            values = sorted(set(needs.tolist()))
+
+            def total(choice, needs=needs):
+                return sum(min(c for c in choice if c >= n) for n in needs)
+
+            best = min(
+                total(choice + (max(values),))
+                for m in range(0, min(k, len(values)))
+                for choice in itertools.combinations(values[:-1], m)
+            )
+            assert len(chosen) <= k and max(chosen) == max(values)
+            assert total(chosen) == best
+
+
+@pytest.mark.parametrize("groups", [1, 2, 4])
+def test_every_pair_is_packed_once_as_one_contiguous_segment(groups):
+    rng = np.random.default_rng(2)
+    lengths = rng.integers(3, 40, size=120)
+    tokenized = tokenized_pairs(lengths)
+    labels = rng.random(120).astype(np.float32)
+    steps = data.plan_batches(lengths, 24, True, 0, 0, False, group_by_length=False)
+    plan = packing.plan_packing(steps, lengths, groups, 24 // groups, hidden_size=32, max_shapes=2)
+    assert len(plan.row_lengths) <= 2
+    seen_shapes = set()
+    for step in steps:
+        batch = packing.pack(tokenized, step, labels, plan, pad_token_id=0)
+        seen_shapes.add(batch.input_ids.shape)
+        assert sorted(batch.indices[batch.indices >= 0].tolist()) == sorted(step.tolist())
+        for g, p in zip(*np.nonzero(batch.indices >= 0), strict=True):
+            example = batch.indices[g, p]
+            n, row, start = lengths[example], batch.pair_row[g, p], batch.pair_start[g, p]
+            span = slice(start, start + n)
+            np.testing.assert_array_equal(batch.input_ids[g, row, span], tokenized.input_ids[example])
+            np.testing.assert_array_equal(batch.token_type_ids[g, row, span], tokenized.token_type_ids[example])
+            np.testing.assert_array_equal(batch.position_ids[g, row, span], np.arange(n))
+            segment = batch.segment_ids[g, row, start]
+            assert segment > 0 and (batch.segment_ids[g, row] == segment).sum() == n
+            assert batch.labels[g, p] == labels[example] and batch.example_mask[g, p] == 1.0
+        assert (batch.example_mask == (batch.indices >= 0)).all()
+    assert seen_shapes <= set(plan.shapes)
+
+
+def test_packing_computes_far_fewer_tokens_than_padding_random_batches():
+    rng = np.random.default_rng(3)
+    lengths = np.clip(rng.lognormal(3.2, 0.45, size=2000).astype(int), 5, 128)  # STS-B-like lengths
+    tokenized = tokenized_pairs(lengths)
+    steps = data.plan_batches(lengths, 64, True, 0, 0, False, group_by_length=False)
+    plan = packing.plan_packing(steps, lengths, 1, 64, hidden_size=384, max_shapes=2)
+    packed = [packing.pack(tokenized, s, None, plan, 0) for s in steps]
+    efficiency = sum(b.real_tokens for b in packed) / sum(b.computed_tokens for b in packed)
+    padded = sum(lengths[s].sum() for s in steps) / sum(len(s) * lengths[s].max() for s in steps)
+    assert efficiency > 0.85 and efficiency > padded + 0.2
+
+
+# ----------------------------------------------------------------------------------- packed model vs torch
+@pytest.fixture(scope="module", params=sorted(FAMILIES))
+def family_dir(request, tmp_path_factory):
+    torch.manual_seed(0)
+    config = FAMILIES[request.param](3)
+    pt = AutoModelForSequenceClassification.from_config(config).eval()
+    directory = tmp_path_factory.mktemp(request.param)
+    pt.save_pretrained(directory)
+    return pt, directory
+
+
+@pytest.mark.parametrize("scan_layers", [True, False], ids=["scanned", "unrolled"])
+def test_packed_logits_equal_pytorch_on_each_pair_alone(family_dir, scan_layers):
+    pt, directory = family_dir
+    model = FlaxAutoModelForSequenceClassification.from_pretrained(directory, scan_layers=scan_layers)
+    model.eval()
+    rng = np.random.default_rng(4)
+    lengths = rng.integers(3, 30, size=22)
+    tokenized = tokenized_pairs(lengths, vocab=pt.config.vocab_size, seed=5)
+    if pt.config.model_type in ("roberta", "xlm-roberta", "distilbert"):
+        tokenized.flat_token_type_ids[:] = 0  # single-type families
+    indices = np.arange(22)
+    plan = packing.plan_packing([indices], lengths, 2, 12, hidden_size=32, max_shapes=1, rows=3)
+    batch = packing.pack(tokenized, indices, None, plan, pad_token_id=pt.config.pad_token_id)
+    assert (batch.segment_ids.max(axis=-1) >= 2).any()  # some rows really hold several pairs
+    logits = np.asarray(
+        model.packed_logits(
+            batch.input_ids,
+            batch.token_type_ids,
+            batch.segment_ids,
+            batch.position_ids,
+            batch.pair_row,
+            batch.pair_start,
+        )
+    )
+    assert logits.shape == (2 * 12, 3)
+    slots = batch.indices.reshape(-1)
+    for slot, example in enumerate(slots):
+        if example < 0:
+            continue
+        ids = tokenized.input_ids[example][None].astype(np.int64)
+        types = tokenized.token_type_ids[example][None].astype(np.int64)
+        reference = torch_logits(pt, ids, np.ones_like(ids), types)[0]
+        np.testing.assert_allclose(logits[slot], reference, atol=1e-5, rtol=0)
+
+
+# ------------------------------------------------------------------------------------------- real data
+def test_stsb_packs_hf_token_ids_with_high_efficiency_in_two_shapes(minilm_dir):
+    """Plain random batches of real STS-B pairs: every packed segment is exactly what the Hugging Face
+    tokenizer gives for that pair alone, and packing computes >= 85% real tokens in at most two shapes
+    (padding each random batch to its longest pair computes about 50%)."""
+    import csv
+
+    from conftest import shared_data
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(minilm_dir)
+    with open(shared_data("stsb", "stsb-en-train.csv"), newline="", encoding="utf-8") as f:
+        rows = [(r[0], r[1]) for r in csv.reader(f)][:2048]
+    tokenized = data.tokenize_pairs(tokenizer, [a for a, _ in rows], [b for _, b in rows], 128)
+    steps = data.plan_batches(tokenized.lengths, 64, True, 0, 0, False, group_by_length=False)
+    plan = packing.plan_packing(steps, tokenized.lengths, 1, 64, hidden_size=384, max_shapes=2)
+    batches = [packing.pack(tokenized, s, None, plan, tokenizer.pad_token_id) for s in steps]
+    assert len({b.input_ids.shape for b in batches}) <= 2
+    efficiency = sum(b.real_tokens for b in batches) / sum(b.computed_tokens for b in batches)
+    padded = sum(tokenized.lengths[s].sum() for s in steps) / sum(len(s) * tokenized.lengths[s].max() for s in steps)
+    print(f"STS-B batch 64: packed {efficiency:.3f} real tokens ({plan.shapes}), padded per batch {padded:.3f}")
+    assert efficiency >= 0.85 and padded < 0.6
+    for batch in batches[:3]:
+        for g, p in zip(*np.nonzero(batch.indices >= 0), strict=True):
+            a, b = rows[batch.indices[g, p]]
+            expected = tokenizer(a, b, truncation="longest_first", max_length=128)
+            row, start, n = batch.pair_row[g, p], batch.pair_start[g, p], len(expected["input_ids"])
+            assert batch.input_ids[g, row, start : start + n].tolist() == expected["input_ids"]
+            assert batch.token_type_ids[g, row, start : start + n].tolist() == expected["token_type_ids"]

@@ -29,9 +29,9 @@ def measure(model_name: str, dtype_name: str, scan: bool, batch: int, seq: int, 
     import numpy as np
     from flax import nnx
 
-    from crossjax import losses, training
+    from crossjax import losses, packing, training
     from crossjax.models.auto import FlaxAutoModelForSequenceClassification
-    from crossjax.parallel import make_mesh, put_global
+    from crossjax.parallel import make_mesh
     from crossjax.schedules import make_schedule
 
     config = bert_config(model_name, seq)
@@ -51,14 +51,13 @@ def measure(model_name: str, dtype_name: str, scan: bool, batch: int, seq: int, 
         donate_argnums=(0,),
     )
     rng = np.random.default_rng(0)
-    batch_np = {
-        "input_ids": rng.integers(1000, config.vocab_size, size=(batch, seq), dtype=np.int32),
-        "attention_mask": np.ones((batch, seq), np.int32),
-        "token_type_ids": np.zeros((batch, seq), np.int32),
-        "labels": rng.random(batch, dtype=np.float32),
-        "example_mask": np.ones(batch, np.float32),
-    }
-    device_batch = {k: put_global(v, plan.batch) for k, v in batch_np.items()}
+    batch_np = packing.one_pair_per_row(
+        rng.integers(1000, config.vocab_size, size=(batch, seq), dtype=np.int32),
+        np.zeros((batch, seq), np.int32),
+        rng.random(batch, dtype=np.float32),
+        groups=plan.data_shards,
+    )
+    device_batch = training.batch_to_global(batch_np, plan)
     healthy = jax.jit(lambda: jnp.array(True), out_shardings=plan.replicated)()
     start = time.perf_counter()
     lowered = step.lower(state, device_batch, healthy)

@@ -169,9 +169,9 @@ def crossjax_step(model_name: str, dtype_name: str, batch: int, seq: int, args) 
     import numpy as np
     from flax import nnx
 
-    from crossjax import losses, training
+    from crossjax import losses, packing, training
     from crossjax.models.auto import FlaxAutoModelForSequenceClassification
-    from crossjax.parallel import make_mesh, put_global
+    from crossjax.parallel import make_mesh
     from crossjax.schedules import make_schedule
 
     config = bert_config(model_name, seq)
@@ -198,16 +198,13 @@ def crossjax_step(model_name: str, dtype_name: str, batch: int, seq: int, args) 
     del model, params
 
     rng = np.random.default_rng(args.seed)
-    batch_np = {
-        "input_ids": rng.integers(1000, config.vocab_size, size=(batch, seq), dtype=np.int32),
-        "attention_mask": np.ones((batch, seq), np.int32),
-        "token_type_ids": np.concatenate(
-            [np.zeros((batch, seq // 2), np.int32), np.ones((batch, seq - seq // 2), np.int32)], axis=1
-        ),
-        "labels": rng.random(batch, dtype=np.float32),
-        "example_mask": np.ones(batch, np.float32),
-    }
-    device_batch = {k: put_global(v, plan.batch) for k, v in batch_np.items()}
+    batch_np = packing.one_pair_per_row(  # every pair fills its row: no padding, as in the FLOP count
+        rng.integers(1000, config.vocab_size, size=(batch, seq), dtype=np.int32),
+        np.concatenate([np.zeros((batch, seq // 2), np.int32), np.ones((batch, seq - seq // 2), np.int32)], axis=1),
+        rng.random(batch, dtype=np.float32),
+        groups=plan.data_shards,
+    )
+    device_batch = training.batch_to_global(batch_np, plan)
 
     start = time.perf_counter()
     state, metrics = step_fn(state, device_batch, healthy)

@@ -37,6 +37,7 @@ __all__ = [
     "plan_packing",
     "deal_into_groups",
     "pack",
+    "one_pair_per_row",
 ]
 
 
@@ -214,6 +215,30 @@ def plan_packing(
         rows = min(candidates, key=run_cost)
     needs = [max(row_length_needed(lengths[g], rows) for g in step) for step in group_lists]
     return PackingPlan(int(rows), choose_row_counts(needs, max_shapes), int(groups), int(pairs))
+
+
+def one_pair_per_row(
+    input_ids: np.ndarray, token_type_ids: np.ndarray, labels: np.ndarray, groups: int = 1
+) -> PackedBatch:
+    """``B`` pairs that each fill a row of ``T`` tokens (no padding), dealt into ``groups`` groups of B / groups
+    rows: the layout of benchmarks that time a fixed sequence length."""
+    input_ids = np.asarray(input_ids, dtype=np.int32)
+    total, length = input_ids.shape
+    if total % groups:
+        raise ValueError(f"{total} pairs do not split into {groups} groups")
+    rows = total // groups
+    shape = (groups, rows, length)
+    return PackedBatch(
+        input_ids=input_ids.reshape(shape),
+        token_type_ids=np.asarray(token_type_ids, dtype=np.int32).reshape(shape),
+        segment_ids=np.ones(shape, dtype=np.int32),
+        position_ids=np.broadcast_to(np.arange(length, dtype=np.int32), shape).copy(),
+        pair_row=np.broadcast_to(np.arange(rows, dtype=np.int32), (groups, rows)).copy(),
+        pair_start=np.zeros((groups, rows), dtype=np.int32),
+        labels=np.asarray(labels).reshape(groups, rows),
+        example_mask=np.ones((groups, rows), dtype=np.float32),
+        indices=np.arange(total, dtype=np.int64).reshape(groups, rows),
+    )
 
 
 def pack(

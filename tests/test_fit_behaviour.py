@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from crossjax import CrossEncoder, DataLoader, InputExample, losses
+from crossjax import CrossEncoder, DataLoader, InputExample, losses, training
 from crossjax.evaluation import CECorrelationEvaluator
 
 NO_DROPOUT = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
@@ -277,6 +277,9 @@ def test_compilations_bounded_by_buckets(tiny_dir):
     ]
     pairs = [tuple(e.texts) for e in examples]
     batches = [np.arange(i, i + 8) for i in range(0, 32, 8)]
+    # Jitted steps are shared by the whole process (same model, loss, optimizer structure): start cold, so the
+    # counts below are this test's own. (A second fit compiling nothing: tests/test_compile_cache.py.)
+    training.clear_program_cache()
 
     one = CrossEncoder(tiny_dir, max_length=64, buckets=(16, 32, 64))
     assert one.buckets == (16, 32, 64)
@@ -290,6 +293,7 @@ def test_compilations_bounded_by_buckets(tiny_dir):
     assert one.compilations["train"] == len(expected)
 
     two = CrossEncoder(tiny_dir, max_length=64, buckets=(16, 32, 64))
+    training.clear_program_cache()  # else `two` reuses `one`'s train step and traces nothing at all
     summary2 = two.fit(DataLoader(examples, batch_size=8), epochs=2, **TRAIN)
     assert summary2["global_step"] == 8
     assert summary2["compilations"] == summary["compilations"]  # the second epoch compiled nothing

@@ -203,7 +203,7 @@ class CrossEncoder:
             self.activation_fn = losses.activation_from_export_name(saved)
         else:
             self.activation_fn = losses.sigmoid if self.num_labels == 1 else losses.identity
-        self._predict_fns: dict = {}
+        self._predict_graphdefs: dict = {}  # compute dtype name -> eval-mode graph of the model
         self.compilations = {"train": 0, "predict": 0}
         self.training_history: list[dict[str, float]] = []
         self.best_score: float | None = None
@@ -250,15 +250,14 @@ class CrossEncoder:
         return self.max_length
 
     # ------------------------------------------------------------------------------------------ predict
-    def _predict_fn(self, dtype):
+    def _predict_program(self, dtype) -> training.StepProgram:
+        """The jitted predict step, shared by every CrossEncoder of the process with the same model class,
+        config, compute dtype and mesh (see :func:`crossjax.training.predict_program`)."""
         key = jnp.dtype(dtype).name
-        if key not in self._predict_fns:
-            graphdef = training.graphdef_with_dtype(self.model, dtype, train=False)
-            counter = training.CompileCounter()
-            step = training.make_predict_step(graphdef, counter)
-            fn = jax.jit(step, out_shardings=self.mesh_plan.replicated)
-            self._predict_fns[key] = (fn, counter)
-        return self._predict_fns[key]
+        if key not in self._predict_graphdefs:
+            self._predict_graphdefs[key] = training.graphdef_with_dtype(self.model, dtype, train=False)
+        program, _ = training.predict_program(self._predict_graphdefs[key], self.mesh_plan)
+        return program
 
     def _logits(self, pairs: list, batch_size: int, show_progress_bar: bool | None, dtype=None) -> np.ndarray:
         """Logits in input order; pairs are sorted by length so each batch pads to a small bucket."""
@@ -278,17 +277,19 @@ class CrossEncoder:
         rows = int(batch_size)
         rows = -(-rows // shards) * shards  # round up so the batch splits evenly over the data shards
         order = np.argsort(-tokenized.lengths, kind="stable")
-        fn, counter = self._predict_fn(dtype or self.compute_dtype)
+        program = self._predict_program(dtype or self.compute_dtype)
+        traced_before = program.counter.count
         params, rest = nnx.state(self.model, nnx.Param), nnx.state(self.model, nnx.Not(nnx.Param))
         out = np.zeros((len(pairs), self.num_labels), dtype=np.float32)
         chunks = [order[i : i + rows] for i in range(0, len(order), rows)]
         pending = []
         for indices in progress_bar(chunks, enabled=show_progress_bar and len(chunks) > 1, desc="Batches"):
             batch = data_lib.collate(tokenized, indices, None, rows, self.buckets, self._pad_id)
-            pending.append((indices, fn(params, rest, training.batch_to_global(batch, self.mesh_plan))))
+            pending.append((indices, program.fn(params, rest, training.batch_to_global(batch, self.mesh_plan))))
         for indices, logits in pending:
             out[indices] = np.asarray(logits)[: len(indices)]
-        self.compilations["predict"] = sum(c.count for _, c in self._predict_fns.values())
+        # The programs this model's predict calls traced (one that another CrossEncoder traced is not counted).
+        self.compilations["predict"] += program.counter.count - traced_before
         return out
 
     @property

@@ -49,6 +49,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -344,6 +345,7 @@ def main() -> None:
         args.batch_sizes, args.steps, args.warmup = "2", 2, 1
     if args.warmup < 1 or args.steps < 1:
         parser.error("--warmup and --steps must be >= 1")
+    os.environ["CROSSJAX_COMPILATION_CACHE"] = "0"  # "first step s" is a compilation, not a cache load
 
     import jax
 

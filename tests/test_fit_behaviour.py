@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from crossjax import CrossEncoder, DataLoader, InputExample, losses
+from crossjax import CrossEncoder, DataLoader, InputExample, losses, training
 from crossjax.evaluation import CECorrelationEvaluator
 
 NO_DROPOUT = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
@@ -34,9 +34,10 @@ WORDS = (
 # --------------------------------------------------------------------------------------------- fixtures
 @pytest.fixture(scope="module", autouse=True)
 def compilation_cache(tmp_path_factory):
-    """XLA's persistent cache for this module: every fit jits a fresh step, and fits with the same shapes and
-    settings lower to the same program, so they load it instead of compiling again (~1 s instead of ~5 s on
-    two cores). crossjax's compile counters count traces, so they are unaffected."""
+    """XLA's persistent cache for this module, caching every program (min compile time 0): a fit whose step
+    the process does not hold yet (another loss, dropout setting or mesh, or after clear_program_cache) but
+    that lowers to a program seen before loads it instead of compiling again (~1 s instead of ~5 s on two
+    cores). crossjax's compile counters count traces, so they are unaffected."""
     from jax.experimental.compilation_cache import compilation_cache as cc
 
     options = (
@@ -266,6 +267,9 @@ def test_compilations_bounded_by_max_shapes(tiny_dir):
     ]
     pairs = [tuple(e.texts) for e in examples]
     for max_shapes in (1, 2):
+        # Jitted steps are shared by the whole process: start cold, so the counts below are this test's own
+        # (a second fit compiling nothing: tests/test_compile_cache.py).
+        training.clear_program_cache()
         ce = CrossEncoder(tiny_dir, max_length=64, max_shapes=max_shapes)
         summary = ce.fit(DataLoader(examples, batch_size=8, shuffle=True), epochs=2, **TRAIN)
         assert summary["global_step"] == 24

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from crossjax.schedules import SCHEDULER_NAMES, make_schedule
+from crossjax.schedules import SCHEDULER_NAMES, make_schedule, schedule_fn
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -55,6 +55,31 @@ def test_matches_torch(name: str, warmup: int, total: int) -> None:
     few = min(n, 16)
     got_scalar = np.asarray([float(schedule(k)) for k in range(few)], dtype=np.float64)
     np.testing.assert_allclose(got_scalar, expected[:few], rtol=1e-6, atol=LR * 1e-12)
+
+
+@pytest.mark.parametrize("name", SCHEDULER_NAMES)
+def test_traced_numbers_match_torch_with_one_trace(name: str) -> None:
+    """The form the train step uses: learning rate, warm-up and total steps are traced arguments, so one
+    compiled function serves every run; its values are make_schedule's, bit for bit, as evaluated eagerly
+    (what fit's history reports). Jitting make_schedule itself can differ by an ulp: XLA folds its constants
+    (pi * 0.5 / total into one factor, say)."""
+    traces = []
+
+    def lrs(steps, lr, warmup, total):
+        traces.append(1)
+        return schedule_fn(name)(steps, lr, warmup, total)
+
+    jitted = jax.jit(lrs)
+    for warmup, total in COMBOS:
+        n = total + 3
+        steps = jnp.arange(16, dtype=jnp.int32)
+        steps = steps.at[:].set(jnp.minimum(steps, n - 1))  # one shape for every combination
+        got = np.asarray(jitted(steps, np.float32(LR), np.int32(warmup), np.int32(total)), dtype=np.float64)
+        expected = _torch_lrs(name, warmup, total, n)[np.asarray(steps)]
+        np.testing.assert_allclose(got, expected, rtol=1e-6, atol=LR * 1e-12, err_msg=f"{warmup}, {total}")
+        eager = np.asarray(make_schedule(name, LR, warmup, total)(steps), dtype=np.float64)
+        np.testing.assert_array_equal(got, eager)
+    assert len(traces) == 1
 
 
 def test_large_step_counts_match_torch() -> None:

@@ -206,7 +206,7 @@ class CrossEncoder:
             self.activation_fn = losses.activation_from_export_name(saved)
         else:
             self.activation_fn = losses.sigmoid if self.num_labels == 1 else losses.identity
-        self._predict_fns: dict = {}
+        self._predict_graphdefs: dict = {}  # compute dtype name -> eval-mode graph of the model
         self.compilations = {"train": 0, "predict": 0}
         self.training_history: list[dict[str, float]] = []
         self.best_score: float | None = None
@@ -253,15 +253,14 @@ class CrossEncoder:
         return self.max_length
 
     # ------------------------------------------------------------------------------------------ predict
-    def _predict_fn(self, dtype):
+    def _predict_program(self, dtype) -> training.StepProgram:
+        """The jitted predict step, shared by every CrossEncoder of the process with the same model class,
+        config, compute dtype and mesh (see :func:`crossjax.training.predict_program`)."""
         key = jnp.dtype(dtype).name
-        if key not in self._predict_fns:
-            graphdef = training.graphdef_with_dtype(self.model, dtype, train=False)
-            counter = training.CompileCounter()
-            step = training.make_predict_step(graphdef, counter)
-            fn = jax.jit(step, out_shardings=self.mesh_plan.replicated)
-            self._predict_fns[key] = (fn, counter)
-        return self._predict_fns[key]
+        if key not in self._predict_graphdefs:
+            self._predict_graphdefs[key] = training.graphdef_with_dtype(self.model, dtype, train=False)
+        program, _ = training.predict_program(self._predict_graphdefs[key], self.mesh_plan)
+        return program
 
     def _logits(self, pairs: list, batch_size: int, show_progress_bar: bool | None, dtype=None) -> np.ndarray:
         """Logits in input order, computed on packed batches (at most ``max_shapes`` compiled shapes a call)."""
@@ -293,18 +292,20 @@ class CrossEncoder:
             hidden_size=packing.model_width(self.config),
             max_shapes=self.max_shapes,
         )
-        fn, counter = self._predict_fn(dtype or self.compute_dtype)
+        program = self._predict_program(dtype or self.compute_dtype)
+        traced_before = program.counter.count
         params, rest = nnx.state(self.model, nnx.Param), nnx.state(self.model, nnx.Not(nnx.Param))
         out = np.zeros((len(pairs), self.num_labels), dtype=np.float32)
         pending = []
         for indices in progress_bar(chunks, enabled=show_progress_bar and len(chunks) > 1, desc="Batches"):
             batch = packing.pack(tokenized, indices, None, plan, self._pad_id)
-            logits = fn(params, rest, training.batch_to_global(batch, self.mesh_plan))
+            logits = program.fn(params, rest, training.batch_to_global(batch, self.mesh_plan))
             pending.append((batch.indices.reshape(-1), logits))
         for slots, logits in pending:
             real = slots >= 0
             out[slots[real]] = np.asarray(logits)[real]
-        self.compilations["predict"] = sum(c.count for _, c in self._predict_fns.values())
+        # The programs this model's predict calls traced (one that another CrossEncoder traced is not counted).
+        self.compilations["predict"] += program.counter.count - traced_before
         return out
 
     @property

@@ -27,7 +27,7 @@ from crossjax import data as data_lib
 from crossjax import losses, packing, training
 from crossjax.models.base import FlaxPreTrainedModel
 from crossjax.models.export import check_local_path
-from crossjax.parallel import MeshPlan
+from crossjax.parallel import MeshPlan, put_global
 from crossjax.runtime import progress_bar
 from crossjax.schedules import make_schedule
 
@@ -271,7 +271,27 @@ def run_fit(
 
     Whatever stops the run (the end, Ctrl-C, an exception in an evaluator or callback, an out-of-memory or
     checkpoint error), the model holds the parameters of the last completed step afterwards.
+
+    The summary's ``compilations`` counts the train-step programs traced in this run: 0 when an earlier fit of
+    the process already compiled the same model, loss, optimizer structure and batch shapes (the numbers of
+    the run do not count, see :func:`crossjax.training.train_program`). ``compile_seconds`` is the time JAX
+    spent tracing and compiling during the run and ``cache_hits`` the programs it loaded from the persistent
+    compilation cache (:func:`crossjax.runtime.enable_compilation_cache`).
     """
+    with training.CompileMonitor() as monitor:
+        return _run_fit(target, train_dataloader, loss_fct, activation_fct, callback, cfg, result, monitor)
+
+
+def _run_fit(
+    target: FitTarget,
+    train_dataloader: Any,
+    loss_fct: Any,
+    activation_fct: Any,
+    callback: Callable | None,
+    cfg: FitConfig,
+    result: FitResult | None,
+    monitor: training.CompileMonitor,
+) -> FitResult:
     result = FitResult() if result is None else result
     model = target.model
     # 1. Everything that can be wrong with the input is checked before any tokenization or compilation.
@@ -315,16 +335,20 @@ def run_fit(
     # 3. The train state, placed on the mesh.
     nnx.reseed(model, dropout=cfg.seed, policy="match_shape")  # scanned layers hold one stream per layer
     params = nnx.state(model, nnx.Param)
-    tx = training.make_optimizer(
-        schedule,
+    # Only structure is static in the compiled step (spec, mask, loss, activation, k, graph, shardings); the
+    # numbers are traced arguments, so a later fit with other numbers reuses the program.
+    spec = training.OptimizerSpec.create(cfg.scheduler, cfg.max_grad_norm, cfg.amsgrad)
+    numbers = training.optimizer_hparams(
+        cfg.learning_rate,
+        cfg.warmup_steps,
+        total_steps,
         cfg.weight_decay,
-        training.decay_mask(model, params),
-        cfg.max_grad_norm,
+        tuple(cfg.adam_betas),
         cfg.adam_eps,
-        adam_betas=tuple(cfg.adam_betas),
-        amsgrad=cfg.amsgrad,
+        cfg.max_grad_norm,
     )
-    state, state_shardings = training.init_train_state(model, tx, plan)
+    mask = training.decay_mask(model, params)
+    state, state_shardings = training.init_train_state(model, training.optimizer_for(spec, mask, numbers), plan)
 
     checkpointer = None
     start_step = 0
@@ -357,15 +381,13 @@ def run_fit(
             best_score = meta.get("best_score")
             logger.info("Resuming from checkpoint step %d in %s", start_step, cfg.checkpoint_path)
 
-    counter = training.CompileCounter()
     graphdef = training.graphdef_with_dtype(model, cfg.compute_dtype, train=True)
-    step_fn = jax.jit(
-        training.make_train_step(graphdef, tx, loss_fn, activation, k, counter),
-        in_shardings=(state_shardings, plan.batch, plan.replicated),
-        out_shardings=(state_shardings, plan.replicated),
-        donate_argnums=(0,),
-    )
-    healthy = jax.jit(lambda: jnp.array(True), out_shardings=plan.replicated)()
+    program, _ = training.train_program(graphdef, spec, mask, loss_fn, activation, k, state_shardings, plan)
+    counter = program.counter
+    traced_before = counter.count  # the program may be shared with earlier fits: count this fit's traces only
+    hparams = put_global(numbers, plan.replicated)
+    healthy = put_global(np.array(True), plan.replicated)
+    used_shapes: set[tuple[int, ...]] = set()
 
     metrics = _Metrics(result.history, schedule)
     stats = data_lib.PaddingStats()
@@ -416,7 +438,8 @@ def run_fit(
                 indices = batches[batch_index]
                 batch = packing.pack(tokenized, indices, labels, packing_plan, target.pad_id)
                 stats.add(batch)
-                state, step_metrics = step_fn(state, training.batch_to_global(batch, plan), healthy)
+                used_shapes.add(tuple(batch.input_ids.shape))
+                state, step_metrics = program.fn(state, training.batch_to_global(batch, plan), healthy, hparams)
                 healthy = step_metrics["finite"]  # stays on the device: a bad step freezes all later ones
                 global_step += 1
                 trained_pairs += len(indices)
@@ -456,23 +479,34 @@ def run_fit(
     if evaluate_fn is None and cfg.output_path is not None:
         target.save(cfg.output_path)
     elapsed = time.perf_counter() - started
-    result.compilations = counter.count
+    traced = counter.count - traced_before
+    compiled_shapes = sorted(set(counter.shapes[traced_before:]))
+    result.compilations = traced
     result.summary = {
         "global_step": global_step,
         "resumed_from_step": start_step,  # 0 unless a checkpoint was restored
         "train_loss": metrics.last_loss,
-        "compilations": counter.count,
-        "compiled_shapes": sorted(set(counter.shapes)),
+        "compilations": traced,  # train-step programs traced (and compiled or loaded) in this fit
+        "compiled_shapes": compiled_shapes,
+        # batch shapes whose train step an earlier fit of this process had already compiled
+        "reused_programs": len(used_shapes - set(compiled_shapes)),
+        # wall time JAX spent tracing, lowering and compiling (or loading from the persistent cache) in this
+        # fit, every program included (the optimizer state's init, evaluators' predict steps)
+        "compile_seconds": monitor.seconds,
+        "cache_hits": monitor.cache_hits,  # programs loaded from the persistent compilation cache
         "padding_efficiency": stats.efficiency,
         "pairs_per_second": trained_pairs / elapsed if elapsed > 0 else float("nan"),
         "best_score": None if evaluate_fn is None else result.best_score,
         "config": {k: v for k, v in asdict(cfg).items() if k != "compute_dtype"},
     }
     logger.info(
-        "fit done: %d steps, %d compilations (packed shapes %s), padding efficiency %.1f%%, %.1f pairs/s",
+        "fit done: %d steps, %d compilations (packed shapes %s, %.1f s compiling, %d persistent-cache hits), "
+        "padding efficiency %.1f%%, %.1f pairs/s",
         global_step,
-        counter.count,
-        result.summary["compiled_shapes"],
+        traced,
+        compiled_shapes,
+        monitor.seconds,
+        monitor.cache_hits,
         100 * stats.efficiency,
         result.summary["pairs_per_second"],
     )

@@ -6,11 +6,20 @@ amsgrad as given) with no weight decay where the Hugging Face name contains "bia
 A non-finite loss, gradient or updated parameter leaves the state untouched, and so does every later step
 (the ``healthy`` flag threads through the steps on the device, so nothing waits for the host), until the
 host fetches the metrics and stops the run: the parameters stay those of the last finite step.
+
+Compiling is paid once per process and model: every number of a run (learning rate, warm-up and total
+steps, weight decay, betas, eps, clipping norm) reaches the jitted step as a traced scalar
+(:func:`optimizer_hparams`), only structural choices are static (:class:`OptimizerSpec`, the loss, the
+activation, the accumulation steps, the model graph, the shardings), and the jitted steps are kept per
+process keyed by those (:func:`train_program`, :func:`predict_program`). A second ``fit`` of the same model
+with other numbers traces and compiles nothing.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -26,6 +35,7 @@ from crossjax.models.base import FlaxPreTrainedModel
 from crossjax.models.params import hf_name_of
 from crossjax.packing import PackedBatch
 from crossjax.parallel import MeshPlan, global_batch_array, process_rows
+from crossjax.schedules import schedule_fn, scheduler_key
 
 logger = logging.getLogger("crossjax")
 
@@ -81,8 +91,10 @@ def decay_mask(model: FlaxPreTrainedModel, params) -> Any:
     )
 
 
-def clip_by_global_norm_like_torch(max_norm: float) -> optax.GradientTransformation:
-    """``torch.nn.utils.clip_grad_norm_``: scale by min(1, max_norm / (norm + 1e-6))."""
+def clip_by_global_norm_like_torch(max_norm) -> optax.GradientTransformation:
+    """``torch.nn.utils.clip_grad_norm_``: scale by min(1, max_norm / (norm + 1e-6)).
+
+    ``max_norm`` is a number or a (traced) float32 scalar."""
 
     def update(updates, state, params=None):
         del params
@@ -93,6 +105,37 @@ def clip_by_global_norm_like_torch(max_norm: float) -> optax.GradientTransformat
     return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 
+def _one_minus(b, one_minus_b):
+    """``1 - b`` as optax computes it from a Python float (in float64, rounded once to float32 when applied).
+    For traced betas the host passes it in, computed the same way: ``1 - b`` in float32 on the device
+    rounds differently (``1 - f32(0.9) != f32(1 - 0.9)``)."""
+    return 1 - b if one_minus_b is None else one_minus_b
+
+
+def scale_by_adam_like_optax(b1, b2, eps, one_minus_b1=None, one_minus_b2=None) -> optax.GradientTransformation:
+    """``optax.scale_by_adam(b1, b2, eps)`` (``eps_root`` 0, no nesterov), operation for operation, with the
+    same state (``optax.ScaleByAdamState``), but ``b1``, ``b2``, ``eps`` may be traced float32 scalars: then
+    ``one_minus_b1`` / ``one_minus_b2`` carry ``1 - b`` as computed on the host (see :func:`_one_minus`)."""
+    c1, c2 = _one_minus(b1, one_minus_b1), _one_minus(b2, one_minus_b2)
+
+    def init(params):
+        mu = optax.tree.zeros_like(params)
+        nu = optax.tree.zeros_like(params)
+        return optax.ScaleByAdamState(count=jnp.zeros([], jnp.int32), mu=mu, nu=nu)
+
+    def update(updates, state, params=None):
+        del params
+        mu = jax.tree.map(lambda g, t: c1 * (g**1) + b1 * t, updates, state.mu)
+        nu = jax.tree.map(lambda g, t: c2 * (g**2) + b2 * t, updates, state.nu)
+        count = optax.safe_increment(state.count)
+        mu_hat = optax.tree.bias_correction(mu, b1, count)
+        nu_hat = optax.tree.bias_correction(nu, b2, count)
+        out = jax.tree.map(lambda m, v: m / (jnp.sqrt(v + 0.0) + eps), mu_hat, nu_hat)
+        return out, optax.ScaleByAdamState(count=count, mu=mu, nu=nu)
+
+    return optax.GradientTransformation(init, update)
+
+
 class ScaleByTorchAmsgradState(NamedTuple):
     count: jax.Array
     mu: Any
@@ -100,10 +143,14 @@ class ScaleByTorchAmsgradState(NamedTuple):
     nu_max: Any
 
 
-def scale_by_amsgrad_like_torch(b1: float, b2: float, eps: float) -> optax.GradientTransformation:
+def scale_by_amsgrad_like_torch(
+    b1, b2, eps, one_minus_b1=None, one_minus_b2=None
+) -> optax.GradientTransformation:
     """``torch.optim.AdamW(amsgrad=True)``'s direction: the running maximum is taken over the raw second
     moment, and only then bias-corrected with the current step, ``m_hat / (sqrt(max_v) / sqrt(1 - b2^t) + eps)``
-    (``optax.scale_by_amsgrad`` takes the maximum of the bias-corrected moments instead)."""
+    (``optax.scale_by_amsgrad`` takes the maximum of the bias-corrected moments instead). Traced betas as in
+    :func:`scale_by_adam_like_optax`."""
+    c1, c2 = _one_minus(b1, one_minus_b1), _one_minus(b2, one_minus_b2)
 
     def init(params):
         zeros = optax.tree.zeros_like(params)
@@ -111,8 +158,8 @@ def scale_by_amsgrad_like_torch(b1: float, b2: float, eps: float) -> optax.Gradi
 
     def update(updates, state, params=None):
         del params
-        mu = optax.tree.update_moment(updates, state.mu, b1, 1)
-        nu = optax.tree.update_moment_per_elem_norm(updates, state.nu, b2, 2)
+        mu = jax.tree.map(lambda g, t: c1 * (g**1) + b1 * t, updates, state.mu)
+        nu = jax.tree.map(lambda g, t: c2 * (g**2) + b2 * t, updates, state.nu)
         nu_max = jax.tree.map(jnp.maximum, state.nu_max, nu)
         count = optax.safe_increment(state.count)
         mu_hat = optax.tree.bias_correction(mu, b1, count)
@@ -121,6 +168,42 @@ def scale_by_amsgrad_like_torch(b1: float, b2: float, eps: float) -> optax.Gradi
         return out, ScaleByTorchAmsgradState(count, mu, nu, nu_max)
 
     return optax.GradientTransformation(init, update)
+
+
+def _adamw_chain(
+    schedule: optax.Schedule,
+    weight_decay,
+    mask,
+    max_grad_norm,
+    eps,
+    b1,
+    b2,
+    one_minus_b1=None,
+    one_minus_b2=None,
+    amsgrad: bool = False,
+) -> optax.GradientTransformation:
+    """Clipping (when ``max_grad_norm`` is not None), then AdamW with decoupled decay where ``mask`` is True.
+
+    The state has exactly the tree of the former ``optax.chain(clip, optax.adamw(...))`` (so checkpoints written
+    before restore), and its structure never depends on the numbers, only on clipping and amsgrad."""
+    parts = []
+    if max_grad_norm is not None:
+        parts.append(clip_by_global_norm_like_torch(max_grad_norm))
+    if amsgrad:
+        parts += [
+            scale_by_amsgrad_like_torch(b1, b2, eps, one_minus_b1, one_minus_b2),
+            optax.add_decayed_weights(weight_decay, mask),
+            optax.scale_by_learning_rate(schedule),
+        ]
+    else:
+        parts.append(
+            optax.chain(
+                scale_by_adam_like_optax(b1, b2, eps, one_minus_b1, one_minus_b2),
+                optax.add_decayed_weights(weight_decay, mask),
+                optax.scale_by_learning_rate(schedule),
+            )
+        )
+    return optax.chain(*parts)
 
 
 def make_optimizer(
@@ -132,20 +215,82 @@ def make_optimizer(
     adam_betas: tuple[float, float] = (0.9, 0.999),
     amsgrad: bool = False,
 ) -> optax.GradientTransformation:
-    """torch's clipping then ``torch.optim.AdamW``: decoupled decay ``lr * wd * p`` where ``mask`` is True."""
+    """torch's clipping then ``torch.optim.AdamW``: decoupled decay ``lr * wd * p`` where ``mask`` is True.
+
+    The numbers are fixed here (Python floats); ``fit`` uses :func:`optimizer_for` instead, which takes them
+    as traced scalars so the compiled step does not depend on them. Both compute the same values."""
     b1, b2 = (float(b) for b in adam_betas)
-    parts = []
-    if max_grad_norm is not None and max_grad_norm > 0:
-        parts.append(clip_by_global_norm_like_torch(float(max_grad_norm)))
-    if amsgrad:
-        parts += [
-            scale_by_amsgrad_like_torch(b1, b2, adam_eps),
-            optax.add_decayed_weights(weight_decay, mask),
-            optax.scale_by_learning_rate(schedule),
-        ]
-    else:
-        parts.append(optax.adamw(schedule, b1=b1, b2=b2, eps=adam_eps, weight_decay=weight_decay, mask=mask))
-    return optax.chain(*parts)
+    clip = float(max_grad_norm) if max_grad_norm is not None and max_grad_norm > 0 else None
+    return _adamw_chain(schedule, weight_decay, mask, clip, adam_eps, b1, b2, amsgrad=amsgrad)
+
+
+@dataclass(frozen=True)
+class OptimizerSpec:
+    """What is static in the optimizer (changing it changes the program): the scheduler's name, whether
+    gradients are clipped, and amsgrad. Every number is in :func:`optimizer_hparams` instead."""
+
+    scheduler: str
+    clipping: bool
+    amsgrad: bool = False
+
+    @classmethod
+    def create(cls, scheduler: str, max_grad_norm: float | None, amsgrad: bool = False) -> OptimizerSpec:
+        clipping = max_grad_norm is not None and max_grad_norm > 0
+        return cls(scheduler_key(scheduler), bool(clipping), bool(amsgrad))
+
+
+def optimizer_hparams(
+    learning_rate: float,
+    warmup_steps: int,
+    total_steps: int,
+    weight_decay: float,
+    adam_betas: tuple[float, float] = (0.9, 0.999),
+    adam_eps: float = 1e-8,
+    max_grad_norm: float | None = None,
+) -> dict[str, np.ndarray]:
+    """A run's numbers as numpy scalars (float32, the step counts int32): the traced argument of the step.
+
+    ``one_minus_b1``/``one_minus_b2`` are ``1 - b`` computed in float64 as optax does for Python floats, so the
+    traced optimizer rounds exactly like the one built from Python floats (:func:`make_optimizer`)."""
+    b1, b2 = (float(b) for b in adam_betas)
+    steps = {"warmup_steps": int(warmup_steps), "total_steps": int(total_steps)}
+    for name, value in steps.items():
+        if not 0 <= value <= np.iinfo(np.int32).max:
+            raise ValueError(f"{name} must be between 0 and 2**31 - 1, got {value}")
+    return {
+        "learning_rate": np.float32(learning_rate),
+        "warmup_steps": np.int32(steps["warmup_steps"]),
+        "total_steps": np.int32(steps["total_steps"]),
+        "weight_decay": np.float32(weight_decay),
+        "b1": np.float32(b1),
+        "b2": np.float32(b2),
+        "one_minus_b1": np.float32(1 - b1),
+        "one_minus_b2": np.float32(1 - b2),
+        "eps": np.float32(adam_eps),
+        "max_grad_norm": np.float32(max_grad_norm if max_grad_norm is not None and max_grad_norm > 0 else 0.0),
+    }
+
+
+def optimizer_for(spec: OptimizerSpec, mask, hparams: dict) -> optax.GradientTransformation:
+    """The optimizer of ``spec`` with the numbers of ``hparams`` (numpy or traced scalars): what the step
+    applies. Equal, value for value, to :func:`make_optimizer` with the same numbers as Python floats."""
+    fn = schedule_fn(spec.scheduler)
+
+    def schedule(count):
+        return fn(count, hparams["learning_rate"], hparams["warmup_steps"], hparams["total_steps"])
+
+    return _adamw_chain(
+        schedule,
+        hparams["weight_decay"],
+        mask,
+        hparams["max_grad_norm"] if spec.clipping else None,
+        hparams["eps"],
+        hparams["b1"],
+        hparams["b2"],
+        hparams["one_minus_b1"],
+        hparams["one_minus_b2"],
+        amsgrad=spec.amsgrad,
+    )
 
 
 @dataclass
@@ -192,17 +337,20 @@ def init_train_state(model: FlaxPreTrainedModel, tx: optax.GradientTransformatio
 
 def make_train_step(
     graphdef,
-    tx: optax.GradientTransformation,
+    tx: optax.GradientTransformation | Callable[[Any], optax.GradientTransformation],
     loss_fn: Callable,
     activation: Callable,
     accumulation_steps: int = 1,
     counter: CompileCounter | None = None,
 ):
-    """The pure step ``(state, batch, healthy) -> (state, metrics)`` on a packed batch (:mod:`crossjax.packing`).
+    """The pure step ``(state, batch, healthy, hparams) -> (state, metrics)`` on a packed batch
+    (:mod:`crossjax.packing`). ``tx`` is the optimizer, or a function of ``hparams`` (a pytree of traced
+    scalars) returning it, as :func:`optimizer_for` with its first two arguments bound; with a fixed optimizer
+    ``hparams`` is unused (and may be omitted).
+
     With accumulation, the batch's groups {i*k + j} form micro-batch j, so the split stays local to each data
-    shard. ``healthy`` is the previous
-    step's ``metrics["finite"]`` (True at the start): once a step was not finite, no later step changes the
-    parameters or optimizer state either.
+    shard. ``healthy`` is the previous step's ``metrics["finite"]`` (True at the start): once a step was not
+    finite, no later step changes the parameters or optimizer state either.
 
     The loss of a step is ``sum(numerators) / sum(denominators)`` over its micro-batches, and its gradient
     ``sum(grad numerators) / sum(denominators)``: for the losses crossjax ships (:func:`losses.loss_parts`:
@@ -212,6 +360,7 @@ def make_train_step(
     """
     k = int(accumulation_steps)
     parts_fn = losses.loss_parts(loss_fn)
+    tx_for = (lambda _: tx) if isinstance(tx, optax.GradientTransformation) else tx
 
     def micro_numerator(params, rest, micro):
         model = nnx.merge(graphdef, params, rest, copy=True)
@@ -229,7 +378,7 @@ def make_train_step(
 
     grad_fn = jax.value_and_grad(micro_numerator, has_aux=True)
 
-    def train_step(state: TrainState, batch: dict, healthy: jax.Array) -> tuple[TrainState, dict]:
+    def train_step(state: TrainState, batch: dict, healthy: jax.Array, hparams=None) -> tuple[TrainState, dict]:
         if counter is not None:
             counter.tick(batch["input_ids"].shape)
         if k == 1:
@@ -253,7 +402,7 @@ def make_train_step(
         loss = numerator * scale
         grads = jax.tree.map(lambda g: g * scale.astype(g.dtype), grads)
         grad_norm = optax.tree.norm(grads)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        updates, opt_state = tx_for(hparams).update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         params_finite = jax.tree.reduce(jnp.logical_and, jax.tree.map(lambda p: jnp.isfinite(p).all(), params))
         finite = healthy & jnp.isfinite(loss) & jnp.isfinite(grad_norm) & params_finite
@@ -286,6 +435,210 @@ def make_predict_step(graphdef, counter: CompileCounter | None = None):
         return packed_logits(nnx.merge(graphdef, params, rest, copy=True), batch)
 
     return predict_step
+
+
+# ------------------------------------------------------------------------------ per-process program cache
+@dataclass
+class StepProgram:
+    """A jitted step kept for the process, and the counter its traces tick."""
+
+    fn: Callable
+    counter: CompileCounter
+
+
+# At most this many jitted train steps (and as many predict steps) are kept: each holds its compiled
+# executables, one per batch shape.
+PROGRAM_CACHE_SIZE = 8
+_programs: dict[str, list[tuple[tuple, StepProgram]]] = {"train": [], "predict": []}
+_programs_lock = threading.Lock()
+
+
+class _Unkeyable(Exception):
+    pass
+
+
+def _value_key(value: Any) -> Any:
+    """A value as part of a cache key, compared by value (arrays by dtype, shape and bytes)."""
+    if value is None or isinstance(value, (bool, int, float, complex, str, bytes)):
+        return (type(value).__name__, value)
+    if hasattr(value, "shape") and hasattr(value, "dtype"):
+        array = np.asarray(value)
+        return ("array", array.dtype.str, array.shape, array.tobytes())
+    if isinstance(value, (tuple, list)):
+        return (type(value).__name__, tuple(_value_key(v) for v in value))
+    raise _Unkeyable(type(value).__name__)
+
+
+def callable_key(fn: Callable) -> Any:
+    """A loss or activation as a cache key: a function by identity, a ``functools.partial`` by its function and
+    the values of its arguments (so ``partial(cross_entropy, class_weights=array)`` built twice from equal
+    weights is the same key). None when it cannot be keyed (an unhashable callable): then nothing is reused."""
+    try:
+        if isinstance(fn, functools.partial):
+            inner = callable_key(fn.func)
+            if inner is None:
+                return None
+            args = tuple(_value_key(a) for a in fn.args)
+            kwargs = tuple(sorted((k, _value_key(v)) for k, v in fn.keywords.items()))
+            return ("partial", inner, args, kwargs)
+        hash(fn)
+    except (_Unkeyable, TypeError):
+        return None
+    return ("callable", fn)
+
+
+def _tree_key(tree) -> tuple:
+    leaves, treedef = jax.tree.flatten(tree)
+    return (treedef, tuple(leaves))
+
+
+def _program(kind: str, key: tuple | None, build: Callable[[], StepProgram]) -> tuple[StepProgram, bool]:
+    """The cached program for ``key`` (and True), or a new one from ``build`` (and False). Keys are compared
+    with ``==`` (a model's graph holds its config, which is not hashable), most recently used kept last."""
+    if key is None:
+        return build(), False
+    with _programs_lock:
+        cache = _programs[kind]
+        for i, (cached_key, program) in enumerate(cache):
+            if cached_key == key:
+                cache.append(cache.pop(i))
+                return program, True
+        program = build()
+        cache.append((key, program))
+        del cache[:-PROGRAM_CACHE_SIZE]
+        return program, False
+
+
+def clear_program_cache() -> None:
+    """Forget every jitted train and predict step of this process (the next fit or predict traces again)."""
+    with _programs_lock:
+        for cache in _programs.values():
+            cache.clear()
+
+
+def train_program(
+    graphdef,
+    spec: OptimizerSpec,
+    mask,
+    loss_fn: Callable,
+    activation: Callable,
+    accumulation_steps: int,
+    state_shardings: TrainState,
+    plan: MeshPlan,
+) -> tuple[StepProgram, bool]:
+    """The jitted ``(state, batch, healthy, hparams) -> (state, metrics)`` for these static choices, shared by
+    every fit in the process that makes the same ones; True when it was already there.
+
+    The step's numbers (``hparams`` from :func:`optimizer_hparams`) are traced arguments, so runs that differ in
+    learning rate, warm-up, length, weight decay, betas, eps or clipping norm reuse one program per batch shape.
+    """
+    from crossjax.runtime import enable_compilation_cache
+
+    enable_compilation_cache()
+    loss_key, activation_key = callable_key(loss_fn), callable_key(activation)
+    key = None
+    if loss_key is not None and activation_key is not None:
+        key = (
+            graphdef,
+            spec,
+            _tree_key(mask),
+            loss_key,
+            activation_key,
+            int(accumulation_steps),
+            _tree_key(state_shardings),
+            plan.batch,
+            plan.replicated,
+        )
+
+    def build() -> StepProgram:
+        counter = CompileCounter()
+        step = make_train_step(
+            graphdef, functools.partial(optimizer_for, spec, mask), loss_fn, activation, accumulation_steps, counter
+        )
+        fn = jax.jit(
+            step,
+            in_shardings=(state_shardings, plan.batch, plan.replicated, plan.replicated),
+            out_shardings=(state_shardings, plan.replicated),
+            donate_argnums=(0,),
+        )
+        return StepProgram(fn, counter)
+
+    return _program("train", key, build)
+
+
+def predict_program(graphdef, plan: MeshPlan) -> tuple[StepProgram, bool]:
+    """The jitted ``(params, rest, batch) -> logits`` of a model graph (compute dtype, eval mode) on a mesh,
+    shared by every CrossEncoder of the process with the same model class and config."""
+    from crossjax.runtime import enable_compilation_cache
+
+    enable_compilation_cache()
+
+    def build() -> StepProgram:
+        counter = CompileCounter()
+        fn = jax.jit(make_predict_step(graphdef, counter), out_shardings=plan.replicated)
+        return StepProgram(fn, counter)
+
+    return _program("predict", (graphdef, plan.replicated), build)
+
+
+# JAX's spans for tracing to a jaxpr, lowering it to MLIR and compiling it (or loading it from the persistent
+# cache) in the backend (jax/_src/dispatch.py).
+COMPILE_EVENTS = (
+    "/jax/core/compile/jaxpr_trace_duration",
+    "/jax/core/compile/jaxpr_to_mlir_module_duration",
+    "/jax/core/compile/backend_compile_duration",
+)
+CACHE_HIT_EVENT = "/jax/compilation_cache/cache_hits"
+CACHE_WRITE_EVENT = "/jax/compilation_cache/cache_misses"  # recorded when an entry is written
+
+
+class CompileMonitor:
+    """While active (a context manager): the wall time JAX spent tracing, lowering and compiling, as the union
+    of the spans it reports (an inner jit traced inside an outer one counts once), and how many programs came
+    from the persistent compilation cache (``cache_hits``) or were written to it (``cache_writes``).
+
+    It listens through ``jax.monitoring``, so it counts every compile in the process meanwhile, other threads'
+    too."""
+
+    def __init__(self) -> None:
+        self.spans: list[tuple[float, float]] = []
+        self.cache_hits = 0
+        self.cache_writes = 0
+
+    def _on_span(self, event: str, start: float, end: float, **kwargs) -> None:
+        if event in COMPILE_EVENTS:
+            self.spans.append((start, end))
+
+    def _on_event(self, event: str, **kwargs) -> None:
+        if event == CACHE_HIT_EVENT:
+            self.cache_hits += 1
+        elif event == CACHE_WRITE_EVENT:
+            self.cache_writes += 1
+
+    def __enter__(self) -> CompileMonitor:
+        jax.monitoring.register_event_time_span_listener(self._on_span)
+        jax.monitoring.register_event_listener(self._on_event)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for unregister, listener in (
+            (jax.monitoring.unregister_event_time_span_listener, self._on_span),
+            (jax.monitoring.unregister_event_listener, self._on_event),
+        ):
+            try:
+                unregister(listener)
+            except (AssertionError, ValueError):  # someone cleared JAX's listeners meanwhile
+                pass
+
+    @property
+    def seconds(self) -> float:
+        total, end = 0.0, float("-inf")
+        for start, stop in sorted(self.spans):
+            if stop <= end:
+                continue
+            total += stop - max(start, end)
+            end = stop
+        return total
 
 
 def batch_to_global(batch: PackedBatch, plan: MeshPlan) -> dict:

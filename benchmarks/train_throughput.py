@@ -14,9 +14,11 @@ alternating the libraries so that both see the same background load, and reports
 Inference: ``predict`` on the same pairs with the same batch size; the first call (crossjax compiles there) is
 reported separately, steady state is the fastest of ``--repeats`` calls, again alternating the libraries.
 
-Compilation: every crossjax fit starts cold, as a first fit in a fresh process would: the persistent compilation
-cache is off (``CROSSJAX_COMPILATION_CACHE=0``) and the process's jitted steps are cleared before each fit
-(``crossjax.training.clear_program_cache``); ``benchmarks/compile_cache.py`` measures what the caches save.
+Compilation: every crossjax fit starts as a first fit in a fresh process would: the process's jitted steps are
+cleared before each fit (``crossjax.training.clear_program_cache``) and the persistent compilation cache is off
+(``CROSSJAX_COMPILATION_CACHE=0``), or, with ``--cache-dir DIR``, on in DIR: run the script twice with the same
+DIR and the second run measures fits with a warm persistent cache (what a user's second run of the same model
+and shapes sees). ``benchmarks/compile_cache.py`` measures what each cache saves.
 
 Threads: torch uses as many intra-op threads as there are CPU cores available to this process, which is
 the size of XLA's CPU thread pool. ``--cores N`` first restricts the process to N of its cores (CPU
@@ -176,11 +178,13 @@ def main() -> None:
     parser.add_argument("--cores", type=int, default=None, help="use only N of the available CPU cores")
     parser.add_argument("--repeats", type=int, default=3, help="timed predict calls per library (alternating)")
     parser.add_argument("--seed", type=int, default=12)
+    parser.add_argument("--cache-dir", default=None, help="persistent compilation cache to use (default: off)")
     args = parser.parse_args()
     if args.epochs < 2:
         parser.error("--epochs must be >= 2: the first epoch is the compile/warm-up epoch")
 
-    os.environ["CROSSJAX_COMPILATION_CACHE"] = "0"  # the first epoch compiles, as in a first run ever
+    # Cold: the first epoch compiles, as in a first run ever. --cache-dir: a persistent cache kept across runs.
+    os.environ["CROSSJAX_COMPILATION_CACHE"] = args.cache_dir or "0"
     available = sorted(os.sched_getaffinity(0))
     if args.cores is not None:
         if not 1 <= args.cores <= len(available):

@@ -24,7 +24,7 @@ import numpy as np
 from flax import nnx
 
 from crossjax import data as data_lib
-from crossjax import losses, packing, training
+from crossjax import losses, packing, streaming, training
 from crossjax.models.base import FlaxPreTrainedModel
 from crossjax.models.export import check_local_path
 from crossjax.parallel import MeshPlan, put_global
@@ -57,6 +57,9 @@ class FitConfig:
     checkpoint_save_steps: int = 500
     checkpoint_save_total_limit: int | None = 2
     group_by_length: bool = False
+    max_steps: int | None = None  # optimizer steps: required for streams, a cap otherwise
+    batch_size: int | None = None  # a stream's batch size (default 16); overrides a loader's otherwise
+    shuffle_buffer_size: int = 0  # streams only: seeded block shuffle of this many examples (0: off)
 
     def validate(self) -> None:
         def positive_int(name: str, value: Any, minimum: int = 1) -> None:
@@ -69,6 +72,11 @@ class FitConfig:
         positive_int("gradient_accumulation_steps", self.gradient_accumulation_steps)
         positive_int("logging_steps", self.logging_steps)
         positive_int("checkpoint_save_steps", self.checkpoint_save_steps)
+        if self.max_steps is not None:
+            positive_int("max_steps", self.max_steps)
+        if self.batch_size is not None:
+            positive_int("batch_size", self.batch_size)
+        positive_int("shuffle_buffer_size", self.shuffle_buffer_size, 0)
         if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
             raise ValueError(f"optimizer_params['lr'] must be a positive number, got {self.learning_rate!r}")
         check_local_path(self.output_path, "output_path")
@@ -194,6 +202,8 @@ _NOT_IN_FINGERPRINT = (
     "checkpoint_path",
     "checkpoint_save_steps",
     "checkpoint_save_total_limit",
+    "batch_size",  # fingerprinted as the batch size actually used
+    "shuffle_buffer_size",  # fingerprinted for streams, where it applies
 )
 
 
@@ -296,7 +306,12 @@ def _run_fit(
     model = target.model
     # 1. Everything that can be wrong with the input is checked before any tokenization or compilation.
     cfg.validate()
-    examples, batch_size, shuffle, drop_last, loader_seed = data_lib.collect_examples(train_dataloader)
+    stream = streaming.as_stream(train_dataloader)
+    if stream is not None:
+        return _run_stream(target, stream, loss_fct, activation_fct, callback, cfg, result, monitor)
+    examples, batch_size, shuffle, drop_last, loader_seed = data_lib.collect_examples(
+        train_dataloader, batch_size=cfg.batch_size
+    )
     data_seed = cfg.seed if loader_seed is None else loader_seed  # DataLoader(seed=...) orders the data
     texts_a, texts_b, labels = data_lib.validate_examples(examples, model.num_labels)
     loss_fn = losses.resolve_loss(loss_fct, model.num_labels)
@@ -310,6 +325,8 @@ def _run_fit(
     if steps_per_epoch == 0:
         raise ValueError(f"no full batch of {step_rows} examples with drop_last=True: {n} examples only")
     total_steps = steps_per_epoch * cfg.epochs
+    if cfg.max_steps is not None:  # a cap: the run (and its schedule) ends after max_steps steps
+        total_steps = min(total_steps, cfg.max_steps)
     schedule = make_schedule(cfg.scheduler, cfg.learning_rate, cfg.warmup_steps, total_steps)
 
     # 2. Tokenize once; the bucket list bounds the number of compilations.
@@ -322,7 +339,9 @@ def _run_fit(
         )
 
     groups = plan.data_shards * k  # one group per data shard and micro-batch: packing never crosses them
-    run_batches = [epoch_batches(epoch) for epoch in range(cfg.epochs)]
+    run_batches = [epoch_batches(epoch) for epoch in range(math.ceil(total_steps / steps_per_epoch))]
+    if cfg.max_steps is not None:
+        run_batches[-1] = run_batches[-1][: total_steps - steps_per_epoch * (len(run_batches) - 1)]
     packing_plan = packing.plan_packing(
         [b for batches in run_batches for b in batches],
         tokenized.lengths,
@@ -431,7 +450,7 @@ def _run_fit(
             checkpointer.save(global_step, state, {"best_score": result.best_score, "epoch": epoch})
 
     try:
-        for epoch in range(start_step // steps_per_epoch, cfg.epochs):
+        for epoch in range(start_step // steps_per_epoch, len(run_batches)):
             batches = run_batches[epoch]
             first = start_step - epoch * steps_per_epoch if epoch == start_step // steps_per_epoch else 0
             for batch_index in range(first, len(batches)):
@@ -467,7 +486,7 @@ def _run_fit(
             maybe_checkpoint(epoch)
         metrics.flush()
         if checkpointer is not None and global_step % cfg.checkpoint_save_steps != 0 and global_step > start_step:
-            checkpointer.save(global_step, state, {"best_score": result.best_score, "epoch": cfg.epochs - 1})
+            checkpointer.save(global_step, state, {"best_score": result.best_score, "epoch": len(run_batches) - 1})
     finally:
         # Ctrl-C, an evaluator or callback error, OOM, a checkpoint error or a non-finite loss: the model keeps
         # the last completed step's parameters (the state was only ever replaced by finished steps).
@@ -507,6 +526,263 @@ def _run_fit(
         compiled_shapes,
         monitor.seconds,
         monitor.cache_hits,
+        100 * stats.efficiency,
+        result.summary["pairs_per_second"],
+    )
+    return result
+
+
+STREAM_LOOKAHEAD = 32  # a stream's first steps, held to plan the packed shapes (R and the row lengths)
+
+
+def _run_stream(
+    target: FitTarget,
+    stream: streaming.StreamSource,
+    loss_fct: Any,
+    activation_fct: Any,
+    callback: Callable | None,
+    cfg: FitConfig,
+    result: FitResult,
+    monitor: training.CompileMonitor,
+) -> FitResult:
+    """``fit`` over a stream (see :mod:`crossjax.streaming`): ``max_steps`` optimizer steps, one pass at most.
+
+    The packed shapes are planned from the first :data:`STREAM_LOOKAHEAD` steps; a later step that needs a
+    longer row gets one more shape. The plan and the data position are stored in every checkpoint.
+    """
+    model = target.model
+    if cfg.max_steps is None:
+        raise ValueError(
+            f"fit got a stream ({stream.description}) of unknown length: pass max_steps=... (the number of "
+            "optimizer steps to train; epochs is ignored for streams)"
+        )
+    batch_size = int(cfg.batch_size or stream.batch_size or 16)
+    loss_fn = losses.resolve_loss(loss_fct, model.num_labels)
+    activation = losses.resolve_activation(activation_fct)
+    plan = target.plan
+    plan.check_batch_size(batch_size)
+    k = cfg.gradient_accumulation_steps
+    step_rows = batch_size * k
+    total_steps = cfg.max_steps
+    schedule = make_schedule(cfg.scheduler, cfg.learning_rate, cfg.warmup_steps, total_steps)
+    groups = plan.data_shards * k
+
+    nnx.reseed(model, dropout=cfg.seed, policy="match_shape")
+    params = nnx.state(model, nnx.Param)
+    spec = training.OptimizerSpec.create(cfg.scheduler, cfg.max_grad_norm, cfg.amsgrad)
+    numbers = training.optimizer_hparams(
+        cfg.learning_rate,
+        cfg.warmup_steps,
+        total_steps,
+        cfg.weight_decay,
+        tuple(cfg.adam_betas),
+        cfg.adam_eps,
+        cfg.max_grad_norm,
+    )
+    mask = training.decay_mask(model, params)
+    state, state_shardings = training.init_train_state(model, training.optimizer_for(spec, mask, numbers), plan)
+
+    checkpointer = None
+    start_step = 0
+    position = 0  # examples of the stream trained on so far
+    best_score = None
+    packing_plan = None
+    if cfg.checkpoint_path:
+        from crossjax.checkpoint import TrainCheckpointer
+
+        fingerprint = {
+            "stream": stream.description,  # the data itself cannot be hashed: what is known of it
+            "batch_size": batch_size,
+            "shuffle_buffer_size": cfg.shuffle_buffer_size,
+            "data_seed": cfg.seed,
+            "num_labels": model.num_labels,
+            "model_type": model.config.model_type,
+            "loss": describe_callable(loss_fn),
+            "activation_fct": describe_callable(activation),
+            **run_settings(cfg),
+        }
+        fingerprint.pop("epochs", None)  # ignored for streams
+        checkpointer = TrainCheckpointer(
+            cfg.checkpoint_path, cfg.checkpoint_save_steps, cfg.checkpoint_save_total_limit, fingerprint
+        )
+        restored = checkpointer.restore_latest(state, state_shardings)
+        if restored is not None:
+            state, meta = restored
+            start_step = int(meta["step"])
+            best_score = meta.get("best_score")
+            position = int(meta["stream_examples"])
+            saved_plan = meta["packing_plan"]
+            packing_plan = packing.PackingPlan(
+                int(saved_plan["rows"]), tuple(int(t) for t in saved_plan["row_lengths"]), groups, step_rows // groups
+            )
+            logger.info(
+                "Resuming from checkpoint step %d in %s (skipping %d examples of the stream)",
+                start_step,
+                cfg.checkpoint_path,
+                position,
+            )
+
+    reader = streaming.StreamReader(
+        stream,
+        target.tokenizer,
+        target.max_length,
+        model.num_labels,
+        step_rows,
+        max(0, total_steps - start_step),
+        start=position,
+        shuffle_buffer_size=cfg.shuffle_buffer_size,
+        seed=cfg.seed,
+    )
+    try:
+        lookahead: list[streaming.StreamStep] = []
+        while len(lookahead) < min(STREAM_LOOKAHEAD, total_steps - start_step):
+            step = reader.next_step()  # a bad example among these is reported before any compilation
+            if step is None:
+                break
+            lookahead.append(step)
+        if not lookahead and start_step == 0:
+            raise ValueError(f"train_dataloader is empty: the stream ({stream.description}) holds no examples")
+        if packing_plan is None:
+            packing_plan = streaming.plan_from_steps(
+                lookahead, groups, step_rows // groups, packing.model_width(model.config), target.max_shapes
+            )
+    except BaseException:
+        reader.close()
+        raise
+    lookahead.reverse()  # popped from the end
+
+    graphdef = training.graphdef_with_dtype(model, cfg.compute_dtype, train=True)
+    program, _ = training.train_program(graphdef, spec, mask, loss_fn, activation, k, state_shardings, plan)
+    counter = program.counter
+    traced_before = counter.count
+    hparams = put_global(numbers, plan.replicated)
+    healthy = put_global(np.array(True), plan.replicated)
+    used_shapes: set[tuple[int, ...]] = set()
+
+    metrics = _Metrics(result.history, schedule)
+    stats = data_lib.PaddingStats()
+    result.best_score = -9999999 if best_score is None else best_score
+    bar = progress_bar(
+        enabled=cfg.show_progress_bar, total=total_steps, initial=start_step, desc="Training", unit="step",
+        smoothing=0.05,
+    )
+    global_step = start_step
+    started = time.perf_counter()
+    trained_pairs = 0
+    evaluate_fn = target.evaluate
+    plan_meta = {"rows": packing_plan.rows, "row_lengths": list(packing_plan.row_lengths)}
+
+    def sync_model() -> None:
+        nnx.update(model, state.params)
+        nnx.update(model, state.rest)
+
+    def evaluate(steps: int) -> None:
+        metrics.flush()
+        sync_model()
+        score = evaluate_fn(cfg.output_path, 0, steps)
+        if callback is not None:
+            callback(score, 0, steps)
+        primary = getattr(evaluate_fn, "primary_metric", None)
+        if isinstance(score, dict):
+            if primary in score:
+                score = score[primary]
+            elif len(score) == 1:
+                score = next(iter(score.values()))
+            else:
+                raise ValueError(f"evaluator returned {sorted(score)} but no primary_metric among them")
+        if score > result.best_score:
+            result.best_score = float(score)
+            if cfg.save_best_model and cfg.output_path is not None:
+                target.save(cfg.output_path)
+
+    def save_checkpoint() -> None:
+        metrics.flush()
+        extra = {
+            "best_score": result.best_score,
+            "epoch": 0,
+            "stream_examples": position,  # the data position: a resume skips this many examples
+            "packing_plan": plan_meta,
+        }
+        checkpointer.save(global_step, state, extra)
+
+    try:
+        while global_step < total_steps:
+            step = lookahead.pop() if lookahead else reader.next_step()
+            if step is None:
+                logger.warning(
+                    "The stream ended after %d examples, before max_steps=%d: training stopped at step %d",
+                    position,
+                    total_steps,
+                    global_step,
+                )
+                break
+            indices = np.arange(len(step.tokenized), dtype=np.int64)
+            batch = packing.pack(step.tokenized, indices, step.labels, packing_plan, target.pad_id)
+            stats.add(batch)
+            used_shapes.add(tuple(batch.input_ids.shape))
+            state, step_metrics = program.fn(state, training.batch_to_global(batch, plan), healthy, hparams)
+            healthy = step_metrics["finite"]
+            global_step += 1
+            position = step.end
+            trained_pairs += len(indices)
+            metrics.add(global_step, 0, step_metrics)
+            if global_step % cfg.logging_steps == 0:
+                metrics.flush()
+                if bar is not None:
+                    rate = trained_pairs / max(time.perf_counter() - started, 1e-9)
+                    bar.set_postfix(loss=f"{metrics.last_loss:.4f}", pairs_per_s=f"{rate:.1f}")
+            if bar is not None:
+                bar.update(1)
+            if evaluate_fn is not None and cfg.evaluation_steps > 0 and global_step % cfg.evaluation_steps == 0:
+                evaluate(global_step)
+            # The last step is checkpointed after the final evaluation (below).
+            if (
+                checkpointer is not None
+                and global_step < total_steps
+                and global_step % cfg.checkpoint_save_steps == 0
+            ):
+                save_checkpoint()
+        if evaluate_fn is not None and global_step > start_step:
+            evaluate(-1)
+        metrics.flush()
+        if checkpointer is not None and global_step > start_step:
+            save_checkpoint()
+    finally:
+        reader.close()
+        sync_model()
+        if bar is not None:
+            bar.close()
+        if checkpointer is not None:
+            checkpointer.close()
+    if evaluate_fn is None and cfg.output_path is not None:
+        target.save(cfg.output_path)
+    elapsed = time.perf_counter() - started
+    traced = counter.count - traced_before
+    compiled_shapes = sorted(set(counter.shapes[traced_before:]))
+    result.compilations = traced
+    result.summary = {
+        "global_step": global_step,
+        "resumed_from_step": start_step,
+        "stream_examples": position,  # examples of the stream trained on (the data position)
+        "train_loss": metrics.last_loss,
+        "compilations": traced,
+        "compiled_shapes": compiled_shapes,
+        "reused_programs": len(used_shapes - set(compiled_shapes)),
+        "compile_seconds": monitor.seconds,
+        "cache_hits": monitor.cache_hits,
+        "padding_efficiency": stats.efficiency,
+        "pairs_per_second": trained_pairs / elapsed if elapsed > 0 else float("nan"),
+        "best_score": None if evaluate_fn is None else result.best_score,
+        "config": {k: v for k, v in asdict(cfg).items() if k != "compute_dtype"},
+    }
+    logger.info(
+        "fit done (stream): %d steps, %d examples, %d compilations (packed shapes %s, %.1f s compiling), "
+        "padding efficiency %.1f%%, %.1f pairs/s",
+        global_step,
+        position,
+        traced,
+        compiled_shapes,
+        monitor.seconds,
         100 * stats.efficiency,
         result.summary["pairs_per_second"],
     )

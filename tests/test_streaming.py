@@ -42,6 +42,22 @@ def test_generator_matches_list(tiny_dir):
     assert_same_params(in_memory, streamed)
 
 
+@pytest.mark.parametrize(
+    "max_steps, extra",
+    [(100, {}), (6, {"gradient_accumulation_steps": 2})],
+    ids=["stream ends before max_steps", "gradient accumulation"],
+)
+def test_generator_matches_list_variants(tiny_dir, max_steps, extra):
+    examples = make_examples(42, seed=5)  # 10 full batches of 4 and a partial one
+    in_memory, streamed = CrossEncoder(tiny_dir), CrossEncoder(tiny_dir)
+    in_memory.fit(list(examples), **RUN, **extra)
+    summary = streamed.fit(iter(examples), max_steps=max_steps, **RUN, **extra)
+    assert summary["stream_examples"] == 42
+    assert len(losses_of(streamed)) == min(max_steps, 11)
+    assert losses_of(streamed) == losses_of(in_memory)
+    assert_same_params(in_memory, streamed)
+
+
 def test_jsonl_stream_matches_in_memory_dataset(tiny_dir, tmp_path):
     import datasets
     import torch
@@ -59,6 +75,13 @@ def test_jsonl_stream_matches_in_memory_dataset(tiny_dir, tmp_path):
     streamed.fit(stream, max_steps=6, **RUN)
     assert losses_of(streamed) == losses_of(in_memory)
     assert_same_params(in_memory, streamed)
+    # a torch DataLoader over the stream: its batch size is used, it is never iterated
+    via_loader = CrossEncoder(tiny_dir)
+    summary = via_loader.fit(
+        torch.utils.data.DataLoader(stream, batch_size=4), max_steps=6, **{**RUN, "batch_size": None}
+    )
+    assert summary["stream_examples"] == 24
+    assert_same_params(in_memory, via_loader)
 
 
 def test_stream_errors(tiny_dir):

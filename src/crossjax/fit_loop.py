@@ -556,6 +556,8 @@ def _run_stream(
             f"fit got a stream ({stream.description}) of unknown length: pass max_steps=... (the number of "
             "optimizer steps to train; epochs is ignored for streams)"
         )
+    if cfg.epochs != 1:
+        logger.warning("epochs=%d is ignored for a stream: it is read once, for max_steps steps", cfg.epochs)
     batch_size = int(cfg.batch_size or stream.batch_size or 16)
     loss_fn = losses.resolve_loss(loss_fct, model.num_labels)
     activation = losses.resolve_activation(activation_fct)

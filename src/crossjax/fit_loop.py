@@ -3,7 +3,8 @@
 It keeps sentence-transformers' legacy semantics (steps = batches per epoch x epochs, evaluation every
 ``evaluation_steps`` batches of an epoch and at each epoch's end, best model to ``output_path``), and the JAX
 habits: the step is compiled once per bucket shape, metrics stay on the device until ``logging_steps``
-steps have run, the state's buffers are donated.
+steps have run, the state's buffers are donated. Streams (``datasets.IterableDataset``, generators) take
+:func:`_run_stream`: read lazily for ``max_steps`` steps, see :mod:`crossjax.streaming`.
 """
 
 from __future__ import annotations

@@ -1,8 +1,10 @@
 """Preemption-safe training checkpoints with orbax: parameters, optimizer state, step, RNG, data position.
 
-The data position needs no storage of its own: the batch plan is a pure function of (seed, epoch), so the
-global step says exactly where in which epoch to continue. A fingerprint of the run (dataset size, batch
-size, epochs, seed, a hash of the tokenized data, ...) is stored beside the state; resuming a different run
+For in-memory data the data position needs no storage of its own: the batch plan is a pure function of
+(seed, epoch), so the global step says exactly where in which epoch to continue. A stream
+(:mod:`crossjax.streaming`) stores its position (examples consumed) and its packing plan in the JSON meta.
+A fingerprint of the run (dataset size, batch size, epochs, seed, a hash of the tokenized data, ...; for a
+stream what is known of it) is stored beside the state; resuming a different run
 is refused with a clear error instead of silently training on a mismatched plan. Orbax writes each step to a
 temporary directory and renames it when complete, so an interrupted save never replaces the last good
 checkpoint. Orbax does not verify the bytes it reads back, so each save also stores exact per-array checksums

@@ -493,6 +493,9 @@ class CrossEncoder:
         checkpoint_save_steps: int = 500,
         checkpoint_save_total_limit: int | None = 2,
         group_by_length: bool = False,
+        max_steps: int | None = None,
+        batch_size: int | None = None,
+        shuffle_buffer_size: int = 0,
     ) -> dict[str, Any]:
         """Train like sentence-transformers' legacy ``fit`` (see its docs); returns a summary of the run.
 
@@ -508,6 +511,18 @@ class CrossEncoder:
         off by default: batches are packed, so plain random batches, as in sentence-transformers, cost no
         padding). The data order follows ``DataLoader(seed=...)`` when the
         loader has a seed, else ``seed``.
+
+        ``max_steps`` caps the run at that many optimizer steps (the schedule then spans them).
+
+        **Streams** (input of any size, see :mod:`crossjax.streaming`): ``train_dataloader`` may also be a
+        ``datasets.IterableDataset`` (e.g. ``load_dataset("json", data_files=..., streaming=True)``; columns
+        found as for a ``datasets.Dataset``), an iterator or generator of ``InputExample`` (or of batches), or
+        a torch DataLoader over an iterable dataset. Such input is read once, lazily, in a background thread
+        (memory independent of its size); ``max_steps`` is then required and ``epochs`` is ignored (one pass
+        at most; the run stops early if the stream ends). ``batch_size`` sets a stream's batch size (default
+        16, or the torch DataLoader's); for in-memory input it overrides the loader's. ``shuffle_buffer_size``
+        (streams only; 0 = stream order) shuffles blocks of that many examples with ``seed``. Checkpoints
+        store the number of examples consumed, and a resume skips exactly those.
         """
         from crossjax.fit_loop import FitConfig, FitResult, FitTarget, adamw_settings, run_fit
 
@@ -532,6 +547,9 @@ class CrossEncoder:
             checkpoint_save_steps=checkpoint_save_steps,
             checkpoint_save_total_limit=checkpoint_save_total_limit,
             group_by_length=bool(group_by_length),
+            max_steps=max_steps,
+            batch_size=batch_size,
+            shuffle_buffer_size=shuffle_buffer_size,
         )
         if output_path is not None:
             self._check_exportable()  # an unexportable activation must fail now, not at the first save hours later

@@ -226,14 +226,15 @@ def _where(i: int, guid: Any) -> str:
 
 
 def validate_examples(
-    examples: Sequence[Any], num_labels: int, require_labels: bool = True
+    examples: Sequence[Any], num_labels: int, require_labels: bool = True, start: int = 0
 ) -> tuple[list[str], list[str], np.ndarray]:
     """Check every example and split it into ``(texts_a, texts_b, labels)``.
 
     Raises ``ValueError`` naming the example index (and guid) on the first problem, so bad data fails
     fast, before tokenization or compilation. Regression (``num_labels == 1``) labels become float32;
     classification labels int32 in ``[0, num_labels)`` (integral floats like ``1.0`` are accepted as
-    ``1``, ``1.5`` is rejected). Without ``require_labels`` missing labels become 0.
+    ``1``, ``1.5`` is rejected). Without ``require_labels`` missing labels become 0. ``start`` is the number
+    of the first example in messages (a stream's examples are checked a few at a time).
     """
     if int(num_labels) < 1:
         raise ValueError(f"num_labels must be >= 1, got {num_labels}")
@@ -243,7 +244,7 @@ def validate_examples(
     labels = np.zeros(len(examples), dtype=np.int32 if classification else np.float32)
     for i, ex in enumerate(examples):
         guid = getattr(ex, "guid", "")
-        where = _where(i, guid)
+        where = _where(start + i, guid)
         if not hasattr(ex, "texts"):
             raise ValueError(
                 f"{where}: expected an InputExample with .texts and .label, got {type(ex).__name__}"

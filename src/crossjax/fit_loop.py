@@ -3,7 +3,9 @@
 It keeps sentence-transformers' legacy semantics (steps = batches per epoch x epochs, evaluation every
 ``evaluation_steps`` batches of an epoch and at each epoch's end, best model to ``output_path``), and the JAX
 habits: the step is compiled once per bucket shape, metrics stay on the device until ``logging_steps``
-steps have run, the state's buffers are donated.
+steps have run, the state's buffers are donated. The data comes from one of two sources with the same
+interface: examples in memory (tokenized once, the whole run planned up front) or a stream
+(``datasets.IterableDataset``, generators: read lazily for ``max_steps`` steps, see :mod:`crossjax.streaming`).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import numpy as np
 from flax import nnx
 
 from crossjax import data as data_lib
-from crossjax import losses, packing, training
+from crossjax import losses, packing, streaming, training
 from crossjax.models.base import FlaxPreTrainedModel
 from crossjax.models.export import check_local_path
 from crossjax.parallel import MeshPlan, put_global
@@ -57,6 +59,9 @@ class FitConfig:
     checkpoint_save_steps: int = 500
     checkpoint_save_total_limit: int | None = 2
     group_by_length: bool = False
+    max_steps: int | None = None  # optimizer steps: required for streams, a cap otherwise
+    batch_size: int | None = None  # a stream's batch size (default 16); overrides a loader's otherwise
+    shuffle_buffer_size: int = 0  # streams only: seeded block shuffle of this many examples (0: off)
 
     def validate(self) -> None:
         def positive_int(name: str, value: Any, minimum: int = 1) -> None:
@@ -69,6 +74,11 @@ class FitConfig:
         positive_int("gradient_accumulation_steps", self.gradient_accumulation_steps)
         positive_int("logging_steps", self.logging_steps)
         positive_int("checkpoint_save_steps", self.checkpoint_save_steps)
+        if self.max_steps is not None:
+            positive_int("max_steps", self.max_steps)
+        if self.batch_size is not None:
+            positive_int("batch_size", self.batch_size)
+        positive_int("shuffle_buffer_size", self.shuffle_buffer_size, 0)
         if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
             raise ValueError(f"optimizer_params['lr'] must be a positive number, got {self.learning_rate!r}")
         check_local_path(self.output_path, "output_path")
@@ -194,6 +204,8 @@ _NOT_IN_FINGERPRINT = (
     "checkpoint_path",
     "checkpoint_save_steps",
     "checkpoint_save_total_limit",
+    "batch_size",  # fingerprinted as the batch size actually used
+    "shuffle_buffer_size",  # fingerprinted for streams, where it applies
 )
 
 
@@ -282,6 +294,214 @@ def run_fit(
         return _run_fit(target, train_dataloader, loss_fct, activation_fct, callback, cfg, result, monitor)
 
 
+@dataclass
+class TrainStep:
+    """One optimizer step's packed batch and where it stands: ``steps_in_epoch`` counts from 1."""
+
+    epoch: int
+    steps_in_epoch: int
+    last_in_epoch: bool
+    batch: packing.PackedBatch
+    pairs: int
+
+
+class _InMemoryData:
+    """A run over examples held in memory: tokenized once, every epoch planned up front (pure functions of the
+    seed and the epoch, so the global step is the data position), packed shapes planned over the whole run."""
+
+    def __init__(self, target: FitTarget, train_dataloader: Any, cfg: FitConfig) -> None:
+        model, plan = target.model, target.plan
+        examples, batch_size, shuffle, drop_last, loader_seed = data_lib.collect_examples(
+            train_dataloader, batch_size=cfg.batch_size
+        )
+        data_seed = cfg.seed if loader_seed is None else loader_seed  # DataLoader(seed=...) orders the data
+        texts_a, texts_b, self.labels = data_lib.validate_examples(examples, model.num_labels)
+        plan.check_batch_size(batch_size)
+        step_rows = batch_size * cfg.gradient_accumulation_steps
+        n = len(self.labels)
+        self.steps_per_epoch = len(data_lib.plan_batches(np.zeros(n, np.int32), step_rows, False, 0, 0, drop_last))
+        if self.steps_per_epoch == 0:
+            raise ValueError(f"no full batch of {step_rows} examples with drop_last=True: {n} examples only")
+        self.total_steps = self.steps_per_epoch * cfg.epochs
+        if cfg.max_steps is not None:  # a cap: the run (and its schedule) ends after max_steps steps
+            self.total_steps = min(self.total_steps, cfg.max_steps)
+        self.batch_size, self.pad_id = batch_size, target.pad_id
+        # Tokenize once; then every epoch's batches are known: plan the packed shapes of the whole run.
+        self.tokenized = data_lib.tokenize_pairs(target.tokenizer, texts_a, texts_b, target.max_length)
+        epochs = math.ceil(self.total_steps / self.steps_per_epoch)
+        self.run_batches = [
+            data_lib.plan_batches(
+                self.tokenized.lengths, step_rows, shuffle, data_seed, epoch, drop_last, cfg.group_by_length
+            )
+            for epoch in range(epochs)
+        ]
+        self.run_batches[-1] = self.run_batches[-1][: self.total_steps - self.steps_per_epoch * (epochs - 1)]
+        groups = plan.data_shards * cfg.gradient_accumulation_steps  # packing never crosses a shard/micro-batch
+        self.packing_plan = packing.plan_packing(
+            [b for batches in self.run_batches for b in batches],
+            self.tokenized.lengths,
+            groups,
+            step_rows // groups,
+            hidden_size=packing.model_width(model.config),
+            max_shapes=target.max_shapes,
+        )
+        self.fingerprint = {
+            "examples": n,
+            "data": None,  # filled lazily (hashing the tokens is only needed with checkpoints)
+            "batch_size": batch_size,
+            "shuffle": shuffle,
+            "drop_last": drop_last,
+            "data_seed": data_seed,
+            "steps_per_epoch": self.steps_per_epoch,
+            "packed_shapes": [list(shape) for shape in self.packing_plan.shapes],  # the layout sets dropout's masks
+        }
+
+    def run_fingerprint(self) -> dict[str, Any]:
+        from crossjax.checkpoint import data_fingerprint
+
+        # same size but other pairs/labels: another run
+        return {**self.fingerprint, "data": data_fingerprint(self.tokenized, self.labels)}
+
+    def resume(self, meta: dict[str, Any]) -> None:
+        """Nothing to restore: the global step says where the plan continues."""
+
+    def start(self, start_step: int) -> None:
+        self.start_step = start_step
+
+    def steps(self) -> Any:
+        first_epoch = self.start_step // self.steps_per_epoch
+        for epoch in range(first_epoch, len(self.run_batches)):
+            batches = self.run_batches[epoch]
+            first = self.start_step - epoch * self.steps_per_epoch if epoch == first_epoch else 0
+            for batch_index in range(first, len(batches)):
+                indices = batches[batch_index]
+                batch = packing.pack(self.tokenized, indices, self.labels, self.packing_plan, self.pad_id)
+                yield TrainStep(epoch, batch_index + 1, batch_index + 1 == len(batches), batch, len(indices))
+
+    def checkpoint_meta(self) -> dict[str, Any]:
+        return {}
+
+    def summary(self) -> dict[str, Any]:
+        return {}
+
+    def close(self) -> None:
+        pass
+
+
+STREAM_LOOKAHEAD = 32  # a stream's first steps, held to plan the packed shapes (R and the row lengths)
+
+
+class _StreamData:
+    """A run over a stream (see :mod:`crossjax.streaming`): ``max_steps`` optimizer steps, one pass at most,
+    tokenized lazily in a background thread. The packed shapes are planned from the first
+    :data:`STREAM_LOOKAHEAD` steps (a later step that needs a longer row gets one more shape); the plan and the
+    data position (examples consumed) go into every checkpoint."""
+
+    def __init__(self, target: FitTarget, stream: streaming.StreamSource, cfg: FitConfig) -> None:
+        if cfg.max_steps is None:
+            raise ValueError(
+                f"fit got a stream ({stream.description}) of unknown length: pass max_steps=... (the number of "
+                "optimizer steps to train; epochs is ignored for streams)"
+            )
+        if cfg.epochs != 1:
+            logger.warning("epochs=%d is ignored for a stream: it is read once, for max_steps steps", cfg.epochs)
+        self.target, self.stream, self.cfg = target, stream, cfg
+        self.batch_size = int(cfg.batch_size or stream.batch_size or 16)
+        target.plan.check_batch_size(self.batch_size)
+        self.step_rows = self.batch_size * cfg.gradient_accumulation_steps
+        self.groups = target.plan.data_shards * cfg.gradient_accumulation_steps
+        self.total_steps = int(cfg.max_steps)
+        self.position = 0  # examples of the stream trained on so far
+        self.packing_plan: packing.PackingPlan | None = None
+        self.reader: streaming.StreamReader | None = None
+
+    def run_fingerprint(self) -> dict[str, Any]:
+        return {
+            "stream": self.stream.description,  # the data itself cannot be hashed: what is known of it
+            "batch_size": self.batch_size,
+            "shuffle_buffer_size": self.cfg.shuffle_buffer_size,
+            "data_seed": self.cfg.seed,
+        }
+
+    def resume(self, meta: dict[str, Any]) -> None:
+        self.position = int(meta["stream_examples"])
+        saved = meta["packing_plan"]
+        self.packing_plan = packing.PackingPlan(
+            int(saved["rows"]), tuple(int(t) for t in saved["row_lengths"]), self.groups, self.step_rows // self.groups
+        )
+        logger.info("Skipping the %d examples of the stream trained on before the checkpoint", self.position)
+
+    def start(self, start_step: int) -> None:
+        """Start the reader and read the lookahead: a bad example among it is reported before compiling."""
+        model = self.target.model
+        self.remaining = max(0, self.total_steps - start_step)
+        self.reader = streaming.StreamReader(
+            self.stream,
+            self.target.tokenizer,
+            self.target.max_length,
+            model.num_labels,
+            self.step_rows,
+            self.remaining,
+            start=self.position,
+            shuffle_buffer_size=self.cfg.shuffle_buffer_size,
+            seed=self.cfg.seed,
+        )
+        try:
+            self.lookahead: list[streaming.StreamStep] = []
+            while len(self.lookahead) < min(STREAM_LOOKAHEAD, self.remaining):
+                step = self.reader.next_step()
+                if step is None:
+                    break
+                self.lookahead.append(step)
+            if not self.lookahead and start_step == 0:
+                raise ValueError(f"train_dataloader is empty: the stream ({self.stream.description}) holds no examples")
+            if self.packing_plan is None:
+                self.packing_plan = streaming.plan_from_steps(
+                    self.lookahead,
+                    self.groups,
+                    self.step_rows // self.groups,
+                    packing.model_width(model.config),
+                    self.target.max_shapes,
+                )
+        except BaseException:
+            self.reader.close()
+            raise
+        self.start_step = start_step
+
+    def _next(self) -> streaming.StreamStep | None:
+        return self.lookahead.pop(0) if self.lookahead else self.reader.next_step()
+
+    def steps(self) -> Any:
+        """One epoch (0) of up to ``max_steps`` steps; the last one (known by reading one step ahead) ends it."""
+        taken = 0
+        upcoming = self._next() if self.remaining else None
+        while upcoming is not None:
+            step, taken = upcoming, taken + 1
+            upcoming = self._next() if taken < self.remaining else None
+            if upcoming is None and taken < self.remaining:
+                logger.warning(
+                    "The stream ended after %d examples, before max_steps=%d: training stops at step %d",
+                    step.end,
+                    self.total_steps,
+                    self.start_step + taken,
+                )
+            indices = np.arange(len(step.tokenized), dtype=np.int64)
+            batch = packing.pack(step.tokenized, indices, step.labels, self.packing_plan, self.target.pad_id)
+            self.position = step.end
+            yield TrainStep(0, self.start_step + taken, upcoming is None, batch, len(indices))
+
+    def checkpoint_meta(self) -> dict[str, Any]:
+        plan = {"rows": self.packing_plan.rows, "row_lengths": list(self.packing_plan.row_lengths)}
+        return {"stream_examples": self.position, "packing_plan": plan}  # a resume skips this many examples
+
+    def summary(self) -> dict[str, Any]:
+        return {"stream_examples": self.position}  # examples of the stream trained on (the data position)
+
+    def close(self) -> None:
+        if self.reader is not None:
+            self.reader.close()
+
+
 def _run_fit(
     target: FitTarget,
     train_dataloader: Any,
@@ -294,45 +514,19 @@ def _run_fit(
 ) -> FitResult:
     result = FitResult() if result is None else result
     model = target.model
-    # 1. Everything that can be wrong with the input is checked before any tokenization or compilation.
+    # 1. Everything that can be wrong with the input is checked before any tokenization or compilation (a
+    #    stream's examples as they are read: its first steps before compiling).
     cfg.validate()
-    examples, batch_size, shuffle, drop_last, loader_seed = data_lib.collect_examples(train_dataloader)
-    data_seed = cfg.seed if loader_seed is None else loader_seed  # DataLoader(seed=...) orders the data
-    texts_a, texts_b, labels = data_lib.validate_examples(examples, model.num_labels)
+    stream = streaming.as_stream(train_dataloader)
     loss_fn = losses.resolve_loss(loss_fct, model.num_labels)
     activation = losses.resolve_activation(activation_fct)
+    data = _StreamData(target, stream, cfg) if stream is not None else _InMemoryData(target, train_dataloader, cfg)
     plan = target.plan
-    plan.check_batch_size(batch_size)
     k = cfg.gradient_accumulation_steps
-    step_rows = batch_size * k
-    n = len(labels)
-    steps_per_epoch = len(data_lib.plan_batches(np.zeros(n, np.int32), step_rows, False, 0, 0, drop_last))
-    if steps_per_epoch == 0:
-        raise ValueError(f"no full batch of {step_rows} examples with drop_last=True: {n} examples only")
-    total_steps = steps_per_epoch * cfg.epochs
+    total_steps = data.total_steps
     schedule = make_schedule(cfg.scheduler, cfg.learning_rate, cfg.warmup_steps, total_steps)
 
-    # 2. Tokenize once; the bucket list bounds the number of compilations.
-    tokenized = data_lib.tokenize_pairs(target.tokenizer, texts_a, texts_b, target.max_length)
-
-    # 2b. Every epoch's batches are known now: plan the packed shapes of the whole run (at most max_shapes).
-    def epoch_batches(epoch: int) -> list[np.ndarray]:
-        return data_lib.plan_batches(
-            tokenized.lengths, step_rows, shuffle, data_seed, epoch, drop_last, cfg.group_by_length
-        )
-
-    groups = plan.data_shards * k  # one group per data shard and micro-batch: packing never crosses them
-    run_batches = [epoch_batches(epoch) for epoch in range(cfg.epochs)]
-    packing_plan = packing.plan_packing(
-        [b for batches in run_batches for b in batches],
-        tokenized.lengths,
-        groups,
-        step_rows // groups,
-        hidden_size=packing.model_width(model.config),
-        max_shapes=target.max_shapes,
-    )
-
-    # 3. The train state, placed on the mesh.
+    # 2. The train state, placed on the mesh.
     nnx.reseed(model, dropout=cfg.seed, policy="match_shape")  # scanned layers hold one stream per layer
     params = nnx.state(model, nnx.Param)
     # Only structure is static in the compiled step (spec, mask, loss, activation, k, graph, shardings); the
@@ -354,23 +548,18 @@ def _run_fit(
     start_step = 0
     best_score = None
     if cfg.checkpoint_path:
-        from crossjax.checkpoint import TrainCheckpointer, data_fingerprint
+        from crossjax.checkpoint import TrainCheckpointer
 
         fingerprint = {
-            "examples": n,
-            "data": data_fingerprint(tokenized, labels),  # same size but other pairs/labels: another run
-            "batch_size": batch_size,
-            "shuffle": shuffle,
-            "drop_last": drop_last,
-            "data_seed": data_seed,
+            **data.run_fingerprint(),
             "num_labels": model.num_labels,
             "model_type": model.config.model_type,
-            "steps_per_epoch": steps_per_epoch,
-            "packed_shapes": [list(shape) for shape in packing_plan.shapes],  # the layout sets dropout's masks
             "loss": describe_callable(loss_fn),
             "activation_fct": describe_callable(activation),
             **run_settings(cfg),
         }
+        if stream is not None:
+            fingerprint.pop("epochs", None)  # ignored for streams
         checkpointer = TrainCheckpointer(
             cfg.checkpoint_path, cfg.checkpoint_save_steps, cfg.checkpoint_save_total_limit, fingerprint
         )
@@ -379,7 +568,14 @@ def _run_fit(
             state, meta = restored
             start_step = int(meta["step"])
             best_score = meta.get("best_score")
+            data.resume(meta)
             logger.info("Resuming from checkpoint step %d in %s", start_step, cfg.checkpoint_path)
+    try:
+        data.start(start_step)
+    except BaseException:
+        if checkpointer is not None:
+            checkpointer.close()
+        raise
 
     graphdef = training.graphdef_with_dtype(model, cfg.compute_dtype, train=True)
     program, _ = training.train_program(graphdef, spec, mask, loss_fn, activation, k, state_shardings, plan)
@@ -393,10 +589,15 @@ def _run_fit(
     stats = data_lib.PaddingStats()
     result.best_score = -9999999 if best_score is None else best_score
     bar = progress_bar(
-        enabled=cfg.show_progress_bar, total=total_steps, initial=start_step, desc="Training", unit="step",
+        enabled=cfg.show_progress_bar,
+        total=total_steps,
+        initial=start_step,
+        desc="Training",
+        unit="step",
         smoothing=0.05,
     )
     global_step = start_step
+    last_epoch = 0
     started = time.perf_counter()
     trained_pairs = 0
     evaluate_fn = target.evaluate
@@ -425,52 +626,47 @@ def _run_fit(
             if cfg.save_best_model and cfg.output_path is not None:
                 target.save(cfg.output_path)
 
+    def save_checkpoint(epoch: int) -> None:
+        metrics.flush()  # never checkpoint a state whose last loss was not finite
+        checkpointer.save(
+            global_step, state, {"best_score": result.best_score, "epoch": epoch, **data.checkpoint_meta()}
+        )
+
     def maybe_checkpoint(epoch: int) -> None:
         if checkpointer is not None and global_step % cfg.checkpoint_save_steps == 0 and global_step > start_step:
-            metrics.flush()  # never checkpoint a state whose last loss was not finite
-            checkpointer.save(global_step, state, {"best_score": result.best_score, "epoch": epoch})
+            save_checkpoint(epoch)
 
     try:
-        for epoch in range(start_step // steps_per_epoch, cfg.epochs):
-            batches = run_batches[epoch]
-            first = start_step - epoch * steps_per_epoch if epoch == start_step // steps_per_epoch else 0
-            for batch_index in range(first, len(batches)):
-                indices = batches[batch_index]
-                batch = packing.pack(tokenized, indices, labels, packing_plan, target.pad_id)
-                stats.add(batch)
-                used_shapes.add(tuple(batch.input_ids.shape))
-                state, step_metrics = program.fn(state, training.batch_to_global(batch, plan), healthy, hparams)
-                healthy = step_metrics["finite"]  # stays on the device: a bad step freezes all later ones
-                global_step += 1
-                trained_pairs += len(indices)
-                metrics.add(global_step, epoch, step_metrics)
-                training_steps = batch_index + 1
-                if global_step % cfg.logging_steps == 0:
-                    metrics.flush()
-                    if bar is not None:
-                        rate = trained_pairs / max(time.perf_counter() - started, 1e-9)
-                        bar.set_postfix(loss=f"{metrics.last_loss:.4f}", pairs_per_s=f"{rate:.1f}")
+        for step in data.steps():
+            stats.add(step.batch)
+            used_shapes.add(tuple(step.batch.input_ids.shape))
+            state, step_metrics = program.fn(state, training.batch_to_global(step.batch, plan), healthy, hparams)
+            healthy = step_metrics["finite"]  # stays on the device: a bad step freezes all later ones
+            global_step += 1
+            last_epoch = step.epoch
+            trained_pairs += step.pairs
+            metrics.add(global_step, step.epoch, step_metrics)
+            if global_step % cfg.logging_steps == 0:
+                metrics.flush()
                 if bar is not None:
-                    bar.update(1)
-                if (
-                    evaluate_fn is not None
-                    and cfg.evaluation_steps > 0
-                    and training_steps % cfg.evaluation_steps == 0
-                ):
-                    evaluate(epoch, training_steps)
-                # An epoch's last step is checkpointed after the epoch's evaluation (below), so a preemption
-                # between the two never skips that evaluation and its best-model save on resume.
-                if batch_index + 1 < len(batches):
-                    maybe_checkpoint(epoch)
-            if evaluate_fn is not None:
-                evaluate(epoch, -1)
-            maybe_checkpoint(epoch)
+                    rate = trained_pairs / max(time.perf_counter() - started, 1e-9)
+                    bar.set_postfix(loss=f"{metrics.last_loss:.4f}", pairs_per_s=f"{rate:.1f}")
+            if bar is not None:
+                bar.update(1)
+            if evaluate_fn is not None and cfg.evaluation_steps > 0 and step.steps_in_epoch % cfg.evaluation_steps == 0:
+                evaluate(step.epoch, step.steps_in_epoch)
+            # An epoch's last step is checkpointed after the epoch's evaluation, so a preemption between the two
+            # never skips that evaluation and its best-model save on resume.
+            if step.last_in_epoch and evaluate_fn is not None:
+                evaluate(step.epoch, -1)
+            maybe_checkpoint(step.epoch)
         metrics.flush()
         if checkpointer is not None and global_step % cfg.checkpoint_save_steps != 0 and global_step > start_step:
-            checkpointer.save(global_step, state, {"best_score": result.best_score, "epoch": cfg.epochs - 1})
+            save_checkpoint(last_epoch)
     finally:
         # Ctrl-C, an evaluator or callback error, OOM, a checkpoint error or a non-finite loss: the model keeps
         # the last completed step's parameters (the state was only ever replaced by finished steps).
+        data.close()
         sync_model()
         if bar is not None:
             bar.close()
@@ -485,6 +681,7 @@ def _run_fit(
     result.summary = {
         "global_step": global_step,
         "resumed_from_step": start_step,  # 0 unless a checkpoint was restored
+        **data.summary(),
         "train_loss": metrics.last_loss,
         "compilations": traced,  # train-step programs traced (and compiled or loaded) in this fit
         "compiled_shapes": compiled_shapes,

@@ -1,0 +1,150 @@
+"""Streaming input (issue 8): ``fit`` over generators and ``datasets.IterableDataset`` with ``max_steps``.
+
+Each stream run is checked against the in-memory path on the same examples (same order, shuffle off), which
+is the independent reference: the two share the train step but not the data pipeline.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from test_fit_behaviour import (  # noqa: F401 - fixtures used by name
+    TRAIN,
+    compilation_cache,
+    losses_of,
+    make_examples,
+    params_of,
+    tiny_dir,
+    tiny_dirs,
+)
+
+from crossjax import CrossEncoder, InputExample
+
+FIXTURES = (compilation_cache, tiny_dir, tiny_dirs)  # imported for pytest, which finds them by name
+RUN = {**TRAIN, "logging_steps": 1, "batch_size": 4}
+
+
+def assert_same_params(a: CrossEncoder, b: CrossEncoder) -> None:
+    for x, y in zip(params_of(a), params_of(b), strict=True):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_generator_matches_list(tiny_dir):
+    examples = make_examples(40, seed=1)
+    in_memory, streamed = CrossEncoder(tiny_dir), CrossEncoder(tiny_dir)
+    in_memory.fit(list(examples), **RUN)
+    summary = streamed.fit((ex for ex in examples), max_steps=10, **RUN)
+    assert summary["global_step"] == 10 and summary["stream_examples"] == 40
+    assert losses_of(streamed) == losses_of(in_memory)
+    assert len(losses_of(streamed)) == 10
+    assert_same_params(in_memory, streamed)
+
+
+@pytest.mark.parametrize(
+    "max_steps, extra",
+    [(100, {}), (6, {"gradient_accumulation_steps": 2})],
+    ids=["stream ends before max_steps", "gradient accumulation"],
+)
+def test_generator_matches_list_variants(tiny_dir, max_steps, extra):
+    examples = make_examples(42, seed=5)  # 10 full batches of 4 and a partial one
+    in_memory, streamed = CrossEncoder(tiny_dir), CrossEncoder(tiny_dir)
+    in_memory.fit(list(examples), **RUN, **extra)
+    summary = streamed.fit(iter(examples), max_steps=max_steps, **RUN, **extra)
+    assert summary["stream_examples"] == 42
+    assert len(losses_of(streamed)) == min(max_steps, 11)
+    assert losses_of(streamed) == losses_of(in_memory)
+    assert_same_params(in_memory, streamed)
+
+
+def test_jsonl_stream_matches_in_memory_dataset(tiny_dir, tmp_path):
+    import datasets
+    import torch
+
+    examples = make_examples(24, seed=2)
+    path = tmp_path / "pairs.jsonl"
+    with open(path, "w") as f:
+        for ex in examples:
+            f.write(json.dumps({"sentence1": ex.texts[0], "sentence2": ex.texts[1], "label": ex.label}) + "\n")
+    stream = datasets.load_dataset("json", data_files=str(path), split="train", streaming=True)
+    assert isinstance(stream, datasets.IterableDataset)
+    in_memory_ds = datasets.load_dataset("json", data_files=str(path), split="train")
+    in_memory, streamed = CrossEncoder(tiny_dir), CrossEncoder(tiny_dir)
+    in_memory.fit(torch.utils.data.DataLoader(in_memory_ds, batch_size=4), **{**RUN, "batch_size": None})
+    streamed.fit(stream, max_steps=6, **RUN)
+    assert losses_of(streamed) == losses_of(in_memory)
+    assert_same_params(in_memory, streamed)
+    # a torch DataLoader over the stream: its batch size is used, it is never iterated
+    via_loader = CrossEncoder(tiny_dir)
+    summary = via_loader.fit(
+        torch.utils.data.DataLoader(stream, batch_size=4), max_steps=6, **{**RUN, "batch_size": None}
+    )
+    assert summary["stream_examples"] == 24
+    assert_same_params(in_memory, via_loader)
+
+
+def test_stream_errors(tiny_dir):
+    ce = CrossEncoder(tiny_dir)
+    with pytest.raises(ValueError, match="max_steps"):
+        ce.fit((ex for ex in make_examples(8)), **RUN)
+    examples = make_examples(200, seed=3)
+    examples[137] = InputExample(texts=["a", None], label=1.0)
+    with pytest.raises(ValueError, match="Example 137: text 1 is None"):
+        ce.fit((ex for ex in examples), max_steps=50, **RUN)  # 137 is past the planning lookahead (128)
+
+
+def test_max_steps_caps_in_memory_run(tiny_dir):
+    summary = CrossEncoder(tiny_dir).fit(make_examples(40), max_steps=3, **RUN)
+    assert summary["global_step"] == 3
+
+
+@pytest.mark.parametrize("shuffle_buffer_size", [0, 10])
+def test_stream_resume_is_exact(tiny_dir, tmp_path, shuffle_buffer_size):
+    examples = make_examples(60, seed=4)
+    run = {**RUN, "max_steps": 6, "shuffle_buffer_size": shuffle_buffer_size}
+    straight = CrossEncoder(tiny_dir)
+    straight.fit(iter(examples), **run)
+
+    calls = []
+
+    def evaluator(model, output_path=None, epoch=-1, steps=-1):
+        calls.append(steps)
+        if steps == 5 and len(calls) == 5:  # the first run dies after step 5, past the checkpoint at step 4
+            raise RuntimeError("preempted")
+        return 0.0
+
+    checkpoints = {"checkpoint_path": str(tmp_path / "ckpt"), "checkpoint_save_steps": 2}
+    interrupted = CrossEncoder(tiny_dir)
+    with pytest.raises(RuntimeError, match="preempted"):
+        interrupted.fit(iter(examples), evaluator=evaluator, evaluation_steps=1, **checkpoints, **run)
+    resumed = CrossEncoder(tiny_dir)
+    summary = resumed.fit(iter(examples), evaluator=evaluator, evaluation_steps=1, **checkpoints, **run)
+    assert summary["resumed_from_step"] == 4 and summary["global_step"] == 6
+    assert summary["stream_examples"] == 24
+    assert losses_of(resumed) == losses_of(straight)[4:]
+    assert_same_params(straight, resumed)
+
+
+def test_large_generator_is_not_materialized(tiny_dir):
+    import psutil
+
+    read = [0]
+
+    def pairs(n):
+        rng = np.random.default_rng(0)
+        words = np.array("a man dog plays guitar in the park red ball runs".split())
+        for i in range(n):
+            read[0] += 1
+            yield InputExample(texts=[" ".join(rng.choice(words, 5)), " ".join(rng.choice(words, 3))], label=i % 2)
+
+    ce = CrossEncoder(tiny_dir)
+    ce.fit(pairs(1000), max_steps=10, **{**RUN, "batch_size": 16})  # warm-up: compile the shapes
+    process = psutil.Process()
+    before = process.memory_info().rss
+    read[0] = 0
+    summary = ce.fit(pairs(200_000), max_steps=10, **{**RUN, "batch_size": 16})
+    grown = process.memory_info().rss - before
+    assert summary["global_step"] == 10 and summary["stream_examples"] == 160
+    assert read[0] == 160, "the stream must be read only as far as training needs it"
+    assert grown < 100 * 2**20, f"RSS grew by {grown / 2**20:.0f} MiB"

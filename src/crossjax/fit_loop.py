@@ -31,7 +31,7 @@ from crossjax.models.base import FlaxPreTrainedModel
 from crossjax.models.export import check_local_path
 from crossjax.parallel import MeshPlan, put_global
 from crossjax.runtime import progress_bar
-from crossjax.schedules import make_schedule
+from crossjax.schedules import make_schedule, scheduler_key
 
 logger = logging.getLogger("crossjax")
 
@@ -520,6 +520,7 @@ def _run_fit(
     stream = streaming.as_stream(train_dataloader)
     loss_fn = losses.resolve_loss(loss_fct, model.num_labels)
     activation = losses.resolve_activation(activation_fct)
+    scheduler_key(cfg.scheduler)  # an unknown scheduler name is reported before tokenizing anything
     data = _StreamData(target, stream, cfg) if stream is not None else _InMemoryData(target, train_dataloader, cfg)
     plan = target.plan
     k = cfg.gradient_accumulation_steps

@@ -347,7 +347,6 @@ class _InMemoryData:
         )
         self.fingerprint = {
             "examples": n,
-            "data": None,  # filled lazily (hashing the tokens is only needed with checkpoints)
             "batch_size": batch_size,
             "shuffle": shuffle,
             "drop_last": drop_last,
@@ -359,7 +358,7 @@ class _InMemoryData:
     def run_fingerprint(self) -> dict[str, Any]:
         from crossjax.checkpoint import data_fingerprint
 
-        # same size but other pairs/labels: another run
+        # Hashed only when checkpointing: same size but other pairs or labels is another run.
         return {**self.fingerprint, "data": data_fingerprint(self.tokenized, self.labels)}
 
     def resume(self, meta: dict[str, Any]) -> None:

@@ -1,10 +1,10 @@
 """Compile time of crossjax's train step with scanned layers (``nnx.scan``, the default) and unrolled layers.
 
-The step is the one ``CrossEncoder.fit`` builds (``benchmarks/train_step.py`` builds it the same way: AdamW +
-clipping, BCE, donated state), for randomly initialised BERT-base and MiniLM-sized models. For each layout the
-script times tracing + lowering (``jax.jit(...).lower``) and XLA's compilation (``.compile()``) separately, with
-the persistent compilation cache off so every number is a real compile, then one step of each to show the
-run time per step (scan can cost a little at run time; this says how much here).
+The step is the one ``CrossEncoder.fit`` builds (``train_step.build_fit_step``: AdamW + clipping, BCE, donated
+state, the run's numbers as traced arguments), for randomly initialised BERT-base and MiniLM-sized models. For
+each layout the script times tracing + lowering (``jax.jit(...).lower``) and XLA's compilation (``.compile()``)
+separately, with the persistent compilation cache off so every number is a real compile, then a few steps to
+show the run time per step (scan can cost a little at run time; this says how much here).
 
 Usage:
     python benchmarks/compile_time.py                       # bert-base and minilm, batch 16 x 128, float32
@@ -20,56 +20,30 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _bench  # noqa: E402
-from train_step import MODELS, bert_config  # noqa: E402
+from train_step import MODELS, build_fit_step  # noqa: E402
 
 
 def measure(model_name: str, dtype_name: str, scan: bool, batch: int, seq: int, steps: int) -> dict:
     import jax
-    import jax.numpy as jnp
-    import numpy as np
-    from flax import nnx
 
-    from crossjax import losses, packing, training
-    from crossjax.models.auto import FlaxAutoModelForSequenceClassification
-    from crossjax.parallel import make_mesh
-    from crossjax.schedules import make_schedule
+    from crossjax import training
 
-    config = bert_config(model_name, seq)
-    dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[dtype_name]
-    plan = make_mesh("replicated")
-    model = FlaxAutoModelForSequenceClassification.from_config(config, seed=0, scan_layers=scan)
-    params = nnx.state(model, nnx.Param)
-    tx = training.make_optimizer(
-        make_schedule("WarmupLinear", 2e-5, 10, 100), 0.01, training.decay_mask(model, params), 1.0
+    training.clear_program_cache()  # the other layout's program must not be reused
+    program, state, device_batch, healthy, hparams, _, _ = build_fit_step(
+        model_name, dtype_name, batch, seq, scan_layers=scan
     )
-    state, shardings = training.init_train_state(model, tx, plan)
-    graphdef = training.graphdef_with_dtype(model, dtype, train=True)
-    step = jax.jit(
-        training.make_train_step(graphdef, tx, losses.binary_cross_entropy_with_logits, losses.identity, 1),
-        in_shardings=(shardings, plan.batch, plan.replicated),
-        out_shardings=(shardings, plan.replicated),
-        donate_argnums=(0,),
-    )
-    rng = np.random.default_rng(0)
-    batch_np = packing.one_pair_per_row(
-        rng.integers(1000, config.vocab_size, size=(batch, seq), dtype=np.int32),
-        np.zeros((batch, seq), np.int32),
-        rng.random(batch, dtype=np.float32),
-        groups=plan.data_shards,
-    )
-    device_batch = training.batch_to_global(batch_np, plan)
-    healthy = jax.jit(lambda: jnp.array(True), out_shardings=plan.replicated)()
+    step = program.fn
     start = time.perf_counter()
-    lowered = step.lower(state, device_batch, healthy)
+    lowered = step.lower(state, device_batch, healthy, hparams)
     lower_s = time.perf_counter() - start
     start = time.perf_counter()
     compiled = lowered.compile()
     compile_s = time.perf_counter() - start
-    state, metrics = compiled(state, device_batch, healthy)
+    state, metrics = compiled(state, device_batch, healthy, hparams)
     jax.block_until_ready(metrics)
     start = time.perf_counter()
     for _ in range(steps):
-        state, metrics = compiled(state, device_batch, metrics["finite"])
+        state, metrics = compiled(state, device_batch, metrics["finite"], hparams)
     jax.block_until_ready(metrics)
     step_ms = 1e3 * (time.perf_counter() - start) / steps
     return {"lower_s": lower_s, "compile_s": compile_s, "step_ms": step_ms}

@@ -164,8 +164,21 @@ class Result:
 # --- crossjax ------------------------------------------------------------------------------------------------
 
 
-def crossjax_step(model_name: str, dtype_name: str, batch: int, seq: int, args) -> Result:
-    import jax
+def build_fit_step(
+    model_name: str,
+    dtype_name: str,
+    batch: int,
+    seq: int,
+    *,
+    seed: int = 0,
+    sharding: str = "replicated",
+    total_steps: int = 100,
+    scan_layers: bool = True,
+):
+    """The train step exactly as ``crossjax.fit_loop`` builds it (AdamW + clipping, WarmupLinear, BCE, donated
+    state, the run's numbers as traced arguments), for a random BERT-layout model, with one batch of full-length
+    pairs (one per row: no padding, as in the FLOP count). Returns ``(program, state, batch, healthy, hparams,
+    config, plan)``; ``program.fn(state, batch, healthy, hparams)`` runs a step."""
     import jax.numpy as jnp
     import numpy as np
     from flax import nnx
@@ -176,14 +189,12 @@ def crossjax_step(model_name: str, dtype_name: str, batch: int, seq: int, args) 
 
     config = bert_config(model_name, seq)
     dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[dtype_name]
-    device = jax.devices()[0].device_kind
-    plan = make_mesh(args.sharding)
+    plan = make_mesh(sharding)
     plan.check_batch_size(batch)
-
-    # As crossjax.fit_loop.run_fit builds it.
-    model = FlaxAutoModelForSequenceClassification.from_config(config, dtype=jnp.float32, seed=args.seed)
+    model = FlaxAutoModelForSequenceClassification.from_config(
+        config, dtype=jnp.float32, seed=seed, scan_layers=scan_layers
+    )
     params = nnx.state(model, nnx.Param)
-    total_steps = args.warmup + args.steps
     spec = training.OptimizerSpec.create("WarmupLinear", max_grad_norm=1.0)
     numbers = training.optimizer_hparams(2e-5, max(1, total_steps // 10), total_steps, 0.01, max_grad_norm=1.0)
     mask = training.decay_mask(model, params)
@@ -192,18 +203,32 @@ def crossjax_step(model_name: str, dtype_name: str, batch: int, seq: int, args) 
     program, _ = training.train_program(
         graphdef, spec, mask, losses.binary_cross_entropy_with_logits, losses.identity, 1, state_shardings, plan
     )
-    hparams = put_global(numbers, plan.replicated)
-    healthy = put_global(np.array(True), plan.replicated)
-    del model, params
-
-    rng = np.random.default_rng(args.seed)
-    batch_np = packing.one_pair_per_row(  # every pair fills its row: no padding, as in the FLOP count
+    rng = np.random.default_rng(seed)
+    batch_np = packing.one_pair_per_row(
         rng.integers(1000, config.vocab_size, size=(batch, seq), dtype=np.int32),
         np.concatenate([np.zeros((batch, seq // 2), np.int32), np.ones((batch, seq - seq // 2), np.int32)], axis=1),
         rng.random(batch, dtype=np.float32),
         groups=plan.data_shards,
     )
     device_batch = training.batch_to_global(batch_np, plan)
+    hparams = put_global(numbers, plan.replicated)
+    healthy = put_global(np.array(True), plan.replicated)
+    return program, state, device_batch, healthy, hparams, config, plan
+
+
+def crossjax_step(model_name: str, dtype_name: str, batch: int, seq: int, args) -> Result:
+    import jax
+
+    device = jax.devices()[0].device_kind
+    program, state, device_batch, healthy, hparams, config, _ = build_fit_step(
+        model_name,
+        dtype_name,
+        batch,
+        seq,
+        seed=args.seed,
+        sharding=args.sharding,
+        total_steps=args.warmup + args.steps,
+    )
 
     start = time.perf_counter()
     state, metrics = program.fn(state, device_batch, healthy, hparams)

@@ -443,15 +443,11 @@ class PaddingStats:
 
     real_tokens: int = 0
     computed_tokens: int = 0
-    real_rows: int = 0
-    rows: int = 0
 
     def add(self, batch) -> None:
         """Count a :class:`crossjax.packing.PackedBatch`."""
         self.real_tokens += batch.real_tokens
         self.computed_tokens += batch.computed_tokens
-        self.real_rows += int((batch.example_mask > 0).sum())
-        self.rows += int(batch.example_mask.size)
 
     @property
     def efficiency(self) -> float:

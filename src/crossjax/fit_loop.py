@@ -62,6 +62,11 @@ class FitConfig:
     max_steps: int | None = None  # optimizer steps: required for streams, a cap otherwise
     batch_size: int | None = None  # a stream's batch size (default 16); overrides a loader's otherwise
     shuffle_buffer_size: int = 0  # streams only: seeded block shuffle of this many examples (0: off)
+    # Evaluation cadence: fit's legacy rule (every evaluation_steps steps of an epoch, counted from the epoch's
+    # start, and at each epoch's end) or the Trainer's (every evaluation_steps global steps; epoch ends only if
+    # evaluate_each_epoch).
+    evaluation_global_steps: bool = False
+    evaluate_each_epoch: bool = True
 
     def validate(self) -> None:
         def positive_int(name: str, value: Any, minimum: int = 1) -> None:
@@ -182,6 +187,8 @@ class FitTarget:
     save: Callable[[str], Any]
     max_shapes: int = 2
     evaluate: Callable[[str | None, int, int], Any] | None = None
+    # Called after every step with (global step, epoch); returning True stops the run after that step.
+    on_step: Callable[[int, int], bool | None] | None = None
 
 
 @dataclass
@@ -218,6 +225,9 @@ def run_settings(cfg: FitConfig) -> dict[str, Any]:
 
 def describe_callable(fn: Any) -> str:
     """A stable description of a loss or activation (name and bound arguments), to tell two runs apart."""
+    if callable(getattr(fn, "get_config_dict", None)):  # a trainer loss object: its class and arguments
+        config = json.dumps(fn.get_config_dict(), sort_keys=True, default=repr)
+        return f"{type(fn).__module__}.{type(fn).__qualname__}({config})"
     if isinstance(fn, functools.partial):
         args = {k: np.asarray(v).tolist() if hasattr(v, "shape") else v for k, v in sorted(fn.keywords.items())}
         return f"{describe_callable(fn.func)}({', '.join(f'{k}={v!r}' for k, v in args.items())})"
@@ -278,6 +288,7 @@ def run_fit(
     callback: Callable | None,
     cfg: FitConfig,
     result: FitResult | None = None,
+    data_source: Any = None,
 ) -> FitResult:
     """Train ``target.model`` in place; return (or fill ``result`` with) the history, best score and summary.
 
@@ -289,9 +300,13 @@ def run_fit(
     the run do not count, see :func:`crossjax.training.train_program`). ``compile_seconds`` is the time JAX
     spent tracing and compiling during the run and ``cache_hits`` the programs it loaded from the persistent
     compilation cache (:func:`crossjax.runtime.enable_compilation_cache`).
+    ``data_source`` replaces ``train_dataloader`` with a prepared source (the trainer's list batches, see
+    :class:`crossjax.list_batches.ListData`); ``loss_fct`` is then its list loss.
     """
     with training.CompileMonitor() as monitor:
-        return _run_fit(target, train_dataloader, loss_fct, activation_fct, callback, cfg, result, monitor)
+        return _run_fit(
+            target, train_dataloader, loss_fct, activation_fct, callback, cfg, result, monitor, data_source
+        )
 
 
 @dataclass
@@ -510,17 +525,22 @@ def _run_fit(
     cfg: FitConfig,
     result: FitResult | None,
     monitor: training.CompileMonitor,
+    data_source: Any = None,
 ) -> FitResult:
     result = FitResult() if result is None else result
     model = target.model
     # 1. Everything that can be wrong with the input is checked before any tokenization or compilation (a
     #    stream's examples as they are read: its first steps before compiling).
     cfg.validate()
-    stream = streaming.as_stream(train_dataloader)
-    loss_fn = losses.resolve_loss(loss_fct, model.num_labels)
-    activation = losses.resolve_activation(activation_fct)
     scheduler_key(cfg.scheduler)  # an unknown scheduler name is reported before tokenizing anything
-    data = _StreamData(target, stream, cfg) if stream is not None else _InMemoryData(target, train_dataloader, cfg)
+    if data_source is not None:  # prepared (and checked) by the caller
+        stream, data = None, data_source
+        loss_fn, activation = loss_fct, losses.identity
+    else:
+        stream = streaming.as_stream(train_dataloader)
+        loss_fn = losses.resolve_loss(loss_fct, model.num_labels)
+        activation = losses.resolve_activation(activation_fct)
+        data = _StreamData(target, stream, cfg) if stream is not None else _InMemoryData(target, train_dataloader, cfg)
     plan = target.plan
     k = cfg.gradient_accumulation_steps
     total_steps = data.total_steps
@@ -578,7 +598,10 @@ def _run_fit(
         raise
 
     graphdef = training.graphdef_with_dtype(model, cfg.compute_dtype, train=True)
-    program, _ = training.train_program(graphdef, spec, mask, loss_fn, activation, k, state_shardings, plan)
+    micro_batches = k * getattr(data, "chunks", 1)  # a list loss's mini_batch_size splits a step further
+    program, _ = training.train_program(
+        graphdef, spec, mask, loss_fn, activation, micro_batches, state_shardings, plan
+    )
     counter = program.counter
     traced_before = counter.count  # the program may be shared with earlier fits: count this fit's traces only
     hparams = put_global(numbers, plan.replicated)
@@ -621,7 +644,7 @@ def _run_fit(
                 score = next(iter(score.values()))
             else:
                 raise ValueError(f"evaluator returned {sorted(score)} but no primary_metric among them")
-        if score > result.best_score:
+        if score is not None and score > result.best_score:
             result.best_score = float(score)
             if cfg.save_best_model and cfg.output_path is not None:
                 target.save(cfg.output_path)
@@ -653,13 +676,16 @@ def _run_fit(
                     bar.set_postfix(loss=f"{metrics.last_loss:.4f}", pairs_per_s=f"{rate:.1f}")
             if bar is not None:
                 bar.update(1)
-            if evaluate_fn is not None and cfg.evaluation_steps > 0 and step.steps_in_epoch % cfg.evaluation_steps == 0:
+            counted = global_step if cfg.evaluation_global_steps else step.steps_in_epoch
+            if evaluate_fn is not None and cfg.evaluation_steps > 0 and counted % cfg.evaluation_steps == 0:
                 evaluate(step.epoch, step.steps_in_epoch)
             # An epoch's last step is checkpointed after the epoch's evaluation, so a preemption between the two
             # never skips that evaluation and its best-model save on resume.
-            if step.last_in_epoch and evaluate_fn is not None:
+            if step.last_in_epoch and evaluate_fn is not None and cfg.evaluate_each_epoch:
                 evaluate(step.epoch, -1)
             maybe_checkpoint(step.epoch)
+            if target.on_step is not None and target.on_step(global_step, step.epoch):
+                break
         metrics.flush()
         if checkpointer is not None and global_step % cfg.checkpoint_save_steps != 0 and global_step > start_step:
             save_checkpoint(last_epoch)

@@ -35,6 +35,7 @@ __all__ = [
     "row_length_needed",
     "choose_row_counts",
     "plan_packing",
+    "plan_grouped_packing",
     "deal_into_groups",
     "pack",
     "one_pair_per_row",
@@ -55,6 +56,10 @@ class PackedBatch:
     labels: np.ndarray  # [G, P]
     example_mask: np.ndarray  # float32 [G, P]: 1 for a real pair, 0 for an empty slot
     indices: np.ndarray  # int64 [G, P]: the example of each slot, -1 for an empty slot (host only)
+    # List batches (ranking losses): each group holds whole queries, Q of them, each with up to D documents.
+    list_index: np.ndarray | None = None  # int32 [G, Q, D]: pair slot (in the group) of doc d of query q, -1 none
+    list_labels: np.ndarray | None = None  # [G, Q, K]: the loss's targets per query
+    query_mask: np.ndarray | None = None  # bool [G, Q]: False for the padding queries of a partial step
 
     @property
     def real_tokens(self) -> int:
@@ -66,11 +71,17 @@ class PackedBatch:
 
     def device_fields(self) -> dict[str, np.ndarray]:
         """The arrays the jitted step takes (``indices`` stays on the host)."""
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "indices"}
+        return {
+            f.name: getattr(self, f.name)
+            for f in fields(self)
+            if f.name != "indices" and getattr(self, f.name) is not None
+        }
 
     def take_groups(self, groups: np.ndarray) -> PackedBatch:
         """The given groups only (what one process feeds in a multi-host run)."""
-        return PackedBatch(**{f.name: getattr(self, f.name)[groups] for f in fields(self)})
+        return PackedBatch(
+            **{f.name: None if getattr(self, f.name) is None else getattr(self, f.name)[groups] for f in fields(self)}
+        )
 
 
 @dataclass(frozen=True)
@@ -194,12 +205,29 @@ def plan_packing(
     if groups < 1 or pairs < 1:
         raise ValueError(f"groups and pairs must be >= 1, got {groups} and {pairs}")
     lengths = np.asarray(lengths)
-    group_lists = [deal_into_groups(step, lengths, groups) for step in steps if len(step)]
+    group_lengths = [[lengths[g] for g in deal_into_groups(step, lengths, groups)] for step in steps if len(step)]
+    return plan_grouped_packing(group_lengths, groups, pairs, hidden_size, max_shapes, rows, sample_steps)
+
+
+def plan_grouped_packing(
+    group_lengths: Sequence[Sequence[np.ndarray]],
+    groups: int,
+    pairs: int,
+    hidden_size: int = 768,
+    max_shapes: int = 2,
+    rows: int | None = None,
+    sample_steps: int = 256,
+) -> PackingPlan:
+    """:func:`plan_packing` for steps already dealt into groups: ``group_lengths[s][g]`` are the token counts of
+    the pairs of group ``g`` of step ``s`` (how list batches plan: a query's pairs stay in one group)."""
+    if groups < 1 or pairs < 1:
+        raise ValueError(f"groups and pairs must be >= 1, got {groups} and {pairs}")
+    group_lists = [step for step in group_lengths if any(len(g) for g in step)]
     if not group_lists:
         return PackingPlan(ROW_QUANTUM, (1,), groups, pairs)
     if rows is None:
         every = max(1, len(group_lists) // sample_steps)
-        sample = [[lengths[g] for g in step] for step in group_lists[::every]]
+        sample = group_lists[::every]
         totals = np.array([int(g.sum()) for step in sample for g in step])
         typical = float(np.median(totals))
         candidates = sorted({max(1, math.ceil(typical / t)) for t in (64, 96, 128, 192, 256, 384, 512)})
@@ -213,7 +241,7 @@ def plan_packing(
             )
 
         rows = min(candidates, key=run_cost)
-    needs = [max(row_length_needed(lengths[g], rows) for g in step) for step in group_lists]
+    needs = [max(row_length_needed(g, rows) for g in step) for step in group_lists]
     return PackingPlan(int(rows), choose_row_counts(needs, max_shapes), int(groups), int(pairs))
 
 
@@ -247,13 +275,20 @@ def pack(
     labels: np.ndarray | None,
     plan: PackingPlan,
     pad_token_id: int,
+    dealt: Sequence[np.ndarray] | None = None,
 ) -> PackedBatch:
-    """Pack the examples ``indices`` (at most ``groups * pairs``) into one :class:`PackedBatch` of ``plan``."""
+    """Pack the examples ``indices`` (at most ``groups * pairs``) into one :class:`PackedBatch` of ``plan``.
+
+    ``dealt`` gives the examples of each group instead of :func:`deal_into_groups` (list batches keep each
+    query's pairs together)."""
     indices = np.asarray(indices, dtype=np.int64)
     if len(indices) > plan.groups * plan.pairs:
         raise ValueError(f"{len(indices)} examples for {plan.groups} groups of {plan.pairs} pair slots")
     lengths = tokenized.lengths
-    dealt = deal_into_groups(indices, lengths, plan.groups)
+    if dealt is None:
+        dealt = deal_into_groups(indices, lengths, plan.groups)
+    elif len(dealt) != plan.groups or any(len(g) > plan.pairs for g in dealt):
+        raise ValueError(f"dealt groups do not fit {plan.groups} groups of {plan.pairs} pair slots")
     needed = max((row_length_needed(lengths[group], plan.rows) for group in dealt), default=ROW_QUANTUM)
     t_ = plan.row_length_for(needed)
     layouts = [_fits(lengths[group], plan.rows, t_) for group in dealt]

@@ -359,22 +359,13 @@ def make_train_step(
     ``loss * max(rows, 1)`` and its denominator the row count, exact for per-row means only.
     """
     k = int(accumulation_steps)
-    parts_fn = losses.loss_parts(loss_fn)
     tx_for = (lambda _: tx) if isinstance(tx, optax.GradientTransformation) else tx
+    batch_loss = make_batch_loss(loss_fn, activation)
 
     def micro_numerator(params, rest, micro):
         model = nnx.merge(graphdef, params, rest, copy=True)
-        logits = activation(packed_logits(model, micro))  # (pair slots, num_labels)
-        labels, mask = micro["labels"].reshape(-1), micro["example_mask"].reshape(-1)
-        if parts_fn is not None:
-            numerator, denominator = parts_fn(logits, labels, mask)
-        else:
-            count = jnp.sum(mask).astype(jnp.float32)
-            numerator = loss_fn(logits, labels, mask) * jnp.maximum(count, 1.0)
-            denominator = count
-        # The denominator depends on labels and mask only (class weights, row counts), never on parameters.
-        denominator = jax.lax.stop_gradient(jnp.asarray(denominator, jnp.float32))
-        return jnp.asarray(numerator, jnp.float32), (denominator, nnx.state(model, nnx.Not(nnx.Param)))
+        numerator, denominator = batch_loss(model, micro)
+        return numerator, (denominator, nnx.state(model, nnx.Not(nnx.Param)))
 
     grad_fn = jax.value_and_grad(micro_numerator, has_aux=True)
 
@@ -419,6 +410,71 @@ def make_train_step(
         return new_state, {"loss": loss, "grad_norm": grad_norm, "finite": finite}
 
     return train_step
+
+
+def is_list_loss(loss: Any) -> bool:
+    """A sentence-transformers 4+ style loss (:class:`crossjax.losses.base.CrossEncoderLoss`): it lays a step's
+    rows out as (query, documents) lists on the host and reads the logits gathered into them."""
+    return callable(getattr(loss, "parts", None)) and callable(getattr(loss, "layout", None))
+
+
+def gather_lists(logits: jax.Array, batch: dict) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    """Per-pair logits (G * P, C) -> (logits [G*Q, D, C], doc mask [G*Q, D], labels [G*Q, K], query mask [G*Q])
+    by the batch's ``list_index`` [G, Q, D] (each group gathers from its own P pair slots only)."""
+    index = batch["list_index"]
+    groups, queries, docs = index.shape
+    slots = batch["pair_row"].shape[1]
+    flat = jnp.where(index >= 0, index + (jnp.arange(groups, dtype=index.dtype) * slots)[:, None, None], 0)
+    gathered = logits[flat.reshape(-1)].reshape(groups * queries, docs, logits.shape[-1])
+    labels = batch["list_labels"]
+    return (
+        gathered,
+        (index >= 0).reshape(groups * queries, docs),
+        labels.reshape(groups * queries, labels.shape[-1]),
+        batch["query_mask"].reshape(groups * queries),
+    )
+
+
+def make_batch_loss(loss_fn: Any, activation: Callable) -> Callable:
+    """``(model, batch) -> (numerator, denominator)`` of a packed batch: the legacy per-pair losses (``fit``) or
+    a list loss (the trainer's). The denominator never depends on the parameters."""
+    if is_list_loss(loss_fn):
+
+        def list_parts(model, batch):
+            logits = packed_logits(model, batch)  # the loss applies its own activation_fn
+            numerator, denominator = loss_fn.parts(*gather_lists(logits, batch))
+            return _as_parts(numerator, denominator)
+
+        return list_parts
+    parts_fn = losses.loss_parts(loss_fn)
+
+    def pair_parts(model, batch):
+        logits = activation(packed_logits(model, batch))  # (pair slots, num_labels)
+        labels, mask = batch["labels"].reshape(-1), batch["example_mask"].reshape(-1)
+        if parts_fn is not None:
+            numerator, denominator = parts_fn(logits, labels, mask)
+        else:
+            count = jnp.sum(mask).astype(jnp.float32)
+            numerator = loss_fn(logits, labels, mask) * jnp.maximum(count, 1.0)
+            denominator = count
+        return _as_parts(numerator, denominator)
+
+    return pair_parts
+
+
+def _as_parts(numerator, denominator) -> tuple[jax.Array, jax.Array]:
+    # The denominator depends on labels and masks only (class weights, row counts), never on parameters.
+    return jnp.asarray(numerator, jnp.float32), jax.lax.stop_gradient(jnp.asarray(denominator, jnp.float32))
+
+
+def make_eval_loss_step(graphdef, loss_fn: Any, activation: Callable):
+    """``(params, rest, batch) -> (numerator, denominator)`` with the model in eval mode (an eval dataset's loss)."""
+    batch_loss = make_batch_loss(loss_fn, activation)
+
+    def eval_loss_step(params, rest, batch: dict):
+        return batch_loss(nnx.merge(graphdef, params, rest, copy=True), batch)
+
+    return eval_loss_step
 
 
 def packed_logits(model: FlaxPreTrainedModel, batch: dict) -> jax.Array:

@@ -1,0 +1,346 @@
+"""List batches: the (query, documents) structure of a ranking loss laid over packed pairs.
+
+A loss's host-side ``layout`` (see :mod:`crossjax.losses.base`) turns a step's dataset rows into the pairs to
+score and a ``[Q, D]`` index that gathers their logits into one row of documents per query. Here those pairs
+are tokenized and packed so that every query keeps all its pairs in one group (one data shard and
+micro-batch): the gather then never crosses devices, and gradient accumulation (or caching, for
+``mini_batch_size``) splits a step by whole queries, which keeps every per-query loss exact.
+
+The static shapes of a run: ``Q`` queries per group (the step's rows / groups), ``D`` documents per query and
+``K`` label columns (the widest over the dataset, from the loss's ``width``), and the packer's ``[G, R, T]``
+rows (:mod:`crossjax.packing`, ``P = Q * D`` pair slots a group).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from crossjax import data as data_lib
+from crossjax import packing
+
+__all__ = ["ListStep", "ListData", "tokenize_layout", "deal_queries", "group_token_lengths", "pack_list_step"]
+
+
+@dataclass
+class ListStep:
+    """One step's pairs, tokenized, and how they gather into queries."""
+
+    tokenized: data_lib.TokenizedPairs
+    index: np.ndarray  # int64 [Q', D']: pair of doc d of query q, -1 none (Q' = the step's rows)
+    labels: np.ndarray  # [Q', K']
+
+    @property
+    def queries(self) -> int:
+        return int(self.index.shape[0])
+
+    def query_pairs(self, q: int) -> np.ndarray:
+        row = self.index[q]
+        return row[row >= 0]
+
+
+def tokenize_layout(layouts: Sequence[Any], tokenizer: Any, max_length: int) -> ListStep:
+    """Tokenize the pairs of one step's layouts (one per micro-batch: in-batch negatives come from the
+    micro-batch, as in a PyTorch run with gradient accumulation) with ``truncation="longest_first"``, as
+    ``CrossEncoder`` does; their queries are stacked, each layout's indices shifted past the earlier pairs."""
+    pairs: list[tuple[str, str]] = []
+    indices, labels = [], []
+    width = max(np.asarray(layout.index).reshape(len(layout.index), -1).shape[1] for layout in layouts)
+    label_width = max(_as_2d(layout.labels).shape[1] for layout in layouts)
+    for layout in layouts:
+        index = np.asarray(layout.index, dtype=np.int64).reshape(len(layout.index), -1)
+        shifted = np.full((index.shape[0], width), -1, dtype=np.int64)
+        shifted[:, : index.shape[1]] = np.where(index >= 0, index + len(pairs), -1)
+        indices.append(shifted)
+        own = _as_2d(layout.labels)
+        padded = np.zeros((own.shape[0], label_width), dtype=own.dtype)
+        padded[:, : own.shape[1]] = own
+        labels.append(padded)
+        pairs.extend(layout.pairs)
+    tokenized = data_lib.tokenize_pairs(tokenizer, [a for a, _ in pairs], [b for _, b in pairs], max_length)
+    return ListStep(tokenized, np.concatenate(indices), np.concatenate(labels))
+
+
+def _as_2d(labels: Any) -> np.ndarray:
+    labels = np.asarray(labels)
+    labels = labels.astype(np.int32 if np.issubdtype(labels.dtype, np.integer) else np.float32)
+    return labels[:, None] if labels.ndim == 1 else labels
+
+
+def deal_queries(step: ListStep, groups: int) -> list[np.ndarray]:
+    """The queries of each group: balanced token counts, at most ``ceil(Q' / groups)`` a group."""
+    totals = np.array([int(step.tokenized.lengths[step.query_pairs(q)].sum()) for q in range(step.queries)])
+    return packing.deal_into_groups(np.arange(step.queries, dtype=np.int64), totals, groups)
+
+
+def group_token_lengths(step: ListStep, dealt: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """Token counts of each group's pairs (what the packing plan is made from)."""
+    lengths = step.tokenized.lengths
+    return [lengths[np.concatenate([step.query_pairs(q) for q in g])] if len(g) else lengths[:0] for g in dealt]
+
+
+def pack_list_step(
+    step: ListStep,
+    plan: packing.PackingPlan,
+    queries_per_group: int,
+    docs: int,
+    label_width: int,
+    pad_token_id: int,
+) -> packing.PackedBatch:
+    """Pack a step's pairs by :func:`deal_queries` and add the ``[G, Q, D]`` gather, labels and query mask."""
+    g_ = plan.groups
+    if step.index.shape[1] > docs or step.labels.shape[1] > label_width:
+        raise ValueError(
+            f"a step needs {step.index.shape[1]} documents and {step.labels.shape[1]} label columns per query, "
+            f"more than the run's {docs} and {label_width}"
+        )
+    dealt = deal_queries(step, g_)
+    if any(len(g) > queries_per_group for g in dealt):
+        raise ValueError(f"{step.queries} queries do not fit {g_} groups of {queries_per_group}")
+    pair_groups = [
+        np.concatenate([step.query_pairs(q) for q in g]) if len(g) else np.zeros(0, np.int64) for g in dealt
+    ]
+    every_pair = np.concatenate(pair_groups) if pair_groups else np.zeros(0, np.int64)
+    batch = packing.pack(step.tokenized, every_pair, None, plan, pad_token_id, dealt=pair_groups)
+    list_index = np.full((g_, queries_per_group, docs), -1, dtype=np.int32)
+    list_labels = np.zeros((g_, queries_per_group, label_width), dtype=step.labels.dtype)
+    query_mask = np.zeros((g_, queries_per_group), dtype=bool)
+    for g, queries in enumerate(dealt):
+        slot_of_pair = {int(pair): slot for slot, pair in enumerate(batch.indices[g]) if pair >= 0}
+        for j, q in enumerate(queries):
+            row = step.index[q]
+            for d, pair in enumerate(row):
+                if pair >= 0:
+                    list_index[g, j, d] = slot_of_pair[int(pair)]
+            list_labels[g, j, : step.labels.shape[1]] = step.labels[q]
+            query_mask[g, j] = True
+    batch.list_index, batch.list_labels, batch.query_mask = list_index, list_labels, query_mask
+    return batch
+
+
+# ----------------------------------------------------------------------------------------- the run's data
+def no_duplicates_batches(columns: Sequence[Sequence[Any]], order: np.ndarray, batch_size: int) -> list[np.ndarray]:
+    """sentence-transformers' NO_DUPLICATES sampler: walk ``order``, and put each row into the first batch
+    being filled that holds none of its texts yet; rows that clash wait for a later batch (the last batches
+    may be smaller)."""
+    remaining = [int(i) for i in order]
+    batches: list[np.ndarray] = []
+    while remaining:
+        batch: list[int] = []
+        seen: set[str] = set()
+        left: list[int] = []
+        for row in remaining:
+            texts = set(_row_texts(columns, row))
+            if len(batch) < batch_size and not texts & seen:
+                batch.append(row)
+                seen |= texts
+            else:
+                left.append(row)
+        batches.append(np.asarray(batch, dtype=np.int64))
+        remaining = left
+    return batches
+
+
+def _row_texts(columns: Sequence[Sequence[Any]], row: int) -> list[str]:
+    texts: list[str] = []
+    for column in columns:
+        value = column[row]
+        texts.extend(value if isinstance(value, (list, tuple)) else [value])
+    return [str(t) for t in texts]
+
+
+def group_by_label_batches(
+    labels: Sequence[Any], batch_size: int, rng: np.random.Generator, drop_last: bool
+) -> list[np.ndarray]:
+    """sentence-transformers' GROUP_BY_LABEL sampler: rows shuffled within each label (trimmed to an even count),
+    then labels take turns giving 2 rows each, in a fresh random order every round, until fewer than 2 labels
+    remain; the stream is cut into batches of ``batch_size`` (a last one of >= 4 rows is kept unless
+    ``drop_last``). Every batch holds several labels with >= 2 rows each."""
+    if batch_size < 4 or batch_size % 2:
+        raise ValueError(f"batch_sampler=GROUP_BY_LABEL needs an even batch size >= 4, got {batch_size}")
+    by_label: dict[Any, list[int]] = {}
+    for row, label in enumerate(labels):
+        by_label.setdefault(np.asarray(label).item(), []).append(row)
+    queues = {label: rows for label, rows in by_label.items() if len(rows) >= 2}
+    if len(queues) < 2:
+        raise ValueError(
+            "batch_sampler=GROUP_BY_LABEL needs at least 2 distinct labels with >= 2 rows each, "
+            f"but only {len(queues)} label(s) qualified"
+        )
+    for label, rows in queues.items():
+        perm = rng.permutation(len(rows))[: len(rows) // 2 * 2]
+        queues[label] = [rows[i] for i in perm]
+    remaining, stream, last = list(queues), [], None
+    while len(remaining) >= 2:
+        remaining = [remaining[i] for i in rng.permutation(len(remaining))]
+        if stream and remaining[0] == last:
+            remaining[0], remaining[1] = remaining[1], remaining[0]
+        for label in remaining:
+            stream.extend(queues[label][:2])
+            queues[label] = queues[label][2:]
+        last = remaining[-1]
+        remaining = [label for label in remaining if queues[label]]
+    batches = [np.asarray(stream[i : i + batch_size], dtype=np.int64) for i in range(0, len(stream), batch_size)]
+    if batches and len(batches[-1]) < batch_size and (drop_last or len(batches[-1]) < 4):
+        batches.pop()
+    return batches
+
+
+class ListData:
+    """The trainer's data source for :func:`crossjax.fit_loop.run_fit`: dataset rows -> loss layout -> packed
+    list batches. Batches are drawn like Hugging Face Trainer's (seeded per epoch, ``per_device`` batches of
+    rows, ``gradient_accumulation_steps`` of them an optimizer step); a step's layout uses a numpy generator
+    seeded by ``(seed, global step)`` (in-batch negatives), so a resumed run sees exactly the same batches.
+    """
+
+    PLAN_SAMPLE_STEPS = 64  # steps laid out up front to plan the packed shapes (a longer one adds a shape)
+
+    def __init__(
+        self,
+        target: Any,
+        columns: list[list[Any]],
+        labels: Any,
+        loss: Any,
+        *,
+        batch_size: int,
+        accumulation_steps: int,
+        epochs: float,
+        max_steps: int | None,
+        seed: int,
+        drop_last: bool,
+        sampler: str = "batch_sampler",
+    ) -> None:
+        self.target, self.columns, self.loss = target, columns, loss
+        self.labels = None if labels is None else list(labels)
+        self.rows = len(columns[0]) if columns else 0
+        if self.rows == 0:
+            raise ValueError("train_dataset is empty")
+        loss.validate(columns, self.labels, 0)
+        self.batch_size, self.k, self.seed = int(batch_size), int(accumulation_steps), int(seed)
+        self.docs, self.label_width = (int(v) for v in loss.width(columns, self.labels, self.batch_size))
+        self.sampler, self.drop_last = sampler, bool(drop_last)
+        plan = target.plan
+        plan.check_batch_size(self.batch_size)
+        self._epoch_cache: dict[int, list[list[np.ndarray]]] = {}
+        self.steps_per_epoch = len(self._epoch_steps(0))
+        if self.steps_per_epoch == 0:
+            raise ValueError(
+                f"no full batch of {self.batch_size} rows with dataloader_drop_last=True: {self.rows} rows only"
+            )
+        if max_steps is not None and max_steps > 0:
+            self.total_steps = int(max_steps)
+        else:
+            self.total_steps = max(1, math.ceil(float(epochs) * self.steps_per_epoch))
+        self.epochs = math.ceil(self.total_steps / self.steps_per_epoch)
+        # mini_batch_size (pairs per forward pass) splits each micro-batch into chunks of whole queries.
+        queries_per_micro = math.ceil(self.batch_size / plan.data_shards)
+        mini = getattr(loss, "mini_batch_size", None)
+        pairs_per_micro = queries_per_micro * self.docs
+        self.chunks = 1
+        if mini is not None and mini > 0 and pairs_per_micro > mini:
+            self.chunks = min(queries_per_micro, math.ceil(pairs_per_micro / max(int(mini), self.docs)))
+        self.groups = plan.data_shards * self.k * self.chunks
+        self.queries_per_group = math.ceil(self.batch_size * self.k / self.groups)
+        sampled = min(self.PLAN_SAMPLE_STEPS, self.total_steps)
+        sample = np.unique(np.linspace(0, self.total_steps - 1, sampled).astype(int))
+        group_lengths = []
+        for step in sample:
+            laid = self._list_step(int(step))
+            group_lengths.append(group_token_lengths(laid, deal_queries(laid, self.groups)))
+        self.packing_plan = packing.plan_grouped_packing(
+            group_lengths,
+            self.groups,
+            self.queries_per_group * self.docs,
+            hidden_size=packing.model_width(target.model.config),
+            max_shapes=target.max_shapes,
+        )
+        self.fingerprint = {
+            "rows": self.rows,
+            "batch_size": self.batch_size,
+            "sampler": sampler,
+            "drop_last": self.drop_last,
+            "data_seed": self.seed,
+            "steps_per_epoch": self.steps_per_epoch,
+            "docs": self.docs,
+            "packed_shapes": [list(shape) for shape in self.packing_plan.shapes],
+        }
+
+    # -------------------------------------------------------------------------------------- batches
+    def _epoch_steps(self, epoch: int) -> list[list[np.ndarray]]:
+        """The rows of each optimizer step of an epoch (k per-device batches each, as HF Trainer groups them)."""
+        if epoch in self._epoch_cache:
+            return self._epoch_cache[epoch]
+        rng = np.random.default_rng((self.seed, epoch))
+        if self.sampler == "sequential":  # evaluation: the dataset's order
+            order = np.arange(self.rows, dtype=np.int64)
+        else:
+            order = rng.permutation(self.rows).astype(np.int64)
+        if self.sampler == "no_duplicates":
+            batches = no_duplicates_batches(self.columns, order, self.batch_size)
+        elif self.sampler == "group_by_label":
+            if self.labels is None:
+                raise ValueError("batch_sampler=GROUP_BY_LABEL needs a label column")
+            batches = group_by_label_batches(self.labels, self.batch_size, rng, self.drop_last)
+        else:
+            batches = [order[i : i + self.batch_size] for i in range(0, self.rows, self.batch_size)]
+        if self.drop_last:
+            batches = [b for b in batches if len(b) == self.batch_size]
+        steps = [batches[i : i + self.k] for i in range(0, len(batches), self.k)]
+        expected = getattr(self, "steps_per_epoch", len(steps))
+        if len(steps) != expected:  # NO_DUPLICATES can make an epoch shorter or longer: keep epochs equal
+            steps = (steps * math.ceil(expected / max(len(steps), 1)))[:expected]
+        self._epoch_cache = {epoch: steps}  # one epoch at a time
+        return steps
+
+    def _step_batches(self, global_step: int) -> list[np.ndarray]:
+        """The rows of each of the step's (up to k) per-device batches."""
+        return self._epoch_steps(global_step // self.steps_per_epoch)[global_step % self.steps_per_epoch]
+
+    def _list_step(self, global_step: int) -> ListStep:
+        rng = np.random.default_rng((self.seed, 1, global_step))
+        layouts = []
+        for rows in self._step_batches(global_step):
+            columns = [[column[i] for i in rows] for column in self.columns]
+            labels = None if self.labels is None else [self.labels[i] for i in rows]
+            layouts.append(self.loss.layout(columns, labels, rng))
+        return tokenize_layout(layouts, self.target.tokenizer, self.target.max_length)
+
+    # -------------------------------------------------------------------------- the run_fit interface
+    def run_fingerprint(self) -> dict[str, Any]:
+        return dict(self.fingerprint)
+
+    def resume(self, meta: dict[str, Any]) -> None:
+        """Nothing to restore: the global step says where the plan continues."""
+
+    def start(self, start_step: int) -> None:
+        self.start_step = start_step
+
+    def steps(self) -> Any:
+        from crossjax.fit_loop import TrainStep
+
+        for global_step in range(self.start_step, self.total_steps):
+            epoch, index = divmod(global_step, self.steps_per_epoch)
+            laid = self._list_step(global_step)
+            batch = pack_list_step(
+                laid,
+                self.packing_plan,
+                self.queries_per_group,
+                self.docs,
+                self.label_width,
+                self.target.pad_id,
+            )
+            last = index + 1 == self.steps_per_epoch or global_step + 1 == self.total_steps
+            yield TrainStep(epoch, index + 1, last, batch, len(laid.tokenized))
+
+    def checkpoint_meta(self) -> dict[str, Any]:
+        return {}
+
+    def summary(self) -> dict[str, Any]:
+        return {"steps_per_epoch": self.steps_per_epoch, "docs_per_query": self.docs, "loss_chunks": self.chunks}
+
+    def close(self) -> None:
+        pass

@@ -1,0 +1,427 @@
+"""``CrossEncoderTrainer``: sentence-transformers 4+'s trainer API over crossjax's one training loop.
+
+A sentence-transformers 6 script runs after changing its imports: the same dataset column conventions (input
+columns in order; the label from ``label``/``labels``/``score``/``scores``), the same losses
+(:mod:`crossjax.losses`), arguments (:class:`crossjax.training_args.CrossEncoderTrainingArguments`) and
+evaluators. Underneath, each step's rows are laid out by the loss into (query, documents) lists, packed
+(:mod:`crossjax.list_batches`) and trained by the same jitted step, mesh and orbax checkpoints as ``fit``
+(:func:`crossjax.fit_loop.run_fit`).
+
+Differences from sentence-transformers, by design: batches are drawn with numpy's seeded generator (the same
+rows per batch as a torch sampler cannot be promised); ``train()`` returns a ``TrainOutput`` whose ``metrics``
+also hold crossjax's run summary (compilations, padding efficiency, pairs/s); checkpoints are orbax
+checkpoints in ``output_dir/checkpoints`` (resumed bit-exactly), not ``checkpoint-N`` PyTorch folders.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from crossjax import losses, training
+from crossjax.list_batches import ListData
+from crossjax.training_args import CrossEncoderTrainingArguments
+
+logger = logging.getLogger("crossjax")
+
+__all__ = ["CrossEncoderTrainer", "TrainOutput", "TrainerState", "TrainerControl"]
+
+LABEL_COLUMNS = ("label", "labels", "score", "scores")
+# Hugging Face Trainer arguments that hand it PyTorch objects: no JAX meaning.
+_TORCH_ARGUMENTS = (
+    "data_collator",
+    "tokenizer",
+    "processing_class",
+    "model_init",
+    "compute_metrics",
+    "optimizers",
+    "optimizer_cls_and_kwargs",
+    "preprocess_logits_for_metrics",
+)
+
+
+class TrainOutput(NamedTuple):
+    """What ``train()`` returns (Hugging Face's fields); ``metrics`` adds crossjax's run summary."""
+
+    global_step: int
+    training_loss: float
+    metrics: dict[str, Any]
+
+
+@dataclass
+class TrainerState:
+    """The parts of Hugging Face's ``TrainerState`` a callback reads."""
+
+    global_step: int = 0
+    max_steps: int = 0
+    epoch: float = 0.0
+    num_train_epochs: int = 0
+    log_history: list[dict[str, Any]] = field(default_factory=list)
+    best_metric: float | None = None
+    best_global_step: int | None = None
+    is_world_process_zero: bool = True
+    is_local_process_zero: bool = True
+
+
+@dataclass
+class TrainerControl:
+    """A callback sets ``should_training_stop`` to end the run after the current step."""
+
+    should_training_stop: bool = False
+    should_log: bool = False
+    should_evaluate: bool = False
+    should_save: bool = False
+
+
+def dataset_columns(dataset: Any, name: str) -> tuple[list[str], list[list[Any]], list[Any] | None]:
+    """(input column names, input columns, labels or None) of a ``datasets.Dataset`` or a dict of lists."""
+    if hasattr(dataset, "column_names") and hasattr(dataset, "__getitem__"):
+        names = list(dataset.column_names)
+        get = dataset.__getitem__
+    elif isinstance(dataset, dict) and all(
+        isinstance(v, Sequence) and not isinstance(v, str) for v in dataset.values()
+    ):
+        names = list(dataset)
+        get = dataset.__getitem__
+    else:
+        raise TypeError(f"{name} must be a datasets.Dataset (or a dict of equal-length columns), got {type(dataset)}")
+    label_name = next((c for c in LABEL_COLUMNS if c in names), None)
+    inputs = [c for c in names if c != label_name and c != "dataset_name"]
+    if not inputs:
+        raise ValueError(f"{name} has no input columns (columns: {names})")
+    columns = [list(get(c)) for c in inputs]
+    lengths = {len(c) for c in columns}
+    if len(lengths) != 1:
+        raise ValueError(f"{name}'s columns differ in length: {dict(zip(inputs, map(len, columns), strict=True))}")
+    labels = None if label_name is None else list(get(label_name))
+    return inputs, columns, labels
+
+
+class CrossEncoderTrainer:
+    """Train a :class:`crossjax.CrossEncoder` as sentence-transformers' ``CrossEncoderTrainer`` does.
+
+    ``loss`` defaults to ``BinaryCrossEntropyLoss`` (one label) or ``CrossEntropyLoss``, as in
+    sentence-transformers; ``evaluator`` is any crossjax evaluator (or a list of them), whose metrics are logged
+    with the ``eval_`` prefix; ``callbacks`` are Hugging Face ``TrainerCallback``-like objects (``on_train_begin``,
+    ``on_step_end``, ``on_log``, ``on_evaluate``, ``on_epoch_end``, ``on_train_end`` are called with
+    ``(args, state, control, ...)``; ``control.should_training_stop`` ends the run).
+    """
+
+    def __init__(
+        self,
+        model: Any = None,
+        args: CrossEncoderTrainingArguments | None = None,
+        train_dataset: Any = None,
+        eval_dataset: Any = None,
+        loss: Any = None,
+        evaluator: Any = None,
+        callbacks: list[Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        for key, value in kwargs.items():
+            if key in _TORCH_ARGUMENTS:
+                if value is not None:
+                    raise ValueError(
+                        f"CrossEncoderTrainer: {key}= hands PyTorch objects to Hugging Face's Trainer and has no "
+                        "meaning in crossjax (tokenization, batching and the optimizer are crossjax's own)"
+                    )
+            else:
+                raise TypeError(f"CrossEncoderTrainer got an unexpected keyword argument {key!r}")
+        if model is None:
+            raise ValueError("CrossEncoderTrainer needs model= (a crossjax.CrossEncoder)")
+        if not hasattr(model, "mesh_plan") or not hasattr(model, "tokenizer"):
+            raise TypeError(f"model must be a crossjax.CrossEncoder, got {type(model).__name__}")
+        self.model = model
+        self.args = args if args is not None else CrossEncoderTrainingArguments(output_dir="trainer_output")
+        if self.args.output_dir is None:
+            self.args.output_dir = "trainer_output"
+        self.train_dataset = self._single(train_dataset, "train_dataset")
+        self.eval_dataset = self._single(eval_dataset, "eval_dataset")
+        if loss is None:
+            loss = losses.BinaryCrossEntropyLoss(model) if model.num_labels == 1 else losses.CrossEntropyLoss(model)
+        if isinstance(loss, dict):
+            loss = self._single(loss, "loss")
+        if not training.is_list_loss(loss):
+            raise TypeError(
+                f"loss must be a crossjax.losses loss (e.g. crossjax.losses.BinaryCrossEntropyLoss(model)), got "
+                f"{type(loss).__name__}"
+            )
+        self.loss = loss
+        self.evaluator = evaluator
+        self.callbacks: list[Any] = list(callbacks or [])
+        self.state = TrainerState()
+        self.control = TrainerControl()
+        self._eval_programs: dict[Any, Callable] = {}
+
+    @staticmethod
+    def _single(value: Any, name: str) -> Any:
+        """One dataset (or loss); a dict of one entry is that entry."""
+        if isinstance(value, dict) and value and not all(isinstance(v, Sequence) for v in value.values()):
+            if len(value) != 1:
+                raise NotImplementedError(
+                    f"{name} with several datasets ({sorted(value)}) is not supported yet: concatenate them or "
+                    "train one after the other"
+                )
+            return next(iter(value.values()))
+        return value
+
+    def add_callback(self, callback: Any) -> None:
+        self.callbacks.append(callback)
+
+    def _call_back(self, event: str, **kwargs: Any) -> None:
+        for callback in self.callbacks:
+            method = getattr(callback, event, None)
+            if method is not None:
+                method(self.args, self.state, self.control, **kwargs)
+
+    # ------------------------------------------------------------------------------------------ data
+    def _prompted(self, columns: list[list[Any]]) -> list[list[Any]]:
+        prompt = self.args.prompts
+        if prompt is None:
+            return columns
+        if not isinstance(prompt, str):
+            raise NotImplementedError("per-dataset prompts (a dict) need several datasets, not supported yet")
+        return [[prompt + str(t) for t in columns[0]], *columns[1:]]
+
+    def _list_data(self, dataset: Any, name: str, train: bool) -> ListData:
+        _, columns, labels = dataset_columns(dataset, name)
+        args, plan = self.args, self.model.mesh_plan
+        per_device = args.per_device_train_batch_size if train else args.per_device_eval_batch_size
+        return ListData(
+            self._fit_target(),
+            self._prompted(columns),
+            labels,
+            self.loss,
+            batch_size=per_device * plan.data_shards,
+            accumulation_steps=args.gradient_accumulation_steps if train else 1,
+            epochs=args.num_train_epochs if train else 1,
+            max_steps=(args.max_steps if args.max_steps > 0 else None) if train else None,
+            seed=(args.data_seed if args.data_seed is not None else args.seed) if train else 0,
+            drop_last=args.dataloader_drop_last if train else False,
+            sampler=args.batch_sampler.value if train else "sequential",
+        )
+
+    def _fit_target(self, evaluate: Callable | None = None, on_step: Callable | None = None):
+        from crossjax.fit_loop import FitTarget
+
+        model = self.model
+        return FitTarget(
+            model=model.model,
+            tokenizer=model.tokenizer,
+            plan=model.mesh_plan,
+            max_length=model.max_length,
+            max_shapes=model.max_shapes,
+            pad_id=model._pad_id,
+            save=model.save,
+            evaluate=evaluate,
+            on_step=on_step,
+        )
+
+    # ----------------------------------------------------------------------------------------- train
+    def train(self, resume_from_checkpoint: str | bool | None = None) -> TrainOutput:
+        """Train; returns ``TrainOutput(global_step, training_loss, metrics)``."""
+        from crossjax.fit_loop import FitConfig, FitResult, run_fit
+
+        args = self.args
+        if self.train_dataset is None:
+            raise ValueError("CrossEncoderTrainer.train() needs train_dataset")
+        resume = resume_from_checkpoint if resume_from_checkpoint is not None else args.resume_from_checkpoint
+        data = self._list_data(self.train_dataset, "train_dataset", train=True)
+        total = data.total_steps
+        checkpoint_path = self._checkpoint_path(resume)
+        save_every = data.steps_per_epoch if args.save_strategy == "epoch" else args.save_interval(total)
+        eval_every = args.eval_interval(total) if args.eval_strategy == "steps" else 0
+        logging_every = data.steps_per_epoch if args.logging_strategy == "epoch" else args.logging_interval(total)
+        cfg = FitConfig(
+            epochs=data.epochs,
+            scheduler=args.scheduler_name,
+            warmup_steps=args.get_warmup_steps(total),
+            learning_rate=float(args.learning_rate),
+            adam_eps=float(args.adam_epsilon),
+            adam_betas=(float(args.adam_beta1), float(args.adam_beta2)),
+            weight_decay=float(args.weight_decay),
+            evaluation_steps=eval_every,
+            evaluation_global_steps=True,
+            evaluate_each_epoch=args.eval_strategy == "epoch",
+            output_path=None,
+            save_best_model=False,
+            max_grad_norm=float(args.max_grad_norm) if args.max_grad_norm and args.max_grad_norm > 0 else None,
+            compute_dtype=jnp.bfloat16 if args.bf16 else jnp.float32,
+            show_progress_bar=not args.extra.get("disable_tqdm", False),
+            gradient_accumulation_steps=args.gradient_accumulation_steps,
+            seed=int(args.seed),
+            logging_steps=logging_every if args.logging_strategy != "no" else total + 1,
+            checkpoint_path=checkpoint_path,
+            checkpoint_save_steps=save_every,
+            checkpoint_save_total_limit=args.save_total_limit,
+            max_steps=total,
+        )
+        self.state = TrainerState(max_steps=total, num_train_epochs=data.epochs)
+        self.control = TrainerControl()
+        result = FitResult(history=[])
+        run = _RunHooks(self, data, result, logging_every)
+        data.target = self._fit_target(
+            evaluate=run.evaluate if args.eval_strategy != "no" else None, on_step=run.on_step
+        )
+        self.model.training_history = result.history
+        self._call_back("on_train_begin")
+        started = time.perf_counter()
+        try:
+            run_fit(data.target, None, self.loss, None, None, cfg, result, data_source=data)
+        finally:
+            self.model.compilations["train"] = result.compilations
+        runtime = time.perf_counter() - started
+        if args.load_best_model_at_end and run.best_params is not None:
+            nnx.update(self.model.model, run.best_params)
+            self.model._place_parameters()
+            logger.info("Loaded the best model (step %s, %s)", self.state.best_global_step, self.state.best_metric)
+        step_losses = [h["loss"] for h in result.history]
+        training_loss = float(np.mean(step_losses)) if step_losses else float("nan")
+        global_step = int(result.summary.get("global_step", 0))
+        metrics = {
+            "train_runtime": runtime,
+            "train_samples_per_second": global_step * data.batch_size * data.k / max(runtime, 1e-9),
+            "train_steps_per_second": global_step / max(runtime, 1e-9),
+            "train_loss": training_loss,
+            "epoch": global_step / data.steps_per_epoch,
+        }
+        self.state.log_history.append({**metrics, "step": global_step})
+        self._call_back("on_train_end")
+        if args.push_to_hub:
+            self.model.push_to_hub(args.extra["hub_model_id"])
+        return TrainOutput(global_step, training_loss, {**metrics, **result.summary})
+
+    def _checkpoint_path(self, resume: str | bool | None) -> str | None:
+        """Where the orbax checkpoints go; an earlier run's checkpoints are resumed only when asked."""
+        if isinstance(resume, str | Path) and resume:
+            path = Path(resume)
+            if not path.exists():
+                raise FileNotFoundError(f"resume_from_checkpoint={str(resume)!r} does not exist")
+            return str(path)
+        if self.args.save_strategy == "no" and not resume:
+            return None
+        path = Path(self.args.output_dir) / "checkpoints"
+        if resume:
+            if not path.exists():
+                raise FileNotFoundError(f"resume_from_checkpoint=True but {path} holds no checkpoint")
+        elif path.exists() and any(path.iterdir()):
+            raise FileExistsError(
+                f"{path} holds checkpoints of an earlier run: pass resume_from_checkpoint=True to continue it, or "
+                "choose another output_dir (nothing is overwritten)"
+            )
+        return str(path)
+
+    # ---------------------------------------------------------------------------------------- evaluate
+    def evaluate(self, eval_dataset: Any = None, metric_key_prefix: str = "eval") -> dict[str, float]:
+        """The eval dataset's loss (``{prefix}_loss``) and the evaluator's metrics, prefixed."""
+        dataset = self._single(eval_dataset, "eval_dataset") if eval_dataset is not None else self.eval_dataset
+        metrics: dict[str, float] = {}
+        if dataset is not None:
+            metrics[f"{metric_key_prefix}_loss"] = self._eval_loss(dataset)
+        evaluators = self.evaluator if isinstance(self.evaluator, list | tuple) else [self.evaluator]
+        for evaluator in evaluators:
+            if evaluator is None:
+                continue
+            result = evaluator(self.model)
+            if not isinstance(result, dict):
+                result = {getattr(evaluator, "primary_metric", None) or "score": result}
+            for key, value in result.items():
+                name = key if key.startswith(f"{metric_key_prefix}_") else f"{metric_key_prefix}_{key}"
+                metrics[name] = float(value)
+        return metrics
+
+    def _eval_loss(self, dataset: Any) -> float:
+        """Sum of the loss numerators over sum of denominators over the whole dataset, dropout off."""
+        data = self._list_data(dataset, "eval_dataset", train=False)
+        data.start(0)
+        model, plan = self.model.model, self.model.mesh_plan
+        key = (bool(self.args.bf16), id(self.loss))  # one jitted function per trainer, dtype and loss
+        if key not in self._eval_programs:
+            dtype = jnp.bfloat16 if self.args.bf16 else jnp.float32
+            graphdef = training.graphdef_with_dtype(model, dtype, train=False)
+            self._eval_programs[key] = jax.jit(
+                training.make_eval_loss_step(graphdef, self.loss, losses.identity), out_shardings=plan.replicated
+            )
+        step_fn = self._eval_programs[key]
+        params, rest = nnx.state(model, nnx.Param), nnx.state(model, nnx.Not(nnx.Param))
+        numerator, denominator = 0.0, 0.0
+        for step in data.steps():
+            num, den = step_fn(params, rest, training.batch_to_global(step.batch, plan))
+            numerator, denominator = numerator + float(num), denominator + float(den)
+        return numerator / denominator if denominator else float("nan")
+
+
+class _RunHooks:
+    """The trainer's side of one run: logging, evaluation, best-model tracking and callbacks."""
+
+    def __init__(self, trainer: CrossEncoderTrainer, data: ListData, result: Any, logging_every: int) -> None:
+        self.trainer, self.data, self.result, self.logging_every = trainer, data, result, logging_every
+        self.best_params = None
+        self.logged_through = 0
+        self.epoch_seen = 0
+
+    def _epoch(self, step: int) -> float:
+        return step / self.data.steps_per_epoch
+
+    def on_step(self, global_step: int, epoch: int) -> bool:
+        trainer, state = self.trainer, self.trainer.state
+        state.global_step, state.epoch = global_step, self._epoch(global_step)
+        first = global_step == 1 and trainer.args.logging_first_step
+        if (global_step % self.logging_every == 0 or first) and self.result.history:
+            self.log()
+        trainer._call_back("on_step_end")
+        if epoch != self.epoch_seen or global_step == self.data.total_steps:
+            self.epoch_seen = epoch
+            trainer._call_back("on_epoch_end")
+        return trainer.control.should_training_stop
+
+    def log(self) -> None:
+        """Hugging Face's training log entry: the mean loss since the last one, the last gradient norm and
+        learning rate (history is complete here: the loop flushes it at every logging step)."""
+        history = [h for h in self.result.history if h["step"] > self.logged_through]
+        if not history:
+            return
+        last = history[-1]
+        entry = {
+            "loss": float(np.mean([h["loss"] for h in history])),
+            "grad_norm": last["grad_norm"],
+            "learning_rate": last["learning_rate"],
+            "epoch": self._epoch(last["step"]),
+            "step": last["step"],
+        }
+        self.logged_through = last["step"]
+        self.trainer.state.log_history.append(entry)
+        self.trainer._call_back("on_log", logs=entry)
+
+    def evaluate(self, output_path: str | None, epoch: int, steps: int) -> float | None:
+        trainer, state, args = self.trainer, self.trainer.state, self.trainer.args
+        metrics = trainer.evaluate()
+        step = state.global_step + 1  # the loop evaluates right after a step, before its on_step
+        entry = {**metrics, "epoch": self._epoch(step), "step": step}
+        state.log_history.append(entry)
+        trainer._call_back("on_evaluate", metrics=metrics)
+        name = args.metric_for_best_model
+        if name is None:
+            return None
+        key = name if name.startswith("eval_") else f"eval_{name}"
+        if key not in metrics:
+            raise KeyError(f"metric_for_best_model={name!r}: the evaluation returned {sorted(metrics)}")
+        value = metrics[key]
+        better = state.best_metric is None or (
+            value > state.best_metric if args.greater_is_better else value < state.best_metric
+        )
+        if better and math.isfinite(value):
+            state.best_metric, state.best_global_step = value, step
+            if args.load_best_model_at_end:
+                self.best_params = jax.device_get(nnx.state(trainer.model.model, nnx.Param))
+        return value if args.greater_is_better else -value

@@ -1,0 +1,301 @@
+"""``CrossEncoderTrainingArguments``: sentence-transformers' (and Hugging Face Trainer's) argument names and
+defaults for everything that applies to a JAX run, and a clear error for everything that does not.
+
+A script written for ``sentence_transformers.cross_encoder.CrossEncoderTrainingArguments`` runs unchanged
+where it sets arguments listed here. Arguments of ``transformers.TrainingArguments`` that choose PyTorch
+machinery (``fp16``, ``deepspeed``, ``fsdp``, ``torch_compile``, DDP knobs, dataloader workers, ...) raise a
+``ValueError`` that names them when set to anything but their default, instead of being silently ignored.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field, fields
+from enum import Enum
+from typing import Any
+
+logger = logging.getLogger("crossjax")
+
+__all__ = ["BatchSamplers", "MultiDatasetBatchSamplers", "CrossEncoderTrainingArguments"]
+
+
+class BatchSamplers(str, Enum):
+    """How a step's rows are drawn (sentence-transformers' names and values)."""
+
+    BATCH_SAMPLER = "batch_sampler"  # plain seeded random batches
+    NO_DUPLICATES = "no_duplicates"  # no text appears twice in a batch (in-batch negatives stay negatives)
+    GROUP_BY_LABEL = "group_by_label"  # each batch holds >= 2 rows of every label it contains
+
+
+class MultiDatasetBatchSamplers(str, Enum):
+    """How batches of several training datasets interleave (each batch comes from one dataset)."""
+
+    ROUND_ROBIN = "round_robin"  # one batch of each in turn, until the smallest runs out
+    PROPORTIONAL = "proportional"  # every batch of every dataset once, in a seeded random order
+
+
+# transformers.TrainingArguments fields that select PyTorch machinery: accepted only at their default.
+_TORCH_ONLY: dict[str, Any] = {
+    "fp16": False,
+    "fp16_full_eval": False,
+    "bf16_full_eval": False,
+    "tf32": None,
+    "half_precision_backend": "auto",
+    "fp16_opt_level": "O1",
+    "deepspeed": None,
+    "fsdp": None,
+    "fsdp_config": None,
+    "torch_compile": False,
+    "torch_compile_backend": None,
+    "torch_compile_mode": None,
+    "gradient_checkpointing": None,
+    "gradient_checkpointing_kwargs": None,
+    "activation_checkpointing": None,
+    "activation_checkpointing_kwargs": None,
+    "use_liger_kernel": False,
+    "liger_kernel_config": None,
+    "dataloader_num_workers": 0,
+    "dataloader_prefetch_factor": None,
+    "dataloader_persistent_workers": False,
+    "dataloader_multiprocessing_context": None,
+    "ddp_backend": None,
+    "ddp_find_unused_parameters": None,
+    "ddp_bucket_cap_mb": None,
+    "ddp_broadcast_buffers": None,
+    "ddp_static_graph": None,
+    "local_rank": -1,
+    "use_cpu": False,
+    "auto_find_batch_size": False,
+    "torch_empty_cache_steps": None,
+    "neftune_noise_alpha": None,
+    "optim_target_modules": None,
+    "label_smoothing_factor": 0.0,
+    "parallelism_config": None,
+    "accelerator_config": None,
+}
+# Accepted and without effect in crossjax (reporting, bookkeeping and PyTorch data-loading details).
+_NO_EFFECT = (
+    "run_name",
+    "report_to",
+    "project",
+    "log_level",
+    "log_level_replica",
+    "log_on_each_node",
+    "logging_dir",
+    "logging_nan_inf_filter",
+    "disable_tqdm",
+    "dataloader_pin_memory",
+    "dataloader_in_order",
+    "remove_unused_columns",
+    "skip_memory_metrics",
+    "do_train",
+    "do_eval",
+    "do_predict",
+    "overwrite_output_dir",
+    "save_safetensors",
+    "save_only_model",
+    "save_on_each_node",
+    "include_num_input_tokens_seen",
+    "average_tokens_across_devices",
+    "full_determinism",
+    "ddp_timeout",
+    "hub_model_id",
+    "hub_token",
+    "hub_private_repo",
+    "hub_strategy",
+    "hub_always_push",
+    "hub_revision",
+)
+_OPTIMIZERS = ("adamw_torch", "adamw_torch_fused", "adamw_hf", "adamw")
+_SCHEDULERS = {
+    "linear": "WarmupLinear",
+    "cosine": "WarmupCosine",
+    "cosine_with_restarts": "WarmupCosineWithHardRestarts",
+    "constant": "ConstantLR",
+    "constant_with_warmup": "WarmupConstant",
+}
+_STRATEGIES = ("no", "steps", "epoch")
+
+
+def _strategy(name: str, value: Any) -> str:
+    value = getattr(value, "value", value)
+    if value not in _STRATEGIES:
+        raise ValueError(f"{name} must be one of {_STRATEGIES}, got {value!r}")
+    return value
+
+
+@dataclass
+class CrossEncoderTrainingArguments:
+    """The settings of a :class:`crossjax.CrossEncoderTrainer` run (Hugging Face Trainer defaults).
+
+    ``per_device_train_batch_size`` counts pairs (rows of the dataset) per device: the global batch of a step is
+    that times the number of devices (and of processes) times ``gradient_accumulation_steps``.
+    ``warmup_steps`` is a step count, or a float below 1 meaning a fraction of the run (transformers 5);
+    ``warmup_ratio`` is the older spelling of that fraction. ``bf16`` computes in bfloat16 with float32
+    parameters and optimizer state. ``resume_from_checkpoint`` (True or a checkpoint folder) resumes the orbax
+    checkpoint of ``output_dir/checkpoints`` bit-exactly.
+    """
+
+    output_dir: str | None = None
+    num_train_epochs: float = 3.0
+    max_steps: int = -1
+    per_device_train_batch_size: int = 8
+    per_device_eval_batch_size: int = 8
+    learning_rate: float = 5e-5
+    weight_decay: float = 0.0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_epsilon: float = 1e-8
+    max_grad_norm: float = 1.0
+    lr_scheduler_type: str = "linear"
+    lr_scheduler_kwargs: dict | None = None
+    warmup_steps: float = 0
+    warmup_ratio: float | None = None
+    optim: str = "adamw_torch"
+    optim_args: str | None = None
+    bf16: bool = False
+    gradient_accumulation_steps: int = 1
+    eval_strategy: str = "no"
+    eval_steps: float | None = None
+    eval_delay: float = 0
+    eval_on_start: bool = False
+    save_strategy: str = "steps"
+    save_steps: float = 500
+    save_total_limit: int | None = None
+    load_best_model_at_end: bool = False
+    metric_for_best_model: str | None = None
+    greater_is_better: bool | None = None
+    logging_strategy: str = "steps"
+    logging_steps: float = 500
+    logging_first_step: bool = False
+    seed: int = 42
+    data_seed: int | None = None
+    dataloader_drop_last: bool = False
+    batch_sampler: BatchSamplers | str = BatchSamplers.BATCH_SAMPLER
+    multi_dataset_batch_sampler: MultiDatasetBatchSamplers | str = MultiDatasetBatchSamplers.PROPORTIONAL
+    prompts: str | dict[str, str] | None = None
+    resume_from_checkpoint: str | bool | None = None
+    push_to_hub: bool = False
+    prediction_loss_only: bool = True
+    extra: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def __init__(self, output_dir: str | None = None, **kwargs: Any) -> None:
+        own = {f.name: f for f in fields(self) if f.name != "extra"}
+        for f in own.values():
+            if f.name == "output_dir":
+                continue
+            default = f.default_factory() if callable(f.default_factory) else f.default  # type: ignore[misc]
+            setattr(self, f.name, default)
+        self.output_dir = output_dir
+        self.extra = {}
+        for key, value in kwargs.items():
+            if key in own:
+                setattr(self, key, value)
+            elif key in _TORCH_ONLY:
+                if value != _TORCH_ONLY[key]:
+                    hint = " (use bf16=True: bfloat16 compute)" if key.startswith("fp16") else ""
+                    raise ValueError(
+                        f"CrossEncoderTrainingArguments: {key}={value!r} selects PyTorch machinery that has no "
+                        f"meaning in crossjax (JAX){hint}; leave it at its default {_TORCH_ONLY[key]!r}"
+                    )
+            elif key in _NO_EFFECT:
+                self.extra[key] = value
+            else:
+                raise TypeError(f"CrossEncoderTrainingArguments got an unexpected keyword argument {key!r}")
+        self.__post_init__()
+
+    def __post_init__(self) -> None:
+        self.eval_strategy = _strategy("eval_strategy", self.eval_strategy)
+        self.save_strategy = _strategy("save_strategy", self.save_strategy)
+        self.logging_strategy = _strategy("logging_strategy", self.logging_strategy)
+        self.batch_sampler = BatchSamplers(getattr(self.batch_sampler, "value", self.batch_sampler))
+        self.multi_dataset_batch_sampler = MultiDatasetBatchSamplers(
+            getattr(self.multi_dataset_batch_sampler, "value", self.multi_dataset_batch_sampler)
+        )
+        scheduler = getattr(self.lr_scheduler_type, "value", self.lr_scheduler_type)
+        if scheduler not in _SCHEDULERS:
+            raise ValueError(f"lr_scheduler_type must be one of {sorted(_SCHEDULERS)} in crossjax, got {scheduler!r}")
+        self.lr_scheduler_type = scheduler
+        if self.lr_scheduler_kwargs:
+            raise ValueError("lr_scheduler_kwargs are not supported: the schedules use transformers' defaults")
+        optim = getattr(self.optim, "value", self.optim)
+        if optim not in _OPTIMIZERS:
+            raise ValueError(f"optim={optim!r} is not supported: crossjax implements torch's AdamW ({_OPTIMIZERS})")
+        self.optim = optim
+        if self.optim_args:
+            raise ValueError("optim_args are not supported: set adam_beta1/adam_beta2/adam_epsilon instead")
+        for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        if isinstance(self.max_steps, bool) or not isinstance(self.max_steps, int) or self.max_steps == 0:
+            raise ValueError(
+                f"max_steps must be a positive integer, or -1 to train num_train_epochs; got {self.max_steps!r}"
+            )
+        if self.max_steps < 0 and not (self.num_train_epochs > 0):
+            raise ValueError(f"num_train_epochs must be > 0, got {self.num_train_epochs!r}")
+        if self.warmup_ratio is not None:
+            if not 0 <= self.warmup_ratio <= 1:
+                raise ValueError(f"warmup_ratio must be in [0, 1], got {self.warmup_ratio!r}")
+            if self.warmup_steps:
+                raise ValueError("set warmup_steps or warmup_ratio, not both")
+            logger.warning("warmup_ratio is deprecated in transformers 5: use warmup_steps=%s", self.warmup_ratio)
+        if not (self.warmup_steps >= 0 and math.isfinite(self.warmup_steps)):
+            raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps!r}")
+        if self.warmup_steps >= 1 and self.warmup_steps != int(self.warmup_steps):
+            raise ValueError(f"warmup_steps >= 1 must be a whole number of steps, got {self.warmup_steps!r}")
+        for name in ("learning_rate",):
+            if not (getattr(self, name) > 0):
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
+        if self.eval_strategy == "steps" and self.eval_steps is None and not self.logging_steps:
+            raise ValueError("eval_strategy='steps' needs eval_steps (or logging_steps)")
+        if self.load_best_model_at_end and self.eval_strategy == "no":
+            raise ValueError("load_best_model_at_end=True needs an eval_strategy other than 'no'")
+        if self.metric_for_best_model is None and self.load_best_model_at_end:
+            self.metric_for_best_model = "loss"
+        if self.metric_for_best_model is not None and self.greater_is_better is None:
+            self.greater_is_better = not self.metric_for_best_model.removeprefix("eval_").endswith("loss")
+        if self.save_total_limit is not None and self.save_total_limit < 1:
+            raise ValueError(f"save_total_limit must be >= 1 or None, got {self.save_total_limit!r}")
+        if self.push_to_hub and not self.extra.get("hub_model_id"):
+            raise ValueError("push_to_hub=True needs hub_model_id (the repository to push to)")
+
+    # ---------------------------------------------------------------------------------- derived numbers
+    @property
+    def scheduler_name(self) -> str:
+        """The crossjax / sentence-transformers ``fit`` name of ``lr_scheduler_type``."""
+        return _SCHEDULERS[self.lr_scheduler_type]
+
+    def get_warmup_steps(self, num_training_steps: int) -> int:
+        """transformers 5's rule: a count, or ``ceil(fraction * steps)`` for a value below 1."""
+        warmup = self.warmup_ratio if self.warmup_ratio is not None else self.warmup_steps
+        return int(warmup) if warmup >= 1 else math.ceil(num_training_steps * warmup)
+
+    @staticmethod
+    def _interval(value: float, total_steps: int) -> int:
+        """A step interval; a float below 1 is a fraction of the run (as transformers reads it)."""
+        return max(1, math.ceil(total_steps * value)) if 0 < value < 1 else max(1, int(value))
+
+    def logging_interval(self, total_steps: int) -> int:
+        return self._interval(self.logging_steps, total_steps)
+
+    def eval_interval(self, total_steps: int) -> int:
+        return self._interval(self.eval_steps if self.eval_steps is not None else self.logging_steps, total_steps)
+
+    def save_interval(self, total_steps: int) -> int:
+        return self._interval(self.save_steps, total_steps)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}
+        for key in ("batch_sampler", "multi_dataset_batch_sampler"):
+            out[key] = out[key].value
+        return {**out, **self.extra}
+
+    def non_default(self) -> dict[str, Any]:
+        """The arguments that differ from their defaults (what a model card lists)."""
+        default = CrossEncoderTrainingArguments()
+        mine, theirs = self.to_dict(), default.to_dict()
+        return {k: v for k, v in mine.items() if theirs.get(k) != v}

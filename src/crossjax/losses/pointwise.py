@@ -1,4 +1,4 @@
-"""Loss and activation functions for cross-encoder training, mapped from sentence-transformers' names.
+"""The losses of the legacy ``CrossEncoder.fit``: pure functions over flat pairs, mapped from torch's names.
 
 Every loss has the signature ``(logits [B, C], labels [B], example_mask [B]) -> scalar`` and averages
 over the *real* examples only (``example_mask == 1``): batches are padded to a fixed number of rows so
@@ -10,9 +10,9 @@ Each shipped loss is a ratio ``sum(w_i * loss_i) / sum(w_i)`` over the real rows
 class weight ``weight[y_i]``), and :func:`loss_parts` gives its ``(numerator, denominator)`` form, so
 gradient accumulation can sum both over micro-batches and divide once: exactly the loss of the whole batch.
 
-``resolve_loss`` and ``resolve_activation`` accept what ``CrossEncoder.fit`` users pass (``None``, names,
-or torch modules such as ``nn.BCEWithLogitsLoss()``, recognised by class name so torch is never imported
-here) and return pure ``jnp`` callables.
+``resolve_loss`` accepts what ``CrossEncoder.fit`` users pass (``None``, names, or torch modules such as
+``nn.BCEWithLogitsLoss()``, recognised by class name so torch is never imported here) and returns a pure
+``jnp`` callable. The sentence-transformers 4+ loss classes built on these are in ``pointwise_st.py``.
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
+
+from crossjax.losses.torch_compat import is_torch_module, tensor_to_numpy
 
 __all__ = [
     "LossFn",
@@ -36,14 +37,7 @@ __all__ = [
     "cross_entropy",
     "mse",
     "resolve_loss",
-    "resolve_activation",
-    "activation_name_for_export",
-    "activation_from_export_name",
-    "identity",
-    "sigmoid",
-    "tanh",
-    "softmax",
-    "relu",
+    "ratio",
 ]
 
 LossFn = Callable[[jnp.ndarray, jnp.ndarray, jnp.ndarray], jnp.ndarray]
@@ -203,17 +197,6 @@ _LOSS_NAMES: dict[str, LossFn] = {
 _TORCH_LOSSES = ("BCEWithLogitsLoss", "CrossEntropyLoss", "MSELoss")
 
 
-def _is_torch_module(obj: Any) -> bool:
-    """A ``torch.nn.Module`` instance, detected without importing torch."""
-    return any(cls.__module__.startswith("torch.") and cls.__name__ == "Module" for cls in type(obj).__mro__)
-
-
-def _to_numpy(value: Any) -> np.ndarray:
-    if hasattr(value, "detach"):  # a torch tensor
-        value = value.detach().cpu().numpy()
-    return np.asarray(value, dtype=np.float32)
-
-
 def _from_torch_loss(obj: Any) -> LossFn:
     name = type(obj).__name__
     reduction = getattr(obj, "reduction", "mean")
@@ -225,7 +208,7 @@ def _from_torch_loss(obj: Any) -> LossFn:
         pos_weight = getattr(obj, "pos_weight", None)
         if pos_weight is None:
             return binary_cross_entropy_with_logits
-        pw = _to_numpy(pos_weight).reshape(-1)
+        pw = tensor_to_numpy(pos_weight).reshape(-1)
         if pw.size != 1:
             raise ValueError(f"BCEWithLogitsLoss(pos_weight=...) must hold one value, got shape {pw.shape}")
         return functools.partial(binary_cross_entropy_with_logits, pos_weight=float(pw[0]))
@@ -234,7 +217,7 @@ def _from_torch_loss(obj: Any) -> LossFn:
         smoothing = float(getattr(obj, "label_smoothing", 0.0) or 0.0)
         if weight is None and smoothing == 0.0:
             return cross_entropy
-        class_weights = None if weight is None else jnp.asarray(_to_numpy(weight))
+        class_weights = None if weight is None else jnp.asarray(tensor_to_numpy(weight))
         return functools.partial(cross_entropy, class_weights=class_weights, label_smoothing=smoothing)
     if name == "MSELoss":
         return mse
@@ -258,122 +241,8 @@ def resolve_loss(loss_fct: Any, num_labels: int) -> LossFn:
         if key not in _LOSS_NAMES:
             raise ValueError(f"Unknown loss {loss_fct!r}; valid names are: {', '.join(sorted(_LOSS_NAMES))}")
         return _LOSS_NAMES[key]
-    if type(loss_fct).__name__ in _TORCH_LOSSES or _is_torch_module(loss_fct):
+    if type(loss_fct).__name__ in _TORCH_LOSSES or is_torch_module(loss_fct):
         return _from_torch_loss(loss_fct)
     if callable(loss_fct):
         return loss_fct
     raise TypeError(f"loss_fct must be None, a name, a torch loss module or a callable, got {type(loss_fct)}")
-
-
-# --- activations -------------------------------------------------------------------------------------
-
-
-def identity(x: jnp.ndarray) -> jnp.ndarray:
-    """``torch.nn.Identity``."""
-    return x
-
-
-def sigmoid(x: jnp.ndarray) -> jnp.ndarray:
-    """``torch.nn.Sigmoid``."""
-    return jax.nn.sigmoid(x)
-
-
-def tanh(x: jnp.ndarray) -> jnp.ndarray:
-    """``torch.nn.Tanh``."""
-    return jnp.tanh(x)
-
-
-def softmax(x: jnp.ndarray) -> jnp.ndarray:
-    """``torch.nn.Softmax(dim=-1)`` over the class axis."""
-    return jax.nn.softmax(x, axis=-1)
-
-
-def relu(x: jnp.ndarray) -> jnp.ndarray:
-    """``torch.nn.ReLU``."""
-    return jax.nn.relu(x)
-
-
-# The exact strings sentence-transformers writes (``util.fullname(nn.Sigmoid())``) in
-# config_sentence_transformers.json / config.json under "activation_fn".
-_EXPORT_NAMES: dict[Callable[[jnp.ndarray], jnp.ndarray], str] = {
-    identity: "torch.nn.modules.linear.Identity",
-    sigmoid: "torch.nn.modules.activation.Sigmoid",
-    tanh: "torch.nn.modules.activation.Tanh",
-    softmax: "torch.nn.modules.activation.Softmax",
-    relu: "torch.nn.modules.activation.ReLU",
-}
-# Plain JAX functions users may pass, mapped to ours so they can be exported too.
-_JAX_ALIASES: tuple[tuple[Any, Callable[[jnp.ndarray], jnp.ndarray]], ...] = (
-    (jax.nn.sigmoid, sigmoid),
-    (jnp.tanh, tanh),
-    (jax.nn.relu, relu),
-    (jax.nn.softmax, softmax),
-)
-_BY_CLASS_NAME: dict[str, Callable[[jnp.ndarray], jnp.ndarray]] = {
-    "identity": identity,
-    "sigmoid": sigmoid,
-    "tanh": tanh,
-    "softmax": softmax,
-    "relu": relu,
-}
-
-
-def resolve_activation(activation: Any) -> Callable[[jnp.ndarray], jnp.ndarray]:
-    """Turn an ``activation_fct`` (``None``, a name, a torch activation module or a JAX callable) into a
-    JAX function applied to the logits before the loss, as in ST's legacy ``fit``."""
-    if activation is None:
-        return identity
-    if isinstance(activation, str):
-        key = activation.lower()
-        if key not in _BY_CLASS_NAME:
-            raise ValueError(
-                f"Unknown activation {activation!r}; valid names are: {', '.join(_BY_CLASS_NAME)}"
-            )
-        return _BY_CLASS_NAME[key]
-    for known in _EXPORT_NAMES:
-        if activation is known:
-            return known
-    for alias, known in _JAX_ALIASES:
-        if activation is alias:
-            return known
-    cls_name = type(activation).__name__
-    if _is_torch_module(activation) or cls_name in {"Identity", "Sigmoid", "Tanh", "Softmax", "ReLU"}:
-        key = cls_name.lower()
-        if key not in _BY_CLASS_NAME:
-            raise ValueError(
-                f"Unsupported torch activation {cls_name}; supported are torch.nn.Identity, Sigmoid, Tanh, "
-                "Softmax and ReLU (or pass a JAX callable)"
-            )
-        if key == "softmax" and getattr(activation, "dim", None) not in (None, -1, 1):
-            raise ValueError(f"Softmax(dim={activation.dim}) is not supported; use dim=-1 (the class axis)")
-        return _BY_CLASS_NAME[key]
-    if callable(activation):
-        return activation
-    raise TypeError(
-        f"activation must be None, a name, a torch activation or a callable, got {type(activation)}"
-    )
-
-
-def activation_name_for_export(fn: Any) -> str:
-    """The dotted torch class path sentence-transformers stores for this activation (``fullname(...)``),
-    e.g. ``"torch.nn.modules.activation.Sigmoid"``, so exported models load with the same activation."""
-    resolved = resolve_activation(fn)
-    for known, export_name in _EXPORT_NAMES.items():
-        if resolved is known:
-            return export_name
-    raise ValueError(
-        f"Cannot export custom activation {fn!r}: only identity, sigmoid, tanh, softmax and relu map to "
-        "torch classes sentence-transformers can load"
-    )
-
-
-def activation_from_export_name(name: str) -> Callable[[jnp.ndarray], jnp.ndarray]:
-    """Inverse of :func:`activation_name_for_export`; also accepts short paths like ``torch.nn.Sigmoid``."""
-    if not isinstance(name, str):
-        raise TypeError(f"expected a dotted class path string, got {type(name)}")
-    key = name.rsplit(".", 1)[-1].lower()
-    if ("." in name and not name.startswith("torch.")) or key not in _BY_CLASS_NAME:
-        raise ValueError(
-            f"Unsupported activation {name!r}; supported are: {', '.join(_EXPORT_NAMES.values())}"
-        )
-    return _BY_CLASS_NAME[key]

@@ -1,0 +1,99 @@
+"""crossjax's losses: sentence-transformers 6.2's cross-encoder loss classes (for ``CrossEncoderTrainer``),
+the legacy ``fit`` loss functions, and the activations.
+
+* ``base.py``: the loss interface (:class:`CrossEncoderLoss`, :class:`PairLayout`) the trainer's step uses.
+* ``pointwise_st.py``: BinaryCrossEntropyLoss, CrossEntropyLoss, MSELoss.
+* ``margin.py``: MarginMSELoss. ``in_batch.py``: (Cached)MultipleNegativesRankingLoss.
+* ``listwise.py``: the listwise rows, ListNetLoss, ADRMSELoss. ``plist_mle.py``: PListMLELoss, ListMLELoss.
+  ``lambda_loss.py``: LambdaLoss, its five weighting schemes, RankNetLoss.
+* ``pointwise.py``: the legacy ``fit`` losses (pure functions, ``resolve_loss``, ``loss_parts``).
+* ``activations.py``: activation functions and their torch names.
+"""
+
+from __future__ import annotations
+
+from crossjax.losses.activations import (
+    activation_from_export_name,
+    activation_name_for_export,
+    identity,
+    relu,
+    resolve_activation,
+    sigmoid,
+    softmax,
+    tanh,
+)
+from crossjax.losses.base import CrossEncoderLoss, PairLayout
+from crossjax.losses.in_batch import CachedMultipleNegativesRankingLoss, MultipleNegativesRankingLoss
+from crossjax.losses.lambda_loss import (
+    BaseWeightingScheme,
+    LambdaLoss,
+    LambdaRankScheme,
+    NDCGLoss1Scheme,
+    NDCGLoss2PPScheme,
+    NDCGLoss2Scheme,
+    NoWeightingScheme,
+    RankNetLoss,
+)
+from crossjax.losses.listwise import ADRMSELoss, ListNetLoss
+from crossjax.losses.margin import MarginMSELoss
+from crossjax.losses.plist_mle import ListMLELoss, PListMLELambdaWeight, PListMLELoss
+from crossjax.losses.pointwise import (
+    LossFn,
+    LossParts,
+    binary_cross_entropy_with_logits,
+    binary_cross_entropy_with_logits_parts,
+    cross_entropy,
+    cross_entropy_parts,
+    loss_parts,
+    mse,
+    mse_parts,
+    ratio,
+    resolve_loss,
+)
+from crossjax.losses.pointwise_st import BinaryCrossEntropyLoss, CrossEntropyLoss, MSELoss
+
+__all__ = [
+    # sentence-transformers 6.2 cross-encoder losses
+    "CrossEncoderLoss",
+    "PairLayout",
+    "ADRMSELoss",
+    "BinaryCrossEntropyLoss",
+    "CrossEntropyLoss",
+    "MultipleNegativesRankingLoss",
+    "CachedMultipleNegativesRankingLoss",
+    "MarginMSELoss",
+    "MSELoss",
+    "ListNetLoss",
+    "ListMLELoss",
+    "PListMLELoss",
+    "PListMLELambdaWeight",
+    "LambdaLoss",
+    "BaseWeightingScheme",
+    "NoWeightingScheme",
+    "NDCGLoss1Scheme",
+    "NDCGLoss2Scheme",
+    "LambdaRankScheme",
+    "NDCGLoss2PPScheme",
+    "RankNetLoss",
+    # legacy fit losses
+    "LossFn",
+    "LossParts",
+    "loss_parts",
+    "ratio",
+    "binary_cross_entropy_with_logits_parts",
+    "cross_entropy_parts",
+    "mse_parts",
+    "binary_cross_entropy_with_logits",
+    "cross_entropy",
+    "mse",
+    "resolve_loss",
+    # activations
+    "resolve_activation",
+    "activation_name_for_export",
+    "activation_from_export_name",
+    "identity",
+    "sigmoid",
+    "tanh",
+    "softmax",
+    "relu",
+]

@@ -1,0 +1,155 @@
+"""sentence-transformers 6.2's pointwise cross-encoder losses: one (query, document) pair per row, one label.
+
+``BinaryCrossEntropyLoss``, ``CrossEntropyLoss`` and ``MSELoss`` take two text columns; each row is one pair
+(D = 1, K = 1). They are means over the rows, built on the legacy ``fit`` losses' ``(numerator, denominator)``
+forms, so a split of the rows into micro-batches adds up exactly.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax.numpy as jnp
+import numpy as np
+
+from crossjax.losses.activations import identity
+from crossjax.losses.base import (
+    CrossEncoderLoss,
+    PairLayout,
+    PairTable,
+    is_finite_number,
+    is_number,
+    label_rows,
+)
+from crossjax.losses.pointwise import binary_cross_entropy_with_logits_parts, cross_entropy_parts, mse_parts
+from crossjax.losses.torch_compat import tensor_to_numpy
+
+__all__ = ["BinaryCrossEntropyLoss", "CrossEntropyLoss", "MSELoss"]
+
+
+def _reject_kwargs(loss_name: str, kwargs: dict[str, Any], supported: dict[str, Any]) -> None:
+    """The torch loss keyword arguments sentence-transformers forwards: only those crossjax implements."""
+    for key, value in kwargs.items():
+        if key == "reduction":
+            if value != "mean":
+                raise ValueError(f"{loss_name}(reduction={value!r}) is not supported; only reduction='mean' is")
+        elif key not in supported:
+            raise ValueError(
+                f"{loss_name} does not support the torch keyword argument {key!r} in crossjax"
+                + (f"; supported: reduction, {', '.join(supported)}" if supported else "; supported: reduction")
+            )
+
+
+class _PairLoss(CrossEncoderLoss):
+    """Two text columns, one label per row: the pair (column 0, column 1) in slot 0 of its row."""
+
+    label_dtype: Any = np.float32
+
+    def layout(self, columns: list[list], labels: Any, rng: np.random.Generator) -> PairLayout:
+        table = PairTable()
+        index = np.array([[table.add(q, d)] for q, d in zip(columns[0], columns[1], strict=True)], dtype=np.int64)
+        index = index.reshape(len(columns[0]), 1)
+        rows = label_rows(labels, len(columns[0]), type(self).__name__)
+        return PairLayout(table.pairs, index, np.asarray(rows, dtype=self.label_dtype).reshape(-1, 1))
+
+    def width(self, columns: list[list], labels: Any, rows_per_step: int | None = None) -> tuple[int, int]:
+        return 1, 1
+
+    def validate(self, columns: list[list], labels: Any, row_offset: int = 0) -> None:
+        self._check_column_count(columns, 2)
+        self._check_texts(columns, row_offset, (0, 1))
+        for i, label in enumerate(label_rows(labels, len(columns[0]), type(self).__name__)):
+            problem = self._label_problem(label)
+            if problem:
+                raise ValueError(f"{type(self).__name__}: row {row_offset + i}: label {label!r} {problem}")
+
+    def _label_problem(self, label: Any) -> str | None:
+        return None if is_finite_number(label) else "is not a finite number (one score per pair)"
+
+    def _row_mask(self, doc_mask: jnp.ndarray, query_mask: jnp.ndarray) -> jnp.ndarray:
+        return doc_mask[:, 0] & query_mask
+
+
+class BinaryCrossEntropyLoss(_PairLoss):
+    """sentence-transformers' ``BinaryCrossEntropyLoss``: ``BCEWithLogitsLoss`` on one logit per pair, labels
+    in [0, 1]; ``pos_weight`` (a torch tensor, numpy value or float) weighs the positive term."""
+
+    def __init__(self, model: Any, activation_fn: Any = identity, pos_weight: Any = None, **kwargs: Any) -> None:
+        super().__init__(model, activation_fn)
+        _reject_kwargs(type(self).__name__, kwargs, {})
+        self.pos_weight = pos_weight
+        self._pos_weight_value: float | None = None
+        if pos_weight is not None:
+            values = tensor_to_numpy(pos_weight).reshape(-1)
+            if values.size != 1:
+                raise ValueError(f"pos_weight must hold one value (one output label), got shape {values.shape}")
+            self._pos_weight_value = float(values[0])
+
+    def _label_problem(self, label: Any) -> str | None:
+        if not is_finite_number(label) or not 0.0 <= float(label) <= 1.0:
+            return "is not a number in [0, 1] (1 = positive, 0 = negative, or a probability)"
+        return None
+
+    def parts(self, logits, doc_mask, labels, query_mask):
+        mask = self._row_mask(doc_mask, query_mask)
+        scores = self._scores(logits[:, :1], mask[:, None])  # [Q, 1]
+        targets = jnp.where(mask, labels[:, 0].astype(jnp.float32), 0.0)
+        return binary_cross_entropy_with_logits_parts(scores, targets, mask, self._pos_weight_value)
+
+    def get_config_dict(self) -> dict[str, Any]:
+        return {**super().get_config_dict(), "pos_weight": self._pos_weight_value}
+
+
+class CrossEntropyLoss(_PairLoss):
+    """sentence-transformers' ``CrossEntropyLoss``: ``nn.CrossEntropyLoss`` over the model's ``num_labels``
+    logits, an integer class per pair. Supports torch's ``weight`` and ``label_smoothing`` keywords."""
+
+    checks_model_type = True
+    requires_one_label = False
+    allows_softmax = True  # applied over the class axis, as in sentence-transformers
+    label_dtype = np.int32
+
+    def __init__(self, model: Any, activation_fn: Any = identity, **kwargs: Any) -> None:
+        super().__init__(model, activation_fn)
+        _reject_kwargs(type(self).__name__, kwargs, {"weight": None, "label_smoothing": 0.0, "ignore_index": -100})
+        ignore_index = kwargs.get("ignore_index", -100)
+        if 0 <= ignore_index < model.num_labels:
+            raise ValueError(f"CrossEntropyLoss(ignore_index={ignore_index}) is not supported for a real class")
+        weight = kwargs.get("weight")
+        self.class_weights = None if weight is None else jnp.asarray(tensor_to_numpy(weight).reshape(-1))
+        if self.class_weights is not None and self.class_weights.shape[0] != model.num_labels:
+            raise ValueError(
+                f"CrossEntropyLoss(weight=...) has {self.class_weights.shape[0]} values for {model.num_labels} classes"
+            )
+        self.label_smoothing = float(kwargs.get("label_smoothing", 0.0))
+
+    def _label_problem(self, label: Any) -> str | None:
+        if is_number(label) and float(label).is_integer() and 0 <= int(label) < self.model.num_labels:
+            return None
+        return f"is not an integer class index in [0, {self.model.num_labels}) (num_labels={self.model.num_labels})"
+
+    def parts(self, logits, doc_mask, labels, query_mask):
+        mask = self._row_mask(doc_mask, query_mask)
+        class_logits = jnp.where(mask[:, None], logits[:, 0, :].astype(jnp.float32), 0.0)
+        if self.activation is not None:
+            class_logits = self.activation(class_logits)
+        targets = jnp.where(mask, labels[:, 0].astype(jnp.int32), 0)
+        return cross_entropy_parts(class_logits, targets, mask, self.class_weights, self.label_smoothing)
+
+    def get_config_dict(self) -> dict[str, Any]:
+        return {}  # sentence-transformers' CrossEntropyLoss has no get_config_dict: its model card lists nothing
+
+
+class MSELoss(_PairLoss):
+    """sentence-transformers' ``MSELoss``: squared error between one (activated) logit per pair and its score,
+    e.g. a teacher's (distillation)."""
+
+    def __init__(self, model: Any, activation_fn: Any = identity, **kwargs: Any) -> None:
+        super().__init__(model, activation_fn)
+        _reject_kwargs(type(self).__name__, kwargs, {})
+
+    def parts(self, logits, doc_mask, labels, query_mask):
+        mask = self._row_mask(doc_mask, query_mask)
+        scores = self._scores(logits[:, :1], mask[:, None])
+        targets = jnp.where(mask, labels[:, 0].astype(jnp.float32), 0.0)
+        return mse_parts(scores, targets, mask)

@@ -1,0 +1,20 @@
+"""Recognising torch objects (modules, tensors) without importing torch: crossjax never needs torch at runtime,
+but users port sentence-transformers scripts that pass ``nn.Sigmoid()`` or ``torch.tensor(4.0)``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+
+def is_torch_module(obj: Any) -> bool:
+    """A ``torch.nn.Module`` instance, detected without importing torch."""
+    return any(cls.__module__.startswith("torch.") and cls.__name__ == "Module" for cls in type(obj).__mro__)
+
+
+def tensor_to_numpy(value: Any) -> np.ndarray:
+    """A torch tensor, numpy array or number as a float32 numpy array."""
+    if hasattr(value, "detach"):  # a torch tensor
+        value = value.detach().cpu().numpy()
+    return np.asarray(value, dtype=np.float32)

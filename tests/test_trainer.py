@@ -1,0 +1,197 @@
+"""CrossEncoderTrainer against sentence-transformers 6.2's CrossEncoderTrainer, loss by loss.
+
+The oracle is sentence-transformers' own trainer (Hugging Face Trainer + torch AdamW) on the same tiny BERT
+checkpoint with dropout off. Each dataset is one full batch (batch size = rows), so the order of rows inside a
+batch cannot matter. For each loss: the first step's loss equals sentence-transformers' (its collator and
+``compute_loss`` on the same rows), the parameters after one step equal to 1e-5, after three steps to 1e-4.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from crossjax import CrossEncoder, losses
+from crossjax.trainer import CrossEncoderTrainer
+from crossjax.training_args import CrossEncoderTrainingArguments
+
+WORDS = "apple river stone cloud music table green quick slow bright dark paper glass ocean forest city".split()
+ROWS = 6
+LR = 1e-3
+# Parameters whose true gradient is exactly zero: attention key biases (softmax ignores a per-query constant)
+# and, for losses of score differences within a query (margins, lists), the classifier bias. Adam turns the
+# round-off of a zero gradient into steps of size lr in either library: they are compared loosely, all else tightly.
+KEY_BIAS = "attention.self.key.bias"
+SHIFT_INVARIANT = {"margin_mse", "ranknet", "listnet", "listmle", "plistmle", "lambda_ndcg2pp", "lambda_rank", "adr_mse"}
+
+
+def _text(rng: np.random.Generator, n: int) -> str:
+    return " ".join(rng.choice(WORDS, size=n))
+
+
+def _save_tiny(directory: Path, tokenizer, num_labels: int) -> Path:
+    import torch
+    from transformers import AutoModelForSequenceClassification, BertConfig
+
+    torch.manual_seed(7 + num_labels)
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=37,
+        max_position_embeddings=128,
+        initializer_range=0.2,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+        num_labels=num_labels,
+    )
+    AutoModelForSequenceClassification.from_config(config).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def tiny_dirs(minilm_dir, tmp_path_factory) -> dict[int, Path]:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(minilm_dir))
+    return {n: _save_tiny(tmp_path_factory.mktemp(f"tiny{n}"), tokenizer, n) for n in (1, 3)}
+
+
+def _dataset(kind: str) -> dict[str, list]:
+    rng = np.random.default_rng(3)
+    queries = [_text(rng, 3) for _ in range(ROWS)]
+    docs = lambda: [_text(rng, int(rng.integers(3, 9))) for _ in range(ROWS)]  # noqa: E731
+    if kind == "pairs":
+        return {"q": queries, "d": docs(), "label": [float(x) for x in rng.uniform(0, 1, ROWS)]}
+    if kind == "classes":
+        return {"q": queries, "d": docs(), "label": [int(x) for x in rng.integers(0, 3, ROWS)]}
+    if kind == "triplets":
+        return {"q": queries, "pos": docs(), "neg": docs()}
+    if kind == "margins":
+        return {"q": queries, "pos": docs(), "neg": docs(), "score": [float(x) for x in rng.normal(0, 2, ROWS)]}
+    if kind == "lists":
+        counts = [2, 4, 3, 4, 1, 3]
+        lists = [[_text(rng, int(rng.integers(2, 8))) for _ in range(c)] for c in counts]
+        labels = [[float(x) for x in rng.integers(0, 3, c)] for c in counts]
+        for row in labels:  # every query has a relevant document
+            row[0] = max(row[0], 1.0)
+        return {"q": queries, "docs": lists, "labels": labels}
+    raise ValueError(kind)
+
+
+# (case id, dataset kind, labels of the model, crossjax loss factory, sentence-transformers loss factory)
+def _cases():
+    from sentence_transformers.cross_encoder import losses as st
+
+    return [
+        ("bce", "pairs", 1, lambda m: losses.BinaryCrossEntropyLoss(m), lambda m: st.BinaryCrossEntropyLoss(m)),
+        ("bce_pos_weight", "pairs", 1, lambda m: losses.BinaryCrossEntropyLoss(m, pos_weight=2.0),
+         lambda m: st.BinaryCrossEntropyLoss(m, pos_weight=__import__("torch").tensor(2.0))),
+        ("ce", "classes", 3, lambda m: losses.CrossEntropyLoss(m), lambda m: st.CrossEntropyLoss(m)),
+        ("mse", "pairs", 1, lambda m: losses.MSELoss(m), lambda m: st.MSELoss(m)),
+        ("margin_mse", "margins", 1, lambda m: losses.MarginMSELoss(m), lambda m: st.MarginMSELoss(m)),
+        ("mnrl", "triplets", 1, lambda m: losses.MultipleNegativesRankingLoss(m, num_negatives=None),
+         lambda m: st.MultipleNegativesRankingLoss(m, num_negatives=None)),
+        ("cached_mnrl", "triplets", 1,
+         lambda m: losses.CachedMultipleNegativesRankingLoss(m, num_negatives=None, mini_batch_size=4),
+         lambda m: st.CachedMultipleNegativesRankingLoss(m, num_negatives=None, mini_batch_size=4)),
+        ("ranknet", "lists", 1, lambda m: losses.RankNetLoss(m), lambda m: st.RankNetLoss(m)),
+        ("listnet", "lists", 1, lambda m: losses.ListNetLoss(m), lambda m: st.ListNetLoss(m)),
+        ("listmle", "lists", 1, lambda m: losses.ListMLELoss(m), lambda m: st.ListMLELoss(m)),
+        ("plistmle", "lists", 1, lambda m: losses.PListMLELoss(m), lambda m: st.PListMLELoss(m)),
+        ("lambda_ndcg2pp", "lists", 1, lambda m: losses.LambdaLoss(m), lambda m: st.LambdaLoss(m)),
+        ("lambda_rank", "lists", 1, lambda m: losses.LambdaLoss(m, weighting_scheme=losses.LambdaRankScheme()),
+         lambda m: st.LambdaLoss(m, weighting_scheme=st.LambdaRankScheme())),
+        ("adr_mse", "lists", 1, lambda m: losses.ADRMSELoss(m), lambda m: st.ADRMSELoss(m)),
+    ]
+
+
+CASES = [
+    "bce", "bce_pos_weight", "ce", "mse", "margin_mse", "mnrl", "cached_mnrl", "ranknet", "listnet", "listmle",
+    "plistmle", "lambda_ndcg2pp", "lambda_rank", "adr_mse",
+]  # fmt: skip
+
+
+def _st_run(directory: Path, kind: str, st_loss, tmp: Path) -> tuple[float, list[dict[str, np.ndarray]]]:
+    """sentence-transformers' first-step loss and its parameters after steps 1 and 3."""
+    import torch
+    from datasets import Dataset
+    from sentence_transformers.cross_encoder import CrossEncoder as STCrossEncoder
+    from sentence_transformers.cross_encoder import CrossEncoderTrainer as STTrainer
+    from sentence_transformers.cross_encoder import CrossEncoderTrainingArguments as STArgs
+    from transformers import TrainerCallback
+
+    torch.manual_seed(0)
+    model = STCrossEncoder(str(directory), device="cpu")
+    dataset = Dataset.from_dict(_dataset(kind))
+    snapshots: list[dict[str, np.ndarray]] = []
+
+    class Snapshot(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step in (1, 3):
+                snapshots.append({k: v.detach().clone().numpy() for k, v in model.model.state_dict().items()})
+
+    args = STArgs(
+        output_dir=str(tmp / "st"),
+        per_device_train_batch_size=ROWS,
+        max_steps=3,
+        learning_rate=LR,
+        logging_steps=1,
+        save_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        use_cpu=True,
+        seed=0,
+    )
+    loss = st_loss(model)
+    trainer = STTrainer(model=model, args=args, train_dataset=dataset, loss=loss, callbacks=[Snapshot()])
+    batch = trainer.data_collator([dataset[i] for i in range(len(dataset))])
+    with torch.no_grad():
+        first_loss = float(trainer.compute_loss(model, batch))
+    trainer.train()
+    return first_loss, snapshots
+
+
+def _ours(directory: Path, kind: str, loss, steps: int, tmp: Path):
+    model = CrossEncoder(str(directory))
+    loss.model = model
+    args = CrossEncoderTrainingArguments(
+        str(tmp / f"ours{steps}"),
+        per_device_train_batch_size=ROWS,
+        max_steps=steps,
+        learning_rate=LR,
+        logging_steps=1,
+        save_strategy="no",
+        seed=0,
+        disable_tqdm=True,
+    )
+    output = CrossEncoderTrainer(model=model, args=args, train_dataset=_dataset(kind), loss=loss).train()
+    return output, model.model.hf_state_dict(), model.training_history
+
+
+def _compare(
+    ours: dict[str, np.ndarray], theirs: dict[str, np.ndarray], rtol: float, atol: float, zero_grad: tuple[str, ...]
+) -> None:
+    keys = [k for k in theirs if not k.endswith("position_ids")]
+    assert set(keys) <= set(ours), sorted(set(keys) - set(ours))
+    for key in keys:
+        tolerance = max(atol, 6 * LR) if key.endswith(zero_grad) else atol
+        np.testing.assert_allclose(ours[key], theirs[key], rtol=rtol, atol=tolerance, err_msg=key)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_trainer_steps_equal_sentence_transformers(case, tiny_dirs, tmp_path):
+    _, kind, num_labels, make_ours, make_theirs = next(c for c in _cases() if c[0] == case)
+    directory = tiny_dirs[num_labels]
+    st_first_loss, (st_after_1, st_after_3) = _st_run(directory, kind, make_theirs, tmp_path)
+    loss = make_ours(CrossEncoder(str(directory)))
+    _, after_1, history_1 = _ours(directory, kind, loss, 1, tmp_path)
+    np.testing.assert_allclose(history_1[0]["loss"], st_first_loss, rtol=1e-5)
+    zero_grad = (KEY_BIAS, "classifier.bias") if case in SHIFT_INVARIANT else (KEY_BIAS,)
+    _compare(after_1, st_after_1, rtol=1e-5, atol=1e-5, zero_grad=zero_grad)  # Adam steps are +-lr = 1e-3: 1% of one step
+    _, after_3, _ = _ours(directory, kind, loss, 3, tmp_path)
+    _compare(after_3, st_after_3, rtol=1e-4, atol=5e-5, zero_grad=zero_grad)

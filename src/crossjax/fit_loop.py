@@ -187,8 +187,9 @@ class FitTarget:
     save: Callable[[str], Any]
     max_shapes: int = 2
     evaluate: Callable[[str | None, int, int], Any] | None = None
-    # Called after every step with (global step, epoch); returning True stops the run after that step.
-    on_step: Callable[[int, int], bool | None] | None = None
+    # Called after every step with (global step, epoch, sync): ``sync()`` brings the model up to date with the
+    # step (its arrays are the state's, valid until the next step runs); returning True stops the run.
+    on_step: Callable[[int, int, Callable[[], None]], bool | None] | None = None
 
 
 @dataclass
@@ -684,7 +685,7 @@ def _run_fit(
             if step.last_in_epoch and evaluate_fn is not None and cfg.evaluate_each_epoch:
                 evaluate(step.epoch, -1)
             maybe_checkpoint(step.epoch)
-            if target.on_step is not None and target.on_step(global_step, step.epoch):
+            if target.on_step is not None and target.on_step(global_step, step.epoch, sync_model):
                 break
         metrics.flush()
         if checkpointer is not None and global_step % cfg.checkpoint_save_steps != 0 and global_step > start_step:

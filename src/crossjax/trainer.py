@@ -368,21 +368,21 @@ class _RunHooks:
         self.trainer, self.data, self.result, self.logging_every = trainer, data, result, logging_every
         self.best_params = None
         self.logged_through = 0
-        self.epoch_seen = 0
 
     def _epoch(self, step: int) -> float:
         return step / self.data.steps_per_epoch
 
-    def on_step(self, global_step: int, epoch: int) -> bool:
+    def on_step(self, global_step: int, epoch: int, sync: Callable[[], None]) -> bool:
         trainer, state = self.trainer, self.trainer.state
         state.global_step, state.epoch = global_step, self._epoch(global_step)
         first = global_step == 1 and trainer.args.logging_first_step
         if (global_step % self.logging_every == 0 or first) and self.result.history:
             self.log()
-        trainer._call_back("on_step_end")
-        if epoch != self.epoch_seen or global_step == self.data.total_steps:
-            self.epoch_seen = epoch
-            trainer._call_back("on_epoch_end")
+        if trainer.callbacks:
+            sync()  # callbacks get the model as it is after this step (HF passes model=)
+            trainer._call_back("on_step_end", model=trainer.model)
+            if global_step % self.data.steps_per_epoch == 0 or global_step == self.data.total_steps:
+                trainer._call_back("on_epoch_end", model=trainer.model)
         return trainer.control.should_training_stop
 
     def log(self) -> None:

@@ -204,3 +204,135 @@ def test_trainer_steps_equal_sentence_transformers(case, tiny_dirs, tmp_path):
     # Adam's first step moves every parameter by about lr = 1e-3: 1e-5 is 1% of one step.
     _compare(after_1, st_after_1, rtol=1e-5, atol=1e-5, zero_grad=zero_grad)
     _compare(after_3, st_after_3, rtol=1e-4, atol=5e-5, zero_grad=zero_grad)
+
+
+# ------------------------------------------------------------------------------------------ arguments
+def test_training_argument_defaults_equal_hugging_face_trainer():
+    from transformers import TrainingArguments
+
+    ours, theirs = CrossEncoderTrainingArguments("out"), TrainingArguments("out")
+    shared = [
+        "num_train_epochs", "max_steps", "per_device_train_batch_size", "per_device_eval_batch_size",
+        "learning_rate", "weight_decay", "adam_beta1", "adam_beta2", "adam_epsilon", "max_grad_norm",
+        "warmup_steps", "gradient_accumulation_steps", "save_steps", "logging_steps", "seed",
+        "dataloader_drop_last", "save_total_limit", "load_best_model_at_end", "bf16",
+    ]  # fmt: skip
+    for name in shared:
+        assert getattr(ours, name) == getattr(theirs, name), name
+    assert ours.lr_scheduler_type == getattr(theirs.lr_scheduler_type, "value", theirs.lr_scheduler_type)
+    for steps, warmup in [(100, 0.1), (7, 0.5), (100, 3)]:
+        expected = TrainingArguments("out", warmup_steps=warmup).get_warmup_steps(steps)
+        assert CrossEncoderTrainingArguments("out", warmup_steps=warmup).get_warmup_steps(steps) == expected
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, message",
+    [
+        ({"fp16": True}, ValueError, "fp16=True"),
+        ({"deepspeed": "ds.json"}, ValueError, "deepspeed"),
+        ({"dataloader_num_workers": 4}, ValueError, "dataloader_num_workers"),
+        ({"optim": "sgd"}, ValueError, "optim='sgd'"),
+        ({"lr_scheduler_type": "inverse_sqrt"}, ValueError, "lr_scheduler_type"),
+        ({"per_device_train_batch_size": 0}, ValueError, "per_device_train_batch_size"),
+        ({"eval_strategy": "sometimes"}, ValueError, "eval_strategy"),
+        ({"load_best_model_at_end": True}, ValueError, "eval_strategy"),
+        ({"no_such_argument": 1}, TypeError, "no_such_argument"),
+    ],
+)
+def test_training_arguments_without_jax_meaning_are_errors(kwargs, error, message):
+    with pytest.raises(error, match=message.replace("(", r"\(").replace(")", r"\)")):
+        CrossEncoderTrainingArguments("out", **kwargs)
+
+
+def test_metric_for_best_model_direction_follows_hugging_face():
+    assert CrossEncoderTrainingArguments("o", metric_for_best_model="eval_ndcg@10").greater_is_better is True
+    assert CrossEncoderTrainingArguments("o", metric_for_best_model="loss").greater_is_better is False
+
+
+# ------------------------------------------------------------------------------------------ behaviour
+@pytest.fixture(scope="module")
+def tiny_ce(tiny_dirs) -> CrossEncoder:
+    return CrossEncoder(str(tiny_dirs[1]))
+
+
+@pytest.mark.parametrize(
+    "dataset, message",
+    [
+        ({"q": ["a", "b"], "docs": [["x", "y"], ["z"]], "labels": [[1.0, 0.0], [1.0, 0.0]]}, "row 1"),
+        ({"q": ["a", "b"], "docs": [["x", "y"], []], "labels": [[1.0, 0.0], []]}, "row 1"),
+        ({"q": ["a", "b"], "docs": [["x", "y"], ["z"]], "labels": [[1.0, float("nan")], [1.0]]}, "row 0"),
+    ],
+)
+def test_bad_list_rows_are_named_before_tokenizing_or_compiling(dataset, message, tiny_ce, spies, tmp_path):
+    args = CrossEncoderTrainingArguments(str(tmp_path), max_steps=1, save_strategy="no", disable_tqdm=True)
+    trainer = CrossEncoderTrainer(model=tiny_ce, args=args, train_dataset=dataset, loss=losses.ListNetLoss(tiny_ce))
+    with pytest.raises(ValueError, match=message):
+        trainer.train()
+    assert spies == []
+
+
+def test_ranking_loss_needs_one_label(tiny_dirs):
+    with pytest.raises(ValueError, match="1 output label"):
+        losses.LambdaLoss(CrossEncoder(str(tiny_dirs[3])))
+
+
+def _params(model: CrossEncoder) -> dict[str, np.ndarray]:
+    return model.model.hf_state_dict()
+
+
+def test_resumed_run_equals_uninterrupted_run_exactly(tiny_dirs, tmp_path):
+    """In-batch negatives sampled with the step's generator: a run stopped after step 2 and resumed from its
+    checkpoint ends bit-identical to a run that never stopped."""
+    data = _dataset("triplets")
+
+    def run(output: Path, stop_at: int | None, resume: bool) -> CrossEncoder:
+        model = CrossEncoder(str(tiny_dirs[1]))
+
+        class Stop:
+            def on_step_end(self, args, state, control, **kwargs):
+                control.should_training_stop = stop_at is not None and state.global_step == stop_at
+
+        args = CrossEncoderTrainingArguments(
+            str(output), per_device_train_batch_size=3, max_steps=5, save_steps=2, learning_rate=LR,
+            disable_tqdm=True, resume_from_checkpoint=resume or None,
+        )  # fmt: skip
+        loss = losses.MultipleNegativesRankingLoss(model, num_negatives=1)
+        CrossEncoderTrainer(model=model, args=args, train_dataset=data, loss=loss, callbacks=[Stop()]).train()
+        return model
+
+    whole = _params(run(tmp_path / "whole", None, False))
+    run(tmp_path / "split", 2, False)
+    with pytest.raises(FileExistsError, match="resume_from_checkpoint=True"):
+        run(tmp_path / "split", None, False)  # never silently restarts over an earlier run's checkpoints
+    resumed = _params(run(tmp_path / "split", None, True))
+    for key, value in whole.items():
+        np.testing.assert_array_equal(resumed[key], value, err_msg=key)
+
+
+def test_load_best_model_at_end_restores_the_best_evaluation(tiny_ce, tiny_dirs, tmp_path):
+    scores = iter([0.2, 0.9, 0.4])
+    seen: dict[int, dict[str, np.ndarray]] = {}
+
+    def evaluator(model, **kwargs):
+        return {"made_up": next(scores)}
+
+    class Keep:
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            seen[state.global_step] = _params(model)
+
+    model = CrossEncoder(str(tiny_dirs[1]))
+    args = CrossEncoderTrainingArguments(
+        str(tmp_path), per_device_train_batch_size=2, max_steps=3, eval_strategy="steps", eval_steps=1,
+        save_strategy="no", load_best_model_at_end=True, metric_for_best_model="made_up", learning_rate=LR,
+        disable_tqdm=True,
+    )  # fmt: skip
+    trainer = CrossEncoderTrainer(
+        model=model, args=args, train_dataset=_dataset("pairs"), evaluator=evaluator, callbacks=[Keep()]
+    )
+    trainer.train()
+    assert trainer.state.best_global_step == 2 and trainer.state.best_metric == 0.9
+    evals = [h for h in trainer.state.log_history if "eval_made_up" in h]
+    assert [h["step"] for h in evals] == [1, 2, 3]
+    for key, value in seen[2].items():
+        np.testing.assert_array_equal(_params(model)[key], value, err_msg=key)
+    assert not np.array_equal(seen[3]["classifier.weight"], seen[2]["classifier.weight"])

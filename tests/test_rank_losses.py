@@ -114,6 +114,14 @@ def list_rows(seed: int, continuous: bool = False) -> tuple[list[list], list]:
     return [queries, docs], labels
 
 
+def long_list_rows() -> tuple[list[list], list]:
+    """A 130-document list: PListMLE's default weights reach 2^126 there (rescaled per row)."""
+    rng = np.random.default_rng(8)
+    sizes = [130, 3]
+    docs = [[f"d{i}_{j}" for j in range(n)] for i, n in enumerate(sizes)]
+    return [["q0", "q1"], docs], [rng.normal(size=n).tolist() for n in sizes]
+
+
 BATCHES = {
     "binary": lambda: pair_rows("binary", 0),
     "class": lambda: pair_rows("class", 1),
@@ -125,13 +133,14 @@ BATCHES = {
     "triplets": lambda: triplet_rows(2),
     "lists": lambda: list_rows(6),
     "lists_continuous": lambda: list_rows(7, continuous=True),
+    "long_list": long_list_rows,
 }
 
 
 def st_labels(kind: str, labels):
     if labels is None:
         return None
-    if kind.startswith("lists"):
+    if kind.startswith("lists") or kind == "long_list":
         return [torch.tensor(row, dtype=torch.float32) for row in labels]
     if kind == "class":
         return torch.tensor(labels, dtype=torch.long)
@@ -206,10 +215,11 @@ CASES = {
         {"respect_input_order": False},
         st_losses.ListMLELoss,
         {"respect_input_order": False},
-        "lists_continuous",
+        "lists",  # tied labels keep their input order, as torch sorts
         1,
     ),
     "plistmle": (cj.PListMLELoss, {}, st_losses.PListMLELoss, {}, "lists", 1),
+    "plistmle_long_list": (cj.PListMLELoss, {}, st_losses.PListMLELoss, {}, "long_list", 1),
     "plistmle_by_label_sigmoid": (
         cj.PListMLELoss,
         {"respect_input_order": False, "activation_fn": nn.Sigmoid()},

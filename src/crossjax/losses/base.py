@@ -212,8 +212,9 @@ class CrossEncoderLoss(abc.ABC):
     def _check_column_count(self, columns: Sequence, expected: int | None, at_least: int | None = None) -> None:
         name = type(self).__name__
         if expected is not None and len(columns) != expected:
+            count = {2: "two", 3: "three"}.get(expected, str(expected))  # sentence-transformers' wording
             raise ValueError(
-                f"{name} expects a dataset with {expected} non-label columns, but got a dataset with "
+                f"{name} expects a dataset with {count} non-label columns, but got a dataset with "
                 f"{len(columns)} columns."
             )
         if at_least is not None and len(columns) < at_least:

@@ -17,7 +17,7 @@ from crossjax.losses.base import (
     label_rows,
     labels_to_width,
 )
-from crossjax.losses.pointwise_st import _reject_kwargs
+from crossjax.losses.pointwise_st import reject_torch_kwargs
 
 __all__ = ["MarginMSELoss"]
 
@@ -44,7 +44,7 @@ class MarginMSELoss(CrossEncoderLoss):
 
     def __init__(self, model: Any, activation_fn: Any = identity, **kwargs: Any) -> None:
         super().__init__(model, activation_fn)
-        _reject_kwargs(type(self).__name__, kwargs, {})
+        reject_torch_kwargs(type(self).__name__, kwargs, {})
 
     def _margins(self, label: Any, num_negatives: int) -> list[float] | None:
         """A row's gold margins, or None when its label has none of the accepted shapes."""

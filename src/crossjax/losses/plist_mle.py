@@ -45,6 +45,14 @@ class PListMLELambdaWeight:
         return weights * mask
 
 
+def normalized_weights(weights: jnp.ndarray, eps: float) -> jnp.ndarray:
+    """``weights / (row sum + eps)``, computed after scaling each row by a power of two: the default weights
+    reach 2^126, whose reciprocal is a float32 denormal that XLA on CPU flushes to zero."""
+    _, exponent = jnp.frexp(jnp.max(jnp.abs(weights), axis=1, keepdims=True))
+    scaled = jnp.ldexp(weights, -exponent)
+    return scaled / (jnp.sum(scaled, axis=1, keepdims=True) + jnp.ldexp(jnp.float32(eps), -exponent))
+
+
 def resolve_lambda_weight(lambda_weight: Any) -> PListMLELambdaWeight | None:
     """crossjax's lambda weight for what the user passed (sentence-transformers' torch class is mapped when it
     uses the default discount)."""
@@ -98,8 +106,7 @@ class PListMLELoss(ListwiseLoss):
         log_normalizers = jax.lax.cumlogsumexp(jnp.where(mask, scores, NEG_LARGE), axis=1, reverse=True)
         log_probs = scores - log_normalizers
         if self.lambda_weight is not None:
-            weights = self.lambda_weight(mask)
-            log_probs = log_probs * (weights / (jnp.sum(weights, axis=1, keepdims=True) + self.eps))
+            log_probs = log_probs * normalized_weights(self.lambda_weight(mask), self.eps)
         per_query = -jnp.sum(jnp.where(mask, log_probs, 0.0), axis=1)
         return jnp.sum(jnp.where(row_mask, per_query, 0.0)), jnp.sum(row_mask.astype(jnp.float32))
 

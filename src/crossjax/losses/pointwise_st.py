@@ -27,7 +27,7 @@ from crossjax.losses.torch_compat import tensor_to_numpy
 __all__ = ["BinaryCrossEntropyLoss", "CrossEntropyLoss", "MSELoss"]
 
 
-def _reject_kwargs(loss_name: str, kwargs: dict[str, Any], supported: dict[str, Any]) -> None:
+def reject_torch_kwargs(loss_name: str, kwargs: dict[str, Any], supported: dict[str, Any]) -> None:
     """The torch loss keyword arguments sentence-transformers forwards: only those crossjax implements."""
     for key, value in kwargs.items():
         if key == "reduction":
@@ -76,7 +76,7 @@ class BinaryCrossEntropyLoss(_PairLoss):
 
     def __init__(self, model: Any, activation_fn: Any = identity, pos_weight: Any = None, **kwargs: Any) -> None:
         super().__init__(model, activation_fn)
-        _reject_kwargs(type(self).__name__, kwargs, {})
+        reject_torch_kwargs(type(self).__name__, kwargs, {})
         self.pos_weight = pos_weight
         self._pos_weight_value: float | None = None
         if pos_weight is not None:
@@ -104,14 +104,13 @@ class CrossEntropyLoss(_PairLoss):
     """sentence-transformers' ``CrossEntropyLoss``: ``nn.CrossEntropyLoss`` over the model's ``num_labels``
     logits, an integer class per pair. Supports torch's ``weight`` and ``label_smoothing`` keywords."""
 
-    checks_model_type = True
     requires_one_label = False
     allows_softmax = True  # applied over the class axis, as in sentence-transformers
     label_dtype = np.int32
 
     def __init__(self, model: Any, activation_fn: Any = identity, **kwargs: Any) -> None:
         super().__init__(model, activation_fn)
-        _reject_kwargs(type(self).__name__, kwargs, {"weight": None, "label_smoothing": 0.0, "ignore_index": -100})
+        reject_torch_kwargs(type(self).__name__, kwargs, {"weight": None, "label_smoothing": 0.0, "ignore_index": -100})
         ignore_index = kwargs.get("ignore_index", -100)
         if 0 <= ignore_index < model.num_labels:
             raise ValueError(f"CrossEntropyLoss(ignore_index={ignore_index}) is not supported for a real class")
@@ -146,7 +145,7 @@ class MSELoss(_PairLoss):
 
     def __init__(self, model: Any, activation_fn: Any = identity, **kwargs: Any) -> None:
         super().__init__(model, activation_fn)
-        _reject_kwargs(type(self).__name__, kwargs, {})
+        reject_torch_kwargs(type(self).__name__, kwargs, {})
 
     def parts(self, logits, doc_mask, labels, query_mask):
         mask = self._row_mask(doc_mask, query_mask)

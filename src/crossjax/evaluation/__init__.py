@@ -8,6 +8,7 @@ Both the classic ``CE*`` names and the sentence-transformers 6 ``CrossEncoder*Ev
 from __future__ import annotations
 
 from .base import CrossEncoderEvaluator, is_main_process
+from .beir import BEIRFolder, CrossEncoderBEIREvaluator, bm25_reranking_samples, load_beir_folder
 from .binary import (
     CEBinaryAccuracyEvaluator,
     CEBinaryClassificationEvaluator,
@@ -42,6 +43,11 @@ __all__ = [
     "CrossEncoderCorrelationEvaluator",
     "CrossEncoderClassificationEvaluator",
     "CrossEncoderRerankingEvaluator",
+    # BEIR folders: BM25 candidates, reranked
+    "CrossEncoderBEIREvaluator",
+    "BEIRFolder",
+    "load_beir_folder",
+    "bm25_reranking_samples",
     # numpy metrics
     "pearson_correlation",
     "spearman_correlation",

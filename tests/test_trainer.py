@@ -336,3 +336,29 @@ def test_load_best_model_at_end_restores_the_best_evaluation(tiny_ce, tiny_dirs,
     for key, value in seen[2].items():
         np.testing.assert_array_equal(_params(model)[key], value, err_msg=key)
     assert not np.array_equal(seen[3]["classifier.weight"], seen[2]["classifier.weight"])
+
+
+def test_cached_mnrl_equals_uncached_in_chunks(tiny_dirs, tmp_path):
+    """Gradient caching: a batch of 32 triplets (32 queries x 64 candidates = 2,048 pairs) trained in chunks of
+    whole queries (mini_batch_size 4 pairs -> one query of 64 pairs a chunk) equals the one-pass loss and step
+    to float32 round-off. Peak memory: benchmarks/cached_mnrl_memory.py."""
+    rng = np.random.default_rng(5)
+    data = {k: [_text(rng, int(rng.integers(2, 5))) for _ in range(32)] for k in ("q", "pos", "neg")}
+    results = {}
+    for name, make in (
+        ("plain", lambda m: losses.MultipleNegativesRankingLoss(m, num_negatives=None)),
+        ("cached", lambda m: losses.CachedMultipleNegativesRankingLoss(m, num_negatives=None, mini_batch_size=4)),
+    ):
+        model = CrossEncoder(str(tiny_dirs[1]))
+        args = CrossEncoderTrainingArguments(
+            str(tmp_path / name), per_device_train_batch_size=32, max_steps=1, save_strategy="no",
+            learning_rate=LR, disable_tqdm=True,
+        )  # fmt: skip
+        output = CrossEncoderTrainer(model=model, args=args, train_dataset=data, loss=make(model)).train()
+        results[name] = (output, model.training_history[0]["loss"], _params(model))
+    (plain, plain_loss, plain_params), (cached, cached_loss, cached_params) = results["plain"], results["cached"]
+    assert plain.metrics["loss_chunks"] == 1 and cached.metrics["loss_chunks"] == 32
+    np.testing.assert_allclose(cached_loss, plain_loss, rtol=2e-6)
+    for key, value in plain_params.items():
+        tolerance = 6 * LR if key.endswith(KEY_BIAS) else 2e-6
+        np.testing.assert_allclose(cached_params[key], value, rtol=1e-5, atol=tolerance, err_msg=key)

@@ -324,6 +324,8 @@ class DebertaV2ForSequenceClassification(FlaxPreTrainedModel):
         head_size = getattr(config, "attention_head_size", None)
         if hidden % heads or (head_size is not None and head_size * heads != hidden):
             raise ValueError(f"hidden_size {hidden} must be num_attention_heads {heads} x the attention head size")
+        if relative_attention(config) and position_buckets(config) > 0:  # a bad bucket config fails here, not in jit
+            relative_index_tables(config, position_buckets(config) + 2)
         pos_key, pos_query = separate_position_projections(config)
         self.embeddings = DebertaV2Embeddings(config, dtype=dtype, rngs=rngs)
         self.encoder = DebertaV2Encoder(

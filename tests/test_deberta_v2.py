@@ -106,20 +106,10 @@ def saved(request, tmp_path_factory):
     return pt, directory
 
 
-# Every variant with scanned layers; unrolled layers (the layouts differ only around the conv) on two of them.
-LAYOUTS = [(v, True) for v in sorted(VARIANTS)] + [
-    (v, False) for v in ("v3-shared-keys-8-buckets", "p2c-conv-embed-proj")
-]
-
-
-@pytest.mark.parametrize(
-    "saved,scan_layers", LAYOUTS, indirect=["saved"], ids=[f"{v}-{'scanned' if s else 'unrolled'}" for v, s in LAYOUTS]
-)
-def test_logits_and_hidden_states_equal_pytorch_float32(saved, scan_layers):
+def test_logits_and_hidden_states_equal_pytorch_float32(saved):
+    """Scanned layers; the unrolled layout is compared by the FAMILIES config of test_models_parity."""
     pt, directory = saved
-    model, info = FlaxAutoModelForSequenceClassification.from_pretrained(
-        directory, output_loading_info=True, scan_layers=scan_layers
-    )
+    model, info = FlaxAutoModelForSequenceClassification.from_pretrained(directory, output_loading_info=True)
     assert isinstance(model, DebertaV2ForSequenceClassification)
     assert info["missing_keys"] == [] and info["unexpected_keys"] == []
     model.eval()
@@ -144,9 +134,8 @@ def test_parameter_table_names_exactly_the_pytorch_state_dict(saved):
             np.testing.assert_array_equal(exported[name], value, err_msg=name)
 
 
-@pytest.mark.parametrize(  # test_packing covers the FAMILIES config; these add absolute positions and conv groups
-    "saved", ["c2p-unbucketed-absolute-positions-token-types", "conv-groups-gelu-4-buckets"], indirect=True
-)
+# test_packing covers the FAMILIES config (shared keys, buckets, conv); this adds absolute positions and token types.
+@pytest.mark.parametrize("saved", ["c2p-unbucketed-absolute-positions-token-types"], indirect=True)
 def test_packed_pairs_equal_pytorch_on_each_pair_alone_and_unpacked_logits(saved):
     """Several pairs per row: relative positions come from position_ids and the convolution stops at pair
     boundaries, so each pair's logits are those of the pair alone (PyTorch) and of the padded batch."""
@@ -246,7 +235,7 @@ def test_export_reloads_in_transformers_and_sentence_transformers_with_same_scor
     from sentence_transformers import CrossEncoder as TorchCrossEncoder
 
     pairs = [(a, b) for a, b, _ in read_stsb("dev", limit=10)]
-    ours = CrossEncoder(start_dir, seed=3)
+    ours = CrossEncoder(start_dir, seed=3, max_shapes=1)  # one program to compile
     scores = ours.predict(pairs, batch_size=4)  # packed rows, sigmoid of one label
     assert np.std(scores) > 1e-2
     out = ours.save(tmp_path / "export")
@@ -284,7 +273,7 @@ def test_fit_steps_equal_sentence_transformers_old_fit(start_dir):
     recorder = RecordingBCE()
     examples = [TorchInputExample(texts=[a, b], label=s / 5) for a, b, s in rows]
     theirs.old_fit(torch.utils.data.DataLoader(examples, 8, shuffle=False), loss_fct=recorder, **settings)
-    ours = CrossEncoder(start_dir, config_kwargs=NO_DROPOUT)
+    ours = CrossEncoder(start_dir, config_kwargs=NO_DROPOUT, max_shapes=1)  # one program to compile
     examples = [InputExample(texts=[a, b], label=s / 5) for a, b, s in rows]
     ours.fit(DataLoader(examples, batch_size=8, shuffle=False), **settings)
 

@@ -43,6 +43,26 @@ FAMILIES = {
     "distilbert": lambda n: transformers.DistilBertConfig(
         dim=32, n_layers=2, n_heads=4, hidden_dim=37, num_labels=n, pad_token_id=0, **TINY
     ),
+    # DeBERTa-v3's layout (shared keys, c2p + p2c, log buckets, rel LayerNorm, no token types) plus the conv
+    # layer; initializer_range 0.1 so that attention is not uniform and relative positions matter.
+    "deberta-v2": lambda n: transformers.DebertaV2Config(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=37,
+        num_labels=n,
+        relative_attention=True,
+        pos_att_type=["p2c", "c2p"],
+        position_buckets=8,
+        max_relative_positions=16,
+        norm_rel_ebd="layer_norm",
+        share_att_key=True,
+        position_biased_input=False,
+        type_vocab_size=0,
+        conv_kernel_size=3,
+        initializer_range=0.1,
+        **TINY,
+    ),
     "electra": lambda n: transformers.ElectraConfig(
         embedding_size=16,
         hidden_size=32,

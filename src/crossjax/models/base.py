@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -49,6 +50,8 @@ class FlaxPreTrainedModel(nnx.Module):
     base_model_prefix: ClassVar[str] = ""
     head_prefixes: ClassVar[tuple[str, ...]] = ()
     uses_token_types: ClassVar[bool] = True
+    # Regexes of checkpoint keys the family drops silently (transformers' _keys_to_ignore_on_load_unexpected).
+    ignored_unexpected_keys: ClassVar[tuple[str, ...]] = ()
 
     config: Any
     dtype: Any  # the compute dtype the family was built with (parameters are always float32)
@@ -144,7 +147,10 @@ class FlaxPreTrainedModel(nnx.Module):
         for name, array in tensors.items():
             rule, target, layer = our_slot_of(table, name, ours)
             if target is None:
-                if not any(p.search(name) for p in IGNORED_KEYS):
+                ignored = any(p.search(name) for p in IGNORED_KEYS) or any(
+                    re.search(p, name) for p in self.ignored_unexpected_keys
+                )
+                if not ignored:
                     info.unexpected_keys.append(name)
                 continue
             value = rule.to_ours(array)

@@ -124,19 +124,31 @@ class Embeddings(nnx.Module):
         return self.dropout(self.norm(x))
 
 
-def scaled_dot_product_attention(q: Array, k: Array, v: Array, mask: Array, dropout: nnx.Dropout) -> Array:
+def scaled_dot_product_attention(
+    q: Array,
+    k: Array,
+    v: Array,
+    mask: Array,
+    dropout: nnx.Dropout,
+    *,
+    bias: Array | None = None,
+    score_divisor: float | None = None,
+) -> Array:
     """softmax(QK^T / sqrt(d) + mask) V over (B, L, heads, d) arrays, as transformers' eager attention.
 
     ``mask`` is (B, S) (key padding) or (B, T, S) (a pairwise mask, e.g. block-diagonal for packed rows).
+    ``bias`` (float32, broadcastable to (B, heads, T, S)) is added to the scaled scores before masking, and
+    ``score_divisor`` replaces sqrt(d) (DeBERTa's relative-position terms and scale use both).
 
     The scores are accumulated and soft-maxed in float32 whatever the compute dtype (bfloat16 compute rounds
     only the probabilities fed to the second matmul, like PyTorch autocast); masked keys get float32's
     minimum, so a fully masked row gives uniform weights instead of NaN. One XLA path for training and
     inference: JAX's cuDNN attention takes no dropout and no arbitrary key mask, so it is not used here.
     """
-    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) / jnp.sqrt(
-        jnp.float32(q.shape[-1])
-    )
+    divisor = jnp.sqrt(jnp.float32(q.shape[-1])) if score_divisor is None else jnp.float32(score_divisor)
+    scores = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) / divisor
+    if bias is not None:
+        scores = scores + bias
     # (B, S): keys each row may attend; (B, T, S): per query (packed rows: only its own pair's tokens).
     keep = (mask[:, None, None, :] if mask.ndim == 2 else mask[:, None, :, :]).astype(bool)
     scores = jnp.where(keep, scores, jnp.finfo(jnp.float32).min)
@@ -189,8 +201,9 @@ class EncoderLayer(nnx.Module):
         q, k, v = split(self.query(x)), split(self.key(x)), split(self.value(x))
         return scaled_dot_product_attention(q, k, v, mask, self.attention_dropout).reshape(batch, length, hidden)
 
-    def __call__(self, x: Array, mask: Array) -> Array:
-        attended = self.attention_out(self.attention(x, mask))
+    def __call__(self, x: Array, mask: Array, *attention_args: Array) -> Array:
+        """``attention_args`` go to ``attention`` after the mask (families with extra attention inputs)."""
+        attended = self.attention_out(self.attention(x, mask, *attention_args))
         if self.attention_output_dropout:
             attended = self.dropout(attended)
         x = self.attention_norm(x + attended)

@@ -358,9 +358,11 @@ class ModernBertForSequenceClassification(FlaxPreTrainedModel):
             hidden = hidden.reshape(groups, rows, length, hidden.shape[-1])
             pair_segment = jax.vmap(lambda s, r, c: s[r, c])(segment_ids, pair_row, pair_start)  # (G, P)
             # (G, P, R, T): the tokens of pair slot p, on its row and in its segment.
-            members = (jnp.arange(rows)[None, None, :, None] == pair_row[:, :, None, None]) & (
-                segment_ids[:, None] == pair_segment[:, :, None, None]
-            ) & (pair_segment[:, :, None, None] > 0)
+            members = (
+                (jnp.arange(rows)[None, None, :, None] == pair_row[:, :, None, None])
+                & (segment_ids[:, None] == pair_segment[:, :, None, None])
+                & (pair_segment[:, :, None, None] > 0)
+            )
             weights = members.astype(hidden.dtype)
             total = jnp.einsum("gprt,grth->gph", weights, hidden)
             count = jnp.maximum(jnp.sum(weights, axis=(2, 3)), 1)[..., None]

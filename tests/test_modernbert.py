@@ -312,3 +312,23 @@ def test_one_fit_step_equals_sentence_transformers_old_fit(stsb_checkpoint, tmp_
     after = ours.predict(pairs)
     assert np.abs(after - before).max() > 1e-3  # the steps really changed the model
     np.testing.assert_allclose(after, theirs.predict(pairs), rtol=1e-4, atol=1e-5)
+
+
+def test_masked_lm_checkpoint_loads_like_transformers(tmp_path):
+    """A pre-trained ModernBERT is a ``ModernBertForMaskedLM`` (rerankers start from one): its encoder and
+    ``head`` load, ``classifier`` is new and ``decoder.bias`` unused, as transformers reports; the encoder's
+    hidden states equal ``ModernBertModel``'s."""
+    config = tiny_config(1, global_attn_every_n_layers=2, local_attention=8, **ALL_BIASES)
+    torch.manual_seed(0)
+    mlm = transformers.ModernBertForMaskedLM(config).eval()
+    mlm.save_pretrained(tmp_path)
+    _, theirs = AutoModelForSequenceClassification.from_pretrained(tmp_path, output_loading_info=True)
+    model, ours = FlaxAutoModelForSequenceClassification.from_pretrained(tmp_path, output_loading_info=True)
+    assert sorted(ours["missing_keys"]) == sorted(theirs["missing_keys"]) == ["classifier.bias", "classifier.weight"]
+    assert sorted(ours["unexpected_keys"]) == sorted(theirs["unexpected_keys"]) == ["decoder.bias"]
+    model.eval()
+    ids, mask = padded_batch()
+    with torch.no_grad():
+        reference = mlm.model(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask)).last_hidden_state
+    real = mask.astype(bool)
+    np.testing.assert_allclose(np.asarray(model.encode(ids, mask))[real], reference.numpy()[real], atol=1e-5, rtol=0)

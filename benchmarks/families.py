@@ -145,7 +145,7 @@ def main() -> None:
     parser.add_argument("--sizes", nargs="+", choices=("tiny", "base"), default=["tiny", "base"])
     parser.add_argument("--pairs", type=int, default=256, help="STS-B train pairs for the tiny model")
     parser.add_argument("--epochs", type=int, default=3, help="epochs for the tiny model (the first compiles)")
-    parser.add_argument("--base-pairs", type=int, default=48, help="STS-B train pairs for the base model")
+    parser.add_argument("--base-pairs", type=int, default=32, help="STS-B train pairs for the base model")
     parser.add_argument("--base-epochs", type=int, default=2, help="epochs for the base model")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--max-length", type=int, default=128)

@@ -66,9 +66,7 @@ def dense(
 
 
 def layer_norm(features: int, eps: float, *, dtype, rngs: nnx.Rngs, use_bias: bool = True) -> nnx.LayerNorm:
-    return nnx.LayerNorm(
-        features, epsilon=eps, use_bias=use_bias, dtype=dtype, param_dtype=jnp.float32, rngs=rngs
-    )
+    return nnx.LayerNorm(features, epsilon=eps, use_bias=use_bias, dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
 
 
 def embedding(num: int, features: int, *, std: float, dtype, rngs: nnx.Rngs, padding_idx: int | None = None):

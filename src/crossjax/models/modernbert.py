@@ -150,7 +150,7 @@ class ModernBertLayer(nnx.Module):
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         mask = _pick(is_global, masks[0], masks[1])
         attended = scaled_dot_product_attention(q, k, v, mask, self.attention_dropout).reshape(batch, length, hidden)
-        x = x + self.attention_dropout(self.attn_out(attended))
+        x = x + self.attention_dropout(self.attn_out(attended))  # transformers' out_drop: the same rate
         gate_input, gate = jnp.split(self.mlp_in(self.mlp_norm(x)), [self.intermediate], axis=-1)
         return x + self.mlp_out(self.mlp_dropout(self.act(gate_input) * gate))
 

@@ -332,3 +332,16 @@ def test_masked_lm_checkpoint_loads_like_transformers(tmp_path):
         reference = mlm.model(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask)).last_hidden_state
     real = mask.astype(bool)
     np.testing.assert_allclose(np.asarray(model.encode(ids, mask))[real], reference.numpy()[real], atol=1e-5, rtol=0)
+
+
+def test_single_layer_model_loads_and_exports_every_tensor(tmp_path):
+    """One layer (layer 0, no attention norm) cannot be stacked: it is unrolled, and loads and exports exactly
+    the checkpoint's tensors."""
+    pt = perturbed_torch_model(tiny_config(3, num_hidden_layers=1, local_attention=8))
+    pt.save_pretrained(tmp_path)
+    model, info = FlaxAutoModelForSequenceClassification.from_pretrained(tmp_path, output_loading_info=True)
+    assert info["missing_keys"] == [] and info["unexpected_keys"] == [] and not model.scan_layers
+    assert sorted(model.hf_state_dict()) == sorted(pt.state_dict())
+    model.eval()
+    ids, mask = padded_batch()
+    np.testing.assert_allclose(np.asarray(model(ids, mask)), torch_logits(pt, ids, mask), atol=1e-5, rtol=0)

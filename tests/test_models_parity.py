@@ -72,6 +72,24 @@ FAMILIES = {
         num_labels=n,
         **TINY,
     ),
+    "modernbert": lambda n: transformers.ModernBertConfig(
+        hidden_size=32,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        intermediate_size=37,
+        num_labels=n,
+        pad_token_id=0,
+        bos_token_id=1,
+        cls_token_id=1,
+        eos_token_id=2,
+        sep_token_id=2,
+        global_attn_every_n_layers=2,
+        local_attention=6,  # windows shorter than most inputs (more in tests/test_modernbert.py)
+        classifier_pooling="mean",
+        embedding_dropout=0.1,
+        mlp_dropout=0.1,
+        **TINY,
+    ),
 }
 
 

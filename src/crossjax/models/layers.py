@@ -41,12 +41,23 @@ def normal_init(std: float):
     return nnx.initializers.normal(stddev=std)
 
 
-def dense(in_features: int, out_features: int, *, std: float, dtype, rngs: nnx.Rngs) -> nnx.Linear:
-    """A Linear layer initialised as transformers does: normal(0, initializer_range), zero bias."""
+def dense(
+    in_features: int,
+    out_features: int,
+    *,
+    std: float,
+    dtype,
+    rngs: nnx.Rngs,
+    use_bias: bool = True,
+    kernel_init=None,
+) -> nnx.Linear:
+    """A Linear layer initialised as transformers does: normal(0, initializer_range) (or ``kernel_init``), zero
+    bias (none with ``use_bias=False``)."""
     return nnx.Linear(
         in_features,
         out_features,
-        kernel_init=normal_init(std),
+        use_bias=use_bias,
+        kernel_init=normal_init(std) if kernel_init is None else kernel_init,
         bias_init=nnx.initializers.zeros_init(),
         dtype=dtype,
         param_dtype=jnp.float32,
@@ -54,8 +65,8 @@ def dense(in_features: int, out_features: int, *, std: float, dtype, rngs: nnx.R
     )
 
 
-def layer_norm(features: int, eps: float, *, dtype, rngs: nnx.Rngs) -> nnx.LayerNorm:
-    return nnx.LayerNorm(features, epsilon=eps, dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
+def layer_norm(features: int, eps: float, *, dtype, rngs: nnx.Rngs, use_bias: bool = True) -> nnx.LayerNorm:
+    return nnx.LayerNorm(features, epsilon=eps, use_bias=use_bias, dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
 
 
 def embedding(num: int, features: int, *, std: float, dtype, rngs: nnx.Rngs, padding_idx: int | None = None):

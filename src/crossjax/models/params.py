@@ -30,13 +30,16 @@ class ParamRule:
     hf: str
     ours: str
     transpose: bool = False
+    first_layer: int = 0  # layers below it have no such tensor (ModernBERT's layer 0 has no attention norm)
 
     def _regex(self, template: str) -> re.Pattern:
         return re.compile("^" + re.escape(template).replace(r"\{i\}", r"(?P<i>\d+)") + "$")
 
     def match_hf(self, name: str) -> str | None:
         m = self._regex(self.hf).match(name)
-        return None if m is None else self.ours.format(**m.groupdict())
+        if m is None or int(m.groupdict().get("i") or 0) < self.first_layer:
+            return None
+        return self.ours.format(**m.groupdict())
 
     def match_ours(self, path: str) -> str | None:
         m = self._regex(self.ours).match(path)
@@ -117,10 +120,10 @@ def flat_params(model: nnx.Module) -> dict[str, Any]:
 def hf_name_of(table: Sequence[ParamRule], path: str) -> str | None:
     """The Hugging Face name of our parameter ``path`` (dotted), or None when no row matches.
 
-    For a stacked (scanned-layers) path, layer 0's name: every layer of a stack follows the same row.
+    For a stacked (scanned-layers) path, its first layer's name: every layer of a stack follows the same row.
     """
     return next((name for rule in table if (name := rule.match_ours(path)) is not None), None) or next(
-        (rule.hf.format(i=0) for rule in table if rule.stacked_ours == path), None
+        (rule.hf.format(i=rule.first_layer) for rule in table if rule.stacked_ours == path), None
     )
 
 
@@ -134,7 +137,7 @@ def hf_slots_of(table: Sequence[ParamRule], path: str, layers: int) -> list[tupl
         if name is not None:
             return [(name, rule, None)]
         if rule.stacked_ours == path:
-            return [(rule.hf.format(i=i), rule, i) for i in range(layers)]
+            return [(rule.hf.format(i=i), rule, i) for i in range(rule.first_layer, layers)]
     return []
 
 

@@ -15,6 +15,9 @@ _LAZY = {
     "InputExample": "crossjax.data",
     "DataLoader": "crossjax.data",
     "FlaxAutoModelForSequenceClassification": "crossjax.models",
+    "CrossEncoderTrainer": "crossjax.trainer",
+    "CrossEncoderTrainingArguments": "crossjax.training_args",
+    "BatchSamplers": "crossjax.training_args",
 }
 
 __all__ = ["__version__", *_LAZY]

@@ -362,3 +362,26 @@ def test_cached_mnrl_equals_uncached_in_chunks(tiny_dirs, tmp_path):
     for key, value in plain_params.items():
         tolerance = 6 * LR if key.endswith(KEY_BIAS) else 2e-6
         np.testing.assert_allclose(cached_params[key], value, rtol=1e-5, atol=tolerance, err_msg=key)
+
+
+@pytest.mark.parametrize("case", ["bce", "listnet"])
+def test_eval_loss_equals_sentence_transformers(case, tiny_dirs, tmp_path):
+    """``evaluate()``'s ``eval_loss`` (dropout off, batches of 4 rows) equals sentence-transformers' trainer's."""
+    import torch
+    from datasets import Dataset
+    from sentence_transformers.cross_encoder import CrossEncoder as STCrossEncoder
+    from sentence_transformers.cross_encoder import CrossEncoderTrainer as STTrainer
+    from sentence_transformers.cross_encoder import CrossEncoderTrainingArguments as STArgs
+
+    _, kind, num_labels, make_ours, make_theirs = next(c for c in _cases() if c[0] == case)
+    directory, data = tiny_dirs[num_labels], _dataset(kind)
+    st_model = STCrossEncoder(str(directory), device="cpu")
+    st_args = STArgs(str(tmp_path / "st"), per_device_eval_batch_size=4, report_to="none", use_cpu=True)
+    with torch.no_grad():
+        expected = STTrainer(
+            model=st_model, args=st_args, eval_dataset=Dataset.from_dict(data), loss=make_theirs(st_model)
+        ).evaluate()["eval_loss"]
+    model = CrossEncoder(str(directory))
+    args = CrossEncoderTrainingArguments(str(tmp_path / "ours"), per_device_eval_batch_size=4)
+    ours = CrossEncoderTrainer(model=model, args=args, eval_dataset=data, loss=make_ours(model)).evaluate()
+    np.testing.assert_allclose(ours["eval_loss"], expected, rtol=1e-5)

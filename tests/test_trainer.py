@@ -385,3 +385,37 @@ def test_eval_loss_equals_sentence_transformers(case, tiny_dirs, tmp_path):
     args = CrossEncoderTrainingArguments(str(tmp_path / "ours"), per_device_eval_batch_size=4)
     ours = CrossEncoderTrainer(model=model, args=args, eval_dataset=data, loss=make_ours(model)).evaluate()
     np.testing.assert_allclose(ours["eval_loss"], expected, rtol=1e-5)
+
+
+def test_several_datasets_with_their_own_losses_equal_sentence_transformers(tiny_dirs, tmp_path):
+    """A dict of datasets and a dict of losses, round-robin: each step is one full batch of one dataset, in
+    dataset order, exactly as sentence-transformers' ROUND_ROBIN sampler; both runs end with equal parameters."""
+    from datasets import Dataset
+    from sentence_transformers.cross_encoder import CrossEncoder as STCrossEncoder
+    from sentence_transformers.cross_encoder import CrossEncoderTrainer as STTrainer
+    from sentence_transformers.cross_encoder import CrossEncoderTrainingArguments as STArgs
+    from sentence_transformers.cross_encoder import losses as st
+
+    directory = tiny_dirs[1]
+    data = {"pairs": _dataset("pairs"), "lists": _dataset("lists")}
+    common = dict(per_device_train_batch_size=ROWS, max_steps=4, learning_rate=LR, save_strategy="no", seed=0,
+                  multi_dataset_batch_sampler="round_robin", disable_tqdm=True)  # fmt: skip
+    st_model = STCrossEncoder(str(directory), device="cpu")
+    STTrainer(
+        model=st_model,
+        args=STArgs(str(tmp_path / "st"), report_to="none", use_cpu=True, **common),
+        train_dataset={name: Dataset.from_dict(d) for name, d in data.items()},
+        loss={"pairs": st.BinaryCrossEntropyLoss(st_model), "lists": st.ListNetLoss(st_model)},
+    ).train()
+    model = CrossEncoder(str(directory))
+    output = CrossEncoderTrainer(
+        model=model,
+        args=CrossEncoderTrainingArguments(str(tmp_path / "ours"), **common),
+        train_dataset=data,
+        loss={"pairs": losses.BinaryCrossEntropyLoss(model), "lists": losses.ListNetLoss(model)},
+    ).train()
+    assert output.global_step == 4 and output.metrics["steps_per_epoch"] == 2
+    theirs = {k: v.numpy() for k, v in st_model.model.state_dict().items()}
+    _compare(_params(model), theirs, rtol=1e-4, atol=5e-5, zero_grad=(KEY_BIAS,))
+    with pytest.raises(ValueError, match=r"no entry for the train_dataset dataset\(s\) \['lists'\]"):
+        CrossEncoderTrainer(model=model, train_dataset=data, loss={"pairs": losses.BinaryCrossEntropyLoss(model)})

@@ -319,6 +319,7 @@ class TrainStep:
     last_in_epoch: bool
     batch: packing.PackedBatch
     pairs: int
+    source: int = 0  # which of the data source's (loss, chunks) trains this step (several datasets)
 
 
 class _InMemoryData:
@@ -599,12 +600,15 @@ def _run_fit(
         raise
 
     graphdef = training.graphdef_with_dtype(model, cfg.compute_dtype, train=True)
-    micro_batches = k * getattr(data, "chunks", 1)  # a list loss's mini_batch_size splits a step further
-    program, _ = training.train_program(
-        graphdef, spec, mask, loss_fn, activation, micro_batches, state_shardings, plan
-    )
-    counter = program.counter
-    traced_before = counter.count  # the program may be shared with earlier fits: count this fit's traces only
+    # One program per (loss, chunks) the data trains with (several datasets may have several losses); a list
+    # loss's mini_batch_size splits each micro-batch into chunks of whole queries.
+    step_losses = getattr(data, "step_losses", None) or [(loss_fn, 1)]
+    programs = [
+        training.train_program(graphdef, spec, mask, loss, activation, k * chunks, state_shardings, plan)[0]
+        for loss, chunks in step_losses
+    ]
+    # A program may be shared with earlier fits: count this fit's traces only.
+    traced_before = [program.counter.count for program in programs]
     hparams = put_global(numbers, plan.replicated)
     healthy = put_global(np.array(True), plan.replicated)
     used_shapes: set[tuple[int, ...]] = set()
@@ -664,6 +668,7 @@ def _run_fit(
         for step in data.steps():
             stats.add(step.batch)
             used_shapes.add(tuple(step.batch.input_ids.shape))
+            program = programs[step.source]
             state, step_metrics = program.fn(state, training.batch_to_global(step.batch, plan), healthy, hparams)
             healthy = step_metrics["finite"]  # stays on the device: a bad step freezes all later ones
             global_step += 1
@@ -702,8 +707,10 @@ def _run_fit(
     if evaluate_fn is None and cfg.output_path is not None:
         target.save(cfg.output_path)
     elapsed = time.perf_counter() - started
-    traced = counter.count - traced_before
-    compiled_shapes = sorted(set(counter.shapes[traced_before:]))
+    traced = sum(p.counter.count - before for p, before in zip(programs, traced_before, strict=True))
+    compiled_shapes = sorted(
+        {shape for p, before in zip(programs, traced_before, strict=True) for shape in p.counter.shapes[before:]}
+    )
     result.compilations = traced
     result.summary = {
         "global_step": global_step,

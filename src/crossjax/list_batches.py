@@ -296,14 +296,16 @@ class ListData:
         self._epoch_cache = {epoch: steps}  # one epoch at a time
         return steps
 
-    def _step_batches(self, global_step: int) -> list[np.ndarray]:
-        """The rows of each of the step's (up to k) per-device batches."""
-        return self._epoch_steps(global_step // self.steps_per_epoch)[global_step % self.steps_per_epoch]
-
     def _list_step(self, global_step: int) -> ListStep:
-        rng = np.random.default_rng((self.seed, 1, global_step))
+        epoch, index = divmod(global_step, self.steps_per_epoch)
+        return self.laid_step(epoch, index, (self.seed, 1, global_step))
+
+    def laid_step(self, epoch: int, index: int, rng_key: tuple[int, ...]) -> ListStep:
+        """Step ``index`` of ``epoch``: its (up to k) per-device batches laid out by the loss and tokenized;
+        ``rng_key`` seeds the layout's generator (in-batch negatives)."""
+        rng = np.random.default_rng(rng_key)
         layouts = []
-        for rows in self._step_batches(global_step):
+        for rows in self._epoch_steps(epoch)[index]:
             columns = [[column[i] for i in rows] for column in self.columns]
             labels = None if self.labels is None else [self.labels[i] for i in rows]
             layouts.append(self.loss.layout(columns, labels, rng))
@@ -325,22 +327,96 @@ class ListData:
         for global_step in range(self.start_step, self.total_steps):
             epoch, index = divmod(global_step, self.steps_per_epoch)
             laid = self._list_step(global_step)
-            batch = pack_list_step(
-                laid,
-                self.packing_plan,
-                self.queries_per_group,
-                self.docs,
-                self.label_width,
-                self.target.pad_id,
-            )
             last = index + 1 == self.steps_per_epoch or global_step + 1 == self.total_steps
-            yield TrainStep(epoch, index + 1, last, batch, len(laid.tokenized))
+            yield TrainStep(epoch, index + 1, last, self.pack(laid), len(laid.tokenized))
+
+    def pack(self, laid: ListStep) -> packing.PackedBatch:
+        return pack_list_step(
+            laid, self.packing_plan, self.queries_per_group, self.docs, self.label_width, self.target.pad_id
+        )
+
+    @property
+    def step_losses(self) -> list[tuple[Any, int]]:
+        """The (loss, chunks) of each source of steps (one here)."""
+        return [(self.loss, self.chunks)]
 
     def checkpoint_meta(self) -> dict[str, Any]:
         return {}
 
     def summary(self) -> dict[str, Any]:
         return {"steps_per_epoch": self.steps_per_epoch, "docs_per_query": self.docs, "loss_chunks": self.chunks}
+
+    def close(self) -> None:
+        pass
+
+
+class MultiListData:
+    """Several training datasets, each with its own loss (and packed shapes): every step is one batch of one
+    dataset, as sentence-transformers' multi-dataset samplers do. ``proportional``: every batch of every
+    dataset once per epoch, in a seeded random order; ``round_robin``: one batch of each in turn until the
+    smallest is exhausted."""
+
+    def __init__(
+        self, sources: list[ListData], names: list[str], sampler: str, seed: int, epochs: float, max_steps: int | None
+    ) -> None:
+        self.sources, self.names, self.sampler, self.seed = sources, names, sampler, int(seed)
+        self.target = sources[0].target
+        self.batch_size, self.k = sources[0].batch_size, sources[0].k
+        self.steps_per_epoch = len(self._order(0))
+        if max_steps is not None and max_steps > 0:
+            self.total_steps = int(max_steps)
+        else:
+            self.total_steps = max(1, math.ceil(float(epochs) * self.steps_per_epoch))
+        self.epochs = math.ceil(self.total_steps / self.steps_per_epoch)
+
+    def _order(self, epoch: int) -> list[tuple[int, int]]:
+        """(dataset, step of its epoch) for each step of an epoch."""
+        if self.sampler == "round_robin":
+            shortest = min(source.steps_per_epoch for source in self.sources)
+            return [(s, i) for i in range(shortest) for s in range(len(self.sources))]
+        every = [(s, i) for s, source in enumerate(self.sources) for i in range(source.steps_per_epoch)]
+        permutation = np.random.default_rng((self.seed, 2, epoch)).permutation(len(every))
+        return [every[j] for j in permutation]
+
+    @property
+    def step_losses(self) -> list[tuple[Any, int]]:
+        return [(source.loss, source.chunks) for source in self.sources]
+
+    def run_fingerprint(self) -> dict[str, Any]:
+        return {
+            "datasets": {name: s.run_fingerprint() for name, s in zip(self.names, self.sources, strict=True)},
+            "losses": [f"{type(s.loss).__qualname__}({s.loss.get_config_dict()})" for s in self.sources],
+            "sampler": self.sampler,
+        }
+
+    def resume(self, meta: dict[str, Any]) -> None:
+        """Nothing to restore: the global step says where the plan continues."""
+
+    def start(self, start_step: int) -> None:
+        self.start_step = start_step
+
+    def steps(self) -> Any:
+        from crossjax.fit_loop import TrainStep
+
+        order, order_epoch = None, -1
+        for global_step in range(self.start_step, self.total_steps):
+            epoch, index = divmod(global_step, self.steps_per_epoch)
+            if epoch != order_epoch:
+                order, order_epoch = self._order(epoch), epoch
+            s, i = order[index]
+            source = self.sources[s]
+            laid = source.laid_step(epoch, i, (self.seed, 1, s, global_step))
+            last = index + 1 == self.steps_per_epoch or global_step + 1 == self.total_steps
+            yield TrainStep(epoch, index + 1, last, source.pack(laid), len(laid.tokenized), source=s)
+
+    def checkpoint_meta(self) -> dict[str, Any]:
+        return {}
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "steps_per_epoch": self.steps_per_epoch,
+            "datasets": {n: s.summary() for n, s in zip(self.names, self.sources, strict=True)},
+        }
 
     def close(self) -> None:
         pass

@@ -29,7 +29,7 @@ import numpy as np
 from flax import nnx
 
 from crossjax import losses, training
-from crossjax.list_batches import ListData
+from crossjax.list_batches import ListData, MultiListData
 from crossjax.training_args import CrossEncoderTrainingArguments
 
 logger = logging.getLogger("crossjax")
@@ -107,6 +107,11 @@ def dataset_columns(dataset: Any, name: str) -> tuple[list[str], list[list[Any]]
     return inputs, columns, labels
 
 
+def _is_dataset_dict(value: dict) -> bool:
+    """A dict of named datasets (``DatasetDict`` or ``{"name": Dataset}``), not a dict of columns."""
+    return bool(value) and all(not isinstance(v, Sequence) or hasattr(v, "column_names") for v in value.values())
+
+
 class CrossEncoderTrainer:
     """Train a :class:`crossjax.CrossEncoder` as sentence-transformers' ``CrossEncoderTrainer`` does.
 
@@ -145,17 +150,25 @@ class CrossEncoderTrainer:
         self.args = args if args is not None else CrossEncoderTrainingArguments(output_dir="trainer_output")
         if self.args.output_dir is None:
             self.args.output_dir = "trainer_output"
-        self.train_dataset = self._single(train_dataset, "train_dataset")
-        self.eval_dataset = self._single(eval_dataset, "eval_dataset")
+        self.train_dataset = train_dataset
+        self.eval_dataset = eval_dataset
         if loss is None:
             loss = losses.BinaryCrossEntropyLoss(model) if model.num_labels == 1 else losses.CrossEntropyLoss(model)
+        for name, one in (loss.items() if isinstance(loss, dict) else [("loss", loss)]):
+            if not training.is_list_loss(one):
+                raise TypeError(
+                    f"{name} must be a crossjax.losses loss (e.g. crossjax.losses.BinaryCrossEntropyLoss(model)), "
+                    f"got {type(one).__name__}"
+                )
         if isinstance(loss, dict):
-            loss = self._single(loss, "loss")
-        if not training.is_list_loss(loss):
-            raise TypeError(
-                f"loss must be a crossjax.losses loss (e.g. crossjax.losses.BinaryCrossEntropyLoss(model)), got "
-                f"{type(loss).__name__}"
-            )
+            for dataset, what in ((train_dataset, "train_dataset"), (eval_dataset, "eval_dataset")):
+                if dataset is None:
+                    continue
+                if not (isinstance(dataset, dict) and _is_dataset_dict(dataset)):
+                    raise ValueError(f"loss is a dict of losses by dataset name, so {what} must be a dict of datasets")
+                missing = sorted(set(dataset) - set(loss))
+                if missing:
+                    raise ValueError(f"loss has no entry for the {what} dataset(s) {missing} (it has {sorted(loss)})")
         self.loss = loss
         self.evaluator = evaluator
         self.callbacks: list[Any] = list(callbacks or [])
@@ -163,17 +176,9 @@ class CrossEncoderTrainer:
         self.control = TrainerControl()
         self._eval_programs: dict[Any, Callable] = {}
 
-    @staticmethod
-    def _single(value: Any, name: str) -> Any:
-        """One dataset (or loss); a dict of one entry is that entry."""
-        if isinstance(value, dict) and value and not all(isinstance(v, Sequence) for v in value.values()):
-            if len(value) != 1:
-                raise NotImplementedError(
-                    f"{name} with several datasets ({sorted(value)}) is not supported yet: concatenate them or "
-                    "train one after the other"
-                )
-            return next(iter(value.values()))
-        return value
+    def loss_for(self, name: str | None):
+        """The loss of dataset ``name`` (a dict of losses is keyed by the datasets' names)."""
+        return self.loss[name] if isinstance(self.loss, dict) else self.loss
 
     def add_callback(self, callback: Any) -> None:
         self.callbacks.append(callback)
@@ -185,23 +190,40 @@ class CrossEncoderTrainer:
                 method(self.args, self.state, self.control, **kwargs)
 
     # ------------------------------------------------------------------------------------------ data
-    def _prompted(self, columns: list[list[Any]]) -> list[list[Any]]:
+    def _prompted(self, columns: list[list[Any]], dataset_name: str | None) -> list[list[Any]]:
+        """sentence-transformers' ``prompts``: one string for every dataset, or a dict by dataset name."""
         prompt = self.args.prompts
+        if isinstance(prompt, dict):
+            prompt = prompt.get(dataset_name)
         if prompt is None:
             return columns
-        if not isinstance(prompt, str):
-            raise NotImplementedError("per-dataset prompts (a dict) need several datasets, not supported yet")
         return [[prompt + str(t) for t in columns[0]], *columns[1:]]
 
-    def _list_data(self, dataset: Any, name: str, train: bool) -> ListData:
-        _, columns, labels = dataset_columns(dataset, name)
+    def _list_data(self, dataset: Any, what: str, train: bool) -> ListData | MultiListData:
+        """The run's data: one dataset, or a dict of named datasets (one batch of one dataset a step)."""
+        if isinstance(dataset, dict) and _is_dataset_dict(dataset):
+            names = list(dataset)
+            sources = [self._one_list_data(dataset[n], f"{what}[{n!r}]", train, n) for n in names]
+            args = self.args
+            return MultiListData(
+                sources,
+                names,
+                args.multi_dataset_batch_sampler.value if train else "round_robin",
+                seed=args.seed,
+                epochs=args.num_train_epochs if train else 1,
+                max_steps=(args.max_steps if args.max_steps > 0 else None) if train else None,
+            )
+        return self._one_list_data(dataset, what, train, None)
+
+    def _one_list_data(self, dataset: Any, what: str, train: bool, name: str | None) -> ListData:
+        _, columns, labels = dataset_columns(dataset, what)
         args, plan = self.args, self.model.mesh_plan
         per_device = args.per_device_train_batch_size if train else args.per_device_eval_batch_size
         return ListData(
             self._fit_target(),
-            self._prompted(columns),
+            self._prompted(columns, name),
             labels,
-            self.loss,
+            self.loss_for(name),
             batch_size=per_device * plan.data_shards,
             accumulation_steps=args.gradient_accumulation_steps if train else 1,
             epochs=args.num_train_epochs if train else 1,
@@ -277,7 +299,7 @@ class CrossEncoderTrainer:
         self._call_back("on_train_begin")
         started = time.perf_counter()
         try:
-            run_fit(data.target, None, self.loss, None, None, cfg, result, data_source=data)
+            run_fit(data.target, None, data.step_losses[0][0], None, None, cfg, result, data_source=data)
         finally:
             self.model.compilations["train"] = result.compilations
         runtime = time.perf_counter() - started
@@ -324,10 +346,13 @@ class CrossEncoderTrainer:
     # ---------------------------------------------------------------------------------------- evaluate
     def evaluate(self, eval_dataset: Any = None, metric_key_prefix: str = "eval") -> dict[str, float]:
         """The eval dataset's loss (``{prefix}_loss``) and the evaluator's metrics, prefixed."""
-        dataset = self._single(eval_dataset, "eval_dataset") if eval_dataset is not None else self.eval_dataset
+        dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
         metrics: dict[str, float] = {}
-        if dataset is not None:
-            metrics[f"{metric_key_prefix}_loss"] = self._eval_loss(dataset)
+        if isinstance(dataset, dict) and _is_dataset_dict(dataset):  # HF: one loss per named eval dataset
+            for name, one in dataset.items():
+                metrics[f"{metric_key_prefix}_{name}_loss"] = self._eval_loss(one, name)
+        elif dataset is not None:
+            metrics[f"{metric_key_prefix}_loss"] = self._eval_loss(dataset, None)
         evaluators = self.evaluator if isinstance(self.evaluator, list | tuple) else [self.evaluator]
         for evaluator in evaluators:
             if evaluator is None:
@@ -340,17 +365,18 @@ class CrossEncoderTrainer:
                 metrics[name] = float(value)
         return metrics
 
-    def _eval_loss(self, dataset: Any) -> float:
+    def _eval_loss(self, dataset: Any, name: str | None) -> float:
         """Sum of the loss numerators over sum of denominators over the whole dataset, dropout off."""
-        data = self._list_data(dataset, "eval_dataset", train=False)
+        data = self._one_list_data(dataset, "eval_dataset", train=False, name=name)
+        loss = self.loss_for(name)
         data.start(0)
         model, plan = self.model.model, self.model.mesh_plan
-        key = (bool(self.args.bf16), id(self.loss))  # one jitted function per trainer, dtype and loss
+        key = (bool(self.args.bf16), id(loss))  # one jitted function per trainer, dtype and loss
         if key not in self._eval_programs:
             dtype = jnp.bfloat16 if self.args.bf16 else jnp.float32
             graphdef = training.graphdef_with_dtype(model, dtype, train=False)
             self._eval_programs[key] = jax.jit(
-                training.make_eval_loss_step(graphdef, self.loss, losses.identity), out_shardings=plan.replicated
+                training.make_eval_loss_step(graphdef, loss, losses.identity), out_shardings=plan.replicated
             )
         step_fn = self._eval_programs[key]
         params, rest = nnx.state(model, nnx.Param), nnx.state(model, nnx.Not(nnx.Param))

@@ -52,9 +52,7 @@ def test_onnxruntime_logits_equal_crossjax_for_every_family(model_type, tmp_path
     for batch, length in OTHER_SHAPES:
         feed = example_inputs(config, batch, length, seed=batch)
         (logits,) = session.run(["logits"], feed)
-        ours = np.asarray(
-            crossjax_model(feed["input_ids"], feed["attention_mask"], feed.get("token_type_ids"))
-        )
+        ours = np.asarray(crossjax_model(feed["input_ids"], feed["attention_mask"], feed.get("token_type_ids")))
         assert logits.shape == (batch, 2)
         np.testing.assert_allclose(logits, ours, atol=1e-4, rtol=0)
 

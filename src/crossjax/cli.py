@@ -39,6 +39,7 @@ EVALUATORS = {
     "(CrossEncoderRerankingEvaluator)",
     "beir": "a BEIR folder (corpus.jsonl, queries.jsonl, qrels/) through crossjax.evaluation.beir",
 }
+HF_CONFIG = "config.json"  # = crossjax.models.checkpoints.CONFIG, not imported: that package loads JAX
 ACTIVATIONS = ("identity", "sigmoid", "tanh", "softmax", "relu")  # crossjax.losses' names, listed for --help
 
 
@@ -213,17 +214,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 # ----------------------------------------------------------------------------------------------- helpers
 def _check_model(name: str) -> None:
-    """A local path must be a model directory; a name that can only be a hub id is left to the loader."""
-    from crossjax.models.checkpoints import CONFIG
-
+    """A local path must be a model directory; a name that can only be a hub id is left to the loader.
+    (Checked without importing crossjax.models, which loads JAX: a bad path fails in a fraction of a second.)"""
     path = Path(name).expanduser()
     if path.exists() or name.startswith((".", "/", "~")) or name.count("/") > 1:
         if not path.is_dir():
             raise CliError(
                 f"--model {name}: no such directory" if not path.exists() else f"--model {name}: not a directory"
             )
-        if not (path / CONFIG).is_file():
-            raise CliError(f"--model {name}: no {CONFIG} in it (not a Hugging Face model directory)")
+        if not (path / HF_CONFIG).is_file():
+            raise CliError(f"--model {name}: no {HF_CONFIG} in it (not a Hugging Face model directory)")
 
 
 def _check_output_file(output: str) -> None:
@@ -517,8 +517,6 @@ def _train(args: argparse.Namespace) -> int:
         checkpoint_path=args.checkpoint_path,
         checkpoint_save_steps=args.checkpoint_save_steps,
     )
-    if evaluator is None:
-        model.save(output)  # no evaluator, no best model: the last one is the result
     from crossjax.runtime import is_main_process
 
     if is_main_process():

@@ -17,6 +17,7 @@ Needs the ``torch`` extra (torch, onnx, onnxscript) and onnxruntime to verify: `
 from __future__ import annotations
 
 import contextlib
+import inspect
 import io
 import logging
 import os
@@ -50,8 +51,11 @@ def takes_token_type_ids(config: Any) -> bool:
     """
     from crossjax.models.auto import model_class_for
 
-    family = model_class_for(config)
-    return bool(family.uses_token_types) and int(getattr(config, "type_vocab_size", 0) or 0) > 1
+    # A family declares it as a class attribute, or as a property read from the config (DeBERTa-v2): then the
+    # number of token types below decides.
+    declared = inspect.getattr_static(model_class_for(config), "uses_token_types", True)
+    uses = declared if isinstance(declared, bool) else True
+    return uses and int(getattr(config, "type_vocab_size", 0) or 0) > 1
 
 
 def onnx_input_names(config: Any) -> list[str]:

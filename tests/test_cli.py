@@ -157,3 +157,16 @@ def test_train_from_a_yaml_config_with_a_flag_overriding_it(tiny_dir, stsb_rows,
     before, after = load_file(tiny_dir / "model.safetensors"), load_file(tmp_path / "out" / "model.safetensors")
     assert before.keys() == after.keys()
     assert not np.array_equal(before["classifier.weight"], after["classifier.weight"])  # it trained and saved
+
+
+def test_help_explains_every_flag_of_every_command(capsys):
+    parser = cli.build_parser()
+    commands = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction").choices
+    assert sorted(commands) == ["eval", "export", "predict", "rank", "train"]
+    for name, sub in commands.items():
+        for action in sub._actions:
+            assert action.help, f"crossjax {name} {action.option_strings}: no help text"
+        with pytest.raises(SystemExit) as done:
+            cli.main([name, "--help"])
+        assert done.value.code == 0
+        assert "Pair files:" in capsys.readouterr().out  # the input format is stated in every command's help

@@ -203,7 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=42, help="data order, dropout, head initialisation and subsets")
     p.add_argument("--use-amp", action="store_true", help="bfloat16 compute (float32 master weights)")
     p.add_argument("--checkpoint-path", default=None, help="orbax checkpoints for preemption-safe resume")
-    p.add_argument("--checkpoint-save-steps", type=_positive_int, default=500)
+    p.add_argument("--checkpoint-save-steps", type=_positive_int, default=500, help="steps between checkpoints")
     p.add_argument("--coordinator-address", default=None, help="multi-host: host:port of process 0")
     p.add_argument("--num-processes", type=_positive_int, default=None, help="multi-host: number of processes")
     p.add_argument("--process-id", type=int, default=None, help="multi-host: this process's index")

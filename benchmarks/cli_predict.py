@@ -22,6 +22,7 @@ import argparse
 import csv
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -63,13 +64,18 @@ def read_stsb_pairs(limit: int) -> list[tuple[str, str]]:
     return pairs[:limit]
 
 
-def timed(command: list[str], env: dict[str, str]) -> tuple[float, str]:
+def timed(command: list[str], env: dict[str, str]) -> tuple[float, float, str]:
+    """Wall seconds, CPU seconds (user + system, all threads) and stdout of a child process. On a shared
+    machine the CPU seconds are the steadier of the two."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True, env=env)
     elapsed = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if done.returncode != 0:
         raise SystemExit(f"{' '.join(command[:4])}... failed:\n{done.stderr[-3000:]}")
-    return elapsed, done.stdout
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return elapsed, cpu, done.stdout
 
 
 def main() -> None:
@@ -100,20 +106,20 @@ def main() -> None:
 
     cli = [sys.executable, "-m", "crossjax.cli", "predict", "--model", str(model_dir), "--input", str(pairs_file),
            "--batch-size", str(args.batch_size), "--no-progress-bar"]  # fmt: skip
-    warm_up, _ = timed([*cli, "--output", str(work / "warm-up.tsv")], env)
-    cli_seconds, _ = timed([*cli, "--output", str(work / "scores.tsv")], env)
+    warm_up, warm_up_cpu, _ = timed([*cli, "--output", str(work / "warm-up.tsv")], env)
+    cli_seconds, cli_cpu, _ = timed([*cli, "--output", str(work / "scores.tsv")], env)
     script = [sys.executable, "-c", IN_PROCESS, str(model_dir), str(pairs_file), str(args.batch_size)]
-    process_seconds, out = timed([*script, str(work / "scores.npy")], env)
+    process_seconds, process_cpu, out = timed([*script, str(work / "scores.npy")], env)
     inner = json.loads(out.strip().splitlines()[-1])
 
     cli_scores = np.loadtxt(work / "scores.tsv", skiprows=1, dtype=np.float32)
     library_scores = np.load(work / "scores.npy")
     equal = bool(np.array_equal(cli_scores, library_scores))
-    print(f"{'cache warm-up run':>40}: {warm_up:.1f} s (crossjax predict, fills the persistent cache)")
-    print(f"{'crossjax predict, whole process':>40}: {cli_seconds:.1f} s")
-    print(f"{'CrossEncoder.predict, whole process':>40}: {process_seconds:.1f} s")
-    print(f"{'  of which CrossEncoder() + predict':>40}: {inner['construct_and_predict_s']:.1f} s")
-    print(f"{'  of which import crossjax':>40}: {inner['import_s']:.1f} s")
+    print(f"{'cache warm-up run':>40}: {warm_up:.1f} s wall, {warm_up_cpu:.1f} s CPU (fills the persistent cache)")
+    print(f"{'crossjax predict, whole process':>40}: {cli_seconds:.1f} s wall, {cli_cpu:.1f} s CPU")
+    print(f"{'CrossEncoder.predict, whole process':>40}: {process_seconds:.1f} s wall, {process_cpu:.1f} s CPU")
+    print(f"{'  of which CrossEncoder() + predict':>40}: {inner['construct_and_predict_s']:.1f} s wall")
+    print(f"{'  of which import crossjax':>40}: {inner['import_s']:.1f} s wall")
     print(f"{'scores equal bit for bit':>40}: {equal}")
     if not equal:
         raise SystemExit(f"scores differ: max |diff| {np.max(np.abs(cli_scores - library_scores))}")

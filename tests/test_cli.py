@@ -170,3 +170,17 @@ def test_help_explains_every_flag_of_every_command(capsys):
             cli.main([name, "--help"])
         assert done.value.code == 0
         assert "Pair files:" in capsys.readouterr().out  # the input format is stated in every command's help
+
+
+def test_eval_beir_folder_equals_the_evaluator(tiny_dir, capsys):
+    """Runs once crossjax.evaluation.beir (another branch) is merged; until then there is nothing to wire."""
+    beir = pytest.importorskip("crossjax.evaluation.beir")
+    from conftest import shared_data
+
+    folder = shared_data("msmarco")
+    args = ["--rerank-k", "8", "--max-queries", "3", "--at-k", "5"]
+    assert cli.main(["eval", "--model", str(tiny_dir), "--evaluator", "beir", "--data", str(folder), *args,
+                     "--no-progress-bar"]) == 0  # fmt: skip
+    metrics = json.loads(capsys.readouterr().out)
+    expected = beir.CrossEncoderBEIREvaluator(folder, rerank_k=8, max_queries=3, at_k=5)(CrossEncoder(tiny_dir))
+    assert metrics == expected and any(key.endswith("ndcg@5") for key in metrics)

@@ -159,6 +159,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", default=None, help="evaluator name (metric prefix, CSV name; default: the file stem)")
     p.add_argument("--output", default=None, help="folder for the evaluator's CSV (default: none written)")
     p.add_argument("--at-k", type=_positive_int, default=10, help="cut-off of MRR/NDCG (reranking, beir)")
+    p.add_argument("--rerank-k", type=_positive_int, default=100, help="beir: BM25 candidates reranked per query")
+    p.add_argument("--split", default="test", help="beir: the qrels/<split>.tsv to read")
+    p.add_argument("--max-queries", type=_positive_int, default=None, help="beir: only the first N judged queries")
     _add_pair_file_arguments(p)
 
     # export
@@ -347,22 +350,26 @@ def _build_evaluator(
 
 
 def _beir_evaluator(folder: str, args: argparse.Namespace) -> Any:
-    """Hook for ``crossjax.evaluation.beir`` (a BEIR folder with BM25 candidates), when it is installed."""
+    """``crossjax.evaluation.beir.CrossEncoderBEIREvaluator``: BM25 top-``--rerank-k`` candidates of a BEIR
+    folder, reranked by the model."""
     try:
-        from crossjax.evaluation import beir  # noqa: F401 - being written; wired up when it lands
+        from crossjax.evaluation.beir import CrossEncoderBEIREvaluator
     except ImportError:
-        raise CliError(
-            "--evaluator beir needs crossjax.evaluation.beir, which this crossjax does not have yet"
-        ) from None
-    factory = getattr(beir, "evaluator_from_folder", None)
-    if factory is None:
-        raise CliError("crossjax.evaluation.beir has no evaluator_from_folder(folder, ...) for the command line")
-    return factory(folder, name=args.name, at_k=args.at_k, batch_size=args.batch_size)
+        raise CliError("--evaluator beir needs crossjax.evaluation.beir, which this crossjax does not have") from None
+    return CrossEncoderBEIREvaluator(
+        folder,
+        rerank_k=args.rerank_k,
+        at_k=args.at_k,
+        split=args.split,
+        max_queries=args.max_queries,
+        name=args.name or "BEIR",
+        batch_size=args.batch_size,
+        show_progress_bar=not args.no_progress_bar,
+    )
 
 
 def _eval(args: argparse.Namespace) -> int:
     _check_model(args.model)
-    name = args.name if args.name is not None else Path(args.data).stem
     if args.evaluator == "beir":
         if not Path(args.data).is_dir():
             raise CliError(
@@ -373,6 +380,7 @@ def _eval(args: argparse.Namespace) -> int:
         table = read_pairs(
             args.data, columns=args.columns, label_column=args.label_column, need_label=True, header=not args.no_header
         )
+        name = args.name if args.name is not None else Path(args.data).stem
         evaluator = _build_evaluator(
             args.evaluator,
             table.pairs,

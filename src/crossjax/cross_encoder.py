@@ -464,6 +464,50 @@ class CrossEncoder:
 
     save_pretrained = save
 
+    def push_to_hub(
+        self,
+        repo_id: str,
+        token: str | None = None,
+        private: bool | None = None,
+        safe_serialization: bool = True,
+        commit_message: str | None = None,
+        local_model_path: str | None = None,
+        exist_ok: bool = True,
+        replace_model_card: bool = False,
+        train_datasets: list[str] | None = None,
+        revision: str | None = None,
+        create_pr: bool = False,
+    ) -> str | None:
+        """Upload the model to a Hugging Face hub repository (created if missing); return the commit (or PR) URL.
+
+        sentence-transformers 6's signature, through ``huggingface_hub``: ``create_repo`` then ``upload_folder``
+        of a folder ``save()`` writes (weights, config, tokenizer, sentence-transformers metadata, model card),
+        or of ``local_model_path`` when given. Differences: ``exist_ok`` defaults to True (pushing a new
+        version to your own repository is the common case); ``safe_serialization=False`` is refused (crossjax
+        writes safetensors only); ``replace_model_card``/``train_datasets`` are accepted for compatibility, and
+        the card is the one ``save`` writes. In a multi-process run every process must call it; only process 0
+        uploads (and returns the URL).
+        """
+        import tempfile
+
+        if not safe_serialization:
+            raise ValueError("safe_serialization=False: crossjax exports safetensors only")
+        upload = dict(
+            repo_id=repo_id,
+            token=token,
+            private=private,
+            commit_message=commit_message or "Add new CrossEncoder model (crossjax)",
+            exist_ok=exist_ok or create_pr,
+            revision=revision,
+            create_pr=create_pr,
+        )
+        if local_model_path is not None:
+            return _upload_folder(local_model_path, **upload) if is_main_process() else None
+        with tempfile.TemporaryDirectory(prefix="crossjax-push-") as tmp:
+            if self.save(tmp) is None:  # every process gathers the parameters; only process 0 writes and uploads
+                return None
+            return _upload_folder(tmp, **upload)
+
     # ------------------------------------------------------------------------------------------ fit
     def fit(
         self,
@@ -577,6 +621,35 @@ class CrossEncoder:
             f"CrossEncoder({self.model_name_or_path!r}, model_type={self.config.model_type!r}, "
             f"num_labels={self.num_labels}, max_length={self.max_length}, devices={self.mesh_plan.data_shards})"
         )
+
+
+def _upload_folder(
+    folder: str | os.PathLike,
+    *,
+    repo_id: str,
+    token: str | None,
+    private: bool | None,
+    commit_message: str,
+    exist_ok: bool,
+    revision: str | None,
+    create_pr: bool,
+) -> str:
+    """``create_repo`` (+ the branch) then ``upload_folder``; the commit URL, or the PR URL with create_pr."""
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=token)
+    repo_id = api.create_repo(repo_id=repo_id, private=private, exist_ok=exist_ok).repo_id  # the full owner/name
+    if revision is not None:
+        api.create_branch(repo_id=repo_id, branch=revision, exist_ok=True)
+    commit = api.upload_folder(
+        repo_id=repo_id,
+        folder_path=str(folder),
+        commit_message=commit_message,
+        create_pr=create_pr,
+        revision=revision,
+    )
+    logger.info("Uploaded %s to %s", folder, commit.pr_url if create_pr else commit.commit_url)
+    return commit.pr_url if create_pr else commit.commit_url
 
 
 def _with_prompt(prompt: str, pair: Any, index: int) -> tuple[str, str]:

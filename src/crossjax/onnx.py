@@ -1,0 +1,242 @@
+"""ONNX export of a crossjax model: ``onnx/model.onnx`` next to the Hugging Face export, logits out.
+
+The graph is produced from the PyTorch export (the directory ``CrossEncoder.save`` writes) with
+``torch.onnx.export(..., dynamo=True)``. The legacy TorchScript exporter (``dynamo=False``) traces Python
+control flow in transformers 5's attention-mask code at the example's shape and bakes it in: its graph
+gave logits off by ~1e-2 at other sequence lengths. The dynamo exporter keeps both axes symbolic and
+matches PyTorch to float32 round-off at any batch size and length.
+
+Layout (what sentence-transformers' ONNX backend and Optimum's ``ORTModelForSequenceClassification`` read):
+inputs ``input_ids``, ``attention_mask`` (+ ``token_type_ids`` for families with several token types),
+int64, shape ``(batch, sequence)`` with both axes dynamic; output ``logits`` ``(batch, num_labels)``
+float32, without the activation (apply the one in ``config_sentence_transformers.json`` yourself).
+
+Needs the ``torch`` extra (torch, onnx, onnxscript) and onnxruntime to verify: ``pip install 'crossjax[torch]'``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import io
+import logging
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from crossjax.models.checkpoints import resolve_checkpoint_dir
+
+logger = logging.getLogger("crossjax")
+
+ONNX_SUBFOLDER = "onnx"
+ONNX_FILE = "model.onnx"
+DEFAULT_OPSET = 18
+OUTPUT_NAME = "logits"
+# protobuf cannot hold a file over 2 GiB: bigger models keep their weights in an external data file.
+_SINGLE_FILE_LIMIT_BYTES = 1_800_000_000
+# The example batch the graph is traced with; verification runs another batch size and length.
+_EXPORT_BATCH, _EXPORT_LENGTH = 2, 7
+_VERIFY_BATCH, _VERIFY_LENGTH = 3, 11
+VERIFY_TOLERANCE = 1e-4
+
+
+def takes_token_type_ids(config: Any) -> bool:
+    """Whether the graph gets a ``token_type_ids`` input: the family embeds token types and has several.
+
+    RoBERTa-like checkpoints (one token type) and families without type embeddings (DistilBERT) get none,
+    as their tokenizers return none.
+    """
+    from crossjax.models.auto import model_class_for
+
+    # A family declares it as a class attribute, or as a property read from the config (DeBERTa-v2): then the
+    # number of token types below decides.
+    declared = inspect.getattr_static(model_class_for(config), "uses_token_types", True)
+    uses = declared if isinstance(declared, bool) else True
+    return uses and int(getattr(config, "type_vocab_size", 0) or 0) > 1
+
+
+def onnx_input_names(config: Any) -> list[str]:
+    names = ["input_ids", "attention_mask"]
+    return names + ["token_type_ids"] if takes_token_type_ids(config) else names
+
+
+def _import_torch():
+    try:
+        import torch
+        import transformers  # noqa: F401
+    except ImportError as e:
+        raise ImportError(
+            f"ONNX export needs PyTorch ({e}); install the extra: pip install 'crossjax[torch]'"
+        ) from None
+    for module in ("onnx", "onnxscript"):
+        try:
+            __import__(module)
+        except ImportError:
+            raise ImportError(
+                f"ONNX export needs the {module!r} package; install the extra: pip install 'crossjax[torch]'"
+            ) from None
+    return torch
+
+
+def example_inputs(config: Any, batch: int, length: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """int64 inputs of the given shape: random ids, the first row full, the others right-padded (so the
+    mask path is exercised), and two token types where the graph takes them."""
+    rng = np.random.default_rng(seed)
+    pad = int(getattr(config, "pad_token_id", 0) or 0)
+    low = min(3, int(config.vocab_size) - 1)
+    ids = rng.integers(low, int(config.vocab_size), size=(batch, length), dtype=np.int64)
+    mask = np.ones((batch, length), dtype=np.int64)
+    for row in range(1, batch):
+        real = max(2, length - 2 * row)
+        ids[row, real:] = pad
+        mask[row, real:] = 0
+    inputs = {"input_ids": ids, "attention_mask": mask}
+    if takes_token_type_ids(config):
+        types = np.zeros_like(ids)
+        types[:, length // 2 :] = 1
+        inputs["token_type_ids"] = types * mask
+    return inputs
+
+
+def _load_torch_model(directory: Path):
+    torch = _import_torch()
+    from transformers import AutoModelForSequenceClassification
+
+    class LogitsOnly(torch.nn.Module):
+        """The sequence-classification model with named inputs and the logits tensor as the only output."""
+
+        def __init__(self, model: Any, input_names: list[str]) -> None:
+            super().__init__()
+            self.model = model
+            self.input_names = input_names
+
+        def forward(self, input_ids: Any, attention_mask: Any, token_type_ids: Any = None) -> Any:
+            kwargs = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
+            return self.model(input_ids=input_ids, attention_mask=attention_mask, **kwargs).logits
+
+    model = AutoModelForSequenceClassification.from_pretrained(str(directory), dtype=torch.float32).eval()
+    return LogitsOnly(model, onnx_input_names(model.config)), model.config
+
+
+def export_onnx(
+    model: str | os.PathLike | Any,
+    output_dir: str | os.PathLike | None = None,
+    opset: int = DEFAULT_OPSET,
+    *,
+    verify: bool = True,
+) -> Path:
+    """Write ``onnx/model.onnx`` for a saved model directory or a ``CrossEncoder``; return the file's path.
+
+    ``model``: a directory ``CrossEncoder.save`` (or transformers) wrote, or a ``CrossEncoder``, which is
+    first saved to ``output_dir`` (required then). ``output_dir`` defaults to the model directory, so the
+    graph lands next to the export, where sentence-transformers' ``backend="onnx"`` looks for it.
+    ``verify`` runs the graph in onnxruntime at a batch size and length other than the traced ones and
+    raises if its logits differ from PyTorch's by more than ``VERIFY_TOLERANCE`` (skipped, with a warning,
+    when onnxruntime is not installed).
+    """
+    from crossjax.models.export import atomic_directory_write, check_local_path
+
+    if isinstance(opset, bool) or not isinstance(opset, int) or opset < 14:
+        raise ValueError(f"opset must be an integer >= 14, got {opset!r}")
+    if hasattr(model, "save") and hasattr(model, "predict"):  # a CrossEncoder
+        if output_dir is None:
+            raise ValueError("export_onnx(CrossEncoder, output_dir=None): name the directory to save the model to")
+        check_local_path(output_dir, "output directory")
+        directory = model.save(output_dir)
+        if directory is None:  # not process 0 of a multi-process run: nothing to write here
+            return Path(output_dir) / ONNX_SUBFOLDER / ONNX_FILE
+    else:
+        directory = Path(model).expanduser()
+        if not directory.is_dir():
+            raise FileNotFoundError(f"{directory} is not a directory; pass a saved model directory")
+        directory = resolve_checkpoint_dir(directory)
+    output_dir = Path(directory if output_dir is None else output_dir).expanduser()
+    check_local_path(output_dir, "output directory")
+    torch = _import_torch()
+    wrapper, config = _load_torch_model(Path(directory))
+    names = wrapper.input_names
+    example = example_inputs(config, _EXPORT_BATCH, min(_EXPORT_LENGTH, _max_length(config)))
+    batch, sequence = torch.export.Dim("batch"), torch.export.Dim("sequence", max=_max_length(config))
+    dynamic = tuple({0: batch, 1: sequence} for _ in names)
+    weight_bytes = sum(p.numel() * p.element_size() for p in wrapper.parameters())
+
+    def write(tmp: Path) -> None:
+        target = tmp / ONNX_SUBFOLDER / ONNX_FILE
+        target.parent.mkdir(parents=True)
+        chatter = io.StringIO()  # the exporter prints its progress to stdout: keep stdout for the caller's data
+        with _quiet_torch_logs(), warnings.catch_warnings(), contextlib.redirect_stdout(chatter), torch.no_grad():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                wrapper,
+                tuple(torch.from_numpy(example[name]) for name in names),
+                str(target),
+                input_names=names,
+                output_names=[OUTPUT_NAME],
+                opset_version=opset,
+                dynamic_shapes=dynamic,
+                dynamo=True,
+                external_data=weight_bytes > _SINGLE_FILE_LIMIT_BYTES,
+            )
+        logger.debug("torch.onnx.export: %s", chatter.getvalue().strip())
+        if verify:
+            _verify(target, wrapper, config, torch)
+
+    atomic_directory_write(output_dir, write)
+    path = output_dir.resolve() / ONNX_SUBFOLDER / ONNX_FILE
+    logger.info("Wrote %s (inputs %s, output %s)", path, names, OUTPUT_NAME)
+    return path
+
+
+@contextlib.contextmanager
+def _quiet_torch_logs():
+    """The exporter logs warnings about operators of packages it does not need (torchvision): hide them."""
+    torch_logger = logging.getLogger("torch.onnx")
+    level = torch_logger.level
+    torch_logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        torch_logger.setLevel(level)
+
+
+def _max_length(config: Any) -> int:
+    return int(getattr(config, "max_position_embeddings", 512) or 512)
+
+
+def _verify(path: Path, wrapper: Any, config: Any, torch: Any) -> None:
+    try:
+        import onnxruntime
+    except ImportError:
+        logger.warning("onnxruntime is not installed: %s was not checked against PyTorch", path)
+        return
+    inputs = example_inputs(config, _VERIFY_BATCH, min(_VERIFY_LENGTH, _max_length(config)), seed=1)
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (ours,) = session.run([OUTPUT_NAME], inputs)
+    with torch.no_grad():
+        reference = wrapper(*(torch.from_numpy(inputs[name]) for name in wrapper.input_names)).numpy()
+    error = float(np.max(np.abs(ours - reference)))
+    if not error <= VERIFY_TOLERANCE:
+        raise RuntimeError(
+            f"ONNX export check failed: onnxruntime's logits differ from PyTorch's by {error:.3g} "
+            f"(> {VERIFY_TOLERANCE}) at batch {_VERIFY_BATCH}, length {inputs['input_ids'].shape[1]}"
+        )
+
+
+def onnx_feed(session: Any, encoded: Any) -> dict[str, np.ndarray]:
+    """The inputs of ``session`` taken from a tokenizer's output, as int64 numpy arrays.
+
+    A tokenizer may return more than the graph takes (e.g. ``token_type_ids`` for a RoBERTa graph); a graph
+    input the tokenizer did not return is an error naming it.
+    """
+    feed = {}
+    for graph_input in session.get_inputs():
+        if graph_input.name not in encoded:
+            raise ValueError(f"the ONNX graph needs {graph_input.name!r}, which the tokenizer did not return")
+        feed[graph_input.name] = np.asarray(encoded[graph_input.name], dtype=np.int64)
+    return feed
+
+
+__all__ = ["DEFAULT_OPSET", "ONNX_FILE", "ONNX_SUBFOLDER", "export_onnx", "onnx_feed", "onnx_input_names"]

@@ -1,0 +1,93 @@
+# ruff: noqa: F811 - the shared fixtures are imported from test_fit_behaviour and requested by name
+"""ONNX export: onnxruntime's logits equal crossjax's for every registered family, at shapes other than the
+traced one; the layout is the one sentence-transformers' ONNX backend reads; serving with the tokenizer
+reproduces ``CrossEncoder.predict``.
+
+The tiny config builders are test_models_parity's ``FAMILIES``: a family registered in
+``crossjax.models.auto.model_registry()`` is covered here as soon as it has one there.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from test_fit_behaviour import tiny_dir, tiny_dirs  # noqa: F401 - fixtures used by name
+from test_models_parity import FAMILIES
+from transformers import AutoModelForSequenceClassification
+
+from crossjax.models import FlaxAutoModelForSequenceClassification
+from crossjax.models.auto import model_registry
+from crossjax.onnx import ONNX_FILE, ONNX_SUBFOLDER, example_inputs, export_onnx, onnx_feed
+
+onnx = pytest.importorskip("onnx")
+onnxruntime = pytest.importorskip("onnxruntime")
+
+# Traced at (2, 7) inside export_onnx; checked here at other batch sizes and lengths, 1 included.
+OTHER_SHAPES = [(5, 23), (1, 4)]
+
+
+@pytest.mark.parametrize("model_type", sorted(model_registry()))
+def test_onnxruntime_logits_equal_crossjax_for_every_family(model_type, tmp_path):
+    if model_type not in FAMILIES:
+        pytest.fail(f"no tiny config builder for {model_type!r}: add one to tests/test_models_parity.py FAMILIES")
+    torch.manual_seed(0)
+    config = FAMILIES[model_type](2)
+    pt = AutoModelForSequenceClassification.from_config(config).eval()
+    pt.save_pretrained(tmp_path)
+    path = export_onnx(tmp_path, verify=False)  # checked below, against crossjax rather than PyTorch
+    assert path == tmp_path.resolve() / ONNX_SUBFOLDER / ONNX_FILE
+
+    graph = onnx.load(str(path)).graph
+    inputs = [i.name for i in graph.input]
+    # The oracle: the PyTorch model embeds several token types.
+    has_types = any(k.endswith("token_type_embeddings.weight") and v.shape[0] > 1 for k, v in pt.state_dict().items())
+    assert inputs == ["input_ids", "attention_mask"] + (["token_type_ids"] if has_types else [])
+    assert [o.name for o in graph.output] == ["logits"]
+    for graph_input in graph.input:  # both axes symbolic: any batch size and sequence length
+        dims = graph_input.type.tensor_type.shape.dim
+        assert [d.dim_param != "" for d in dims] == [True, True], graph_input
+
+    crossjax_model = FlaxAutoModelForSequenceClassification.from_pretrained(tmp_path)
+    crossjax_model.eval()
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for batch, length in OTHER_SHAPES:
+        feed = example_inputs(config, batch, length, seed=batch)
+        (logits,) = session.run(["logits"], feed)
+        ours = np.asarray(crossjax_model(feed["input_ids"], feed["attention_mask"], feed.get("token_type_ids")))
+        assert logits.shape == (batch, 2)
+        np.testing.assert_allclose(logits, ours, atol=1e-4, rtol=0)
+
+
+def test_cross_encoder_export_served_with_its_tokenizer_matches_predict(tiny_dir, tmp_path):
+    """The README recipe: the tokenizer from the export + onnxruntime + the saved activation = predict.
+    (A random 2-layer BERT with MiniLM's real tokenizer.)"""
+    from transformers import AutoTokenizer
+
+    from crossjax import CrossEncoder
+
+    model = CrossEncoder(tiny_dir, max_length=64)
+    path = export_onnx(model, tmp_path / "export")
+    assert (tmp_path / "export" / "config.json").is_file() and path.parent.name == "onnx"
+
+    pairs = [
+        ("A man is eating food.", "A man eats something."),
+        ("A woman plays the violin.", "Someone is playing an instrument on a stage in front of many people."),
+        ("The cat sits.", "Stocks fell sharply on Monday."),
+    ]
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "export")
+    encoded = tokenizer(
+        [a for a, _ in pairs], [b for _, b in pairs], padding=True, truncation=True, max_length=64, return_tensors="np"
+    )
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (logits,) = session.run(["logits"], onnx_feed(session, encoded))
+    np.testing.assert_allclose(logits[:, 0], model.predict(pairs, activation_fn="identity"), atol=1e-4, rtol=0)
+    # No activation in the graph: the saved one (sigmoid) applied outside gives predict's scores.
+    np.testing.assert_allclose(1 / (1 + np.exp(-logits[:, 0])), model.predict(pairs), atol=1e-5, rtol=0)
+
+
+def test_export_onnx_rejects_what_it_cannot_export(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not a directory"):
+        export_onnx(tmp_path / "missing")
+    with pytest.raises(ValueError, match="opset"):
+        export_onnx(tmp_path, opset=7)

@@ -1,0 +1,93 @@
+# ruff: noqa: F811 - the shared fixtures are imported from test_fit_behaviour and requested by name
+"""``CrossEncoder.push_to_hub``: the hub is unreachable here, so these tests check the calls it makes to
+``huggingface_hub.HfApi`` (a recording fake) and what the uploaded folder holds at upload time - nothing more."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import huggingface_hub
+import pytest
+from test_fit_behaviour import tiny_dir, tiny_dirs  # noqa: F401 - fixtures used by name
+
+from crossjax import CrossEncoder
+
+
+class RecordingHfApi:
+    """Stands in for ``huggingface_hub.HfApi``: records each call (and the files of an uploaded folder)."""
+
+    calls: list[tuple[str, dict]] = []
+
+    def __init__(self, token=None, **kwargs) -> None:
+        self.calls.append(("__init__", {"token": token, **kwargs}))
+
+    def create_repo(self, repo_id, **kwargs):
+        self.calls.append(("create_repo", {"repo_id": repo_id, **kwargs}))
+        owner_and_name = repo_id if "/" in repo_id else f"the-user/{repo_id}"
+        return SimpleNamespace(repo_id=owner_and_name, url=f"https://huggingface.co/{owner_and_name}")
+
+    def create_branch(self, repo_id, branch, **kwargs):
+        self.calls.append(("create_branch", {"repo_id": repo_id, "branch": branch, **kwargs}))
+
+    def upload_folder(self, *, repo_id, folder_path, **kwargs):
+        files = sorted(p.relative_to(folder_path).as_posix() for p in Path(folder_path).rglob("*") if p.is_file())
+        self.calls.append(("upload_folder", {"repo_id": repo_id, "folder_path": folder_path, "files": files, **kwargs}))
+        return SimpleNamespace(
+            commit_url=f"https://huggingface.co/{repo_id}/commit/abc123",
+            pr_url=f"https://huggingface.co/{repo_id}/discussions/1",
+        )
+
+
+@pytest.fixture
+def hub(monkeypatch) -> list[tuple[str, dict]]:
+    RecordingHfApi.calls = []
+    monkeypatch.setattr(huggingface_hub, "HfApi", RecordingHfApi)
+    return RecordingHfApi.calls
+
+
+@pytest.fixture(scope="module")
+def model(tiny_dir) -> CrossEncoder:
+    return CrossEncoder(tiny_dir, max_length=32)
+
+
+def test_push_creates_the_repo_and_uploads_a_saved_export(model, hub):
+    url = model.push_to_hub("my-reranker", token="hf_secret", private=True)
+
+    assert [name for name, _ in hub] == ["__init__", "create_repo", "upload_folder"]
+    assert hub[0][1]["token"] == "hf_secret"
+    assert hub[1][1] == {"repo_id": "my-reranker", "private": True, "exist_ok": True}
+    upload = hub[2][1]
+    assert upload["repo_id"] == "the-user/my-reranker"  # the owner the hub reports, as sentence-transformers does
+    assert upload["commit_message"] == "Add new CrossEncoder model (crossjax)"
+    assert upload["create_pr"] is False and upload["revision"] is None
+    # What save() writes: weights, config, tokenizer and sentence-transformers' metadata (+ the card, if any).
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "config_sentence_transformers.json",
+                 "modules.json", "sentence_bert_config.json"):  # fmt: skip
+        assert name in upload["files"], upload["files"]
+    assert not Path(upload["folder_path"]).exists()  # the temporary folder is removed after the upload
+    assert url == "https://huggingface.co/the-user/my-reranker/commit/abc123"
+
+
+def test_push_to_a_branch_as_a_pull_request_with_a_message(model, hub):
+    url = model.push_to_hub("org/ranker", commit_message="v2", exist_ok=False, revision="dev", create_pr=True)
+    calls = dict(hub)
+    assert calls["create_repo"]["exist_ok"] is True  # a PR targets an existing repository, as in sentence-transformers
+    assert calls["create_branch"] == {"repo_id": "org/ranker", "branch": "dev", "exist_ok": True}
+    assert calls["upload_folder"]["commit_message"] == "v2"
+    assert calls["upload_folder"]["revision"] == "dev" and calls["upload_folder"]["create_pr"] is True
+    assert url == "https://huggingface.co/org/ranker/discussions/1"
+
+
+def test_push_of_a_local_folder_uploads_it_as_is(model, hub, tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    model.push_to_hub("org/ranker", local_model_path=str(tmp_path), exist_ok=False)
+    calls = dict(hub)
+    assert calls["create_repo"]["exist_ok"] is False
+    assert calls["upload_folder"]["folder_path"] == str(tmp_path) and calls["upload_folder"]["files"] == ["config.json"]
+
+
+def test_push_refuses_pickle_weights(model, hub):
+    with pytest.raises(ValueError, match="safetensors"):
+        model.push_to_hub("org/ranker", safe_serialization=False)
+    assert hub == []

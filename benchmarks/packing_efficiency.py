@@ -17,6 +17,8 @@ import csv
 import sys
 from pathlib import Path
 
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _bench  # noqa: E402
 import _common  # noqa: E402
@@ -45,6 +47,9 @@ def main() -> None:
     parser.add_argument("--groups", type=int, default=1, help="data shards x accumulation steps")
     parser.add_argument("--hidden-size", type=int, default=384, help="the model width attention is weighed by")
     parser.add_argument("--max-length", type=int, default=128)
+    parser.add_argument(
+        "--max-tokens", type=int, nargs="*", default=[2048, 8192], help="token budgets per step (fit's opt-in)"
+    )
     args = parser.parse_args()
 
     from transformers import AutoTokenizer
@@ -73,6 +78,18 @@ def main() -> None:
                     f"{', '.join(map(str, shapes))} | {100 * efficiency:.1f}% | {100 * padded:.1f}% |",
                     flush=True,
                 )
+        # Token-budget steps (fit(max_tokens_per_step=...)): one shape, pairs per step vary.
+        order = np.random.default_rng((0, 0)).permutation(len(lengths))
+        for budget in args.max_tokens:
+            rows, row_length = packing.token_budget_shape(lengths, args.groups, budget)
+            steps = packing.token_budget_steps(order, lengths, args.groups, rows, row_length)
+            efficiency = int(lengths.sum()) / (len(steps) * args.groups * rows * row_length)
+            pairs = [sum(len(g) for g in step) for step in steps]
+            print(
+                f"| {name} | {len(lengths)} | {lengths.mean():.1f} | {budget} tokens ({min(pairs)}-{max(pairs)} "
+                f"pairs) | 1 | ({args.groups}, {rows}, {row_length}) | {100 * efficiency:.1f}% | |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -161,3 +161,35 @@ def test_stsb_packs_hf_token_ids_with_high_efficiency_in_two_shapes(minilm_dir):
             row, start, n = batch.pair_row[g, p], batch.pair_start[g, p], len(expected["input_ids"])
             assert batch.input_ids[g, row, start : start + n].tolist() == expected["input_ids"]
             assert batch.token_type_ids[g, row, start : start + n].tolist() == expected["token_type_ids"]
+
+
+@pytest.mark.parametrize("groups, expected", [(1, 0.97), (4, 0.95)])
+def test_token_budget_steps_take_each_pair_once_in_one_shape_almost_without_padding(minilm_dir, groups, expected):
+    """Token-budget batching on the STS-B train set: each pair of the epoch lands in exactly one step, every
+    step packs into the one shape (G, R, T) and >= 97% of the computed tokens are real (>= 95% with 4 groups,
+    where the epoch's last, partly empty step weighs 1/41 of the run)."""
+    import csv
+
+    from conftest import shared_data
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(minilm_dir)
+    with open(shared_data("stsb", "stsb-en-train.csv"), newline="", encoding="utf-8") as f:
+        rows = [(r[0], r[1]) for r in csv.reader(f)]
+    tokenized = data.tokenize_pairs(tokenizer, [a for a, _ in rows], [b for _, b in rows], 128)
+    lengths = tokenized.lengths
+    rows, row_length = packing.token_budget_shape(lengths, groups, 4096)
+    assert rows * row_length * groups <= 4096 and row_length >= lengths.max()
+    order = np.random.default_rng(0).permutation(len(lengths))
+    steps = packing.token_budget_steps(order, lengths, groups, rows, row_length)
+    seen = np.concatenate([g for step in steps for g in step])
+    assert sorted(seen.tolist()) == list(range(len(lengths)))
+    slots = max(len(g) for step in steps for g in step)
+    plan = packing.PackingPlan(rows, (row_length,), groups, slots)
+    batches = [packing.pack(tokenized, np.concatenate(s), None, plan, 0, dealt=s) for s in steps]
+    assert {b.input_ids.shape for b in batches} == {(groups, rows, row_length)}
+    efficiency = sum(b.real_tokens for b in batches) / sum(b.computed_tokens for b in batches)
+    print(f"STS-B token budget 4096 tokens, {groups} groups {plan.shapes}: {efficiency:.3f} real tokens")
+    assert efficiency >= expected
+    with pytest.raises(ValueError, match="more than a row"):
+        packing.token_budget_steps(order, lengths, groups, 4, 16)

@@ -419,3 +419,42 @@ def test_several_datasets_with_their_own_losses_equal_sentence_transformers(tiny
     _compare(_params(model), theirs, rtol=1e-4, atol=5e-5, zero_grad=(KEY_BIAS,))
     with pytest.raises(ValueError, match=r"no entry for the train_dataset dataset\(s\) \['lists'\]"):
         CrossEncoderTrainer(model=model, train_dataset=data, loss={"pairs": losses.BinaryCrossEntropyLoss(model)})
+
+
+def test_fit_with_a_token_budget_compiles_once_and_averages_each_steps_pairs(tiny_dirs):
+    """fit(max_tokens_per_step=...): one packed shape for the whole run, each epoch's pairs once, and the
+    first step's loss equals PyTorch's BCE over exactly that step's pairs (dropout off)."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from crossjax import DataLoader, InputExample, data, packing
+
+    rng = np.random.default_rng(11)
+    examples = [
+        InputExample(texts=[_text(rng, int(rng.integers(2, 12))), _text(rng, int(rng.integers(2, 12)))],
+                     label=float(rng.uniform()))
+        for _ in range(60)
+    ]  # fmt: skip
+    model = CrossEncoder(str(tiny_dirs[1]))
+    summary = model.fit(
+        DataLoader(examples, shuffle=True, batch_size=16, seed=3), epochs=2, warmup_steps=0, max_tokens_per_step=256,
+        show_progress_bar=False,
+        optimizer_params={"lr": LR}, logging_steps=1,
+    )  # fmt: skip
+    assert summary["compilations"] == 1 and len(summary["compiled_shapes"]) == 1
+    steps = summary["global_step"]
+    assert len(model.training_history) == steps and steps > 60 * 2 * 10 // 256  # more steps than whole batches
+    # The first step's pairs, as the plan drew them, scored by PyTorch from the same initial weights.
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_dirs[1]))
+    tokenized = data.tokenize_pairs(tokenizer, [e.texts[0] for e in examples], [e.texts[1] for e in examples], 128)
+    rows, row_length = packing.token_budget_shape(tokenized.lengths, 1, 256)
+    order = np.random.default_rng((3, 0)).permutation(len(examples))
+    first = np.concatenate(packing.token_budget_steps(order, tokenized.lengths, 1, rows, row_length)[0])
+    torch_model = AutoModelForSequenceClassification.from_pretrained(str(tiny_dirs[1])).eval()
+    batch = tokenizer([examples[i].texts[0] for i in first], [examples[i].texts[1] for i in first],
+                      padding=True, truncation=True, max_length=128, return_tensors="pt")  # fmt: skip
+    with torch.no_grad():
+        logits = torch_model(**batch).logits[:, 0]
+    labels = torch.tensor([examples[i].label for i in first], dtype=torch.float32)
+    expected = torch.nn.functional.binary_cross_entropy_with_logits(logits, labels).item()
+    np.testing.assert_allclose(model.training_history[0]["loss"], expected, rtol=1e-5)

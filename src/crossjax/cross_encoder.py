@@ -540,6 +540,7 @@ class CrossEncoder:
         max_steps: int | None = None,
         batch_size: int | None = None,
         shuffle_buffer_size: int = 0,
+        max_tokens_per_step: int | None = None,
     ) -> dict[str, Any]:
         """Train like sentence-transformers' legacy ``fit`` (see its docs); returns a summary of the run.
 
@@ -567,6 +568,12 @@ class CrossEncoder:
         16, or the torch DataLoader's); for in-memory input it overrides the loader's. ``shuffle_buffer_size``
         (streams only; 0 = stream order) shuffles blocks of that many examples with ``seed``. Checkpoints
         store the number of examples consumed, and a resume skips exactly those.
+
+        ``max_tokens_per_step`` (in-memory input, opt-in) replaces batches of ``batch_size`` pairs by batches of
+        a token budget (fairseq's ``max_tokens``): every step is one packed shape of about that many tokens
+        (all devices together; rows as long as the longest pair) holding as many pairs as fit, so nearly no
+        token is padding and the run compiles once; the pairs per step vary, and each step's loss is the mean
+        over its own pairs. The epoch's pairs are taken in the shuffled order, each once.
         """
         from crossjax.fit_loop import FitConfig, FitResult, FitTarget, adamw_settings, run_fit
 
@@ -594,6 +601,7 @@ class CrossEncoder:
             max_steps=max_steps,
             batch_size=batch_size,
             shuffle_buffer_size=shuffle_buffer_size,
+            max_tokens_per_step=max_tokens_per_step,
         )
         if output_path is not None:
             self._check_exportable()  # an unexportable activation must fail now, not at the first save hours later

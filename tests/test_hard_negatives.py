@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import shared_data
+from conftest import save_tiny_bert, shared_data
 from datasets import Dataset
 
 from crossjax import CrossEncoder
@@ -149,24 +149,9 @@ def test_precomputed_embeddings_mine_like_sentence_transformers(bi_encoder, trec
 
 
 def _tiny_checkpoint(directory: Path, tokenizer_dir: Path) -> Path:
-    import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer, BertConfig
+    from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    torch.manual_seed(3)
-    config = BertConfig(
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=37,
-        max_position_embeddings=128,
-        initializer_range=0.2,  # widely spread scores: the margin filter is not decided by round-off
-        num_labels=1,
-    )
-    AutoModelForSequenceClassification.from_config(config).save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    return directory
+    return save_tiny_bert(directory, AutoTokenizer.from_pretrained(tokenizer_dir), seed=3, initializer_range=0.2)
 
 
 def test_cross_encoder_rescoring_equals_sentence_transformers(bi_encoder, trecqa, minilm_dir, tmp_path):

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import shared_data
+from conftest import save_tiny_bert, shared_data
 
 from crossjax import CrossEncoder, DataLoader, InputExample
 from crossjax.evaluation import CrossEncoderBEIREvaluator, CrossEncoderRerankingEvaluator, load_beir_folder
@@ -214,23 +214,9 @@ def test_beir_folder_reading_and_bad_input(tmp_path):
 
 
 def _tiny_checkpoint(directory: Path, tokenizer_dir: Path) -> Path:
-    import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer, BertConfig
+    from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
-    torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=37,
-        max_position_embeddings=128,
-        num_labels=1,
-    )
-    AutoModelForSequenceClassification.from_config(config).save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    return directory
+    return save_tiny_bert(directory, AutoTokenizer.from_pretrained(tokenizer_dir), seed=0)
 
 
 def test_beir_evaluator_drives_fit_best_model(minilm_dir, tmp_path):

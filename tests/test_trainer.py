@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import save_tiny_bert
 
 from crossjax import CrossEncoder, losses
 from crossjax.trainer import CrossEncoderTrainer
@@ -33,26 +34,6 @@ def _text(rng: np.random.Generator, n: int) -> str:
     return " ".join(rng.choice(WORDS, size=n))
 
 
-def _save_tiny(directory: Path, tokenizer, num_labels: int) -> Path:
-    import torch
-    from transformers import AutoModelForSequenceClassification, BertConfig
-
-    torch.manual_seed(7 + num_labels)
-    config = BertConfig(
-        vocab_size=tokenizer.vocab_size,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        intermediate_size=37,
-        max_position_embeddings=128,
-        initializer_range=0.2,
-        hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0,
-        num_labels=num_labels,
-    )
-    AutoModelForSequenceClassification.from_config(config).save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    return directory
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +41,8 @@ def tiny_dirs(minilm_dir, tmp_path_factory) -> dict[int, Path]:
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(minilm_dir))
-    return {n: _save_tiny(tmp_path_factory.mktemp(f"tiny{n}"), tokenizer, n) for n in (1, 3)}
+    settings = dict(dropout=0.0, initializer_range=0.2)
+    return {n: save_tiny_bert(tmp_path_factory.mktemp(f"tiny{n}"), tokenizer, n, seed=7 + n, **settings) for n in (1, 3)}
 
 
 def _dataset(kind: str) -> dict[str, list]:

@@ -685,11 +685,12 @@ def _run_fit(
             logs.RunInfo(
                 total_steps=total_steps,
                 start_step=start_step,
+                steps_per_epoch=getattr(data, "steps_per_epoch", None),
                 train_examples=train_examples,
                 train_samples=train_samples,
                 loss=describe_callable(loss_fn),
                 activation=describe_callable(activation),
-                config=_settings(cfg),
+                config={**_settings(cfg), "batch_size": data.batch_size},
                 default_config=_settings(FitConfig()),
                 devices=logs.describe_devices(plan.mesh.devices.flat),
                 previous_records=training_log.previous_records(start_step) if training_log else [],

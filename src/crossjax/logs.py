@@ -47,6 +47,7 @@ class RunInfo:
 
     total_steps: int
     start_step: int = 0  # > 0 when resumed from a checkpoint
+    steps_per_epoch: int | None = None  # None for a stream
     train_examples: int | None = None  # None for a stream (unknown length)
     train_samples: list[tuple[list[str], Any]] = field(default_factory=list)  # the first few (texts, label)
     loss: str = ""  # the resolved loss function (fit's description of it)
@@ -194,6 +195,8 @@ class TrainingLog(RunCallback):
             for record in self.records:
                 f.write(json.dumps(record) + "\n")
         os.replace(tmp, self.metrics_path)
+        if info.start_step == 0:
+            self.curves_path.unlink(missing_ok=True)  # an earlier run's curves; this run draws its own at the end
         self._file = open(self.metrics_path, "a", encoding="utf-8")  # noqa: SIM115 - closed in on_train_end
         if self.tensorboard is not False and tensorboard_available():
             from tensorboardX import SummaryWriter

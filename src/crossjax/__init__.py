@@ -15,6 +15,7 @@ _LAZY = {
     "InputExample": "crossjax.data",
     "DataLoader": "crossjax.data",
     "FlaxAutoModelForSequenceClassification": "crossjax.models",
+    "CrossEncoderModelCardData": "crossjax.model_card",
 }
 
 __all__ = ["__version__", *_LAZY]

@@ -766,14 +766,19 @@ def _framework_and_citation() -> str:
 class CardRecorder(RunCallback):
     """The fit loop's callback that records a run into ``model.model_card_data`` (via ``set_training``).
 
+    ``record_setup`` False leaves the data set, loss and hyperparameters to the caller (a trainer that knows
+    its ``datasets.Dataset``, loss object and arguments records them with ``set_training`` itself); the
+    recorder then only adds the log history, devices, timing and the saved step.
+
     At the end of a run that saved its best model to ``output_path`` during training, the README there is
     rewritten so its training-log table covers the whole run (with the saved step in bold) and embeds the
     curves PNG; its evaluation section keeps the results of the saved model.
     """
 
-    def __init__(self, model: Any, output_path: str | os.PathLike | None) -> None:
+    def __init__(self, model: Any, output_path: str | os.PathLike | None, record_setup: bool = True) -> None:
         self.model = model
         self.output_path = output_path
+        self.record_setup = record_setup
         self.records: list[dict[str, Any]] = []
         self.saved_step: int | None = None
         self.saved_eval_results: dict[Any, dict[str, Any]] = {}
@@ -781,16 +786,20 @@ class CardRecorder(RunCallback):
     def on_train_begin(self, info: RunInfo) -> None:
         self.started = time.perf_counter()
         self.records = list(info.previous_records)
-        columns = ["sentence_0", "sentence_1", "label"]
-        samples = [dict(zip(columns, [*texts, label], strict=True)) for texts, label in info.train_samples]
+        setup = {}
+        if self.record_setup:  # legacy fit: columns named as sentence-transformers' fit names them
+            columns = ["sentence_0", "sentence_1", "label"]
+            setup = dict(
+                dataset_size=info.train_examples,
+                columns=columns,
+                samples=[dict(zip(columns, [*texts, label], strict=True)) for texts, label in info.train_samples],
+                loss=info.loss,
+                loss_config={"activation_fct": info.activation},
+                args=info.config,
+                default_args=info.default_config,
+            )
         self.model.model_card_data.set_training(
-            dataset_size=info.train_examples,
-            columns=columns,
-            samples=samples,
-            loss=info.loss,
-            loss_config={"activation_fct": info.activation},
-            args=info.config,
-            default_args=info.default_config,
+            **setup,
             log_history=self.records,
             steps_per_epoch=info.steps_per_epoch,
             logging_steps=info.config.get("logging_steps"),

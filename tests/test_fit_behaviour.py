@@ -191,7 +191,10 @@ def nan_on_sentinel(logits, labels, example_mask):
 
 
 def _snapshot(directory: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+    """The model files of an output folder (not the run's logs, which every run writes there)."""
+    logs = ("metrics.jsonl", "training_curves.png", "runs")
+    files = [p for p in sorted(directory.rglob("*")) if p.is_file() and p.relative_to(directory).parts[0] not in logs]
+    return {str(p.relative_to(directory)): p.read_bytes() for p in files}
 
 
 def test_nan_loss_stops_training_and_keeps_last_good_model(tiny_dir, tmp_path):

@@ -42,7 +42,7 @@ def tiny_dirs(minilm_dir, tmp_path_factory) -> dict[int, Path]:
 
     tokenizer = AutoTokenizer.from_pretrained(str(minilm_dir))
     settings = dict(dropout=0.0, initializer_range=0.2)
-    return {n: save_tiny_bert(tmp_path_factory.mktemp(f"tiny{n}"), tokenizer, n, seed=7 + n, **settings) for n in (1, 3)}
+    return {n: save_tiny_bert(tmp_path_factory.mktemp(f"t{n}"), tokenizer, n, seed=7 + n, **settings) for n in (1, 3)}
 
 
 def _dataset(kind: str) -> dict[str, list]:

@@ -18,6 +18,7 @@ _LAZY = {
     "CrossEncoderTrainer": "crossjax.trainer",
     "CrossEncoderTrainingArguments": "crossjax.training_args",
     "BatchSamplers": "crossjax.training_args",
+    "CrossEncoderModelCardData": "crossjax.model_card",
 }
 
 __all__ = ["__version__", *_LAZY]

@@ -20,6 +20,7 @@ from flax import nnx
 
 from crossjax import data as data_lib
 from crossjax import losses, packing, training
+from crossjax.model_card import CardRecorder, CrossEncoderModelCardData, generate_model_card, write_model_card
 from crossjax.models.auto import load_config, model_class_for
 from crossjax.models.checkpoints import resolve_checkpoint_dir
 from crossjax.models.export import ST_CONFIG
@@ -109,7 +110,9 @@ class CrossEncoder:
     float32), ``seed`` (head initialisation and dropout), ``sharding`` ("replicated" or "fsdp"),
     ``max_shapes`` (how many static shapes packed batches may take per fit or predict call, i.e. programs
     compiled; see :mod:`crossjax.packing`) and ``scan_layers`` (stacked layers under
-    ``nnx.scan``, compiled once whatever the depth; False unrolls them).
+    ``nnx.scan``, compiled once whatever the depth; False unrolls them). ``model_card_data`` (a
+    :class:`~crossjax.model_card.CrossEncoderModelCardData`, as in sentence-transformers) sets what the model
+    card written by ``save`` says (language, license, model_id, datasets, base_model ...).
     """
 
     def __init__(
@@ -132,6 +135,7 @@ class CrossEncoder:
         model_kwargs: dict | None = None,
         processor_kwargs: dict | None = None,
         backend: str = "torch",
+        model_card_data: CrossEncoderModelCardData | None = None,
         compute_dtype: str | Any | None = None,
         seed: int = 0,
         sharding: str = "replicated",
@@ -207,6 +211,9 @@ class CrossEncoder:
         else:
             self.activation_fn = losses.sigmoid if self.num_labels == 1 else losses.identity
         self._predict_graphdefs: dict = {}  # compute dtype name -> eval-mode graph of the model
+        self.model_card_data = CrossEncoderModelCardData.coerce(model_card_data)
+        if self.model_card_data.base_model is None and not Path(model_name_or_path).exists():
+            self.model_card_data.base_model = str(model_name_or_path)  # a hub id
         self.compilations = {"train": 0, "predict": 0}
         self.training_history: list[dict[str, float]] = []
         self.best_score: float | None = None
@@ -442,12 +449,21 @@ class CrossEncoder:
     def save(self, path: str | os.PathLike, **kwargs: Any) -> Path | None:
         """Export a Hugging Face model (+ tokenizer and sentence-transformers metadata) to ``path``.
 
-        In a multi-process run every process must call it (parameters are gathered); only process 0 writes.
+        ``README.md`` is a model card in sentence-transformers' layout (see :mod:`crossjax.model_card`); a card
+        that cannot be generated is skipped with a warning, never failing the save.
+
+        In a multi-process run every process must call it (parameters are gathered, the card's usage example
+        is scored); only process 0 writes.
         """
         if path is None:
             return None
         params = nnx.state(self.model, nnx.Param)
         gathered = jax.jit(lambda p: p, out_shardings=self.mesh_plan.replicated)(params)
+        try:
+            self.model_card_data.prepare_usage_example(self)
+        except Exception as e:  # noqa: BLE001 - the card then shows the snippet without scores
+            logger.warning("Could not score the model card's usage example: %s", e)
+            self.model_card_data.usage_examples = None
         if not is_main_process():
             return None
         model = nnx.merge(nnx.graphdef(self.model), gathered, nnx.state(self.model, nnx.Not(nnx.Param)))
@@ -459,6 +475,10 @@ class CrossEncoder:
             prompts=self.prompts,
             default_prompt_name=self.default_prompt_name,
         )
+        try:
+            write_model_card(out, generate_model_card(self, out))
+        except Exception as e:  # noqa: BLE001 - the model is saved; the card is documentation
+            logger.warning("Could not write the model card to %s: %s", out, e)
         logger.info("Saved model to %s", out)
         return out
 
@@ -541,6 +561,7 @@ class CrossEncoder:
         batch_size: int | None = None,
         shuffle_buffer_size: int = 0,
         max_tokens_per_step: int | None = None,
+        log_dir: str | None = None,
     ) -> dict[str, Any]:
         """Train like sentence-transformers' legacy ``fit`` (see its docs); returns a summary of the run.
 
@@ -574,6 +595,10 @@ class CrossEncoder:
         (all devices together; rows as long as the longest pair) holding as many pairs as fit, so nearly no
         token is padding and the run compiles once; the pairs per step vary, and each step's loss is the mean
         over its own pairs. The epoch's pairs are taken in the shuffled order, each once.
+        **Logs** (see :mod:`crossjax.logs`): ``metrics.jsonl`` (every step's loss, learning rate, gradient norm
+        and pairs/s, every evaluation's metrics), TensorBoard event files under ``runs/`` (with tensorboardX
+        installed) and ``training_curves.png`` (with matplotlib) are written to ``log_dir``, default
+        ``output_path``; neither given: no log files. The model card saved with the model records the run.
         """
         from crossjax.fit_loop import FitConfig, FitResult, FitTarget, adamw_settings, run_fit
 
@@ -602,6 +627,7 @@ class CrossEncoder:
             batch_size=batch_size,
             shuffle_buffer_size=shuffle_buffer_size,
             max_tokens_per_step=max_tokens_per_step,
+            log_dir=log_dir,
         )
         if output_path is not None:
             self._check_exportable()  # an unexportable activation must fail now, not at the first save hours later
@@ -614,6 +640,7 @@ class CrossEncoder:
             pad_id=self._pad_id,
             save=self.save,
             evaluate=None if evaluator is None else _EvaluatorHook(self, evaluator),
+            callbacks=[CardRecorder(self, output_path)],
         )
         result = FitResult(history=[])
         self.training_history = result.history  # filled as the run goes, so an interrupted run keeps it too

@@ -26,7 +26,7 @@ import numpy as np
 from flax import nnx
 
 from crossjax import data as data_lib
-from crossjax import losses, packing, streaming, training
+from crossjax import logs, losses, packing, streaming, training
 from crossjax.models.base import FlaxPreTrainedModel
 from crossjax.models.export import check_local_path
 from crossjax.parallel import MeshPlan, put_global
@@ -70,6 +70,7 @@ class FitConfig:
     # evaluate_each_epoch).
     evaluation_global_steps: bool = False
     evaluate_each_epoch: bool = True
+    log_dir: str | None = None  # metrics.jsonl, TensorBoard events, curves PNG (see crossjax.logs); default output_path
 
     def validate(self) -> None:
         def positive_int(name: str, value: Any, minimum: int = 1) -> None:
@@ -94,6 +95,7 @@ class FitConfig:
         if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
             raise ValueError(f"optimizer_params['lr'] must be a positive number, got {self.learning_rate!r}")
         check_local_path(self.output_path, "output_path")
+        check_local_path(self.log_dir, "log_dir")
         if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
             raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
         if not (math.isfinite(self.adam_eps) and self.adam_eps >= 0):
@@ -197,6 +199,7 @@ class FitTarget:
     # Called after every step with (global step, epoch, sync): ``sync()`` brings the model up to date with the
     # step (its arrays are the state's, valid until the next step runs); returning True stops the run.
     on_step: Callable[[int, int, Callable[[], None]], bool | None] | None = None
+    callbacks: list[logs.RunCallback] = field(default_factory=list)  # e.g. the model card's recorder
 
 
 @dataclass
@@ -221,14 +224,21 @@ _NOT_IN_FINGERPRINT = (
     "checkpoint_save_total_limit",
     "batch_size",  # fingerprinted as the batch size actually used
     "shuffle_buffer_size",  # fingerprinted for streams, where it applies
+    "log_dir",
 )
 
 
 def run_settings(cfg: FitConfig) -> dict[str, Any]:
     """Every setting that shapes the training trajectory, JSON-friendly (for resume fingerprints)."""
-    settings = {k: v for k, v in asdict(cfg).items() if k not in _NOT_IN_FINGERPRINT}
+    # tuples become lists, as they come back from JSON
+    return {k: v for k, v in _settings(cfg).items() if k not in _NOT_IN_FINGERPRINT}
+
+
+def _settings(cfg: FitConfig) -> dict[str, Any]:
+    """Every FitConfig field, JSON-friendly (the dtype by name), for logs and the model card."""
+    settings = asdict(cfg)
     settings["compute_dtype"] = jnp.dtype(cfg.compute_dtype).name
-    return json.loads(json.dumps(settings, default=repr))  # tuples -> lists, as they come back from JSON
+    return json.loads(json.dumps(settings, default=repr))
 
 
 def describe_callable(fn: Any) -> str:
@@ -243,21 +253,35 @@ def describe_callable(fn: Any) -> str:
 
 
 class _Metrics:
-    """Device-side metrics of recent steps, fetched to the host only when flushed."""
+    """Device-side metrics of recent steps, fetched to the host only when flushed.
 
-    def __init__(self, history: list[dict[str, float]], schedule) -> None:
+    Each flushed step's record gets the throughput of its window (pairs trained since the last flush over the
+    wall time since then, evaluations and checkpoints excluded via :meth:`restart_clock`) and goes to
+    ``history`` and to ``on_record`` (the run's callbacks)."""
+
+    def __init__(self, history: list[dict[str, float]], schedule, on_record: Callable[[dict], None]) -> None:
         self.pending: list[tuple[int, int, dict]] = []
         self.history = history
         self.schedule = schedule
+        self.on_record = on_record
         self.last_loss = float("nan")
+        self.pairs_per_second = float("nan")
+        self.restart_clock()
 
-    def add(self, step: int, epoch: int, metrics: dict) -> None:
+    def restart_clock(self) -> None:
+        self.window_start = time.perf_counter()
+        self.window_pairs = 0
+
+    def add(self, step: int, epoch: int, metrics: dict, pairs: int) -> None:
         self.pending.append((step, epoch, metrics))
+        self.window_pairs += pairs
 
     def flush(self) -> None:
         if not self.pending:
             return
-        fetched = jax.device_get([m for _, _, m in self.pending])
+        fetched = jax.device_get([m for _, _, m in self.pending])  # waits for the window's steps to finish
+        self.pairs_per_second = self.window_pairs / max(time.perf_counter() - self.window_start, 1e-9)
+        self.restart_clock()
         for (step, epoch, _), m in zip(self.pending, fetched, strict=True):
             loss = float(m["loss"])
             if not bool(m["finite"]):
@@ -275,15 +299,16 @@ class _Metrics:
                     "last model saved to output_path is untouched. Lower the learning rate, check the labels, "
                     "or use float32 compute."
                 )
-            self.history.append(
-                {
-                    "step": step,
-                    "epoch": epoch,
-                    "loss": loss,
-                    "grad_norm": float(m["grad_norm"]),
-                    "learning_rate": float(self.schedule(step - 1)),
-                }
-            )
+            record = {
+                "step": step,
+                "epoch": epoch,
+                "loss": loss,
+                "grad_norm": float(m["grad_norm"]),
+                "learning_rate": float(self.schedule(step - 1)),
+                "pairs_per_second": self.pairs_per_second,
+            }
+            self.history.append(record)
+            self.on_record(record)
             self.last_loss = loss
         self.pending = []
 
@@ -343,6 +368,8 @@ class _InMemoryData:
         plan.check_batch_size(batch_size)
         step_rows = batch_size * cfg.gradient_accumulation_steps
         n = len(self.labels)
+        k = CARD_SAMPLES
+        self.samples = [([a, b], y) for a, b, y in zip(texts_a[:k], texts_b[:k], self.labels[:k].tolist(), strict=True)]
         self.steps_per_epoch = len(data_lib.plan_batches(np.zeros(n, np.int32), step_rows, False, 0, 0, drop_last))
         if self.steps_per_epoch == 0:
             raise ValueError(f"no full batch of {step_rows} examples with drop_last=True: {n} examples only")
@@ -443,10 +470,15 @@ class _InMemoryData:
     def summary(self) -> dict[str, Any]:
         return {}
 
+    def describe(self) -> tuple[int | None, list[tuple[list[str], Any]]]:
+        """The number of training examples and the first few (texts, label), for logs and the model card."""
+        return len(self.labels), self.samples
+
     def close(self) -> None:
         pass
 
 
+CARD_SAMPLES = 3  # training examples shown in the model card
 STREAM_LOOKAHEAD = 32  # a stream's first steps, held to plan the packed shapes (R and the row lengths)
 
 
@@ -556,6 +588,9 @@ class _StreamData:
     def summary(self) -> dict[str, Any]:
         return {"stream_examples": self.position}  # examples of the stream trained on (the data position)
 
+    def describe(self) -> tuple[int | None, list[tuple[list[str], Any]]]:
+        return None, []  # a stream's length is unknown, and its examples are only held tokenized
+
     def close(self) -> None:
         if self.reader is not None:
             self.reader.close()
@@ -656,7 +691,10 @@ def _run_fit(
     healthy = put_global(np.array(True), plan.replicated)
     used_shapes: set[tuple[int, ...]] = set()
 
-    metrics = _Metrics(result.history, schedule)
+    log_dir = cfg.log_dir if cfg.log_dir is not None else cfg.output_path
+    training_log = logs.TrainingLog(log_dir) if log_dir is not None else None
+    events = logs.RunCallbacks([training_log, *target.callbacks] if training_log else target.callbacks)
+    metrics = _Metrics(result.history, schedule, events.on_log)
     stats = data_lib.PaddingStats()
     result.best_score = -9999999 if best_score is None else best_score
     bar = progress_bar(
@@ -682,10 +720,13 @@ def _run_fit(
         metrics.flush()
         sync_model()
         score = evaluate_fn(cfg.output_path, epoch, steps)
+        primary = getattr(evaluate_fn, "primary_metric", None)
+        events.on_evaluate(global_step, epoch, logs.evaluation_metrics(score, primary))
         if callback is not None:
             callback(score, epoch, steps)
-        primary = getattr(evaluate_fn, "primary_metric", None)
-        if isinstance(score, dict):
+        if getattr(evaluate_fn, "tracks_best", False):  # the trainer keeps its own best model
+            score = None
+        elif isinstance(score, dict):
             if primary in score:
                 score = score[primary]
             elif len(score) == 1:
@@ -695,19 +736,39 @@ def _run_fit(
         if score is not None and score > result.best_score:
             result.best_score = float(score)
             if cfg.save_best_model and cfg.output_path is not None:
+                events.on_save(global_step)
                 target.save(cfg.output_path)
+        metrics.restart_clock()  # the throughput of the next logged steps leaves evaluation time out
 
     def save_checkpoint(epoch: int) -> None:
         metrics.flush()  # never checkpoint a state whose last loss was not finite
         checkpointer.save(
             global_step, state, {"best_score": result.best_score, "epoch": epoch, **data.checkpoint_meta()}
         )
+        metrics.restart_clock()
 
     def maybe_checkpoint(epoch: int) -> None:
         if checkpointer is not None and global_step % cfg.checkpoint_save_steps == 0 and global_step > start_step:
             save_checkpoint(epoch)
 
+    completed = False
     try:
+        train_examples, train_samples = data.describe()
+        events.on_train_begin(
+            logs.RunInfo(
+                total_steps=total_steps,
+                start_step=start_step,
+                steps_per_epoch=getattr(data, "steps_per_epoch", None),
+                train_examples=train_examples,
+                train_samples=train_samples,
+                loss=describe_callable(loss_fn),
+                activation=describe_callable(activation),
+                config={**_settings(cfg), "batch_size": data.batch_size},
+                default_config=_settings(FitConfig()),
+                devices=logs.describe_devices(plan.mesh.devices.flat),
+                previous_records=training_log.previous_records(start_step) if training_log else [],
+            )
+        )
         for step in data.steps():
             stats.add(step.batch)
             used_shapes.add(tuple(step.batch.input_ids.shape))
@@ -717,12 +778,11 @@ def _run_fit(
             global_step += 1
             last_epoch = step.epoch
             trained_pairs += step.pairs
-            metrics.add(global_step, step.epoch, step_metrics)
+            metrics.add(global_step, step.epoch, step_metrics, step.pairs)
             if global_step % cfg.logging_steps == 0:
                 metrics.flush()
                 if bar is not None:
-                    rate = trained_pairs / max(time.perf_counter() - started, 1e-9)
-                    bar.set_postfix(loss=f"{metrics.last_loss:.4f}", pairs_per_s=f"{rate:.1f}")
+                    bar.set_postfix(loss=f"{metrics.last_loss:.4f}", pairs_per_s=f"{metrics.pairs_per_second:.1f}")
             if bar is not None:
                 bar.update(1)
             counted = global_step if cfg.evaluation_global_steps else step.steps_in_epoch
@@ -738,6 +798,7 @@ def _run_fit(
         metrics.flush()
         if checkpointer is not None and global_step % cfg.checkpoint_save_steps != 0 and global_step > start_step:
             save_checkpoint(last_epoch)
+        completed = True
     finally:
         # Ctrl-C, an evaluator or callback error, OOM, a checkpoint error or a non-finite loss: the model keeps
         # the last completed step's parameters (the state was only ever replaced by finished steps).
@@ -747,7 +808,9 @@ def _run_fit(
             bar.close()
         if checkpointer is not None:
             checkpointer.close()
+        events.on_train_end(completed)  # closes the logs (a killed run keeps them) and draws the curves
     if evaluate_fn is None and cfg.output_path is not None:
+        events.on_save(global_step)
         target.save(cfg.output_path)
     elapsed = time.perf_counter() - started
     traced = sum(p.counter.count - before for p, before in zip(programs, traced_before, strict=True))

@@ -330,6 +330,14 @@ class ListData:
             last = index + 1 == self.steps_per_epoch or global_step + 1 == self.total_steps
             yield TrainStep(epoch, index + 1, last, self.pack(laid), len(laid.tokenized))
 
+    def describe(self) -> tuple[int | None, list[tuple[list[Any], Any]]]:
+        """The number of rows and the first three (inputs, label), for logs and the model card."""
+        samples = [
+            ([column[i] for column in self.columns], None if self.labels is None else self.labels[i])
+            for i in range(min(3, self.rows))
+        ]
+        return self.rows, samples
+
     def pack(self, laid: ListStep) -> packing.PackedBatch:
         return pack_list_step(
             laid, self.packing_plan, self.queries_per_group, self.docs, self.label_width, self.target.pad_id
@@ -388,6 +396,10 @@ class MultiListData:
             "losses": [f"{type(s.loss).__qualname__}({s.loss.get_config_dict()})" for s in self.sources],
             "sampler": self.sampler,
         }
+
+    def describe(self) -> tuple[int | None, list[tuple[list[Any], Any]]]:
+        described = [source.describe() for source in self.sources]
+        return sum(rows for rows, _ in described), described[0][1]
 
     def resume(self, meta: dict[str, Any]) -> None:
         """Nothing to restore: the global step says where the plan continues."""

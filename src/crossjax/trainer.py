@@ -30,6 +30,7 @@ from flax import nnx
 
 from crossjax import losses, training
 from crossjax.list_batches import ListData, MultiListData
+from crossjax.model_card import CardRecorder
 from crossjax.training_args import CrossEncoderTrainingArguments
 
 logger = logging.getLogger("crossjax")
@@ -233,7 +234,7 @@ class CrossEncoderTrainer:
             sampler=args.batch_sampler.value if train else "sequential",
         )
 
-    def _fit_target(self, evaluate: Callable | None = None, on_step: Callable | None = None):
+    def _fit_target(self, evaluate: Callable | None = None, on_step: Callable | None = None, callbacks=()):
         from crossjax.fit_loop import FitTarget
 
         model = self.model
@@ -247,6 +248,7 @@ class CrossEncoderTrainer:
             save=model.save,
             evaluate=evaluate,
             on_step=on_step,
+            callbacks=list(callbacks),
         )
 
     # ----------------------------------------------------------------------------------------- train
@@ -287,14 +289,18 @@ class CrossEncoderTrainer:
             checkpoint_save_steps=save_every,
             checkpoint_save_total_limit=args.save_total_limit,
             max_steps=total,
+            log_dir=args.extra.get("logging_dir") or args.output_dir,
         )
         self.state = TrainerState(max_steps=total, num_train_epochs=data.epochs)
         self.control = TrainerControl()
         result = FitResult(history=[])
         run = _RunHooks(self, data, result, logging_every)
         data.target = self._fit_target(
-            evaluate=run.evaluate if args.eval_strategy != "no" else None, on_step=run.on_step
+            evaluate=run if args.eval_strategy != "no" else None,
+            on_step=run.on_step,
+            callbacks=[CardRecorder(self.model, None, record_setup=False)],
         )
+        self._record_card(data)
         self.model.training_history = result.history
         self._call_back("on_train_begin")
         started = time.perf_counter()
@@ -322,6 +328,24 @@ class CrossEncoderTrainer:
         if args.push_to_hub:
             self.model.push_to_hub(args.extra["hub_model_id"])
         return TrainOutput(global_step, training_loss, {**metrics, **result.summary})
+
+    def _record_card(self, data: Any) -> None:
+        """The model card's training details: datasets, loss and arguments (the run adds logs and timing)."""
+        card = getattr(self.model, "model_card_data", None)
+        if card is None:
+            return
+        dataset = self.train_dataset
+        if isinstance(dataset, dict) and _is_dataset_dict(dataset):
+            dataset = next(iter(dataset.values()))
+        loss = self.loss if not isinstance(self.loss, dict) else next(iter(self.loss.values()))
+        card.set_training(
+            dataset=dataset if hasattr(dataset, "column_names") else None,
+            dataset_size=None if hasattr(dataset, "column_names") else data.describe()[0],
+            loss=loss,
+            args=self.args.to_dict(),
+            default_args=CrossEncoderTrainingArguments().to_dict(),
+            steps_per_epoch=data.steps_per_epoch,
+        )
 
     def _checkpoint_path(self, resume: str | bool | None) -> str | None:
         """Where the orbax checkpoints go; an earlier run's checkpoints are resumed only when asked."""
@@ -388,7 +412,12 @@ class CrossEncoderTrainer:
 
 
 class _RunHooks:
-    """The trainer's side of one run: logging, evaluation, best-model tracking and callbacks."""
+    """The trainer's side of one run: logging, evaluation, best-model tracking and callbacks. Called as the
+    loop's evaluator, it returns the metrics without the ``eval_`` prefix (the run's logs add it) and keeps the
+    best model itself (``tracks_best``), by ``metric_for_best_model`` and ``greater_is_better``."""
+
+    tracks_best = True
+    primary_metric = None
 
     def __init__(self, trainer: CrossEncoderTrainer, data: ListData, result: Any, logging_every: int) -> None:
         self.trainer, self.data, self.result, self.logging_every = trainer, data, result, logging_every
@@ -429,7 +458,7 @@ class _RunHooks:
         self.trainer.state.log_history.append(entry)
         self.trainer._call_back("on_log", logs=entry)
 
-    def evaluate(self, output_path: str | None, epoch: int, steps: int) -> float | None:
+    def __call__(self, output_path: str | None, epoch: int, steps: int) -> dict[str, float]:
         trainer, state, args = self.trainer, self.trainer.state, self.trainer.args
         metrics = trainer.evaluate()
         step = state.global_step + 1  # the loop evaluates right after a step, before its on_step
@@ -437,8 +466,9 @@ class _RunHooks:
         state.log_history.append(entry)
         trainer._call_back("on_evaluate", metrics=metrics)
         name = args.metric_for_best_model
+        unprefixed = {k.removeprefix("eval_"): v for k, v in metrics.items()}
         if name is None:
-            return None
+            return unprefixed
         key = name if name.startswith("eval_") else f"eval_{name}"
         if key not in metrics:
             raise KeyError(f"metric_for_best_model={name!r}: the evaluation returned {sorted(metrics)}")
@@ -450,4 +480,4 @@ class _RunHooks:
             state.best_metric, state.best_global_step = value, step
             if args.load_best_model_at_end:
                 self.best_params = jax.device_get(nnx.state(trainer.model.model, nnx.Param))
-        return value if args.greater_is_better else -value
+        return unprefixed

@@ -1,0 +1,207 @@
+"""The model card (README.md) that ``save`` and ``fit`` write, on a tiny random BERT.
+
+Oracles: ``huggingface_hub.ModelCard.load`` (the hub's own parser and metadata validation), the evaluator's
+CSV file for every number of the card, sentence-transformers 6.2 and PyTorch transformers running the card's
+usage snippets as written, crossjax's ``predict`` on the saved folder.
+"""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import csv
+import io
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_fit_behaviour import _save_tiny, compilation_cache, make_examples  # noqa: F401 (module fixture)
+
+from crossjax import CrossEncoder, CrossEncoderModelCardData, DataLoader
+from crossjax.evaluation import CECorrelationEvaluator
+from crossjax.logs import CURVES_FILE
+
+FAST = {"scheduler": "constantlr", "optimizer_params": {"lr": 1e-3}, "show_progress_bar": False}
+
+
+@pytest.fixture(scope="module")
+def tiny_dirs(minilm_dir, tmp_path_factory) -> dict[int, Path]:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(minilm_dir)
+    return {n: _save_tiny(tmp_path_factory.mktemp(f"tiny_card{n}"), tokenizer, n) for n in (1, 3)}
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_dirs, tmp_path_factory):
+    """2 epochs of 4 steps (the data and batches of test_training_logs: compiled programs are shared)."""
+    out = tmp_path_factory.mktemp("card") / "model"
+    card_data = CrossEncoderModelCardData(
+        language="en",
+        license="apache-2.0",
+        train_datasets=[{"name": "Toy pairs", "id": "someone/toy-pairs"}],
+        base_model="someone/tiny-bert",
+    )
+    model = CrossEncoder(tiny_dirs[1], max_length=32, model_card_data=card_data)
+    evaluator = CECorrelationEvaluator.from_input_examples(make_examples(12, seed=5), name="dev")
+    summary = model.fit(
+        DataLoader(make_examples(16, seed=3), batch_size=4, shuffle=True),
+        evaluator=evaluator,
+        epochs=2,
+        evaluation_steps=2,
+        logging_steps=3,
+        output_path=str(out),
+        **FAST,
+    )
+    return model, summary, out
+
+
+def _csv_rows(out: Path) -> list[dict[str, float]]:
+    with open(out / "CrossEncoderCorrelationEvaluator_dev_results.csv", newline="") as f:
+        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def _saved_row(out: Path) -> dict[str, float]:
+    """The CSV row of the saved model: the first evaluation with the best Spearman (fit saves on improvement)."""
+    rows = _csv_rows(out)
+    best = max(r["Spearman_Correlation"] for r in rows)
+    return next(r for r in rows if r["Spearman_Correlation"] == best)
+
+
+def _section(text: str, heading: str) -> str:
+    """From ``heading`` to the next heading of the same or a higher level (code blocks' comments are no headings)."""
+    lines = text[text.index(heading) :].splitlines()
+    level, in_code = heading.count("#"), False
+    for i, line in enumerate(lines[1:], 1):
+        in_code = in_code != line.lstrip().startswith("```")
+        hashes = re.match(r"(#+) ", line)
+        if not in_code and hashes and len(hashes.group(1)) <= level:
+            return "\n".join(lines[:i])
+    return "\n".join(lines)
+
+
+def _table(section: str) -> list[dict[str, str]]:
+    lines = [line.strip() for line in section.splitlines() if line.strip().startswith("|")]
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    return [dict(zip(header, (c.strip() for c in line.strip("|").split("|")), strict=True)) for line in lines[2:]]
+
+
+def _code_block(section: str) -> str:
+    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
+
+
+def _number(cell: str) -> float:
+    return float(cell.strip("*"))
+
+
+def test_card_metadata_parses_with_huggingface_hub(trained):
+    from huggingface_hub import ModelCard
+
+    model, _, out = trained
+    card = ModelCard.load(out / "README.md")
+    data = card.data
+    assert data.library_name == "sentence-transformers"
+    assert data.pipeline_tag == "text-ranking"
+    for tag in ("sentence-transformers", "cross-encoder", "reranker", "jax", "flax", "generated_from_trainer"):
+        assert tag in data.tags
+    assert data.base_model == "someone/tiny-bert"
+    assert data.datasets == ["someone/toy-pairs"]
+    assert data.language == ["en"] and data.license == "apache-2.0"
+    assert data.metrics == ["pearson", "spearman"]
+    saved = _saved_row(out)
+    values = {r.metric_type: r.metric_value for r in data.eval_results}
+    assert values == {"pearson": saved["Pearson_Correlation"], "spearman": saved["Spearman_Correlation"]}
+    assert {r.dataset_type for r in data.eval_results} == {"dev"}
+
+
+def test_every_number_of_the_evaluation_table_is_the_saved_models_csv_row(trained):
+    _, summary, out = trained
+    text = (out / "README.md").read_text()
+    table = {row["Metric"].strip("*"): row["Value"] for row in _table(_section(text, "## Evaluation"))}
+    saved = _saved_row(out)
+    assert set(table) == {"pearson", "spearman"}
+    assert _number(table["pearson"]) == round(saved["Pearson_Correlation"], 4)
+    assert _number(table["spearman"]) == round(saved["Spearman_Correlation"], 4)
+    assert table["spearman"].startswith("**")  # the primary metric, in bold as sentence-transformers marks it
+    assert saved["Spearman_Correlation"] == pytest.approx(summary["best_score"])
+
+
+def test_training_log_table_marks_the_saved_step_and_the_card_embeds_the_curves(trained):
+    model, _, out = trained
+    text = (out / "README.md").read_text()
+    logs = _section(text, "### Training Logs")
+    assert f"]({CURVES_FILE})" in logs and (out / CURVES_FILE).is_file()
+    rows = _table(logs)
+    assert [int(r["Step"].strip("*")) for r in rows] == [2, 3, 4, 6, 8]  # evaluations, every 3rd step, the end
+    bold = [r for r in rows if r["Step"].startswith("**")]
+    saved = _saved_row(out)
+    assert len(bold) == 1 and _number(bold[0]["dev_spearman"]) == round(saved["Spearman_Correlation"], 4)
+    losses = [h["loss"] for h in model.training_history]
+    assert _number(rows[1]["Training Loss"]) == round(float(np.mean(losses[2:3])), 4)  # step 3: its own window
+    assert _number(rows[2]["Training Loss"]) == round(float(np.mean(losses[3:4])), 4)
+    details = _section(text, "## Training Details")
+    assert "* Size: 16 training samples" in details
+    assert "- `learning_rate`: 0.001" in _section(details, "#### Non-Default Hyperparameters")
+    assert "binary_cross_entropy_with_logits" in details
+    for version in ("crossjax", "JAX", "Flax", "Optax", "Transformers", "Tokenizers", "Python"):
+        assert f"- {version}: " in text
+
+
+def test_usage_snippets_run_as_written_and_print_crossjaxs_scores(trained):
+    _, _, out = trained
+    text = (out / "README.md").read_text()
+    st_code = _code_block(_section(text, "### Direct Usage (Sentence Transformers)"))
+    assert f'CrossEncoder("{out.resolve()}")' in st_code  # a local save names its folder
+    st_scope: dict = {}
+    with contextlib.redirect_stdout(io.StringIO()):
+        exec(st_code, st_scope)  # noqa: S102 - the card's snippet, as a user would paste it
+    pairs = st_scope["pairs"]
+    saved = CrossEncoder(out)
+    ours = saved.predict(pairs, show_progress_bar=False)
+    np.testing.assert_allclose(st_scope["scores"], ours, atol=1e-5)
+    printed = re.search(r"print\(scores\)\n# \[(.*?)\]", st_code, re.S).group(1)
+    np.testing.assert_allclose([float(x) for x in printed.split()], ours, atol=1e-4)  # printed with 4 decimals
+    ranked = saved.rank(pairs[0][0], [b for _, b in pairs])  # the snippet ranks every answer for the first query
+    assert [r["corpus_id"] for r in st_scope["ranks"]] == [r["corpus_id"] for r in ranked]
+    np.testing.assert_allclose([r["score"] for r in st_scope["ranks"]], [r["score"] for r in ranked], atol=1e-5)
+
+    hf_scope: dict = {}
+    with contextlib.redirect_stdout(io.StringIO()):
+        exec(_code_block(_section(text, "### Direct Usage (Transformers)")), hf_scope)  # noqa: S102
+    np.testing.assert_allclose(hf_scope["scores"].numpy().reshape(-1), ours, atol=1e-5)
+    printed_jax = io.StringIO()
+    with contextlib.redirect_stdout(printed_jax):
+        exec(_code_block(_section(text, "### Direct Usage (crossjax")), {})  # noqa: S102
+    assert printed_jax.getvalue().startswith("[")
+
+
+def test_model_card_data_overrides_and_an_untrained_classifier(tiny_dirs, tmp_path):
+    from huggingface_hub import ModelCard
+    from sentence_transformers.cross_encoder.model_card import CrossEncoderModelCardData as STCardData
+
+    st_data = STCardData(model_id="someone/nli-head", license="mit", local_files_only=True)  # their class
+    model = CrossEncoder(tiny_dirs[3], max_length=32, model_card_data=st_data)
+    out = model.save(tmp_path / "classifier")
+    card = ModelCard.load(out / "README.md")
+    assert card.data.pipeline_tag == "text-classification"
+    assert card.data.license == "mit"
+    assert "reranker" not in card.data.tags and "generated_from_trainer" not in card.data.tags
+    assert card.data.eval_results is None
+    assert 'CrossEncoder("someone/nli-head")' in card.text  # the hub id, not the local folder
+    assert "## Training Details" not in card.text
+    code = _code_block(_section(card.text, "### Direct Usage (Sentence Transformers)"))
+    pairs = ast.literal_eval(re.search(r"pairs = (\[.*?\n\])", code, re.S).group(1))
+    printed = re.search(r"print\(scores\)\n((?:# .*\n?)+)", code).group(1)
+    values = [float(x) for x in re.findall(r"-?\d+\.\d+(?:e[-+]\d+)?", printed)]
+    expected = model.predict(pairs, show_progress_bar=False)
+    np.testing.assert_allclose(np.reshape(values, expected.shape), expected, atol=1e-4)
+
+
+def test_bad_model_card_data_is_refused_with_a_clear_error(tiny_dirs):
+    with pytest.raises(TypeError, match="model_card_data must be a CrossEncoderModelCardData"):
+        CrossEncoder(tiny_dirs[1], model_card_data=42)
+    with pytest.raises(ValueError, match="must be a hub id"):
+        CrossEncoderModelCardData(model_id="no-organization")
+    with pytest.raises(ValueError, match="train_datasets entries"):
+        CrossEncoderModelCardData(train_datasets=["stsb"])

@@ -440,3 +440,30 @@ def test_fit_with_a_token_budget_compiles_once_and_averages_each_steps_pairs(tin
     labels = torch.tensor([examples[i].label for i in first], dtype=torch.float32)
     expected = torch.nn.functional.binary_cross_entropy_with_logits(logits, labels).item()
     np.testing.assert_allclose(model.training_history[0]["loss"], expected, rtol=1e-5)
+
+
+def test_trainer_writes_logs_and_the_card_names_its_loss_and_arguments(tiny_dirs, tmp_path):
+    import json
+
+    from huggingface_hub import ModelCard
+
+    model = CrossEncoder(str(tiny_dirs[1]))
+    args = CrossEncoderTrainingArguments(
+        str(tmp_path / "run"), per_device_train_batch_size=3, max_steps=4, logging_steps=1, eval_strategy="steps",
+        eval_steps=2, save_strategy="no", learning_rate=LR, disable_tqdm=True,
+    )  # fmt: skip
+    trainer = CrossEncoderTrainer(
+        model=model, args=args, train_dataset=_dataset("lists"), eval_dataset=_dataset("lists"),
+        loss=losses.ListNetLoss(model),
+    )  # fmt: skip
+    trainer.train()
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in records if "loss" in r and "eval_loss" not in r]
+    evals = [r for r in records if "eval_loss" in r]
+    assert [r["step"] for r in steps] == [1, 2, 3, 4] and [r["step"] for r in evals] == [2, 4]
+    logged = {h["step"]: h["eval_loss"] for h in trainer.state.log_history if "eval_loss" in h}
+    assert {r["step"]: r["eval_loss"] for r in evals} == pytest.approx(logged)
+    model.save(str(tmp_path / "model"))
+    card = ModelCard.load(tmp_path / "model" / "README.md")
+    assert "loss:ListNetLoss" in card.data.tags
+    assert "ListNetLoss" in card.text and "per_device_train_batch_size" in card.text

@@ -15,11 +15,11 @@ import pytest
 import torch
 import transformers
 from conftest import read_stsb
-from test_fit_parity import NO_DROPOUT, RecordingBCE
+from test_fit_parity import TWO_STEPS, fit_both
 from test_packing import tokenized_pairs
 from transformers import AutoModelForSequenceClassification
 
-from crossjax import CrossEncoder, DataLoader, InputExample, packing
+from crossjax import CrossEncoder, packing, training
 from crossjax.models import FlaxAutoModelForSequenceClassification
 from crossjax.models.deberta_v2 import DebertaV2ForSequenceClassification, log_bucket_position
 
@@ -148,16 +148,7 @@ def test_packed_pairs_equal_pytorch_on_each_pair_alone_and_unpacked_logits(saved
     plan = packing.plan_packing([indices], lengths, 2, 12, hidden_size=32, max_shapes=1, rows=3)
     batch = packing.pack(tokenized, indices, None, plan, pad_token_id=pt.config.pad_token_id)
     assert (batch.segment_ids.max(axis=-1) >= 3).any()  # some rows really hold several pairs
-    packed = np.asarray(
-        model.packed_logits(
-            batch.input_ids,
-            batch.token_type_ids,
-            batch.segment_ids,
-            batch.position_ids,
-            batch.pair_row,
-            batch.pair_start,
-        )
-    )
+    packed = np.asarray(training.packed_logits(model, batch.device_fields()))
     ids = np.zeros((22, lengths.max()), dtype=np.int64)
     mask, types = np.zeros_like(ids), np.zeros_like(ids)
     for i, n in enumerate(lengths):
@@ -254,32 +245,13 @@ def test_export_reloads_in_transformers_and_sentence_transformers_with_same_scor
 def test_fit_steps_equal_sentence_transformers_old_fit(start_dir):
     """Two optimizer steps (warm-up then linear decay, weight decay, clipping) from the same weights, dropout
     off: the same losses and the same predictions afterwards."""
-    from sentence_transformers import CrossEncoder as TorchCrossEncoder
-    from sentence_transformers import InputExample as TorchInputExample
-
     rows = read_stsb("train", limit=16)
     pairs = [(a, b) for a, b, _ in rows]
-    settings = dict(
-        epochs=1,
-        scheduler="WarmupLinear",
-        warmup_steps=1,
-        optimizer_params={"lr": 1e-3},
-        weight_decay=0.01,
-        max_grad_norm=1.0,
-        show_progress_bar=False,
-    )
-    theirs = TorchCrossEncoder(str(start_dir), device="cpu", config_kwargs=NO_DROPOUT)
-    before = theirs.predict(pairs)
-    recorder = RecordingBCE()
-    examples = [TorchInputExample(texts=[a, b], label=s / 5) for a, b, s in rows]
-    theirs.old_fit(torch.utils.data.DataLoader(examples, 8, shuffle=False), loss_fct=recorder, **settings)
-    ours = CrossEncoder(start_dir, config_kwargs=NO_DROPOUT, max_shapes=1)  # one program to compile
-    examples = [InputExample(texts=[a, b], label=s / 5) for a, b, s in rows]
-    ours.fit(DataLoader(examples, batch_size=8, shuffle=False), **settings)
-
+    before = CrossEncoder(start_dir).predict(pairs)
+    ours, theirs, history = fit_both(start_dir, rows, TWO_STEPS, max_shapes=1)  # one program to compile
     our_losses = [h["loss"] for h in ours.training_history]
-    assert len(our_losses) == len(recorder.history) == 2
-    np.testing.assert_allclose(our_losses, recorder.history, rtol=1e-5)
+    assert len(our_losses) == len(history) == 2
+    np.testing.assert_allclose(our_losses, history, rtol=1e-5)
     after = theirs.predict(pairs)
     assert np.abs(after - before).max() > 1e-3  # the steps really moved the model
     np.testing.assert_allclose(ours.predict(pairs), after, atol=1e-5, rtol=0)

@@ -25,16 +25,44 @@ class RecordingBCE(torch.nn.BCEWithLogitsLoss):
         return loss
 
 
+def fit_both(directory, rows, settings: dict, batch_size: int = 8, no_dropout: dict = NO_DROPOUT, **ours_kwargs):
+    """``fit`` (crossjax) and ``old_fit`` (sentence-transformers) from the checkpoint in ``directory`` on STS-B
+    ``rows`` (labels score / 5), sequential batches, dropout off (``no_dropout``: the family's config keys):
+    (ours, theirs, old_fit's per-step losses)."""
+    from sentence_transformers import CrossEncoder as TorchCrossEncoder
+    from sentence_transformers import InputExample as TorchInputExample
+
+    ours = CrossEncoder(directory, config_kwargs=no_dropout, **ours_kwargs)
+    examples = [InputExample(texts=[a, b], label=s / 5.0) for a, b, s in rows]
+    ours.fit(DataLoader(examples, batch_size=batch_size, shuffle=False), **settings)
+    torch.manual_seed(0)
+    theirs = TorchCrossEncoder(str(directory), device="cpu", config_kwargs=no_dropout)
+    recorder = RecordingBCE()
+    torch_examples = [TorchInputExample(texts=[a, b], label=s / 5.0) for a, b, s in rows]
+    loader = torch.utils.data.DataLoader(torch_examples, batch_size=batch_size, shuffle=False)
+    theirs.old_fit(loader, loss_fct=recorder, **settings)
+    return ours, theirs, recorder.history
+
+
+# Two steps of old_fit's schedule (warm-up then linear decay), weight decay and clipping: the families' tests.
+TWO_STEPS = dict(
+    epochs=1,
+    scheduler="WarmupLinear",
+    warmup_steps=1,
+    optimizer_params={"lr": 1e-3},
+    weight_decay=0.01,
+    max_grad_norm=1.0,
+    show_progress_bar=False,
+)
+
+
 @pytest.fixture(scope="module")
 def parity_runs(minilm_dir, tmp_path_factory):
-    from sentence_transformers import CrossEncoder as TorchCrossEncoder
-
     rows = read_stsb("train", limit=40)
     pairs = [(a, b) for a, b, _ in rows]
     start = tmp_path_factory.mktemp("start")
     # Same initial weights on both sides: crossjax initialises the head and exports it.
     CrossEncoder(minilm_dir, num_labels=1, seed=7).save(start)
-
     settings = dict(
         epochs=2,
         scheduler="WarmupLinear",
@@ -44,20 +72,8 @@ def parity_runs(minilm_dir, tmp_path_factory):
         max_grad_norm=1.0,
         show_progress_bar=False,
     )
-
-    ours = CrossEncoder(start, config_kwargs=NO_DROPOUT)
-    examples = [InputExample(texts=[a, b], label=s / 5.0) for a, b, s in rows]
-    ours.fit(DataLoader(examples, batch_size=8, shuffle=False), **settings)
-
-    torch.manual_seed(0)
-    theirs = TorchCrossEncoder(str(start), device="cpu", config_kwargs=NO_DROPOUT)
-    recorder = RecordingBCE()
-    from sentence_transformers import InputExample as TorchInputExample
-
-    torch_examples = [TorchInputExample(texts=[a, b], label=s / 5.0) for a, b, s in rows]
-    loader = torch.utils.data.DataLoader(torch_examples, batch_size=8, shuffle=False)
-    theirs.old_fit(loader, loss_fct=recorder, **settings)
-    return ours, theirs, recorder.history, pairs
+    ours, theirs, history = fit_both(start, rows, settings)
+    return ours, theirs, history, pairs
 
 
 def test_per_step_losses_match_sentence_transformers(parity_runs):

@@ -13,11 +13,11 @@ import pytest
 import torch
 import transformers
 from conftest import read_stsb
-from test_fit_parity import RecordingBCE
+from test_fit_parity import TWO_STEPS, fit_both
 from test_packing import tokenized_pairs
 from transformers import AutoModelForSequenceClassification
 
-from crossjax import CrossEncoder, DataLoader, InputExample, packing
+from crossjax import CrossEncoder, packing, training
 from crossjax.models import FlaxAutoModelForSequenceClassification
 from crossjax.models.modernbert import attention_layout
 
@@ -128,16 +128,7 @@ def test_packed_logits_equal_unpacked_and_pytorch(saved):
     plan = packing.plan_packing([np.arange(14)], lengths, 2, 8, hidden_size=32, max_shapes=1, rows=2)
     batch = packing.pack(tokenized, np.arange(14), None, plan, pad_token_id=SPECIAL["pad_token_id"])
     assert (batch.segment_ids.max(axis=-1) >= 3).any()  # rows really hold several pairs
-    packed = np.asarray(
-        model.packed_logits(
-            batch.input_ids,
-            batch.token_type_ids,
-            batch.segment_ids,
-            batch.position_ids,
-            batch.pair_row,
-            batch.pair_start,
-        )
-    )
+    packed = np.asarray(training.packed_logits(model, batch.device_fields()))
     ids, mask = padded_batch(lengths)
     for row, example in enumerate(range(14)):
         ids[row, : lengths[example]] = tokenized.input_ids[example]
@@ -278,37 +269,14 @@ def test_export_reloads_in_transformers_and_sentence_transformers(stsb_checkpoin
 
 
 def test_one_fit_step_equals_sentence_transformers_old_fit(stsb_checkpoint, tmp_path):
-    from sentence_transformers import CrossEncoder as TorchCrossEncoder
-    from sentence_transformers import InputExample as TorchInputExample
-
     directory, _, rows = stsb_checkpoint
     rows = rows[:16]
-    settings = dict(
-        epochs=1,
-        scheduler="WarmupLinear",
-        warmup_steps=1,
-        optimizer_params={"lr": 1e-3},
-        weight_decay=0.01,
-        max_grad_norm=1.0,
-        show_progress_bar=False,
-    )
-    ours = CrossEncoder(directory, config_kwargs=NO_DROPOUT)
-    examples = [InputExample(texts=[a, b], label=s / 5.0) for a, b, s in rows]
-    ours.fit(DataLoader(examples, batch_size=8, shuffle=False), **settings)
-
-    torch.manual_seed(0)
-    theirs = TorchCrossEncoder(str(directory), device="cpu", config_kwargs=NO_DROPOUT)
-    recorder = RecordingBCE()
-    torch_examples = [TorchInputExample(texts=[a, b], label=s / 5.0) for a, b, s in rows]
-    theirs.old_fit(
-        torch.utils.data.DataLoader(torch_examples, batch_size=8, shuffle=False), loss_fct=recorder, **settings
-    )
-
-    our_losses = [h["loss"] for h in ours.training_history]
-    assert len(our_losses) == len(recorder.history) == 2
-    np.testing.assert_allclose(our_losses, recorder.history, rtol=1e-4)
     pairs = [(a, b) for a, b, _ in rows]
     before = CrossEncoder(directory).predict(pairs)
+    ours, theirs, history = fit_both(directory, rows, TWO_STEPS, no_dropout=NO_DROPOUT)
+    our_losses = [h["loss"] for h in ours.training_history]
+    assert len(our_losses) == len(history) == 2
+    np.testing.assert_allclose(our_losses, history, rtol=1e-4)
     after = ours.predict(pairs)
     assert np.abs(after - before).max() > 1e-3  # the steps really changed the model
     np.testing.assert_allclose(after, theirs.predict(pairs), rtol=1e-4, atol=1e-5)

@@ -10,7 +10,7 @@ import torch
 from test_models_parity import FAMILIES, torch_logits
 from transformers import AutoModelForSequenceClassification
 
-from crossjax import data, packing
+from crossjax import data, packing, training
 from crossjax.models import FlaxAutoModelForSequenceClassification
 
 
@@ -111,16 +111,7 @@ def test_packed_logits_equal_pytorch_on_each_pair_alone(family_dir, scan_layers)
     plan = packing.plan_packing([indices], lengths, 2, 12, hidden_size=32, max_shapes=1, rows=3)
     batch = packing.pack(tokenized, indices, None, plan, pad_token_id=pt.config.pad_token_id)
     assert (batch.segment_ids.max(axis=-1) >= 2).any()  # some rows really hold several pairs
-    logits = np.asarray(
-        model.packed_logits(
-            batch.input_ids,
-            batch.token_type_ids,
-            batch.segment_ids,
-            batch.position_ids,
-            batch.pair_row,
-            batch.pair_start,
-        )
-    )
+    logits = np.asarray(training.packed_logits(model, batch.device_fields()))
     assert logits.shape == (2 * 12, 3)
     slots = batch.indices.reshape(-1)
     for slot, example in enumerate(slots):

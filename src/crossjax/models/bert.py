@@ -11,7 +11,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from crossjax.models.base import FlaxPreTrainedModel
-from crossjax.models.layers import Embeddings, Encoder, config_dropout, dense
+from crossjax.models.layers import Dropout, Embeddings, Encoder, config_dropout, dense
 from crossjax.models.params import ParamRule, bert_style_embeddings, bert_style_layer, linear
 
 
@@ -68,7 +68,7 @@ class BertForSequenceClassification(FlaxPreTrainedModel):
         self.encoder = Encoder(scan=scan_layers, **encoder_kwargs(config, dtype, rngs))
         std = config.initializer_range
         self.pooler = dense(config.hidden_size, config.hidden_size, std=std, dtype=dtype, rngs=rngs)
-        self.dropout = nnx.Dropout(classifier_dropout(config), rngs=rngs)
+        self.dropout = Dropout(classifier_dropout(config), rngs=rngs)
         self.classifier = dense(config.hidden_size, config.num_labels, std=std, dtype=dtype, rngs=rngs)
 
     @classmethod

@@ -17,6 +17,7 @@ from flax import nnx
 
 from crossjax.models.base import FlaxPreTrainedModel
 from crossjax.models.layers import (
+    Dropout,
     Encoder,
     EncoderLayer,
     activation,
@@ -160,7 +161,7 @@ class DebertaV2Embeddings(nnx.Module):
             else None
         )
         self.norm = layer_norm(config.hidden_size, config.layer_norm_eps, dtype=dtype, rngs=rngs)
-        self.dropout = nnx.Dropout(config_dropout(config, "hidden_dropout_prob"), rngs=rngs)
+        self.dropout = Dropout(config_dropout(config, "hidden_dropout_prob"), rngs=rngs)
 
     def __call__(self, input_ids: Array, token_type_ids: Array | None, positions: Array, tokens: Array) -> Array:
         x = self.word(input_ids)
@@ -197,7 +198,7 @@ class DisentangledLayer(EncoderLayer):
         self.share_att_key = share_att_key
         self.pos_key = dense(hidden, hidden, std=std, dtype=dtype, rngs=rngs) if pos_key else None
         self.pos_query = dense(hidden, hidden, std=std, dtype=dtype, rngs=rngs) if pos_query else None
-        self.pos_dropout = nnx.Dropout(pos_dropout, rngs=rngs)
+        self.pos_dropout = Dropout(pos_dropout, rngs=rngs)
 
     def attention(self, x: Array, mask: Array, c2p_index: Array, p2c_index: Array, rel_embeddings: Array) -> Array:
         batch, length, hidden = x.shape
@@ -240,7 +241,7 @@ class SegmentConv(nnx.Module):
         self.bias = nnx.Param(jnp.zeros((hidden,), jnp.float32))
         self.norm = layer_norm(hidden, config.layer_norm_eps, dtype=dtype, rngs=rngs)
         self.act = activation(getattr(config, "conv_act", "tanh"))
-        self.dropout = nnx.Dropout(config_dropout(config, "hidden_dropout_prob"), rngs=rngs)
+        self.dropout = Dropout(config_dropout(config, "hidden_dropout_prob"), rngs=rngs)
         self.dtype = dtype
 
     def convolve(self, x: Array, pair_mask: Array, tokens: Array) -> Array:
@@ -359,11 +360,11 @@ class DebertaV2ForSequenceClassification(FlaxPreTrainedModel):
         )
         self.conv = SegmentConv(config, dtype=dtype, rngs=rngs) if conv_kernel_size(config) > 0 else None
         pooler_hidden = int(getattr(config, "pooler_hidden_size", hidden))
-        self.pooler_dropout = nnx.Dropout(config_dropout(config, "pooler_dropout", 0.0), rngs=rngs)
+        self.pooler_dropout = Dropout(config_dropout(config, "pooler_dropout", 0.0), rngs=rngs)
         self.pooler = dense(pooler_hidden, pooler_hidden, std=std, dtype=dtype, rngs=rngs)
         self.pooler_act = activation(getattr(config, "pooler_hidden_act", "gelu"))
         cls_dropout = getattr(config, "cls_dropout", None)
-        self.dropout = nnx.Dropout(
+        self.dropout = Dropout(
             config_dropout(config, "hidden_dropout_prob") if cls_dropout is None else float(cls_dropout), rngs=rngs
         )
         self.classifier = dense(hidden, config.num_labels, std=std, dtype=dtype, rngs=rngs)

@@ -24,7 +24,14 @@ import numpy as np
 from flax import nnx
 
 from crossjax.models.base import FlaxPreTrainedModel
-from crossjax.models.layers import Encoder, activation, dense, layer_norm, scaled_dot_product_attention
+from crossjax.models.layers import (
+    Dropout,
+    Encoder,
+    activation,
+    dense,
+    layer_norm,
+    scaled_dot_product_attention,
+)
 from crossjax.models.params import ParamRule
 
 Array = jax.Array
@@ -137,8 +144,8 @@ class ModernBertLayer(nnx.Module):
         self.mlp_in = dense(hidden, 2 * intermediate, use_bias=mlp_bias, kernel_init=in_init, **linear)
         self.mlp_out = dense(intermediate, hidden, use_bias=mlp_bias, kernel_init=out_init, **linear)
         self.act = activation(act)
-        self.attention_dropout = nnx.Dropout(attention_dropout, rngs=rngs)
-        self.mlp_dropout = nnx.Dropout(mlp_dropout, rngs=rngs)
+        self.attention_dropout = Dropout(attention_dropout, rngs=rngs)
+        self.mlp_dropout = Dropout(mlp_dropout, rngs=rngs)
 
     def __call__(self, x: Array, masks, rotary, is_global, has_attn_norm) -> Array:
         """``masks`` = (global, local) (B, L, L) masks, ``rotary`` = ((cos, sin) global, (cos, sin) local);
@@ -197,7 +204,7 @@ class ModernBertEmbeddings(nnx.Module):
             rngs=rngs,
         )
         self.norm = layer_norm(config.hidden_size, config.norm_eps, dtype=dtype, rngs=rngs, use_bias=config.norm_bias)
-        self.dropout = nnx.Dropout(float(config.embedding_dropout), rngs=rngs)
+        self.dropout = Dropout(float(config.embedding_dropout), rngs=rngs)
 
     def __call__(self, input_ids: Array) -> Array:
         return self.dropout(self.norm(self.tok(input_ids)))
@@ -275,7 +282,7 @@ class ModernBertForSequenceClassification(FlaxPreTrainedModel):
             config.hidden_size, config.norm_eps, dtype=dtype, rngs=rngs, use_bias=config.norm_bias
         )
         self.head = ModernBertHead(config, init=out_init, dtype=dtype, rngs=rngs)
-        self.dropout = nnx.Dropout(float(config.classifier_dropout), rngs=rngs)
+        self.dropout = Dropout(float(config.classifier_dropout), rngs=rngs)
         hidden = config.hidden_size
         classifier_init = _trunc_normal(hidden**-0.5, cutoff)
         # Always with a bias, as in transformers (classifier_bias is the head's dense layer).

@@ -1,0 +1,97 @@
+"""crossjax's dropout mask (a counter-based hash instead of threefry): rate, independence, determinism,
+sharding invariance, and the nnx.Dropout contract it keeps."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from crossjax.models.layers import Dropout, dropout_keep_mask
+
+SHAPE = (6, 4, 64, 64)  # rows x heads x T x T, as attention probabilities
+N = int(np.prod(SHAPE))
+
+
+@pytest.mark.parametrize("rate", [0.1, 0.5, 0.02])
+def test_keep_rate_is_binomial(rate):
+    for seed in range(3):
+        kept = np.asarray(dropout_keep_mask(jax.random.key(seed), SHAPE, rate)).mean()
+        sigma = np.sqrt(rate * (1 - rate) / N)
+        assert abs(kept - (1 - rate)) < 5 * sigma, (seed, kept)
+
+
+def test_masks_look_independent():
+    m = np.asarray(dropout_keep_mask(jax.random.key(0), SHAPE, 0.5)).astype(np.float64)
+    other = np.asarray(dropout_keep_mask(jax.random.key(1), SHAPE, 0.5)).astype(np.float64)
+    bound = 5 / np.sqrt(N)  # |correlation| of independent fair bits is ~N(0, 1/N)
+    pairs = {
+        "other key": (m, other),
+        "next column": (m[..., :-1], m[..., 1:]),
+        "next row": (m[:, :, :-1], m[:, :, 1:]),
+        "next head": (m[:, :-1], m[:, 1:]),
+        "next packed row": (m[:-1], m[1:]),
+    }
+    for name, (a, b) in pairs.items():
+        assert abs(np.corrcoef(a.ravel(), b.ravel())[0, 1]) < bound, name
+    # Each (row, head) slice keeps about half: no slice is degenerate.
+    per_slice = m.reshape(-1, SHAPE[-2] * SHAPE[-1]).mean(axis=1)
+    assert np.all(np.abs(per_slice - 0.5) < 5 * 0.5 / np.sqrt(SHAPE[-2] * SHAPE[-1]))
+
+
+def test_same_key_same_mask_and_keys_differ():
+    a = dropout_keep_mask(jax.random.key(7), SHAPE, 0.1)
+    b = jax.jit(dropout_keep_mask, static_argnums=(1, 2))(jax.random.key(7), SHAPE, 0.1)
+    c = dropout_keep_mask(jax.random.key(8), SHAPE, 0.1)
+    assert np.array_equal(np.asarray(a), np.asarray(b))
+    assert not np.array_equal(np.asarray(a), np.asarray(c))
+
+
+def test_dropout_module_contract():
+    layer = Dropout(0.25, rngs=nnx.Rngs(dropout=3))
+    x = jnp.ones((8, 16, 32))
+    y = np.asarray(layer(x))
+    assert np.all((y == 0) | np.isclose(y, 1.0 / 0.75))
+    assert abs((y > 0).mean() - 0.75) < 0.02
+    assert not np.array_equal(y, np.asarray(layer(x)))  # the stream advances: a new mask each call
+    layer.eval()
+    assert np.array_equal(np.asarray(layer(x)), np.asarray(x))
+    assert np.array_equal(np.asarray(Dropout(0.0, rngs=nnx.Rngs(0))(x)), np.asarray(x))
+    assert not np.asarray(Dropout(1.0, rngs=nnx.Rngs(0))(x)).any()
+    shared = np.asarray(Dropout(0.5, broadcast_dims=(0,), rngs=nnx.Rngs(dropout=1))(x))
+    assert np.array_equal(shared[0], shared[5])  # one mask broadcast over axis 0
+    with pytest.raises(TypeError, match="needs rngs"):
+        Dropout(0.5)(x)
+
+
+def test_sharded_mask_equals_unsharded(tmp_path):
+    """The mask is a function of each element's global index: 8 devices give the single device's mask."""
+    script = textwrap.dedent(
+        """
+        import jax, numpy as np
+        from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+        from crossjax.models.layers import dropout_keep_mask
+        shape = (8, 4, 32, 32)
+        key = jax.random.key(5)
+        single = np.asarray(dropout_keep_mask(key, shape, 0.1))
+        mesh = Mesh(np.array(jax.devices()), ("data",))
+        sharded = jax.jit(
+            lambda k: dropout_keep_mask(k, shape, 0.1), out_shardings=NamedSharding(mesh, P("data"))
+        )(key)
+        assert len(sharded.sharding.device_set) == 8
+        assert np.array_equal(single, np.asarray(sharded))
+        print("ok")
+        """
+    )
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1] / "src") + os.pathsep + env.get("PYTHONPATH", "")
+    out = subprocess.run([sys.executable, "-c", script], env=env, cwd=tmp_path, capture_output=True, text=True)
+    assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-2000:]

@@ -148,3 +148,46 @@ def test_large_generator_is_not_materialized(tiny_dir):
     assert summary["global_step"] == 10 and summary["stream_examples"] == 160
     assert read[0] == 160, "the stream must be read only as far as training needs it"
     assert grown < 100 * 2**20, f"RSS grew by {grown / 2**20:.0f} MiB"
+
+
+def _chunk(lengths: list[int], first_label: int) -> object:
+    """A tokenized chunk of pairs of the given token counts, labelled first_label, first_label + 1, ..."""
+    from crossjax import streaming
+    from crossjax.data import TokenizedPairs
+
+    lengths_ = np.asarray(lengths, np.int32)
+    offsets = np.concatenate([[0], np.cumsum(lengths_)]).astype(np.int64)
+    flat = np.arange(int(offsets[-1]), dtype=np.int32)
+    tokenized = TokenizedPairs(flat, np.zeros_like(flat), offsets, lengths_, 64)
+    return streaming.StreamStep(tokenized, np.arange(first_label, first_label + len(lengths), dtype=np.float32), 0)
+
+
+def test_multi_host_deferral_keeps_the_shape_and_defers_the_suffix():
+    """One group of 4 pair slots in 2 rows of 16 tokens: a step whose examples do not fit trains the longest
+    prefix that does and its next step starts with the deferred suffix, in stream order."""
+    from crossjax import packing, streaming
+
+    plan = packing.PackingPlan(rows=2, row_lengths=(16,), groups=1, pairs=4)
+
+    def fitting(lengths):
+        return packing.fitting_prefix(lengths, plan.groups, plan.pairs, plan.rows, 16)
+
+    assert fitting(np.array([8, 8, 8, 8])) == 4
+    assert fitting(np.array([8, 8, 12, 4])) == 4  # 12+4 | 8+8: exactly full
+    assert fitting(np.array([8, 12, 12, 4])) == 2  # 12 | 12: the 8 fits in neither row
+    assert fitting(np.array([20, 1])) == 0
+    chunks = iter([_chunk([8, 8, 12, 8], 0), _chunk([12, 12, 4, 4], 4), _chunk([2], 8)])
+    steps = list(streaming.deferring_steps(chunks, 4, fitting))
+    trained = [step.labels[: step.fitting].tolist() for step in steps]
+    assert trained == [[0, 1, 2], [3, 4], [5, 6, 7, 8]]
+    assert steps[1].labels.tolist() == [3, 4, 5, 6]  # the deferred suffix leads the next step
+    for step in steps:  # the trained prefix packs into the agreed shape, tokens intact
+        indices = np.arange(step.fitting)
+        batch = packing.pack(step.tokenized, indices, step.labels, plan, pad_token_id=0)
+        assert batch.input_ids.shape == (1, 2, 16)
+        for slot in np.flatnonzero(batch.indices[0] >= 0):
+            ids = step.tokenized.input_ids[int(batch.indices[0, slot])]
+            row, start = batch.pair_row[0, slot], batch.pair_start[0, slot]
+            np.testing.assert_array_equal(batch.input_ids[0, row, start : start + len(ids)], ids)
+    with pytest.raises(ValueError, match="example 1 of this process's shard of the stream has 20 tokens"):
+        list(streaming.deferring_steps(iter([_chunk([8, 20], 0)]), 4, fitting))

@@ -523,8 +523,18 @@ class _StreamData:
 
     def resume(self, meta: dict[str, Any]) -> None:
         self.position = int(meta["stream_examples"])
-        if self.processes > 1:
-            self.position = int(meta["stream_examples_per_process"][self.process])
+        per_process = meta.get("stream_examples_per_process")
+        saved_processes = 1 if per_process is None else len(per_process)
+        if saved_processes != self.processes:
+            from crossjax.checkpoint import CheckpointMismatchError
+
+            raise CheckpointMismatchError(
+                f"The checkpoint was written by a stream run of {saved_processes} process(es), this run has "
+                f"{self.processes}: each process's data position is in its own shard. Resume with "
+                f"{saved_processes} process(es), or use another checkpoint_path."
+            )
+        if per_process is not None:
+            self.position = int(per_process[self.process])
         saved = meta["packing_plan"]
         self.packing_plan = packing.PackingPlan(
             int(saved["rows"]), tuple(int(t) for t in saved["row_lengths"]), self.groups, self.step_rows // self.groups
@@ -643,10 +653,11 @@ class _StreamData:
         chunks = iter(self.reader.next_step, None)
         shard = streaming.deferring_steps(chunks, self.step_rows // self.processes, fitting)
         empty = streaming.concat_pairs([])
+        no_labels = data_lib.validate_examples([], self.target.model.num_labels)[2]  # the label dtype of all
         for taken in range(1, self.remaining + 1):
             step = next(shard, None)
             if step is None:
-                tokenized, labels, n = empty, np.zeros(0, np.float32), 0
+                tokenized, labels, n = empty, no_labels, 0
             else:
                 tokenized, labels, n = step.tokenized, step.labels, step.fitting
             indices = np.arange(n, dtype=np.int64)

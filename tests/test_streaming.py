@@ -191,3 +191,19 @@ def test_multi_host_deferral_keeps_the_shape_and_defers_the_suffix():
             np.testing.assert_array_equal(batch.input_ids[0, row, start : start + len(ids)], ids)
     with pytest.raises(ValueError, match="example 1 of this process's shard of the stream has 20 tokens"):
         list(streaming.deferring_steps(iter([_chunk([8, 20], 0)]), 4, fitting))
+
+
+def test_multi_host_plan_rows_hold_any_pair_up_to_max_length():
+    """The one multi-host shape has rows of at least max_length tokens: a pair longer than every planning
+    pair still fits, and the planning steps fit the row count chosen at that length."""
+    from crossjax import packing, streaming
+
+    planning = [_chunk([10, 12, 9, 11], 0), _chunk([8, 14, 10, 10], 4)]
+    short = streaming.plan_from_steps(planning, groups=2, pairs=2, hidden_size=32, max_shapes=1)
+    assert short.row_lengths[-1] < 60  # planned from short pairs alone, a 60-token pair would not fit
+    plan = streaming.plan_from_steps(planning, groups=2, pairs=2, hidden_size=32, max_shapes=1, min_row_length=60)
+    assert plan.row_lengths == (64,) and plan.rows == 1  # 60 rounded up to 8; 2 pairs of <= 14 fit one row
+    assert packing.fitting_prefix(np.array([60, 10, 9, 12]), 2, 2, plan.rows, 64) == 3  # the 9 is deferred
+    assert packing.rows_needed(np.array([40, 40, 30]), 64) == 2
+    with pytest.raises(ValueError, match="does not fit a row"):
+        packing.rows_needed(np.array([70]), 64)

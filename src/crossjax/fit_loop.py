@@ -553,9 +553,16 @@ class _StreamData:
             **kwargs,
         )
 
-    def _plan(self, steps: list[streaming.StreamStep], max_shapes: int) -> packing.PackingPlan:
+    def _plan(
+        self, steps: list[streaming.StreamStep], max_shapes: int, min_row_length: int = 0
+    ) -> packing.PackingPlan:
         return streaming.plan_from_steps(
-            steps, self.groups, self.step_rows // self.groups, packing.model_width(self.target.model.config), max_shapes
+            steps,
+            self.groups,
+            self.step_rows // self.groups,
+            packing.model_width(self.target.model.config),
+            max_shapes,
+            min_row_length,
         )
 
     def start(self, start_step: int) -> None:
@@ -604,7 +611,9 @@ class _StreamData:
                 reader.close()
             if not lookahead and start_step == 0:
                 raise ValueError(f"train_dataloader is empty: the stream ({self.stream.description}) holds no examples")
-            self.packing_plan = self._plan(lookahead, 1)  # one shape: no process can know which another needs
+            # One shape, with rows of at least max_length tokens: no process can know which shape another needs,
+            # and no later pair can be too long for a row.
+            self.packing_plan = self._plan(lookahead, 1, self.target.max_length)
         self.local_groups = len(process_rows(self.target.plan.batch, self.groups))
         plan = self.packing_plan
         self.local_plan = packing.PackingPlan(plan.rows, plan.row_lengths, self.local_groups, plan.pairs)

@@ -40,6 +40,7 @@ __all__ = [
     "token_budget_steps",
     "deal_into_groups",
     "fitting_prefix",
+    "rows_needed",
     "pack",
     "one_pair_per_row",
 ]
@@ -188,6 +189,19 @@ def deal_into_groups(indices: np.ndarray, lengths: np.ndarray, groups: int) -> l
         out[g].append(int(example))
         tokens[g] += int(lengths[example])
     return [np.asarray(sorted(g), dtype=np.int64) for g in out]
+
+
+def rows_needed(lengths: np.ndarray, row_length: int) -> int:
+    """The fewest rows of ``row_length`` tokens that first-fit-decreasing fits ``lengths`` into."""
+    lengths = np.asarray(lengths)
+    if not len(lengths):
+        return 1
+    if int(lengths.max()) > row_length:
+        raise ValueError(f"a pair of {int(lengths.max())} tokens does not fit a row of {row_length}")
+    rows = max(1, math.ceil(int(lengths.sum()) / row_length))
+    while _fits(lengths, rows, row_length) is None:
+        rows += 1
+    return rows
 
 
 def fitting_prefix(lengths: np.ndarray, groups: int, pairs: int, rows: int, row_length: int) -> int:

@@ -25,12 +25,13 @@ process's own shard (blocks seeded with ``(seed, p, block)``).
 
 The shapes are agreed without communication. Every process plans from the same data: the first
 ``STREAM_LOOKAHEAD`` steps of the *global* (unsharded) stream, read and tokenized once for planning only
-(a resume takes the plan from the checkpoint), into one shape, ``R`` rows of ``T`` tokens per group. Every
-step has that shape. A process fills a step with its examples in stream order, the ones deferred by the
+(a resume takes the plan from the checkpoint), into one shape, ``R`` rows of ``T`` tokens per group, with
+``T`` at least ``max_length`` (rounded up to 8) so that every pair the tokenizer can produce fits a row.
+Every step has that shape. A process fills a step with its examples in stream order, the ones deferred by the
 previous step first; the longest prefix that fits its groups (:func:`crossjax.packing.fitting_prefix`) is
 trained and the suffix that does not fit is deferred to its next step, so its data position stays one
 number (examples trained) and the stream order is kept. The loss is normalised by the pairs actually in the
-step (empty slots are masked). A pair longer than ``T`` never fits: it is a ``ValueError`` naming it.
+step (empty slots are masked).
 
 A process whose shard is exhausted feeds empty groups (steps still need all processes) and reads back each
 such step's global pair count; a step in which no process had a pair leaves the model unchanged (see
@@ -43,6 +44,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import math
 import queue
 import sys
 import threading
@@ -296,14 +298,24 @@ class StreamReader:
         self.thread.join(timeout=5)
 
 
-def plan_from_steps(steps: list[StreamStep], groups: int, pairs: int, hidden_size: int, max_shapes: int):
-    """The packing plan of a run planned from its first steps (the lookahead)."""
+def plan_from_steps(
+    steps: list[StreamStep], groups: int, pairs: int, hidden_size: int, max_shapes: int, min_row_length: int = 0
+):
+    """The packing plan of a run planned from its first steps (the lookahead). With ``min_row_length`` (a
+    multi-host run's ``max_length``), rows are at least that long, so any later pair fits one: ``R`` is then the
+    most rows the planning steps need at that length."""
     from crossjax import packing
 
     lengths = np.concatenate([s.tokenized.lengths for s in steps]) if steps else np.zeros(0, np.int32)
     bounds = np.cumsum([0] + [len(s.tokenized) for s in steps])
     indices = [np.arange(a, b, dtype=np.int64) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
-    return packing.plan_packing(indices, lengths, groups, pairs, hidden_size=hidden_size, max_shapes=max_shapes)
+    plan = packing.plan_packing(indices, lengths, groups, pairs, hidden_size=hidden_size, max_shapes=max_shapes)
+    floor = math.ceil(min_row_length / packing.ROW_QUANTUM) * packing.ROW_QUANTUM
+    if plan.row_lengths[-1] >= floor:
+        return plan
+    dealt = [g for step in indices for g in packing.deal_into_groups(step, lengths, groups)]
+    rows = max((packing.rows_needed(lengths[g], floor) for g in dealt), default=1)
+    return packing.PackingPlan(rows, (floor,), groups, pairs)
 
 
 def concat_pairs(parts: Sequence[data_lib.TokenizedPairs]) -> data_lib.TokenizedPairs:

@@ -204,6 +204,7 @@ def test_multi_host_plan_rows_hold_any_pair_up_to_max_length():
     plan = streaming.plan_from_steps(planning, groups=2, pairs=2, hidden_size=32, max_shapes=1, min_row_length=60)
     assert plan.row_lengths == (64,) and plan.rows == 1  # 60 rounded up to 8; 2 pairs of <= 14 fit one row
     assert packing.fitting_prefix(np.array([60, 10, 9, 12]), 2, 2, plan.rows, 64) == 3  # the 9 is deferred
-    assert packing.rows_needed(np.array([40, 40, 30]), 64) == 2
+    assert packing.rows_needed(np.array([40, 20, 30, 10]), 64) == 2  # 40+20 | 30+10
+    assert packing.rows_needed(np.array([40, 40, 30]), 64) == 3
     with pytest.raises(ValueError, match="does not fit a row"):
         packing.rows_needed(np.array([70]), 64)

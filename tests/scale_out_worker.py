@@ -10,16 +10,20 @@ Instrumentation (worker-side monkeypatching, no library hooks needed):
 * every packed training batch (``packing.pack`` is wrapped) records, when it is fed, the example indices of
   the real pair slots in the groups this process's devices hold (empty slots excluded), checking that each
   slot's tokens are its example's;
+* a ``stream`` job trains on a JSONL ``datasets`` stream and records, by row of the data, which examples
+  each reader thread tokenized (planning vs this process's shard) and which it fed;
 * ``kill_after_step`` SIGKILLs the process when step ``kill_after_step + 1`` is about to be fed, once the
   checkpoint of step ``kill_wait_for_step`` is on disk, so the kill point is deterministic.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
 import sys
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -85,7 +89,8 @@ def main() -> None:
     import numpy as np
     from flax import nnx
 
-    from crossjax import CrossEncoder, DataLoader, InputExample, packing, training
+    from crossjax import CrossEncoder, DataLoader, InputExample, fit_loop, packing, training
+    from crossjax import data as data_lib
     from crossjax.checkpoint import TrainCheckpointer
     from crossjax.evaluation import CECorrelationEvaluator
     from crossjax.parallel import process_rows
@@ -101,7 +106,7 @@ def main() -> None:
         "jobs": {},
     }
 
-    recorder = {"active": False, "fed": [], "log": None, "calls": 0, "kill": None}
+    recorder = {"active": False, "fed": [], "log": None, "calls": 0, "kill": None, "ids": None, "tokenized": None}
     orig_pack = packing.pack
     orig_to_global = training.batch_to_global
 
@@ -111,9 +116,9 @@ def main() -> None:
             batch._tokenized = tokenized
         return batch
 
-    def record_fed(batch, plan) -> None:
+    def record_fed(batch, plan, local: bool) -> None:
         groups = batch.input_ids.shape[0]
-        mine = process_rows(plan.batch, groups) if jax.process_count() > 1 else np.arange(groups)
+        mine = process_rows(plan.batch, groups) if jax.process_count() > 1 and not local else np.arange(groups)
         fed = []
         for g in mine:
             for p in np.flatnonzero(batch.indices[g] >= 0):
@@ -121,13 +126,13 @@ def main() -> None:
                 ids = batch._tokenized.input_ids[example]
                 row, start = batch.pair_row[g, p], batch.pair_start[g, p]
                 assert np.array_equal(batch.input_ids[g, row, start : start + len(ids)], ids), "slot is not its example"
-                fed.append(example)
+                fed.append(example if recorder["ids"] is None else recorder["ids"][tuple(int(t) for t in ids)])
         recorder["fed"].append(fed)
         if recorder["log"] is not None:
             with open(recorder["log"], "a") as f:
                 f.write(json.dumps(fed) + "\n")
 
-    def batch_to_global(batch, plan):
+    def batch_to_global(batch, plan, *global_groups):
         if recorder["active"] and hasattr(batch, "_tokenized"):
             recorder["calls"] += 1
             kill = recorder["kill"]
@@ -137,8 +142,8 @@ def main() -> None:
                 while not step_dir.is_dir() and time.monotonic() < deadline:
                     time.sleep(0.05)
                 os.kill(os.getpid(), signal.SIGKILL)
-            record_fed(batch, plan)
-        return orig_to_global(batch, plan)
+            record_fed(batch, plan, bool(global_groups))
+        return orig_to_global(batch, plan, *global_groups)
 
     def not_replicated(tree) -> dict:
         return {
@@ -155,6 +160,15 @@ def main() -> None:
         return orig_save(self, step, state, extra)
 
     TrainCheckpointer.save = save
+    orig_tokenize = data_lib.tokenize_pairs
+
+    def tokenize_pairs(tokenizer, texts_a, texts_b, *args, **kwargs):
+        if recorder["tokenized"] is not None:  # by reader thread: the planning read or this process's shard
+            rows = recorder["tokenized"].setdefault(threading.current_thread().name, [])
+            rows.extend(recorder["row_of"][(a, b)] for a, b in zip(texts_a, texts_b, strict=True))
+        return orig_tokenize(tokenizer, texts_a, texts_b, *args, **kwargs)
+
+    data_lib.tokenize_pairs = tokenize_pairs
     packing.pack = pack
     training.batch_to_global = batch_to_global
 
@@ -204,7 +218,18 @@ def main() -> None:
         if job.get("predict", True):  # before any fit too: the model's state was only placed, not trained
             res["predictions_before"] = [float(x) for x in ce.predict(pairs, batch_size=16)]
         loader = DataLoader(examples, batch_size=job["batch_size"], shuffle=True)
-        recorder.update(active=True, fed=[], calls=0, log=job.get("fed_log"), kill=None)
+        recorder.update(active=True, fed=[], calls=0, log=job.get("fed_log"), kill=None, ids=None, tokenized=None)
+        if job.get("kind") == "stream":  # a JSONL stream over the files of the job, max_steps steps
+            import datasets
+
+            loader = datasets.load_dataset("json", data_files=job["files"], split="train", streaming=True)
+            fit_kwargs.update(max_steps=job["max_steps"], batch_size=job["batch_size"])
+            fit_loop.STREAM_LOOKAHEAD = job["lookahead"]
+            row_of = {(a, b): i for i, (a, b, _) in enumerate(rows)}
+            encoded = ce.tokenizer([a for a, _, _ in rows], [b for _, b, _ in rows], truncation=True, max_length=64)
+            recorder.update(
+                ids={tuple(ids): i for i, ids in enumerate(encoded["input_ids"])}, tokenized={}, row_of=row_of
+            )
         saved_layouts.clear()
         if job.get("kill_after_step"):
             recorder["kill"] = {
@@ -226,6 +251,11 @@ def main() -> None:
         res["losses"] = [h["loss"] for h in ce.training_history]
         res["best_score"] = summary["best_score"]
         res["fed"] = recorder["fed"]
+        if recorder["tokenized"] is not None:
+            res["tokenized"] = recorder["tokenized"]
+            res["stream_examples"] = summary["stream_examples"]
+            params = jax.device_get(jax.tree.leaves(nnx.state(ce.model, nnx.Param)))  # replicated: all here
+            res["params_sha256"] = hashlib.sha256(b"".join(np.asarray(p).tobytes() for p in params)).hexdigest()
         res["sharded_params"] = not_replicated(nnx.state(ce.model, nnx.Param))
         if saved_layouts:
             res["sharded_opt_state"] = saved_layouts[0]

@@ -8,7 +8,8 @@ and 4 padding rows. Nothing comes from outside the repository, so these tests al
 runs all subprocesses, two chains side by side (the machine has 2 cores), with a shared persistent compilation
 cache, a timeout on each and no orphans:
 
-* chain 1: 1 device (replicated and fsdp), then 2 processes x 4 devices (fsdp);
+* chain 1: 1 device (replicated and fsdp), then 2 processes x 4 devices (fsdp, then a JSONL stream of two
+  files, one per process), then the same stream killed after step 3 and resumed from step 2;
 * chain 2: 8 devices (dropout reference, replicated, fsdp, a bad batch size), then a checkpointed run that is
   SIGKILLed after step 5, then the resume, the mismatched resumes and the damaged checkpoints.
 """
@@ -37,6 +38,10 @@ EXAMPLES = 44  # 3 batches of 16 per epoch: 16, 16 and 12 real rows
 FIT = dict(batch_size=16, limit=EXAMPLES, lr=1e-3)
 # The run that is killed and resumed, with dropout on: the RNG state must be restored too.
 RESUMABLE = dict(FIT, name="", sharding="fsdp", epochs=3, dropout=True, seed=3, predict=False)
+# A 2-process stream over two JSONL files (split_dataset_by_node gives each process one), 20 and 28 pairs: 8
+# pairs a process a step in one shape planned from the global stream's first step. It runs out before max_steps.
+STREAM = dict(kind="stream", batch_size=16, max_steps=20, lookahead=1, dropout=True, seed=3, predict=False)
+SHARD_SIZES = (20, 28)
 WORDS = (
     "the a man woman dog cat plays runs guitar field music park red blue small large quickly slowly "
     "house car child ball water tree sings eats bread river city green old young"
@@ -177,6 +182,12 @@ def runs(tmp_path_factory):
         ),
         {"name": "interleaved", "kind": "interleaved_mesh"},
     ]
+    stream_order, files = _stream_files(rows, root)
+    stream = dict(STREAM, files=files)
+    two_processes.append(dict(stream, name="stream"))
+    stream_ck = dict(stream, checkpoint_path=str(root / "stream_checkpoints"), save_steps=2)
+    stream_killed = [dict(stream_ck, name="stream_killed", kill_after_step=3, kill_wait_for_step=2)]
+    stream_resumed = [dict(stream_ck, name="stream_resumed")]
     checkpointed = dict(RESUMABLE, checkpoint_path=str(ck), save_steps=2, save_total_limit=2)
     killed = [
         dict(checkpointed, name="killed", kill_after_step=5, kill_wait_for_step=4, fed_log=str(root / "fed.jsonl"))
@@ -196,11 +207,13 @@ def runs(tmp_path_factory):
     ]
     # A run that never happened (its chain hung) reads as None, which _results reports.
     out: dict = collections.defaultdict(lambda: None)
-    out.update(root=root, checkpoints=ck, garbled=garbled, truncated=truncated)
+    out.update(root=root, checkpoints=ck, garbled=garbled, truncated=truncated, stream_order=stream_order)
 
     def chain_1():
         out["1dev"] = procs.run("1dev", 1, one_device)
         out["2proc"] = procs.run("2proc", 4, two_processes, processes=2)
+        out["stream_killed"] = procs.run("stream_killed", 4, stream_killed, processes=2)
+        out["stream_resumed"] = procs.run("stream_resumed", 4, stream_resumed, processes=2)
 
     def chain_2():
         out["8dev"] = procs.run("8dev", 8, eight_devices)
@@ -219,6 +232,20 @@ def runs(tmp_path_factory):
     print(f"scale-out subprocess wall times (s): {timings}")
     yield out
     procs.kill_all()
+
+
+def _stream_files(rows: list, root: Path) -> tuple[list[int], list[str]]:
+    """Two JSONL files of the rows, the longest pair first (the plan, made from the first step, then fits every
+    pair); returns the rows' order in the stream and the files."""
+    longest = max(range(len(rows)), key=lambda i: len(rows[i][0].split()) + len(rows[i][1].split()))
+    order = [longest] + [i for i in range(len(rows)) if i != longest]
+    files = []
+    for index, part in enumerate((order[: SHARD_SIZES[0]], order[SHARD_SIZES[0] :])):
+        path = root / f"stream_{index}.jsonl"
+        lines = [json.dumps({"sentence1": rows[i][0], "sentence2": rows[i][1], "label": rows[i][2] / 5}) for i in part]
+        path.write_text("\n".join(lines) + "\n")
+        files.append(str(path))
+    return order, files
 
 
 def _tiny_bert(directory: Path) -> None:
@@ -474,3 +501,62 @@ def test_resume_from_earlier_step_after_removing_damaged_one(runs):
     assert job["resumed_from_step"] == 8 and job["global_step"] == 9
     root = runs["root"]
     assert _max_tensor_diff(_load(root / "export_8"), _load(root / "export_reference")) <= 1e-6
+
+
+# --------------------------------------------------------------------------------------- multi-host stream
+
+
+def _stream_jobs(run: dict | None, name: str) -> list[dict]:
+    jobs = [result["jobs"][name] for result in _results(run)]
+    for job in jobs:
+        if "error" in job:
+            pytest.fail(f"job {name} failed:\n{job['error']['traceback']}")
+    return jobs
+
+
+def test_two_process_stream_reads_only_its_own_shard(runs):
+    jobs = _stream_jobs(runs["2proc"], "stream")
+    order = runs["stream_order"]
+    shards = [order[: SHARD_SIZES[0]], order[SHARD_SIZES[0] :]]
+    for p, (job, shard) in enumerate(zip(jobs, shards, strict=True)):
+        # Planning read the global stream's first step; the process's reader tokenized its own file only, once.
+        assert job["tokenized"]["crossjax-stream-plan"] == order[:16], f"process {p}"
+        assert job["tokenized"]["crossjax-stream"] == shard, f"process {p}"
+        # It trained on all of it, each pair once, in stream order (a step's pairs are the next ones of its
+        # shard, fed in packing order); at most 8 pairs (its share) a step.
+        bounds = np.cumsum([0] + [len(fed) for fed in job["fed"]])
+        assert bounds[-1] == len(shard) == job["stream_examples"], f"process {p}"
+        for fed, start, stop in zip(job["fed"], bounds[:-1], bounds[1:], strict=True):
+            assert sorted(fed) == sorted(shard[start:stop]), f"process {p}"
+        assert max(len(fed) for fed in job["fed"]) == 8
+    # Some step deferred pairs that did not fit the agreed shape (fewer than 8 with more of the shard to come).
+    assert any(
+        len(fed) < 8 and any(job["fed"][i + 1 :]) for job in jobs for i, fed in enumerate(job["fed"])
+    ), [[len(f) for f in job["fed"]] for job in jobs]
+    # Both ran the same steps, stopping together when both shards were used up (before max_steps), with one
+    # global loss a step and the same parameters.
+    p0, p1 = jobs
+    assert p0["global_step"] == p1["global_step"] < STREAM["max_steps"]
+    # The last step fed was the empty one that found both shards used up: it is not counted (and changed nothing).
+    assert len(p0["fed"]) == len(p1["fed"]) == p0["global_step"] + 1
+    assert p0["fed"][-1] == p1["fed"][-1] == [] and (p0["fed"][-2] or p1["fed"][-2])
+    assert len(p0["losses"]) == p0["global_step"]
+    assert p0["losses"] == p1["losses"] and all(np.isfinite(p0["losses"]))
+    assert p0["losses"][-1] < p0["losses"][0] - 5e-3, p0["losses"]
+    assert p0["params_sha256"] == p1["params_sha256"]
+
+
+def test_two_process_stream_resumes_exactly(runs):
+    killed = runs["stream_killed"]
+    if killed is None:
+        pytest.fail("the stream run to kill did not happen (an earlier run of its chain hung)")
+    assert killed["returncodes"] == [-signal.SIGKILL] * 2, killed["logs"]
+    straight = _stream_jobs(runs["2proc"], "stream")
+    resumed = _stream_jobs(runs["stream_resumed"], "stream_resumed")
+    for p, (whole, job) in enumerate(zip(straight, resumed, strict=True)):
+        assert job["resumed_from_step"] == 2 and job["global_step"] == whole["global_step"], f"process {p}"
+        # Each process restarts at its own data position: the same pairs in the same steps from step 3 on.
+        assert job["fed"] == whole["fed"][2:], f"process {p}"
+        assert job["stream_examples"] == whole["stream_examples"]
+        assert job["losses"] == whole["losses"][2:], f"process {p}"  # bit-exact, dropout on
+        assert job["params_sha256"] == whole["params_sha256"], f"process {p}"

@@ -148,3 +148,63 @@ def test_large_generator_is_not_materialized(tiny_dir):
     assert summary["global_step"] == 10 and summary["stream_examples"] == 160
     assert read[0] == 160, "the stream must be read only as far as training needs it"
     assert grown < 100 * 2**20, f"RSS grew by {grown / 2**20:.0f} MiB"
+
+
+def _chunk(lengths: list[int], first_label: int) -> object:
+    """A tokenized chunk of pairs of the given token counts, labelled first_label, first_label + 1, ..."""
+    from crossjax import streaming
+    from crossjax.data import TokenizedPairs
+
+    lengths_ = np.asarray(lengths, np.int32)
+    offsets = np.concatenate([[0], np.cumsum(lengths_)]).astype(np.int64)
+    flat = np.arange(int(offsets[-1]), dtype=np.int32)
+    tokenized = TokenizedPairs(flat, np.zeros_like(flat), offsets, lengths_, 64)
+    return streaming.StreamStep(tokenized, np.arange(first_label, first_label + len(lengths), dtype=np.float32), 0)
+
+
+def test_multi_host_deferral_keeps_the_shape_and_defers_the_suffix():
+    """One group of 4 pair slots in 2 rows of 16 tokens: a step whose examples do not fit trains the longest
+    prefix that does and its next step starts with the deferred suffix, in stream order."""
+    from crossjax import packing, streaming
+
+    plan = packing.PackingPlan(rows=2, row_lengths=(16,), groups=1, pairs=4)
+
+    def fitting(lengths):
+        return packing.fitting_prefix(lengths, plan.groups, plan.pairs, plan.rows, 16)
+
+    assert fitting(np.array([8, 8, 8, 8])) == 4
+    assert fitting(np.array([8, 8, 12, 4])) == 4  # 12+4 | 8+8: exactly full
+    assert fitting(np.array([8, 12, 12, 4])) == 2  # 12 | 12: the 8 fits in neither row
+    assert fitting(np.array([20, 1])) == 0
+    chunks = iter([_chunk([8, 8, 12, 8], 0), _chunk([12, 12, 4, 4], 4), _chunk([2], 8)])
+    steps = list(streaming.deferring_steps(chunks, 4, fitting))
+    trained = [step.labels[: step.fitting].tolist() for step in steps]
+    assert trained == [[0, 1, 2], [3, 4], [5, 6, 7, 8]]
+    assert steps[1].labels.tolist() == [3, 4, 5, 6]  # the deferred suffix leads the next step
+    for step in steps:  # the trained prefix packs into the agreed shape, tokens intact
+        indices = np.arange(step.fitting)
+        batch = packing.pack(step.tokenized, indices, step.labels, plan, pad_token_id=0)
+        assert batch.input_ids.shape == (1, 2, 16)
+        for slot in np.flatnonzero(batch.indices[0] >= 0):
+            ids = step.tokenized.input_ids[int(batch.indices[0, slot])]
+            row, start = batch.pair_row[0, slot], batch.pair_start[0, slot]
+            np.testing.assert_array_equal(batch.input_ids[0, row, start : start + len(ids)], ids)
+    with pytest.raises(ValueError, match="example 1 of this process's shard of the stream has 20 tokens"):
+        list(streaming.deferring_steps(iter([_chunk([8, 20], 0)]), 4, fitting))
+
+
+def test_multi_host_plan_rows_hold_any_pair_up_to_max_length():
+    """The one multi-host shape has rows of at least max_length tokens: a pair longer than every planning
+    pair still fits, and the planning steps fit the row count chosen at that length."""
+    from crossjax import packing, streaming
+
+    planning = [_chunk([10, 12, 9, 11], 0), _chunk([8, 14, 10, 10], 4)]
+    short = streaming.plan_from_steps(planning, groups=2, pairs=2, hidden_size=32, max_shapes=1)
+    assert short.row_lengths[-1] < 60  # planned from short pairs alone, a 60-token pair would not fit
+    plan = streaming.plan_from_steps(planning, groups=2, pairs=2, hidden_size=32, max_shapes=1, min_row_length=60)
+    assert plan.row_lengths == (64,) and plan.rows == 1  # 60 rounded up to 8; 2 pairs of <= 14 fit one row
+    assert packing.fitting_prefix(np.array([60, 10, 9, 12]), 2, 2, plan.rows, 64) == 3  # the 9 is deferred
+    assert packing.rows_needed(np.array([40, 20, 30, 10]), 64) == 2  # 40+20 | 30+10
+    assert packing.rows_needed(np.array([40, 40, 30]), 64) == 3
+    with pytest.raises(ValueError, match="does not fit a row"):
+        packing.rows_needed(np.array([70]), 64)

@@ -29,7 +29,7 @@ from crossjax import data as data_lib
 from crossjax import logs, losses, packing, streaming, training
 from crossjax.models.base import FlaxPreTrainedModel
 from crossjax.models.export import check_local_path
-from crossjax.parallel import MeshPlan, put_global
+from crossjax.parallel import MeshPlan, process_rows, put_global
 from crossjax.runtime import progress_bar
 from crossjax.schedules import make_schedule, scheduler_key
 
@@ -352,6 +352,8 @@ class TrainStep:
     batch: packing.PackedBatch
     pairs: int
     source: int = 0  # which of the data source's (loss, chunks) trains this step (several datasets)
+    global_groups: int | None = None  # set: ``batch`` holds only this process's groups (a multi-host stream)
+    probe: bool = False  # this process had nothing to feed: the run ends if no process had (see streaming)
 
 
 class _InMemoryData:
@@ -486,7 +488,8 @@ class _StreamData:
     """A run over a stream (see :mod:`crossjax.streaming`): ``max_steps`` optimizer steps, one pass at most,
     tokenized lazily in a background thread. The packed shapes are planned from the first
     :data:`STREAM_LOOKAHEAD` steps (a later step that needs a longer row gets one more shape); the plan and the
-    data position (examples consumed) go into every checkpoint."""
+    data position (examples consumed) go into every checkpoint. In a multi-host run each process reads and
+    packs only its own shard, in the one shape all processes plan from the global stream's first steps."""
 
     def __init__(self, target: FitTarget, stream: streaming.StreamSource, cfg: FitConfig) -> None:
         if cfg.max_steps is None:
@@ -502,68 +505,134 @@ class _StreamData:
         self.step_rows = self.batch_size * cfg.gradient_accumulation_steps
         self.groups = target.plan.data_shards * cfg.gradient_accumulation_steps
         self.total_steps = int(cfg.max_steps)
-        self.position = 0  # examples of the stream trained on so far
+        self.processes, self.process = jax.process_count(), jax.process_index()
+        self.position = 0  # examples of the stream (of this process's shard) trained on so far
         self.packing_plan: packing.PackingPlan | None = None
         self.reader: streaming.StreamReader | None = None
 
     def run_fingerprint(self) -> dict[str, Any]:
-        return {
+        fingerprint = {
             "stream": self.stream.description,  # the data itself cannot be hashed: what is known of it
             "batch_size": self.batch_size,
             "shuffle_buffer_size": self.cfg.shuffle_buffer_size,
             "data_seed": self.cfg.seed,
         }
+        if self.processes > 1:  # each process's position is in its own shard: P fixes the shards
+            fingerprint["processes"] = self.processes
+        return fingerprint
 
     def resume(self, meta: dict[str, Any]) -> None:
         self.position = int(meta["stream_examples"])
+        per_process = meta.get("stream_examples_per_process")
+        saved_processes = 1 if per_process is None else len(per_process)
+        if saved_processes != self.processes:
+            from crossjax.checkpoint import CheckpointMismatchError
+
+            raise CheckpointMismatchError(
+                f"The checkpoint was written by a stream run of {saved_processes} process(es), this run has "
+                f"{self.processes}: each process's data position is in its own shard. Resume with "
+                f"{saved_processes} process(es), or use another checkpoint_path."
+            )
+        if per_process is not None:
+            self.position = int(per_process[self.process])
         saved = meta["packing_plan"]
         self.packing_plan = packing.PackingPlan(
             int(saved["rows"]), tuple(int(t) for t in saved["row_lengths"]), self.groups, self.step_rows // self.groups
         )
         logger.info("Skipping the %d examples of the stream trained on before the checkpoint", self.position)
 
-    def start(self, start_step: int) -> None:
-        """Start the reader and read the lookahead: a bad example among it is reported before compiling."""
-        model = self.target.model
-        self.remaining = max(0, self.total_steps - start_step)
-        self.reader = streaming.StreamReader(
-            self.stream,
+    def _reader(self, source: streaming.StreamSource, step_size: int, steps: int, **kwargs) -> streaming.StreamReader:
+        return streaming.StreamReader(
+            source,
             self.target.tokenizer,
             self.target.max_length,
-            model.num_labels,
-            self.step_rows,
-            self.remaining,
-            start=self.position,
+            self.target.model.num_labels,
+            step_size,
+            steps,
             shuffle_buffer_size=self.cfg.shuffle_buffer_size,
-            seed=self.cfg.seed,
+            **kwargs,
         )
+
+    def _plan(
+        self, steps: list[streaming.StreamStep], max_shapes: int, min_row_length: int = 0
+    ) -> packing.PackingPlan:
+        return streaming.plan_from_steps(
+            steps,
+            self.groups,
+            self.step_rows // self.groups,
+            packing.model_width(self.target.model.config),
+            max_shapes,
+            min_row_length,
+        )
+
+    def start(self, start_step: int) -> None:
+        """Start the reader and read the lookahead: a bad example among it is reported before compiling."""
+        self.remaining = max(0, self.total_steps - start_step)
+        self.start_step = start_step
+        if self.processes > 1:
+            self._start_shard(start_step)
+            return
+        self.reader = self._reader(self.stream, self.step_rows, self.remaining, start=self.position, seed=self.cfg.seed)
         try:
-            self.lookahead: list[streaming.StreamStep] = []
-            while len(self.lookahead) < min(STREAM_LOOKAHEAD, self.remaining):
-                step = self.reader.next_step()
-                if step is None:
-                    break
-                self.lookahead.append(step)
+            self.lookahead: list[streaming.StreamStep] = self._read_lookahead(self.reader)
             if not self.lookahead and start_step == 0:
                 raise ValueError(f"train_dataloader is empty: the stream ({self.stream.description}) holds no examples")
             if self.packing_plan is None:
-                self.packing_plan = streaming.plan_from_steps(
-                    self.lookahead,
-                    self.groups,
-                    self.step_rows // self.groups,
-                    packing.model_width(model.config),
-                    self.target.max_shapes,
-                )
+                self.packing_plan = self._plan(self.lookahead, self.target.max_shapes)
         except BaseException:
             self.reader.close()
             raise
-        self.start_step = start_step
+
+    def _read_lookahead(self, reader: streaming.StreamReader) -> list[streaming.StreamStep]:
+        steps: list[streaming.StreamStep] = []
+        while len(steps) < min(STREAM_LOOKAHEAD, self.remaining):
+            step = reader.next_step()
+            if step is None:
+                break
+            steps.append(step)
+        return steps
+
+    def _start_shard(self, start_step: int) -> None:
+        """Multi-host: plan from the global stream's first steps (every process reads the same ones), then read
+        this process's shard."""
+        stream = self.stream
+        if self.packing_plan is None:
+            planning, stream = stream.read_twice()
+            reader = self._reader(
+                planning,
+                self.step_rows,
+                min(STREAM_LOOKAHEAD, self.remaining),
+                seed=self.cfg.seed,
+                name="crossjax-stream-plan",
+            )
+            try:
+                lookahead = self._read_lookahead(reader)
+            finally:
+                reader.close()
+            if not lookahead and start_step == 0:
+                raise ValueError(f"train_dataloader is empty: the stream ({self.stream.description}) holds no examples")
+            # One shape, with rows of at least max_length tokens: no process can know which shape another needs,
+            # and no later pair can be too long for a row.
+            self.packing_plan = self._plan(lookahead, 1, self.target.max_length)
+        self.local_groups = len(process_rows(self.target.plan.batch, self.groups))
+        plan = self.packing_plan
+        self.local_plan = packing.PackingPlan(plan.rows, plan.row_lengths, self.local_groups, plan.pairs)
+        self.reader = self._reader(
+            stream.sharded(self.process, self.processes),
+            self.step_rows // self.processes,
+            self.remaining,
+            start=self.position,
+            seed=(self.cfg.seed, self.process),
+        )
 
     def _next(self) -> streaming.StreamStep | None:
         return self.lookahead.pop(0) if self.lookahead else self.reader.next_step()
 
     def steps(self) -> Any:
         """One epoch (0) of up to ``max_steps`` steps; the last one (known by reading one step ahead) ends it."""
+        if self.processes > 1:
+            yield from self._shard_steps()
+            return
         taken = 0
         upcoming = self._next() if self.remaining else None
         while upcoming is not None:
@@ -581,12 +650,56 @@ class _StreamData:
             self.position = step.end
             yield TrainStep(0, self.start_step + taken, upcoming is None, batch, len(indices))
 
+    def _shard_steps(self) -> Any:
+        """Multi-host: this process's share of each step in the agreed shape, the suffix that does not fit
+        deferred; empty probe steps once its shard is used up (the fit loop stops when all are empty)."""
+        plan = self.local_plan
+        length = plan.row_lengths[-1]
+
+        def fitting(lengths: np.ndarray) -> int:
+            return packing.fitting_prefix(lengths, plan.groups, plan.pairs, plan.rows, length)
+
+        chunks = iter(self.reader.next_step, None)
+        shard = streaming.deferring_steps(chunks, self.step_rows // self.processes, fitting)
+        empty = streaming.concat_pairs([])
+        no_labels = data_lib.validate_examples([], self.target.model.num_labels)[2]  # the label dtype of all
+        for taken in range(1, self.remaining + 1):
+            step = next(shard, None)
+            if step is None:
+                tokenized, labels, n = empty, no_labels, 0
+            else:
+                tokenized, labels, n = step.tokenized, step.labels, step.fitting
+            indices = np.arange(n, dtype=np.int64)
+            batch = packing.pack(tokenized, indices, labels, plan, self.target.pad_id)
+            if batch.input_ids.shape[-1] != length:  # fitting_prefix guarantees it; a mismatch would hang
+                raise RuntimeError(f"multi-host stream step of row length {batch.input_ids.shape[-1]}, not {length}")
+            self.position += n
+            last = taken == self.remaining
+            yield TrainStep(0, self.start_step + taken, last, batch, n, global_groups=self.groups, probe=step is None)
+
+    def stream_ended(self, step: int) -> None:
+        """The fit loop found a probe step empty on every process: all shards are used up."""
+        logger.warning(
+            "The stream ended (this process trained on %d examples of its shard), before max_steps=%d: training "
+            "stops at step %d",
+            self.position,
+            self.total_steps,
+            step,
+        )
+
     def checkpoint_meta(self) -> dict[str, Any]:
         plan = {"rows": self.packing_plan.rows, "row_lengths": list(self.packing_plan.row_lengths)}
-        return {"stream_examples": self.position, "packing_plan": plan}  # a resume skips this many examples
+        meta: dict[str, Any] = {"stream_examples": self.position, "packing_plan": plan}  # a resume skips these
+        if self.processes > 1:  # saving is collective anyway: every process's position, in process order
+            from jax.experimental import multihost_utils
+
+            positions = multihost_utils.process_allgather(np.array([self.position], np.int64), tiled=True)
+            meta["stream_examples_per_process"] = [int(x) for x in np.asarray(positions)]
+            meta["stream_examples"] = sum(meta["stream_examples_per_process"])
+        return meta
 
     def summary(self) -> dict[str, Any]:
-        return {"stream_examples": self.position}  # examples of the stream trained on (the data position)
+        return {"stream_examples": self.position}  # examples of the stream (this process's shard) trained on
 
     def describe(self) -> tuple[int | None, list[tuple[list[str], Any]]]:
         return None, []  # a stream's length is unknown, and its examples are only held tokenized
@@ -773,8 +886,20 @@ def _run_fit(
             stats.add(step.batch)
             used_shapes.add(tuple(step.batch.input_ids.shape))
             program = programs[step.source]
-            state, step_metrics = program.fn(state, training.batch_to_global(step.batch, plan), healthy, hparams)
+            global_batch = (
+                training.batch_to_global(step.batch, plan)
+                if step.global_groups is None
+                else training.batch_to_global(step.batch, plan, step.global_groups)
+            )
+            state, step_metrics = program.fn(state, global_batch, healthy, hparams)
             healthy = step_metrics["finite"]  # stays on the device: a bad step freezes all later ones
+            if step.probe and float(jax.device_get(step_metrics["pairs"])) == 0:
+                # No process had a pair (every process reads the same count): the step changed nothing and
+                # the run ends here on all of them; the epoch's end is evaluated as a stream's end would be.
+                data.stream_ended(global_step)
+                if evaluate_fn is not None and cfg.evaluate_each_epoch:
+                    evaluate(last_epoch, -1)
+                break
             global_step += 1
             last_epoch = step.epoch
             trained_pairs += step.pairs

@@ -39,6 +39,8 @@ __all__ = [
     "token_budget_shape",
     "token_budget_steps",
     "deal_into_groups",
+    "fitting_prefix",
+    "rows_needed",
     "pack",
     "one_pair_per_row",
 ]
@@ -187,6 +189,42 @@ def deal_into_groups(indices: np.ndarray, lengths: np.ndarray, groups: int) -> l
         out[g].append(int(example))
         tokens[g] += int(lengths[example])
     return [np.asarray(sorted(g), dtype=np.int64) for g in out]
+
+
+def rows_needed(lengths: np.ndarray, row_length: int) -> int:
+    """The fewest rows of ``row_length`` tokens that first-fit-decreasing fits ``lengths`` into."""
+    lengths = np.asarray(lengths)
+    if not len(lengths):
+        return 1
+    if int(lengths.max()) > row_length:
+        raise ValueError(f"a pair of {int(lengths.max())} tokens does not fit a row of {row_length}")
+    rows = max(1, math.ceil(int(lengths.sum()) / row_length))
+    while _fits(lengths, rows, row_length) is None:
+        rows += 1
+    return rows
+
+
+def fitting_prefix(lengths: np.ndarray, groups: int, pairs: int, rows: int, row_length: int) -> int:
+    """How many leading examples of ``lengths`` (at most ``groups * pairs``) :func:`pack` lays out in ``groups``
+    groups of ``rows`` rows of ``row_length`` tokens: the longest such prefix, found by bisection (0 when the
+    first example alone is longer than a row). A multi-host stream trains that prefix and defers the rest, so
+    its step keeps the shape every process agreed on."""
+    lengths = np.asarray(lengths)
+
+    def fits(n: int) -> bool:
+        head = lengths[:n]
+        if n and int(head.max()) > row_length:
+            return False
+        return all(_fits(head[g], rows, row_length) is not None for g in deal_into_groups(np.arange(n), head, groups))
+
+    good, bad = 0, min(len(lengths), groups * pairs) + 1
+    if fits(bad - 1):
+        return bad - 1
+    bad -= 1
+    while bad - good > 1:  # fits(good) and not fits(bad)
+        middle = (good + bad) // 2
+        good, bad = (middle, bad) if fits(middle) else (good, middle)
+    return good
 
 
 def plan_packing(

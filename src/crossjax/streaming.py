@@ -15,19 +15,40 @@ the stream's order.
 in each checkpoint; a resume re-opens the stream and skips exactly that many examples (``IterableDataset.skip``
 where available, else reading and dropping them).
 
-**Multi-host**: every process reads the whole stream and builds the same global batch, then feeds only its
-own groups (:func:`crossjax.training.batch_to_global`). All processes so agree on every batch's shape
-without communication; the cost is that each process reads and tokenizes the full stream.
+**Multi-host** (``jax.process_count() = P > 1``): process ``p`` reads only its own shard and tokenizes only
+its own examples, ``step_rows / P`` of each step, packed into the groups its devices hold. A
+``datasets.IterableDataset`` is split with ``datasets.distributed.split_dataset_by_node`` (whole files per
+process when the file count divides by ``P``, else every ``P``-th example of a stream that each process
+still reads); any other stream (a torch iterable dataset, a generator) is still *read* whole by every
+process, which keeps every ``P``-th item from item ``p`` on and tokenizes only those. Shuffling permutes each
+process's own shard (blocks seeded with ``(seed, p, block)``).
+
+The shapes are agreed without communication. Every process plans from the same data: the first
+``STREAM_LOOKAHEAD`` steps of the *global* (unsharded) stream, read and tokenized once for planning only
+(a resume takes the plan from the checkpoint), into one shape, ``R`` rows of ``T`` tokens per group, with
+``T`` at least ``max_length`` (rounded up to 8) so that every pair the tokenizer can produce fits a row.
+Every step has that shape. A process fills a step with its examples in stream order, the ones deferred by the
+previous step first; the longest prefix that fits its groups (:func:`crossjax.packing.fitting_prefix`) is
+trained and the suffix that does not fit is deferred to its next step, so its data position stays one
+number (examples trained) and the stream order is kept. The loss is normalised by the pairs actually in the
+step (empty slots are masked).
+
+A process whose shard is exhausted feeds empty groups (steps still need all processes) and reads back each
+such step's global pair count; a step in which no process had a pair leaves the model unchanged (see
+:func:`crossjax.training.make_train_step`) and ends the run on every process at once. Each checkpoint
+stores every process's data position (gathered when saving, which is collective anyway), and a resume
+restarts each process at its own.
 """
 
 from __future__ import annotations
 
 import copy
 import itertools
+import math
 import queue
 import sys
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,7 +56,7 @@ import numpy as np
 
 from crossjax import data as data_lib
 
-__all__ = ["StreamSource", "as_stream", "StreamReader"]
+__all__ = ["StreamSource", "as_stream", "StreamReader", "deferring_steps", "concat_pairs", "slice_pairs"]
 
 
 def _is_iterable_dataset(obj: Any) -> bool:
@@ -50,17 +71,43 @@ def _is_torch_iterable_dataset(obj: Any) -> bool:
 
 @dataclass
 class StreamSource:
-    """A stream ``fit`` reads: the object, its batch size (None: fit's default) and a short description."""
+    """A stream ``fit`` reads: the object, its batch size (None: fit's default) and a short description.
+
+    ``shard = (p, P)`` reads only process ``p``'s share of ``P`` (see the module docstring)."""
 
     source: Any
     batch_size: int | None
     description: str
+    shard: tuple[int, int] = (0, 1)
 
     def open(self, skip: int) -> Iterator[Any]:
-        """Iterate the stream's items (examples or rows) from item ``skip`` on."""
-        if skip and _is_iterable_dataset(self.source) and hasattr(self.source, "skip"):
-            return iter(self.source.skip(skip))
-        return itertools.islice(iter(self.source), skip, None)
+        """Iterate the stream's items (examples or rows) from item ``skip`` (of this shard) on."""
+        index, count = self.shard
+        source = self.source
+        if count > 1 and _is_iterable_dataset(source):
+            from datasets.distributed import split_dataset_by_node
+
+            source = split_dataset_by_node(source, rank=index, world_size=count)
+        elif count > 1:  # read whole, every count-th item kept
+            source = itertools.islice(iter(source), index, None, count)
+        if skip and _is_iterable_dataset(source) and hasattr(source, "skip"):
+            return iter(source.skip(skip))
+        return itertools.islice(iter(source), skip, None)
+
+    def sharded(self, index: int, count: int) -> StreamSource:
+        """This stream's shard ``index`` of ``count``."""
+        return StreamSource(self.source, self.batch_size, self.description, (int(index), int(count)))
+
+    def read_twice(self) -> tuple[StreamSource, StreamSource]:
+        """Two sources of the same items: a one-shot iterator is split with ``itertools.tee`` (which holds only
+        the items one copy has read and the other not yet); datasets and torch datasets are re-iterable."""
+        if not isinstance(self.source, Iterator):
+            return self, self
+        first, second = itertools.tee(self.source)
+        return (
+            StreamSource(first, self.batch_size, self.description, self.shard),
+            StreamSource(second, self.batch_size, self.description, self.shard),
+        )
 
 
 def as_stream(train_dataloader: Any) -> StreamSource | None:
@@ -153,8 +200,9 @@ class StreamReader:
         max_steps: int,
         start: int = 0,
         shuffle_buffer_size: int = 0,
-        seed: int = 0,
+        seed: int | tuple[int, ...] = 0,
         prefetch: int = 4,
+        name: str = "crossjax-stream",
     ) -> None:
         self.source = source
         self.tokenizer = copy.deepcopy(tokenizer)  # the main thread's evaluators may tokenize meanwhile
@@ -164,10 +212,10 @@ class StreamReader:
         self.max_steps = max_steps
         self.start = start
         self.block = int(shuffle_buffer_size)
-        self.seed = seed
+        self.seed = (int(seed),) if isinstance(seed, (int, np.integer)) else tuple(int(x) for x in seed)
         self.queue: queue.Queue = queue.Queue(maxsize=max(1, prefetch))
         self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, name="crossjax-stream", daemon=True)
+        self.thread = threading.Thread(target=self._run, name=name, daemon=True)
         self.done = False
         self.thread.start()
 
@@ -194,7 +242,7 @@ class StreamReader:
             chunk = list(itertools.islice(items, self.block))
             if not chunk:
                 return
-            order = np.random.default_rng((int(self.seed), block_index)).permutation(len(chunk))
+            order = np.random.default_rng((*self.seed, block_index)).permutation(len(chunk))
             for position in order[drop:]:
                 yield chunk[int(position)]
             drop = 0
@@ -250,11 +298,97 @@ class StreamReader:
         self.thread.join(timeout=5)
 
 
-def plan_from_steps(steps: list[StreamStep], groups: int, pairs: int, hidden_size: int, max_shapes: int):
-    """The packing plan of a run planned from its first steps (the lookahead)."""
+def plan_from_steps(
+    steps: list[StreamStep], groups: int, pairs: int, hidden_size: int, max_shapes: int, min_row_length: int = 0
+):
+    """The packing plan of a run planned from its first steps (the lookahead). With ``min_row_length`` (a
+    multi-host run's ``max_length``), rows are at least that long, so any later pair fits one: ``R`` is then the
+    most rows the planning steps need at that length."""
     from crossjax import packing
 
     lengths = np.concatenate([s.tokenized.lengths for s in steps]) if steps else np.zeros(0, np.int32)
     bounds = np.cumsum([0] + [len(s.tokenized) for s in steps])
     indices = [np.arange(a, b, dtype=np.int64) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
-    return packing.plan_packing(indices, lengths, groups, pairs, hidden_size=hidden_size, max_shapes=max_shapes)
+    plan = packing.plan_packing(indices, lengths, groups, pairs, hidden_size=hidden_size, max_shapes=max_shapes)
+    floor = math.ceil(min_row_length / packing.ROW_QUANTUM) * packing.ROW_QUANTUM
+    if plan.row_lengths[-1] >= floor:
+        return plan
+    dealt = [g for step in indices for g in packing.deal_into_groups(step, lengths, groups)]
+    rows = max((packing.rows_needed(lengths[g], floor) for g in dealt), default=1)
+    return packing.PackingPlan(rows, (floor,), groups, pairs)
+
+
+def concat_pairs(parts: Sequence[data_lib.TokenizedPairs]) -> data_lib.TokenizedPairs:
+    """Tokenized pairs one after another (a deferred suffix and the next chunk)."""
+    lengths = np.concatenate([p.lengths for p in parts]) if parts else np.zeros(0, np.int32)
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    empty = np.zeros(0, np.int32)
+    return data_lib.TokenizedPairs(
+        flat_input_ids=np.concatenate([p.flat_input_ids[p.offsets[0] : p.offsets[-1]] for p in parts] or [empty]),
+        flat_token_type_ids=np.concatenate(
+            [p.flat_token_type_ids[p.offsets[0] : p.offsets[-1]] for p in parts] or [empty]
+        ),
+        offsets=offsets,
+        lengths=lengths,
+        max_length=max((p.max_length for p in parts), default=0),
+    )
+
+
+def slice_pairs(pairs: data_lib.TokenizedPairs, start: int, stop: int | None = None) -> data_lib.TokenizedPairs:
+    """Pairs ``start:stop`` (a view of the flat arrays; offsets are absolute, as :func:`concat_pairs` expects)."""
+    stop = len(pairs) if stop is None else min(stop, len(pairs))
+    offsets = pairs.offsets[start : stop + 1]
+    return data_lib.TokenizedPairs(
+        flat_input_ids=pairs.flat_input_ids,
+        flat_token_type_ids=pairs.flat_token_type_ids,
+        offsets=offsets,
+        lengths=pairs.lengths[start:stop],
+        max_length=pairs.max_length,
+    )
+
+
+@dataclass
+class ShardStep:
+    """A process's candidate examples for one step (deferred ones first) and how many of them fit."""
+
+    tokenized: data_lib.TokenizedPairs
+    labels: np.ndarray
+    fitting: int  # the first ``fitting`` examples are trained; the rest are deferred to the next step
+
+
+def deferring_steps(
+    chunks: Iterator[StreamStep], rows_per_step: int, fitting: Callable[[np.ndarray], int]
+) -> Iterator[ShardStep]:
+    """This process's steps in a multi-host run: up to ``rows_per_step`` examples in stream order, the suffix
+    that does not fit the agreed shape (``fitting(lengths)`` says how many lead examples do) deferred to the
+    next step. Ends when the chunks and the deferred examples are used up.
+
+    Raises ``ValueError`` for an example that fits no step at all (longer than the agreed row length)."""
+    pending: list[data_lib.TokenizedPairs] = []
+    labels: list[np.ndarray] = []
+    held, done, trained = 0, False, 0
+    while True:
+        while held < rows_per_step and not done:
+            chunk = next(chunks, None)
+            if chunk is None:
+                done = True
+            else:
+                pending.append(chunk.tokenized)
+                labels.append(chunk.labels)
+                held += len(chunk.tokenized)
+        if not held:
+            return
+        joined = concat_pairs(pending)
+        joined_labels = np.concatenate(labels)
+        step = slice_pairs(joined, 0, rows_per_step)
+        n = int(fitting(step.lengths))
+        if n < 1:
+            raise ValueError(
+                f"example {trained} of this process's shard of the stream has {int(step.lengths[0])} tokens: more "
+                "than the row length every process agreed on from the first steps of the stream (multi-host "
+                "packing has one shape). Lower max_length, or put a pair that long among the stream's first steps"
+            )
+        yield ShardStep(step, joined_labels[: len(step)], n)
+        trained += n
+        pending, labels, held = [slice_pairs(joined, n)], [joined_labels[n:]], held - n

@@ -350,7 +350,8 @@ def make_train_step(
 
     With accumulation, the batch's groups {i*k + j} form micro-batch j, so the split stays local to each data
     shard. ``healthy`` is the previous step's ``metrics["finite"]`` (True at the start): once a step was not
-    finite, no later step changes the parameters or optimizer state either.
+    finite, no later step changes the parameters or optimizer state either. A step without a single real pair
+    (the last, empty step of a multi-host stream whose shards are all used up) changes nothing, RNG included.
 
     The loss of a step is ``sum(numerators) / sum(denominators)`` over its micro-batches, and its gradient
     ``sum(grad numerators) / sum(denominators)``: for the losses crossjax ships (:func:`losses.loss_parts`:
@@ -397,19 +398,29 @@ def make_train_step(
         params = optax.apply_updates(state.params, updates)
         params_finite = jax.tree.reduce(jnp.logical_and, jax.tree.map(lambda p: jnp.isfinite(p).all(), params))
         finite = healthy & jnp.isfinite(loss) & jnp.isfinite(grad_norm) & params_finite
+        pairs = jnp.sum(batch["example_mask"])
+        any_pairs = pairs > 0
 
-        def keep_if_finite(new, old):
-            return jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+        def keep_unless(flag, new, old):
+            return jax.tree.map(lambda n, o: _select(flag, n, o), new, old)
 
         new_state = TrainState(
-            step=state.step + 1,
-            params=keep_if_finite(params, state.params),
-            rest=rest,
-            opt_state=keep_if_finite(opt_state, state.opt_state),
+            step=state.step + any_pairs.astype(state.step.dtype),
+            params=keep_unless(finite & any_pairs, params, state.params),
+            rest=keep_unless(any_pairs, rest, state.rest),
+            opt_state=keep_unless(finite & any_pairs, opt_state, state.opt_state),
         )
-        return new_state, {"loss": loss, "grad_norm": grad_norm, "finite": finite}
+        return new_state, {"loss": loss, "grad_norm": grad_norm, "finite": finite, "pairs": pairs}
 
     return train_step
+
+
+def _select(flag: jax.Array, new: jax.Array, old: jax.Array) -> jax.Array:
+    """``where(flag, new, old)``, also for typed PRNG keys (selected on their key data)."""
+    if jnp.issubdtype(new.dtype, jax.dtypes.prng_key):
+        data = jnp.where(flag, jax.random.key_data(new), jax.random.key_data(old))
+        return jax.random.wrap_key_data(data, impl=jax.random.key_impl(new))
+    return jnp.where(flag, new, old)
 
 
 def is_list_loss(loss: Any) -> bool:
@@ -697,8 +708,16 @@ class CompileMonitor:
         return total
 
 
-def batch_to_global(batch: PackedBatch, plan: MeshPlan) -> dict:
-    """This process's groups of a global packed batch -> global arrays sharded over the data axis."""
+def batch_to_global(batch: PackedBatch, plan: MeshPlan, global_groups: int | None = None) -> dict:
+    """This process's groups of a global packed batch -> global arrays sharded over the data axis.
+
+    ``global_groups`` set: ``batch`` holds only this process's groups (a multi-host stream packs just its
+    own share), in the order of :func:`crossjax.parallel.process_rows`, of ``global_groups`` in all."""
+    if global_groups is not None:
+        return {
+            name: global_batch_array(np.asarray(value), plan.batch, global_groups)
+            for name, value in batch.device_fields().items()
+        }
     groups = batch.input_ids.shape[0]
     if jax.process_count() > 1:
         # The groups this process's devices hold (contiguous or, on an interleaved mesh, not).

@@ -190,7 +190,7 @@ def main() -> None:
         ce = CrossEncoder(
             spec["model_dir"],
             num_labels=1,
-            max_length=64,
+            max_length=job.get("max_length", 64),
             config_kwargs=config_kwargs,
             seed=job.get("seed", 0),
             sharding=job.get("sharding", "replicated"),
@@ -226,7 +226,9 @@ def main() -> None:
             fit_kwargs.update(max_steps=job["max_steps"], batch_size=job["batch_size"])
             fit_loop.STREAM_LOOKAHEAD = job["lookahead"]
             row_of = {(a, b): i for i, (a, b, _) in enumerate(rows)}
-            encoded = ce.tokenizer([a for a, _, _ in rows], [b for _, b, _ in rows], truncation=True, max_length=64)
+            encoded = ce.tokenizer(
+                [a for a, _, _ in rows], [b for _, b, _ in rows], truncation=True, max_length=ce.max_length
+            )
             recorder.update(
                 ids={tuple(ids): i for i, ids in enumerate(encoded["input_ids"])}, tokenized={}, row_of=row_of
             )

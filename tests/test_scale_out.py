@@ -40,7 +40,10 @@ FIT = dict(batch_size=16, limit=EXAMPLES, lr=1e-3)
 RESUMABLE = dict(FIT, name="", sharding="fsdp", epochs=3, dropout=True, seed=3, predict=False)
 # A 2-process stream over two JSONL files (split_dataset_by_node gives each process one), 20 and 28 pairs: 8
 # pairs a process a step in one shape planned from the global stream's first step. It runs out before max_steps.
-STREAM = dict(kind="stream", batch_size=16, max_steps=20, lookahead=1, dropout=True, seed=3, predict=False)
+# max_length 24 (rows of 24 tokens) with the shortest pairs planned on: later, longer steps must defer pairs.
+STREAM = dict(
+    kind="stream", batch_size=16, max_steps=20, lookahead=1, dropout=True, seed=3, predict=False, max_length=24
+)
 SHARD_SIZES = (20, 28)
 WORDS = (
     "the a man woman dog cat plays runs guitar field music park red blue small large quickly slowly "
@@ -235,10 +238,11 @@ def runs(tmp_path_factory):
 
 
 def _stream_files(rows: list, root: Path) -> tuple[list[int], list[str]]:
-    """Two JSONL files of the rows, the longest pair first (the plan, made from the first step, then fits every
-    pair); returns the rows' order in the stream and the files."""
-    longest = max(range(len(rows)), key=lambda i: len(rows[i][0].split()) + len(rows[i][1].split()))
-    order = [longest] + [i for i in range(len(rows)) if i != longest]
+    """Two JSONL files of the rows, the 16 shortest pairs first (the plan, made from that first step, then gives
+    later, longer steps too few rows: they defer pairs); returns the rows' order in the stream and the files."""
+    by_length = sorted(range(len(rows)), key=lambda i: (len(rows[i][0].split()) + len(rows[i][1].split()), i))
+    first = sorted(by_length[:16])
+    order = first + [i for i in range(len(rows)) if i not in first]
     files = []
     for index, part in enumerate((order[: SHARD_SIZES[0]], order[SHARD_SIZES[0] :])):
         path = root / f"stream_{index}.jsonl"
@@ -528,7 +532,7 @@ def test_two_process_stream_reads_only_its_own_shard(runs):
         assert bounds[-1] == len(shard) == job["stream_examples"], f"process {p}"
         for fed, start, stop in zip(job["fed"], bounds[:-1], bounds[1:], strict=True):
             assert sorted(fed) == sorted(shard[start:stop]), f"process {p}"
-        assert max(len(fed) for fed in job["fed"]) == 8
+        assert 0 < max(len(fed) for fed in job["fed"]) <= 8  # at most its share a step
     # Some step deferred pairs that did not fit the agreed shape (fewer than 8 with more of the shard to come).
     assert any(
         len(fed) < 8 and any(job["fed"][i + 1 :]) for job in jobs for i, fed in enumerate(job["fed"])

@@ -73,11 +73,25 @@ def parity_runs(minilm_dir, tmp_path_factory):
         show_progress_bar=False,
     )
     ours, theirs, history = fit_both(start, rows, settings)
-    return ours, theirs, history, pairs
+    assert not ours.model.scan_layers  # the default on a CPU: unrolled layers
+    scanned = CrossEncoder(start, config_kwargs=NO_DROPOUT, scan_layers=True)
+    examples = [InputExample(texts=[a, b], label=s / 5.0) for a, b, s in rows]
+    scanned.fit(DataLoader(examples, batch_size=8, shuffle=False), **settings)
+    return ours, theirs, history, pairs, scanned
+
+
+def test_scanned_layers_train_as_unrolled(parity_runs):
+    """The scanned layout (the default on accelerators) trains to the unrolled one's losses and predictions."""
+    ours, _, their_losses, pairs, scanned = parity_runs
+    assert scanned.model.scan_layers
+    np.testing.assert_allclose([h["loss"] for h in scanned.training_history], their_losses, rtol=1e-3)
+    np.testing.assert_allclose(
+        scanned.predict(pairs, batch_size=16), ours.predict(pairs, batch_size=16), rtol=1e-4, atol=1e-6
+    )
 
 
 def test_per_step_losses_match_sentence_transformers(parity_runs):
-    ours, _, their_losses, _ = parity_runs
+    ours, _, their_losses, _, _ = parity_runs
     our_losses = [h["loss"] for h in ours.training_history]
     assert len(our_losses) == len(their_losses) == 10  # 40 pairs / batch 8 x 2 epochs
     np.testing.assert_allclose(our_losses, their_losses, rtol=1e-3)
@@ -86,7 +100,7 @@ def test_per_step_losses_match_sentence_transformers(parity_runs):
 
 
 def test_final_predictions_match_sentence_transformers(parity_runs):
-    ours, theirs, _, pairs = parity_runs
+    ours, theirs, _, pairs, _ = parity_runs
     mine = ours.predict(pairs, batch_size=16)
     reference = theirs.predict(pairs, batch_size=16)
     np.testing.assert_allclose(mine, reference, rtol=1e-3, atol=1e-5)

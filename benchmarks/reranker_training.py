@@ -82,7 +82,11 @@ def run_crossjax(model_dir: str, kind: str, dataset, args) -> float:
     from crossjax.trainer import CrossEncoderTrainer
     from crossjax.training_args import CrossEncoderTrainingArguments
 
-    model = CrossEncoder(model_dir, num_labels=1, max_length=args.max_length)
+    model = CrossEncoder(
+        model_dir, num_labels=1, max_length=args.max_length, scan_layers={"auto": None, "scan": True}.get(
+            args.scan_layers, False
+        )
+    )
     loss = (
         losses.LambdaLoss(model)
         if kind == "lambda"
@@ -132,6 +136,9 @@ def main() -> None:
     parser.add_argument("--docs", type=int, default=8, help="candidates per list (LambdaLoss)")
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--cache-dir", default=None, help="crossjax's persistent compilation cache (default: off)")
+    parser.add_argument(
+        "--scan-layers", choices=["auto", "scan", "unrolled"], default="auto", help="crossjax's layer layout"
+    )
     args = parser.parse_args()
     os.environ["CROSSJAX_COMPILATION_CACHE"] = args.cache_dir or "0"
     _bench.print_info("reranker training throughput", {"steps": str(args.steps), "rows a step": str(args.queries)})

@@ -46,6 +46,10 @@ COMPILE_EVENTS = (
 )
 
 
+# crossjax's ``CrossEncoder(scan_layers=...)``: auto (None) is unrolled on CPUs, scanned on accelerators.
+SCAN = {"auto": None, "scan": True, "unrolled": False}
+
+
 class CompileClock:
     """Sums the seconds JAX reports for tracing, lowering and compiling."""
 
@@ -99,7 +103,9 @@ def fit_crossjax(args, rows, compile_clock: CompileClock) -> dict:
     from crossjax import CrossEncoder, DataLoader, InputExample, training
 
     training.clear_program_cache()  # a later trial would reuse the first one's train step: compile it again
-    model = CrossEncoder(args.model, num_labels=1, max_length=args.max_length, seed=args.seed)
+    model = CrossEncoder(
+        args.model, num_labels=1, max_length=args.max_length, seed=args.seed, scan_layers=SCAN[args.scan_layers]
+    )
     examples = [InputExample(texts=[a, b], label=s) for a, b, s in rows]
     loader = DataLoader(examples, shuffle=True, batch_size=args.batch_size, seed=args.seed)
     clock = EpochClock()
@@ -179,6 +185,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed predict calls per library (alternating)")
     parser.add_argument("--seed", type=int, default=12)
     parser.add_argument("--cache-dir", default=None, help="persistent compilation cache to use (default: off)")
+    parser.add_argument("--scan-layers", choices=list(SCAN), default="auto", help="crossjax's layer layout")
     args = parser.parse_args()
     if args.epochs < 2:
         parser.error("--epochs must be >= 2: the first epoch is the compile/warm-up epoch")

@@ -487,3 +487,30 @@ def test_arguments_and_defaults_match_sentence_transformers(ours, theirs) -> Non
 def test_every_sentence_transformers_cross_encoder_loss_exists() -> None:
     for name in st_losses.__all__:
         assert name in cj.__all__, name
+
+
+def test_equal_losses_share_one_compiled_step():
+    """The train-step cache keys a list loss by its class and settings, not by the model object it was built
+    for: a second trainer with an equal loss reuses the compiled step; any other setting is another program."""
+    from crossjax.training import callable_key
+
+    def key(loss):
+        found = callable_key(loss)
+        assert found is not None, type(loss).__name__
+        return found
+
+    first, second = crossjax_model(), crossjax_model()
+    assert key(cj.LambdaLoss(first)) == key(cj.LambdaLoss(second))
+    assert key(cj.LambdaLoss(first)) != key(cj.LambdaLoss(first, k=5))
+    assert key(cj.LambdaLoss(first)) != key(cj.LambdaLoss(first, weighting_scheme=cj.NDCGLoss1Scheme()))
+    assert key(cj.LambdaLoss(first)) != key(cj.RankNetLoss(first))
+    assert key(cj.MultipleNegativesRankingLoss(first)) == key(cj.MultipleNegativesRankingLoss(second))
+    assert key(cj.MultipleNegativesRankingLoss(first)) != key(cj.MultipleNegativesRankingLoss(first, scale=5.0))
+    assert key(cj.PListMLELoss(first)) == key(cj.PListMLELoss(second))
+    assert key(cj.CrossEntropyLoss(crossjax_model(3), weight=[1.0, 2.0, 3.0])) == key(
+        cj.CrossEntropyLoss(crossjax_model(3), weight=[1.0, 2.0, 3.0])
+    )
+    assert key(cj.CrossEntropyLoss(crossjax_model(3), weight=[1.0, 2.0, 3.0])) != key(
+        cj.CrossEntropyLoss(crossjax_model(3), weight=[1.0, 2.0, 4.0])
+    )
+    assert key(cj.BinaryCrossEntropyLoss(first)) != key(cj.BinaryCrossEntropyLoss(first, activation_fn="sigmoid"))

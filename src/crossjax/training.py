@@ -536,11 +536,41 @@ def _value_key(value: Any) -> Any:
     raise _Unkeyable(type(value).__name__)
 
 
+# A list loss's attributes that do not shape its computation: the model it was built for, and the activation
+# as the user spelled it (``activation``, the resolved function, is keyed instead).
+_LOSS_ATTRIBUTES_NOT_KEYED = frozenset({"model", "_activation_arg"})
+
+
+def _state_key(value: Any, depth: int = 0) -> Any:
+    """A loss attribute as part of a cache key: values by value, crossjax's own objects (weighting schemes,
+    lambda weights) by type and attributes, other hashable callables by identity."""
+    try:
+        return _value_key(value)
+    except _Unkeyable:
+        pass
+    if isinstance(value, dict):
+        return ("dict", tuple(sorted((str(k), _state_key(v, depth)) for k, v in value.items())))
+    if isinstance(value, (tuple, list)):
+        return (type(value).__name__, tuple(_state_key(v, depth) for v in value))
+    if depth < 4 and type(value).__module__.startswith("crossjax.") and hasattr(value, "__dict__"):
+        items = sorted((k, _state_key(v, depth + 1)) for k, v in vars(value).items())
+        return ("object", type(value), tuple(items))
+    key = callable_key(value) if callable(value) else None
+    if key is None:
+        raise _Unkeyable(type(value).__name__)
+    return key
+
+
 def callable_key(fn: Callable) -> Any:
     """A loss or activation as a cache key: a function by identity, a ``functools.partial`` by its function and
     the values of its arguments (so ``partial(cross_entropy, class_weights=array)`` built twice from equal
-    weights is the same key). None when it cannot be keyed (an unhashable callable): then nothing is reused."""
+    weights is the same key), a list loss (``crossjax.losses``) by its class and settings, whatever model it
+    was built for (so a second trainer with an equal loss reuses the compiled step). None when it cannot be
+    keyed (an unhashable callable): then nothing is reused."""
     try:
+        if is_list_loss(fn):
+            settings = {k: v for k, v in vars(fn).items() if k not in _LOSS_ATTRIBUTES_NOT_KEYED}
+            return ("loss", type(fn), _state_key(settings))
         if isinstance(fn, functools.partial):
             inner = callable_key(fn.func)
             if inner is None:

@@ -83,9 +83,7 @@ def run_crossjax(model_dir: str, kind: str, dataset, args) -> float:
     from crossjax.training_args import CrossEncoderTrainingArguments
 
     model = CrossEncoder(
-        model_dir, num_labels=1, max_length=args.max_length, scan_layers={"auto": None, "scan": True}.get(
-            args.scan_layers, False
-        )
+        model_dir, num_labels=1, max_length=args.max_length, scan_layers=args.scan_layers == "scan"
     )
     loss = (
         losses.LambdaLoss(model)
@@ -137,7 +135,7 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--cache-dir", default=None, help="crossjax's persistent compilation cache (default: off)")
     parser.add_argument(
-        "--scan-layers", choices=["auto", "scan", "unrolled"], default="auto", help="crossjax's layer layout"
+        "--scan-layers", choices=["scan", "unrolled"], default="scan", help="crossjax's layer layout"
     )
     args = parser.parse_args()
     os.environ["CROSSJAX_COMPILATION_CACHE"] = args.cache_dir or "0"

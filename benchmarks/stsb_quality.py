@@ -37,7 +37,9 @@ def run_crossjax(args, train_rows, evaluator, warmup_steps: int) -> tuple[float,
     from crossjax import CrossEncoder, DataLoader, InputExample
 
     examples = [InputExample(texts=list(t), label=lab) for t, lab in _pairs(train_rows, args.both_orders)]
-    model = CrossEncoder(args.model, num_labels=1, max_length=args.max_length, seed=args.seed)
+    model = CrossEncoder(
+        args.model, num_labels=1, max_length=args.max_length, seed=args.seed, scan_layers=args.scan_layers == "scan"
+    )
     loader = DataLoader(examples, shuffle=True, batch_size=args.batch_size, seed=args.seed)
     start = time.perf_counter()
     model.fit(
@@ -92,6 +94,7 @@ def main() -> None:
     parser.add_argument("--max-train-samples", type=int, default=None, help="random subset of train pairs")
     parser.add_argument("--one-order", dest="both_orders", action="store_false", help="train on (a, b) only")
     parser.add_argument("--seed", type=int, default=12)
+    parser.add_argument("--scan-layers", choices=["scan", "unrolled"], default="scan", help="crossjax's layout")
     parser.add_argument("--only", choices=("crossjax", "st"), default=None, help="run one library only")
     parser.add_argument("--progress", action="store_true", help="show training progress bars")
     parser.add_argument("--torch-threads", type=int, default=None, help="default: the available CPU cores")

@@ -46,8 +46,8 @@ COMPILE_EVENTS = (
 )
 
 
-# crossjax's ``CrossEncoder(scan_layers=...)``: auto (None) is unrolled on CPUs, scanned on accelerators.
-SCAN = {"auto": None, "scan": True, "unrolled": False}
+# crossjax's ``CrossEncoder(scan_layers=...)`` (scanned by default).
+SCAN = {"scan": True, "unrolled": False}
 
 
 class CompileClock:
@@ -185,7 +185,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed predict calls per library (alternating)")
     parser.add_argument("--seed", type=int, default=12)
     parser.add_argument("--cache-dir", default=None, help="persistent compilation cache to use (default: off)")
-    parser.add_argument("--scan-layers", choices=list(SCAN), default="auto", help="crossjax's layer layout")
+    parser.add_argument("--scan-layers", choices=list(SCAN), default="scan", help="crossjax's layer layout")
     args = parser.parse_args()
     if args.epochs < 2:
         parser.error("--epochs must be >= 2: the first epoch is the compile/warm-up epoch")

@@ -73,20 +73,20 @@ def parity_runs(minilm_dir, tmp_path_factory):
         show_progress_bar=False,
     )
     ours, theirs, history = fit_both(start, rows, settings)
-    assert not ours.model.scan_layers  # the default on a CPU: unrolled layers
-    scanned = CrossEncoder(start, config_kwargs=NO_DROPOUT, scan_layers=True)
+    assert ours.model.scan_layers  # the default: scanned layers
+    unrolled = CrossEncoder(start, config_kwargs=NO_DROPOUT, scan_layers=False)
     examples = [InputExample(texts=[a, b], label=s / 5.0) for a, b, s in rows]
-    scanned.fit(DataLoader(examples, batch_size=8, shuffle=False), **settings)
-    return ours, theirs, history, pairs, scanned
+    unrolled.fit(DataLoader(examples, batch_size=8, shuffle=False), **settings)
+    return ours, theirs, history, pairs, unrolled
 
 
-def test_scanned_layers_train_as_unrolled(parity_runs):
-    """The scanned layout (the default on accelerators) trains to the unrolled one's losses and predictions."""
-    ours, _, their_losses, pairs, scanned = parity_runs
-    assert scanned.model.scan_layers
-    np.testing.assert_allclose([h["loss"] for h in scanned.training_history], their_losses, rtol=1e-3)
+def test_unrolled_layers_train_as_scanned(parity_runs):
+    """The unrolled layout (``scan_layers=False``) trains to old_fit's losses and the scanned run's predictions."""
+    ours, _, their_losses, pairs, unrolled = parity_runs
+    assert not unrolled.model.scan_layers
+    np.testing.assert_allclose([h["loss"] for h in unrolled.training_history], their_losses, rtol=1e-3)
     np.testing.assert_allclose(
-        scanned.predict(pairs, batch_size=16), ours.predict(pairs, batch_size=16), rtol=1e-4, atol=1e-6
+        unrolled.predict(pairs, batch_size=16), ours.predict(pairs, batch_size=16), rtol=1e-4, atol=1e-6
     )
 
 

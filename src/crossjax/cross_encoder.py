@@ -109,10 +109,9 @@ class CrossEncoder:
     Identity otherwise). JAX extras: ``compute_dtype`` ("float32" or "bfloat16", parameters always stay
     float32), ``seed`` (head initialisation and dropout), ``sharding`` ("replicated" or "fsdp"),
     ``max_shapes`` (how many static shapes packed batches may take per fit or predict call, i.e. programs
-    compiled; see :mod:`crossjax.packing`) and ``scan_layers`` (True: stacked layers under ``nnx.scan``,
-    compiled once whatever the depth; False: unrolled; None, the default: unrolled on CPUs, where the
-    unrolled step ran 10-25% faster for MiniLM and compiled only ~1 s longer, and scanned on GPUs and TPUs,
-    where compile time grows with depth and is paid on every new shape; ``benchmarks/RESULTS.md``).
+    compiled; see :mod:`crossjax.packing`) and ``scan_layers`` (True, the default: stacked layers under
+    ``nnx.scan``, compiled once whatever the depth; False: unrolled. On a CPU the unrolled MiniLM trained
+    10-30% faster per step but predicted ~30% slower and compiled longer; ``benchmarks/RESULTS.md``).
     ``model_card_data`` (a :class:`~crossjax.model_card.CrossEncoderModelCardData`, as in sentence-transformers)
     sets what the model card written by ``save`` says (language, license, model_id, datasets, base_model ...).
     """
@@ -142,7 +141,7 @@ class CrossEncoder:
         seed: int = 0,
         sharding: str = "replicated",
         max_shapes: int = 2,
-        scan_layers: bool | None = None,
+        scan_layers: bool = True,
         cache_dir: str | None = None,
         default_activation_function: Callable | None = None,
         classifier_dropout: float | None = None,
@@ -187,8 +186,6 @@ class CrossEncoder:
         self.model_name_or_path = str(model_name_or_path)
         self.compute_dtype = _as_dtype(compute_dtype or "float32")
         self.seed = int(seed)
-        if scan_layers is None:
-            scan_layers = self.mesh_plan.mesh.devices.flat[0].platform != "cpu"
         self.model = model_class_for(config).from_pretrained(
             directory, config=config, dtype=jnp.float32, seed=self.seed, scan_layers=bool(scan_layers)
         )

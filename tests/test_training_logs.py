@@ -108,10 +108,16 @@ def test_curves_png_is_a_real_image(logged_run):
     assert image[..., :3].std() > 0.05  # not a blank canvas
 
 
-def test_resumed_run_appends_without_duplicating_steps(tiny_dir, tmp_path):
+def test_resumed_run_appends_without_duplicating_steps(tiny_dir, tmp_path, monkeypatch):
     """A run killed after step 6 (its last checkpoint: step 4) and resumed: every step and evaluation appears
-    once in metrics.jsonl and in TensorBoard, and the lines of steps <= 4 are the first run's."""
+    once in metrics.jsonl and in TensorBoard, and the lines of steps <= 4 are the first run's. tensorboardX's
+    clock is frozen, as when both runs start within one second (its file names hold only the second)."""
+    from types import SimpleNamespace
+
+    import tensorboardX.event_file_writer
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    monkeypatch.setattr(tensorboardX.event_file_writer, "time", SimpleNamespace(time=lambda: 1_700_000_000.0))
 
     logs, checkpoints = tmp_path / "logs", tmp_path / "ckpt"
     settings = dict(

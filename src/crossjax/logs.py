@@ -24,6 +24,7 @@ import json
 import logging
 import math
 import os
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -202,7 +203,15 @@ class TrainingLog(RunCallback):
             from tensorboardX import SummaryWriter
 
             purge = {"purge_step": info.start_step + 1} if info.start_step > 0 else {}
-            self._writer = SummaryWriter(str(self.log_dir / TENSORBOARD_DIR), flush_secs=10, **purge)
+            # tensorboardX names event files by the second and host only: a resumed run starting within the
+            # same second would overwrite the first run's file. A nanosecond suffix keeps each run's file and
+            # sorts them in run order (TensorBoard reads files in name order, which the purge relies on).
+            self._writer = SummaryWriter(
+                str(self.log_dir / TENSORBOARD_DIR),
+                flush_secs=10,
+                filename_suffix=f".{time.time_ns():020d}",
+                **purge,
+            )
         elif self.tensorboard:
             raise ImportError("TensorBoard logging needs tensorboardX: pip install 'crossjax[logs]'")
 

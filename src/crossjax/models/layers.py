@@ -150,11 +150,11 @@ def dropout_keep_mask(key: Array, shape: tuple[int, ...], rate: float) -> Array:
 
     Why not ``jax.random.bernoulli``: threefry costs about 20 rounds of 32-bit arithmetic per element, and the
     attention probabilities of packed rows have ``heads x T x T`` elements per row; on a CPU their mask took
-    ~15 ns an element (94 ms a layer for 14 rows of 192 tokens, MiniLM), more than the layer's matmuls. Here
-    two words drawn from ``key`` seed a counter-based hash of the element's index (two ``lowbias32`` rounds,
-    ~6x cheaper). The bits depend only on the global index, so a sharded array gets the same mask as an
-    unsharded one, and a run is reproducible from its key. Statistical quality is ample for dropout; this is
-    not a general-purpose random number generator.
+    72.6 ms a layer for 14 rows of 192 tokens (MiniLM), more than the layer's matmuls. Here two words drawn
+    from ``key`` seed a counter-based hash of the element's index (two ``lowbias32`` rounds): 1.6 ms for the
+    same mask (``benchmarks/dropout_cost.py``). The bits depend only on the global index, so a sharded array
+    gets the same mask as an unsharded one, and a run is reproducible from its key. Statistical quality is
+    ample for dropout; this is not a general-purpose random number generator.
     """
     seed = jax.random.bits(key, (2,), jnp.uint32)
     inner_shape = shape[-2:] if len(shape) >= 2 else shape

@@ -19,7 +19,7 @@ venv: $(BIN)/.installed
 
 test: venv
 	$(BIN)/ruff check src tests examples benchmarks tpu
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q --durations=25 tests
 
 demo: venv
 	$(BIN)/python examples/demo.py

@@ -31,6 +31,8 @@ from crossjax.models.base import FlaxPreTrainedModel
 from crossjax.models.export import check_local_path
 from crossjax.parallel import MeshPlan, process_rows, put_global
 from crossjax.runtime import progress_bar
+
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 from crossjax.schedules import make_schedule, scheduler_key
 
 logger = logging.getLogger("crossjax")
@@ -92,8 +94,11 @@ class FitConfig:
             positive_int("max_tokens_per_step", self.max_tokens_per_step)
             if self.group_by_length:
                 raise ValueError("max_tokens_per_step and group_by_length cannot be combined")
-        if not (math.isfinite(self.learning_rate) and self.learning_rate > 0):
-            raise ValueError(f"optimizer_params['lr'] must be a positive number, got {self.learning_rate!r}")
+        if not (math.isfinite(self.learning_rate) and 0 < self.learning_rate <= FLOAT32_MAX):
+            raise ValueError(
+                f"optimizer_params['lr'] must be a positive number that float32 can hold (the step computes in "
+                f"float32), got {self.learning_rate!r}"
+            )
         check_local_path(self.output_path, "output_path")
         check_local_path(self.log_dir, "log_dir")
         if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
@@ -291,8 +296,14 @@ class _Metrics:
                     what = f"the loss became {loss}"
                 elif not math.isfinite(grad_norm):
                     what = f"the gradient norm became {grad_norm} (loss {loss})"
-                else:
-                    what = f"the parameter update overflowed (loss {loss})"
+                else:  # loss and gradient were finite, so the update was applied (see training.make_train_step)
+                    raise FloatingPointError(
+                        f"Training stopped: the parameter update of step {step} (epoch {epoch}) overflowed "
+                        f"(loss {loss}, gradient norm {grad_norm}): some parameters are no longer finite. No later "
+                        "update was applied, and the last model saved to output_path is untouched. Lower the "
+                        "learning rate, or use an Adam eps > 0 (with eps 0, a parameter whose gradient is 0 "
+                        "divides 0 by 0)."
+                    )
                 raise FloatingPointError(
                     f"Training stopped: {what} at step {step} (epoch {epoch}); neither that update nor any "
                     "later one was applied, so the model keeps the parameters of the last finite step and the "
@@ -401,6 +412,7 @@ class _InMemoryData:
                 step_rows // groups,
                 hidden_size=packing.model_width(model.config),
                 max_shapes=target.max_shapes,
+                compile_cost_steps=packing.compile_cost_steps(plan.platform),
             )
         self.fingerprint = {
             "examples": n,

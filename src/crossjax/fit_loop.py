@@ -31,11 +31,10 @@ from crossjax.models.base import FlaxPreTrainedModel
 from crossjax.models.export import check_local_path
 from crossjax.parallel import MeshPlan, process_rows, put_global
 from crossjax.runtime import progress_bar
-
-FLOAT32_MAX = float(np.finfo(np.float32).max)
 from crossjax.schedules import make_schedule, scheduler_key
 
 logger = logging.getLogger("crossjax")
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 @dataclass

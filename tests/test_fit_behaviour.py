@@ -18,7 +18,7 @@ import pytest
 from conftest import save_tiny_bert
 from flax import nnx
 
-from crossjax import CrossEncoder, DataLoader, InputExample, losses, packing, training
+from crossjax import CrossEncoder, DataLoader, InputExample, losses, training
 from crossjax.evaluation import CECorrelationEvaluator
 
 NO_DROPOUT = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
@@ -197,10 +197,7 @@ def _snapshot(directory: Path) -> dict[str, bytes]:
     return {str(p.relative_to(directory)): p.read_bytes() for p in files}
 
 
-def test_nan_loss_stops_training_and_keeps_last_good_model(tiny_dir, tmp_path, monkeypatch):
-    # The 5-step run and the 2-step reference below must pack their first 2 steps alike (round-off in a
-    # gradient becomes an lr-sized Adam step where the gradient is ~0): plan shapes on tokens alone.
-    monkeypatch.setitem(packing.COMPILE_COST_STEPS, "cpu", 0.0)
+def test_nan_loss_stops_training_and_keeps_last_good_model(tiny_dir, tmp_path):
     out = tmp_path / "best"
     settings = dict(loss_fct=nan_on_sentinel, **TRAIN)
     ce = CrossEncoder(tiny_dir, config_kwargs=NO_DROPOUT)
@@ -257,7 +254,7 @@ def test_overflowing_update_is_reported_at_its_step(tiny_dir):
 
 
 # ------------------------------------------------------------------------------- 3. compilations/packing
-def test_compilations_bounded_by_max_shapes(tiny_dir, monkeypatch):
+def test_compilations_bounded_by_max_shapes(tiny_dir):
     rng = np.random.default_rng(3)
     # Random lengths from 5 to ~60 tokens: padding each batch to its longest pair would waste most tokens.
     examples = [
@@ -265,8 +262,6 @@ def test_compilations_bounded_by_max_shapes(tiny_dir, monkeypatch):
         for _ in range(96)
     ]
     pairs = [tuple(e.texts) for e in examples]
-    # Shapes chosen on tokens alone (a 24-step run would not pay a second compile: tests/test_packing.py).
-    monkeypatch.setitem(packing.COMPILE_COST_STEPS, "cpu", 0.0)
     for max_shapes in (1, 2):
         # Jitted steps are shared by the whole process: start cold, so the counts below are this test's own
         # (a second fit compiling nothing: tests/test_compile_cache.py).

@@ -124,43 +124,6 @@ def test_packed_logits_equal_pytorch_on_each_pair_alone(family_dir, scan_layers)
 
 
 # ------------------------------------------------------------------------------------------- real data
-def test_a_shape_beyond_the_first_must_pay_for_its_compile():
-    rng = np.random.default_rng(2)
-    for _ in range(30):
-        needs = rng.integers(8, 30, size=rng.integers(1, 25))
-        values = sorted(set(needs.tolist()))
-        cost = float(rng.choice([0.0, 5.0, 40.0, 400.0]))
-
-        def priced(choice, needs=needs, cost=cost):
-            return sum(min(c for c in choice if c >= n) for n in needs) + cost * (len(choice) - 1)
-
-        chosen = packing.choose_row_counts(needs, 3, shape_cost=cost)
-        best = min(
-            priced(choice + (max(values),))
-            for m in range(0, min(3, len(values)))
-            for choice in itertools.combinations(values[:-1], m)
-        )
-        assert priced(chosen) == best
-    # Half the steps need 16, half 24: a second shape saves 8 per short step.
-    needs = [16] * 10 + [24] * 10
-    assert packing.choose_row_counts(needs, 2, shape_cost=79.0) == (16, 24)  # saves 80 > 79
-    assert packing.choose_row_counts(needs, 2, shape_cost=81.0) == (24,)
-
-
-def test_short_runs_plan_one_shape_long_runs_more():
-    rng = np.random.default_rng(3)
-    lengths = rng.integers(10, 60, size=4096)
-    steps = [rng.permutation(4096)[:16] for _ in range(400)]
-    plans = {
-        n: packing.plan_packing(steps[:n], lengths, 1, 16, hidden_size=384, max_shapes=2, compile_cost_steps=8.0)
-        for n in (10, 400)
-    }
-    assert len(plans[10].row_lengths) == 1 and len(plans[400].row_lengths) == 2
-    # Without a compile price the short run also takes two shapes.
-    assert len(packing.plan_packing(steps[:10], lengths, 1, 16, hidden_size=384, max_shapes=2).row_lengths) == 2
-    assert packing.compile_cost_steps("cpu") < packing.compile_cost_steps("tpu")
-
-
 def test_stsb_packs_hf_token_ids_with_high_efficiency_in_two_shapes(minilm_dir):
     """Plain random batches of real STS-B pairs: every packed segment is exactly what the Hugging Face
     tokenizer gives for that pair alone, and packing computes >= 85% real tokens in at most two shapes

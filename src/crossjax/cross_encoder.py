@@ -299,7 +299,6 @@ class CrossEncoder:
             rows // shards,
             hidden_size=packing.model_width(self.config),
             max_shapes=self.max_shapes,
-            compile_cost_steps=packing.compile_cost_steps(self.mesh_plan.platform),
         )
         program = self._predict_program(dtype or self.compute_dtype)
         traced_before = program.counter.count

@@ -411,7 +411,6 @@ class _InMemoryData:
                 step_rows // groups,
                 hidden_size=packing.model_width(model.config),
                 max_shapes=target.max_shapes,
-                compile_cost_steps=packing.compile_cost_steps(plan.platform),
             )
         self.fingerprint = {
             "examples": n,
@@ -567,10 +566,6 @@ class _StreamData:
     def _plan(
         self, steps: list[streaming.StreamStep], max_shapes: int, min_row_length: int = 0
     ) -> packing.PackingPlan:
-        # The planning steps stand for the run: a shape's compile is priced at their share of it. A stream that
-        # ended within the lookahead is all there: the run is those steps; otherwise it runs to max_steps.
-        ended = len(steps) < min(STREAM_LOOKAHEAD, self.remaining)
-        run_steps = max(len(steps) if ended else self.total_steps, len(steps), 1)
         return streaming.plan_from_steps(
             steps,
             self.groups,
@@ -578,7 +573,6 @@ class _StreamData:
             packing.model_width(self.target.model.config),
             max_shapes,
             min_row_length,
-            packing.compile_cost_steps(self.target.plan.platform) * len(steps) / run_steps,
         )
 
     def start(self, start_step: int) -> None:

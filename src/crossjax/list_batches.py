@@ -257,8 +257,6 @@ class ListData:
             self.queries_per_group * self.docs,
             hidden_size=packing.model_width(target.model.config),
             max_shapes=target.max_shapes,
-            # the sample stands for the run: a shape's compile is priced at the sample's share of the steps
-            compile_cost_steps=packing.compile_cost_steps(plan.platform) * len(sample) / self.total_steps,
         )
         self.fingerprint = {
             "rows": self.rows,

@@ -12,10 +12,8 @@ come back one row per pair slot, in the order of ``indices``, so losses and ``ba
 group) is fixed for a run and ``T`` (tokens per row) takes at most ``max_shapes`` values, so a run compiles
 at most ``max_shapes`` programs. For every planned step the packer finds the shortest row length (a multiple
 of 8, at least the step's longest pair) at which first-fit-decreasing fits the step into ``R`` rows; it picks
-at most ``max_shapes`` row lengths that minimise the computed tokens over the whole run (an exact dynamic
-programme over the histogram of needs), where every shape beyond the first must save more tokens than its
-compile costs (``compile_cost_steps`` steps of the largest shape: a short run compiles one shape, a long one
-up to ``max_shapes``); and it picks ``R`` among a few candidates (rows of about 64 to 512
+the ``max_shapes`` row lengths that minimise the computed tokens over the whole run (an exact dynamic
+programme over the histogram of needs); and it picks ``R`` among a few candidates (rows of about 64 to 512
 tokens) to minimise the estimated compute of the run, counting attention's cost, which grows with ``T``
 (per token about ``T / (6 * hidden)`` of the dense layers' cost). Few long rows pack tightest; many short
 rows waste less attention; the estimate settles it per model and data set.
@@ -36,7 +34,6 @@ __all__ = [
     "PackingPlan",
     "row_length_needed",
     "choose_row_counts",
-    "compile_cost_steps",
     "plan_packing",
     "plan_grouped_packing",
     "token_budget_shape",
@@ -147,9 +144,8 @@ def row_length_needed(lengths: np.ndarray, rows: int) -> int:
     return t
 
 
-def choose_row_counts(needed: Sequence[int], max_shapes: int, shape_cost: float = 0.0) -> tuple[int, ...]:
-    """At most ``max_shapes`` values minimising the total when each need is rounded up to one of them, plus
-    ``shape_cost`` (in the needs' unit) for every value beyond the first: a shape must pay for its compile.
+def choose_row_counts(needed: Sequence[int], max_shapes: int) -> tuple[int, ...]:
+    """At most ``max_shapes`` values minimising the total when each need is rounded up to one of them.
 
     An exact dynamic programme over the distinct needs (the largest is always chosen).
     """
@@ -168,7 +164,7 @@ def choose_row_counts(needed: Sequence[int], max_shapes: int, shape_cost: float 
                 cost = best[m - 1][i] + float(values[j] * (prefix[j + 1] - prefix[i + 1]))
                 if cost < best[m][j]:
                     best[m][j], back[m][j] = cost, i
-    m = min(range(1, k + 1), key=lambda m: best[m][n - 1] + (m - 1) * float(shape_cost))
+    m = min(range(1, k + 1), key=lambda m: best[m][n - 1])
     chosen, j = [], n - 1
     while j >= 0 and m >= 1:
         chosen.append(int(values[j]))
@@ -240,22 +236,17 @@ def plan_packing(
     max_shapes: int = 2,
     rows: int | None = None,
     sample_steps: int = 256,
-    compile_cost_steps: float = 0.0,
 ) -> PackingPlan:
     """The static shapes for packing ``steps`` (each an array of example indices): see the module docstring.
 
     ``rows`` fixes ``R`` instead of choosing it. ``R`` is chosen on at most ``sample_steps`` evenly spaced
     steps (the choice is statistical); the row lengths are then planned over every step, so every step fits.
-    ``compile_cost_steps`` prices a shape's compile as that many steps of the largest shape: a second shape is
-    planned only if the tokens it saves over the run outweigh it (:func:`compile_cost_steps`).
     """
     if groups < 1 or pairs < 1:
         raise ValueError(f"groups and pairs must be >= 1, got {groups} and {pairs}")
     lengths = np.asarray(lengths)
     group_lengths = [[lengths[g] for g in deal_into_groups(step, lengths, groups)] for step in steps if len(step)]
-    return plan_grouped_packing(
-        group_lengths, groups, pairs, hidden_size, max_shapes, rows, sample_steps, compile_cost_steps
-    )
+    return plan_grouped_packing(group_lengths, groups, pairs, hidden_size, max_shapes, rows, sample_steps)
 
 
 def plan_grouped_packing(
@@ -266,7 +257,6 @@ def plan_grouped_packing(
     max_shapes: int = 2,
     rows: int | None = None,
     sample_steps: int = 256,
-    compile_cost_steps: float = 0.0,
 ) -> PackingPlan:
     """:func:`plan_packing` for steps already dealt into groups: ``group_lengths[s][g]`` are the token counts of
     the pairs of group ``g`` of step ``s`` (how list batches plan: a query's pairs stay in one group)."""
@@ -282,35 +272,17 @@ def plan_grouped_packing(
         typical = float(np.median(totals))
         candidates = sorted({max(1, math.ceil(typical / t)) for t in (64, 96, 128, 192, 256, 384, 512)})
 
-        # The sample stands for the whole run: a shape's compile is priced at the sample's share of it.
-        sampled_compile_steps = compile_cost_steps * len(sample) / len(group_lists)
-
         def run_cost(r: int) -> float:
             needs = [max(row_length_needed(g, r) for g in step) for step in sample]
-            shape_cost = sampled_compile_steps * max(needs)
-            lengths_chosen = choose_row_counts(needs, max_shapes, shape_cost)
+            lengths_chosen = choose_row_counts(needs, max_shapes)
             return sum(
                 r * t * (1.0 + t / (6.0 * hidden_size))
                 for t in (next(c for c in lengths_chosen if c >= need) for need in needs)
-            ) + r * (len(lengths_chosen) - 1) * shape_cost
+            )
 
         rows = min(candidates, key=run_cost)
     needs = [max(row_length_needed(g, rows) for g in step) for step in group_lists]
-    shape_cost = compile_cost_steps * max(needs)
-    return PackingPlan(int(rows), choose_row_counts(needs, max_shapes, shape_cost), int(groups), int(pairs))
-
-
-# A compiled shape's cost in steps of the run, per platform (compile seconds / step seconds). Measured on the
-# 2-core CPU: the MiniLM fit step compiles in 4.4-5 s and runs 16 STS-B pairs in 0.29 s (17 steps); BERT-base
-# compiles in 5.7 s and runs 16 pairs in about 1 s (6 steps). On accelerators a step takes milliseconds and
-# a compile seconds (not measured here: no device); 100 is a conservative guess.
-COMPILE_COST_STEPS = {"cpu": 8.0}
-ACCELERATOR_COMPILE_COST_STEPS = 100.0
-
-
-def compile_cost_steps(platform: str) -> float:
-    """What a compiled shape costs on ``platform`` (``jax.default_backend()``), in steps of the run."""
-    return COMPILE_COST_STEPS.get(platform, ACCELERATOR_COMPILE_COST_STEPS)
+    return PackingPlan(int(rows), choose_row_counts(needs, max_shapes), int(groups), int(pairs))
 
 
 def token_budget_shape(lengths: np.ndarray, groups: int, max_tokens: int) -> tuple[int, int]:

@@ -86,11 +86,6 @@ class MeshPlan:
         return int(self.mesh.shape[DATA_AXIS])
 
     @property
-    def platform(self) -> str:
-        """The devices' platform ("cpu", "gpu", "tpu")."""
-        return str(self.mesh.devices.flat[0].platform)
-
-    @property
     def batch(self) -> NamedSharding:
         return NamedSharding(self.mesh, PartitionSpec(DATA_AXIS))
 

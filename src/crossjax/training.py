@@ -433,7 +433,8 @@ def updates_in_conditional() -> bool:
     On CPU the conditional updates the donated parameters and moments in place: the select cost 35 ms and
     doubled the AdamW kernels' 31 ms of a 320 ms MiniLM step (``benchmarks/step_profile.py``). On TPU a
     conditional runs on the chip. XLA:GPU reads a conditional's predicate back to the host, a round trip
-    inside the step, so GPUs keep the select (which fuses into the update kernels there).
+    inside the step, so GPUs keep the select (expected to fuse into the update kernels there; not measured,
+    no GPU was available). The choice follows the default backend, which is where crossjax builds its mesh.
     """
     return jax.default_backend() not in ("gpu", "cuda", "rocm")
 

@@ -401,7 +401,8 @@ def make_train_step(
         any_pairs = pairs > 0
         # A non-finite loss or gradient (or a step without pairs) applies no update. Gating the update itself
         # (not selecting between old and new state afterwards) lets XLA update the donated buffers in place.
-        apply = healthy & jnp.isfinite(loss) & jnp.isfinite(grad_norm) & any_pairs
+        finite_gradient = healthy & jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        apply = finite_gradient & any_pairs
 
         def update(params, opt_state):
             updates, opt_state = tx_for(hparams).update(grads, opt_state, params)
@@ -410,16 +411,14 @@ def make_train_step(
         if conditional_update:
             params, opt_state = jax.lax.cond(apply, update, lambda p, o: (p, o), state.params, state.opt_state)
         else:
-            new_params, new_opt_state = update(state.params, state.opt_state)
-            params, opt_state = (
-                jax.tree.map(lambda n, o: _select(apply, n, o), new, old)
-                for new, old in ((new_params, state.params), (new_opt_state, state.opt_state))
+            params, opt_state = _keep_unless(
+                apply, update(state.params, state.opt_state), (state.params, state.opt_state)
             )
-        finite = healthy & jnp.isfinite(loss) & jnp.isfinite(grad_norm) & _all_finite(params)
+        finite = finite_gradient & _all_finite(params)
         new_state = TrainState(
             step=state.step + any_pairs.astype(state.step.dtype),
             params=params,
-            rest=jax.tree.map(lambda n, o: _select(any_pairs, n, o), rest, state.rest),
+            rest=_keep_unless(any_pairs, rest, state.rest),
             opt_state=opt_state,
         )
         return new_state, {"loss": loss, "grad_norm": grad_norm, "finite": finite, "pairs": pairs}
@@ -437,6 +436,11 @@ def updates_in_conditional() -> bool:
     no GPU was available). The choice follows the default backend, which is where crossjax builds its mesh.
     """
     return jax.default_backend() not in ("gpu", "cuda", "rocm")
+
+
+def _keep_unless(flag: jax.Array, new, old):
+    """``new`` where ``flag``, else ``old``, leaf by leaf."""
+    return jax.tree.map(lambda n, o: _select(flag, n, o), new, old)
 
 
 def _all_finite(tree) -> jax.Array:

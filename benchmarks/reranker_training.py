@@ -1,7 +1,9 @@
 """Reranker training throughput: crossjax's CrossEncoderTrainer vs sentence-transformers' CrossEncoderTrainer.
 
-Same model (all-MiniLM-L6-v2 with a fresh one-label head), same data (TrecQA train questions from
-../shared/data/trecqa), same loss settings and batch sizes, float32, in this one process.
+Same model (all-MiniLM-L6-v2 with a fresh one-label head, or ``--model DIR``), same data (TrecQA train
+questions from ../shared/data/trecqa), same loss settings and batch sizes, float32, in this one process.
+crossjax runs on JAX's default backend; sentence-transformers on ``--torch-device`` (CUDA where torch sees
+a GPU, else the CPU).
 
 * ``lambda``: LambdaLoss (NDCGLoss2++) on (question, [up to --docs candidates], [labels]) lists, --queries
   lists a step.
@@ -108,7 +110,7 @@ def run_sentence_transformers(model_dir: str, kind: str, dataset, args) -> float
         losses,
     )
 
-    model = CrossEncoder(model_dir, num_labels=1, max_length=args.max_length, device="cpu")
+    model = CrossEncoder(model_dir, num_labels=1, max_length=args.max_length, device=args.torch_device)
     loss = (
         losses.LambdaLoss(model)
         if kind == "lambda"
@@ -116,11 +118,16 @@ def run_sentence_transformers(model_dir: str, kind: str, dataset, args) -> float
     )
     training_args = CrossEncoderTrainingArguments(
         "/tmp/st-bench-reranker", per_device_train_batch_size=args.queries, max_steps=args.steps,
-        save_strategy="no", report_to="none", disable_tqdm=True, learning_rate=2e-5, seed=0, use_cpu=True,
+        save_strategy="no", report_to="none", disable_tqdm=True, learning_rate=2e-5, seed=0,
+        use_cpu=args.torch_device == "cpu",
     )  # fmt: skip
     trainer = CrossEncoderTrainer(model=model, args=training_args, train_dataset=Dataset.from_dict(dataset), loss=loss)
     start = time.perf_counter()
     trainer.train()
+    if args.torch_device.startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize()
     return time.perf_counter() - start
 
 
@@ -137,9 +144,17 @@ def main() -> None:
     parser.add_argument(
         "--scan-layers", choices=["scan", "unrolled"], default="scan", help="crossjax's layer layout"
     )
+    parser.add_argument("--torch-device", default=None, help="sentence-transformers' device (default: cuda if any)")
     args = parser.parse_args()
+    if args.torch_device is None:
+        import torch
+
+        args.torch_device = "cuda" if torch.cuda.is_available() else "cpu"
     os.environ["CROSSJAX_COMPILATION_CACHE"] = args.cache_dir or "0"
-    _bench.print_info("reranker training throughput", {"steps": str(args.steps), "rows a step": str(args.queries)})
+    _bench.print_info(
+        "reranker training throughput",
+        {"steps": str(args.steps), "rows a step": str(args.queries), "model": args.model, "ST on": args.torch_device},
+    )
     lists = trecqa_lists(args.data_dir, args.docs)
     for kind in args.loss:
         dataset = datasets_for(kind, lists, args.queries * args.steps)

@@ -22,6 +22,19 @@ Timing: ``--warmup`` steps (the first compiles), then ``--steps`` steps timed en
 ``jax.block_until_ready`` on the state (``torch.cuda.synchronize`` for PyTorch). Reported: ms/step, pairs/s,
 tokens/s, achieved TFLOP/s and MFU.
 
+``--pairs stsb``: real pairs instead of full-length random ones. The first ``--steps`` random batches of
+``batch`` STS-B train pairs (``--data-dir``/stsb, tokenized with ``--tokenizer``'s tokenizer, ``max_length``
+``--seq-len``, labels score/5) go to both libraries. crossjax packs them as ``fit`` does
+(``packing.plan_packing`` over these steps, at most ``--max-shapes`` shapes); PyTorch pads each batch to its
+longest pair, as ``old_fit``'s collate does. Every batch is on the device before the clock starts (neither
+library's host-side tokenizing or packing is timed), each distinct batch runs once untimed first (so every
+packed shape is compiled), then all of them once timed. FLOPs are counted on real tokens only (each pair's own
+length ``n``: ``6 N n + 12 layers hidden n^2``), so "real-token MFU" is useful work over peak, the same
+numerator for both libraries; ``efficiency`` is real / computed tokens.
+
+``--update-gate cond|select`` forces how crossjax's step gates its optimizer update
+(``training.updates_in_conditional``; ``auto``, the default, is what ``fit`` does on this backend).
+
 FLOPs per training step (forward + backward = 3 x forward, the usual 6ND accounting)::
 
     flops = 6 * N * B * S  +  12 * n_layers * hidden * S^2 * B
@@ -42,6 +55,7 @@ Usage:
     python benchmarks/train_step.py --quick               # CPU smoke run: batch 2, 2 timed steps
     python benchmarks/train_step.py --quick --torch-device cpu   # ... with the PyTorch step on CPU too
     python benchmarks/train_step.py --models minilm --dtypes bfloat16 --batch-sizes 128 --peak-tflops 989
+    python benchmarks/train_step.py --pairs stsb --quick --torch-device cpu     # real pairs, packed vs padded
 """
 
 from __future__ import annotations
@@ -126,6 +140,8 @@ class Result:
     peak: float | None
     compile_s: float | None = None
     error: str | None = None
+    efficiency: float = 1.0  # real / computed tokens
+    tokens_per_step: float | None = None  # real tokens (default: batch x seq, the full-length pairs)
 
     @property
     def pairs_per_s(self) -> float:
@@ -133,7 +149,8 @@ class Result:
 
     @property
     def tokens_per_s(self) -> float:
-        return self.pairs_per_s * self.seq
+        tokens = self.batch * self.seq if self.tokens_per_step is None else self.tokens_per_step
+        return tokens / (self.ms_per_step / 1e3)
 
     @property
     def tflops(self) -> float:
@@ -145,12 +162,13 @@ class Result:
 
     def row(self) -> str:
         if self.error:
-            return f"| {self.framework} | {self.model} | {self.dtype} | {self.batch} | {self.error} | | | | |"
+            return f"| {self.framework} | {self.model} | {self.dtype} | {self.batch} | {self.error} | | | | | | |"
         mfu = f"{100 * self.mfu:.1f}%" if self.mfu is not None else "n/a"
         compile_s = f"{self.compile_s:.1f}" if self.compile_s is not None else ""
         return (
             f"| {self.framework} | {self.model} | {self.dtype} | {self.batch} | {self.ms_per_step:.1f} | "
-            f"{self.pairs_per_s:,.0f} | {self.tokens_per_s:,.0f} | {self.tflops:.2f} | {mfu} | {compile_s} |"
+            f"{self.pairs_per_s:,.0f} | {self.tokens_per_s:,.0f} | {self.tflops:.2f} | {mfu} | "
+            f"{100 * self.efficiency:.1f}% | {compile_s} |"
         )
 
     def as_dict(self) -> dict:
@@ -164,7 +182,7 @@ class Result:
 # --- crossjax ------------------------------------------------------------------------------------------------
 
 
-def build_fit_step(
+def build_fit_program(
     model_name: str,
     dtype_name: str,
     batch: int,
@@ -176,14 +194,13 @@ def build_fit_step(
     scan_layers: bool = True,
 ):
     """The train step exactly as ``crossjax.fit_loop`` builds it (AdamW + clipping, WarmupLinear, BCE, donated
-    state, the run's numbers as traced arguments), for a random BERT-layout model, with one batch of full-length
-    pairs (one per row: no padding, as in the FLOP count). Returns ``(program, state, batch, healthy, hparams,
-    config, plan)``; ``program.fn(state, batch, healthy, hparams)`` runs a step."""
+    state, the run's numbers as traced arguments), for a random BERT-layout model. Returns ``(program, state,
+    healthy, hparams, config, plan)``; ``program.fn(state, batch, healthy, hparams)`` runs a step."""
     import jax.numpy as jnp
     import numpy as np
     from flax import nnx
 
-    from crossjax import losses, packing, training
+    from crossjax import losses, training
     from crossjax.models.auto import FlaxAutoModelForSequenceClassification
     from crossjax.parallel import make_mesh, put_global
 
@@ -203,6 +220,37 @@ def build_fit_step(
     program, _ = training.train_program(
         graphdef, spec, mask, losses.binary_cross_entropy_with_logits, losses.identity, 1, state_shardings, plan
     )
+    hparams = put_global(numbers, plan.replicated)
+    healthy = put_global(np.array(True), plan.replicated)
+    return program, state, healthy, hparams, config, plan
+
+
+def build_fit_step(
+    model_name: str,
+    dtype_name: str,
+    batch: int,
+    seq: int,
+    *,
+    seed: int = 0,
+    sharding: str = "replicated",
+    total_steps: int = 100,
+    scan_layers: bool = True,
+):
+    """:func:`build_fit_program` with one batch of full-length random pairs (one per row: no padding, as in the
+    FLOP count). Returns ``(program, state, batch, healthy, hparams, config, plan)``."""
+    program, state, healthy, hparams, config, plan = build_fit_program(
+        model_name, dtype_name, batch, seq, seed=seed, sharding=sharding, total_steps=total_steps,
+        scan_layers=scan_layers,
+    )  # fmt: skip
+    return program, state, synthetic_batch(config, plan, batch, seq, seed), healthy, hparams, config, plan
+
+
+def synthetic_batch(config, plan, batch: int, seq: int, seed: int) -> dict:
+    """``batch`` full-length pairs of random ids on the mesh, half segment A and half B."""
+    import numpy as np
+
+    from crossjax import packing, training
+
     rng = np.random.default_rng(seed)
     batch_np = packing.one_pair_per_row(
         rng.integers(1000, config.vocab_size, size=(batch, seq), dtype=np.int32),
@@ -210,38 +258,113 @@ def build_fit_step(
         rng.random(batch, dtype=np.float32),
         groups=plan.data_shards,
     )
-    device_batch = training.batch_to_global(batch_np, plan)
-    hparams = put_global(numbers, plan.replicated)
-    healthy = put_global(np.array(True), plan.replicated)
-    return program, state, device_batch, healthy, hparams, config, plan
+    return training.batch_to_global(batch_np, plan)
 
 
-def crossjax_step(model_name: str, dtype_name: str, batch: int, seq: int, args) -> Result:
+@dataclass
+class RealPairs:
+    """Real STS-B pairs, tokenized once, and the random batches (example indices) both libraries train on."""
+
+    tokenized: object  # crossjax.data.TokenizedPairs
+    labels: object  # float32 [N]
+    steps: list  # of int arrays, one batch each
+    pad_id: int
+
+    @classmethod
+    def load(cls, tokenizer_dir: str, data_dir: Path, batch: int, seq: int, steps: int, seed: int) -> RealPairs:
+        import _common
+        import numpy as np
+        import transformers
+
+        from crossjax import data as data_lib
+
+        tokenizer = transformers.AutoTokenizer.from_pretrained(tokenizer_dir)
+        rows = _common.read_stsb_csv(data_dir / "stsb", "train")
+        tokenized = data_lib.tokenize_pairs(tokenizer, [r[0] for r in rows], [r[1] for r in rows], seq)
+        batches = data_lib.plan_batches(tokenized.lengths, batch, True, seed, 0, True, group_by_length=False)
+        if len(batches) < steps:
+            raise SystemExit(f"STS-B train holds {len(batches)} batches of {batch}, fewer than --steps {steps}")
+        labels = np.asarray([r[2] for r in rows], np.float32)
+        return cls(tokenized, labels, batches[:steps], tokenizer.pad_token_id)
+
+    def flops(self, config, step: int) -> float:
+        """Training FLOPs of one step's real tokens: each pair at its own length."""
+        n = self.tokenized.lengths[self.steps[step]].astype("float64")
+        attention = 12.0 * config.num_hidden_layers * config.hidden_size
+        return float((6.0 * non_embedding_params(config) * n + attention * n * n).sum())
+
+    def real_tokens(self) -> int:
+        return int(sum(int(self.tokenized.lengths[s].sum()) for s in self.steps))
+
+    def padded(self, step: int):
+        """One batch padded to its longest pair, as sentence-transformers' collate pads it: ids, types, mask."""
+        import numpy as np
+
+        rows = self.steps[step]
+        lengths = self.tokenized.lengths[rows]
+        width = int(lengths.max())
+        ids = np.full((len(rows), width), self.pad_id, np.int64)
+        types = np.zeros((len(rows), width), np.int64)
+        mask = np.zeros((len(rows), width), np.int64)
+        for i, r in enumerate(rows):
+            n = int(lengths[i])
+            ids[i, :n] = self.tokenized.input_ids[r]
+            types[i, :n] = self.tokenized.token_type_ids[r]
+            mask[i, :n] = 1
+        return ids, types, mask, self.labels[rows]
+
+
+def _run_steps(step, state, batches, healthy):
+    """Each batch once: returns the state, the last metrics and the seconds (the state is ready at the end)."""
     import jax
 
+    start = time.perf_counter()
+    metrics = {"finite": healthy}
+    for batch in batches:
+        state, metrics = step(state, batch, metrics["finite"])  # as fit threads the healthy flag
+    jax.block_until_ready((state, metrics))
+    return state, metrics, time.perf_counter() - start
+
+
+def crossjax_step(model_name: str, dtype_name: str, batch: int, seq: int, args, real: RealPairs | None = None):
+    import jax
+
+    from crossjax import packing, training
+
+    training.clear_program_cache()  # another row's (or another gate's) program must not be reused
     device = jax.devices()[0].device_kind
-    program, state, device_batch, healthy, hparams, config, _ = build_fit_step(
-        model_name,
-        dtype_name,
-        batch,
-        seq,
-        seed=args.seed,
-        sharding=args.sharding,
-        total_steps=args.warmup + args.steps,
+    total = args.warmup + args.steps if real is None else 2 * len(real.steps)
+    program, state, healthy, hparams, config, plan = build_fit_program(
+        model_name, dtype_name, batch, seq, seed=args.seed, sharding=args.sharding, total_steps=total
     )
 
-    start = time.perf_counter()
-    state, metrics = program.fn(state, device_batch, healthy, hparams)
-    jax.block_until_ready((state, metrics))
-    compile_s = time.perf_counter() - start
-    for _ in range(args.warmup - 1):
-        state, metrics = program.fn(state, device_batch, metrics["finite"], hparams)
-    jax.block_until_ready((state, metrics))
-    start = time.perf_counter()
-    for _ in range(args.steps):
-        state, metrics = program.fn(state, device_batch, metrics["finite"], hparams)  # as fit threads the healthy flag
-    jax.block_until_ready((state, metrics))
-    seconds = time.perf_counter() - start
+    def step(state, device_batch, flag):
+        return program.fn(state, device_batch, flag, hparams)
+
+    if real is None:
+        device_batch = synthetic_batch(config, plan, batch, seq, args.seed)
+        start = time.perf_counter()
+        state, metrics, _ = _run_steps(step, state, [device_batch], healthy)
+        compile_s = time.perf_counter() - start
+        state, metrics, _ = _run_steps(step, state, [device_batch] * (args.warmup - 1), metrics["finite"])
+        state, metrics, seconds = _run_steps(step, state, [device_batch] * args.steps, metrics["finite"])
+        flops, efficiency, steps, tokens = step_flops(config, batch, seq), 1.0, args.steps, batch * seq
+    else:
+        layout = packing.plan_packing(
+            real.steps, real.tokenized.lengths, plan.data_shards, batch // plan.data_shards,
+            hidden_size=config.hidden_size, max_shapes=args.max_shapes,
+        )  # fmt: skip
+        packed = [packing.pack(real.tokenized, s, real.labels, layout, real.pad_id) for s in real.steps]
+        efficiency = sum(b.real_tokens for b in packed) / sum(b.computed_tokens for b in packed)
+        device_batches = [training.batch_to_global(b, plan) for b in packed]
+        start = time.perf_counter()
+        state, metrics, _ = _run_steps(step, state, device_batches, healthy)  # compiles every shape
+        compile_s = time.perf_counter() - start
+        state, metrics, seconds = _run_steps(step, state, device_batches, metrics["finite"])
+        steps = len(device_batches)
+        flops = sum(real.flops(config, i) for i in range(steps)) / steps
+        tokens = real.real_tokens() / steps
+        print(f"  crossjax packed shapes {layout.shapes}", flush=True)
     if not bool(metrics["finite"]):
         raise FloatingPointError(f"non-finite loss {float(metrics['loss'])}")
     del state
@@ -251,18 +374,20 @@ def crossjax_step(model_name: str, dtype_name: str, batch: int, seq: int, args) 
         dtype_name,
         batch,
         seq,
-        1e3 * seconds / args.steps,
-        step_flops(config, batch, seq),
+        1e3 * seconds / steps,
+        flops,
         f"{jax.device_count()} x {device}",
         _times(peak_tflops(device, args.peak_tflops), jax.device_count()),
         compile_s,
+        efficiency=efficiency,
+        tokens_per_step=tokens,
     )
 
 
 # --- PyTorch (sentence-transformers' old_fit step) -----------------------------------------------------------
 
 
-def torch_step(model_name: str, dtype_name: str, batch: int, seq: int, args) -> Result:
+def torch_step(model_name: str, dtype_name: str, batch: int, seq: int, args, real: RealPairs | None = None):
     import torch
     import transformers
 
@@ -284,22 +409,25 @@ def torch_step(model_name: str, dtype_name: str, batch: int, seq: int, args) -> 
         {"params": [p for n, p in named if any(nd in n for nd in no_decay)], "weight_decay": 0.0},
     ]
     optimizer = torch.optim.AdamW(groups, lr=2e-5)
-    total_steps = args.warmup + args.steps
+    total_steps = args.warmup + args.steps if real is None else 2 * len(real.steps)
     scheduler = transformers.get_linear_schedule_with_warmup(optimizer, max(1, total_steps // 10), total_steps)
     loss_fct = torch.nn.BCEWithLogitsLoss()
-    gen = torch.Generator().manual_seed(args.seed)
-    features = {
-        "input_ids": torch.randint(1000, config.vocab_size, (batch, seq), generator=gen).to(on),
-        "attention_mask": torch.ones((batch, seq), dtype=torch.long).to(on),
-        "token_type_ids": torch.cat(
-            [torch.zeros((batch, seq // 2), dtype=torch.long), torch.ones((batch, seq - seq // 2), dtype=torch.long)],
-            dim=1,
-        ).to(on),
-    }
-    labels = torch.rand(batch, generator=gen).to(on)
+    if real is None:
+        gen = torch.Generator().manual_seed(args.seed)
+        ids = torch.randint(1000, config.vocab_size, (batch, seq), generator=gen)
+        types = torch.cat([torch.zeros((batch, seq // 2)), torch.ones((batch, seq - seq // 2))], dim=1).long()
+        host = [(ids, types, torch.ones((batch, seq), dtype=torch.long), torch.rand(batch, generator=gen))]
+        computed = batch * seq
+    else:
+        host = [tuple(torch.from_numpy(a) for a in real.padded(i)) for i in range(len(real.steps))]
+        computed = sum(int(h[0].numel()) for h in host)
+    batches = [
+        ({"input_ids": i.to(on), "token_type_ids": t.to(on), "attention_mask": m.to(on)}, y.to(on))
+        for i, t, m, y in host
+    ]
     autocast = dtype_name == "bfloat16"
 
-    def step() -> None:
+    def step(features, labels) -> None:
         with torch.autocast(device_type="cuda" if cuda else "cpu", dtype=torch.bfloat16, enabled=autocast):
             logits = model(**features, return_dict=True).logits.view(-1)
             loss = loss_fct(logits, labels)
@@ -309,29 +437,36 @@ def torch_step(model_name: str, dtype_name: str, batch: int, seq: int, args) -> 
         optimizer.zero_grad()
         scheduler.step()
 
-    start = time.perf_counter()
-    step()
-    sync()
-    first_s = time.perf_counter() - start
-    for _ in range(args.warmup - 1):
-        step()
-    sync()
-    start = time.perf_counter()
-    for _ in range(args.steps):
-        step()
-    sync()
-    seconds = time.perf_counter() - start
+    def run(chosen) -> float:
+        start = time.perf_counter()
+        for features, labels in chosen:
+            step(features, labels)
+        sync()
+        return time.perf_counter() - start
+
+    if real is None:
+        first_s = run(batches)
+        run(batches * (args.warmup - 1))
+        seconds, steps = run(batches * args.steps), args.steps
+        flops, tokens, efficiency = step_flops(config, batch, seq), batch * seq, 1.0
+    else:
+        first_s = run(batches)  # every batch once untimed, as crossjax's compile pass
+        seconds, steps = run(batches), len(batches)
+        flops = sum(real.flops(config, i) for i in range(steps)) / steps
+        tokens, efficiency = real.real_tokens() / steps, real.real_tokens() / computed
     return Result(
         "pytorch",
         model_name,
         dtype_name,
         batch,
         seq,
-        1e3 * seconds / args.steps,
-        step_flops(config, batch, seq),
+        1e3 * seconds / steps,
+        flops,
         device,
         peak_tflops(device, args.peak_tflops),
         first_s,
+        efficiency=efficiency,
+        tokens_per_step=tokens,
     )
 
 
@@ -360,6 +495,13 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="CPU smoke run: batch 2, 1 warm-up + 2 timed steps")
     parser.add_argument("--torch-device", default="cuda", help="where the PyTorch step runs (cuda, cuda:1, cpu)")
     parser.add_argument("--sharding", choices=("replicated", "fsdp"), default="replicated", help="crossjax mesh mode")
+    parser.add_argument("--pairs", choices=("synthetic", "stsb"), default="synthetic", help="see the docstring")
+    parser.add_argument("--tokenizer", default=None, help="tokenizer for --pairs stsb (default: MiniLM's)")
+    parser.add_argument("--data-dir", type=Path, default=None, help="holds stsb/ (default: ../shared/data)")
+    parser.add_argument("--max-shapes", type=int, default=2, help="packed shapes for --pairs stsb, as fit's")
+    parser.add_argument(
+        "--update-gate", choices=("auto", "cond", "select"), default="auto", help="crossjax's optimizer-update gate"
+    )
     parser.add_argument("--json", default=None, help="also write the results to this JSON file")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -371,6 +513,11 @@ def main() -> None:
 
     import jax
 
+    from crossjax import training
+
+    if args.update_gate != "auto":
+        conditional = args.update_gate == "cond"
+        training.updates_in_conditional = lambda: conditional  # read when the step is built
     frameworks = [f.strip() for f in args.frameworks.split(",") if f.strip()]
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     unknown = sorted(set(models) - set(MODELS))
@@ -394,7 +541,14 @@ def main() -> None:
     print(f"peak TFLOP/s for MFU: {peak_tflops(device_kind, args.peak_tflops) or 'unknown (MFU n/a)'}")
     if "pytorch" in frameworks and not torch_ok:
         print(f"pytorch: skipped ({args.torch_device} is not available to torch; --torch-device cpu runs it on CPU)")
-    print(f"seq {args.seq_len}, {args.warmup} warm-up + {args.steps} timed steps")
+    if args.pairs == "synthetic":
+        print(f"seq {args.seq_len}, {args.warmup} warm-up + {args.steps} timed steps")
+    else:
+        print(
+            f"STS-B train pairs, max_length {args.seq_len}: {args.steps} distinct random batches, each once "
+            f"untimed, then once timed; crossjax packed (<= {args.max_shapes} shapes), PyTorch padded per batch"
+        )
+    print(f"crossjax update gate: {args.update_gate} (conditional: {training.updates_in_conditional()})")
     for name in models:
         config = bert_config(name, args.seq_len)
         print(
@@ -402,8 +556,24 @@ def main() -> None:
             f"{step_flops(config, 1, args.seq_len) / 1e9:.2f} GFLOP per pair per step"
         )
     print()
-    print("| framework | model | dtype | batch | ms/step | pairs/s | tokens/s | TFLOP/s | MFU | first step s |")
-    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    tokens = "real tokens/s" if args.pairs == "stsb" else "tokens/s"
+    first = "first pass s" if args.pairs == "stsb" else "first step s"
+    print(
+        f"| framework | model | dtype | batch | ms/step | pairs/s | {tokens} | TFLOP/s | MFU | efficiency | {first} |"
+    )
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+
+    loaded: dict[int, RealPairs] = {}
+
+    def workloads(batch: int) -> RealPairs:
+        if batch not in loaded:
+            import _common
+
+            loaded[batch] = RealPairs.load(
+                args.tokenizer or _common.default_model_dir(), args.data_dir or _common.SHARED_DATA, batch,
+                args.seq_len, args.steps, args.seed,
+            )  # fmt: skip
+        return loaded[batch]
 
     results: list[Result] = []
     runners = {"crossjax": crossjax_step, "pytorch": torch_step}
@@ -416,7 +586,8 @@ def main() -> None:
             for dtype_name in dtypes:
                 for batch in batches:
                     try:
-                        result = runners[framework](name, dtype_name, batch, args.seq_len, args)
+                        real = workloads(batch) if args.pairs == "stsb" else None
+                        result = runners[framework](name, dtype_name, batch, args.seq_len, args, real)
                     except Exception as exc:  # noqa: BLE001 - report OOM and go on with the next size
                         if not _is_oom(exc):
                             raise

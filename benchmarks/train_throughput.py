@@ -80,8 +80,8 @@ class EpochClock:
         return 0.0
 
 
-def read_pairs(n: int) -> list[tuple[str, str, float]]:
-    stsb = _common.SHARED_DATA / "stsb"
+def read_pairs(n: int, data_dir: Path = _common.SHARED_DATA) -> list[tuple[str, str, float]]:
+    stsb = data_dir / "stsb"
     rows = _common.read_stsb_csv(stsb, "train") if (stsb / "stsb-en-train.csv").is_file() else _common.hub_stsb("train")
     if len(rows) < n:
         raise SystemExit(f"only {len(rows)} STS-B train pairs, asked for {n}")
@@ -186,6 +186,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=12)
     parser.add_argument("--cache-dir", default=None, help="persistent compilation cache to use (default: off)")
     parser.add_argument("--scan-layers", choices=list(SCAN), default="scan", help="crossjax's layer layout")
+    parser.add_argument("--data-dir", type=Path, default=_common.SHARED_DATA, help="holds stsb/ (else the hub's)")
     args = parser.parse_args()
     if args.epochs < 2:
         parser.error("--epochs must be >= 2: the first epoch is the compile/warm-up epoch")
@@ -212,7 +213,7 @@ def main() -> None:
         },
     )
 
-    rows = read_pairs(args.pairs)
+    rows = read_pairs(args.pairs, args.data_dir)
     pairs = [(a, b) for a, b, _ in rows]
 
     jx_runs, st_runs = [], []

@@ -24,13 +24,21 @@ PY=${PY:-python3}
 export PYTHONUNBUFFERED=1 XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.5}
 if ls "$WHEELS"/*.whl >/dev/null 2>&1; then
   "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
-    "$WHEELS"/*.whl >"$OUT/pip.log" 2>&1 || echo "wheel install failed: see pip.log"
+    "$WHEELS"/*.whl >>"$OUT/setup.log" 2>&1 || echo "wheel install failed: see setup.log"
   export PYTHONPATH="$PWD/src:/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
 else
   export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}"
 fi
 echo "commit $(cat "$ASSETS/COMMIT" 2>/dev/null || git rev-parse --short HEAD 2>/dev/null || echo unknown)"
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv 2>&1 | tail -n +1
+"$PY" - <<'PY' 2>&1 | tee -a "$OUT/setup.log"
+from importlib.metadata import version
+names = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "transformers", "torch", "sentence-transformers",
+         "datasets", "tokenizers", "pyarrow")
+print(", ".join(f"{n} {version(n)}" for n in names))
+import jax
+print("jax devices:", jax.devices())
+PY
 TOK="$ASSETS/tokenizer"
 DATA="$ASSETS/data"
 STAGES=${STAGES:-"packed reranker attention synthetic gate throughput"}
@@ -42,7 +50,7 @@ stage() {  # stage NAME SECONDS COMMAND...: run under a limit, log to $OUT/NAME.
   echo "=== $name (limit ${limit}s)"
   timeout -k 5 "$limit" "$@" >"$OUT/$name.log" 2>&1
   local rc=$?
-  grep -E '^\||^ +jax|^ +flax|^ +torch:|^ +sentence|^ +transformers|^  crossjax packed|^#|crossjax / ST|pairs scored|^ +(crossjax|sentence-transformers) |Error|error:' \
+  grep -E '^\||^  crossjax packed|^#|crossjax / ST|pairs scored|^ +(crossjax|sentence-transformers) |Error|error:' \
     "$OUT/$name.log" | grep -v -E 'Warning|warn' | tail -40
   echo "=== $name: rc $rc, $((SECONDS - start)) s"
 }
@@ -52,25 +60,25 @@ for s in $STAGES; do
     packed)  # issue 8: real STS-B pairs, crossjax packed vs PyTorch padded per batch, real-token MFU
       stage packed 170 "$PY" benchmarks/train_step.py --pairs stsb --models bert-base,minilm \
         --dtypes bfloat16,float32 --batch-sizes 128 --steps 30 --seq-len 128 --tokenizer "$TOK" \
-        --data-dir "$DATA" --json "$OUT/packed.json" ;;
+        --data-dir "$DATA" ;;
     reranker)  # issue 9: LambdaLoss and MNRL, crossjax's trainer vs sentence-transformers' on CUDA
       [ -d /tmp/ckpt-minilm ] || "$PY" benchmarks/random_checkpoint.py /tmp/ckpt-minilm --model minilm \
-        --tokenizer "$TOK" >"$OUT/checkpoint.log" 2>&1
+        --tokenizer "$TOK" >>"$OUT/setup.log" 2>&1
       stage reranker 140 "$PY" benchmarks/reranker_training.py --model /tmp/ckpt-minilm --data-dir "$DATA" \
         --steps 40 --queries 16 --docs 8 ;;
     attention)  # packed rows' block-diagonal mask: crossjax's XLA attention vs jax.nn's xla and cudnn paths
       stage attention 40 "$PY" benchmarks/attention_paths.py ;;
     synthetic)  # full-length random pairs (no padding anywhere): the MFU ceiling of each library's step
       stage synthetic 80 "$PY" benchmarks/train_step.py --models bert-base --dtypes bfloat16,float32 \
-        --batch-sizes 128 --steps 20 --seq-len 128 --json "$OUT/synthetic.json" ;;
+        --batch-sizes 128 --steps 20 --seq-len 128 ;;
     gate)  # the optimizer-update gate on GPU: lax.cond vs the select fit uses there (packed above)
       stage gate 50 "$PY" benchmarks/train_step.py --pairs stsb --models bert-base --dtypes bfloat16 \
         --batch-sizes 128 --steps 30 --seq-len 128 --tokenizer "$TOK" --data-dir "$DATA" --frameworks crossjax \
         --update-gate cond ;;
     throughput)  # a user's view: fit + predict, compiles included, vs sentence-transformers' old_fit
       [ -d /tmp/ckpt-minilm ] || "$PY" benchmarks/random_checkpoint.py /tmp/ckpt-minilm --model minilm \
-        --tokenizer "$TOK" >"$OUT/checkpoint.log" 2>&1
-      stage throughput 70 "$PY" benchmarks/train_throughput.py --model /tmp/ckpt-minilm --data-dir "$DATA" \
+        --tokenizer "$TOK" >>"$OUT/setup.log" 2>&1
+      stage throughput 60 "$PY" benchmarks/train_throughput.py --model /tmp/ckpt-minilm --data-dir "$DATA" \
         --trials 1 --repeats 2 ;;
     *) echo "unknown stage $s" ;;
   esac

@@ -6,7 +6,8 @@ steps, then ``--steps`` more under ``jax.profiler.trace`` with XLA:CPU's per-thu
 (``--xla_cpu_enable_xprof_traceme``), and prints the milliseconds per step of each kind of kernel
 (``ynn_fusion``/``dot``: the matmuls; ``multiply_add_fusion``: AdamW; ``broadcast_select_fusion``: selects;
 ``wrapped_broadcast``: buffers filled with zeros; ``dynamic-update-slice``: scanned layers' stacking) and the
-largest single kernels. The profiler adds a little time to every kernel: compare kinds within one run.
+largest single kernels. The profiler adds a little time to every kernel: compare kinds within one run. On a GPU
+the names are XLA:GPU fusions and cuBLAS kernels (RESULTS.md, "Session 6", has an H200 profile).
 
 Usage:
     python benchmarks/step_profile.py                          # MiniLM, 2 rows x 176 tokens (16 STS-B pairs)
@@ -55,15 +56,17 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=2)
     parser.add_argument("--tokens", type=int, default=176)
     parser.add_argument("--layout", choices=["scan", "unrolled"], default="scan")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="compute dtype")
     parser.add_argument("--steps", type=int, default=5, help="profiled steps")
     parser.add_argument("--top", type=int, default=12, help="largest single kernels to list")
     args = parser.parse_args()
 
     import jax
 
-    _bench.print_info("step_profile", {"step": f"{args.model}, {args.rows} rows x {args.tokens} tokens, {args.layout}"})
+    step = f"{args.model}, {args.rows} rows x {args.tokens} tokens, {args.layout}, {args.dtype}"
+    _bench.print_info("step_profile", {"step": step})
     program, state, batch, healthy, hparams, _, _ = build_fit_step(
-        args.model, "float32", args.rows, args.tokens, scan_layers=args.layout == "scan"
+        args.model, args.dtype, args.rows, args.tokens, scan_layers=args.layout == "scan"
     )
     for _ in range(3):
         state, metrics = program.fn(state, batch, healthy, hparams)

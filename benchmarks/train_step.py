@@ -32,9 +32,6 @@ packed shape is compiled), then all of them once timed. FLOPs are counted on rea
 length ``n``: ``6 N n + 12 layers hidden n^2``), so "real-token MFU" is useful work over peak, the same
 numerator for both libraries; ``efficiency`` is real / computed tokens.
 
-``--update-gate cond|select`` forces how crossjax's step gates its optimizer update
-(``training.updates_in_conditional``; ``auto``, the default, is what ``fit`` does on this backend).
-
 FLOPs per training step (forward + backward = 3 x forward, the usual 6ND accounting)::
 
     flops = 6 * N * B * S  +  12 * n_layers * hidden * S^2 * B
@@ -499,9 +496,6 @@ def main() -> None:
     parser.add_argument("--tokenizer", default=None, help="tokenizer for --pairs stsb (default: MiniLM's)")
     parser.add_argument("--data-dir", type=Path, default=None, help="holds stsb/ (default: ../shared/data)")
     parser.add_argument("--max-shapes", type=int, default=2, help="packed shapes for --pairs stsb, as fit's")
-    parser.add_argument(
-        "--update-gate", choices=("auto", "cond", "select"), default="auto", help="crossjax's optimizer-update gate"
-    )
     parser.add_argument("--json", default=None, help="also write the results to this JSON file")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -513,11 +507,6 @@ def main() -> None:
 
     import jax
 
-    from crossjax import training
-
-    if args.update_gate != "auto":
-        conditional = args.update_gate == "cond"
-        training.updates_in_conditional = lambda: conditional  # read when the step is built
     frameworks = [f.strip() for f in args.frameworks.split(",") if f.strip()]
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     unknown = sorted(set(models) - set(MODELS))
@@ -548,7 +537,6 @@ def main() -> None:
             f"STS-B train pairs, max_length {args.seq_len}: {args.steps} distinct random batches, each once "
             f"untimed, then once timed; crossjax packed (<= {args.max_shapes} shapes), PyTorch padded per batch"
         )
-    print(f"crossjax update gate: {args.update_gate} (conditional: {training.updates_in_conditional()})")
     for name in models:
         config = bert_config(name, args.seq_len)
         print(

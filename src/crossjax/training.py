@@ -362,7 +362,6 @@ def make_train_step(
     ``loss * max(rows, 1)`` and its denominator the row count, exact for per-row means only.
     """
     k = int(accumulation_steps)
-    conditional_update = updates_in_conditional()
     tx_for = (lambda _: tx) if isinstance(tx, optax.GradientTransformation) else tx
     batch_loss = make_batch_loss(loss_fn, activation)
 
@@ -400,7 +399,10 @@ def make_train_step(
         pairs = jnp.sum(batch["example_mask"])
         any_pairs = pairs > 0
         # A non-finite loss or gradient (or a step without pairs) applies no update. Gating the update itself
-        # (not selecting between old and new state afterwards) lets XLA update the donated buffers in place.
+        # (not selecting between old and new state afterwards) lets XLA update the donated buffers in place:
+        # on a CPU the select cost 35 ms and doubled AdamW's 31 ms of a 320 ms MiniLM step
+        # (benchmarks/step_profile.py); on an H200 the gated BERT-base bf16 step took 32.9 ms against the
+        # select's 36.0 ms (benchmarks/train_step.py --pairs stsb, RESULTS.md "Session 6").
         finite_gradient = healthy & jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         apply = finite_gradient & any_pairs
 
@@ -408,12 +410,7 @@ def make_train_step(
             updates, opt_state = tx_for(hparams).update(grads, opt_state, params)
             return optax.apply_updates(params, updates), opt_state
 
-        if conditional_update:
-            params, opt_state = jax.lax.cond(apply, update, lambda p, o: (p, o), state.params, state.opt_state)
-        else:
-            params, opt_state = _keep_unless(
-                apply, update(state.params, state.opt_state), (state.params, state.opt_state)
-            )
+        params, opt_state = jax.lax.cond(apply, update, lambda p, o: (p, o), state.params, state.opt_state)
         finite = finite_gradient & _all_finite(params)
         new_state = TrainState(
             step=state.step + any_pairs.astype(state.step.dtype),
@@ -424,18 +421,6 @@ def make_train_step(
         return new_state, {"loss": loss, "grad_norm": grad_norm, "finite": finite, "pairs": pairs}
 
     return train_step
-
-
-def updates_in_conditional() -> bool:
-    """Whether the step gates its optimizer update with ``lax.cond`` (True) or selects old/new state (False).
-
-    On CPU the conditional updates the donated parameters and moments in place: the select cost 35 ms and
-    doubled the AdamW kernels' 31 ms of a 320 ms MiniLM step (``benchmarks/step_profile.py``). On TPU a
-    conditional runs on the chip. XLA:GPU reads a conditional's predicate back to the host, a round trip
-    inside the step, so GPUs keep the select (expected to fuse into the update kernels there; not measured,
-    no GPU was available). The choice follows the default backend, which is where crossjax builds its mesh.
-    """
-    return jax.default_backend() not in ("gpu", "cuda", "rocm")
 
 
 def _keep_unless(flag: jax.Array, new, old):

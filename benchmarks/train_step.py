@@ -15,8 +15,8 @@ PyTorch step (where CUDA is available, or anywhere with ``--torch-device cpu``):
 ``transformers.BertForSequenceClassification``, forward, ``BCEWithLogitsLoss``, backward,
 ``clip_grad_norm_(1.0)``, ``AdamW`` (no decay on biases/LayerNorm), ``zero_grad``, ``LambdaLR`` step, as
 ``old_fit`` does; bfloat16 runs under ``torch.autocast(dtype=torch.bfloat16)`` (``old_fit(use_amp=True)`` uses
-float16 with a GradScaler instead). float32 matmuls use torch's default (TF32 off), JAX's default precision
-on GPU may use TF32: compare float32 rows with that in mind.
+float16 with a GradScaler instead). float32 matmuls are full float32 on both sides: torch's default leaves TF32
+off, and crossjax's float32 compute asks for full precision (an H200 profile shows cuBLAS's FFMA kernels).
 
 Timing: ``--warmup`` steps (the first compiles), then ``--steps`` steps timed end to end, closed by
 ``jax.block_until_ready`` on the state (``torch.cuda.synchronize`` for PyTorch). Reported: ms/step, pairs/s,

@@ -7,7 +7,7 @@ Hugging Face's PyTorch implementations exactly so that logits match to float32 r
 from __future__ import annotations
 
 from collections.abc import Callable
-from functools import partial
+from functools import cache, partial
 
 import jax
 import jax.numpy as jnp
@@ -69,8 +69,56 @@ def layer_norm(features: int, eps: float, *, dtype, rngs: nnx.Rngs, use_bias: bo
     return nnx.LayerNorm(features, epsilon=eps, use_bias=use_bias, dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
 
 
+# Tables of at most this many rows (token types, absolute positions) get their gradient from a one-hot matmul.
+SMALL_TABLE_ROWS = 1024
+
+
+@cache
+def _small_table_take(rows: int) -> Callable[[Array, Array], Array]:
+    """``jnp.take(table, ids, axis=0)`` for a table of ``rows`` rows, whose gradient is ``one_hot(ids)^T @ g``.
+
+    Why: the gradient of a gather is a scatter-add, and every token adds into one of a handful of rows of a
+    token-type or position table. XLA:GPU's scatter-add slows down badly when many updates hit one row (jaxlib
+    0.10.2 to 0.11 emit a compare-and-swap loop: openxla/xla#46225, jax-ml/jax#38806); on an H200 one such
+    scatter took 44 ms of a 79 ms BERT-base step (benchmarks/RESULTS.md, Session 6). A matmul has no such
+    contention, costs ``2 * rows * features`` FLOPs a token (0.15% of a BERT-base step for 512 positions),
+    and sums in float32. The forward pass is the same gather, so logits are unchanged.
+    """
+
+    @jax.custom_vjp
+    def take(table: Array, ids: Array) -> Array:
+        return jnp.take(table, ids, axis=0)
+
+    def forward(table: Array, ids: Array):
+        return jnp.take(table, ids, axis=0), (ids, jnp.zeros((0,), table.dtype))
+
+    def backward(residual, g: Array):
+        ids, like = residual
+        one_hot = jax.nn.one_hot(ids, rows, dtype=g.dtype)
+        grad = jnp.einsum(
+            "...r,...f->rf", one_hot, g, preferred_element_type=jnp.float32, precision=jax.lax.Precision.HIGHEST
+        )
+        return grad.astype(like.dtype), None
+
+    take.defvjp(forward, backward)
+    return take
+
+
+class Embed(nnx.Embed):
+    """``nnx.Embed`` (same parameters and outputs) whose small tables train without a scatter-add: see
+    :func:`_small_table_take`."""
+
+    def __call__(self, inputs: Array, out_sharding=None) -> Array:
+        if out_sharding is not None or not 1 < self.num_embeddings <= SMALL_TABLE_ROWS:
+            return super().__call__(inputs, out_sharding=out_sharding)
+        if not jnp.issubdtype(inputs.dtype, jnp.integer):
+            raise ValueError("Input type must be an integer or unsigned integer.")
+        (table,) = self.promote_dtype((self.embedding[...],), dtype=self.dtype, inexact=False)
+        return _small_table_take(self.num_embeddings)(table, inputs)
+
+
 def embedding(num: int, features: int, *, std: float, dtype, rngs: nnx.Rngs, padding_idx: int | None = None):
-    emb = nnx.Embed(num, features, embedding_init=normal_init(std), dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
+    emb = Embed(num, features, embedding_init=normal_init(std), dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
     if padding_idx is not None and 0 <= padding_idx < num:
         # transformers zeroes the padding row at init; do the same so fresh models agree.
         emb.embedding[...] = emb.embedding[...].at[padding_idx].set(0.0)

@@ -20,11 +20,16 @@ CASES = {
 
 @pytest.mark.parametrize("script", sorted(CASES))
 def test_example_trains_and_exports(script, minilm_dir, tmp_path):
+    """Each example on its real data with a tiny random BERT and MiniLM's tokenizer: the example's own steps,
+    not MiniLM's compile, take the time (loading the real checkpoint is tested in test_hf_checkpoints)."""
+    from transformers import AutoTokenizer
+
     folder, extra, expected_word, num_labels = CASES[script]
     data_dir = shared_data(folder)
+    model_dir = save_tiny_bert(tmp_path / "tiny", AutoTokenizer.from_pretrained(minilm_dir), num_labels=num_labels)
     out = tmp_path / "model"
     cmd = [
-        sys.executable, str(REPO / "examples" / script), "--model", str(minilm_dir), "--data-dir", str(data_dir),
+        sys.executable, str(REPO / "examples" / script), "--model", str(model_dir), "--data-dir", str(data_dir),
         "--epochs", "1", "--batch-size", "8", "--max-length", "64", "--max-train-samples", "24",
         "--max-dev-samples", "24", "--output", str(out), "--no-progress-bar", *extra,
     ]

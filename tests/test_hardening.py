@@ -30,7 +30,7 @@ from test_fit_behaviour import (  # noqa: F401 - fixtures used by name
 )
 
 from crossjax import CrossEncoder, DataLoader, data, packing
-from crossjax.checkpoint import CheckpointMismatchError
+from crossjax.checkpoint import CheckpointCorruptError, CheckpointMismatchError
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "crossjax"
 
@@ -213,6 +213,30 @@ def test_resuming_with_other_training_settings_is_refused(tiny_dir, tmp_path, ch
     CrossEncoder(tiny_dir).fit(DataLoader(examples, batch_size=4, shuffle=True), **base)
     with pytest.raises(CheckpointMismatchError, match=rf"{field}: checkpoint"):
         CrossEncoder(tiny_dir).fit(DataLoader(examples, batch_size=4, shuffle=True), **{**base, **change})
+
+
+def test_checkpoint_whose_data_fails_its_checksums_is_refused_and_kept(tiny_dir, tmp_path):
+    """Silent corruption (readable bytes, other values) is caught by the checksums stored at save time. Here the
+    stored checksum of one array is changed instead of the array's bytes: the same mismatch, placed exactly."""
+    import json
+
+    examples = make_examples(8, seed=24)
+    ckpt = tmp_path / "ckpt"
+    settings = {**TRAIN, "epochs": 2, "checkpoint_path": str(ckpt), "checkpoint_save_steps": 1}
+    CrossEncoder(tiny_dir).fit(DataLoader(examples, batch_size=4, shuffle=True), **settings)
+    latest = max(int(p.name) for p in ckpt.iterdir() if p.name.isdigit())
+    meta_file = ckpt / str(latest) / "meta" / "metadata"
+    meta = json.loads(meta_file.read_text())
+    name = sorted(meta["checksums"])[0]
+    meta["checksums"][name][1] += 1
+    meta_file.write_text(json.dumps(meta))
+    before = {p: p.read_bytes() for p in ckpt.rglob("*") if p.is_file()}
+
+    with pytest.raises(CheckpointCorruptError, match="does not match the checksums") as caught:
+        CrossEncoder(tiny_dir).fit(DataLoader(examples, batch_size=4, shuffle=True), **settings)
+    assert f"step {latest}" in str(caught.value) and "Nothing was deleted" in str(caught.value)
+    assert name in str(caught.value)
+    assert {p: p.read_bytes() for p in ckpt.rglob("*") if p.is_file()} == before  # nothing written or removed
 
 
 def test_preemption_between_epoch_end_and_its_evaluation_redoes_the_evaluation(tiny_dir, tmp_path):

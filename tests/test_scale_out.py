@@ -488,8 +488,11 @@ def test_damaged_checkpoint_is_reported_and_earlier_step_kept(runs, damage):
     assert error["type"] == "CheckpointCorruptError"
     message = error["message"]
     assert "step 9" in message and "[8]" in message and "Nothing was deleted" in message
-    if damage == "garbled":  # readable but wrong bytes: only the checksums catch it
-        assert "does not match the checksums" in message
+    if damage == "garbled":
+        # Flipped bytes inside zstd-compressed data: the decoder fails, or (inside a stored block) the values
+        # change silently and only the checksums catch it. Which one depends on the bytes the run wrote; the
+        # checksum path is tested deterministically in test_hardening.py.
+        assert "does not match the checksums" in message or "could not be restored" in message
     # The earlier step is still there, byte for byte, and so is the damaged one (nothing was overwritten).
     original, damaged_copy = runs["checkpoints"], runs[damage]
     if damage == "truncated":

@@ -95,9 +95,10 @@ def _small_table_take(rows: int) -> Callable[[Array, Array], Array]:
     def backward(residual, g: Array):
         ids, like = residual
         one_hot = jax.nn.one_hot(ids, rows, dtype=g.dtype)
-        grad = jnp.einsum(
-            "...r,...f->rf", one_hot, g, preferred_element_type=jnp.float32, precision=jax.lax.Precision.HIGHEST
-        )
+        # float32 asks for full float32 passes (the backward pass is traced outside the model's precision
+        # context); bfloat16 products are exact in float32 at the platform's default.
+        precision = jax.lax.Precision.HIGHEST if g.dtype == jnp.float32 else None
+        grad = jnp.einsum("...r,...f->rf", one_hot, g, preferred_element_type=jnp.float32, precision=precision)
         return grad.astype(like.dtype), None
 
     take.defvjp(forward, backward)

@@ -222,24 +222,12 @@ def build_fit_program(
     return program, state, healthy, hparams, config, plan
 
 
-def build_fit_step(
-    model_name: str,
-    dtype_name: str,
-    batch: int,
-    seq: int,
-    *,
-    seed: int = 0,
-    sharding: str = "replicated",
-    total_steps: int = 100,
-    scan_layers: bool = True,
-):
-    """:func:`build_fit_program` with one batch of full-length random pairs (one per row: no padding, as in the
-    FLOP count). Returns ``(program, state, batch, healthy, hparams, config, plan)``."""
-    program, state, healthy, hparams, config, plan = build_fit_program(
-        model_name, dtype_name, batch, seq, seed=seed, sharding=sharding, total_steps=total_steps,
-        scan_layers=scan_layers,
-    )  # fmt: skip
-    return program, state, synthetic_batch(config, plan, batch, seq, seed), healthy, hparams, config, plan
+def build_fit_step(model_name: str, dtype_name: str, batch: int, seq: int, **options):
+    """:func:`build_fit_program` (same keyword ``options``) with one batch of full-length random pairs (one per
+    row: no padding, as in the FLOP count). Returns ``(program, state, batch, healthy, hparams, config, plan)``."""
+    program, state, healthy, hparams, config, plan = build_fit_program(model_name, dtype_name, batch, seq, **options)
+    batch_on_mesh = synthetic_batch(config, plan, batch, seq, options.get("seed", 0))
+    return program, state, batch_on_mesh, healthy, hparams, config, plan
 
 
 def synthetic_batch(config, plan, batch: int, seq: int, seed: int) -> dict:

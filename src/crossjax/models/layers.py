@@ -74,8 +74,9 @@ SMALL_TABLE_ROWS = 1024
 
 
 @cache
-def _small_table_take(rows: int) -> Callable[[Array, Array], Array]:
-    """``jnp.take(table, ids, axis=0)`` for a table of ``rows`` rows, whose gradient is ``one_hot(ids)^T @ g``.
+def _small_table_take(rows: int, dtype: jnp.dtype) -> Callable[[Array, Array], Array]:
+    """``jnp.take(table, ids, axis=0)`` for a ``dtype`` table of ``rows`` rows, whose gradient is
+    ``one_hot(ids)^T @ g``.
 
     Why: the gradient of a gather is a scatter-add, and every token adds into one of a handful of rows of a
     token-type or position table. XLA:GPU's scatter-add slows down badly when many updates hit one row (jaxlib
@@ -90,16 +91,15 @@ def _small_table_take(rows: int) -> Callable[[Array, Array], Array]:
         return jnp.take(table, ids, axis=0)
 
     def forward(table: Array, ids: Array):
-        return jnp.take(table, ids, axis=0), (ids, jnp.zeros((0,), table.dtype))
+        return jnp.take(table, ids, axis=0), ids
 
-    def backward(residual, g: Array):
-        ids, like = residual
+    def backward(ids: Array, g: Array):
         one_hot = jax.nn.one_hot(ids, rows, dtype=g.dtype)
         # float32 asks for full float32 passes (the backward pass is traced outside the model's precision
         # context); bfloat16 products are exact in float32 at the platform's default.
         precision = jax.lax.Precision.HIGHEST if g.dtype == jnp.float32 else None
         grad = jnp.einsum("...r,...f->rf", one_hot, g, preferred_element_type=jnp.float32, precision=precision)
-        return grad.astype(like.dtype), None
+        return grad.astype(dtype), None
 
     take.defvjp(forward, backward)
     return take
@@ -115,7 +115,7 @@ class Embed(nnx.Embed):
         if not jnp.issubdtype(inputs.dtype, jnp.integer):
             raise ValueError("Input type must be an integer or unsigned integer.")
         (table,) = self.promote_dtype((self.embedding[...],), dtype=self.dtype, inexact=False)
-        return _small_table_take(self.num_embeddings)(table, inputs)
+        return _small_table_take(self.num_embeddings, jnp.dtype(table.dtype))(table, inputs)
 
 
 def embedding(num: int, features: int, *, std: float, dtype, rngs: nnx.Rngs, padding_idx: int | None = None):

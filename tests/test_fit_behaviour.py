@@ -594,6 +594,23 @@ def test_rank(tiny_ce):
     assert all("text" not in r for r in top)
 
 
+def test_rank_calls_of_other_sizes_share_compiled_shapes(tiny_dir):
+    """One query's candidates after another (other counts, other lengths): packed shapes come from a grid and
+    compiled ones are reused, so 12 calls compile a few programs instead of one each, with HF's scores."""
+    ce = CrossEncoder(tiny_dir)
+    rng = np.random.default_rng(18)
+    calls = []
+    for n in rng.integers(5, 41, size=12):
+        query = sentence(rng, int(rng.integers(2, 8)))
+        calls.append([(query, sentence(rng, int(k))) for k in rng.integers(1, 30, size=n)])
+    before = ce.compilations["predict"]
+    scores = [ce.predict(pairs) for pairs in calls]
+    assert ce.compilations["predict"] - before <= 5, ce.compilations
+    for pairs, got in zip(calls, scores, strict=True):
+        expected = 1 / (1 + np.exp(-hf_logits(tiny_dir, pairs)[:, 0]))
+        np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5)
+
+
 # ------------------------------------------------------------------------------- 10. construction rules
 def test_num_labels_and_default_activation(tiny_dirs, minilm_dir):
     pairs = [tuple(e.texts) for e in make_examples(4, seed=17)]

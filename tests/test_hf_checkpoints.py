@@ -345,3 +345,71 @@ def test_url_save_directory_is_refused(tiny_dir):
     model = FlaxAutoModelForSequenceClassification.from_pretrained(directory)
     with pytest.raises(ValueError, match=r"'gs://bucket/run' is a URL.*local directory"):
         model.save_pretrained("gs://bucket/run")
+
+
+@pytest.mark.parametrize("layers", [1, 3])
+def test_config_with_other_layer_count_loads_what_the_checkpoint_has(tiny_dir, layers):
+    """The checkpoint has 1 layer; a config asking for 3 loads layer 0 and initialises 1 and 2 (missing keys as
+    transformers names them), one asking for 1 of a 3-layer checkpoint ignores the rest (unexpected keys)."""
+    directory, reference = tiny_dir
+    if layers == 1:  # a 3-layer checkpoint read with a 1-layer config
+        torch.manual_seed(2)
+        reference = AutoModelForSequenceClassification.from_config(
+            transformers.BertConfig(**{**tiny_bert(2).to_dict(), "num_hidden_layers": 3})
+        ).eval()
+        reference.save_pretrained(directory.parent / "deep")
+        directory = directory.parent / "deep"
+    kwargs = {"num_hidden_layers": layers}
+    _, theirs = AutoModelForSequenceClassification.from_pretrained(directory, output_loading_info=True, **kwargs)
+    for scan_layers in (True, False):
+        model, ours = FlaxAutoModelForSequenceClassification.from_pretrained(
+            directory, config_kwargs=kwargs, scan_layers=scan_layers, output_loading_info=True
+        )
+        assert sorted(ours["missing_keys"]) == sorted(theirs["missing_keys"])
+        assert sorted(ours["unexpected_keys"]) == sorted(theirs["unexpected_keys"])
+        state = model.hf_state_dict()
+        torch_state = reference.state_dict()
+        loaded = [k for k in state if k in torch_state and k not in theirs["missing_keys"]]
+        assert "bert.encoder.layer.0.attention.self.query.weight" in loaded
+        for key in loaded:
+            np.testing.assert_array_equal(state[key], torch_state[key].numpy(), err_msg=key)
+        for key in theirs["missing_keys"]:  # newly initialised: normal(0, 0.02) weights, zero biases, unit norms
+            value = state[key]
+            if key.endswith("LayerNorm.weight"):
+                np.testing.assert_array_equal(value, 1.0)
+            elif key.endswith("bias"):
+                np.testing.assert_array_equal(value, 0.0)
+            else:
+                assert 0.01 < value.std() < 0.03, key
+
+
+def test_loading_compiles_one_initialiser_for_what_the_checkpoint_lacks(tiny_dir):
+    """Eagerly, every initialiser was a program of its own (47 compiles for MiniLM); loading now compiles one,
+    whose initialisers are only those of the missing head, and a random model is one program too."""
+    import jax
+
+    directory, reference = tiny_dir
+    compiles = []
+
+    def listen(event, duration, **_):
+        if event == "/jax/core/compile/backend_compile_duration":
+            compiles.append(duration)
+
+    cache = jax.config.jax_enable_compilation_cache
+    jax.monitoring.register_event_duration_secs_listener(listen)
+    try:
+        jax.config.update("jax_enable_compilation_cache", False)  # count compiles, not cache loads
+        model = FlaxAutoModelForSequenceClassification.from_pretrained(directory, num_labels=3, seed=5)
+        loaded = len(compiles)
+        again = FlaxAutoModelForSequenceClassification.from_config(model.config, seed=5)
+        fresh = len(compiles) - loaded
+    finally:
+        jax.config.update("jax_enable_compilation_cache", cache)
+        jax.monitoring.unregister_event_duration_listener(listen)
+    assert loaded <= 1 and fresh <= 1, (loaded, fresh)
+    # The head drawn for the missing classifier is the one a random model of the same seed draws.
+    np.testing.assert_array_equal(np.asarray(model.classifier.kernel[...]), np.asarray(again.classifier.kernel[...]))
+    np.testing.assert_array_equal(
+        np.asarray(model.embeddings.word.embedding[...]),
+        reference.bert.embeddings.word_embeddings.weight.detach().numpy(),
+    )

@@ -184,3 +184,65 @@ def test_token_budget_steps_take_each_pair_once_in_one_shape_almost_without_padd
     assert efficiency >= expected
     with pytest.raises(ValueError, match="more than a row"):
         packing.token_budget_steps(order, lengths, groups, 4, 16)
+
+
+# ------------------------------------------------------------------------------ shapes shared across calls
+def test_grid_ceiling_values_and_bound():
+    assert [packing.grid_ceiling(n) for n in (1, 5, 8, 9, 10, 11, 15, 16, 17, 21, 33, 100)] == [
+        1, 5, 8, 10, 10, 12, 16, 16, 20, 24, 40, 112,
+    ]
+    assert [packing.grid_ceiling(n, 8) for n in (1, 8, 9, 64, 65, 130)] == [8, 8, 16, 64, 80, 160]
+    grid = sorted({packing.grid_ceiling(n) for n in range(1, 5000)})
+    for n in range(1, 5000):
+        value = packing.grid_ceiling(n)
+        assert value == min(g for g in grid if g >= n)  # the smallest grid value at or above n
+        assert value <= 1.25 * n
+    assert len([g for g in grid if 256 < g <= 512]) == 4  # four values an octave
+
+
+def test_grid_plan_rounds_onto_the_grid_and_still_fits_every_step():
+    rng = np.random.default_rng(7)
+    for _ in range(20):
+        lengths = rng.integers(5, 90, size=int(rng.integers(3, 40)))
+        tokenized = tokenized_pairs(lengths)
+        step = np.arange(len(lengths))
+        plan = packing.plan_packing([step], lengths, 1, 64, hidden_size=384)
+        grid = packing.grid_plan(plan, [[lengths]])
+        assert grid.rows == packing.grid_ceiling(plan.rows) and grid.rows >= plan.rows
+        assert all(t == packing.grid_ceiling(t, packing.ROW_QUANTUM) for t in grid.row_lengths)
+        batch = packing.pack(tokenized, step, None, grid, 0)
+        assert sorted(batch.indices[batch.indices >= 0].tolist()) == step.tolist()
+        assert (grid.rows, batch.input_ids.shape[2]) in [(grid.rows, t) for t in grid.row_lengths]
+
+
+def test_reuse_compiled_shapes_rents_then_buys():
+    lengths = np.full(10, 20)  # 10 pairs of 20 tokens: fit 4 rows of 64 (3 a row), or 2 rows of 104
+    plan = packing.PackingPlan(4, (64,), 1, 16)
+    steps = [[lengths]]
+    cost = packing.step_cost(4, 64, 384)
+    # Nothing compiled, the plan's own shape compiled, or compiled shapes of other groups/pair slots: the plan.
+    assert packing.reuse_compiled_shapes(plan, steps, [], 384) == plan
+    assert packing.reuse_compiled_shapes(plan, steps, [(1, 4, 64, 16), (1, 8, 512, 16)], 384) == plan
+    assert packing.reuse_compiled_shapes(plan, steps, [(2, 4, 72, 16), (1, 4, 72, 8)], 384) == plan
+    # A compiled shape too small for a step is never used.
+    assert packing.reuse_compiled_shapes(plan, steps, [(1, 2, 96, 16), (1, 4, 56, 16)], 384) == plan
+    # Within the slack (25% more compute): always used, nothing owed.
+    debts = {}
+    near = packing.reuse_compiled_shapes(plan, steps, [(1, 4, 72, 16)], 384, debts)
+    assert (near.rows, near.row_lengths) == (4, (72,)) and debts == {}
+    # The cheapest of several fitting shapes is chosen.
+    several = [(1, 4, 72, 16), (1, 4, 80, 16), (1, 8, 64, 16)]
+    chosen = packing.reuse_compiled_shapes(plan, steps, several, 384)
+    assert chosen.rows == 4 and chosen.row_length_for(packing.row_length_needed(lengths, 4)) == 72
+    # Far bigger: rented while the extra compute stays below compiling's 8 steps, then the plan is compiled.
+    big = [(1, 8, 128, 16)]
+    extra = packing.step_cost(8, 128, 384) - cost
+    rented = 0
+    while packing.reuse_compiled_shapes(plan, steps, big, 384, debts) != plan:
+        rented += 1
+        assert rented < 100
+    assert rented == int(np.ceil(8 * cost / extra)) - 1 and debts == {}
+    # Without a memory of debts a shape costing more than compiling is never rented.
+    huge = [(1, 64, 512, 16)]
+    assert packing.step_cost(64, 512, 384) - cost > 8 * cost
+    assert packing.reuse_compiled_shapes(plan, steps, huge, 384) == plan

@@ -6,6 +6,7 @@ imports. Differences are listed in the README ("Differences from sentence-transf
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -292,15 +293,19 @@ class CrossEncoder:
         order = np.argsort(-tokenized.lengths, kind="stable")
         count = -(-len(order) // rows)
         chunks = [order[c::count] for c in range(count)]
-        plan = packing.plan_packing(
-            chunks,
-            tokenized.lengths,
-            shards,
-            rows // shards,
-            hidden_size=packing.model_width(self.config),
-            max_shapes=self.max_shapes,
-        )
+        group_lengths = [
+            [tokenized.lengths[g] for g in packing.deal_into_groups(chunk, tokenized.lengths, shards)]
+            for chunk in chunks
+        ]
+        width = packing.model_width(self.config)
+        plan = packing.plan_grouped_packing(group_lengths, shards, rows // shards, width, self.max_shapes)
+        if len(chunks) == 1:  # a call of a few pairs (rank() of one query): shapes that other calls share
+            plan = packing.grid_plan(plan, group_lengths)
         program = self._predict_program(dtype or self.compute_dtype)
+        # Shapes this process already compiled, where they cost less than compiling new ones would.
+        plan = packing.reuse_compiled_shapes(
+            plan, group_lengths, program.counter.shapes, width, program.shape_debts
+        )
         traced_before = program.counter.count
         params, rest = nnx.state(self.model, nnx.Param), nnx.state(self.model, nnx.Not(nnx.Param))
         out = np.zeros((len(pairs), self.num_labels), dtype=np.float32)
@@ -368,15 +373,15 @@ class CrossEncoder:
             pairs = [_with_prompt(prompt, pair, i) for i, pair in enumerate(pairs)]
         logits = self._logits(pairs, batch_size, show_progress_bar)
         activation = self.activation_fn if activation_fn is None else losses.resolve_activation(activation_fn)
-        scores = np.asarray(activation(jnp.asarray(logits)), dtype=np.float32)
+        scores = _rowwise(activation, logits)
         if apply_softmax and scores.shape[1] > 1:
-            scores = np.asarray(jax.nn.softmax(jnp.asarray(scores), axis=1))
+            scores = _rowwise(functools.partial(jax.nn.softmax, axis=1), scores)
         if self.num_labels == 1:
             scores = scores[:, 0]
         if single:
             scores = scores[0]
         if convert_to_tensor:
-            return jnp.asarray(scores)
+            return jax.device_put(scores)
         if not convert_to_numpy:
             return list(scores) if not single else scores
         return scores
@@ -686,6 +691,15 @@ def _upload_folder(
     )
     logger.info("Uploaded %s to %s", folder, commit.pr_url if create_pr else commit.commit_url)
     return commit.pr_url if create_pr else commit.commit_url
+
+
+def _rowwise(fn: Callable, scores: np.ndarray) -> np.ndarray:
+    """``fn`` (a JAX function of a (pairs, labels) array, row by row) on ``scores``, as float32 numpy. The rows
+    are padded up to :func:`crossjax.packing.grid_ceiling`: eager JAX compiles a program per shape, and calls
+    with other numbers of pairs then share it."""
+    padded = np.zeros((packing.grid_ceiling(len(scores)), scores.shape[1]), np.float32)
+    padded[: len(scores)] = scores
+    return np.asarray(fn(jax.device_put(padded)), dtype=np.float32)[: len(scores)]
 
 
 def _with_prompt(prompt: str, pair: Any, index: int) -> tuple[str, str]:

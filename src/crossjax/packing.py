@@ -24,7 +24,7 @@ This module is numpy only: plans and batches are built on the host before anythi
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, fields
 
 import numpy as np
@@ -39,12 +39,14 @@ __all__ = [
     "token_budget_shape",
     "token_budget_steps",
     "deal_into_groups",
+    "grid_ceiling",
+    "grid_plan",
+    "reuse_compiled_shapes",
     "fitting_prefix",
     "rows_needed",
     "pack",
     "one_pair_per_row",
 ]
-
 
 
 @dataclass
@@ -276,13 +278,101 @@ def plan_grouped_packing(
             needs = [max(row_length_needed(g, r) for g in step) for step in sample]
             lengths_chosen = choose_row_counts(needs, max_shapes)
             return sum(
-                r * t * (1.0 + t / (6.0 * hidden_size))
-                for t in (next(c for c in lengths_chosen if c >= need) for need in needs)
+                step_cost(r, t, hidden_size) for t in (next(c for c in lengths_chosen if c >= need) for need in needs)
             )
 
         rows = min(candidates, key=run_cost)
     needs = [max(row_length_needed(g, rows) for g in step) for step in group_lists]
     return PackingPlan(int(rows), choose_row_counts(needs, max_shapes), int(groups), int(pairs))
+
+
+def step_cost(rows: int, row_length: int, hidden_size: int) -> float:
+    """The packer's estimate of a step's compute per group: its tokens, attention's share growing with the row
+    length (per token about ``T / (6 * hidden)`` of the dense layers' cost)."""
+    return rows * row_length * (1.0 + row_length / (6.0 * hidden_size))
+
+
+def grid_ceiling(n: int, quantum: int = 1) -> int:
+    """The smallest value >= ``n`` of the grid ``quantum`` x (1, 2, ..., 8, 10, 12, 14, 16, 20, 24, 28, 32, 40, ...):
+    four values an octave, so a shape rounded onto it is at most 25% (9% on average) larger than asked and the
+    shapes of calls with other sizes coincide."""
+    units = max(1, -(-int(n) // quantum))
+    if units <= 8:
+        return units * quantum
+    step = 1 << (units.bit_length() - 3)
+    return -(-units // step) * step * quantum
+
+
+def grid_plan(plan: PackingPlan, group_lengths: Sequence[Sequence[np.ndarray]]) -> PackingPlan:
+    """``plan`` with its rows and row lengths rounded up onto :func:`grid_ceiling`'s grid (row lengths in units
+    of 8 tokens), for the steps ``group_lengths`` (as in :func:`plan_grouped_packing`). A call of a few pairs
+    (one query's candidates) then reuses the programs compiled for other calls of about its size."""
+    rows = grid_ceiling(plan.rows)
+    steps = [step for step in group_lengths if any(len(g) for g in step)]
+    needs = [max(row_length_needed(g, rows) for g in step) for step in steps] or [ROW_QUANTUM]
+    lengths = sorted({grid_ceiling(t, ROW_QUANTUM) for t in choose_row_counts(needs, len(plan.row_lengths))})
+    return PackingPlan(rows, tuple(lengths), plan.groups, plan.pairs)
+
+
+def reuse_compiled_shapes(
+    plan: PackingPlan,
+    group_lengths: Sequence[Sequence[np.ndarray]],
+    compiled: Iterable[tuple[int, int, int, int]],
+    hidden_size: int = 768,
+    debts: dict | None = None,
+    compile_steps: float = 8.0,
+    slack: float = 0.25,
+) -> PackingPlan:
+    """Shapes already compiled (``compiled``: ``(groups, rows, row length, pairs)`` tuples) instead of ``plan``'s
+    new ones, when they fit every step of ``group_lengths`` and cost little more compute; the plan returned uses
+    the row lengths of one row count.
+
+    Within ``slack`` of the call's compute a compiled shape is always used. Beyond it, renting a compiled shape
+    is weighed against buying the planned ones: compiling is taken to cost ``compile_steps`` steps of the
+    largest new shape for each new shape (about a second on a CPU and tens on a GPU, against tens of
+    milliseconds a step), and ``debts`` (kept by the caller across calls, per plan) sums the extra compute that
+    calls planned like this one already spent on bigger shapes. Once it would pass the compile cost, the plan's
+    shapes are compiled: never more than twice the cost of the best choice in hindsight (ski rental), and a
+    shape that calls keep asking for is compiled after a few calls."""
+    shapes = {(r, t) for g, r, t, p in compiled if g == plan.groups and p == plan.pairs}
+    new = [t for t in plan.row_lengths if (plan.rows, t) not in shapes]
+    steps = [step for step in group_lengths if any(len(g) for g in step)]
+    if not new or not shapes or not steps:
+        return plan
+
+    def run_cost(rows: int, lengths: Sequence[int]) -> float | None:
+        total = 0.0
+        for step in steps:
+            need = max(row_length_needed(g, rows) for g in step)
+            fitting = [t for t in lengths if t >= need]
+            if not fitting:
+                return None
+            total += step_cost(rows, min(fitting), hidden_size)
+        return total
+
+    planned = run_cost(plan.rows, plan.row_lengths)
+    if planned is None:
+        return plan
+    best = None
+    for rows in sorted({r for r, _ in shapes}):
+        lengths = tuple(sorted(t for r, t in shapes if r == rows))
+        cost = run_cost(rows, lengths)
+        if cost is not None and (best is None or cost < best[0]):
+            best = (cost, rows, lengths)
+    if best is None:
+        return plan
+    extra = best[0] - planned
+    key = (plan.groups, plan.rows, plan.row_lengths, plan.pairs)
+    owed = 0.0 if debts is None else debts.get(key, 0.0)
+    compiling = compile_steps * len(new) * step_cost(plan.rows, max(new), hidden_size)
+    if extra > slack * planned:
+        if owed + extra >= compiling:
+            if debts is not None:
+                debts.pop(key, None)
+            return plan
+        if debts is not None:
+            debts[key] = owed + extra
+    return PackingPlan(best[1], best[2], plan.groups, plan.pairs)
 
 
 def token_budget_shape(lengths: np.ndarray, groups: int, max_tokens: int) -> tuple[int, int]:

@@ -23,7 +23,7 @@ import functools
 import logging
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import jax
@@ -514,8 +514,8 @@ def make_predict_step(graphdef, counter: CompileCounter | None = None):
     """Logits (float32, one row per pair slot) of a packed batch with the model in eval mode."""
 
     def predict_step(params, rest, batch: dict) -> jax.Array:
-        if counter is not None:
-            counter.tick(batch["input_ids"].shape)
+        if counter is not None:  # (groups, rows, row length, pair slots): what the packer may reuse
+            counter.tick((*batch["input_ids"].shape, batch["pair_row"].shape[1]))
         return packed_logits(nnx.merge(graphdef, params, rest, copy=True), batch)
 
     return predict_step
@@ -528,6 +528,8 @@ class StepProgram:
 
     fn: Callable
     counter: CompileCounter
+    # what calls spent on compiled shapes bigger than they planned (crossjax.packing.reuse_compiled_shapes)
+    shape_debts: dict = field(default_factory=dict)
 
 
 # At most this many jitted train steps (and as many predict steps) are kept: each holds its compiled

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -123,17 +124,25 @@ class FlaxPreTrainedModel(nnx.Module):
 
     # ------------------------------------------------------------------------------------- loading
     @classmethod
-    def from_config(
-        cls, config, *, dtype=jnp.float32, seed: int = 0, scan_layers: bool = True
-    ) -> FlaxPreTrainedModel:
+    def from_config(cls, config, *, dtype=jnp.float32, seed: int = 0, scan_layers: bool = True) -> FlaxPreTrainedModel:
         """A freshly initialised model (transformers' initialisation: normal(0, initializer_range)).
 
         ``scan_layers`` stacks the transformer layers and runs them under ``nnx.scan``: one compiled layer
         body whatever the depth. False unrolls them (one parameter set per layer)."""
-        return cls(config, dtype=dtype, rngs=nnx.Rngs(params=seed, dropout=seed + 1), scan_layers=scan_layers)
+        return initialise(cls._builder(config, dtype, seed, scan_layers))
 
-    def load_hf_state_dict(self, tensors: dict[str, np.ndarray], source: str = "checkpoint") -> LoadingInfo:
-        """Fill our parameters from Hugging Face named tensors; return what was missing/unexpected."""
+    @classmethod
+    def _builder(cls, config, dtype, seed: int, scan_layers: bool) -> Callable[[], FlaxPreTrainedModel]:
+        return lambda: cls(config, dtype=dtype, rngs=nnx.Rngs(params=seed, dropout=seed + 1), scan_layers=scan_layers)
+
+    def place_hf_state_dict(
+        self, tensors: dict[str, np.ndarray], source: str = "checkpoint"
+    ) -> tuple[dict[str, Any], LoadingInfo]:
+        """Where Hugging Face named tensors go among our parameters, and what was missing/unexpected/mismatched.
+
+        Returns ``{our dotted path: array}`` in our layout (a stacked path whose every layer is in ``tensors``
+        as one stacked array), with ``{layer: array}`` for a stack only some of whose layers are there. Reads
+        only the parameters' shapes, so ``self`` may be abstract (``nnx.eval_shape``)."""
         info = LoadingInfo()
         table = self.param_table(self.config)
         prefix = self.base_model_prefix + "."
@@ -142,8 +151,8 @@ class FlaxPreTrainedModel(nnx.Module):
             # A base-model checkpoint (e.g. a sentence-transformers bi-encoder): names lack the prefix.
             tensors = {(k if k.startswith(self.head_prefixes) else prefix + k): v for k, v in tensors.items()}
         ours = flat_params(self)
+        placed: dict[str, Any] = {}
         filled: set[tuple[str, int | None]] = set()
-        stacks: dict[str, np.ndarray] = {}  # scanned layers: filled slice by slice, written once at the end
         for name, array in tensors.items():
             rule, target, layer = our_slot_of(table, name, ours)
             if target is None:
@@ -167,22 +176,41 @@ class FlaxPreTrainedModel(nnx.Module):
                 raise CheckpointError(
                     f"{source}: parameter {name} has shape {tuple(array.shape)}, but the config implies {expected}"
                 )
+            dtype = np.dtype(var.dtype)
             if layer is None:
-                var[...] = jnp.asarray(value, dtype=var[...].dtype)
+                placed[target] = np.asarray(value, dtype=dtype)
             else:
-                if target not in stacks:
-                    stacks[target] = np.array(var[...])
-                stacks[target][layer] = value
+                placed.setdefault(target, {})[layer] = np.asarray(value, dtype=dtype)
             filled.add((target, layer))
-        for target, stacked in stacks.items():
-            ours[target][...] = jnp.asarray(stacked, dtype=ours[target][...].dtype)
         for path, var in ours.items():
-            for name, _, layer in hf_slots_of(table, path, var.shape[0] if var.ndim else 0):
+            slots = hf_slots_of(table, path, var.shape[0] if var.ndim else 0)
+            for name, _, layer in slots:
                 if (path, layer) not in filled:
                     info.missing_keys.append(name)
-            if not hf_slots_of(table, path, var.shape[0] if var.ndim else 0):
+            if not slots:
                 info.missing_keys.append(path)
+            layers = placed.get(path)
+            if isinstance(layers, dict) and len(layers) == var.shape[0]:
+                placed[path] = np.stack([layers[i] for i in range(var.shape[0])])
+        return placed, info
+
+    def load_hf_state_dict(self, tensors: dict[str, np.ndarray], source: str = "checkpoint") -> LoadingInfo:
+        """Fill our parameters from Hugging Face named tensors; return what was missing/unexpected."""
+        placed, info = self.place_hf_state_dict(tensors, source)
+        self._assign(placed)
         return info
+
+    def _assign(self, placed: dict[str, Any]) -> None:
+        """Write :meth:`place_hf_state_dict`'s values into the parameters (a partial stack: its layers only)."""
+        ours = flat_params(self)
+        for path, value in placed.items():
+            var = ours[path]
+            if isinstance(value, dict):
+                stacked = np.array(var[...])
+                for layer, array in value.items():
+                    stacked[layer] = array
+                value = stacked
+            var[...] = jax.device_put(value)  # jnp.asarray would compile a program per shape
 
     @classmethod
     def from_pretrained(
@@ -201,9 +229,14 @@ class FlaxPreTrainedModel(nnx.Module):
         directory = resolve_checkpoint_dir(name_or_path, **hub_kwargs)
         if config is None:
             config = load_config(directory, num_labels=num_labels, **(config_kwargs or {}))
-        model = cls.from_config(config, dtype=dtype, seed=seed, scan_layers=scan_layers)
+        build = cls._builder(config, dtype, seed, scan_layers)
+        abstract = nnx.eval_shape(build)
         tensors, source = read_state_dict(directory)
-        info = model.load_hf_state_dict(tensors, source=str(source))
+        placed, info = abstract.place_hf_state_dict(tensors, source=str(source))
+        whole = {path: value for path, value in placed.items() if not isinstance(value, dict)}
+        # Only what the checkpoint lacks is initialised (XLA drops the other initialisers from the program).
+        model = initialise(build, whole, abstract)
+        model._assign({path: value for path, value in placed.items() if isinstance(value, dict)})
         _report(cls.architecture, str(directory), info)
         return (model, info.as_dict()) if output_loading_info else model
 
@@ -265,6 +298,31 @@ class FlaxPreTrainedModel(nnx.Module):
         )
 
 
+def initialise(
+    build: Callable[[], nnx.Module], given: dict[str, np.ndarray] | None = None, abstract: nnx.Module | None = None
+) -> nnx.Module:
+    """``build()``'s module, its initialisers run as one compiled program. Run eagerly, every initialiser and
+    RNG split is a small XLA program of its own: 47 compiles and 3.3 s for MiniLM on 2 cores. Parameters named
+    in ``given`` (dotted paths, our layout and dtype) take those values instead, and XLA drops their
+    initialisers. ``abstract`` is ``nnx.eval_shape(build)`` when the caller already has it."""
+    given = given or {}
+    graphdef, shapes = nnx.split(nnx.eval_shape(build) if abstract is None else abstract)
+    flat = list(nnx.to_flat_state(shapes))
+    names = [".".join(map(str, path)) for path, _ in flat]
+    computed = [i for i, (path, var) in enumerate(flat) if not (isinstance(var, nnx.Param) and names[i] in given)]
+
+    def init() -> list[jax.Array]:
+        leaves = list(nnx.to_flat_state(nnx.split(build())[1]))
+        return [leaves[i][1][...] for i in computed]
+
+    values = dict(zip(computed, jax.jit(init)(), strict=True))
+    leaves = [
+        (path, var.replace(values[i] if i in values else jax.device_put(given[names[i]])))
+        for i, (path, var) in enumerate(flat)
+    ]
+    return nnx.merge(graphdef, nnx.from_flat_state(leaves))
+
+
 def _report(architecture: str, source: str, info: LoadingInfo) -> None:
     """Warn like transformers does about newly initialised, unused and re-shaped weights."""
     if info.unexpected_keys:
@@ -297,4 +355,3 @@ def _report(architecture: str, source: str, info: LoadingInfo) -> None:
             source,
             details,
         )
-

@@ -66,7 +66,7 @@ class DistilBertForSequenceClassification(FlaxPreTrainedModel):
         )
         if getattr(config, "sinusoidal_pos_embds", False):
             table = sinusoidal_positions(config.max_position_embeddings, config.dim)
-            self.embeddings.position.embedding[...] = jnp.asarray(table)
+            self.embeddings.position.embedding[...] = jnp.asarray(table, jnp.float32)
         self.encoder = Encoder(
             scan=scan_layers,
             num_layers=config.n_layers,

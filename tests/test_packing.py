@@ -246,3 +246,29 @@ def test_reuse_compiled_shapes_rents_then_buys():
     huge = [(1, 64, 512, 16)]
     assert packing.step_cost(64, 512, 384) - cost > 8 * cost
     assert packing.reuse_compiled_shapes(plan, steps, huge, 384) == plan
+
+
+def test_plan_call_takes_a_second_shape_only_when_it_pays_for_its_compile():
+    def steps_of(needs_per_step):  # one pair a step: its row is as long as the pair
+        return [[np.array([need])] for need in needs_per_step]
+
+    # 16 steps needing nearly the same row: one shape (the second would save ~1% and cost a compile) ...
+    near = steps_of([200] * 8 + [208] * 8)
+    one = packing.plan_call(near, 1, 4, 384, max_shapes=2)
+    two = packing.plan_grouped_packing(near, 1, 4, 384, max_shapes=2)
+    assert len(one.row_lengths) == 1 and len(two.row_lengths) == 2
+    # ... unless both shapes are compiled already: then the tightest plan.
+    compiled = [(1, two.rows, t, 4) for t in two.row_lengths]
+    assert packing.plan_call(near, 1, 4, 384, max_shapes=2, compiled=compiled) == two
+    # 400 steps, half needing short rows and half long ones: two shapes save far more than a compile.
+    bimodal = steps_of([64] * 200 + [512] * 200)
+    assert len(packing.plan_call(bimodal, 1, 4, 384, max_shapes=2).row_lengths) == 2
+    # Costs as priced: the chosen plan's compute plus 8 steps of each new shape is the lowest of the k-shape plans.
+    for steps in (near, bimodal):
+        chosen = packing.plan_call(steps, 1, 4, 384, max_shapes=3)
+
+        def priced(plan, steps=steps):
+            new = sum(packing.step_cost(plan.rows, t, 384) for t in plan.row_lengths)
+            return packing.run_cost(steps, plan.rows, plan.row_lengths, 384) + 8 * new
+
+        assert priced(chosen) == min(priced(packing.plan_grouped_packing(steps, 1, 4, 384, k)) for k in (1, 2, 3))

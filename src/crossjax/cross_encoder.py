@@ -28,6 +28,10 @@ from crossjax.models.export import ST_CONFIG
 from crossjax.parallel import MeshPlan, make_mesh, put_global
 from crossjax.runtime import is_main_process, progress_bar
 
+# Predict calls of at most this many batches take shapes rounded onto a grid (crossjax.packing.grid_plan), so
+# that calls of other sizes (another query's candidates) reuse their programs; longer calls pack exactly.
+GRID_CALL_STEPS = 4
+
 logger = logging.getLogger("crossjax")
 
 DTYPES = {"float32": jnp.float32, "fp32": jnp.float32, "bfloat16": jnp.bfloat16, "bf16": jnp.bfloat16}
@@ -298,14 +302,13 @@ class CrossEncoder:
             for chunk in chunks
         ]
         width = packing.model_width(self.config)
-        plan = packing.plan_grouped_packing(group_lengths, shards, rows // shards, width, self.max_shapes)
-        if len(chunks) == 1:  # a call of a few pairs (rank() of one query): shapes that other calls share
-            plan = packing.grid_plan(plan, group_lengths)
         program = self._predict_program(dtype or self.compute_dtype)
+        compiled = program.counter.shapes
+        plan = packing.plan_call(group_lengths, shards, rows // shards, width, self.max_shapes, compiled)
+        if len(chunks) <= GRID_CALL_STEPS:  # a call of a few pairs (one query's candidates): shapes calls share
+            plan = packing.grid_plan(plan, group_lengths)
         # Shapes this process already compiled, where they cost less than compiling new ones would.
-        plan = packing.reuse_compiled_shapes(
-            plan, group_lengths, program.counter.shapes, width, program.shape_debts
-        )
+        plan = packing.reuse_compiled_shapes(plan, group_lengths, compiled, width, program.shape_debts)
         traced_before = program.counter.count
         params, rest = nnx.state(self.model, nnx.Param), nnx.state(self.model, nnx.Not(nnx.Param))
         out = np.zeros((len(pairs), self.num_labels), dtype=np.float32)

@@ -41,6 +41,9 @@ __all__ = [
     "deal_into_groups",
     "grid_ceiling",
     "grid_plan",
+    "plan_call",
+    "run_cost",
+    "step_cost",
     "reuse_compiled_shapes",
     "fitting_prefix",
     "rows_needed",
@@ -274,14 +277,11 @@ def plan_grouped_packing(
         typical = float(np.median(totals))
         candidates = sorted({max(1, math.ceil(typical / t)) for t in (64, 96, 128, 192, 256, 384, 512)})
 
-        def run_cost(r: int) -> float:
+        def cost_with(r: int) -> float:
             needs = [max(row_length_needed(g, r) for g in step) for step in sample]
-            lengths_chosen = choose_row_counts(needs, max_shapes)
-            return sum(
-                step_cost(r, t, hidden_size) for t in (next(c for c in lengths_chosen if c >= need) for need in needs)
-            )
+            return run_cost(sample, r, choose_row_counts(needs, max_shapes), hidden_size)
 
-        rows = min(candidates, key=run_cost)
+        rows = min(candidates, key=cost_with)
     needs = [max(row_length_needed(g, rows) for g in step) for step in group_lists]
     return PackingPlan(int(rows), choose_row_counts(needs, max_shapes), int(groups), int(pairs))
 
@@ -290,6 +290,47 @@ def step_cost(rows: int, row_length: int, hidden_size: int) -> float:
     """The packer's estimate of a step's compute per group: its tokens, attention's share growing with the row
     length (per token about ``T / (6 * hidden)`` of the dense layers' cost)."""
     return rows * row_length * (1.0 + row_length / (6.0 * hidden_size))
+
+
+def run_cost(
+    group_lengths: Sequence[Sequence[np.ndarray]], rows: int, row_lengths: Sequence[int], hidden_size: int
+) -> float | None:
+    """The estimated compute (:func:`step_cost`) of the steps ``group_lengths`` (as in
+    :func:`plan_grouped_packing`), each packed into ``rows`` rows of the shortest of ``row_lengths`` it fits;
+    None when a step fits none of them."""
+    total = 0.0
+    for step in group_lengths:
+        need = max(row_length_needed(g, rows) for g in step)
+        fitting = [t for t in row_lengths if t >= need]
+        if not fitting:
+            return None
+        total += step_cost(rows, min(fitting), hidden_size)
+    return total
+
+
+def plan_call(
+    group_lengths: Sequence[Sequence[np.ndarray]],
+    groups: int,
+    pairs: int,
+    hidden_size: int = 768,
+    max_shapes: int = 2,
+    compiled: Iterable[tuple[int, int, int, int]] = (),
+    compile_steps: float = 8.0,
+) -> PackingPlan:
+    """:func:`plan_grouped_packing` with at most ``max_shapes`` shapes, as many as pay for their compiles: each
+    shape not in ``compiled`` (``(groups, rows, row length, pairs)`` tuples) is priced at ``compile_steps`` steps
+    of it. So a call of a few steps does not compile a second row length that saves 1% of its compute, and one
+    whose shapes are compiled (the same pairs again) takes the tightest plan."""
+    have = {(r, t) for g, r, t, p in compiled if g == groups and p == pairs}
+    steps = [step for step in group_lengths if any(len(g) for g in step)]
+    best = None
+    for k in range(1, max(1, int(max_shapes)) + 1):
+        plan = plan_grouped_packing(group_lengths, groups, pairs, hidden_size, k)
+        compiling = sum(step_cost(plan.rows, t, hidden_size) for t in plan.row_lengths if (plan.rows, t) not in have)
+        cost = (run_cost(steps, plan.rows, plan.row_lengths, hidden_size) or 0.0) + compile_steps * compiling
+        if best is None or cost < best[0]:
+            best = (cost, plan)
+    return best[1]
 
 
 def grid_ceiling(n: int, quantum: int = 1) -> int:
@@ -340,23 +381,13 @@ def reuse_compiled_shapes(
     if not new or not shapes or not steps:
         return plan
 
-    def run_cost(rows: int, lengths: Sequence[int]) -> float | None:
-        total = 0.0
-        for step in steps:
-            need = max(row_length_needed(g, rows) for g in step)
-            fitting = [t for t in lengths if t >= need]
-            if not fitting:
-                return None
-            total += step_cost(rows, min(fitting), hidden_size)
-        return total
-
-    planned = run_cost(plan.rows, plan.row_lengths)
+    planned = run_cost(steps, plan.rows, plan.row_lengths, hidden_size)
     if planned is None:
         return plan
     best = None
     for rows in sorted({r for r, _ in shapes}):
         lengths = tuple(sorted(t for r, t in shapes if r == rows))
-        cost = run_cost(rows, lengths)
+        cost = run_cost(steps, rows, lengths, hidden_size)
         if cost is not None and (best is None or cost < best[0]):
             best = (cost, rows, lengths)
     if best is None:

@@ -272,3 +272,25 @@ def test_plan_call_takes_a_second_shape_only_when_it_pays_for_its_compile():
             return packing.run_cost(steps, plan.rows, plan.row_lengths, 384) + 8 * new
 
         assert priced(chosen) == min(priced(packing.plan_grouped_packing(steps, 1, 4, 384, k)) for k in (1, 2, 3))
+
+
+def test_compile_economy_prices_a_compile_in_compute_and_calls_follow_it():
+    economy = packing.CompileEconomy()
+    assert economy.compile_cost() is None
+    economy.record(compute=3000.0, seconds=2.5, compiles=1, compile_seconds=1.0)  # 3000 units in 1.5 s
+    economy.record(compute=1000.0, seconds=0.5, compiles=0, compile_seconds=0.0)  # 1000 in 0.5 s
+    assert economy.compile_cost() == pytest.approx(1.0 * 4000.0 / 2.0)  # one 1 s compile = 2000 units
+    rng = np.random.default_rng(5)
+    call = [[rng.integers(20, 120, size=13)]]  # one query's 13 candidates
+    exact = packing.plan_call(call, 1, 32, 384, 2)
+    compiled = [(1, 8, 256, 32)]  # a bigger shape compiled earlier
+    # Compiling costs little against the call (a measured economy): the exact plan, neither rounded nor rented.
+    cheap = packing.CompileEconomy(compile_seconds=0.001, compiles=1, compute_seconds=1.0, compute=1.0)
+    assert packing.plan_calls_sharing_shapes(call, 1, 32, 384, 2, compiled, cheap) == exact
+    # Compiling costs more than the call (nothing measured yet: 8 steps of its shape): rounded onto the grid,
+    # then the compiled shape is rented while the compute it wastes stays below a compile.
+    fresh = packing.CompileEconomy()
+    grid = packing.plan_calls_sharing_shapes(call, 1, 32, 384, 2, [], fresh)
+    assert grid == packing.grid_plan(exact, call) and grid != exact
+    rented = packing.plan_calls_sharing_shapes(call, 1, 32, 384, 2, compiled, fresh)
+    assert (rented.rows, rented.row_lengths) == (8, (256,)) and fresh.debts

@@ -10,6 +10,7 @@ import functools
 import json
 import logging
 import os
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -27,10 +28,6 @@ from crossjax.models.checkpoints import resolve_checkpoint_dir
 from crossjax.models.export import ST_CONFIG
 from crossjax.parallel import MeshPlan, make_mesh, put_global
 from crossjax.runtime import is_main_process, progress_bar
-
-# Predict calls of at most this many batches take shapes rounded onto a grid (crossjax.packing.grid_plan), so
-# that calls of other sizes (another query's candidates) reuse their programs; longer calls pack exactly.
-GRID_CALL_STEPS = 4
 
 logger = logging.getLogger("crossjax")
 
@@ -303,25 +300,30 @@ class CrossEncoder:
         ]
         width = packing.model_width(self.config)
         program = self._predict_program(dtype or self.compute_dtype)
-        compiled = program.counter.shapes
-        plan = packing.plan_call(group_lengths, shards, rows // shards, width, self.max_shapes, compiled)
-        if len(chunks) <= GRID_CALL_STEPS:  # a call of a few pairs (one query's candidates): shapes calls share
-            plan = packing.grid_plan(plan, group_lengths)
-        # Shapes this process already compiled, where they cost less than compiling new ones would.
-        plan = packing.reuse_compiled_shapes(plan, group_lengths, compiled, width, program.shape_debts)
+        # Calls of other pairs (another query's candidates) share compiled shapes where that is cheaper than
+        # compiling new ones; the price of a compile is what this program's earlier calls measured.
+        plan = packing.plan_calls_sharing_shapes(
+            group_lengths, shards, rows // shards, width, self.max_shapes, program.counter.shapes, program.economy
+        )
         traced_before = program.counter.count
         params, rest = nnx.state(self.model, nnx.Param), nnx.state(self.model, nnx.Not(nnx.Param))
         out = np.zeros((len(pairs), self.num_labels), dtype=np.float32)
         pending = []
-        for indices in progress_bar(chunks, enabled=show_progress_bar and len(chunks) > 1, desc="Batches"):
-            batch = packing.pack(tokenized, indices, None, plan, self._pad_id)
-            logits = program.fn(params, rest, training.batch_to_global(batch, self.mesh_plan))
-            pending.append((batch.indices.reshape(-1), logits))
-        for slots, logits in pending:
-            real = slots >= 0
-            out[slots[real]] = np.asarray(logits)[real]
+        compute = 0.0
+        started = time.perf_counter()
+        with training.CompileMonitor() as compiling:
+            for indices in progress_bar(chunks, enabled=show_progress_bar and len(chunks) > 1, desc="Batches"):
+                batch = packing.pack(tokenized, indices, None, plan, self._pad_id)
+                compute += packing.step_cost(*batch.input_ids.shape[1:], width)
+                logits = program.fn(params, rest, training.batch_to_global(batch, self.mesh_plan))
+                pending.append((batch.indices.reshape(-1), logits))
+            for slots, logits in pending:
+                real = slots >= 0
+                out[slots[real]] = np.asarray(logits)[real]
+        traced = program.counter.count - traced_before
+        program.economy.record(compute, time.perf_counter() - started, traced, compiling.seconds)
         # The programs this model's predict calls traced (one that another CrossEncoder traced is not counted).
-        self.compilations["predict"] += program.counter.count - traced_before
+        self.compilations["predict"] += traced
         return out
 
     @property

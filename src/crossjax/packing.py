@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 
@@ -41,7 +41,9 @@ __all__ = [
     "deal_into_groups",
     "grid_ceiling",
     "grid_plan",
+    "CompileEconomy",
     "plan_call",
+    "plan_calls_sharing_shapes",
     "run_cost",
     "step_cost",
     "reuse_compiled_shapes",
@@ -119,6 +121,8 @@ def model_width(config) -> int:
 
 
 ROW_QUANTUM = 8  # row lengths are multiples of 8 (what accelerator matrix units like)
+# Before a program's compile and compute were measured, a compile is priced at this many steps of its shape.
+COMPILE_STEPS = 8.0
 
 
 def _fits(lengths: np.ndarray, rows: int, row_length: int) -> list[list[int]] | None:
@@ -286,6 +290,37 @@ def plan_grouped_packing(
     return PackingPlan(int(rows), choose_row_counts(needs, max_shapes), int(groups), int(pairs))
 
 
+@dataclass
+class CompileEconomy:
+    """What one program's calls measured, to price compiling a shape against running a bigger one: the mean
+    compile (or cache-load) time times the compute done per second, in :func:`step_cost`'s units. A compile
+    takes about a second on a CPU and tens of seconds on a GPU, a step milliseconds to seconds, so neither a
+    fixed time nor a fixed number of steps prices it everywhere. ``debts`` is :func:`reuse_compiled_shapes`'
+    memory of the extra compute spent on bigger shapes, per plan."""
+
+    compile_seconds: float = 0.0
+    compiles: int = 0
+    compute_seconds: float = 0.0
+    compute: float = 0.0
+    debts: dict = field(default_factory=dict)
+
+    def record(self, compute: float, seconds: float, compiles: int, compile_seconds: float) -> None:
+        """A call that ran ``compute`` (:func:`step_cost` units) in ``seconds`` of wall time, ``compile_seconds`` of
+        them tracing and compiling its ``compiles`` new shapes."""
+        if compiles > 0 and compile_seconds > 0:
+            self.compiles += compiles
+            self.compile_seconds += compile_seconds
+        if seconds - compile_seconds > 0 and compute > 0:
+            self.compute_seconds += seconds - compile_seconds
+            self.compute += compute
+
+    def compile_cost(self) -> float | None:
+        """One compile in :func:`step_cost` units, or None before a compile and a call were timed."""
+        if not self.compiles or self.compute_seconds <= 0:
+            return None
+        return self.compile_seconds / self.compiles * self.compute / self.compute_seconds
+
+
 def step_cost(rows: int, row_length: int, hidden_size: int) -> float:
     """The packer's estimate of a step's compute per group: its tokens, attention's share growing with the row
     length (per token about ``T / (6 * hidden)`` of the dense layers' cost)."""
@@ -315,19 +350,25 @@ def plan_call(
     hidden_size: int = 768,
     max_shapes: int = 2,
     compiled: Iterable[tuple[int, int, int, int]] = (),
-    compile_steps: float = 8.0,
+    compile_cost: float | None = None,
+    compile_steps: float = COMPILE_STEPS,
 ) -> PackingPlan:
     """:func:`plan_grouped_packing` with at most ``max_shapes`` shapes, as many as pay for their compiles: each
-    shape not in ``compiled`` (``(groups, rows, row length, pairs)`` tuples) is priced at ``compile_steps`` steps
-    of it. So a call of a few steps does not compile a second row length that saves 1% of its compute, and one
-    whose shapes are compiled (the same pairs again) takes the tightest plan."""
+    shape not in ``compiled`` (``(groups, rows, row length, pairs)`` tuples) is priced at ``compile_cost`` (in
+    :func:`step_cost`'s units, as measured by :class:`CompileEconomy`), or before any measurement at
+    ``compile_steps`` steps of it. So a call of a few steps does not compile a second row length that saves 1%
+    of its compute, and one whose shapes are compiled (the same pairs again) takes the tightest plan."""
     have = {(r, t) for g, r, t, p in compiled if g == groups and p == pairs}
     steps = [step for step in group_lengths if any(len(g) for g in step)]
     best = None
     for k in range(1, max(1, int(max_shapes)) + 1):
         plan = plan_grouped_packing(group_lengths, groups, pairs, hidden_size, k)
-        compiling = sum(step_cost(plan.rows, t, hidden_size) for t in plan.row_lengths if (plan.rows, t) not in have)
-        cost = (run_cost(steps, plan.rows, plan.row_lengths, hidden_size) or 0.0) + compile_steps * compiling
+        compiling = sum(
+            compile_steps * step_cost(plan.rows, t, hidden_size) if compile_cost is None else compile_cost
+            for t in plan.row_lengths
+            if (plan.rows, t) not in have
+        )
+        cost = (run_cost(steps, plan.rows, plan.row_lengths, hidden_size) or 0.0) + compiling
         if best is None or cost < best[0]:
             best = (cost, plan)
     return best[1]
@@ -361,7 +402,8 @@ def reuse_compiled_shapes(
     compiled: Iterable[tuple[int, int, int, int]],
     hidden_size: int = 768,
     debts: dict | None = None,
-    compile_steps: float = 8.0,
+    compile_cost: float | None = None,
+    compile_steps: float = COMPILE_STEPS,
     slack: float = 0.25,
 ) -> PackingPlan:
     """Shapes already compiled (``compiled``: ``(groups, rows, row length, pairs)`` tuples) instead of ``plan``'s
@@ -369,12 +411,12 @@ def reuse_compiled_shapes(
     the row lengths of one row count.
 
     Within ``slack`` of the call's compute a compiled shape is always used. Beyond it, renting a compiled shape
-    is weighed against buying the planned ones: compiling is taken to cost ``compile_steps`` steps of the
-    largest new shape for each new shape (about a second on a CPU and tens on a GPU, against tens of
-    milliseconds a step), and ``debts`` (kept by the caller across calls, per plan) sums the extra compute that
-    calls planned like this one already spent on bigger shapes. Once it would pass the compile cost, the plan's
-    shapes are compiled: never more than twice the cost of the best choice in hindsight (ski rental), and a
-    shape that calls keep asking for is compiled after a few calls."""
+    is weighed against buying the planned ones: compiling a shape costs ``compile_cost`` (see
+    :func:`plan_call`; before any measurement ``compile_steps`` steps of the largest new shape), and ``debts``
+    (kept by the caller across calls, per plan) sums the extra compute that calls planned like this one
+    already spent on bigger shapes. Once it would pass the compile cost, the plan's shapes are compiled: never
+    more than twice the cost of the best choice in hindsight (ski rental), and a shape that calls keep asking
+    for is compiled after a few calls."""
     shapes = {(r, t) for g, r, t, p in compiled if g == plan.groups and p == plan.pairs}
     new = [t for t in plan.row_lengths if (plan.rows, t) not in shapes]
     steps = [step for step in group_lengths if any(len(g) for g in step)]
@@ -395,7 +437,8 @@ def reuse_compiled_shapes(
     extra = best[0] - planned
     key = (plan.groups, plan.rows, plan.row_lengths, plan.pairs)
     owed = 0.0 if debts is None else debts.get(key, 0.0)
-    compiling = compile_steps * len(new) * step_cost(plan.rows, max(new), hidden_size)
+    each = compile_steps * step_cost(plan.rows, max(new), hidden_size) if compile_cost is None else compile_cost
+    compiling = len(new) * each
     if extra > slack * planned:
         if owed + extra >= compiling:
             if debts is not None:
@@ -404,6 +447,31 @@ def reuse_compiled_shapes(
         if debts is not None:
             debts[key] = owed + extra
     return PackingPlan(best[1], best[2], plan.groups, plan.pairs)
+
+
+def plan_calls_sharing_shapes(
+    group_lengths: Sequence[Sequence[np.ndarray]],
+    groups: int,
+    pairs: int,
+    hidden_size: int,
+    max_shapes: int,
+    compiled: Iterable[tuple[int, int, int, int]],
+    economy: CompileEconomy,
+) -> PackingPlan:
+    """The plan of one call among many of a process (predict): :func:`plan_call`; rounded onto the grid
+    (:func:`grid_plan`) when compiling a shape costs more than the call itself, so that later calls of about
+    its size share the shape; then shapes already compiled where renting them is cheaper
+    (:func:`reuse_compiled_shapes`). Compiles are priced by ``economy``'s measurements of earlier calls."""
+    compiled = list(compiled)
+    compile_cost = economy.compile_cost()
+    plan = plan_call(group_lengths, groups, pairs, hidden_size, max_shapes, compiled, compile_cost)
+    steps = [step for step in group_lengths if any(len(g) for g in step)]
+    if steps:
+        call = run_cost(steps, plan.rows, plan.row_lengths, hidden_size) or 0.0
+        largest = step_cost(plan.rows, max(plan.row_lengths), hidden_size)
+        if (COMPILE_STEPS * largest if compile_cost is None else compile_cost) > call:
+            plan = grid_plan(plan, steps)
+    return reuse_compiled_shapes(plan, group_lengths, compiled, hidden_size, economy.debts, compile_cost)
 
 
 def token_budget_shape(lengths: np.ndarray, groups: int, max_tokens: int) -> tuple[int, int]:

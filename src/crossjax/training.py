@@ -32,7 +32,7 @@ import numpy as np
 import optax
 from flax import nnx, struct
 
-from crossjax import losses
+from crossjax import losses, packing
 from crossjax.models.base import FlaxPreTrainedModel
 from crossjax.models.params import hf_name_of
 from crossjax.packing import PackedBatch
@@ -531,8 +531,8 @@ class StepProgram:
 
     fn: Callable
     counter: CompileCounter
-    # what calls spent on compiled shapes bigger than they planned (crossjax.packing.reuse_compiled_shapes)
-    shape_debts: dict = field(default_factory=dict)
+    # what its calls measured: the price of a compile in compute (crossjax.packing.plan_call, predict only)
+    economy: packing.CompileEconomy = field(default_factory=packing.CompileEconomy)
 
 
 # At most this many jitted train steps (and as many predict steps) are kept: each holds its compiled

@@ -321,7 +321,8 @@ class CrossEncoder:
                 real = slots >= 0
                 out[slots[real]] = np.asarray(logits)[real]
         traced = program.counter.count - traced_before
-        program.economy.record(compute, time.perf_counter() - started, traced, compiling.seconds)
+        if jax.process_count() == 1:  # timings differ between processes, and all must plan the same shapes
+            program.economy.record(compute, time.perf_counter() - started, traced, compiling.seconds)
         # The programs this model's predict calls traced (one that another CrossEncoder traced is not counted).
         self.compilations["predict"] += traced
         return out

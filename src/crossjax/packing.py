@@ -296,7 +296,8 @@ class CompileEconomy:
     compile (or cache-load) time times the compute done per second, in :func:`step_cost`'s units. A compile
     takes about a second on a CPU and tens of seconds on a GPU, a step milliseconds to seconds, so neither a
     fixed time nor a fixed number of steps prices it everywhere. ``debts`` is :func:`reuse_compiled_shapes`'
-    memory of the extra compute spent on bigger shapes, per plan."""
+    memory of the extra compute spent on bigger shapes, per plan. A multi-process run records nothing (each
+    process would measure other times and plan other shapes), so it prices compiles by ``COMPILE_STEPS``."""
 
     compile_seconds: float = 0.0
     compiles: int = 0

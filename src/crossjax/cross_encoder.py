@@ -294,10 +294,8 @@ class CrossEncoder:
         order = np.argsort(-tokenized.lengths, kind="stable")
         count = -(-len(order) // rows)
         chunks = [order[c::count] for c in range(count)]
-        group_lengths = [
-            [tokenized.lengths[g] for g in packing.deal_into_groups(chunk, tokenized.lengths, shards)]
-            for chunk in chunks
-        ]
+        dealt = [packing.deal_into_groups(chunk, tokenized.lengths, shards) for chunk in chunks]
+        group_lengths = [[tokenized.lengths[g] for g in groups] for groups in dealt]
         width = packing.model_width(self.config)
         program = self._predict_program(dtype or self.compute_dtype)
         # Calls of other pairs (another query's candidates) share compiled shapes where that is cheaper than
@@ -312,8 +310,8 @@ class CrossEncoder:
         compute = 0.0
         started = time.perf_counter()
         with training.CompileMonitor() as compiling:
-            for indices in progress_bar(chunks, enabled=show_progress_bar and len(chunks) > 1, desc="Batches"):
-                batch = packing.pack(tokenized, indices, None, plan, self._pad_id)
+            for i in progress_bar(range(len(chunks)), enabled=show_progress_bar and len(chunks) > 1, desc="Batches"):
+                batch = packing.pack(tokenized, chunks[i], None, plan, self._pad_id, dealt[i])
                 compute += packing.step_cost(*batch.input_ids.shape[1:], width)
                 logits = program.fn(params, rest, training.batch_to_global(batch, self.mesh_plan))
                 pending.append((batch.indices.reshape(-1), logits))

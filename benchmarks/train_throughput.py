@@ -104,7 +104,12 @@ def fit_crossjax(args, rows, compile_clock: CompileClock) -> dict:
 
     training.clear_program_cache()  # a later trial would reuse the first one's train step: compile it again
     model = CrossEncoder(
-        args.model, num_labels=1, max_length=args.max_length, seed=args.seed, scan_layers=SCAN[args.scan_layers]
+        args.model,
+        num_labels=1,
+        max_length=args.max_length,
+        seed=args.seed,
+        scan_layers=SCAN[args.scan_layers],
+        max_shapes=args.max_shapes,
     )
     examples = [InputExample(texts=[a, b], label=s) for a, b, s in rows]
     loader = DataLoader(examples, shuffle=True, batch_size=args.batch_size, seed=args.seed)
@@ -185,6 +190,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="timed predict calls per library (alternating)")
     parser.add_argument("--seed", type=int, default=12)
     parser.add_argument("--cache-dir", default=None, help="persistent compilation cache to use (default: off)")
+    parser.add_argument("--max-shapes", type=int, default=2, help="crossjax's CrossEncoder(max_shapes=...)")
     parser.add_argument("--scan-layers", choices=list(SCAN), default="scan", help="crossjax's layer layout")
     parser.add_argument("--data-dir", type=Path, default=_common.SHARED_DATA, help="holds stsb/ (else the hub's)")
     args = parser.parse_args()

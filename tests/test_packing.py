@@ -294,3 +294,35 @@ def test_compile_economy_prices_a_compile_in_compute_and_calls_follow_it():
     assert grid == packing.grid_plan(exact, call) and grid != exact
     rented = packing.plan_calls_sharing_shapes(call, 1, 32, 384, 2, compiled, fresh)
     assert (rented.rows, rented.row_lengths) == (8, (256,)) and fresh.debts
+
+
+def test_training_plans_price_a_compile_in_flops_of_the_model():
+    from transformers import BertConfig, DistilBertConfig
+
+    bert = BertConfig(hidden_size=384, num_hidden_layers=6, intermediate_size=1536)  # MiniLM's sizes
+    assert packing.unit_flops(bert) == 2 * 6 * (4 * 384**2 + 2 * 384 * 1536)
+    distil = DistilBertConfig(dim=768, n_layers=6, hidden_dim=3072)
+    assert packing.unit_flops(distil) == 2 * 6 * (4 * 768**2 + 2 * 768 * 3072)
+    price = packing.train_compile_cost(bert)
+    assert price == pytest.approx(packing.TRAIN_COMPILE_FLOPS / (3 * packing.unit_flops(bert)))
+    # Two micro-batches a step: each unit of a group is worth twice the time; a plan on a tenth of the steps
+    # weighs the compile against a tenth of the savings.
+    assert packing.train_compile_cost(bert, 2) == pytest.approx(price / 2)
+    assert packing.train_compile_cost(bert, 1, 0.1) == pytest.approx(price / 10)
+
+    # STS-B-like lengths, 16 pairs a step: a short run (24 steps) plans one shape, a long one two, and each
+    # plan is the cheapest of the 1- and 2-shape plans with every shape priced at one compile.
+    rng = np.random.default_rng(0)
+    lengths = np.clip(rng.lognormal(3.0, 0.3, 20000).astype(int), 8, 128)
+    for n_steps, expected in ((24, 1), (1200, 2)):
+        steps = [rng.permutation(len(lengths))[:16] for _ in range(n_steps)]
+        plan = packing.plan_packing(steps, lengths, 1, 16, 384, max_shapes=2, compile_cost=price)
+        assert len(plan.row_lengths) == expected
+        dealt = [[lengths[g] for g in packing.deal_into_groups(s, lengths, 1)] for s in steps]
+
+        def priced(p, dealt=dealt):
+            return packing.run_cost(dealt, p.rows, p.row_lengths, 384) + price * len(p.row_lengths)
+
+        unpriced = [packing.plan_packing(steps, lengths, 1, 16, 384, max_shapes=k) for k in (1, 2)]
+        assert priced(plan) == pytest.approx(min(priced(p) for p in unpriced))
+        assert plan == packing.plan_packing(steps, lengths, 1, 16, 384, max_shapes=2, compile_cost=price)

@@ -110,9 +110,10 @@ class CrossEncoder:
     ``activation_fn`` is applied by ``predict`` (default: the saved one, else Sigmoid for one label,
     Identity otherwise). JAX extras: ``compute_dtype`` ("float32" or "bfloat16", parameters always stay
     float32), ``seed`` (head initialisation and dropout), ``sharding`` ("replicated" or "fsdp"),
-    ``max_shapes`` (how many static shapes packed batches may take per fit or predict call, i.e. programs
-    compiled; see :mod:`crossjax.packing`) and ``scan_layers`` (True, the default: stacked layers under
-    ``nnx.scan``, compiled once whatever the depth; False: unrolled. On a CPU the unrolled MiniLM trained
+    ``max_shapes`` (at most how many static shapes packed batches take per fit or predict call, i.e. programs
+    compiled; fewer where one more would save less compute than its compile costs; see
+    :mod:`crossjax.packing`) and ``scan_layers`` (True, the default: stacked layers under ``nnx.scan``,
+    compiled once whatever the depth; False: unrolled. On a CPU the unrolled MiniLM trained
     10-30% faster per step but predicted ~30% slower and compiled longer; ``benchmarks/RESULTS.md``).
     ``model_card_data`` (a :class:`~crossjax.model_card.CrossEncoderModelCardData`, as in sentence-transformers)
     sets what the model card written by ``save`` says (language, license, model_id, datasets, base_model ...).

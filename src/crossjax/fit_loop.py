@@ -298,8 +298,9 @@ class _Metrics:
                 else:  # loss and gradient were finite, so the update was applied (see training.make_train_step)
                     raise FloatingPointError(
                         f"Training stopped: the parameter update of step {step} (epoch {epoch}) overflowed "
-                        f"(loss {loss}, gradient norm {grad_norm}): some parameters are no longer finite. No later "
-                        "update was applied, and the last model saved to output_path is untouched. Lower the "
+                        f"(loss {loss}, gradient norm {grad_norm}): some parameters are no longer finite (or "
+                        "beyond 1.8e19). No later update was applied, and the last model saved to output_path is "
+                        "untouched. Lower the "
                         "learning rate, or use an Adam eps > 0 (with eps 0, a parameter whose gradient is 0 "
                         "divides 0 by 0)."
                     )
@@ -411,6 +412,7 @@ class _InMemoryData:
                 step_rows // groups,
                 hidden_size=packing.model_width(model.config),
                 max_shapes=target.max_shapes,
+                compile_cost=packing.train_compile_cost(model.config, cfg.gradient_accumulation_steps),
             )
         self.fingerprint = {
             "examples": n,
@@ -566,13 +568,16 @@ class _StreamData:
     def _plan(
         self, steps: list[streaming.StreamStep], max_shapes: int, min_row_length: int = 0
     ) -> packing.PackingPlan:
+        config = self.target.model.config
+        planned = len(steps) / max(1, self.remaining)  # the compile is weighed against the lookahead's steps
         return streaming.plan_from_steps(
             steps,
             self.groups,
             self.step_rows // self.groups,
-            packing.model_width(self.target.model.config),
+            packing.model_width(config),
             max_shapes,
             min_row_length,
+            packing.train_compile_cost(config, self.cfg.gradient_accumulation_steps, min(1.0, planned)),
         )
 
     def start(self, start_step: int) -> None:

@@ -251,12 +251,15 @@ class ListData:
         for step in sample:
             laid = self._list_step(int(step))
             group_lengths.append(group_token_lengths(laid, deal_queries(laid, self.groups)))
-        self.packing_plan = packing.plan_grouped_packing(
+        config = target.model.config
+        self.packing_plan = packing.plan_call(
             group_lengths,
             self.groups,
             self.queries_per_group * self.docs,
-            hidden_size=packing.model_width(target.model.config),
+            hidden_size=packing.model_width(config),
             max_shapes=target.max_shapes,
+            # a step runs its k x chunks groups one after another; the plan is made on ``sample`` steps only
+            compile_cost=packing.train_compile_cost(config, self.k * self.chunks, len(sample) / self.total_steps),
         )
         self.fingerprint = {
             "rows": self.rows,

@@ -16,7 +16,10 @@ the ``max_shapes`` row lengths that minimise the computed tokens over the whole 
 programme over the histogram of needs); and it picks ``R`` among a few candidates (rows of about 64 to 512
 tokens) to minimise the estimated compute of the run, counting attention's cost, which grows with ``T``
 (per token about ``T / (6 * hidden)`` of the dense layers' cost). Few long rows pack tightest; many short
-rows waste less attention; the estimate settles it per model and data set.
+rows waste less attention; the estimate settles it per model and data set. Fewer than ``max_shapes`` row
+lengths are taken where another would save less compute than its compile costs (:func:`plan_call`): in training
+a compile is priced at :data:`TRAIN_COMPILE_FLOPS` (a constant, so the plan stays a pure function of the run),
+in ``predict`` at what the process measured (:class:`CompileEconomy`).
 
 This module is numpy only: plans and batches are built on the host before anything is compiled.
 """
@@ -46,6 +49,8 @@ __all__ = [
     "plan_calls_sharing_shapes",
     "run_cost",
     "step_cost",
+    "train_compile_cost",
+    "unit_flops",
     "reuse_compiled_shapes",
     "fitting_prefix",
     "rows_needed",
@@ -120,9 +125,34 @@ def model_width(config) -> int:
     return int(getattr(config, "hidden_size", None) or getattr(config, "dim", None) or 768)
 
 
+def unit_flops(config) -> float:
+    """The forward FLOPs of one :func:`step_cost` unit (a token of a short row): every layer's dense matmuls,
+    ``2 * (4 h^2 + 2 h I)`` (attention's share is what :func:`step_cost` adds for longer rows)."""
+    hidden = model_width(config)
+    layers = int(getattr(config, "num_hidden_layers", None) or getattr(config, "n_layers", None) or 12)
+    inner = int(getattr(config, "intermediate_size", None) or getattr(config, "hidden_dim", None) or 4 * hidden)
+    return 2.0 * layers * (4.0 * hidden * hidden + 2.0 * hidden * inner)
+
+
 ROW_QUANTUM = 8  # row lengths are multiples of 8 (what accelerator matrix units like)
 # Before a program's compile and compute were measured, a compile is priced at this many steps of its shape.
 COMPILE_STEPS = 8.0
+# What compiling one more train-step shape is worth, in FLOPs of training: about 3.5 s of tracing and compiling
+# at the ~90 GFLOP/s a 2-core CPU trains MiniLM at (benchmarks/RESULTS.md, "Session 8"). A compile takes seconds
+# whatever the model, a step's time grows with its FLOPs, so a number of steps cannot price it for both MiniLM's
+# 0.3 s steps and a 2.4 s list step. A constant, not a measurement: a run's plan stays a pure function of its
+# data, model and settings, the same in every process, in a resumed run and on any machine. An accelerator
+# compiles for longer and computes far faster, so there this under-prices a compile (more second shapes than
+# would pay: the behaviour before pricing).
+TRAIN_COMPILE_FLOPS = 3e11
+
+
+def train_compile_cost(config, micro_batches: int = 1, planned_fraction: float = 1.0) -> float:
+    """:data:`TRAIN_COMPILE_FLOPS` in :func:`step_cost` units of one group, for :func:`plan_call`: a step runs
+    ``micro_batches`` groups one after another on each device (forward and backward: 3x the forward FLOPs).
+    ``planned_fraction`` is the share of the run's steps the plan is made on (a sample, a stream's first steps):
+    the compile is weighed against the compute saved on those steps only."""
+    return TRAIN_COMPILE_FLOPS * planned_fraction / (3.0 * unit_flops(config) * max(1, int(micro_batches)))
 
 
 def _fits(lengths: np.ndarray, rows: int, row_length: int) -> list[list[int]] | None:
@@ -245,16 +275,21 @@ def plan_packing(
     max_shapes: int = 2,
     rows: int | None = None,
     sample_steps: int = 256,
+    compile_cost: float | None = None,
 ) -> PackingPlan:
     """The static shapes for packing ``steps`` (each an array of example indices): see the module docstring.
 
     ``rows`` fixes ``R`` instead of choosing it. ``R`` is chosen on at most ``sample_steps`` evenly spaced
     steps (the choice is statistical); the row lengths are then planned over every step, so every step fits.
+    With ``compile_cost`` (a training run's :func:`train_compile_cost`), up to ``max_shapes`` row lengths, as
+    many as pay for their compiles (:func:`plan_call`).
     """
     if groups < 1 or pairs < 1:
         raise ValueError(f"groups and pairs must be >= 1, got {groups} and {pairs}")
     lengths = np.asarray(lengths)
     group_lengths = [[lengths[g] for g in deal_into_groups(step, lengths, groups)] for step in steps if len(step)]
+    if compile_cost is not None and rows is None:
+        return plan_call(group_lengths, groups, pairs, hidden_size, max_shapes, (), compile_cost, sample_steps)
     return plan_grouped_packing(group_lengths, groups, pairs, hidden_size, max_shapes, rows, sample_steps)
 
 
@@ -271,23 +306,48 @@ def plan_grouped_packing(
     the pairs of group ``g`` of step ``s`` (how list batches plan: a query's pairs stay in one group)."""
     if groups < 1 or pairs < 1:
         raise ValueError(f"groups and pairs must be >= 1, got {groups} and {pairs}")
-    group_lists = [step for step in group_lengths if any(len(g) for g in step)]
+    group_lists = _nonempty(group_lengths)
     if not group_lists:
         return PackingPlan(ROW_QUANTUM, (1,), groups, pairs)
     if rows is None:
-        every = max(1, len(group_lists) // sample_steps)
-        sample = group_lists[::every]
-        totals = np.array([int(g.sum()) for step in sample for g in step])
-        typical = float(np.median(totals))
-        candidates = sorted({max(1, math.ceil(typical / t)) for t in (64, 96, 128, 192, 256, 384, 512)})
+        rows = _choose_rows(group_lists, max_shapes, hidden_size, sample_steps)
+    return PackingPlan(int(rows), choose_row_counts(_row_needs(group_lists, rows), max_shapes), int(groups), int(pairs))
 
-        def cost_with(r: int) -> float:
-            needs = [max(row_length_needed(g, r) for g in step) for step in sample]
-            return run_cost(sample, r, choose_row_counts(needs, max_shapes), hidden_size)
 
-        rows = min(candidates, key=cost_with)
-    needs = [max(row_length_needed(g, rows) for g in step) for step in group_lists]
-    return PackingPlan(int(rows), choose_row_counts(needs, max_shapes), int(groups), int(pairs))
+def _nonempty(group_lengths: Sequence[Sequence[np.ndarray]]) -> list[Sequence[np.ndarray]]:
+    return [step for step in group_lengths if any(len(g) for g in step)]
+
+
+def _row_needs(group_lists: Sequence[Sequence[np.ndarray]], rows: int) -> np.ndarray:
+    """Each step's shortest row length at ``rows`` rows a group (its largest group decides)."""
+    return np.array([max(row_length_needed(g, rows) for g in step) for step in group_lists], dtype=np.int64)
+
+
+def _needs_cost(needs: np.ndarray, rows: int, row_lengths: Sequence[int], hidden_size: int) -> float | None:
+    """:func:`run_cost` from the steps' row needs: each step runs in the shortest row length it fits."""
+    lengths = np.asarray(sorted(row_lengths), dtype=np.int64)
+    slot = np.searchsorted(lengths, needs)
+    if len(needs) and int(slot.max()) == len(lengths):
+        return None
+    return float(np.sum(step_cost(rows, lengths[slot], hidden_size)))
+
+
+def _choose_rows(
+    group_lists: Sequence[Sequence[np.ndarray]], max_shapes: int, hidden_size: int, sample_steps: int
+) -> int:
+    """``R``: the candidate (rows of about 64 to 512 tokens) of least estimated compute on at most
+    ``sample_steps`` evenly spaced steps, each rounded up to the ``max_shapes`` row lengths chosen for it."""
+    every = max(1, len(group_lists) // sample_steps)
+    sample = group_lists[::every]
+    totals = np.array([int(g.sum()) for step in sample for g in step])
+    typical = float(np.median(totals))
+    candidates = sorted({max(1, math.ceil(typical / t)) for t in (64, 96, 128, 192, 256, 384, 512)})
+
+    def cost_with(r: int) -> float:
+        needs = _row_needs(sample, r)
+        return _needs_cost(needs, r, choose_row_counts(needs, max_shapes), hidden_size)
+
+    return int(min(candidates, key=cost_with))
 
 
 @dataclass
@@ -334,14 +394,7 @@ def run_cost(
     """The estimated compute (:func:`step_cost`) of the steps ``group_lengths`` (as in
     :func:`plan_grouped_packing`), each packed into ``rows`` rows of the shortest of ``row_lengths`` it fits;
     None when a step fits none of them."""
-    total = 0.0
-    for step in group_lengths:
-        need = max(row_length_needed(g, rows) for g in step)
-        fitting = [t for t in row_lengths if t >= need]
-        if not fitting:
-            return None
-        total += step_cost(rows, min(fitting), hidden_size)
-    return total
+    return _needs_cost(_row_needs(group_lengths, rows), rows, row_lengths, hidden_size)
 
 
 def plan_call(
@@ -353,23 +406,32 @@ def plan_call(
     compiled: Iterable[tuple[int, int, int, int]] = (),
     compile_cost: float | None = None,
     compile_steps: float = COMPILE_STEPS,
+    sample_steps: int = 256,
 ) -> PackingPlan:
     """:func:`plan_grouped_packing` with at most ``max_shapes`` shapes, as many as pay for their compiles: each
     shape not in ``compiled`` (``(groups, rows, row length, pairs)`` tuples) is priced at ``compile_cost`` (in
-    :func:`step_cost`'s units, as measured by :class:`CompileEconomy`), or before any measurement at
-    ``compile_steps`` steps of it. So a call of a few steps does not compile a second row length that saves 1%
-    of its compute, and one whose shapes are compiled (the same pairs again) takes the tightest plan."""
+    :func:`step_cost`'s units, as measured by :class:`CompileEconomy` or :func:`train_compile_cost`), or before
+    any measurement at ``compile_steps`` steps of it. So a call of a few steps does not compile a second row
+    length that saves 1% of its compute, and one whose shapes are compiled (the same pairs again) takes the
+    tightest plan."""
+    if groups < 1 or pairs < 1:
+        raise ValueError(f"groups and pairs must be >= 1, got {groups} and {pairs}")
     have = {(r, t) for g, r, t, p in compiled if g == groups and p == pairs}
-    steps = [step for step in group_lengths if any(len(g) for g in step)]
+    steps = _nonempty(group_lengths)
+    if not steps:
+        return PackingPlan(ROW_QUANTUM, (1,), groups, pairs)
+    needs_at: dict[int, np.ndarray] = {}  # rows -> each step's row need (the costly part: computed once)
     best = None
     for k in range(1, max(1, int(max_shapes)) + 1):
-        plan = plan_grouped_packing(group_lengths, groups, pairs, hidden_size, k)
+        rows = _choose_rows(steps, k, hidden_size, sample_steps)
+        needs = needs_at.setdefault(rows, _row_needs(steps, rows))
+        plan = PackingPlan(rows, choose_row_counts(needs, k), int(groups), int(pairs))
         compiling = sum(
             compile_steps * step_cost(plan.rows, t, hidden_size) if compile_cost is None else compile_cost
             for t in plan.row_lengths
             if (plan.rows, t) not in have
         )
-        cost = (run_cost(steps, plan.rows, plan.row_lengths, hidden_size) or 0.0) + compiling
+        cost = _needs_cost(needs, rows, plan.row_lengths, hidden_size) + compiling
         if best is None or cost < best[0]:
             best = (cost, plan)
     return best[1]

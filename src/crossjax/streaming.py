@@ -299,9 +299,16 @@ class StreamReader:
 
 
 def plan_from_steps(
-    steps: list[StreamStep], groups: int, pairs: int, hidden_size: int, max_shapes: int, min_row_length: int = 0
+    steps: list[StreamStep],
+    groups: int,
+    pairs: int,
+    hidden_size: int,
+    max_shapes: int,
+    min_row_length: int = 0,
+    compile_cost: float | None = None,
 ):
-    """The packing plan of a run planned from its first steps (the lookahead). With ``min_row_length`` (a
+    """The packing plan of a run planned from its first steps (the lookahead), with as many row lengths as pay
+    for their compiles (``compile_cost``, see :func:`crossjax.packing.plan_call`). With ``min_row_length`` (a
     multi-host run's ``max_length``), rows are at least that long, so any later pair fits one: ``R`` is then the
     most rows the planning steps need at that length."""
     from crossjax import packing
@@ -309,7 +316,9 @@ def plan_from_steps(
     lengths = np.concatenate([s.tokenized.lengths for s in steps]) if steps else np.zeros(0, np.int32)
     bounds = np.cumsum([0] + [len(s.tokenized) for s in steps])
     indices = [np.arange(a, b, dtype=np.int64) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
-    plan = packing.plan_packing(indices, lengths, groups, pairs, hidden_size=hidden_size, max_shapes=max_shapes)
+    plan = packing.plan_packing(
+        indices, lengths, groups, pairs, hidden_size=hidden_size, max_shapes=max_shapes, compile_cost=compile_cost
+    )
     floor = math.ceil(min_row_length / packing.ROW_QUANTUM) * packing.ROW_QUANTUM
     if plan.row_lengths[-1] >= floor:
         return plan

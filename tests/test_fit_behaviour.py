@@ -94,6 +94,16 @@ def params_of(ce: CrossEncoder) -> list[np.ndarray]:
     return [np.asarray(x) for x in jax.tree.leaves(nnx.state(ce.model, nnx.Param))]
 
 
+def params_with_a_gradient(ce: CrossEncoder) -> list[np.ndarray]:
+    """:func:`params_of` without the attention key biases: their true gradient is exactly 0 (``q . b_k`` shifts
+    every score of a query alike, and softmax ignores that), so Adam steps them by float32 rounding noise, which
+    differs with the order of any summation."""
+    flat = list(nnx.state(ce.model, nnx.Param).flat_state())
+    kept = [np.asarray(v[...]) for path, v in flat if not ("key" in map(str, path) and str(path[-1]) == "bias")]
+    assert len(kept) < len(flat), "no attention key bias found"
+    return kept
+
+
 def losses_of(ce: CrossEncoder) -> list[float]:
     return [h["loss"] for h in ce.training_history]
 
@@ -222,8 +232,8 @@ def test_nan_loss_stops_training_and_keeps_last_good_model(tiny_dir, tmp_path):
     reference = CrossEncoder(out, config_kwargs=NO_DROPOUT)  # the state the second run started from
     reference.fit(DataLoader(examples[:16], batch_size=8), **settings)
     assert len(reference.training_history) == 2
-    for a, b in zip(after, params_of(reference), strict=True):  # to float32 round-off of the other layout
-        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    for a, b in zip(params_with_a_gradient(ce), params_with_a_gradient(reference), strict=True):  # the other
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)  # layout's float32 round-off
     assert [h["step"] for h in ce.training_history] == [1, 2]
 
 
@@ -308,7 +318,7 @@ def test_gradient_accumulation_matches_large_batch(tiny_dir):
     assert summary["global_step"] == 4
     np.testing.assert_allclose(losses_of(accumulated), losses_of(big), rtol=1e-5, atol=1e-6)
     assert abs(losses_of(big)[-1] - losses_of(big)[0]) > 1e-4
-    for a, b in zip(params_of(accumulated), params_of(big), strict=True):
+    for a, b in zip(params_with_a_gradient(accumulated), params_with_a_gradient(big), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
 

@@ -27,6 +27,7 @@ from crossjax.models.layers import (
     layer_norm,
     normal_init,
     scaled_dot_product_attention,
+    scanned_layer,
 )
 from crossjax.models.params import ParamRule, embed, linear, norm
 
@@ -284,6 +285,7 @@ class DebertaV2Encoder(Encoder):
         first = jnp.arange(self.num_layers) == 0
 
         @nnx.scan(in_axes=(0, nnx.Carry, 0, None, None, None, *(None,) * len(args)), out_axes=nnx.Carry)
+        @scanned_layer
         def apply(layer, x, is_first, conv, convolved, tokens, *args):
             x = layer(x, *args)
             if conv is not None:

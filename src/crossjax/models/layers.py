@@ -338,6 +338,19 @@ class EncoderLayer(nnx.Module):
         return self.ffn_norm(x + self.dropout(self.ffn_out(self.act(self.ffn_in(x)))))
 
 
+# What a scanned layer keeps for the backward pass: the outputs of its weight matmuls. The rest (attention scores
+# and probabilities, softmax, GELU, LayerNorm, dropout masks) is recomputed from them in the backward pass,
+# where XLA fuses it into the kernels that consume it. Writing those residuals out cost more than recomputing
+# them: MiniLM train steps of 2 x 176 tokens took 248-257 ms against 270-278 ms, of 14 x 192 tokens 1,606-1,648
+# ms against 1,789-1,815 ms (2-core CPU, benchmarks/RESULTS.md "Session 8"), and no (T x T) residual is stored.
+LAYER_REMAT_POLICY = jax.checkpoint_policies.dots_with_no_batch_dims_saveable
+
+
+def scanned_layer(body: Callable) -> Callable:
+    """``body`` (a scanned layer's step) under ``nnx.remat`` with :data:`LAYER_REMAT_POLICY`."""
+    return nnx.remat(body, policy=LAYER_REMAT_POLICY, prevent_cse=False)
+
+
 class Encoder(nnx.Module):
     """``num_layers`` layers, applied in order.
 
@@ -367,6 +380,7 @@ class Encoder(nnx.Module):
             return x
 
         @nnx.scan(in_axes=(0, nnx.Carry, *(None,) * len(args)), out_axes=nnx.Carry)
+        @scanned_layer
         def apply(layer, x, *args):
             return layer(x, *args)
 

@@ -31,6 +31,7 @@ from crossjax.models.layers import (
     dense,
     layer_norm,
     scaled_dot_product_attention,
+    scanned_layer,
 )
 from crossjax.models.params import ParamRule
 
@@ -184,6 +185,7 @@ class ModernBertEncoder(Encoder):
             return x
 
         @nnx.scan(in_axes=(0, nnx.Carry, None, None, 0, 0), out_axes=nnx.Carry)
+        @scanned_layer
         def apply(layer, x, masks, rotary, global_, norm):
             return layer(x, masks, rotary, global_, norm)
 

@@ -4,16 +4,21 @@ The step is the one ``CrossEncoder.fit`` builds (``train_step.build_fit_step``: 
 state, the run's numbers as traced arguments), for randomly initialised BERT-base and MiniLM-sized models. For
 each layout the script times tracing + lowering (``jax.jit(...).lower``) and XLA's compilation (``.compile()``)
 separately, with the persistent compilation cache off so every number is a real compile, then a few steps to
-show the run time per step (scan can cost a little at run time; this says how much here).
+show the run time per step (median; scan can cost a little at run time; this says how much here), the number
+of kernels XLA compiled (fusions) and the step's scratch memory (``memory_analysis().temp_size_in_bytes``).
+``--batch`` is the packed rows of a step and ``--seq`` their length.
 
 Usage:
     python benchmarks/compile_time.py                       # bert-base and minilm, batch 16 x 128, float32
     python benchmarks/compile_time.py --models bert-base --dtypes float32 bfloat16 --steps 3
+    python benchmarks/compile_time.py --models minilm --batch 2 --seq 176 --layouts scanned --steps 20
 """
 
 from __future__ import annotations
 
 import argparse
+import re
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -39,14 +44,20 @@ def measure(model_name: str, dtype_name: str, scan: bool, batch: int, seq: int, 
     start = time.perf_counter()
     compiled = lowered.compile()
     compile_s = time.perf_counter() - start
+    # Kernels XLA compiled (fusions: on a CPU each is LLVM code of its own) and the step's scratch memory.
+    kernels = len(re.findall(r"= \S+ fusion\(", compiled.as_text()))
+    memory = compiled.memory_analysis()
+    temp_mib = memory.temp_size_in_bytes / 2**20 if memory is not None else float("nan")
     state, metrics = compiled(state, device_batch, healthy, hparams)
     jax.block_until_ready(metrics)
-    start = time.perf_counter()
+    times = []
     for _ in range(steps):
+        start = time.perf_counter()
         state, metrics = compiled(state, device_batch, metrics["finite"], hparams)
-    jax.block_until_ready(metrics)
-    step_ms = 1e3 * (time.perf_counter() - start) / steps
-    return {"lower_s": lower_s, "compile_s": compile_s, "step_ms": step_ms}
+        jax.block_until_ready(metrics)
+        times.append(time.perf_counter() - start)
+    step_ms = 1e3 * statistics.median(times)
+    return {"lower_s": lower_s, "compile_s": compile_s, "step_ms": step_ms, "kernels": kernels, "temp_mib": temp_mib}
 
 
 def main() -> None:
@@ -55,7 +66,8 @@ def main() -> None:
     parser.add_argument("--dtypes", nargs="+", default=["float32"], choices=["float32", "bfloat16"])
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--seq", type=int, default=128)
-    parser.add_argument("--steps", type=int, default=2, help="timed steps after the first (run-time cost)")
+    parser.add_argument("--steps", type=int, default=2, help="timed steps after the first (median reported)")
+    parser.add_argument("--layouts", nargs="+", default=["unrolled", "scanned"], choices=["unrolled", "scanned"])
     args = parser.parse_args()
 
     import jax
@@ -63,21 +75,23 @@ def main() -> None:
     jax.config.update("jax_enable_compilation_cache", False)  # every compile below is a real one
     _bench.print_info("crossjax train-step compile time: scanned vs unrolled layers")
     print(f"batch {args.batch} x {args.seq} tokens\n")
-    print("| model | dtype | layers | trace+lower s | XLA compile s | total s | step ms |")
-    print("|---|---|---|---:|---:|---:|---:|")
+    print("| model | dtype | layers | trace+lower s | XLA compile s | total s | step ms | kernels | XLA temp MiB |")
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|")
     for model_name in args.models:
         for dtype_name in args.dtypes:
             results = {}
-            for scan in (False, True):
+            for scan in [layout == "scanned" for layout in args.layouts]:
                 r = measure(model_name, dtype_name, scan, args.batch, args.seq, args.steps)
                 results[scan] = r
                 layout = "scanned" if scan else "unrolled"
                 total = r["lower_s"] + r["compile_s"]
                 print(
                     f"| {model_name} | {dtype_name} | {layout} | {r['lower_s']:.2f} | {r['compile_s']:.2f} | "
-                    f"{total:.2f} | {r['step_ms']:.0f} |",
+                    f"{total:.2f} | {r['step_ms']:.0f} | {r['kernels']} | {r['temp_mib']:.0f} |",
                     flush=True,
                 )
+            if len(results) < 2:
+                continue
             unrolled, scanned = results[False], results[True]
             ratio = (unrolled["lower_s"] + unrolled["compile_s"]) / (scanned["lower_s"] + scanned["compile_s"])
             print(

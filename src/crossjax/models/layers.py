@@ -341,8 +341,8 @@ class EncoderLayer(nnx.Module):
 # What a scanned layer keeps for the backward pass: the outputs of its weight matmuls. The rest (attention scores
 # and probabilities, softmax, GELU, LayerNorm, dropout masks) is recomputed from them in the backward pass,
 # where XLA fuses it into the kernels that consume it. Writing those residuals out cost more than recomputing
-# them: MiniLM train steps of 2 x 176 tokens took 248-257 ms against 270-278 ms, of 14 x 192 tokens 1,606-1,648
-# ms against 1,789-1,815 ms (2-core CPU, benchmarks/RESULTS.md "Session 8"), and no (T x T) residual is stored.
+# them: MiniLM train steps of 2 x 176 tokens took 261 ms against 286, of 14 x 192 tokens 1,690 ms against 1,847
+# with 57% less scratch memory (2-core CPU, benchmarks/RESULTS.md "Session 8"); no (T x T) residual is stored.
 LAYER_REMAT_POLICY = jax.checkpoint_policies.dots_with_no_batch_dims_saveable
 
 

@@ -15,11 +15,11 @@ of 8, at least the step's longest pair) at which first-fit-decreasing fits the s
 the ``max_shapes`` row lengths that minimise the computed tokens over the whole run (an exact dynamic
 programme over the histogram of needs); and it picks ``R`` among a few candidates (rows of about 64 to 512
 tokens) to minimise the estimated compute of the run, counting attention's cost, which grows with ``T``
-(per token about ``T / (6 * hidden)`` of the dense layers' cost). Few long rows pack tightest; many short
-rows waste less attention; the estimate settles it per model and data set. Fewer than ``max_shapes`` row
-lengths are taken where another would save less compute than its compile costs (:func:`plan_call`): in training
-a compile is priced at :data:`TRAIN_COMPILE_FLOPS` (a constant, so the plan stays a pure function of the run),
-in ``predict`` at what the process measured (:class:`CompileEconomy`).
+(per token about ``2.5 T / (6 * hidden)`` of the dense layers' cost, :data:`ATTENTION_WEIGHT`). Few long
+rows pack tightest; many short rows waste less attention; the estimate settles it per model and data set.
+Fewer than ``max_shapes`` row lengths are taken where another would save less compute than its compile costs
+(:func:`plan_call`): in training a compile is priced at :data:`TRAIN_COMPILE_FLOPS` (a constant, so the plan
+stays a pure function of the run), in ``predict`` at what the process measured (:class:`CompileEconomy`).
 
 This module is numpy only: plans and batches are built on the host before anything is compiled.
 """
@@ -382,10 +382,17 @@ class CompileEconomy:
         return self.compile_seconds / self.compiles * self.compute / self.compute_seconds
 
 
+# Attention's matmuls cost ``T / (6 * hidden)`` of the dense layers' per token, but its (T x T) scores also go
+# through masking, softmax and dropout (memory-bound, and recomputed in the backward pass): MiniLM train steps of
+# 2,688 tokens took 1,395 / 1,517 / 1,581 / 1,795 ms in rows of 96 / 128 / 192 / 384 tokens on a CPU, against
+# 1.00 / 1.01 / 1.04 / 1.12 times the first by matmul FLOPs alone (benchmarks/RESULTS.md, "Session 8").
+ATTENTION_WEIGHT = 2.5
+
+
 def step_cost(rows: int, row_length: int, hidden_size: int) -> float:
     """The packer's estimate of a step's compute per group: its tokens, attention's share growing with the row
-    length (per token about ``T / (6 * hidden)`` of the dense layers' cost)."""
-    return rows * row_length * (1.0 + row_length / (6.0 * hidden_size))
+    length (per token ``ATTENTION_WEIGHT * T / (6 * hidden)`` of the dense layers' cost)."""
+    return rows * row_length * (1.0 + ATTENTION_WEIGHT * row_length / (6.0 * hidden_size))
 
 
 def run_cost(

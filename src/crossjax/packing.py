@@ -431,7 +431,9 @@ def plan_call(
     best = None
     for k in range(1, max(1, int(max_shapes)) + 1):
         rows = _choose_rows(steps, k, hidden_size, sample_steps)
-        needs = needs_at.setdefault(rows, _row_needs(steps, rows))
+        if rows not in needs_at:
+            needs_at[rows] = _row_needs(steps, rows)
+        needs = needs_at[rows]
         plan = PackingPlan(rows, choose_row_counts(needs, k), int(groups), int(pairs))
         compiling = sum(
             compile_steps * step_cost(plan.rows, t, hidden_size) if compile_cost is None else compile_cost

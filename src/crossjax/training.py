@@ -387,7 +387,7 @@ def make_train_step(
 
     def mean_loss(params, rest, batch):
         numerator, (denominator, rest) = micro_numerator(params, rest, batch)
-        return numerator * (1.0 / jnp.where(denominator == 0.0, 1.0, denominator)), (numerator, denominator, rest)
+        return numerator * (1.0 / jnp.where(denominator == 0.0, 1.0, denominator)), rest
 
     # One micro-batch: differentiate the mean itself, so the gradient needs no scaling pass over every leaf.
     mean_grad_fn = jax.value_and_grad(mean_loss, has_aux=True)
@@ -396,7 +396,7 @@ def make_train_step(
         if counter is not None:
             counter.tick(batch["input_ids"].shape)
         if k == 1:
-            (loss, (numerator, denominator, rest)), grads = mean_grad_fn(state.params, state.rest, batch)
+            (loss, rest), grads = mean_grad_fn(state.params, state.rest, batch)
         else:
             micro_batches = jax.tree.map(
                 lambda x: jnp.swapaxes(x.reshape(x.shape[0] // k, k, *x.shape[1:]), 0, 1), batch

@@ -462,8 +462,8 @@ def grid_plan(plan: PackingPlan, group_lengths: Sequence[Sequence[np.ndarray]]) 
     of 8 tokens), for the steps ``group_lengths`` (as in :func:`plan_grouped_packing`). A call of a few pairs
     (one query's candidates) then reuses the programs compiled for other calls of about its size."""
     rows = grid_ceiling(plan.rows)
-    steps = [step for step in group_lengths if any(len(g) for g in step)]
-    needs = [max(row_length_needed(g, rows) for g in step) for step in steps] or [ROW_QUANTUM]
+    steps = _nonempty(group_lengths)
+    needs = _row_needs(steps, rows) if steps else [ROW_QUANTUM]
     lengths = sorted({grid_ceiling(t, ROW_QUANTUM) for t in choose_row_counts(needs, len(plan.row_lengths))})
     return PackingPlan(rows, tuple(lengths), plan.groups, plan.pairs)
 
@@ -491,7 +491,7 @@ def reuse_compiled_shapes(
     for is compiled after a few calls."""
     shapes = {(r, t) for g, r, t, p in compiled if g == plan.groups and p == plan.pairs}
     new = [t for t in plan.row_lengths if (plan.rows, t) not in shapes]
-    steps = [step for step in group_lengths if any(len(g) for g in step)]
+    steps = _nonempty(group_lengths)
     if not new or not shapes or not steps:
         return plan
 
@@ -537,7 +537,7 @@ def plan_calls_sharing_shapes(
     compiled = list(compiled)
     compile_cost = economy.compile_cost()
     plan = plan_call(group_lengths, groups, pairs, hidden_size, max_shapes, compiled, compile_cost)
-    steps = [step for step in group_lengths if any(len(g) for g in step)]
+    steps = _nonempty(group_lengths)
     if steps:
         call = run_cost(steps, plan.rows, plan.row_lengths, hidden_size) or 0.0
         largest = step_cost(plan.rows, max(plan.row_lengths), hidden_size)

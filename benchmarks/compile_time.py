@@ -5,7 +5,8 @@ state, the run's numbers as traced arguments), for randomly initialised BERT-bas
 each layout the script times tracing + lowering (``jax.jit(...).lower``) and XLA's compilation (``.compile()``)
 separately, with the persistent compilation cache off so every number is a real compile, then a few steps to
 show the run time per step (median; scan can cost a little at run time; this says how much here), the number
-of kernels XLA compiled (fusions) and the step's scratch memory (``memory_analysis().temp_size_in_bytes``).
+of kernels XLA compiled (fusions), the step's scratch memory (``memory_analysis().temp_size_in_bytes``), and the
+page faults and system time of a step (``getrusage``: memory mapped afresh each step, which the kernel zeroes).
 ``--batch`` is the packed rows of a step and ``--seq`` their length.
 
 Usage:
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import resource
 import statistics
 import sys
 import time
@@ -25,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _bench  # noqa: E402
-from train_step import MODELS, build_fit_step  # noqa: E402
+from train_step import MODELS, build_fit_step, gradient_buffer  # noqa: E402
 
 
 def measure(model_name: str, dtype_name: str, scan: bool, batch: int, seq: int, steps: int) -> dict:
@@ -34,12 +36,13 @@ def measure(model_name: str, dtype_name: str, scan: bool, batch: int, seq: int, 
     from crossjax import training
 
     training.clear_program_cache()  # the other layout's program must not be reused
-    program, state, device_batch, healthy, hparams, _, _ = build_fit_step(
+    program, state, device_batch, healthy, hparams, _, plan = build_fit_step(
         model_name, dtype_name, batch, seq, scan_layers=scan
     )
+    gradients = gradient_buffer(state, plan)
     step = program.fn
     start = time.perf_counter()
-    lowered = step.lower(state, device_batch, healthy, hparams)
+    lowered = step.lower(state, device_batch, healthy, hparams, gradients)
     lower_s = time.perf_counter() - start
     start = time.perf_counter()
     compiled = lowered.compile()
@@ -48,16 +51,29 @@ def measure(model_name: str, dtype_name: str, scan: bool, batch: int, seq: int, 
     kernels = len(re.findall(r"= \S+ fusion\(", compiled.as_text()))
     memory = compiled.memory_analysis()
     temp_mib = memory.temp_size_in_bytes / 2**20 if memory is not None else float("nan")
-    state, metrics = compiled(state, device_batch, healthy, hparams)
+    state, metrics, gradients = compiled(state, device_batch, healthy, hparams, gradients)
     jax.block_until_ready(metrics)
     times = []
+    before = resource.getrusage(resource.RUSAGE_SELF)
     for _ in range(steps):
         start = time.perf_counter()
-        state, metrics = compiled(state, device_batch, metrics["finite"], hparams)
+        state, metrics, gradients = compiled(state, device_batch, metrics["finite"], hparams, gradients)
         jax.block_until_ready(metrics)
         times.append(time.perf_counter() - start)
+    after = resource.getrusage(resource.RUSAGE_SELF)
     step_ms = 1e3 * statistics.median(times)
-    return {"lower_s": lower_s, "compile_s": compile_s, "step_ms": step_ms, "kernels": kernels, "temp_mib": temp_mib}
+    # Page faults and system time per step: memory the step maps afresh (the kernel zeroes each new page).
+    faults = (after.ru_minflt - before.ru_minflt) / steps
+    system_ms = 1e3 * (after.ru_stime - before.ru_stime) / steps
+    return {
+        "lower_s": lower_s,
+        "compile_s": compile_s,
+        "step_ms": step_ms,
+        "kernels": kernels,
+        "temp_mib": temp_mib,
+        "faults": faults,
+        "system_ms": system_ms,
+    }
 
 
 def main() -> None:
@@ -75,8 +91,11 @@ def main() -> None:
     jax.config.update("jax_enable_compilation_cache", False)  # every compile below is a real one
     _bench.print_info("crossjax train-step compile time: scanned vs unrolled layers")
     print(f"batch {args.batch} x {args.seq} tokens\n")
-    print("| model | dtype | layers | trace+lower s | XLA compile s | total s | step ms | kernels | XLA temp MiB |")
-    print("|---|---|---|---:|---:|---:|---:|---:|---:|")
+    print(
+        "| model | dtype | layers | trace+lower s | XLA compile s | total s | step ms | kernels | XLA temp MiB "
+        "| page faults / step | system ms / step |"
+    )
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for model_name in args.models:
         for dtype_name in args.dtypes:
             results = {}
@@ -87,7 +106,8 @@ def main() -> None:
                 total = r["lower_s"] + r["compile_s"]
                 print(
                     f"| {model_name} | {dtype_name} | {layout} | {r['lower_s']:.2f} | {r['compile_s']:.2f} | "
-                    f"{total:.2f} | {r['step_ms']:.0f} | {r['kernels']} | {r['temp_mib']:.0f} |",
+                    f"{total:.2f} | {r['step_ms']:.0f} | {r['kernels']} | {r['temp_mib']:.0f} | {r['faults']:.0f} | "
+                    f"{r['system_ms']:.0f} |",
                     flush=True,
                 )
             if len(results) < 2:

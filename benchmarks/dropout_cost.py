@@ -73,16 +73,19 @@ def step_ms(model: str, rows: int, tokens: int, dropout: float, scan: bool, repe
 
     train_step.bert_config = config
     try:
-        program, state, batch, healthy, hparams, _, _ = train_step.build_fit_step(
+        program, state, batch, healthy, hparams, _, plan = train_step.build_fit_step(
             model, "float32", rows, tokens, scan_layers=scan
         )
     finally:
         train_step.bert_config = original
-    compiled = program.fn.lower(state, batch, healthy, hparams).compile()
-    holder = {"state": state, "finite": healthy}
+    gradients = train_step.gradient_buffer(state, plan)
+    compiled = program.fn.lower(state, batch, healthy, hparams, gradients).compile()
+    holder = {"state": state, "finite": healthy, "gradients": gradients}
 
     def run() -> None:
-        holder["state"], metrics = compiled(holder["state"], batch, holder["finite"], hparams)
+        holder["state"], metrics, holder["gradients"] = compiled(
+            holder["state"], batch, holder["finite"], hparams, holder["gradients"]
+        )
         holder["finite"] = metrics["finite"]
         jax.block_until_ready(metrics)
 

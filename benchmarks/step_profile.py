@@ -30,7 +30,7 @@ os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_enable_
 os.environ.setdefault("CROSSJAX_COMPILATION_CACHE", "0")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _bench  # noqa: E402
-from train_step import MODELS, build_fit_step  # noqa: E402
+from train_step import MODELS, build_fit_step, gradient_buffer  # noqa: E402
 
 # Trace events that are not kernels: the executor's spans, thread-pool waits, Python frames.
 NOT_KERNELS = ("ThunkExecutor", "SlinkyThreadPool", "PjitFunction", "ParseArguments")
@@ -65,16 +65,17 @@ def main() -> None:
 
     step = f"{args.model}, {args.rows} rows x {args.tokens} tokens, {args.layout}, {args.dtype}"
     _bench.print_info("step_profile", {"step": step})
-    program, state, batch, healthy, hparams, _, _ = build_fit_step(
+    program, state, batch, healthy, hparams, _, plan = build_fit_step(
         args.model, args.dtype, args.rows, args.tokens, scan_layers=args.layout == "scan"
     )
+    gradients = gradient_buffer(state, plan)
     for _ in range(3):
-        state, metrics = program.fn(state, batch, healthy, hparams)
+        state, metrics, gradients = program.fn(state, batch, healthy, hparams, gradients)
     jax.block_until_ready(metrics)
     with tempfile.TemporaryDirectory() as trace_dir:
         with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
             for _ in range(args.steps):
-                state, metrics = program.fn(state, batch, healthy, hparams)
+                state, metrics, gradients = program.fn(state, batch, healthy, hparams, gradients)
             jax.block_until_ready(metrics)
         times = kernel_times(trace_dir, args.steps)
 

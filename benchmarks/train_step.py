@@ -192,7 +192,8 @@ def build_fit_program(
 ):
     """The train step exactly as ``crossjax.fit_loop`` builds it (AdamW + clipping, WarmupLinear, BCE, donated
     state, the run's numbers as traced arguments), for a random BERT-layout model. Returns ``(program, state,
-    healthy, hparams, config, plan)``; ``program.fn(state, batch, healthy, hparams)`` runs a step."""
+    healthy, hparams, config, plan)``; ``program.fn(state, batch, healthy, hparams, gradients)`` runs a step
+    (``gradients``: :func:`gradient_buffer`, then what the previous step returned)."""
     import jax.numpy as jnp
     import numpy as np
     from flax import nnx
@@ -220,6 +221,13 @@ def build_fit_program(
     hparams = put_global(numbers, plan.replicated)
     healthy = put_global(np.array(True), plan.replicated)
     return program, state, healthy, hparams, config, plan
+
+
+def gradient_buffer(state, plan):
+    """The first ``gradients`` argument of ``program.fn`` (each step returns the next one, as in ``fit``)."""
+    from crossjax import training
+
+    return training.new_gradient_buffer(state.params, plan.state_shardings(state.params))
 
 
 def build_fit_step(model_name: str, dtype_name: str, batch: int, seq: int, **options):
@@ -323,8 +331,11 @@ def crossjax_step(model_name: str, dtype_name: str, batch: int, seq: int, args, 
         model_name, dtype_name, batch, seq, seed=args.seed, sharding=args.sharding, total_steps=total
     )
 
+    gradients = {"buffer": gradient_buffer(state, plan)}
+
     def step(state, device_batch, flag):
-        return program.fn(state, device_batch, flag, hparams)
+        state, metrics, gradients["buffer"] = program.fn(state, device_batch, flag, hparams, gradients["buffer"])
+        return state, metrics
 
     if real is None:
         device_batch = synthetic_batch(config, plan, batch, seq, args.seed)

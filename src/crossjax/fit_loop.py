@@ -817,6 +817,7 @@ def _run_fit(
     traced_before = [program.counter.count for program in programs]
     hparams = put_global(numbers, plan.replicated)
     healthy = put_global(np.array(True), plan.replicated)
+    gradients = training.new_gradient_buffer(state.params, state_shardings.params)
     used_shapes: set[tuple[int, ...]] = set()
 
     log_dir = cfg.log_dir if cfg.log_dir is not None else cfg.output_path
@@ -906,7 +907,7 @@ def _run_fit(
                 if step.global_groups is None
                 else training.batch_to_global(step.batch, plan, step.global_groups)
             )
-            state, step_metrics = program.fn(state, global_batch, healthy, hparams)
+            state, step_metrics, gradients = program.fn(state, global_batch, healthy, hparams, gradients)
             healthy = step_metrics["finite"]  # stays on the device: a bad step freezes all later ones
             if step.probe and float(jax.device_get(step_metrics["pairs"])) == 0:
                 # No process had a pair (every process reads the same count): the step changed nothing and

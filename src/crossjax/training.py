@@ -357,11 +357,17 @@ def make_train_step(
     activation: Callable,
     accumulation_steps: int = 1,
     counter: CompileCounter | None = None,
+    gradient_buffer: bool = False,
 ):
     """The pure step ``(state, batch, healthy, hparams) -> (state, metrics)`` on a packed batch
     (:mod:`crossjax.packing`). ``tx`` is the optimizer, or a function of ``hparams`` (a pytree of traced
     scalars) returning it, as :func:`optimizer_for` with its first two arguments bound; with a fixed optimizer
     ``hparams`` is unused (and may be omitted).
+
+    With ``gradient_buffer`` the step is ``(state, batch, healthy, hparams, gradients) -> (state, metrics,
+    gradients)``: it returns the step's gradient, so that jitted with ``gradients`` donated (as
+    :func:`train_program` does; see :func:`new_gradient_buffer`) XLA computes it into the previous step's
+    buffer, whose values it never reads.
 
     With accumulation, the batch's groups {i*k + j} form micro-batch j, so the split stays local to each data
     shard. ``healthy`` is the previous step's ``metrics["finite"]`` (True at the start): once a step was not
@@ -392,7 +398,7 @@ def make_train_step(
     # One micro-batch: differentiate the mean itself, so the gradient needs no scaling pass over every leaf.
     mean_grad_fn = jax.value_and_grad(mean_loss, has_aux=True)
 
-    def train_step(state: TrainState, batch: dict, healthy: jax.Array, hparams=None) -> tuple[TrainState, dict]:
+    def step_and_gradients(state: TrainState, batch: dict, healthy: jax.Array, hparams) -> tuple[TrainState, dict, Any]:
         if counter is not None:
             counter.tick(batch["input_ids"].shape)
         if k == 1:
@@ -439,9 +445,35 @@ def make_train_step(
             rest=_keep_unless(any_pairs, rest, state.rest),
             opt_state=opt_state,
         )
-        return new_state, {"loss": loss, "grad_norm": grad_norm, "finite": finite, "pairs": pairs}
+        return new_state, {"loss": loss, "grad_norm": grad_norm, "finite": finite, "pairs": pairs}, grads
+
+    if gradient_buffer:
+
+        def buffered_train_step(state, batch, healthy, hparams, gradients):
+            del gradients  # donated: its memory receives this step's gradient
+            return step_and_gradients(state, batch, healthy, hparams)
+
+        return buffered_train_step
+
+    def train_step(state: TrainState, batch: dict, healthy: jax.Array, hparams=None) -> tuple[TrainState, dict]:
+        return step_and_gradients(state, batch, healthy, hparams)[:2]
 
     return train_step
+
+
+def new_gradient_buffer(params, shardings):
+    """Zeros shaped, typed and placed like ``params``: the first ``gradients`` of a step built with
+    ``make_train_step(..., gradient_buffer=True)``; each step returns the next one.
+
+    Why: without it the gradient (as large as the parameters) is a temporary of every step. XLA:CPU allocates a
+    step's temporaries afresh each time, and glibc maps allocations over 32 MB from the kernel anew, which
+    zeroes every page on first touch: a MiniLM step took 39,000 page faults and ~70 ms of system time (of 240
+    ms), half of it for the gradient (``benchmarks/compile_time.py`` prints faults per step). Reusing one
+    buffer costs no memory at the step's peak; between steps it keeps one parameter-sized buffer.
+    """
+    from crossjax.parallel import put_global
+
+    return put_global(jax.tree.map(lambda p: np.zeros(p.shape, p.dtype), params), shardings)
 
 
 def _keep_unless(flag: jax.Array, new, old):
@@ -665,8 +697,9 @@ def train_program(
     state_shardings: TrainState,
     plan: MeshPlan,
 ) -> tuple[StepProgram, bool]:
-    """The jitted ``(state, batch, healthy, hparams) -> (state, metrics)`` for these static choices, shared by
-    every fit in the process that makes the same ones; True when it was already there.
+    """The jitted ``(state, batch, healthy, hparams, gradients) -> (state, metrics, gradients)`` for these
+    static choices, shared by every fit in the process that makes the same ones; True when it was already there.
+    ``state`` and ``gradients`` (from :func:`new_gradient_buffer`, then the previous step's) are donated.
 
     The step's numbers (``hparams`` from :func:`optimizer_hparams`) are traced arguments, so runs that differ in
     learning rate, warm-up, length, weight decay, betas, eps or clipping norm reuse one program per batch shape.
@@ -692,13 +725,20 @@ def train_program(
     def build() -> StepProgram:
         counter = CompileCounter()
         step = make_train_step(
-            graphdef, functools.partial(optimizer_for, spec, mask), loss_fn, activation, accumulation_steps, counter
+            graphdef,
+            functools.partial(optimizer_for, spec, mask),
+            loss_fn,
+            activation,
+            accumulation_steps,
+            counter,
+            gradient_buffer=True,
         )
         fn = jax.jit(
             step,
-            in_shardings=(state_shardings, plan.batch, plan.replicated, plan.replicated),
-            out_shardings=(state_shardings, plan.replicated),
-            donate_argnums=(0,),
+            in_shardings=(state_shardings, plan.batch, plan.replicated, plan.replicated, state_shardings.params),
+            out_shardings=(state_shardings, plan.replicated, state_shardings.params),
+            donate_argnums=(0, 4),
+            keep_unused=True,  # the gradient buffer is only donated, never read
         )
         return StepProgram(fn, counter)
 

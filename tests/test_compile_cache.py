@@ -15,6 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 import torch
@@ -132,6 +133,36 @@ def test_second_cross_encoder_reuses_the_predict_step(tiny_dir):
     three = CrossEncoder(tiny_dir, compute_dtype="bfloat16", **SHAPE)
     three.predict(pairs, batch_size=8)
     assert three.compilations["predict"] == 1
+
+
+def test_steps_trace_with_the_garbage_collector_paused_and_restore_it():
+    import gc
+
+    import jax.numpy as jnp
+
+    seen = []
+
+    def traced(x):
+        seen.append(gc.isenabled())  # runs while JAX traces
+        if x.shape[0] == 3:
+            raise ValueError("bad shape")
+        return x * 2
+
+    step = training.GcPausedJit(jax.jit(traced))
+    assert gc.isenabled()
+    np.testing.assert_array_equal(step(jnp.ones(2)), [2.0, 2.0])
+    assert seen == [False] and gc.isenabled()
+    with pytest.raises(ValueError, match="bad shape"):
+        step(jnp.ones(3))
+    assert seen == [False, False] and gc.isenabled()  # restored after an error too
+    step.lower(jnp.ones(4))
+    assert seen == [False, False, False]
+    gc.disable()  # a user who turned it off keeps it off
+    try:
+        step(jnp.ones(5))
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
 
 
 # --------------------------------------------------------------------------- 2. the persistent XLA cache

@@ -399,8 +399,8 @@ class CrossEncoderTrainer:
         if key not in self._eval_programs:
             dtype = jnp.bfloat16 if self.args.bf16 else jnp.float32
             graphdef = training.graphdef_with_dtype(model, dtype, train=False)
-            self._eval_programs[key] = jax.jit(
-                training.make_eval_loss_step(graphdef, loss, losses.identity), out_shardings=plan.replicated
+            self._eval_programs[key] = training.GcPausedJit(
+                jax.jit(training.make_eval_loss_step(graphdef, loss, losses.identity), out_shardings=plan.replicated)
             )
         step_fn = self._eval_programs[key]
         params, rest = nnx.state(model, nnx.Param), nnx.state(model, nnx.Not(nnx.Param))

@@ -472,10 +472,11 @@ def new_gradient_buffer(params, shardings):
     zeroes every page on first touch: a MiniLM step took 39,000 page faults and ~70 ms of system time (of 240
     ms), half of it for the gradient (``benchmarks/compile_time.py`` prints faults per step). Reusing one
     buffer costs no memory at the step's peak; between steps it keeps one parameter-sized buffer.
-    """
-    from crossjax.parallel import put_global
 
-    return put_global(jax.tree.map(lambda p: np.zeros(p.shape, p.dtype), params), shardings)
+    The zeros are made on the devices: an array put there from numpy may share numpy's memory (XLA:CPU takes
+    an aligned host buffer without a copy), and such a buffer cannot be donated, so the first step copied it.
+    """
+    return jax.tree.map(lambda p, sharding: jnp.zeros(p.shape, p.dtype, device=sharding), params, shardings)
 
 
 def _keep_unless(flag: jax.Array, new, old):

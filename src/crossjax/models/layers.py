@@ -269,9 +269,13 @@ def scaled_dot_product_attention(
     ``score_divisor`` replaces sqrt(d) (DeBERTa's relative-position terms and scale use both).
 
     The scores are accumulated and soft-maxed in float32 whatever the compute dtype (bfloat16 compute rounds
-    only the probabilities fed to the second matmul, like PyTorch autocast); masked keys get float32's
-    minimum, so a fully masked row gives uniform weights instead of NaN. One XLA path for training and
-    inference: JAX's cuDNN attention takes no dropout and no arbitrary key mask, so it is not used here.
+    only the weights fed to the second matmul, like PyTorch autocast); masked keys get float32's minimum, so a
+    fully masked row gives uniform weights instead of NaN. The softmax is normalised after the second matmul
+    (flash attention's order): each query's row sum divides its (T, d) output instead of its (T, S) weights,
+    and XLA:CPU no longer fuses the whole softmax into that matmul, which made a forward pass of 40 rows x 80
+    tokens 20% slower (benchmarks/RESULTS.md). Dropout scales rows the same either way. One XLA path for
+    training and inference: JAX's cuDNN attention takes no dropout and no arbitrary key mask, so it is not
+    used here.
     """
     divisor = jnp.sqrt(jnp.float32(q.shape[-1])) if score_divisor is None else jnp.float32(score_divisor)
     scores = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=jnp.float32) / divisor
@@ -280,8 +284,13 @@ def scaled_dot_product_attention(
     # (B, S): keys each row may attend; (B, T, S): per query (packed rows: only its own pair's tokens).
     keep = (mask[:, None, None, :] if mask.ndim == 2 else mask[:, None, :, :]).astype(bool)
     scores = jnp.where(keep, scores, jnp.finfo(jnp.float32).min)
-    probs = dropout(jax.nn.softmax(scores, axis=-1)).astype(v.dtype)
-    return jnp.einsum("bhqk,bkhd->bqhd", probs, v)
+    # exp(scores - max) as jax.nn.softmax computes it (the shift is a constant for the gradient)
+    weights = jnp.exp(scores - jax.lax.stop_gradient(scores.max(axis=-1, keepdims=True)))
+    total = jnp.swapaxes(weights.sum(axis=-1), 1, 2)[..., None]  # (B, T, heads, 1)
+    context = jnp.einsum(
+        "bhqk,bkhd->bqhd", dropout(weights).astype(v.dtype), v, preferred_element_type=jnp.float32
+    )
+    return (context / total).astype(v.dtype)
 
 
 class EncoderLayer(nnx.Module):

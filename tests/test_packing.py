@@ -200,6 +200,12 @@ def test_grid_ceiling_values_and_bound():
     assert len([g for g in grid if 256 < g <= 512]) == 4  # four values an octave
 
 
+def rounded_up_plan(plan, lengths):
+    """The plain rounding onto the grid: rows up, then the row length they need up (costs up to 56%)."""
+    rows = packing.grid_ceiling(plan.rows)
+    return rows, packing.grid_ceiling(packing.row_length_needed(lengths, rows), packing.ROW_QUANTUM)
+
+
 def test_grid_plan_rounds_onto_the_grid_and_still_fits_every_step():
     rng = np.random.default_rng(7)
     for _ in range(20):
@@ -207,12 +213,29 @@ def test_grid_plan_rounds_onto_the_grid_and_still_fits_every_step():
         tokenized = tokenized_pairs(lengths)
         step = np.arange(len(lengths))
         plan = packing.plan_packing([step], lengths, 1, 64, hidden_size=384)
-        grid = packing.grid_plan(plan, [[lengths]])
-        assert grid.rows == packing.grid_ceiling(plan.rows) and grid.rows >= plan.rows
+        grid = packing.grid_plan(plan, [[lengths]], 384)
+        assert grid.rows == packing.grid_ceiling(grid.rows) and plan.rows // 2 <= grid.rows <= 2 * plan.rows
         assert all(t == packing.grid_ceiling(t, packing.ROW_QUANTUM) for t in grid.row_lengths)
         batch = packing.pack(tokenized, step, None, grid, 0)
         assert sorted(batch.indices[batch.indices >= 0].tolist()) == step.tolist()
         assert (grid.rows, batch.input_ids.shape[2]) in [(grid.rows, t) for t in grid.row_lengths]
+        # never costlier than rounding rows and row length up one after the other
+        rows, length = rounded_up_plan(plan, lengths)
+        assert packing.run_cost([[lengths]], grid.rows, grid.row_lengths, 384) <= packing.run_cost(
+            [[lengths]], rows, [length], 384
+        )
+
+
+def test_grid_plan_does_not_compound_two_roundings():
+    # 128 short pairs (STS-B-like, 10-31 tokens) planned at 38 rows of 72: rounding rows up to 40 makes them
+    # need 80 tokens (3,200 computed for 2,606 real); another grid row count packs them in 2,688.
+    lengths = np.random.default_rng(3).integers(10, 32, size=128)
+    plan = packing.PackingPlan(38, (72,), 1, 128)
+    assert rounded_up_plan(plan, lengths) == (40, 80)
+    grid = packing.grid_plan(plan, [[lengths]], 384)
+    assert grid.rows * grid.row_lengths[0] <= 2688 < 40 * 80
+    assert packing.row_length_needed(lengths, grid.rows) <= grid.row_lengths[0]
+    assert packing.grid_values(3, 40) == [3, 4, 5, 6, 7, 8, 10, 12, 14, 16, 20, 24, 28, 32, 40]
 
 
 def test_reuse_compiled_shapes_rents_then_buys():
@@ -291,7 +314,7 @@ def test_compile_economy_prices_a_compile_in_compute_and_calls_follow_it():
     # then the compiled shape is rented while the compute it wastes stays below a compile.
     fresh = packing.CompileEconomy()
     grid = packing.plan_calls_sharing_shapes(call, 1, 32, 384, 2, [], fresh)
-    assert grid == packing.grid_plan(exact, call) and grid != exact
+    assert grid == packing.grid_plan(exact, call, 384) and grid != exact
     rented = packing.plan_calls_sharing_shapes(call, 1, 32, 384, 2, compiled, fresh)
     assert (rented.rows, rented.row_lengths) == (8, (256,)) and fresh.debts
 

@@ -177,6 +177,33 @@ def time_predict(model, pairs, batch_size: int) -> float:
     return time.perf_counter() - start
 
 
+def print_achieved_flops(config, lengths: np.ndarray, pairs: int, crossjax_pps: dict, st_pps: dict) -> None:
+    """Real-token GFLOP/s of each library's steady fit and predict (each pair's FLOPs at its own length, the
+    same numerator for both: ``train_step.real_token_flops``) against each library's own float32 matmul peak at
+    this model's layer shapes, measured now (``matmul_peak.peaks``)."""
+    from matmul_peak import peaks
+    from train_step import real_token_flops
+
+    peak = peaks(config.hidden_size, config.intermediate_size)
+    per_pair = {
+        "fit": real_token_flops(config, lengths, training=True) / pairs,
+        "predict": real_token_flops(config, lengths, training=False) / pairs,
+    }
+    print(
+        f"\nmatmul peak at this model's layer shapes (float32, 1,024 and 4,096 tokens): XLA {peak['xla']:.0f} "
+        f"GFLOP/s, PyTorch {peak['torch']:.0f} GFLOP/s"
+    )
+    print("| real-token GFLOP/s (% of the library's matmul peak) | crossjax | sentence-transformers |")
+    print("|---|---:|---:|")
+    for what in ("fit", "predict"):
+        jx = crossjax_pps[what] * per_pair[what] / 1e9
+        st = st_pps[what] * per_pair[what] / 1e9
+        print(
+            f"| {what}, steady state | {jx:.1f} ({100 * jx / peak['xla']:.0f}%) | "
+            f"{st:.1f} ({100 * st / peak['torch']:.0f}%) |"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=_common.default_model_dir())
@@ -285,6 +312,8 @@ def main() -> None:
     line("predict, steady state (best call)", jx_pred, st_pred)
     line("predict, first call", args.pairs / jx_first, args.pairs / st_first)
     print(f"\nratio crossjax/ST: fit {jr['steady_pps'] / sr['steady_pps']:.2f}, predict {jx_pred / st_pred:.2f}")
+    print_achieved_flops(jx_model.config, lengths, args.pairs, {"fit": jr["steady_pps"], "predict": jx_pred},
+                         {"fit": sr["steady_pps"], "predict": st_pred})  # fmt: skip
     print(f"load average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 

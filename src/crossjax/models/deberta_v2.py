@@ -149,15 +149,7 @@ class DebertaV2Embeddings(nnx.Module):
             else None
         )
         self.project = (
-            nnx.Linear(
-                features,
-                config.hidden_size,
-                use_bias=False,
-                kernel_init=normal_init(std),
-                dtype=dtype,
-                param_dtype=jnp.float32,
-                rngs=rngs,
-            )
+            dense(features, config.hidden_size, std=std, dtype=dtype, rngs=rngs, use_bias=False)
             if features != config.hidden_size
             else None
         )

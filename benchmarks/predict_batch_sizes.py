@@ -63,7 +63,7 @@ def main() -> None:
             st_times.append(time_predict(st, pairs, batch_size))
         calls = -(-len(pairs) // batch_size)
         # every call of a batch size packs into its one planned shape here (the pairs are dealt evenly)
-        computed = calls * sum(rows * length for _, rows, length, _ in shapes[:1]) if len(shapes) == 1 else None
+        computed = calls * shapes[0][1] * shapes[0][2] if len(shapes) == 1 else None
         print(
             f"| {batch_size} | {first:.2f} | {min(jx_times):.2f} | {min(st_times):.2f} | "
             f"{min(st_times) / min(jx_times):.2f}x | "

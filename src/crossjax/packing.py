@@ -473,7 +473,7 @@ def grid_plan(
     if not steps:
         return PackingPlan(grid_ceiling(plan.rows), (ROW_QUANTUM,), plan.groups, plan.pairs)
     best = None
-    for rows in sorted({grid_ceiling(plan.rows), *grid_values(plan.rows // 2, 2 * plan.rows)}):
+    for rows in grid_values(plan.rows // 2, 2 * plan.rows):  # holds grid_ceiling(plan.rows) (<= 1.25 x rows)
         needs = _row_needs(steps, rows)
         lengths = sorted({grid_ceiling(t, ROW_QUANTUM) for t in choose_row_counts(needs, len(plan.row_lengths))})
         cost = _needs_cost(needs, rows, lengths, hidden_size)

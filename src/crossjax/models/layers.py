@@ -16,6 +16,7 @@ from flax import nnx
 
 Array = jax.Array
 
+
 @jax.custom_vjp
 def gelu(x: Array) -> Array:
     """Exact (erf) GELU, ``jax.nn.gelu(x, approximate=False)``, with PyTorch's derivative written out:

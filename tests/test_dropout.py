@@ -72,6 +72,21 @@ def test_dropout_module_contract():
         Dropout(0.5)(x)
 
 
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_kept_values_are_scaled_by_exactly_one_over_keep_probability(dtype):
+    """Kept elements are x / (1 - rate), rounded once to x's dtype. Rounding the factor to bfloat16 first biased
+    every kept bfloat16 value: dividing by 0.9 -> 0.8984375 made them 0.17% too large, multiplying by
+    1 / 0.9 -> 1.109375 0.16% too small."""
+    x = jnp.asarray(np.random.default_rng(0).uniform(0.5, 2.0, 65536), dtype)
+    y = np.asarray(Dropout(0.1, rngs=nnx.Rngs(dropout=3))(x), np.float32)
+    kept = y != 0
+    assert abs(kept.mean() - 0.9) < 0.01
+    ratios = y[kept] / np.asarray(x, np.float32)[kept]
+    np.testing.assert_allclose(ratios.mean(), 1 / 0.9, rtol=2e-4)
+    step = 2.0**-8 if dtype == jnp.bfloat16 else 2.0**-23  # bfloat16 / float32 relative rounding
+    assert np.abs(ratios * 0.9 - 1).max() <= step
+
+
 def test_sharded_mask_equals_unsharded(tmp_path):
     """The mask is a function of each element's global index: 8 devices give the single device's mask."""
     script = textwrap.dedent(

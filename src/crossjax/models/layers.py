@@ -302,10 +302,13 @@ class Dropout(nnx.Dropout):
         for axis in self.broadcast_dims:
             shape[axis] = 1
         keep = jnp.broadcast_to(dropout_keep_mask(key, tuple(shape), self.rate), inputs.shape)
-        # A multiplication by 0 or 1 / (1 - rate), as PyTorch's dropout computes it: the gradient is the same
-        # product, where a select's gradient filled a zero array of the input's shape (in the attention
-        # probabilities' backward pass: a (rows, heads, T, T) array a layer).
-        return inputs * (keep.astype(inputs.dtype) * jnp.asarray(1.0 / (1.0 - self.rate), inputs.dtype))
+        # A product with the mask and the float32 factor 1 / (1 - rate), rounded once to the input's dtype, as
+        # PyTorch computes it. A product's gradient is the same product, where a select's gradient filled a zero
+        # array of the input's shape (in the attention probabilities' backward pass: a (rows, heads, T, T) array
+        # a layer). The factor stays float32: rounding 1 - rate to bfloat16 first (0.9 -> 0.8984) scaled every
+        # kept bfloat16 value 0.17% too high.
+        scale = jnp.float32(1.0 / (1.0 - self.rate))
+        return (inputs * keep.astype(inputs.dtype) * scale).astype(inputs.dtype)
 
 
 def scaled_dot_product_attention(

@@ -14,8 +14,6 @@ from flax import nnx
 
 from crossjax.models.layers import Encoder, gelu
 
-torch = pytest.importorskip("torch")
-
 ROWS, TOKENS, HIDDEN, HEADS, LAYERS = 3, 24, 32, 4, 2
 
 
@@ -26,6 +24,7 @@ def _gelu_inputs() -> np.ndarray:
 
 
 def test_gelu_forward_is_jax_exact_gelu_and_its_gradient_is_pytorchs():
+    torch = pytest.importorskip("torch")
     x = _gelu_inputs()
     weights = np.random.default_rng(1).standard_normal(x.shape).astype(np.float32)
     np.testing.assert_array_equal(np.asarray(gelu(jnp.asarray(x))), np.asarray(jax.nn.gelu(x, approximate=False)))
@@ -39,6 +38,7 @@ def test_gelu_forward_is_jax_exact_gelu_and_its_gradient_is_pytorchs():
 
 
 def test_gelu_gradient_keeps_a_bfloat16_input_in_bfloat16():
+    torch = pytest.importorskip("torch")
     x = jnp.asarray(_gelu_inputs()[:64], jnp.bfloat16)
     grad = jax.grad(lambda t: gelu(t).astype(jnp.float32).sum())(x)
     assert grad.dtype == jnp.bfloat16

@@ -111,8 +111,8 @@ def non_embedding_params(config) -> int:
 
 
 def step_flops(config, batch: int, seq: int) -> float:
-    n = non_embedding_params(config)
-    return 6.0 * n * batch * seq + 12.0 * config.num_hidden_layers * config.hidden_size * seq * seq * batch
+    """Training FLOPs of a (batch, seq) step computed in full: ``batch`` pairs of ``seq`` tokens."""
+    return real_token_flops(config, [seq] * batch)
 
 
 def real_token_flops(config, lengths, training: bool = True) -> float:

@@ -7,6 +7,7 @@ import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -51,6 +52,10 @@ class FlaxPreTrainedModel(nnx.Module):
     base_model_prefix: ClassVar[str] = ""
     head_prefixes: ClassVar[tuple[str, ...]] = ()
     uses_token_types: ClassVar[bool] = True
+    # The family's head reads each pair's first token, and its encoder is :class:`~crossjax.models.layers.Encoder`
+    # of :class:`~crossjax.models.layers.EncoderLayer`: packed batches then compute the last layer for those
+    # tokens only (see :func:`first_tokens_pay`).
+    last_layer_for_first_tokens: ClassVar[bool] = False
     # Regexes of checkpoint keys the family drops silently (transformers' _keys_to_ignore_on_load_unexpected).
     ignored_unexpected_keys: ClassVar[tuple[str, ...]] = ()
 
@@ -111,9 +116,14 @@ class FlaxPreTrainedModel(nnx.Module):
         segments = flat(segment_ids)
         mask = (segments[:, :, None] == segments[:, None, :]) & (segments[:, None, :] > 0)
         with self.matmul_precision():
-            hidden = self.encode(flat(input_ids), mask, flat(token_type_ids), flat(position_ids))
-            hidden = hidden.reshape(groups, rows, length, hidden.shape[-1])
-            first = jax.vmap(lambda h, r, s: h[r, s])(hidden, pair_row, pair_start)  # (G, P, H)
+            if self.last_layer_for_first_tokens and first_tokens_pay(self.encoder, pair_row.shape[1], rows, length):
+                x = self.embed(flat(input_ids), flat(token_type_ids), flat(position_ids))
+                last = partial(_first_tokens_layer, segment_ids=segment_ids, pair_row=pair_row, pair_start=pair_start)
+                first = self.encoder(x, mask, last=last)  # (G, P, H)
+            else:
+                hidden = self.encode(flat(input_ids), mask, flat(token_type_ids), flat(position_ids))
+                hidden = hidden.reshape(groups, rows, length, hidden.shape[-1])
+                first = jax.vmap(lambda h, r, s: h[r, s])(hidden, pair_row, pair_start)  # (G, P, H)
             logits = self.classify(first.reshape(-1, 1, first.shape[-1]))
         return logits.astype(jnp.float32)
 
@@ -296,6 +306,47 @@ class FlaxPreTrainedModel(nnx.Module):
             prompts=prompts,
             default_prompt_name=default_prompt_name,
         )
+
+
+def first_tokens_pay(encoder, pairs: int, rows: int, length: int) -> bool:
+    """Whether computing the last layer for a group's ``pairs`` first tokens only (keys and values still from
+    all its ``rows x length`` tokens) takes fewer multiply-adds than computing it for every token.
+
+    Why: the heads read one token a pair, so the rest of the last layer's output is thrown away: its query
+    projection, attention output, feed-forward block and LayerNorms, about five sixths of the layer (14% of a
+    6-layer MiniLM's forward and backward pass). The pairs' queries attend over the whole group's tokens (a
+    (pairs x group tokens) mask keeps each inside its pair), work that grows with pairs x tokens, so a group of
+    thousands of pairs can lose; then the whole layer is computed as before. Forward-pass counts, for a
+    (hidden x intermediate) layer.
+    """
+    if pairs <= 0:
+        return False
+    layers = encoder.layers if encoder.scan else encoder.layers[0]
+    hidden, intermediate = layers.ffn_in.kernel.shape[-2:]
+    tokens = rows * length
+    full = tokens * (4 * hidden * hidden + 2 * hidden * intermediate) + 2 * tokens * length * hidden
+    selected = tokens * 2 * hidden * hidden + pairs * (2 * hidden * hidden + 2 * hidden * intermediate)
+    return selected + 2 * pairs * tokens * hidden < full
+
+
+def _first_tokens_layer(layer, x: jax.Array, *, segment_ids, pair_row, pair_start) -> jax.Array:
+    """``layer``'s output (G, P, H) at the pairs' first tokens only, from its input ``x`` (G * R, T, H).
+
+    Each group's rows are one context of R * T tokens; pair slot p's query (row ``pair_row``, column
+    ``pair_start``) attends to the tokens of its own row and segment, the same keys as in the full layer."""
+    groups, rows, length = segment_ids.shape
+    context = x.reshape(groups, rows * length, x.shape[-1])
+    slots = pair_row * length + pair_start  # (G, P): the first token's index in its group's context
+    queries = jnp.take_along_axis(context, slots[..., None], axis=1)
+    key_segments = segment_ids.reshape(groups, rows * length)
+    query_segments = jnp.take_along_axis(key_segments, slots, axis=1)
+    key_rows = jnp.arange(rows * length) // length
+    mask = (
+        (key_rows[None, None, :] == pair_row[:, :, None])
+        & (key_segments[:, None, :] == query_segments[:, :, None])
+        & (key_segments[:, None, :] > 0)
+    )
+    return layer(queries, mask, context=context)
 
 
 def initialise(

@@ -59,6 +59,7 @@ class BertForSequenceClassification(FlaxPreTrainedModel):
     architecture = "BertForSequenceClassification"
     base_model_prefix = "bert"
     head_prefixes = ("classifier.",)
+    last_layer_for_first_tokens = True
 
     def __init__(self, config, *, dtype=jnp.float32, rngs: nnx.Rngs, scan_layers: bool = True):
         self.config = config

@@ -263,10 +263,6 @@ class DebertaV2Encoder(Encoder):
     """The layers (stacked under ``nnx.scan`` or unrolled, as :class:`Encoder`), with the convolution's
     output folded into the first layer's output when the config has one."""
 
-    def __init__(self, num_layers: int, **kwargs):
-        super().__init__(num_layers, **kwargs)
-        self.num_layers = num_layers
-
     def __call__(self, x: Array, conv: SegmentConv | None, convolved: Array | None, tokens: Array, *args) -> Array:
         if not self.scan:
             for index, layer in enumerate(self.layers):

@@ -45,6 +45,7 @@ class DistilBertForSequenceClassification(FlaxPreTrainedModel):
     architecture = "DistilBertForSequenceClassification"
     base_model_prefix = "distilbert"
     head_prefixes = ("pre_classifier.", "classifier.")
+    last_layer_for_first_tokens = True
     uses_token_types = False
 
     def __init__(self, config, *, dtype=jnp.float32, rngs: nnx.Rngs, scan_layers: bool = True):

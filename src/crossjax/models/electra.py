@@ -25,6 +25,7 @@ class ElectraForSequenceClassification(FlaxPreTrainedModel):
     architecture = "ElectraForSequenceClassification"
     base_model_prefix = "electra"
     head_prefixes = ("classifier.",)
+    last_layer_for_first_tokens = True
 
     def __init__(self, config, *, dtype=jnp.float32, rngs: nnx.Rngs, scan_layers: bool = True):
         self.config = config

@@ -390,19 +390,23 @@ class EncoderLayer(nnx.Module):
         # BERT drops out the attention block's output before its residual; DistilBERT does not.
         self.attention_output_dropout = attention_output_dropout
 
-    def attention(self, x: Array, mask: Array) -> Array:
+    def attention(self, x: Array, mask: Array, context: Array | None = None) -> Array:
+        """Self-attention of ``x`` (B, L, H); with ``context`` (B, S, H), ``x``'s tokens attend over the
+        context's instead (keys and values from it; ``mask`` is then (B, L, S))."""
+        context = x if context is None else context
         batch, length, hidden = x.shape
         head_dim = hidden // self.heads
 
         def split(t: Array) -> Array:
-            return t.reshape(batch, length, self.heads, head_dim)
+            return t.reshape(batch, t.shape[1], self.heads, head_dim)
 
-        q, k, v = split(self.query(x)), split(self.key(x)), split(self.value(x))
+        q, k, v = split(self.query(x)), split(self.key(context)), split(self.value(context))
         return scaled_dot_product_attention(q, k, v, mask, self.attention_dropout).reshape(batch, length, hidden)
 
-    def __call__(self, x: Array, mask: Array, *attention_args: Array) -> Array:
-        """``attention_args`` go to ``attention`` after the mask (families with extra attention inputs)."""
-        attended = self.attention_out(self.attention(x, mask, *attention_args))
+    def __call__(self, x: Array, mask: Array, *attention_args: Array, **attention_kwargs: Array) -> Array:
+        """``attention_args`` (and keyword arguments such as ``context``) go to ``attention`` after the mask
+        (families with extra attention inputs)."""
+        attended = self.attention_out(self.attention(x, mask, *attention_args, **attention_kwargs))
         if self.attention_output_dropout:
             attended = self.dropout(attended)
         x = self.attention_norm(x + attended)
@@ -433,6 +437,7 @@ class Encoder(nnx.Module):
 
     def __init__(self, num_layers: int, *, rngs: nnx.Rngs, scan: bool = True, layer: type = EncoderLayer, **kwargs):
         self.scan = bool(scan)
+        self.num_layers = int(num_layers)
         if not self.scan:
             self.layers = nnx.List([layer(rngs=rngs, **kwargs) for _ in range(num_layers)])
             return
@@ -444,18 +449,42 @@ class Encoder(nnx.Module):
 
         self.layers = create(rngs)
 
-    def __call__(self, x: Array, *args: Array) -> Array:
+    def __call__(self, x: Array, *args: Array, last: Callable[[nnx.Module, Array], Array] | None = None) -> Array:
+        """The layers applied to ``x`` in order, each called as ``layer(x, *args)``; ``last(layer, x)``, when
+        given, replaces the call of the last layer (:meth:`FlaxPreTrainedModel.packed_logits` computes it
+        for the pairs' first tokens only)."""
         if not self.scan:
-            for layer in self.layers:
+            layers = list(self.layers) if last is None else list(self.layers)[:-1]
+            for layer in layers:
                 x = layer(x, *args)
-            return x
+            return x if last is None else last(self.layers[-1], x)
 
         @nnx.scan(in_axes=(0, nnx.Carry, *(None,) * len(args)), out_axes=nnx.Carry)
         @scanned_layer
         def apply(layer, x, *args):
             return layer(x, *args)
 
-        return apply(self.layers, x, *args)
+        if last is None:
+            return apply(self.layers, x, *args)
+
+        # The first layers scanned over the whole stack's parameters (a slice of them would be copied, every
+        # call), each step taking its layer's slice; then the last layer called alone on its slice. Only the
+        # non-parameter state (dropout streams) is scanned in and out, and written back afterwards.
+        graphdef, params, rest = nnx.split(self.layers, nnx.Param, ...)
+
+        def step(x, inputs):
+            index, layer_rest = inputs
+            layer_params = jax.tree.map(lambda a: jax.lax.dynamic_index_in_dim(a, index, keepdims=False), params)
+            layer = nnx.merge(graphdef, layer_params, layer_rest)
+            return layer(x, *args), nnx.state(layer, nnx.Not(nnx.Param))
+
+        head = jax.tree.map(lambda a: a[:-1], rest)
+        x, head = jax.lax.scan(scanned_layer(step), x, (jnp.arange(self.num_layers - 1), head))
+        final = nnx.merge(graphdef, jax.tree.map(lambda a: a[-1], params), jax.tree.map(lambda a: a[-1], rest))
+        x = last(final, x)
+        tail = nnx.state(final, nnx.Not(nnx.Param))
+        nnx.update(self.layers, jax.tree.map(lambda a, b: jnp.concatenate([a, b[None]]), head, tail))
+        return x
 
 
 def config_dropout(config, name: str, default: float = 0.1) -> float:

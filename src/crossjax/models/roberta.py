@@ -22,6 +22,7 @@ class RobertaForSequenceClassification(FlaxPreTrainedModel):
     architecture = "RobertaForSequenceClassification"
     base_model_prefix = "roberta"
     head_prefixes = ("classifier.",)
+    last_layer_for_first_tokens = True
 
     def __init__(self, config, *, dtype=jnp.float32, rngs: nnx.Rngs, scan_layers: bool = True):
         self.config = config

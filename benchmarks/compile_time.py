@@ -7,12 +7,15 @@ separately, with the persistent compilation cache off so every number is a real 
 show the run time per step (median; scan can cost a little at run time; this says how much here), the number
 of kernels XLA compiled (fusions), the step's scratch memory (``memory_analysis().temp_size_in_bytes``), and the
 page faults and system time of a step (``getrusage``: memory mapped afresh each step, which the kernel zeroes).
-``--batch`` is the packed rows of a step and ``--seq`` their length.
+``--batch`` is the packed rows of a step and ``--seq`` their length. ``--whole-last-layer`` computes the last layer
+for every token, as before ``511eae4`` (by default packed batches compute it for the pairs' first tokens only, a
+second compiled layer body besides the scanned one: ``crossjax.models.base.first_tokens_pay``).
 
 Usage:
     python benchmarks/compile_time.py                       # bert-base and minilm, batch 16 x 128, float32
     python benchmarks/compile_time.py --models bert-base --dtypes float32 bfloat16 --steps 3
     python benchmarks/compile_time.py --models minilm --batch 2 --seq 176 --layouts scanned --steps 20
+    python benchmarks/compile_time.py --models bert-base --steps 1 --whole-last-layer
 """
 
 from __future__ import annotations
@@ -84,13 +87,22 @@ def main() -> None:
     parser.add_argument("--seq", type=int, default=128)
     parser.add_argument("--steps", type=int, default=2, help="timed steps after the first (median reported)")
     parser.add_argument("--layouts", nargs="+", default=["unrolled", "scanned"], choices=["unrolled", "scanned"])
+    parser.add_argument(
+        "--whole-last-layer", action="store_true", help="compute the last layer for every token, not first tokens only"
+    )
     args = parser.parse_args()
 
     import jax
 
+    if args.whole_last_layer:
+        from crossjax.models import base
+
+        base.first_tokens_pay = lambda *args: False  # the rule packed_logits asks, answered "never"
+
     jax.config.update("jax_enable_compilation_cache", False)  # every compile below is a real one
     _bench.print_info("crossjax train-step compile time: scanned vs unrolled layers")
-    print(f"batch {args.batch} x {args.seq} tokens\n")
+    last_layer = "every token" if args.whole_last_layer else "first tokens only"
+    print(f"batch {args.batch} x {args.seq} tokens, last layer computed for {last_layer}\n")
     print(
         "| model | dtype | layers | trace+lower s | XLA compile s | total s | step ms | kernels | XLA temp MiB "
         "| page faults / step | system ms / step |"

@@ -5,8 +5,10 @@ A step's pairs are dealt into ``G`` groups (one per data shard and gradient-accu
 device and micro-batch packs and reads only its own rows), and each group's pairs are packed
 first-fit-decreasing into ``R`` rows of ``T`` tokens. Every pair is a segment of its row: attention stays
 inside a segment (block-diagonal, from ``segment_ids``), positions restart at each pair, token types are the
-pair's own, and the classification head reads each pair's first token (``pair_row``, ``pair_start``). Logits
-come back one row per pair slot, in the order of ``indices``, so losses and ``batch_size`` keep their meaning.
+pair's own, and the classification head reads each pair's first token (``pair_row``, ``pair_start``). Families
+whose head reads nothing else compute their last layer for those tokens only
+(:func:`crossjax.models.base.first_tokens_pay`). Logits come back one row per pair slot, in the order of
+``indices``, so losses and ``batch_size`` keep their meaning.
 
 **The shape rule.** ``P`` (pair slots per group) is the batch size divided by the groups. ``R`` (rows per
 group) is fixed for a run and ``T`` (tokens per row) takes at most ``max_shapes`` values, so a run compiles

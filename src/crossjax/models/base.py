@@ -317,7 +317,9 @@ def first_tokens_pay(encoder, pairs: int, rows: int, length: int) -> bool:
     6-layer MiniLM's forward and backward pass). The pairs' queries attend over the whole group's tokens (a
     (pairs x group tokens) mask keeps each inside its pair), work that grows with pairs x tokens, so a group of
     thousands of pairs can lose; then the whole layer is computed as before. Forward-pass counts, for a
-    (hidden x intermediate) layer.
+    (hidden x intermediate) layer. The price is a second compiled layer body beside the scanned one (a BERT-base
+    train step compiles in ~1.1 s more on a 2-core CPU, repaid within about five of its steps;
+    ``benchmarks/RESULTS.md``, "Session 13").
     """
     if pairs <= 0:
         return False

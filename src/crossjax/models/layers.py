@@ -431,8 +431,9 @@ class Encoder(nnx.Module):
 
     With ``scan`` (the default) the layers' parameters are stacked on a leading axis (created under
     ``nnx.vmap``, one RNG stream split per layer) and applied with ``nnx.scan``: XLA compiles one layer body
-    whatever the depth, so compile time no longer grows with the number of layers. Without it the layers are
-    unrolled Python modules (``layers.0``, ``layers.1``, ...). The parameter tables serve both layouts.
+    whatever the depth (two with ``last``), so compile time no longer grows with the number of layers. Without
+    it the layers are unrolled Python modules (``layers.0``, ``layers.1``, ...). The parameter tables serve both
+    layouts.
     """
 
     def __init__(self, num_layers: int, *, rngs: nnx.Rngs, scan: bool = True, layer: type = EncoderLayer, **kwargs):

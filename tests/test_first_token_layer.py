@@ -109,7 +109,7 @@ def test_first_token_last_layer_advances_every_dropout_stream_as_the_whole_layer
     assert not np.allclose(first, second)  # the next call draws new masks
 
 
-def test_the_rule_prefers_the_whole_layer_only_for_thousands_of_pairs_a_group():
+def test_the_rule_keeps_the_whole_layer_where_the_pairs_attention_would_cost_more():
     # a stacked MiniLM-sized layer (384 x 1536): the rule reads only the feed-forward kernel's shape
     kernel = SimpleNamespace(shape=(6, 384, 1536))
     encoder = SimpleNamespace(scan=True, layers=SimpleNamespace(ffn_in=SimpleNamespace(kernel=kernel)))

@@ -19,10 +19,10 @@ from crossjax.models import FlaxAutoModelForSequenceClassification, base
 FIRST_TOKEN_FAMILIES = ["bert", "distilbert", "electra", "roberta", "xlm-roberta"]
 
 
-def tiny_model(family: str, scan_layers: bool, dropout: float):
-    """The parity tests' tiny config of ``family`` with three layers and the given dropout."""
+def tiny_model(family: str, scan_layers: bool, dropout: float, layers: int = 3):
+    """The parity tests' tiny config of ``family`` with ``layers`` layers and the given dropout."""
     config = FAMILIES[family](2)
-    config.num_hidden_layers = 3  # DistilBERT's n_layers, through its attribute map
+    config.num_hidden_layers = layers  # DistilBERT's n_layers, through its attribute map
     for name in ("hidden_dropout_prob", "attention_probs_dropout_prob", "dropout", "attention_dropout"):
         if hasattr(config, name):
             setattr(config, name, dropout)
@@ -54,10 +54,13 @@ def logits_and_grads(model, batch):
     return np.asarray(logits), grads
 
 
-@pytest.mark.parametrize("family", FIRST_TOKEN_FAMILIES)
+@pytest.mark.parametrize(
+    "family, layers", [(family, 3) for family in FIRST_TOKEN_FAMILIES] + [("bert", 1)], ids=lambda v: str(v)
+)
 @pytest.mark.parametrize("scan_layers", [True, False], ids=["scanned", "unrolled"])
-def test_first_token_last_layer_gives_the_whole_layers_logits_and_gradients(family, scan_layers, monkeypatch):
-    model = tiny_model(family, scan_layers, dropout=0.0)
+def test_first_token_last_layer_gives_the_whole_layers_logits_and_gradients(family, layers, scan_layers, monkeypatch):
+    """Three layers of each family, and BERT with one (its last layer is its only one: nothing is scanned)."""
+    model = tiny_model(family, scan_layers, dropout=0.0, layers=layers)
     assert type(model).last_layer_for_first_tokens
     batch = packed_batch(model)
     pairs, rows, length = batch["pair_row"].shape[1], *batch["input_ids"].shape[1:]
@@ -70,8 +73,8 @@ def test_first_token_last_layer_gives_the_whole_layers_logits_and_gradients(fami
         scale = max(float(np.abs(want).max()), 1e-6)
         np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=0, atol=2e-5 * scale, err_msg=str(path))
     # the last layer's feed-forward block does get a gradient (it would be zero if the layer were skipped)
-    layers = grads["encoder"]["layers"]
-    last_ffn = layers["ffn_in"]["kernel"][...][-1] if scan_layers else layers[2]["ffn_in"]["kernel"][...]
+    stacked = grads["encoder"]["layers"]
+    last_ffn = stacked["ffn_in"]["kernel"][...][-1] if scan_layers else stacked[layers - 1]["ffn_in"]["kernel"][...]
     assert float(np.abs(np.asarray(last_ffn)).max()) > 0
 
 

@@ -315,8 +315,9 @@ def first_tokens_pay(encoder, pairs: int, rows: int, length: int) -> bool:
     Why: the heads read one token a pair, so the rest of the last layer's output is thrown away: its query
     projection, attention output, feed-forward block and LayerNorms, about five sixths of the layer (14% of a
     6-layer MiniLM's forward and backward pass). The pairs' queries attend over the whole group's tokens (a
-    (pairs x group tokens) mask keeps each inside its pair), work that grows with pairs x tokens, so a group of
-    thousands of pairs can lose; then the whole layer is computed as before. Forward-pass counts, for a
+    (pairs x group tokens) mask keeps each inside its pair), work that grows with pairs x tokens: a group keeps
+    the whole layer from about ``(hidden + intermediate) (1 - 1 / t) + length`` pairs on, ``t`` tokens a pair
+    (~1,950 STS-B pairs for MiniLM, ~3,800 for BERT-base). Forward-pass counts, for a
     (hidden x intermediate) layer. The price is a second compiled layer body beside the scanned one (a BERT-base
     train step compiles in ~1.1 s more on a 2-core CPU, repaid within about five of its steps;
     ``benchmarks/RESULTS.md``, "Session 13").

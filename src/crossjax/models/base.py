@@ -79,14 +79,15 @@ class FlaxPreTrainedModel(nnx.Module):
         """Logits from hidden states (B, L, H); the heads read position 0 (each pair's first token)."""
         return self.classifier(hidden)
 
-    def encode(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None) -> jax.Array:
+    def encode(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, last=None) -> jax.Array:
         """The encoder's last hidden states (B, L, H): what transformers' base model returns first.
 
-        ``attention_mask`` is (B, L) (padding) or (B, L, L) (pairwise, for packed rows)."""
+        ``attention_mask`` is (B, L) (padding) or (B, L, L) (pairwise, for packed rows). ``last`` replaces the
+        last layer's call (see :class:`~crossjax.models.layers.Encoder`), and its output is returned instead."""
         if attention_mask is None:
             attention_mask = jnp.ones_like(input_ids)
         with self.matmul_precision():
-            return self.encoder(self.embed(input_ids, token_type_ids, position_ids), attention_mask)
+            return self.encoder(self.embed(input_ids, token_type_ids, position_ids), attention_mask, last=last)
 
     def __call__(
         self, input_ids: jax.Array, attention_mask: jax.Array | None = None, token_type_ids: jax.Array | None = None
@@ -116,12 +117,12 @@ class FlaxPreTrainedModel(nnx.Module):
         segments = flat(segment_ids)
         mask = (segments[:, :, None] == segments[:, None, :]) & (segments[:, None, :] > 0)
         with self.matmul_precision():
+            inputs = (flat(input_ids), mask, flat(token_type_ids), flat(position_ids))
             if self.last_layer_for_first_tokens and first_tokens_pay(self.encoder, pair_row.shape[1], rows, length):
-                x = self.embed(flat(input_ids), flat(token_type_ids), flat(position_ids))
                 last = partial(_first_tokens_layer, segment_ids=segment_ids, pair_row=pair_row, pair_start=pair_start)
-                first = self.encoder(x, mask, last=last)  # (G, P, H)
+                first = self.encode(*inputs, last=last)  # (G, P, H)
             else:
-                hidden = self.encode(flat(input_ids), mask, flat(token_type_ids), flat(position_ids))
+                hidden = self.encode(*inputs)
                 hidden = hidden.reshape(groups, rows, length, hidden.shape[-1])
                 first = jax.vmap(lambda h, r, s: h[r, s])(hidden, pair_row, pair_start)  # (G, P, H)
             logits = self.classify(first.reshape(-1, 1, first.shape[-1]))

@@ -114,17 +114,15 @@ class FlaxPreTrainedModel(nnx.Module):
         """
         groups, rows, length = input_ids.shape
         flat = lambda x: x.reshape(groups * rows, length)  # noqa: E731
-        segments = flat(segment_ids)
-        mask = (segments[:, :, None] == segments[:, None, :]) & (segments[:, None, :] > 0)
         with self.matmul_precision():
-            inputs = (flat(input_ids), mask, flat(token_type_ids), flat(position_ids))
+            inputs = (flat(input_ids), pair_attention_mask(segment_ids), flat(token_type_ids), flat(position_ids))
             if self.last_layer_for_first_tokens and first_tokens_pay(self.encoder, pair_row.shape[1], rows, length):
                 last = partial(_first_tokens_layer, segment_ids=segment_ids, pair_row=pair_row, pair_start=pair_start)
                 first = self.encode(*inputs, last=last)  # (G, P, H)
             else:
                 hidden = self.encode(*inputs)
                 hidden = hidden.reshape(groups, rows, length, hidden.shape[-1])
-                first = jax.vmap(lambda h, r, s: h[r, s])(hidden, pair_row, pair_start)  # (G, P, H)
+                first = at_first_tokens(hidden, pair_row, pair_start)  # (G, P, H)
             logits = self.classify(first.reshape(-1, 1, first.shape[-1]))
         return logits.astype(jnp.float32)
 
@@ -309,6 +307,19 @@ class FlaxPreTrainedModel(nnx.Module):
         )
 
 
+def pair_attention_mask(segment_ids: jax.Array) -> jax.Array:
+    """(G * R, T, T) attention mask of packed rows (``segment_ids`` (G, R, T), 0 = padding): each token sees
+    only the real tokens of its own pair."""
+    segments = segment_ids.reshape(-1, segment_ids.shape[-1])
+    return (segments[:, :, None] == segments[:, None, :]) & (segments[:, None, :] > 0)
+
+
+def at_first_tokens(values: jax.Array, pair_row: jax.Array, pair_start: jax.Array) -> jax.Array:
+    """``values`` (G, R, T, ...) at each pair slot's first token, row ``pair_row`` (G, P) and column
+    ``pair_start`` (G, P): (G, P, ...). A group reads only its own rows, so nothing crosses devices."""
+    return jax.vmap(lambda v, r, s: v[r, s])(values, pair_row, pair_start)
+
+
 def first_tokens_pay(encoder, pairs: int, rows: int, length: int) -> bool:
     """Whether computing the last layer for a group's ``pairs`` first tokens only (keys and values still from
     all its ``rows x length`` tokens) takes fewer multiply-adds than computing it for every token.
@@ -339,11 +350,10 @@ def _first_tokens_layer(layer, x: jax.Array, *, segment_ids, pair_row, pair_star
     Each group's rows are one context of R * T tokens; pair slot p's query (row ``pair_row``, column
     ``pair_start``) attends to the tokens of its own row and segment, the same keys as in the full layer."""
     groups, rows, length = segment_ids.shape
+    queries = at_first_tokens(x.reshape(groups, rows, length, x.shape[-1]), pair_row, pair_start)  # (G, P, H)
+    query_segments = at_first_tokens(segment_ids, pair_row, pair_start)  # (G, P)
     context = x.reshape(groups, rows * length, x.shape[-1])
-    slots = pair_row * length + pair_start  # (G, P): the first token's index in its group's context
-    queries = jnp.take_along_axis(context, slots[..., None], axis=1)
     key_segments = segment_ids.reshape(groups, rows * length)
-    query_segments = jnp.take_along_axis(key_segments, slots, axis=1)
     key_rows = jnp.arange(rows * length) // length
     mask = (
         (key_rows[None, None, :] == pair_row[:, :, None])

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from crossjax.models.base import FlaxPreTrainedModel
+from crossjax.models.base import FlaxPreTrainedModel, at_first_tokens, pair_attention_mask
 from crossjax.models.layers import (
     Dropout,
     Encoder,
@@ -360,12 +360,10 @@ class ModernBertForSequenceClassification(FlaxPreTrainedModel):
             return super().packed_logits(input_ids, token_type_ids, segment_ids, position_ids, pair_row, pair_start)
         groups, rows, length = input_ids.shape
         flat = lambda x: x.reshape(groups * rows, length)  # noqa: E731
-        segments = flat(segment_ids)
-        mask = (segments[:, :, None] == segments[:, None, :]) & (segments[:, None, :] > 0)
         with self.matmul_precision():
-            hidden = self.encode(flat(input_ids), mask, None, flat(position_ids))
+            hidden = self.encode(flat(input_ids), pair_attention_mask(segment_ids), None, flat(position_ids))
             hidden = hidden.reshape(groups, rows, length, hidden.shape[-1])
-            pair_segment = jax.vmap(lambda s, r, c: s[r, c])(segment_ids, pair_row, pair_start)  # (G, P)
+            pair_segment = at_first_tokens(segment_ids, pair_row, pair_start)  # (G, P)
             # (G, P, R, T): the tokens of pair slot p, on its row and in its segment.
             members = (
                 (jnp.arange(rows)[None, None, :, None] == pair_row[:, :, None, None])

@@ -101,7 +101,7 @@ def test_unknown_constructor_argument_is_a_type_error(tiny_dir):
         ({"device": "mps"}, ValueError, "no JAX backend"),
         ({"device": "cuda"}, RuntimeError, "no GPU backend"),
         ({"device": "cpu:7"}, ValueError, "numbered from 0"),
-        ({"cache_folder": "/a", "cache_dir": "/b"}, ValueError, "disagree"),
+        ({"cache_folder": "/a", "cache_dir": "/b"}, TypeError, "got both .cache_dir. .the deprecated name. and .cache_folder."),
         ({"prompts": {"q": "query: "}, "default_prompt_name": "p"}, ValueError, "not among the prompts"),
     ],
 )
@@ -177,7 +177,8 @@ def test_predict_arguments(tiny_dir):
     with pytest.raises(TypeError, match="unexpected keyword argument 'normalize'"):
         ce.predict(pairs, normalize=True)
     with pytest.raises(TypeError, match="both"):
-        ce.predict(pairs, inputs=pairs)
+        ce.predict(sentences=pairs, inputs=pairs[:1])
+    np.testing.assert_array_equal(ce.predict(sentences=pairs), ce.predict(pairs))  # the legacy name
     with pytest.raises(ValueError, match="multi-process"):
         ce.predict(pairs, device="cuda:1")
 

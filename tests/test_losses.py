@@ -214,8 +214,12 @@ def test_activations_match_torch() -> None:
     assert resolve_activation(jax.nn.sigmoid) is sigmoid
     custom = lambda v: v * 2  # noqa: E731
     assert resolve_activation(custom) is custom
-    with pytest.raises(ValueError, match="Unsupported torch activation GELU"):
-        resolve_activation(nn.GELU())
+    with pytest.raises(ValueError, match="Unsupported torch activation PReLU"):
+        resolve_activation(nn.PReLU())
+    with pytest.raises(ValueError, match="negative_slope=0.01"):  # a saved model records only the class
+        resolve_activation(nn.LeakyReLU(0.2))
+    with pytest.raises(ValueError, match="torch function"):
+        resolve_activation(torch.nn.functional.softmax)
     with pytest.raises(ValueError, match="Unknown activation 'swish'"):
         resolve_activation("swish")
     with pytest.raises(ValueError, match="dim=0"):
@@ -237,6 +241,30 @@ def test_export_names_are_sentence_transformers_fullnames() -> None:
     with pytest.raises(ValueError, match="Cannot export custom activation"):
         activation_name_for_export(lambda v: v)
     with pytest.raises(ValueError, match="Unsupported activation"):
-        activation_from_export_name("torch.nn.modules.activation.GELU")
+        activation_from_export_name("torch.nn.modules.activation.PReLU")
     with pytest.raises(ValueError, match="Unsupported activation"):
         activation_from_export_name("mypackage.Sigmoid")
+
+
+def test_every_default_torch_activation_and_function_matches_torch() -> None:
+    """Each torch activation class (and functional form) crossjax maps computes torch's values, and its export
+    name is the path sentence-transformers writes and re-creates."""
+    from sentence_transformers.util import fullname, import_from_string
+
+    from crossjax.losses.activations import _TORCH_ACTIVATIONS
+
+    x = np.random.default_rng(3).normal(size=(6, 3)).astype(np.float32) * 6
+    x[0, 0] = 25.0  # past Softplus's threshold
+    assert len(_TORCH_ACTIVATIONS) >= 20
+    for name in _TORCH_ACTIVATIONS:
+        module = getattr(nn, name)(dim=-1) if name in {"Softmax", "LogSoftmax", "Softmin"} else getattr(nn, name)()
+        fn = resolve_activation(module)
+        assert activation_name_for_export(fn) == fullname(module)
+        assert type(import_from_string(fullname(module))()) is type(module)
+        assert activation_from_export_name(fullname(module)) is fn
+        np.testing.assert_allclose(np.asarray(fn(jnp.asarray(x))), module(torch.from_numpy(x)).numpy(), atol=1e-6)
+    F = torch.nn.functional
+    for torch_fn in (torch.sigmoid, torch.tanh, torch.relu, F.gelu, F.silu, F.softplus, F.logsigmoid, F.leaky_relu):
+        np.testing.assert_allclose(
+            np.asarray(resolve_activation(torch_fn)(jnp.asarray(x))), torch_fn(torch.from_numpy(x)).numpy(), atol=1e-6
+        )

@@ -11,7 +11,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +58,12 @@ def _saved_st_config(directory: Path) -> dict[str, Any]:
     return content if isinstance(content, dict) else {}
 
 
+def _is_cross_encoder_save(directory: Path, st_config: dict[str, Any]) -> bool:
+    """Whether ``directory`` is a sentence-transformers CrossEncoder save (``modules.json`` and model type
+    "CrossEncoder"; sentence-transformers reads a missing type as "SentenceTransformer")."""
+    return (directory / "modules.json").is_file() and st_config.get("model_type") == "CrossEncoder"
+
+
 def _saved_activation(st_config: dict[str, Any], config) -> str | None:
     """The activation a sentence-transformers CrossEncoder saved (v4+ file, config.json, or pre-v4 key)."""
     if st_config.get("activation_fn"):
@@ -101,6 +107,44 @@ def _compute_dtype_from_model_kwargs(model_kwargs: dict | None, compute_dtype: A
     return name
 
 
+def _accepts_renamed_kwargs(renamed: dict[str, str], dropped: tuple[str, ...] = ()) -> Callable:
+    """sentence-transformers' deprecated keyword names (``renamed``: old -> new), taken as the new ones with a
+    warning, and keywords it now ignores (``dropped``), so that older scripts run as they do there. A value
+    given under both names must be the same."""
+
+    def decorate(method: Callable) -> Callable:
+        @functools.wraps(method)
+        def wrapper(self, *args, **kwargs):
+            where = method.__name__.replace("__init__", "CrossEncoder")
+            for old, new in renamed.items():
+                if old not in kwargs:
+                    continue
+                value = kwargs.pop(old)
+                if new in kwargs and kwargs[new] is not value:
+                    raise TypeError(f"{where}() got both {old!r} (the deprecated name) and {new!r}; pass {new}")
+                logger.warning("%s(%s=...) is a deprecated name; use %s=...", where, old, new)
+                kwargs[new] = value
+            for name in dropped:
+                if name in kwargs:
+                    kwargs.pop(name)
+                    logger.warning("%s(%s=...) has no effect (as in sentence-transformers 6)", where, name)
+            return method(self, *args, **kwargs)
+
+        return wrapper
+
+    return decorate
+
+
+_RENAMED_INIT_KWARGS = {
+    "model_name": "model_name_or_path",
+    "automodel_args": "model_kwargs",
+    "tokenizer_args": "tokenizer_kwargs",
+    "config_args": "config_kwargs",
+    "cache_dir": "cache_folder",
+    "default_activation_function": "activation_fn",
+}
+
+
 class CrossEncoder:
     """A cross-encoder: reads a sentence pair together and outputs a score (``num_labels=1``) or logits.
 
@@ -119,16 +163,17 @@ class CrossEncoder:
     sets what the model card written by ``save`` says (language, license, model_id, datasets, base_model ...).
     """
 
+    @_accepts_renamed_kwargs(_RENAMED_INIT_KWARGS)
     def __init__(
         self,
-        model_name_or_path: str | os.PathLike,
+        model_name_or_path: str | os.PathLike | None = None,
         num_labels: int | None = None,
         max_length: int | None = None,
         activation_fn: Callable | str | None = None,
+        device: str | None = None,
+        *,
         tokenizer_kwargs: dict | None = None,
         config_kwargs: dict | None = None,
-        *,
-        device: str | None = None,
         prompts: dict[str, str] | None = None,
         default_prompt_name: str | None = None,
         cache_folder: str | None = None,
@@ -145,11 +190,16 @@ class CrossEncoder:
         sharding: str = "replicated",
         max_shapes: int = 2,
         scan_layers: bool = True,
-        cache_dir: str | None = None,
-        default_activation_function: Callable | None = None,
         classifier_dropout: float | None = None,
+        keep_in_fp32_modules: list[str] | None = None,
     ) -> None:
         # sentence-transformers' own arguments, checked first: none is silently ignored.
+        if model_name_or_path is None:
+            raise TypeError("CrossEncoder() needs model_name_or_path (a Hugging Face directory or hub id)")
+        if num_labels is not None and (
+            isinstance(num_labels, bool) or not isinstance(num_labels, (int, np.integer)) or num_labels < 1
+        ):
+            raise ValueError(f"num_labels must be an integer >= 1 (or None), got {num_labels!r}")
         if trust_remote_code:
             raise ValueError(
                 "trust_remote_code=True runs a checkpoint's own PyTorch modelling code, which cannot run in JAX. "
@@ -161,19 +211,20 @@ class CrossEncoder:
                 "default spelling). To serve with ONNX Runtime or OpenVINO, save() the model and load the export "
                 f"with sentence_transformers.CrossEncoder(path, backend={backend!r})."
             )
-        if activation_fn is None and default_activation_function is not None:
-            activation_fn = default_activation_function  # sentence-transformers < 4 spelling
         compute_dtype = _compute_dtype_from_model_kwargs(model_kwargs, compute_dtype)
+        if keep_in_fp32_modules and _as_dtype(compute_dtype or "float32") != jnp.float32:
+            raise ValueError(
+                f"keep_in_fp32_modules={keep_in_fp32_modules!r}: crossjax computes every layer in the compute "
+                "dtype; use compute_dtype='float32' (then every module already computes in float32)"
+            )
+        self.keep_in_fp32_modules = keep_in_fp32_modules
         tokenizer_kwargs = _merged("tokenizer_kwargs", tokenizer_kwargs, "processor_kwargs", processor_kwargs)
         config_kwargs = dict(config_kwargs or {})
         if classifier_dropout is not None:  # sentence-transformers < 4 spelling
             config_kwargs["classifier_dropout"] = float(classifier_dropout)
-        if cache_folder is not None and cache_dir is not None and cache_folder != cache_dir:
-            raise ValueError(f"cache_folder={cache_folder!r} and cache_dir={cache_dir!r} disagree; pass one")
-        cache_dir = cache_folder if cache_folder is not None else cache_dir
         # The mesh first: with CROSSJAX_DISTRIBUTED=1 it joins the multi-process run before JAX starts a backend.
         self.mesh_plan: MeshPlan = make_mesh(sharding, devices=device)
-        hub = {k: v for k, v in dict(cache_dir=cache_dir, revision=revision, token=token).items() if v}
+        hub = {k: v for k, v in dict(cache_dir=cache_folder, revision=revision, token=token).items() if v}
         if local_files_only:
             hub["local_files_only"] = True
         directory = resolve_checkpoint_dir(model_name_or_path, **hub)
@@ -194,26 +245,28 @@ class CrossEncoder:
         )
         self.model.eval()
         self.tokenizer = self._load_tokenizer(directory, tokenizer_kwargs or {})
-        self.max_length = self._resolve_max_length(max_length)
+        self.max_length = self._resolve_max_length(max_length)  # kept in tokenizer.model_max_length
         if isinstance(max_shapes, bool) or not isinstance(max_shapes, int) or max_shapes < 1:
             raise ValueError(f"max_shapes must be an integer >= 1, got {max_shapes!r}")
         self.max_shapes = max_shapes
         saved_st_config = _saved_st_config(directory)
         saved = _saved_activation(saved_st_config, config)
-        self.prompts: dict[str, str] = {**(saved_st_config.get("prompts") or {}), **(prompts or {})}
+        # Prompts are a cross-encoder save's own; another model type's (a bi-encoder's query prompt) would
+        # prepend text to every pair, so sentence-transformers 6 ignores them when converting, and so do we.
+        own = saved_st_config if _is_cross_encoder_save(directory, saved_st_config) else {}
+        self.prompts: dict[str, str] = {**(own.get("prompts") or {}), **(prompts or {})}
         self.default_prompt_name = (
-            default_prompt_name if default_prompt_name is not None else saved_st_config.get("default_prompt_name")
+            default_prompt_name if default_prompt_name is not None else own.get("default_prompt_name")
         )
         if self.default_prompt_name is not None and self.default_prompt_name not in self.prompts:
             raise ValueError(
                 f"default_prompt_name={self.default_prompt_name!r} is not among the prompts {sorted(self.prompts)}"
             )
         if activation_fn is not None:
-            self.activation_fn = losses.resolve_activation(activation_fn)
-        elif saved is not None:
-            self.activation_fn = losses.activation_from_export_name(saved)
+            self.activation_fn = activation_fn
         else:
-            self.activation_fn = losses.sigmoid if self.num_labels == 1 else losses.identity
+            default = losses.sigmoid if self.num_labels == 1 else losses.identity
+            self.activation_fn = default if saved is None else _activation_or_default(saved, default)
         self._predict_graphdefs: dict = {}  # compute dtype name -> eval-mode graph of the model
         self.model_card_data = CrossEncoderModelCardData.coerce(model_card_data)
         if self.model_card_data.base_model is None and not Path(model_name_or_path).exists():
@@ -236,18 +289,60 @@ class CrossEncoder:
         return tokenizer
 
     def _resolve_max_length(self, max_length: int | None) -> int:
+        """``max_length``, or by default the tokenizer's ``model_max_length`` capped at the position limit."""
+        if max_length is None:
+            tokenizer_max = getattr(self.tokenizer, "model_max_length", None)
+            limit = self._position_limit()
+            max_length = min(limit, tokenizer_max) if tokenizer_max and tokenizer_max < 10**6 else limit
+        return self._checked_max_length(max_length, "max_length")
+
+    def _position_limit(self) -> int:
         limit = int(getattr(self.config, "max_position_embeddings", 512))
         if getattr(self.model.embeddings, "positions_from_padding", False):
             limit -= int(self.config.pad_token_id) + 1  # RoBERTa-style positions start past the pad index
-        if max_length is None:
-            tokenizer_max = getattr(self.tokenizer, "model_max_length", None)
-            max_length = min(limit, tokenizer_max) if tokenizer_max and tokenizer_max < 10**6 else limit
-        max_length = int(max_length)
-        if not 2 <= max_length <= limit:
+        return limit
+
+    def _checked_max_length(self, value: Any, name: str) -> int:
+        """A pair's token limit must leave room for its special tokens plus one text token (below that the
+        tokenizer cannot truncate, and a long pair would run past the position table) and stay within it."""
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+            raise ValueError(f"{name} must be an integer, got {value!r}")
+        low = self.tokenizer.num_special_tokens_to_add(pair=True) + 1
+        high = self._position_limit()
+        if not low <= value <= high:
             raise ValueError(
-                f"max_length={max_length} must be between 2 and the model's position limit {limit}"
+                f"{name}={value} must be between {low} (a pair's {low - 1} special tokens plus one text token) and "
+                f"the model's position limit {high}"
             )
-        return max_length
+        return int(value)
+
+    @property
+    def max_length(self) -> int:
+        """The pairs' token limit (truncation ``longest_first``). It lives in ``tokenizer.model_max_length``,
+        as in sentence-transformers, so setting either one (or ``max_seq_length``) changes it; each use checks
+        it."""
+        return self._checked_max_length(self.tokenizer.model_max_length, "max_length (tokenizer.model_max_length)")
+
+    @max_length.setter
+    def max_length(self, value: int) -> None:
+        self.tokenizer.model_max_length = self._checked_max_length(value, "max_length")
+
+    max_seq_length = max_length  # sentence-transformers 6's name
+
+    @property
+    def activation_fn(self) -> Callable:
+        """Applied to the logits by ``predict``: a name, a torch activation module or function, or a JAX
+        callable (see :func:`crossjax.losses.resolve_activation`); ``save`` writes its torch class."""
+        return self._activation_fn
+
+    @activation_fn.setter
+    def activation_fn(self, value: Callable | str) -> None:
+        self._activation_fn = losses.resolve_activation(value)
+
+    @property
+    def default_activation_function(self) -> Callable:
+        """sentence-transformers < 4's name of :attr:`activation_fn`."""
+        return self.activation_fn
 
     def _place_parameters(self) -> None:
         """Put the parameters on the mesh (replicated, or sharded under fsdp) once, not per call."""
@@ -259,10 +354,6 @@ class CrossEncoder:
     def num_labels(self) -> int:
         return self.model.num_labels
 
-    @property
-    def max_seq_length(self) -> int:
-        return self.max_length
-
     # ------------------------------------------------------------------------------------------ predict
     def _predict_program(self, dtype) -> training.StepProgram:
         """The jitted predict step, shared by every CrossEncoder of the process with the same model class,
@@ -273,19 +364,10 @@ class CrossEncoder:
         program, _ = training.predict_program(self._predict_graphdefs[key], self.mesh_plan)
         return program
 
-    def _logits(self, pairs: list, batch_size: int, show_progress_bar: bool | None, dtype=None) -> np.ndarray:
+    def _logits(
+        self, texts_a: list[str], texts_b: list[str], batch_size: int, show_progress_bar: bool | None, dtype=None
+    ) -> np.ndarray:
         """Logits in input order, computed on packed batches (at most ``max_shapes`` compiled shapes a call)."""
-        texts_a, texts_b = [], []
-        for i, pair in enumerate(pairs):
-            if isinstance(pair, str) or len(pair) != 2:
-                raise ValueError(f"Pair {i}: expected two texts (a, b), got {pair!r}")
-            a, b = pair
-            if not isinstance(a, str) or not isinstance(b, str):
-                raise ValueError(
-                    f"Pair {i}: texts must be strings, got {type(a).__name__}, {type(b).__name__}"
-                )
-            texts_a.append(a)
-            texts_b.append(b)
         tokenized = data_lib.tokenize_pairs(self.tokenizer, texts_a, texts_b, self.max_length)
         shards = self.mesh_plan.data_shards  # a multiple of the process count
         rows = int(batch_size)
@@ -306,7 +388,7 @@ class CrossEncoder:
         )
         traced_before = program.counter.count
         params, rest = nnx.state(self.model, nnx.Param), nnx.state(self.model, nnx.Not(nnx.Param))
-        out = np.zeros((len(pairs), self.num_labels), dtype=np.float32)
+        out = np.zeros((len(texts_a), self.num_labels), dtype=np.float32)
         pending = []
         compute = 0.0
         started = time.perf_counter()
@@ -331,19 +413,18 @@ class CrossEncoder:
         pad = self.tokenizer.pad_token_id
         return int(pad if pad is not None else (self.config.pad_token_id or 0))
 
+    @_accepts_renamed_kwargs({"sentences": "inputs", "activation_fct": "activation_fn"}, dropped=("num_workers",))
     def predict(
         self,
-        sentences: list[tuple[str, str]] | list[list[str]] | tuple[str, str] | None = None,
+        inputs: list[tuple[str, str]] | list[list[str]] | tuple[str, str] | None = None,
+        prompt_name: str | None = None,
+        prompt: str | None = None,
         batch_size: int = 32,
         show_progress_bar: bool | None = None,
         activation_fn: Callable | str | None = None,
         apply_softmax: bool = False,
         convert_to_numpy: bool = True,
         convert_to_tensor: bool = False,
-        *,
-        inputs: list[tuple[str, str]] | list[list[str]] | tuple[str, str] | None = None,
-        prompt_name: str | None = None,
-        prompt: str | None = None,
         device: str | None = None,
         pool: Any = None,
         chunk_size: int | None = None,
@@ -357,10 +438,7 @@ class CrossEncoder:
         returns a JAX array instead of numpy. ``device``/``pool``/``chunk_size`` (sentence-transformers'
         multi-process inference) have no JAX meaning: the model runs on the mesh chosen at construction.
         """
-        if sentences is not None and inputs is not None:
-            raise TypeError("predict() got both 'sentences' and 'inputs'; pass the pairs once")
-        sentences = inputs if sentences is None else sentences
-        if sentences is None:
+        if inputs is None:
             raise TypeError("predict() missing the pairs to score ('inputs')")
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size <= 0:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
@@ -369,14 +447,14 @@ class CrossEncoder:
                 "predict(device=/pool=/chunk_size=) are sentence-transformers' multi-process options; crossjax "
                 "runs on the devices of its mesh: choose them with CrossEncoder(..., device=...)"
             )
-        single = len(sentences) == 2 and all(isinstance(s, str) for s in sentences)
-        pairs = [tuple(sentences)] if single else list(sentences)
-        if not pairs:
-            return np.zeros((0,) if self.num_labels == 1 else (0, self.num_labels), dtype=np.float32)
+        single, texts_a, texts_b = _pair_texts(inputs)
+        if not texts_a:
+            empty = np.zeros((0,) if self.num_labels == 1 else (0, self.num_labels), dtype=np.float32)
+            return jax.device_put(empty) if convert_to_tensor else empty if convert_to_numpy else []
         prompt = self._resolve_prompt(prompt, prompt_name)
         if prompt:
-            pairs = [_with_prompt(prompt, pair, i) for i, pair in enumerate(pairs)]
-        logits = self._logits(pairs, batch_size, show_progress_bar)
+            texts_a = [prompt + a for a in texts_a]
+        logits = self._logits(texts_a, texts_b, batch_size, show_progress_bar)
         activation = self.activation_fn if activation_fn is None else losses.resolve_activation(activation_fn)
         scores = _rowwise(activation, logits)
         if apply_softmax and scores.shape[1] > 1:
@@ -391,20 +469,24 @@ class CrossEncoder:
             return list(scores) if not single else scores
         return scores
 
+    @_accepts_renamed_kwargs(
+        {"activation_fct": "activation_fn"},
+        dropped=("num_workers", "apply_softmax", "convert_to_numpy", "convert_to_tensor"),
+    )
     def rank(
         self,
         query: str,
         documents: list[str],
         top_k: int | None = None,
         return_documents: bool = False,
+        prompt_name: str | None = None,
+        prompt: str | None = None,
         batch_size: int = 32,
         show_progress_bar: bool | None = None,
         activation_fn: Callable | str | None = None,
-        apply_softmax: bool = False,
-        convert_to_numpy: bool = True,
-        *,
-        prompt_name: str | None = None,
-        prompt: str | None = None,
+        device: str | None = None,
+        pool: Any = None,
+        chunk_size: int | None = None,
     ) -> list[dict[str, Any]]:
         """``[{"corpus_id", "score"(, "text")}]`` for ``documents`` against ``query``, best first."""
         if self.num_labels != 1:
@@ -418,9 +500,11 @@ class CrossEncoder:
             batch_size=batch_size,
             show_progress_bar=show_progress_bar,
             activation_fn=activation_fn,
-            apply_softmax=apply_softmax,
             prompt_name=prompt_name,
             prompt=prompt,
+            device=device,
+            pool=pool,
+            chunk_size=chunk_size,
         )
         results = [{"corpus_id": i, "score": float(s)} for i, s in enumerate(np.atleast_1d(scores))]
         if return_documents:
@@ -446,6 +530,12 @@ class CrossEncoder:
                 logger.warning("Provide either a `prompt`, a `prompt_name`, or neither; ignoring `prompt_name`.")
             return prompt
         if prompt_name is not None:
+            if not isinstance(prompt_name, str):
+                raise TypeError(
+                    f"prompt_name must be a string, got {prompt_name!r}: in sentence-transformers 6 predict's and "
+                    "rank's positional arguments after the pairs are prompt_name, prompt, batch_size (pass "
+                    "batch_size=... by name)"
+                )
             if prompt_name not in self.prompts:
                 raise ValueError(
                     f"Prompt name {prompt_name!r} not found in the configured prompts dictionary with keys "
@@ -457,24 +547,39 @@ class CrossEncoder:
         return None
 
     # ------------------------------------------------------------------------------------------ save
-    def save(self, path: str | os.PathLike, **kwargs: Any) -> Path | None:
+    def save(
+        self,
+        path: str | os.PathLike,
+        model_name: str | None = None,
+        create_model_card: bool = True,
+        train_datasets: list[str] | None = None,
+        safe_serialization: bool = True,
+    ) -> Path | None:
         """Export a Hugging Face model (+ tokenizer and sentence-transformers metadata) to ``path``.
 
         ``README.md`` is a model card in sentence-transformers' layout (see :mod:`crossjax.model_card`); a card
-        that cannot be generated is skipped with a warning, never failing the save.
+        that cannot be generated is skipped with a warning, never failing the save. As in sentence-transformers,
+        ``model_name`` (a hub id, not an existing path) becomes the card's model id, ``create_model_card=False``
+        writes no card, and ``train_datasets`` is accepted and unused (the card data holds the datasets).
+        ``safe_serialization=False`` is refused: crossjax writes safetensors only.
 
         In a multi-process run every process must call it (parameters are gathered, the card's usage example
         is scored); only process 0 writes.
         """
         if path is None:
             return None
+        if not safe_serialization:
+            raise ValueError("safe_serialization=False: crossjax exports safetensors only")
+        if model_name and not Path(model_name).exists() and not self.model_card_data.model_id:
+            self.model_card_data.model_id = model_name
         params = nnx.state(self.model, nnx.Param)
         gathered = jax.jit(lambda p: p, out_shardings=self.mesh_plan.replicated)(params)
-        try:
-            self.model_card_data.prepare_usage_example(self)
-        except Exception as e:  # noqa: BLE001 - the card then shows the snippet without scores
-            logger.warning("Could not score the model card's usage example: %s", e)
-            self.model_card_data.usage_examples = None
+        if create_model_card:
+            try:
+                self.model_card_data.prepare_usage_example(self)
+            except Exception as e:  # noqa: BLE001 - the card then shows the snippet without scores
+                logger.warning("Could not score the model card's usage example: %s", e)
+                self.model_card_data.usage_examples = None
         if not is_main_process():
             return None
         model = nnx.merge(nnx.graphdef(self.model), gathered, nnx.state(self.model, nnx.Not(nnx.Param)))
@@ -486,10 +591,11 @@ class CrossEncoder:
             prompts=self.prompts,
             default_prompt_name=self.default_prompt_name,
         )
-        try:
-            write_model_card(out, generate_model_card(self, out))
-        except Exception as e:  # noqa: BLE001 - the model is saved; the card is documentation
-            logger.warning("Could not write the model card to %s: %s", out, e)
+        if create_model_card:
+            try:
+                write_model_card(out, generate_model_card(self, out))
+            except Exception as e:  # noqa: BLE001 - the model is saved; the card is documentation
+                logger.warning("Could not write the model card to %s: %s", out, e)
         logger.info("Saved model to %s", out)
         return out
 
@@ -698,6 +804,19 @@ def _upload_folder(
     return commit.pr_url if create_pr else commit.commit_url
 
 
+def _activation_or_default(saved: str, default: Callable) -> Callable:
+    """The activation a checkpoint names. A path outside torch is code sentence-transformers will not import
+    either: it warns and uses the default, and so do we. A torch activation without a JAX form is an error
+    (scores would differ from sentence-transformers'), which says how to choose one."""
+    try:
+        return losses.activation_from_export_name(saved)
+    except ValueError as e:
+        if isinstance(saved, str) and saved.startswith("torch."):
+            raise ValueError(f"{e}. Pass CrossEncoder(..., activation_fn=...) to load this model") from None
+        logger.warning("%s; predict uses %s instead (pass activation_fn=... to choose)", e, default.__name__)
+        return default
+
+
 def _rowwise(fn: Callable, scores: np.ndarray) -> np.ndarray:
     """``fn`` (a JAX function of a (pairs, labels) array, row by row) on ``scores``, as float32 numpy. The rows
     are padded up to :func:`crossjax.packing.grid_ceiling`: eager JAX compiles a program per shape, and calls
@@ -707,10 +826,27 @@ def _rowwise(fn: Callable, scores: np.ndarray) -> np.ndarray:
     return np.asarray(fn(jax.device_put(padded)), dtype=np.float32)[: len(scores)]
 
 
-def _with_prompt(prompt: str, pair: Any, index: int) -> tuple[str, str]:
-    if isinstance(pair, str) or len(pair) != 2 or not isinstance(pair[0], str):
-        raise ValueError(f"Pair {index}: expected two texts (a, b), got {pair!r}")
-    return (prompt + pair[0], pair[1])
+def _pair_texts(inputs: Any) -> tuple[bool, list[str], list[str]]:
+    """(whether ``inputs`` is one pair, first texts, second texts): a pair is a tuple, list or array of two
+    strings, ``inputs`` one pair or any iterable of them; anything else is a ValueError naming the pair."""
+    if isinstance(inputs, (str, Mapping, set, frozenset)):
+        raise ValueError(
+            f"predict() takes one (text_a, text_b) pair or a list of them, got a {type(inputs).__name__}"
+        )
+    if not isinstance(inputs, (list, tuple, np.ndarray)):
+        inputs = list(inputs)  # a generator, a dataset column ...
+    if len(inputs) == 2 and all(isinstance(t, str) for t in inputs):
+        return True, [inputs[0]], [inputs[1]]
+    texts_a, texts_b = [], []
+    for i, pair in enumerate(inputs):
+        if not isinstance(pair, (list, tuple, np.ndarray)) or len(pair) != 2:  # not a dict or set: unordered
+            raise ValueError(f"Pair {i}: expected two texts (a, b) as a tuple or list, got {pair!r}")
+        a, b = pair
+        if not isinstance(a, str) or not isinstance(b, str):
+            raise ValueError(f"Pair {i}: texts must be strings, got {type(a).__name__}, {type(b).__name__}")
+        texts_a.append(a)
+        texts_b.append(b)
+    return False, texts_a, texts_b
 
 
 class _EvaluatorHook:

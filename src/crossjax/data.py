@@ -359,6 +359,11 @@ def tokenize_pairs(
         )
         ids = enc["input_ids"]
         lens = np.fromiter((len(x) for x in ids), dtype=np.int32, count=len(ids))
+        if len(lens) and int(lens.max()) > max_length:  # a long pair would run past the position table
+            raise ValueError(
+                f"pair {start + int(np.argmax(lens))} has {int(lens.max())} tokens after truncation to "
+                f"max_length={max_length}: the tokenizer cannot truncate a pair below its special tokens"
+            )
         total = int(lens.sum())
         ids_parts.append(np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int32, count=total))
         types = enc.get("token_type_ids") if hasattr(enc, "get") else None

@@ -46,14 +46,49 @@ def relu(x: jnp.ndarray) -> jnp.ndarray:
     return jax.nn.relu(x)
 
 
+def _softplus(x: jnp.ndarray) -> jnp.ndarray:
+    """``torch.nn.Softplus()``: linear above its threshold 20, as torch computes it."""
+    return jnp.where(x > 20.0, x, jax.nn.softplus(x))
+
+
+# Every torch activation class sentence-transformers can save by its dotted path (``util.fullname``) and
+# re-create with no arguments, with its JAX form and the constructor defaults an instance must keep to be
+# that function (the saved path does not record arguments). ``identity`` lives in torch.nn.modules.linear.
+_TORCH_ACTIVATIONS: dict[str, tuple[Callable[[jnp.ndarray], jnp.ndarray], dict[str, tuple]]] = {
+    "Identity": (identity, {}),
+    "Sigmoid": (sigmoid, {}),
+    "Tanh": (tanh, {}),
+    "Softmax": (softmax, {"dim": (None, -1, 1)}),
+    "ReLU": (relu, {}),
+    "LeakyReLU": (lambda x: jax.nn.leaky_relu(x, 0.01), {"negative_slope": (0.01,)}),
+    "LogSigmoid": (jax.nn.log_sigmoid, {}),
+    "Softplus": (_softplus, {"beta": (1, 1.0), "threshold": (20, 20.0)}),
+    "GELU": (lambda x: jax.nn.gelu(x, approximate=False), {"approximate": ("none",)}),
+    "Hardtanh": (lambda x: jnp.clip(x, -1.0, 1.0), {"min_val": (-1, -1.0), "max_val": (1, 1.0)}),
+    "SiLU": (jax.nn.silu, {}),
+    "ELU": (jax.nn.elu, {"alpha": (1, 1.0)}),
+    "CELU": (jax.nn.celu, {"alpha": (1, 1.0)}),
+    "SELU": (jax.nn.selu, {}),
+    "Mish": (jax.nn.mish, {}),
+    "Softsign": (jax.nn.soft_sign, {}),
+    "Hardsigmoid": (jax.nn.hard_sigmoid, {}),
+    "Hardswish": (jax.nn.hard_swish, {}),
+    "ReLU6": (jax.nn.relu6, {}),
+    "Tanhshrink": (lambda x: x - jnp.tanh(x), {}),
+    "LogSoftmax": (lambda x: jax.nn.log_softmax(x, axis=-1), {"dim": (None, -1, 1)}),
+    "Softmin": (lambda x: jax.nn.softmax(-x, axis=-1), {"dim": (None, -1, 1)}),
+}
+for _name, (_fn, _) in _TORCH_ACTIVATIONS.items():
+    if _fn.__name__ == "<lambda>":
+        _fn.__name__ = _fn.__qualname__ = _name.lower()
+_BY_CLASS_NAME: dict[str, Callable[[jnp.ndarray], jnp.ndarray]] = {
+    name.lower(): fn for name, (fn, _) in _TORCH_ACTIVATIONS.items()
+}
 # The exact strings sentence-transformers writes (``util.fullname(nn.Sigmoid())``) in
 # config_sentence_transformers.json / config.json under "activation_fn".
 _EXPORT_NAMES: dict[Callable[[jnp.ndarray], jnp.ndarray], str] = {
-    identity: "torch.nn.modules.linear.Identity",
-    sigmoid: "torch.nn.modules.activation.Sigmoid",
-    tanh: "torch.nn.modules.activation.Tanh",
-    softmax: "torch.nn.modules.activation.Softmax",
-    relu: "torch.nn.modules.activation.ReLU",
+    fn: f"torch.nn.modules.{'linear' if name == 'Identity' else 'activation'}.{name}"
+    for name, (fn, _) in _TORCH_ACTIVATIONS.items()
 }
 # Plain JAX functions users may pass, mapped to ours so they can be exported too.
 _JAX_ALIASES: tuple[tuple[Any, Callable[[jnp.ndarray], jnp.ndarray]], ...] = (
@@ -62,13 +97,36 @@ _JAX_ALIASES: tuple[tuple[Any, Callable[[jnp.ndarray], jnp.ndarray]], ...] = (
     (jax.nn.relu, relu),
     (jax.nn.softmax, softmax),
 )
-_BY_CLASS_NAME: dict[str, Callable[[jnp.ndarray], jnp.ndarray]] = {
-    "identity": identity,
-    "sigmoid": sigmoid,
-    "tanh": tanh,
-    "softmax": softmax,
-    "relu": relu,
-}
+# torch's functional forms (``torch.sigmoid``, ``torch.nn.functional.gelu`` ...) by name, with default arguments.
+_TORCH_FUNCTIONS: dict[str, str] = {
+    "sigmoid": "sigmoid", "tanh": "tanh", "relu": "relu", "leaky_relu": "leakyrelu", "log_sigmoid": "logsigmoid",
+    "softplus": "softplus", "gelu": "gelu", "hardtanh": "hardtanh", "silu": "silu", "elu": "elu", "celu": "celu",
+    "selu": "selu", "mish": "mish", "softsign": "softsign", "hardsigmoid": "hardsigmoid",
+    "hardswish": "hardswish", "relu6": "relu6", "tanhshrink": "tanhshrink",
+}  # fmt: skip
+
+
+def _from_torch_module(activation: Any) -> Callable[[jnp.ndarray], jnp.ndarray]:
+    cls_name = type(activation).__name__
+    if cls_name not in _TORCH_ACTIVATIONS:
+        raise ValueError(
+            f"Unsupported torch activation {cls_name}; supported are torch.nn.{', torch.nn.'.join(_TORCH_ACTIVATIONS)}"
+            " (or pass a JAX callable)"
+        )
+    fn, defaults = _TORCH_ACTIVATIONS[cls_name]
+    for attr, allowed in defaults.items():
+        value = getattr(activation, attr, allowed[0])
+        if value not in allowed:
+            raise ValueError(
+                f"{cls_name}({attr}={value!r}) is not supported: a saved model records only the class, which "
+                f"sentence-transformers re-creates with {attr}={allowed[0]!r}; pass a JAX callable to predict with it"
+            )
+    return fn
+
+
+def _is_torch_function(activation: Any) -> bool:
+    module = getattr(activation, "__module__", None) or ""
+    return not isinstance(activation, type) and (module == "torch" or module.startswith("torch."))
 
 
 def resolve_activation(activation: Any) -> Callable[[jnp.ndarray], jnp.ndarray]:
@@ -89,17 +147,16 @@ def resolve_activation(activation: Any) -> Callable[[jnp.ndarray], jnp.ndarray]:
     for alias, known in _JAX_ALIASES:
         if activation is alias:
             return known
-    cls_name = type(activation).__name__
-    if is_torch_module(activation) or cls_name in {"Identity", "Sigmoid", "Tanh", "Softmax", "ReLU"}:
-        key = cls_name.lower()
-        if key not in _BY_CLASS_NAME:
-            raise ValueError(
-                f"Unsupported torch activation {cls_name}; supported are torch.nn.Identity, Sigmoid, Tanh, "
-                "Softmax and ReLU (or pass a JAX callable)"
-            )
-        if key == "softmax" and getattr(activation, "dim", None) not in (None, -1, 1):
-            raise ValueError(f"Softmax(dim={activation.dim}) is not supported; use dim=-1 (the class axis)")
-        return _BY_CLASS_NAME[key]
+    if is_torch_module(activation) or type(activation).__name__ in {"Identity", "Sigmoid", "Tanh", "Softmax", "ReLU"}:
+        return _from_torch_module(activation)
+    if _is_torch_function(activation):
+        name = getattr(activation, "__name__", "")
+        if name in _TORCH_FUNCTIONS:
+            return _BY_CLASS_NAME[_TORCH_FUNCTIONS[name]]
+        raise ValueError(
+            f"activation {getattr(activation, '__module__', '')}.{name} is a torch function, but crossjax's "
+            "logits are JAX arrays: pass a torch.nn activation module, its name, or a JAX function"
+        )
     if callable(activation):
         return activation
     raise TypeError(
@@ -115,8 +172,8 @@ def activation_name_for_export(fn: Any) -> str:
         if resolved is known:
             return export_name
     raise ValueError(
-        f"Cannot export custom activation {fn!r}: only identity, sigmoid, tanh, softmax and relu map to "
-        "torch classes sentence-transformers can load"
+        f"Cannot export custom activation {fn!r}: only the torch.nn activations "
+        f"({', '.join(_TORCH_ACTIVATIONS)}) map to torch classes sentence-transformers can load"
     )
 
 

@@ -1,0 +1,168 @@
+"""sentence-transformers 6's ``CrossEncoder`` call forms, checked against sentence-transformers 6.2 itself on the
+same saved model: its positional and deprecated arguments, ``max_length`` / ``max_seq_length`` /
+``tokenizer.model_max_length``, activations assigned or saved by name, which saved prompts apply, and the
+errors bad pairs get (never a NaN, never a silently wrong pair).
+"""
+
+# ruff: noqa: F811 - the shared fixtures are imported from test_fit_behaviour and requested by name
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+from test_fit_behaviour import make_examples, tiny_dir, tiny_dirs  # noqa: F401 - fixtures used by name
+
+from crossjax import CrossEncoder
+
+torch = pytest.importorskip("torch")
+st = pytest.importorskip("sentence_transformers")
+
+
+@pytest.fixture(scope="module")
+def saved(tiny_dir, tmp_path_factory) -> Path:
+    """A crossjax save of the tiny model: both libraries load the same weights, head and activation."""
+    return CrossEncoder(tiny_dir).save(tmp_path_factory.mktemp("saved") / "model")
+
+
+@pytest.fixture(scope="module")
+def pairs() -> list[tuple[str, str]]:
+    pairs = [tuple(e.texts) for e in make_examples(5, seed=41)]
+    return pairs + [(" ".join(["long"] * 300), "text")]  # past the tiny model's 128 positions untruncated
+
+
+def test_max_length_lives_in_the_tokenizer_as_in_sentence_transformers(saved, pairs):
+    ours, theirs = CrossEncoder(saved), st.CrossEncoder(str(saved))
+    assert ours.max_length == ours.max_seq_length == ours.tokenizer.model_max_length == theirs.max_seq_length
+    for set_limit in (
+        lambda m: setattr(m, "max_seq_length", 9),
+        lambda m: setattr(m.tokenizer, "model_max_length", 12),
+    ):
+        set_limit(ours)
+        set_limit(theirs)
+        assert ours.max_length == theirs.max_seq_length
+        np.testing.assert_allclose(ours.predict(pairs), theirs.predict(pairs), atol=1e-5)
+    ours.max_length = 16
+    assert ours.tokenizer.model_max_length == 16
+
+
+@pytest.mark.parametrize("value", [0, 3, 129, 600])
+def test_a_max_length_the_model_cannot_take_is_refused_when_set_and_when_used(saved, pairs, value):
+    # 3 = BERT's pair special tokens (the tokenizer cannot truncate below them); 128 = the tiny model's positions
+    with pytest.raises(ValueError, match="must be between 4 .* and the model's position limit 128"):
+        CrossEncoder(saved, max_length=value)
+    model = CrossEncoder(saved)
+    with pytest.raises(ValueError, match="must be between 4"):
+        model.max_seq_length = value
+    model.tokenizer.model_max_length = value  # unchecked there: the next use refuses it, no NaN scores
+    with pytest.raises(ValueError, match=r"max_length \(tokenizer.model_max_length\)"):
+        model.predict(pairs)
+
+
+def test_legacy_positional_and_renamed_constructor_arguments(saved, pairs):
+    reference = CrossEncoder(saved, max_length=32)
+    legacy = CrossEncoder(saved, 1, 32, None, "cpu")  # num_labels, max_length, activation_fn, device
+    assert legacy.max_length == 32 and legacy.mesh_plan.mesh.devices.flat[0].platform == "cpu"
+    renamed = CrossEncoder(model_name=str(saved), tokenizer_args={}, automodel_args={}, config_args={}, max_length=32)
+    np.testing.assert_array_equal(legacy.predict(pairs), reference.predict(pairs))
+    np.testing.assert_array_equal(renamed.predict(pairs), reference.predict(pairs))
+    with pytest.raises(TypeError, match="got both 'tokenizer_args'"):
+        CrossEncoder(saved, tokenizer_args={"a": 1}, tokenizer_kwargs={"a": 2})
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="num_labels must be an integer >= 1"):
+            CrossEncoder(saved, num_labels=bad)
+
+
+def test_predict_and_rank_take_sentence_transformers_6_arguments(saved, pairs):
+    ours, theirs = CrossEncoder(saved), st.CrossEncoder(str(saved))
+    expected = theirs.predict(pairs, activation_fn=torch.nn.Tanh())
+    np.testing.assert_allclose(ours.predict(pairs, None, None, 2, activation_fct=torch.nn.Tanh()), expected, atol=1e-5)
+    np.testing.assert_allclose(
+        ours.predict(sentences=pairs, num_workers=4, activation_fn=torch.tanh), expected, atol=1e-5
+    )
+    with pytest.raises(TypeError, match="prompt_name must be a string, got 32.*batch_size="):
+        ours.predict(pairs, 32)  # sentence-transformers < 4's positional batch size
+    query, documents = pairs[0][0], [b for _, b in pairs]
+    assert [r["corpus_id"] for r in ours.rank(query, documents, 3, True, None, None, 2, apply_softmax=True)] == [
+        r["corpus_id"] for r in theirs.rank(query, documents, top_k=3)
+    ]
+    assert ours.rank(query, documents, convert_to_tensor=True)[0]["score"] == pytest.approx(
+        theirs.rank(query, documents)[0]["score"], abs=1e-5
+    )
+    # An empty call keeps the requested output type.
+    assert isinstance(ours.predict([], convert_to_tensor=True), jax.Array)
+    assert ours.predict([], convert_to_numpy=False) == theirs.predict([], convert_to_numpy=False) == []
+
+
+def test_pairs_are_ordered_pairs_of_texts(saved, pairs):
+    model = CrossEncoder(saved)
+    np.testing.assert_array_equal(model.predict(p for p in pairs), model.predict(pairs))  # any iterable
+    np.testing.assert_array_equal(model.predict(np.array(pairs)), model.predict(pairs))
+    with pytest.raises(ValueError, match="Pair 0: expected two texts"):
+        model.predict([{"query": "who", "document": "someone"}])  # not scored on its keys
+    for unordered in ({"a b", "c d"}, {"query": "who", "document": "someone"}, "a b"):
+        with pytest.raises(ValueError, match="takes one .text_a, text_b. pair or a list of them"):
+            model.predict(unordered)
+
+
+def test_activation_assigned_like_sentence_transformers(saved, pairs, tmp_path):
+    ours, theirs = CrossEncoder(saved), st.CrossEncoder(str(saved))
+    for activation in (torch.nn.Tanh(), torch.nn.Softplus(), torch.nn.GELU()):
+        ours.activation_fn = activation
+        theirs.activation_fn = activation
+        np.testing.assert_allclose(ours.predict(pairs), theirs.predict(pairs), atol=1e-5)
+    assert ours.default_activation_function is ours.activation_fn
+    ours.activation_fn = "identity"
+    np.testing.assert_allclose(ours.predict(pairs), theirs.predict(pairs, activation_fn=torch.nn.Identity()), atol=1e-5)
+    # A model sentence-transformers saved with an activation outside the first five loads with it here.
+    theirs.activation_fn = torch.nn.LeakyReLU()
+    theirs.save(str(tmp_path / "leaky"))
+    reloaded = CrossEncoder(tmp_path / "leaky")
+    np.testing.assert_allclose(
+        reloaded.predict(pairs), st.CrossEncoder(str(tmp_path / "leaky")).predict(pairs), atol=1e-5
+    )
+
+
+def test_a_saved_activation_path_outside_torch_falls_back_as_in_sentence_transformers(saved, pairs, tmp_path):
+    folder = shutil.copytree(saved, tmp_path / "custom")
+    for name in ("config_sentence_transformers.json", "config.json"):
+        content = json.loads((folder / name).read_text())
+        if name == "config.json":
+            content["sentence_transformers"]["activation_fn"] = "mypackage.activations.Scaled"
+        else:
+            content["activation_fn"] = "mypackage.activations.Scaled"
+        (folder / name).write_text(json.dumps(content))
+    np.testing.assert_allclose(
+        CrossEncoder(folder).predict(pairs), st.CrossEncoder(str(folder)).predict(pairs), atol=1e-5
+    )
+    content["activation_fn"] = "torch.nn.modules.activation.PReLU"  # a torch module without a JAX form here
+    (folder / "config_sentence_transformers.json").write_text(json.dumps(content))
+    with pytest.raises(ValueError, match="PReLU.*activation_fn="):
+        CrossEncoder(folder)
+
+
+def test_a_bi_encoder_folder_s_prompts_are_not_applied(saved, pairs, tmp_path):
+    """sentence-transformers 6 reads prompts only from a CrossEncoder save; a bi-encoder's query prompt would
+    otherwise be prepended to every pair."""
+    folder = shutil.copytree(saved, tmp_path / "bi")
+    config = json.loads((folder / "config_sentence_transformers.json").read_text())
+    config.update(model_type="SentenceTransformer", prompts={"query": "query: "}, default_prompt_name="query")
+    (folder / "config_sentence_transformers.json").write_text(json.dumps(config))
+    ours, theirs = CrossEncoder(folder), st.CrossEncoder(str(folder))
+    assert (ours.prompts, ours.default_prompt_name) == (theirs.prompts, theirs.default_prompt_name) == ({}, None)
+    np.testing.assert_allclose(ours.predict(pairs), theirs.predict(pairs), atol=1e-5)
+
+
+def test_save_takes_sentence_transformers_arguments(saved, tmp_path):
+    model = CrossEncoder(saved)
+    model.save(tmp_path / "no_card", create_model_card=False)
+    assert not (tmp_path / "no_card" / "README.md").exists()
+    model.save(tmp_path / "named", model_name="my-org/my-reranker")
+    assert "my-org/my-reranker" in (tmp_path / "named" / "README.md").read_text()
+    with pytest.raises(ValueError, match="safetensors only"):
+        model.save(tmp_path / "bin", safe_serialization=False)
+    with pytest.raises(TypeError, match="bogus"):
+        model.save(tmp_path / "x", bogus=1)

@@ -101,7 +101,7 @@ def test_unknown_constructor_argument_is_a_type_error(tiny_dir):
         ({"device": "mps"}, ValueError, "no JAX backend"),
         ({"device": "cuda"}, RuntimeError, "no GPU backend"),
         ({"device": "cpu:7"}, ValueError, "numbered from 0"),
-        ({"cache_folder": "/a", "cache_dir": "/b"}, TypeError, "got both .cache_dir. .the deprecated name. and .cache_folder."),
+        ({"cache_folder": "/a", "cache_dir": "/b"}, TypeError, "got both .cache_dir. .the deprecated name."),
         ({"prompts": {"q": "query: "}, "default_prompt_name": "p"}, ValueError, "not among the prompts"),
     ],
 )

@@ -272,6 +272,7 @@ class CrossEncoder:
         if self.model_card_data.base_model is None and not Path(model_name_or_path).exists():
             self.model_card_data.base_model = str(model_name_or_path)  # a hub id
         self.compilations = {"train": 0, "predict": 0}
+        self._parameters_not_finite: str | None = None  # set when a run's update overflowed
         self.training_history: list[dict[str, float]] = []
         self.best_score: float | None = None
         self._place_parameters()
@@ -454,6 +455,8 @@ class CrossEncoder:
         prompt = self._resolve_prompt(prompt, prompt_name)
         if prompt:
             texts_a = [prompt + a for a in texts_a]
+        if self._parameters_not_finite:
+            logger.warning("predict: this model's parameters are not finite since an earlier run's update overflowed")
         logits = self._logits(texts_a, texts_b, batch_size, show_progress_bar)
         activation = self.activation_fn if activation_fn is None else losses.resolve_activation(activation_fn)
         scores = _rowwise(activation, logits)
@@ -717,8 +720,9 @@ class CrossEncoder:
         installed) and ``training_curves.png`` (with matplotlib) are written to ``log_dir``, default
         ``output_path``; neither given: no log files. The model card saved with the model records the run.
         """
-        from crossjax.fit_loop import FitConfig, FitResult, FitTarget, adamw_settings, run_fit
+        from crossjax.fit_loop import FitConfig, FitResult, FitTarget, ParametersOverflowError, adamw_settings, run_fit
 
+        self._check_parameters_finite()
         config = FitConfig(
             epochs=epochs,
             scheduler=scheduler,
@@ -763,10 +767,22 @@ class CrossEncoder:
         self.training_history = result.history  # filled as the run goes, so an interrupted run keeps it too
         try:
             run_fit(target, train_dataloader, loss_fct, activation_fct, callback, config, result)
+        except ParametersOverflowError as e:
+            self._parameters_not_finite = str(e)
+            raise
         finally:
             self.best_score = result.best_score
             self.compilations["train"] = result.compilations
         return result.summary
+
+    def _check_parameters_finite(self) -> None:
+        """A run whose update overflowed left non-finite parameters here (see ``fit_loop``): training on them
+        would fail at its first step with a misleading message, so say what happened instead."""
+        if self._parameters_not_finite:
+            raise ValueError(
+                "This model's parameters are not finite since an earlier run's update overflowed; load the model "
+                f"again (or its last checkpoint). That run said: {self._parameters_not_finite}"
+            )
 
     def __repr__(self) -> str:
         return (

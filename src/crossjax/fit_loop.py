@@ -37,6 +37,11 @@ logger = logging.getLogger("crossjax")
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
+class ParametersOverflowError(FloatingPointError):
+    """A step's update made parameters non-finite although its loss and gradient were finite: the model
+    object holds those parameters (see :mod:`crossjax.training`), so it must not train or predict on."""
+
+
 @dataclass
 class FitConfig:
     epochs: int = 1
@@ -71,6 +76,9 @@ class FitConfig:
     # evaluate_each_epoch).
     evaluation_global_steps: bool = False
     evaluate_each_epoch: bool = True
+    evaluate_on_start: bool = False  # the Trainer's eval_on_start: once before the first step
+    evaluation_delay_steps: int = 0  # the Trainer's eval_delay: no evaluation before this global step
+    log_first_step: bool = False  # the Trainer's logging_first_step: step 1's metrics are fetched at once
     log_dir: str | None = None  # metrics.jsonl, TensorBoard events, curves PNG (see crossjax.logs); default output_path
 
     def validate(self) -> None:
@@ -229,6 +237,9 @@ _NOT_IN_FINGERPRINT = (
     "batch_size",  # fingerprinted as the batch size actually used
     "shuffle_buffer_size",  # fingerprinted for streams, where it applies
     "log_dir",
+    "evaluate_on_start",
+    "evaluation_delay_steps",
+    "log_first_step",
 )
 
 
@@ -296,19 +307,19 @@ class _Metrics:
                 elif not math.isfinite(grad_norm):
                     what = f"the gradient norm became {grad_norm} (loss {loss})"
                 else:  # loss and gradient were finite, so the update was applied (see training.make_train_step)
-                    raise FloatingPointError(
+                    raise ParametersOverflowError(
                         f"Training stopped: the parameter update of step {step} (epoch {epoch}) overflowed "
-                        f"(loss {loss}, gradient norm {grad_norm}): some parameters are no longer finite (or "
-                        "beyond 1.8e19). No later update was applied, and the last model saved to output_path is "
-                        "untouched. Lower the "
-                        "learning rate, or use an Adam eps > 0 (with eps 0, a parameter whose gradient is 0 "
-                        "divides 0 by 0)."
+                        f"(loss {loss}, gradient norm {grad_norm}): some of this model's parameters are no longer "
+                        "finite (or beyond 1.8e19), so load it again (or its last checkpoint) before using it. No "
+                        "later update was applied, and what this run saved before (the output folder, "
+                        "checkpoints) is untouched. Lower the learning rate, or use an Adam eps > 0 (with eps 0, "
+                        "a parameter whose gradient is 0 divides 0 by 0)."
                     )
                 raise FloatingPointError(
                     f"Training stopped: {what} at step {step} (epoch {epoch}); neither that update nor any "
-                    "later one was applied, so the model keeps the parameters of the last finite step and the "
-                    "last model saved to output_path is untouched. Lower the learning rate, check the labels, "
-                    "or use float32 compute."
+                    "later one was applied, so the model keeps the parameters of the last finite step, and what "
+                    "this run saved before (the output folder, checkpoints) is untouched. Lower the learning "
+                    "rate, check the labels, or use float32 compute."
                 )
             record = {
                 "step": step,
@@ -848,7 +859,10 @@ def _run_fit(
     def evaluate(epoch: int, steps: int) -> None:
         metrics.flush()
         sync_model()
-        score = evaluate_fn(cfg.output_path, epoch, steps)
+        if getattr(evaluate_fn, "takes_global_step", False):  # the trainer's hook logs by global step
+            score = evaluate_fn(cfg.output_path, epoch, steps, global_step=global_step)
+        else:
+            score = evaluate_fn(cfg.output_path, epoch, steps)
         primary = getattr(evaluate_fn, "primary_metric", None)
         events.on_evaluate(global_step, epoch, logs.evaluation_metrics(score, primary))
         if callback is not None:
@@ -874,6 +888,7 @@ def _run_fit(
         checkpointer.save(
             global_step, state, {"best_score": result.best_score, "epoch": epoch, **data.checkpoint_meta()}
         )
+        events.on_checkpoint(global_step)
         metrics.restart_clock()
 
     def maybe_checkpoint(epoch: int) -> None:
@@ -898,6 +913,12 @@ def _run_fit(
                 previous_records=training_log.previous_records(start_step) if training_log else [],
             )
         )
+        if cfg.evaluate_on_start and evaluate_fn is not None:
+            evaluate(0, 0)
+
+        def evaluating() -> bool:
+            return evaluate_fn is not None and global_step >= cfg.evaluation_delay_steps
+
         for step in data.steps():
             stats.add(step.batch)
             used_shapes.add(tuple(step.batch.input_ids.shape))
@@ -920,18 +941,18 @@ def _run_fit(
             last_epoch = step.epoch
             trained_pairs += step.pairs
             metrics.add(global_step, step.epoch, step_metrics, step.pairs)
-            if global_step % cfg.logging_steps == 0:
+            if global_step % cfg.logging_steps == 0 or (global_step == 1 and cfg.log_first_step):
                 metrics.flush()
                 if bar is not None:
                     bar.set_postfix(loss=f"{metrics.last_loss:.4f}", pairs_per_s=f"{metrics.pairs_per_second:.1f}")
             if bar is not None:
                 bar.update(1)
             counted = global_step if cfg.evaluation_global_steps else step.steps_in_epoch
-            if evaluate_fn is not None and cfg.evaluation_steps > 0 and counted % cfg.evaluation_steps == 0:
+            if evaluating() and cfg.evaluation_steps > 0 and counted % cfg.evaluation_steps == 0:
                 evaluate(step.epoch, step.steps_in_epoch)
             # An epoch's last step is checkpointed after the epoch's evaluation, so a preemption between the two
             # never skips that evaluation and its best-model save on resume.
-            if step.last_in_epoch and evaluate_fn is not None and cfg.evaluate_each_epoch:
+            if step.last_in_epoch and evaluating() and cfg.evaluate_each_epoch:
                 evaluate(step.epoch, -1)
             maybe_checkpoint(step.epoch)
             if target.on_step is not None and target.on_step(global_step, step.epoch, sync_model):

@@ -226,7 +226,13 @@ class ListData:
         plan = target.plan
         plan.check_batch_size(self.batch_size)
         self._epoch_cache: dict[int, list[list[np.ndarray]]] = {}
-        self.steps_per_epoch = len(self._epoch_steps(0))
+        self._stream: list[np.ndarray] = []  # NO_DUPLICATES: the batches of passes 0, 1, ... end to end
+        self._stream_passes = 0
+        if sampler == "no_duplicates":  # sentence-transformers' advertised length: the rows / batch size
+            batches = self.rows // self.batch_size if self.drop_last else math.ceil(self.rows / self.batch_size)
+            self.steps_per_epoch = math.ceil(batches / self.k)
+        else:
+            self.steps_per_epoch = len(self._epoch_steps(0))
         if self.steps_per_epoch == 0:
             raise ValueError(
                 f"no full batch of {self.batch_size} rows with dataloader_drop_last=True: {self.rows} rows only"
@@ -283,7 +289,8 @@ class ListData:
         else:
             order = rng.permutation(self.rows).astype(np.int64)
         if self.sampler == "no_duplicates":
-            batches = no_duplicates_batches(self.columns, order, self.batch_size)
+            per_epoch = self.steps_per_epoch * self.k
+            batches = self._no_duplicates_stream(epoch * per_epoch, (epoch + 1) * per_epoch)
         elif self.sampler == "group_by_label":
             if self.labels is None:
                 raise ValueError("batch_sampler=GROUP_BY_LABEL needs a label column")
@@ -294,10 +301,29 @@ class ListData:
             batches = [b for b in batches if len(b) == self.batch_size]
         steps = [batches[i : i + self.k] for i in range(0, len(batches), self.k)]
         expected = getattr(self, "steps_per_epoch", len(steps))
-        if len(steps) != expected:  # NO_DUPLICATES can make an epoch shorter or longer: keep epochs equal
+        if len(steps) != expected:  # GROUP_BY_LABEL can make an epoch shorter or longer: keep epochs equal
             steps = (steps * math.ceil(expected / max(len(steps), 1)))[:expected]
         self._epoch_cache = {epoch: steps}  # one epoch at a time
         return steps
+
+    def _no_duplicates_stream(self, start: int, stop: int) -> list[np.ndarray]:
+        """Batches ``start:stop`` of NO_DUPLICATES passes laid end to end, each pass a fresh shuffle (seeded
+        ``(seed, pass)``). A pass's batch count depends on which texts clash, so epochs (of sentence-transformers'
+        advertised length) are cut from this stream: every row is trained once a pass, none twice or dropped,
+        where cutting each pass to the epoch's length would repeat or drop batches."""
+        while len(self._stream) < stop:
+            order = np.random.default_rng((self.seed, self._stream_passes)).permutation(self.rows).astype(np.int64)
+            self._stream_passes += 1
+            batches = no_duplicates_batches(self.columns, order, self.batch_size)
+            if self.drop_last:
+                batches = [b for b in batches if len(b) == self.batch_size]
+            if not batches:
+                raise ValueError(
+                    f"batch_sampler=NO_DUPLICATES with dataloader_drop_last=True: no batch of {self.batch_size} "
+                    "rows without a repeated text can be formed; lower the batch size"
+                )
+            self._stream.extend(batches)
+        return self._stream[start:stop]
 
     def _list_step(self, global_step: int) -> ListStep:
         epoch, index = divmod(global_step, self.steps_per_epoch)

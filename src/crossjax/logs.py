@@ -74,6 +74,9 @@ class RunCallback:
     def on_save(self, step: int) -> None:
         """The model of ``step`` is about to be saved to the output path as the best one so far."""
 
+    def on_checkpoint(self, step: int) -> None:
+        """The training state of ``step`` was checkpointed (for a resume)."""
+
     def on_train_end(self, completed: bool) -> None:
         """The run ended (``completed`` False when it stopped on an exception); always called."""
 
@@ -99,6 +102,10 @@ class RunCallbacks(RunCallback):
     def on_save(self, step: int) -> None:
         for callback in self.callbacks:
             callback.on_save(step)
+
+    def on_checkpoint(self, step: int) -> None:
+        for callback in self.callbacks:
+            callback.on_checkpoint(step)
 
     def on_train_end(self, completed: bool) -> None:
         errors = []

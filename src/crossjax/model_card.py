@@ -63,14 +63,22 @@ USER_FIELDS = (
 
 
 @dataclass
-class TrainingRecord:
-    """What a training run told the card (see :meth:`CrossEncoderModelCardData.set_training`)."""
+class DatasetRecord:
+    """One training dataset of a run and its loss (a multi-dataset run has one each, by dataset name)."""
 
+    name: str | None = None
     dataset_size: int | None = None
     columns: list[str] = field(default_factory=list)
     samples: list[dict[str, Any]] = field(default_factory=list)
     loss: str | None = None
     loss_config: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TrainingRecord:
+    """What a training run told the card (see :meth:`CrossEncoderModelCardData.set_training`)."""
+
+    datasets: list[DatasetRecord] = field(default_factory=list)
     hyperparameters: dict[str, Any] = field(default_factory=dict)
     default_hyperparameters: dict[str, Any] = field(default_factory=dict)
     log_history: list[dict[str, Any]] = field(default_factory=list)
@@ -170,6 +178,7 @@ class CrossEncoderModelCardData:
         samples: Sequence[dict[str, Any]] | None = None,
         loss: Any = None,
         loss_config: dict[str, Any] | None = None,
+        dataset_name: str | None = None,
         args: Any = None,
         default_args: Any = None,
         log_history: list[dict[str, Any]] | None = None,
@@ -183,36 +192,17 @@ class CrossEncoderModelCardData:
 
         ``dataset``: a ``datasets.Dataset`` (size, columns and first rows are read from it), else give
         ``dataset_size``/``columns``/``samples`` (rows as dicts). ``loss``: a loss object (its class path, and
-        its ``get_config_dict()`` unless ``loss_config`` is given) or a description string. ``args``: the run's
-        settings, a dataclass (its fields' defaults are the defaults) or a dict (with ``default_args``).
+        its ``get_config_dict()`` unless ``loss_config`` is given) or a description string. These describe the
+        training dataset ``dataset_name`` (a multi-dataset run calls once per dataset; None: the only one).
+        ``args``: the run's settings, a dataclass (its fields' defaults are the defaults) or a dict (with
+        ``default_args``).
         ``log_history``: records as in ``metrics.jsonl`` (``step``, ``epoch``, ``loss`` ... and ``eval_*``),
         kept by reference so a list still growing shows its latest rows. ``best_step``: the step of the saved
         model, printed in bold in the training-log table.
         """
         record = self.training or TrainingRecord()
-        if dataset is not None:
-            record.dataset_size = len(dataset) if hasattr(dataset, "__len__") else None
-            record.columns = list(getattr(dataset, "column_names", None) or [])
-            if record.dataset_size:
-                head = dataset[: min(3, record.dataset_size)]
-                if isinstance(head, dict):  # datasets.Dataset slices are column dicts
-                    record.samples = [dict(zip(head, row, strict=True)) for row in zip(*head.values(), strict=True)]
-        if dataset_size is not None:
-            record.dataset_size = int(dataset_size)
-        if columns is not None:
-            record.columns = list(columns)
-        if samples is not None:
-            record.samples = [dict(s) for s in samples]
-        if loss is not None:
-            if isinstance(loss, str):
-                record.loss = loss
-            else:
-                record.loss = f"{type(loss).__module__}.{type(loss).__qualname__}"
-                if loss_config is None and hasattr(loss, "get_config_dict"):
-                    loss_config = loss.get_config_dict()
-            self.add_tags(f"loss:{record.loss.rsplit('.', 1)[-1].split('(')[0]}")
-        if loss_config is not None:
-            record.loss_config = dict(loss_config)
+        if any(v is not None for v in (dataset, dataset_size, columns, samples, loss, loss_config)):
+            self._set_dataset(record, dataset_name, dataset, dataset_size, columns, samples, loss, loss_config)
         if args is not None:
             record.hyperparameters, defaults = _settings_and_defaults(args)
             if default_args is not None:
@@ -232,6 +222,37 @@ class CrossEncoderModelCardData:
         self.add_tags("generated_from_trainer")
         return record
 
+    def _set_dataset(
+        self, record: TrainingRecord, name, dataset, dataset_size, columns, samples, loss, loss_config
+    ) -> None:
+        one = next((d for d in record.datasets if d.name == name), None)
+        if one is None:
+            one = DatasetRecord(name=name)
+            record.datasets.append(one)
+        if dataset is not None:
+            one.dataset_size = len(dataset) if hasattr(dataset, "__len__") else None
+            one.columns = list(getattr(dataset, "column_names", None) or [])
+            if one.dataset_size:
+                head = dataset[: min(3, one.dataset_size)]
+                if isinstance(head, dict):  # datasets.Dataset slices are column dicts
+                    one.samples = [dict(zip(head, row, strict=True)) for row in zip(*head.values(), strict=True)]
+        if dataset_size is not None:
+            one.dataset_size = int(dataset_size)
+        if columns is not None:
+            one.columns = list(columns)
+        if samples is not None:
+            one.samples = [dict(s) for s in samples]
+        if loss is not None:
+            if isinstance(loss, str):
+                one.loss = loss
+            else:
+                one.loss = f"{type(loss).__module__}.{type(loss).__qualname__}"
+                if loss_config is None and hasattr(loss, "get_config_dict"):
+                    loss_config = loss.get_config_dict()
+            self.add_tags(f"loss:{one.loss.rsplit('.', 1)[-1].split('(')[0]}")
+        if loss_config is not None:
+            one.loss_config = dict(loss_config)
+
     # ---------------------------------------------------------------------------------- rendering
     def prepare_usage_example(self, model: Any) -> None:
         """Score the usage snippet's pairs with ``model`` (every process of a multi-process run must call it)."""
@@ -241,7 +262,7 @@ class CrossEncoderModelCardData:
 
     def usage_pairs(self) -> list[list[str]]:
         """The training data's first pairs, else sentence-transformers' default example."""
-        samples = self.training.samples if self.training else []
+        samples = self.training.datasets[0].samples if self.training and self.training.datasets else []
         pairs = []
         for sample in samples:
             texts = [v for k, v in sample.items() if isinstance(v, str) and k not in ("label", "dataset_name")]
@@ -641,24 +662,25 @@ def _training_details(data: CrossEncoderModelCardData, model: Any, save_path: st
     record = data.training
     if record is None:
         return ""
-    lines = ["## Training Details", "", "### Training Dataset", ""]
-    name = next((d["name"] for d in data.train_datasets if d.get("name")), None)
-    lines.append(f"#### {name or 'Unnamed Dataset'}")
-    lines.append("")
-    if record.dataset_size is not None:
-        lines.append(f"* Size: {record.dataset_size:,} training samples")
-    if record.columns:
-        columns = [f"<code>{c}</code>" for c in record.columns]
-        joined = columns[0] if len(columns) == 1 else ", ".join(columns[:-1]) + " and " + columns[-1]
-        lines.append(f"* Columns: {joined}")
-    if record.samples:
-        rows = [{f"{k}": _sample_cell(v) for k, v in sample.items()} for sample in record.samples]
-        lines.append("* Samples:\n" + "\n".join("  " + line for line in markdown_table(rows).splitlines()))
-    if record.loss:
-        loss = f"* Loss: <code>{record.loss}</code>"
-        if record.loss_config:
-            loss += " with these parameters:\n  ```json\n" + _indented_json(record.loss_config) + "\n  ```"
-        lines.append(loss)
+    lines = ["## Training Details", "", "### Training Dataset" + ("s" if len(record.datasets) > 1 else ""), ""]
+    given = next((d["name"] for d in data.train_datasets if d.get("name")), None)
+    for one in record.datasets:
+        lines += [f"#### {one.name or given or 'Unnamed Dataset'}", ""]
+        if one.dataset_size is not None:
+            lines.append(f"* Size: {one.dataset_size:,} training samples")
+        if one.columns:
+            columns = [f"<code>{c}</code>" for c in one.columns]
+            joined = columns[0] if len(columns) == 1 else ", ".join(columns[:-1]) + " and " + columns[-1]
+            lines.append(f"* Columns: {joined}")
+        if one.samples:
+            rows = [{f"{k}": _sample_cell(v) for k, v in sample.items()} for sample in one.samples]
+            lines.append("* Samples:\n" + "\n".join("  " + line for line in markdown_table(rows).splitlines()))
+        if one.loss:
+            loss = f"* Loss: <code>{one.loss}</code>"
+            if one.loss_config:
+                loss += " with these parameters:\n  ```json\n" + _indented_json(one.loss_config) + "\n  ```"
+            lines.append(loss)
+        lines.append("")
     if record.hyperparameters:
         defaults = record.default_hyperparameters
         non_default = {k: v for k, v in record.hyperparameters.items() if k in defaults and defaults[k] != v}

@@ -30,7 +30,9 @@ from flax import nnx
 
 from crossjax import losses, training
 from crossjax.list_batches import ListData, MultiListData
+from crossjax.logs import RunCallback
 from crossjax.model_card import CardRecorder
+from crossjax.runtime import is_main_process
 from crossjax.training_args import CrossEncoderTrainingArguments
 
 logger = logging.getLogger("crossjax")
@@ -172,6 +174,11 @@ class CrossEncoderTrainer:
                     raise ValueError(f"loss has no entry for the {what} dataset(s) {missing} (it has {sorted(loss)})")
         self.loss = loss
         self.evaluator = evaluator
+        if self.args.eval_strategy != "no" and eval_dataset is None and evaluator is None:
+            raise ValueError(
+                f"args.eval_strategy={self.args.eval_strategy!r} but neither eval_dataset nor evaluator was given: "
+                "pass one, or set eval_strategy='no'"
+            )
         self.callbacks: list[Any] = list(callbacks or [])
         self.state = TrainerState()
         self.control = TrainerControl()
@@ -218,6 +225,8 @@ class CrossEncoderTrainer:
 
     def _one_list_data(self, dataset: Any, what: str, train: bool, name: str | None) -> ListData:
         _, columns, labels = dataset_columns(dataset, what)
+        if not columns[0]:
+            raise ValueError(f"{what} is empty")
         args, plan = self.args, self.model.mesh_plan
         per_device = args.per_device_train_batch_size if train else args.per_device_eval_batch_size
         return ListData(
@@ -254,17 +263,20 @@ class CrossEncoderTrainer:
     # ----------------------------------------------------------------------------------------- train
     def train(self, resume_from_checkpoint: str | bool | None = None) -> TrainOutput:
         """Train; returns ``TrainOutput(global_step, training_loss, metrics)``."""
-        from crossjax.fit_loop import FitConfig, FitResult, run_fit
+        from crossjax.fit_loop import FitConfig, FitResult, ParametersOverflowError, run_fit
 
         args = self.args
         if self.train_dataset is None:
             raise ValueError("CrossEncoderTrainer.train() needs train_dataset")
+        self.model._check_parameters_finite()
         resume = resume_from_checkpoint if resume_from_checkpoint is not None else args.resume_from_checkpoint
         data = self._list_data(self.train_dataset, "train_dataset", train=True)
         total = data.total_steps
         checkpoint_path = self._checkpoint_path(resume)
         save_every = data.steps_per_epoch if args.save_strategy == "epoch" else args.save_interval(total)
         eval_every = args.eval_interval(total) if args.eval_strategy == "steps" else 0
+        # eval_delay counts steps or epochs as eval_strategy does (Hugging Face's rule)
+        eval_delay = args.eval_delay * (data.steps_per_epoch if args.eval_strategy == "epoch" else 1)
         logging_every = data.steps_per_epoch if args.logging_strategy == "epoch" else args.logging_interval(total)
         cfg = FitConfig(
             epochs=data.epochs,
@@ -290,6 +302,9 @@ class CrossEncoderTrainer:
             checkpoint_save_total_limit=args.save_total_limit,
             max_steps=total,
             log_dir=args.extra.get("logging_dir") or args.output_dir,
+            evaluate_on_start=bool(args.eval_on_start) and args.eval_strategy != "no",
+            evaluation_delay_steps=math.ceil(eval_delay),
+            log_first_step=bool(args.logging_first_step) and args.logging_strategy != "no",
         )
         self.state = TrainerState(max_steps=total, num_train_epochs=data.epochs)
         self.control = TrainerControl()
@@ -298,7 +313,7 @@ class CrossEncoderTrainer:
         data.target = self._fit_target(
             evaluate=run if args.eval_strategy != "no" else None,
             on_step=run.on_step,
-            callbacks=[CardRecorder(self.model, None, record_setup=False)],
+            callbacks=[CardRecorder(self.model, None, record_setup=False), run],
         )
         self._record_card(data)
         self.model.training_history = result.history
@@ -306,6 +321,9 @@ class CrossEncoderTrainer:
         started = time.perf_counter()
         try:
             run_fit(data.target, None, data.step_losses[0][0], None, None, cfg, result, data_source=data)
+        except ParametersOverflowError as e:
+            self.model._parameters_not_finite = str(e)
+            raise
         finally:
             self.model.compilations["train"] = result.compilations
         runtime = time.perf_counter() - started
@@ -324,24 +342,31 @@ class CrossEncoderTrainer:
             "epoch": global_step / data.steps_per_epoch,
         }
         self.state.log_history.append({**metrics, "step": global_step})
+        self._call_back("on_log", logs=metrics)
         self._call_back("on_train_end")
         if args.push_to_hub:
             self.model.push_to_hub(args.extra["hub_model_id"])
-        return TrainOutput(global_step, training_loss, {**metrics, **result.summary})
+        # The run's summary (packing, compiles) adds to Hugging Face's metrics; its last-step loss and the legacy
+        # fit's best score do not replace them.
+        summary = {k: v for k, v in result.summary.items() if k not in ("train_loss", "best_score")}
+        return TrainOutput(global_step, training_loss, {**summary, **metrics})
 
     def _record_card(self, data: Any) -> None:
-        """The model card's training details: datasets, loss and arguments (the run adds logs and timing)."""
+        """The model card's training details: each dataset with its loss, and the arguments (the run adds logs
+        and timing)."""
         card = getattr(self.model, "model_card_data", None)
         if card is None:
             return
-        dataset = self.train_dataset
-        if isinstance(dataset, dict) and _is_dataset_dict(dataset):
-            dataset = next(iter(dataset.values()))
-        loss = self.loss if not isinstance(self.loss, dict) else next(iter(self.loss.values()))
+        datasets = self.train_dataset
+        named = isinstance(datasets, dict) and _is_dataset_dict(datasets)
+        for name, dataset in datasets.items() if named else [(None, datasets)]:
+            card.set_training(
+                dataset=dataset if hasattr(dataset, "column_names") else None,
+                dataset_size=None if hasattr(dataset, "column_names") else len(next(iter(dataset.values()))),
+                loss=self.loss_for(name),
+                dataset_name=name,
+            )
         card.set_training(
-            dataset=dataset if hasattr(dataset, "column_names") else None,
-            dataset_size=None if hasattr(dataset, "column_names") else data.describe()[0],
-            loss=loss,
             args=self.args.to_dict(),
             default_args=CrossEncoderTrainingArguments().to_dict(),
             steps_per_epoch=data.steps_per_epoch,
@@ -350,10 +375,7 @@ class CrossEncoderTrainer:
     def _checkpoint_path(self, resume: str | bool | None) -> str | None:
         """Where the orbax checkpoints go; an earlier run's checkpoints are resumed only when asked."""
         if isinstance(resume, str | Path) and resume:
-            path = Path(resume)
-            if not path.exists():
-                raise FileNotFoundError(f"resume_from_checkpoint={str(resume)!r} does not exist")
-            return str(path)
+            return str(_checkpoints_to_resume(Path(resume)))
         if self.args.save_strategy == "no" and not resume:
             return None
         path = Path(self.args.output_dir) / "checkpoints"
@@ -378,12 +400,21 @@ class CrossEncoderTrainer:
         elif dataset is not None:
             metrics[f"{metric_key_prefix}_loss"] = self._eval_loss(dataset, None)
         evaluators = self.evaluator if isinstance(self.evaluator, list | tuple) else [self.evaluator]
+        if dataset is None and all(e is None for e in evaluators):
+            raise ValueError("evaluate() needs an eval_dataset (here or in the trainer) or an evaluator")
+        # As sentence-transformers: evaluators write their CSV files to output_dir/eval, and a plain number is
+        # logged as "{prefix}_evaluator".
+        output_path = Path(self.args.output_dir) / "eval"
+        if is_main_process():
+            output_path.mkdir(parents=True, exist_ok=True)
         for evaluator in evaluators:
             if evaluator is None:
                 continue
-            result = evaluator(self.model)
+            result = evaluator(
+                self.model, output_path=str(output_path), epoch=self.state.epoch, steps=self.state.global_step
+            )
             if not isinstance(result, dict):
-                result = {getattr(evaluator, "primary_metric", None) or "score": result}
+                result = {"evaluator": result}
             for key, value in result.items():
                 name = key if key.startswith(f"{metric_key_prefix}_") else f"{metric_key_prefix}_{key}"
                 metrics[name] = float(value)
@@ -411,12 +442,41 @@ class CrossEncoderTrainer:
         return numerator / denominator if denominator else float("nan")
 
 
-class _RunHooks:
+def _is_checkpoint_step(path: Path) -> bool:
+    return path.is_dir() and path.name.isdigit() and (path / "state").is_dir()
+
+
+def _checkpoints_to_resume(path: Path) -> Path:
+    """The checkpoints folder a ``resume_from_checkpoint`` path names: the folder itself, or one step's folder
+    in it (Hugging Face's habit of naming ``checkpoint-N``) when that step is the latest, which is the one a
+    resume restores. Anything else is an error, never a silent fresh start."""
+    if not path.exists():
+        raise FileNotFoundError(f"resume_from_checkpoint={str(path)!r} does not exist")
+    if _is_checkpoint_step(path):
+        steps = (int(p.name) for p in path.parent.iterdir() if _is_checkpoint_step(p))
+        later = sorted(step for step in steps if step > int(path.name))
+        if later:
+            raise ValueError(
+                f"resume_from_checkpoint={str(path)!r} is step {path.name}, but {path.parent} holds later steps "
+                f"{later}: crossjax resumes a checkpoints folder's latest step. Pass {str(path.parent)!r} (or True), "
+                "or delete the later steps to resume from this one"
+            )
+        return path.parent
+    if not path.is_dir() or not any(_is_checkpoint_step(p) for p in path.iterdir()):
+        raise FileNotFoundError(
+            f"resume_from_checkpoint={str(path)!r} holds no crossjax checkpoint (step folders with a 'state' "
+            "folder, as output_dir/checkpoints holds them)"
+        )
+    return path
+
+
+class _RunHooks(RunCallback):
     """The trainer's side of one run: logging, evaluation, best-model tracking and callbacks. Called as the
     loop's evaluator, it returns the metrics without the ``eval_`` prefix (the run's logs add it) and keeps the
     best model itself (``tracks_best``), by ``metric_for_best_model`` and ``greater_is_better``."""
 
     tracks_best = True
+    takes_global_step = True
     primary_metric = None
 
     def __init__(self, trainer: CrossEncoderTrainer, data: ListData, result: Any, logging_every: int) -> None:
@@ -430,15 +490,25 @@ class _RunHooks:
     def on_step(self, global_step: int, epoch: int, sync: Callable[[], None]) -> bool:
         trainer, state = self.trainer, self.trainer.state
         state.global_step, state.epoch = global_step, self._epoch(global_step)
-        first = global_step == 1 and trainer.args.logging_first_step
-        if (global_step % self.logging_every == 0 or first) and self.result.history:
-            self.log()
+        self._maybe_log(global_step)
         if trainer.callbacks:
             sync()  # callbacks get the model as it is after this step (HF passes model=)
             trainer._call_back("on_step_end", model=trainer.model)
             if global_step % self.data.steps_per_epoch == 0 or global_step == self.data.total_steps:
                 trainer._call_back("on_epoch_end", model=trainer.model)
         return trainer.control.should_training_stop
+
+    def _maybe_log(self, global_step: int) -> None:
+        first = global_step == 1 and self.trainer.args.logging_first_step
+        if global_step % self.logging_every == 0 or first:
+            self.log()
+
+    def on_checkpoint(self, step: int) -> None:
+        """Hugging Face's on_save, after the step's log entry (the loop checkpoints before its on_step)."""
+        state = self.trainer.state
+        state.global_step, state.epoch = step, self._epoch(step)
+        self._maybe_log(step)
+        self.trainer._call_back("on_save")
 
     def log(self) -> None:
         """Hugging Face's training log entry: the mean loss since the last one, the last gradient norm and
@@ -458,12 +528,18 @@ class _RunHooks:
         self.trainer.state.log_history.append(entry)
         self.trainer._call_back("on_log", logs=entry)
 
-    def __call__(self, output_path: str | None, epoch: int, steps: int) -> dict[str, float]:
+    def __call__(self, output_path: str | None, epoch: int, steps: int, global_step: int) -> dict[str, float]:
         trainer, state, args = self.trainer, self.trainer.state, self.trainer.args
+        # The loop evaluates right after a step, before its on_step: the step's log entry comes first, as in
+        # Hugging Face's Trainer, and callbacks see the state of this step.
+        step = global_step
+        state.global_step, state.epoch = step, self._epoch(step)
+        if step > 0:
+            self._maybe_log(step)
         metrics = trainer.evaluate()
-        step = state.global_step + 1  # the loop evaluates right after a step, before its on_step
         entry = {**metrics, "epoch": self._epoch(step), "step": step}
         state.log_history.append(entry)
+        trainer._call_back("on_log", logs=entry)
         trainer._call_back("on_evaluate", metrics=metrics)
         name = args.metric_for_best_model
         unprefixed = {k.removeprefix("eval_"): v for k, v in metrics.items()}

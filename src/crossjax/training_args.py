@@ -252,6 +252,13 @@ class CrossEncoderTrainingArguments:
             raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
         if self.eval_strategy == "steps" and self.eval_steps is None and not self.logging_steps:
             raise ValueError("eval_strategy='steps' needs eval_steps (or logging_steps)")
+        for strategy, name in (("logging_strategy", "logging_steps"), ("save_strategy", "save_steps"),
+                               ("eval_strategy", "eval_steps")):  # fmt: skip
+            value = getattr(self, name)
+            if getattr(self, strategy) == "steps" and value is not None and not value > 0:
+                raise ValueError(f"{strategy}='steps' needs {name} > 0 (steps or a fraction of the run), got {value!r}")
+        if self.eval_delay < 0:
+            raise ValueError(f"eval_delay must be >= 0, got {self.eval_delay!r}")
         if self.load_best_model_at_end and self.eval_strategy == "no":
             raise ValueError("load_best_model_at_end=True needs an eval_strategy other than 'no'")
         if self.metric_for_best_model is None and self.load_best_model_at_end:

@@ -1,0 +1,211 @@
+"""The run around CrossEncoderTrainer's steps, against sentence-transformers 6.2's own trainer on the same tiny
+checkpoint and arguments: when it evaluates (eval_on_start, eval_delay), logs (logging_first_step) and saves,
+what callbacks see, what train() returns; resume paths, up-front errors, the model card of several datasets,
+and NO_DUPLICATES epochs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import save_tiny_bert
+
+from crossjax import CrossEncoder, losses
+from crossjax.list_batches import no_duplicates_batches
+from crossjax.trainer import CrossEncoderTrainer
+from crossjax.training_args import BatchSamplers, CrossEncoderTrainingArguments
+
+WORDS = "apple river stone cloud music table green quick slow bright dark paper glass ocean forest city".split()
+ROWS = 8
+# A schedule that exercises every rule: an evaluation before the first step and every step from step 3
+# on (eval_delay), a log at step 1 and every 2, checkpoints every 2 steps.
+SCHEDULE = dict(
+    max_steps=5, per_device_train_batch_size=2, learning_rate=1e-3, eval_strategy="steps", eval_steps=1,
+    eval_delay=3, eval_on_start=True, logging_steps=2, logging_first_step=True, save_steps=2, seed=0,
+)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def tiny(minilm_dir, tmp_path_factory) -> Path:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(minilm_dir))
+    return save_tiny_bert(tmp_path_factory.mktemp("tiny"), tokenizer, 1, seed=5, dropout=0.0, initializer_range=0.2)
+
+
+def _pairs(seed: int = 3) -> dict[str, list]:
+    rng = np.random.default_rng(seed)
+    text = lambda n: " ".join(rng.choice(WORDS, size=n))  # noqa: E731
+    return {
+        "q": [text(3) for _ in range(ROWS)],
+        "d": [text(int(rng.integers(3, 8))) for _ in range(ROWS)],
+        "label": [float(x) for x in rng.uniform(0, 1, ROWS)],
+    }
+
+
+class Recorder:
+    """The events a Hugging Face TrainerCallback sees, with the state's global step at each."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, int]] = []
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        kind = "eval" if any(k.startswith("eval_") for k in logs) else "train" if "loss" in logs else "end"
+        self.events.append((f"log:{kind}", state.global_step))
+
+    def on_evaluate(self, args, state, control, **kwargs):
+        self.events.append(("evaluate", state.global_step))
+
+    def on_save(self, args, state, control, **kwargs):
+        self.events.append(("save", state.global_step))
+
+
+def _kinds(log_history: list[dict]) -> list[tuple[str, int]]:
+    def kind(entry: dict) -> str:
+        return "eval" if "eval_loss" in entry else "train" if "loss" in entry else "end"
+
+    return [(kind(h), h["step"]) for h in log_history]
+
+
+def _theirs(directory: Path, tmp: Path):
+    import torch
+    from datasets import Dataset
+    from sentence_transformers.cross_encoder import CrossEncoder as STCrossEncoder
+    from sentence_transformers.cross_encoder import CrossEncoderTrainer as STTrainer
+    from sentence_transformers.cross_encoder import CrossEncoderTrainingArguments as STArgs
+    from transformers import TrainerCallback
+
+    class STRecorder(Recorder, TrainerCallback):
+        pass
+
+    torch.manual_seed(0)
+    model = STCrossEncoder(str(directory), device="cpu")
+    args = STArgs(output_dir=str(tmp), report_to="none", disable_tqdm=True, use_cpu=True, **SCHEDULE)
+    recorder = STRecorder()
+    data = Dataset.from_dict(_pairs())
+    trainer = STTrainer(model=model, args=args, train_dataset=data, eval_dataset=data, callbacks=[recorder])
+    return trainer.train(), trainer.state.log_history, recorder.events
+
+
+def test_evaluation_logging_and_saving_follow_sentence_transformers(tiny, tmp_path):
+    theirs, their_history, their_events = _theirs(tiny, tmp_path / "st")
+    recorder = Recorder()
+    args = CrossEncoderTrainingArguments(str(tmp_path / "ours"), disable_tqdm=True, **SCHEDULE)
+    trainer = CrossEncoderTrainer(
+        model=CrossEncoder(str(tiny)), args=args, train_dataset=_pairs(), eval_dataset=_pairs(), callbacks=[recorder]
+    )
+    ours = trainer.train()
+    assert _kinds(trainer.state.log_history) == _kinds(their_history)
+    assert _kinds(their_history)[:4] == [("eval", 0), ("train", 1), ("train", 2), ("eval", 3)]
+    assert recorder.events == their_events, (recorder.events, their_events)
+    assert ours.global_step == theirs.global_step == 5
+    # train() returns the mean loss of all steps, and its metrics say the same (not the last step's loss); the
+    # batches are drawn by other generators (README), so only the evaluation before any step is the same number
+    step_losses = [h["loss"] for h in trainer.model.training_history]
+    assert ours.metrics["train_loss"] == ours.training_loss == pytest.approx(np.mean(step_losses), rel=1e-6)
+    assert theirs.metrics["train_loss"] == theirs.training_loss
+    assert "best_score" not in ours.metrics
+    assert trainer.state.log_history[0]["eval_loss"] == pytest.approx(their_history[0]["eval_loss"], abs=1e-5)
+
+
+def test_resume_from_a_step_folder_or_refuse(tiny, tmp_path):
+    def trainer(output: Path, **extra) -> CrossEncoderTrainer:
+        args = CrossEncoderTrainingArguments(
+            str(output), max_steps=4, per_device_train_batch_size=2, save_steps=2, disable_tqdm=True, **extra
+        )
+        return CrossEncoderTrainer(model=CrossEncoder(str(tiny)), args=args, train_dataset=_pairs())
+
+    whole = trainer(tmp_path / "run").train()
+    steps = tmp_path / "run" / "checkpoints"
+    assert sorted(p.name for p in steps.iterdir()) == ["2", "4"]
+    # Hugging Face's habit: the latest step's own folder resumes that step (nothing left to train here)
+    resumed = trainer(tmp_path / "run").train(resume_from_checkpoint=str(steps / "4"))
+    assert resumed.metrics["resumed_from_step"] == 4 and resumed.global_step == whole.global_step
+    with pytest.raises(ValueError, match=r"is step 2, but .* holds later steps \[4\]"):
+        trainer(tmp_path / "run").train(resume_from_checkpoint=str(steps / "2"))
+    with pytest.raises(FileNotFoundError, match="holds no crossjax checkpoint"):
+        trainer(tmp_path / "other").train(resume_from_checkpoint=str(tmp_path / "run"))  # not a checkpoints folder
+    assert sorted(p.name for p in steps.iterdir()) == ["2", "4"]  # nothing was written into the folders
+
+
+def test_evaluation_without_anything_to_evaluate_is_refused_up_front(tiny, tmp_path):
+    model = CrossEncoder(str(tiny))
+    args = CrossEncoderTrainingArguments(str(tmp_path), eval_strategy="steps", eval_steps=1, disable_tqdm=True)
+    with pytest.raises(ValueError, match="neither eval_dataset nor evaluator"):
+        CrossEncoderTrainer(model=model, args=args, train_dataset=_pairs())
+    plain = CrossEncoderTrainer(model=model, args=CrossEncoderTrainingArguments(str(tmp_path)), train_dataset=_pairs())
+    with pytest.raises(ValueError, match="evaluate.. needs an eval_dataset"):
+        plain.evaluate()
+    with pytest.raises(ValueError, match="eval_dataset is empty"):
+        plain.evaluate({"q": [], "d": [], "label": []})
+    for bad in ({"logging_steps": 0}, {"save_steps": 0}, {"eval_strategy": "steps", "eval_steps": -1}):
+        with pytest.raises(ValueError, match="needs .*_steps > 0"):
+            CrossEncoderTrainingArguments(str(tmp_path), **bad)
+
+
+def test_an_overflowed_update_marks_the_model_instead_of_a_misleading_next_error(tiny, tmp_path):
+    from crossjax.fit_loop import ParametersOverflowError
+
+    model = CrossEncoder(str(tiny))
+    args = CrossEncoderTrainingArguments(
+        str(tmp_path), max_steps=3, per_device_train_batch_size=2, learning_rate=1e30, save_strategy="no",
+        disable_tqdm=True,
+    )  # fmt: skip
+    with pytest.raises(ParametersOverflowError, match="load it again"):
+        CrossEncoderTrainer(model=model, args=args, train_dataset=_pairs()).train()
+    with pytest.raises(ValueError, match="not finite since an earlier run's update overflowed"):
+        CrossEncoderTrainer(model=model, args=args, train_dataset=_pairs()).train()
+
+
+def test_model_card_lists_every_training_dataset_with_its_loss(tiny, tmp_path):
+    from datasets import Dataset
+
+    model = CrossEncoder(str(tiny))
+    datasets = {"scored": Dataset.from_dict(_pairs(1)), "triplets": Dataset.from_dict(_triplets())}
+    loss = {"scored": losses.BinaryCrossEntropyLoss(model), "triplets": losses.MultipleNegativesRankingLoss(model)}
+    args = CrossEncoderTrainingArguments(
+        str(tmp_path), max_steps=2, per_device_train_batch_size=2, save_strategy="no", disable_tqdm=True
+    )
+    CrossEncoderTrainer(model=model, args=args, train_dataset=datasets, loss=loss).train()
+    card = (model.save(tmp_path / "model") / "README.md").read_text()
+    for name in ("#### scored", "#### triplets", "BinaryCrossEntropyLoss", "MultipleNegativesRankingLoss"):
+        assert name in card
+    assert "loss:BinaryCrossEntropyLoss" in card and "loss:MultipleNegativesRankingLoss" in card
+    assert card.count(f"* Size: {ROWS:,} training samples") == 2
+
+
+def _triplets() -> dict[str, list]:
+    pairs = _pairs(2)
+    return {"q": pairs["q"], "pos": pairs["d"], "neg": list(reversed(pairs["d"]))}
+
+
+def test_no_duplicates_epochs_train_every_row_once_a_pass(tiny, tmp_path):
+    """A NO_DUPLICATES pass makes as many batches as its clashes need, so epochs (sentence-transformers'
+    advertised length, rows / batch size) are cut from the passes laid end to end: no row repeats or is
+    dropped within a pass, where padding or cutting each pass to the epoch length would."""
+    texts = [WORDS[i % 3] for i in range(20)]  # three distinct queries: a batch of 4 always clashes
+    data = {"q": texts, "pos": [f"document {i}" for i in range(20)]}
+    seen: list[np.ndarray] = []
+    model = CrossEncoder(str(tiny))
+    args = CrossEncoderTrainingArguments(
+        str(tmp_path), num_train_epochs=3, per_device_train_batch_size=4, batch_sampler=BatchSamplers.NO_DUPLICATES,
+        save_strategy="no", disable_tqdm=True, seed=1,
+    )  # fmt: skip
+    trainer = CrossEncoderTrainer(
+        model=model, args=args, train_dataset=data, loss=losses.MultipleNegativesRankingLoss(model)
+    )
+    source = trainer._list_data(data, "train_dataset", train=True)
+    assert source.steps_per_epoch == 5  # ceil(20 rows / 4), as sentence-transformers advertises
+    for epoch in range(3):
+        seen.extend(rows for step in source._epoch_steps(epoch) for rows in step)
+    orders = [np.random.default_rng((1, p)).permutation(20) for p in range(3)]
+    passes = [no_duplicates_batches([texts, data["pos"]], order, 4) for order in orders]
+    stream = [b for batches in passes for b in batches]
+    assert all(len(p) > 5 for p in passes)  # each pass needs more batches than the advertised five
+    for got, expected in zip(seen, stream, strict=False):
+        np.testing.assert_array_equal(got, expected)
+    for batch in seen:  # no text twice in a batch
+        assert len({texts[i] for i in batch}) == len(batch)
+    assert trainer.train().global_step == 15

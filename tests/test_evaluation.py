@@ -483,8 +483,9 @@ def test_reranking_differences_from_st() -> None:
     assert cje.CERerankingEvaluator(single)(model) == {"map": 1.0, "mrr@10": 1.0, "ndcg@10": 1.0}
     with pytest.raises(ValueError):
         st_eval.CrossEncoderRerankingEvaluator(single)(model)
-    # No samples: NaN metrics instead of a crash.
-    assert all(np.isnan(v) for v in cje.CERerankingEvaluator([])(model).values())
+    # No samples: an error when the evaluator is made (sentence-transformers fails when it is called).
+    with pytest.raises(ValueError, match="at least one sample"):
+        cje.CERerankingEvaluator([])
     with pytest.raises(ValueError):
         cje.CERerankingEvaluator([{"query": "q", "positive": ["p"]}])(model)
 

@@ -127,7 +127,9 @@ def test_resolve_loss_defaults_and_names() -> None:
         ("cross_entropy", cross_entropy),
         ("MSE", mse),
     ]:
-        assert resolve_loss(name, 1) is fn
+        assert resolve_loss(name, 1 if fn is not cross_entropy else 3) is fn
+    with pytest.raises(ValueError, match="cross-entropy over a model's one output"):
+        resolve_loss("CE", 1)
     assert resolve_loss(nn.BCEWithLogitsLoss(), 1) is binary_cross_entropy_with_logits
     assert resolve_loss(nn.CrossEntropyLoss(), 2) is cross_entropy
     assert resolve_loss(nn.MSELoss(), 1) is mse

@@ -65,7 +65,7 @@ def test_a_max_length_the_model_cannot_take_is_refused_when_set_and_when_used(sa
 def test_legacy_positional_and_renamed_constructor_arguments(saved, pairs):
     reference = CrossEncoder(saved, max_length=32)
     legacy = CrossEncoder(saved, 1, 32, None, "cpu")  # num_labels, max_length, activation_fn, device
-    assert legacy.max_length == 32 and legacy.mesh_plan.mesh.devices.flat[0].platform == "cpu"
+    assert legacy.max_length == 32 and legacy.device == "cpu"
     renamed = CrossEncoder(model_name=str(saved), tokenizer_args={}, automodel_args={}, config_args={}, max_length=32)
     np.testing.assert_array_equal(legacy.predict(pairs), reference.predict(pairs))
     np.testing.assert_array_equal(renamed.predict(pairs), reference.predict(pairs))

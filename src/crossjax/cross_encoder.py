@@ -355,6 +355,12 @@ class CrossEncoder:
     def num_labels(self) -> int:
         return self.model.num_labels
 
+    @property
+    def device(self) -> str:
+        """The platform the model runs on, in ``CrossEncoder(device=...)``'s words ("cpu", "cuda", "tpu")."""
+        platform = self.mesh_plan.mesh.devices.flat[0].platform
+        return "cuda" if platform == "gpu" else platform
+
     # ------------------------------------------------------------------------------------------ predict
     def _predict_program(self, dtype) -> training.StepProgram:
         """The jitted predict step, shared by every CrossEncoder of the process with the same model class,
@@ -457,7 +463,16 @@ class CrossEncoder:
             texts_a = [prompt + a for a in texts_a]
         if self._parameters_not_finite:
             logger.warning("predict: this model's parameters are not finite since an earlier run's update overflowed")
-        logits = self._logits(texts_a, texts_b, batch_size, show_progress_bar)
+        # Each distinct pair is scored once: a copy would otherwise land elsewhere in a packed row and differ in
+        # the last bit, breaking the ties that ranking metrics (average precision) treat as one threshold.
+        first_seen: dict[tuple[str, str], int] = {}
+        where = np.fromiter(
+            (first_seen.setdefault(pair, len(first_seen)) for pair in zip(texts_a, texts_b, strict=True)),
+            dtype=np.int64,
+            count=len(texts_a),
+        )
+        unique_a, unique_b = ([p[i] for p in first_seen] for i in (0, 1))
+        logits = self._logits(unique_a, unique_b, batch_size, show_progress_bar)[where]
         activation = self.activation_fn if activation_fn is None else losses.resolve_activation(activation_fn)
         scores = _rowwise(activation, logits)
         if apply_softmax and scores.shape[1] > 1:
@@ -723,6 +738,12 @@ class CrossEncoder:
         from crossjax.fit_loop import FitConfig, FitResult, FitTarget, ParametersOverflowError, adamw_settings, run_fit
 
         self._check_parameters_finite()
+        if evaluator is not None and (isinstance(evaluator, type) or not callable(evaluator)):
+            raise TypeError(
+                f"evaluator must be an evaluator instance, called as evaluator(model, output_path, epoch, steps); "
+                f"got {evaluator!r}" + (" (several: crossjax.evaluation.SequentialEvaluator([...]))"
+                                        if isinstance(evaluator, list | tuple) else "")
+            )
         config = FitConfig(
             epochs=epochs,
             scheduler=scheduler,

@@ -38,14 +38,14 @@ __all__ = [
 class InputExample:
     """One sentence pair with its label, like sentence-transformers' ``InputExample``.
 
-    Unlike sentence-transformers (whose label defaults to ``0``), ``label`` defaults to ``None`` so a
-    forgotten label is reported by :func:`validate_examples` instead of silently training on zeros.
-    Note the field order ``(texts, label, guid)``; pass them by keyword to be safe.
+    The field order is sentence-transformers' ``(guid, texts, label)``. Unlike sentence-transformers (whose
+    label defaults to ``0``), ``label`` defaults to ``None`` so a forgotten label is reported by
+    :func:`validate_examples` (and by the evaluators) instead of silently training on zeros.
     """
 
-    texts: list[str] | tuple[str, ...]
-    label: int | float | None = None
     guid: str = ""
+    texts: list[str] | tuple[str, ...] | None = None
+    label: int | float | None = None
 
     def __repr__(self) -> str:
         texts = "; ".join(str(t) for t in self.texts) if self.texts is not None else "None"
@@ -180,13 +180,10 @@ def collect_examples(
         examples = _examples_from_hf_dataset(train_dataloader)
         bs, shuf = 16, True
     elif all(hasattr(train_dataloader, a) for a in ("dataset", "batch_size", "sampler")):  # torch DataLoader
-        examples = _dataset_items(train_dataloader.dataset)
+        examples, shuf = _torch_sampler_order(train_dataloader, _dataset_items(train_dataloader.dataset))
         bs = train_dataloader.batch_size
-        if bs is None:  # a custom batch_sampler
-            bs = getattr(getattr(train_dataloader, "batch_sampler", None), "batch_size", None)
-        if bs is None and batch_size is None:
-            raise ValueError("cannot read the batch size of this DataLoader; pass batch_size=...")
-        shuf = type(train_dataloader.sampler).__name__ == "RandomSampler"
+        if bs is None:  # DataLoader(batch_sampler=BatchSampler(...))
+            bs = train_dataloader.batch_sampler.batch_size
         drop_last = bool(getattr(train_dataloader, "drop_last", False))
         generator = getattr(train_dataloader, "generator", None)
         seed = int(generator.initial_seed()) if generator is not None else None
@@ -216,6 +213,36 @@ def collect_examples(
         raise ValueError(f"batch_size must be >= 1, got {bs}")
     shuf = bool(shuffle if shuffle is not None else shuf)
     return CollectedExamples(examples, bs, shuf, drop_last, None if seed is None else int(seed))
+
+
+def _torch_sampler_order(loader: Any, examples: list) -> tuple[list, bool]:
+    """(examples, shuffle) of a torch DataLoader, whose sampler crossjax reads instead of iterating it: a
+    sequential or random order of the whole dataset, or a ``SubsetRandomSampler``'s rows shuffled each epoch.
+    Any other sampler (weighted, with replacement, a custom batch sampler) chooses rows or batches crossjax
+    would not draw, so it is refused rather than silently replaced by plain batches of every row."""
+    batch_sampler = getattr(loader, "batch_sampler", None)
+    sampler = loader.sampler
+    if loader.batch_size is None:  # DataLoader(batch_sampler=...): the rows come from that sampler
+        if type(batch_sampler).__name__ != "BatchSampler":
+            raise ValueError(
+                f"DataLoader(batch_sampler={type(batch_sampler).__name__}) chooses batches crossjax cannot follow "
+                "(it packs its own batches): pass the examples to train on with batch_size and shuffle instead"
+            )
+        sampler = batch_sampler.sampler
+    name = type(sampler).__name__
+    if name == "SubsetRandomSampler":
+        return [examples[int(i)] for i in sampler.indices], True
+    whole = len(getattr(sampler, "data_source", ())) == len(examples)
+    if name == "SequentialSampler" and whole:
+        return examples, False
+    if name == "RandomSampler" and whole and not sampler.replacement and sampler.num_samples == len(examples):
+        return examples, True
+    raise ValueError(
+        f"DataLoader(sampler={name}) draws rows crossjax would not (it reads a DataLoader's examples and batch "
+        "size, and draws its own batches): crossjax follows a sequential or random order of the whole dataset "
+        "or a SubsetRandomSampler. Pass the examples to train on instead (e.g. a list of InputExample, repeated "
+        "or weighted as you want them sampled)."
+    )
 
 
 # --- validation --------------------------------------------------------------------------------------

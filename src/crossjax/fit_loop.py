@@ -101,6 +101,11 @@ class FitConfig:
             positive_int("max_tokens_per_step", self.max_tokens_per_step)
             if self.group_by_length:
                 raise ValueError("max_tokens_per_step and group_by_length cannot be combined")
+        if self.max_grad_norm is not None and not self.max_grad_norm > 0:
+            raise ValueError(
+                f"max_grad_norm must be > 0, or None for no clipping; got {self.max_grad_norm!r} (torch's "
+                "clip_grad_norm_ with 0 zeroes every gradient, and a negative norm flips them)"
+            )
         if not (math.isfinite(self.learning_rate) and 0 < self.learning_rate <= FLOAT32_MAX):
             raise ValueError(
                 f"optimizer_params['lr'] must be a positive number that float32 can hold (the step computes in "

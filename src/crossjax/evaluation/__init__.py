@@ -27,6 +27,7 @@ from .correlation import (
 )
 from .f1 import CEF1Evaluator
 from .reranking import CERerankingEvaluator, CrossEncoderRerankingEvaluator, mrr_at_k, ndcg_at_k
+from .sequential import SequentialEvaluator
 from .softmax_accuracy import CESoftmaxAccuracyEvaluator
 
 __all__ = [
@@ -43,6 +44,7 @@ __all__ = [
     "CrossEncoderCorrelationEvaluator",
     "CrossEncoderClassificationEvaluator",
     "CrossEncoderRerankingEvaluator",
+    "SequentialEvaluator",
     # BEIR folders: BM25 candidates, reranked
     "CrossEncoderBEIREvaluator",
     "BEIRFolder",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import math
 import os
 import re
 from collections.abc import Sequence
@@ -34,6 +35,25 @@ def epoch_text(epoch: int, steps: int) -> str:
     if steps == -1:
         return f" after epoch {epoch}"
     return f" in epoch {epoch} after {steps} steps"
+
+
+def checked_gold(values: Sequence[Any], pairs: int, what: str, classes: bool = False) -> np.ndarray:
+    """One gold value per sentence pair, checked when the evaluator is made: finite numbers, and for classes
+    whole numbers >= 0. A None (crossjax's ``InputExample`` label default), a string or a NaN would otherwise
+    surface as a NaN metric, a silent 0 or a numpy error at the first evaluation, after training."""
+    values = list(values)
+    if len(values) != pairs:
+        raise ValueError(f"{what}: {len(values)} values for {pairs} sentence pairs")
+    for i, value in enumerate(values):
+        number = isinstance(value, (int, float, np.integer, np.floating))
+        bad = not number or not math.isfinite(float(value))
+        if not bad and classes:
+            bad = float(value) != int(value) or value < 0
+        if bad:
+            need = "a class index (a whole number >= 0)" if classes else "a finite number"
+            hint = " (crossjax's InputExample label defaults to None)" if value is None else ""
+            raise ValueError(f"{what}[{i}] is {value!r}: every pair needs {need}{hint}")
+    return np.asarray(values, dtype=np.int64 if classes else np.float64)
 
 
 def _maybe_to_float(value: Any) -> Any:

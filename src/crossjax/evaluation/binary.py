@@ -16,7 +16,7 @@ import numpy as np
 
 from crossjax.runtime import show_progress_default
 
-from .base import CrossEncoderEvaluator, PredictModel, epoch_text
+from .base import CrossEncoderEvaluator, PredictModel, checked_gold, epoch_text
 
 logger = logging.getLogger(__name__)
 
@@ -191,8 +191,7 @@ class CrossEncoderClassificationEvaluator(CrossEncoderEvaluator):
         write_csv: bool = True,
         **kwargs: Any,
     ) -> None:
-        if len(sentence_pairs) != len(labels):
-            raise ValueError("sentence_pairs and labels must have the same length")
+        labels = checked_gold(labels, len(sentence_pairs), "labels", classes=True)
         super().__init__(name=name, write_csv=write_csv)
         if kwargs:
             logger.warning(f"{type(self).__name__} ignores the arguments {sorted(kwargs)}.")
@@ -218,6 +217,11 @@ class CrossEncoderClassificationEvaluator(CrossEncoderEvaluator):
         if _num_labels(model, pred_scores) == 1:
             if pred_scores.ndim == 2 and pred_scores.shape[1] == 1:
                 pred_scores = pred_scores[:, 0]
+            if not set(np.unique(self.labels)) <= {0, 1}:
+                raise ValueError(
+                    f"a model with one output is scored as a binary classifier: labels must be 0 or 1, got "
+                    f"{sorted(set(np.unique(self.labels).tolist()))}"
+                )
             acc, acc_threshold = find_best_acc_and_threshold(pred_scores, self.labels, True)
             f1, precision, recall, f1_threshold = find_best_f1_and_threshold(pred_scores, self.labels, True)
             ap = average_precision(self.labels, pred_scores)

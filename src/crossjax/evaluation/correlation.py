@@ -9,7 +9,7 @@ import numpy as np
 
 from crossjax.runtime import show_progress_default
 
-from .base import CrossEncoderEvaluator, PredictModel, epoch_text
+from .base import CrossEncoderEvaluator, PredictModel, checked_gold, epoch_text
 
 logger = logging.getLogger(__name__)
 
@@ -91,8 +91,10 @@ class CECorrelationEvaluator(CrossEncoderEvaluator):
         write_csv: bool = True,
     ) -> None:
         super().__init__(name=name, write_csv=write_csv)
+        if len(sentence_pairs) < 2:
+            raise ValueError(f"a correlation needs at least 2 sentence pairs, got {len(sentence_pairs)}")
         self.sentence_pairs = sentence_pairs
-        self.scores = scores
+        self.scores = checked_gold(scores, len(sentence_pairs), "scores")
         self.prompt_name = prompt_name
         self.batch_size = batch_size
         self.show_progress_bar = show_progress_default(show_progress_bar)
@@ -110,6 +112,11 @@ class CECorrelationEvaluator(CrossEncoderEvaluator):
         pred_scores = self.predict(
             model, self.sentence_pairs, self.batch_size, self.show_progress_bar, self.prompt_name
         )
+        if pred_scores.ndim != 1:
+            raise ValueError(
+                f"{type(self).__name__} correlates one score a pair, but the model gives {pred_scores.shape[1:]} "
+                "(a model with num_labels=1 is needed)"
+            )
         eval_pearson = pearson_correlation(self.scores, pred_scores)
         eval_spearman = spearman_correlation(self.scores, pred_scores)
         logger.info(f"Correlation:\tPearson: {eval_pearson:.4f}\tSpearman: {eval_spearman:.4f}")

@@ -78,8 +78,8 @@ class CrossEncoderRerankingEvaluator(CrossEncoderEvaluator):
     to the model). All pairs are predicted in one batched ``predict`` call, as in ST.
 
     Differences from ST: a query whose only document is a positive is scored (1.0) instead of raising
-    scikit-learn's "only meaningful when there is more than 1 document" error; no ``samples`` yields NaN
-    metrics instead of an error; ``from_input_examples`` is a crossjax addition.
+    scikit-learn's "only meaningful when there is more than 1 document" error; ``from_input_examples`` is a
+    crossjax addition.
 
     Args:
         samples: dicts with ``query``, ``positive`` (list of str) and either ``negative`` (list of str) or
@@ -115,6 +115,8 @@ class CrossEncoderRerankingEvaluator(CrossEncoderEvaluator):
             at_k = mrr_at_k
         self.at_k = at_k
         self.samples = list(samples.values()) if isinstance(samples, dict) else samples
+        if not self.samples:
+            raise ValueError(f"{type(self).__name__} needs at least one sample (query, positives, candidates)")
         self.always_rerank_positives = always_rerank_positives
         self.prompt_name = prompt_name
         self.batch_size = batch_size

@@ -18,6 +18,7 @@ gradient accumulation can sum both over micro-batches and divide once: exactly t
 from __future__ import annotations
 
 import functools
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -240,9 +241,38 @@ def resolve_loss(loss_fct: Any, num_labels: int) -> LossFn:
         key = loss_fct.lower()
         if key not in _LOSS_NAMES:
             raise ValueError(f"Unknown loss {loss_fct!r}; valid names are: {', '.join(sorted(_LOSS_NAMES))}")
-        return _LOSS_NAMES[key]
-    if type(loss_fct).__name__ in _TORCH_LOSSES or is_torch_module(loss_fct):
-        return _from_torch_loss(loss_fct)
-    if callable(loss_fct):
-        return loss_fct
-    raise TypeError(f"loss_fct must be None, a name, a torch loss module or a callable, got {type(loss_fct)}")
+        resolved = _LOSS_NAMES[key]
+    elif type(loss_fct).__name__ in _TORCH_LOSSES or is_torch_module(loss_fct):
+        resolved = _from_torch_loss(loss_fct)
+    elif callable(loss_fct):
+        return _checked_custom_loss(loss_fct)
+    else:
+        raise TypeError(f"loss_fct must be None, a name, a torch loss module or a callable, got {type(loss_fct)}")
+    if num_labels == 1 and getattr(resolved, "func", resolved) is cross_entropy:
+        raise ValueError(
+            "cross-entropy over a model's one output is 0 whatever the logits (softmax over one class), so "
+            "nothing would train: use BCEWithLogitsLoss or MSELoss for one label, or num_labels >= 2"
+        )
+    return resolved
+
+
+def _checked_custom_loss(loss_fct: Callable) -> LossFn:
+    """A user's loss must be a JAX function ``(logits, labels, example_mask)``; say so before any tracing."""
+    module = getattr(loss_fct, "__module__", None) or ""
+    if module == "torch" or module.startswith("torch."):
+        raise ValueError(
+            f"loss_fct {module}.{getattr(loss_fct, '__name__', loss_fct)} is a torch function, but crossjax's "
+            "logits are JAX arrays: pass a torch.nn loss module (mapped to crossjax's), its name, or a JAX "
+            "function (logits, labels, example_mask) -> scalar"
+        )
+    try:
+        inspect.signature(loss_fct).bind(None, None, None)
+    except TypeError:
+        raise ValueError(
+            f"loss_fct {loss_fct!r} must take (logits, labels, example_mask) JAX arrays (example_mask marks "
+            "the real examples of a packed batch) and return a scalar: sentence-transformers' (logits, labels) "
+            "torch losses cannot run in JAX"
+        ) from None
+    except ValueError:  # no signature (a builtin): its call will say what is wrong
+        pass
+    return loss_fct

@@ -1,0 +1,139 @@
+"""What legacy ``fit`` and the evaluators do with the inputs sentence-transformers users pass: torch samplers,
+``InputExample``'s positional order, losses and clipping norms that cannot train, evaluators with missing or
+wrong gold values, several evaluators at once, and copies of a pair. The oracles are sentence-transformers
+6.2 (its ``InputExample``, ``SequentialEvaluator`` and reranking evaluator on the same saved model) and
+hand counts; bad input must fail before anything is tokenized or compiled.
+"""
+
+# ruff: noqa: F811 - the shared fixtures are imported from test_fit_behaviour and requested by name
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from test_fit_behaviour import TRAIN, make_examples, tiny_dir, tiny_dirs  # noqa: F401 - fixtures used by name
+
+from crossjax import CrossEncoder, InputExample
+from crossjax import evaluation as ev
+
+torch = pytest.importorskip("torch")
+st = pytest.importorskip("sentence_transformers")
+from torch.utils.data import (  # noqa: E402
+    BatchSampler,
+    DataLoader,
+    SequentialSampler,
+    SubsetRandomSampler,
+    WeightedRandomSampler,
+)
+
+
+def test_input_example_fields_in_sentence_transformers_order():
+    ours, theirs = InputExample("id0", ["a b", "c d"], 0.5), st.InputExample("id0", ["a b", "c d"], 0.5)
+    assert (ours.guid, list(ours.texts), ours.label) == (theirs.guid, theirs.texts, theirs.label)
+    assert InputExample(texts=["a", "b"]).label is None  # still no silent 0 label
+
+
+def test_torch_samplers_are_followed_or_refused(tiny_dir, spies):
+    examples = make_examples(12, seed=5)
+    subset = DataLoader(examples, batch_size=2, sampler=SubsetRandomSampler(range(4)))
+    assert CrossEncoder(tiny_dir).fit(subset, epochs=1, **TRAIN)["global_step"] == 2  # 4 rows, not 12
+    ordered = DataLoader(examples, batch_size=3, sampler=SequentialSampler(examples))
+    assert CrossEncoder(tiny_dir).fit(ordered, epochs=1, **TRAIN)["global_step"] == 4
+    spies.clear()
+    weighted = DataLoader(examples, batch_size=2, sampler=WeightedRandomSampler([1.0] * 12, num_samples=4))
+    with pytest.raises(ValueError, match="sampler=WeightedRandomSampler"):
+        CrossEncoder(tiny_dir).fit(weighted, epochs=1, **TRAIN)
+    part = DataLoader(examples, batch_sampler=BatchSampler(SequentialSampler(range(6)), 3, False))
+    with pytest.raises(ValueError, match="sampler=SequentialSampler"):  # six of the twelve rows
+        CrossEncoder(tiny_dir).fit(part, epochs=1, **TRAIN)
+
+    class Pairs:  # a custom batch sampler
+        def __iter__(self):
+            return iter([[0, 1], [2, 3]])
+
+        def __len__(self):
+            return 2
+
+    with pytest.raises(ValueError, match="batch_sampler=Pairs"):
+        CrossEncoder(tiny_dir).fit(DataLoader(examples, batch_sampler=Pairs()), epochs=1, **TRAIN)
+    assert spies == []
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ({"loss_fct": torch.nn.CrossEntropyLoss()}, "cross-entropy over a model's one output"),
+        ({"loss_fct": lambda logits, labels: (logits - labels).mean()}, r"must take \(logits, labels, example_mask\)"),
+        ({"loss_fct": torch.nn.functional.mse_loss}, "is a torch function"),
+        ({"max_grad_norm": 0}, "max_grad_norm must be > 0"),
+        ({"max_grad_norm": -1.0}, "max_grad_norm must be > 0"),
+        ({"evaluator": ev.CECorrelationEvaluator}, "evaluator must be an evaluator instance"),
+        ({"evaluator": []}, "SequentialEvaluator"),
+    ],
+)
+def test_fit_settings_that_cannot_train_are_refused_first(tiny_dir, spies, settings, message):
+    with pytest.raises((ValueError, TypeError), match=message):
+        CrossEncoder(tiny_dir).fit(DataLoader(make_examples(4), batch_size=2), epochs=1, **{**TRAIN, **settings})
+    assert spies == []
+
+
+def test_evaluators_name_missing_or_wrong_gold_values_when_made():
+    pairs = [["a b", "c"], ["d", "e f"], ["g", "h"]]
+    with pytest.raises(ValueError, match=r"scores\[1\] is None: .*label defaults to None"):
+        ev.CECorrelationEvaluator.from_input_examples([InputExample(texts=p, label=0.5 if i != 1 else None)
+                                                       for i, p in enumerate(pairs)])  # fmt: skip
+    with pytest.raises(ValueError, match="2 values for 3 sentence pairs"):
+        ev.CECorrelationEvaluator(pairs, [0.1, 0.2])
+    with pytest.raises(ValueError, match="at least 2 sentence pairs"):
+        ev.CECorrelationEvaluator(pairs[:1], [0.3])
+    with pytest.raises(ValueError, match=r"labels\[0\] is 'entailment': every pair needs a class index"):
+        ev.CESoftmaxAccuracyEvaluator(pairs, ["entailment", 1, 2])
+    with pytest.raises(ValueError, match=r"labels\[2\] is 0.3"):
+        ev.CEBinaryClassificationEvaluator(pairs, [0, 1, 0.3])
+    with pytest.raises(ValueError, match="at least one sample"):
+        ev.CrossEncoderRerankingEvaluator([])
+
+
+def test_evaluators_refuse_a_model_of_the_wrong_shape(tiny_dirs):
+    pairs = [["a b", "c"], ["d", "e f"], ["g", "h"]]
+    with pytest.raises(ValueError, match="a model with num_labels=1 is needed"):
+        ev.CECorrelationEvaluator(pairs, [0.1, 0.5, 0.9])(CrossEncoder(tiny_dirs[3]))
+    with pytest.raises(ValueError, match=r"labels must be 0 or 1, got \[0, 2\]"):
+        ev.CEBinaryClassificationEvaluator(pairs, [0, 2, 0])(CrossEncoder(tiny_dirs[1]))
+
+
+def test_copies_of_a_pair_get_one_score_and_reranking_ties_match_sentence_transformers(tiny_dir, tmp_path):
+    saved = CrossEncoder(tiny_dir).save(tmp_path / "model")
+    model = CrossEncoder(saved)
+    red = {"query": "red car", "positive": ["a red car"] * 2, "negative": ["blue sky", "a red car x", "blue sky"]}
+    old = {"query": "old tree", "positive": ["the old tree"], "negative": ["the old tree"] + ["green park"] * 2}
+    samples = [red, old]
+    pairs = [(s["query"], d) for s in samples for d in s["positive"] + s["negative"]]
+    scores = model.predict(pairs)
+    assert scores[0] == scores[1] and scores[2] == scores[4] and scores[5] == scores[6]
+    ours = ev.CrossEncoderRerankingEvaluator(samples, name="dup")(model)
+    from sentence_transformers.cross_encoder.evaluation import CrossEncoderRerankingEvaluator
+
+    theirs = CrossEncoderRerankingEvaluator(samples, name="dup")(st.CrossEncoder(str(saved)))
+    for key, value in theirs.items():
+        assert ours[key] == pytest.approx(value, abs=1e-6), key
+
+
+def test_sequential_evaluator_equals_sentence_transformers(tiny_dir, tmp_path):
+    from sentence_transformers.evaluation import SequentialEvaluator as STSequential
+
+    saved = CrossEncoder(tiny_dir).save(tmp_path / "model")
+    pairs = [[e.texts[0], e.texts[1]] for e in make_examples(8, seed=9)]
+    gold = [float(x) for x in np.linspace(0, 1, 8)]
+    binary = [int(x > 0.5) for x in gold]
+    ours = ev.SequentialEvaluator(
+        [ev.CECorrelationEvaluator(pairs, gold, name="sts"), ev.CEBinaryClassificationEvaluator(pairs, binary)]
+    )(CrossEncoder(saved))
+    from sentence_transformers.cross_encoder import evaluation as st_ev
+
+    theirs = STSequential(
+        [st_ev.CrossEncoderCorrelationEvaluator(pairs, gold, name="sts"),
+         st_ev.CrossEncoderClassificationEvaluator(pairs, binary)]
+    )(st.CrossEncoder(str(saved)))  # fmt: skip
+    assert sorted(ours) == sorted(theirs)
+    for key, value in theirs.items():
+        assert ours[key] == pytest.approx(value, abs=1e-5), key

@@ -166,3 +166,49 @@ def test_save_takes_sentence_transformers_arguments(saved, tmp_path):
         model.save(tmp_path / "bin", safe_serialization=False)
     with pytest.raises(TypeError, match="bogus"):
         model.save(tmp_path / "x", bogus=1)
+
+
+def test_token_ids_outside_the_model_s_tables_are_named_not_nan(minilm_dir, tmp_path, spies):
+    """A tokenizer that does not match its model (ids past the embedding table, or second-segment token types
+    for a model with one type) is an IndexError in PyTorch; JAX would read NaN rows, and packed attention would
+    spread the NaN to every pair of the batch."""
+    from conftest import save_tiny_bert
+    from transformers import AutoTokenizer
+
+    from crossjax import DataLoader
+
+    tokenizer = AutoTokenizer.from_pretrained(str(minilm_dir))
+    small = CrossEncoder(save_tiny_bert(tmp_path / "small", tokenizer, vocab_size=2000))
+    fine = [("a b", "c d")]  # single letters: ids below 2000
+    assert np.isfinite(small.predict(fine)).all()
+    with pytest.raises(ValueError, match="pair 1: token id .* outside the model's table of 2000"):
+        small.predict(fine + [("a", "xylophone quartz")])
+    one_type = CrossEncoder(save_tiny_bert(tmp_path / "one_type", tokenizer, type_vocab_size=1))
+    with pytest.raises(ValueError, match="pair 0: token type id 1 is outside the model's table of 1"):
+        one_type.predict(fine)
+    with pytest.raises(IndexError):  # the oracle: transformers' PyTorch model refuses it too
+        one_type_pt = __import__("transformers").AutoModelForSequenceClassification.from_pretrained(
+            tmp_path / "one_type"
+        )
+        one_type_pt(**tokenizer(["the man"], ["a man"], return_tensors="pt"))
+    spies.clear()
+    from crossjax import InputExample
+
+    examples = [InputExample(texts=["a b", "c"], label=1.0)] * 4 + [InputExample(texts=["xylophone", "a"], label=1.0)]
+    with pytest.raises(ValueError, match="pair 4: token id"):
+        small.fit(DataLoader(examples, batch_size=2), epochs=1, show_progress_bar=False)
+    assert spies == ["tokenize"]  # refused while tokenizing, before any step was built
+
+
+def test_config_kwargs_num_labels_sizes_a_new_head_as_in_sentence_transformers(minilm_dir, tmp_path):
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    tokenizer = AutoTokenizer.from_pretrained(str(minilm_dir))
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=37)  # fmt: skip
+    BertModel(config).save_pretrained(tmp_path / "base")
+    tokenizer.save_pretrained(tmp_path / "base")
+    ours = CrossEncoder(tmp_path / "base", config_kwargs={"num_labels": 3})
+    theirs = st.CrossEncoder(str(tmp_path / "base"), config_kwargs={"num_labels": 3})
+    assert ours.num_labels == theirs.num_labels == 3
+    assert ours.predict([("a", "b"), ("c", "d")]).shape == (2, 3)

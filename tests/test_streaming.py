@@ -208,3 +208,33 @@ def test_multi_host_plan_rows_hold_any_pair_up_to_max_length():
     assert packing.rows_needed(np.array([40, 40, 30]), 64) == 3
     with pytest.raises(ValueError, match="does not fit a row"):
         packing.rows_needed(np.array([70]), 64)
+
+
+def test_stream_refuses_in_memory_settings_and_resumes_only_its_own_layout(tiny_dir, tmp_path):
+    ce = CrossEncoder(tiny_dir)
+    for setting in ({"max_tokens_per_step": 256}, {"group_by_length": True}):
+        with pytest.raises(ValueError, match="needs the whole training set in memory"):
+            ce.fit((ex for ex in make_examples(8)), max_steps=2, **{**RUN, **setting})
+    from crossjax.checkpoint import CheckpointMismatchError
+
+    examples = make_examples(24, seed=6)
+    checkpoints = {"checkpoint_path": str(tmp_path / "ckpt"), "checkpoint_save_steps": 2, "max_steps": 2}
+    CrossEncoder(tiny_dir, max_length=64).fit(iter(examples), **checkpoints, **RUN)
+    # Another truncation or another dealing of a step's examples is another run, as for in-memory data.
+    with pytest.raises(CheckpointMismatchError, match="max_length"):
+        CrossEncoder(tiny_dir, max_length=16).fit(iter(examples), **checkpoints, **RUN)
+    with pytest.raises(CheckpointMismatchError, match="groups"):
+        CrossEncoder(tiny_dir, max_length=64).fit(iter(examples), gradient_accumulation_steps=2,
+                                                  **checkpoints, **{**RUN, "batch_size": 2})  # fmt: skip
+
+
+def test_stream_steps_past_the_plan_share_a_few_row_lengths():
+    """Steps the planning lookahead did not see, each needing a longer row than planned, are put on a coarse
+    grid of row lengths: a handful of programs, not one per new length."""
+    from crossjax import packing
+
+    plan = packing.PackingPlan(2, (32,), 1, 4)
+    lengths = {plan.row_length_for(needed) for needed in range(33, 513)}
+    assert plan.row_length_for(20) == 32  # a planned length still serves what it fits
+    assert len(lengths) == 16  # 480 needs: every 8 tokens up to 64, then four lengths an octave, not 60
+    assert all(n <= plan.row_length_for(n) <= 1.25 * n + packing.ROW_QUANTUM for n in range(33, 513))

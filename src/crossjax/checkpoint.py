@@ -131,8 +131,10 @@ class TrainCheckpointer:
         self.fingerprint = fingerprint
         # No ``save_device_host_concurrent_bytes``: with it orbax would copy some arrays to the host only after
         # ``save`` returned, while the train step may already have donated (overwritten) their buffers.
+        # sentence-transformers' fit deletes old checkpoints only for a limit > 0: 0 or less keeps them all.
+        keep = int(total_limit) if total_limit is not None and total_limit > 0 else None
         options = ocp.CheckpointManagerOptions(
-            max_to_keep=total_limit, save_interval_steps=1, enable_async_checkpointing=True, create=True
+            max_to_keep=keep, save_interval_steps=1, enable_async_checkpointing=True, create=True
         )
         self.manager = ocp.CheckpointManager(self.directory, options=options)
 

@@ -232,8 +232,8 @@ class CrossEncoder:
         classifier_trained = any(
             a.endswith("ForSequenceClassification") for a in (config.architectures or [])
         )
-        if num_labels is None and not classifier_trained:
-            num_labels = 1
+        if num_labels is None and not classifier_trained and "num_labels" not in config_kwargs:
+            num_labels = 1  # a base model gets one output, unless config_kwargs asks for more (as in ST 6)
         if num_labels is not None:
             config.num_labels = int(num_labels)  # transformers' setter also resizes id2label / label2id
         self.config = config
@@ -375,7 +375,8 @@ class CrossEncoder:
         self, texts_a: list[str], texts_b: list[str], batch_size: int, show_progress_bar: bool | None, dtype=None
     ) -> np.ndarray:
         """Logits in input order, computed on packed batches (at most ``max_shapes`` compiled shapes a call)."""
-        tokenized = data_lib.tokenize_pairs(self.tokenizer, texts_a, texts_b, self.max_length)
+        limits = data_lib.token_limits(self.config)
+        tokenized = data_lib.tokenize_pairs(self.tokenizer, texts_a, texts_b, self.max_length, limits=limits)
         shards = self.mesh_plan.data_shards  # a multiple of the process count
         rows = int(batch_size)
         rows = -(-rows // shards) * shards  # round up so the batch splits evenly over the data shards
@@ -679,7 +680,7 @@ class CrossEncoder:
         evaluation_steps: int = 0,
         output_path: str | None = None,
         save_best_model: bool = True,
-        max_grad_norm: float = 1,
+        max_grad_norm: float | None = 1,
         use_amp: bool = False,
         callback: Callable[[float, int, int], None] | None = None,
         show_progress_bar: bool = True,

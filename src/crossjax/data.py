@@ -360,15 +360,39 @@ class TokenizedPairs:
         return _Ragged(self.flat_token_type_ids, self.offsets)
 
 
+def token_limits(config: Any) -> tuple[int, int | None]:
+    """(vocabulary size, token-type vocabulary size or None without token-type embeddings): the ids a model's
+    embedding tables hold."""
+    types = getattr(config, "type_vocab_size", None)
+    return int(config.vocab_size), (int(types) if types else None)
+
+
+def _check_token_ids(ids: np.ndarray, types: np.ndarray, lens: np.ndarray, start: int, limits) -> None:
+    """An id past an embedding table would read NaN (JAX fills out-of-range gathers) and, through packed
+    attention, turn every pair of its batch into NaN: name the pair instead, as PyTorch's IndexError would."""
+    for values, limit, what in ((ids, limits[0], "token id"), (types, limits[1], "token type id")):
+        if limit is None or not values.size:
+            continue
+        bad = np.flatnonzero((values >= limit) | (values < 0))
+        if bad.size:
+            pair = start + int(np.searchsorted(np.cumsum(lens), bad[0], side="right"))
+            raise ValueError(
+                f"pair {pair}: {what} {int(values[bad[0]])} is outside the model's table of {limit}: the "
+                "tokenizer does not match this model (or has added tokens it was not resized for)"
+            )
+
+
 def tokenize_pairs(
     tokenizer: Any,
     texts_a: Sequence[str],
     texts_b: Sequence[str],
     max_length: int,
     chunk_size: int = 10_000,
+    limits: tuple[int, int | None] | None = None,
 ) -> TokenizedPairs:
     """Tokenize all pairs once with a Hugging Face (fast) tokenizer, ``truncation="longest_first"`` like
-    ``CrossEncoder``, without padding; chunks bound the peak memory of Python lists."""
+    ``CrossEncoder``, without padding; chunks bound the peak memory of Python lists. ``limits``
+    (:func:`token_limits` of the model) checks every id against the model's embedding tables."""
     if len(texts_a) != len(texts_b):
         raise ValueError(f"texts_a and texts_b differ in length: {len(texts_a)} vs {len(texts_b)}")
     ids_parts: list[np.ndarray] = []
@@ -398,6 +422,8 @@ def tokenize_pairs(
             type_parts.append(np.zeros(total, dtype=np.int32))
         else:
             type_parts.append(np.fromiter(itertools.chain.from_iterable(types), dtype=np.int32, count=total))
+        if limits is not None:
+            _check_token_ids(ids_parts[-1], type_parts[-1], lens, start, limits)
         len_parts.append(lens)
     lengths = np.concatenate(len_parts) if len_parts else np.zeros(0, np.int32)
     offsets = np.zeros(len(lengths) + 1, dtype=np.int64)

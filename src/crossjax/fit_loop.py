@@ -407,7 +407,9 @@ class _InMemoryData:
             self.total_steps = min(self.total_steps, cfg.max_steps)
         self.batch_size, self.pad_id = batch_size, target.pad_id
         # Tokenize once; then every epoch's batches are known: plan the packed shapes of the whole run.
-        self.tokenized = data_lib.tokenize_pairs(target.tokenizer, texts_a, texts_b, target.max_length)
+        self.tokenized = data_lib.tokenize_pairs(
+            target.tokenizer, texts_a, texts_b, target.max_length, limits=data_lib.token_limits(target.model.config)
+        )
         groups = plan.data_shards * cfg.gradient_accumulation_steps  # packing never crosses a shard/micro-batch
         self.dealt: list[list[list[np.ndarray]]] | None = None  # token budget: each step's examples per group
         if cfg.max_tokens_per_step is not None:
@@ -527,6 +529,12 @@ class _StreamData:
             )
         if cfg.epochs != 1:
             logger.warning("epochs=%d is ignored for a stream: it is read once, for max_steps steps", cfg.epochs)
+        for name, value in (("max_tokens_per_step", cfg.max_tokens_per_step), ("group_by_length", cfg.group_by_length)):
+            if value:
+                raise ValueError(
+                    f"{name}={value!r} needs the whole training set in memory (it plans every epoch's batches up "
+                    f"front); a stream ({stream.description}) is read once, in batches of batch_size"
+                )
         self.target, self.stream, self.cfg = target, stream, cfg
         self.batch_size = int(cfg.batch_size or stream.batch_size or 16)
         target.plan.check_batch_size(self.batch_size)
@@ -544,6 +552,9 @@ class _StreamData:
             "batch_size": self.batch_size,
             "shuffle_buffer_size": self.cfg.shuffle_buffer_size,
             "data_seed": self.cfg.seed,
+            # how a step's examples are dealt (devices x accumulation) and truncated: both shape the steps
+            "groups": self.groups,
+            "max_length": self.target.max_length,
         }
         if self.processes > 1:  # each process's position is in its own shard: P fixes the shards
             fingerprint["processes"] = self.processes
@@ -578,6 +589,7 @@ class _StreamData:
             step_size,
             steps,
             shuffle_buffer_size=self.cfg.shuffle_buffer_size,
+            limits=data_lib.token_limits(self.target.model.config),
             **kwargs,
         )
 

@@ -43,7 +43,9 @@ class ListStep:
         return row[row >= 0]
 
 
-def tokenize_layout(layouts: Sequence[Any], tokenizer: Any, max_length: int) -> ListStep:
+def tokenize_layout(
+    layouts: Sequence[Any], tokenizer: Any, max_length: int, limits: tuple[int, int | None] | None = None
+) -> ListStep:
     """Tokenize the pairs of one step's layouts (one per micro-batch: in-batch negatives come from the
     micro-batch, as in a PyTorch run with gradient accumulation) with ``truncation="longest_first"``, as
     ``CrossEncoder`` does; their queries are stacked, each layout's indices shifted past the earlier pairs."""
@@ -61,7 +63,9 @@ def tokenize_layout(layouts: Sequence[Any], tokenizer: Any, max_length: int) -> 
         padded[:, : own.shape[1]] = own
         labels.append(padded)
         pairs.extend(layout.pairs)
-    tokenized = data_lib.tokenize_pairs(tokenizer, [a for a, _ in pairs], [b for _, b in pairs], max_length)
+    tokenized = data_lib.tokenize_pairs(
+        tokenizer, [a for a, _ in pairs], [b for _, b in pairs], max_length, limits=limits
+    )
     return ListStep(tokenized, np.concatenate(indices), np.concatenate(labels))
 
 
@@ -338,7 +342,8 @@ class ListData:
             columns = [[column[i] for i in rows] for column in self.columns]
             labels = None if self.labels is None else [self.labels[i] for i in rows]
             layouts.append(self.loss.layout(columns, labels, rng))
-        return tokenize_layout(layouts, self.target.tokenizer, self.target.max_length)
+        limits = data_lib.token_limits(self.target.model.config)
+        return tokenize_layout(layouts, self.target.tokenizer, self.target.max_length, limits)
 
     # -------------------------------------------------------------------------- the run_fit interface
     def run_fingerprint(self) -> dict[str, Any]:

@@ -116,7 +116,10 @@ class PackingPlan:
         for length in self.row_lengths:
             if length >= needed:
                 return length
-        return math.ceil(needed / ROW_QUANTUM) * ROW_QUANTUM  # a step the plan did not see: one more shape
+        # A step the plan did not see (a stream's later steps) gets one more shape, on a coarse grid (four row
+        # lengths an octave, at most 25% longer than needed) so that such steps share a few programs rather
+        # than compile one for every new length.
+        return grid_ceiling(needed, ROW_QUANTUM)
 
     @property
     def shapes(self) -> list[tuple[int, int, int]]:

@@ -203,8 +203,10 @@ class StreamReader:
         seed: int | tuple[int, ...] = 0,
         prefetch: int = 4,
         name: str = "crossjax-stream",
+        limits: tuple[int, int | None] | None = None,
     ) -> None:
         self.source = source
+        self.limits = limits  # the model's embedding table sizes (data.token_limits), checked per batch
         self.tokenizer = copy.deepcopy(tokenizer)  # the main thread's evaluators may tokenize meanwhile
         self.max_length = max_length
         self.num_labels = num_labels
@@ -263,7 +265,9 @@ class StreamReader:
                     texts_b += b
                     parts.append(label)
                 labels = np.concatenate(parts)
-                tokenized = data_lib.tokenize_pairs(self.tokenizer, texts_a, texts_b, self.max_length)
+                tokenized = data_lib.tokenize_pairs(
+                    self.tokenizer, texts_a, texts_b, self.max_length, limits=self.limits
+                )
                 position += len(chunk)
                 if not self._put(StreamStep(tokenized, labels, position)):
                     return

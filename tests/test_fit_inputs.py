@@ -137,3 +137,16 @@ def test_sequential_evaluator_equals_sentence_transformers(tiny_dir, tmp_path):
     assert sorted(ours) == sorted(theirs)
     for key, value in theirs.items():
         assert ours[key] == pytest.approx(value, abs=1e-5), key
+
+
+def test_checkpoint_save_total_limit_of_zero_keeps_every_checkpoint(tiny_dir, tmp_path):
+    """sentence-transformers' fit deletes old checkpoints only for a limit > 0; orbax's max_to_keep=0 would
+    delete them all."""
+    examples = make_examples(8)
+    for limit, kept in ((0, 4), (-1, 4), (2, 2)):
+        path = tmp_path / f"limit{limit}"
+        CrossEncoder(tiny_dir).fit(
+            DataLoader(examples, batch_size=2), epochs=1, checkpoint_path=str(path), checkpoint_save_steps=1,
+            checkpoint_save_total_limit=limit, **TRAIN,
+        )  # fmt: skip
+        assert len([p for p in path.iterdir() if p.name.isdigit()]) == kept, limit

@@ -216,6 +216,15 @@ def test_resuming_with_other_training_settings_is_refused(tiny_dir, tmp_path, ch
         CrossEncoder(tiny_dir).fit(DataLoader(examples, batch_size=4, shuffle=True), **{**base, **change})
 
 
+def test_resuming_with_the_other_layer_layout_is_a_mismatch_not_corruption(tiny_dir, tmp_path):
+    examples = make_examples(8, seed=24)
+    base = {**TRAIN, "checkpoint_path": str(tmp_path / "ckpt"), "checkpoint_save_steps": 1}
+    CrossEncoder(tiny_dir).fit(DataLoader(examples, batch_size=4, shuffle=True), **base)
+    with pytest.raises(CheckpointMismatchError, match="scan_layers: checkpoint True vs now False") as caught:
+        CrossEncoder(tiny_dir, scan_layers=False).fit(DataLoader(examples, batch_size=4, shuffle=True), **base)
+    assert not isinstance(caught.value, CheckpointCorruptError)
+
+
 def test_checkpoint_whose_data_fails_its_checksums_is_refused_and_kept(tiny_dir, tmp_path):
     """Silent corruption (readable bytes, other values) is caught by the checksums stored at save time. Here the
     stored checksum of one array is changed instead of the array's bytes: the same mismatch, placed exactly."""

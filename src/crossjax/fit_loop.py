@@ -810,6 +810,9 @@ def _run_fit(
             **data.run_fingerprint(),
             "num_labels": model.num_labels,
             "model_type": model.config.model_type,
+            # stacked (scanned) and per-layer parameters are other trees: restoring one as the other would
+            # fail as if the files were damaged
+            "scan_layers": bool(getattr(getattr(model, "encoder", None), "scan", True)),
             "loss": describe_callable(loss_fn),
             "activation_fct": describe_callable(activation),
             **run_settings(cfg),

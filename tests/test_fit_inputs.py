@@ -150,3 +150,11 @@ def test_checkpoint_save_total_limit_of_zero_keeps_every_checkpoint(tiny_dir, tm
             checkpoint_save_total_limit=limit, **TRAIN,
         )  # fmt: skip
         assert len([p for p in path.iterdir() if p.name.isdigit()]) == kept, limit
+
+
+def test_rows_of_texts_and_label_are_named_not_split_into_examples(tiny_dir, spies):
+    rows = [("a b", "c", 1.0)] * 4
+    for data in (rows, (row for row in rows)):  # in memory, and a stream
+        with pytest.raises(ValueError, match=r"yielded tuple \('a b', 'c', 1.0\): expected InputExample"):
+            CrossEncoder(tiny_dir).fit(data, max_steps=2, **TRAIN)
+    assert spies == []

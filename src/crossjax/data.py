@@ -199,6 +199,7 @@ def collect_examples(
                 bs = 16 if bs is None else bs
             else:
                 batch = list(item)
+                reject_text_row(batch, item)
                 bs = len(batch) if bs is None else bs
                 examples.extend(batch)
     else:
@@ -243,6 +244,16 @@ def _torch_sampler_order(loader: Any, examples: list) -> tuple[list, bool]:
         "or a SubsetRandomSampler. Pass the examples to train on instead (e.g. a list of InputExample, repeated "
         "or weighted as you want them sampled)."
     )
+
+
+def reject_text_row(batch: list, item: Any) -> None:
+    """A ``(a, b, label)`` tuple would be read as a batch of three examples and fail on its first string:
+    say what it is instead."""
+    if batch and isinstance(batch[0], str):
+        raise ValueError(
+            f"train_dataloader yielded {type(item).__name__} {item!r}: expected InputExample objects (or batches "
+            "of them); wrap each row as InputExample(texts=[a, b], label=y)"
+        )
 
 
 # --- validation --------------------------------------------------------------------------------------

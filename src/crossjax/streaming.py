@@ -168,6 +168,7 @@ def _flatten(items: Iterable[Any]) -> Iterator[Any]:
     to_example = _RowReader()
     for item in items:
         if isinstance(item, (list, tuple)) and not hasattr(item, "texts"):
+            data_lib.reject_text_row(list(item), item)
             yield from (to_example(x) for x in item)
         else:
             yield to_example(item)

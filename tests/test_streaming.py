@@ -238,3 +238,13 @@ def test_stream_steps_past_the_plan_share_a_few_row_lengths():
     assert plan.row_length_for(20) == 32  # a planned length still serves what it fits
     assert len(lengths) == 16  # 480 needs: every 8 tokens up to 64, then four lengths an octave, not 60
     assert all(n <= plan.row_length_for(n) <= 1.25 * n + packing.ROW_QUANTUM for n in range(33, 513))
+
+
+def test_resuming_on_a_stream_with_nothing_past_the_checkpoint_position_says_so(tiny_dir, tmp_path, caplog):
+    examples = make_examples(24, seed=7)
+    checkpoints = {"checkpoint_path": str(tmp_path / "ckpt"), "checkpoint_save_steps": 2, "max_steps": 4}
+    CrossEncoder(tiny_dir).fit(iter(examples[:8]), **checkpoints, **RUN)  # ends after 2 steps of 4: position 8
+    with caplog.at_level("WARNING", logger="crossjax"):
+        summary = CrossEncoder(tiny_dir).fit(iter(examples[:6]), **checkpoints, **RUN)
+    assert summary["global_step"] == 2
+    assert "no examples past the data position of the checkpoint it resumes (8 examples" in caplog.text

@@ -678,6 +678,14 @@ class _StreamData:
             return
         taken = 0
         upcoming = self._next() if self.remaining else None
+        if upcoming is None and self.remaining and self.start_step > 0:
+            logger.warning(
+                "The stream has no examples past the data position of the checkpoint it resumes (%d examples "
+                "trained on by step %d): nothing is trained. A stream that ended there is done; a shorter one is "
+                "not the stream of that run.",
+                self.position,
+                self.start_step,
+            )
         while upcoming is not None:
             step, taken = upcoming, taken + 1
             upcoming = self._next() if taken < self.remaining else None

@@ -38,6 +38,8 @@ def test_torch_samplers_are_followed_or_refused(tiny_dir, spies):
     assert CrossEncoder(tiny_dir).fit(subset, epochs=1, **TRAIN)["global_step"] == 2  # 4 rows, not 12
     ordered = DataLoader(examples, batch_size=3, sampler=SequentialSampler(examples))
     assert CrossEncoder(tiny_dir).fit(ordered, epochs=1, **TRAIN)["global_step"] == 4
+    whole = DataLoader(examples[:10], batch_sampler=BatchSampler(SequentialSampler(examples[:10]), 3, True))
+    assert CrossEncoder(tiny_dir).fit(whole, epochs=1, **TRAIN)["global_step"] == 3  # its drop_last: 3 + 3 + 3
     spies.clear()
     weighted = DataLoader(examples, batch_size=2, sampler=WeightedRandomSampler([1.0] * 12, num_samples=4))
     with pytest.raises(ValueError, match="sampler=WeightedRandomSampler"):
@@ -91,6 +93,8 @@ def test_evaluators_name_missing_or_wrong_gold_values_when_made():
         ev.CEBinaryClassificationEvaluator(pairs, [0, 1, 0.3])
     with pytest.raises(ValueError, match="at least one sample"):
         ev.CrossEncoderRerankingEvaluator([])
+    np.testing.assert_array_equal(ev.CEBinaryClassificationEvaluator(pairs, np.array([True, False, True])).labels,
+                                  [1, 0, 1])  # fmt: skip
 
 
 def test_evaluators_refuse_a_model_of_the_wrong_shape(tiny_dirs):

@@ -223,6 +223,18 @@ def test_resuming_with_the_other_layer_layout_is_a_mismatch_not_corruption(tiny_
     with pytest.raises(CheckpointMismatchError, match="scan_layers: checkpoint True vs now False") as caught:
         CrossEncoder(tiny_dir, scan_layers=False).fit(DataLoader(examples, batch_size=4, shuffle=True), **base)
     assert not isinstance(caught.value, CheckpointCorruptError)
+    # A checkpoint written before the fingerprint named the layout (no such key) still resumes.
+    import json
+
+    from crossjax.checkpoint import LATER_FINGERPRINT_KEYS
+
+    ckpt = tmp_path / "ckpt"
+    meta_file = ckpt / str(max(int(p.name) for p in ckpt.iterdir() if p.name.isdigit())) / "meta" / "metadata"
+    meta = json.loads(meta_file.read_text())
+    assert "scan_layers" in LATER_FINGERPRINT_KEYS and meta["fingerprint"].pop("scan_layers") is True
+    meta_file.write_text(json.dumps(meta))
+    summary = CrossEncoder(tiny_dir).fit(DataLoader(examples, batch_size=4, shuffle=True), **base)
+    assert summary["resumed_from_step"] == 2
 
 
 def test_checkpoint_whose_data_fails_its_checksums_is_refused_and_kept(tiny_dir, tmp_path):

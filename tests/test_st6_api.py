@@ -71,6 +71,10 @@ def test_legacy_positional_and_renamed_constructor_arguments(saved, pairs):
     np.testing.assert_array_equal(renamed.predict(pairs), reference.predict(pairs))
     with pytest.raises(TypeError, match="got both 'tokenizer_args'"):
         CrossEncoder(saved, tokenizer_args={"a": 1}, tokenizer_kwargs={"a": 2})
+    same = CrossEncoder(saved, tokenizer_args={"use_fast": True}, tokenizer_kwargs={"use_fast": True}, max_length=32)
+    np.testing.assert_array_equal(same.predict(pairs), reference.predict(pairs))  # equal values under both names
+    with pytest.raises(TypeError, match="device must be a string .*tokenizer_kwargs=... and config_kwargs=... by name"):
+        CrossEncoder(saved, 1, 32, None, {"use_fast": True})  # crossjax < 0.14's fifth positional argument
     for bad in (0, -1, 1.5, True):
         with pytest.raises(ValueError, match="num_labels must be an integer >= 1"):
             CrossEncoder(saved, num_labels=bad)
@@ -83,8 +87,9 @@ def test_predict_and_rank_take_sentence_transformers_6_arguments(saved, pairs):
     np.testing.assert_allclose(
         ours.predict(sentences=pairs, num_workers=4, activation_fn=torch.tanh), expected, atol=1e-5
     )
-    with pytest.raises(TypeError, match="prompt_name must be a string, got 32.*batch_size="):
-        ours.predict(pairs, 32)  # sentence-transformers < 4's positional batch size
+    for legacy in ((32,), (32, True), (32, False)):  # crossjax < 0.14's predict(pairs, batch_size, show_progress_bar)
+        with pytest.raises(TypeError, match="must be a string, got .*batch_size="):
+            ours.predict(pairs, *legacy)
     query, documents = pairs[0][0], [b for _, b in pairs]
     assert [r["corpus_id"] for r in ours.rank(query, documents, 3, True, None, None, 2, apply_softmax=True)] == [
         r["corpus_id"] for r in theirs.rank(query, documents, top_k=3)

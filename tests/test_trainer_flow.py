@@ -174,6 +174,10 @@ def test_model_card_lists_every_training_dataset_with_its_loss(tiny, tmp_path):
         assert name in card
     assert "loss:BinaryCrossEntropyLoss" in card and "loss:MultipleNegativesRankingLoss" in card
     assert card.count(f"* Size: {ROWS:,} training samples") == 2
+    # A later run of the same model is what its card describes.
+    CrossEncoderTrainer(model=model, args=args, train_dataset=Dataset.from_dict(_pairs(4))).train()
+    card = (model.save(tmp_path / "again") / "README.md").read_text()
+    assert "#### scored" not in card and "#### triplets" not in card and "#### Unnamed Dataset" in card
 
 
 def _triplets() -> dict[str, list]:

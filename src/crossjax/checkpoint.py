@@ -125,6 +125,10 @@ def _as_pure(state: TrainState) -> dict:
     }
 
 
+# Fingerprint keys newer than the first checkpoints (crossjax 0.x, session 14): absent from older ones.
+LATER_FINGERPRINT_KEYS = frozenset({"scan_layers", "groups", "max_length"})
+
+
 class TrainCheckpointer:
     def __init__(self, directory: str, save_steps: int, total_limit: int | None, fingerprint: dict[str, Any]):
         self.directory = directory if "://" in str(directory) else str(Path(directory).expanduser().resolve())
@@ -150,7 +154,13 @@ class TrainCheckpointer:
                 + self._recovery_hint(step)
             ) from e
         saved = meta.get("fingerprint", {})
-        diff = {k: (saved.get(k), v) for k, v in self.fingerprint.items() if saved.get(k) != v}
+        # Keys added to the fingerprint later are compared only where the checkpoint has them, so checkpoints
+        # written before still resume.
+        diff = {
+            k: (saved.get(k), v)
+            for k, v in self.fingerprint.items()
+            if saved.get(k) != v and (k in saved or k not in LATER_FINGERPRINT_KEYS)
+        }
         if diff:
             details = ", ".join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in diff.items())
             raise CheckpointMismatchError(

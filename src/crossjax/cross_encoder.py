@@ -120,8 +120,10 @@ def _accepts_renamed_kwargs(renamed: dict[str, str], dropped: tuple[str, ...] = 
                 if old not in kwargs:
                     continue
                 value = kwargs.pop(old)
-                if new in kwargs and kwargs[new] is not value:
-                    raise TypeError(f"{where}() got both {old!r} (the deprecated name) and {new!r}; pass {new}")
+                if new in kwargs and not _same(kwargs[new], value):
+                    raise TypeError(
+                        f"{where}() got both {old!r} (the deprecated name) and {new!r} with other values; pass {new}"
+                    )
                 logger.warning("%s(%s=...) is a deprecated name; use %s=...", where, old, new)
                 kwargs[new] = value
             for name in dropped:
@@ -133,6 +135,13 @@ def _accepts_renamed_kwargs(renamed: dict[str, str], dropped: tuple[str, ...] = 
         return wrapper
 
     return decorate
+
+
+def _same(a: Any, b: Any) -> bool:
+    try:
+        return a is b or bool(a == b)
+    except Exception:  # noqa: BLE001 - values that cannot be compared (arrays) count as different
+        return False
 
 
 _RENAMED_INIT_KWARGS = {
@@ -196,6 +205,11 @@ class CrossEncoder:
         # sentence-transformers' own arguments, checked first: none is silently ignored.
         if model_name_or_path is None:
             raise TypeError("CrossEncoder() needs model_name_or_path (a Hugging Face directory or hub id)")
+        if device is not None and not isinstance(device, str):
+            raise TypeError(
+                f"device must be a string such as 'cpu' or 'cuda', got {device!r} (the fifth positional argument is "
+                "device, as in sentence-transformers 6: pass tokenizer_kwargs=... and config_kwargs=... by name)"
+            )
         if num_labels is not None and (
             isinstance(num_labels, bool) or not isinstance(num_labels, (int, np.integer)) or num_labels < 1
         ):
@@ -306,6 +320,8 @@ class CrossEncoder:
     def _checked_max_length(self, value: Any, name: str) -> int:
         """A pair's token limit must leave room for its special tokens plus one text token (below that the
         tokenizer cannot truncate, and a long pair would run past the position table) and stay within it."""
+        if isinstance(value, float) and value.is_integer():  # 512.0 from a tokenizer config
+            value = int(value)
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
             raise ValueError(f"{name} must be an integer, got {value!r}")
         low = self.tokenizer.num_special_tokens_to_add(pair=True) + 1
@@ -544,17 +560,18 @@ class CrossEncoder:
 
     def _resolve_prompt(self, prompt: str | None, prompt_name: str | None) -> str | None:
         """sentence-transformers 6's rule: an explicit prompt wins, then prompt_name, then the default."""
+        for name, value in (("prompt_name", prompt_name), ("prompt", prompt)):
+            if value is not None and not isinstance(value, str):
+                raise TypeError(
+                    f"{name} must be a string, got {value!r}: in sentence-transformers 6 predict's and rank's "
+                    "positional arguments after the pairs are prompt_name, prompt, batch_size (pass batch_size=... "
+                    "and show_progress_bar=... by name)"
+                )
         if prompt is not None:
             if prompt_name is not None:
                 logger.warning("Provide either a `prompt`, a `prompt_name`, or neither; ignoring `prompt_name`.")
             return prompt
         if prompt_name is not None:
-            if not isinstance(prompt_name, str):
-                raise TypeError(
-                    f"prompt_name must be a string, got {prompt_name!r}: in sentence-transformers 6 predict's and "
-                    "rank's positional arguments after the pairs are prompt_name, prompt, batch_size (pass "
-                    "batch_size=... by name)"
-                )
             if prompt_name not in self.prompts:
                 raise ValueError(
                     f"Prompt name {prompt_name!r} not found in the configured prompts dictionary with keys "
@@ -660,7 +677,8 @@ class CrossEncoder:
         if local_model_path is not None:
             return _upload_folder(local_model_path, **upload) if is_main_process() else None
         with tempfile.TemporaryDirectory(prefix="crossjax-push-") as tmp:
-            if self.save(tmp) is None:  # every process gathers the parameters; only process 0 writes and uploads
+            # every process gathers the parameters; only process 0 writes and uploads
+            if self.save(tmp, model_name=repo_id) is None:
                 return None
             return _upload_folder(tmp, **upload)
 

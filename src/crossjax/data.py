@@ -48,7 +48,7 @@ class InputExample:
     label: int | float | None = None
 
     def __repr__(self) -> str:
-        texts = "; ".join(str(t) for t in self.texts) if self.texts is not None else "None"
+        texts = "; ".join(str(t) for t in self.texts) if isinstance(self.texts, (list, tuple)) else str(self.texts)
         return f"<InputExample> label: {self.label}, texts: {texts}"
 
     __str__ = __repr__
@@ -182,9 +182,10 @@ def collect_examples(
     elif all(hasattr(train_dataloader, a) for a in ("dataset", "batch_size", "sampler")):  # torch DataLoader
         examples, shuf = _torch_sampler_order(train_dataloader, _dataset_items(train_dataloader.dataset))
         bs = train_dataloader.batch_size
-        if bs is None:  # DataLoader(batch_sampler=BatchSampler(...))
-            bs = train_dataloader.batch_sampler.batch_size
         drop_last = bool(getattr(train_dataloader, "drop_last", False))
+        if bs is None:  # DataLoader(batch_sampler=BatchSampler(...)): its batch size and drop_last
+            bs = train_dataloader.batch_sampler.batch_size
+            drop_last = bool(train_dataloader.batch_sampler.drop_last)
         generator = getattr(train_dataloader, "generator", None)
         seed = int(generator.initial_seed()) if generator is not None else None
     elif hasattr(train_dataloader, "train_examples") and hasattr(train_dataloader, "batch_size"):

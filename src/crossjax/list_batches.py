@@ -132,18 +132,24 @@ def no_duplicates_batches(columns: Sequence[Sequence[Any]], order: np.ndarray, b
     being filled that holds none of its texts yet; rows that clash wait for a later batch (the last batches
     may be smaller)."""
     remaining = [int(i) for i in order]
+    texts_of: dict[int, set[str]] = {}
     batches: list[np.ndarray] = []
     while remaining:
         batch: list[int] = []
         seen: set[str] = set()
         left: list[int] = []
-        for row in remaining:
-            texts = set(_row_texts(columns, row))
-            if len(batch) < batch_size and not texts & seen:
+        for position, row in enumerate(remaining):
+            if len(batch) == batch_size:  # full: the rest waits, unscanned (a scan per batch, not per row)
+                left.extend(remaining[position:])
+                break
+            texts = texts_of.get(row)
+            if texts is None:
+                texts = texts_of[row] = set(_row_texts(columns, row))
+            if texts & seen:
+                left.append(row)
+            else:
                 batch.append(row)
                 seen |= texts
-            else:
-                left.append(row)
         batches.append(np.asarray(batch, dtype=np.int64))
         remaining = left
     return batches

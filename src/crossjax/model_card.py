@@ -810,6 +810,7 @@ class CardRecorder(RunCallback):
         self.records = list(info.previous_records)
         setup = {}
         if self.record_setup:  # legacy fit: columns named as sentence-transformers' fit names them
+            self.model.model_card_data.training = None  # the card describes this run, not an earlier one
             columns = ["sentence_0", "sentence_1", "label"]
             setup = dict(
                 dataset_size=info.train_examples,

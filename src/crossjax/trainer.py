@@ -121,7 +121,7 @@ class CrossEncoderTrainer:
     ``loss`` defaults to ``BinaryCrossEntropyLoss`` (one label) or ``CrossEntropyLoss``, as in
     sentence-transformers; ``evaluator`` is any crossjax evaluator (or a list of them), whose metrics are logged
     with the ``eval_`` prefix; ``callbacks`` are Hugging Face ``TrainerCallback``-like objects (``on_train_begin``,
-    ``on_step_end``, ``on_log``, ``on_evaluate``, ``on_epoch_end``, ``on_train_end`` are called with
+    ``on_step_end``, ``on_log``, ``on_evaluate``, ``on_save``, ``on_epoch_end``, ``on_train_end`` are called with
     ``(args, state, control, ...)``; ``control.should_training_stop`` ends the run).
     """
 
@@ -357,6 +357,7 @@ class CrossEncoderTrainer:
         card = getattr(self.model, "model_card_data", None)
         if card is None:
             return
+        card.training = None  # the card describes this run, not an earlier one of the same model
         datasets = self.train_dataset
         named = isinstance(datasets, dict) and _is_dataset_dict(datasets)
         for name, dataset in datasets.items() if named else [(None, datasets)]:

@@ -45,7 +45,7 @@ def checked_gold(values: Sequence[Any], pairs: int, what: str, classes: bool = F
     if len(values) != pairs:
         raise ValueError(f"{what}: {len(values)} values for {pairs} sentence pairs")
     for i, value in enumerate(values):
-        number = isinstance(value, (int, float, np.integer, np.floating))
+        number = isinstance(value, (int, float, np.integer, np.floating, np.bool_))
         bad = not number or not math.isfinite(float(value))
         if not bad and classes:
             bad = float(value) != int(value) or value < 0

@@ -8,7 +8,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from crossjax.losses.torch_compat import is_torch_module
+from crossjax.losses.torch_compat import is_torch_function, is_torch_module
 
 __all__ = [
     "resolve_activation",
@@ -124,11 +124,6 @@ def _from_torch_module(activation: Any) -> Callable[[jnp.ndarray], jnp.ndarray]:
     return fn
 
 
-def _is_torch_function(activation: Any) -> bool:
-    module = getattr(activation, "__module__", None) or ""
-    return not isinstance(activation, type) and (module == "torch" or module.startswith("torch."))
-
-
 def resolve_activation(activation: Any) -> Callable[[jnp.ndarray], jnp.ndarray]:
     """Turn an ``activation_fct`` (``None``, a name, a torch activation module or a JAX callable) into a
     JAX function applied to the logits before the loss, as in ST's legacy ``fit``."""
@@ -149,7 +144,7 @@ def resolve_activation(activation: Any) -> Callable[[jnp.ndarray], jnp.ndarray]:
             return known
     if is_torch_module(activation) or type(activation).__name__ in {"Identity", "Sigmoid", "Tanh", "Softmax", "ReLU"}:
         return _from_torch_module(activation)
-    if _is_torch_function(activation):
+    if is_torch_function(activation):
         name = getattr(activation, "__name__", "")
         if name in _TORCH_FUNCTIONS:
             return _BY_CLASS_NAME[_TORCH_FUNCTIONS[name]]

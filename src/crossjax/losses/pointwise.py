@@ -25,7 +25,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from crossjax.losses.torch_compat import is_torch_module, tensor_to_numpy
+from crossjax.losses.torch_compat import is_torch_function, is_torch_module, tensor_to_numpy
 
 __all__ = [
     "LossFn",
@@ -258,12 +258,11 @@ def resolve_loss(loss_fct: Any, num_labels: int) -> LossFn:
 
 def _checked_custom_loss(loss_fct: Callable) -> LossFn:
     """A user's loss must be a JAX function ``(logits, labels, example_mask)``; say so before any tracing."""
-    module = getattr(loss_fct, "__module__", None) or ""
-    if module == "torch" or module.startswith("torch."):
+    if is_torch_function(loss_fct):
         raise ValueError(
-            f"loss_fct {module}.{getattr(loss_fct, '__name__', loss_fct)} is a torch function, but crossjax's "
-            "logits are JAX arrays: pass a torch.nn loss module (mapped to crossjax's), its name, or a JAX "
-            "function (logits, labels, example_mask) -> scalar"
+            f"loss_fct {loss_fct.__module__}.{getattr(loss_fct, '__name__', loss_fct)} is a torch function, but "
+            "crossjax's logits are JAX arrays: pass a torch.nn loss module (mapped to crossjax's), its name, or a "
+            "JAX function (logits, labels, example_mask) -> scalar"
         )
     try:
         inspect.signature(loss_fct).bind(None, None, None)

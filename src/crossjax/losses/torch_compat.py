@@ -13,6 +13,13 @@ def is_torch_module(obj: Any) -> bool:
     return any(cls.__module__.startswith("torch.") and cls.__name__ == "Module" for cls in type(obj).__mro__)
 
 
+def is_torch_function(obj: Any) -> bool:
+    """A function of torch's (``torch.sigmoid``, ``torch.nn.functional.mse_loss``): it takes torch tensors,
+    never the JAX arrays crossjax computes with."""
+    module = getattr(obj, "__module__", None) or ""
+    return not isinstance(obj, type) and (module == "torch" or module.startswith("torch."))
+
+
 def tensor_to_numpy(value: Any) -> np.ndarray:
     """A torch tensor, numpy array or number as a float32 numpy array."""
     if hasattr(value, "detach"):  # a torch tensor

@@ -248,3 +248,25 @@ def test_resuming_on_a_stream_with_nothing_past_the_checkpoint_position_says_so(
         summary = CrossEncoder(tiny_dir).fit(iter(examples[:6]), **checkpoints, **RUN)
     assert summary["global_step"] == 2
     assert "no examples past the data position of the checkpoint it resumes (8 examples" in caplog.text
+
+
+def test_a_stream_checkpoint_refuses_another_file_with_the_same_columns(tiny_dir, tmp_path):
+    import datasets
+
+    from crossjax import streaming
+    from crossjax.checkpoint import CheckpointMismatchError
+
+    def jsonl(name: str, seed: int):
+        path = tmp_path / name
+        rows = (json.dumps({"a": e.texts[0], "b": e.texts[1], "label": e.label}) for e in make_examples(16, seed=seed))
+        path.write_text("\n".join(rows) + "\n")
+        return datasets.load_dataset("json", data_files=str(path), split="train", streaming=True)
+
+    first = jsonl("first.jsonl", 1)
+    assert streaming.data_file_names(first) == ["first.jsonl"]
+    assert streaming.data_file_names(first.shuffle(seed=0, buffer_size=4).skip(2)) == ["first.jsonl"]
+    assert streaming.data_file_names(iter([])) is None
+    checkpoints = {"checkpoint_path": str(tmp_path / "ckpt"), "checkpoint_save_steps": 1, "max_steps": 2}
+    CrossEncoder(tiny_dir).fit(first, **checkpoints, **RUN)
+    with pytest.raises(CheckpointMismatchError, match=r"stream_files: checkpoint \['first.jsonl'\] vs now \['other"):
+        CrossEncoder(tiny_dir).fit(jsonl("other.jsonl", 2), **checkpoints, **RUN)

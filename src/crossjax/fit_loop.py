@@ -555,6 +555,7 @@ class _StreamData:
             # how a step's examples are dealt (devices x accumulation) and truncated: both shape the steps
             "groups": self.groups,
             "max_length": self.target.max_length,
+            "stream_files": streaming.data_file_names(self.stream.source),
         }
         if self.processes > 1:  # each process's position is in its own shard: P fixes the shards
             fingerprint["processes"] = self.processes

@@ -45,6 +45,7 @@ from __future__ import annotations
 import copy
 import itertools
 import math
+import os
 import queue
 import sys
 import threading
@@ -127,6 +128,21 @@ def as_stream(train_dataloader: Any) -> StreamSource | None:
         )
     if isinstance(train_dataloader, Iterator):
         return StreamSource(train_dataloader, None, f"iterator {type(train_dataloader).__name__}")
+    return None
+
+
+def data_file_names(ds: Any) -> list[str] | None:
+    """The names of the files a ``datasets`` stream reads (``load_dataset(..., data_files=...)``), or None where
+    they cannot be found. Best effort, through ``datasets``' iterables (not a public API): what a resume
+    fingerprint can check beyond the columns, so that another file with the same columns is not resumed."""
+    iterable = getattr(ds, "_ex_iterable", None)
+    for _ in range(32):  # .map/.shuffle/.skip wrap the file iterable
+        if iterable is None:
+            return None
+        files = (getattr(iterable, "kwargs", None) or {}).get("original_files")
+        if isinstance(files, (list, tuple)) and all(isinstance(f, str) for f in files):
+            return [os.path.basename(f) for f in files]
+        iterable = getattr(iterable, "ex_iterable", None)
     return None
 
 

@@ -577,7 +577,8 @@ def plan_calls_sharing_shapes(
 def token_budget_shape(lengths: np.ndarray, groups: int, max_tokens: int) -> tuple[int, int]:
     """(rows, row length) of token-budget steps: rows of at least 128 tokens (short rows pack badly: two
     30-token pairs rarely fill 64) and at least the longest pair, as many per group as ``max_tokens`` allows;
-    shorter rows, down to the longest pair, when the budget holds fewer than one 128-token row per group."""
+    shorter rows, down to the longest pair, when the budget holds fewer than one 128-token row per group; no
+    more rows than the whole data set fills, when the budget would hold it with room to spare."""
     longest = math.ceil(int(np.max(lengths)) / ROW_QUANTUM) * ROW_QUANTUM
     row_length = max(longest, 128)
     if max_tokens // (groups * row_length) < 1:
@@ -588,6 +589,8 @@ def token_budget_shape(lengths: np.ndarray, groups: int, max_tokens: int) -> tup
             f"max_tokens_per_step={max_tokens} holds less than {groups} group(s) of one row of {longest} tokens "
             "(the longest pair)"
         )
+    if rows * groups * row_length > int(np.sum(lengths)):  # the budget holds the whole epoch: no more rows than it
+        rows = min(rows, math.ceil(rows_needed(lengths, row_length) / groups))
     return rows, row_length
 
 

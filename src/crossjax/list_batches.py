@@ -293,22 +293,23 @@ class ListData:
         """The rows of each optimizer step of an epoch (k per-device batches each, as HF Trainer groups them)."""
         if epoch in self._epoch_cache:
             return self._epoch_cache[epoch]
-        rng = np.random.default_rng((self.seed, epoch))
-        if self.sampler == "sequential":  # evaluation: the dataset's order
-            order = np.arange(self.rows, dtype=np.int64)
-        else:
-            order = rng.permutation(self.rows).astype(np.int64)
-        if self.sampler == "no_duplicates":
+        if self.sampler == "no_duplicates":  # shuffled and cut by its passes (drop_last applied there)
             per_epoch = self.steps_per_epoch * self.k
             batches = self._no_duplicates_stream(epoch * per_epoch, (epoch + 1) * per_epoch)
-        elif self.sampler == "group_by_label":
-            if self.labels is None:
-                raise ValueError("batch_sampler=GROUP_BY_LABEL needs a label column")
-            batches = group_by_label_batches(self.labels, self.batch_size, rng, self.drop_last)
         else:
-            batches = [order[i : i + self.batch_size] for i in range(0, self.rows, self.batch_size)]
-        if self.drop_last:
-            batches = [b for b in batches if len(b) == self.batch_size]
+            rng = np.random.default_rng((self.seed, epoch))
+            if self.sampler == "sequential":  # evaluation: the dataset's order
+                order = np.arange(self.rows, dtype=np.int64)
+            else:
+                order = rng.permutation(self.rows).astype(np.int64)
+            if self.sampler == "group_by_label":
+                if self.labels is None:
+                    raise ValueError("batch_sampler=GROUP_BY_LABEL needs a label column")
+                batches = group_by_label_batches(self.labels, self.batch_size, rng, self.drop_last)
+            else:
+                batches = [order[i : i + self.batch_size] for i in range(0, self.rows, self.batch_size)]
+            if self.drop_last:
+                batches = [b for b in batches if len(b) == self.batch_size]
         steps = [batches[i : i + self.k] for i in range(0, len(batches), self.k)]
         expected = getattr(self, "steps_per_epoch", len(steps))
         if len(steps) != expected:  # GROUP_BY_LABEL can make an epoch shorter or longer: keep epochs equal

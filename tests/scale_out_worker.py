@@ -145,6 +145,10 @@ def main() -> None:
             record_fed(batch, plan, bool(global_groups))
         return orig_to_global(batch, plan, *global_groups)
 
+    def params_sha256(model) -> str:
+        params = jax.device_get(jax.tree.leaves(nnx.state(model, nnx.Param)))  # replicated: all here
+        return hashlib.sha256(b"".join(np.asarray(p).tobytes() for p in params)).hexdigest()
+
     def not_replicated(tree) -> dict:
         return {
             jax.tree_util.keystr(path): str(x.sharding.spec)
@@ -205,7 +209,7 @@ def main() -> None:
             warmup_steps=2,
             optimizer_params={"lr": job.get("lr", 1e-3)},
             show_progress_bar=False,
-            logging_steps=1,
+            logging_steps=job.get("logging_steps", 1),
             evaluator=evaluator,
         )
         if job.get("checkpoint_path"):
@@ -244,6 +248,10 @@ def main() -> None:
         except Exception as e:  # noqa: BLE001 - reported to the test, which decides
             res["error"] = {"type": type(e).__name__, "message": str(e), "traceback": traceback.format_exc()}
             res["seconds"] = time.perf_counter() - started
+            if recorder["tokenized"] is not None:  # a stream that stopped: what it fed and the model it left
+                res["fed"] = recorder["fed"]
+                res["losses"] = [h["loss"] for h in ce.training_history]
+                res["params_sha256"] = params_sha256(ce.model)
             continue
         finally:
             recorder["active"] = False
@@ -256,8 +264,7 @@ def main() -> None:
         if recorder["tokenized"] is not None:
             res["tokenized"] = recorder["tokenized"]
             res["stream_examples"] = summary["stream_examples"]
-            params = jax.device_get(jax.tree.leaves(nnx.state(ce.model, nnx.Param)))  # replicated: all here
-            res["params_sha256"] = hashlib.sha256(b"".join(np.asarray(p).tobytes() for p in params)).hexdigest()
+            res["params_sha256"] = params_sha256(ce.model)
         res["sharded_params"] = not_replicated(nnx.state(ce.model, nnx.Param))
         if saved_layouts:
             res["sharded_opt_state"] = saved_layouts[0]

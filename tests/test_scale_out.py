@@ -19,6 +19,7 @@ from __future__ import annotations
 import collections
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -45,6 +46,7 @@ STREAM = dict(
     kind="stream", batch_size=16, max_steps=20, lookahead=1, dropout=True, seed=3, predict=False, max_length=24
 )
 SHARD_SIZES = (20, 28)
+BAD_ROW = 12  # of process 1's file: a pair with no second text, past the planned first step (see _bad_stream)
 WORDS = (
     "the a man woman dog cat plays runs guitar field music park red blue small large quickly slowly "
     "house car child ball water tree sings eats bread river city green old young"
@@ -188,6 +190,11 @@ def runs(tmp_path_factory):
     stream_order, files = _stream_files(rows, root)
     stream = dict(STREAM, files=files)
     two_processes.append(dict(stream, name="stream"))
+    # The same stream with a bad example in process 1's shard: checked in its step, read to the log at once
+    # (logging_steps=1) or only by the next step's dispatch.
+    bad_stream = dict(stream, files=[files[0], _bad_stream_file(files[1], root)])
+    two_processes.append(dict(bad_stream, name="stream_bad"))
+    two_processes.append(dict(bad_stream, name="stream_bad_unlogged", logging_steps=1000))
     stream_ck = dict(stream, checkpoint_path=str(root / "stream_checkpoints"), save_steps=2)
     stream_killed = [dict(stream_ck, name="stream_killed", kill_after_step=3, kill_wait_for_step=2)]
     stream_resumed = [dict(stream_ck, name="stream_resumed")]
@@ -250,6 +257,16 @@ def _stream_files(rows: list, root: Path) -> tuple[list[int], list[str]]:
         path.write_text("\n".join(lines) + "\n")
         files.append(str(path))
     return order, files
+
+
+def _bad_stream_file(path: str, root: Path) -> str:
+    """``path`` with its row ``BAD_ROW`` missing the second text."""
+    lines = Path(path).read_text().splitlines()
+    row = json.loads(lines[BAD_ROW])
+    lines[BAD_ROW] = json.dumps({**row, "sentence2": None})
+    bad = root / "stream_1_bad.jsonl"
+    bad.write_text("\n".join(lines) + "\n")
+    return str(bad)
 
 
 def _tiny_bert(directory: Path) -> None:
@@ -567,3 +584,36 @@ def test_two_process_stream_resumes_exactly(runs):
         assert job["stream_examples"] == whole["stream_examples"]
         assert job["losses"] == whole["losses"][2:], f"process {p}"  # bit-exact, dropout on
         assert job["params_sha256"] == whole["params_sha256"], f"process {p}"
+
+
+def test_two_process_stream_with_a_bad_example_stops_every_process(runs):
+    """A bad example past the planned steps, in one process's shard: every process stops after the same steps
+    with an error that says why (none waits for its peer until a timeout), and the model is that of the last
+    step before it, on both."""
+    straight = _stream_jobs(runs["2proc"], "stream")
+    stopped_models = set()
+    for name in ("stream_bad", "stream_bad_unlogged"):
+        p0, p1 = (result["jobs"][name] for result in _results(runs["2proc"]))
+        assert "error" in p0 and "error" in p1, name
+        first, second = p0["error"], p1["error"]
+        assert second["type"] == "ValueError", second["traceback"]
+        assert f"Example {BAD_ROW}" in second["message"], second["message"]
+        match = re.search(r"every process stopped at step (\d+)", second["traceback"])
+        assert match, second["traceback"]
+        stopped = int(match.group(1))
+        assert first["type"] == "RuntimeError", first["traceback"]
+        assert f"stopped at step {stopped} of a multi-host stream: process 1 " in first["message"], first["message"]
+        # The bad example is in process 1's 2nd chunk of 8 pairs, while process 0 still has pairs to feed.
+        assert 2 <= stopped <= 3, stopped
+        for p, (job, whole) in enumerate(zip((p0, p1), straight, strict=True)):
+            # The steps before it fed what the run without the bad example fed; the stopped step (process 1 fed
+            # nothing) and, read lazily, the one packed after it were not trained.
+            assert job["fed"][: stopped - 1] == whole["fed"][: stopped - 1], f"{name}, process {p}"
+            after = job["fed"][stopped - 1 :]
+            assert after == ([[]] * len(after) if p else whole["fed"][stopped - 1 : len(job["fed"])]), f"{name} {p}"
+        assert len(p0["fed"]) == stopped + (name == "stream_bad_unlogged"), name
+        if name == "stream_bad":  # logged every step: the losses of the steps that trained, as in the whole run
+            assert p0["losses"] == p1["losses"] == straight[0]["losses"][: stopped - 1]
+        assert p0["params_sha256"] == p1["params_sha256"], name
+        stopped_models.add((stopped, p0["params_sha256"]))
+    assert len(stopped_models) == 1, stopped_models  # read at once or one step later: the same model

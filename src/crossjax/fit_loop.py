@@ -29,7 +29,7 @@ from crossjax import data as data_lib
 from crossjax import logs, losses, packing, streaming, training
 from crossjax.models.base import FlaxPreTrainedModel
 from crossjax.models.export import check_local_path
-from crossjax.parallel import MeshPlan, process_rows, put_global
+from crossjax.parallel import MeshPlan, global_batch_array, process_rows, put_global
 from crossjax.runtime import progress_bar
 from crossjax.schedules import make_schedule, scheduler_key
 
@@ -381,6 +381,7 @@ class TrainStep:
     source: int = 0  # which of the data source's (loss, chunks) trains this step (several datasets)
     global_groups: int | None = None  # set: ``batch`` holds only this process's groups (a multi-host stream)
     probe: bool = False  # this process had nothing to feed: the run ends if no process had (see streaming)
+    abort: int = 0  # multi-host stream: 1 + this process's index once its shard failed (the step trains nothing)
 
 
 class _InMemoryData:
@@ -545,6 +546,7 @@ class _StreamData:
         self.position = 0  # examples of the stream (of this process's shard) trained on so far
         self.packing_plan: packing.PackingPlan | None = None
         self.reader: streaming.StreamReader | None = None
+        self.failure: Exception | None = None  # multi-host: why this process's shard stopped (bad example, I/O)
 
     def run_fingerprint(self) -> dict[str, Any]:
         fingerprint = {
@@ -704,7 +706,12 @@ class _StreamData:
 
     def _shard_steps(self) -> Any:
         """Multi-host: this process's share of each step in the agreed shape, the suffix that does not fit
-        deferred; empty probe steps once its shard is used up (the fit loop stops when all are empty)."""
+        deferred; empty probe steps once its shard is used up (the fit loop stops when all are empty).
+
+        An error reading or checking the shard (a bad example past the planned steps, an I/O error) is not
+        raised here: the other processes would wait for this one in the next step's collectives until JAX's
+        coordination timed out. This process feeds empty steps flagged ``abort`` instead; the fit loop reads
+        each step's flag before it dispatches the next one, and every process stops there (:meth:`abort`)."""
         plan = self.local_plan
         length = plan.row_lengths[-1]
 
@@ -716,7 +723,12 @@ class _StreamData:
         empty = streaming.concat_pairs([])
         no_labels = data_lib.validate_examples([], self.target.model.num_labels)[2]  # the label dtype of all
         for taken in range(1, self.remaining + 1):
-            step = next(shard, None)
+            step = None
+            if self.failure is None:
+                try:
+                    step = next(shard, None)
+                except Exception as error:  # noqa: BLE001 - raised by abort() once every process knows
+                    self.failure = error
             if step is None:
                 tokenized, labels, n = empty, no_labels, 0
             else:
@@ -727,7 +739,32 @@ class _StreamData:
                 raise RuntimeError(f"multi-host stream step of row length {batch.input_ids.shape[-1]}, not {length}")
             self.position += n
             last = taken == self.remaining
-            yield TrainStep(0, self.start_step + taken, last, batch, n, global_groups=self.groups, probe=step is None)
+            failed = self.failure is not None
+            yield TrainStep(
+                0,
+                self.start_step + taken,
+                last,
+                batch,
+                n,
+                global_groups=self.groups,
+                probe=step is None and not failed,
+                abort=self.process + 1 if failed else 0,
+            )
+
+    def abort(self, flag: int, step: int) -> None:
+        """Every process read a nonzero ``abort`` of ``step`` (that step and later ones trained nothing): stop
+        with this process's own error, or name the process that failed."""
+        if self.failure is not None:
+            self.failure.add_note(
+                f"(process {self.process} of {self.processes}: every process stopped at step {step}, which trained "
+                f"nothing; steps up to {step - 1} trained)"
+            )
+            raise self.failure
+        raise RuntimeError(
+            f"Training stopped at step {step} of a multi-host stream: process {flag - 1} could not read or check "
+            f"its shard (its own error says why). Steps up to {step - 1} trained; the model and checkpoints hold "
+            "them, and this process stops with the others instead of waiting for that process."
+        )
 
     def stream_ended(self, step: int) -> None:
         """The fit loop found a probe step empty on every process: all shards are used up."""
@@ -885,7 +922,25 @@ def _run_fit(
         nnx.update(model, state.params)
         nnx.update(model, state.rest)
 
+    unread_abort = None  # (flag, step): a multi-host stream step's abort flag (_StreamData._shard_steps), unread
+
+    def stop_if_aborted() -> None:
+        # Called before the next step is dispatched and before anything reads the last step's results (log,
+        # evaluation, checkpoint, callbacks); a rule of the step count alone, so all processes stop after the
+        # same steps and none is left in a collective. The read comes after the next batch is packed.
+        nonlocal unread_abort
+        if unread_abort is not None:
+            (flag, aborted_step), unread_abort = unread_abort, None
+            flag = int(jax.device_get(flag))
+            if flag:
+                data.abort(flag, aborted_step)
+
+    def synced_model() -> None:
+        stop_if_aborted()
+        sync_model()
+
     def evaluate(epoch: int, steps: int) -> None:
+        stop_if_aborted()
         metrics.flush()
         sync_model()
         if getattr(evaluate_fn, "takes_global_step", False):  # the trainer's hook logs by global step
@@ -913,6 +968,7 @@ def _run_fit(
         metrics.restart_clock()  # the throughput of the next logged steps leaves evaluation time out
 
     def save_checkpoint(epoch: int) -> None:
+        stop_if_aborted()  # nor one whose data positions count pairs an aborted step did not train
         metrics.flush()  # never checkpoint a state whose last loss was not finite
         checkpointer.save(
             global_step, state, {"best_score": result.best_score, "epoch": epoch, **data.checkpoint_meta()}
@@ -957,8 +1013,17 @@ def _run_fit(
                 if step.global_groups is None
                 else training.batch_to_global(step.batch, plan, step.global_groups)
             )
+            if step.global_groups is not None:
+                global_batch["abort"] = global_batch_array(
+                    np.full(len(step.batch.input_ids), step.abort, np.int32), plan.batch, step.global_groups
+                )
+                stop_if_aborted()
             state, step_metrics, gradients = program.fn(state, global_batch, healthy, hparams, gradients)
             healthy = step_metrics["finite"]  # stays on the device: a bad step freezes all later ones
+            if "abort" in step_metrics:
+                unread_abort = (step_metrics["abort"], global_step + 1)
+            if step.probe:
+                stop_if_aborted()
             if step.probe and float(jax.device_get(step_metrics["pairs"])) == 0:
                 # No process had a pair (every process reads the same count): the step changed nothing and
                 # the run ends here on all of them; the epoch's end is evaluated as a stream's end would be.
@@ -971,6 +1036,7 @@ def _run_fit(
             trained_pairs += step.pairs
             metrics.add(global_step, step.epoch, step_metrics, step.pairs)
             if global_step % cfg.logging_steps == 0 or (global_step == 1 and cfg.log_first_step):
+                stop_if_aborted()
                 metrics.flush()
                 if bar is not None:
                     bar.set_postfix(loss=f"{metrics.last_loss:.4f}", pairs_per_s=f"{metrics.pairs_per_second:.1f}")
@@ -984,8 +1050,9 @@ def _run_fit(
             if step.last_in_epoch and evaluating() and cfg.evaluate_each_epoch:
                 evaluate(step.epoch, -1)
             maybe_checkpoint(step.epoch)
-            if target.on_step is not None and target.on_step(global_step, step.epoch, sync_model):
+            if target.on_step is not None and target.on_step(global_step, step.epoch, synced_model):
                 break
+        stop_if_aborted()
         metrics.flush()
         if checkpointer is not None and global_step % cfg.checkpoint_save_steps != 0 and global_step > start_step:
             save_checkpoint(last_epoch)

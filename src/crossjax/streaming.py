@@ -35,7 +35,9 @@ step (empty slots are masked).
 
 A process whose shard is exhausted feeds empty groups (steps still need all processes) and reads back each
 such step's global pair count; a step in which no process had a pair leaves the model unchanged (see
-:func:`crossjax.training.make_train_step`) and ends the run on every process at once. Each checkpoint
+:func:`crossjax.training.make_train_step`) and ends the run on every process at once. A process whose shard
+fails (a bad example, a read error) feeds empty steps flagged ``abort`` instead of raising, and every process
+stops after the same steps (``crossjax.fit_loop._StreamData._shard_steps``). Each checkpoint
 stores every process's data position (gathered when saving, which is collective anyway), and a resume
 restarts each process at its own.
 """

@@ -374,7 +374,8 @@ def make_train_step(
     With accumulation, the batch's groups {i*k + j} form micro-batch j, so the split stays local to each data
     shard. ``healthy`` is the previous step's ``metrics["finite"]`` (True at the start): once a step was not
     finite, no later step changes the parameters or optimizer state either. A step without a single real pair
-    (the last, empty step of a multi-host stream whose shards are all used up) changes nothing, RNG included.
+    (the last, empty step of a multi-host stream whose shards are all used up), or with a nonzero ``abort``
+    (a multi-host stream step in which some process's shard failed), changes nothing, RNG included.
 
     The loss of a step is ``sum(numerators) / sum(denominators)`` over its micro-batches, and its gradient
     ``sum(grad numerators) / sum(denominators)``: for the losses crossjax ships (:func:`losses.loss_parts`:
@@ -403,6 +404,10 @@ def make_train_step(
     def step_and_gradients(state: TrainState, batch: dict, healthy: jax.Array, hparams) -> tuple[TrainState, dict, Any]:
         if counter is not None:
             counter.tick(batch["input_ids"].shape)
+        # A multi-host stream's steps carry ``abort`` [groups]: 1 + the index of a process whose shard failed
+        # (see crossjax.fit_loop), else 0. Such a step changes nothing, and every process reads the flag.
+        batch = dict(batch)
+        abort = batch.pop("abort", None)
         if k == 1:
             (loss, rest), grads = mean_grad_fn(state.params, state.rest, batch)
         else:
@@ -425,14 +430,18 @@ def make_train_step(
             grads = jax.tree.map(lambda g: g * scale.astype(g.dtype), grads)
         grad_norm = global_norm_of(grads)
         pairs = jnp.sum(batch["example_mask"])
-        any_pairs = pairs > 0
-        # A non-finite loss or gradient (or a step without pairs) applies no update. Gating the update itself
+        trains = pairs > 0
+        extra_metrics = {}
+        if abort is not None:
+            extra_metrics["abort"] = jnp.max(abort)
+            trains = trains & (extra_metrics["abort"] == 0)
+        # A non-finite loss or gradient (or a step that does not train) applies no update. Gating the update itself
         # (not selecting between old and new state afterwards) lets XLA update the donated buffers in place:
         # on a CPU the select cost 35 ms and doubled AdamW's 31 ms of a 320 ms MiniLM step
         # (benchmarks/step_profile.py); on an H200 the gated BERT-base bf16 step took 32.9 ms against the
         # select's 36.0 ms (benchmarks/train_step.py --pairs stsb, RESULTS.md "Session 6").
         finite_gradient = healthy & jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-        apply = finite_gradient & any_pairs
+        apply = finite_gradient & trains
 
         def update(params, opt_state):
             optimizer = optax.with_extra_args_support(tx_for(hparams))  # clipping reuses grad_norm
@@ -442,12 +451,13 @@ def make_train_step(
         params, opt_state = jax.lax.cond(apply, update, lambda p, o: (p, o), state.params, state.opt_state)
         finite = finite_gradient & _all_finite(params)
         new_state = TrainState(
-            step=state.step + any_pairs.astype(state.step.dtype),
+            step=state.step + trains.astype(state.step.dtype),
             params=params,
-            rest=_keep_unless(any_pairs, rest, state.rest),
+            rest=_keep_unless(trains, rest, state.rest),
             opt_state=opt_state,
         )
-        return new_state, {"loss": loss, "grad_norm": grad_norm, "finite": finite, "pairs": pairs}, grads
+        step_metrics = {"loss": loss, "grad_norm": grad_norm, "finite": finite, "pairs": pairs, **extra_metrics}
+        return new_state, step_metrics, grads
 
     if gradient_buffer:
 

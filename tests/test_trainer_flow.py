@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 from conftest import save_tiny_bert
@@ -213,3 +214,62 @@ def test_no_duplicates_epochs_train_every_row_once_a_pass(tiny, tmp_path):
     for batch in seen:  # no text twice in a batch
         assert len({texts[i] for i in batch}) == len(batch)
     assert trainer.train().global_step == 15
+
+
+class _ScriptedEvaluator:
+    """A score fixed by the step (best at step 2, before the run below is interrupted), so which step is best does
+    not depend on how training went."""
+
+    SCORES = {2: 0.9, 4: 0.5, 6: 0.7, 8: 0.6}
+
+    def __call__(self, model, output_path=None, epoch=-1, steps=-1):
+        return {"score": np.float32(self.SCORES[steps])}  # a numpy scalar, as evaluators return
+
+
+class _StopAt:
+    """Ends the run after ``step`` (as a preemption right after that step's checkpoint would)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            control.should_training_stop = True
+
+
+def test_resumed_run_keeps_the_log_history_and_the_best_model_of_before(tiny, tmp_path):
+    """Hugging Face keeps trainer_state.json (log history, best metric and step) and the best checkpoint: a run
+    resumed after its best evaluation still ends with that model and the whole history, as if never stopped."""
+    from flax import nnx
+
+    def train(output: Path, callbacks=(), resume=None):
+        args = CrossEncoderTrainingArguments(
+            str(output), max_steps=8, per_device_train_batch_size=2, learning_rate=1e-2, eval_strategy="steps",
+            eval_steps=2, save_steps=2, save_total_limit=1, logging_steps=2, load_best_model_at_end=True,
+            metric_for_best_model="score", disable_tqdm=True, seed=0,
+        )  # fmt: skip
+        model = CrossEncoder(str(tiny))
+        trainer = CrossEncoderTrainer(
+            model=model, args=args, train_dataset=_pairs(), evaluator=_ScriptedEvaluator(), callbacks=list(callbacks)
+        )
+        trainer.train(resume_from_checkpoint=resume)
+        params = jax.tree.leaves(jax.device_get(nnx.state(model.model, nnx.Param)))
+        return trainer, params
+
+    whole, whole_params = train(tmp_path / "whole")
+    train(tmp_path / "stopped", callbacks=[_StopAt(4)])
+    resumed, resumed_params = train(tmp_path / "stopped", resume=True)
+    assert whole.state.best_global_step == resumed.state.best_global_step == 2
+    assert whole.state.best_metric == resumed.state.best_metric == pytest.approx(0.9)
+    # The best model is step 2's, trained before the interruption (save_total_limit=1 kept only step 4's
+    # checkpoint, which carries it); training resumed bit-exactly, so the models are equal.
+    for a, b in zip(whole_params, resumed_params, strict=True):
+        np.testing.assert_array_equal(a, b)
+    # The log history is the uninterrupted run's, entry by entry (the end-of-run entries report timings).
+    timed = ("train_runtime", "train_samples_per_second", "train_steps_per_second", "train_loss")
+    untimed = [{k: v for k, v in h.items() if k not in timed} for h in whole.state.log_history]
+    resumed_untimed = [{k: v for k, v in h.items() if k not in timed} for h in resumed.state.log_history]
+    assert [h["step"] for h in untimed] == [2, 2, 4, 4, 6, 6, 8, 8, 8], untimed
+    assert len(resumed_untimed) == len(untimed)
+    for ours, uninterrupted in zip(resumed_untimed, untimed, strict=True):
+        assert ours == pytest.approx(uninterrupted, rel=1e-6), (ours, uninterrupted)

@@ -143,6 +143,7 @@ class TrainCheckpointer:
         self.manager = ocp.CheckpointManager(self.directory, options=options)
 
     def restore_latest(self, state: TrainState, shardings: TrainState) -> tuple[TrainState, dict] | None:
+        """The latest step's state and meta (``meta["best_params"]``: the host parameters saved with it, if any)."""
         step = self.manager.latest_step()
         if step is None:
             return None
@@ -198,6 +199,17 @@ class TrainCheckpointer:
                     f"{len(bad)} array(s) ({shown}) does not match the checksums stored when it was saved. "
                     + self._recovery_hint(step)
                 )
+        if meta.get("has_best_params"):
+            like = jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), jax.device_get(state.params))
+            try:
+                meta["best_params"] = self.manager.restore(
+                    step, args=ocp.args.Composite(best_params=ocp.args.StandardRestore(like))
+                )["best_params"]
+            except Exception as e:  # noqa: BLE001
+                raise CheckpointCorruptError(
+                    f"The best model's parameters saved with step {step} in {self.directory} could not be read "
+                    f"({_first_line(e)}). " + self._recovery_hint(step)
+                ) from e
         new_state = TrainState(
             step=restored["step"],
             params=restored["params"],
@@ -216,13 +228,17 @@ class TrainCheckpointer:
             )
         return f"Nothing was deleted. Delete the folder {where} to start afresh, or use a new checkpoint_path."
 
-    def save(self, step: int, state: TrainState, extra: dict[str, Any]) -> None:
+    def save(self, step: int, state: TrainState, extra: dict[str, Any], best_params: Any = None) -> None:
+        """Save ``state`` and the JSON ``extra``; ``best_params`` (host arrays shaped as the parameters: the
+        trainer's best model so far) go with it, so a resumed run still ends with that model."""
         pure = _as_pure(state)
         meta = {"step": int(step), "fingerprint": self.fingerprint, **extra, "checksums": state_checksums(pure)}
-        self.manager.save(
-            int(step),
-            args=ocp.args.Composite(state=ocp.args.StandardSave(pure), meta=ocp.args.JsonSave(meta)),
-        )
+        if best_params is not None:
+            meta["has_best_params"] = True
+        items = {"state": ocp.args.StandardSave(pure), "meta": ocp.args.JsonSave(meta)}
+        if best_params is not None:
+            items["best_params"] = ocp.args.StandardSave(best_params)
+        self.manager.save(int(step), args=ocp.args.Composite(**items))
 
     def close(self) -> None:
         self.manager.wait_until_finished()

@@ -217,6 +217,11 @@ class FitTarget:
     # step (its arrays are the state's, valid until the next step runs); returning True stops the run.
     on_step: Callable[[int, int, Callable[[], None]], bool | None] | None = None
     callbacks: list[logs.RunCallback] = field(default_factory=list)  # e.g. the model card's recorder
+    # The facade's own run state, kept in checkpoints (the trainer's TrainerState and best model):
+    # ``checkpoint_state(step) -> (JSON dict, host parameters or None)`` when a checkpoint is saved, and
+    # ``resume_state(meta)`` with the restored checkpoint's meta (``meta["best_params"]``: those parameters).
+    checkpoint_state: Callable[[int], tuple[dict[str, Any], Any]] | None = None
+    resume_state: Callable[[dict[str, Any]], None] | None = None
 
 
 @dataclass
@@ -874,6 +879,8 @@ def _run_fit(
             start_step = int(meta["step"])
             best_score = meta.get("best_score")
             data.resume(meta)
+            if target.resume_state is not None:
+                target.resume_state(meta)
             logger.info("Resuming from checkpoint step %d in %s", start_step, cfg.checkpoint_path)
     try:
         data.start(start_step)
@@ -970,8 +977,12 @@ def _run_fit(
     def save_checkpoint(epoch: int) -> None:
         stop_if_aborted()  # nor one whose data positions count pairs an aborted step did not train
         metrics.flush()  # never checkpoint a state whose last loss was not finite
+        own, best_params = target.checkpoint_state(global_step) if target.checkpoint_state else ({}, None)
         checkpointer.save(
-            global_step, state, {"best_score": result.best_score, "epoch": epoch, **data.checkpoint_meta()}
+            global_step,
+            state,
+            {"best_score": result.best_score, "epoch": epoch, **data.checkpoint_meta(), **own},
+            best_params=best_params,
         )
         events.on_checkpoint(global_step)
         metrics.restart_clock()

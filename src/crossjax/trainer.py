@@ -15,6 +15,7 @@ checkpoints in ``output_dir/checkpoints`` (resumed bit-exactly), not ``checkpoin
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
@@ -315,6 +316,7 @@ class CrossEncoderTrainer:
             on_step=run.on_step,
             callbacks=[CardRecorder(self.model, None, record_setup=False), run],
         )
+        data.target.checkpoint_state, data.target.resume_state = run.checkpoint_state, run.resume_state
         self._record_card(data)
         self.model.training_history = result.history
         self._call_back("on_train_begin")
@@ -510,6 +512,30 @@ class _RunHooks(RunCallback):
         state.global_step, state.epoch = step, self._epoch(step)
         self._maybe_log(step)
         self.trainer._call_back("on_save")
+
+    def checkpoint_state(self, step: int) -> tuple[dict[str, Any], Any]:
+        """What a checkpoint keeps of the trainer, as Hugging Face's ``trainer_state.json`` does: the log history
+        (with this step's entry: Hugging Face logs a step before saving it), the best metric and its step, and
+        the best model's parameters (``load_best_model_at_end``) so that a resumed run ends with that model."""
+        state = self.trainer.state
+        state.global_step, state.epoch = step, self._epoch(step)
+        self._maybe_log(step)
+        kept = {"log_history": state.log_history, "best_metric": state.best_metric, "best_step": state.best_global_step}
+        # JSON-safe copies (numpy scalars from evaluators become Python numbers)
+        kept = json.loads(json.dumps(kept, default=lambda x: x.item() if hasattr(x, "item") else str(x)))
+        return {"trainer_state": kept}, self.best_params
+
+    def resume_state(self, meta: dict[str, Any]) -> None:
+        """The trainer state of a restored checkpoint (checkpoints written before it was kept have none: the
+        log history and the best model then start at the resumed step)."""
+        kept = meta.get("trainer_state")
+        if kept is None:
+            return
+        state = self.trainer.state
+        state.log_history = list(kept["log_history"])
+        state.best_metric, state.best_global_step = kept["best_metric"], kept["best_step"]
+        self.best_params = meta.get("best_params")
+        self.logged_through = int(meta["step"])
 
     def log(self) -> None:
         """Hugging Face's training log entry: the mean loss since the last one, the last gradient norm and

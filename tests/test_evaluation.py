@@ -490,6 +490,25 @@ def test_reranking_differences_from_st() -> None:
         cje.CERerankingEvaluator([{"query": "q", "positive": ["p"]}])(model)
 
 
+def test_non_finite_scores_are_an_error_as_in_st() -> None:
+    """A NaN score used to sort first: a diverged model got accuracy, MAP and MRR 1.0. sentence-transformers
+    raises (scikit-learn's "Input contains NaN"); crossjax names the pair."""
+    pairs = [["a", "b"], ["c", "d"], ["e", "f"]]
+    table = {("a", "b"): float("nan"), ("c", "d"): 0.2, ("e", "f"): 0.8}
+    samples = [{"query": "a", "positive": ["b"], "negative": ["d", "f"]}]
+    rerank_table = {("a", "b"): float("nan"), ("a", "d"): 0.9, ("a", "f"): 0.1}
+    for ours, theirs, model in (
+        (cje.CrossEncoderClassificationEvaluator, st_eval.CrossEncoderClassificationEvaluator, StubModel(table)),
+        (cje.CrossEncoderRerankingEvaluator, st_eval.CrossEncoderRerankingEvaluator, StubModel(rerank_table)),
+    ):
+        args = (pairs, [1, 0, 1]) if ours is cje.CrossEncoderClassificationEvaluator else (samples,)
+        with pytest.raises(ValueError, match="NaN"):
+            theirs(*args)(model)
+        message = r"scored 1 of 3 pairs nan, not a finite number \(first: pair 0, \['a', 'b'\]\)"
+        with pytest.raises(ValueError, match=message):
+            ours(*args)(model)
+
+
 def test_numpy_ranking_metrics_match_sklearn() -> None:
     rng = np.random.default_rng(3)
     for _ in range(60):

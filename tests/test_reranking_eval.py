@@ -186,6 +186,27 @@ def test_beir_base_metrics_equal_a_trec_style_computation_on_the_bm25_run(beir_e
         assert results[prefix + "base_map"] == pytest.approx(np.mean(aps), abs=1e-12)
 
 
+def test_beir_evaluation_reaches_the_model_card_at_its_epoch_and_step(beir_evaluator):
+    """sentence-transformers' NanoBEIR evaluator passes (epoch, steps) to the card, which places the metrics in
+    the training logs by step."""
+
+    class Recording:
+        def __init__(self) -> None:
+            self.calls = []
+            self.model_card_data = self
+
+        def set_evaluation_metrics(self, evaluator, metrics, epoch=0, step=0):
+            self.calls.append((type(evaluator).__name__, epoch, step))
+
+        def predict(self, pairs, **kwargs):
+            return np.arange(len(pairs), dtype=np.float32)
+
+    model = Recording()
+    beir_evaluator(model, None, 3, 7)
+    assert model.calls[-1] == ("CrossEncoderBEIREvaluator", 3, 7)
+    assert all(call[1:] == (3, 7) for call in model.calls), model.calls
+
+
 def test_beir_folder_reading_and_bad_input(tmp_path):
     msmarco = load_beir_folder(shared_data("msmarco"))
     assert (len(msmarco.corpus_texts), len(msmarco.queries)) == (5000, 50)

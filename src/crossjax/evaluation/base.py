@@ -56,6 +56,23 @@ def checked_gold(values: Sequence[Any], pairs: int, what: str, classes: bool = F
     return np.asarray(values, dtype=np.int64 if classes else np.float64)
 
 
+def finite_scores(scores: np.ndarray, pairs: Sequence[Any], evaluator: str) -> np.ndarray:
+    """``scores`` if all are finite, else a ValueError naming the first bad pair. A NaN would sort first
+    (argsort puts it last, and metrics read scores best first): a diverged model could then score a perfect
+    accuracy, MAP or MRR and be kept as the best. sentence-transformers raises here too (scikit-learn's
+    "Input contains NaN")."""
+    bad = ~np.isfinite(scores)
+    if bad.any():
+        rows = np.flatnonzero(bad.reshape(len(scores), -1).any(axis=1))
+        first = int(rows[0])
+        raise ValueError(
+            f"{evaluator}: the model scored {len(rows)} of {len(scores)} pairs {scores[first].tolist()}, not a finite "
+            f"number (first: pair {first}, {list(pairs[first])!r}); its parameters (or compute dtype) no longer "
+            "give finite outputs, so no metric can be computed"
+        )
+    return scores
+
+
 def _maybe_to_float(value: Any) -> Any:
     try:
         return float(value)

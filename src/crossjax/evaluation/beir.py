@@ -276,7 +276,9 @@ class CrossEncoderBEIREvaluator(CrossEncoderEvaluator):
             metric: f"{aggregate[metric]:.4f} ({aggregate[metric] - aggregate['base_' + metric]:+.4f})"
             for metric in ("map", f"mrr@{k}", f"ndcg@{k}")
         }
-        self.store_metrics_in_model_card_data(model, self.prefix_name_to_metrics(model_card_metrics, self.name))
+        self.store_metrics_in_model_card_data(
+            model, self.prefix_name_to_metrics(model_card_metrics, self.name), epoch, steps
+        )
         results.update({f"{self.name}_{metric}": value for metric, value in aggregate.items()})
         return results
 

@@ -16,7 +16,7 @@ import numpy as np
 
 from crossjax.runtime import show_progress_default
 
-from .base import CrossEncoderEvaluator, PredictModel, checked_gold, epoch_text
+from .base import CrossEncoderEvaluator, PredictModel, checked_gold, epoch_text, finite_scores
 
 logger = logging.getLogger(__name__)
 
@@ -212,6 +212,7 @@ class CrossEncoderClassificationEvaluator(CrossEncoderEvaluator):
         pred_scores = self.predict(
             model, self.sentence_pairs, self.batch_size, self.show_progress_bar, self.prompt_name
         )
+        finite_scores(pred_scores, self.sentence_pairs, type(self).__name__)
 
         metrics: dict[str, float]
         if _num_labels(model, pred_scores) == 1:

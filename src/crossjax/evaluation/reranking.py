@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from .base import CrossEncoderEvaluator, PredictModel, epoch_text
+from .base import CrossEncoderEvaluator, PredictModel, epoch_text, finite_scores
 from .binary import average_precision
 
 logger = logging.getLogger(__name__)
@@ -214,6 +214,7 @@ class CrossEncoderRerankingEvaluator(CrossEncoderEvaluator):
             all_pred_scores = self.predict(
                 model, all_pairs, self.batch_size, self.show_progress_bar, self.prompt_name
             )
+            finite_scores(all_pred_scores, all_pairs, type(self).__name__)
             if all_pred_scores.ndim == 2 and all_pred_scores.shape[1] == 1:
                 all_pred_scores = all_pred_scores[:, 0]
         else:

@@ -332,6 +332,26 @@ def test_head_of_other_size_is_reinitialised_with_warning(tiny_dir, caplog):
     np.testing.assert_array_equal(np.asarray(model.classifier.bias[...]), 0.0)
 
 
+def test_classifier_loaded_with_one_output_exports_a_folder_transformers_reads(tmp_path):
+    """An NLI classifier made a reranker (num_labels=1): its problem_type was the replaced head's, and
+    transformers refuses to read "single_label_classification" next to num_labels=1."""
+    config = tiny_bert(3)
+    config.problem_type = "single_label_classification"
+    torch.manual_seed(1)
+    AutoModelForSequenceClassification.from_config(config).save_pretrained(tmp_path / "nli")
+    model = FlaxAutoModelForSequenceClassification.from_pretrained(tmp_path / "nli", num_labels=1)
+    assert model.config.problem_type is None
+    model.save_pretrained(tmp_path / "reranker")
+    reloaded, info = AutoModelForSequenceClassification.from_pretrained(tmp_path / "reranker", output_loading_info=True)
+    assert reloaded.config.num_labels == 1 and reloaded.config.problem_type is None
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    # A config transformers itself refuses is its error, not "unknown model type".
+    saved = tmp_path / "reranker" / "config.json"
+    saved.write_text(json.dumps({**json.loads(saved.read_text()), "problem_type": "single_label_classification"}))
+    with pytest.raises(CheckpointError, match="Could not read the config.*requires `num_labels > 1`"):
+        FlaxAutoModelForSequenceClassification.from_pretrained(tmp_path / "reranker")
+
+
 def test_import_crossjax_does_not_import_torch():
     import subprocess
     import sys

@@ -143,10 +143,36 @@ def test_a_saved_activation_path_outside_torch_falls_back_as_in_sentence_transfo
     np.testing.assert_allclose(
         CrossEncoder(folder).predict(pairs), st.CrossEncoder(str(folder)).predict(pairs), atol=1e-5
     )
+    content = json.loads((folder / "config_sentence_transformers.json").read_text())
     content["activation_fn"] = "torch.nn.modules.activation.PReLU"  # a torch module without a JAX form here
     (folder / "config_sentence_transformers.json").write_text(json.dumps(content))
+    assert type(st.CrossEncoder(str(folder)).activation_fn).__name__ == "PReLU"
     with pytest.raises(ValueError, match="PReLU.*activation_fn="):
         CrossEncoder(folder)
+
+
+def _torch_path(activation) -> str:
+    return f"{type(activation).__module__}.{type(activation).__name__}"
+
+
+def test_the_saved_activation_is_read_where_sentence_transformers_reads_it(saved, tmp_path):
+    """Its own file's activation counts only in a CrossEncoder save, and one outside torch there falls back to
+    config.json's, as sentence-transformers 6.2 does (not straight to the default)."""
+    from crossjax.losses import activation_name_for_export
+
+    tanh, identity = "torch.nn.modules.activation.Tanh", "torch.nn.modules.linear.Identity"
+    cases = {"bi": ("SentenceTransformer", tanh), "untrusted": ("CrossEncoder", "mypackage.activations.Scaled")}
+    for name, (model_type, in_file) in cases.items():
+        folder = shutil.copytree(saved, tmp_path / name)
+        st_config = json.loads((folder / "config_sentence_transformers.json").read_text())
+        st_config.update(model_type=model_type, activation_fn=in_file)
+        (folder / "config_sentence_transformers.json").write_text(json.dumps(st_config))
+        config = json.loads((folder / "config.json").read_text())
+        config["sentence_transformers"]["activation_fn"] = identity
+        (folder / "config.json").write_text(json.dumps(config))
+        theirs = _torch_path(st.CrossEncoder(str(folder)).activation_fn)
+        assert theirs == identity, name
+        assert activation_name_for_export(CrossEncoder(folder).activation_fn) == theirs, name
 
 
 def test_a_bi_encoder_folder_s_prompts_are_not_applied(saved, pairs, tmp_path):

@@ -64,14 +64,16 @@ def _is_cross_encoder_save(directory: Path, st_config: dict[str, Any]) -> bool:
     return (directory / "modules.json").is_file() and st_config.get("model_type") == "CrossEncoder"
 
 
-def _saved_activation(st_config: dict[str, Any], config) -> str | None:
-    """The activation a sentence-transformers CrossEncoder saved (v4+ file, config.json, or pre-v4 key)."""
-    if st_config.get("activation_fn"):
-        return st_config["activation_fn"]
+def _saved_activations(st_config: dict[str, Any], config, cross_encoder_save: bool) -> list[str]:
+    """The activations a sentence-transformers CrossEncoder saved, in the order it tries them: its own file's
+    (v6, read only in a CrossEncoder save), then config.json's (v4+ key, else the pre-v4 one)."""
+    paths = [st_config["activation_fn"]] if cross_encoder_save and st_config.get("activation_fn") else []
     st = getattr(config, "sentence_transformers", None)
     if isinstance(st, dict) and st.get("activation_fn"):
-        return st["activation_fn"]
-    return getattr(config, "sbert_ce_default_activation_function", None)
+        paths.append(st["activation_fn"])
+    elif getattr(config, "sbert_ce_default_activation_function", None):
+        paths.append(config.sbert_ce_default_activation_function)
+    return paths
 
 
 def _merged(name_a: str, a: dict | None, name_b: str, b: dict | None) -> dict:
@@ -264,10 +266,11 @@ class CrossEncoder:
             raise ValueError(f"max_shapes must be an integer >= 1, got {max_shapes!r}")
         self.max_shapes = max_shapes
         saved_st_config = _saved_st_config(directory)
-        saved = _saved_activation(saved_st_config, config)
+        cross_encoder_save = _is_cross_encoder_save(directory, saved_st_config)
+        saved = _saved_activations(saved_st_config, config, cross_encoder_save)
         # Prompts are a cross-encoder save's own; another model type's (a bi-encoder's query prompt) would
         # prepend text to every pair, so sentence-transformers 6 ignores them when converting, and so do we.
-        own = saved_st_config if _is_cross_encoder_save(directory, saved_st_config) else {}
+        own = saved_st_config if cross_encoder_save else {}
         self.prompts: dict[str, str] = {**(own.get("prompts") or {}), **(prompts or {})}
         self.default_prompt_name = (
             default_prompt_name if default_prompt_name is not None else own.get("default_prompt_name")
@@ -280,7 +283,7 @@ class CrossEncoder:
             self.activation_fn = activation_fn
         else:
             default = losses.sigmoid if self.num_labels == 1 else losses.identity
-            self.activation_fn = default if saved is None else _activation_or_default(saved, default)
+            self.activation_fn = _activation_or_default(saved, default)
         self._predict_graphdefs: dict = {}  # compute dtype name -> eval-mode graph of the model
         self.model_card_data = CrossEncoderModelCardData.coerce(model_card_data)
         if self.model_card_data.base_model is None and not Path(model_name_or_path).exists():
@@ -860,17 +863,19 @@ def _upload_folder(
     return commit.pr_url if create_pr else commit.commit_url
 
 
-def _activation_or_default(saved: str, default: Callable) -> Callable:
-    """The activation a checkpoint names. A path outside torch is code sentence-transformers will not import
-    either: it warns and uses the default, and so do we. A torch activation without a JAX form is an error
-    (scores would differ from sentence-transformers'), which says how to choose one."""
-    try:
-        return losses.activation_from_export_name(saved)
-    except ValueError as e:
-        if isinstance(saved, str) and saved.startswith("torch."):
-            raise ValueError(f"{e}. Pass CrossEncoder(..., activation_fn=...) to load this model") from None
-        logger.warning("%s; predict uses %s instead (pass activation_fn=... to choose)", e, default.__name__)
-        return default
+def _activation_or_default(saved: list[str], default: Callable) -> Callable:
+    """The first activation of ``saved`` (:func:`_saved_activations`) that loads. A path outside torch is code
+    sentence-transformers will not import either: it warns and tries the next, then the default, and so do
+    we. A torch activation without a JAX form is an error (scores would differ from sentence-transformers'),
+    which says how to choose one."""
+    for path in saved:
+        try:
+            return losses.activation_from_export_name(path)
+        except ValueError as e:
+            if isinstance(path, str) and path.startswith("torch."):
+                raise ValueError(f"{e}. Pass CrossEncoder(..., activation_fn=...) to load this model") from None
+            logger.warning("%s; it is not used (pass activation_fn=... to choose one)", e)
+    return default
 
 
 def _rowwise(fn: Callable, scores: np.ndarray) -> np.ndarray:

@@ -121,6 +121,9 @@ def read_state_dict(directory: Path) -> tuple[dict[str, np.ndarray], Path]:
     )
 
 
+CLASSIFICATION_PROBLEM_TYPES = ("single_label_classification", "multi_label_classification")
+
+
 def load_config(directory: str | os.PathLike, num_labels: int | None = None, **config_kwargs: Any):
     """transformers' AutoConfig for a local directory, with a clear error for a bad config.json."""
     from transformers import AutoConfig
@@ -129,15 +132,22 @@ def load_config(directory: str | os.PathLike, num_labels: int | None = None, **c
     if num_labels is not None:
         config_kwargs["num_labels"] = int(num_labels)
     try:
-        return AutoConfig.from_pretrained(str(directory), **config_kwargs)
+        config = AutoConfig.from_pretrained(str(directory), **config_kwargs)
     except Exception as e:  # noqa: BLE001 - transformers raises ValueError/KeyError/OSError here
+        from transformers import CONFIG_MAPPING
+
         raw = {}
         try:
             raw = json.loads((directory / CONFIG).read_text())
         except (OSError, ValueError) as read_error:
             raise CheckpointError(f"{directory / CONFIG} is not valid JSON: {read_error}") from e
         model_type = raw.get("model_type")
-        if model_type is not None:
+        if model_type is not None and model_type not in CONFIG_MAPPING:
             raise UnknownModelTypeError(model_type, f"{directory / CONFIG}: {e}") from e
         raise CheckpointError(f"Could not read the config in {directory / CONFIG}: {e}") from e
+    if config.num_labels == 1 and getattr(config, "problem_type", None) in CLASSIFICATION_PROBLEM_TYPES:
+        # A classifier's checkpoint loaded as a one-output model (a reranker from an NLI model): its
+        # problem_type was its replaced head's, and transformers refuses to read it next to num_labels=1.
+        config.problem_type = None
+    return config
 

@@ -219,11 +219,54 @@ def test_training_argument_defaults_equal_hugging_face_trainer():
         ({"eval_strategy": "sometimes"}, ValueError, "eval_strategy"),
         ({"load_best_model_at_end": True}, ValueError, "eval_strategy"),
         ({"no_such_argument": 1}, TypeError, "no_such_argument"),
+        ({"router_mapping": {"q": "query"}}, ValueError, "router_mapping"),
+        ({"learning_rate_mapping": {"x": 1e-3}}, ValueError, "Router"),
+        ({"prompts": {"a": {"q": "x"}}}, ValueError, "per-column prompts"),
     ],
 )
 def test_training_arguments_without_jax_meaning_are_errors(kwargs, error, message):
     with pytest.raises(error, match=message.replace("(", r"\(").replace(")", r"\)")):
         CrossEncoderTrainingArguments("out", **kwargs)
+
+
+def test_sentence_transformers_6_2_spellings_and_trainer_methods(tiny_ce, tmp_path):
+    """What sentence-transformers 6.2 scripts pass or call: its Router options left empty, the hashed
+    NO_DUPLICATES sampler (the same batches), prompts as a JSON string (parsed, as it does), a callback class
+    (made by the trainer, as Hugging Face does), and trainer.save_model()."""
+    from sentence_transformers.cross_encoder import CrossEncoderTrainingArguments as STArgs
+    from transformers import TrainerCallback
+
+    from crossjax.training_args import BatchSamplers
+
+    spelled = dict(
+        router_mapping={}, learning_rate_mapping={}, prompts='{"a": "x: "}', batch_sampler="no_duplicates_hashed"
+    )
+    theirs = STArgs(str(tmp_path / "st"), **spelled)
+    ours = CrossEncoderTrainingArguments(str(tmp_path / "ours"), **spelled)
+    assert ours.prompts == theirs.prompts == {"a": "x: "}
+    assert ours.batch_sampler is BatchSamplers.NO_DUPLICATES_HASHED
+    assert ours.batch_sampler.value == theirs.batch_sampler.value
+
+    class Counting(TrainerCallback):
+        steps = 0
+
+        def on_step_end(self, args, state, control, **kwargs):
+            type(self).steps += 1
+
+    args = CrossEncoderTrainingArguments(
+        str(tmp_path / "run"), max_steps=2, per_device_train_batch_size=2, batch_sampler="no_duplicates_hashed",
+        disable_tqdm=True,
+    )  # fmt: skip
+    data = {"a": ["x y", "y z", "z w", "w v"], "b": ["p", "q", "r", "s"], "label": [1.0, 0.0, 1.0, 0.0]}
+    trainer = CrossEncoderTrainer(model=tiny_ce, args=args, train_dataset=data, callbacks=[Counting])
+    assert isinstance(trainer.callbacks[0], Counting)
+    trainer.train()
+    assert Counting.steps == 2
+    assert isinstance(trainer.pop_callback(Counting), Counting) and trainer.callbacks == []
+    trainer.save_model()
+    assert (tmp_path / "run" / "model.safetensors").is_file() and (tmp_path / "run" / "config.json").is_file()
+    trainer.save_model(str(tmp_path / "elsewhere"))
+    assert CrossEncoder(str(tmp_path / "elsewhere")).num_labels == tiny_ce.num_labels
 
 
 def test_metric_for_best_model_direction_follows_hugging_face():

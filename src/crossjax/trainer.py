@@ -180,7 +180,9 @@ class CrossEncoderTrainer:
                 f"args.eval_strategy={self.args.eval_strategy!r} but neither eval_dataset nor evaluator was given: "
                 "pass one, or set eval_strategy='no'"
             )
-        self.callbacks: list[Any] = list(callbacks or [])
+        self.callbacks: list[Any] = []
+        for callback in callbacks or []:
+            self.add_callback(callback)
         self.state = TrainerState()
         self.control = TrainerControl()
         self._eval_programs: dict[Any, Callable] = {}
@@ -190,7 +192,23 @@ class CrossEncoderTrainer:
         return self.loss[name] if isinstance(self.loss, dict) else self.loss
 
     def add_callback(self, callback: Any) -> None:
-        self.callbacks.append(callback)
+        """Add a callback: an instance, or a class (made with no arguments, as Hugging Face does)."""
+        self.callbacks.append(callback() if isinstance(callback, type) else callback)
+
+    def pop_callback(self, callback: Any) -> Any:
+        """Remove and return a callback (an instance, or the first of a class); None if there is none."""
+        for i, present in enumerate(self.callbacks):
+            if present is callback or (isinstance(callback, type) and isinstance(present, callback)):
+                return self.callbacks.pop(i)
+        return None
+
+    def remove_callback(self, callback: Any) -> None:
+        self.pop_callback(callback)
+
+    def save_model(self, output_dir: str | None = None) -> None:
+        """Save the model (Hugging Face format, as :meth:`CrossEncoder.save`) to ``output_dir`` (default
+        ``args.output_dir``), as sentence-transformers scripts call it after ``train()``."""
+        self.model.save(output_dir if output_dir is not None else self.args.output_dir)
 
     def _call_back(self, event: str, **kwargs: Any) -> None:
         for callback in self.callbacks:
@@ -241,7 +259,7 @@ class CrossEncoderTrainer:
             max_steps=(args.max_steps if args.max_steps > 0 else None) if train else None,
             seed=(args.data_seed if args.data_seed is not None else args.seed) if train else 0,
             drop_last=args.dataloader_drop_last if train else False,
-            sampler=args.batch_sampler.value if train else "sequential",
+            sampler=_sampler_algorithm(args.batch_sampler.value) if train else "sequential",
         )
 
     def _fit_target(self, evaluate: Callable | None = None, on_step: Callable | None = None, callbacks=()):
@@ -443,6 +461,14 @@ class CrossEncoderTrainer:
             num, den = step_fn(params, rest, training.batch_to_global(step.batch, plan))
             numerator, denominator = numerator + float(num), denominator + float(den)
         return numerator / denominator if denominator else float("nan")
+
+
+# Samplers that make the same batches as another one (sentence-transformers 6.2 compares texts by hash there).
+_SAMPLER_ALGORITHMS = {"no_duplicates_hashed": "no_duplicates"}
+
+
+def _sampler_algorithm(sampler: str) -> str:
+    return _SAMPLER_ALGORITHMS.get(sampler, sampler)
 
 
 def _is_checkpoint_step(path: Path) -> bool:

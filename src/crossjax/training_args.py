@@ -9,6 +9,7 @@ machinery (``fp16``, ``deepspeed``, ``fsdp``, ``torch_compile``, DDP knobs, data
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from dataclasses import dataclass, field, fields
@@ -25,6 +26,8 @@ class BatchSamplers(str, Enum):
 
     BATCH_SAMPLER = "batch_sampler"  # plain seeded random batches
     NO_DUPLICATES = "no_duplicates"  # no text appears twice in a batch (in-batch negatives stay negatives)
+    # sentence-transformers 6.2: the same batches, its texts compared by hash (crossjax compares the texts)
+    NO_DUPLICATES_HASHED = "no_duplicates_hashed"
     GROUP_BY_LABEL = "group_by_label"  # each batch holds >= 2 rows of every label it contains
 
 
@@ -175,6 +178,9 @@ class CrossEncoderTrainingArguments:
     batch_sampler: BatchSamplers | str = BatchSamplers.BATCH_SAMPLER
     multi_dataset_batch_sampler: MultiDatasetBatchSamplers | str = MultiDatasetBatchSamplers.PROPORTIONAL
     prompts: str | dict[str, str] | None = None
+    # sentence-transformers 6.2's Router options: a cross-encoder has no Router (accepted empty only)
+    router_mapping: dict[str, Any] | None = None
+    learning_rate_mapping: dict[str, Any] | None = None
     resume_from_checkpoint: str | bool | None = None
     push_to_hub: bool = False
     prediction_loss_only: bool = True
@@ -210,6 +216,19 @@ class CrossEncoderTrainingArguments:
         self.save_strategy = _strategy("save_strategy", self.save_strategy)
         self.logging_strategy = _strategy("logging_strategy", self.logging_strategy)
         self.batch_sampler = BatchSamplers(getattr(self.batch_sampler, "value", self.batch_sampler))
+        if isinstance(self.prompts, str) and self.prompts.lstrip().startswith("{"):
+            self.prompts = json.loads(self.prompts)  # a dict given on a command line, as sentence-transformers does
+        if isinstance(self.prompts, dict) and any(not isinstance(p, str) for p in self.prompts.values()):
+            raise ValueError(
+                f"prompts={self.prompts!r}: a cross-encoder takes one prompt string per dataset (prepended to its "
+                "first column); per-column prompts are a bi-encoder's"
+            )
+        for name in ("router_mapping", "learning_rate_mapping"):
+            if getattr(self, name):
+                raise ValueError(
+                    f"{name}={getattr(self, name)!r} needs a sentence-transformers Router module, which a "
+                    "cross-encoder does not have; leave it empty"
+                )
         self.multi_dataset_batch_sampler = MultiDatasetBatchSamplers(
             getattr(self.multi_dataset_batch_sampler, "value", self.multi_dataset_batch_sampler)
         )

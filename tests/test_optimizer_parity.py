@@ -66,6 +66,23 @@ def test_decay_mask_equals_sentence_transformers_rule_on_pytorch_names(family, t
     assert any(expected.values()) and not all(expected.values())
 
 
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_trainer_decay_mask_equals_hugging_face_trainer_on_pytorch_names(family, tmp_path):
+    """CrossEncoderTrainer's rule is Hugging Face Trainer's (sentence-transformers' trainers use it): no norm
+    decays, DistilBERT's and ModernBERT's ``*_norm`` included, where the legacy fit's rule decays them."""
+    from transformers import Trainer
+
+    torch.manual_seed(0)
+    pt = AutoModelForSequenceClassification.from_config(FAMILIES[family](3))
+    pt.save_pretrained(tmp_path)
+    model = FlaxAutoModelForSequenceClassification.from_pretrained(tmp_path)
+    ours = mask_by_hf_name(model, training.decay_mask(model, nnx.state(model, nnx.Param), "trainer"))
+    decayed = set(Trainer.get_decay_parameter_names(None, pt))  # its self is unused
+    expected = {name: name in decayed for name, _ in pt.named_parameters()}
+    assert ours == expected, sorted(name for name in expected if ours.get(name) != expected[name])
+    assert any(expected.values()) and not all(expected.values())
+
+
 def test_decay_mask_on_minilm_spares_every_layernorm(minilm_dir):
     model = FlaxAutoModelForSequenceClassification.from_pretrained(minilm_dir, num_labels=1)
     ours = mask_by_hf_name(model, training.decay_mask(model, nnx.state(model, nnx.Param)))

@@ -126,7 +126,7 @@ def _as_pure(state: TrainState) -> dict:
 
 
 # Fingerprint keys newer than the first checkpoints (crossjax 0.x, session 14): absent from older ones.
-LATER_FINGERPRINT_KEYS = frozenset({"scan_layers", "groups", "max_length", "stream_files"})
+LATER_FINGERPRINT_KEYS = frozenset({"scan_layers", "groups", "max_length", "stream_files", "decay_rule"})
 
 
 class TrainCheckpointer:

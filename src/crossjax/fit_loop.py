@@ -52,6 +52,7 @@ class FitConfig:
     adam_betas: tuple[float, float] = (0.9, 0.999)
     amsgrad: bool = False
     weight_decay: float = 0.01
+    decay_rule: str = "fit"  # which parameters weight_decay applies to (training.decay_mask): "fit" or "trainer"
     evaluation_steps: int = 0
     output_path: str | None = None
     save_best_model: bool = True
@@ -848,7 +849,7 @@ def _run_fit(
         cfg.adam_eps,
         cfg.max_grad_norm,
     )
-    mask = training.decay_mask(model, params)
+    mask = training.decay_mask(model, params, cfg.decay_rule)
     state, state_shardings = training.init_train_state(model, training.optimizer_for(spec, mask, numbers), plan)
 
     checkpointer = None

@@ -305,6 +305,7 @@ class CrossEncoderTrainer:
             adam_eps=float(args.adam_epsilon),
             adam_betas=(float(args.adam_beta1), float(args.adam_beta2)),
             weight_decay=float(args.weight_decay),
+            decay_rule="trainer",  # Hugging Face's: no norm or bias decays (DistilBERT's, ModernBERT's norms too)
             evaluation_steps=eval_every,
             evaluation_global_steps=True,
             evaluate_each_epoch=args.eval_strategy == "epoch",

@@ -23,6 +23,7 @@ import contextlib
 import functools
 import gc
 import logging
+import re
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -44,8 +45,14 @@ from crossjax.schedules import schedule_fn, scheduler_key
 logger = logging.getLogger("crossjax")
 
 PACKED_INPUTS = ("input_ids", "token_type_ids", "segment_ids", "position_ids", "pair_row", "pair_start")
-# sentence-transformers' rule, applied to Hugging Face parameter names.
+# sentence-transformers' legacy fit rule, applied to Hugging Face parameter names (substrings).
 NO_DECAY = ("bias", "LayerNorm.bias", "LayerNorm.weight")
+# Hugging Face Trainer's rule (``Trainer.get_decay_parameter_names``, which sentence-transformers' trainers use):
+# these patterns searched in the lower-cased name; its other test, parameters of ``nn.LayerNorm`` modules, adds
+# nothing for crossjax's families, whose LayerNorms all have names matching them.
+HF_NO_DECAY_PATTERNS = tuple(
+    re.compile(p) for p in (r"bias", r"layernorm", r"rmsnorm", r"(?:^|\.)norm(?:$|\.)", r"_norm(?:$|\.)")
+)
 
 
 @struct.dataclass
@@ -69,13 +76,16 @@ def _key_name(key) -> str:
     raise TypeError(f"unexpected tree path element {key!r}")
 
 
-def decay_mask(model: FlaxPreTrainedModel, params) -> Any:
-    """True where AdamW applies weight decay: sentence-transformers' rule on the Hugging Face names, i.e.
-    every parameter whose HF name contains none of ``NO_DECAY`` (so DistilBERT's ``sa_layer_norm.weight``
-    IS decayed, as in sentence-transformers). Same tree structure as ``params`` (an ``nnx.State``).
+def decay_mask(model: FlaxPreTrainedModel, params, rule: str = "fit") -> Any:
+    """True where AdamW applies weight decay, by the parameter's Hugging Face name. ``rule="fit"``: the legacy
+    ``fit``'s, every name that contains none of ``NO_DECAY`` (so DistilBERT's ``sa_layer_norm.weight`` IS
+    decayed, as in sentence-transformers' ``old_fit``); ``"trainer"``: Hugging Face Trainer's, no name matching
+    ``HF_NO_DECAY_PATTERNS`` (every norm and bias). Same tree structure as ``params`` (an ``nnx.State``).
 
     A parameter the family's table cannot name is a bug in the family, so it raises instead of being decayed.
     """
+    if rule not in ("fit", "trainer"):
+        raise ValueError(f"decay_mask rule must be 'fit' or 'trainer', got {rule!r}")
     table = model.param_table(model.config)
     known = {".".join(map(str, path)) for path, _ in nnx.to_flat_state(params)}
 
@@ -87,7 +97,10 @@ def decay_mask(model: FlaxPreTrainedModel, params) -> Any:
         name = hf_name_of(table, dotted)
         if name is None:
             raise RuntimeError(f"{type(model).__name__}: no Hugging Face name for parameter {dotted}")
-        decay = not any(nd in name for nd in NO_DECAY)
+        if rule == "fit":
+            decay = not any(nd in name for nd in NO_DECAY)
+        else:
+            decay = not any(pattern.search(name.lower()) for pattern in HF_NO_DECAY_PATTERNS)
         return jax.tree.map(lambda _: decay, variable)
 
     return jax.tree_util.tree_map_with_path(

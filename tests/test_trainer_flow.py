@@ -26,6 +26,12 @@ SCHEDULE = dict(
     max_steps=5, per_device_train_batch_size=2, learning_rate=1e-3, eval_strategy="steps", eval_steps=1,
     eval_delay=3, eval_on_start=True, logging_steps=2, logging_first_step=True, save_steps=2, seed=0,
 )  # fmt: skip
+# The end of a run: evaluation steps (3) that miss the last step (5) evaluate there too, and logging by
+# epoch logs the partial last epoch (8 rows in batches of 2: 1.25 epochs, 5 steps).
+RUN_END = dict(
+    num_train_epochs=1.25, per_device_train_batch_size=2, learning_rate=1e-3, eval_strategy="steps", eval_steps=3,
+    logging_strategy="epoch", save_steps=2, seed=0,
+)  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +76,7 @@ def _kinds(log_history: list[dict]) -> list[tuple[str, int]]:
     return [(kind(h), h["step"]) for h in log_history]
 
 
-def _theirs(directory: Path, tmp: Path):
+def _theirs(directory: Path, tmp: Path, schedule: dict):
     import torch
     from datasets import Dataset
     from sentence_transformers.cross_encoder import CrossEncoder as STCrossEncoder
@@ -83,23 +89,27 @@ def _theirs(directory: Path, tmp: Path):
 
     torch.manual_seed(0)
     model = STCrossEncoder(str(directory), device="cpu")
-    args = STArgs(output_dir=str(tmp), report_to="none", disable_tqdm=True, use_cpu=True, **SCHEDULE)
+    args = STArgs(output_dir=str(tmp), report_to="none", disable_tqdm=True, use_cpu=True, **schedule)
     recorder = STRecorder()
     data = Dataset.from_dict(_pairs())
     trainer = STTrainer(model=model, args=args, train_dataset=data, eval_dataset=data, callbacks=[recorder])
     return trainer.train(), trainer.state.log_history, recorder.events
 
 
-def test_evaluation_logging_and_saving_follow_sentence_transformers(tiny, tmp_path):
-    theirs, their_history, their_events = _theirs(tiny, tmp_path / "st")
+@pytest.mark.parametrize("schedule", [SCHEDULE, RUN_END], ids=["schedule", "run_end"])
+def test_evaluation_logging_and_saving_follow_sentence_transformers(tiny, tmp_path, schedule):
+    theirs, their_history, their_events = _theirs(tiny, tmp_path / "st", schedule)
     recorder = Recorder()
-    args = CrossEncoderTrainingArguments(str(tmp_path / "ours"), disable_tqdm=True, **SCHEDULE)
+    args = CrossEncoderTrainingArguments(str(tmp_path / "ours"), disable_tqdm=True, **schedule)
     trainer = CrossEncoderTrainer(
         model=CrossEncoder(str(tiny)), args=args, train_dataset=_pairs(), eval_dataset=_pairs(), callbacks=[recorder]
     )
     ours = trainer.train()
     assert _kinds(trainer.state.log_history) == _kinds(their_history)
-    assert _kinds(their_history)[:4] == [("eval", 0), ("train", 1), ("train", 2), ("eval", 3)]
+    if schedule is SCHEDULE:
+        assert _kinds(their_history)[:4] == [("eval", 0), ("train", 1), ("train", 2), ("eval", 3)]
+    else:
+        assert _kinds(their_history) == [("eval", 3), ("train", 4), ("eval", 5), ("train", 5), ("end", 5)]
     assert recorder.events == their_events, (recorder.events, their_events)
     assert ours.global_step == theirs.global_step == 5
     # train() returns the mean loss of all steps, and its metrics say the same (not the last step's loss); the
@@ -108,7 +118,8 @@ def test_evaluation_logging_and_saving_follow_sentence_transformers(tiny, tmp_pa
     assert ours.metrics["train_loss"] == ours.training_loss == pytest.approx(np.mean(step_losses), rel=1e-6)
     assert theirs.metrics["train_loss"] == theirs.training_loss
     assert "best_score" not in ours.metrics
-    assert trainer.state.log_history[0]["eval_loss"] == pytest.approx(their_history[0]["eval_loss"], abs=1e-5)
+    if schedule is SCHEDULE:  # an evaluation before the first step
+        assert trainer.state.log_history[0]["eval_loss"] == pytest.approx(their_history[0]["eval_loss"], abs=1e-5)
 
 
 def test_resume_from_a_step_folder_or_refuse(tiny, tmp_path):

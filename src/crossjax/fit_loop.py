@@ -80,6 +80,10 @@ class FitConfig:
     evaluate_on_start: bool = False  # the Trainer's eval_on_start: once before the first step
     evaluation_delay_steps: int = 0  # the Trainer's eval_delay: no evaluation before this global step
     log_first_step: bool = False  # the Trainer's logging_first_step: step 1's metrics are fetched at once
+    # Hugging Face's end of a run: an evaluation at the last step when evaluation_steps does not fall on it
+    # (eval_strategy="steps"), and the last step's metrics fetched (logging_strategy="epoch": a partial epoch)
+    evaluate_last_step: bool = False
+    log_last_step: bool = False
     log_dir: str | None = None  # metrics.jsonl, TensorBoard events, curves PNG (see crossjax.logs); default output_path
 
     def validate(self) -> None:
@@ -251,6 +255,8 @@ _NOT_IN_FINGERPRINT = (
     "evaluate_on_start",
     "evaluation_delay_steps",
     "log_first_step",
+    "evaluate_last_step",
+    "log_last_step",
 )
 
 
@@ -975,7 +981,10 @@ def _run_fit(
                 target.save(cfg.output_path)
         metrics.restart_clock()  # the throughput of the next logged steps leaves evaluation time out
 
+    saved_step = start_step  # the last step checkpointed (or resumed from)
+
     def save_checkpoint(epoch: int) -> None:
+        nonlocal saved_step
         stop_if_aborted()  # nor one whose data positions count pairs an aborted step did not train
         metrics.flush()  # never checkpoint a state whose last loss was not finite
         own, best_params = target.checkpoint_state(global_step) if target.checkpoint_state else ({}, None)
@@ -985,11 +994,14 @@ def _run_fit(
             {"best_score": result.best_score, "epoch": epoch, **data.checkpoint_meta(), **own},
             best_params=best_params,
         )
+        saved_step = global_step
         events.on_checkpoint(global_step)
         metrics.restart_clock()
 
     def maybe_checkpoint(epoch: int) -> None:
-        if checkpointer is not None and global_step % cfg.checkpoint_save_steps == 0 and global_step > start_step:
+        # Every checkpoint_save_steps, and the run's last step (before its callbacks, as Hugging Face saves it)
+        due = global_step % cfg.checkpoint_save_steps == 0 or global_step == total_steps
+        if checkpointer is not None and due and global_step > start_step:
             save_checkpoint(epoch)
 
     completed = False
@@ -1047,7 +1059,10 @@ def _run_fit(
             last_epoch = step.epoch
             trained_pairs += step.pairs
             metrics.add(global_step, step.epoch, step_metrics, step.pairs)
-            if global_step % cfg.logging_steps == 0 or (global_step == 1 and cfg.log_first_step):
+            final = global_step == total_steps
+            if global_step % cfg.logging_steps == 0 or (global_step == 1 and cfg.log_first_step) or (
+                final and cfg.log_last_step
+            ):
                 stop_if_aborted()
                 metrics.flush()
                 if bar is not None:
@@ -1055,7 +1070,9 @@ def _run_fit(
             if bar is not None:
                 bar.update(1)
             counted = global_step if cfg.evaluation_global_steps else step.steps_in_epoch
-            if evaluating() and cfg.evaluation_steps > 0 and counted % cfg.evaluation_steps == 0:
+            if evaluating() and cfg.evaluation_steps > 0 and (
+                counted % cfg.evaluation_steps == 0 or (final and cfg.evaluate_last_step)
+            ):
                 evaluate(step.epoch, step.steps_in_epoch)
             # An epoch's last step is checkpointed after the epoch's evaluation, so a preemption between the two
             # never skips that evaluation and its best-model save on resume.
@@ -1066,7 +1083,7 @@ def _run_fit(
                 break
         stop_if_aborted()
         metrics.flush()
-        if checkpointer is not None and global_step % cfg.checkpoint_save_steps != 0 and global_step > start_step:
+        if checkpointer is not None and global_step != saved_step:  # a run that stopped early
             save_checkpoint(last_epoch)
         completed = True
     finally:

@@ -325,6 +325,8 @@ class CrossEncoderTrainer:
             evaluate_on_start=bool(args.eval_on_start) and args.eval_strategy != "no",
             evaluation_delay_steps=math.ceil(eval_delay),
             log_first_step=bool(args.logging_first_step) and args.logging_strategy != "no",
+            evaluate_last_step=args.eval_strategy == "steps",
+            log_last_step=args.logging_strategy == "epoch",
         )
         self.state = TrainerState(max_steps=total, num_train_epochs=data.epochs)
         self.control = TrainerControl()
@@ -521,16 +523,25 @@ class _RunHooks(RunCallback):
         trainer, state = self.trainer, self.trainer.state
         state.global_step, state.epoch = global_step, self._epoch(global_step)
         self._maybe_log(global_step)
+        epoch_end = global_step % self.data.steps_per_epoch == 0 or global_step == self.data.total_steps
         if trainer.callbacks:
             sync()  # callbacks get the model as it is after this step (HF passes model=)
             trainer._call_back("on_step_end", model=trainer.model)
-            if global_step % self.data.steps_per_epoch == 0 or global_step == self.data.total_steps:
+            if epoch_end:
                 trainer._call_back("on_epoch_end", model=trainer.model)
+        if epoch_end:
+            self._maybe_log(global_step, epoch_end=True)
         return trainer.control.should_training_stop
 
-    def _maybe_log(self, global_step: int) -> None:
-        first = global_step == 1 and self.trainer.args.logging_first_step
-        if global_step % self.logging_every == 0 or first:
+    def _maybe_log(self, global_step: int, epoch_end: bool = False) -> None:
+        """Log the training metrics if this step is due: by steps at the step's end (before its evaluation and
+        save), by epoch at every epoch's end, a partial last one's too, after them (Hugging Face's order)."""
+        args = self.trainer.args
+        if args.logging_strategy == "epoch":
+            due = epoch_end
+        else:
+            due = global_step % self.logging_every == 0
+        if due or (global_step == 1 and args.logging_first_step):
             self.log()
 
     def on_checkpoint(self, step: int) -> None:
@@ -542,7 +553,8 @@ class _RunHooks(RunCallback):
 
     def checkpoint_state(self, step: int) -> tuple[dict[str, Any], Any]:
         """What a checkpoint keeps of the trainer, as Hugging Face's ``trainer_state.json`` does: the log history
-        (with this step's entry: Hugging Face logs a step before saving it), the best metric and its step, and
+        (with this step's entry when logging by steps: Hugging Face logs such a step before saving it, and an
+        epoch's end after), the best metric and its step, and
         the best model's parameters (``load_best_model_at_end``) so that a resumed run ends with that model."""
         state = self.trainer.state
         state.global_step, state.epoch = step, self._epoch(step)

@@ -222,6 +222,8 @@ def test_training_argument_defaults_equal_hugging_face_trainer():
         ({"router_mapping": {"q": "query"}}, ValueError, "router_mapping"),
         ({"learning_rate_mapping": {"x": 1e-3}}, ValueError, "Router"),
         ({"prompts": {"a": {"q": "x"}}}, ValueError, "per-column prompts"),
+        ({"eval_accumulation_steps": 4}, ValueError, "eval_accumulation_steps=4"),
+        ({"ignore_data_skip": True}, ValueError, "exact data position"),
     ],
 )
 def test_training_arguments_without_jax_meaning_are_errors(kwargs, error, message):
@@ -246,6 +248,9 @@ def test_sentence_transformers_6_2_spellings_and_trainer_methods(tiny_ce, tmp_pa
     assert ours.prompts == theirs.prompts == {"a": "x: "}
     assert ours.batch_sampler is BatchSamplers.NO_DUPLICATES_HASHED
     assert ours.batch_sampler.value == theirs.batch_sampler.value
+    # arguments without effect read back as given (scripts read args.hub_model_id, args.run_name)
+    assert CrossEncoderTrainingArguments("o", hub_model_id="me/x").hub_model_id == "me/x"
+    assert CrossEncoderTrainingArguments("o").run_name is None
 
     class Counting(TrainerCallback):
         steps = 0

@@ -277,10 +277,72 @@ def test_resumed_run_keeps_the_log_history_and_the_best_model_of_before(tiny, tm
     for a, b in zip(whole_params, resumed_params, strict=True):
         np.testing.assert_array_equal(a, b)
     # The log history is the uninterrupted run's, entry by entry (the end-of-run entries report timings).
-    timed = ("train_runtime", "train_samples_per_second", "train_steps_per_second", "train_loss")
-    untimed = [{k: v for k, v in h.items() if k not in timed} for h in whole.state.log_history]
-    resumed_untimed = [{k: v for k, v in h.items() if k not in timed} for h in resumed.state.log_history]
+    timed = ("_runtime", "_samples_per_second", "_steps_per_second", "train_loss")
+
+    def untimed_of(history):
+        return [{k: v for k, v in h.items() if not k.endswith(timed)} for h in history]
+
+    untimed, resumed_untimed = untimed_of(whole.state.log_history), untimed_of(resumed.state.log_history)
     assert [h["step"] for h in untimed] == [2, 2, 4, 4, 6, 6, 8, 8, 8], untimed
     assert len(resumed_untimed) == len(untimed)
     for ours, uninterrupted in zip(resumed_untimed, untimed, strict=True):
         assert ours == pytest.approx(uninterrupted, rel=1e-6), (ours, uninterrupted)
+
+
+@pytest.mark.parametrize("drop_last", [False, True])
+def test_evaluate_logs_and_reports_as_sentence_transformers(tiny, tmp_path, drop_last):
+    """A standalone evaluate(): one log entry (and on_log, on_evaluate) per named eval dataset, Hugging Face's
+    speed metrics and epoch, and with dataloader_drop_last the last partial eval batch left out, as there."""
+    import torch
+    from datasets import Dataset
+    from sentence_transformers.cross_encoder import CrossEncoder as STCrossEncoder
+    from sentence_transformers.cross_encoder import CrossEncoderTrainer as STTrainer
+    from sentence_transformers.cross_encoder import CrossEncoderTrainingArguments as STArgs
+    from transformers import TrainerCallback
+
+    class STRecorder(Recorder, TrainerCallback):
+        pass
+
+    settings = dict(per_device_eval_batch_size=3, dataloader_drop_last=drop_last, seed=0)
+    named = {"first": _pairs(4), "second": _pairs(5)}
+
+    def st_trainer(named, **overrides):
+        torch.manual_seed(0)
+        recorder = STRecorder()
+        options = {**settings, **overrides}
+        args = STArgs(str(tmp_path / "st"), report_to="none", disable_tqdm=True, use_cpu=True, **options)
+        trainer = STTrainer(
+            model=STCrossEncoder(str(tiny), device="cpu"),
+            args=args,
+            train_dataset=Dataset.from_dict(_pairs()),
+            eval_dataset={name: Dataset.from_dict(rows) for name, rows in named.items()},
+            callbacks=[recorder],
+        )
+        return trainer, recorder
+
+    theirs, their_recorder = st_trainer(named)
+    their_metrics = theirs.evaluate()
+    if drop_last:
+        # sentence-transformers drops a seeded random partial batch (its batch sampler shuffles evaluation too);
+        # crossjax evaluates in order and drops the last one: compare with its loss on the rows crossjax keeps
+        kept = {name: {k: v[: ROWS // 3 * 3] for k, v in rows.items()} for name, rows in named.items()}
+        losses = st_trainer(kept, dataloader_drop_last=False)[0].evaluate()
+        their_metrics.update({k: v for k, v in losses.items() if k.endswith("_loss")})
+    our_recorder = Recorder()
+    ours = CrossEncoderTrainer(
+        model=CrossEncoder(str(tiny)),
+        args=CrossEncoderTrainingArguments(str(tmp_path / "ours"), disable_tqdm=True, **settings),
+        train_dataset=_pairs(),
+        eval_dataset=named,
+        callbacks=[our_recorder],
+    )
+    our_metrics = ours.evaluate()
+    # transformers times its first move of the torch model onto the device: nothing of the kind here
+    their_metrics = {k: v for k, v in their_metrics.items() if not k.endswith("_model_preparation_time")}
+    assert set(our_metrics) == set(their_metrics), (sorted(our_metrics), sorted(their_metrics))
+    for name in named:
+        key = f"eval_{name}_loss"
+        assert our_metrics[key] == pytest.approx(their_metrics[key], abs=1e-5), key
+    assert our_recorder.events == their_recorder.events == [("log:eval", 0), ("evaluate", 0)] * 2
+    their_keys = [sorted(k for k in h if not k.endswith("_model_preparation_time")) for h in theirs.state.log_history]
+    assert [sorted(h) for h in ours.state.log_history] == their_keys

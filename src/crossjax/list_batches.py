@@ -411,6 +411,7 @@ class MultiListData:
         self.sources, self.names, self.sampler, self.seed = sources, names, sampler, int(seed)
         self.target = sources[0].target
         self.batch_size, self.k = sources[0].batch_size, sources[0].k
+        self.rows = sum(source.rows for source in sources)  # as Hugging Face counts a concatenated dataset
         self.steps_per_epoch = len(self._order(0))
         if max_steps is not None and max_steps > 0:
             self.total_steps = int(max_steps)

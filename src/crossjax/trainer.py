@@ -186,6 +186,7 @@ class CrossEncoderTrainer:
         self.state = TrainerState()
         self.control = TrainerControl()
         self._eval_programs: dict[Any, Callable] = {}
+        self._in_train = False  # evaluate() during train(): the evaluator runs with the first eval dataset only
 
     def loss_for(self, name: str | None):
         """The loss of dataset ``name`` (a dict of losses is keyed by the datasets' names)."""
@@ -258,7 +259,7 @@ class CrossEncoderTrainer:
             epochs=args.num_train_epochs if train else 1,
             max_steps=(args.max_steps if args.max_steps > 0 else None) if train else None,
             seed=(args.data_seed if args.data_seed is not None else args.seed) if train else 0,
-            drop_last=args.dataloader_drop_last if train else False,
+            drop_last=args.dataloader_drop_last,
             sampler=_sampler_algorithm(args.batch_sampler.value) if train else "sequential",
         )
 
@@ -342,12 +343,14 @@ class CrossEncoderTrainer:
         self.model.training_history = result.history
         self._call_back("on_train_begin")
         started = time.perf_counter()
+        self._in_train = True
         try:
             run_fit(data.target, None, data.step_losses[0][0], None, None, cfg, result, data_source=data)
         except ParametersOverflowError as e:
             self.model._parameters_not_finite = str(e)
             raise
         finally:
+            self._in_train = False
             self.model.compilations["train"] = result.compilations
         runtime = time.perf_counter() - started
         if args.load_best_model_at_end and run.best_params is not None:
@@ -357,10 +360,17 @@ class CrossEncoderTrainer:
         step_losses = [h["loss"] for h in result.history]
         training_loss = float(np.mean(step_losses)) if step_losses else float("nan")
         global_step = int(result.summary.get("global_step", 0))
+        trained = global_step - int(result.summary.get("resumed_from_step", 0))
+        # transformers' speed metrics: the schedule's samples (max_steps x global batch, or rows x epochs), for
+        # the share of its steps this call trained
+        if args.max_steps > 0:
+            schedule_samples = args.max_steps * data.batch_size * data.k
+        else:
+            schedule_samples = data.rows * args.num_train_epochs
         metrics = {
-            "train_runtime": runtime,
-            "train_samples_per_second": global_step * data.batch_size * data.k / max(runtime, 1e-9),
-            "train_steps_per_second": global_step / max(runtime, 1e-9),
+            "train_runtime": round(runtime, 4),
+            "train_samples_per_second": round(schedule_samples * trained / max(total, 1) / max(runtime, 1e-9), 3),
+            "train_steps_per_second": round(trained / max(runtime, 1e-9), 3),
             "train_loss": training_loss,
             "epoch": global_step / data.steps_per_epoch,
         }
@@ -414,24 +424,46 @@ class CrossEncoderTrainer:
         return str(path)
 
     # ---------------------------------------------------------------------------------------- evaluate
-    def evaluate(self, eval_dataset: Any = None, metric_key_prefix: str = "eval") -> dict[str, float]:
-        """The eval dataset's loss (``{prefix}_loss``) and the evaluator's metrics, prefixed."""
+    def evaluate(
+        self, eval_dataset: Any = None, ignore_keys: list[str] | None = None, metric_key_prefix: str = "eval"
+    ) -> dict[str, float]:
+        """The eval dataset's loss (``{prefix}_loss``), the evaluator's metrics (prefixed) and Hugging Face's
+        ``{prefix}_runtime`` / ``_samples_per_second`` / ``_steps_per_second`` and ``epoch``; logged to
+        ``state.log_history`` and the callbacks' ``on_log`` and ``on_evaluate``, as Hugging Face's Trainer does.
+        A dict of datasets is evaluated (and logged) one by one, each prefixed ``{prefix}_{name}``; during
+        training the evaluator runs with the first only, prefixed ``{prefix}``, as in sentence-transformers.
+        ``ignore_keys`` (model outputs to drop) has nothing to act on: the step returns the loss only."""
         dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
-        metrics: dict[str, float] = {}
-        if isinstance(dataset, dict) and _is_dataset_dict(dataset):  # HF: one loss per named eval dataset
-            for name, one in dataset.items():
-                metrics[f"{metric_key_prefix}_{name}_loss"] = self._eval_loss(one, name)
-        elif dataset is not None:
-            metrics[f"{metric_key_prefix}_loss"] = self._eval_loss(dataset, None)
         evaluators = self.evaluator if isinstance(self.evaluator, list | tuple) else [self.evaluator]
         if dataset is None and all(e is None for e in evaluators):
             raise ValueError("evaluate() needs an eval_dataset (here or in the trainer) or an evaluator")
+        if isinstance(dataset, dict) and _is_dataset_dict(dataset):
+            metrics: dict[str, float] = {}
+            for i, (name, one) in enumerate(dataset.items()):
+                with_evaluator = not self._in_train or i == 0
+                prefix = metric_key_prefix if self._in_train and i == 0 else f"{metric_key_prefix}_{name}"
+                metrics.update(
+                    self._evaluate_one(one, name, f"{metric_key_prefix}_{name}", prefix, with_evaluator)
+                )
+            return metrics
+        return self._evaluate_one(dataset, None, metric_key_prefix, metric_key_prefix, True)
+
+    def _evaluate_one(
+        self, dataset: Any, name: str | None, loss_prefix: str, evaluator_prefix: str, with_evaluator: bool
+    ) -> dict[str, float]:
+        """One dataset's evaluation, logged (see :meth:`evaluate`)."""
+        started = time.time()
+        metrics: dict[str, float] = {}
+        rows = 0
+        if dataset is not None:
+            metrics[f"{loss_prefix}_loss"], rows = self._eval_loss(dataset, name)
         # As sentence-transformers: evaluators write their CSV files to output_dir/eval, and a plain number is
         # logged as "{prefix}_evaluator".
+        evaluators = self.evaluator if isinstance(self.evaluator, list | tuple) else [self.evaluator]
         output_path = Path(self.args.output_dir) / "eval"
-        if is_main_process():
+        if with_evaluator and is_main_process():
             output_path.mkdir(parents=True, exist_ok=True)
-        for evaluator in evaluators:
+        for evaluator in evaluators if with_evaluator else []:
             if evaluator is None:
                 continue
             result = evaluator(
@@ -440,12 +472,25 @@ class CrossEncoderTrainer:
             if not isinstance(result, dict):
                 result = {"evaluator": result}
             for key, value in result.items():
-                name = key if key.startswith(f"{metric_key_prefix}_") else f"{metric_key_prefix}_{key}"
-                metrics[name] = float(value)
+                prefixed = key if key.startswith(f"{evaluator_prefix}_") else f"{evaluator_prefix}_{key}"
+                metrics[prefixed] = float(value)
+        # transformers' speed_metrics: steps of per_device_eval_batch_size x devices
+        runtime = time.time() - started
+        batch = self.args.per_device_eval_batch_size * self.model.mesh_plan.data_shards
+        metrics[f"{loss_prefix}_runtime"] = round(runtime, 4)
+        if runtime > 0:
+            metrics[f"{loss_prefix}_samples_per_second"] = round(rows / runtime, 3)
+            metrics[f"{loss_prefix}_steps_per_second"] = round(math.ceil(rows / batch) / runtime, 3)
+        metrics["epoch"] = self.state.epoch
+        self.state.log_history.append({**metrics, "step": self.state.global_step})
+        self._call_back("on_log", logs=metrics)
+        self._call_back("on_evaluate", metrics=metrics)
         return metrics
 
-    def _eval_loss(self, dataset: Any, name: str | None) -> float:
-        """Sum of the loss numerators over sum of denominators over the whole dataset, dropout off."""
+    def _eval_loss(self, dataset: Any, name: str | None) -> tuple[float, int]:
+        """Sum of the loss numerators over sum of denominators over the dataset (its last partial batch
+        dropped with ``dataloader_drop_last``, as Hugging Face's eval dataloader does), dropout off; and the
+        number of rows evaluated."""
         data = self._one_list_data(dataset, "eval_dataset", train=False, name=name)
         loss = self.loss_for(name)
         data.start(0)
@@ -459,11 +504,13 @@ class CrossEncoderTrainer:
             )
         step_fn = self._eval_programs[key]
         params, rest = nnx.state(model, nnx.Param), nnx.state(model, nnx.Not(nnx.Param))
-        numerator, denominator = 0.0, 0.0
+        numerator, denominator, rows = 0.0, 0.0, 0
         for step in data.steps():
             num, den = step_fn(params, rest, training.batch_to_global(step.batch, plan))
             numerator, denominator = numerator + float(num), denominator + float(den)
-        return numerator / denominator if denominator else float("nan")
+            mask = step.batch.query_mask  # a dataset row is a query (with its documents)
+            rows += step.pairs if mask is None else int(np.sum(mask))
+        return (numerator / denominator if denominator else float("nan")), rows
 
 
 # Samplers that make the same batches as another one (sentence-transformers 6.2 compares texts by hash there).
@@ -588,11 +635,10 @@ class _RunHooks(RunCallback):
             "grad_norm": last["grad_norm"],
             "learning_rate": last["learning_rate"],
             "epoch": self._epoch(last["step"]),
-            "step": last["step"],
         }
         self.logged_through = last["step"]
-        self.trainer.state.log_history.append(entry)
-        self.trainer._call_back("on_log", logs=entry)
+        self.trainer.state.log_history.append({**entry, "step": last["step"]})
+        self.trainer._call_back("on_log", logs=entry)  # Hugging Face's callbacks get the entry without its step
 
     def __call__(self, output_path: str | None, epoch: int, steps: int, global_step: int) -> dict[str, float]:
         trainer, state, args = self.trainer, self.trainer.state, self.trainer.args
@@ -602,13 +648,12 @@ class _RunHooks(RunCallback):
         state.global_step, state.epoch = step, self._epoch(step)
         if step > 0:
             self._maybe_log(step)
-        metrics = trainer.evaluate()
-        entry = {**metrics, "epoch": self._epoch(step), "step": step}
-        state.log_history.append(entry)
-        trainer._call_back("on_log", logs=entry)
-        trainer._call_back("on_evaluate", metrics=metrics)
+        metrics = trainer.evaluate()  # logs its entries and calls on_log / on_evaluate
         name = args.metric_for_best_model
-        unprefixed = {k.removeprefix("eval_"): v for k, v in metrics.items()}
+        timing = ("_runtime", "_samples_per_second", "_steps_per_second")
+        unprefixed = {
+            k.removeprefix("eval_"): v for k, v in metrics.items() if k != "epoch" and not k.endswith(timing)
+        }
         if name is None:
             return unprefixed
         key = name if name.startswith("eval_") else f"eval_{name}"

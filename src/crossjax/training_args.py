@@ -41,6 +41,7 @@ class MultiDatasetBatchSamplers(str, Enum):
 # transformers.TrainingArguments fields that select PyTorch machinery: accepted only at their default.
 _TORCH_ONLY: dict[str, Any] = {
     "fp16": False,
+    "eval_accumulation_steps": None,
     "fp16_full_eval": False,
     "bf16_full_eval": False,
     "tf32": None,
@@ -182,6 +183,7 @@ class CrossEncoderTrainingArguments:
     router_mapping: dict[str, Any] | None = None
     learning_rate_mapping: dict[str, Any] | None = None
     resume_from_checkpoint: str | bool | None = None
+    ignore_data_skip: bool = False  # a resume always continues at the checkpoint's data position here
     push_to_hub: bool = False
     prediction_loss_only: bool = True
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
@@ -222,6 +224,11 @@ class CrossEncoderTrainingArguments:
             raise ValueError(
                 f"prompts={self.prompts!r}: a cross-encoder takes one prompt string per dataset (prepended to its "
                 "first column); per-column prompts are a bi-encoder's"
+            )
+        if self.ignore_data_skip:
+            raise ValueError(
+                "ignore_data_skip=True is not supported: a crossjax resume continues at the checkpoint's exact data "
+                "position (bit-exact), which costs no time to skip to"
             )
         for name in ("router_mapping", "learning_rate_mapping"):
             if getattr(self, name):
@@ -313,6 +320,13 @@ class CrossEncoderTrainingArguments:
 
     def save_interval(self, total_steps: int) -> int:
         return self._interval(self.save_steps, total_steps)
+
+    def __getattr__(self, name: str) -> Any:
+        # Hugging Face arguments crossjax takes without effect (run_name, hub_model_id, logging_dir, ...) read back
+        # as given (None when not given), as scripts read them from args.
+        if name in _NO_EFFECT:
+            return self.__dict__.get("extra", {}).get(name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def to_dict(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}

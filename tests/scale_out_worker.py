@@ -159,9 +159,9 @@ def main() -> None:
     saved_layouts = []  # how the optimizer state is laid out on the mesh, as checkpointed
     orig_save = TrainCheckpointer.save
 
-    def save(self, step, state, extra):
+    def save(self, step, state, extra, **kwargs):
         saved_layouts.append(not_replicated(state.opt_state))
-        return orig_save(self, step, state, extra)
+        return orig_save(self, step, state, extra, **kwargs)
 
     TrainCheckpointer.save = save
     orig_tokenize = data_lib.tokenize_pairs

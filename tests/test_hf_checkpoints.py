@@ -352,6 +352,35 @@ def test_classifier_loaded_with_one_output_exports_a_folder_transformers_reads(t
         FlaxAutoModelForSequenceClassification.from_pretrained(tmp_path / "reranker")
 
 
+def test_loading_report_names_keys_as_transformers_does(tiny_dir, tmp_path):
+    """A re-sized head is listed as mismatched only (not also missing), and a base checkpoint's unused
+    tensors (RoBERTa's pooler) by the names in its file."""
+
+    def names(info):
+        kinds = ("missing_keys", "unexpected_keys", "mismatched_keys")
+        return {kind: sorted(k[0] if isinstance(k, tuple) else k for k in info[kind]) for kind in kinds}
+
+    directory, _ = tiny_dir
+    _, ours = FlaxAutoModelForSequenceClassification.from_pretrained(directory, num_labels=3, output_loading_info=True)
+    _, theirs = AutoModelForSequenceClassification.from_pretrained(
+        directory, num_labels=3, ignore_mismatched_sizes=True, output_loading_info=True
+    )
+    assert names(ours) == names(theirs) and names(ours)["mismatched_keys"], names(ours)
+
+    config = transformers.RobertaConfig(
+        vocab_size=64, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=20,
+        max_position_embeddings=40, pad_token_id=1,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    transformers.RobertaModel(config).save_pretrained(tmp_path / "base")  # with its pooler
+    _, ours = FlaxAutoModelForSequenceClassification.from_pretrained(tmp_path / "base", output_loading_info=True)
+    _, theirs = AutoModelForSequenceClassification.from_pretrained(tmp_path / "base", output_loading_info=True)
+    assert names(ours)["unexpected_keys"] == names(theirs)["unexpected_keys"] == [
+        "pooler.dense.bias", "pooler.dense.weight"
+    ]
+    assert names(ours)["missing_keys"] == names(theirs)["missing_keys"]
+
+
 def test_import_crossjax_does_not_import_torch():
     import subprocess
     import sys

@@ -155,9 +155,11 @@ class FlaxPreTrainedModel(nnx.Module):
         info = LoadingInfo()
         table = self.param_table(self.config)
         prefix = self.base_model_prefix + "."
+        in_file = {rename_legacy(k): k for k in tensors}  # unexpected keys are reported as the file names them
         tensors = {rename_legacy(k): v for k, v in tensors.items()}
         if not any(k.startswith(prefix) for k in tensors):
             # A base-model checkpoint (e.g. a sentence-transformers bi-encoder): names lack the prefix.
+            in_file = {(k if k.startswith(self.head_prefixes) else prefix + k): v for k, v in in_file.items()}
             tensors = {(k if k.startswith(self.head_prefixes) else prefix + k): v for k, v in tensors.items()}
         ours = flat_params(self)
         placed: dict[str, Any] = {}
@@ -169,13 +171,13 @@ class FlaxPreTrainedModel(nnx.Module):
                     re.search(p, name) for p in self.ignored_unexpected_keys
                 )
                 if not ignored:
-                    info.unexpected_keys.append(name)
+                    info.unexpected_keys.append(in_file[name])
                 continue
             value = rule.to_ours(array)
             var = ours[target]
             shape = tuple(var.shape) if layer is None else tuple(var.shape[1:])
             if layer is not None and layer >= var.shape[0]:
-                info.unexpected_keys.append(name)  # a layer beyond the config's num_hidden_layers
+                info.unexpected_keys.append(in_file[name])  # a layer beyond the config's num_hidden_layers
                 continue
             if tuple(value.shape) != shape:
                 expected = tuple(rule.to_hf(np.empty(shape)).shape)
@@ -191,10 +193,11 @@ class FlaxPreTrainedModel(nnx.Module):
             else:
                 placed.setdefault(target, {})[layer] = np.asarray(value, dtype=dtype)
             filled.add((target, layer))
+        mismatched = {name for name, _, _ in info.mismatched_keys}  # listed there only, as transformers does
         for path, var in ours.items():
             slots = hf_slots_of(table, path, var.shape[0] if var.ndim else 0)
             for name, _, layer in slots:
-                if (path, layer) not in filled:
+                if (path, layer) not in filled and name not in mismatched:
                     info.missing_keys.append(name)
             if not slots:
                 info.missing_keys.append(path)

@@ -96,7 +96,18 @@ def _theirs(directory: Path, tmp: Path, schedule: dict):
     return trainer.train(), trainer.state.log_history, recorder.events
 
 
-@pytest.mark.parametrize("schedule", [SCHEDULE, RUN_END], ids=["schedule", "run_end"])
+# All by epoch: an epoch's log, then its evaluation, then its save (Hugging Face's on_epoch_end order).
+BY_EPOCH = dict(
+    num_train_epochs=2, per_device_train_batch_size=2, learning_rate=1e-3, eval_strategy="epoch",
+    logging_strategy="epoch", save_strategy="epoch", seed=0,
+)  # fmt: skip
+# No logging: nothing but the end's entry, whatever the saves.
+NO_LOGS = dict(max_steps=4, per_device_train_batch_size=2, logging_strategy="no", logging_steps=2, save_steps=2, seed=0)
+
+
+@pytest.mark.parametrize(
+    "schedule", [SCHEDULE, RUN_END, BY_EPOCH, NO_LOGS], ids=["schedule", "run_end", "by_epoch", "no_logs"]
+)
 def test_evaluation_logging_and_saving_follow_sentence_transformers(tiny, tmp_path, schedule):
     theirs, their_history, their_events = _theirs(tiny, tmp_path / "st", schedule)
     recorder = Recorder()
@@ -106,12 +117,15 @@ def test_evaluation_logging_and_saving_follow_sentence_transformers(tiny, tmp_pa
     )
     ours = trainer.train()
     assert _kinds(trainer.state.log_history) == _kinds(their_history)
-    if schedule is SCHEDULE:
-        assert _kinds(their_history)[:4] == [("eval", 0), ("train", 1), ("train", 2), ("eval", 3)]
-    else:
-        assert _kinds(their_history) == [("eval", 3), ("train", 4), ("eval", 5), ("train", 5), ("end", 5)]
+    expected = {  # what the oracle does, written out: the comparison above is not vacuous
+        id(SCHEDULE): [("eval", 0), ("train", 1), ("train", 2), ("eval", 3)],
+        id(RUN_END): [("eval", 3), ("train", 4), ("eval", 5), ("train", 5), ("end", 5)],
+        id(BY_EPOCH): [("train", 4), ("eval", 4), ("train", 8), ("eval", 8), ("end", 8)],
+        id(NO_LOGS): [("end", 4)],
+    }[id(schedule)]
+    assert _kinds(their_history)[: len(expected)] == expected
     assert recorder.events == their_events, (recorder.events, their_events)
-    assert ours.global_step == theirs.global_step == 5
+    assert ours.global_step == theirs.global_step
     # train() returns the mean loss of all steps, and its metrics say the same (not the last step's loss); the
     # batches are drawn by other generators (README), so only the evaluation before any step is the same number
     step_losses = [h["loss"] for h in trainer.model.training_history]
@@ -346,3 +360,52 @@ def test_evaluate_logs_and_reports_as_sentence_transformers(tiny, tmp_path, drop
     assert our_recorder.events == their_recorder.events == [("log:eval", 0), ("evaluate", 0)] * 2
     their_keys = [sorted(k for k in h if not k.endswith("_model_preparation_time")) for h in theirs.state.log_history]
     assert [sorted(h) for h in ours.state.log_history] == their_keys
+
+
+def test_evaluating_fewer_rows_than_a_dropped_batch_reports_no_loss(tiny, tmp_path):
+    """Hugging Face evaluates no batch then, and logs its timings without a loss (training goes on)."""
+    import torch
+    from datasets import Dataset
+    from sentence_transformers.cross_encoder import CrossEncoder as STCrossEncoder
+    from sentence_transformers.cross_encoder import CrossEncoderTrainer as STTrainer
+    from sentence_transformers.cross_encoder import CrossEncoderTrainingArguments as STArgs
+
+    settings = dict(per_device_eval_batch_size=16, dataloader_drop_last=True, per_device_train_batch_size=2)
+    torch.manual_seed(0)
+    theirs = STTrainer(
+        model=STCrossEncoder(str(tiny), device="cpu"),
+        args=STArgs(str(tmp_path / "st"), report_to="none", disable_tqdm=True, use_cpu=True, **settings),
+        train_dataset=Dataset.from_dict(_pairs()),
+        eval_dataset=Dataset.from_dict(_pairs(4)),
+    ).evaluate()
+    args = CrossEncoderTrainingArguments(str(tmp_path / "ours"), disable_tqdm=True, **settings)
+    ours = CrossEncoderTrainer(model=CrossEncoder(str(tiny)), args=args, train_dataset=_pairs(), eval_dataset=_pairs(4))
+    metrics = ours.evaluate()
+    theirs = {k for k in theirs if not k.endswith("_model_preparation_time")}
+    assert set(metrics) == theirs and "eval_loss" not in theirs, (sorted(metrics), sorted(theirs))
+
+
+def test_resuming_a_checkpoint_from_before_the_trainer_decay_rule_keeps_its_rule(tiny, tmp_path, caplog):
+    """Trainer checkpoints written before the trainer took Hugging Face's weight-decay rule decayed with fit's:
+    their resume continues with it (and says so) instead of switching rules mid-run."""
+    import json
+    import logging
+
+    def trainer(callbacks=()):
+        args = CrossEncoderTrainingArguments(
+            str(tmp_path / "run"), max_steps=4, per_device_train_batch_size=2, save_steps=2, weight_decay=0.1,
+            disable_tqdm=True,
+        )  # fmt: skip
+        model = CrossEncoder(str(tiny))
+        return CrossEncoderTrainer(model=model, args=args, train_dataset=_pairs(), callbacks=list(callbacks))
+
+    trainer([_StopAt(2)]).train()
+    meta_file = tmp_path / "run" / "checkpoints" / "2" / "meta" / "metadata"
+    meta = json.loads(meta_file.read_text())
+    assert meta["fingerprint"].pop("decay_rule") == "trainer"
+    meta_file.write_text(json.dumps(meta))  # as an older crossjax wrote it
+    with caplog.at_level(logging.WARNING, logger="crossjax"):
+        assert trainer().train(resume_from_checkpoint=True).global_step == 4
+    assert "decayed with 'fit''s weight-decay rule: it keeps that rule" in caplog.text
+    later = json.loads((tmp_path / "run" / "checkpoints" / "4" / "meta" / "metadata").read_text())
+    assert later["fingerprint"]["decay_rule"] == "fit"

@@ -126,6 +126,7 @@ def _as_pure(state: TrainState) -> dict:
 
 
 # Fingerprint keys newer than the first checkpoints (crossjax 0.x, session 14): absent from older ones.
+# (decay_rule: an older checkpoint's run decayed with fit's rule, and its resume keeps that rule: see fit_loop)
 LATER_FINGERPRINT_KEYS = frozenset({"scan_layers", "groups", "max_length", "stream_files", "decay_rule"})
 
 
@@ -200,7 +201,7 @@ class TrainCheckpointer:
                     + self._recovery_hint(step)
                 )
         if meta.get("has_best_params"):
-            like = jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), jax.device_get(state.params))
+            like = jax.tree.map(lambda x: np.zeros(x.shape, x.dtype), state.params)  # host arrays of its shapes
             try:
                 meta["best_params"] = self.manager.restore(
                     step, args=ocp.args.Composite(best_params=ocp.args.StandardRestore(like))

@@ -774,8 +774,8 @@ class _StreamData:
             raise self.failure
         raise RuntimeError(
             f"Training stopped at step {step} of a multi-host stream: process {flag - 1} could not read or check "
-            f"its shard (its own error says why). Steps up to {step - 1} trained; the model and checkpoints hold "
-            "them, and this process stops with the others instead of waiting for that process."
+            f"its shard (its own error says why). Steps up to {step - 1} trained and the model holds them (the "
+            "checkpoints hold the last one saved); this process stops with the others instead of waiting for it."
         )
 
     def stream_ended(self, step: int) -> None:
@@ -886,6 +886,13 @@ def _run_fit(
             start_step = int(meta["step"])
             best_score = meta.get("best_score")
             data.resume(meta)
+            # A checkpoint written before decay_rule was fingerprinted decayed with fit's rule: keep it, so the
+            # resumed run continues as it started (the rules differ on DistilBERT's and ModernBERT's norms).
+            rule = meta.get("fingerprint", {}).get("decay_rule", "fit")
+            if rule != cfg.decay_rule:
+                logger.warning("The resumed run decayed with %r's weight-decay rule: it keeps that rule", rule)
+                mask = training.decay_mask(model, params, rule)
+                checkpointer.fingerprint["decay_rule"] = rule
             if target.resume_state is not None:
                 target.resume_state(meta)
             logger.info("Resuming from checkpoint step %d in %s", start_step, cfg.checkpoint_path)

@@ -456,7 +456,9 @@ class CrossEncoderTrainer:
         metrics: dict[str, float] = {}
         rows = 0
         if dataset is not None:
-            metrics[f"{loss_prefix}_loss"], rows = self._eval_loss(dataset, name)
+            loss, rows = self._eval_loss(dataset, name)
+            if loss is not None:
+                metrics[f"{loss_prefix}_loss"] = loss
         # As sentence-transformers: evaluators write their CSV files to output_dir/eval, and a plain number is
         # logged as "{prefix}_evaluator".
         evaluators = self.evaluator if isinstance(self.evaluator, list | tuple) else [self.evaluator]
@@ -474,7 +476,7 @@ class CrossEncoderTrainer:
             for key, value in result.items():
                 prefixed = key if key.startswith(f"{evaluator_prefix}_") else f"{evaluator_prefix}_{key}"
                 metrics[prefixed] = float(value)
-        # transformers' speed_metrics: steps of per_device_eval_batch_size x devices
+        # transformers' speed_metrics: the dataset's rows, in steps of per_device_eval_batch_size x devices
         runtime = time.time() - started
         batch = self.args.per_device_eval_batch_size * self.model.mesh_plan.data_shards
         metrics[f"{loss_prefix}_runtime"] = round(runtime, 4)
@@ -487,10 +489,14 @@ class CrossEncoderTrainer:
         self._call_back("on_evaluate", metrics=metrics)
         return metrics
 
-    def _eval_loss(self, dataset: Any, name: str | None) -> tuple[float, int]:
+    def _eval_loss(self, dataset: Any, name: str | None) -> tuple[float | None, int]:
         """Sum of the loss numerators over sum of denominators over the dataset (its last partial batch
-        dropped with ``dataloader_drop_last``, as Hugging Face's eval dataloader does), dropout off; and the
-        number of rows evaluated."""
+        dropped with ``dataloader_drop_last``, as Hugging Face's eval dataloader does), dropout off, or None
+        when that leaves no batch (Hugging Face then reports no loss); and the dataset's rows."""
+        rows = dataset.num_rows if hasattr(dataset, "num_rows") else len(dataset_columns(dataset, "eval_dataset")[1][0])
+        batch = self.args.per_device_eval_batch_size * self.model.mesh_plan.data_shards
+        if self.args.dataloader_drop_last and rows < batch:
+            return None, rows
         data = self._one_list_data(dataset, "eval_dataset", train=False, name=name)
         loss = self.loss_for(name)
         data.start(0)
@@ -504,12 +510,10 @@ class CrossEncoderTrainer:
             )
         step_fn = self._eval_programs[key]
         params, rest = nnx.state(model, nnx.Param), nnx.state(model, nnx.Not(nnx.Param))
-        numerator, denominator, rows = 0.0, 0.0, 0
+        numerator, denominator = 0.0, 0.0
         for step in data.steps():
             num, den = step_fn(params, rest, training.batch_to_global(step.batch, plan))
             numerator, denominator = numerator + float(num), denominator + float(den)
-            mask = step.batch.query_mask  # a dataset row is a query (with its documents)
-            rows += step.pairs if mask is None else int(np.sum(mask))
         return (numerator / denominator if denominator else float("nan")), rows
 
 
@@ -570,7 +574,7 @@ class _RunHooks(RunCallback):
         trainer, state = self.trainer, self.trainer.state
         state.global_step, state.epoch = global_step, self._epoch(global_step)
         self._maybe_log(global_step)
-        epoch_end = global_step % self.data.steps_per_epoch == 0 or global_step == self.data.total_steps
+        epoch_end = self._epoch_ends(global_step)
         if trainer.callbacks:
             sync()  # callbacks get the model as it is after this step (HF passes model=)
             trainer._call_back("on_step_end", model=trainer.model)
@@ -580,12 +584,22 @@ class _RunHooks(RunCallback):
             self._maybe_log(global_step, epoch_end=True)
         return trainer.control.should_training_stop
 
+    def _epoch_ends(self, global_step: int) -> bool:
+        return global_step % self.data.steps_per_epoch == 0 or global_step == self.data.total_steps
+
+    def _saves_at_epoch_end(self, global_step: int) -> bool:
+        return self.trainer.args.save_strategy == "epoch" and self._epoch_ends(global_step)
+
     def _maybe_log(self, global_step: int, epoch_end: bool = False) -> None:
-        """Log the training metrics if this step is due: by steps at the step's end (before its evaluation and
-        save), by epoch at every epoch's end, a partial last one's too, after them (Hugging Face's order)."""
+        """Log the training metrics if this step is due. Hugging Face does a step's log, evaluation and save,
+        then its epoch end's (a partial last epoch's too): logging by steps comes before the step's evaluation
+        and save; by epoch (``epoch_end``: the caller is in the epoch-end phase) after the step's and before the
+        epoch's. ``log()`` logs each step once, so the first due call wins."""
         args = self.trainer.args
         if args.logging_strategy == "epoch":
             due = epoch_end
+        elif args.logging_strategy == "no":
+            due = False
         else:
             due = global_step % self.logging_every == 0
         if due or (global_step == 1 and args.logging_first_step):
@@ -595,17 +609,17 @@ class _RunHooks(RunCallback):
         """Hugging Face's on_save, after the step's log entry (the loop checkpoints before its on_step)."""
         state = self.trainer.state
         state.global_step, state.epoch = step, self._epoch(step)
-        self._maybe_log(step)
+        self._maybe_log(step, epoch_end=self._saves_at_epoch_end(step))
         self.trainer._call_back("on_save")
 
     def checkpoint_state(self, step: int) -> tuple[dict[str, Any], Any]:
         """What a checkpoint keeps of the trainer, as Hugging Face's ``trainer_state.json`` does: the log history
-        (with this step's entry when logging by steps: Hugging Face logs such a step before saving it, and an
-        epoch's end after), the best metric and its step, and
+        (with this step's entry where Hugging Face logs it before saving: a step's log before the step's save,
+        an epoch's log before the epoch's save), the best metric and its step, and
         the best model's parameters (``load_best_model_at_end``) so that a resumed run ends with that model."""
         state = self.trainer.state
         state.global_step, state.epoch = step, self._epoch(step)
-        self._maybe_log(step)
+        self._maybe_log(step, epoch_end=self._saves_at_epoch_end(step))
         kept = {"log_history": state.log_history, "best_metric": state.best_metric, "best_step": state.best_global_step}
         # JSON-safe copies (numpy scalars from evaluators become Python numbers)
         kept = json.loads(json.dumps(kept, default=lambda x: x.item() if hasattr(x, "item") else str(x)))
@@ -646,8 +660,8 @@ class _RunHooks(RunCallback):
         # Hugging Face's Trainer, and callbacks see the state of this step.
         step = global_step
         state.global_step, state.epoch = step, self._epoch(step)
-        if step > 0:
-            self._maybe_log(step)
+        if step > 0:  # an epoch's evaluation (steps=-1) comes after that epoch's log
+            self._maybe_log(step, epoch_end=steps == -1)
         metrics = trainer.evaluate()  # logs its entries and calls on_log / on_evaluate
         name = args.metric_for_best_model
         timing = ("_runtime", "_samples_per_second", "_steps_per_second")

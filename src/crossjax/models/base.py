@@ -182,7 +182,7 @@ class FlaxPreTrainedModel(nnx.Module):
             if tuple(value.shape) != shape:
                 expected = tuple(rule.to_hf(np.empty(shape)).shape)
                 if name.startswith(self.head_prefixes):
-                    info.mismatched_keys.append((name, tuple(array.shape), expected))
+                    info.mismatched_keys.append((in_file[name], tuple(array.shape), expected))
                     continue
                 raise CheckpointError(
                     f"{source}: parameter {name} has shape {tuple(array.shape)}, but the config implies {expected}"
@@ -193,7 +193,8 @@ class FlaxPreTrainedModel(nnx.Module):
             else:
                 placed.setdefault(target, {})[layer] = np.asarray(value, dtype=dtype)
             filled.add((target, layer))
-        mismatched = {name for name, _, _ in info.mismatched_keys}  # listed there only, as transformers does
+        # listed there only, as transformers does (by our names here: a legacy file name may differ)
+        mismatched = {name for name in tensors if any(in_file[name] == k for k, _, _ in info.mismatched_keys)}
         for path, var in ours.items():
             slots = hf_slots_of(table, path, var.shape[0] if var.ndim else 0)
             for name, _, layer in slots:

@@ -434,8 +434,7 @@ class CrossEncoderTrainer:
         training the evaluator runs with the first only, prefixed ``{prefix}``, as in sentence-transformers.
         ``ignore_keys`` (model outputs to drop) has nothing to act on: the step returns the loss only."""
         dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
-        evaluators = self.evaluator if isinstance(self.evaluator, list | tuple) else [self.evaluator]
-        if dataset is None and all(e is None for e in evaluators):
+        if dataset is None and not self._evaluators():
             raise ValueError("evaluate() needs an eval_dataset (here or in the trainer) or an evaluator")
         if isinstance(dataset, dict) and _is_dataset_dict(dataset):
             metrics: dict[str, float] = {}
@@ -447,6 +446,10 @@ class CrossEncoderTrainer:
                 )
             return metrics
         return self._evaluate_one(dataset, None, metric_key_prefix, metric_key_prefix, True)
+
+    def _evaluators(self) -> list[Any]:
+        evaluators = self.evaluator if isinstance(self.evaluator, list | tuple) else [self.evaluator]
+        return [e for e in evaluators if e is not None]
 
     def _evaluate_one(
         self, dataset: Any, name: str | None, loss_prefix: str, evaluator_prefix: str, with_evaluator: bool
@@ -461,13 +464,10 @@ class CrossEncoderTrainer:
                 metrics[f"{loss_prefix}_loss"] = loss
         # As sentence-transformers: evaluators write their CSV files to output_dir/eval, and a plain number is
         # logged as "{prefix}_evaluator".
-        evaluators = self.evaluator if isinstance(self.evaluator, list | tuple) else [self.evaluator]
         output_path = Path(self.args.output_dir) / "eval"
         if with_evaluator and is_main_process():
             output_path.mkdir(parents=True, exist_ok=True)
-        for evaluator in evaluators if with_evaluator else []:
-            if evaluator is None:
-                continue
+        for evaluator in self._evaluators() if with_evaluator else []:
             result = evaluator(
                 self.model, output_path=str(output_path), epoch=self.state.epoch, steps=self.state.global_step
             )

@@ -155,12 +155,12 @@ class FlaxPreTrainedModel(nnx.Module):
         info = LoadingInfo()
         table = self.param_table(self.config)
         prefix = self.base_model_prefix + "."
-        in_file = {rename_legacy(k): k for k in tensors}  # unexpected keys are reported as the file names them
-        tensors = {rename_legacy(k): v for k, v in tensors.items()}
-        if not any(k.startswith(prefix) for k in tensors):
+        in_file = {rename_legacy(k): k for k in tensors}  # our name -> the file's (the report uses the file's)
+        if not any(k.startswith(prefix) for k in in_file):
             # A base-model checkpoint (e.g. a sentence-transformers bi-encoder): names lack the prefix.
             in_file = {(k if k.startswith(self.head_prefixes) else prefix + k): v for k, v in in_file.items()}
-            tensors = {(k if k.startswith(self.head_prefixes) else prefix + k): v for k, v in tensors.items()}
+        tensors = {name: tensors[original] for name, original in in_file.items()}
+        mismatched: set[str] = set()  # listed as mismatched only, not also missing, as transformers does
         ours = flat_params(self)
         placed: dict[str, Any] = {}
         filled: set[tuple[str, int | None]] = set()
@@ -183,6 +183,7 @@ class FlaxPreTrainedModel(nnx.Module):
                 expected = tuple(rule.to_hf(np.empty(shape)).shape)
                 if name.startswith(self.head_prefixes):
                     info.mismatched_keys.append((in_file[name], tuple(array.shape), expected))
+                    mismatched.add(name)
                     continue
                 raise CheckpointError(
                     f"{source}: parameter {name} has shape {tuple(array.shape)}, but the config implies {expected}"
@@ -193,8 +194,6 @@ class FlaxPreTrainedModel(nnx.Module):
             else:
                 placed.setdefault(target, {})[layer] = np.asarray(value, dtype=dtype)
             filled.add((target, layer))
-        # listed there only, as transformers does (by our names here: a legacy file name may differ)
-        mismatched = {name for name in tensors if any(in_file[name] == k for k, _, _ in info.mismatched_keys)}
         for path, var in ours.items():
             slots = hf_slots_of(table, path, var.shape[0] if var.ndim else 0)
             for name, _, layer in slots:

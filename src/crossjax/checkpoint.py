@@ -234,12 +234,11 @@ class TrainCheckpointer:
         trainer's best model so far) go with it, so a resumed run still ends with that model."""
         pure = _as_pure(state)
         meta = {"step": int(step), "fingerprint": self.fingerprint, **extra, "checksums": state_checksums(pure)}
+        items = {"state": ocp.args.StandardSave(pure)}
         if best_params is not None:
             meta["has_best_params"] = True
-        items = {"state": ocp.args.StandardSave(pure), "meta": ocp.args.JsonSave(meta)}
-        if best_params is not None:
             items["best_params"] = ocp.args.StandardSave(best_params)
-        self.manager.save(int(step), args=ocp.args.Composite(**items))
+        self.manager.save(int(step), args=ocp.args.Composite(meta=ocp.args.JsonSave(meta), **items))
 
     def close(self) -> None:
         self.manager.wait_until_finished()

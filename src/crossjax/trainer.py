@@ -247,14 +247,13 @@ class CrossEncoderTrainer:
         _, columns, labels = dataset_columns(dataset, what)
         if not columns[0]:
             raise ValueError(f"{what} is empty")
-        args, plan = self.args, self.model.mesh_plan
-        per_device = args.per_device_train_batch_size if train else args.per_device_eval_batch_size
+        args = self.args
         return ListData(
             self._fit_target(),
             self._prompted(columns, name),
             labels,
             self.loss_for(name),
-            batch_size=per_device * plan.data_shards,
+            batch_size=self._global_batch_size(train),
             accumulation_steps=args.gradient_accumulation_steps if train else 1,
             epochs=args.num_train_epochs if train else 1,
             max_steps=(args.max_steps if args.max_steps > 0 else None) if train else None,
@@ -262,6 +261,11 @@ class CrossEncoderTrainer:
             drop_last=args.dataloader_drop_last,
             sampler=_sampler_algorithm(args.batch_sampler.value) if train else "sequential",
         )
+
+    def _global_batch_size(self, train: bool) -> int:
+        """Rows a step (train) or an evaluation batch takes: per device x data-parallel devices."""
+        per_device = self.args.per_device_train_batch_size if train else self.args.per_device_eval_batch_size
+        return per_device * self.model.mesh_plan.data_shards
 
     def _fit_target(self, evaluate: Callable | None = None, on_step: Callable | None = None, callbacks=()):
         from crossjax.fit_loop import FitTarget
@@ -478,7 +482,7 @@ class CrossEncoderTrainer:
                 metrics[prefixed] = float(value)
         # transformers' speed_metrics: the dataset's rows, in steps of per_device_eval_batch_size x devices
         runtime = time.time() - started
-        batch = self.args.per_device_eval_batch_size * self.model.mesh_plan.data_shards
+        batch = self._global_batch_size(train=False)
         metrics[f"{loss_prefix}_runtime"] = round(runtime, 4)
         if runtime > 0:
             metrics[f"{loss_prefix}_samples_per_second"] = round(rows / runtime, 3)
@@ -494,8 +498,7 @@ class CrossEncoderTrainer:
         dropped with ``dataloader_drop_last``, as Hugging Face's eval dataloader does), dropout off, or None
         when that leaves no batch (Hugging Face then reports no loss); and the dataset's rows."""
         rows = dataset.num_rows if hasattr(dataset, "num_rows") else len(dataset_columns(dataset, "eval_dataset")[1][0])
-        batch = self.args.per_device_eval_batch_size * self.model.mesh_plan.data_shards
-        if self.args.dataloader_drop_last and rows < batch:
+        if self.args.dataloader_drop_last and rows < self._global_batch_size(train=False):
             return None, rows
         data = self._one_list_data(dataset, "eval_dataset", train=False, name=name)
         loss = self.loss_for(name)
@@ -571,9 +574,8 @@ class _RunHooks(RunCallback):
         return step / self.data.steps_per_epoch
 
     def on_step(self, global_step: int, epoch: int, sync: Callable[[], None]) -> bool:
-        trainer, state = self.trainer, self.trainer.state
-        state.global_step, state.epoch = global_step, self._epoch(global_step)
-        self._maybe_log(global_step)
+        trainer = self.trainer
+        self._reach(global_step)
         epoch_end = self._epoch_ends(global_step)
         if trainer.callbacks:
             sync()  # callbacks get the model as it is after this step (HF passes model=)
@@ -583,6 +585,13 @@ class _RunHooks(RunCallback):
         if epoch_end:
             self._maybe_log(global_step, epoch_end=True)
         return trainer.control.should_training_stop
+
+    def _reach(self, step: int, epoch_end: bool = False, log: bool = True) -> None:
+        """The state callbacks see at ``step``, and its training log entry if one is due there."""
+        state = self.trainer.state
+        state.global_step, state.epoch = step, self._epoch(step)
+        if log:
+            self._maybe_log(step, epoch_end=epoch_end)
 
     def _epoch_ends(self, global_step: int) -> bool:
         return global_step % self.data.steps_per_epoch == 0 or global_step == self.data.total_steps
@@ -607,9 +616,7 @@ class _RunHooks(RunCallback):
 
     def on_checkpoint(self, step: int) -> None:
         """Hugging Face's on_save, after the step's log entry (the loop checkpoints before its on_step)."""
-        state = self.trainer.state
-        state.global_step, state.epoch = step, self._epoch(step)
-        self._maybe_log(step, epoch_end=self._saves_at_epoch_end(step))
+        self._reach(step, epoch_end=self._saves_at_epoch_end(step))
         self.trainer._call_back("on_save")
 
     def checkpoint_state(self, step: int) -> tuple[dict[str, Any], Any]:
@@ -618,8 +625,7 @@ class _RunHooks(RunCallback):
         an epoch's log before the epoch's save), the best metric and its step, and
         the best model's parameters (``load_best_model_at_end``) so that a resumed run ends with that model."""
         state = self.trainer.state
-        state.global_step, state.epoch = step, self._epoch(step)
-        self._maybe_log(step, epoch_end=self._saves_at_epoch_end(step))
+        self._reach(step, epoch_end=self._saves_at_epoch_end(step))
         kept = {"log_history": state.log_history, "best_metric": state.best_metric, "best_step": state.best_global_step}
         # JSON-safe copies (numpy scalars from evaluators become Python numbers)
         kept = json.loads(json.dumps(kept, default=lambda x: x.item() if hasattr(x, "item") else str(x)))
@@ -659,9 +665,7 @@ class _RunHooks(RunCallback):
         # The loop evaluates right after a step, before its on_step: the step's log entry comes first, as in
         # Hugging Face's Trainer, and callbacks see the state of this step.
         step = global_step
-        state.global_step, state.epoch = step, self._epoch(step)
-        if step > 0:  # an epoch's evaluation (steps=-1) comes after that epoch's log
-            self._maybe_log(step, epoch_end=steps == -1)
+        self._reach(step, epoch_end=steps == -1, log=step > 0)  # an epoch's evaluation comes after its log
         metrics = trainer.evaluate()  # logs its entries and calls on_log / on_evaluate
         name = args.metric_for_best_model
         timing = ("_runtime", "_samples_per_second", "_steps_per_second")

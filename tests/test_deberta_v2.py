@@ -255,3 +255,18 @@ def test_fit_steps_equal_sentence_transformers_old_fit(start_dir):
     after = theirs.predict(pairs)
     assert np.abs(after - before).max() > 1e-3  # the steps really moved the model
     np.testing.assert_allclose(ours.predict(pairs), after, atol=1e-5, rtol=0)
+
+
+def test_without_absolute_positions_max_length_may_pass_max_position_embeddings(start_dir):
+    """DeBERTa-v3 has no position table (relative positions only), so transformers and sentence-transformers
+    score pairs longer than ``max_position_embeddings`` (64 here); crossjax takes the same ``max_length``."""
+    from sentence_transformers import CrossEncoder as TorchCrossEncoder
+
+    rows = read_stsb("dev", limit=6)
+    pairs = [(a + " " + b, b + " " + a) for a, b, _ in rows]  # ~100+ character tokens a pair
+    ours, theirs = CrossEncoder(start_dir, max_length=100), TorchCrossEncoder(str(start_dir), max_length=100)
+    default = TorchCrossEncoder(str(start_dir)).max_seq_length
+    assert CrossEncoder(start_dir).max_length == default == 64  # both cap the default at max_position_embeddings
+    lengths = [len(ids) for ids in ours.tokenizer([a for a, _ in pairs], [b for _, b in pairs])["input_ids"]]
+    assert max(lengths) > 64  # untruncated, these pairs run past max_position_embeddings
+    np.testing.assert_allclose(ours.predict(pairs), theirs.predict(pairs), atol=1e-5, rtol=0)

@@ -107,6 +107,10 @@ def test_packed_logits_equal_pytorch_on_each_pair_alone(family_dir, scan_layers)
     tokenized = tokenized_pairs(lengths, vocab=pt.config.vocab_size, seed=5)
     if pt.config.model_type in ("roberta", "xlm-roberta", "distilbert"):
         tokenized.flat_token_type_ids[:] = 0  # single-type families
+    # A pad id inside a pair's text (a literal "<pad>"): RoBERTa-style positions skip it, as transformers counts
+    for example in range(0, 22, 3):
+        start, end = tokenized.offsets[example], tokenized.offsets[example + 1]
+        tokenized.flat_input_ids[[start + 1, end - 2]] = pt.config.pad_token_id
     indices = np.arange(22)
     plan = packing.plan_packing([indices], lengths, 2, 12, hidden_size=32, max_shapes=1, rows=3)
     batch = packing.pack(tokenized, indices, None, plan, pad_token_id=pt.config.pad_token_id)

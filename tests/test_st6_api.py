@@ -243,3 +243,65 @@ def test_config_kwargs_num_labels_sizes_a_new_head_as_in_sentence_transformers(m
     theirs = st.CrossEncoder(str(tmp_path / "base"), config_kwargs={"num_labels": 3})
     assert ours.num_labels == theirs.num_labels == 3
     assert ours.predict([("a", "b"), ("c", "d")]).shape == (2, 3)
+
+
+def test_a_tokenizer_without_token_types_feeds_type_zero_as_sentence_transformers(saved, pairs, tmp_path):
+    """A BERT checkpoint whose tokenizer does not return ``token_type_ids`` (its ``model_input_names``): the
+    model sees type 0 everywhere, as transformers defaults it; the second text's type 1 would move the scores."""
+    folder = Path(shutil.copytree(saved, tmp_path / "no_types"))
+    config_file = folder / "tokenizer_config.json"
+    config = json.loads(config_file.read_text())
+    config["model_input_names"] = ["input_ids", "attention_mask"]
+    config_file.write_text(json.dumps(config))
+    theirs = st.CrossEncoder(str(folder))
+    assert "token_type_ids" not in theirs.tokenizer(["a"], ["b"])
+    ours = CrossEncoder(folder)
+    np.testing.assert_allclose(ours.predict(pairs), theirs.predict(pairs), atol=1e-5)
+    assert np.abs(CrossEncoder(saved).predict(pairs) - ours.predict(pairs)).max() > 1e-3  # the types mattered
+
+
+def test_a_decoder_config_is_refused_not_scored_bidirectionally(saved, tmp_path):
+    """transformers masks attention causally when ``is_decoder`` is set; crossjax's encoders cannot."""
+    folder = Path(shutil.copytree(saved, tmp_path / "decoder"))
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "is_decoder": True}))
+    with pytest.raises(ValueError, match="is_decoder=True"):
+        CrossEncoder(folder)
+
+
+def test_activations_that_reshape_the_scores_as_in_sentence_transformers(tiny_dirs, pairs):
+    """An activation may drop the label axis (sentence-transformers squeezes only a remaining axis of one), and
+    torch's functional softmax family takes the labels axis of the (pairs, labels) logits."""
+    one, three = tiny_dirs[1], tiny_dirs[3]
+    for folder, activation in [
+        (one, lambda x: x[:, 0] * 2),
+        (one, lambda x: x.sum(-1)),
+        (three, torch.nn.functional.softmax),
+        (three, torch.nn.functional.log_softmax),
+        (three, torch.nn.functional.softmin),
+    ]:
+        theirs = st.CrossEncoder(str(folder)).predict(pairs, activation_fn=activation)
+        ours = CrossEncoder(folder).predict(pairs, activation_fn=activation)
+        assert ours.shape == theirs.shape
+        np.testing.assert_allclose(ours, theirs, atol=1e-5)
+    theirs = st.CrossEncoder(str(three)).predict(pairs, activation_fn=lambda x: x[:, 0], apply_softmax=True)
+    np.testing.assert_allclose(CrossEncoder(three).predict(pairs, activation_fn=lambda x: x[:, 0], apply_softmax=True),
+                               theirs, atol=1e-5)  # fmt: skip
+
+
+def test_a_batch_size_far_beyond_the_pairs_plans_slots_for_the_pairs_there_are(saved, pairs):
+    model = CrossEncoder(saved)
+    reference = model.predict(pairs, batch_size=32)
+    program = model._predict_program(model.compute_dtype)
+    before = len(program.counter.shapes)
+    np.testing.assert_array_equal(model.predict(pairs, batch_size=10**7), reference)  # no 10**7-slot program
+    assert all(shape[-1] <= 32 for shape in program.counter.shapes[before:]), program.counter.shapes
+    many = [(a, f"{b} {i}") for i, (a, b) in enumerate(pairs * 20)]  # 120 distinct pairs (repeats score once)
+    scores = model.predict(many, batch_size=10**6)
+    np.testing.assert_allclose(scores, model.predict(many, batch_size=64), atol=1e-6)
+
+
+@pytest.mark.parametrize("pair", [("a", None), ["a", 3], np.array(["a", None], dtype=object)])
+def test_a_single_pair_with_a_text_that_is_not_a_string_is_named(saved, pair):
+    with pytest.raises(ValueError, match="the pair's texts must be strings, got str, (NoneType|int)"):
+        CrossEncoder(saved).predict(pair)

@@ -31,6 +31,9 @@ from crossjax.runtime import is_main_process, progress_bar
 
 logger = logging.getLogger("crossjax")
 
+# The fewest pair slots a predict call plans (sentence-transformers' default batch size): calls of fewer pairs
+# than their batch size get slots for the pairs there are, rounded up to a power of two and never below this.
+SHARED_PREDICT_SLOTS = 32
 DTYPES = {"float32": jnp.float32, "fp32": jnp.float32, "bfloat16": jnp.bfloat16, "bf16": jnp.bfloat16}
 
 
@@ -307,32 +310,31 @@ class CrossEncoder:
         return tokenizer
 
     def _resolve_max_length(self, max_length: int | None) -> int:
-        """``max_length``, or by default the tokenizer's ``model_max_length`` capped at the position limit."""
+        """``max_length``, or by default the tokenizer's ``model_max_length`` capped at the position limit, or at
+        ``max_position_embeddings`` for a family without a position table (as sentence-transformers caps it)."""
         if max_length is None:
             tokenizer_max = getattr(self.tokenizer, "model_max_length", None)
-            limit = self._position_limit()
+            limit = self.model.position_limit
+            if limit is None:
+                limit = int(getattr(self.config, "max_position_embeddings", None) or 512)
             max_length = min(limit, tokenizer_max) if tokenizer_max and tokenizer_max < 10**6 else limit
         return self._checked_max_length(max_length, "max_length")
 
-    def _position_limit(self) -> int:
-        limit = int(getattr(self.config, "max_position_embeddings", 512))
-        if getattr(self.model.embeddings, "positions_from_padding", False):
-            limit -= int(self.config.pad_token_id) + 1  # RoBERTa-style positions start past the pad index
-        return limit
-
     def _checked_max_length(self, value: Any, name: str) -> int:
         """A pair's token limit must leave room for its special tokens plus one text token (below that the
-        tokenizer cannot truncate, and a long pair would run past the position table) and stay within it."""
+        tokenizer cannot truncate, and a long pair would run past the position table) and stay within the
+        model's absolute position table, where it has one."""
         if isinstance(value, float) and value.is_integer():  # 512.0 from a tokenizer config
             value = int(value)
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
             raise ValueError(f"{name} must be an integer, got {value!r}")
         low = self.tokenizer.num_special_tokens_to_add(pair=True) + 1
-        high = self._position_limit()
-        if not low <= value <= high:
+        high = self.model.position_limit
+        if value < low or (high is not None and value > high):
+            within = f"between {low}" if high is not None else f"at least {low}"
+            limit = f" and the model's position limit {high}" if high is not None else ""
             raise ValueError(
-                f"{name}={value} must be between {low} (a pair's {low - 1} special tokens plus one text token) and "
-                f"the model's position limit {high}"
+                f"{name}={value} must be {within} (a pair's {low - 1} special tokens plus one text token){limit}"
             )
         return int(value)
 
@@ -397,7 +399,10 @@ class CrossEncoder:
         limits = data_lib.token_limits(self.config)
         tokenized = data_lib.tokenize_pairs(self.tokenizer, texts_a, texts_b, self.max_length, limits=limits)
         shards = self.mesh_plan.data_shards  # a multiple of the process count
-        rows = int(batch_size)
+        # A call's pair slots: ``batch_size``, but no more than the pairs there are rounded up to a power of two
+        # (a slot costs the head's work and memory whether a pair fills it or not), and never fewer than
+        # SHARED_PREDICT_SLOTS, so that calls of a few pairs (one query's candidates) share compiled shapes.
+        rows = min(int(batch_size), max(SHARED_PREDICT_SLOTS, 1 << max(0, len(texts_a) - 1).bit_length()))
         rows = -(-rows // shards) * shards  # round up so the batch splits evenly over the data shards
         # Stratified chunks: the pairs sorted by length are dealt round-robin, so every chunk holds a similar
         # mix of lengths and packs to (nearly) the same shape.
@@ -495,10 +500,10 @@ class CrossEncoder:
         logits = self._logits(unique_a, unique_b, batch_size, show_progress_bar)[where]
         activation = self.activation_fn if activation_fn is None else losses.resolve_activation(activation_fn)
         scores = _rowwise(activation, logits)
-        if apply_softmax and scores.shape[1] > 1:
+        if self.num_labels == 1 and scores.ndim > 1 and scores.shape[-1] == 1:
+            scores = scores[:, 0]  # an activation may already have dropped the label axis
+        if apply_softmax and scores.ndim > 1:
             scores = _rowwise(functools.partial(jax.nn.softmax, axis=1), scores)
-        if self.num_labels == 1:
-            scores = scores[:, 0]
         if single:
             scores = scores[0]
         if convert_to_tensor:
@@ -896,8 +901,12 @@ def _pair_texts(inputs: Any) -> tuple[bool, list[str], list[str]]:
         )
     if not isinstance(inputs, (list, tuple, np.ndarray)):
         inputs = list(inputs)  # a generator, a dataset column ...
-    if len(inputs) == 2 and all(isinstance(t, str) for t in inputs):
-        return True, [inputs[0]], [inputs[1]]
+    if len(inputs) == 2 and any(isinstance(t, str) for t in inputs):
+        if all(isinstance(t, str) for t in inputs):
+            return True, [inputs[0]], [inputs[1]]
+        if not any(isinstance(t, (list, tuple, np.ndarray)) for t in inputs):  # one pair with a text that is not
+            a, b = inputs
+            raise ValueError(f"the pair's texts must be strings, got {type(a).__name__}, {type(b).__name__}")
     texts_a, texts_b = [], []
     for i, pair in enumerate(inputs):
         if not isinstance(pair, (list, tuple, np.ndarray)) or len(pair) != 2:  # not a dict or set: unordered
@@ -920,6 +929,10 @@ class _EvaluatorHook:
     @property
     def primary_metric(self) -> str | None:
         return getattr(self.evaluator, "primary_metric", None)  # some evaluators set it on their first call
+
+    @property
+    def greater_is_better(self) -> bool:
+        return getattr(self.evaluator, "greater_is_better", True)
 
     def __call__(self, output_path: str | None, epoch: int, steps: int) -> Any:
         return self.evaluator(self.model, output_path=output_path, epoch=epoch, steps=steps)

@@ -417,7 +417,8 @@ def tokenize_pairs(
             truncation="longest_first",
             max_length=max_length,
             padding=False,
-            return_token_type_ids=True,
+            # token types only where the tokenizer gives them (its ``model_input_names``), as sentence-transformers
+            # feeds them; otherwise every token is type 0, as transformers' models default to
             return_attention_mask=False,
         )
         ids = enc["input_ids"]

@@ -103,6 +103,8 @@ _TORCH_FUNCTIONS: dict[str, str] = {
     "softplus": "softplus", "gelu": "gelu", "hardtanh": "hardtanh", "silu": "silu", "elu": "elu", "celu": "celu",
     "selu": "selu", "mish": "mish", "softsign": "softsign", "hardsigmoid": "hardsigmoid",
     "hardswish": "hardswish", "relu6": "relu6", "tanhshrink": "tanhshrink",
+    # torch picks dim=1 of a 2-D input when none is given (with a warning): the labels axis of the logits
+    "softmax": "softmax", "log_softmax": "logsoftmax", "softmin": "softmin",
 }  # fmt: skip
 
 

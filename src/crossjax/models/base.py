@@ -71,6 +71,15 @@ class FlaxPreTrainedModel(nnx.Module):
     def num_labels(self) -> int:
         return int(self.config.num_labels)
 
+    @property
+    def position_limit(self) -> int | None:
+        """The most tokens a pair may have: the rows of the absolute position table (RoBERTa-style positions
+        start past the pad index), or None for a family without one (relative or rotary positions)."""
+        limit = int(getattr(self.config, "max_position_embeddings", 512))
+        if getattr(getattr(self, "embeddings", None), "positions_from_padding", False):
+            limit -= int(self.config.pad_token_id) + 1
+        return limit
+
     # Forward pass: embed -> encoder -> classify. Families override ``embed`` or ``classify`` where they differ.
     def embed(self, input_ids: jax.Array, token_type_ids: jax.Array | None, position_ids=None) -> jax.Array:
         return self.embeddings(input_ids, token_type_ids if self.uses_token_types else None, position_ids)

@@ -17,6 +17,11 @@ from crossjax.models.params import ParamRule, bert_style_embeddings, bert_style_
 
 def encoder_kwargs(config, dtype, rngs: nnx.Rngs) -> dict:
     """Keyword arguments of :class:`Encoder` from a BERT-style config (shared with RoBERTa and ELECTRA)."""
+    if getattr(config, "is_decoder", False):  # transformers then masks attention causally: other scores
+        raise ValueError(
+            f"{config.model_type} config has is_decoder=True (causal attention, as in a decoder); crossjax's "
+            "encoders attend both ways, so they would score it differently: set is_decoder=False for a cross-encoder"
+        )
     return dict(
         num_layers=config.num_hidden_layers,
         hidden=config.hidden_size,

@@ -360,6 +360,10 @@ class DebertaV2ForSequenceClassification(FlaxPreTrainedModel):
         self.classifier = dense(hidden, config.num_labels, std=std, dtype=dtype, rngs=rngs)
 
     @property
+    def position_limit(self) -> int | None:  # without absolute positions (v3), relative ones have no limit
+        return super().position_limit if getattr(self.config, "position_biased_input", True) else None
+
+    @property
     def uses_token_types(self) -> bool:  # DeBERTa-v3 has type_vocab_size 0: its tokenizer's types are unused
         return self.config.type_vocab_size > 0
 

@@ -183,6 +183,16 @@ def position_ids_from_padding(input_ids: Array, padding_idx: int) -> Array:
     return jnp.cumsum(mask, axis=1) * mask + padding_idx
 
 
+def packed_positions_from_padding(input_ids: Array, position_ids: Array, padding_idx: int) -> Array:
+    """:func:`position_ids_from_padding` for packed rows, whose ``position_ids`` count each pair's tokens from 0:
+    a pad id inside a pair's text gets ``padding_idx`` and is not counted, as transformers counts it."""
+    is_pad = (input_ids == padding_idx).astype(jnp.int32)
+    pads = jnp.cumsum(is_pad, axis=1)  # pad ids in the row up to and including each token
+    start = jnp.arange(input_ids.shape[1]) - position_ids  # column of each token's pair's first token
+    before = jnp.where(start > 0, jnp.take_along_axis(pads, jnp.maximum(start - 1, 0), axis=1), 0)
+    return jnp.where(is_pad == 1, padding_idx, padding_idx + 1 + position_ids - (pads - before))
+
+
 class Embeddings(nnx.Module):
     """Word + position (+ token type) embeddings, LayerNorm and dropout."""
 
@@ -220,9 +230,13 @@ class Embeddings(nnx.Module):
 
     def __call__(self, input_ids: Array, token_type_ids: Array | None, position_ids: Array | None = None) -> Array:
         """``position_ids`` (a token's position inside its own pair, for packed rows) replaces the default
-        0, 1, ... positions; RoBERTa-style embeddings add their ``pad_token_id + 1`` offset to it."""
+        0, 1, ... positions; RoBERTa-style embeddings count from ``pad_token_id + 1``, skipping pad ids."""
         if position_ids is not None:
-            positions = position_ids + (self.pad_token_id + 1 if self.positions_from_padding else 0)
+            positions = (
+                packed_positions_from_padding(input_ids, position_ids, self.pad_token_id)
+                if self.positions_from_padding
+                else position_ids
+            )
         elif self.positions_from_padding:
             positions = position_ids_from_padding(input_ids, self.pad_token_id)
         else:

@@ -248,6 +248,7 @@ class ModernBertForSequenceClassification(FlaxPreTrainedModel):
     base_model_prefix = "model"
     head_prefixes = ("head.", "classifier.")
     uses_token_types = False
+    position_limit = None  # rotary positions: no table to run past, as in transformers
 
     def __init__(self, config, *, dtype=jnp.float32, rngs: nnx.Rngs, scan_layers: bool = True):
         if config.classifier_pooling not in ("cls", "mean"):

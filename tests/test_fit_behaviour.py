@@ -180,15 +180,77 @@ def test_bad_examples_rejected_before_compilation(case, untrained, spies):
         (DataLoader(make_examples(4), batch_size=4), {"scheduler": "NoSuchSchedule"}, "Unknown scheduler"),
         (DataLoader(make_examples(4), batch_size=4), {"gradient_accumulation_steps": 0}, "accumulation"),
         (DataLoader(make_examples(4), batch_size=4), {"optimizer_params": {"lr": -1.0}}, "lr"),
+        (DataLoader(make_examples(4), batch_size=4), {"weight_decay": None}, "weight_decay must be a number"),
+        (DataLoader(make_examples(4), batch_size=4), {"output_path": ""}, "output_path is an empty string"),
+        (DataLoader(make_examples(4), batch_size=4), {"output_path": __file__}, "is an existing file"),
     ],
-    ids=["empty DataLoader", "empty list", "epochs=0", "unknown scheduler", "accumulation 0", "negative lr"],
-)
+    ids=[
+        "empty DataLoader", "empty list", "epochs=0", "unknown scheduler", "accumulation 0", "negative lr",
+        "weight_decay None", "empty output_path", "output_path a file",
+    ],
+)  # fmt: skip
 def test_bad_fit_arguments_rejected_before_compilation(loader, kwargs, message, untrained, spies):
     ce = untrained[1]
     with pytest.raises(ValueError, match=message):
         ce.fit(loader, **QUIET, **kwargs)
     assert spies == []
     assert ce.compilations["train"] == 0
+
+
+@pytest.mark.parametrize(
+    "loss, message",
+    [
+        ("ignore", "CrossEntropyLoss\\(ignore_index=0\\) is not supported"),
+        ("two weights", "needs one weight per class, shape \\(3,\\)"),
+        ("four weights", "holds 4 class weights"),
+    ],
+)
+def test_cross_entropy_settings_torch_would_apply_otherwise_are_refused(untrained, spies, loss, message):
+    """torch drops the rows of ``ignore_index`` (crossjax would train on them) and refuses a weight per class of
+    another count (JAX would clamp the index and train on made-up weights)."""
+    import torch
+
+    torch_loss = {
+        "ignore": torch.nn.CrossEntropyLoss(ignore_index=0),
+        "two weights": torch.nn.CrossEntropyLoss(weight=torch.ones(2)),
+        "four weights": torch.nn.CrossEntropyLoss(weight=torch.ones(4)),
+    }[loss]
+    examples = make_examples(6)
+    for i, example in enumerate(examples):
+        example.label = i % 3
+    with pytest.raises(ValueError, match=message):
+        untrained[3].fit(DataLoader(examples, batch_size=3), loss_fct=torch_loss, **QUIET)
+    assert spies == []
+
+
+class FallingLossEvaluator:
+    """A lower-is-better evaluator (``greater_is_better = False``) whose score is lowest at its 2nd call."""
+
+    greater_is_better = False
+    primary_metric = "loss"
+
+    def __init__(self, probe):
+        self.probe, self.scores, self.predictions = probe, [5.0, 1.0, 3.0, 2.0], []
+
+    def __call__(self, model, output_path=None, epoch=-1, steps=-1):
+        self.predictions.append(model.predict(self.probe))
+        return {"loss": self.scores[len(self.predictions) - 1]}
+
+
+def test_a_lower_is_better_evaluator_keeps_its_lowest_score_s_model(tiny_dir, tmp_path):
+    """As sentence-transformers 6's fit (its SaveModelCallback reads ``greater_is_better``)."""
+    probe = [tuple(e.texts) for e in make_examples(5, seed=7)]
+    evaluator = FallingLossEvaluator(probe)
+    summary = CrossEncoder(tiny_dir).fit(
+        DataLoader(make_examples(16, seed=8), batch_size=8),
+        evaluator=evaluator,
+        epochs=4,  # evaluated at each epoch's end
+        output_path=str(tmp_path / "out"),
+        **TRAIN,
+    )
+    assert len(evaluator.predictions) == 4 and summary["best_score"] == 1.0
+    np.testing.assert_allclose(CrossEncoder(tmp_path / "out").predict(probe), evaluator.predictions[1], atol=1e-6)
+    assert np.abs(evaluator.predictions[1] - evaluator.predictions[3]).max() > 1e-4  # another model at the end
 
 
 # ----------------------------------------------------------------------------------- 2. non-finite loss
@@ -253,7 +315,7 @@ def test_exploding_learning_rate_raises_with_finite_parameters(tiny_dir):
 def test_learning_rate_beyond_float32_is_refused_before_training(tiny_dir):
     ce = CrossEncoder(tiny_dir, config_kwargs=NO_DROPOUT)
     initial = params_of(ce)
-    with pytest.raises(ValueError, match=r"optimizer_params\['lr'\] must be a positive number that float32 can hold"):
+    with pytest.raises(ValueError, match=r"optimizer_params\['lr'\] must be a number >= 0 that float32 can hold"):
         ce.fit(DataLoader(make_examples(8), batch_size=8), optimizer_params={"lr": 1e39}, **QUIET)
     assert ce.compilations["train"] == 0
     for a, b in zip(initial, params_of(ce), strict=True):

@@ -53,6 +53,11 @@ def _dataset(kind: str) -> dict[str, list]:
         return {"q": queries, "d": docs(), "label": [float(x) for x in rng.uniform(0, 1, ROWS)]}
     if kind == "classes":
         return {"q": queries, "d": docs(), "label": [int(x) for x in rng.integers(0, 3, ROWS)]}
+    if kind == "classes_some_unlabelled":  # -100: torch's default ignore_index, rows the loss leaves out
+        labels = [int(x) for x in rng.integers(0, 3, ROWS)]
+        return {"q": queries, "d": docs(), "label": [-100 if i % 4 == 1 else y for i, y in enumerate(labels)]}
+    if kind == "bools":  # a dataset's boolean column: 1.0 / 0.0, as torch converts it
+        return {"q": queries, "d": docs(), "label": [bool(x) for x in rng.integers(0, 2, ROWS)]}
     if kind == "triplets":
         return {"q": queries, "pos": docs(), "neg": docs()}
     if kind == "margins":
@@ -76,6 +81,10 @@ def _cases():
         ("bce_pos_weight", "pairs", 1, lambda m: losses.BinaryCrossEntropyLoss(m, pos_weight=2.0),
          lambda m: st.BinaryCrossEntropyLoss(m, pos_weight=__import__("torch").tensor(2.0))),
         ("ce", "classes", 3, lambda m: losses.CrossEntropyLoss(m), lambda m: st.CrossEntropyLoss(m)),
+        ("ce_ignore_index", "classes_some_unlabelled", 3, lambda m: losses.CrossEntropyLoss(m),
+         lambda m: st.CrossEntropyLoss(m)),
+        ("bce_bool_labels", "bools", 1, lambda m: losses.BinaryCrossEntropyLoss(m),
+         lambda m: st.BinaryCrossEntropyLoss(m)),
         ("mse", "pairs", 1, lambda m: losses.MSELoss(m), lambda m: st.MSELoss(m)),
         ("margin_mse", "margins", 1, lambda m: losses.MarginMSELoss(m), lambda m: st.MarginMSELoss(m)),
         ("mnrl", "triplets", 1, lambda m: losses.MultipleNegativesRankingLoss(m, num_negatives=None),
@@ -95,8 +104,8 @@ def _cases():
 
 
 CASES = [
-    "bce", "bce_pos_weight", "ce", "mse", "margin_mse", "mnrl", "cached_mnrl", "ranknet", "listnet", "listmle",
-    "plistmle", "lambda_ndcg2pp", "lambda_rank", "adr_mse",
+    "bce", "bce_pos_weight", "ce", "ce_ignore_index", "bce_bool_labels", "mse", "margin_mse", "mnrl", "cached_mnrl",
+    "ranknet", "listnet", "listmle", "plistmle", "lambda_ndcg2pp", "lambda_rank", "adr_mse",
 ]  # fmt: skip
 
 

@@ -18,6 +18,7 @@ import numbers
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -30,7 +31,7 @@ from crossjax import logs, losses, packing, streaming, training
 from crossjax.models.base import FlaxPreTrainedModel
 from crossjax.models.export import check_local_path
 from crossjax.parallel import MeshPlan, global_batch_array, process_rows, put_global
-from crossjax.runtime import progress_bar
+from crossjax.runtime import is_main_process, progress_bar
 from crossjax.schedules import make_schedule, scheduler_key
 
 logger = logging.getLogger("crossjax")
@@ -111,21 +112,25 @@ class FitConfig:
                 f"max_grad_norm must be > 0, or None for no clipping; got {self.max_grad_norm!r} (torch's "
                 "clip_grad_norm_ with 0 zeroes every gradient, and a negative norm flips them)"
             )
-        if not (math.isfinite(self.learning_rate) and 0 < self.learning_rate <= FLOAT32_MAX):
+        if not (math.isfinite(self.learning_rate) and 0 <= self.learning_rate <= FLOAT32_MAX):
             raise ValueError(
-                f"optimizer_params['lr'] must be a positive number that float32 can hold (the step computes in "
+                f"optimizer_params['lr'] must be a number >= 0 that float32 can hold (the step computes in "
                 f"float32), got {self.learning_rate!r}"
             )
         check_local_path(self.output_path, "output_path")
         check_local_path(self.log_dir, "log_dir")
-        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
-            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
+        if not (_is_real(self.weight_decay) and math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ValueError(f"weight_decay must be a number >= 0, got {self.weight_decay!r}")
         if not (math.isfinite(self.adam_eps) and self.adam_eps >= 0):
             raise ValueError(f"optimizer_params['eps'] must be >= 0, got {self.adam_eps!r}")
         if len(self.adam_betas) != 2 or not all(0.0 <= b < 1.0 for b in self.adam_betas):
             raise ValueError(f"optimizer_params['betas'] must be two numbers in [0, 1), got {self.adam_betas!r}")
         if not isinstance(self.amsgrad, bool):
             raise ValueError(f"optimizer_params['amsgrad'] must be True or False, got {self.amsgrad!r}")
+
+
+def _is_real(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
 
 
 # torch.optim.AdamW's keyword arguments that only choose an implementation, not the arithmetic.
@@ -827,6 +832,11 @@ def _run_fit(
     #    stream's examples as they are read: its first steps before compiling).
     cfg.validate()
     scheduler_key(cfg.scheduler)  # an unknown scheduler name is reported before tokenizing anything
+    if cfg.output_path is not None and is_main_process():  # as old_fit: a folder that cannot be made fails now,
+        try:  # not at the first save after hours of training
+            Path(cfg.output_path).mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ValueError(f"output_path {str(cfg.output_path)!r} cannot be created: {e}") from e
     if data_source is not None:  # prepared (and checked) by the caller
         stream, data = None, data_source
         loss_fn, activation = loss_fct, losses.identity
@@ -923,7 +933,10 @@ def _run_fit(
     events = logs.RunCallbacks([training_log, *target.callbacks] if training_log else target.callbacks)
     metrics = _Metrics(result.history, schedule, events.on_log)
     stats = data_lib.PaddingStats()
-    result.best_score = -9999999 if best_score is None else best_score
+    # A lower-is-better evaluator (``greater_is_better=False``, e.g. a loss) keeps its lowest score's model, as
+    # sentence-transformers 6's fit does (old_fit kept the highest whatever the evaluator said).
+    greater_is_better = getattr(target.evaluate, "greater_is_better", True) is not False
+    result.best_score = (-9999999 if greater_is_better else 9999999) if best_score is None else best_score
     bar = progress_bar(
         enabled=cfg.show_progress_bar,
         total=total_steps,
@@ -981,7 +994,7 @@ def _run_fit(
                 score = next(iter(score.values()))
             else:
                 raise ValueError(f"evaluator returned {sorted(score)} but no primary_metric among them")
-        if score is not None and score > result.best_score:
+        if score is not None and (score > result.best_score if greater_is_better else score < result.best_score):
             result.best_score = float(score)
             if cfg.save_best_model and cfg.output_path is not None:
                 events.on_save(global_step)

@@ -86,10 +86,13 @@ class RunCallbacks(RunCallback):
 
     def __init__(self, callbacks: Sequence[RunCallback]) -> None:
         self.callbacks = list(callbacks)
+        self.started: list[RunCallback] = []  # those whose on_train_begin ran: only they get on_train_end
 
     def on_train_begin(self, info: RunInfo) -> None:
+        self.started = []
         for callback in self.callbacks:
             callback.on_train_begin(info)
+            self.started.append(callback)
 
     def on_log(self, record: dict[str, Any]) -> None:
         for callback in self.callbacks:
@@ -108,14 +111,19 @@ class RunCallbacks(RunCallback):
             callback.on_checkpoint(step)
 
     def on_train_end(self, completed: bool) -> None:
+        """Every started callback gets to close its files, even if one fails. The first failure is raised after
+        a completed run; after a failed one it is logged, so the run's own error is the one the caller sees."""
         errors = []
-        for callback in self.callbacks:  # every callback gets to close its files, even if one fails
+        for callback in self.started:
             try:
                 callback.on_train_end(completed)
             except Exception as e:  # noqa: BLE001 - reported after the others ran
                 errors.append(e)
-        if errors:
+        self.started = []
+        if errors and completed:
             raise errors[0]
+        for error in errors:
+            logger.error("a training callback failed while the run was stopping: %r", error)
 
 
 def evaluation_metrics(score: Any, primary_metric: str | None) -> dict[str, float]:

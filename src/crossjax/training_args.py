@@ -271,9 +271,8 @@ class CrossEncoderTrainingArguments:
             raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps!r}")
         if self.warmup_steps >= 1 and self.warmup_steps != int(self.warmup_steps):
             raise ValueError(f"warmup_steps >= 1 must be a whole number of steps, got {self.warmup_steps!r}")
-        for name in ("learning_rate",):
-            if not (getattr(self, name) > 0):
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
+        if not (self.learning_rate >= 0 and math.isfinite(self.learning_rate)):  # 0 trains nothing, as in torch
+            raise ValueError(f"learning_rate must be >= 0, got {self.learning_rate!r}")
         if self.weight_decay < 0:
             raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
         if self.eval_strategy == "steps" and self.eval_steps is None and not self.logging_steps:

@@ -95,7 +95,8 @@ def activation_config_name(original: Any, resolved: Callable | None) -> str:
 
 
 def is_number(value: Any) -> bool:
-    return isinstance(value, Real | np.number) and not isinstance(value, bool | np.bool_)
+    """A label value: a real number, or a bool (a dataset's boolean column: 1.0 / 0.0, as torch converts it)."""
+    return isinstance(value, Real | np.number | np.bool_)
 
 
 def is_finite_number(value: Any) -> bool:

@@ -214,6 +214,12 @@ def _from_torch_loss(obj: Any) -> LossFn:
             raise ValueError(f"BCEWithLogitsLoss(pos_weight=...) must hold one value, got shape {pw.shape}")
         return functools.partial(binary_cross_entropy_with_logits, pos_weight=float(pw[0]))
     if name == "CrossEntropyLoss":
+        ignore_index = getattr(obj, "ignore_index", -100)
+        if ignore_index != -100:
+            raise ValueError(
+                f"CrossEntropyLoss(ignore_index={ignore_index}) is not supported: crossjax trains on every example "
+                "(a label outside 0..num_labels-1 is an error); leave those examples out of the training data"
+            )
         weight = getattr(obj, "weight", None)
         smoothing = float(getattr(obj, "label_smoothing", 0.0) or 0.0)
         if weight is None and smoothing == 0.0:
@@ -248,6 +254,12 @@ def resolve_loss(loss_fct: Any, num_labels: int) -> LossFn:
         return _checked_custom_loss(loss_fct)
     else:
         raise TypeError(f"loss_fct must be None, a name, a torch loss module or a callable, got {type(loss_fct)}")
+    weights = getattr(resolved, "keywords", {}).get("class_weights")
+    if weights is not None and weights.shape != (num_labels,):
+        raise ValueError(
+            f"CrossEntropyLoss(weight=...) holds {weights.size} class weights of shape {tuple(weights.shape)}; "
+            f"a model with num_labels={num_labels} needs one weight per class, shape ({num_labels},)"
+        )
     if num_labels == 1 and getattr(resolved, "func", resolved) is cross_entropy:
         raise ValueError(
             "cross-entropy over a model's one output is 0 whatever the logits (softmax over one class), so "

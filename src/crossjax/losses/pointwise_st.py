@@ -111,9 +111,11 @@ class CrossEntropyLoss(_PairLoss):
     def __init__(self, model: Any, activation_fn: Any = identity, **kwargs: Any) -> None:
         super().__init__(model, activation_fn)
         reject_torch_kwargs(type(self).__name__, kwargs, {"weight": None, "label_smoothing": 0.0, "ignore_index": -100})
-        ignore_index = kwargs.get("ignore_index", -100)
-        if 0 <= ignore_index < model.num_labels:
-            raise ValueError(f"CrossEntropyLoss(ignore_index={ignore_index}) is not supported for a real class")
+        # Rows labelled ``ignore_index`` count for nothing (torch's rule), e.g. -100 or -1 for pairs left unlabelled.
+        # A real class as the index is refused: crossjax checks labels before training and could not tell them.
+        self.ignore_index = int(kwargs.get("ignore_index", -100))
+        if 0 <= self.ignore_index < model.num_labels:
+            raise ValueError(f"CrossEntropyLoss(ignore_index={self.ignore_index}) is not supported for a real class")
         weight = kwargs.get("weight")
         self.class_weights = None if weight is None else jnp.asarray(tensor_to_numpy(weight).reshape(-1))
         if self.class_weights is not None and self.class_weights.shape[0] != model.num_labels:
@@ -123,12 +125,14 @@ class CrossEntropyLoss(_PairLoss):
         self.label_smoothing = float(kwargs.get("label_smoothing", 0.0))
 
     def _label_problem(self, label: Any) -> str | None:
-        if is_number(label) and float(label).is_integer() and 0 <= int(label) < self.model.num_labels:
+        if is_number(label) and float(label).is_integer() and (
+            0 <= int(label) < self.model.num_labels or int(label) == self.ignore_index
+        ):
             return None
         return f"is not an integer class index in [0, {self.model.num_labels}) (num_labels={self.model.num_labels})"
 
     def parts(self, logits, doc_mask, labels, query_mask):
-        mask = self._row_mask(doc_mask, query_mask)
+        mask = self._row_mask(doc_mask, query_mask) & (labels[:, 0].astype(jnp.int32) != self.ignore_index)
         class_logits = jnp.where(mask[:, None], logits[:, 0, :].astype(jnp.float32), 0.0)
         if self.activation is not None:
             class_logits = self.activation(class_logits)

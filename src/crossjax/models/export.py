@@ -148,7 +148,12 @@ def atomic_directory_write(
 
 
 def check_local_path(path, what: str) -> None:
-    """Exports are written to the local filesystem (atomically); a URL would silently become a local folder."""
+    """Exports are written to a local directory (atomically): a URL would silently become a local folder, an
+    empty string the working directory, and an existing file cannot become a directory."""
+    if path is not None and str(path).strip() == "":
+        raise ValueError(f"{what} is an empty string: name a directory (or leave it None to write nothing)")
+    if path is not None and os.path.exists(path) and not os.path.isdir(path):
+        raise ValueError(f"{what} {str(path)!r} is an existing file, not a directory")
     if path is not None and "://" in str(path):
         raise ValueError(
             f"{what} {str(path)!r} is a URL; crossjax writes models and evaluation files to a local directory. "

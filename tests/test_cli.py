@@ -22,10 +22,10 @@ from crossjax.pair_files import read_pairs
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    """``python -m crossjax.cli ARGS`` in a fresh process, with this checkout's sources."""
+    """``python -m crossjax ARGS`` in a fresh process, with this checkout's sources."""
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
     return subprocess.run(
-        [sys.executable, "-m", "crossjax.cli", *args], capture_output=True, text=True, env=env, timeout=300
+        [sys.executable, "-m", "crossjax", *args], capture_output=True, text=True, env=env, timeout=300
     )
 
 
@@ -88,6 +88,20 @@ BAD_ARGUMENTS = {
         ["predict", "--model", "{model}", "--input", "{tmp}/pairs.tsv", "--batch-size", "-3"],
         "positive integer",
     ),
+    "a header naming a column twice": (
+        ["predict", "--model", "{model}", "--input", "{tmp}/twice.tsv"],
+        "names 'text' more than once",
+    ),
+    "a header column without a name": (["predict", "--model", "{model}", "--input", "{tmp}/blank.tsv"], "no name"),
+    "dev labels that are not classes": (
+        ["train", "--model", "{model}", "--train", "{tmp}/classes.tsv", "--dev", "{tmp}/fractions.tsv",
+         "--num-labels", "3"],
+        "fractions.tsv: pair 1 has label 0.7",
+    ),  # fmt: skip
+    "a warm-up ratio that is not a fraction": (
+        ["train", "--model", "{model}", "--train", "{tmp}/classes.tsv", "--warmup-ratio", "nan"],
+        "--warmup-ratio must be a fraction",
+    ),
 }
 
 
@@ -97,6 +111,10 @@ def test_bad_arguments_exit_2_with_one_line(case, tiny_dir, tmp_path):
     (tmp_path / "pairs.txt").write_text("x\ty\n")
     (tmp_path / "bad.jsonl").write_text('{"a": "x", "b": "y"}\n{"a": "x", \n')
     (tmp_path / "config.json").write_text(json.dumps({"epoch": 2}))
+    write_tsv(tmp_path / "twice.tsv", ["text", "text", "label"], [("x", "y", 1)])
+    (tmp_path / "blank.tsv").write_text("\t\tlabel\nx\ty\t1\n")
+    write_tsv(tmp_path / "classes.tsv", ["a", "b", "label"], [("x", "y", 0), ("z", "w", 2)])
+    write_tsv(tmp_path / "fractions.tsv", ["a", "b", "label"], [("x", "y", 0.7), ("z", "w", 2)])
     args, expected = BAD_ARGUMENTS[case]
     done = run_cli(*(a.format(model=tiny_dir, tmp=tmp_path) for a in args))
     assert done.returncode == 2, (done.stdout, done.stderr)
@@ -184,3 +202,14 @@ def test_eval_beir_folder_equals_the_evaluator(tiny_dir, capsys):
     metrics = json.loads(capsys.readouterr().out)
     expected = beir.CrossEncoderBEIREvaluator(folder, rerank_k=8, max_queries=3, at_k=5)(CrossEncoder(tiny_dir))
     assert metrics == expected and any(key.endswith("ndcg@5") for key in metrics)
+
+
+def test_predict_leaves_the_named_label_column_out_of_the_texts(tiny_dir, stsb_rows, tmp_path, capsys):
+    """A file of (rating, question, answer) with ``--label-column rating`` scores (question, answer)."""
+    rows = [(int(score), a, b) for a, b, score in stsb_rows[:8]]
+    source = write_tsv(tmp_path / "rated.tsv", ["rating", "question", "answer"], rows)
+    output = tmp_path / "scores.tsv"
+    assert cli.main(["predict", "--model", str(tiny_dir), "--input", source, "--label-column", "rating",
+                     "--output", str(output), "--no-progress-bar"]) == 0  # fmt: skip
+    scores = np.array([np.float32(line) for line in output.read_text().splitlines()[1:]], dtype=np.float32)
+    np.testing.assert_array_equal(scores, CrossEncoder(tiny_dir).predict([(a, b) for _, a, b in rows]))

@@ -91,3 +91,32 @@ def test_export_onnx_rejects_what_it_cannot_export(tmp_path):
         export_onnx(tmp_path / "missing")
     with pytest.raises(ValueError, match="opset"):
         export_onnx(tmp_path, opset=7)
+
+
+def test_a_folder_without_a_trained_head_is_refused(minilm_dir, tmp_path):
+    """all-MiniLM-L6-v2 is a bi-encoder's base model: transformers would add a random 2-label head that neither
+    crossjax nor sentence-transformers (1 label, their own random head) would read back."""
+    with pytest.raises(ValueError, match="no trained classification head"):
+        export_onnx(minilm_dir, tmp_path / "out")
+
+
+def test_weights_kept_beside_a_large_graph_take_the_name_optimum_fetches(tiny_dir, tmp_path, monkeypatch):
+    """Over protobuf's 2 GB limit (forced here) the weights go to ``model.onnx_data``, the one name Optimum
+    requests from the hub, and the graph still runs (export_onnx's own check against PyTorch included)."""
+    import crossjax.onnx
+    from crossjax import CrossEncoder
+
+    monkeypatch.setattr(crossjax.onnx, "_SINGLE_FILE_LIMIT_BYTES", 0)
+    model = CrossEncoder(tiny_dir)
+    path = export_onnx(model, tmp_path / "export")
+    assert sorted(p.name for p in path.parent.iterdir()) == [ONNX_FILE, ONNX_FILE + "_data"]
+    graph = onnx.load(str(path), load_external_data=False)
+    locations = {e.value for t in graph.graph.initializer for e in t.external_data if e.key == "location"}
+    assert locations == {ONNX_FILE + "_data"}
+    inputs = example_inputs(model.model.config, 3, 11, seed=2)
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (logits,) = session.run(["logits"], onnx_feed(session, inputs))
+    pt = AutoModelForSequenceClassification.from_pretrained(tmp_path / "export").eval()
+    with torch.no_grad():
+        expected = pt(**{k: torch.from_numpy(v) for k, v in inputs.items()}).logits.numpy()
+    np.testing.assert_allclose(logits, expected, atol=1e-5, rtol=0)

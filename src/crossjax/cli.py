@@ -272,7 +272,8 @@ def _score_columns(model: Any) -> list[str]:
 def _predict(args: argparse.Namespace) -> int:
     _check_model(args.model)
     _check_output_file(args.output)
-    table = read_pairs(args.input, columns=args.columns, header=not args.no_header)
+    # a named label column is left out of the texts (its values are not needed)
+    table = read_pairs(args.input, columns=args.columns, label_column=args.label_column, header=not args.no_header)
     model = _load_model(args)
     scores = model.predict(
         table.pairs,
@@ -314,7 +315,7 @@ def _class_labels(values: Sequence[float], path: str) -> list[int]:
     labels = []
     for i, value in enumerate(values):
         if not float(value).is_integer() or value < 0:
-            raise CliError(f"{path}: pair {i + 1} has label {value!r}; this evaluator needs class indices 0, 1, ...")
+            raise CliError(f"{path}: pair {i + 1} has label {value!r}; classification needs class indices 0, 1, ...")
         labels.append(int(value))
     return labels
 
@@ -471,8 +472,12 @@ def _train(args: argparse.Namespace) -> int:
     )
     train_table = read_pairs(args.train, **pair_options)
     dev_table = read_pairs(args.dev, **pair_options) if args.dev else None
-    if classification:
+    if classification:  # before training: int() would truncate a dev label 0.7 to class 0
         _class_labels(train_table.labels, args.train)
+        if dev_table is not None:
+            _class_labels(dev_table.labels, args.dev)
+    if not 0 <= args.warmup_ratio <= 1:
+        raise CliError(f"--warmup-ratio must be a fraction between 0 and 1, got {args.warmup_ratio}")
     output = args.output or f"output/crossjax-{datetime.now().strftime('%Y-%m-%d_%H-%M-%S')}"
 
     from crossjax.parallel import initialize_distributed

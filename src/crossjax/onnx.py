@@ -117,8 +117,53 @@ def _load_torch_model(directory: Path):
             kwargs = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
             return self.model(input_ids=input_ids, attention_mask=attention_mask, **kwargs).logits
 
-    model = AutoModelForSequenceClassification.from_pretrained(str(directory), dtype=torch.float32).eval()
-    return LogitsOnly(model, onnx_input_names(model.config)), model.config
+    model, info = AutoModelForSequenceClassification.from_pretrained(
+        str(directory), dtype=torch.float32, output_loading_info=True
+    )
+    if info["missing_keys"]:  # a base model (no classification head): transformers would make up a random one
+        raise ValueError(
+            f"{directory} has no trained classification head (missing {sorted(info['missing_keys'])}): its graph "
+            "would score with random weights no other reader of the folder shares. Load it with "
+            "crossjax.CrossEncoder, train or save it, and export that saved folder."
+        )
+    return LogitsOnly(model.eval(), onnx_input_names(model.config)), model.config
+
+
+def _graph_tensors(graph: Any):
+    """Every tensor a graph holds: initializers and node attributes, subgraphs included."""
+    yield from graph.initializer
+    for node in graph.node:
+        for attribute in node.attribute:
+            if attribute.HasField("t"):
+                yield attribute.t
+            yield from attribute.tensors
+            for subgraph in ([attribute.g] if attribute.HasField("g") else []) + list(attribute.graphs):
+                yield from _graph_tensors(subgraph)
+
+
+def _name_external_data_for_optimum(path: Path) -> None:
+    """A graph over protobuf's 2 GB limit keeps its weights in a file beside it. torch names it
+    ``model.onnx.data``; Optimum (sentence-transformers' ONNX backend) fetches only ``model.onnx_data`` from
+    the hub, so the file is renamed and the graph's references rewritten (the weights are not read)."""
+    import onnx
+    from onnx.external_data_helper import uses_external_data
+
+    graph = onnx.load(str(path), load_external_data=False)
+    entries = [
+        entry
+        for tensor in _graph_tensors(graph.graph)
+        if uses_external_data(tensor)
+        for entry in tensor.external_data
+        if entry.key == "location"
+    ]
+    wanted = path.name + "_data"
+    locations = {entry.value for entry in entries}
+    if len(locations) != 1 or wanted in locations:
+        return
+    (path.parent / locations.pop()).rename(path.parent / wanted)
+    for entry in entries:
+        entry.value = wanted
+    onnx.save(graph, str(path))
 
 
 def export_onnx(
@@ -181,6 +226,7 @@ def export_onnx(
                 external_data=weight_bytes > _SINGLE_FILE_LIMIT_BYTES,
             )
         logger.debug("torch.onnx.export: %s", chatter.getvalue().strip())
+        _name_external_data_for_optimum(target)
         if verify:
             _verify(target, wrapper, config, torch)
 

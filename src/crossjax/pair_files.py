@@ -129,6 +129,11 @@ def _rows(path: Path, header: bool) -> tuple[list[str], list[tuple[int, dict[str
         if not lines:
             raise PairFileError(f"{path}: empty file (expected a header row)")
         names = [n.strip() for n in lines[0][1]]
+        if "" in names:
+            raise PairFileError(f"{path}: column {names.index('') + 1} of the header row has no name")
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise PairFileError(f"{path}: the header row names {', '.join(map(repr, repeated))} more than once")
         lines = lines[1:]
     else:
         width = len(lines[0][1]) if lines else 2

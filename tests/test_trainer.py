@@ -26,7 +26,8 @@ LR = 1e-3
 # round-off of a zero gradient into steps of size lr in either library: they are compared loosely, all else tightly.
 KEY_BIAS = "attention.self.key.bias"
 SHIFT_INVARIANT = {
-    "margin_mse", "ranknet", "listnet", "listmle", "plistmle", "lambda_ndcg2pp", "lambda_rank", "adr_mse",
+    "mnrl_softmax", "margin_mse", "ranknet", "listnet", "listmle", "plistmle", "lambda_ndcg2pp", "lambda_rank",
+    "adr_mse",
 }  # fmt: skip
 
 
@@ -89,6 +90,10 @@ def _cases():
         ("margin_mse", "margins", 1, lambda m: losses.MarginMSELoss(m), lambda m: st.MarginMSELoss(m)),
         ("mnrl", "triplets", 1, lambda m: losses.MultipleNegativesRankingLoss(m, num_negatives=None),
          lambda m: st.MultipleNegativesRankingLoss(m, num_negatives=None)),
+        ("mnrl_softmax", "triplets", 1,
+         lambda m: losses.MultipleNegativesRankingLoss(m, num_negatives=None, activation_fn="softmax"),
+         lambda m: st.MultipleNegativesRankingLoss(m, num_negatives=None,
+                                                   activation_fn=__import__("torch").nn.Softmax(dim=-1))),
         ("cached_mnrl", "triplets", 1,
          lambda m: losses.CachedMultipleNegativesRankingLoss(m, num_negatives=None, mini_batch_size=4),
          lambda m: st.CachedMultipleNegativesRankingLoss(m, num_negatives=None, mini_batch_size=4)),
@@ -104,8 +109,8 @@ def _cases():
 
 
 CASES = [
-    "bce", "bce_pos_weight", "ce", "ce_ignore_index", "bce_bool_labels", "mse", "margin_mse", "mnrl", "cached_mnrl",
-    "ranknet", "listnet", "listmle", "plistmle", "lambda_ndcg2pp", "lambda_rank", "adr_mse",
+    "bce", "bce_pos_weight", "ce", "ce_ignore_index", "bce_bool_labels", "mse", "margin_mse", "mnrl", "mnrl_softmax",
+    "cached_mnrl", "ranknet", "listnet", "listmle", "plistmle", "lambda_ndcg2pp", "lambda_rank", "adr_mse",
 ]  # fmt: skip
 
 

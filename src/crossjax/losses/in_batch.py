@@ -15,7 +15,7 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 
-from crossjax.losses.activations import sigmoid
+from crossjax.losses.activations import sigmoid, softmax
 from crossjax.losses.base import CrossEncoderLoss, PairLayout, PairTable, masked_log_softmax
 
 __all__ = ["MultipleNegativesRankingLoss", "CachedMultipleNegativesRankingLoss"]
@@ -24,6 +24,10 @@ __all__ = ["MultipleNegativesRankingLoss", "CachedMultipleNegativesRankingLoss"]
 class MultipleNegativesRankingLoss(CrossEncoderLoss):
     """InfoNCE over (anchor, positive[, hard negatives...]) rows with in-batch negatives (see the module
     docstring). Sampling uses the ``rng`` the trainer passes to :meth:`layout` (the step's seed)."""
+
+    # sentence-transformers applies the activation to the [anchors, 1 + negatives] scores: a softmax normalises
+    # each anchor's own candidates (here: the real ones of its row)
+    allows_softmax = True
 
     def __init__(
         self, model: Any, num_negatives: int | None = 4, scale: float = 10.0, activation_fn: Any = sigmoid
@@ -58,6 +62,12 @@ class MultipleNegativesRankingLoss(CrossEncoderLoss):
         keys = rng.random(own.shape)
         keys[own] = np.inf
         return np.argsort(keys, axis=1, kind="stable")[:, :count]
+
+    def _scores(self, logits: jnp.ndarray, mask: jnp.ndarray) -> jnp.ndarray:
+        if self.activation is not softmax:
+            return super()._scores(logits, mask)
+        raw = jnp.where(mask, logits[..., 0].astype(jnp.float32), 0.0)
+        return jnp.where(mask, jnp.exp(masked_log_softmax(raw, mask)), 0.0)
 
     def validate(self, columns: list[list], labels: Any, row_offset: int = 0) -> None:
         self._check_column_count(columns, None, at_least=2)

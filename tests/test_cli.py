@@ -206,7 +206,7 @@ def test_eval_beir_folder_equals_the_evaluator(tiny_dir, capsys):
 
 def test_predict_leaves_the_named_label_column_out_of_the_texts(tiny_dir, stsb_rows, tmp_path, capsys):
     """A file of (rating, question, answer) with ``--label-column rating`` scores (question, answer)."""
-    rows = [(int(score), a, b) for a, b, score in stsb_rows[:8]]
+    rows = [(int(score) if i % 3 else "n/a", a, b) for i, (a, b, score) in enumerate(stsb_rows[:8])]  # unread
     source = write_tsv(tmp_path / "rated.tsv", ["rating", "question", "answer"], rows)
     output = tmp_path / "scores.tsv"
     assert cli.main(["predict", "--model", str(tiny_dir), "--input", source, "--label-column", "rating",

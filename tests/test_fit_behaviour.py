@@ -230,7 +230,8 @@ class FallingLossEvaluator:
     primary_metric = "loss"
 
     def __init__(self, probe):
-        self.probe, self.scores, self.predictions = probe, [5.0, 1.0, 3.0, 2.0], []
+        # far beyond any sentinel "worst score" a loop might start from (sentence-transformers starts from None)
+        self.probe, self.scores, self.predictions = probe, [5e7, 1e7, 3e7, 2e7], []
 
     def __call__(self, model, output_path=None, epoch=-1, steps=-1):
         self.predictions.append(model.predict(self.probe))
@@ -248,7 +249,7 @@ def test_a_lower_is_better_evaluator_keeps_its_lowest_score_s_model(tiny_dir, tm
         output_path=str(tmp_path / "out"),
         **TRAIN,
     )
-    assert len(evaluator.predictions) == 4 and summary["best_score"] == 1.0
+    assert len(evaluator.predictions) == 4 and summary["best_score"] == 1e7
     np.testing.assert_allclose(CrossEncoder(tmp_path / "out").predict(probe), evaluator.predictions[1], atol=1e-6)
     assert np.abs(evaluator.predictions[1] - evaluator.predictions[3]).max() > 1e-4  # another model at the end
 
@@ -789,3 +790,12 @@ def test_saved_activation_is_read_back(tiny_dir, tmp_path):
     theirs = TorchCrossEncoder(str(tmp_path / "tanh"), device="cpu")
     assert type(theirs.activation_fn).__name__ == "Tanh"
     np.testing.assert_allclose(theirs.predict(pairs), scores, atol=1e-5)
+
+
+def test_an_output_path_under_home_is_one_folder_for_the_model_and_the_logs(tiny_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    CrossEncoder(tiny_dir).fit(DataLoader(make_examples(8), batch_size=4), output_path="~/out", **TRAIN)
+    out = tmp_path / "home" / "out"
+    assert (out / "model.safetensors").is_file() and (out / "metrics.jsonl").is_file()
+    assert not (tmp_path / "~").exists()

@@ -220,8 +220,9 @@ def test_activations_match_torch() -> None:
         resolve_activation(nn.PReLU())
     with pytest.raises(ValueError, match="negative_slope=0.01"):  # a saved model records only the class
         resolve_activation(nn.LeakyReLU(0.2))
+    assert resolve_activation(torch.nn.functional.softmax) is softmax  # torch's dim=1 of (pairs, labels) logits
     with pytest.raises(ValueError, match="torch function"):
-        resolve_activation(torch.nn.functional.softmax)
+        resolve_activation(torch.nn.functional.normalize)
     with pytest.raises(ValueError, match="Unknown activation 'swish'"):
         resolve_activation("swish")
     with pytest.raises(ValueError, match="dim=0"):

@@ -529,3 +529,15 @@ def test_trainer_writes_logs_and_the_card_names_its_loss_and_arguments(tiny_dirs
     card = ModelCard.load(tmp_path / "model" / "README.md")
     assert "loss:ListNetLoss" in card.data.tags
     assert "ListNetLoss" in card.text and "per_device_train_batch_size" in card.text
+
+
+def test_loss_settings_that_could_not_train_as_asked_are_refused(tiny_ce, tiny_dirs):
+    """A row-normalising activation over one logit a pair trains nothing (torch would normalise the whole
+    batch's scores); an ignore_index beyond int32 could not travel with the labels."""
+    import torch
+
+    for activation in (torch.nn.functional.log_softmax, torch.nn.functional.softmin, "softmax"):
+        with pytest.raises(ValueError, match="would normalise across the batch's documents"):
+            losses.BinaryCrossEntropyLoss(tiny_ce, activation_fn=activation)
+    with pytest.raises(ValueError, match="must fit in int32"):
+        losses.CrossEntropyLoss(CrossEncoder(str(tiny_dirs[3])), ignore_index=2**40)

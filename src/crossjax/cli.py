@@ -272,8 +272,10 @@ def _score_columns(model: Any) -> list[str]:
 def _predict(args: argparse.Namespace) -> int:
     _check_model(args.model)
     _check_output_file(args.output)
-    # a named label column is left out of the texts (its values are not needed)
-    table = read_pairs(args.input, columns=args.columns, label_column=args.label_column, header=not args.no_header)
+    # a label column is left out of the texts, its values unread
+    table = read_pairs(
+        args.input, columns=args.columns, label_column=args.label_column, header=not args.no_header, read_labels=False
+    )
     model = _load_model(args)
     scores = model.predict(
         table.pairs,

@@ -31,9 +31,11 @@ from crossjax.runtime import is_main_process, progress_bar
 
 logger = logging.getLogger("crossjax")
 
-# The fewest pair slots a predict call plans (sentence-transformers' default batch size): calls of fewer pairs
-# than their batch size get slots for the pairs there are, rounded up to a power of two and never below this.
-SHARED_PREDICT_SLOTS = 32
+# Up to this many pair slots a predict call plans ``batch_size`` slots, whatever its number of pairs, so calls of
+# other sizes share compiled shapes (shapes are keyed by their slots). Beyond it, a call of fewer pairs gets
+# slots for the pairs there are, rounded up to a power of two: a slot costs the head's work and memory whether a
+# pair fills it or not, and ``batch_size=10**6`` for five pairs once took 2.9 GB.
+SHARED_PREDICT_SLOTS = 1024
 DTYPES = {"float32": jnp.float32, "fp32": jnp.float32, "bfloat16": jnp.bfloat16, "bf16": jnp.bfloat16}
 
 
@@ -399,9 +401,7 @@ class CrossEncoder:
         limits = data_lib.token_limits(self.config)
         tokenized = data_lib.tokenize_pairs(self.tokenizer, texts_a, texts_b, self.max_length, limits=limits)
         shards = self.mesh_plan.data_shards  # a multiple of the process count
-        # A call's pair slots: ``batch_size``, but no more than the pairs there are rounded up to a power of two
-        # (a slot costs the head's work and memory whether a pair fills it or not), and never fewer than
-        # SHARED_PREDICT_SLOTS, so that calls of a few pairs (one query's candidates) share compiled shapes.
+        # A call's pair slots: ``batch_size``, capped beyond SHARED_PREDICT_SLOTS at the pairs there are
         rows = min(int(batch_size), max(SHARED_PREDICT_SLOTS, 1 << max(0, len(texts_a) - 1).bit_length()))
         rows = -(-rows // shards) * shards  # round up so the batch splits evenly over the data shards
         # Stratified chunks: the pairs sorted by length are dealt round-robin, so every chunk holds a similar
@@ -832,11 +832,102 @@ class CrossEncoder:
                 f"again (or its last checkpoint). That run said: {self._parameters_not_finite}"
             )
 
+    # ----------------------------------------------------------------------------------- torch habits
+    # sentence-transformers' CrossEncoder is a torch module, and code written for it calls these.
+    old_fit = fit  # sentence-transformers 6 keeps its legacy loop under this name; crossjax's fit is that loop
+
+    def evaluate(self, evaluator: Callable, output_path: str | os.PathLike | None = None) -> Any:
+        """``evaluator(self, output_path=...)``, creating ``output_path`` first, as sentence-transformers does."""
+        if output_path is not None:
+            os.makedirs(output_path, exist_ok=True)
+        return evaluator(self, output_path=output_path)
+
+    def eval(self) -> CrossEncoder:
+        """The model (a no-op): predict and rank always run without dropout; fit turns it on for its steps."""
+        return self
+
+    def train(self, mode: bool = True) -> CrossEncoder:
+        """The model (a no-op): fit and the trainer turn dropout on for their steps only."""
+        return self
+
+    def bfloat16(self) -> CrossEncoder:
+        """Compute in bfloat16 from now on (the parameters stay float32), as ``compute_dtype="bfloat16"``."""
+        return self.to(jnp.bfloat16)
+
+    def float(self) -> CrossEncoder:
+        """Compute in float32 from now on."""
+        return self.to(jnp.float32)
+
+    def half(self) -> CrossEncoder:
+        return self.to("float16")
+
+    def cpu(self) -> CrossEncoder:
+        return self.to("cpu")
+
+    def cuda(self, device: Any = None) -> CrossEncoder:
+        return self.to("cuda" if device is None else device)
+
+    def to(self, *args: Any, **kwargs: Any) -> CrossEncoder:
+        """torch's ``to(device)`` / ``to(dtype)``: a dtype sets the compute dtype (float32 or bfloat16); a device
+        must be the platform the model already runs on, chosen at construction (``CrossEncoder(..., device=)``),
+        since JAX places the parameters on its mesh there."""
+        for value in [*args, *kwargs.values()]:
+            name = str(value).split(".")[-1].lower()  # torch.bfloat16, "bf16", jnp.float32 ...
+            if name in ("float16", "half", "fp16"):
+                raise ValueError("float16 is not a crossjax compute dtype: use bfloat16 (model.bfloat16())")
+            if name in DTYPES or type(value).__name__ in ("dtype", "_ScalarMeta") or isinstance(value, type):
+                self.compute_dtype = _as_dtype(name if name in DTYPES else value)
+                continue
+            platform = str(getattr(value, "type", value)).split(":")[0].lower()
+            if {"gpu": "cuda"}.get(platform, platform) != self.device:
+                raise ValueError(
+                    f"to({value!r}): this model runs on {self.device}; crossjax places a model on its devices when it "
+                    f"is made: CrossEncoder(..., device={str(value)!r})"
+                )
+        return self
+
+    def start_multi_process_pool(self, *args: Any, **kwargs: Any) -> None:
+        raise ValueError(
+            "start_multi_process_pool: crossjax's predict already runs on every device of its mesh (choose them "
+            "with CrossEncoder(..., device=...)); call predict without a pool"
+        )
+
+    stop_multi_process_pool = start_multi_process_pool
+
+    def get_max_seq_length(self) -> int:
+        return self.max_length
+
+    def __getattr__(self, name: str) -> Any:
+        if name in _TORCH_MODULE_ONLY:  # only reached when normal lookup fails
+            raise AttributeError(f"CrossEncoder.{name}: {_TORCH_MODULE_ONLY[name]}")
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
     def __repr__(self) -> str:
         return (
             f"CrossEncoder({self.model_name_or_path!r}, model_type={self.config.model_type!r}, "
             f"num_labels={self.num_labels}, max_length={self.max_length}, devices={self.mesh_plan.data_shards})"
         )
+
+
+_NOT_A_TORCH_MODULE = (
+    "crossjax's CrossEncoder is not a torch module: its parameters are JAX arrays in model.model "
+    "(flax.nnx.state(model.model, nnx.Param)); save() writes them as a transformers checkpoint and "
+    "CrossEncoder(path) reads one back"
+)
+_TORCH_MODULE_ONLY = {
+    **dict.fromkeys(
+        ("parameters", "named_parameters", "state_dict", "load_state_dict", "modules", "named_modules",
+         "children", "buffers", "zero_grad", "requires_grad_", "register_forward_hook", "transformers_model"),
+        _NOT_A_TORCH_MODULE,
+    ),
+    **dict.fromkeys(
+        ("forward", "tokenize", "preprocess", "smart_batching_collate", "smart_batching_collate_text_only"),
+        "crossjax has no torch forward pass: score pairs with predict() or rank() (model.tokenizer tokenizes; "
+        "model.model takes numpy/JAX arrays), and train with fit() or CrossEncoderTrainer",
+    ),
+    "gradient_checkpointing_enable": "not supported: crossjax's scanned layers already keep the step's memory low",
+    "compile": "not needed: JAX compiles every predict and train step (jax.jit), with a persistent cache",
+}  # fmt: skip
 
 
 def _upload_folder(

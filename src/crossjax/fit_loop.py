@@ -15,6 +15,7 @@ import json
 import logging
 import math
 import numbers
+import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -119,6 +120,11 @@ class FitConfig:
             )
         check_local_path(self.output_path, "output_path")
         check_local_path(self.log_dir, "log_dir")
+        # "~/out" once for every writer (the logs and evaluators' CSVs as well as the model's save)
+        if self.output_path is not None:
+            self.output_path = os.path.expanduser(self.output_path)
+        if self.log_dir is not None:
+            self.log_dir = os.path.expanduser(self.log_dir)
         if not (_is_real(self.weight_decay) and math.isfinite(self.weight_decay) and self.weight_decay >= 0):
             raise ValueError(f"weight_decay must be a number >= 0, got {self.weight_decay!r}")
         if not (math.isfinite(self.adam_eps) and self.adam_eps >= 0):
@@ -895,6 +901,8 @@ def _run_fit(
             state, meta = restored
             start_step = int(meta["step"])
             best_score = meta.get("best_score")
+            if best_score == -9999999:  # older checkpoints' "nothing evaluated yet"
+                best_score = None
             data.resume(meta)
             # A checkpoint written before decay_rule was fingerprinted decayed with fit's rule: keep it, so the
             # resumed run continues as it started (the rules differ on DistilBERT's and ModernBERT's norms).
@@ -935,8 +943,9 @@ def _run_fit(
     stats = data_lib.PaddingStats()
     # A lower-is-better evaluator (``greater_is_better=False``, e.g. a loss) keeps its lowest score's model, as
     # sentence-transformers 6's fit does (old_fit kept the highest whatever the evaluator said).
-    greater_is_better = getattr(target.evaluate, "greater_is_better", True) is not False
-    result.best_score = (-9999999 if greater_is_better else 9999999) if best_score is None else best_score
+    # The first evaluation always saves (no sentinel score a real one could fail to beat).
+    greater_is_better = bool(getattr(target.evaluate, "greater_is_better", True))
+    result.best_score = best_score
     bar = progress_bar(
         enabled=cfg.show_progress_bar,
         total=total_steps,
@@ -994,7 +1003,8 @@ def _run_fit(
                 score = next(iter(score.values()))
             else:
                 raise ValueError(f"evaluator returned {sorted(score)} but no primary_metric among them")
-        if score is not None and (score > result.best_score if greater_is_better else score < result.best_score):
+        best = result.best_score
+        if score is not None and (best is None or (score > best if greater_is_better else score < best)):
             result.best_score = float(score)
             if cfg.save_best_model and cfg.output_path is not None:
                 events.on_save(global_step)

@@ -226,7 +226,8 @@ def export_onnx(
                 external_data=weight_bytes > _SINGLE_FILE_LIMIT_BYTES,
             )
         logger.debug("torch.onnx.export: %s", chatter.getvalue().strip())
-        _name_external_data_for_optimum(target)
+        if weight_bytes > _SINGLE_FILE_LIMIT_BYTES:
+            _name_external_data_for_optimum(target)
         if verify:
             _verify(target, wrapper, config, torch)
 

@@ -153,8 +153,10 @@ def read_pairs(
     label_column: str | None = None,
     need_label: bool = False,
     header: bool = True,
+    read_labels: bool = True,
 ) -> PairTable:
-    """Read a pair file in the module's format. ``need_label`` makes a missing label column an error."""
+    """Read a pair file in the module's format. ``need_label`` makes a missing label column an error;
+    ``read_labels=False`` leaves the label column out of the texts without reading its values (predict)."""
     path = check_pair_file(path)
     try:
         names, records = _rows(path, header and path.suffix.lower() != ".jsonl")
@@ -168,7 +170,7 @@ def read_pairs(
     texts_a, texts_b, labels = [], [], []
     for number, record in records:
         where = f"{path}:{number}"
-        for column in (col_a, col_b) + ((label,) if label else ()):
+        for column in (col_a, col_b) + ((label,) if label and read_labels else ()):
             if column not in record:
                 raise PairFileError(f"{where}: no {column!r} field")
         a, b = record[col_a], record[col_b]
@@ -176,9 +178,9 @@ def read_pairs(
             raise PairFileError(f"{where}: {col_a!r} and {col_b!r} must be strings, got {a!r}, {b!r}")
         texts_a.append(a)
         texts_b.append(b)
-        if label is not None:
+        if label is not None and read_labels:
             labels.append(_label_value(record[label], where))
-    return PairTable(texts_a, texts_b, labels if label is not None else None, (col_a, col_b), label)
+    return PairTable(texts_a, texts_b, labels if label is not None and read_labels else None, (col_a, col_b), label)
 
 
 def read_documents(path: str | os.PathLike) -> list[str]:

@@ -206,6 +206,10 @@ class CrossEncoderTrainer:
     def remove_callback(self, callback: Any) -> None:
         self.pop_callback(callback)
 
+    def is_world_process_zero(self) -> bool:
+        """Whether this is the main process of a multi-process (multi-host) run, as Hugging Face's Trainer."""
+        return jax.process_index() == 0
+
     def save_model(self, output_dir: str | None = None) -> None:
         """Save the model (Hugging Face format, as :meth:`CrossEncoder.save`) to ``output_dir`` (default
         ``args.output_dir``), as sentence-transformers scripts call it after ``train()``."""

@@ -84,6 +84,10 @@ for _name, (_fn, _) in _TORCH_ACTIVATIONS.items():
 _BY_CLASS_NAME: dict[str, Callable[[jnp.ndarray], jnp.ndarray]] = {
     name.lower(): fn for name, (fn, _) in _TORCH_ACTIVATIONS.items()
 }
+# Activations that normalise over an axis (a vector's entries depend on each other), not element by element.
+ROW_NORMALISING: tuple[Callable[[jnp.ndarray], jnp.ndarray], ...] = (
+    softmax, _BY_CLASS_NAME["logsoftmax"], _BY_CLASS_NAME["softmin"]
+)
 # The exact strings sentence-transformers writes (``util.fullname(nn.Sigmoid())``) in
 # config_sentence_transformers.json / config.json under "activation_fn".
 _EXPORT_NAMES: dict[Callable[[jnp.ndarray], jnp.ndarray], str] = {

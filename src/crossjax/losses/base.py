@@ -31,10 +31,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from crossjax.losses.activations import (
+    ROW_NORMALISING,
     activation_name_for_export,
     identity,
     resolve_activation,
-    softmax,
 )
 from crossjax.losses.pointwise import ratio
 from crossjax.losses.torch_compat import is_torch_module
@@ -95,7 +95,8 @@ def activation_config_name(original: Any, resolved: Callable | None) -> str:
 
 
 def is_number(value: Any) -> bool:
-    """A label value: a real number, or a bool (a dataset's boolean column: 1.0 / 0.0, as torch converts it)."""
+    """A label value: a real number, or a bool (a dataset's boolean column: 1.0 / 0.0, as sentence-transformers'
+    collator makes float labels of it)."""
     return isinstance(value, Real | np.number | np.bool_)
 
 
@@ -144,10 +145,11 @@ class CrossEncoderLoss(abc.ABC):
         self.model = model
         self._activation_arg = activation_fn
         self.activation = None if activation_fn is None else resolve_activation(activation_fn)
-        if self.activation is softmax and not self.allows_softmax:
+        if any(self.activation is fn for fn in ROW_NORMALISING) and not self.allows_softmax:
             raise ValueError(
-                f"{type(self).__name__}: a Softmax activation would normalise across the batch's documents "
-                "(sentence-transformers applies it to all scores at once); use an elementwise activation"
+                f"{type(self).__name__}: a {self.activation.__name__} activation would normalise across the "
+                "batch's documents (sentence-transformers applies it to all scores at once; over one logit a "
+                "pair it trains nothing); use an elementwise activation"
             )
         if self.checks_model_type:
             from crossjax.cross_encoder import CrossEncoder  # cross_encoder imports this package

@@ -15,7 +15,7 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 
-from crossjax.losses.activations import sigmoid, softmax
+from crossjax.losses.activations import ROW_NORMALISING, sigmoid
 from crossjax.losses.base import CrossEncoderLoss, PairLayout, PairTable, masked_log_softmax
 
 __all__ = ["MultipleNegativesRankingLoss", "CachedMultipleNegativesRankingLoss"]
@@ -64,10 +64,12 @@ class MultipleNegativesRankingLoss(CrossEncoderLoss):
         return np.argsort(keys, axis=1, kind="stable")[:, :count]
 
     def _scores(self, logits: jnp.ndarray, mask: jnp.ndarray) -> jnp.ndarray:
-        if self.activation is not softmax:
+        if not any(self.activation is fn for fn in ROW_NORMALISING):
             return super()._scores(logits, mask)
         raw = jnp.where(mask, logits[..., 0].astype(jnp.float32), 0.0)
-        return jnp.where(mask, jnp.exp(masked_log_softmax(raw, mask)), 0.0)
+        name = self.activation.__name__  # softmax, logsoftmax or softmin, over the row's real candidates
+        log_probs = masked_log_softmax(-raw if name == "softmin" else raw, mask)
+        return jnp.where(mask, log_probs if name == "logsoftmax" else jnp.exp(log_probs), 0.0)
 
     def validate(self, columns: list[list], labels: Any, row_offset: int = 0) -> None:
         self._check_column_count(columns, None, at_least=2)

@@ -114,6 +114,8 @@ class CrossEntropyLoss(_PairLoss):
         # Rows labelled ``ignore_index`` count for nothing (torch's rule), e.g. -100 or -1 for pairs left unlabelled.
         # A real class as the index is refused: crossjax checks labels before training and could not tell them.
         self.ignore_index = int(kwargs.get("ignore_index", -100))
+        if not -(2**31) <= self.ignore_index < 2**31:  # labels travel as int32
+            raise ValueError(f"CrossEntropyLoss(ignore_index={self.ignore_index}) must fit in int32")
         if 0 <= self.ignore_index < model.num_labels:
             raise ValueError(f"CrossEntropyLoss(ignore_index={self.ignore_index}) is not supported for a real class")
         weight = kwargs.get("weight")

@@ -102,6 +102,11 @@ class FlaxPreTrainedModel(nnx.Module):
         self, input_ids: jax.Array, attention_mask: jax.Array | None = None, token_type_ids: jax.Array | None = None
     ) -> jax.Array:
         """Logits (B, num_labels) in float32 from integer token arrays (B, L)."""
+        if any(type(x).__module__.startswith("torch") for x in (input_ids, attention_mask, token_type_ids)):
+            raise TypeError(
+                "crossjax models take numpy or JAX arrays, not torch tensors: tokenize with return_tensors='np' "
+                "(or score pairs with CrossEncoder.predict); the result is the logits array itself"
+            )
         with self.matmul_precision():
             return self.classify(self.encode(input_ids, attention_mask, token_type_ids)).astype(jnp.float32)
 

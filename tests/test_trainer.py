@@ -221,6 +221,27 @@ def test_training_argument_defaults_equal_hugging_face_trainer():
         assert CrossEncoderTrainingArguments("out", warmup_steps=warmup).get_warmup_steps(steps) == expected
 
 
+def test_every_sentence_transformers_argument_is_accepted_at_its_default_and_reads_back():
+    """A script may pass any of sentence-transformers 6.2's arguments at its default and read any of them back
+    (callbacks read ``args.fp16``, ``args.report_to`` ...)."""
+    from dataclasses import MISSING, fields
+
+    from sentence_transformers.cross_encoder import CrossEncoderTrainingArguments as STArgs
+
+    defaults = {
+        f.name: f.default if f.default is not MISSING else f.default_factory()
+        for f in fields(STArgs)
+        if f.init and (f.default is not MISSING or f.default_factory is not MISSING)
+    }
+    skip = {"output_dir", "logging_dir", "report_to", "per_gpu_train_batch_size", "per_gpu_eval_batch_size"}
+    given = {name: value for name, value in defaults.items() if name not in skip and not name.startswith("_")}
+    ours = CrossEncoderTrainingArguments("out", **{k: v for k, v in given.items() if not hasattr(v, "value")})
+    for name, value in given.items():
+        assert hasattr(ours, name), name
+        if not hasattr(value, "value") and name not in ("warmup_steps", "warmup_ratio"):  # enums: own types
+            assert getattr(ours, name) == value or (value is None and name in ours.to_dict()), name
+
+
 @pytest.mark.parametrize(
     "kwargs, error, message",
     [

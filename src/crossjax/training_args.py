@@ -77,11 +77,27 @@ _TORCH_ONLY: dict[str, Any] = {
     "label_smoothing_factor": 0.0,
     "parallelism_config": None,
     "accelerator_config": None,
+    # Hugging Face's prediction loop and compute_metrics (crossjax evaluates with its evaluators), its debug
+    # hooks, label and length columns (crossjax reads sentence-transformers' column conventions) and samplers
+    "debug": "",
+    "use_cache": False,
+    "eval_do_concat_batches": True,
+    "eval_use_gather_object": False,
+    "include_for_metrics": [],
+    "batch_eval_metrics": False,
+    "enable_jit_checkpoint": False,
+    "restore_callback_states_from_checkpoint": False,
+    "label_names": None,
+    "train_sampling_strategy": "random",
+    "length_column_name": "length",
 }
 # Accepted and without effect in crossjax (reporting, bookkeeping and PyTorch data-loading details).
 _NO_EFFECT = (
     "run_name",
     "report_to",
+    "trackio_space_id",
+    "trackio_bucket_id",
+    "trackio_static_space_id",
     "project",
     "log_level",
     "log_level_replica",
@@ -204,8 +220,8 @@ class CrossEncoderTrainingArguments:
                 if value != _TORCH_ONLY[key]:
                     hint = " (use bf16=True: bfloat16 compute)" if key.startswith("fp16") else ""
                     raise ValueError(
-                        f"CrossEncoderTrainingArguments: {key}={value!r} selects PyTorch machinery that has no "
-                        f"meaning in crossjax (JAX){hint}; leave it at its default {_TORCH_ONLY[key]!r}"
+                        f"CrossEncoderTrainingArguments: {key}={value!r} selects Hugging Face / PyTorch machinery "
+                        f"that has no meaning in crossjax (JAX){hint}; leave it at its default {_TORCH_ONLY[key]!r}"
                     )
             elif key in _NO_EFFECT:
                 self.extra[key] = value
@@ -325,6 +341,8 @@ class CrossEncoderTrainingArguments:
         # as given (None when not given), as scripts read them from args.
         if name in _NO_EFFECT:
             return self.__dict__.get("extra", {}).get(name)
+        if name in _TORCH_ONLY:  # accepted only at the default, so that is its value
+            return _TORCH_ONLY[name]
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def to_dict(self) -> dict[str, Any]:

@@ -792,6 +792,20 @@ def test_saved_activation_is_read_back(tiny_dir, tmp_path):
     np.testing.assert_allclose(theirs.predict(pairs), scores, atol=1e-5)
 
 
+def test_a_nan_evaluation_is_never_the_best_model(tiny_dir, tmp_path):
+    """A correlation of constant scores is NaN: old_fit never saves it (NaN > best is False) and keeps looking;
+    crossjax does the same even when the NaN comes first."""
+    probe = [tuple(e.texts) for e in make_examples(5, seed=7)]
+    evaluator = FallingLossEvaluator(probe)
+    evaluator.greater_is_better, evaluator.scores = True, [float("nan"), 2.0, 1.0]
+    summary = CrossEncoder(tiny_dir).fit(
+        DataLoader(make_examples(16, seed=8), batch_size=8), evaluator=evaluator, epochs=3,
+        output_path=str(tmp_path / "out"), **TRAIN,
+    )  # fmt: skip
+    assert summary["best_score"] == 2.0
+    np.testing.assert_allclose(CrossEncoder(tmp_path / "out").predict(probe), evaluator.predictions[1], atol=1e-6)
+
+
 def test_an_output_path_under_home_is_one_folder_for_the_model_and_the_logs(tiny_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.chdir(tmp_path)

@@ -256,3 +256,16 @@ def test_beir_evaluator_drives_fit_best_model(minilm_dir, tmp_path):
     assert math.isfinite(model.best_score)
     with open(tmp_path / "out" / "local_evaluation_mean_results.csv") as f:
         assert next(csv.reader(f)) == ["epoch", "steps", "MAP", "MRR@10", "NDCG@10"]
+
+
+def test_reranking_evaluators_name_what_they_cannot_use(minilm_dir):
+    """A model of several labels gives no ranking score, and crossjax's InputExample label defaults to None:
+    both are named, not a numpy error from inside a metric."""
+    from crossjax.evaluation import CERerankingEvaluator
+
+    samples = trecqa_samples(2)
+    with pytest.raises(ValueError, match=r"ranks by one score a pair, but the model gives \(3,\)"):
+        CrossEncoderRerankingEvaluator(samples)(CrossEncoder(minilm_dir, num_labels=3))
+    examples = [InputExample(texts=["q", "a"], label=1), InputExample(texts=["q", "b"])]
+    with pytest.raises(ValueError, match=r"labels\[1\] is None.*defaults to None"):
+        CERerankingEvaluator.from_input_examples(examples)

@@ -1004,7 +1004,11 @@ def _run_fit(
             else:
                 raise ValueError(f"evaluator returned {sorted(score)} but no primary_metric among them")
         best = result.best_score
-        if score is not None and (best is None or (score > best if greater_is_better else score < best)):
+        if score is None or not math.isfinite(score):  # a NaN (e.g. a correlation of constant scores) is no best
+            better = False
+        else:
+            better = best is None or (score > best if greater_is_better else score < best)
+        if better:
             result.best_score = float(score)
             if cfg.save_best_model and cfg.output_path is not None:
                 events.on_save(global_step)

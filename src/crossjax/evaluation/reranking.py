@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from .base import CrossEncoderEvaluator, PredictModel, epoch_text, finite_scores
+from .base import CrossEncoderEvaluator, PredictModel, checked_gold, epoch_text, finite_scores
 from .binary import average_precision
 
 logger = logging.getLogger(__name__)
@@ -134,6 +134,7 @@ class CrossEncoderRerankingEvaluator(CrossEncoderEvaluator):
         Queries keep their first-seen order. This helper is a crossjax addition (ST has none for re-ranking).
         """
         grouped: dict[str, dict[str, Any]] = {}
+        checked_gold([example.label for example in examples], len(examples), f"{cls.__name__} labels")
         for example in examples:
             query, doc = example.texts[0], example.texts[1]
             sample = grouped.setdefault(query, {"query": query, "positive": [], "negative": []})
@@ -217,6 +218,11 @@ class CrossEncoderRerankingEvaluator(CrossEncoderEvaluator):
             finite_scores(all_pred_scores, all_pairs, type(self).__name__)
             if all_pred_scores.ndim == 2 and all_pred_scores.shape[1] == 1:
                 all_pred_scores = all_pred_scores[:, 0]
+            if all_pred_scores.ndim != 1:
+                raise ValueError(
+                    f"{cls_name} ranks by one score a pair, but the model gives {all_pred_scores.shape[1:]} "
+                    "(a model with num_labels=1 is needed)"
+                )
         else:
             all_pred_scores = np.array([])
 

@@ -341,3 +341,60 @@ def test_torch_module_habits_work_or_name_the_jax_way(saved, pairs, tmp_path):
     result = model.evaluate(evaluator, output_path=str(tmp_path / "eval"))
     assert (tmp_path / "eval").is_dir() and result["output_path"] == str(tmp_path / "eval")
     np.testing.assert_array_equal(result["scores"], reference)
+
+
+FOUR_DEVICES = """
+import json, sys, torch
+import jax
+from crossjax import CrossEncoder, DataLoader
+from test_fit_behaviour import make_examples
+
+folder, checkpoints = sys.argv[1], sys.argv[2]
+pairs = [tuple(e.texts) for e in make_examples(5, seed=41)]
+one = CrossEncoder(folder, device="cpu:2")
+assert one.to("cpu:2") is one and one.to(torch.device("cpu:2")) is one
+for other in ("cpu:3", "cpu"):
+    try:
+        one.to(other) if other != "cpu" else CrossEncoder(folder).to("cpu:1")
+        raise SystemExit(f"to({other}) moved nothing and said nothing")
+    except ValueError as e:
+        assert "places a model on its devices when it is made" in str(e), e
+scores = one.predict(pairs, convert_to_tensor=True)
+assert scores.devices() == {jax.devices()[2]}, scores.devices()
+assert CrossEncoder(folder, device=torch.device("cpu")).device == "cpu"
+examples = make_examples(12, seed=3)  # a DataLoader batch size the 4 devices do not divide, token budget steps
+CrossEncoder(folder).fit(DataLoader(examples, batch_size=6), max_tokens_per_step=512, show_progress_bar=False)
+CrossEncoder(folder).fit(DataLoader(examples, batch_size=4), max_steps=1, checkpoint_path=checkpoints,
+                         show_progress_bar=False)
+print("OK")
+"""
+
+
+def test_one_device_of_several_is_kept_by_to_and_predict(tiny_dir, tmp_path):
+    """On 4 (forced) CPU devices: ``to()`` naming another device than the model's is an error, not a silent
+    no-op; ``convert_to_tensor`` returns the scores on the model's device; ``device=torch.device(...)`` is taken;
+    token-budget steps do not need a batch size the devices divide; a checkpoint of 4 devices resumed on 1
+    says why it cannot be."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    from crossjax.checkpoint import CheckpointMismatchError
+
+    env = {
+        **os.environ,
+        "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+        "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO / "tests")]),
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", FOUR_DEVICES, str(tiny_dir), str(tmp_path / "ckpt")],
+        capture_output=True, text=True, env=env, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0 and done.stdout.strip().endswith("OK"), done.stderr[-3000:]
+    with pytest.raises(CheckpointMismatchError, match="laid out for 4 groups .* this run has 1"):
+        CrossEncoder(tiny_dir).fit(
+            make_examples(12, seed=3), batch_size=4, max_steps=1, checkpoint_path=str(tmp_path / "ckpt"),
+            show_progress_bar=False,
+        )  # fmt: skip

@@ -165,8 +165,15 @@ class TrainCheckpointer:
         }
         if diff:
             details = ", ".join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in diff.items())
+            hint = ""
+            shapes = diff.get("packed_shapes")
+            if shapes and shapes[0] and shapes[1] and shapes[0][0][0] != shapes[1][0][0]:
+                hint = (
+                    f" Its steps were laid out for {shapes[0][0][0]} groups (data-parallel devices x gradient "
+                    f"accumulation), this run has {shapes[1][0][0]}: resume on as many devices."
+                )
             raise CheckpointMismatchError(
-                f"The checkpoint in {self.directory} belongs to a different run ({details}). Use another "
+                f"The checkpoint in {self.directory} belongs to a different run ({details}).{hint} Use another "
                 "checkpoint_path, or the same data and settings to resume."
             )
         pure = _as_pure(state)

@@ -26,7 +26,7 @@ from crossjax.model_card import CardRecorder, CrossEncoderModelCardData, generat
 from crossjax.models.auto import load_config, model_class_for
 from crossjax.models.checkpoints import resolve_checkpoint_dir
 from crossjax.models.export import ST_CONFIG
-from crossjax.parallel import MeshPlan, make_mesh, put_global
+from crossjax.parallel import MeshPlan, devices_for, make_mesh, put_global
 from crossjax.runtime import is_main_process, progress_bar
 
 logger = logging.getLogger("crossjax")
@@ -212,6 +212,8 @@ class CrossEncoder:
         # sentence-transformers' own arguments, checked first: none is silently ignored.
         if model_name_or_path is None:
             raise TypeError("CrossEncoder() needs model_name_or_path (a Hugging Face directory or hub id)")
+        if type(device).__module__.startswith("torch"):  # torch.device("cuda:0"), as sentence-transformers takes
+            device = str(device)
         if device is not None and not isinstance(device, str):
             raise TypeError(
                 f"device must be a string such as 'cpu' or 'cuda', got {device!r} (the fifth positional argument is "
@@ -379,6 +381,10 @@ class CrossEncoder:
         return self.model.num_labels
 
     @property
+    def _first_device(self) -> Any:
+        return self.mesh_plan.mesh.devices.flat[0]
+
+    @property
     def device(self) -> str:
         """The platform the model runs on, in ``CrossEncoder(device=...)``'s words ("cpu", "cuda", "tpu")."""
         platform = self.mesh_plan.mesh.devices.flat[0].platform
@@ -482,7 +488,7 @@ class CrossEncoder:
         single, texts_a, texts_b = _pair_texts(inputs)
         if not texts_a:
             empty = np.zeros((0,) if self.num_labels == 1 else (0, self.num_labels), dtype=np.float32)
-            return jax.device_put(empty) if convert_to_tensor else empty if convert_to_numpy else []
+            return jax.device_put(empty, self._first_device) if convert_to_tensor else empty if convert_to_numpy else []
         prompt = self._resolve_prompt(prompt, prompt_name)
         if prompt:
             texts_a = [prompt + a for a in texts_a]
@@ -506,8 +512,8 @@ class CrossEncoder:
             scores = _rowwise(functools.partial(jax.nn.softmax, axis=1), scores)
         if single:
             scores = scores[0]
-        if convert_to_tensor:
-            return jax.device_put(scores)
+        if convert_to_tensor:  # on the model's (first) device, as sentence-transformers returns it on model.device
+            return jax.device_put(scores, self._first_device)
         if not convert_to_numpy:
             return list(scores) if not single else scores
         return scores
@@ -878,11 +884,14 @@ class CrossEncoder:
             if name in DTYPES or type(value).__name__ in ("dtype", "_ScalarMeta") or isinstance(value, type):
                 self.compute_dtype = _as_dtype(name if name in DTYPES else value)
                 continue
-            platform = str(getattr(value, "type", value)).split(":")[0].lower()
-            if {"gpu": "cuda"}.get(platform, platform) != self.device:
+            platform, _, index = str(value).lower().partition(":")
+            mesh_devices = list(self.mesh_plan.mesh.devices.flat)
+            if {"gpu": "cuda"}.get(platform, platform) != self.device or (
+                index and devices_for(str(value)) != mesh_devices
+            ):
                 raise ValueError(
-                    f"to({value!r}): this model runs on {self.device}; crossjax places a model on its devices when it "
-                    f"is made: CrossEncoder(..., device={str(value)!r})"
+                    f"to({value!r}): this model runs on {self.device} ({len(mesh_devices)} device(s)); crossjax places "
+                    f"a model on its devices when it is made: CrossEncoder(..., device={str(value)!r})"
                 )
         return self
 

@@ -418,7 +418,8 @@ class _InMemoryData:
         )
         data_seed = cfg.seed if loader_seed is None else loader_seed  # DataLoader(seed=...) orders the data
         texts_a, texts_b, self.labels = data_lib.validate_examples(examples, model.num_labels)
-        plan.check_batch_size(batch_size)
+        if not cfg.max_tokens_per_step:  # token-budget steps take pairs by tokens, not batch_size
+            plan.check_batch_size(batch_size)
         step_rows = batch_size * cfg.gradient_accumulation_steps
         n = len(self.labels)
         k = CARD_SAMPLES

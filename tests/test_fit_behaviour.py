@@ -813,3 +813,4 @@ def test_an_output_path_under_home_is_one_folder_for_the_model_and_the_logs(tiny
     out = tmp_path / "home" / "out"
     assert (out / "model.safetensors").is_file() and (out / "metrics.jsonl").is_file()
     assert not (tmp_path / "~").exists()
+    assert "training_curves.png" in (out / "README.md").read_text()  # the card was finished at the run's end

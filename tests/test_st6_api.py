@@ -319,6 +319,9 @@ def test_torch_module_habits_work_or_name_the_jax_way(saved, pairs, tmp_path):
     assert model.compute_dtype == jax.numpy.bfloat16 and 0 < np.abs(in_bf16 - reference).max() < 3e-2
     np.testing.assert_array_equal(model.float().predict(pairs), reference)
     assert model.to(torch.bfloat16).compute_dtype == jax.numpy.bfloat16 and model.to("float32") is model
+    assert model.to("cpu", non_blocking=True) is model and model.to(device="cpu", dtype=torch.float32) is model
+    with pytest.raises(ValueError, match="must be float32 or bfloat16"):
+        model.to(torch.float64)
     with pytest.raises(ValueError, match="float16 is not a crossjax compute dtype"):
         model.half()
     with pytest.raises(ValueError, match="runs on cpu.*CrossEncoder\\(..., device='cuda'\\)"):

@@ -167,7 +167,10 @@ class TrainCheckpointer:
             details = ", ".join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in diff.items())
             hint = ""
             shapes = diff.get("packed_shapes")
-            if shapes and shapes[0] and shapes[1] and shapes[0][0][0] != shapes[1][0][0]:
+            if (
+                shapes and shapes[0] and shapes[1] and shapes[0][0][0] != shapes[1][0][0]
+                and "gradient_accumulation_steps" not in diff
+            ):
                 hint = (
                     f" Its steps were laid out for {shapes[0][0][0]} groups (data-parallel devices x gradient "
                     f"accumulation), this run has {shapes[1][0][0]}: resume on as many devices."

@@ -382,7 +382,8 @@ class CrossEncoder:
 
     @property
     def _first_device(self) -> Any:
-        return self.mesh_plan.mesh.devices.flat[0]
+        """The model's first device of this process (another process's device cannot take data from here)."""
+        return next(d for d in self.mesh_plan.mesh.devices.flat if d.process_index == jax.process_index())
 
     @property
     def device(self) -> str:
@@ -777,6 +778,8 @@ class CrossEncoder:
                 f"got {evaluator!r}" + (" (several: crossjax.evaluation.SequentialEvaluator([...]))"
                                         if isinstance(evaluator, list | tuple) else "")
             )
+        if isinstance(output_path, str | os.PathLike):  # "~/out" once, for the model card's writer as well
+            output_path = os.path.expanduser(output_path)
         config = FitConfig(
             epochs=epochs,
             scheduler=scheduler,
@@ -857,11 +860,12 @@ class CrossEncoder:
         return self
 
     def bfloat16(self) -> CrossEncoder:
-        """Compute in bfloat16 from now on (the parameters stay float32), as ``compute_dtype="bfloat16"``."""
+        """predict and rank compute in bfloat16 from now on (the parameters stay float32), as
+        ``compute_dtype="bfloat16"``; fit trains in float32 unless given ``use_amp=True``."""
         return self.to(jnp.bfloat16)
 
     def float(self) -> CrossEncoder:
-        """Compute in float32 from now on."""
+        """predict and rank compute in float32 from now on."""
         return self.to(jnp.float32)
 
     def half(self) -> CrossEncoder:
@@ -877,12 +881,19 @@ class CrossEncoder:
         """torch's ``to(device)`` / ``to(dtype)``: a dtype sets the compute dtype (float32 or bfloat16); a device
         must be the platform the model already runs on, chosen at construction (``CrossEncoder(..., device=)``),
         since JAX places the parameters on its mesh there."""
-        for value in [*args, *kwargs.values()]:
+        # torch's keywords that choose how to copy (non_blocking, copy, memory_format) have nothing to copy here
+        values = [*args, *(kwargs[k] for k in ("device", "dtype", "tensor") if kwargs.get(k) is not None)]
+        for value in values:
+            if isinstance(value, int) and not isinstance(value, bool):  # torch: to(0) / cuda(0) is cuda:0
+                value = f"cuda:{value}"
             name = str(value).split(".")[-1].lower()  # torch.bfloat16, "bf16", jnp.float32 ...
             if name in ("float16", "half", "fp16"):
                 raise ValueError("float16 is not a crossjax compute dtype: use bfloat16 (model.bfloat16())")
             if name in DTYPES or type(value).__name__ in ("dtype", "_ScalarMeta") or isinstance(value, type):
-                self.compute_dtype = _as_dtype(name if name in DTYPES else value)
+                try:
+                    self.compute_dtype = _as_dtype(name if name in DTYPES else value)
+                except TypeError:  # a torch dtype numpy cannot read (torch.float64, torch.int64 ...)
+                    raise ValueError(f"compute dtype must be float32 or bfloat16, got {value}") from None
                 continue
             platform, _, index = str(value).lower().partition(":")
             mesh_devices = list(self.mesh_plan.mesh.devices.flat)
@@ -909,7 +920,7 @@ class CrossEncoder:
     def __getattr__(self, name: str) -> Any:
         if name in _TORCH_MODULE_ONLY:  # only reached when normal lookup fails
             raise AttributeError(f"CrossEncoder.{name}: {_TORCH_MODULE_ONLY[name]}")
-        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}", name=name, obj=self)
 
     def __repr__(self) -> str:
         return (

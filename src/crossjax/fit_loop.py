@@ -118,13 +118,13 @@ class FitConfig:
                 f"optimizer_params['lr'] must be a number >= 0 that float32 can hold (the step computes in "
                 f"float32), got {self.learning_rate!r}"
             )
+        # "~/out" once for every writer (the logs and evaluators' CSVs as well as the model's save)
+        if isinstance(self.output_path, str | os.PathLike):
+            self.output_path = os.path.expanduser(self.output_path)
+        if isinstance(self.log_dir, str | os.PathLike):
+            self.log_dir = os.path.expanduser(self.log_dir)
         check_local_path(self.output_path, "output_path")
         check_local_path(self.log_dir, "log_dir")
-        # "~/out" once for every writer (the logs and evaluators' CSVs as well as the model's save)
-        if self.output_path is not None:
-            self.output_path = os.path.expanduser(self.output_path)
-        if self.log_dir is not None:
-            self.log_dir = os.path.expanduser(self.log_dir)
         if not (_is_real(self.weight_decay) and math.isfinite(self.weight_decay) and self.weight_decay >= 0):
             raise ValueError(f"weight_decay must be a number >= 0, got {self.weight_decay!r}")
         if not (math.isfinite(self.adam_eps) and self.adam_eps >= 0):
@@ -902,7 +902,7 @@ def _run_fit(
             state, meta = restored
             start_step = int(meta["step"])
             best_score = meta.get("best_score")
-            if best_score == -9999999:  # older checkpoints' "nothing evaluated yet"
+            if best_score in (-9999999, 9999999):  # older checkpoints' "nothing evaluated yet"
                 best_score = None
             data.resume(meta)
             # A checkpoint written before decay_rule was fingerprinted decayed with fit's rule: keep it, so the

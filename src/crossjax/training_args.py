@@ -9,6 +9,7 @@ machinery (``fp16``, ``deepspeed``, ``fsdp``, ``torch_compile``, DDP knobs, data
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -341,8 +342,8 @@ class CrossEncoderTrainingArguments:
         # as given (None when not given), as scripts read them from args.
         if name in _NO_EFFECT:
             return self.__dict__.get("extra", {}).get(name)
-        if name in _TORCH_ONLY:  # accepted only at the default, so that is its value
-            return _TORCH_ONLY[name]
+        if name in _TORCH_ONLY:  # accepted only at the default, so that is its value (a copy: lists are mutable)
+            return copy.deepcopy(_TORCH_ONLY[name])
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def to_dict(self) -> dict[str, Any]:

@@ -778,8 +778,6 @@ class CrossEncoder:
                 f"got {evaluator!r}" + (" (several: crossjax.evaluation.SequentialEvaluator([...]))"
                                         if isinstance(evaluator, list | tuple) else "")
             )
-        if isinstance(output_path, str | os.PathLike):  # "~/out" once, for the model card's writer as well
-            output_path = os.path.expanduser(output_path)
         config = FitConfig(
             epochs=epochs,
             scheduler=scheduler,
@@ -807,6 +805,7 @@ class CrossEncoder:
             max_tokens_per_step=max_tokens_per_step,
             log_dir=log_dir,
         )
+        config.validate()
         if output_path is not None:
             self._check_exportable()  # an unexportable activation must fail now, not at the first save hours later
         target = FitTarget(
@@ -818,7 +817,7 @@ class CrossEncoder:
             pad_id=self._pad_id,
             save=self.save,
             evaluate=None if evaluator is None else _EvaluatorHook(self, evaluator),
-            callbacks=[CardRecorder(self, output_path)],
+            callbacks=[CardRecorder(self, config.output_path)],  # validated: "~/out" expanded
         )
         result = FitResult(history=[])
         self.training_history = result.history  # filled as the run goes, so an interrupted run keeps it too

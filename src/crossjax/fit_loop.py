@@ -944,7 +944,7 @@ def _run_fit(
     stats = data_lib.PaddingStats()
     # A lower-is-better evaluator (``greater_is_better=False``, e.g. a loss) keeps its lowest score's model, as
     # sentence-transformers 6's fit does (old_fit kept the highest whatever the evaluator said).
-    # The first evaluation always saves (no sentinel score a real one could fail to beat).
+    # The first finite evaluation always saves (no sentinel score a real one could fail to beat).
     greater_is_better = bool(getattr(target.evaluate, "greater_is_better", True))
     result.best_score = best_score
     bar = progress_bar(

@@ -147,9 +147,9 @@ class CrossEncoderLoss(abc.ABC):
         self.activation = None if activation_fn is None else resolve_activation(activation_fn)
         if any(self.activation is fn for fn in ROW_NORMALISING) and not self.allows_softmax:
             raise ValueError(
-                f"{type(self).__name__}: a {self.activation.__name__} activation would normalise across the "
-                "batch's documents (sentence-transformers applies it to all scores at once; over one logit a "
-                "pair it trains nothing); use an elementwise activation"
+                f"{type(self).__name__}: a Softmax-style activation ({self.activation.__name__}) would normalise "
+                "across the batch's documents (sentence-transformers applies it to all scores at once; over one "
+                "logit a pair it trains nothing); use an elementwise activation"
             )
         if self.checks_model_type:
             from crossjax.cross_encoder import CrossEncoder  # cross_encoder imports this package

@@ -136,7 +136,7 @@ class FitConfig:
 
 
 def _is_real(value: Any) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 # torch.optim.AdamW's keyword arguments that only choose an implementation, not the arithmetic.
@@ -208,7 +208,7 @@ def adamw_settings(optimizer_class: Any, optimizer_params: dict[str, Any] | None
 
 
 def _real(key: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+    if not _is_real(value):
         raise ValueError(f"optimizer_params[{key!r}] must be a number, got {value!r}")
     return float(value)
 

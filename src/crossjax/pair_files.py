@@ -167,10 +167,11 @@ def read_pairs(
     if not records:
         raise PairFileError(f"{path}: no pairs in the file")
     (col_a, col_b), label = _choose_columns(path, names, columns, label_column, need_label)
+    read = label if read_labels else None  # the label column whose values are read
     texts_a, texts_b, labels = [], [], []
     for number, record in records:
         where = f"{path}:{number}"
-        for column in (col_a, col_b) + ((label,) if label and read_labels else ()):
+        for column in (col_a, col_b) + ((read,) if read else ()):
             if column not in record:
                 raise PairFileError(f"{where}: no {column!r} field")
         a, b = record[col_a], record[col_b]
@@ -178,9 +179,9 @@ def read_pairs(
             raise PairFileError(f"{where}: {col_a!r} and {col_b!r} must be strings, got {a!r}, {b!r}")
         texts_a.append(a)
         texts_b.append(b)
-        if label is not None and read_labels:
-            labels.append(_label_value(record[label], where))
-    return PairTable(texts_a, texts_b, labels if label is not None and read_labels else None, (col_a, col_b), label)
+        if read is not None:
+            labels.append(_label_value(record[read], where))
+    return PairTable(texts_a, texts_b, labels if read is not None else None, (col_a, col_b), label)
 
 
 def read_documents(path: str | os.PathLike) -> list[str]:

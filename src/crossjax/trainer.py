@@ -208,7 +208,7 @@ class CrossEncoderTrainer:
 
     def is_world_process_zero(self) -> bool:
         """Whether this is the main process of a multi-process (multi-host) run, as Hugging Face's Trainer."""
-        return jax.process_index() == 0
+        return is_main_process()
 
     def save_model(self, output_dir: str | None = None) -> None:
         """Save the model (Hugging Face format, as :meth:`CrossEncoder.save`) to ``output_dir`` (default

@@ -88,6 +88,10 @@ _BY_CLASS_NAME: dict[str, Callable[[jnp.ndarray], jnp.ndarray]] = {
 ROW_NORMALISING: tuple[Callable[[jnp.ndarray], jnp.ndarray], ...] = (
     softmax, _BY_CLASS_NAME["logsoftmax"], _BY_CLASS_NAME["softmin"]
 )
+
+
+def is_row_normalising(fn: Any) -> bool:
+    return any(fn is known for known in ROW_NORMALISING)
 # The exact strings sentence-transformers writes (``util.fullname(nn.Sigmoid())``) in
 # config_sentence_transformers.json / config.json under "activation_fn".
 _EXPORT_NAMES: dict[Callable[[jnp.ndarray], jnp.ndarray], str] = {

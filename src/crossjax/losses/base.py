@@ -31,9 +31,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from crossjax.losses.activations import (
-    ROW_NORMALISING,
     activation_name_for_export,
     identity,
+    is_row_normalising,
     resolve_activation,
 )
 from crossjax.losses.pointwise import ratio
@@ -145,7 +145,7 @@ class CrossEncoderLoss(abc.ABC):
         self.model = model
         self._activation_arg = activation_fn
         self.activation = None if activation_fn is None else resolve_activation(activation_fn)
-        if any(self.activation is fn for fn in ROW_NORMALISING) and not self.allows_softmax:
+        if is_row_normalising(self.activation) and not self.allows_softmax:
             raise ValueError(
                 f"{type(self).__name__}: a Softmax-style activation ({self.activation.__name__}) would normalise "
                 "across the batch's documents (sentence-transformers applies it to all scores at once; over one "

@@ -15,7 +15,7 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 
-from crossjax.losses.activations import ROW_NORMALISING, sigmoid
+from crossjax.losses.activations import is_row_normalising, sigmoid
 from crossjax.losses.base import CrossEncoderLoss, PairLayout, PairTable, masked_log_softmax
 
 __all__ = ["MultipleNegativesRankingLoss", "CachedMultipleNegativesRankingLoss"]
@@ -64,7 +64,7 @@ class MultipleNegativesRankingLoss(CrossEncoderLoss):
         return np.argsort(keys, axis=1, kind="stable")[:, :count]
 
     def _scores(self, logits: jnp.ndarray, mask: jnp.ndarray) -> jnp.ndarray:
-        if not any(self.activation is fn for fn in ROW_NORMALISING):
+        if not is_row_normalising(self.activation):
             return super()._scores(logits, mask)
         raw = jnp.where(mask, logits[..., 0].astype(jnp.float32), 0.0)
         name = self.activation.__name__  # softmax, logsoftmax or softmin, over the row's real candidates

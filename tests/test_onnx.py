@@ -120,3 +120,10 @@ def test_weights_kept_beside_a_large_graph_take_the_name_optimum_fetches(tiny_di
     with torch.no_grad():
         expected = pt(**{k: torch.from_numpy(v) for k, v in inputs.items()}).logits.numpy()
     np.testing.assert_allclose(logits, expected, atol=1e-5, rtol=0)
+
+    # Exported again under the limit, the graph holds its weights: the earlier export's weights file goes.
+    monkeypatch.setattr(crossjax.onnx, "_SINGLE_FILE_LIMIT_BYTES", 2**31)
+    path = export_onnx(tmp_path / "export")
+    assert sorted(p.name for p in path.parent.iterdir()) == [ONNX_FILE]
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(session.run(["logits"], onnx_feed(session, inputs))[0], expected, atol=1e-5, rtol=0)

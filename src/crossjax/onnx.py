@@ -166,6 +166,13 @@ def _name_external_data_for_optimum(path: Path) -> None:
     onnx.save(graph, str(path))
 
 
+def _stale_external_data(target: Path, written: set[str]) -> list[Path]:
+    """A weights file an earlier export left beside the graph that this one did not write: the new graph does
+    not read it, and a reader that fetches the folder would download it for nothing."""
+    names = (ONNX_FILE + "_data", ONNX_FILE + ".data")
+    return [target / ONNX_SUBFOLDER / name for name in names if f"{ONNX_SUBFOLDER}/{name}" not in written]
+
+
 def export_onnx(
     model: str | os.PathLike | Any,
     output_dir: str | os.PathLike | None = None,
@@ -231,7 +238,7 @@ def export_onnx(
         if verify:
             _verify(target, wrapper, config, torch)
 
-    atomic_directory_write(output_dir, write)
+    atomic_directory_write(output_dir, write, stale=_stale_external_data)
     path = output_dir.resolve() / ONNX_SUBFOLDER / ONNX_FILE
     logger.info("Wrote %s (inputs %s, output %s)", path, names, OUTPUT_NAME)
     return path

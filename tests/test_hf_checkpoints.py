@@ -462,3 +462,26 @@ def test_loading_compiles_one_initialiser_for_what_the_checkpoint_lacks(tiny_dir
         np.asarray(model.embeddings.word.embedding[...]),
         reference.bert.embeddings.word_embeddings.weight.detach().numpy(),
     )
+
+
+def test_from_pretrained_returns_an_eval_model_and_takes_transformers_dtype_forms(tiny_dir):
+    """transformers' from_pretrained returns the model in eval mode: dropout off, the same logits every call.
+    Its dtype forms (torch dtypes, "auto") name the compute dtype; others are refused before any forward pass."""
+    import jax.numpy as jnp
+
+    path, pt_model = tiny_dir
+    rng = np.random.default_rng(0)
+    ids = rng.integers(1, 64, size=(3, 9)).astype(np.int32)
+    mask = np.ones_like(ids)
+    with torch.no_grad():
+        expected = pt_model(input_ids=torch.from_numpy(ids).long()).logits.numpy()
+    for dtype in (jnp.float32, "auto", None, torch.float32):
+        model = FlaxAutoModelForSequenceClassification.from_pretrained(path, dtype=dtype)
+        np.testing.assert_allclose(np.asarray(model(ids, mask)), expected, atol=1e-5, rtol=0)
+        np.testing.assert_array_equal(np.asarray(model(ids, mask)), np.asarray(model(ids, mask)))
+    bf16 = FlaxAutoModelForSequenceClassification.from_pretrained(path, dtype=torch.bfloat16)
+    assert jnp.dtype(bf16.dtype) == jnp.bfloat16
+    np.testing.assert_allclose(np.asarray(bf16(ids, mask)), expected, atol=5e-2, rtol=0)
+    for bad in (torch.float64, "int8", np.float64):
+        with pytest.raises(ValueError, match="not one crossjax computes in"):
+            FlaxAutoModelForSequenceClassification.from_pretrained(path, dtype=bad)

@@ -259,6 +259,7 @@ def test_every_sentence_transformers_argument_is_accepted_at_its_default_and_rea
         ({"prompts": {"a": {"q": "x"}}}, ValueError, "per-column prompts"),
         ({"eval_accumulation_steps": 4}, ValueError, "eval_accumulation_steps=4"),
         ({"ignore_data_skip": True}, ValueError, "exact data position"),
+        ({"tf32": True}, ValueError, "tf32=True"),
     ],
 )
 def test_training_arguments_without_jax_meaning_are_errors(kwargs, error, message):
@@ -286,6 +287,8 @@ def test_sentence_transformers_6_2_spellings_and_trainer_methods(tiny_ce, tmp_pa
     # arguments without effect read back as given (scripts read args.hub_model_id, args.run_name)
     assert CrossEncoderTrainingArguments("o", hub_model_id="me/x").hub_model_id == "me/x"
     assert CrossEncoderTrainingArguments("o").run_name is None
+    # tf32=False asks for full-precision float32 matmuls: what crossjax's float32 compute does
+    assert CrossEncoderTrainingArguments("o", tf32=False).tf32 is STArgs("o", tf32=False).tf32 is False
 
     class Counting(TrainerCallback):
         steps = 0

@@ -24,6 +24,7 @@ from crossjax import data as data_lib
 from crossjax import losses, packing, training
 from crossjax.model_card import CardRecorder, CrossEncoderModelCardData, generate_model_card, write_model_card
 from crossjax.models.auto import load_config, model_class_for
+from crossjax.models.base import compute_dtype_of
 from crossjax.models.checkpoints import resolve_checkpoint_dir
 from crossjax.models.export import ST_CONFIG
 from crossjax.parallel import MeshPlan, devices_for, make_mesh, put_global
@@ -40,14 +41,10 @@ DTYPES = {"float32": jnp.float32, "fp32": jnp.float32, "bfloat16": jnp.bfloat16,
 
 
 def _as_dtype(dtype) -> Any:
-    if isinstance(dtype, str):
-        try:
-            return DTYPES[dtype.lower()]
-        except KeyError:
-            raise ValueError(f"compute dtype {dtype!r} is not one of {sorted(DTYPES)}") from None
-    if jnp.dtype(dtype) not in (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16)):
+    resolved = compute_dtype_of(dtype)
+    if jnp.dtype(resolved) not in (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16)):
         raise ValueError(f"compute dtype must be float32 or bfloat16, got {dtype}")
-    return jnp.dtype(dtype).type
+    return resolved
 
 
 def _saved_st_config(directory: Path) -> dict[str, Any]:

@@ -92,6 +92,9 @@ _TORCH_ONLY: dict[str, Any] = {
     "train_sampling_strategy": "random",
     "length_column_name": "length",
 }
+# Values of _TORCH_ONLY fields besides the default that ask for what crossjax does anyway: tf32=False is full
+# precision float32 matmuls, which float32 compute already uses (crossjax.models.base matmul_precision).
+_TORCH_ONLY_ALSO_MEANT = {"tf32": (False,)}
 # Accepted and without effect in crossjax (reporting, bookkeeping and PyTorch data-loading details).
 _NO_EFFECT = (
     "run_name",
@@ -218,7 +221,9 @@ class CrossEncoderTrainingArguments:
             if key in own:
                 setattr(self, key, value)
             elif key in _TORCH_ONLY:
-                if value != _TORCH_ONLY[key]:
+                if value in _TORCH_ONLY_ALSO_MEANT.get(key, ()):
+                    self.extra[key] = value
+                elif value != _TORCH_ONLY[key]:
                     hint = " (use bf16=True: bfloat16 compute)" if key.startswith("fp16") else ""
                     raise ValueError(
                         f"CrossEncoderTrainingArguments: {key}={value!r} selects Hugging Face / PyTorch machinery "
@@ -342,8 +347,8 @@ class CrossEncoderTrainingArguments:
         # as given (None when not given), as scripts read them from args.
         if name in _NO_EFFECT:
             return self.__dict__.get("extra", {}).get(name)
-        if name in _TORCH_ONLY:  # accepted only at the default, so that is its value (a copy: lists are mutable)
-            return copy.deepcopy(_TORCH_ONLY[name])
+        if name in _TORCH_ONLY:  # its default or an _TORCH_ONLY_ALSO_MEANT value (a copy: lists are mutable)
+            return copy.deepcopy(self.__dict__.get("extra", {}).get(name, _TORCH_ONLY[name]))
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def to_dict(self) -> dict[str, Any]:

@@ -89,7 +89,8 @@ class FlaxAutoModelForSequenceClassification:
         config_kwargs: dict | None = None,
         **hub_kwargs: Any,
     ):
-        """Load a Hugging Face checkpoint directory (or hub id) into the matching crossjax family.
+        """Load a Hugging Face checkpoint directory (or hub id) into the matching crossjax family, in eval mode
+        (dropout off) as transformers returns it; ``dtype`` is the compute dtype (parameters stay float32).
 
         ``num_labels`` overrides the checkpoint's; a head of another size is re-initialised with a warning.
         """

@@ -23,6 +23,41 @@ from crossjax.models.params import IGNORED_KEYS, ParamRule, flat_params, hf_slot
 logger = logging.getLogger("crossjax")
 
 
+_COMPUTE_DTYPES = {
+    "float32": jnp.float32,
+    "fp32": jnp.float32,
+    "float": jnp.float32,
+    "bfloat16": jnp.bfloat16,
+    "bf16": jnp.bfloat16,
+    "float16": jnp.float16,
+    "fp16": jnp.float16,
+    "half": jnp.float16,
+}
+
+
+def compute_dtype_of(dtype: Any) -> type:
+    """The compute dtype a caller named: a JAX or numpy dtype, its name, or a torch dtype (transformers' spelling).
+
+    ``None`` and transformers' ``"auto"`` (the checkpoint's own dtype there) mean float32: the parameters are float32
+    whatever the checkpoint stores, and lower precision is asked for by name. Anything else is refused here, not in
+    the first forward pass."""
+    if dtype is None or (isinstance(dtype, str) and dtype == "auto"):
+        return jnp.float32
+    if isinstance(dtype, str) or type(dtype).__module__ == "torch":
+        name = str(dtype).removeprefix("torch.").lower()
+        if name in _COMPUTE_DTYPES:
+            return _COMPUTE_DTYPES[name]
+    else:
+        try:
+            resolved = jnp.dtype(dtype)
+        except TypeError:
+            resolved = None
+        for scalar_type in _COMPUTE_DTYPES.values():
+            if resolved == jnp.dtype(scalar_type):
+                return scalar_type
+    raise ValueError(f"compute dtype {dtype!r} is not one crossjax computes in (float32, bfloat16, float16)")
+
+
 @dataclass
 class LoadingInfo:
     missing_keys: list[str] = field(default_factory=list)
@@ -156,6 +191,7 @@ class FlaxPreTrainedModel(nnx.Module):
 
     @classmethod
     def _builder(cls, config, dtype, seed: int, scan_layers: bool) -> Callable[[], FlaxPreTrainedModel]:
+        dtype = compute_dtype_of(dtype)
         return lambda: cls(config, dtype=dtype, rngs=nnx.Rngs(params=seed, dropout=seed + 1), scan_layers=scan_layers)
 
     def place_hf_state_dict(
@@ -263,6 +299,7 @@ class FlaxPreTrainedModel(nnx.Module):
         # Only what the checkpoint lacks is initialised (XLA drops the other initialisers from the program).
         model = initialise(build, whole, abstract)
         model._assign({path: value for path, value in placed.items() if isinstance(value, dict)})
+        model.eval()  # as transformers' from_pretrained: dropout off until a trainer asks for it
         _report(cls.architecture, str(directory), info)
         return (model, info.as_dict()) if output_loading_info else model
 

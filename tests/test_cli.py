@@ -98,6 +98,10 @@ BAD_ARGUMENTS = {
          "--num-labels", "3"],
         "fractions.tsv: pair 1 has label 0.7",
     ),  # fmt: skip
+    "a negative seed": (
+        ["train", "--model", "{model}", "--train", "{tmp}/classes.tsv", "--seed", "-1"],
+        "argument --seed: expected a non-negative integer, got '-1'",
+    ),
     "a warm-up ratio that is not a fraction": (
         ["train", "--model", "{model}", "--train", "{tmp}/classes.tsv", "--warmup-ratio", "nan"],
         "--warmup-ratio must be a fraction",

@@ -137,9 +137,12 @@ def test_training_log_table_marks_the_saved_step_and_the_card_embeds_the_curves(
     bold = [r for r in rows if r["Step"].startswith("**")]
     saved = _saved_row(out)
     assert len(bold) == 1 and _number(bold[0]["dev_spearman"]) == round(saved["Spearman_Correlation"], 4)
+    # Hugging Face's logged loss: the mean since the previous logging step (3, 6, the end); "-" on rows that only
+    # evaluate (steps 2 and 4)
     losses = [h["loss"] for h in model.training_history]
-    assert _number(rows[1]["Training Loss"]) == round(float(np.mean(losses[2:3])), 4)  # step 3: its own window
-    assert _number(rows[2]["Training Loss"]) == round(float(np.mean(losses[3:4])), 4)
+    assert [r["Training Loss"].strip("*") for r in rows[::2]] == ["-", "-", format(np.mean(losses[6:8]), ".4f")]
+    assert _number(rows[1]["Training Loss"]) == round(float(np.mean(losses[0:3])), 4)
+    assert _number(rows[3]["Training Loss"]) == round(float(np.mean(losses[3:6])), 4)
     details = _section(text, "## Training Details")
     assert "* Size: 16 training samples" in details
     assert "- `learning_rate`: 0.001" in _section(details, "#### Non-Default Hyperparameters")
@@ -205,3 +208,75 @@ def test_bad_model_card_data_is_refused_with_a_clear_error(tiny_dirs):
         CrossEncoderModelCardData(model_id="no-organization")
     with pytest.raises(ValueError, match="train_datasets entries"):
         CrossEncoderModelCardData(train_datasets=["stsb"])
+
+
+def test_a_loaded_card_is_kept_until_the_model_trains_and_a_later_save_marks_no_step_it_does_not_hold(
+    trained, tmp_path
+):
+    """sentence-transformers 6.2 saves a loaded, untrained model with the card it came with; crossjax does too,
+    with the snippets naming the new folder. The model in memory after fit is the last step's: saved again, its
+    card bolds no other step (the best one went to output_path)."""
+    from sentence_transformers import CrossEncoder as STCrossEncoder
+
+    model, _, out = trained
+    original = (out / "README.md").read_text()
+    STCrossEncoder(str(out)).save(str(tmp_path / "st"))
+    assert (tmp_path / "st" / "README.md").read_text() == original  # the oracle keeps it as it was
+    copy = CrossEncoder(out).save(tmp_path / "copy")
+    assert (copy / "README.md").read_text() == original.replace(f'"{out.resolve()}"', f'"{copy.resolve()}"')
+    assert f'CrossEncoder("{copy.resolve()}")' in (copy / "README.md").read_text()
+    retrained = CrossEncoder(out, max_length=32)
+    retrained.fit(DataLoader(make_examples(8, seed=1), batch_size=4), epochs=1, **FAST)
+    assert (retrained.save(tmp_path / "retrained") / "README.md").read_text() != original
+
+    def bold_steps(card: str) -> list[int]:
+        return [int(r["Step"].strip("*")) for r in _table(_section(card, "### Training Logs")) if "**" in r["Step"]]
+
+    last_step = model.training_history[-1]["step"]
+    final = (model.save(tmp_path / "final") / "README.md").read_text()
+    assert bold_steps(final) == ([last_step] if bold_steps(original) == [last_step] else [])
+
+
+def test_transformers_snippet_applies_the_default_prompt_and_a_quoted_folder_name_stays_code(tiny_dirs, tmp_path):
+    model = CrossEncoder(tiny_dirs[1], max_length=32, prompts={"query": "query: "}, default_prompt_name="query")
+    out = model.save(tmp_path / 'my "q" model')
+    text = (out / "README.md").read_text()
+    scopes = {}
+    for heading in ("### Direct Usage (Sentence Transformers)", "### Direct Usage (Transformers)"):
+        scopes[heading] = {}
+        with contextlib.redirect_stdout(io.StringIO()):
+            exec(_code_block(_section(text, heading)), scopes[heading])  # noqa: S102 - as a user pastes it
+    st, hf = scopes.values()
+    expected = model.predict(st["pairs"], show_progress_bar=False)
+    assert not np.allclose(expected, model.predict(st["pairs"], prompt="", show_progress_bar=False), atol=1e-4)
+    np.testing.assert_allclose(st["scores"], expected, atol=1e-5)
+    np.testing.assert_allclose(hf["scores"].numpy().reshape(-1), expected, atol=1e-5)
+
+
+def test_training_log_table_shows_the_validation_loss_as_sentence_transformers_names_it():
+    from crossjax.model_card import TrainingRecord, training_log_table
+
+    history = [{"step": s, "epoch": 0, "loss": float(s)} for s in (1, 2, 3, 4)]
+    one = TrainingRecord(log_history=[*history, {"step": 2, "epoch": 0, "eval_loss": 0.5}], logging_steps=2)
+    rows = _table(training_log_table(one, {}))
+    assert [(r["Step"], r["Training Loss"], r["Validation Loss"]) for r in rows] == [
+        ("2", "1.5", "0.5"),
+        ("4", "3.5", "-"),
+    ]
+    two = TrainingRecord(
+        log_history=[*history, {"step": 3, "epoch": 0, "eval_nli_loss": 0.25, "eval_sts_loss": 0.75}], logging_steps=2
+    )
+    rows = _table(training_log_table(two, {}))
+    assert [(r["Step"], r["Training Loss"], r["nli loss"], r["sts loss"]) for r in rows] == [
+        ("2", "1.5", "-", "-"),
+        ("3", "-", "0.25", "0.75"),
+        ("4", "3.5", "-", "-"),
+    ]
+
+
+def test_a_local_path_under_home_is_no_base_model(tiny_dirs, tmp_path, monkeypatch):
+    import shutil
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    shutil.copytree(tiny_dirs[1], tmp_path / "tiny")
+    assert CrossEncoder("~/tiny").model_card_data.base_model is None

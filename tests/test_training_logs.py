@@ -180,3 +180,29 @@ def test_only_the_main_process_writes_logs(tiny_dir, tmp_path, monkeypatch):
     model = CrossEncoder(tiny_dir, max_length=32)
     model.fit(DataLoader(make_examples(8, seed=6), batch_size=4), log_dir=str(tmp_path / "logs"), **FAST)
     assert len(model.training_history) == 2 and not (tmp_path / "logs").exists()
+
+
+def test_a_fresh_run_in_the_same_folder_replaces_the_earlier_runs_logs(tiny_dir, tmp_path):
+    """Trained afresh into the same output folder, TensorBoard shows only the new run's steps (as metrics.jsonl
+    does), and a run that logs elsewhere does not embed the folder's old curves in its card."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "model"
+    histories = []
+    for seed in (3, 4):
+        model = CrossEncoder(tiny_dir, max_length=32)
+        model.fit(DataLoader(make_examples(16, seed=seed), batch_size=4, shuffle=True), output_path=str(out), **FAST)
+        histories.append(model.training_history)
+    assert [h["loss"] for h in histories[0]] != [h["loss"] for h in histories[1]]
+    events = EventAccumulator(str(out / TENSORBOARD_DIR))
+    events.Reload()
+    assert [e.step for e in events.Scalars("train/loss")] == [1, 2, 3, 4]
+    np.testing.assert_allclose([e.value for e in events.Scalars("train/loss")], [h["loss"] for h in histories[1]])
+    assert [r["loss"] for r in read_metrics(out / METRICS_FILE)] == [h["loss"] for h in histories[1]]
+
+    assert (out / CURVES_FILE).is_file()  # the second run's, in the output folder
+    model = CrossEncoder(tiny_dir, max_length=32)
+    elsewhere = tmp_path / "logs"
+    model.fit(DataLoader(make_examples(16, seed=5), batch_size=4), output_path=str(out), log_dir=str(elsewhere), **FAST)
+    assert (elsewhere / CURVES_FILE).is_file()
+    assert CURVES_FILE not in (out / "README.md").read_text()

@@ -85,6 +85,16 @@ def _positive_int(value: str) -> int:
     return number
 
 
+def _non_negative_int(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        number = -1
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {value!r}")
+    return number
+
+
 # ----------------------------------------------------------------------------------------------- arguments
 def _add_model_arguments(p: argparse.ArgumentParser, *, activation: bool = True) -> None:
     p.add_argument("--model", required=True, help="a saved model directory (or a Hugging Face hub id)")
@@ -141,7 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--documents",
         required=True,
-        help="one document per line (a text file), or .jsonl with a 'text' (and optional 'title') field",
+        help="one document per line (a text file; blank lines are skipped, so 'index' counts the documents, "
+        "from 0), or .jsonl with a 'text' (and optional 'title') field",
     )
     p.add_argument("--top-k", type=_positive_int, default=None, help="print only the best K (default: all)")
     p.add_argument("--output", default="-", help="TSV file; '-' is stdout")
@@ -203,7 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-length", type=_positive_int, default=None, help="token limit per pair (default: the model's)")
     p.add_argument("--max-train-samples", type=_positive_int, default=None, help="random subset of the train pairs")
     p.add_argument("--max-dev-samples", type=_positive_int, default=None, help="random subset of the dev pairs")
-    p.add_argument("--seed", type=int, default=42, help="data order, dropout, head initialisation and subsets")
+    p.add_argument("--seed", type=_non_negative_int, default=42, help="data order, dropout, head init and subsets")
     p.add_argument("--use-amp", action="store_true", help="bfloat16 compute (float32 master weights)")
     p.add_argument("--checkpoint-path", default=None, help="orbax checkpoints for preemption-safe resume")
     p.add_argument("--checkpoint-save-steps", type=_positive_int, default=500, help="steps between checkpoints")

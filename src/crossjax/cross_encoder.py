@@ -22,7 +22,14 @@ from flax import nnx
 
 from crossjax import data as data_lib
 from crossjax import losses, packing, training
-from crossjax.model_card import CardRecorder, CrossEncoderModelCardData, generate_model_card, write_model_card
+from crossjax.model_card import (
+    CardRecorder,
+    CrossEncoderModelCardData,
+    generate_model_card,
+    loaded_model_card,
+    reused_model_card,
+    write_model_card,
+)
 from crossjax.models.auto import load_config, model_class_for
 from crossjax.models.base import compute_dtype_of
 from crossjax.models.checkpoints import resolve_checkpoint_dir
@@ -259,7 +266,7 @@ class CrossEncoder:
         self.config = config
         self.model_name_or_path = str(model_name_or_path)
         self.compute_dtype = _as_dtype(compute_dtype or "float32")
-        self.seed = int(seed)
+        self.seed = data_lib.checked_seed(seed, "CrossEncoder seed")
         self.model = model_class_for(config).from_pretrained(
             directory, config=config, dtype=jnp.float32, seed=self.seed, scan_layers=bool(scan_layers)
         )
@@ -271,6 +278,8 @@ class CrossEncoder:
         self.max_shapes = max_shapes
         saved_st_config = _saved_st_config(directory)
         cross_encoder_save = _is_cross_encoder_save(directory, saved_st_config)
+        # A saved cross-encoder's card, kept by save() until this model trains (as sentence-transformers does)
+        self._loaded_card = (directory, loaded_model_card(directory)) if cross_encoder_save else None
         saved = _saved_activations(saved_st_config, config, cross_encoder_save)
         # Prompts are a cross-encoder save's own; another model type's (a bi-encoder's query prompt) would
         # prepend text to every pair, so sentence-transformers 6 ignores them when converting, and so do we.
@@ -290,7 +299,7 @@ class CrossEncoder:
             self.activation_fn = _activation_or_default(saved, default)
         self._predict_graphdefs: dict = {}  # compute dtype name -> eval-mode graph of the model
         self.model_card_data = CrossEncoderModelCardData.coerce(model_card_data)
-        if self.model_card_data.base_model is None and not Path(model_name_or_path).exists():
+        if self.model_card_data.base_model is None and not Path(model_name_or_path).expanduser().exists():
             self.model_card_data.base_model = str(model_name_or_path)  # a hub id
         self.compilations = {"train": 0, "predict": 0}
         self._parameters_not_finite: str | None = None  # set when a run's update overflowed
@@ -622,7 +631,8 @@ class CrossEncoder:
             self.model_card_data.model_id = model_name
         params = nnx.state(self.model, nnx.Param)
         gathered = jax.jit(lambda p: p, out_shardings=self.mesh_plan.replicated)(params)
-        if create_model_card:
+        kept_card = self._kept_model_card()
+        if create_model_card and kept_card is None:
             try:
                 self.model_card_data.prepare_usage_example(self)
             except Exception as e:  # noqa: BLE001 - the card then shows the snippet without scores
@@ -641,13 +651,22 @@ class CrossEncoder:
         )
         if create_model_card:
             try:
-                write_model_card(out, generate_model_card(self, out))
+                text = generate_model_card(self, out) if kept_card is None else reused_model_card(*kept_card, self, out)
+                write_model_card(out, text)
             except Exception as e:  # noqa: BLE001 - the model is saved; the card is documentation
                 logger.warning("Could not write the model card to %s: %s", out, e)
         logger.info("Saved model to %s", out)
         return out
 
     save_pretrained = save
+
+    def _kept_model_card(self) -> tuple[str, Path] | None:
+        """(card text, folder it was loaded from) while the card a loaded model came with still describes it:
+        until this model trains (fit or a trainer tags its card data ``generated_from_trainer``)."""
+        directory, text = self.__dict__.get("_loaded_card") or (None, None)
+        if not text or "generated_from_trainer" in self.model_card_data.tags:
+            return None
+        return text, directory
 
     def push_to_hub(
         self,
@@ -790,7 +809,7 @@ class CrossEncoder:
             ),
             show_progress_bar=show_progress_bar,
             gradient_accumulation_steps=gradient_accumulation_steps,
-            seed=self.seed if seed is None else int(seed),
+            seed=self.seed if seed is None else data_lib.checked_seed(seed, "fit seed"),
             logging_steps=logging_steps,
             checkpoint_path=checkpoint_path,
             checkpoint_save_steps=checkpoint_save_steps,

@@ -54,6 +54,13 @@ class InputExample:
     __str__ = __repr__
 
 
+def checked_seed(seed: Any, name: str = "seed") -> int:
+    """``seed`` as an int, refused (naming ``name``) unless it is an integer numpy's generators take (>= 0)."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"{name} must be a non-negative integer, got {seed!r}")
+    return int(seed)
+
+
 class DataLoader:
     """A torch-free stand-in for ``torch.utils.data.DataLoader`` over ``InputExample`` lists.
 
@@ -76,8 +83,8 @@ class DataLoader:
         self.batch_size = int(batch_size)
         self.shuffle = bool(shuffle)
         self.drop_last = bool(drop_last)
-        self.seed = seed
-        self._rng = np.random.default_rng(seed)
+        self.seed = None if seed is None else checked_seed(seed, "DataLoader seed")
+        self._rng = np.random.default_rng(self.seed)
 
     def __len__(self) -> int:
         n = len(self.dataset)

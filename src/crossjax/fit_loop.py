@@ -1055,6 +1055,7 @@ def _run_fit(
                 default_config=_settings(FitConfig()),
                 devices=logs.describe_devices(plan.mesh.devices.flat),
                 previous_records=training_log.previous_records(start_step) if training_log else [],
+                log_dir=str(log_dir) if training_log else None,
             )
         )
         if cfg.evaluate_on_start and evaluate_fn is not None:

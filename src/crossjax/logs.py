@@ -57,6 +57,7 @@ class RunInfo:
     default_config: dict[str, Any] = field(default_factory=dict)  # the same settings' defaults
     devices: str = ""
     previous_records: list[dict[str, Any]] = field(default_factory=list)  # metrics.jsonl lines kept on resume
+    log_dir: str | None = None  # where this run writes metrics.jsonl and its curves (None: nowhere)
 
 
 class RunCallback:
@@ -217,7 +218,9 @@ class TrainingLog(RunCallback):
         if self.tensorboard is not False and tensorboard_available():
             from tensorboardX import SummaryWriter
 
-            purge = {"purge_step": info.start_step + 1} if info.start_step > 0 else {}
+            # TensorBoard drops the events of earlier files from purge_step on: a resumed run's orphaned steps,
+            # and all of an earlier run's when this one starts afresh in the same folder (as metrics.jsonl does).
+            purge = {"purge_step": info.start_step + 1}
             # tensorboardX names event files by the second and host only: a resumed run starting within the
             # same second would overwrite the first run's file. A nanosecond suffix keeps each run's file and
             # sorts them in run order (TensorBoard reads files in name order, which the purge relies on).

@@ -30,6 +30,7 @@ from crossjax.logs import CURVES_FILE, EVAL_PREFIX, RunCallback, RunInfo
 logger = logging.getLogger("crossjax")
 
 README = "README.md"
+MODEL_ID_PLACEHOLDER = "cross_encoder_model_id"  # the snippets' model name when saved nowhere yet
 DEFAULT_USAGE_PAIRS = [
     ["How many calories in an egg", "There are on average between 55 and 80 calories in an egg depending on its size."],
     [
@@ -87,6 +88,7 @@ class TrainingRecord:
     best_step: int | None = None
     training_seconds: float | None = None
     devices: str | None = None
+    curves_dir: str | None = None  # where the run drew training_curves.png (its log_dir)
 
 
 @dataclass
@@ -187,6 +189,7 @@ class CrossEncoderModelCardData:
         best_step: int | None = None,
         training_seconds: float | None = None,
         devices: str | None = None,
+        curves_dir: str | None = None,
     ) -> TrainingRecord:
         """Record what a training run knows; fields left None keep what an earlier call recorded.
 
@@ -198,7 +201,8 @@ class CrossEncoderModelCardData:
         ``default_args``).
         ``log_history``: records as in ``metrics.jsonl`` (``step``, ``epoch``, ``loss`` ... and ``eval_*``),
         kept by reference so a list still growing shows its latest rows. ``best_step``: the step of the saved
-        model, printed in bold in the training-log table.
+        model, printed in bold in the training-log table. ``curves_dir``: the folder the run drew its
+        ``training_curves.png`` into (the card embeds it when saved there).
         """
         record = self.training or TrainingRecord()
         if any(v is not None for v in (dataset, dataset_size, columns, samples, loss, loss_config)):
@@ -215,6 +219,7 @@ class CrossEncoderModelCardData:
             ("best_step", best_step),
             ("training_seconds", training_seconds),
             ("devices", devices),
+            ("curves_dir", curves_dir),
         ):
             if value is not None:
                 setattr(record, name, value)
@@ -428,7 +433,7 @@ def generate_model_card(
     data: CrossEncoderModelCardData = model.model_card_data
     eval_results = data.eval_results_dict if eval_results is None else eval_results
     metadata = card_metadata(data, model, eval_results)
-    location = data.model_id or (str(Path(save_path).resolve()) if save_path is not None else "cross_encoder_model_id")
+    location = card_location(data, save_path)
     sections = [
         _intro(data, model),
         _model_details(data, model),
@@ -439,6 +444,34 @@ def generate_model_card(
     ]
     content = f"---\n{metadata.to_yaml()}\n---\n\n" + "\n\n".join(s.strip("\n") for s in sections if s) + "\n"
     return ModelCard(content).content  # validates the metadata as the hub does
+
+
+def card_location(data: CrossEncoderModelCardData, save_path: str | os.PathLike | None) -> str:
+    """How the card's snippets name the model: its hub id, else the folder it is saved to."""
+    return data.model_id or (str(Path(save_path).resolve()) if save_path is not None else MODEL_ID_PLACEHOLDER)
+
+
+def loaded_model_card(directory: str | os.PathLike) -> str | None:
+    """The card a saved cross-encoder came with (``README.md``), or None."""
+    try:
+        return (Path(directory) / README).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def reused_model_card(text: str, loaded_from: str | os.PathLike, model: Any, save_path: str | os.PathLike) -> str:
+    """The card a model was loaded with, saved again. As in sentence-transformers, a model not trained since keeps
+    its card (it describes that model's training); only the snippets' name for the model moves, from the folder it
+    was loaded from (or the placeholder) to where it is saved now."""
+    new = _python_string(card_location(model.model_card_data, save_path))
+    for old in (str(Path(loaded_from).resolve()), MODEL_ID_PLACEHOLDER):
+        text = text.replace(_python_string(old), new)
+    return text
+
+
+def _python_string(value: str) -> str:
+    """A double-quoted Python literal of ``value`` (JSON's escapes are Python's): a path with quotes stays code."""
+    return json.dumps(value, ensure_ascii=False)
 
 
 def write_model_card(path: str | os.PathLike, text: str) -> Path:
@@ -549,7 +582,7 @@ def _usage(data: CrossEncoderModelCardData, model: Any, location: str) -> str:
     st = [
         "from sentence_transformers import CrossEncoder",
         "",
-        f'model = CrossEncoder("{location}")',
+        f"model = CrossEncoder({_python_string(location)})",
         "# Get scores for pairs of texts",
         "pairs = [",
         *pair_lines,
@@ -569,17 +602,20 @@ def _usage(data: CrossEncoderModelCardData, model: Any, location: str) -> str:
         st += [f"    {pairs[0][0]!r},", "    ["]
         st += [f"        {pair[1]!r}," for pair in pairs]
         st += ["    ]", ")", "# [{'corpus_id': ..., 'score': ...}, {'corpus_id': ..., 'score': ...}, ...]"]
+    # The saved default prompt, which both CrossEncoder classes prepend to the first text themselves
+    prompt = model.prompts.get(model.default_prompt_name) if model.default_prompt_name is not None else None
+    first_text = f"{_python_string(prompt)} + a" if prompt else "a"
     transformers_lines = [
         "import torch",
         "from transformers import AutoModelForSequenceClassification, AutoTokenizer",
         "",
-        f'tokenizer = AutoTokenizer.from_pretrained("{location}")',
-        f'model = AutoModelForSequenceClassification.from_pretrained("{location}").eval()',
+        f"tokenizer = AutoTokenizer.from_pretrained({_python_string(location)})",
+        f"model = AutoModelForSequenceClassification.from_pretrained({_python_string(location)}).eval()",
         "pairs = [",
         *pair_lines,
         "]",
         "features = tokenizer(",
-        "    [a for a, _ in pairs], [b for _, b in pairs],",
+        f"    [{first_text} for a, _ in pairs], [b for _, b in pairs],",
         f'    padding=True, truncation="longest_first", max_length={model.max_length}, return_tensors="pt",',
         ")",
         "with torch.no_grad():",
@@ -589,7 +625,7 @@ def _usage(data: CrossEncoderModelCardData, model: Any, location: str) -> str:
     crossjax_lines = [
         "from crossjax import CrossEncoder",
         "",
-        f'model = CrossEncoder("{location}")',
+        f"model = CrossEncoder({_python_string(location)})",
         "pairs = [",
         *pair_lines,
         "]",
@@ -692,9 +728,10 @@ def _training_details(data: CrossEncoderModelCardData, model: Any, save_path: st
         lines += [f"- `{k}`: {v}" for k, v in record.hyperparameters.items()]
         lines += ["", "</details>"]
     table = training_log_table(record, data.eval_results_dict)
-    if table or _has_curves(save_path):
+    curves = _has_curves(save_path, record)
+    if table or curves:
         lines += ["", "### Training Logs"]
-        if _has_curves(save_path):
+        if curves:
             lines += ["", f"![Training loss and evaluation curves]({CURVES_FILE})", ""]
         if table:
             long = table.count("\n") > 101
@@ -714,8 +751,13 @@ def _training_details(data: CrossEncoderModelCardData, model: Any, save_path: st
     return "\n".join(lines)
 
 
-def _has_curves(save_path: str | os.PathLike | None) -> bool:
-    return save_path is not None and (Path(save_path) / CURVES_FILE).is_file()
+def _has_curves(save_path: str | os.PathLike | None, record: TrainingRecord) -> bool:
+    """Whether the run drew its curves into the folder the card goes to (an image there from an earlier run, or
+    drawn by a run that logged elsewhere, is not this model's)."""
+    if save_path is None or record.curves_dir is None:
+        return False
+    here = Path(save_path).expanduser().resolve()
+    return here == Path(record.curves_dir).expanduser().resolve() and (here / CURVES_FILE).is_file()
 
 
 def _sample_cell(value: Any) -> str:
@@ -728,8 +770,10 @@ def training_log_table(record: TrainingRecord, eval_results: dict[Any, dict[str,
     """sentence-transformers' "Training Logs" table from ``metrics.jsonl``-style records.
 
     One row per ``logging_steps`` boundary, per evaluation and for the last step; "Training Loss" is the mean
-    loss of the steps since the previous row (as Hugging Face's trainer logs it), the evaluator columns are the
-    primary metrics (all ``eval_*`` metrics when no primary is known), the saved model's step is in bold.
+    loss of the steps since the previous logging boundary (as Hugging Face's trainer logs it; "-" on a row that
+    only evaluates), "Validation Loss" (or "<dataset> loss" per evaluation dataset) the trainer's evaluation
+    loss, the evaluator columns are the primary metrics (all ``eval_*`` metrics when no primary is known), and
+    the saved model's step is in bold.
     """
     history = record.log_history
     if not history:
@@ -740,7 +784,12 @@ def training_log_table(record: TrainingRecord, eval_results: dict[Any, dict[str,
         if primary:
             primaries.add(EVAL_PREFIX + primary)
     eval_keys = list(dict.fromkeys(k for r in history for k in r if k.startswith(EVAL_PREFIX)))
-    shown = [k for k in eval_keys if k in primaries] or eval_keys
+    loss_keys = [k for k in eval_keys if k.endswith("_loss")]
+    metric_keys = [k for k in eval_keys if k not in loss_keys]
+    shown = {k: k[len(EVAL_PREFIX) :] for k in [k for k in metric_keys if k in primaries] or metric_keys}
+    # sentence-transformers' names: one evaluation loss is the "Validation Loss", several are "<dataset> loss"
+    loss_names = {"eval_loss": "Validation Loss"} if loss_keys == ["eval_loss"] else {}
+    shown = {k: loss_names.get(k, " ".join(k.split("_")[1:])) for k in loss_keys} | shown
     steps = sorted({int(r["step"]) for r in history})
     last = steps[-1]
     evaluated = {int(r["step"]): r for r in history if any(k.startswith(EVAL_PREFIX) for k in r)}
@@ -754,12 +803,14 @@ def training_log_table(record: TrainingRecord, eval_results: dict[Any, dict[str,
         if not (step % every == 0 or step in evaluated or step == last):
             continue
         epoch = round(step / record.steps_per_epoch, 4) if record.steps_per_epoch else epochs[step]
-        loss = format_value(sum(window) / len(window)) if window else "-"
+        logs_loss = step % every == 0 or step == last
+        loss = format_value(sum(window) / len(window)) if window and logs_loss else "-"
         row = {"Epoch": epoch, "Step": step, "Training Loss": loss}
-        window = []
-        for key in shown:
+        if logs_loss:
+            window = []
+        for key, column in shown.items():
             value = evaluated.get(step, {}).get(key)
-            row[key[len(EVAL_PREFIX) :]] = format_value(value) if value is not None else "-"
+            row[column] = format_value(value) if value is not None else "-"
         if step == record.best_step:
             row = {k: f"**{v}**" for k, v in row.items()}
         rows.append(row)
@@ -827,6 +878,7 @@ class CardRecorder(RunCallback):
             steps_per_epoch=info.steps_per_epoch,
             logging_steps=info.config.get("logging_steps"),
             devices=info.devices,
+            curves_dir=info.log_dir,
         )
 
     def on_log(self, record: dict[str, Any]) -> None:
@@ -845,8 +897,17 @@ class CardRecorder(RunCallback):
 
         data = self.model.model_card_data
         data.set_training(training_seconds=time.perf_counter() - self.started)
-        if self.saved_step is None or self.output_path is None or not is_main_process():
-            return
+        try:
+            if self.saved_step is not None and self.output_path is not None and is_main_process():
+                self._complete_saved_card()
+        finally:
+            # The model in memory is the run's last, not the best one saved at best_step: a later save() of it
+            # must not mark that step as its own.
+            last_step = max((int(r["step"]) for r in self.records), default=None)
+            if data.training is not None and data.training.best_step not in (None, last_step):
+                data.training.best_step = None
+
+    def _complete_saved_card(self) -> None:
         if not (Path(self.output_path) / README).is_file():
             return  # the save did not write a card (e.g. it failed): nothing to complete
         try:

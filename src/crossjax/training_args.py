@@ -17,6 +17,8 @@ from dataclasses import dataclass, field, fields
 from enum import Enum
 from typing import Any
 
+from crossjax.data import checked_seed
+
 logger = logging.getLogger("crossjax")
 
 __all__ = ["BatchSamplers", "MultiDatasetBatchSamplers", "CrossEncoderTrainingArguments"]
@@ -252,6 +254,9 @@ class CrossEncoderTrainingArguments:
                 "ignore_data_skip=True is not supported: a crossjax resume continues at the checkpoint's exact data "
                 "position (bit-exact), which costs no time to skip to"
             )
+        self.seed = checked_seed(self.seed, "seed")
+        if self.data_seed is not None:
+            self.data_seed = checked_seed(self.data_seed, "data_seed")
         for name in ("router_mapping", "learning_rate_mapping"):
             if getattr(self, name):
                 raise ValueError(

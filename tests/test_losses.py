@@ -71,6 +71,19 @@ def test_bce_matches_torch(scale: float) -> None:
     _close(ours_pw, theirs_pw)
 
 
+def test_bce_gradient_at_a_zero_logit_is_torchs() -> None:
+    """softplus's slope at 0 is 1/2; written with |x| and max(-x, 0) autodiff gave 1 (a zeroed head's logits)."""
+    logits, labels = np.zeros((3, 1), np.float32), np.array([1.0, 0.0, 0.3], np.float32)
+    for pos_weight in (None, 3.0):
+        torch_loss = nn.BCEWithLogitsLoss(pos_weight=None if pos_weight is None else torch.tensor(pos_weight))
+        given = torch.from_numpy(logits[:, 0]).requires_grad_()
+        torch_loss(given, torch.from_numpy(labels)).backward()
+        ours = jax.grad(
+            lambda x, loss=resolve_loss(torch_loss, 1): loss(x, jnp.asarray(labels), jnp.ones(3, jnp.float32))
+        )(jnp.asarray(logits))
+        np.testing.assert_allclose(np.asarray(ours)[:, 0], given.grad.numpy(), atol=1e-7)
+
+
 @pytest.mark.parametrize("scale", [1.0, 30.0])
 def test_cross_entropy_matches_torch(scale: float) -> None:
     logits = _logits(2, 3, scale)
@@ -266,6 +279,12 @@ def test_every_default_torch_activation_and_function_matches_torch() -> None:
         assert type(import_from_string(fullname(module))()) is type(module)
         assert activation_from_export_name(fullname(module)) is fn
         np.testing.assert_allclose(np.asarray(fn(jnp.asarray(x))), module(torch.from_numpy(x)).numpy(), atol=1e-6)
+        # and torch's gradient, at the kinks too (LeakyReLU at 0, Hardtanh at +-1, the hard ones at +-3, ...)
+        corners = np.array([[-6.0, -3.0, -1.0], [0.0, 1.0, 3.0], [6.0, 20.0, 0.5]], np.float32)
+        given = torch.from_numpy(corners).requires_grad_()
+        (module(given) * torch.arange(9.0).reshape(3, 3)).sum().backward()
+        ours = jax.grad(lambda z, fn=fn: (fn(z) * jnp.arange(9.0).reshape(3, 3)).sum())(jnp.asarray(corners))
+        np.testing.assert_allclose(np.asarray(ours), given.grad.numpy(), atol=1e-5, err_msg=name)
     F = torch.nn.functional
     for torch_fn in (torch.sigmoid, torch.tanh, torch.relu, F.gelu, F.silu, F.softplus, F.logsigmoid, F.leaky_relu):
         np.testing.assert_allclose(

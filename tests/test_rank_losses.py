@@ -215,7 +215,7 @@ CASES = {
         {"respect_input_order": False},
         st_losses.ListMLELoss,
         {"respect_input_order": False},
-        "lists",  # tied labels keep their input order, as torch sorts
+        "lists",  # tied labels keep their input order, as torch's sort does up to 16 items (see the README)
         1,
     ),
     "plistmle": (cj.PListMLELoss, {}, st_losses.PListMLELoss, {}, "lists", 1),
@@ -447,6 +447,15 @@ def test_bad_input_is_rejected_naming_the_row() -> None:
         cj.BinaryCrossEntropyLoss(SimpleNamespace(num_labels=1))
     with pytest.raises(ValueError, match="Softmax"):
         cj.ListNetLoss(crossjax_model(), activation_fn=nn.Softmax(dim=-1))
+    # torch refuses this smoothing at its first forward pass; crossjax at construction
+    for smoothing in (1.5, -0.2, float("nan")):
+        with pytest.raises(ValueError, match="label_smoothing must be between 0.0 and 1.0"):
+            cj.CrossEntropyLoss(crossjax_model(3), label_smoothing=smoothing)
+    # numpy integers, as sentence-transformers takes them
+    assert cj.LambdaLoss(crossjax_model(), k=np.int64(2)).k == 2
+    assert cj.MultipleNegativesRankingLoss(crossjax_model(), num_negatives=np.int32(3)).num_negatives == 3
+    assert cj.CachedMultipleNegativesRankingLoss(crossjax_model(), mini_batch_size=np.int64(4)).mini_batch_size == 4
+    assert cj.ListNetLoss(crossjax_model(), mini_batch_size=np.int64(8)).mini_batch_size == 8
 
 
 PAIRS = [

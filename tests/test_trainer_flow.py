@@ -241,6 +241,24 @@ def test_no_duplicates_epochs_train_every_row_once_a_pass(tiny, tmp_path):
     assert trainer.train().global_step == 15
 
 
+def test_no_duplicates_compares_a_list_of_texts_as_one_value():
+    """sentence-transformers' sampler compares each column's value whole (``_sample_value_str``): rows whose
+    document lists share one hard negative do not clash. Its own value function is the oracle."""
+    from sentence_transformers.base.sampler import _sample_value_str
+
+    queries = [f"query {i}" for i in range(8)]
+    lists = [[f"doc {i}a", f"doc {i}b", "shared negative"] for i in range(8)]
+    batches = no_duplicates_batches([queries, lists], np.arange(8), 4)
+    assert [b.tolist() for b in batches] == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    assert len({_sample_value_str(lists[i]) for i in range(8)}) == 8  # no two rows' values are equal there
+    lists[5] = lists[4]  # a whole list repeated is a clash: row 5 waits for a later batch
+    assert [b.tolist() for b in no_duplicates_batches([queries, lists], np.arange(8), 4)] == [
+        [0, 1, 2, 3],
+        [4, 6, 7],
+        [5],
+    ]
+
+
 class _ScriptedEvaluator:
     """A score fixed by the step (best at step 2, before the run below is interrupted), so which step is best does
     not depend on how training went."""

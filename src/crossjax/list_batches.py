@@ -156,11 +156,9 @@ def no_duplicates_batches(columns: Sequence[Sequence[Any]], order: np.ndarray, b
 
 
 def _row_texts(columns: Sequence[Sequence[Any]], row: int) -> list[str]:
-    texts: list[str] = []
-    for column in columns:
-        value = column[row]
-        texts.extend(value if isinstance(value, (list, tuple)) else [value])
-    return [str(t) for t in texts]
+    """A row's values as sentence-transformers compares them: each column's value as one string, a list of texts
+    as a whole (a document shared by many rows' lists is no clash)."""
+    return [str(column[row]) for column in columns]
 
 
 def group_by_label_batches(

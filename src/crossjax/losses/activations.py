@@ -51,6 +51,17 @@ def _softplus(x: jnp.ndarray) -> jnp.ndarray:
     return jnp.where(x > 20.0, x, jax.nn.softplus(x))
 
 
+def _leaky_relu(x: jnp.ndarray) -> jnp.ndarray:
+    """``torch.nn.LeakyReLU()``: at 0 its gradient is the slope, as torch's (``jax.nn.leaky_relu`` takes 1)."""
+    return jnp.where(x > 0, x, 0.01 * x)
+
+
+def _hardtanh(x: jnp.ndarray) -> jnp.ndarray:
+    """``torch.nn.Hardtanh()``: gradient 1 strictly inside (-1, 1), else 0, as torch's (``jnp.clip`` gives 0.5 at
+    the edges)."""
+    return jnp.where((x > -1.0) & (x < 1.0), x, jax.lax.stop_gradient(jnp.clip(x, -1.0, 1.0)))
+
+
 # Every torch activation class sentence-transformers can save by its dotted path (``util.fullname``) and
 # re-create with no arguments, with its JAX form and the constructor defaults an instance must keep to be
 # that function (the saved path does not record arguments). ``identity`` lives in torch.nn.modules.linear.
@@ -60,11 +71,11 @@ _TORCH_ACTIVATIONS: dict[str, tuple[Callable[[jnp.ndarray], jnp.ndarray], dict[s
     "Tanh": (tanh, {}),
     "Softmax": (softmax, {"dim": (None, -1, 1)}),
     "ReLU": (relu, {}),
-    "LeakyReLU": (lambda x: jax.nn.leaky_relu(x, 0.01), {"negative_slope": (0.01,)}),
+    "LeakyReLU": (_leaky_relu, {"negative_slope": (0.01,)}),
     "LogSigmoid": (jax.nn.log_sigmoid, {}),
     "Softplus": (_softplus, {"beta": (1, 1.0), "threshold": (20, 20.0)}),
     "GELU": (lambda x: jax.nn.gelu(x, approximate=False), {"approximate": ("none",)}),
-    "Hardtanh": (lambda x: jnp.clip(x, -1.0, 1.0), {"min_val": (-1, -1.0), "max_val": (1, 1.0)}),
+    "Hardtanh": (_hardtanh, {"min_val": (-1, -1.0), "max_val": (1, 1.0)}),
     "SiLU": (jax.nn.silu, {}),
     "ELU": (jax.nn.elu, {"alpha": (1, 1.0)}),
     "CELU": (jax.nn.celu, {"alpha": (1, 1.0)}),

@@ -100,6 +100,11 @@ def is_number(value: Any) -> bool:
     return isinstance(value, Real | np.number | np.bool_)
 
 
+def is_integer(value: Any) -> bool:
+    """An integer argument as torch code passes it: a Python or numpy integer, not a bool."""
+    return isinstance(value, int | np.integer) and not isinstance(value, bool)
+
+
 def is_finite_number(value: Any) -> bool:
     return is_number(value) and math.isfinite(float(value))
 

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from crossjax.losses.activations import is_row_normalising, sigmoid
-from crossjax.losses.base import CrossEncoderLoss, PairLayout, PairTable, masked_log_softmax
+from crossjax.losses.base import CrossEncoderLoss, PairLayout, PairTable, is_integer, masked_log_softmax
 
 __all__ = ["MultipleNegativesRankingLoss", "CachedMultipleNegativesRankingLoss"]
 
@@ -34,12 +34,12 @@ class MultipleNegativesRankingLoss(CrossEncoderLoss):
     ) -> None:
         super().__init__(model, activation_fn)
         if num_negatives is not None and (
-            isinstance(num_negatives, bool) or not isinstance(num_negatives, int) or num_negatives < 1
+            not is_integer(num_negatives) or num_negatives < 1
         ):
             raise ValueError(
                 f"num_negatives must be a positive int or None (all in-batch negatives), got {num_negatives!r}"
             )
-        self.num_negatives = num_negatives
+        self.num_negatives = None if num_negatives is None else int(num_negatives)
         self.scale = scale
 
     def sampled_negative_count(self, rows: int, num_candidate_columns: int) -> int:
@@ -129,9 +129,9 @@ class CachedMultipleNegativesRankingLoss(MultipleNegativesRankingLoss):
         show_progress_bar: bool = False,
     ) -> None:
         super().__init__(model, num_negatives=num_negatives, scale=scale, activation_fn=activation_fn)
-        if isinstance(mini_batch_size, bool) or not isinstance(mini_batch_size, int) or mini_batch_size < 1:
+        if not is_integer(mini_batch_size) or mini_batch_size < 1:
             raise ValueError(f"mini_batch_size must be a positive int, got {mini_batch_size!r}")
-        self.mini_batch_size = mini_batch_size
+        self.mini_batch_size = int(mini_batch_size)
         self.show_progress_bar = show_progress_bar
 
     def get_config_dict(self) -> dict[str, Any]:

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from crossjax.losses.activations import identity
-from crossjax.losses.base import fullname
+from crossjax.losses.base import fullname, is_integer
 from crossjax.losses.listwise import ListwiseLoss
 from crossjax.losses.torch_compat import is_torch_module
 
@@ -145,8 +145,9 @@ class LambdaLoss(ListwiseLoss):
     ) -> None:
         super().__init__(model, activation_fn, mini_batch_size)
         self.weighting_scheme = resolve_weighting_scheme(weighting_scheme)
-        if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 0):
+        if k is not None and (not is_integer(k) or k < 0):
             raise ValueError(f"k must be a non-negative int or None, got {k!r}")
+        k = None if k is None else int(k)
         if reduction_log not in ("natural", "binary"):
             raise ValueError(f"reduction_log must be 'natural' or 'binary', got {reduction_log!r}")
         self.k = k

@@ -22,6 +22,7 @@ from crossjax.losses.base import (
     PairTable,
     as_list,
     is_finite_number,
+    is_integer,
     label_rows,
     labels_to_width,
     masked_log_softmax,
@@ -38,9 +39,9 @@ class ListwiseLoss(CrossEncoderLoss):
 
     def __init__(self, model: Any, activation_fn: Any = identity, mini_batch_size: int | None = None) -> None:
         super().__init__(model, identity if activation_fn is None else activation_fn)
-        if mini_batch_size is not None and (isinstance(mini_batch_size, bool) or not isinstance(mini_batch_size, int)):
+        if mini_batch_size is not None and not is_integer(mini_batch_size):
             raise ValueError(f"mini_batch_size must be an int or None, got {mini_batch_size!r}")
-        self.mini_batch_size = mini_batch_size
+        self.mini_batch_size = None if mini_batch_size is None else int(mini_batch_size)
 
     def validate(self, columns: list[list], labels: Any, row_offset: int = 0) -> None:
         name = type(self).__name__

@@ -99,13 +99,24 @@ def binary_cross_entropy_with_logits_parts(
     """(sum of the per-row losses, number of real rows) of :func:`binary_cross_entropy_with_logits`."""
     x = _per_example_logits(logits, labels, "binary_cross_entropy_with_logits").astype(jnp.float32)
     y = labels.astype(jnp.float32)
-    softplus_neg_x = jnp.log1p(jnp.exp(-jnp.abs(x))) + jnp.maximum(-x, 0.0)
+    softplus_neg_x = jax.nn.softplus(-x)  # stable, and its slope at 0 is torch's 0.5 (|x| and max would give 1)
     if pos_weight is None:
         loss = (1.0 - y) * x + softplus_neg_x
     else:
         weight = 1.0 + (jnp.asarray(pos_weight, jnp.float32) - 1.0) * y
         loss = (1.0 - y) * x + weight * softplus_neg_x
     return _masked_sum_and_count(_mean_over_trailing(loss), example_mask)
+
+
+def checked_label_smoothing(value: Any) -> float:
+    """torch's ``label_smoothing``, refused up front where torch's first forward pass would refuse it."""
+    try:
+        smoothing = float(value)
+    except (TypeError, ValueError):
+        smoothing = float("nan")
+    if not 0.0 <= smoothing <= 1.0:  # NaN too
+        raise ValueError(f"label_smoothing must be between 0.0 and 1.0, got {value!r}")
+    return smoothing
 
 
 def cross_entropy(
@@ -221,7 +232,7 @@ def _from_torch_loss(obj: Any) -> LossFn:
                 "(a label outside 0..num_labels-1 is an error); leave those examples out of the training data"
             )
         weight = getattr(obj, "weight", None)
-        smoothing = float(getattr(obj, "label_smoothing", 0.0) or 0.0)
+        smoothing = checked_label_smoothing(getattr(obj, "label_smoothing", 0.0) or 0.0)
         if weight is None and smoothing == 0.0:
             return cross_entropy
         class_weights = None if weight is None else jnp.asarray(tensor_to_numpy(weight))

@@ -21,7 +21,12 @@ from crossjax.losses.base import (
     is_number,
     label_rows,
 )
-from crossjax.losses.pointwise import binary_cross_entropy_with_logits_parts, cross_entropy_parts, mse_parts
+from crossjax.losses.pointwise import (
+    binary_cross_entropy_with_logits_parts,
+    checked_label_smoothing,
+    cross_entropy_parts,
+    mse_parts,
+)
 from crossjax.losses.torch_compat import tensor_to_numpy
 
 __all__ = ["BinaryCrossEntropyLoss", "CrossEntropyLoss", "MSELoss"]
@@ -124,7 +129,7 @@ class CrossEntropyLoss(_PairLoss):
             raise ValueError(
                 f"CrossEntropyLoss(weight=...) has {self.class_weights.shape[0]} values for {model.num_labels} classes"
             )
-        self.label_smoothing = float(kwargs.get("label_smoothing", 0.0))
+        self.label_smoothing = checked_label_smoothing(kwargs.get("label_smoothing", 0.0))
 
     def _label_problem(self, label: Any) -> str | None:
         if is_number(label) and float(label).is_integer() and (

@@ -565,3 +565,75 @@ def test_loss_settings_that_could_not_train_as_asked_are_refused(tiny_ce, tiny_d
             losses.BinaryCrossEntropyLoss(tiny_ce, activation_fn=activation)
     with pytest.raises(ValueError, match="must fit in int32"):
         losses.CrossEntropyLoss(CrossEncoder(str(tiny_dirs[3])), ignore_index=2**40)
+
+
+class _FixedScore:
+    """An evaluator returning a plain number, as sentence-transformers' trainer takes any callable."""
+
+    def __init__(self, value: float) -> None:
+        self.value = value
+
+    def __call__(self, model, output_path=None, epoch=-1, steps=-1) -> float:
+        return self.value
+
+
+def test_dataset_forms_evaluator_lists_and_epochs_as_sentence_transformers_reads_them(tiny_dirs, tmp_path):
+    """Oracle: sentence-transformers 6.2's trainer on the same data and arguments."""
+    import torch
+    from datasets import Dataset, IterableDataset
+    from sentence_transformers.cross_encoder import CrossEncoder as STCrossEncoder
+    from sentence_transformers.cross_encoder import CrossEncoderTrainer as STTrainer
+    from sentence_transformers.cross_encoder import CrossEncoderTrainingArguments as STArgs
+
+    from crossjax.trainer import dataset_columns
+
+    rng = np.random.default_rng(5)
+    data = {"q": [_text(rng, 3) for _ in range(10)], "d": [_text(rng, 4) for _ in range(10)]}
+    data["label"] = [float(x) for x in rng.uniform(0, 1, 10)]
+    st_model = STCrossEncoder(str(tiny_dirs[1]), device="cpu")
+    model = CrossEncoder(str(tiny_dirs[1]))
+    common = dict(per_device_train_batch_size=3, gradient_accumulation_steps=3, num_train_epochs=2, logging_steps=1)
+    common |= dict(per_device_eval_batch_size=4, save_strategy="no")
+    st_args = STArgs(str(tmp_path / "st"), report_to="none", use_cpu=True, **common)
+    args = CrossEncoderTrainingArguments(str(tmp_path / "ours"), disable_tqdm=True, **common)
+    evaluators = [_FixedScore(0.25), _FixedScore(0.75)]
+    evals = {"a": Dataset.from_dict(data), "b": Dataset.from_dict(data).select(range(6))}
+    theirs = STTrainer(
+        model=st_model, args=st_args, train_dataset=Dataset.from_dict(data), eval_dataset=evals, evaluator=evaluators
+    )
+    ours = CrossEncoderTrainer(model=model, args=args, train_dataset=data, eval_dataset=evals, evaluator=evaluators)
+
+    def metric_keys(metrics: dict) -> list[str]:
+        return sorted(k for k in metrics if not k.endswith(("_runtime", "_per_second", "_model_preparation_time")))
+
+    with torch.no_grad():
+        expected_b = theirs.evaluate(eval_dataset="b")
+    got_b = ours.evaluate(eval_dataset="b")  # a name of the trainer's eval datasets, as Hugging Face takes it
+    assert metric_keys(got_b) == metric_keys(expected_b)
+    assert got_b["eval_sequential_score"] == expected_b["eval_sequential_score"] == 0.75  # a list: sequential
+    assert got_b["eval_evaluator_0"] == 0.25
+    np.testing.assert_allclose(got_b["eval_loss"], expected_b["eval_loss"], rtol=1e-5)
+
+    # the logged epoch counts batches (4 an epoch, 3 a step): 0.75, 1.0, 1.75, 2.0
+    theirs.train()
+    ours.train()
+    epochs = [[h["epoch"] for h in t.state.log_history if "loss" in h] for t in (theirs, ours)]
+    assert epochs[1] == epochs[0] == [0.75, 1.0, 1.75, 2.0]
+
+    # a dataset formatted to some of its columns gives those; a stream is read once; reserved names are refused
+    formatted = Dataset.from_dict({**data, "id": list(range(10))})
+    formatted.set_format(type=None, columns=["q", "d", "label"])
+    assert dataset_columns(formatted, "train_dataset")[0] == ["q", "d"]
+    reads = []
+
+    def rows():
+        reads.append(1)
+        yield from ({"q": q, "d": d, "label": y} for q, d, y in zip(data["q"], data["d"], data["label"], strict=True))
+
+    names, columns, labels = dataset_columns(IterableDataset.from_generator(rows), "train_dataset")
+    assert (names, columns, labels, len(reads)) == (["q", "d"], [data["q"], data["d"]], data["label"], 1)
+    reserved = Dataset.from_dict({**data, "dataset_name": ["x"] * 10})
+    with pytest.raises(ValueError, match=r"\['dataset_name'\]"):
+        STTrainer(model=st_model, args=st_args, train_dataset=reserved)
+    with pytest.raises(ValueError, match=r"\['dataset_name'\]"):
+        CrossEncoderTrainer(model=model, args=args, train_dataset=reserved).train()

@@ -221,12 +221,13 @@ class ListData:
         seed: int,
         drop_last: bool,
         sampler: str = "batch_sampler",
+        name: str = "train_dataset",
     ) -> None:
         self.target, self.columns, self.loss = target, columns, loss
         self.labels = None if labels is None else list(labels)
         self.rows = len(columns[0]) if columns else 0
         if self.rows == 0:
-            raise ValueError("train_dataset is empty")
+            raise ValueError(f"{name} is empty")
         loss.validate(columns, self.labels, 0)
         self.batch_size, self.k, self.seed = int(batch_size), int(accumulation_steps), int(seed)
         self.docs, self.label_width = (int(v) for v in loss.width(columns, self.labels, self.batch_size))
@@ -241,9 +242,11 @@ class ListData:
             self.steps_per_epoch = math.ceil(batches / self.k)
         else:
             self.steps_per_epoch = len(self._epoch_steps(0))
+            batches = sum(len(step) for step in self._epoch_steps(0))
+        self.batches_per_epoch = batches  # Hugging Face's epoch fraction counts batches, not optimizer steps
         if self.steps_per_epoch == 0:
             raise ValueError(
-                f"no full batch of {self.batch_size} rows with dataloader_drop_last=True: {self.rows} rows only"
+                f"{name}: no full batch of {self.batch_size} rows with dataloader_drop_last=True: {self.rows} rows only"
             )
         if max_steps is not None and max_steps > 0:
             self.total_steps = int(max_steps)

@@ -88,9 +88,20 @@ class TrainerControl:
 
 
 def dataset_columns(dataset: Any, name: str) -> tuple[list[str], list[list[Any]], list[Any] | None]:
-    """(input column names, input columns, labels or None) of a ``datasets.Dataset`` or a dict of lists."""
-    if hasattr(dataset, "column_names") and hasattr(dataset, "__getitem__"):
-        names = list(dataset.column_names)
+    """(input column names, input columns, labels or None) of a ``datasets.Dataset`` or a dict of lists.
+
+    A ``datasets.IterableDataset`` is read once, whole, into memory (``fit`` streams; this trainer does not).
+    A dataset formatted to some of its columns (``set_format(columns=...)``) gives those. The columns
+    sentence-transformers reserves (``dataset_name``, ``return_loss``) are refused, as it refuses them."""
+    if type(dataset).__name__ == "IterableDataset":
+        rows = list(dataset)
+        names = list(dataset.column_names or (rows[0] if rows else {}))
+        table = {c: [row[c] for row in rows] for c in names}
+        get = table.__getitem__
+    elif hasattr(dataset, "column_names") and hasattr(dataset, "__getitem__"):
+        shown = (getattr(dataset, "format", None) or {}).get("columns")
+        hidden = shown is not None and not dataset.format.get("output_all_columns")
+        names = list(shown if hidden else dataset.column_names)
         get = dataset.__getitem__
     elif isinstance(dataset, dict) and all(
         isinstance(v, Sequence) and not isinstance(v, str) for v in dataset.values()
@@ -99,8 +110,13 @@ def dataset_columns(dataset: Any, name: str) -> tuple[list[str], list[list[Any]]
         get = dataset.__getitem__
     else:
         raise TypeError(f"{name} must be a datasets.Dataset (or a dict of equal-length columns), got {type(dataset)}")
+    if reserved := sorted(set(names) & {"dataset_name", "return_loss"}):
+        raise ValueError(
+            f"The following column names are invalid in {name}: {reserved}. Avoid using these column names, as "
+            "sentence-transformers reserves them for internal use"
+        )
     label_name = next((c for c in LABEL_COLUMNS if c in names), None)
-    inputs = [c for c in names if c != label_name and c != "dataset_name"]
+    inputs = [c for c in names if c != label_name]
     if not inputs:
         raise ValueError(f"{name} has no input columns (columns: {names})")
     columns = [list(get(c)) for c in inputs]
@@ -174,6 +190,10 @@ class CrossEncoderTrainer:
                 if missing:
                     raise ValueError(f"loss has no entry for the {what} dataset(s) {missing} (it has {sorted(loss)})")
         self.loss = loss
+        if isinstance(evaluator, list | tuple):  # as sentence-transformers: one evaluator, with sequential_score
+            from crossjax.evaluation import SequentialEvaluator
+
+            evaluator = SequentialEvaluator(evaluator) if evaluator else None
         self.evaluator = evaluator
         if self.args.eval_strategy != "no" and eval_dataset is None and evaluator is None:
             raise ValueError(
@@ -264,6 +284,7 @@ class CrossEncoderTrainer:
             seed=(args.data_seed if args.data_seed is not None else args.seed) if train else 0,
             drop_last=args.dataloader_drop_last,
             sampler=_sampler_algorithm(args.batch_sampler.value) if train else "sequential",
+            name=what,
         )
 
     def _global_batch_size(self, train: bool) -> int:
@@ -380,7 +401,7 @@ class CrossEncoderTrainer:
             "train_samples_per_second": round(schedule_samples * trained / max(total, 1) / max(runtime, 1e-9), 3),
             "train_steps_per_second": round(trained / max(runtime, 1e-9), 3),
             "train_loss": training_loss,
-            "epoch": global_step / data.steps_per_epoch,
+            "epoch": run._epoch(global_step),
         }
         self.state.log_history.append({**metrics, "step": global_step})
         self._call_back("on_log", logs=metrics)
@@ -440,8 +461,15 @@ class CrossEncoderTrainer:
         ``state.log_history`` and the callbacks' ``on_log`` and ``on_evaluate``, as Hugging Face's Trainer does.
         A dict of datasets is evaluated (and logged) one by one, each prefixed ``{prefix}_{name}``; during
         training the evaluator runs with the first only, prefixed ``{prefix}``, as in sentence-transformers.
-        ``ignore_keys`` (model outputs to drop) has nothing to act on: the step returns the loss only."""
+        ``eval_dataset`` may name one of the trainer's eval datasets, as in Hugging Face (its metrics keep
+        ``metric_key_prefix``). ``ignore_keys`` (model outputs to drop) has nothing to act on: the step returns
+        the loss only."""
         dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
+        if isinstance(eval_dataset, str):  # Hugging Face: the name of one of the trainer's eval datasets
+            named = self.eval_dataset if isinstance(self.eval_dataset, dict) else {}
+            if eval_dataset not in named:
+                raise KeyError(f"evaluate(eval_dataset={eval_dataset!r}): the trainer's eval datasets: {list(named)}")
+            return self._evaluate_one(named[eval_dataset], eval_dataset, metric_key_prefix, metric_key_prefix, True)
         if dataset is None and not self._evaluators():
             raise ValueError("evaluate() needs an eval_dataset (here or in the trainer) or an evaluator")
         if isinstance(dataset, dict) and _is_dataset_dict(dataset):
@@ -456,8 +484,7 @@ class CrossEncoderTrainer:
         return self._evaluate_one(dataset, None, metric_key_prefix, metric_key_prefix, True)
 
     def _evaluators(self) -> list[Any]:
-        evaluators = self.evaluator if isinstance(self.evaluator, list | tuple) else [self.evaluator]
-        return [e for e in evaluators if e is not None]
+        return [] if self.evaluator is None else [self.evaluator]
 
     def _evaluate_one(
         self, dataset: Any, name: str | None, loss_prefix: str, evaluator_prefix: str, with_evaluator: bool
@@ -477,7 +504,10 @@ class CrossEncoderTrainer:
             output_path.mkdir(parents=True, exist_ok=True)
         for evaluator in self._evaluators() if with_evaluator else []:
             result = evaluator(
-                self.model, output_path=str(output_path), epoch=self.state.epoch, steps=self.state.global_step
+                self.model,
+                output_path=str(output_path),
+                epoch=self.state.epoch,
+                steps=self.state.global_step,
             )
             if not isinstance(result, dict):
                 result = {"evaluator": result}
@@ -491,11 +521,13 @@ class CrossEncoderTrainer:
         if runtime > 0:
             metrics[f"{loss_prefix}_samples_per_second"] = round(rows / runtime, 3)
             metrics[f"{loss_prefix}_steps_per_second"] = round(math.ceil(rows / batch) / runtime, 3)
-        metrics["epoch"] = self.state.epoch
-        self.state.log_history.append({**metrics, "step": self.state.global_step})
-        self._call_back("on_log", logs=metrics)
-        self._call_back("on_evaluate", metrics=metrics)
-        return metrics
+        # The log entry has the epoch. sentence-transformers 6.2's log() adds it to the returned metrics too,
+        # except where they hold "eval_loss" (it logs a copy of those): so evaluate() returns them there
+        logged = {**metrics, "epoch": self.state.epoch}
+        self.state.log_history.append({**logged, "step": self.state.global_step})
+        self._call_back("on_log", logs=logged)
+        self._call_back("on_evaluate", metrics=logged)
+        return metrics if "eval_loss" in metrics else logged
 
     def _eval_loss(self, dataset: Any, name: str | None) -> tuple[float | None, int]:
         """Sum of the loss numerators over sum of denominators over the dataset (its last partial batch
@@ -575,7 +607,13 @@ class _RunHooks(RunCallback):
         self.logged_through = 0
 
     def _epoch(self, step: int) -> float:
-        return step / self.data.steps_per_epoch
+        """Hugging Face's ``state.epoch``: epochs done plus the share of this epoch's batches consumed (a step
+        takes ``k`` batches with accumulation, the epoch's last step what is left)."""
+        batches = getattr(self.data, "batches_per_epoch", None)
+        if not batches or step == 0:
+            return step / self.data.steps_per_epoch
+        done, index = divmod(step - 1, self.data.steps_per_epoch)
+        return done + min((index + 1) * self.data.k, batches) / batches
 
     def on_step(self, global_step: int, epoch: int, sync: Callable[[], None]) -> bool:
         trainer = self.trainer

@@ -100,7 +100,7 @@ BAD_ARGUMENTS = {
     ),  # fmt: skip
     "a negative seed": (
         ["train", "--model", "{model}", "--train", "{tmp}/classes.tsv", "--seed", "-1"],
-        "argument --seed: expected a non-negative integer, got '-1'",
+        "argument --seed: expected an integer in [0, 2**32), got '-1'",
     ),
     "a warm-up ratio that is not a fraction": (
         ["train", "--model", "{model}", "--train", "{tmp}/classes.tsv", "--warmup-ratio", "nan"],

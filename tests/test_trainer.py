@@ -585,6 +585,7 @@ def test_dataset_forms_evaluator_lists_and_epochs_as_sentence_transformers_reads
     from sentence_transformers.cross_encoder import CrossEncoderTrainer as STTrainer
     from sentence_transformers.cross_encoder import CrossEncoderTrainingArguments as STArgs
 
+    from crossjax.model_card import training_log_table
     from crossjax.trainer import dataset_columns
 
     rng = np.random.default_rng(5)
@@ -619,6 +620,8 @@ def test_dataset_forms_evaluator_lists_and_epochs_as_sentence_transformers_reads
     ours.train()
     epochs = [[h["epoch"] for h in t.state.log_history if "loss" in h] for t in (theirs, ours)]
     assert epochs[1] == epochs[0] == [0.75, 1.0, 1.75, 2.0]
+    table = training_log_table(model.model_card_data.training, {})
+    assert [row.split("|")[1].strip() for row in table.splitlines()[2:]] == ["0.75", "1.0", "1.75", "2.0"]
 
     # a dataset formatted to some of its columns gives those; a stream is read once; reserved names are refused
     formatted = Dataset.from_dict({**data, "id": list(range(10))})

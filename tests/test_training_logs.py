@@ -186,8 +186,11 @@ def test_a_fresh_run_in_the_same_folder_replaces_the_earlier_runs_logs(tiny_dir,
     """Trained afresh into the same output folder, TensorBoard shows only the new run's steps (as metrics.jsonl
     does), and a run that logs elsewhere does not embed the folder's old curves in its card."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboardX import SummaryWriter
 
     out = tmp_path / "model"
+    with SummaryWriter(str(out / TENSORBOARD_DIR)) as earlier:  # an earlier run's step 0 (an eval_on_start)
+        earlier.add_scalar("train/loss", 10.0, 0)
     histories = []
     for seed in (3, 4):
         model = CrossEncoder(tiny_dir, max_length=32)

@@ -18,6 +18,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from crossjax.data import checked_seed
 from crossjax.pair_files import EXTENSIONS, PairFileError, PairTable, read_documents, read_pairs
 
 PAIR_FORMAT = (
@@ -85,14 +86,11 @@ def _positive_int(value: str) -> int:
     return number
 
 
-def _non_negative_int(value: str) -> int:
+def _seed(value: str) -> int:
     try:
-        number = int(value)
+        return checked_seed(int(value))
     except ValueError:
-        number = -1
-    if number < 0:
-        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {value!r}")
-    return number
+        raise argparse.ArgumentTypeError(f"expected an integer in [0, 2**32), got {value!r}") from None
 
 
 # ----------------------------------------------------------------------------------------------- arguments
@@ -214,7 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-length", type=_positive_int, default=None, help="token limit per pair (default: the model's)")
     p.add_argument("--max-train-samples", type=_positive_int, default=None, help="random subset of the train pairs")
     p.add_argument("--max-dev-samples", type=_positive_int, default=None, help="random subset of the dev pairs")
-    p.add_argument("--seed", type=_non_negative_int, default=42, help="data order, dropout, head init and subsets")
+    p.add_argument("--seed", type=_seed, default=42, help="data order, dropout, head init and subsets")
     p.add_argument("--use-amp", action="store_true", help="bfloat16 compute (float32 master weights)")
     p.add_argument("--checkpoint-path", default=None, help="orbax checkpoints for preemption-safe resume")
     p.add_argument("--checkpoint-save-steps", type=_positive_int, default=500, help="steps between checkpoints")

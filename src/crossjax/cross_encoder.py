@@ -44,13 +44,16 @@ logger = logging.getLogger("crossjax")
 # slots for the pairs there are, rounded up to a power of two: a slot costs the head's work and memory whether a
 # pair fills it or not, and ``batch_size=10**6`` for five pairs once took 2.9 GB.
 SHARED_PREDICT_SLOTS = 1024
-DTYPES = {"float32": jnp.float32, "fp32": jnp.float32, "bfloat16": jnp.bfloat16, "bf16": jnp.bfloat16}
-
-
 def _as_dtype(dtype) -> Any:
-    resolved = compute_dtype_of(dtype)
-    if jnp.dtype(resolved) not in (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16)):
-        raise ValueError(f"compute dtype must be float32 or bfloat16, got {dtype}")
+    """A CrossEncoder's compute dtype (:func:`compute_dtype_of`'s forms): float32 or bfloat16 only."""
+    try:
+        resolved = compute_dtype_of(dtype)
+    except ValueError:
+        resolved = None
+    if resolved is None or jnp.dtype(resolved) not in (jnp.dtype(jnp.float32), jnp.dtype(jnp.bfloat16)):
+        float16 = resolved is not None and jnp.dtype(resolved) == jnp.float16
+        hint = " (float16 is not a crossjax compute dtype: use bfloat16)" if float16 else ""
+        raise ValueError(f"compute dtype must be float32 or bfloat16, got {dtype}{hint}")
     return resolved
 
 
@@ -107,15 +110,13 @@ def _compute_dtype_from_model_kwargs(model_kwargs: dict | None, compute_dtype: A
         )
     if dtype is None or (isinstance(dtype, str) and dtype == "auto"):
         return compute_dtype
-    name = str(dtype).removeprefix("torch.")
-    if name not in DTYPES:
-        raise ValueError(
-            f"model_kwargs dtype {dtype!r} is not supported: crossjax computes in float32 or bfloat16 "
-            "(parameters stay float32)"
-        )
-    if compute_dtype is not None and _as_dtype(compute_dtype) != DTYPES[name]:
+    try:
+        resolved = _as_dtype(dtype)
+    except ValueError as e:
+        raise ValueError(f"model_kwargs dtype: {e} (parameters stay float32)") from None
+    if compute_dtype is not None and _as_dtype(compute_dtype) != resolved:
         raise ValueError(f"compute_dtype={compute_dtype!r} contradicts model_kwargs dtype {dtype!r}")
-    return name
+    return resolved
 
 
 def _accepts_renamed_kwargs(renamed: dict[str, str], dropped: tuple[str, ...] = ()) -> Callable:
@@ -651,8 +652,10 @@ class CrossEncoder:
         )
         if create_model_card:
             try:
-                text = generate_model_card(self, out) if kept_card is None else reused_model_card(*kept_card, self, out)
-                write_model_card(out, text)
+                if kept_card is None:
+                    write_model_card(out, generate_model_card(self, out))
+                else:
+                    write_model_card(out, reused_model_card(*kept_card, self, out))
             except Exception as e:  # noqa: BLE001 - the model is saved; the card is documentation
                 logger.warning("Could not write the model card to %s: %s", out, e)
         logger.info("Saved model to %s", out)
@@ -901,14 +904,15 @@ class CrossEncoder:
         for value in values:
             if isinstance(value, int) and not isinstance(value, bool):  # torch: to(0) / cuda(0) is cuda:0
                 value = f"cuda:{value}"
-            name = str(value).split(".")[-1].lower()  # torch.bfloat16, "bf16", jnp.float32 ...
-            if name in ("float16", "half", "fp16"):
-                raise ValueError("float16 is not a crossjax compute dtype: use bfloat16 (model.bfloat16())")
-            if name in DTYPES or type(value).__name__ in ("dtype", "_ScalarMeta") or isinstance(value, type):
-                try:
-                    self.compute_dtype = _as_dtype(name if name in DTYPES else value)
-                except TypeError:  # a torch dtype numpy cannot read (torch.float64, torch.int64 ...)
-                    raise ValueError(f"compute dtype must be float32 or bfloat16, got {value}") from None
+            # a dtype (torch.bfloat16, "bf16", jnp.float32 ...) or anything dtype-like; else a device
+            dtype_like = type(value).__name__ in ("dtype", "_ScalarMeta") or isinstance(value, type)
+            try:
+                compute_dtype_of(value)
+                dtype_like = True
+            except ValueError:
+                pass
+            if dtype_like:
+                self.compute_dtype = _as_dtype(value)
                 continue
             platform, _, index = str(value).lower().partition(":")
             mesh_devices = list(self.mesh_plan.mesh.devices.flat)

@@ -54,10 +54,14 @@ class InputExample:
     __str__ = __repr__
 
 
+SEED_LIMIT = 2**32
+
+
 def checked_seed(seed: Any, name: str = "seed") -> int:
-    """``seed`` as an int, refused (naming ``name``) unless it is an integer numpy's generators take (>= 0)."""
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"{name} must be a non-negative integer, got {seed!r}")
+    """``seed`` as an int, refused (naming ``name``) unless it is in [0, 2**32): numpy's generators take no negative
+    seed, JAX's 32-bit keys would fold a larger one onto a smaller (as Hugging Face's set_seed refuses it)."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < SEED_LIMIT:
+        raise ValueError(f"{name} must be an integer in [0, 2**32), got {seed!r}")
     return int(seed)
 
 

@@ -60,6 +60,18 @@ class RunInfo:
     log_dir: str | None = None  # where this run writes metrics.jsonl and its curves (None: nowhere)
 
 
+def epoch_at(
+    step: int, steps_per_epoch: int, accumulation_steps: int = 1, batches_per_epoch: int | None = None
+) -> float:
+    """Hugging Face's ``state.epoch`` after optimizer step ``step``: the epochs done plus the share of the epoch's
+    batches consumed (a step takes ``accumulation_steps`` batches, an epoch's last step what is left). Without
+    ``batches_per_epoch``: the share of its steps."""
+    if not batches_per_epoch or step <= 0:
+        return step / steps_per_epoch
+    done, index = divmod(step - 1, steps_per_epoch)
+    return done + min((index + 1) * accumulation_steps, batches_per_epoch) / batches_per_epoch
+
+
 class RunCallback:
     """Hooks the fit loop calls; every method is a no-op here, so a callback overrides only what it needs."""
 
@@ -220,7 +232,7 @@ class TrainingLog(RunCallback):
 
             # TensorBoard drops the events of earlier files from purge_step on: a resumed run's orphaned steps,
             # and all of an earlier run's when this one starts afresh in the same folder (as metrics.jsonl does).
-            purge = {"purge_step": info.start_step + 1}
+            purge = {"purge_step": info.start_step + 1 if info.start_step > 0 else 0}
             # tensorboardX names event files by the second and host only: a resumed run starting within the
             # same second would overwrite the first run's file. A nanosecond suffix keeps each run's file and
             # sorts them in run order (TensorBoard reads files in name order, which the purge relies on).

@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import platform
+import shutil
 import time
 from collections.abc import Sequence
 from copy import copy
@@ -25,7 +26,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from crossjax.logs import CURVES_FILE, EVAL_PREFIX, RunCallback, RunInfo
+from crossjax.logs import CURVES_FILE, EVAL_PREFIX, RunCallback, RunInfo, epoch_at
 
 logger = logging.getLogger("crossjax")
 
@@ -89,6 +90,8 @@ class TrainingRecord:
     training_seconds: float | None = None
     devices: str | None = None
     curves_dir: str | None = None  # where the run drew training_curves.png (its log_dir)
+    batches_per_epoch: int | None = None  # with accumulation_steps: the Epoch column as Hugging Face counts it
+    accumulation_steps: int = 1
 
 
 @dataclass
@@ -190,6 +193,8 @@ class CrossEncoderModelCardData:
         training_seconds: float | None = None,
         devices: str | None = None,
         curves_dir: str | None = None,
+        batches_per_epoch: int | None = None,
+        accumulation_steps: int | None = None,
     ) -> TrainingRecord:
         """Record what a training run knows; fields left None keep what an earlier call recorded.
 
@@ -220,6 +225,8 @@ class CrossEncoderModelCardData:
             ("training_seconds", training_seconds),
             ("devices", devices),
             ("curves_dir", curves_dir),
+            ("batches_per_epoch", batches_per_epoch),
+            ("accumulation_steps", accumulation_steps),
         ):
             if value is not None:
                 setattr(record, name, value)
@@ -466,6 +473,9 @@ def reused_model_card(text: str, loaded_from: str | os.PathLike, model: Any, sav
     new = _python_string(card_location(model.model_card_data, save_path))
     for old in (str(Path(loaded_from).resolve()), MODEL_ID_PLACEHOLDER):
         text = text.replace(_python_string(old), new)
+    image, copy_to = Path(loaded_from) / CURVES_FILE, Path(save_path) / CURVES_FILE
+    if f"({CURVES_FILE})" in text and image.is_file() and image.resolve() != copy_to.resolve():
+        shutil.copyfile(image, copy_to)  # the image the card shows goes with it
     return text
 
 
@@ -802,7 +812,12 @@ def training_log_table(record: TrainingRecord, eval_results: dict[Any, dict[str,
             window.append(losses[step])
         if not (step % every == 0 or step in evaluated or step == last):
             continue
-        epoch = round(step / record.steps_per_epoch, 4) if record.steps_per_epoch else epochs[step]
+        if record.steps_per_epoch:
+            epoch = round(
+                epoch_at(step, record.steps_per_epoch, record.accumulation_steps, record.batches_per_epoch), 4
+            )
+        else:
+            epoch = epochs[step]
         logs_loss = step % every == 0 or step == last
         loss = format_value(sum(window) / len(window)) if window and logs_loss else "-"
         row = {"Epoch": epoch, "Step": step, "Training Loss": loss}

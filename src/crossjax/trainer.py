@@ -31,7 +31,7 @@ from flax import nnx
 
 from crossjax import losses, training
 from crossjax.list_batches import ListData, MultiListData
-from crossjax.logs import RunCallback
+from crossjax.logs import RunCallback, epoch_at
 from crossjax.model_card import CardRecorder
 from crossjax.runtime import is_main_process
 from crossjax.training_args import CrossEncoderTrainingArguments
@@ -93,15 +93,9 @@ def dataset_columns(dataset: Any, name: str) -> tuple[list[str], list[list[Any]]
     A ``datasets.IterableDataset`` is read once, whole, into memory (``fit`` streams; this trainer does not).
     A dataset formatted to some of its columns (``set_format(columns=...)``) gives those. The columns
     sentence-transformers reserves (``dataset_name``, ``return_loss``) are refused, as it refuses them."""
-    if type(dataset).__name__ == "IterableDataset":
-        rows = list(dataset)
-        names = list(dataset.column_names or (rows[0] if rows else {}))
-        table = {c: [row[c] for row in rows] for c in names}
-        get = table.__getitem__
-    elif hasattr(dataset, "column_names") and hasattr(dataset, "__getitem__"):
-        shown = (getattr(dataset, "format", None) or {}).get("columns")
-        hidden = shown is not None and not dataset.format.get("output_all_columns")
-        names = list(shown if hidden else dataset.column_names)
+    dataset = in_memory(dataset)
+    if hasattr(dataset, "column_names") and hasattr(dataset, "__getitem__"):
+        names = _column_names(dataset)
         get = dataset.__getitem__
     elif isinstance(dataset, dict) and all(
         isinstance(v, Sequence) and not isinstance(v, str) for v in dataset.values()
@@ -110,11 +104,7 @@ def dataset_columns(dataset: Any, name: str) -> tuple[list[str], list[list[Any]]
         get = dataset.__getitem__
     else:
         raise TypeError(f"{name} must be a datasets.Dataset (or a dict of equal-length columns), got {type(dataset)}")
-    if reserved := sorted(set(names) & {"dataset_name", "return_loss"}):
-        raise ValueError(
-            f"The following column names are invalid in {name}: {reserved}. Avoid using these column names, as "
-            "sentence-transformers reserves them for internal use"
-        )
+    _refuse_reserved_columns(dataset, name)
     label_name = next((c for c in LABEL_COLUMNS if c in names), None)
     inputs = [c for c in names if c != label_name]
     if not inputs:
@@ -125,6 +115,39 @@ def dataset_columns(dataset: Any, name: str) -> tuple[list[str], list[list[Any]]
         raise ValueError(f"{name}'s columns differ in length: {dict(zip(inputs, map(len, columns), strict=True))}")
     labels = None if label_name is None else list(get(label_name))
     return inputs, columns, labels
+
+
+def in_memory(dataset: Any) -> Any:
+    """``dataset`` with each ``datasets.IterableDataset`` in it read once, whole, into a ``datasets.Dataset``
+    (a dict of datasets keeps its names); anything else as it is."""
+    if isinstance(dataset, dict) and _is_dataset_dict(dataset):
+        return {name: in_memory(one) for name, one in dataset.items()} if _has_stream(dataset) else dataset
+    if type(dataset).__name__ == "IterableDataset":
+        from datasets import Dataset
+
+        return Dataset.from_list(list(dataset))
+    return dataset
+
+
+def _has_stream(datasets: dict) -> bool:
+    return any(type(one).__name__ == "IterableDataset" for one in datasets.values())
+
+
+def _column_names(dataset: Any) -> list[str]:
+    """The columns a dataset gives: those of its format (``set_format(columns=...)``), else all; a dict's keys."""
+    if not hasattr(dataset, "column_names"):
+        return list(dataset) if isinstance(dataset, dict) else []
+    shown = (getattr(dataset, "format", None) or {}).get("columns")
+    hidden = shown is not None and not dataset.format.get("output_all_columns")
+    return list(shown if hidden else dataset.column_names or [])
+
+
+def _refuse_reserved_columns(dataset: Any, name: str) -> None:
+    if reserved := sorted(set(_column_names(dataset)) & {"dataset_name", "return_loss"}):
+        raise ValueError(
+            f"The following column names are invalid in {name}: {reserved}. Avoid using these column names, as "
+            "sentence-transformers reserves them for internal use"
+        )
 
 
 def _is_dataset_dict(value: dict) -> bool:
@@ -170,8 +193,13 @@ class CrossEncoderTrainer:
         self.args = args if args is not None else CrossEncoderTrainingArguments(output_dir="trainer_output")
         if self.args.output_dir is None:
             self.args.output_dir = "trainer_output"
-        self.train_dataset = train_dataset
-        self.eval_dataset = eval_dataset
+        self.train_dataset = in_memory(train_dataset)
+        self.eval_dataset = in_memory(eval_dataset)
+        train_dataset, eval_dataset = self.train_dataset, self.eval_dataset
+        for dataset, what in ((train_dataset, "train_dataset"), (eval_dataset, "eval_dataset")):
+            named = dataset.items() if isinstance(dataset, dict) and _is_dataset_dict(dataset) else [(None, dataset)]
+            for name, one in named:
+                _refuse_reserved_columns(one, what if name is None else f"{what}[{name!r}]")
         if loss is None:
             loss = losses.BinaryCrossEntropyLoss(model) if model.num_labels == 1 else losses.CrossEntropyLoss(model)
         for name, one in (loss.items() if isinstance(loss, dict) else [("loss", loss)]):
@@ -205,6 +233,9 @@ class CrossEncoderTrainer:
             self.add_callback(callback)
         self.state = TrainerState()
         self.control = TrainerControl()
+        # As sentence-transformers' card callback at the trainer's creation: the model's card is now generated
+        # anew at save (a card it was loaded with no longer describes it)
+        model.model_card_data.add_tags("generated_from_trainer")
         self._eval_programs: dict[Any, Callable] = {}
         self._in_train = False  # evaluate() during train(): the evaluator runs with the first eval dataset only
 
@@ -433,6 +464,8 @@ class CrossEncoderTrainer:
             args=self.args.to_dict(),
             default_args=CrossEncoderTrainingArguments().to_dict(),
             steps_per_epoch=data.steps_per_epoch,
+            batches_per_epoch=getattr(data, "batches_per_epoch", None),
+            accumulation_steps=data.k,
         )
 
     def _checkpoint_path(self, resume: str | bool | None) -> str | None:
@@ -607,13 +640,8 @@ class _RunHooks(RunCallback):
         self.logged_through = 0
 
     def _epoch(self, step: int) -> float:
-        """Hugging Face's ``state.epoch``: epochs done plus the share of this epoch's batches consumed (a step
-        takes ``k`` batches with accumulation, the epoch's last step what is left)."""
-        batches = getattr(self.data, "batches_per_epoch", None)
-        if not batches or step == 0:
-            return step / self.data.steps_per_epoch
-        done, index = divmod(step - 1, self.data.steps_per_epoch)
-        return done + min((index + 1) * self.data.k, batches) / batches
+        """Hugging Face's ``state.epoch`` (batches consumed; steps for several datasets, whose batches differ)."""
+        return epoch_at(step, self.data.steps_per_epoch, self.data.k, getattr(self.data, "batches_per_epoch", None))
 
     def on_step(self, global_step: int, epoch: int, sync: Callable[[], None]) -> bool:
         trainer = self.trainer

@@ -75,6 +75,8 @@ def pair_rows(kind: str, seed: int) -> tuple[list[list], list]:
         labels[3] = 0.3  # a soft target
     elif kind == "class":
         labels = [int(v) for v in rng.integers(0, 3, 8)]
+    elif kind == "class_probabilities":  # a teacher's, as torch's cross-entropy takes them
+        labels = rng.dirichlet(np.ones(3), 8).tolist()
     else:
         labels = [float(v) for v in rng.normal(size=8)]
     return [queries, docs], labels
@@ -125,6 +127,7 @@ def long_list_rows() -> tuple[list[list], list]:
 BATCHES = {
     "binary": lambda: pair_rows("binary", 0),
     "class": lambda: pair_rows("class", 1),
+    "class_probabilities": lambda: pair_rows("class_probabilities", 9),
     "score": lambda: pair_rows("score", 2),
     "margin": lambda: margin_rows("margins", 3),
     "margin_scores": lambda: margin_rows("scores", 4),
@@ -169,6 +172,16 @@ CASES = {
         st_losses.CrossEntropyLoss,
         {"weight": torch.tensor([1.0, 2.0, 0.5]), "label_smoothing": 0.1},
         "class",
+        3,
+    ),
+    # class probabilities as targets: the loss called directly (sentence-transformers' collator hands its
+    # trainer list labels as Python lists, which its CrossEntropyLoss cannot take)
+    "cross_entropy_probabilities": (
+        cj.CrossEntropyLoss,
+        {"weight": np.array([1.0, 2.0, 0.5]), "label_smoothing": 0.1},
+        st_losses.CrossEntropyLoss,
+        {"weight": torch.tensor([1.0, 2.0, 0.5]), "label_smoothing": 0.1},
+        "class_probabilities",
         3,
     ),
     "mse": (cj.MSELoss, {}, st_losses.MSELoss, {}, "score", 1),

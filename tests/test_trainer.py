@@ -640,3 +640,33 @@ def test_dataset_forms_evaluator_lists_and_epochs_as_sentence_transformers_reads
         STTrainer(model=st_model, args=st_args, train_dataset=reserved)
     with pytest.raises(ValueError, match=r"\['dataset_name'\]"):
         CrossEncoderTrainer(model=model, args=args, train_dataset=reserved).train()
+
+
+def test_cross_entropy_takes_class_probabilities_as_torch_does(tiny_dirs, tmp_path):
+    """Soft targets (a teacher's class probabilities): the first step's loss is torch's cross-entropy of the
+    model's logits (sentence-transformers' own model, identity activation) against them, weighted and smoothed."""
+    import torch
+    from sentence_transformers.cross_encoder import CrossEncoder as STCrossEncoder
+
+    rng = np.random.default_rng(11)
+    data = {"q": [_text(rng, 3) for _ in range(8)], "d": [_text(rng, 5) for _ in range(8)]}
+    data["label"] = rng.dirichlet(np.ones(3), 8).tolist()
+    model = CrossEncoder(str(tiny_dirs[3]))
+    args = CrossEncoderTrainingArguments(
+        str(tmp_path), max_steps=1, per_device_train_batch_size=8, logging_steps=1, save_strategy="no",
+        disable_tqdm=True,
+    )  # fmt: skip
+    weight, smoothing = [1.0, 2.0, 0.5], 0.1
+    loss = losses.CrossEntropyLoss(model, weight=np.array(weight), label_smoothing=smoothing)
+    trainer = CrossEncoderTrainer(model=model, args=args, train_dataset=data, loss=loss)
+    trainer.train()
+    logits = STCrossEncoder(str(tiny_dirs[3]), device="cpu").predict(
+        list(zip(data["q"], data["d"], strict=True)), activation_fn=torch.nn.Identity(), convert_to_tensor=True
+    )
+    expected = torch.nn.CrossEntropyLoss(weight=torch.tensor(weight), label_smoothing=smoothing)(
+        logits.float(), torch.tensor(data["label"], dtype=torch.float32)
+    )
+    first = next(h["loss"] for h in trainer.state.log_history if "loss" in h)
+    np.testing.assert_allclose(first, float(expected), rtol=1e-4)
+    with pytest.raises(ValueError, match="row 1: label .* is not a list of 3 class probabilities"):
+        loss.validate([data["q"][:2], data["d"][:2]], [data["label"][0], [0.5, 0.5]])

@@ -161,6 +161,25 @@ def cross_entropy_parts(
     return jnp.sum(loss * mask), jnp.sum(w_y * mask)
 
 
+def soft_cross_entropy_parts(
+    logits: jnp.ndarray,
+    probabilities: jnp.ndarray,
+    example_mask: jnp.ndarray,
+    class_weights: jnp.ndarray | None = None,
+    label_smoothing: float = 0.0,
+) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """``torch.nn.CrossEntropyLoss`` with class-probability targets [N, C] (a teacher's, for distillation):
+    ``(sum(-sum_c w_c t_c log q_c), rows)`` over real rows, ``t`` smoothed as ``(1 - e) p + e / C``. As torch
+    does for probability targets, the mean is over rows, not over the weights."""
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    targets = probabilities.astype(jnp.float32)
+    if label_smoothing:
+        targets = (1.0 - label_smoothing) * targets + label_smoothing / logits.shape[-1]
+    if class_weights is not None:
+        targets = targets * jnp.asarray(class_weights, jnp.float32)[None, :]
+    return _masked_sum_and_count(-jnp.sum(targets * logp, axis=-1), example_mask.astype(jnp.float32))
+
+
 def mse(logits: jnp.ndarray, labels: jnp.ndarray, example_mask: jnp.ndarray) -> jnp.ndarray:
     """``torch.nn.MSELoss`` on ``logits[:, 0]`` vs float labels (regression), averaged over real rows."""
     return ratio(*mse_parts(logits, labels, example_mask))

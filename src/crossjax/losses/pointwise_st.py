@@ -26,6 +26,7 @@ from crossjax.losses.pointwise import (
     checked_label_smoothing,
     cross_entropy_parts,
     mse_parts,
+    soft_cross_entropy_parts,
 )
 from crossjax.losses.torch_compat import tensor_to_numpy
 
@@ -107,7 +108,8 @@ class BinaryCrossEntropyLoss(_PairLoss):
 
 class CrossEntropyLoss(_PairLoss):
     """sentence-transformers' ``CrossEntropyLoss``: ``nn.CrossEntropyLoss`` over the model's ``num_labels``
-    logits, an integer class per pair. Supports torch's ``weight`` and ``label_smoothing`` keywords."""
+    logits, an integer class per pair, or (every row alike) a list of ``num_labels`` class probabilities, as
+    torch takes them (e.g. a teacher's). Supports torch's ``weight`` and ``label_smoothing`` keywords."""
 
     requires_one_label = False
     allows_softmax = True  # applied over the class axis, as in sentence-transformers
@@ -131,18 +133,50 @@ class CrossEntropyLoss(_PairLoss):
             )
         self.label_smoothing = checked_label_smoothing(kwargs.get("label_smoothing", 0.0))
 
+    @staticmethod
+    def _soft(labels: Any) -> bool:
+        """Whether the labels are class probabilities (each row a list), judged by the first row."""
+        rows = labels.tolist() if hasattr(labels, "tolist") else list(labels or [])
+        return bool(rows) and isinstance(rows[0], list | tuple | np.ndarray)
+
+    def validate(self, columns: list[list], labels: Any, row_offset: int = 0) -> None:
+        self._soft_labels = self._soft(labels)
+        super().validate(columns, labels, row_offset)
+
     def _label_problem(self, label: Any) -> str | None:
+        classes = self.model.num_labels
+        if getattr(self, "_soft_labels", False):
+            row = list(label) if isinstance(label, list | tuple | np.ndarray) else None
+            if row is not None and len(row) == classes and all(is_finite_number(p) for p in row):
+                return None
+            return f"is not a list of {classes} class probabilities, as the first row's (num_labels={classes})"
         if is_number(label) and float(label).is_integer() and (
-            0 <= int(label) < self.model.num_labels or int(label) == self.ignore_index
+            0 <= int(label) < classes or int(label) == self.ignore_index
         ):
             return None
-        return f"is not an integer class index in [0, {self.model.num_labels}) (num_labels={self.model.num_labels})"
+        return f"is not an integer class index in [0, {classes}) (num_labels={classes})"
+
+    def layout(self, columns: list[list], labels: Any, rng: np.random.Generator) -> PairLayout:
+        if not self._soft(labels):
+            return super().layout(columns, labels, rng)
+        laid = super().layout(columns, [0] * len(columns[0]), rng)
+        probabilities = np.asarray(label_rows(labels, len(columns[0]), type(self).__name__), dtype=np.float32)
+        return PairLayout(laid.pairs, laid.index, probabilities)
+
+    def width(self, columns: list[list], labels: Any, rows_per_step: int | None = None) -> tuple[int, int]:
+        return 1, self.model.num_labels if self._soft(labels) else 1
 
     def parts(self, logits, doc_mask, labels, query_mask):
-        mask = self._row_mask(doc_mask, query_mask) & (labels[:, 0].astype(jnp.int32) != self.ignore_index)
+        soft = jnp.issubdtype(labels.dtype, jnp.floating)  # probabilities travel as float32, classes as int32
+        mask = self._row_mask(doc_mask, query_mask)
+        if not soft:
+            mask = mask & (labels[:, 0].astype(jnp.int32) != self.ignore_index)
         class_logits = jnp.where(mask[:, None], logits[:, 0, :].astype(jnp.float32), 0.0)
         if self.activation is not None:
             class_logits = self.activation(class_logits)
+        if soft:
+            targets = jnp.where(mask[:, None], labels[:, : class_logits.shape[-1]].astype(jnp.float32), 0.0)
+            return soft_cross_entropy_parts(class_logits, targets, mask, self.class_weights, self.label_smoothing)
         targets = jnp.where(mask, labels[:, 0].astype(jnp.int32), 0)
         return cross_entropy_parts(class_logits, targets, mask, self.class_weights, self.label_smoothing)
 

@@ -270,3 +270,74 @@ def test_a_stream_checkpoint_refuses_another_file_with_the_same_columns(tiny_dir
     CrossEncoder(tiny_dir).fit(first, **checkpoints, **RUN)
     with pytest.raises(CheckpointMismatchError, match=r"stream_files: checkpoint \['first.jsonl'\] vs now \['other"):
         CrossEncoder(tiny_dir).fit(jsonl("other.jsonl", 2), **checkpoints, **RUN)
+
+
+def test_streams_of_batches_keep_their_batches_and_resume_by_examples(tiny_dir, tmp_path):
+    """A generator of batches trains its batches (a list of the same batches is the oracle: batch size from the
+    first), and a resume skips the checkpoint's examples, not as many batches."""
+    examples = make_examples(48, seed=7)
+    batches = [examples[i : i + 4] for i in range(0, 48, 4)]
+    run = {**RUN, "batch_size": None, "max_steps": 6}
+    in_memory, straight = CrossEncoder(tiny_dir), CrossEncoder(tiny_dir)
+    in_memory.fit(list(batches), **run)
+    straight.fit(iter(batches), **run)
+    assert losses_of(straight) == losses_of(in_memory) and len(losses_of(straight)) == 6
+
+    def stop_after_step_3(score, epoch, steps):
+        if steps == 3:
+            raise KeyboardInterrupt("preempted")
+
+    checkpoints = {"checkpoint_path": str(tmp_path / "ckpt"), "checkpoint_save_steps": 2}
+    with pytest.raises(KeyboardInterrupt):
+        CrossEncoder(tiny_dir).fit(
+            iter(batches), evaluator=lambda *a, **k: 0.0, evaluation_steps=1, callback=stop_after_step_3,
+            **checkpoints, **run,
+        )  # fmt: skip
+    resumed = CrossEncoder(tiny_dir)
+    summary = resumed.fit(iter(batches), **checkpoints, **run)
+    assert summary["resumed_from_step"] == 2 and summary["stream_examples"] == 24
+    assert losses_of(resumed) == losses_of(straight)[2:]
+    assert_same_params(straight, resumed)
+
+
+def test_torch_iterable_datasets_stream_and_a_loaders_drop_last_holds(tiny_dir):
+    import torch
+
+    examples = make_examples(26, seed=8)
+
+    class Pairs(torch.utils.data.IterableDataset):
+        reads = 0
+
+        def __iter__(self):
+            for ex in examples:
+                type(self).reads += 1
+                yield ex
+
+    # drop_last: torch's own iteration of the loader is the oracle (6 batches of 4, the last 2 pairs dropped)
+    loader = torch.utils.data.DataLoader(Pairs(), batch_size=4, drop_last=True, collate_fn=list)
+    assert [len(b) for b in loader] == [4] * 6
+    in_memory, streamed = CrossEncoder(tiny_dir), CrossEncoder(tiny_dir)
+    in_memory.fit(list(examples[:24]), **RUN)
+    summary = streamed.fit(loader, max_steps=100, **{**RUN, "batch_size": None})
+    assert summary["global_step"] == 6 and summary["stream_examples"] == 24
+    assert_same_params(in_memory, streamed)
+    # a bare torch IterableDataset is a stream too: max_steps reads what it needs, not the whole dataset
+    Pairs.reads = 0
+    summary = CrossEncoder(tiny_dir).fit(Pairs(), max_steps=2, **RUN)
+    assert summary["stream_examples"] == 8 and Pairs.reads < 26
+
+
+def test_a_streams_text_columns_come_from_its_schema_and_in_memory_refuses_a_shuffle_buffer(tiny_dir, tmp_path):
+    import datasets
+
+    path = tmp_path / "pairs.jsonl"
+    rows = [{"a": None, "b": "x y", "note": "n", "label": 1.0}, {"a": "z", "b": "w", "note": "m", "label": 0.0}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows * 4))
+    in_memory = datasets.load_dataset("json", data_files=str(path), split="train")
+    stream = datasets.load_dataset("json", data_files=str(path), split="train", streaming=True)
+    with pytest.raises(ValueError, match="Example 0: text 0 is None"):
+        CrossEncoder(tiny_dir).fit(in_memory, **RUN)
+    with pytest.raises(ValueError, match="Example 0: text 0 is None"):  # not a pair of the other columns
+        CrossEncoder(tiny_dir).fit(stream, max_steps=2, **RUN)
+    with pytest.raises(ValueError, match="shuffle_buffer_size=8 applies to streams"):
+        CrossEncoder(tiny_dir).fit(make_examples(8), shuffle_buffer_size=8, **RUN)

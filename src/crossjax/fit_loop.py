@@ -413,6 +413,11 @@ class _InMemoryData:
 
     def __init__(self, target: FitTarget, train_dataloader: Any, cfg: FitConfig) -> None:
         model, plan = target.model, target.plan
+        if cfg.shuffle_buffer_size:
+            raise ValueError(
+                f"shuffle_buffer_size={cfg.shuffle_buffer_size} applies to streams; data in memory is shuffled whole "
+                "each epoch (DataLoader(..., shuffle=True)): leave it at 0"
+            )
         examples, batch_size, shuffle, drop_last, loader_seed = data_lib.collect_examples(
             train_dataloader, batch_size=cfg.batch_size
         )

@@ -45,6 +45,7 @@ restarts each process at its own.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import itertools
 import math
 import os
@@ -82,6 +83,7 @@ class StreamSource:
     batch_size: int | None
     description: str
     shard: tuple[int, int] = (0, 1)
+    drop_last: bool = False  # a DataLoader's drop_last: the stream's last partial batch is not trained
 
     def open(self, skip: int) -> Iterator[Any]:
         """Iterate the stream's items (examples or rows) from item ``skip`` (of this shard) on."""
@@ -97,9 +99,20 @@ class StreamSource:
             return iter(source.skip(skip))
         return itertools.islice(iter(source), skip, None)
 
+    def examples(self, skip: int) -> Iterator[Any]:
+        """The stream's examples (rows and batches taken apart) from example ``skip`` (of this shard) on: a
+        checkpoint's data position counts examples, whatever the items are."""
+        features = getattr(self.source, "features", None) if _is_iterable_dataset(self.source) else None
+        if _is_iterable_dataset(self.source) and not self.drop_last:  # rows are examples: datasets skips fast
+            return _flatten(self.open(skip), features)
+        examples = _flatten(self.open(0), features)
+        if self.drop_last and self.batch_size:
+            examples = _whole_batches(examples, self.batch_size)
+        return itertools.islice(examples, skip, None)
+
     def sharded(self, index: int, count: int) -> StreamSource:
         """This stream's shard ``index`` of ``count``."""
-        return StreamSource(self.source, self.batch_size, self.description, (int(index), int(count)))
+        return dataclasses.replace(self, shard=(int(index), int(count)))
 
     def read_twice(self) -> tuple[StreamSource, StreamSource]:
         """Two sources of the same items: a one-shot iterator is split with ``itertools.tee`` (which holds only
@@ -107,17 +120,16 @@ class StreamSource:
         if not isinstance(self.source, Iterator):
             return self, self
         first, second = itertools.tee(self.source)
-        return (
-            StreamSource(first, self.batch_size, self.description, self.shard),
-            StreamSource(second, self.batch_size, self.description, self.shard),
-        )
+        return dataclasses.replace(self, source=first), dataclasses.replace(self, source=second)
 
 
 def as_stream(train_dataloader: Any) -> StreamSource | None:
     """The stream in ``train_dataloader``, or None for in-memory inputs (lists, DataLoaders, ``datasets.Dataset``).
 
-    Streams are a ``datasets.IterableDataset``, an iterator or generator (no length), and a torch DataLoader
-    over an iterable dataset (its ``batch_size`` is used; it is never iterated).
+    Streams are a ``datasets.IterableDataset``, a torch ``IterableDataset``, an iterator or generator (no
+    length), and a torch DataLoader over an iterable dataset (its ``batch_size`` and ``drop_last`` are used; it is
+    never iterated). A stream of batches (lists of examples) without a batch size of its own has that of its first
+    batch, as a list of batches does.
     """
     if _is_iterable_dataset(train_dataloader):
         return StreamSource(train_dataloader, None, f"datasets.IterableDataset {_columns(train_dataloader)}")
@@ -125,12 +137,38 @@ def as_stream(train_dataloader: Any) -> StreamSource | None:
     if hasattr(train_dataloader, "sampler") and (
         _is_iterable_dataset(dataset) or _is_torch_iterable_dataset(dataset)
     ):
-        return StreamSource(
-            dataset, train_dataloader.batch_size, f"DataLoader over {type(dataset).__name__} {_columns(dataset)}"
-        )
+        size = train_dataloader.batch_size
+        description = f"DataLoader over {type(dataset).__name__} {_columns(dataset)}"
+        if size is None and _is_torch_iterable_dataset(dataset):
+            size = _batch_length(next(iter(dataset), None))  # re-iterable: the first item only is read
+        return StreamSource(dataset, size, description, drop_last=bool(getattr(train_dataloader, "drop_last", False)))
+    if _is_torch_iterable_dataset(train_dataloader):
+        size = _batch_length(next(iter(train_dataloader), None))
+        return StreamSource(train_dataloader, size, f"{type(train_dataloader).__name__} (torch IterableDataset)")
     if isinstance(train_dataloader, Iterator):
-        return StreamSource(train_dataloader, None, f"iterator {type(train_dataloader).__name__}")
+        first = next(train_dataloader, None)
+        source = itertools.chain([] if first is None else [first], train_dataloader)
+        return StreamSource(source, _batch_length(first), f"iterator {type(train_dataloader).__name__}")
     return None
+
+
+def _is_batch(item: Any) -> bool:
+    return isinstance(item, (list, tuple)) and not hasattr(item, "texts")
+
+
+def _batch_length(item: Any) -> int | None:
+    """The length of a stream's first item when it is a batch of examples (not a pair of texts), else None."""
+    if _is_batch(item) and item and not all(isinstance(x, str) for x in item):
+        return len(item)
+    return None
+
+
+def _whole_batches(examples: Iterator[Any], batch_size: int) -> Iterator[Any]:
+    """``examples`` without a last partial batch of ``batch_size`` (torch's ``drop_last``)."""
+    while batch := list(itertools.islice(examples, batch_size)):
+        if len(batch) < batch_size:
+            return
+        yield from batch
 
 
 def data_file_names(ds: Any) -> list[str] | None:
@@ -154,12 +192,14 @@ def _columns(ds: Any) -> list[str] | None:
 
 
 class _RowReader:
-    """Turns rows (dicts of a ``datasets.IterableDataset``) into examples, columns found on the first row as
-    :func:`crossjax.data.collect_examples` finds them for a ``datasets.Dataset``."""
+    """Turns rows (dicts of a ``datasets.IterableDataset``) into examples, columns found as
+    :func:`crossjax.data.collect_examples` finds them for a ``datasets.Dataset``: by the stream's schema
+    (``features``) where it has one, else by the first row's value types."""
 
-    def __init__(self) -> None:
+    def __init__(self, features: Any = None) -> None:
         self.pair: tuple[str, str] | None = None
         self.label: str | None = None
+        self.features = features
 
     def __call__(self, row: Any) -> Any:
         if not isinstance(row, dict):
@@ -169,7 +209,7 @@ class _RowReader:
             self.label = next((c for c in data_lib._LABEL_COLUMNS if c in columns), None)
             pair = next((p for p in data_lib._PAIR_COLUMNS if p[0] in columns and p[1] in columns), None)
             if pair is None:
-                strings = [c for c in columns if c != self.label and isinstance(row[c], str)]
+                strings = [c for c in columns if c != self.label and self._is_text(c, row[c])]
                 if len(strings) < 2:
                     raise ValueError(
                         f"could not find two text columns in the stream (columns {columns}); name them e.g. "
@@ -180,12 +220,18 @@ class _RowReader:
         label = row.get(self.label) if self.label is not None else None
         return data_lib.InputExample(texts=[row.get(self.pair[0]), row.get(self.pair[1])], label=label)
 
+    def _is_text(self, column: str, value: Any) -> bool:
+        feature = self.features.get(column) if self.features else None
+        if feature is not None:  # a null first value does not hide a text column
+            return getattr(feature, "dtype", None) in ("string", "large_string")
+        return isinstance(value, str)
 
-def _flatten(items: Iterable[Any]) -> Iterator[Any]:
+
+def _flatten(items: Iterable[Any], features: Any = None) -> Iterator[Any]:
     """Examples one by one: rows become examples, batches (lists of examples) are flattened."""
-    to_example = _RowReader()
+    to_example = _RowReader(features)
     for item in items:
-        if isinstance(item, (list, tuple)) and not hasattr(item, "texts"):
+        if _is_batch(item):
             data_lib.reject_text_row(list(item), item)
             yield from (to_example(x) for x in item)
         else:
@@ -253,11 +299,11 @@ class StreamReader:
     def _ordered(self) -> Iterator[tuple[int, Any]]:
         """(number in the stream, example) in training order, from the data position ``start`` on."""
         if self.block <= 0:
-            yield from enumerate(_flatten(self.source.open(self.start)), start=self.start)
+            yield from enumerate(self.source.examples(self.start), start=self.start)
             return
         block_index = self.start // self.block
         first = block_index * self.block
-        items = enumerate(_flatten(self.source.open(first)), start=first)
+        items = enumerate(self.source.examples(first), start=first)
         drop = self.start - first
         while True:
             chunk = list(itertools.islice(items, self.block))

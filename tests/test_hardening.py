@@ -181,6 +181,13 @@ def test_predict_arguments(tiny_dir):
     np.testing.assert_array_equal(ce.predict(sentences=pairs), ce.predict(pairs))  # the legacy name
     with pytest.raises(ValueError, match="multi-process"):
         ce.predict(pairs, device="cuda:1")
+    # a DataFrame iterates its column names: sentence-transformers refuses it, and so does crossjax (naming the fix)
+    import pandas as pd
+
+    frame = pd.DataFrame({"query": [a for a, _ in pairs], "doc": [b for _, b in pairs]})
+    with pytest.raises(ValueError, match=r"does not take a DataFrame.*values\.tolist\(\)"):
+        ce.predict(frame)
+    np.testing.assert_array_equal(ce.predict(frame.values.tolist()), ce.predict(pairs))
 
 
 # -------------------------------------------------------------------- 4. unexportable activation, early

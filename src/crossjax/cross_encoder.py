@@ -1029,6 +1029,11 @@ def _pair_texts(inputs: Any) -> tuple[bool, list[str], list[str]]:
         raise ValueError(
             f"predict() takes one (text_a, text_b) pair or a list of them, got a {type(inputs).__name__}"
         )
+    if hasattr(inputs, "columns") and hasattr(inputs, "to_numpy"):  # as sentence-transformers refuses it
+        raise ValueError(
+            f"predict() does not take a {type(inputs).__name__}: iterating one gives its column names, not its rows. "
+            "Pass its rows as pairs, e.g. df[['text_a', 'text_b']].values.tolist()"
+        )
     if not isinstance(inputs, (list, tuple, np.ndarray)):
         inputs = list(inputs)  # a generator, a dataset column ...
     if len(inputs) == 2 and any(isinstance(t, str) for t in inputs):

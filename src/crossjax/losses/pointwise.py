@@ -141,11 +141,22 @@ def cross_entropy_parts(
     label_smoothing: float = 0.0,
 ) -> tuple[jnp.ndarray, jnp.ndarray]:
     """(numerator, denominator) of :func:`cross_entropy`: ``(sum(w[y] * loss), sum(w[y]))`` over real rows
-    (``w`` = 1 without class weights; label smoothing changes the numerator only, as in torch)."""
+    (``w`` = 1 without class weights; label smoothing changes the numerator only, as in torch).
+
+    ``labels`` of shape [N, C] are class probabilities (torch's soft targets, e.g. a teacher's): the numerator
+    is ``sum(-sum_c w_c t_c log q_c)`` with ``t = (1 - e) p + e / C``, and as torch does for them the mean is
+    over rows, not over the weights."""
     logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    mask = example_mask.astype(jnp.float32)
+    if labels.ndim == 2:
+        targets = labels.astype(jnp.float32)
+        if label_smoothing:
+            targets = (1.0 - label_smoothing) * targets + label_smoothing / logits.shape[-1]
+        if class_weights is not None:
+            targets = targets * jnp.asarray(class_weights, jnp.float32)[None, :]
+        return _masked_sum_and_count(-jnp.sum(targets * logp, axis=-1), mask)
     y = labels.astype(jnp.int32)
     nll = -jnp.take_along_axis(logp, y[:, None], axis=-1)[:, 0]
-    mask = example_mask.astype(jnp.float32)
     if class_weights is None:
         loss = nll
         if label_smoothing:
@@ -159,25 +170,6 @@ def cross_entropy_parts(
         smooth = -jnp.sum(logp * w[None, :], axis=-1) / num_classes
         loss = (1.0 - label_smoothing) * loss + label_smoothing * smooth
     return jnp.sum(loss * mask), jnp.sum(w_y * mask)
-
-
-def soft_cross_entropy_parts(
-    logits: jnp.ndarray,
-    probabilities: jnp.ndarray,
-    example_mask: jnp.ndarray,
-    class_weights: jnp.ndarray | None = None,
-    label_smoothing: float = 0.0,
-) -> tuple[jnp.ndarray, jnp.ndarray]:
-    """``torch.nn.CrossEntropyLoss`` with class-probability targets [N, C] (a teacher's, for distillation):
-    ``(sum(-sum_c w_c t_c log q_c), rows)`` over real rows, ``t`` smoothed as ``(1 - e) p + e / C``. As torch
-    does for probability targets, the mean is over rows, not over the weights."""
-    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-    targets = probabilities.astype(jnp.float32)
-    if label_smoothing:
-        targets = (1.0 - label_smoothing) * targets + label_smoothing / logits.shape[-1]
-    if class_weights is not None:
-        targets = targets * jnp.asarray(class_weights, jnp.float32)[None, :]
-    return _masked_sum_and_count(-jnp.sum(targets * logp, axis=-1), example_mask.astype(jnp.float32))
 
 
 def mse(logits: jnp.ndarray, labels: jnp.ndarray, example_mask: jnp.ndarray) -> jnp.ndarray:

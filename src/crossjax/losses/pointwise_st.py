@@ -26,7 +26,6 @@ from crossjax.losses.pointwise import (
     checked_label_smoothing,
     cross_entropy_parts,
     mse_parts,
-    soft_cross_entropy_parts,
 )
 from crossjax.losses.torch_compat import tensor_to_numpy
 
@@ -176,8 +175,8 @@ class CrossEntropyLoss(_PairLoss):
             class_logits = self.activation(class_logits)
         if soft:
             targets = jnp.where(mask[:, None], labels[:, : class_logits.shape[-1]].astype(jnp.float32), 0.0)
-            return soft_cross_entropy_parts(class_logits, targets, mask, self.class_weights, self.label_smoothing)
-        targets = jnp.where(mask, labels[:, 0].astype(jnp.int32), 0)
+        else:
+            targets = jnp.where(mask, labels[:, 0].astype(jnp.int32), 0)
         return cross_entropy_parts(class_logits, targets, mask, self.class_weights, self.label_smoothing)
 
     def get_config_dict(self) -> dict[str, Any]:

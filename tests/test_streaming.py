@@ -321,6 +321,16 @@ def test_torch_iterable_datasets_stream_and_a_loaders_drop_last_holds(tiny_dir):
     summary = streamed.fit(loader, max_steps=100, **{**RUN, "batch_size": None})
     assert summary["global_step"] == 6 and summary["stream_examples"] == 24
     assert_same_params(in_memory, streamed)
+    # drop_last drops the run's last partial step (fit's batch_size 8 here), as for the same loader over a list
+    fourteen = examples[:14]
+    in_memory, streamed = CrossEncoder(tiny_dir), CrossEncoder(tiny_dir)
+    in_memory.fit(
+        torch.utils.data.DataLoader(fourteen, batch_size=4, drop_last=True, collate_fn=list), **{**RUN, "batch_size": 8}
+    )
+    Pairs.reads, examples[:] = 0, fourteen
+    summary = streamed.fit(loader, max_steps=100, **{**RUN, "batch_size": 8})
+    assert summary["global_step"] == len(losses_of(in_memory)) == 1 and summary["stream_examples"] == 8
+    assert_same_params(in_memory, streamed)
     # a bare torch IterableDataset is a stream too: max_steps reads what it needs, not the whole dataset
     Pairs.reads = 0
     summary = CrossEncoder(tiny_dir).fit(Pairs(), max_steps=2, **RUN)

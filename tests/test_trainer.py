@@ -670,3 +670,7 @@ def test_cross_entropy_takes_class_probabilities_as_torch_does(tiny_dirs, tmp_pa
     np.testing.assert_allclose(first, float(expected), rtol=1e-4)
     with pytest.raises(ValueError, match="row 1: label .* is not a list of 3 class probabilities"):
         loss.validate([data["q"][:2], data["d"][:2]], [data["label"][0], [0.5, 0.5]])
+    from crossjax.list_batches import group_by_label_batches
+
+    with pytest.raises(ValueError, match="GROUP_BY_LABEL groups rows by one label each; row 0"):
+        group_by_label_batches(data["label"], 4, rng, False)

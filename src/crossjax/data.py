@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -124,6 +124,29 @@ def _is_hf_dataset(obj: Any) -> bool:
     return hasattr(obj, "column_names") and hasattr(obj, "features") and not hasattr(obj, "sampler")
 
 
+def is_text_feature(feature: Any) -> bool:
+    """A ``datasets`` column of strings."""
+    return getattr(feature, "dtype", None) in ("string", "large_string")
+
+
+def pair_and_label_columns(
+    columns: list[str], is_text: Callable[[str], bool], what: str
+) -> tuple[tuple[str, str], str | None]:
+    """The two text columns and the label column of a dataset or stream: the pair by name, else the first two
+    text columns; the label from "label"/"labels"/"score" if present."""
+    label = next((c for c in _LABEL_COLUMNS if c in columns), None)
+    pair = next((p for p in _PAIR_COLUMNS if p[0] in columns and p[1] in columns), None)
+    if pair is None:
+        texts = [c for c in columns if c != label and is_text(c)]
+        if len(texts) < 2:
+            raise ValueError(
+                f"could not find two text columns in the {what} (columns {columns}); name them e.g. "
+                "'sentence1'/'sentence2' or make the first two string columns the pair"
+            )
+        pair = (texts[0], texts[1])
+    return pair, label
+
+
 def _examples_from_hf_dataset(ds: Any) -> list[InputExample]:
     """Read a ``datasets.Dataset`` column-wise into examples (pair columns by name, else the first two
     string columns; the label from "label"/"labels"/"score" if present)."""
@@ -132,20 +155,7 @@ def _examples_from_hf_dataset(ds: Any) -> list[InputExample]:
         raise TypeError(f"got a DatasetDict with splits {sorted(columns)}; pass one split, e.g. ds['train']")
     if columns is None:
         raise TypeError("streaming datasets (IterableDataset) without known columns are not supported")
-    label_col = next((c for c in _LABEL_COLUMNS if c in columns), None)
-    pair = next((p for p in _PAIR_COLUMNS if p[0] in columns and p[1] in columns), None)
-    if pair is None:
-        string_cols = [
-            c
-            for c in columns
-            if c != label_col and getattr(ds.features[c], "dtype", None) in ("string", "large_string")
-        ]
-        if len(string_cols) < 2:
-            raise ValueError(
-                f"could not find two text columns in the dataset (columns {columns}); name them e.g. "
-                "'sentence1'/'sentence2' or make the first two string columns the pair"
-            )
-        pair = (string_cols[0], string_cols[1])
+    pair, label_col = pair_and_label_columns(list(columns), lambda c: is_text_feature(ds.features[c]), "dataset")
     a, b = ds[pair[0]], ds[pair[1]]
     labels = ds[label_col] if label_col is not None else [None] * len(a)
     return [InputExample(texts=[x, y], label=lab) for x, y, lab in zip(a, b, labels, strict=True)]

@@ -853,7 +853,7 @@ def _run_fit(
         stream, data = None, data_source
         loss_fn, activation = loss_fct, losses.identity
     else:
-        stream = streaming.as_stream(train_dataloader)
+        stream = streaming.as_stream(train_dataloader, cfg.batch_size)
         loss_fn = losses.resolve_loss(loss_fct, model.num_labels)
         activation = losses.resolve_activation(activation_fct)
         data = _StreamData(target, stream, cfg) if stream is not None else _InMemoryData(target, train_dataloader, cfg)

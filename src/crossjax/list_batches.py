@@ -172,6 +172,8 @@ def group_by_label_batches(
         raise ValueError(f"batch_sampler=GROUP_BY_LABEL needs an even batch size >= 4, got {batch_size}")
     by_label: dict[Any, list[int]] = {}
     for row, label in enumerate(labels):
+        if np.ndim(label) != 0:
+            raise ValueError(f"batch_sampler=GROUP_BY_LABEL groups rows by one label each; row {row} has {label!r}")
         by_label.setdefault(np.asarray(label).item(), []).append(row)
     queues = {label: rows for label, rows in by_label.items() if len(rows) >= 2}
     if len(queues) < 2:

@@ -83,7 +83,7 @@ class StreamSource:
     batch_size: int | None
     description: str
     shard: tuple[int, int] = (0, 1)
-    drop_last: bool = False  # a DataLoader's drop_last: the stream's last partial batch is not trained
+    drop_last: bool = False  # a DataLoader's drop_last: the stream's last partial step is not trained
 
     def open(self, skip: int) -> Iterator[Any]:
         """Iterate the stream's items (examples or rows) from item ``skip`` (of this shard) on."""
@@ -103,12 +103,9 @@ class StreamSource:
         """The stream's examples (rows and batches taken apart) from example ``skip`` (of this shard) on: a
         checkpoint's data position counts examples, whatever the items are."""
         features = getattr(self.source, "features", None) if _is_iterable_dataset(self.source) else None
-        if _is_iterable_dataset(self.source) and not self.drop_last:  # rows are examples: datasets skips fast
+        if _is_iterable_dataset(self.source):  # rows are examples: datasets skips them fast
             return _flatten(self.open(skip), features)
-        examples = _flatten(self.open(0), features)
-        if self.drop_last and self.batch_size:
-            examples = _whole_batches(examples, self.batch_size)
-        return itertools.islice(examples, skip, None)
+        return itertools.islice(_flatten(self.open(0), features), skip, None)
 
     def sharded(self, index: int, count: int) -> StreamSource:
         """This stream's shard ``index`` of ``count``."""
@@ -123,13 +120,14 @@ class StreamSource:
         return dataclasses.replace(self, source=first), dataclasses.replace(self, source=second)
 
 
-def as_stream(train_dataloader: Any) -> StreamSource | None:
+def as_stream(train_dataloader: Any, batch_size: int | None = None) -> StreamSource | None:
     """The stream in ``train_dataloader``, or None for in-memory inputs (lists, DataLoaders, ``datasets.Dataset``).
 
     Streams are a ``datasets.IterableDataset``, a torch ``IterableDataset``, an iterator or generator (no
     length), and a torch DataLoader over an iterable dataset (its ``batch_size`` and ``drop_last`` are used; it is
-    never iterated). A stream of batches (lists of examples) without a batch size of its own has that of its first
-    batch, as a list of batches does.
+    never iterated). A stream of batches (lists of examples) without a batch size of its own (nor ``batch_size``,
+    fit's) has that of its first batch, as a list of batches does: a torch dataset is then started once more to
+    read it.
     """
     if _is_iterable_dataset(train_dataloader):
         return StreamSource(train_dataloader, None, f"datasets.IterableDataset {_columns(train_dataloader)}")
@@ -139,11 +137,11 @@ def as_stream(train_dataloader: Any) -> StreamSource | None:
     ):
         size = train_dataloader.batch_size
         description = f"DataLoader over {type(dataset).__name__} {_columns(dataset)}"
-        if size is None and _is_torch_iterable_dataset(dataset):
+        if size is None and batch_size is None and _is_torch_iterable_dataset(dataset):
             size = _batch_length(next(iter(dataset), None))  # re-iterable: the first item only is read
         return StreamSource(dataset, size, description, drop_last=bool(getattr(train_dataloader, "drop_last", False)))
     if _is_torch_iterable_dataset(train_dataloader):
-        size = _batch_length(next(iter(train_dataloader), None))
+        size = None if batch_size is not None else _batch_length(next(iter(train_dataloader), None))
         return StreamSource(train_dataloader, size, f"{type(train_dataloader).__name__} (torch IterableDataset)")
     if isinstance(train_dataloader, Iterator):
         first = next(train_dataloader, None)
@@ -162,13 +160,6 @@ def _batch_length(item: Any) -> int | None:
         return len(item)
     return None
 
-
-def _whole_batches(examples: Iterator[Any], batch_size: int) -> Iterator[Any]:
-    """``examples`` without a last partial batch of ``batch_size`` (torch's ``drop_last``)."""
-    while batch := list(itertools.islice(examples, batch_size)):
-        if len(batch) < batch_size:
-            return
-        yield from batch
 
 
 def data_file_names(ds: Any) -> list[str] | None:
@@ -205,25 +196,16 @@ class _RowReader:
         if not isinstance(row, dict):
             return row
         if self.pair is None:
-            columns = list(row)
-            self.label = next((c for c in data_lib._LABEL_COLUMNS if c in columns), None)
-            pair = next((p for p in data_lib._PAIR_COLUMNS if p[0] in columns and p[1] in columns), None)
-            if pair is None:
-                strings = [c for c in columns if c != self.label and self._is_text(c, row[c])]
-                if len(strings) < 2:
-                    raise ValueError(
-                        f"could not find two text columns in the stream (columns {columns}); name them e.g. "
-                        "'sentence1'/'sentence2' or make the first two string columns the pair"
-                    )
-                pair = (strings[0], strings[1])
-            self.pair = pair
+            self.pair, self.label = data_lib.pair_and_label_columns(
+                list(row), lambda c: self._is_text(c, row[c]), "stream"
+            )
         label = row.get(self.label) if self.label is not None else None
         return data_lib.InputExample(texts=[row.get(self.pair[0]), row.get(self.pair[1])], label=label)
 
     def _is_text(self, column: str, value: Any) -> bool:
         feature = self.features.get(column) if self.features else None
         if feature is not None:  # a null first value does not hide a text column
-            return getattr(feature, "dtype", None) in ("string", "large_string")
+            return data_lib.is_text_feature(feature)
         return isinstance(value, str)
 
 
@@ -321,8 +303,8 @@ class StreamReader:
             ordered = self._ordered()
             for _ in range(self.max_steps):
                 chunk = list(itertools.islice(ordered, self.step_size))
-                if not chunk:
-                    break
+                if not chunk or (self.source.drop_last and len(chunk) < self.step_size):
+                    break  # the end, or a last partial step that the DataLoader's drop_last drops
                 texts_a, texts_b, parts = [], [], []
                 for number, example in chunk:
                     a, b, label = data_lib.validate_examples([example], self.num_labels, start=number)

@@ -126,9 +126,10 @@ def cross_entropy(
     class_weights: jnp.ndarray | None = None,
     label_smoothing: float = 0.0,
 ) -> jnp.ndarray:
-    """``torch.nn.CrossEntropyLoss`` with integer class labels, averaged over real rows.
+    """``torch.nn.CrossEntropyLoss`` with integer class labels [N] (or class probabilities [N, C], see
+    :func:`cross_entropy_parts`), averaged over real rows.
 
-    With ``class_weights`` the mean is weighted like torch's: ``sum(w[y] * loss) / sum(w[y])``.
+    With ``class_weights`` and class labels the mean is weighted like torch's: ``sum(w[y] * loss) / sum(w[y])``.
     """
     return ratio(*cross_entropy_parts(logits, labels, example_mask, class_weights, label_smoothing))
 

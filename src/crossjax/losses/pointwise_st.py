@@ -136,7 +136,7 @@ class CrossEntropyLoss(_PairLoss):
     def _soft(labels: Any) -> bool:
         """Whether the labels are class probabilities (each row a list), judged by the first row."""
         rows = labels.tolist() if hasattr(labels, "tolist") else list(labels or [])
-        return bool(rows) and isinstance(rows[0], list | tuple | np.ndarray)
+        return bool(rows) and isinstance(rows[0], list | tuple | np.ndarray) and np.ndim(rows[0]) == 1
 
     def validate(self, columns: list[list], labels: Any, row_offset: int = 0) -> None:
         self._soft_labels = self._soft(labels)

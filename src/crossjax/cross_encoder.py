@@ -44,6 +44,8 @@ logger = logging.getLogger("crossjax")
 # slots for the pairs there are, rounded up to a power of two: a slot costs the head's work and memory whether a
 # pair fills it or not, and ``batch_size=10**6`` for five pairs once took 2.9 GB.
 SHARED_PREDICT_SLOTS = 1024
+
+
 def _as_dtype(dtype) -> Any:
     """A CrossEncoder's compute dtype (:func:`compute_dtype_of`'s forms): float32 or bfloat16 only."""
     try:
@@ -280,7 +282,7 @@ class CrossEncoder:
         saved_st_config = _saved_st_config(directory)
         cross_encoder_save = _is_cross_encoder_save(directory, saved_st_config)
         # A saved cross-encoder's card, kept by save() until this model trains (as sentence-transformers does)
-        self._loaded_card = (directory, loaded_model_card(directory)) if cross_encoder_save else None
+        self._loaded_card = (loaded_model_card(directory), directory) if cross_encoder_save else None
         saved = _saved_activations(saved_st_config, config, cross_encoder_save)
         # Prompts are a cross-encoder save's own; another model type's (a bi-encoder's query prompt) would
         # prepend text to every pair, so sentence-transformers 6 ignores them when converting, and so do we.
@@ -666,7 +668,7 @@ class CrossEncoder:
     def _kept_model_card(self) -> tuple[str, Path] | None:
         """(card text, folder it was loaded from) while the card a loaded model came with still describes it:
         until this model trains (fit or a trainer tags its card data ``generated_from_trainer``)."""
-        directory, text = self.__dict__.get("_loaded_card") or (None, None)
+        text, directory = self.__dict__.get("_loaded_card") or (None, None)
         if not text or "generated_from_trainer" in self.model_card_data.tags:
             return None
         return text, directory

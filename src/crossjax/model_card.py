@@ -469,7 +469,8 @@ def loaded_model_card(directory: str | os.PathLike) -> str | None:
 def reused_model_card(text: str, loaded_from: str | os.PathLike, model: Any, save_path: str | os.PathLike) -> str:
     """The card a model was loaded with, saved again. As in sentence-transformers, a model not trained since keeps
     its card (it describes that model's training); only the snippets' name for the model moves, from the folder it
-    was loaded from (or the placeholder) to where it is saved now."""
+    was loaded from (or the placeholder) to where it is saved now. The curves image the card shows is copied into
+    ``save_path`` beside it."""
     new = _python_string(card_location(model.model_card_data, save_path))
     for old in (str(Path(loaded_from).resolve()), MODEL_ID_PLACEHOLDER):
         text = text.replace(_python_string(old), new)

@@ -696,6 +696,9 @@ def test_use_amp_trains_in_bfloat16_with_float32_master_weights(tiny_dir):
     assert any(not np.array_equal(a, b) for a, b in zip(before, params_of(amp), strict=True))
     assert losses_of(amp)[0] == pytest.approx(losses_of(full)[0], rel=2e-2)
     assert losses_of(amp)[0] != losses_of(full)[0]  # really computed in bfloat16
+    auto = CrossEncoder(tiny_dir, config_kwargs=NO_DROPOUT)  # compute_dtype="auto" leaves the choice to use_amp
+    auto.fit(DataLoader(examples, batch_size=16), use_amp=True, compute_dtype="auto", **TRAIN)
+    assert losses_of(auto) == losses_of(amp)
 
 
 # ------------------------------------------------------------------------------------------- 9. predict

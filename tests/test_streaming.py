@@ -92,6 +92,8 @@ def test_stream_errors(tiny_dir):
     examples[137] = InputExample(texts=["a", None], label=1.0)
     with pytest.raises(ValueError, match="Example 137: text 1 is None"):
         ce.fit((ex for ex in examples), max_steps=50, **RUN)  # 137 is past the planning lookahead (128)
+    # raised before step 35, which holds it: steps 1..34 trained (the history is flushed every step)
+    assert [h["step"] for h in ce.training_history] == list(range(1, 35))
 
 
 def test_max_steps_caps_in_memory_run(tiny_dir):

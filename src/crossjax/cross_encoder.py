@@ -812,7 +812,9 @@ class CrossEncoder:
             save_best_model=save_best_model,
             max_grad_norm=max_grad_norm,
             compute_dtype=_as_dtype(
-                compute_dtype if compute_dtype is not None else ("bfloat16" if use_amp else "float32")
+                ("bfloat16" if use_amp else "float32")
+                if compute_dtype is None or (isinstance(compute_dtype, str) and compute_dtype == "auto")
+                else compute_dtype
             ),
             show_progress_bar=show_progress_bar,
             gradient_accumulation_steps=gradient_accumulation_steps,

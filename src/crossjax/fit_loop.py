@@ -720,8 +720,12 @@ class _StreamData:
             )
         while upcoming is not None:
             step, taken = upcoming, taken + 1
-            upcoming = self._next() if taken < self.remaining else None
-            if upcoming is None and taken < self.remaining:
+            failure = None
+            try:
+                upcoming = self._next() if taken < self.remaining else None
+            except Exception as e:  # noqa: BLE001 - a bad example in the next step: this step trains first
+                upcoming, failure = None, e
+            if upcoming is None and failure is None and taken < self.remaining:
                 logger.warning(
                     "The stream ended after %d examples, before max_steps=%d: training stops at step %d",
                     step.end,
@@ -731,7 +735,9 @@ class _StreamData:
             indices = np.arange(len(step.tokenized), dtype=np.int64)
             batch = packing.pack(step.tokenized, indices, step.labels, self.packing_plan, self.target.pad_id)
             self.position = step.end
-            yield TrainStep(0, self.start_step + taken, upcoming is None, batch, len(indices))
+            yield TrainStep(0, self.start_step + taken, upcoming is None and failure is None, batch, len(indices))
+            if failure is not None:  # raised before the step that would hold the bad example, as documented
+                raise failure
 
     def _shard_steps(self) -> Any:
         """Multi-host: this process's share of each step in the agreed shape, the suffix that does not fit

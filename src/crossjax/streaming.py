@@ -63,7 +63,8 @@ from crossjax import data as data_lib
 __all__ = ["StreamSource", "as_stream", "StreamReader", "deferring_steps", "concat_pairs", "slice_pairs"]
 
 
-def _is_iterable_dataset(obj: Any) -> bool:
+def is_datasets_stream(obj: Any) -> bool:
+    """A ``datasets.IterableDataset`` (without importing ``datasets``: a stream of it means it is imported)."""
     datasets = sys.modules.get("datasets")
     return datasets is not None and isinstance(obj, datasets.IterableDataset)
 
@@ -89,21 +90,21 @@ class StreamSource:
         """Iterate the stream's items (examples or rows) from item ``skip`` (of this shard) on."""
         index, count = self.shard
         source = self.source
-        if count > 1 and _is_iterable_dataset(source):
+        if count > 1 and is_datasets_stream(source):
             from datasets.distributed import split_dataset_by_node
 
             source = split_dataset_by_node(source, rank=index, world_size=count)
         elif count > 1:  # read whole, every count-th item kept
             source = itertools.islice(iter(source), index, None, count)
-        if skip and _is_iterable_dataset(source) and hasattr(source, "skip"):
+        if skip and is_datasets_stream(source) and hasattr(source, "skip"):
             return iter(source.skip(skip))
         return itertools.islice(iter(source), skip, None)
 
     def examples(self, skip: int) -> Iterator[Any]:
         """The stream's examples (rows and batches taken apart) from example ``skip`` (of this shard) on: a
         checkpoint's data position counts examples, whatever the items are."""
-        features = getattr(self.source, "features", None) if _is_iterable_dataset(self.source) else None
-        if _is_iterable_dataset(self.source):  # rows are examples: datasets skips them fast
+        features = getattr(self.source, "features", None) if is_datasets_stream(self.source) else None
+        if is_datasets_stream(self.source):  # rows are examples: datasets skips them fast
             return _flatten(self.open(skip), features)
         return itertools.islice(_flatten(self.open(0), features), skip, None)
 
@@ -129,11 +130,11 @@ def as_stream(train_dataloader: Any, batch_size: int | None = None) -> StreamSou
     fit's) has that of its first batch, as a list of batches does: a torch dataset is then started once more to
     read it.
     """
-    if _is_iterable_dataset(train_dataloader):
+    if is_datasets_stream(train_dataloader):
         return StreamSource(train_dataloader, None, f"datasets.IterableDataset {_columns(train_dataloader)}")
     dataset = getattr(train_dataloader, "dataset", None)
     if hasattr(train_dataloader, "sampler") and (
-        _is_iterable_dataset(dataset) or _is_torch_iterable_dataset(dataset)
+        is_datasets_stream(dataset) or _is_torch_iterable_dataset(dataset)
     ):
         size = train_dataloader.batch_size
         description = f"DataLoader over {type(dataset).__name__} {_columns(dataset)}"

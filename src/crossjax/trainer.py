@@ -34,6 +34,7 @@ from crossjax.list_batches import ListData, MultiListData
 from crossjax.logs import RunCallback, epoch_at
 from crossjax.model_card import CardRecorder
 from crossjax.runtime import is_main_process
+from crossjax.streaming import is_datasets_stream
 from crossjax.training_args import CrossEncoderTrainingArguments
 
 logger = logging.getLogger("crossjax")
@@ -122,7 +123,7 @@ def in_memory(dataset: Any) -> Any:
     (a dict of datasets keeps its names); anything else as it is."""
     if isinstance(dataset, dict) and _is_dataset_dict(dataset):
         return {name: in_memory(one) for name, one in dataset.items()} if _has_stream(dataset) else dataset
-    if type(dataset).__name__ == "IterableDataset":
+    if is_datasets_stream(dataset):
         from datasets import Dataset
 
         return Dataset.from_list(list(dataset))
@@ -130,7 +131,7 @@ def in_memory(dataset: Any) -> Any:
 
 
 def _has_stream(datasets: dict) -> bool:
-    return any(type(one).__name__ == "IterableDataset" for one in datasets.values())
+    return any(is_datasets_stream(one) for one in datasets.values())
 
 
 def _column_names(dataset: Any) -> list[str]:

@@ -108,6 +108,11 @@ class MeshPlan:
     def state_shardings(self, tree):
         return jax.tree.map(self.param_sharding, tree)
 
+    def __reduce__(self) -> tuple:
+        """Pickled as its devices' ids (a JAX device object cannot be pickled), found again when unpickled."""
+        ids = tuple(int(d.id) for d in self.mesh.devices.reshape(-1))
+        return _mesh_plan_of_device_ids, (ids, self.mode)
+
     def check_batch_size(self, batch_size: int, what: str = "batch_size") -> None:
         n = self.data_shards
         if batch_size % n:
@@ -163,6 +168,17 @@ def make_mesh(sharding: str = "replicated", devices: Any = None) -> MeshPlan:
         devices = devices_for(devices)
     devices = np.asarray(jax.devices() if devices is None else devices)
     return MeshPlan(Mesh(devices.reshape(-1), (DATA_AXIS,)), sharding)
+
+
+def _mesh_plan_of_device_ids(ids: tuple[int, ...], mode: str) -> MeshPlan:
+    by_id = {int(d.id): d for d in jax.devices()}
+    missing = [i for i in ids if i not in by_id]
+    if missing:
+        raise RuntimeError(
+            f"this object was pickled on devices {list(ids)}, and this process has no device with id {missing}: "
+            "save() it and load the folder instead"
+        )
+    return MeshPlan(Mesh(np.asarray([by_id[i] for i in ids]), (DATA_AXIS,)), mode)
 
 
 def put_global(tree, shardings):

@@ -574,14 +574,19 @@ class CrossEncoderTrainer:
         loss = self.loss_for(name)
         data.start(0)
         model, plan = self.model.model, self.model.mesh_plan
-        key = (bool(self.args.bf16), id(loss))  # one jitted function per trainer, dtype and loss
-        if key not in self._eval_programs:
+        # One jitted function per dtype and loss settings (``loss.scale = 20`` between two calls is a new one),
+        # keyed as the train step keys its loss; a loss that cannot be keyed is compiled on every call.
+        loss_key = training.callable_key(loss)
+        key = (bool(self.args.bf16), loss_key)
+        step_fn = self._eval_programs.get(key) if loss_key is not None else None
+        if step_fn is None:
             dtype = jnp.bfloat16 if self.args.bf16 else jnp.float32
             graphdef = training.graphdef_with_dtype(model, dtype, train=False)
-            self._eval_programs[key] = training.GcPausedJit(
+            step_fn = training.GcPausedJit(
                 jax.jit(training.make_eval_loss_step(graphdef, loss, losses.identity), out_shardings=plan.replicated)
             )
-        step_fn = self._eval_programs[key]
+            if loss_key is not None:
+                self._eval_programs[key] = step_fn
         params, rest = nnx.state(model, nnx.Param), nnx.state(model, nnx.Not(nnx.Param))
         numerator, denominator = 0.0, 0.0
         for step in data.steps():

@@ -25,6 +25,7 @@ import gc
 import logging
 import re
 import threading
+import types
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -709,10 +710,22 @@ def callable_key(fn: Callable) -> Any:
             args = tuple(_value_key(a) for a in fn.args)
             kwargs = tuple(sorted((k, _value_key(v)) for k, v in fn.keywords.items()))
             return ("partial", inner, args, kwargs)
+        if _is_stateful_object(fn):  # mutable settings: keyed by their values, or not reused at all
+            return ("object", type(fn), _state_key(vars(fn)))
         hash(fn)
     except (_Unkeyable, TypeError):
         return None
     return ("callable", fn)
+
+
+def _is_stateful_object(fn: Callable) -> bool:
+    """A callable instance of a user's class (``loss.scale = 10`` may change what it computes), not a function,
+    a builtin, a class or a jax-wrapped function."""
+    return (
+        hasattr(fn, "__dict__")
+        and not isinstance(fn, (type, types.FunctionType, types.BuiltinFunctionType, types.MethodType))
+        and not type(fn).__module__.startswith(("jax", "jaxlib", "numpy", "crossjax.models"))
+    )
 
 
 def _tree_key(tree) -> tuple:

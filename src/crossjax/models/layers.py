@@ -42,19 +42,47 @@ def _gelu_backward(x: Array, g: Array):
 
 gelu.defvjp(_gelu_forward, _gelu_backward)
 
-ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
-    "gelu": gelu,
-    "gelu_new": partial(jax.nn.gelu, approximate=True),
-    "gelu_pytorch_tanh": partial(jax.nn.gelu, approximate=True),
-    "gelu_fast": partial(jax.nn.gelu, approximate=True),
-    "relu": jax.nn.relu,
-    "silu": jax.nn.silu,
-    "swish": jax.nn.silu,
-    "tanh": jnp.tanh,
+
+class NamedActivation:
+    """A ``hidden_act`` function held by a model under its Hugging Face name, so that ``copy.deepcopy`` and
+    ``pickle`` of a model (or of a CrossEncoder) work: a ``jax.custom_vjp`` function can be neither deep-copied
+    nor pickled, so a copy shares the function and a pickle stores the name."""
+
+    __slots__ = ("name", "fn")
+
+    def __init__(self, name: str, fn: Callable[[Array], Array]) -> None:
+        self.name, self.fn = name, fn
+
+    def __call__(self, x: Array) -> Array:
+        return self.fn(x)
+
+    def __deepcopy__(self, memo: dict) -> NamedActivation:
+        return self
+
+    def __reduce__(self) -> tuple:
+        return activation, (self.name,)
+
+    def __repr__(self) -> str:
+        return f"activation({self.name!r})"
+
+
+_tanh_gelu = partial(jax.nn.gelu, approximate=True)
+ACTIVATIONS: dict[str, NamedActivation] = {
+    name: NamedActivation(name, fn)
+    for name, fn in {
+        "gelu": gelu,
+        "gelu_new": _tanh_gelu,
+        "gelu_pytorch_tanh": _tanh_gelu,
+        "gelu_fast": _tanh_gelu,
+        "relu": jax.nn.relu,
+        "silu": jax.nn.silu,
+        "swish": jax.nn.silu,
+        "tanh": jnp.tanh,
+    }.items()
 }
 
 
-def activation(name: str) -> Callable[[Array], Array]:
+def activation(name: str) -> NamedActivation:
     """Look up a Hugging Face ``hidden_act`` name; unknown names are a clear error."""
     if callable(name):
         raise TypeError("hidden_act must be a string naming the activation, got a callable")

@@ -51,6 +51,44 @@ def act(job: dict) -> dict:
     return {"latest": latest, "damaged_file": str(victim.relative_to(target))}
 
 
+def train_keeping_best(model_dir: str, rows: list, job: dict, out_dir: Path) -> dict:
+    """CrossEncoderTrainer with ``load_best_model_at_end`` on an fsdp mesh: the best parameters are gathered
+    from every process's shards (a sharded array spanning other processes cannot be fetched)."""
+    from datasets import Dataset
+
+    from crossjax import CrossEncoder, losses
+    from crossjax.evaluation import CrossEncoderCorrelationEvaluator
+    from crossjax.trainer import CrossEncoderTrainer
+    from crossjax.training_args import CrossEncoderTrainingArguments
+
+    model = CrossEncoder(model_dir, num_labels=1, max_length=64, sharding="fsdp")
+    columns = {"a": [a for a, _, _ in rows], "b": [b for _, b, _ in rows], "label": [s / 5 for *_, s in rows]}
+    train = Dataset.from_dict(columns)
+    evaluator = CrossEncoderCorrelationEvaluator(
+        [[a, b] for a, b, _ in rows[:16]], [s / 5 for *_, s in rows[:16]], name="dev"
+    )
+    args = CrossEncoderTrainingArguments(
+        str(out_dir / "trainer_best"),
+        per_device_train_batch_size=8,
+        max_steps=4,
+        eval_strategy="steps",
+        eval_steps=2,
+        save_strategy="no",
+        load_best_model_at_end=True,
+        metric_for_best_model="eval_dev_spearman",
+        report_to=[],
+    )
+    trainer = CrossEncoderTrainer(
+        model=model, args=args, train_dataset=train, loss=losses.BinaryCrossEntropyLoss(model), evaluator=evaluator
+    )
+    try:
+        trainer.train()
+    except Exception as e:  # noqa: BLE001 - reported to the test
+        return {"error": {"type": type(e).__name__, "message": str(e), "traceback": traceback.format_exc()}}
+    pairs = [(a, b) for a, b, _ in rows[:8]]
+    return {"best_step": trainer.state.best_global_step, "predictions": [float(x) for x in model.predict(pairs)]}
+
+
 def predict_on_interleaved_mesh(model_dir: str, pairs: list) -> dict:
     """Predict on the usual mesh, then on one whose device order alternates between the processes."""
     import jax
@@ -187,6 +225,9 @@ def main() -> None:
         if job.get("kind") == "interleaved_mesh":
             res.update(predict_on_interleaved_mesh(spec["model_dir"], [(a, b) for a, b, _ in rows]))
             continue
+        if job.get("kind") == "trainer_best":
+            res.update(train_keeping_best(spec["model_dir"], rows, job, out_dir))
+            continue
         limit = job.get("limit", len(rows))
         scale = job.get("label_scale", 5.0)
         examples = [InputExample(texts=[a, b], label=s / scale) for a, b, s in rows[:limit]]
@@ -207,7 +248,8 @@ def main() -> None:
         fit_kwargs = dict(
             epochs=job.get("epochs", 2),
             warmup_steps=2,
-            optimizer_params={"lr": job.get("lr", 1e-3)},
+            # process_1_lr: process 1 is given another learning rate than the others (a misconfigured run)
+            optimizer_params={"lr": job.get("process_1_lr" if jax.process_index() == 1 else "lr", job.get("lr", 1e-3))},
             show_progress_bar=False,
             logging_steps=job.get("logging_steps", 1),
             evaluator=evaluator,

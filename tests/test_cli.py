@@ -146,6 +146,15 @@ def test_rank_and_eval_print_what_the_library_computes(tiny_dir, stsb_rows, tmp_
     pairs, scores = [[a, b] for a, b, _ in stsb_rows], [s for _, _, s in stsb_rows]
     assert metrics == CECorrelationEvaluator(pairs, scores, name="dev")(model)
 
+    # Constant labels have no correlation (NaN): strict JSON prints null, as parsers refuse NaN
+    header = ["sentence1", "sentence2", "score"]
+    constant = write_tsv(tmp_path / "constant.tsv", header, [(a, b, 1.0) for a, b in pairs])
+    assert cli.main(["eval", "--model", str(tiny_dir), "--evaluator", "correlation", "--data", constant,
+                     "--no-progress-bar"]) == 0  # fmt: skip
+    metrics = json.loads(capsys.readouterr().out, parse_constant=lambda name: pytest.fail(f"{name} in the JSON"))
+    assert metrics["constant_pearson"] is None and metrics["constant_spearman"] is None
+    assert np.isnan(CECorrelationEvaluator(pairs, [1.0] * len(pairs), name="constant")(model)["constant_pearson"])
+
     labels = [int(s >= 2.5) for s in scores]
     rows = [(a, b, y) for (a, b), y in zip(pairs, labels, strict=True)]
     binary = write_tsv(tmp_path / "binary.tsv", ["text_a", "text_b", "label"], rows)

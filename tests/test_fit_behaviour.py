@@ -568,7 +568,8 @@ def test_evaluator_schedule_callback_and_best_model(tiny_dir, tmp_path):
     expected_calls = [(0, 2), (0, 4), (0, -1), (1, 2), (1, 4), (1, -1)]
     assert evaluator.calls == expected_calls
     assert [(e, s) for _, e, s, _ in seen] == expected_calls
-    assert [score for score, *_ in seen] == evaluator.returned  # the callback gets the evaluator's return
+    # the callback gets the primary score, as sentence-transformers 6.2's fit passes it (its old_fit: the dict)
+    assert [score for score, *_ in seen] == [r["dev_spearman"] for r in evaluator.returned]
 
     # sentence-transformers' CSV file name and one row per evaluation.
     with open(out / "CrossEncoderCorrelationEvaluator_dev_results.csv", newline="") as f:

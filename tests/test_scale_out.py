@@ -186,6 +186,8 @@ def runs(tmp_path_factory):
             export=str(root / "export_2proc_{process}"),
         ),
         {"name": "interleaved", "kind": "interleaved_mesh"},
+        {"name": "trainer_best", "kind": "trainer_best"},
+        dict(FIT, name="lr_differs", process_1_lr=1e-2, predict=False),
     ]
     stream_order, files = _stream_files(rows, root)
     stream = dict(STREAM, files=files)
@@ -432,6 +434,25 @@ def test_two_processes_match_one_process_with_eight_devices(runs):
     # Together they feed exactly what the single process fed, step by step.
     for step, (a, b, whole) in enumerate(zip(jobs[0]["fed"], jobs[1]["fed"], single["fed"], strict=True)):
         assert sorted(a + b) == sorted(whole), f"step {step + 1}"
+
+
+def test_two_process_trainer_keeps_the_best_model_of_an_fsdp_run(runs):
+    """load_best_model_at_end gathers the best parameters from both processes' shards (fetching a sharded
+    array that spans another process's devices fails)."""
+    jobs = [result["jobs"]["trainer_best"] for result in _results(runs["2proc"])]
+    for job in jobs:
+        assert "error" not in job, job.get("error", {}).get("traceback")
+        assert job["best_step"] in (2, 4)
+    assert jobs[0]["predictions"] == jobs[1]["predictions"]
+
+
+def test_processes_given_different_settings_stop_with_a_clear_error(runs):
+    """Process 1 was given another learning rate: both processes refuse before training (they would otherwise
+    train their replicas apart, or wait forever in a collective when the step counts differ)."""
+    for result in _results(runs["2proc"]):
+        error = result["jobs"]["lr_differs"].get("error")
+        assert error is not None and error["type"] == "ValueError"
+        assert "were given different settings" in error["message"]
 
 
 def test_mesh_interleaving_the_processes_feeds_the_right_rows(runs):

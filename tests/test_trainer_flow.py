@@ -14,6 +14,7 @@ import pytest
 from conftest import save_tiny_bert
 
 from crossjax import CrossEncoder, losses
+from crossjax.checkpoint import CheckpointMismatchError
 from crossjax.list_batches import no_duplicates_batches
 from crossjax.trainer import CrossEncoderTrainer
 from crossjax.training_args import BatchSamplers, CrossEncoderTrainingArguments
@@ -137,11 +138,11 @@ def test_evaluation_logging_and_saving_follow_sentence_transformers(tiny, tmp_pa
 
 
 def test_resume_from_a_step_folder_or_refuse(tiny, tmp_path):
-    def trainer(output: Path, **extra) -> CrossEncoderTrainer:
+    def trainer(output: Path, data: dict | None = None, **extra) -> CrossEncoderTrainer:
         args = CrossEncoderTrainingArguments(
             str(output), max_steps=4, per_device_train_batch_size=2, save_steps=2, disable_tqdm=True, **extra
         )
-        return CrossEncoderTrainer(model=CrossEncoder(str(tiny)), args=args, train_dataset=_pairs())
+        return CrossEncoderTrainer(model=CrossEncoder(str(tiny)), args=args, train_dataset=data or _pairs())
 
     whole = trainer(tmp_path / "run").train()
     steps = tmp_path / "run" / "checkpoints"
@@ -154,6 +155,15 @@ def test_resume_from_a_step_folder_or_refuse(tiny, tmp_path):
     with pytest.raises(FileNotFoundError, match="holds no crossjax checkpoint"):
         trainer(tmp_path / "other").train(resume_from_checkpoint=str(tmp_path / "run"))  # not a checkpoints folder
     assert sorted(p.name for p in steps.iterdir()) == ["2", "4"]  # nothing was written into the folders
+    # Other data of the same shapes (labels reversed, columns swapped) is another run: refused, as fit refuses it
+    pairs = _pairs()
+    for changed in ({**pairs, "label": pairs["label"][::-1]}, {**pairs, "q": pairs["d"], "d": pairs["q"]}):
+        with pytest.raises(CheckpointMismatchError, match="data: checkpoint"):
+            trainer(tmp_path / "run", changed).train(resume_from_checkpoint=True)
+    # Hugging Face: asked to resume where no complete checkpoint is, a ValueError, never a silent fresh start
+    (tmp_path / "empty" / "checkpoints" / "2.orbax-checkpoint-tmp").mkdir(parents=True)
+    with pytest.raises(ValueError, match="holds no complete checkpoint"):
+        trainer(tmp_path / "empty").train(resume_from_checkpoint=True)
 
 
 def test_evaluation_without_anything_to_evaluate_is_refused_up_front(tiny, tmp_path):

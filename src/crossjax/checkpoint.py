@@ -71,6 +71,18 @@ def data_fingerprint(tokenized, labels) -> str:
     return digest.hexdigest()[:16]
 
 
+def values_fingerprint(columns: list[list[Any]]) -> str:
+    """A short hash of columns of Python values (texts, lists of texts, labels) in order."""
+    digest = hashlib.sha256()
+    for column in columns:
+        digest.update(f"column of {len(column)}".encode())
+        for value in column:
+            value = value.tolist() if hasattr(value, "tolist") else value  # numpy and torch values as Python's
+            digest.update(repr(value).encode())
+            digest.update(b"\x00")
+    return digest.hexdigest()[:16]
+
+
 def _leaf_checksum(x) -> jax.Array:
     """Two uint32 sums over ``x``'s bit patterns: plain, and weighted by position (catches moved data).
 
@@ -127,7 +139,7 @@ def _as_pure(state: TrainState) -> dict:
 
 # Fingerprint keys newer than the first checkpoints (crossjax 0.x, session 14): absent from older ones.
 # (decay_rule: an older checkpoint's run decayed with fit's rule, and its resume keeps that rule: see fit_loop)
-LATER_FINGERPRINT_KEYS = frozenset({"scan_layers", "groups", "max_length", "stream_files", "decay_rule"})
+LATER_FINGERPRINT_KEYS = frozenset({"scan_layers", "groups", "max_length", "stream_files", "decay_rule", "data"})
 
 
 class TrainCheckpointer:

@@ -11,6 +11,7 @@ import argparse
 import json
 import logging
 import math
+import numbers
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -64,6 +65,17 @@ class _HelpFormatter(argparse.HelpFormatter):
             text += " (default: %(default)s)"
         return text
 
+
+
+def _json(values: dict, sort_keys: bool = False) -> str:
+    """Strict JSON (``json.dumps`` would print ``NaN``, which JSON parsers refuse): a number that is not finite,
+    e.g. the correlation of constant labels, is ``null``."""
+
+    def plain(value):
+        finite = not isinstance(value, numbers.Real) or isinstance(value, int) or math.isfinite(float(value))
+        return value if finite else None
+
+    return json.dumps({k: plain(v) for k, v in values.items()}, default=float, indent=2, sort_keys=sort_keys)
 
 def _formatter(prog: str) -> argparse.HelpFormatter:
     return _HelpFormatter(prog, max_help_position=32, width=110)
@@ -405,7 +417,7 @@ def _eval(args: argparse.Namespace) -> int:
         )
     model = _load_model(args)
     metrics = evaluator(model, output_path=args.output)
-    print(json.dumps(metrics, indent=2, sort_keys=True))
+    print(_json(metrics, sort_keys=True))
     return 0
 
 
@@ -545,7 +557,7 @@ def _train(args: argparse.Namespace) -> int:
 
     if is_main_process():
         keys = ("global_step", "train_loss", "best_score", "pairs_per_second", "compilations")
-        print(json.dumps({"output": output, **{k: summary.get(k) for k in keys}}, default=float, indent=2))
+        print(_json({"output": output, **{k: summary.get(k) for k in keys}}))
     return 0
 
 

@@ -21,7 +21,7 @@ import numpy as np
 from flax import nnx
 
 from crossjax import data as data_lib
-from crossjax import losses, packing, training
+from crossjax import losses, packing, parallel, training
 from crossjax.model_card import (
     CardRecorder,
     CrossEncoderModelCardData,
@@ -632,8 +632,7 @@ class CrossEncoder:
             raise ValueError("safe_serialization=False: crossjax exports safetensors only")
         if model_name and not Path(model_name).exists() and not self.model_card_data.model_id:
             self.model_card_data.model_id = model_name
-        params = nnx.state(self.model, nnx.Param)
-        gathered = jax.jit(lambda p: p, out_shardings=self.mesh_plan.replicated)(params)
+        gathered = parallel.gathered(nnx.state(self.model, nnx.Param), self.mesh_plan)
         kept_card = self._kept_model_card()
         if create_model_card and kept_card is None:
             try:

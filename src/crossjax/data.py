@@ -18,6 +18,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from crossjax.losses.base import is_finite_number
+
 __all__ = [
     "InputExample",
     "DataLoader",
@@ -306,9 +308,7 @@ def validate_examples(
         guid = getattr(ex, "guid", "")
         where = _where(start + i, guid)
         if not hasattr(ex, "texts"):
-            raise ValueError(
-                f"{where}: expected an InputExample with .texts and .label, got {type(ex).__name__}"
-            )
+            raise ValueError(f"{where}: expected an InputExample with .texts and .label, got {type(ex).__name__}")
         texts = ex.texts
         if texts is None or isinstance(texts, (str, bytes)) or not hasattr(texts, "__len__"):
             raise ValueError(f"{where}: texts must be a list of exactly 2 strings, got {texts!r}")
@@ -333,8 +333,8 @@ def validate_examples(
             raise ValueError(f"{where}: label {label!r} is a bool; use an int (0/1) or a float")
         if not isinstance(label, (int, float, np.integer, np.floating)):
             raise ValueError(f"{where}: label must be a number, got {type(label).__name__} {label!r}")
-        if not math.isfinite(float(label)):
-            raise ValueError(f"{where}: label is {label} (labels must be finite numbers)")
+        if not is_finite_number(label):
+            raise ValueError(f"{where}: label is {label} (labels must be finite numbers that float32 can hold)")
         if classification:
             if isinstance(label, (float, np.floating)) and not float(label).is_integer():
                 raise ValueError(

@@ -11,11 +11,13 @@ interface: examples in memory (tokenized once, the whole run planned up front) o
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import logging
 import math
 import numbers
 import os
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -29,14 +31,14 @@ from flax import nnx
 
 from crossjax import data as data_lib
 from crossjax import logs, losses, packing, streaming, training
+from crossjax.losses.base import FLOAT32_MAX
 from crossjax.models.base import FlaxPreTrainedModel
-from crossjax.models.export import check_local_path
+from crossjax.models.export import check_local_path, ensure_writable_directory
 from crossjax.parallel import MeshPlan, global_batch_array, process_rows, put_global
 from crossjax.runtime import is_main_process, progress_bar
 from crossjax.schedules import make_schedule, scheduler_key
 
 logger = logging.getLogger("crossjax")
-FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 class ParametersOverflowError(FloatingPointError):
@@ -284,6 +286,72 @@ def _settings(cfg: FitConfig) -> dict[str, Any]:
     return json.loads(json.dumps(settings, default=repr))
 
 
+# The files of an exported model's folder that are not the model: the run's logs and evaluation results.
+_NOT_MODEL_FILES = frozenset({"metrics.jsonl", "training_curves.png"})
+
+
+def _carry_best_model(best_score: float, earlier: str | None, cfg: FitConfig) -> str | None:
+    """A resumed run keeps its best score, so it saves a model only when a later evaluation beats it. When it
+    saves to another ``output_path`` than the run that reached that score, the best model is copied there
+    (returns the new folder), so that folder never ends without a model; a warning says when it cannot be."""
+    if cfg.output_path is None or not cfg.save_best_model or not is_main_process():
+        return None
+    here = Path(cfg.output_path).resolve()
+    if (here / "config.json").is_file() or (earlier is not None and Path(earlier) == here):
+        return None
+    source = Path(earlier) if earlier else None
+    if source is not None and (source / "config.json").is_file():
+        for file in source.iterdir():
+            if file.is_file() and file.name not in _NOT_MODEL_FILES:
+                shutil.copy2(file, here / file.name)
+        logger.warning("Resumed with best score %s: its model was copied from %s to %s", best_score, source, here)
+        return str(here)
+    logger.warning(
+        "Resumed with best score %s, whose model %s: %s gets a model only when a later evaluation beats that score",
+        best_score,
+        f"was saved to {source}, which no longer holds it" if source else "was saved by the earlier run",
+        here,
+    )
+    return None
+
+
+# Settings each process may set for itself (only the main process writes files); every other one must agree.
+_PER_PROCESS_SETTINGS = ("output_path", "log_dir", "checkpoint_path", "show_progress_bar")
+
+
+def _check_processes_agree(data: Any, cfg: FitConfig, loss_fn: Any, streamed: bool) -> None:
+    """In a multi-process run every process must train the same steps on the same data and settings: one that
+    was given other ones would wait forever in a collective (or silently train on a mix). One all-gather of a
+    few hashes before anything is compiled says which of them differ."""
+    if jax.process_count() == 1:
+        return
+    from jax.experimental import multihost_utils
+
+    parts = {
+        "numbers of steps": data.total_steps,
+        "settings": {k: v for k, v in _settings(cfg).items() if k not in _PER_PROCESS_SETTINGS},
+        "losses": describe_callable(loss_fn),
+        # a stream's processes read their own shards; in-memory data is the whole set in every process
+        "training data": None if streamed else data.run_fingerprint(),
+    }
+    codes = np.array(
+        [
+            int.from_bytes(hashlib.sha256(json.dumps(v, sort_keys=True, default=repr).encode()).digest()[:4], "little")
+            & 0x7FFFFFFF
+            for v in parts.values()
+        ],
+        np.int32,
+    )
+    every = np.asarray(multihost_utils.process_allgather(codes)).reshape(jax.process_count(), len(parts))
+    differ = [name for j, name in enumerate(parts) if len(set(every[:, j].tolist())) > 1]
+    if differ:
+        raise ValueError(
+            f"the {jax.process_count()} processes of this run were given different {' and '.join(differ)}: every "
+            "process must call fit (or train) with the same data and settings; each trains on its own share of "
+            "every batch by itself"
+        )
+
+
 def describe_callable(fn: Any) -> str:
     """A stable description of a loss or activation (name and bound arguments), to tell two runs apart."""
     if callable(getattr(fn, "get_config_dict", None)):  # a trainer loss object: its class and arguments
@@ -387,9 +455,7 @@ def run_fit(
     :class:`crossjax.list_batches.ListData`); ``loss_fct`` is then its list loss.
     """
     with training.CompileMonitor() as monitor:
-        return _run_fit(
-            target, train_dataloader, loss_fct, activation_fct, callback, cfg, result, monitor, data_source
-        )
+        return _run_fit(target, train_dataloader, loss_fct, activation_fct, callback, cfg, result, monitor, data_source)
 
 
 @dataclass
@@ -625,9 +691,7 @@ class _StreamData:
             **kwargs,
         )
 
-    def _plan(
-        self, steps: list[streaming.StreamStep], max_shapes: int, min_row_length: int = 0
-    ) -> packing.PackingPlan:
+    def _plan(self, steps: list[streaming.StreamStep], max_shapes: int, min_row_length: int = 0) -> packing.PackingPlan:
         config = self.target.model.config
         planned = len(steps) / max(1, self.remaining)  # the compile is weighed against the lookahead's steps
         return streaming.plan_from_steps(
@@ -850,11 +914,12 @@ def _run_fit(
     #    stream's examples as they are read: its first steps before compiling).
     cfg.validate()
     scheduler_key(cfg.scheduler)  # an unknown scheduler name is reported before tokenizing anything
-    if cfg.output_path is not None and is_main_process():  # as old_fit: a folder that cannot be made fails now,
-        try:  # not at the first save after hours of training
-            Path(cfg.output_path).mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise ValueError(f"output_path {str(cfg.output_path)!r} cannot be created: {e}") from e
+    if is_main_process():  # a folder that cannot be made or written fails now, not at its first save hours later
+        for what, folder in (("output_path", cfg.output_path), ("log_dir", cfg.log_dir)):
+            if folder is not None:
+                ensure_writable_directory(folder, what)
+        if cfg.checkpoint_path and "://" not in str(cfg.checkpoint_path):  # orbax also writes to gs:// etc.
+            ensure_writable_directory(cfg.checkpoint_path, "checkpoint_path")
     if data_source is not None:  # prepared (and checked) by the caller
         stream, data = None, data_source
         loss_fn, activation = loss_fct, losses.identity
@@ -863,6 +928,7 @@ def _run_fit(
         loss_fn = losses.resolve_loss(loss_fct, model.num_labels)
         activation = losses.resolve_activation(activation_fct)
         data = _StreamData(target, stream, cfg) if stream is not None else _InMemoryData(target, train_dataloader, cfg)
+    _check_processes_agree(data, cfg, loss_fn, streamed=stream is not None)
     plan = target.plan
     k = cfg.gradient_accumulation_steps
     total_steps = data.total_steps
@@ -889,6 +955,7 @@ def _run_fit(
     checkpointer = None
     start_step = 0
     best_score = None
+    best_model_path = None  # the folder holding the best model saved so far (kept across resumes)
     if cfg.checkpoint_path:
         from crossjax.checkpoint import TrainCheckpointer
 
@@ -908,13 +975,20 @@ def _run_fit(
         checkpointer = TrainCheckpointer(
             cfg.checkpoint_path, cfg.checkpoint_save_steps, cfg.checkpoint_save_total_limit, fingerprint
         )
-        restored = checkpointer.restore_latest(state, state_shardings)
+        try:
+            restored = checkpointer.restore_latest(state, state_shardings)
+        except BaseException:  # a refused resume leaves no orbax thread behind
+            checkpointer.close()
+            raise
         if restored is not None:
             state, meta = restored
             start_step = int(meta["step"])
             best_score = meta.get("best_score")
             if best_score in (-9999999, 9999999):  # older checkpoints' "nothing evaluated yet"
                 best_score = None
+            best_model_path = meta.get("best_model_path")
+            if best_score is not None and not getattr(target.evaluate, "tracks_best", False):
+                best_model_path = _carry_best_model(best_score, best_model_path, cfg) or best_model_path
             data.resume(meta)
             # A checkpoint written before decay_rule was fingerprinted decayed with fit's rule: keep it, so the
             # resumed run continues as it started (the rules differ on DistilBERT's and ModernBERT's norms).
@@ -995,6 +1069,7 @@ def _run_fit(
         sync_model()
 
     def evaluate(epoch: int, steps: int) -> None:
+        nonlocal best_model_path
         stop_if_aborted()
         metrics.flush()
         sync_model()
@@ -1003,9 +1078,11 @@ def _run_fit(
         else:
             score = evaluate_fn(cfg.output_path, epoch, steps)
         primary = getattr(evaluate_fn, "primary_metric", None)
+        if not isinstance(score, dict):
+            logs.check_evaluator_number(score, getattr(evaluate_fn, "evaluator", evaluate_fn))
+        elif primary in score:
+            logs.check_evaluator_number(score[primary], getattr(evaluate_fn, "evaluator", evaluate_fn), primary)
         events.on_evaluate(global_step, epoch, logs.evaluation_metrics(score, primary))
-        if callback is not None:
-            callback(score, epoch, steps)
         if getattr(evaluate_fn, "tracks_best", False):  # the trainer keeps its own best model
             score = None
         elif isinstance(score, dict):
@@ -1015,6 +1092,8 @@ def _run_fit(
                 score = next(iter(score.values()))
             else:
                 raise ValueError(f"evaluator returned {sorted(score)} but no primary_metric among them")
+        if callback is not None:  # the primary score, as sentence-transformers' fit passes it (and 3.x's did)
+            callback(score, epoch, steps)
         best = result.best_score
         if score is None or not math.isfinite(score):  # a NaN (e.g. a correlation of constant scores) is no best
             better = False
@@ -1025,6 +1104,7 @@ def _run_fit(
             if cfg.save_best_model and cfg.output_path is not None:
                 events.on_save(global_step)
                 target.save(cfg.output_path)
+                best_model_path = str(Path(cfg.output_path).resolve())
         metrics.restart_clock()  # the throughput of the next logged steps leaves evaluation time out
 
     saved_step = start_step  # the last step checkpointed (or resumed from)
@@ -1037,7 +1117,13 @@ def _run_fit(
         checkpointer.save(
             global_step,
             state,
-            {"best_score": result.best_score, "epoch": epoch, **data.checkpoint_meta(), **own},
+            {
+                "best_score": result.best_score,
+                "best_model_path": best_model_path,
+                "epoch": epoch,
+                **data.checkpoint_meta(),
+                **own,
+            },
             best_params=best_params,
         )
         saved_step = global_step
@@ -1107,8 +1193,10 @@ def _run_fit(
             trained_pairs += step.pairs
             metrics.add(global_step, step.epoch, step_metrics, step.pairs)
             final = global_step == total_steps
-            if global_step % cfg.logging_steps == 0 or (global_step == 1 and cfg.log_first_step) or (
-                final and cfg.log_last_step
+            if (
+                global_step % cfg.logging_steps == 0
+                or (global_step == 1 and cfg.log_first_step)
+                or (final and cfg.log_last_step)
             ):
                 stop_if_aborted()
                 metrics.flush()
@@ -1117,8 +1205,10 @@ def _run_fit(
             if bar is not None:
                 bar.update(1)
             counted = global_step if cfg.evaluation_global_steps else step.steps_in_epoch
-            if evaluating() and cfg.evaluation_steps > 0 and (
-                counted % cfg.evaluation_steps == 0 or (final and cfg.evaluate_last_step)
+            if (
+                evaluating()
+                and cfg.evaluation_steps > 0
+                and (counted % cfg.evaluation_steps == 0 or (final and cfg.evaluate_last_step))
             ):
                 evaluate(step.epoch, step.steps_in_epoch)
             # An epoch's last step is checkpointed after the epoch's evaluation, so a preemption between the two

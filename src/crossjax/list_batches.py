@@ -357,7 +357,14 @@ class ListData:
 
     # -------------------------------------------------------------------------- the run_fit interface
     def run_fingerprint(self) -> dict[str, Any]:
-        return dict(self.fingerprint)
+        return {**self.fingerprint, "data": self.data_fingerprint()}
+
+    def data_fingerprint(self) -> str:
+        """A short hash of every row's values and label, so that a resume on other data (swapped columns,
+        other labels, other texts of the same lengths) is refused, as the legacy ``fit`` refuses it."""
+        from crossjax.checkpoint import values_fingerprint
+
+        return values_fingerprint([*self.columns, self.labels if self.labels is not None else []])
 
     def resume(self, meta: dict[str, Any]) -> None:
         """Nothing to restore: the global step says where the plan continues."""
@@ -437,7 +444,8 @@ class MultiListData:
 
     def run_fingerprint(self) -> dict[str, Any]:
         return {
-            "datasets": {name: s.run_fingerprint() for name, s in zip(self.names, self.sources, strict=True)},
+            "datasets": {name: s.fingerprint for name, s in zip(self.names, self.sources, strict=True)},
+            "data": {name: s.data_fingerprint() for name, s in zip(self.names, self.sources, strict=True)},
             "losses": [f"{type(s.loss).__qualname__}({s.loss.get_config_dict()})" for s in self.sources],
             "sampler": self.sampler,
         }

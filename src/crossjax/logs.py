@@ -139,6 +139,18 @@ class RunCallbacks(RunCallback):
             logger.error("a training callback failed while the run was stopping: %r", error)
 
 
+def check_evaluator_number(value: Any, evaluator: Any, key: str | None = None) -> float:
+    """An evaluator's score as a float, or a TypeError that names the evaluator and the value (a ``None`` or a
+    string would otherwise fail deep inside the run's bookkeeping, or never count as a best score)."""
+    if not _is_number(value):
+        where = f"{key!r}: {value!r}" if key is not None else repr(value)
+        raise TypeError(
+            f"the evaluator {type(evaluator).__name__} returned {where}; an evaluator returns a number, or a dict "
+            "of numbers holding its primary_metric"
+        )
+    return float(value)
+
+
 def evaluation_metrics(score: Any, primary_metric: str | None) -> dict[str, float]:
     """An evaluator's return value as ``{metric: value}``: a dict as is (numbers only), a bare number (the
     legacy evaluators' return) under its ``primary_metric`` or ``"score"``."""

@@ -7,6 +7,7 @@ runs use JAX's own runtime: :func:`initialize_distributed` wraps ``jax.distribut
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from dataclasses import dataclass
@@ -152,6 +153,11 @@ def devices_for(device: Any) -> list | None:
         ) from e
     if not index:
         return found
+    if jax.process_count() > 1:  # torch's per-process "cuda:0" habit: here one mesh spans all processes' devices
+        raise ValueError(
+            f"device={device!r} names one device, but this run has {jax.process_count()} processes and its mesh "
+            f"spans the devices of all of them: pass device=None or {platform!r}"
+        )
     if not index.isdigit() or int(index) >= len(found):
         raise ValueError(f"device={device!r}: there are {len(found)} {platform} device(s), numbered from 0")
     return [found[int(index)]]
@@ -168,6 +174,17 @@ def make_mesh(sharding: str = "replicated", devices: Any = None) -> MeshPlan:
         devices = devices_for(devices)
     devices = np.asarray(jax.devices() if devices is None else devices)
     return MeshPlan(Mesh(devices.reshape(-1), (DATA_AXIS,)), sharding)
+
+
+@functools.cache
+def _replicator(sharding: NamedSharding):
+    return jax.jit(lambda tree: tree, out_shardings=sharding)
+
+
+def gathered(tree, plan: MeshPlan):
+    """``tree`` replicated on every device of the mesh (fsdp shards gathered): every process can then read it
+    whole, e.g. with ``jax.device_get`` (a sharded array spanning other processes' devices cannot be fetched)."""
+    return _replicator(plan.replicated)(tree)
 
 
 def _mesh_plan_of_device_ids(ids: tuple[int, ...], mode: str) -> MeshPlan:

@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from crossjax import losses, training
+from crossjax import logs, losses, parallel, training
 from crossjax.list_batches import ListData, MultiListData
 from crossjax.logs import RunCallback, epoch_at
 from crossjax.model_card import CardRecorder
@@ -203,7 +203,7 @@ class CrossEncoderTrainer:
                 _refuse_reserved_columns(one, what if name is None else f"{what}[{name!r}]")
         if loss is None:
             loss = losses.BinaryCrossEntropyLoss(model) if model.num_labels == 1 else losses.CrossEntropyLoss(model)
-        for name, one in (loss.items() if isinstance(loss, dict) else [("loss", loss)]):
+        for name, one in loss.items() if isinstance(loss, dict) else [("loss", loss)]:
             if not training.is_list_loss(one):
                 raise TypeError(
                     f"{name} must be a crossjax.losses loss (e.g. crossjax.losses.BinaryCrossEntropyLoss(model)), "
@@ -350,6 +350,10 @@ class CrossEncoderTrainer:
         if self.train_dataset is None:
             raise ValueError("CrossEncoderTrainer.train() needs train_dataset")
         self.model._check_parameters_finite()
+        if is_main_process():  # named as the user set it (fit would report it as its log_dir)
+            from crossjax.models.export import ensure_writable_directory
+
+            ensure_writable_directory(args.output_dir, "output_dir")
         resume = resume_from_checkpoint if resume_from_checkpoint is not None else args.resume_from_checkpoint
         data = self._list_data(self.train_dataset, "train_dataset", train=True)
         total = data.total_steps
@@ -477,8 +481,10 @@ class CrossEncoderTrainer:
             return None
         path = Path(self.args.output_dir) / "checkpoints"
         if resume:
-            if not path.exists():
-                raise FileNotFoundError(f"resume_from_checkpoint=True but {path} holds no checkpoint")
+            if not path.is_dir() or not any(_is_checkpoint_step(p) for p in path.iterdir()):
+                # as Hugging Face: asked to resume, never a silent fresh start (an interrupted first save leaves
+                # only a "*.orbax-checkpoint-tmp" folder)
+                raise ValueError(f"resume_from_checkpoint=True but {path} holds no complete checkpoint")
         elif path.exists() and any(path.iterdir()):
             raise FileExistsError(
                 f"{path} holds checkpoints of an earlier run: pass resume_from_checkpoint=True to continue it, or "
@@ -511,9 +517,7 @@ class CrossEncoderTrainer:
             for i, (name, one) in enumerate(dataset.items()):
                 with_evaluator = not self._in_train or i == 0
                 prefix = metric_key_prefix if self._in_train and i == 0 else f"{metric_key_prefix}_{name}"
-                metrics.update(
-                    self._evaluate_one(one, name, f"{metric_key_prefix}_{name}", prefix, with_evaluator)
-                )
+                metrics.update(self._evaluate_one(one, name, f"{metric_key_prefix}_{name}", prefix, with_evaluator))
             return metrics
         return self._evaluate_one(dataset, None, metric_key_prefix, metric_key_prefix, True)
 
@@ -547,7 +551,7 @@ class CrossEncoderTrainer:
                 result = {"evaluator": result}
             for key, value in result.items():
                 prefixed = key if key.startswith(f"{evaluator_prefix}_") else f"{evaluator_prefix}_{key}"
-                metrics[prefixed] = float(value)
+                metrics[prefixed] = logs.check_evaluator_number(value, evaluator, key)
         # transformers' speed_metrics: the dataset's rows, in steps of per_device_eval_batch_size x devices
         runtime = time.time() - started
         batch = self._global_batch_size(train=False)
@@ -745,9 +749,7 @@ class _RunHooks(RunCallback):
         metrics = trainer.evaluate()  # logs its entries and calls on_log / on_evaluate
         name = args.metric_for_best_model
         timing = ("_runtime", "_samples_per_second", "_steps_per_second")
-        unprefixed = {
-            k.removeprefix("eval_"): v for k, v in metrics.items() if k != "epoch" and not k.endswith(timing)
-        }
+        unprefixed = {k.removeprefix("eval_"): v for k, v in metrics.items() if k != "epoch" and not k.endswith(timing)}
         if name is None:
             return unprefixed
         key = name if name.startswith("eval_") else f"eval_{name}"
@@ -760,5 +762,6 @@ class _RunHooks(RunCallback):
         if better and math.isfinite(value):
             state.best_metric, state.best_global_step = value, step
             if args.load_best_model_at_end:
-                self.best_params = jax.device_get(nnx.state(trainer.model.model, nnx.Param))
+                model = trainer.model
+                self.best_params = jax.device_get(parallel.gathered(nnx.state(model.model, nnx.Param), model.mesh_plan))
         return unprefixed

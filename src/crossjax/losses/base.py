@@ -105,8 +105,12 @@ def is_integer(value: Any) -> bool:
     return isinstance(value, int | np.integer) and not isinstance(value, bool)
 
 
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
 def is_finite_number(value: Any) -> bool:
-    return is_number(value) and math.isfinite(float(value))
+    """A number that stays finite in float32, where the step computes (1e39 would become inf there)."""
+    return is_number(value) and math.isfinite(float(value)) and abs(float(value)) <= FLOAT32_MAX
 
 
 def as_list(value: Any) -> list | None:

@@ -162,6 +162,18 @@ def check_local_path(path, what: str) -> None:
         )
 
 
+def ensure_writable_directory(path, what: str) -> None:
+    """Make ``path`` (and its parents) and write a probe file in it, so that a folder which cannot take files
+    (read-only, under a file, no permission) fails before training, not at its first save hours later."""
+    check_local_path(path, what)
+    try:
+        Path(path).mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".crossjax-write-probe-"):
+            pass
+    except OSError as e:
+        raise ValueError(f"{what} {str(path)!r} cannot be written to: {e}") from e
+
+
 def write_model_directory(
     model: Any,
     save_directory: str | os.PathLike,

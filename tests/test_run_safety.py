@@ -1,0 +1,119 @@
+"""Never lost work: folders that cannot take a checkpoint or a model fail before the first step, a resumed
+run keeps its best model in a new output folder, and bad evaluator results or labels are named clearly.
+
+Oracles: sentence-transformers 6.2's ``old_fit`` (an evaluator's ``None`` score is a TypeError there too), the
+files the first run wrote (byte for byte), and the untouched model (no step was trained).
+"""
+
+# ruff: noqa: F811 - the shared fixtures are imported from test_fit_behaviour and requested by name
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from test_fit_behaviour import (  # noqa: F401 - fixtures used by name
+    TRAIN,
+    compilation_cache,
+    make_examples,
+    params_of,
+    tiny_dir,
+    tiny_dirs,
+)
+
+from crossjax import CrossEncoder, DataLoader, InputExample
+from crossjax.checkpoint import CheckpointMismatchError
+
+
+def test_an_unusable_checkpoint_path_fails_before_the_first_step(tiny_dir, tmp_path):
+    """Checkpoints are written in the background: a bad folder used to surface two saves later (1,000 steps at
+    the default), and the run then ended without its model."""
+    model = CrossEncoder(str(tiny_dir), max_length=32)
+    before = params_of(model)
+    a_file = tmp_path / "a_file"
+    a_file.write_text("not a folder")
+    for bad in (a_file, a_file / "checkpoints"):
+        with pytest.raises(ValueError, match="checkpoint_path"):
+            model.fit(DataLoader(make_examples(8), batch_size=4), checkpoint_path=str(bad), **TRAIN)
+    assert model.training_history == []
+    for got, want in zip(params_of(model), before, strict=True):
+        np.testing.assert_array_equal(got, want)
+
+
+class Evaluator:
+    """An evaluator whose scores fall after its second call (the best model is step 2's)."""
+
+    primary_metric = "score"
+
+    def __init__(self, interrupt_at: int | None = None, value=None) -> None:
+        self.calls, self.interrupt_at, self.value = 0, interrupt_at, value
+
+    def __call__(self, model, output_path=None, epoch=-1, steps=-1):
+        self.calls += 1
+        if self.calls == self.interrupt_at:
+            raise KeyboardInterrupt
+        if self.value is not None:
+            return {"score": self.value()}
+        return {"score": 1.0 if self.calls == 2 else 0.5 - 0.01 * self.calls}
+
+
+def test_a_run_resumed_into_another_output_path_gets_the_best_model(tiny_dir, tmp_path):
+    """The resumed run keeps the best score of before the interruption, so it saves a model only when a later
+    evaluation beats it: the best model is copied from the first run's folder into the new one."""
+    settings = dict(TRAIN, epochs=4, evaluation_steps=1, checkpoint_path=str(tmp_path / "ckpt"))
+    settings["checkpoint_save_steps"] = 2
+
+    def loader():
+        return DataLoader(make_examples(8), batch_size=4, shuffle=True)
+
+    with pytest.raises(KeyboardInterrupt):
+        CrossEncoder(str(tiny_dir), max_length=32).fit(
+            loader(), evaluator=Evaluator(interrupt_at=6), output_path=str(tmp_path / "first"), **settings
+        )
+    best = (tmp_path / "first" / "model.safetensors").read_bytes()
+    summary = CrossEncoder(str(tiny_dir), max_length=32).fit(
+        loader(), evaluator=Evaluator(), output_path=str(tmp_path / "second"), **settings
+    )
+    assert summary["resumed_from_step"] == 2 and summary["best_score"] == 1.0
+    assert (tmp_path / "second" / "model.safetensors").read_bytes() == best
+    assert CrossEncoder(str(tmp_path / "second")).predict([("a", "b")]).shape == (1,)
+
+
+def test_an_evaluator_returning_none_is_named(tiny_dir):
+    model = CrossEncoder(str(tiny_dir), max_length=32)
+    for value in (lambda: None, lambda: "high"):
+        with pytest.raises(TypeError, match=r"the evaluator Evaluator returned 'score': "):
+            model.fit(DataLoader(make_examples(8), batch_size=8), evaluator=Evaluator(value=value), **TRAIN)
+
+
+def test_a_label_float32_cannot_hold_is_refused_up_front(tiny_dir):
+    examples = make_examples(8)
+    examples[5] = InputExample(texts=examples[5].texts, label=1e39)  # finite in float64, inf in the step
+    with pytest.raises(ValueError, match=r"Example 5: label is 1e\+39"):
+        CrossEncoder(str(tiny_dir), max_length=32).fit(DataLoader(examples, batch_size=4), **TRAIN)
+
+
+def test_a_refused_resume_closes_its_checkpoint_manager(tiny_dir, tiny_dirs, tmp_path, monkeypatch):
+    """Left open, orbax's manager keeps a thread that prints a dozen tracebacks when the process exits."""
+    from crossjax.checkpoint import TrainCheckpointer
+
+    settings = dict(TRAIN, checkpoint_path=str(tmp_path / "ckpt"), checkpoint_save_steps=1)
+    CrossEncoder(str(tiny_dir), max_length=32).fit(DataLoader(make_examples(8), batch_size=4), **settings)
+    opened, closed = [], []
+    real_init, real_close = TrainCheckpointer.__init__, TrainCheckpointer.close
+    monkeypatch.setattr(TrainCheckpointer, "__init__", lambda self, *a: (opened.append(self), real_init(self, *a))[1])
+    monkeypatch.setattr(TrainCheckpointer, "close", lambda self: (closed.append(self), real_close(self))[1])
+    other = CrossEncoder(str(tiny_dirs[3]), max_length=32)  # 3 labels: another run
+    with pytest.raises(CheckpointMismatchError):
+        other.fit(DataLoader(make_examples(8, seed=1), batch_size=4), **settings)
+    assert len(opened) == 1 and closed == opened
+
+
+def test_a_device_index_is_refused_in_a_multi_process_run(monkeypatch):
+    """torch's per-process ``cuda:0``: one JAX mesh spans every process's devices, so one index cannot work."""
+    import jax
+
+    from crossjax import parallel
+
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    with pytest.raises(ValueError, match="names one device, but this run has 2 processes"):
+        parallel.devices_for("cpu:0")
+    assert parallel.devices_for("cpu") == jax.devices("cpu")

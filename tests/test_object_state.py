@@ -9,6 +9,7 @@ by 10 from the same parameters is exactly 10 times the first one).
 from __future__ import annotations
 
 import copy
+import logging
 import pickle
 
 import jax.numpy as jnp
@@ -69,6 +70,21 @@ def test_a_loss_object_changed_between_fits_is_not_served_the_old_compiled_step(
     assert summary["compilations"] == 1
     # Same start, same batch, same dropout: the first step's loss is exactly ten times the first run's.
     assert losses_of(second)[0] == pytest.approx(10 * losses_of(first)[0], rel=1e-6)
+
+
+def test_a_loss_object_holding_a_logger_and_itself_is_keyed_and_reused(tiny_dir):
+    """Attributes without a value key (a logger, the object itself) are keyed by identity: the step is still
+    reused by a second fit with the same object, and a changed number still gets its own step."""
+    loss = ScaledBCE(1.0)
+    loss.log, loss.me = logging.getLogger("crossjax.test"), loss
+    fits = []
+    for scale in (1.0, 1.0, 3.0):
+        loss.scale = scale
+        model = CrossEncoder(str(tiny_dir), max_length=32)
+        summary = model.fit(DataLoader(make_examples(8), batch_size=8), loss_fct=loss, logging_steps=1, **TRAIN)
+        fits.append((summary["compilations"], losses_of(model)[0]))
+    assert [compilations for compilations, _ in fits] == [1, 0, 1]
+    assert fits[2][1] == pytest.approx(3 * fits[0][1], rel=1e-6)
 
 
 def test_trainer_evaluate_follows_a_loss_setting_changed_between_calls(tiny_dir, tmp_path):

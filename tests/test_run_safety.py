@@ -19,7 +19,7 @@ from test_fit_behaviour import (  # noqa: F401 - fixtures used by name
     tiny_dirs,
 )
 
-from crossjax import CrossEncoder, DataLoader, InputExample
+from crossjax import CrossEncoder, DataLoader
 from crossjax.checkpoint import CheckpointMismatchError
 
 
@@ -30,7 +30,7 @@ def test_an_unusable_checkpoint_path_fails_before_the_first_step(tiny_dir, tmp_p
     before = params_of(model)
     a_file = tmp_path / "a_file"
     a_file.write_text("not a folder")
-    for bad in (a_file, a_file / "checkpoints"):
+    for bad in (a_file, a_file / "checkpoints", ""):  # "" would silently turn checkpoints off
         with pytest.raises(ValueError, match="checkpoint_path"):
             model.fit(DataLoader(make_examples(8), batch_size=4), checkpoint_path=str(bad), **TRAIN)
     assert model.training_history == []
@@ -77,43 +77,40 @@ def test_a_run_resumed_into_another_output_path_gets_the_best_model(tiny_dir, tm
     assert CrossEncoder(str(tmp_path / "second")).predict([("a", "b")]).shape == (1,)
 
 
+class Unnamed(Evaluator):
+    primary_metric = None  # a one-key dict is its score
+
+
 def test_an_evaluator_returning_none_is_named(tiny_dir):
     model = CrossEncoder(str(tiny_dir), max_length=32)
-    for value in (lambda: None, lambda: "high"):
-        with pytest.raises(TypeError, match=r"the evaluator Evaluator returned 'score': "):
-            model.fit(DataLoader(make_examples(8), batch_size=8), evaluator=Evaluator(value=value), **TRAIN)
+    for kind in (Evaluator, Unnamed):
+        for value in (lambda: None, lambda: "high"):
+            with pytest.raises(TypeError, match=rf"the evaluator {kind.__name__} returned 'score': "):
+                model.fit(DataLoader(make_examples(8), batch_size=8), evaluator=kind(value=value), **TRAIN)
 
 
-def test_a_label_float32_cannot_hold_is_refused_up_front(tiny_dir):
-    examples = make_examples(8)
-    examples[5] = InputExample(texts=examples[5].texts, label=1e39)  # finite in float64, inf in the step
-    with pytest.raises(ValueError, match=r"Example 5: label is 1e\+39"):
-        CrossEncoder(str(tiny_dir), max_length=32).fit(DataLoader(examples, batch_size=4), **TRAIN)
+def test_checkpoint_path_expands_the_home_folder(tiny_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    CrossEncoder(str(tiny_dir), max_length=32).fit(
+        DataLoader(make_examples(8), batch_size=8), checkpoint_path="~/ckpt", **TRAIN
+    )
+    assert (tmp_path / "ckpt" / "1").is_dir() and not (tmp_path / "~").exists()
 
 
-def test_a_refused_resume_closes_its_checkpoint_manager(tiny_dir, tiny_dirs, tmp_path, monkeypatch):
-    """Left open, orbax's manager keeps a thread that prints a dozen tracebacks when the process exits."""
-    from crossjax.checkpoint import TrainCheckpointer
+def test_resuming_with_a_changed_loss_object_setting_is_refused(tiny_dir, tmp_path):
+    """A user's loss object is fingerprinted with its settings, as its compiled step is keyed by them."""
+    from test_object_state import ScaledBCE
 
     settings = dict(TRAIN, checkpoint_path=str(tmp_path / "ckpt"), checkpoint_save_steps=1)
-    CrossEncoder(str(tiny_dir), max_length=32).fit(DataLoader(make_examples(8), batch_size=4), **settings)
-    opened, closed = [], []
-    real_init, real_close = TrainCheckpointer.__init__, TrainCheckpointer.close
-    monkeypatch.setattr(TrainCheckpointer, "__init__", lambda self, *a: (opened.append(self), real_init(self, *a))[1])
-    monkeypatch.setattr(TrainCheckpointer, "close", lambda self: (closed.append(self), real_close(self))[1])
-    other = CrossEncoder(str(tiny_dirs[3]), max_length=32)  # 3 labels: another run
-    with pytest.raises(CheckpointMismatchError):
-        other.fit(DataLoader(make_examples(8, seed=1), batch_size=4), **settings)
-    assert len(opened) == 1 and closed == opened
+    loss = ScaledBCE(1.0)
 
+    def fit():
+        model = CrossEncoder(str(tiny_dir), max_length=32)
+        model.fit(DataLoader(make_examples(8), batch_size=8), loss_fct=loss, **settings)
 
-def test_a_device_index_is_refused_in_a_multi_process_run(monkeypatch):
-    """torch's per-process ``cuda:0``: one JAX mesh spans every process's devices, so one index cannot work."""
-    import jax
-
-    from crossjax import parallel
-
-    monkeypatch.setattr(jax, "process_count", lambda: 2)
-    with pytest.raises(ValueError, match="names one device, but this run has 2 processes"):
-        parallel.devices_for("cpu:0")
-    assert parallel.devices_for("cpu") == jax.devices("cpu")
+    fit()
+    fit()  # the same run: resumed at its end
+    loss.scale = 10.0
+    with pytest.raises(CheckpointMismatchError, match="loss: checkpoint"):
+        fit()

@@ -164,6 +164,7 @@ def test_resume_from_a_step_folder_or_refuse(tiny, tmp_path):
     (tmp_path / "empty" / "checkpoints" / "2.orbax-checkpoint-tmp").mkdir(parents=True)
     with pytest.raises(ValueError, match="holds no complete checkpoint"):
         trainer(tmp_path / "empty").train(resume_from_checkpoint=True)
+    assert trainer(tmp_path / "empty").train().global_step == 4  # and a fresh start is not refused there
 
 
 def test_evaluation_without_anything_to_evaluate_is_refused_up_front(tiny, tmp_path):

@@ -174,9 +174,12 @@ def test_no_log_files_without_output_path_or_log_dir(tiny_dir, tmp_path, monkeyp
 
 
 def test_only_the_main_process_writes_logs(tiny_dir, tmp_path, monkeypatch):
+    import crossjax.fit_loop
     import crossjax.logs
 
-    monkeypatch.setattr(crossjax.logs, "is_main_process", lambda: False)  # as on process 1 of a multi-host run
+    # as on process 1 of a multi-host run (fit_loop's up-front folder checks too)
+    monkeypatch.setattr(crossjax.logs, "is_main_process", lambda: False)
+    monkeypatch.setattr(crossjax.fit_loop, "is_main_process", lambda: False)
     model = CrossEncoder(tiny_dir, max_length=32)
     model.fit(DataLoader(make_examples(8, seed=6), batch_size=4), log_dir=str(tmp_path / "logs"), **FAST)
     assert len(model.training_history) == 2 and not (tmp_path / "logs").exists()

@@ -66,16 +66,25 @@ class _HelpFormatter(argparse.HelpFormatter):
         return text
 
 
-
 def _json(values: dict, sort_keys: bool = False) -> str:
     """Strict JSON (``json.dumps`` would print ``NaN``, which JSON parsers refuse): a number that is not finite,
-    e.g. the correlation of constant labels, is ``null``."""
+    e.g. the correlation of constant labels, is ``null``; numpy and JAX scalars are plain numbers."""
 
     def plain(value):
-        finite = not isinstance(value, numbers.Real) or isinstance(value, int) or math.isfinite(float(value))
-        return value if finite else None
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [plain(v) for v in value]
+        if isinstance(value, bool | int | str) or value is None:
+            return value
+        if isinstance(value, numbers.Integral):
+            return int(value)
+        if isinstance(value, numbers.Real) or getattr(value, "shape", None) == ():
+            value = float(value)
+            return value if math.isfinite(value) else None
+        return value
 
-    return json.dumps({k: plain(v) for k, v in values.items()}, default=float, indent=2, sort_keys=sort_keys)
+    return json.dumps(plain(values), indent=2, sort_keys=sort_keys, allow_nan=False)
 
 def _formatter(prog: str) -> argparse.HelpFormatter:
     return _HelpFormatter(prog, max_help_position=32, width=110)

@@ -18,8 +18,6 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from crossjax.losses.base import is_finite_number
-
 __all__ = [
     "InputExample",
     "DataLoader",
@@ -287,6 +285,14 @@ def _where(i: int, guid: Any) -> str:
     return f"Example {i} (guid {guid!r})" if guid not in (None, "") else f"Example {i}"
 
 
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def fits_float32(value: float) -> bool:
+    """Finite, and still finite in float32 where the step computes (1e39 is inf there)."""
+    return math.isfinite(value) and abs(value) <= FLOAT32_MAX
+
+
 def validate_examples(
     examples: Sequence[Any], num_labels: int, require_labels: bool = True, start: int = 0
 ) -> tuple[list[str], list[str], np.ndarray]:
@@ -333,7 +339,7 @@ def validate_examples(
             raise ValueError(f"{where}: label {label!r} is a bool; use an int (0/1) or a float")
         if not isinstance(label, (int, float, np.integer, np.floating)):
             raise ValueError(f"{where}: label must be a number, got {type(label).__name__} {label!r}")
-        if not is_finite_number(label):
+        if not fits_float32(float(label)):
             raise ValueError(f"{where}: label is {label} (labels must be finite numbers that float32 can hold)")
         if classification:
             if isinstance(label, (float, np.floating)) and not float(label).is_integer():

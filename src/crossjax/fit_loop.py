@@ -31,7 +31,7 @@ from flax import nnx
 
 from crossjax import data as data_lib
 from crossjax import logs, losses, packing, streaming, training
-from crossjax.losses.base import FLOAT32_MAX
+from crossjax.data import FLOAT32_MAX
 from crossjax.models.base import FlaxPreTrainedModel
 from crossjax.models.export import check_local_path, ensure_writable_directory
 from crossjax.parallel import MeshPlan, global_batch_array, process_rows, put_global
@@ -125,6 +125,8 @@ class FitConfig:
             self.output_path = os.path.expanduser(self.output_path)
         if isinstance(self.log_dir, str | os.PathLike):
             self.log_dir = os.path.expanduser(self.log_dir)
+        if isinstance(self.checkpoint_path, str | os.PathLike) and "://" not in str(self.checkpoint_path):
+            self.checkpoint_path = os.path.expanduser(self.checkpoint_path)
         check_local_path(self.output_path, "output_path")
         check_local_path(self.log_dir, "log_dir")
         if not (_is_real(self.weight_decay) and math.isfinite(self.weight_decay) and self.weight_decay >= 0):
@@ -297,9 +299,18 @@ def _carry_best_model(best_score: float, earlier: str | None, cfg: FitConfig) ->
     if cfg.output_path is None or not cfg.save_best_model or not is_main_process():
         return None
     here = Path(cfg.output_path).resolve()
-    if (here / "config.json").is_file() or (earlier is not None and Path(earlier) == here):
-        return None
     source = Path(earlier) if earlier else None
+    if source == here:
+        return None
+    if (here / "config.json").is_file():
+        logger.warning(
+            "Resumed with best score %s: %s already holds a model, which is kept until a later evaluation beats "
+            "that score%s",
+            best_score,
+            here,
+            f" (the best model is in {source})" if source else "",
+        )
+        return None
     if source is not None and (source / "config.json").is_file():
         for file in source.iterdir():
             if file.is_file() and file.name not in _NOT_MODEL_FILES:
@@ -309,17 +320,40 @@ def _carry_best_model(best_score: float, earlier: str | None, cfg: FitConfig) ->
     logger.warning(
         "Resumed with best score %s, whose model %s: %s gets a model only when a later evaluation beats that score",
         best_score,
-        f"was saved to {source}, which no longer holds it" if source else "was saved by the earlier run",
+        f"was saved to {source}, which no longer holds it" if source else "the earlier run did not save",
         here,
     )
     return None
 
 
-# Settings each process may set for itself (only the main process writes files); every other one must agree.
-_PER_PROCESS_SETTINGS = ("output_path", "log_dir", "checkpoint_path", "show_progress_bar")
+def ensure_writable_folders(folders: list[tuple[str, Any]]) -> None:
+    """The main process makes and test-writes each ``(name, folder)`` (None: skipped), so that a folder which
+    cannot take files fails now, not at its first save hours later. In a multi-process run every process
+    learns of a failure (one all-gather), so none is left waiting in the run's first collective."""
+    error = None
+    if is_main_process():
+        try:
+            for what, folder in folders:
+                if folder is not None:
+                    ensure_writable_directory(folder, what)
+        except ValueError as e:
+            error = e
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        failed = np.asarray(multihost_utils.process_allgather(np.array([error is not None], np.int32)))
+        if error is None and failed.any():
+            raise ValueError("the main process cannot write this run's folders (its own error says which)")
+    if error is not None:
+        raise error
 
 
-def _check_processes_agree(data: Any, cfg: FitConfig, loss_fn: Any, streamed: bool) -> None:
+# Settings each process may set for itself (only the main process writes files; whether there is an
+# output_path at all must agree, since saving the model is collective); every other one must agree.
+_PER_PROCESS_SETTINGS = ("output_path", "log_dir", "show_progress_bar")
+
+
+def _check_processes_agree(data: Any, cfg: FitConfig, loss_fn: Any, evaluator: Any, streamed: bool) -> None:
     """In a multi-process run every process must train the same steps on the same data and settings: one that
     was given other ones would wait forever in a collective (or silently train on a mix). One all-gather of a
     few hashes before anything is compiled says which of them differ."""
@@ -329,8 +363,13 @@ def _check_processes_agree(data: Any, cfg: FitConfig, loss_fn: Any, streamed: bo
 
     parts = {
         "numbers of steps": data.total_steps,
-        "settings": {k: v for k, v in _settings(cfg).items() if k not in _PER_PROCESS_SETTINGS},
+        "settings": {
+            **{k: v for k, v in _settings(cfg).items() if k not in _PER_PROCESS_SETTINGS},
+            "saves a model": cfg.output_path is not None,
+        },
         "losses": describe_callable(loss_fn),
+        # evaluating runs predict, a collective: every process evaluates, or none
+        "evaluators": None if evaluator is None else type(getattr(evaluator, "evaluator", evaluator)).__qualname__,
         # a stream's processes read their own shards; in-memory data is the whole set in every process
         "training data": None if streamed else data.run_fingerprint(),
     }
@@ -352,6 +391,14 @@ def _check_processes_agree(data: Any, cfg: FitConfig, loss_fn: Any, streamed: bo
         )
 
 
+def _stable_repr(value: Any) -> str:
+    """A value as text that is the same in every process and run: an object's address is left out."""
+    if hasattr(value, "shape") and hasattr(value, "dtype"):
+        return f"array{tuple(value.shape)}:{np.asarray(value).dtype}"
+    text = repr(value)
+    return f"<{type(value).__qualname__}>" if " at 0x" in text else text
+
+
 def describe_callable(fn: Any) -> str:
     """A stable description of a loss or activation (name and bound arguments), to tell two runs apart."""
     if callable(getattr(fn, "get_config_dict", None)):  # a trainer loss object: its class and arguments
@@ -360,6 +407,12 @@ def describe_callable(fn: Any) -> str:
     if isinstance(fn, functools.partial):
         args = {k: np.asarray(v).tolist() if hasattr(v, "shape") else v for k, v in sorted(fn.keywords.items())}
         return f"{describe_callable(fn.func)}({', '.join(f'{k}={v!r}' for k, v in args.items())})"
+    if training.is_stateful_object(fn):  # a user's loss object: its settings too (``loss.scale = 10`` differs)
+        try:
+            state = json.dumps(vars(fn), sort_keys=True, default=_stable_repr)
+        except ValueError:  # a circular reference
+            state = "..."
+        return f"{type(fn).__module__}.{type(fn).__qualname__}({state})"
     return f"{getattr(fn, '__module__', '')}.{getattr(fn, '__qualname__', type(fn).__qualname__)}"
 
 
@@ -914,12 +967,10 @@ def _run_fit(
     #    stream's examples as they are read: its first steps before compiling).
     cfg.validate()
     scheduler_key(cfg.scheduler)  # an unknown scheduler name is reported before tokenizing anything
-    if is_main_process():  # a folder that cannot be made or written fails now, not at its first save hours later
-        for what, folder in (("output_path", cfg.output_path), ("log_dir", cfg.log_dir)):
-            if folder is not None:
-                ensure_writable_directory(folder, what)
-        if cfg.checkpoint_path and "://" not in str(cfg.checkpoint_path):  # orbax also writes to gs:// etc.
-            ensure_writable_directory(cfg.checkpoint_path, "checkpoint_path")
+    local_checkpoints = cfg.checkpoint_path if "://" not in str(cfg.checkpoint_path) else None  # orbax: gs:// too
+    ensure_writable_folders(
+        [("output_path", cfg.output_path), ("log_dir", cfg.log_dir), ("checkpoint_path", local_checkpoints)]
+    )
     if data_source is not None:  # prepared (and checked) by the caller
         stream, data = None, data_source
         loss_fn, activation = loss_fct, losses.identity
@@ -928,7 +979,7 @@ def _run_fit(
         loss_fn = losses.resolve_loss(loss_fct, model.num_labels)
         activation = losses.resolve_activation(activation_fct)
         data = _StreamData(target, stream, cfg) if stream is not None else _InMemoryData(target, train_dataloader, cfg)
-    _check_processes_agree(data, cfg, loss_fn, streamed=stream is not None)
+    _check_processes_agree(data, cfg, loss_fn, target.evaluate, streamed=stream is not None)
     plan = target.plan
     k = cfg.gradient_accumulation_steps
     total_steps = data.total_steps
@@ -987,7 +1038,8 @@ def _run_fit(
             if best_score in (-9999999, 9999999):  # older checkpoints' "nothing evaluated yet"
                 best_score = None
             best_model_path = meta.get("best_model_path")
-            if best_score is not None and not getattr(target.evaluate, "tracks_best", False):
+            evaluates_here = target.evaluate is not None and not getattr(target.evaluate, "tracks_best", False)
+            if best_score is not None and evaluates_here:
                 best_model_path = _carry_best_model(best_score, best_model_path, cfg) or best_model_path
             data.resume(meta)
             # A checkpoint written before decay_rule was fingerprinted decayed with fit's rule: keep it, so the
@@ -1078,20 +1130,21 @@ def _run_fit(
         else:
             score = evaluate_fn(cfg.output_path, epoch, steps)
         primary = getattr(evaluate_fn, "primary_metric", None)
-        if not isinstance(score, dict):
-            logs.check_evaluator_number(score, getattr(evaluate_fn, "evaluator", evaluate_fn))
-        elif primary in score:
-            logs.check_evaluator_number(score[primary], getattr(evaluate_fn, "evaluator", evaluate_fn), primary)
-        events.on_evaluate(global_step, epoch, logs.evaluation_metrics(score, primary))
+        returned = score
         if getattr(evaluate_fn, "tracks_best", False):  # the trainer keeps its own best model
             score = None
-        elif isinstance(score, dict):
-            if primary in score:
-                score = score[primary]
-            elif len(score) == 1:
-                score = next(iter(score.values()))
-            else:
-                raise ValueError(f"evaluator returned {sorted(score)} but no primary_metric among them")
+        else:
+            key = None
+            if isinstance(score, dict):
+                if primary in score:
+                    key = primary
+                elif len(score) == 1:
+                    key = next(iter(score))
+                else:
+                    raise ValueError(f"evaluator returned {sorted(score)} but no primary_metric among them")
+                score = score[key]
+            score = logs.check_evaluator_number(score, getattr(evaluate_fn, "evaluator", evaluate_fn), key)
+        events.on_evaluate(global_step, epoch, logs.evaluation_metrics(returned, primary))
         if callback is not None:  # the primary score, as sentence-transformers' fit passes it (and 3.x's did)
             callback(score, epoch, steps)
         best = result.best_score

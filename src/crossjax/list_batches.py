@@ -237,6 +237,7 @@ class ListData:
         plan = target.plan
         plan.check_batch_size(self.batch_size)
         self._epoch_cache: dict[int, list[list[np.ndarray]]] = {}
+        self._data_fingerprint: str | None = None
         self._stream: list[np.ndarray] = []  # NO_DUPLICATES: the batches of passes 0, 1, ... end to end
         self._stream_passes = 0
         if sampler == "no_duplicates":  # sentence-transformers' advertised length: the rows / batch size
@@ -362,9 +363,11 @@ class ListData:
     def data_fingerprint(self) -> str:
         """A short hash of every row's values and label, so that a resume on other data (swapped columns,
         other labels, other texts of the same lengths) is refused, as the legacy ``fit`` refuses it."""
-        from crossjax.checkpoint import values_fingerprint
+        if self._data_fingerprint is None:  # hashed once (a resume and the processes' agreement both ask)
+            from crossjax.checkpoint import values_fingerprint
 
-        return values_fingerprint([*self.columns, self.labels if self.labels is not None else []])
+            self._data_fingerprint = values_fingerprint([*self.columns, self.labels if self.labels is not None else []])
+        return self._data_fingerprint
 
     def resume(self, meta: dict[str, Any]) -> None:
         """Nothing to restore: the global step says where the plan continues."""

@@ -110,9 +110,13 @@ class MeshPlan:
         return jax.tree.map(self.param_sharding, tree)
 
     def __reduce__(self) -> tuple:
-        """Pickled as its devices' ids (a JAX device object cannot be pickled), found again when unpickled."""
-        ids = tuple(int(d.id) for d in self.mesh.devices.reshape(-1))
+        """Pickled as its devices' platforms and ids (a JAX device object cannot be pickled; CPU and GPU devices
+        are both numbered from 0), found again when unpickled."""
+        ids = tuple((d.platform, int(d.id)) for d in self.mesh.devices.reshape(-1))
         return _mesh_plan_of_device_ids, (ids, self.mode)
+
+    def __deepcopy__(self, memo: dict) -> MeshPlan:
+        return self  # frozen, over immutable devices: a copied model runs on the same ones
 
     def check_batch_size(self, batch_size: int, what: str = "batch_size") -> None:
         n = self.data_shards
@@ -187,8 +191,13 @@ def gathered(tree, plan: MeshPlan):
     return _replicator(plan.replicated)(tree)
 
 
-def _mesh_plan_of_device_ids(ids: tuple[int, ...], mode: str) -> MeshPlan:
-    by_id = {int(d.id): d for d in jax.devices()}
+def _mesh_plan_of_device_ids(ids: tuple[tuple[str, int], ...], mode: str) -> MeshPlan:
+    by_id = {}
+    for platform in sorted({platform for platform, _ in ids}):
+        try:
+            by_id.update({(platform, int(d.id)): d for d in jax.devices(platform)})
+        except RuntimeError:  # no such backend in this process
+            pass
     missing = [i for i in ids if i not in by_id]
     if missing:
         raise RuntimeError(

@@ -344,16 +344,13 @@ class CrossEncoderTrainer:
     # ----------------------------------------------------------------------------------------- train
     def train(self, resume_from_checkpoint: str | bool | None = None) -> TrainOutput:
         """Train; returns ``TrainOutput(global_step, training_loss, metrics)``."""
-        from crossjax.fit_loop import FitConfig, FitResult, ParametersOverflowError, run_fit
+        from crossjax.fit_loop import FitConfig, FitResult, ParametersOverflowError, ensure_writable_folders, run_fit
 
         args = self.args
         if self.train_dataset is None:
             raise ValueError("CrossEncoderTrainer.train() needs train_dataset")
         self.model._check_parameters_finite()
-        if is_main_process():  # named as the user set it (fit would report it as its log_dir)
-            from crossjax.models.export import ensure_writable_directory
-
-            ensure_writable_directory(args.output_dir, "output_dir")
+        ensure_writable_folders([("output_dir", args.output_dir)])  # named as the user set it (fit: log_dir)
         resume = resume_from_checkpoint if resume_from_checkpoint is not None else args.resume_from_checkpoint
         data = self._list_data(self.train_dataset, "train_dataset", train=True)
         total = data.total_steps
@@ -485,7 +482,7 @@ class CrossEncoderTrainer:
                 # as Hugging Face: asked to resume, never a silent fresh start (an interrupted first save leaves
                 # only a "*.orbax-checkpoint-tmp" folder)
                 raise ValueError(f"resume_from_checkpoint=True but {path} holds no complete checkpoint")
-        elif path.exists() and any(path.iterdir()):
+        elif path.is_dir() and any(_is_checkpoint_step(p) for p in path.iterdir()):  # not an unfinished first save
             raise FileExistsError(
                 f"{path} holds checkpoints of an earlier run: pass resume_from_checkpoint=True to continue it, or "
                 "choose another output_dir (nothing is overwritten)"

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import gc
+import hashlib
 import logging
 import re
 import threading
@@ -661,8 +662,14 @@ def _value_key(value: Any) -> Any:
     if value is None or isinstance(value, (bool, int, float, complex, str, bytes)):
         return (type(value).__name__, value)
     if hasattr(value, "shape") and hasattr(value, "dtype"):
-        array = np.asarray(value)
-        return ("array", array.dtype.str, array.shape, array.tobytes())
+        try:
+            array = np.asarray(value)
+        except RuntimeError as e:  # a jax.Array spanning other processes' devices
+            raise _Unkeyable(type(value).__name__) from e
+        data = array.tobytes()
+        if len(data) > 1024:  # a cached key need not hold a large array's copy
+            data = hashlib.sha256(data).digest()
+        return ("array", array.dtype.str, array.shape, data)
     if isinstance(value, (tuple, list)):
         return (type(value).__name__, tuple(_value_key(v) for v in value))
     raise _Unkeyable(type(value).__name__)
@@ -687,38 +694,47 @@ def _state_key(value: Any, depth: int = 0) -> Any:
     if depth < 4 and type(value).__module__.startswith("crossjax.") and hasattr(value, "__dict__"):
         items = sorted((k, _state_key(v, depth + 1)) for k, v in vars(value).items())
         return ("object", type(value), tuple(items))
-    key = callable_key(value) if callable(value) else None
+    key = callable_key(value, depth + 1) if callable(value) and depth < 4 else None
     if key is None:
         raise _Unkeyable(type(value).__name__)
     return key
 
 
-def callable_key(fn: Callable) -> Any:
+def callable_key(fn: Callable, depth: int = 0) -> Any:
     """A loss or activation as a cache key: a function by identity, a ``functools.partial`` by its function and
     the values of its arguments (so ``partial(cross_entropy, class_weights=array)`` built twice from equal
     weights is the same key), a list loss (``crossjax.losses``) by its class and settings, whatever model it
     was built for (so a second trainer with an equal loss reuses the compiled step). None when it cannot be
-    keyed (an unhashable callable): then nothing is reused."""
+    keyed (an unhashable callable): then nothing is reused. A user's callable object is keyed by itself and the
+    values of its attributes (``loss.scale = 10`` between two fits is another program); an attribute that has
+    no value key (a logger, a module) by its identity."""
     try:
         if is_list_loss(fn):
             settings = {k: v for k, v in vars(fn).items() if k not in _LOSS_ATTRIBUTES_NOT_KEYED}
-            return ("loss", type(fn), _state_key(settings))
+            return ("loss", type(fn), _state_key(settings, depth))
         if isinstance(fn, functools.partial):
-            inner = callable_key(fn.func)
+            inner = callable_key(fn.func, depth)
             if inner is None:
                 return None
             args = tuple(_value_key(a) for a in fn.args)
             kwargs = tuple(sorted((k, _value_key(v)) for k, v in fn.keywords.items()))
             return ("partial", inner, args, kwargs)
-        if _is_stateful_object(fn):  # mutable settings: keyed by their values, or not reused at all
-            return ("object", type(fn), _state_key(vars(fn)))
+        if is_stateful_object(fn):
+            return ("object", fn, tuple(sorted((k, _attribute_key(v, depth)) for k, v in vars(fn).items())))
         hash(fn)
     except (_Unkeyable, TypeError):
         return None
     return ("callable", fn)
 
 
-def _is_stateful_object(fn: Callable) -> bool:
+def _attribute_key(value: Any, depth: int) -> Any:
+    try:
+        return _state_key(value, depth + 1)
+    except (_Unkeyable, TypeError):
+        return ("identity", id(value))
+
+
+def is_stateful_object(fn: Callable) -> bool:
     """A callable instance of a user's class (``loss.scale = 10`` may change what it computes), not a function,
     a builtin, a class or a jax-wrapped function."""
     return (

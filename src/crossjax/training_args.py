@@ -13,6 +13,7 @@ import copy
 import json
 import logging
 import math
+import os
 from dataclasses import dataclass, field, fields
 from enum import Enum
 from typing import Any
@@ -217,7 +218,8 @@ class CrossEncoderTrainingArguments:
                 continue
             default = f.default_factory() if callable(f.default_factory) else f.default  # type: ignore[misc]
             setattr(self, f.name, default)
-        self.output_dir = output_dir
+        # "~/out" expanded, as Hugging Face's TrainingArguments does (else a literal "~" folder is made)
+        self.output_dir = os.path.expanduser(output_dir) if isinstance(output_dir, str | os.PathLike) else output_dir
         self.extra = {}
         for key, value in kwargs.items():
             if key in own:

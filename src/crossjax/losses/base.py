@@ -20,7 +20,6 @@ NaN there cannot leak into the gradient.
 from __future__ import annotations
 
 import abc
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from numbers import Real
@@ -30,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from crossjax.data import fits_float32
 from crossjax.losses.activations import (
     activation_name_for_export,
     identity,
@@ -105,12 +105,9 @@ def is_integer(value: Any) -> bool:
     return isinstance(value, int | np.integer) and not isinstance(value, bool)
 
 
-FLOAT32_MAX = float(np.finfo(np.float32).max)
-
-
 def is_finite_number(value: Any) -> bool:
     """A number that stays finite in float32, where the step computes (1e39 would become inf there)."""
-    return is_number(value) and math.isfinite(float(value)) and abs(float(value)) <= FLOAT32_MAX
+    return is_number(value) and fits_float32(float(value))
 
 
 def as_list(value: Any) -> list | None:

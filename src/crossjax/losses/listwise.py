@@ -71,7 +71,9 @@ class ListwiseLoss(CrossEncoderLoss):
                 )
             for d, value in enumerate(values):
                 if not is_finite_number(value):
-                    raise ValueError(f"{name}: row {row}: label {d} ({value!r}) is not a finite number")
+                    raise ValueError(
+                        f"{name}: row {row}: label {d} ({value!r}) is not a finite number that float32 can hold"
+                    )
 
     def width(self, columns: list[list], labels: Any, rows_per_step: int | None = None) -> tuple[int, int]:
         longest = max((len(docs) for docs in columns[1]), default=1)

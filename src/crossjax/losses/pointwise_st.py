@@ -69,7 +69,7 @@ class _PairLoss(CrossEncoderLoss):
                 raise ValueError(f"{type(self).__name__}: row {row_offset + i}: label {label!r} {problem}")
 
     def _label_problem(self, label: Any) -> str | None:
-        return None if is_finite_number(label) else "is not a finite number (one score per pair)"
+        return None if is_finite_number(label) else "is not a finite number that float32 can hold (one score per pair)"
 
     def _row_mask(self, doc_mask: jnp.ndarray, query_mask: jnp.ndarray) -> jnp.ndarray:
         return doc_mask[:, 0] & query_mask

@@ -373,14 +373,8 @@ def _check_processes_agree(data: Any, cfg: FitConfig, loss_fn: Any, evaluator: A
         # a stream's processes read their own shards; in-memory data is the whole set in every process
         "training data": None if streamed else data.run_fingerprint(),
     }
-    codes = np.array(
-        [
-            int.from_bytes(hashlib.sha256(json.dumps(v, sort_keys=True, default=repr).encode()).digest()[:4], "little")
-            & 0x7FFFFFFF
-            for v in parts.values()
-        ],
-        np.int32,
-    )
+    texts = [json.dumps(v, sort_keys=True, default=_stable_repr).encode() for v in parts.values()]
+    codes = np.array([int.from_bytes(hashlib.sha256(t).digest()[:4], "little") & 0x7FFFFFFF for t in texts], np.int32)
     every = np.asarray(multihost_utils.process_allgather(codes)).reshape(jax.process_count(), len(parts))
     differ = [name for j, name in enumerate(parts) if len(set(every[:, j].tolist())) > 1]
     if differ:

@@ -19,7 +19,7 @@ from test_fit_behaviour import (  # noqa: F401 - fixtures used by name
     tiny_dirs,
 )
 
-from crossjax import CrossEncoder, DataLoader
+from crossjax import CrossEncoder, DataLoader, InputExample
 from crossjax.checkpoint import CheckpointMismatchError
 
 
@@ -114,3 +114,50 @@ def test_resuming_with_a_changed_loss_object_setting_is_refused(tiny_dir, tmp_pa
     loss.scale = 10.0
     with pytest.raises(CheckpointMismatchError, match="loss: checkpoint"):
         fit()
+
+
+def test_a_label_float32_cannot_hold_is_refused_up_front(tiny_dir):
+    examples = make_examples(8)
+    examples[5] = InputExample(texts=examples[5].texts, label=1e39)  # finite in float64, inf in the step
+    with pytest.raises(ValueError, match=r"Example 5: label is 1e\+39"):
+        CrossEncoder(str(tiny_dir), max_length=32).fit(DataLoader(examples, batch_size=4), **TRAIN)
+
+
+def test_a_refused_resume_closes_its_checkpoint_manager(tiny_dir, tiny_dirs, tmp_path, monkeypatch):
+    """Left open, orbax's manager keeps a thread that prints a dozen tracebacks when the process exits."""
+    from crossjax.checkpoint import TrainCheckpointer
+
+    settings = dict(TRAIN, checkpoint_path=str(tmp_path / "ckpt"), checkpoint_save_steps=1)
+    CrossEncoder(str(tiny_dir), max_length=32).fit(DataLoader(make_examples(8), batch_size=4), **settings)
+    opened, closed = [], []
+    real_init, real_close = TrainCheckpointer.__init__, TrainCheckpointer.close
+    monkeypatch.setattr(TrainCheckpointer, "__init__", lambda self, *a: (opened.append(self), real_init(self, *a))[1])
+    monkeypatch.setattr(TrainCheckpointer, "close", lambda self: (closed.append(self), real_close(self))[1])
+    other = CrossEncoder(str(tiny_dirs[3]), max_length=32)  # 3 labels: another run
+    with pytest.raises(CheckpointMismatchError):
+        other.fit(DataLoader(make_examples(8, seed=1), batch_size=4), **settings)
+    assert len(opened) == 1 and closed == opened
+
+
+def test_a_device_index_is_refused_in_a_multi_process_run(monkeypatch):
+    """torch's per-process ``cuda:0``: one JAX mesh spans every process's devices, so one index cannot work."""
+    import jax
+
+    from crossjax import parallel
+
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    with pytest.raises(ValueError, match="names one device, but this run has 2 processes"):
+        parallel.devices_for("cpu:0")
+    assert parallel.devices_for("cpu") == jax.devices("cpu")
+
+
+def test_a_checkpoint_of_another_model_width_is_another_run_not_a_damaged_one(tiny_dir, minilm_dir, tmp_path):
+    from conftest import save_tiny_bert
+    from transformers import AutoTokenizer
+
+    wider = save_tiny_bert(tmp_path / "wider", AutoTokenizer.from_pretrained(minilm_dir), hidden_size=48)
+    settings = dict(TRAIN, checkpoint_path=str(tmp_path / "ckpt"), checkpoint_save_steps=1)
+    CrossEncoder(str(tiny_dir), max_length=32).fit(DataLoader(make_examples(8), batch_size=4), **settings)
+    with pytest.raises(CheckpointMismatchError, match="belongs to a different run .*model_shape") as refused:
+        CrossEncoder(str(wider), max_length=32).fit(DataLoader(make_examples(8), batch_size=4), **settings)
+    assert type(refused.value) is CheckpointMismatchError  # not its subclass CheckpointCorruptError

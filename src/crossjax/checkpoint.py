@@ -139,7 +139,9 @@ def _as_pure(state: TrainState) -> dict:
 
 # Fingerprint keys newer than the first checkpoints (crossjax 0.x, session 14): absent from older ones.
 # (decay_rule: an older checkpoint's run decayed with fit's rule, and its resume keeps that rule: see fit_loop)
-LATER_FINGERPRINT_KEYS = frozenset({"scan_layers", "groups", "max_length", "stream_files", "decay_rule", "data"})
+LATER_FINGERPRINT_KEYS = frozenset(
+    {"scan_layers", "groups", "max_length", "stream_files", "decay_rule", "data", "model_shape"}
+)
 
 
 class TrainCheckpointer:

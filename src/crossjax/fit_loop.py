@@ -312,9 +312,11 @@ def _carry_best_model(best_score: float, earlier: str | None, cfg: FitConfig) ->
         )
         return None
     if source is not None and (source / "config.json").is_file():
-        for file in source.iterdir():
-            if file.is_file() and file.name not in _NOT_MODEL_FILES:
-                shutil.copy2(file, here / file.name)
+        for file in sorted(source.iterdir(), key=lambda f: f.name == "config.json"):  # config.json last
+            if file.is_file() and file.name not in _NOT_MODEL_FILES:  # each file whole or not at all
+                partial = here / f".{file.name}.crossjax-copy"
+                shutil.copy2(file, partial)
+                os.replace(partial, here / file.name)
         logger.warning("Resumed with best score %s: its model was copied from %s to %s", best_score, source, here)
         return str(here)
     logger.warning(
@@ -346,6 +348,10 @@ def ensure_writable_folders(folders: list[tuple[str, Any]]) -> None:
             raise ValueError("the main process cannot write this run's folders (its own error says which)")
     if error is not None:
         raise error
+
+
+# The config fields that shape a model's parameters (a checkpoint holds arrays of these sizes).
+_MODEL_SHAPE_KEYS = ("vocab_size", "hidden_size", "num_hidden_layers", "intermediate_size", "num_attention_heads")
 
 
 # Settings each process may set for itself (only the main process writes files; whether there is an
@@ -1008,6 +1014,8 @@ def _run_fit(
             **data.run_fingerprint(),
             "num_labels": model.num_labels,
             "model_type": model.config.model_type,
+            # another model's arrays would fail to restore as if the files were damaged: say it is another run
+            "model_shape": {k: getattr(model.config, k, None) for k in _MODEL_SHAPE_KEYS},
             # stacked (scanned) and per-layer parameters are other trees: restoring one as the other would
             # fail as if the files were damaged
             "scan_layers": bool(getattr(getattr(model, "encoder", None), "scan", True)),

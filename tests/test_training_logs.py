@@ -165,6 +165,37 @@ def test_resumed_run_appends_without_duplicating_steps(tiny_dir, tmp_path, monke
     assert (logs / CURVES_FILE).is_file()
 
 
+def test_interrupted_run_keeps_the_records_of_its_finished_steps(tiny_dir, tmp_path, monkeypatch):
+    """Ctrl-C between two logging steps (here while step 4's batch is placed): the steps that finished still
+    get their records, in the history and in metrics.jsonl, with the losses an uninterrupted run logs."""
+    from crossjax import training
+
+    examples = make_examples(24, seed=4)
+    whole = CrossEncoder(tiny_dir, max_length=32)
+    whole.fit(DataLoader(examples, batch_size=4), epochs=1, logging_steps=1, **FAST)
+
+    placed = training.batch_to_global
+    calls = []
+
+    def interrupted_at_step_4(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyboardInterrupt("Ctrl-C")
+        return placed(*args, **kwargs)
+
+    monkeypatch.setattr(training, "batch_to_global", interrupted_at_step_4)
+    interrupted = CrossEncoder(tiny_dir, max_length=32)
+    with pytest.raises(KeyboardInterrupt):
+        interrupted.fit(
+            DataLoader(examples, batch_size=4), epochs=1, logging_steps=100, log_dir=str(tmp_path / "logs"), **FAST
+        )
+    assert [r["step"] for r in interrupted.training_history] == [1, 2, 3]
+    np.testing.assert_allclose(
+        [r["loss"] for r in interrupted.training_history], [r["loss"] for r in whole.training_history[:3]], rtol=1e-6
+    )
+    assert [r["step"] for r in _step_records(read_metrics(tmp_path / "logs" / METRICS_FILE))] == [1, 2, 3]
+
+
 def test_no_log_files_without_output_path_or_log_dir(tiny_dir, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     model = CrossEncoder(tiny_dir, max_length=32)

@@ -10,6 +10,7 @@ interface: examples in memory (tokenized once, the whole run planned up front) o
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import json
@@ -1280,7 +1281,11 @@ def _run_fit(
         completed = True
     finally:
         # Ctrl-C, an evaluator or callback error, OOM, a checkpoint error or a non-finite loss: the model keeps
-        # the last completed step's parameters (the state was only ever replaced by finished steps).
+        # the last completed step's parameters (the state was only ever replaced by finished steps), and the
+        # records of its steps not yet logged (a failing step's own error, or a non-finite loss, is not masked).
+        if not completed:
+            with contextlib.suppress(Exception):
+                metrics.flush()
         data.close()
         sync_model()
         if bar is not None:

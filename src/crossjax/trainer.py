@@ -237,7 +237,6 @@ class CrossEncoderTrainer:
         # As sentence-transformers' card callback at the trainer's creation: the model's card is now generated
         # anew at save (a card it was loaded with no longer describes it)
         model.model_card_data.add_tags("generated_from_trainer")
-        self._eval_programs: dict[Any, Callable] = {}
         self._in_train = False  # evaluate() during train(): the evaluator runs with the first eval dataset only
 
     def loss_for(self, name: str | None):
@@ -575,19 +574,9 @@ class CrossEncoderTrainer:
         loss = self.loss_for(name)
         data.start(0)
         model, plan = self.model.model, self.model.mesh_plan
-        # One jitted function per dtype and loss settings (``loss.scale = 20`` between two calls is a new one),
-        # keyed as the train step keys its loss; a loss that cannot be keyed is compiled on every call.
-        loss_key = training.callable_key(loss)
-        key = (bool(self.args.bf16), loss_key)
-        step_fn = self._eval_programs.get(key) if loss_key is not None else None
-        if step_fn is None:
-            dtype = jnp.bfloat16 if self.args.bf16 else jnp.float32
-            graphdef = training.graphdef_with_dtype(model, dtype, train=False)
-            step_fn = training.GcPausedJit(
-                jax.jit(training.make_eval_loss_step(graphdef, loss, losses.identity), out_shardings=plan.replicated)
-            )
-            if loss_key is not None:
-                self._eval_programs[key] = step_fn
+        dtype = jnp.bfloat16 if self.args.bf16 else jnp.float32
+        graphdef = training.graphdef_with_dtype(model, dtype, train=False)
+        step_fn = training.eval_loss_program(graphdef, loss, plan)[0].fn
         params, rest = nnx.state(model, nnx.Param), nnx.state(model, nnx.Not(nnx.Param))
         numerator, denominator = 0.0, 0.0
         for step in data.steps():

@@ -649,7 +649,7 @@ class StepProgram:
 # At most this many jitted train steps (and as many predict steps) are kept: each holds its compiled
 # executables, one per batch shape.
 PROGRAM_CACHE_SIZE = 8
-_programs: dict[str, list[tuple[tuple, StepProgram]]] = {"train": [], "predict": []}
+_programs: dict[str, list[tuple[tuple, StepProgram]]] = {"train": [], "predict": [], "eval_loss": []}
 _programs_lock = threading.Lock()
 
 
@@ -845,6 +845,22 @@ def predict_program(graphdef, plan: MeshPlan) -> tuple[StepProgram, bool]:
 
     return _program("predict", (graphdef, plan.replicated), build)
 
+
+
+def eval_loss_program(graphdef, loss_fn: Callable, plan: MeshPlan) -> tuple[StepProgram, bool]:
+    """The jitted ``(params, rest, batch) -> (loss numerator, denominator)`` of a model graph (compute dtype,
+    eval mode) and a loss, keyed as :func:`train_program` keys its loss (``loss.scale = 20`` between two calls
+    is a new program; a loss that cannot be keyed is traced anew on every call)."""
+    from crossjax.runtime import enable_compilation_cache
+
+    enable_compilation_cache()
+    loss_key = callable_key(loss_fn)
+
+    def build() -> StepProgram:
+        fn = jax.jit(make_eval_loss_step(graphdef, loss_fn, losses.identity), out_shardings=plan.replicated)
+        return StepProgram(GcPausedJit(fn), CompileCounter())
+
+    return _program("eval_loss", None if loss_key is None else (graphdef, loss_key, plan.replicated), build)
 
 # JAX's spans for tracing to a jaxpr, lowering it to MLIR and compiling it (or loading it from the persistent
 # cache) in the backend (jax/_src/dispatch.py).

@@ -34,7 +34,7 @@ from crossjax import data as data_lib
 from crossjax import logs, losses, packing, streaming, training
 from crossjax.data import FLOAT32_MAX
 from crossjax.models.base import FlaxPreTrainedModel
-from crossjax.models.export import check_local_path, ensure_writable_directory
+from crossjax.models.export import atomic_directory_write, check_local_path, ensure_writable_directory
 from crossjax.parallel import MeshPlan, global_batch_array, process_rows, put_global
 from crossjax.runtime import is_main_process, progress_bar
 from crossjax.schedules import make_schedule, scheduler_key
@@ -313,11 +313,13 @@ def _carry_best_model(best_score: float, earlier: str | None, cfg: FitConfig) ->
         )
         return None
     if source is not None and (source / "config.json").is_file():
-        for file in sorted(source.iterdir(), key=lambda f: f.name == "config.json"):  # config.json last
-            if file.is_file() and file.name not in _NOT_MODEL_FILES:  # each file whole or not at all
-                partial = here / f".{file.name}.crossjax-copy"
-                shutil.copy2(file, partial)
-                os.replace(partial, here / file.name)
+
+        def copy_model(folder: Path) -> None:
+            for file in source.iterdir():
+                if file.is_file() and file.name not in _NOT_MODEL_FILES:
+                    shutil.copy2(file, folder / file.name)
+
+        atomic_directory_write(here, copy_model, last=("config.json",))  # each file whole, config.json last
         logger.warning("Resumed with best score %s: its model was copied from %s to %s", best_score, source, here)
         return str(here)
     logger.warning(

@@ -485,3 +485,36 @@ def test_from_pretrained_returns_an_eval_model_and_takes_transformers_dtype_form
     for bad in (torch.float64, "int8", np.float64):
         with pytest.raises(ValueError, match="not one crossjax computes in"):
             FlaxAutoModelForSequenceClassification.from_pretrained(path, dtype=bad)
+
+
+def test_from_pretrained_reads_transformers_keywords_as_transformers_does(tiny_dir):
+    """Keywords that name config attributes override the checkpoint's config, ``config=`` replaces it, and
+    ``torch_dtype`` is dtype's old name, each giving transformers' config; a keyword that is none of those is
+    a TypeError in both libraries, and PyTorch loading options are refused by name."""
+    import jax.numpy as jnp
+    from transformers import AutoConfig
+
+    path, _ = tiny_dir
+    overrides = dict(hidden_dropout_prob=0.0, classifier_dropout=0.3, id2label={0: "relevant"})
+    overrides["ignore_mismatched_sizes"] = True  # one label where the checkpoint has two
+    theirs = AutoModelForSequenceClassification.from_pretrained(path, **overrides).config
+    ours = FlaxAutoModelForSequenceClassification.from_pretrained(path, **overrides)
+    for key in ("hidden_dropout_prob", "classifier_dropout", "num_labels", "id2label"):
+        assert getattr(ours.config, key) == getattr(theirs, key), key
+    assert ours.num_labels == 1 and ours.dropout.rate == 0.3
+
+    three = AutoConfig.from_pretrained(path, num_labels=3, attention_probs_dropout_prob=0.0)
+    theirs = AutoModelForSequenceClassification.from_pretrained(path, config=three, ignore_mismatched_sizes=True)
+    ours = FlaxAutoModelForSequenceClassification.from_pretrained(path, config=three, ignore_mismatched_sizes=True)
+    assert ours.num_labels == theirs.config.num_labels == 3
+    assert ours.config.attention_probs_dropout_prob == 0.0 and three.num_labels == 3  # the caller's config kept
+    assert jnp.dtype(FlaxAutoModelForSequenceClassification.from_pretrained(path, torch_dtype="bfloat16").dtype) == (
+        jnp.bfloat16
+    )
+    for call in (dict(not_a_setting=1), dict(config=three, hidden_dropout_prob=0.0)):
+        with pytest.raises(TypeError):
+            AutoModelForSequenceClassification.from_pretrained(path, **call)
+        with pytest.raises(TypeError, match="unexpected keyword arguments"):
+            FlaxAutoModelForSequenceClassification.from_pretrained(path, **call)
+    with pytest.raises(ValueError, match=r"\['device_map'\] are PyTorch loading options"):
+        FlaxAutoModelForSequenceClassification.from_pretrained(path, device_map="auto")

@@ -115,6 +115,8 @@ def test_logits_equal_pytorch_float32(saved, scan_layers):
     ours = np.asarray(model(ids, mask))
     assert ours.shape == (ids.shape[0], pt.config.num_labels)
     np.testing.assert_allclose(ours, torch_logits(pt, ids, mask), atol=1e-5, rtol=0)
+    with pytest.raises(TypeError, match="not torch tensors: tokenize with return_tensors='np'"):
+        model(torch.tensor(ids), torch.tensor(mask))  # called as the PyTorch model is
 
 
 def test_packed_logits_equal_unpacked_and_pytorch(saved):

@@ -16,8 +16,8 @@ from typing import Any
 import jax.numpy as jnp
 
 from crossjax.models import checkpoints
-from crossjax.models.base import FlaxPreTrainedModel
-from crossjax.models.checkpoints import CheckpointError, UnknownModelTypeError, resolve_checkpoint_dir
+from crossjax.models.base import FlaxPreTrainedModel, pretrained_options
+from crossjax.models.checkpoints import CheckpointError, UnknownModelTypeError
 
 _NOT_FAMILIES = {"auto", "base", "checkpoints", "export", "layers", "params"}
 
@@ -82,20 +82,29 @@ class FlaxAutoModelForSequenceClassification:
         name_or_path: str | os.PathLike,
         num_labels: int | None = None,
         *,
-        dtype=jnp.float32,
+        config=None,
+        dtype=None,
         seed: int = 0,
         scan_layers: bool = True,
         output_loading_info: bool = False,
         config_kwargs: dict | None = None,
-        **hub_kwargs: Any,
+        **kwargs: Any,
     ):
         """Load a Hugging Face checkpoint directory (or hub id) into the matching crossjax family, in eval mode
-        (dropout off) as transformers returns it; ``dtype`` is the compute dtype (parameters stay float32).
+        (dropout off) as transformers returns it; ``dtype`` (or ``torch_dtype``) is the compute dtype, float32 by
+        default (parameters stay float32).
 
-        ``num_labels`` overrides the checkpoint's; a head of another size is re-initialised with a warning.
+        The keywords are transformers': ``config=`` (a config object or path) replaces the checkpoint's config;
+        other keywords that name config attributes override it (``hidden_dropout_prob=0.0``), and so do
+        ``num_labels`` and ``config_kwargs`` (sentence-transformers' spelling); hub options (``revision``,
+        ``token``, ``cache_dir``, ...) go to the download. A keyword that is none of those is a TypeError, and
+        PyTorch-only loading options (``device_map``, ``attn_implementation``, ...) are refused by name. A head
+        of another size than the checkpoint's is re-initialised with a warning (``ignore_mismatched_sizes``).
         """
-        directory = resolve_checkpoint_dir(name_or_path, **hub_kwargs)
-        config = load_config(directory, num_labels=num_labels, **(config_kwargs or {}))
+        where = "FlaxAutoModelForSequenceClassification.from_pretrained"
+        directory, config, dtype = pretrained_options(
+            where, name_or_path, config, num_labels, config_kwargs, dtype, kwargs, load=load_config
+        )
         return model_class_for(config).from_pretrained(
             directory,
             config=config,

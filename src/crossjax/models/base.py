@@ -58,6 +58,86 @@ def compute_dtype_of(dtype: Any) -> type:
     raise ValueError(f"compute dtype {dtype!r} is not one crossjax computes in (float32, bfloat16, float16)")
 
 
+def refuse_torch_tensors(*inputs: Any) -> None:
+    """A model called as a PyTorch one (``model(**tokenizer(..., return_tensors="pt"))``) is told what to pass,
+    not left to fail deep inside JAX."""
+    if any(type(x).__module__.startswith("torch") for x in inputs):
+        raise TypeError(
+            "crossjax models take numpy or JAX arrays, not torch tensors: tokenize with return_tensors='np' "
+            "(or score pairs with CrossEncoder.predict); the result is the logits array itself"
+        )
+
+
+# transformers' from_pretrained keywords that say where a checkpoint comes from (huggingface_hub's download)
+HUB_DOWNLOAD_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "proxies")
+# ... and those that steer PyTorch's loading, with no meaning for JAX arrays (refused when set)
+TORCH_LOADING_KWARGS = (
+    "attn_implementation", "device_map", "low_cpu_mem_usage", "max_memory", "offload_folder", "offload_state_dict",
+    "quantization_config", "use_safetensors", "variant", "state_dict", "tp_plan", "device_mesh", "key_mapping",
+    "subfolder", "trust_remote_code", "use_kernels", "gguf_file", "weights_only",
+)  # fmt: skip
+
+
+def pretrained_options(
+    where: str,
+    name_or_path,
+    config,
+    num_labels: int | None,
+    config_kwargs: dict | None,
+    dtype,
+    kwargs: dict,
+    load: Callable[..., Any] = load_config,
+) -> tuple[Path, Any, type]:
+    """transformers' ``from_pretrained`` keywords read as it reads them: the checkpoint directory (hub options
+    passed to the download), the config (``config=`` an object or a path; other keywords that name config
+    attributes override the checkpoint's, any other one is a TypeError, as in transformers) and the compute
+    dtype (``torch_dtype`` is ``dtype``'s old name). ``num_labels`` and ``config_kwargs`` are crossjax's and
+    sentence-transformers' spellings of config overrides."""
+    from transformers import PretrainedConfig
+
+    kwargs = dict(kwargs)
+    torch_only = sorted(k for k in TORCH_LOADING_KWARGS if kwargs.get(k) not in (None, False))
+    if torch_only:
+        raise ValueError(
+            f"{where}: {torch_only} are PyTorch loading options with no meaning in crossjax (its parameters are "
+            "float32 JAX arrays on the devices of its mesh, and it runs its own attention)"
+        )
+    for key in TORCH_LOADING_KWARGS:
+        kwargs.pop(key, None)
+    kwargs.pop("ignore_mismatched_sizes", None)  # a head of another size is re-initialised (with a warning) anyway
+    torch_dtype = kwargs.pop("torch_dtype", None)
+    if torch_dtype is not None:
+        if dtype is not None and compute_dtype_of(dtype) != compute_dtype_of(torch_dtype):
+            raise ValueError(f"{where}: dtype={dtype!r} and torch_dtype={torch_dtype!r} disagree; pass dtype only")
+        dtype = torch_dtype
+    hub = {key: kwargs.pop(key) for key in HUB_DOWNLOAD_KWARGS if key in kwargs}
+    directory = resolve_checkpoint_dir(name_or_path, **hub)
+    overrides = dict(config_kwargs or {})
+    clash = sorted(k for k in set(overrides) & set(kwargs) if overrides[k] != kwargs[k])
+    if clash:
+        raise ValueError(f"{where}: config_kwargs and keyword arguments give different values for {clash}")
+    overrides.update(kwargs)
+    if isinstance(config, PretrainedConfig):
+        if kwargs:  # transformers hands them to the model's constructor, which takes none
+            raise TypeError(
+                f"{where} got unexpected keyword arguments {sorted(kwargs)}: with config= given, set them on that "
+                "config (transformers refuses them too)"
+            )
+        config = config.__class__.from_dict(config.to_dict(), **overrides)  # a copy: the caller's is untouched
+        if num_labels is not None:
+            config.num_labels = int(num_labels)
+    else:
+        source = directory if config is None else resolve_checkpoint_dir(config, **hub)
+        config = load(source, num_labels=num_labels, **overrides)
+    unknown = sorted(k for k in kwargs if not hasattr(config, k))
+    if unknown:
+        raise TypeError(
+            f"{where} got unexpected keyword arguments {unknown}: neither attributes of {type(config).__name__} "
+            f"nor loading options (hub: {list(HUB_DOWNLOAD_KWARGS)})"
+        )
+    return directory, config, compute_dtype_of(dtype)
+
+
 @dataclass
 class LoadingInfo:
     missing_keys: list[str] = field(default_factory=list)
@@ -137,11 +217,7 @@ class FlaxPreTrainedModel(nnx.Module):
         self, input_ids: jax.Array, attention_mask: jax.Array | None = None, token_type_ids: jax.Array | None = None
     ) -> jax.Array:
         """Logits (B, num_labels) in float32 from integer token arrays (B, L)."""
-        if any(type(x).__module__.startswith("torch") for x in (input_ids, attention_mask, token_type_ids)):
-            raise TypeError(
-                "crossjax models take numpy or JAX arrays, not torch tensors: tokenize with return_tensors='np' "
-                "(or score pairs with CrossEncoder.predict); the result is the logits array itself"
-            )
+        refuse_torch_tensors(input_ids, attention_mask, token_type_ids)
         with self.matmul_precision():
             return self.classify(self.encode(input_ids, attention_mask, token_type_ids)).astype(jnp.float32)
 
@@ -281,16 +357,19 @@ class FlaxPreTrainedModel(nnx.Module):
         *,
         config=None,
         num_labels: int | None = None,
-        dtype=jnp.float32,
+        dtype=None,
         seed: int = 0,
         scan_layers: bool = True,
         output_loading_info: bool = False,
         config_kwargs: dict | None = None,
-        **hub_kwargs: Any,
+        **kwargs: Any,
     ):
-        directory = resolve_checkpoint_dir(name_or_path, **hub_kwargs)
-        if config is None:
-            config = load_config(directory, num_labels=num_labels, **(config_kwargs or {}))
+        """This family's model from a Hugging Face checkpoint, in eval mode; keywords as
+        :meth:`crossjax.models.FlaxAutoModelForSequenceClassification.from_pretrained` takes them."""
+        where = f"{cls.__name__}.from_pretrained"
+        directory, config, dtype = pretrained_options(
+            where, name_or_path, config, num_labels, config_kwargs, dtype, kwargs
+        )
         build = cls._builder(config, dtype, seed, scan_layers)
         abstract = nnx.eval_shape(build)
         tensors, source = read_state_dict(directory)

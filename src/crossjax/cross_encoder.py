@@ -300,7 +300,9 @@ class CrossEncoder:
         else:
             default = losses.sigmoid if self.num_labels == 1 else losses.identity
             self.activation_fn = _activation_or_default(saved, default)
-        self._predict_graphdefs: dict = {}  # compute dtype name -> eval-mode graph of the model
+        # compute dtype name -> (eval-mode graph, output sharding, its predict program), kept with the model
+        self._predict_programs = training.HeldPrograms()
+        self._arrays_guard = training.ArraysGuard()  # predict/save from other threads while fit trains
         self.model_card_data = CrossEncoderModelCardData.coerce(model_card_data)
         if self.model_card_data.base_model is None and not Path(model_name_or_path).expanduser().exists():
             self.model_card_data.base_model = str(model_name_or_path)  # a hub id
@@ -405,10 +407,12 @@ class CrossEncoder:
         """The jitted predict step, shared by every CrossEncoder of the process with the same model class,
         config, compute dtype and mesh (see :func:`crossjax.training.predict_program`)."""
         key = jnp.dtype(dtype).name
-        if key not in self._predict_graphdefs:
-            self._predict_graphdefs[key] = training.graphdef_with_dtype(self.model, dtype, train=False)
-        program, _ = training.predict_program(self._predict_graphdefs[key], self.mesh_plan)
-        return program
+        held = self._predict_programs.get(key)
+        if held is None or held[1] != self.mesh_plan.replicated:
+            graphdef = held[0] if held is not None else training.graphdef_with_dtype(self.model, dtype, train=False)
+            program, _ = training.predict_program(graphdef, self.mesh_plan)
+            self._predict_programs[key] = held = (graphdef, self.mesh_plan.replicated, program)
+        return held[2]
 
     def _logits(
         self, texts_a: list[str], texts_b: list[str], batch_size: int, show_progress_bar: bool | None, dtype=None
@@ -434,13 +438,13 @@ class CrossEncoder:
         plan = packing.plan_calls_sharing_shapes(
             group_lengths, shards, rows // shards, width, self.max_shapes, program.counter.shapes, program.economy
         )
-        traced_before = program.counter.count
-        params, rest = nnx.state(self.model, nnx.Param), nnx.state(self.model, nnx.Not(nnx.Param))
+        traced_before = len(program.counter.shapes_here())
         out = np.zeros((len(texts_a), self.num_labels), dtype=np.float32)
         pending = []
         compute = 0.0
         started = time.perf_counter()
-        with training.CompileMonitor() as compiling:
+        with training.CompileMonitor() as compiling, self._arrays_guard.reading("predict"):
+            params, rest = nnx.state(self.model, nnx.Param), nnx.state(self.model, nnx.Not(nnx.Param))
             for i in progress_bar(range(len(chunks)), enabled=show_progress_bar and len(chunks) > 1, desc="Batches"):
                 batch = packing.pack(tokenized, chunks[i], None, plan, self._pad_id, dealt[i])
                 compute += packing.step_cost(*batch.input_ids.shape[1:], width)
@@ -449,7 +453,7 @@ class CrossEncoder:
             for slots, logits in pending:
                 real = slots >= 0
                 out[slots[real]] = np.asarray(logits)[real]
-        traced = program.counter.count - traced_before
+        traced = len(program.counter.shapes_here()) - traced_before
         if jax.process_count() == 1:  # timings differ between processes, and all must plan the same shapes
             program.economy.record(compute, time.perf_counter() - started, traced, compiling.seconds)
         # The programs this model's predict calls traced (one that another CrossEncoder traced is not counted).
@@ -632,7 +636,8 @@ class CrossEncoder:
             raise ValueError("safe_serialization=False: crossjax exports safetensors only")
         if model_name and not Path(model_name).exists() and not self.model_card_data.model_id:
             self.model_card_data.model_id = model_name
-        gathered = parallel.gathered(nnx.state(self.model, nnx.Param), self.mesh_plan)
+        with self._arrays_guard.reading("save"):
+            gathered = parallel.gathered(nnx.state(self.model, nnx.Param), self.mesh_plan)
         kept_card = self._kept_model_card()
         if create_model_card and kept_card is None:
             try:
@@ -842,6 +847,7 @@ class CrossEncoder:
             save=self.save,
             evaluate=None if evaluator is None else _EvaluatorHook(self, evaluator),
             callbacks=[CardRecorder(self, config.output_path)],  # validated: "~/out" expanded
+            guard=self._arrays_guard,
         )
         result = FitResult(history=[])
         self.training_history = result.history  # filled as the run goes, so an interrupted run keeps it too

@@ -238,6 +238,8 @@ class FitTarget:
     # step (its arrays are the state's, valid until the next step runs); returning True stops the run.
     on_step: Callable[[int, int, Callable[[], None]], bool | None] | None = None
     callbacks: list[logs.RunCallback] = field(default_factory=list)  # e.g. the model card's recorder
+    # Shared with the facade's predict and save, which other threads may call while the model trains
+    guard: training.ArraysGuard = field(default_factory=training.ArraysGuard)
     # The facade's own run state, kept in checkpoints (the trainer's TrainerState and best model):
     # ``checkpoint_state(step) -> (JSON dict, host parameters or None)`` when a checkpoint is saved, and
     # ``resume_state(meta)`` with the restored checkpoint's meta (``meta["best_params"]``: those parameters).
@@ -1073,7 +1075,7 @@ def _run_fit(
         for loss, chunks in step_losses
     ]
     # A program may be shared with earlier fits: count this fit's traces only.
-    traced_before = [program.counter.count for program in programs]
+    traced_before = [len(program.counter.shapes_here()) for program in programs]
     hparams = put_global(numbers, plan.replicated)
     healthy = put_global(np.array(True), plan.replicated)
     gradients = training.new_gradient_buffer(state.params, state_shardings.params)
@@ -1102,11 +1104,15 @@ def _run_fit(
     started = time.perf_counter()
     trained_pairs = 0
     evaluate_fn = target.evaluate
+    guard = target.guard
 
     def sync_model() -> None:
         # The step donates the state: the model's own arrays are stale (deleted) until synced back.
-        nnx.update(model, state.params)
-        nnx.update(model, state.rest)
+        try:
+            nnx.update(model, state.params)
+            nnx.update(model, state.rest)
+        finally:
+            guard.synced()
 
     unread_abort = None  # (flag, step): a multi-host stream step's abort flag (_StreamData._shard_steps), unread
 
@@ -1233,7 +1239,8 @@ def _run_fit(
                     np.full(len(step.batch.input_ids), step.abort, np.int32), plan.batch, step.global_groups
                 )
                 stop_if_aborted()
-            state, step_metrics, gradients = program.fn(state, global_batch, healthy, hparams, gradients)
+            with guard.stepping():  # waits while another thread's predict dispatches on the model's arrays
+                state, step_metrics, gradients = program.fn(state, global_batch, healthy, hparams, gradients)
             healthy = step_metrics["finite"]  # stays on the device: a bad step freezes all later ones
             if "abort" in step_metrics:
                 unread_abort = (step_metrics["abort"], global_step + 1)
@@ -1299,9 +1306,9 @@ def _run_fit(
         events.on_save(global_step)
         target.save(cfg.output_path)
     elapsed = time.perf_counter() - started
-    traced = sum(p.counter.count - before for p, before in zip(programs, traced_before, strict=True))
+    traced = sum(len(p.counter.shapes_here()) - before for p, before in zip(programs, traced_before, strict=True))
     compiled_shapes = sorted(
-        {shape for p, before in zip(programs, traced_before, strict=True) for shape in p.counter.shapes[before:]}
+        {shape for p, before in zip(programs, traced_before, strict=True) for shape in p.counter.shapes_here()[before:]}
     )
     result.compilations = traced
     result.summary = {

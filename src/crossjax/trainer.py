@@ -338,6 +338,7 @@ class CrossEncoderTrainer:
             evaluate=evaluate,
             on_step=on_step,
             callbacks=list(callbacks),
+            guard=model._arrays_guard,
         )
 
     # ----------------------------------------------------------------------------------------- train

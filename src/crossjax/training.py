@@ -325,19 +325,26 @@ def optimizer_for(spec: OptimizerSpec, mask, hparams: dict) -> optax.GradientTra
     )
 
 
-@dataclass
 class CompileCounter:
-    """Counts traces (= compilations) of a jitted function: the Python body only runs while tracing."""
+    """Counts traces (= compilations) of a jitted function: the Python body only runs while tracing, in the
+    thread that called it. ``count`` and ``shapes`` are the process's; :meth:`shapes_here` lists a thread's
+    own, so a call measures what it compiled whatever other threads compile meanwhile."""
 
-    count: int = 0
-    shapes: list = None
-
-    def __post_init__(self):
-        self.shapes = []
+    def __init__(self) -> None:
+        self.count = 0
+        self.shapes: list[tuple] = []
+        self._by_thread: dict[int, list[tuple]] = {}
+        self._lock = threading.Lock()
 
     def tick(self, shape) -> None:
-        self.count += 1
-        self.shapes.append(tuple(shape))
+        with self._lock:
+            self.count += 1
+            self.shapes.append(tuple(shape))
+            self._by_thread.setdefault(threading.get_ident(), []).append(tuple(shape))
+
+    def shapes_here(self) -> list[tuple]:
+        """The shapes this thread traced, oldest first (a call's: the entries past their count before it)."""
+        return self._by_thread.get(threading.get_ident(), [])
 
 
 def init_train_state(model: FlaxPreTrainedModel, tx: optax.GradientTransformation, plan: MeshPlan):
@@ -605,19 +612,31 @@ def make_predict_step(graphdef, counter: CompileCounter | None = None):
 
 
 # ------------------------------------------------------------------------------ per-process program cache
+_gc_pause = {"depth": 0, "was_enabled": False}
+_gc_pause_lock = threading.Lock()
+
+
 @contextlib.contextmanager
 def garbage_collection_paused():
     """Python's cyclic garbage collector off for the block (as it was after it). Tracing a step allocates
     millions of short-lived objects, and each full collection meanwhile walks every object of the process (the
     user's data, torch, transformers): a paused collector traced and lowered a MiniLM train step in 0.40-0.45 s
-    instead of 0.52-0.64 s. Nothing is lost: collection resumes at the next allocation after the block."""
-    was_enabled = gc.isenabled()
-    gc.disable()
+    instead of 0.52-0.64 s. Nothing is lost: collection resumes at the next allocation after the block.
+
+    Pauses overlap when threads call steps concurrently: the first to enter records the collector's state, the
+    last to leave restores it (a pause that read another's "off" would otherwise leave it off for good)."""
+    with _gc_pause_lock:
+        if _gc_pause["depth"] == 0:
+            _gc_pause["was_enabled"] = gc.isenabled()
+            gc.disable()
+        _gc_pause["depth"] += 1
     try:
         yield
     finally:
-        if was_enabled:
-            gc.enable()
+        with _gc_pause_lock:
+            _gc_pause["depth"] -= 1
+            if _gc_pause["depth"] == 0 and _gc_pause["was_enabled"]:
+                gc.enable()
 
 
 class GcPausedJit:
@@ -645,6 +664,58 @@ class StepProgram:
     # what its calls measured: the price of a compile in compute (crossjax.packing.plan_call, predict only)
     economy: packing.CompileEconomy = field(default_factory=packing.CompileEconomy)
 
+
+
+class HeldPrograms(dict):
+    """A model's own compiled programs (key -> program), kept as long as the model lives, so that a server
+    holding more models than the process-wide cache keeps (``PROGRAM_CACHE_SIZE``) never recompiles. A copy or
+    pickle of the model starts empty: it finds the programs again in the process cache or compiles them."""
+
+    def __deepcopy__(self, memo) -> HeldPrograms:
+        return HeldPrograms()
+
+    def __reduce__(self):
+        return (HeldPrograms, ())
+
+
+class ArraysGuard:
+    """Who may read a model's arrays while ``fit`` trains it in place. A train step donates the training state,
+    so the model's arrays are freed from the first step until the loop syncs the model back (evaluations,
+    checkpoints, the end). ``predict`` or ``save`` from another thread read them only while they are valid, and
+    a step is dispatched only while no such call is dispatching its own work (JAX keeps what was dispatched)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self.stale = False
+
+    @contextlib.contextmanager
+    def reading(self, what: str):
+        with self._lock:
+            if self.stale:
+                raise RuntimeError(
+                    f"{what}() was called while fit() trains this model in another thread: each step replaces "
+                    "its parameters and frees the old arrays, so there is no consistent model to read until fit "
+                    "returns. Call it after fit, from the run's evaluator or callback (the model is synced "
+                    "there), or on a copy made before fit (copy.deepcopy(model))."
+                )
+            yield
+
+    @contextlib.contextmanager
+    def stepping(self):
+        """Around a train step's dispatch: from then on the model's arrays are stale until :meth:`synced`."""
+        with self._lock:
+            self.stale = True
+            yield
+
+    def synced(self) -> None:
+        with self._lock:
+            self.stale = False
+
+    def __deepcopy__(self, memo) -> ArraysGuard:
+        return ArraysGuard()
+
+    def __reduce__(self):
+        return (ArraysGuard, ())
 
 # At most this many jitted train steps (and as many predict steps) are kept: each holds its compiled
 # executables, one per batch shape.
@@ -878,19 +949,22 @@ class CompileMonitor:
     of the spans it reports (an inner jit traced inside an outer one counts once), and how many programs came
     from the persistent compilation cache (``cache_hits``) or were written to it (``cache_writes``).
 
-    It listens through ``jax.monitoring``, so it counts every compile in the process meanwhile, other threads'
-    too."""
+    It listens through ``jax.monitoring``, which reports in the thread that compiles, and counts the compiles
+    of the thread that entered it only (a server's other requests compile meanwhile)."""
 
     def __init__(self) -> None:
         self.spans: list[tuple[float, float]] = []
         self.cache_hits = 0
         self.cache_writes = 0
+        self.thread = threading.get_ident()
 
     def _on_span(self, event: str, start: float, end: float, **kwargs) -> None:
-        if event in COMPILE_EVENTS:
+        if event in COMPILE_EVENTS and threading.get_ident() == self.thread:
             self.spans.append((start, end))
 
     def _on_event(self, event: str, **kwargs) -> None:
+        if threading.get_ident() != self.thread:
+            return
         if event == CACHE_HIT_EVENT:
             self.cache_hits += 1
         elif event == CACHE_WRITE_EVENT:

@@ -1,0 +1,120 @@
+"""A CrossEncoder in a long-lived server: calls from several threads, several models, and requests that
+arrive while the model trains.
+
+Oracles: the same calls made one after another in one thread, the state Python's garbage collector was in
+before, and counts of what each call itself compiled.
+"""
+
+# ruff: noqa: F811 - the shared fixtures are imported from test_fit_behaviour and requested by name
+from __future__ import annotations
+
+import gc
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from test_fit_behaviour import TRAIN, make_examples, tiny_dir, tiny_dirs  # noqa: F401 - fixtures used by name
+
+from crossjax import CrossEncoder, DataLoader, training
+
+PAIRS = [("a man plays a guitar", "music in the park"), ("the dog runs", "a red car"), ("old city", "young tree")]
+
+
+def test_overlapping_collector_pauses_restore_the_collector_when_the_last_one_ends():
+    """Two threads' steps overlap: the collector stays off until both end, then is on again (the first pause
+    to end used to turn it on under the other, and a pause that read the other's "off" left it off for good)."""
+    assert gc.isenabled()
+    first, second = training.garbage_collection_paused(), training.garbage_collection_paused()
+    first.__enter__()
+    second.__enter__()
+    first.__exit__(None, None, None)
+    assert not gc.isenabled()
+    second.__exit__(None, None, None)
+    assert gc.isenabled()
+    gc.disable()
+    try:  # a collector the user turned off stays off
+        with training.garbage_collection_paused():
+            pass
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+
+
+def test_compile_accounting_counts_only_the_calling_threads_compiles():
+    """What another thread compiles meanwhile is not this thread's: neither its seconds nor its traces."""
+    counter = training.CompileCounter()
+    started, release = threading.Event(), threading.Event()
+
+    def other_thread():
+        with training.CompileMonitor() as theirs:
+            counter.tick((1, 2))
+            jax.jit(lambda x: jnp.sin(x) * 3.0 + 1.0)(jnp.arange(7.0)).block_until_ready()
+        started.set()
+        release.wait(10)
+        return theirs
+
+    with training.CompileMonitor() as mine, ThreadPoolExecutor(1) as pool:
+        theirs = pool.submit(other_thread)
+        assert started.wait(60)
+        release.set()
+        theirs = theirs.result()
+    assert counter.count == 1 and counter.shapes == [(1, 2)] and counter.shapes_here() == []
+    assert mine.seconds == 0.0 and theirs.seconds > 0.0
+
+
+def test_concurrent_predicts_equal_sequential_ones_and_count_their_own_compiles(tiny_dir):
+    lists = [PAIRS[: 1 + i % 3] * (1 + i) for i in range(6)]
+    sequential = CrossEncoder(tiny_dir, max_length=32)
+    expected = [sequential.predict(pairs, batch_size=4) for pairs in lists]
+    training.clear_program_cache()
+    model = CrossEncoder(tiny_dir, max_length=32)
+    with ThreadPoolExecutor(6) as pool:
+        scores = list(pool.map(lambda pairs: model.predict(pairs, batch_size=4), lists))
+    for got, want in zip(scores, expected, strict=True):
+        np.testing.assert_allclose(got, want, atol=1e-6, rtol=0)
+    program = model._predict_program(model.compute_dtype)
+    assert model.compilations["predict"] == len(program.counter.shapes)  # each trace counted once, by its caller
+
+
+def test_a_model_keeps_its_compiled_predict_step_beyond_the_process_cache(tiny_dir, monkeypatch):
+    """A server with more models than the process cache holds: each keeps its own program, none recompiles."""
+    monkeypatch.setattr(training, "PROGRAM_CACHE_SIZE", 1)
+    models = [CrossEncoder(tiny_dir, num_labels=n, max_length=32) for n in (1, 2, 3)]
+    first = [model.predict(PAIRS) for model in models]
+    for _ in range(2):
+        for model, scores in zip(models, first, strict=True):
+            np.testing.assert_array_equal(model.predict(PAIRS), scores)
+    assert [model.compilations["predict"] for model in models] == [1, 1, 1]
+
+
+def test_predict_from_another_thread_while_fit_trains_is_a_clear_error(tiny_dir, monkeypatch):
+    """Between two evaluations the model's arrays are freed by each step (the state is donated): a request
+    from another thread gets an error that says so, not XLA's "buffer deleted". In an evaluation the model is
+    synced, so an evaluator may score from a thread pool; after fit everything works again."""
+    model = CrossEncoder(tiny_dir, max_length=32)
+    placed, seen = training.batch_to_global, {}
+
+    def request_during_step_3(*args, **kwargs):
+        seen["steps"] = seen.get("steps", 0) + 1
+        if seen["steps"] == 3:
+            with ThreadPoolExecutor(1) as pool:
+                seen["error"] = pool.submit(lambda: model.predict(PAIRS)).exception()
+        return placed(*args, **kwargs)
+
+    def evaluator(model_, output_path=None, epoch=-1, steps=-1):
+        with ThreadPoolExecutor(2) as pool:
+            scores = list(pool.map(lambda pair: float(model_.predict([pair])[0]), PAIRS))
+        np.testing.assert_allclose(scores, model_.predict(PAIRS), atol=1e-6, rtol=0)
+        return {"score": -steps}
+
+    monkeypatch.setattr(training, "batch_to_global", request_during_step_3)
+    model.fit(DataLoader(make_examples(16), batch_size=4), evaluator=evaluator, evaluation_steps=4, **TRAIN)
+    assert isinstance(seen["error"], RuntimeError)
+    with pytest.raises(RuntimeError, match=r"predict\(\) was called while fit\(\) trains this model"):
+        raise seen["error"]
+    with ThreadPoolExecutor(2) as pool:
+        after = list(pool.map(lambda pair: model.predict([pair])[0], PAIRS))
+    np.testing.assert_allclose(after, model.predict(PAIRS), atol=1e-6, rtol=0)

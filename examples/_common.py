@@ -71,7 +71,7 @@ def build_parser(description: str, *, evaluation_steps: int, output_prefix: str)
         "--output",
         default=None,
         help=f"where the best model is exported (default: output/{output_prefix}-<date>); a URL such as "
-        "gs://... is written locally first and uploaded with fsspec at the end",
+        "gs://... is written locally first and uploaded with fsspec after each new best model",
     )
     p.add_argument("--max-length", type=int, default=None, help="token limit per pair (default: the model's)")
     p.add_argument(
@@ -296,11 +296,17 @@ def to_examples(rows: Sequence[Row], both_orders: bool = False) -> list:
 
 
 class _Output:
-    """A local directory for ``fit``; for a URL (gs://, s3://, ...) a temporary one uploaded at the end."""
+    """A local directory for ``fit``; for a URL (gs://, s3://, ...) a temporary one, uploaded each time ``fit``
+    saves a new best model there and at the end. The upload after each save matters on preemptible VMs: a run
+    resumed from its checkpoints keeps the best score reached before the preemption and saves again only when
+    an evaluation beats it, so the model of that score must be at the URL before the VM (and its disk) goes."""
+
+    MODEL_FILES = ("config.json", "model.safetensors")
 
     def __init__(self, target: str) -> None:
         self.target = target
         self.remote = "://" in target
+        self._uploaded: tuple | None = None  # the model files' (mtime, size) at the last upload
         if self.remote:
             import fsspec
 
@@ -310,11 +316,42 @@ class _Output:
         else:
             self.local = target
 
+    def _model_signature(self) -> tuple | None:
+        try:
+            return tuple((s.st_mtime_ns, s.st_size) for s in (os.stat(Path(self.local, n)) for n in self.MODEL_FILES))
+        except FileNotFoundError:
+            return None
+
+    def upload(self, model_changed_only: bool = False) -> None:
+        """Process 0 copies the local folder to the URL (``model_changed_only``: only when its model files changed
+        since the last upload), ``config.json`` last: a folder that holds it holds a whole model."""
+        from crossjax.runtime import is_main_process
+
+        if not self.remote or not is_main_process() or not os.path.isdir(self.local):
+            return
+        signature = self._model_signature()
+        if model_changed_only and (signature is None or signature == self._uploaded):
+            return
+        # What fs.put(local/, target/, recursive=True) copies (the folders too), in an order of our own.
+        root = Path(self.local)
+        paths = [root, *sorted(root.rglob("*"))]  # a folder sorts before what it holds
+        paths.sort(key=lambda path: path.name == "config.json")
+        target = self.target.rstrip("/")
+        remote = [target if p == root else f"{target}/{p.relative_to(root).as_posix()}" for p in paths]
+        self.fs.put([str(p) for p in paths], remote)
+        self._uploaded = signature
+
+    def has_model(self) -> bool:
+        """Whether the output (for a URL: the URL, once uploaded) holds an exported model."""
+        if self.remote:
+            return self.fs.exists(f"{self.target.rstrip('/')}/config.json")
+        return os.path.isfile(os.path.join(self.local, "config.json"))
+
     def finish(self) -> None:
         from crossjax.runtime import is_main_process
 
-        if self.remote and is_main_process() and os.path.isdir(self.local):
-            self.fs.put(self.local.rstrip("/") + "/", self.target.rstrip("/") + "/", recursive=True)
+        self.upload()
+        if self.remote and is_main_process():
             shutil.rmtree(self.local, ignore_errors=True)
 
 
@@ -332,22 +369,34 @@ def fit_and_report(args: argparse.Namespace, model: Any, train_dataloader: Any, 
     def remember(score: Any, epoch: int, steps: int) -> None:
         last.update(score=score, epoch=epoch, steps=steps)
 
+    # fit exports each new best model with model.save, after the evaluation's callback: upload it right then.
+    save = model.save
+
+    def save_and_upload(*save_args: Any, **save_kwargs: Any) -> Any:
+        saved = save(*save_args, **save_kwargs)
+        output.upload(model_changed_only=True)
+        return saved
+
+    model.save = save_and_upload
     started = time.perf_counter()
-    summary = model.fit(
-        train_dataloader=train_dataloader,
-        evaluator=evaluator,
-        epochs=args.epochs,
-        evaluation_steps=args.evaluation_steps,
-        warmup_steps=warmup_steps,
-        optimizer_params={"lr": args.lr},
-        output_path=output.local,
-        use_amp=args.use_amp,
-        callback=remember,
-        show_progress_bar=not args.no_progress_bar,
-        seed=args.seed,
-        checkpoint_path=args.checkpoint_path,
-        checkpoint_save_steps=args.checkpoint_save_steps,
-    )
+    try:
+        summary = model.fit(
+            train_dataloader=train_dataloader,
+            evaluator=evaluator,
+            epochs=args.epochs,
+            evaluation_steps=args.evaluation_steps,
+            warmup_steps=warmup_steps,
+            optimizer_params={"lr": args.lr},
+            output_path=output.local,
+            use_amp=args.use_amp,
+            callback=remember,
+            show_progress_bar=not args.no_progress_bar,
+            seed=args.seed,
+            checkpoint_path=args.checkpoint_path,
+            checkpoint_save_steps=args.checkpoint_save_steps,
+        )
+    finally:
+        del model.save  # the class's save again
     elapsed = time.perf_counter() - started
     output.finish()
     main_print(
@@ -362,8 +411,20 @@ def fit_and_report(args: argparse.Namespace, model: Any, train_dataloader: Any, 
         main_print(f"Final dev metrics (epoch {last['epoch']}, steps {last['steps']}):")
         for key, value in metrics.items():
             main_print(f"  {key}: {value:.4f}")
-    main_print(f"Best dev {primary}: {summary['best_score']:.4f}; best model exported to {args.output}")
+    main_print(best_model_line(f"Best dev {primary}", summary["best_score"], args.output, output.has_model))
     return summary
+
+
+def best_model_line(what: str, best_score: float | None, output: str, has_model: Callable[[], bool]) -> str:
+    """The run's last line: the best score and where its model is, or plainly that no model is there
+    (``has_model`` is asked on process 0 only, the one that prints)."""
+    from crossjax.runtime import is_main_process
+
+    if best_score is None:
+        return f"{what}: none; no model was saved to {output} because no evaluation gave a finite score"
+    if is_main_process() and not has_model():
+        return f"{what}: {best_score:.4f}; but no model was saved to {output} (see the warnings above)"
+    return f"{what}: {best_score:.4f}; best model exported to {output}"
 
 
 def default_model_dir() -> str:

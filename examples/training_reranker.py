@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import logging
 from pathlib import Path
 
 import _common
@@ -48,7 +47,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-length", type=int, default=256)
     p.add_argument("--bf16", action="store_true", help="bfloat16 compute (float32 master weights)")
     p.add_argument("--seed", type=int, default=12)
-    p.add_argument("--output", type=Path, default=Path("output/training_reranker"), help="trainer output folder")
+    p.add_argument(
+        "--output",
+        default="output/training_reranker",
+        help="trainer output folder (the model goes to its final/); a URL such as gs://... is written locally "
+        "first and uploaded with fsspec at the end",
+    )
+    p.add_argument("--coordinator-address", default=None, help="multi-host: host:port of process 0")
+    p.add_argument("--num-processes", type=int, default=None, help="multi-host: number of processes")
+    p.add_argument("--process-id", type=int, default=None, help="multi-host: this process's index")
     return p
 
 
@@ -89,7 +96,8 @@ def make_loss(name: str, model):
 
 def main() -> None:
     args = build_parser().parse_args()
-    logging.basicConfig(format="%(asctime)s - %(message)s", datefmt="%H:%M:%S", level=logging.INFO)
+    _common.setup(args)  # multi-host start-up comes before anything else touches JAX
+    output_dir = _common._Output(args.output)  # a URL fails now (no filesystem package), not after training
     from datasets import Dataset
 
     from crossjax import CrossEncoder
@@ -124,7 +132,7 @@ def main() -> None:
 
     # 3. Train.
     training_args = CrossEncoderTrainingArguments(
-        output_dir=str(args.output),
+        output_dir=output_dir.local,
         num_train_epochs=args.epochs,
         max_steps=args.max_steps,
         per_device_train_batch_size=args.batch_size,
@@ -151,9 +159,9 @@ def main() -> None:
     for key in sorted(after):
         if key.endswith("mean_ndcg@10") or key.endswith("mean_mrr@10") or key.endswith("mean_map"):
             _common.main_print(f"  {key}: before {before[key]:.4f} -> after {after[key]:.4f}")
-    final = args.output / "final"
-    model.save(str(final))
-    _common.main_print(f"Model exported to {final}")
+    model.save(str(Path(output_dir.local) / "final"))
+    output_dir.finish()
+    _common.main_print(f"Model exported to {args.output.rstrip('/')}/final")
 
 
 if __name__ == "__main__":

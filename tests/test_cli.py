@@ -83,6 +83,14 @@ BAD_ARGUMENTS = {
     ),
     "malformed jsonl": (["predict", "--model", "{model}", "--input", "{tmp}/bad.jsonl"], "bad.jsonl:2"),
     "unknown config key": (["train", "--config", "{tmp}/config.json"], "unknown key 'epoch'"),
+    "a config list for a one-value flag": (
+        ["train", "--config", "{tmp}/batch_list.yaml"],
+        "batch_size takes one value, got the list [8, 16]",
+    ),
+    "a config list of column numbers": (
+        ["train", "--config", "{tmp}/columns_list.yaml"],
+        "columns must be a list of column names (strings), got [1, 2]",
+    ),
     "missing required flag": (["predict", "--model", "{model}"], "--input"),
     "negative batch size": (
         ["predict", "--model", "{model}", "--input", "{tmp}/pairs.tsv", "--batch-size", "-3"],
@@ -115,6 +123,8 @@ def test_bad_arguments_exit_2_with_one_line(case, tiny_dir, tmp_path):
     (tmp_path / "pairs.txt").write_text("x\ty\n")
     (tmp_path / "bad.jsonl").write_text('{"a": "x", "b": "y"}\n{"a": "x", \n')
     (tmp_path / "config.json").write_text(json.dumps({"epoch": 2}))
+    (tmp_path / "batch_list.yaml").write_text(f"model: {tiny_dir}\ntrain: pairs.tsv\nbatch_size: [8, 16]\n")
+    (tmp_path / "columns_list.yaml").write_text(f"model: {tiny_dir}\ntrain: pairs.tsv\ncolumns: [1, 2]\n")
     write_tsv(tmp_path / "twice.tsv", ["text", "text", "label"], [("x", "y", 1)])
     (tmp_path / "blank.tsv").write_text("\t\tlabel\nx\ty\t1\n")
     write_tsv(tmp_path / "classes.tsv", ["a", "b", "label"], [("x", "y", 0), ("z", "w", 2)])

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
+import hashlib
+import importlib.util
 import json
+import math
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -55,17 +60,117 @@ def test_reranker_example_mines_trains_and_evaluates(minilm_dir, tmp_path):
 
     data_dir = shared_data()
     model_dir = save_tiny_bert(tmp_path / "tiny", AutoTokenizer.from_pretrained(minilm_dir))
-    out = tmp_path / "reranker"
+    out = tmp_path / "bucket" / "reranker"
     cmd = [
         sys.executable, str(REPO / "examples" / "training_reranker.py"), "--model", str(model_dir),
         "--data-dir", str(data_dir), "--max-train-pairs", "16", "--num-negatives", "3", "--max-steps", "2",
         "--batch-size", "4", "--max-length", "64", "--rerank-k", "4", "--max-eval-queries", "2",
-        "--output", str(out),
+        "--output", f"file://{out}",  # a URL, as tpu/run_all.py passes gs://...: written locally, then uploaded
     ]  # fmt: skip
-    env = dict(os.environ, JAX_PLATFORMS="cpu", TOKENIZERS_PARALLELISM="false")
+    env = dict(os.environ, JAX_PLATFORMS="cpu", TOKENIZERS_PARALLELISM="false", **launch_py_environment())
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=400, env=env, cwd=tmp_path)
+    # Under CROSSJAX_DISTRIBUTED=1 the example must join jax.distributed before anything starts JAX's backend.
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "train: 2 steps" in result.stdout
     assert "mean_ndcg@10: before" in result.stdout
+    assert f"Model exported to file://{out}/final" in result.stdout and not (tmp_path / "file:").exists()
     _, info = AutoModelForSequenceClassification.from_pretrained(out / "final", output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"]
+
+
+def launch_py_environment() -> dict[str, str]:
+    """What tpu/launch.py runs an example with (CROSSJAX_DISTRIBUTED=1), plus a one-task SLURM job for JAX to
+    detect on CPU in place of the TPU metadata, its coordinator on a free port."""
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    return {
+        "CROSSJAX_DISTRIBUTED": "1", "JAX_COORDINATOR_ADDRESS": f"localhost:{port}", "SLURM_JOB_ID": "1",
+        "SLURM_NTASKS": "1", "SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURM_STEP_NODELIST": "localhost",
+    }  # fmt: skip
+
+
+# --------------------------------------------------------------------------- examples/_common.py's fit_and_report
+
+
+@pytest.fixture(scope="module")
+def examples_common():
+    """examples/_common.py under a name of its own (tpu/ has a _common.py too)."""
+    spec = importlib.util.spec_from_file_location("examples_common", REPO / "examples" / "_common.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(minilm_dir, tmp_path_factory) -> Path:
+    from transformers import AutoTokenizer
+
+    return save_tiny_bert(tmp_path_factory.mktemp("tiny"), AutoTokenizer.from_pretrained(minilm_dir))
+
+
+class ScriptedEvaluator:
+    """Gives ``scores`` in turn; notes what ``watched``/model.safetensors held when each evaluation began."""
+
+    primary_metric = "dev_score"
+
+    def __init__(self, scores: list[float], watched: Path) -> None:
+        self.scores, self.watched, self.seen = scores, watched, []
+
+    def __call__(self, model, output_path=None, epoch=-1, steps=-1) -> dict[str, float]:
+        weights = self.watched / "model.safetensors"
+        self.seen.append(hashlib.sha256(weights.read_bytes()).hexdigest() if weights.is_file() else None)
+        return {self.primary_metric: self.scores[len(self.seen) - 1]}
+
+
+def fit_and_report(common, model_dir: Path, output: str, evaluator) -> dict:
+    """_common.fit_and_report on 8 pairs in 2 steps, evaluated after each step and at the epoch's end."""
+    from crossjax import CrossEncoder, DataLoader, InputExample
+
+    model = CrossEncoder(str(model_dir), num_labels=1, max_length=32, seed=0)
+    pairs = [InputExample(texts=[f"question {i}", f"answer number {i}"], label=float(i % 2)) for i in range(8)]
+    args = argparse.Namespace(
+        epochs=1, warmup_ratio=0.1, evaluation_steps=1, lr=2e-5, output=output, use_amp=False,
+        no_progress_bar=True, seed=0, checkpoint_path=None, checkpoint_save_steps=500,
+    )  # fmt: skip
+    return common.fit_and_report(args, model, DataLoader(pairs, batch_size=4), evaluator)
+
+
+def test_a_url_output_gets_each_best_model_when_fit_saves_it(examples_common, tiny_model_dir, tmp_path, capsys):
+    """A gs:// --output is written locally first; on a preemptible TPU VM that copy dies with the VM, and the run
+    resumed from its checkpoints keeps the best score without saving that model again. So each new best model
+    must reach the URL as soon as fit saves it, before the run goes on (file:// stands in for gs://)."""
+    bucket = tmp_path / "bucket" / "run1"
+    evaluator = ScriptedEvaluator([0.1, 0.3, 0.2], watched=bucket)  # bests at the 1st and 2nd evaluations
+    summary = fit_and_report(examples_common, tiny_model_dir, f"file://{bucket}", evaluator)
+    first_best, second_best = evaluator.seen[1], evaluator.seen[2]
+    assert evaluator.seen[0] is None and first_best is not None  # the 1st best was uploaded before the 2nd step
+    assert second_best not in (None, first_best)  # and the 2nd best replaced it before the 3rd evaluation
+    assert summary["best_score"] == pytest.approx(0.3)
+    assert (bucket / "config.json").is_file()
+    last = capsys.readouterr().out.splitlines()[-1]
+    assert last == f"Best dev dev_score: 0.3000; best model exported to file://{bucket}"
+
+
+@pytest.mark.parametrize("case", ["no finite score", "no model saved"])
+def test_the_last_line_says_plainly_when_no_model_was_saved(
+    case, examples_common, tiny_model_dir, tmp_path, capsys, monkeypatch
+):
+    """fit's best_score is None when no evaluation gave a finite score (e.g. a correlation of constant dev scores),
+    and a finite best score may have no model in --output (a resumed run whose earlier model was lost): neither
+    claims an export (nor fails formatting None)."""
+    out = tmp_path / "out"
+    scores = [math.nan] * 3 if case == "no finite score" else [0.5, 0.4, 0.3]
+    if case == "no model saved":
+        from crossjax import CrossEncoder
+
+        monkeypatch.setattr(CrossEncoder, "save", lambda self, path, *args, **kwargs: None)
+    summary = fit_and_report(examples_common, tiny_model_dir, str(out), ScriptedEvaluator(scores, watched=out))
+    last = capsys.readouterr().out.splitlines()[-1]
+    assert not (out / "config.json").exists()
+    if case == "no finite score":
+        assert summary["best_score"] is None
+        expected = f"Best dev dev_score: none; no model was saved to {out} because no evaluation gave a finite score"
+    else:
+        expected = f"Best dev dev_score: 0.5000; but no model was saved to {out} (see the warnings above)"
+    assert last == expected

@@ -171,6 +171,18 @@ def test_launch_rejects_indivisible_global_batch():
     assert "Traceback" not in proc.stderr and proc.stdout == ""
 
 
+def test_launch_takes_the_reranker_batch_size_per_device():
+    """training_reranker.py's --batch-size is per device (per_device_train_batch_size): any size fits a slice,
+    and the global size it makes is noted; the other examples' global sizes are still checked."""
+    acc = ["--accelerator-type", "v4-16", "--dry-run"]
+    proc = run("launch", *TARGET, *acc, "--example", "training_reranker.py", "--", "--batch-size", "4")
+    (cmd,) = commands(proc)
+    assert "examples/training_reranker.py --batch-size 4" in flag(cmd, "--command")
+    assert "--batch-size 4 is per device: a global batch of 32 on v4-16" in proc.stderr
+    proc = run("launch", *TARGET, *acc, "--example", "training_nli.py", "--", "--batch-size", "4")
+    assert proc.returncode != 0 and "GLOBAL batch size" in proc.stderr
+
+
 def test_fetch_from_worker_0_and_bucket(fake_bin):
     cmds = commands(
         run("fetch", *TARGET, "--remote-path", "crossjax/output/run1", "--dry-run", fake_bin=fake_bin)
@@ -278,3 +290,16 @@ def test_gke_manifest_v4_16():
     env = {e["name"]: e["value"] for e in container["env"]}
     assert env["CROSSJAX_DISTRIBUTED"] == "1"
     assert "examples/training_stsbenchmark.py" in container["command"]
+
+
+def test_gke_image_can_write_the_jobs_gs_outputs():
+    """The Job writes --output and --checkpoint-path to gs://, which fsspec reaches only through gcsfs (not a
+    crossjax dependency): the image must install it, as tpu/setup.py does on TPU VMs."""
+    yaml = pytest.importorskip("yaml")
+    docs = [d for d in yaml.safe_load_all((TPU / "gke" / "crossjax-job.yaml").read_text()) if d]
+    job = next(d for d in docs if d["kind"] == "Job")
+    (container,) = job["spec"]["template"]["spec"]["containers"]
+    assert any(str(arg).startswith("gs://") for arg in container["command"] + container.get("args", []))
+    lines = (TPU / "gke" / "Dockerfile").read_text().splitlines()
+    installs = [line for line in lines if line.startswith("RUN") and "pip install" in line]
+    assert any("gcsfs" in shlex.split(line.split("pip install", 1)[1]) for line in installs), installs

@@ -482,19 +482,26 @@ def _missing(args: argparse.Namespace, msg: str) -> None:
 
 
 _BATCH_FLAG = re.compile(r"--[a-z0-9-]*batch-size")
+# Examples whose --batch-size is PER DEVICE (the trainer's per_device_train_batch_size): any size fits a slice.
+PER_DEVICE_BATCH_EXAMPLES = frozenset({"training_reranker.py"})
 
 
-def check_batch_sizes(acc: Accelerator | None, forwarded: Sequence[str]) -> None:
-    """Global batch sizes must be divisible by the number of JAX devices of the slice."""
+def check_batch_sizes(acc: Accelerator | None, forwarded: Sequence[str], example: str = DEFAULT_EXAMPLE) -> None:
+    """Global batch sizes must be divisible by the number of JAX devices of the slice; a per-device one (the
+    examples in ``PER_DEVICE_BATCH_EXAMPLES``) only gets a note of the global size it makes."""
     if acc is None:
         return
+    per_device = Path(example).name in PER_DEVICE_BATCH_EXAMPLES
     for i, tok in enumerate(forwarded):
         flag, _, value = tok.partition("=")
         if not _BATCH_FLAG.fullmatch(flag):
             continue
         if not value and i + 1 < len(forwarded):
             value = forwarded[i + 1]
-        if value.isdigit() and int(value) % acc.devices:
+        if per_device:
+            if value.isdigit():
+                note(f"{flag} {value} is per device: a global batch of {int(value) * acc.devices} on {acc.name}")
+        elif value.isdigit() and int(value) % acc.devices:
             raise ToolError(
                 f"{flag} {value} is the GLOBAL batch size and must be divisible by the {acc.devices} "
                 f"JAX devices of {acc.name} (e.g. {_near_multiples(int(value), acc.devices)})"
@@ -525,7 +532,7 @@ def remote_run_command(args: argparse.Namespace, forwarded: Sequence[str], detac
 
 
 def launch_commands(args: argparse.Namespace, forwarded: Sequence[str]) -> list[Step]:
-    check_batch_sizes(getattr(args, "accelerator_type", None), forwarded)
+    check_batch_sizes(getattr(args, "accelerator_type", None), forwarded, args.example)
     local = REPO_ROOT / "examples" / args.example
     if "/" not in args.example and not local.is_file():
         note(f"warning: {local} does not exist here; make sure the workers have examples/{args.example}")

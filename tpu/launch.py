@@ -9,7 +9,8 @@ Everything after `--` is forwarded to the example. The command runs with CROSSJA
 calls jax.distributed.initialize(), which finds the other workers from the TPU metadata) and
 PYTHONUNBUFFERED=1, in <remote-dir> on each worker, and tees its output to
 ~/crossjax-logs/<example>-<hostname>.log on that worker. Batch sizes are GLOBAL (all devices together);
-with --accelerator-type they are checked to divide by the slice's device count. Only process 0 writes
+with --accelerator-type they are checked to divide by the slice's device count (training_reranker.py's
+--batch-size is per device: any size fits, and its global size is noted). Only process 0 writes
 the exported model, CSVs and logs. Use --detach for long runs that should survive a dropped SSH session.
 """
 

@@ -486,8 +486,14 @@ def _train_config_argv(parser: argparse.ArgumentParser, path: str) -> list[str]:
             if not isinstance(value, bool):
                 raise CliError(f"--config {path}: {key} must be true or false, got {value!r}")
             argv += [flag] if value else []
+        elif isinstance(value, list):  # only --columns takes a list (its comma-separated names)
+            if action.type is not _columns:
+                raise CliError(f"--config {path}: {key} takes one value, got the list {value!r}")
+            if not all(isinstance(item, str) for item in value):
+                raise CliError(f"--config {path}: {key} must be a list of column names (strings), got {value!r}")
+            argv += [flag, ",".join(value)]
         elif value is not None:
-            argv += [flag, ",".join(value) if isinstance(value, list) else str(value)]
+            argv += [flag, str(value)]
     return argv
 
 

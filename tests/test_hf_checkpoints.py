@@ -518,3 +518,9 @@ def test_from_pretrained_reads_transformers_keywords_as_transformers_does(tiny_d
             FlaxAutoModelForSequenceClassification.from_pretrained(path, **call)
     with pytest.raises(ValueError, match=r"\['device_map'\] are PyTorch loading options"):
         FlaxAutoModelForSequenceClassification.from_pretrained(path, device_map="auto")
+    # transformers' defaults and the keywords it retired are accepted; a config file; ST's config_kwargs labels
+    same = dict(weights_only=True, use_safetensors=True, subfolder="", low_cpu_mem_usage=True)
+    same["config"] = path / "config.json"
+    assert AutoModelForSequenceClassification.from_pretrained(path, **same).config.num_labels == 2
+    assert FlaxAutoModelForSequenceClassification.from_pretrained(path, **same).num_labels == 2
+    assert FlaxAutoModelForSequenceClassification.from_pretrained(path, config_kwargs={"num_labels": 3}).num_labels == 3

@@ -113,8 +113,85 @@ def test_predict_from_another_thread_while_fit_trains_is_a_clear_error(tiny_dir,
     monkeypatch.setattr(training, "batch_to_global", request_during_step_3)
     model.fit(DataLoader(make_examples(16), batch_size=4), evaluator=evaluator, evaluation_steps=4, **TRAIN)
     assert isinstance(seen["error"], RuntimeError)
-    with pytest.raises(RuntimeError, match=r"predict\(\) was called while fit\(\) trains this model"):
+    with pytest.raises(RuntimeError, match=r"predict\(\) was called from another thread while fit\(\) trains"):
         raise seen["error"]
     with ThreadPoolExecutor(2) as pool:
         after = list(pool.map(lambda pair: model.predict([pair])[0], PAIRS))
     np.testing.assert_allclose(after, model.predict(PAIRS), atol=1e-6, rtol=0)
+
+
+def test_readers_run_side_by_side_and_a_step_waits_for_them():
+    guard, inside, leave = training.ArraysGuard(), threading.Barrier(3, timeout=30), threading.Event()
+    stepped = threading.Event()
+
+    def reader():
+        with guard.reading("predict"):
+            inside.wait()  # both readers inside at once: a lock held by one would time this out
+            leave.wait(30)
+
+    def trainer():
+        inside.wait()
+        guard.step()
+        stepped.set()
+
+    threads = [threading.Thread(target=fn) for fn in (reader, reader, trainer)]
+    for thread in threads:
+        thread.start()
+    assert not stepped.wait(0.3)  # the step waits while the readers dispatch
+    leave.set()
+    assert stepped.wait(30)
+    for thread in threads:
+        thread.join(30)
+    with pytest.raises(RuntimeError, match="from another thread while fit"):
+        with guard.reading("predict"):
+            pass
+    guard.step()  # the training thread itself, between two steps
+    with pytest.raises(RuntimeError, match="in the training loop between two steps"):
+        with guard.reading("predict"):
+            pass
+    guard.synced()
+    with guard.reading("save"):
+        pass
+
+
+def test_trainer_callbacks_score_the_model_of_their_step(tiny_dir, tmp_path):
+    """A TrainerCallback that scores in on_log (Hugging Face passes model=) sees the model after that step."""
+    from datasets import Dataset
+    from transformers import TrainerCallback
+
+    from crossjax.trainer import CrossEncoderTrainer
+    from crossjax.training_args import CrossEncoderTrainingArguments
+
+    model = CrossEncoder(tiny_dir, max_length=32)
+    examples = make_examples(12)
+    dataset = Dataset.from_dict(
+        {"a": [e.texts[0] for e in examples], "b": [e.texts[1] for e in examples], "label": [e.label for e in examples]}
+    )
+    scored = []
+
+    class ScoreOnLog(TrainerCallback):
+        def on_log(self, args, state, control, model=None, **kwargs):
+            scored.append((state.global_step, model.predict(PAIRS)))
+
+    args = CrossEncoderTrainingArguments(
+        str(tmp_path), per_device_train_batch_size=4, max_steps=3, logging_steps=1, save_strategy="steps", save_steps=2
+    )
+    trainer = CrossEncoderTrainer(model=model, args=args, train_dataset=dataset, callbacks=[ScoreOnLog()])
+    trainer.train()
+    assert [step for step, _ in scored[:3]] == [1, 2, 3]
+    np.testing.assert_allclose(scored[2][1], model.predict(PAIRS), atol=1e-6, rtol=0)  # the last step's model
+
+
+def test_old_pickles_and_a_cleared_program_cache_still_predict(tiny_dir):
+    model = CrossEncoder(tiny_dir, max_length=32)
+    expected = model.predict(PAIRS)
+    assert model.config is model.model.config  # one config: what the CrossEncoder shows is what save() writes
+    state = dict(model.__dict__, _predict_graphdefs={})
+    del state["_predict_programs"], state["_arrays_guard"]  # as a pickle of the previous version holds it
+    old = CrossEncoder.__new__(CrossEncoder)
+    old.__setstate__(state)
+    np.testing.assert_array_equal(old.predict(PAIRS), expected)
+    compiled = model.compilations["predict"]
+    training.clear_program_cache()
+    np.testing.assert_array_equal(model.predict(PAIRS), expected)
+    assert model.compilations["predict"] == compiled + 1  # the model's own program was forgotten too

@@ -438,3 +438,62 @@ def test_resuming_a_checkpoint_from_before_the_trainer_decay_rule_keeps_its_rule
     assert "decayed with 'fit''s weight-decay rule: it keeps that rule" in caplog.text
     later = json.loads((tmp_path / "run" / "checkpoints" / "4" / "meta" / "metadata").read_text())
     assert later["fingerprint"]["decay_rule"] == "fit"
+
+
+class _StartScores:
+    """The untrained model scores best (evaluation at step 0), then steps 1-3 score 0.5, 0.7, 0.6."""
+
+    def __call__(self, model, output_path=None, epoch=-1, steps=-1):
+        return {"score": {0: 0.9, 1: 0.5, 2: 0.7, 3: 0.6}[steps]}
+
+
+class _HuggingFaceKwargs:
+    """Reads what Hugging Face's CallbackHandler passes to every event, and stops the run by returning a new
+    control (call_event replaces the trainer's control with a callback's return value)."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, bool, bool]] = []
+
+    def _record(self, event, kwargs):
+        self.seen.append((event, kwargs["model"] is not None, kwargs["processing_class"] is not None))
+
+    def on_evaluate(self, args, state, control, **kwargs):
+        self._record("on_evaluate", kwargs)
+        kwargs["model"].predict([("apple river", "stone cloud")])
+
+    def on_save(self, args, state, control, **kwargs):
+        self._record("on_save", kwargs)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self._record("on_train_end", kwargs)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == 3:
+            return type(control)(should_training_stop=True)
+        return None
+
+
+def test_callbacks_get_hugging_faces_arguments_and_eval_on_start_is_no_best_candidate(tiny, tmp_path):
+    """As Hugging Face's Trainer (and sentence-transformers 6.2's, which the probe compared): the evaluation on
+    start is not a best-model candidate, every event gets model= and processing_class=, a returned control
+    replaces the trainer's, and its own DefaultFlowCallback (which reads state.logging_steps) runs."""
+    from transformers import DefaultFlowCallback
+
+    model = CrossEncoder(str(tiny))
+    before = model.predict([("apple river", "stone cloud")])
+    recorder = _HuggingFaceKwargs()
+    args = CrossEncoderTrainingArguments(
+        str(tmp_path), max_steps=6, per_device_train_batch_size=2, learning_rate=1e-3, eval_strategy="steps",
+        eval_steps=1, eval_on_start=True, save_steps=2, metric_for_best_model="score", load_best_model_at_end=True,
+    )  # fmt: skip
+    trainer = CrossEncoderTrainer(
+        model=model, args=args, train_dataset=_pairs(), evaluator=_StartScores(),
+        callbacks=[recorder, DefaultFlowCallback()],
+    )  # fmt: skip
+    trainer.train()
+    assert trainer.state.global_step == 3  # stopped by the returned control
+    assert (trainer.state.best_metric, trainer.state.best_global_step) == (0.7, 2)
+    assert not np.allclose(model.predict([("apple river", "stone cloud")]), before)  # step 2's model, not step 0's
+    assert {event for event, _, _ in recorder.seen} == {"on_evaluate", "on_save", "on_train_end"}
+    assert all(has_model and has_tokenizer for _, has_model, has_tokenizer in recorder.seen)
+    assert trainer.state.logging_steps == 500 and trainer.state.eval_steps == 1 and trainer.state.save_steps == 2

@@ -270,8 +270,8 @@ class CrossEncoder:
         self.model_name_or_path = str(model_name_or_path)
         self.compute_dtype = _as_dtype(compute_dtype or "float32")
         self.seed = data_lib.checked_seed(seed, "CrossEncoder seed")
-        self.model = model_class_for(config).from_pretrained(
-            directory, config=config, dtype=jnp.float32, seed=self.seed, scan_layers=bool(scan_layers)
+        self.model = model_class_for(config).from_checkpoint(
+            directory, config, jnp.float32, self.seed, scan_layers=bool(scan_layers)
         )
         self.model.eval()
         self.tokenizer = self._load_tokenizer(directory, tokenizer_kwargs or {})
@@ -300,7 +300,7 @@ class CrossEncoder:
         else:
             default = losses.sigmoid if self.num_labels == 1 else losses.identity
             self.activation_fn = _activation_or_default(saved, default)
-        # compute dtype name -> (eval-mode graph, output sharding, its predict program), kept with the model
+        # compute dtype name -> (eval-mode graph, (output sharding, generation), its predict program)
         self._predict_programs = training.HeldPrograms()
         self._arrays_guard = training.ArraysGuard()  # predict/save from other threads while fit trains
         self.model_card_data = CrossEncoderModelCardData.coerce(model_card_data)
@@ -408,11 +408,18 @@ class CrossEncoder:
         config, compute dtype and mesh (see :func:`crossjax.training.predict_program`)."""
         key = jnp.dtype(dtype).name
         held = self._predict_programs.get(key)
-        if held is None or held[1] != self.mesh_plan.replicated:
+        current = (self.mesh_plan.replicated, training.program_generation())
+        if held is None or held[1] != current:
             graphdef = held[0] if held is not None else training.graphdef_with_dtype(self.model, dtype, train=False)
             program, _ = training.predict_program(graphdef, self.mesh_plan)
-            self._predict_programs[key] = held = (graphdef, self.mesh_plan.replicated, program)
+            self._predict_programs[key] = held = (graphdef, current, program)
         return held[2]
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self.__dict__.pop("_predict_graphdefs", None)  # a pickle of an older crossjax
+        self.__dict__.setdefault("_predict_programs", training.HeldPrograms())
+        self.__dict__.setdefault("_arrays_guard", training.ArraysGuard())
 
     def _logits(
         self, texts_a: list[str], texts_b: list[str], batch_size: int, show_progress_bar: bool | None, dtype=None
@@ -443,13 +450,15 @@ class CrossEncoder:
         pending = []
         compute = 0.0
         started = time.perf_counter()
-        with training.CompileMonitor() as compiling, self._arrays_guard.reading("predict"):
-            params, rest = nnx.state(self.model, nnx.Param), nnx.state(self.model, nnx.Not(nnx.Param))
-            for i in progress_bar(range(len(chunks)), enabled=show_progress_bar and len(chunks) > 1, desc="Batches"):
-                batch = packing.pack(tokenized, chunks[i], None, plan, self._pad_id, dealt[i])
-                compute += packing.step_cost(*batch.input_ids.shape[1:], width)
-                logits = program.fn(params, rest, training.batch_to_global(batch, self.mesh_plan))
-                pending.append((batch.indices.reshape(-1), logits))
+        with training.CompileMonitor() as compiling:
+            with self._arrays_guard.reading("predict"):  # a train step of another thread waits for the dispatch
+                params, rest = nnx.state(self.model, nnx.Param), nnx.state(self.model, nnx.Not(nnx.Param))
+                bar = progress_bar(range(len(chunks)), enabled=show_progress_bar and len(chunks) > 1, desc="Batches")
+                for i in bar:
+                    batch = packing.pack(tokenized, chunks[i], None, plan, self._pad_id, dealt[i])
+                    compute += packing.step_cost(*batch.input_ids.shape[1:], width)
+                    logits = program.fn(params, rest, training.batch_to_global(batch, self.mesh_plan))
+                    pending.append((batch.indices.reshape(-1), logits))
             for slots, logits in pending:
                 real = slots >= 0
                 out[slots[real]] = np.asarray(logits)[real]
@@ -638,6 +647,7 @@ class CrossEncoder:
             self.model_card_data.model_id = model_name
         with self._arrays_guard.reading("save"):
             gathered = parallel.gathered(nnx.state(self.model, nnx.Param), self.mesh_plan)
+            rest = nnx.state(self.model, nnx.Not(nnx.Param))
         kept_card = self._kept_model_card()
         if create_model_card and kept_card is None:
             try:
@@ -647,7 +657,7 @@ class CrossEncoder:
                 self.model_card_data.usage_examples = None
         if not is_main_process():
             return None
-        model = nnx.merge(nnx.graphdef(self.model), gathered, nnx.state(self.model, nnx.Not(nnx.Param)))
+        model = nnx.merge(nnx.graphdef(self.model), gathered, rest)
         out = model.save_pretrained(
             path,
             self.tokenizer,

@@ -445,7 +445,16 @@ class _Metrics:
         self.pending.append((step, epoch, metrics))
         self.window_pairs += pairs
 
-    def flush(self) -> None:
+    def flush(self, finished_only: bool = False) -> None:
+        """Record the pending steps (waiting for them); ``finished_only``: only those already finished, never
+        waiting (an interrupted run, where a step may wait on a process that is gone)."""
+        if finished_only:
+            ready = 0
+            while ready < len(self.pending) and all(
+                leaf.is_ready() for leaf in jax.tree.leaves(self.pending[ready][2])
+            ):
+                ready += 1
+            self.pending = self.pending[:ready]
         if not self.pending:
             return
         fetched = jax.device_get([m for _, _, m in self.pending])  # waits for the window's steps to finish
@@ -1177,6 +1186,7 @@ def _run_fit(
         nonlocal saved_step
         stop_if_aborted()  # nor one whose data positions count pairs an aborted step did not train
         metrics.flush()  # never checkpoint a state whose last loss was not finite
+        sync_model()  # the checkpoint's callbacks (the trainer's on_log, on_save) see the model of this step
         own, best_params = target.checkpoint_state(global_step) if target.checkpoint_state else ({}, None)
         checkpointer.save(
             global_step,
@@ -1239,8 +1249,8 @@ def _run_fit(
                     np.full(len(step.batch.input_ids), step.abort, np.int32), plan.batch, step.global_groups
                 )
                 stop_if_aborted()
-            with guard.stepping():  # waits while another thread's predict dispatches on the model's arrays
-                state, step_metrics, gradients = program.fn(state, global_batch, healthy, hparams, gradients)
+            guard.step()  # waits while another thread's predict dispatches work on the model's arrays
+            state, step_metrics, gradients = program.fn(state, global_batch, healthy, hparams, gradients)
             healthy = step_metrics["finite"]  # stays on the device: a bad step freezes all later ones
             if "abort" in step_metrics:
                 unread_abort = (step_metrics["abort"], global_step + 1)
@@ -1292,11 +1302,13 @@ def _run_fit(
         # Ctrl-C, an evaluator or callback error, OOM, a checkpoint error or a non-finite loss: the model keeps
         # the last completed step's parameters (the state was only ever replaced by finished steps), and the
         # records of its steps not yet logged (a failing step's own error, or a non-finite loss, is not masked).
-        if not completed:
-            with contextlib.suppress(Exception):
-                metrics.flush()
-        data.close()
-        sync_model()
+        try:
+            sync_model()
+        finally:
+            if not completed:  # in a multi-process run a pending step may wait on a process that is gone
+                with contextlib.suppress(Exception):
+                    metrics.flush(finished_only=jax.process_count() > 1)
+            data.close()
         if bar is not None:
             bar.close()
         if checkpointer is not None:

@@ -65,7 +65,8 @@ class TrainOutput(NamedTuple):
 
 @dataclass
 class TrainerState:
-    """The parts of Hugging Face's ``TrainerState`` a callback reads."""
+    """Hugging Face's ``TrainerState`` fields (so that its own callbacks, e.g. ``DefaultFlowCallback``, run).
+    ``best_model_checkpoint`` stays None: crossjax keeps the best model's parameters in its checkpoints."""
 
     global_step: int = 0
     max_steps: int = 0
@@ -74,8 +75,19 @@ class TrainerState:
     log_history: list[dict[str, Any]] = field(default_factory=list)
     best_metric: float | None = None
     best_global_step: int | None = None
+    best_model_checkpoint: str | None = None
     is_world_process_zero: bool = True
     is_local_process_zero: bool = True
+    logging_steps: int | float = 500
+    eval_steps: int | float = 500
+    save_steps: int | float = 500
+    train_batch_size: int | None = None
+    total_flos: float = 0.0
+    num_input_tokens_seen: int = 0
+    is_hyper_param_search: bool = False
+    trial_name: str | None = None
+    trial_params: dict[str, Any] | None = None
+    stateful_callbacks: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -83,6 +95,7 @@ class TrainerControl:
     """A callback sets ``should_training_stop`` to end the run after the current step."""
 
     should_training_stop: bool = False
+    should_epoch_stop: bool = False  # not acted on (a warning says so): crossjax's epochs run whole
     should_log: bool = False
     should_evaluate: bool = False
     should_save: bool = False
@@ -234,6 +247,7 @@ class CrossEncoderTrainer:
             self.add_callback(callback)
         self.state = TrainerState()
         self.control = TrainerControl()
+        self._warned_epoch_stop = False
         # As sentence-transformers' card callback at the trainer's creation: the model's card is now generated
         # anew at save (a card it was loaded with no longer describes it)
         model.model_card_data.add_tags("generated_from_trainer")
@@ -267,10 +281,30 @@ class CrossEncoderTrainer:
         self.model.save(output_dir if output_dir is not None else self.args.output_dir)
 
     def _call_back(self, event: str, **kwargs: Any) -> None:
+        """Hugging Face's ``CallbackHandler.call_event``: every callback gets the model and its tokenizer (the
+        PyTorch objects, optimizer, scheduler and dataloaders, are None here), and a control a callback returns
+        replaces the trainer's."""
+        kwargs = {
+            "model": self.model,
+            "processing_class": self.model.tokenizer,
+            "optimizer": None,
+            "lr_scheduler": None,
+            "train_dataloader": None,
+            "eval_dataloader": None,
+            **kwargs,
+        }
         for callback in self.callbacks:
             method = getattr(callback, event, None)
             if method is not None:
-                method(self.args, self.state, self.control, **kwargs)
+                control = method(self.args, self.state, self.control, **kwargs)
+                if control is not None:
+                    self.control = control
+        if getattr(self.control, "should_epoch_stop", False) and not self._warned_epoch_stop:
+            self._warned_epoch_stop = True
+            logger.warning(
+                "control.should_epoch_stop is not acted on by crossjax's trainer (its epochs run whole); set "
+                "control.should_training_stop to end the run"
+            )
 
     # ------------------------------------------------------------------------------------------ data
     def _prompted(self, columns: list[list[Any]], dataset_name: str | None) -> list[list[Any]]:
@@ -391,7 +425,14 @@ class CrossEncoderTrainer:
             evaluate_last_step=args.eval_strategy == "steps",
             log_last_step=args.logging_strategy == "epoch",
         )
-        self.state = TrainerState(max_steps=total, num_train_epochs=data.epochs)
+        self.state = TrainerState(
+            max_steps=total,
+            num_train_epochs=data.epochs,
+            logging_steps=args.logging_interval(total),  # Hugging Face's: a ratio below 1 made a step count
+            eval_steps=args.eval_interval(total),
+            save_steps=args.save_interval(total),
+            train_batch_size=self._global_batch_size(train=True),
+        )
         self.control = TrainerControl()
         result = FitResult(history=[])
         run = _RunHooks(self, data, result, logging_every)
@@ -642,10 +683,11 @@ class _RunHooks(RunCallback):
 
     def on_step(self, global_step: int, epoch: int, sync: Callable[[], None]) -> bool:
         trainer = self.trainer
+        if trainer.callbacks:
+            sync()  # callbacks (on_log first) get the model as it is after this step (HF passes model=)
         self._reach(global_step)
         epoch_end = self._epoch_ends(global_step)
         if trainer.callbacks:
-            sync()  # callbacks get the model as it is after this step (HF passes model=)
             trainer._call_back("on_step_end", model=trainer.model)
             if epoch_end:
                 trainer._call_back("on_epoch_end", model=trainer.model)
@@ -743,6 +785,8 @@ class _RunHooks(RunCallback):
         if key not in metrics:
             raise KeyError(f"metric_for_best_model={name!r}: the evaluation returned {sorted(metrics)}")
         value = metrics[key]
+        if step == 0:  # eval_on_start: Hugging Face does not count the untrained model as a best candidate
+            return unprefixed
         better = state.best_metric is None or (
             value > state.best_metric if args.greater_is_better else value < state.best_metric
         )

@@ -681,34 +681,49 @@ class HeldPrograms(dict):
 class ArraysGuard:
     """Who may read a model's arrays while ``fit`` trains it in place. A train step donates the training state,
     so the model's arrays are freed from the first step until the loop syncs the model back (evaluations,
-    checkpoints, the end). ``predict`` or ``save`` from another thread read them only while they are valid, and
-    a step is dispatched only while no such call is dispatching its own work (JAX keeps what was dispatched)."""
+    callbacks, checkpoints, the end). Readers (``predict``, ``save``, in any thread) run side by side while the
+    arrays are valid; a step waits until the readers have dispatched their work (JAX keeps what was
+    dispatched), then marks the arrays stale, and a reader that comes then gets an error that says why."""
 
     def __init__(self) -> None:
-        self._lock = threading.RLock()
+        self._changed = threading.Condition()
+        self._readers = 0
         self.stale = False
+        self._trainer_thread: int | None = None
 
     @contextlib.contextmanager
     def reading(self, what: str):
-        with self._lock:
+        with self._changed:
             if self.stale:
-                raise RuntimeError(
-                    f"{what}() was called while fit() trains this model in another thread: each step replaces "
-                    "its parameters and frees the old arrays, so there is no consistent model to read until fit "
-                    "returns. Call it after fit, from the run's evaluator or callback (the model is synced "
-                    "there), or on a copy made before fit (copy.deepcopy(model))."
+                where = (
+                    "in the training loop between two steps (outside the run's evaluations and callbacks)"
+                    if threading.get_ident() == self._trainer_thread
+                    else "from another thread while fit() trains this model"
                 )
+                raise RuntimeError(
+                    f"{what}() was called {where}: each step replaces its parameters and frees the old arrays, "
+                    "so there is no consistent model to read until fit returns. Call it after fit, from the "
+                    "run's evaluator or callbacks (the model is synced there), or on a copy made before fit "
+                    "(copy.deepcopy(model))."
+                )
+            self._readers += 1
+        try:
             yield
+        finally:
+            with self._changed:
+                self._readers -= 1
+                self._changed.notify_all()
 
-    @contextlib.contextmanager
-    def stepping(self):
-        """Around a train step's dispatch: from then on the model's arrays are stale until :meth:`synced`."""
-        with self._lock:
+    def step(self) -> None:
+        """Before a train step's dispatch: wait for the readers, then the model's arrays are stale until
+        :meth:`synced`."""
+        with self._changed:
+            self._changed.wait_for(lambda: self._readers == 0)
             self.stale = True
-            yield
+            self._trainer_thread = threading.get_ident()
 
     def synced(self) -> None:
-        with self._lock:
+        with self._changed:
             self.stale = False
 
     def __deepcopy__(self, memo) -> ArraysGuard:
@@ -722,6 +737,7 @@ class ArraysGuard:
 PROGRAM_CACHE_SIZE = 8
 _programs: dict[str, list[tuple[tuple, StepProgram]]] = {"train": [], "predict": [], "eval_loss": []}
 _programs_lock = threading.Lock()
+_program_generation = 0
 
 
 class _Unkeyable(Exception):
@@ -838,10 +854,18 @@ def _program(kind: str, key: tuple | None, build: Callable[[], StepProgram]) -> 
 
 
 def clear_program_cache() -> None:
-    """Forget every jitted train and predict step of this process (the next fit or predict traces again)."""
+    """Forget every jitted train and predict step of this process (the next fit or predict traces again),
+    those that models hold too (:class:`HeldPrograms`)."""
+    global _program_generation
     with _programs_lock:
         for cache in _programs.values():
             cache.clear()
+        _program_generation += 1
+
+
+def program_generation() -> int:
+    """How many times :func:`clear_program_cache` ran: a held program of an earlier generation is forgotten."""
+    return _program_generation
 
 
 def train_program(

@@ -105,11 +105,6 @@ class FlaxAutoModelForSequenceClassification:
         directory, config, dtype = pretrained_options(
             where, name_or_path, config, num_labels, config_kwargs, dtype, kwargs, load=load_config
         )
-        return model_class_for(config).from_pretrained(
-            directory,
-            config=config,
-            dtype=dtype,
-            seed=seed,
-            scan_layers=scan_layers,
-            output_loading_info=output_loading_info,
+        return model_class_for(config).from_checkpoint(
+            directory, config, dtype, seed, scan_layers, output_loading_info
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import re
@@ -70,12 +71,15 @@ def refuse_torch_tensors(*inputs: Any) -> None:
 
 # transformers' from_pretrained keywords that say where a checkpoint comes from (huggingface_hub's download)
 HUB_DOWNLOAD_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "proxies")
-# ... and those that steer PyTorch's loading, with no meaning for JAX arrays (refused when set)
-TORCH_LOADING_KWARGS = (
-    "attn_implementation", "device_map", "low_cpu_mem_usage", "max_memory", "offload_folder", "offload_state_dict",
-    "quantization_config", "use_safetensors", "variant", "state_dict", "tp_plan", "device_mesh", "key_mapping",
-    "subfolder", "trust_remote_code", "use_kernels", "gguf_file", "weights_only",
-)  # fmt: skip
+# ... those that steer PyTorch's loading, with no meaning for JAX arrays: refused unless at transformers' default
+TORCH_LOADING_DEFAULTS = {
+    "attn_implementation": None, "device_map": None, "max_memory": None, "offload_folder": None,
+    "quantization_config": None, "use_safetensors": True, "variant": None, "state_dict": None, "tp_plan": None,
+    "device_mesh": None, "key_mapping": None, "subfolder": "", "trust_remote_code": False, "use_kernels": False,
+    "gguf_file": None, "weights_only": True,
+}  # fmt: skip
+# ... and those transformers 5 itself ignores (retired), ignored here too
+RETIRED_LOADING_KWARGS = ("low_cpu_mem_usage", "offload_state_dict", "from_tf", "from_flax", "mirror", "_fast_init")
 
 
 def pretrained_options(
@@ -96,13 +100,15 @@ def pretrained_options(
     from transformers import PretrainedConfig
 
     kwargs = dict(kwargs)
-    torch_only = sorted(k for k in TORCH_LOADING_KWARGS if kwargs.get(k) not in (None, False))
+    torch_only = sorted(
+        k for k, default in TORCH_LOADING_DEFAULTS.items() if k in kwargs and kwargs[k] not in (None, default)
+    )
     if torch_only:
         raise ValueError(
             f"{where}: {torch_only} are PyTorch loading options with no meaning in crossjax (its parameters are "
             "float32 JAX arrays on the devices of its mesh, and it runs its own attention)"
         )
-    for key in TORCH_LOADING_KWARGS:
+    for key in (*TORCH_LOADING_DEFAULTS, *RETIRED_LOADING_KWARGS, "tqdm_class"):
         kwargs.pop(key, None)
     kwargs.pop("ignore_mismatched_sizes", None)  # a head of another size is re-initialised (with a warning) anyway
     torch_dtype = kwargs.pop("torch_dtype", None)
@@ -117,18 +123,28 @@ def pretrained_options(
     if clash:
         raise ValueError(f"{where}: config_kwargs and keyword arguments give different values for {clash}")
     overrides.update(kwargs)
+    if "num_labels" in overrides:  # sentence-transformers' config_kwargs={"num_labels": 3}
+        asked = overrides.pop("num_labels")
+        if num_labels is not None and int(num_labels) != int(asked):
+            raise ValueError(f"{where}: num_labels={num_labels} and config_kwargs num_labels={asked} disagree")
+        num_labels = asked
     if isinstance(config, PretrainedConfig):
         if kwargs:  # transformers hands them to the model's constructor, which takes none
             raise TypeError(
                 f"{where} got unexpected keyword arguments {sorted(kwargs)}: with config= given, set them on that "
                 "config (transformers refuses them too)"
             )
-        config = config.__class__.from_dict(config.to_dict(), **overrides)  # a copy: the caller's is untouched
+        config = copy.deepcopy(config)  # as transformers: the caller's object is untouched
+        config.update(overrides)
         if num_labels is not None:
             config.num_labels = int(num_labels)
-    else:
-        source = directory if config is None else resolve_checkpoint_dir(config, **hub)
-        config = load(source, num_labels=num_labels, **overrides)
+    elif config is None:
+        config = load(directory, num_labels=num_labels, **overrides)
+    else:  # a folder, a config file or a hub id, read as AutoConfig reads them
+        local = Path(config).expanduser()
+        config = load(local, num_labels=num_labels, **overrides) if local.exists() else load(
+            str(config), num_labels=num_labels, **hub, **overrides
+        )
     unknown = sorted(k for k in kwargs if not hasattr(config, k))
     if unknown:
         raise TypeError(
@@ -370,6 +386,14 @@ class FlaxPreTrainedModel(nnx.Module):
         directory, config, dtype = pretrained_options(
             where, name_or_path, config, num_labels, config_kwargs, dtype, kwargs
         )
+        return cls.from_checkpoint(directory, config, dtype, seed, scan_layers, output_loading_info)
+
+    @classmethod
+    def from_checkpoint(
+        cls, directory: Path, config, dtype=None, seed: int = 0, scan_layers: bool = True, output_loading_info=False
+    ):
+        """The model of a local checkpoint ``directory`` built from ``config`` as given (the model keeps this
+        very object as its config), in eval mode."""
         build = cls._builder(config, dtype, seed, scan_layers)
         abstract = nnx.eval_shape(build)
         tensors, source = read_state_dict(directory)

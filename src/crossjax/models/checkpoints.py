@@ -125,10 +125,12 @@ CLASSIFICATION_PROBLEM_TYPES = ("single_label_classification", "multi_label_clas
 
 
 def load_config(directory: str | os.PathLike, num_labels: int | None = None, **config_kwargs: Any):
-    """transformers' AutoConfig for a local directory, with a clear error for a bad config.json."""
+    """transformers' AutoConfig for a local directory (or a config file, or a hub id with hub options among
+    ``config_kwargs``), with a clear error for a bad config.json."""
     from transformers import AutoConfig
 
     directory = Path(directory)
+    config_file = directory if directory.is_file() else directory / CONFIG
     if num_labels is not None:
         config_kwargs["num_labels"] = int(num_labels)
     try:
@@ -136,15 +138,17 @@ def load_config(directory: str | os.PathLike, num_labels: int | None = None, **c
     except Exception as e:  # noqa: BLE001 - transformers raises ValueError/KeyError/OSError here
         from transformers import CONFIG_MAPPING
 
+        if not config_file.is_file():
+            raise CheckpointError(f"Could not read a config from {str(directory)!r}: {e}") from e
         raw = {}
         try:
-            raw = json.loads((directory / CONFIG).read_text())
+            raw = json.loads(config_file.read_text())
         except (OSError, ValueError) as read_error:
-            raise CheckpointError(f"{directory / CONFIG} is not valid JSON: {read_error}") from e
+            raise CheckpointError(f"{config_file} is not valid JSON: {read_error}") from e
         model_type = raw.get("model_type")
         if model_type is not None and model_type not in CONFIG_MAPPING:
-            raise UnknownModelTypeError(model_type, f"{directory / CONFIG}: {e}") from e
-        raise CheckpointError(f"Could not read the config in {directory / CONFIG}: {e}") from e
+            raise UnknownModelTypeError(model_type, f"{config_file}: {e}") from e
+        raise CheckpointError(f"Could not read the config in {config_file}: {e}") from e
     if config.num_labels == 1 and getattr(config, "problem_type", None) in CLASSIFICATION_PROBLEM_TYPES:
         # A classifier's checkpoint loaded as a one-output model (a reranker from an NLI model): its
         # problem_type was its replaced head's, and transformers refuses to read it next to num_labels=1.

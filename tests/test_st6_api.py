@@ -401,3 +401,34 @@ def test_one_device_of_several_is_kept_by_to_and_predict(tiny_dir, tmp_path):
             make_examples(12, seed=3), batch_size=4, max_steps=1, checkpoint_path=str(tmp_path / "ckpt"),
             show_progress_bar=False,
         )  # fmt: skip
+
+
+def test_what_a_sentence_transformers_save_holds_besides_the_transformer(saved, pairs, tmp_path):
+    """sentence-transformers 6.2 files read as it reads them: a ``max_seq_length`` of sentence_bert_config.json,
+    a saved ``keep_in_fp32_modules`` (kept on re-save), a prompt given as None (the saved one); modules after the
+    transformer or other truncation would change the scores, so they are refused, never silently dropped."""
+    folder = tmp_path / "model"
+    shutil.copytree(saved, folder)
+    transformer_file, st_file = folder / "sentence_bert_config.json", folder / "config_sentence_transformers.json"
+    transformer_settings, st_config = json.loads(transformer_file.read_text()), json.loads(st_file.read_text())
+    transformer_file.write_text(json.dumps({**transformer_settings, "max_seq_length": 16}))
+    st_config.update(keep_in_fp32_modules=["0.model.classifier"], prompts={"q": "q: "})
+    st_file.write_text(json.dumps(st_config))
+    ours, theirs = CrossEncoder(folder, prompts={"q": None}), st.CrossEncoder(str(folder), prompts={"q": None})
+    assert ours.max_length == theirs.max_seq_length == 16 and ours.prompts == theirs.prompts == {"q": "q: "}
+    np.testing.assert_allclose(ours.predict(pairs, prompt_name="q"), theirs.predict(pairs, prompt_name="q"), atol=1e-5)
+    resaved = ours.save(tmp_path / "resaved")
+    assert st.CrossEncoder(str(resaved)).keep_in_fp32_modules == ["0.model.classifier"]
+    with pytest.raises(ValueError, match="the saved model's setting"):
+        CrossEncoder(folder, compute_dtype="bfloat16")
+
+    keep_query = {"processing_kwargs": {"text": {"truncation": "only_second"}}}  # a reranker keeping the query
+    transformer_file.write_text(json.dumps({**transformer_settings, **keep_query}))
+    with pytest.raises(ValueError, match="longest-first truncation only"):
+        CrossEncoder(folder)
+    transformer_file.write_text(json.dumps(transformer_settings))
+    modules = json.loads((folder / "modules.json").read_text())
+    dense = {"idx": 1, "name": "1", "path": "1_Dense", "type": "sentence_transformers.base.modules.dense.Dense"}
+    (folder / "modules.json").write_text(json.dumps([*modules, dense]))
+    with pytest.raises(ValueError, match=r"lists modules after the transformer \(\['sentence_transformers"):
+        CrossEncoder(folder)

@@ -497,3 +497,8 @@ def test_callbacks_get_hugging_faces_arguments_and_eval_on_start_is_no_best_cand
     assert {event for event, _, _ in recorder.seen} == {"on_evaluate", "on_save", "on_train_end"}
     assert all(has_model and has_tokenizer for _, has_model, has_tokenizer in recorder.seen)
     assert trainer.state.logging_steps == 500 and trainer.state.eval_steps == 1 and trainer.state.save_steps == 2
+    trainer.remove_callback(recorder)
+    with pytest.raises(ValueError, match="is not among the trainer's callbacks"):  # Hugging Face: list.remove
+        trainer.remove_callback(recorder)
+    trainer.remove_callback(DefaultFlowCallback)
+    trainer.remove_callback(DefaultFlowCallback)  # a class that is not there: nothing to do, as there

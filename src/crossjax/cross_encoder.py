@@ -78,6 +78,35 @@ def _is_cross_encoder_save(directory: Path, st_config: dict[str, Any]) -> bool:
     return (directory / "modules.json").is_file() and st_config.get("model_type") == "CrossEncoder"
 
 
+
+def _saved_pipeline(directory: Path) -> dict[str, Any]:
+    """What a sentence-transformers 6 CrossEncoder save holds besides the transformer. Modules after it
+    (``modules.json``) and text processing other than longest-first truncation (``sentence_bert_config.json``)
+    would change its scores, and crossjax runs neither: refused by name rather than scored differently.
+    Returns ``sentence_bert_config.json`` (its ``max_seq_length`` is the default ``max_length``)."""
+    try:
+        modules = json.loads((directory / "modules.json").read_text())
+        transformer_config = directory / "sentence_bert_config.json"
+        settings = json.loads(transformer_config.read_text()) if transformer_config.is_file() else {}
+    except ValueError as e:
+        raise ValueError(f"{directory}: a sentence-transformers file is not valid JSON: {e}") from None
+    extra = [m.get("type", m) for m in modules if isinstance(m, dict) and m.get("path", "") != ""]
+    if not isinstance(modules, list) or len(modules) != 1 or extra:
+        raise ValueError(
+            f"{directory / 'modules.json'} lists modules after the transformer ({extra or modules}): crossjax runs "
+            "the transformer and its classification head only, so its scores would differ from "
+            "sentence-transformers'. Fold them into the head, or score this model with sentence-transformers."
+        )
+    processing = {k: v for k, v in (settings.get("processing_kwargs") or {}).items() if v}
+    text = dict(processing.pop("text", None) or {})
+    if text.pop("truncation", "longest_first") not in ("longest_first", True) or text or processing:
+        raise ValueError(
+            f"{directory / 'sentence_bert_config.json'} sets processing_kwargs "
+            f"{settings['processing_kwargs']!r}: crossjax tokenizes pairs with longest-first truncation only, so "
+            "its scores would differ from sentence-transformers'"
+        )
+    return settings if isinstance(settings, dict) else {}
+
 def _saved_activations(st_config: dict[str, Any], config, cross_encoder_save: bool) -> list[str]:
     """The activations a sentence-transformers CrossEncoder saved, in the order it tries them: its own file's
     (v6, read only in a CrossEncoder save), then config.json's (v4+ key, else the pre-v4 one)."""
@@ -242,12 +271,6 @@ class CrossEncoder:
                 f"with sentence_transformers.CrossEncoder(path, backend={backend!r})."
             )
         compute_dtype = _compute_dtype_from_model_kwargs(model_kwargs, compute_dtype)
-        if keep_in_fp32_modules and _as_dtype(compute_dtype or "float32") != jnp.float32:
-            raise ValueError(
-                f"keep_in_fp32_modules={keep_in_fp32_modules!r}: crossjax computes every layer in the compute "
-                "dtype; use compute_dtype='float32' (then every module already computes in float32)"
-            )
-        self.keep_in_fp32_modules = keep_in_fp32_modules
         tokenizer_kwargs = _merged("tokenizer_kwargs", tokenizer_kwargs, "processor_kwargs", processor_kwargs)
         config_kwargs = dict(config_kwargs or {})
         if classifier_dropout is not None:  # sentence-transformers < 4 spelling
@@ -258,6 +281,18 @@ class CrossEncoder:
         if local_files_only:
             hub["local_files_only"] = True
         directory = resolve_checkpoint_dir(model_name_or_path, **hub)
+        saved_st_config = _saved_st_config(directory)
+        cross_encoder_save = _is_cross_encoder_save(directory, saved_st_config)
+        transformer_settings = _saved_pipeline(directory) if cross_encoder_save else {}
+        if keep_in_fp32_modules is None and cross_encoder_save:
+            keep_in_fp32_modules = saved_st_config.get("keep_in_fp32_modules") or None
+        if keep_in_fp32_modules and _as_dtype(compute_dtype or "float32") != jnp.float32:
+            raise ValueError(
+                f"keep_in_fp32_modules={keep_in_fp32_modules!r} (an argument, or the saved model's setting): "
+                "crossjax computes every layer in the compute dtype; use compute_dtype='float32' (then every "
+                "module already computes in float32)"
+            )
+        self.keep_in_fp32_modules = keep_in_fp32_modules
         config = load_config(directory, **config_kwargs)
         classifier_trained = any(
             a.endswith("ForSequenceClassification") for a in (config.architectures or [])
@@ -275,19 +310,22 @@ class CrossEncoder:
         )
         self.model.eval()
         self.tokenizer = self._load_tokenizer(directory, tokenizer_kwargs or {})
+        if max_length is None and transformer_settings.get("max_seq_length") is not None:
+            max_length = transformer_settings["max_seq_length"]  # sentence-transformers' Transformer setting
         self.max_length = self._resolve_max_length(max_length)  # kept in tokenizer.model_max_length
         if isinstance(max_shapes, bool) or not isinstance(max_shapes, int) or max_shapes < 1:
             raise ValueError(f"max_shapes must be an integer >= 1, got {max_shapes!r}")
         self.max_shapes = max_shapes
-        saved_st_config = _saved_st_config(directory)
-        cross_encoder_save = _is_cross_encoder_save(directory, saved_st_config)
         # A saved cross-encoder's card, kept by save() until this model trains (as sentence-transformers does)
         self._loaded_card = (loaded_model_card(directory), directory) if cross_encoder_save else None
         saved = _saved_activations(saved_st_config, config, cross_encoder_save)
         # Prompts are a cross-encoder save's own; another model type's (a bi-encoder's query prompt) would
         # prepend text to every pair, so sentence-transformers 6 ignores them when converting, and so do we.
         own = saved_st_config if cross_encoder_save else {}
-        self.prompts: dict[str, str] = {**(own.get("prompts") or {}), **(prompts or {})}
+        saved_prompts = own.get("prompts") or {}
+        # as sentence-transformers: a prompt given as None takes the saved one of that name
+        given = {name: saved_prompts.get(name, "") if text is None else text for name, text in (prompts or {}).items()}
+        self.prompts: dict[str, str] = {**saved_prompts, **given}
         self.default_prompt_name = (
             default_prompt_name if default_prompt_name is not None else own.get("default_prompt_name")
         )
@@ -665,6 +703,7 @@ class CrossEncoder:
             max_length=self.max_length,
             prompts=self.prompts,
             default_prompt_name=self.default_prompt_name,
+            keep_in_fp32_modules=self.keep_in_fp32_modules,
         )
         if create_model_card:
             try:

@@ -269,7 +269,10 @@ class CrossEncoderTrainer:
         return None
 
     def remove_callback(self, callback: Any) -> None:
-        self.pop_callback(callback)
+        """Remove a callback: the first of a class (if any), or an instance, which must be there (as Hugging
+        Face's ``list.remove`` requires)."""
+        if self.pop_callback(callback) is None and not isinstance(callback, type):
+            raise ValueError(f"remove_callback: {callback!r} is not among the trainer's callbacks")
 
     def is_world_process_zero(self) -> bool:
         """Whether this is the main process of a multi-process (multi-host) run, as Hugging Face's Trainer."""

@@ -444,6 +444,7 @@ class FlaxPreTrainedModel(nnx.Module):
         max_length: int | None = None,
         prompts: dict[str, str] | None = None,
         default_prompt_name: str | None = None,
+        keep_in_fp32_modules: list[str] | None = None,
     ) -> Path:
         """Write a model that PyTorch transformers and sentence-transformers' CrossEncoder load as is.
 
@@ -461,6 +462,7 @@ class FlaxPreTrainedModel(nnx.Module):
             max_length=max_length,
             prompts=prompts,
             default_prompt_name=default_prompt_name,
+            keep_in_fp32_modules=keep_in_fp32_modules,
         )
 
 

@@ -183,6 +183,7 @@ def write_model_directory(
     max_length: int | None = None,
     prompts: dict[str, str] | None = None,
     default_prompt_name: str | None = None,
+    keep_in_fp32_modules: list[str] | None = None,
 ) -> Path:
     """Write ``model`` (a FlaxPreTrainedModel) as config.json + model.safetensors (+ tokenizer, ST metadata).
 
@@ -208,6 +209,8 @@ def write_model_directory(
         "model_type": "CrossEncoder",
         "prompts": dict(prompts or {}),
     }
+    if keep_in_fp32_modules:  # sentence-transformers' own setting, kept for it (crossjax computes in one dtype)
+        sentence_transformers_config["keep_in_fp32_modules"] = list(keep_in_fp32_modules)
 
     def write(tmp: Path) -> None:
         save_file(model.hf_state_dict(), str(tmp / SAFE_WEIGHTS), metadata={"format": "pt"})

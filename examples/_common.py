@@ -348,10 +348,8 @@ class _Output:
         return os.path.isfile(os.path.join(self.local, "config.json"))
 
     def finish(self) -> None:
-        from crossjax.runtime import is_main_process
-
         self.upload()
-        if self.remote and is_main_process():
+        if self.remote:  # every process made one (the others' stay empty)
             shutil.rmtree(self.local, ignore_errors=True)
 
 

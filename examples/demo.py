@@ -83,12 +83,10 @@ def main() -> None:
         f"{summary['pairs_per_second']:.1f} pairs/s, {summary['compilations']} compilations, "
         f"padding efficiency {100 * summary['padding_efficiency']:.1f}%"
     )
+    line = _common.best_model_line("crossjax dev Spearman", summary["best_score"], str(args.output), lambda: True)
     if summary["best_score"] is None:  # e.g. constant dev scores: a NaN correlation is no best, nothing was saved
-        raise SystemExit(
-            f"crossjax dev Spearman: none; no model was saved to {args.output} because no evaluation gave a "
-            "finite score, so there is no export to check"
-        )
-    print(f"crossjax dev Spearman: {summary['best_score']:.4f}  -> exported to {args.output}")
+        raise SystemExit(f"{line}, so there is no export to check")
+    print(line)
 
     # The export is an ordinary Hugging Face model: sentence-transformers loads it as is.
     from sentence_transformers import CrossEncoder as TorchCrossEncoder

@@ -12,6 +12,7 @@ import shutil
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from test_fit_behaviour import make_examples, tiny_dir, tiny_dirs  # noqa: F401 - fixtures used by name
@@ -421,6 +422,16 @@ def test_what_a_sentence_transformers_save_holds_besides_the_transformer(saved, 
     assert st.CrossEncoder(str(resaved)).keep_in_fp32_modules == ["0.model.classifier"]
     with pytest.raises(ValueError, match="the saved model's setting"):
         CrossEncoder(folder, compute_dtype="bfloat16")
+    with pytest.raises(ValueError, match="the saved model's setting"):
+        ours.bfloat16()
+    assert CrossEncoder(folder, keep_in_fp32_modules=[]).bfloat16().compute_dtype == jnp.bfloat16
+    assert CrossEncoder(folder, tokenizer_kwargs={"model_max_length": 20}).max_length == 20  # as there
+    # sentence-transformers' own example of processing_kwargs: a limit and truncation, padding changes nothing
+    example = {"processing_kwargs": {"text": {"max_length": 12, "truncation": True, "padding": "longest"}}}
+    transformer_file.write_text(json.dumps({**transformer_settings, **example}))
+    ours, theirs = CrossEncoder(folder), st.CrossEncoder(str(folder))
+    assert ours.max_length == 12  # sentence-transformers passes it to every tokenizer call: the same scores
+    np.testing.assert_allclose(ours.predict(pairs), theirs.predict(pairs), atol=1e-5)
 
     keep_query = {"processing_kwargs": {"text": {"truncation": "only_second"}}}  # a reranker keeping the query
     transformer_file.write_text(json.dumps({**transformer_settings, **keep_query}))

@@ -138,6 +138,9 @@ def test_readers_run_side_by_side_and_a_step_waits_for_them():
     for thread in threads:
         thread.start()
     assert not stepped.wait(0.3)  # the step waits while the readers dispatch
+    with pytest.raises(RuntimeError, match="from another thread while fit"):  # a waiting step is not starved
+        with guard.reading("predict"):
+            pass
     leave.set()
     assert stepped.wait(30)
     for thread in threads:
@@ -193,5 +196,6 @@ def test_old_pickles_and_a_cleared_program_cache_still_predict(tiny_dir):
     np.testing.assert_array_equal(old.predict(PAIRS), expected)
     compiled = model.compilations["predict"]
     training.clear_program_cache()
+    assert len(model._predict_programs) == 0  # the compiled executables are freed, not only marked old
     np.testing.assert_array_equal(model.predict(PAIRS), expected)
     assert model.compilations["predict"] == compiled + 1  # the model's own program was forgotten too

@@ -79,6 +79,16 @@ def _is_cross_encoder_save(directory: Path, st_config: dict[str, Any]) -> bool:
 
 
 
+
+def _check_keep_in_fp32(keep_in_fp32_modules: list[str] | None, compute_dtype) -> None:
+    if keep_in_fp32_modules and jnp.dtype(compute_dtype) != jnp.float32:
+        raise ValueError(
+            f"keep_in_fp32_modules={keep_in_fp32_modules!r} (an argument, or the saved model's setting) with "
+            f"compute dtype {jnp.dtype(compute_dtype).name}: crossjax computes every layer in the compute dtype. "
+            "Compute in float32 (then every module already does), or pass keep_in_fp32_modules=[] to compute "
+            "the whole model in that dtype"
+        )
+
 def _saved_pipeline(directory: Path) -> dict[str, Any]:
     """What a sentence-transformers 6 CrossEncoder save holds besides the transformer. Modules after it
     (``modules.json``) and text processing other than longest-first truncation (``sentence_bert_config.json``)
@@ -90,22 +100,28 @@ def _saved_pipeline(directory: Path) -> dict[str, Any]:
         settings = json.loads(transformer_config.read_text()) if transformer_config.is_file() else {}
     except ValueError as e:
         raise ValueError(f"{directory}: a sentence-transformers file is not valid JSON: {e}") from None
-    extra = [m.get("type", m) for m in modules if isinstance(m, dict) and m.get("path", "") != ""]
-    if not isinstance(modules, list) or len(modules) != 1 or extra:
+    listed = modules if isinstance(modules, list) else [modules]
+    extra = [m.get("type", m) if isinstance(m, dict) else m for m in listed if not isinstance(m, dict) or m.get("path")]
+    if len(listed) != 1 or extra:
         raise ValueError(
             f"{directory / 'modules.json'} lists modules after the transformer ({extra or modules}): crossjax runs "
             "the transformer and its classification head only, so its scores would differ from "
             "sentence-transformers'. Fold them into the head, or score this model with sentence-transformers."
         )
+    if not isinstance(settings, dict):
+        raise ValueError(f"{directory / 'sentence_bert_config.json'} is not a JSON object")
     processing = {k: v for k, v in (settings.get("processing_kwargs") or {}).items() if v}
     text = dict(processing.pop("text", None) or {})
+    text.pop("padding", None)  # padding never changes an encoder's scores
+    if "max_length" in text:  # the tokenizer's limit, as sentence-transformers' own example sets it
+        settings = {**settings, "max_seq_length": text.pop("max_length")}
     if text.pop("truncation", "longest_first") not in ("longest_first", True) or text or processing:
         raise ValueError(
             f"{directory / 'sentence_bert_config.json'} sets processing_kwargs "
             f"{settings['processing_kwargs']!r}: crossjax tokenizes pairs with longest-first truncation only, so "
             "its scores would differ from sentence-transformers'"
         )
-    return settings if isinstance(settings, dict) else {}
+    return settings
 
 def _saved_activations(st_config: dict[str, Any], config, cross_encoder_save: bool) -> list[str]:
     """The activations a sentence-transformers CrossEncoder saved, in the order it tries them: its own file's
@@ -286,12 +302,7 @@ class CrossEncoder:
         transformer_settings = _saved_pipeline(directory) if cross_encoder_save else {}
         if keep_in_fp32_modules is None and cross_encoder_save:
             keep_in_fp32_modules = saved_st_config.get("keep_in_fp32_modules") or None
-        if keep_in_fp32_modules and _as_dtype(compute_dtype or "float32") != jnp.float32:
-            raise ValueError(
-                f"keep_in_fp32_modules={keep_in_fp32_modules!r} (an argument, or the saved model's setting): "
-                "crossjax computes every layer in the compute dtype; use compute_dtype='float32' (then every "
-                "module already computes in float32)"
-            )
+        _check_keep_in_fp32(keep_in_fp32_modules, _as_dtype(compute_dtype or "float32"))
         self.keep_in_fp32_modules = keep_in_fp32_modules
         config = load_config(directory, **config_kwargs)
         classifier_trained = any(
@@ -310,8 +321,10 @@ class CrossEncoder:
         )
         self.model.eval()
         self.tokenizer = self._load_tokenizer(directory, tokenizer_kwargs or {})
-        if max_length is None and transformer_settings.get("max_seq_length") is not None:
-            max_length = transformer_settings["max_seq_length"]  # sentence-transformers' Transformer setting
+        saved_limit = transformer_settings.get("max_seq_length")
+        if max_length is None and saved_limit is not None and "model_max_length" not in (tokenizer_kwargs or {}):
+            # sentence-transformers' Transformer setting, unless the tokenizer's own is given
+            max_length = self._checked_max_length(saved_limit, "sentence_bert_config.json's max_seq_length")
         self.max_length = self._resolve_max_length(max_length)  # kept in tokenizer.model_max_length
         if isinstance(max_shapes, bool) or not isinstance(max_shapes, int) or max_shapes < 1:
             raise ValueError(f"max_shapes must be an integer >= 1, got {max_shapes!r}")
@@ -972,6 +985,7 @@ class CrossEncoder:
             except ValueError:
                 pass
             if dtype_like:
+                _check_keep_in_fp32(self.keep_in_fp32_modules, _as_dtype(value))
                 self.compute_dtype = _as_dtype(value)
                 continue
             platform, _, index = str(value).lower().partition(":")

@@ -27,6 +27,7 @@ import logging
 import re
 import threading
 import types
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -671,6 +672,10 @@ class HeldPrograms(dict):
     holding more models than the process-wide cache keeps (``PROGRAM_CACHE_SIZE``) never recompiles. A copy or
     pickle of the model starts empty: it finds the programs again in the process cache or compiles them."""
 
+    def __init__(self) -> None:
+        super().__init__()
+        _held_programs[id(self)] = self
+
     def __deepcopy__(self, memo) -> HeldPrograms:
         return HeldPrograms()
 
@@ -688,13 +693,14 @@ class ArraysGuard:
     def __init__(self) -> None:
         self._changed = threading.Condition()
         self._readers = 0
+        self._step_waiting = False
         self.stale = False
         self._trainer_thread: int | None = None
 
     @contextlib.contextmanager
     def reading(self, what: str):
         with self._changed:
-            if self.stale:
+            if self.stale or self._step_waiting:  # a waiting step is not starved by a stream of requests
                 where = (
                     "in the training loop between two steps (outside the run's evaluations and callbacks)"
                     if threading.get_ident() == self._trainer_thread
@@ -718,9 +724,13 @@ class ArraysGuard:
         """Before a train step's dispatch: wait for the readers, then the model's arrays are stale until
         :meth:`synced`."""
         with self._changed:
-            self._changed.wait_for(lambda: self._readers == 0)
-            self.stale = True
+            self._step_waiting = True
             self._trainer_thread = threading.get_ident()
+            try:
+                self._changed.wait_for(lambda: self._readers == 0)
+            finally:
+                self._step_waiting = False
+            self.stale = True
 
     def synced(self) -> None:
         with self._changed:
@@ -738,6 +748,8 @@ PROGRAM_CACHE_SIZE = 8
 _programs: dict[str, list[tuple[tuple, StepProgram]]] = {"train": [], "predict": [], "eval_loss": []}
 _programs_lock = threading.Lock()
 _program_generation = 0
+# every model's own programs (by id: a dict is unhashable), cleared with the process cache
+_held_programs: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
 
 
 class _Unkeyable(Exception):
@@ -860,6 +872,8 @@ def clear_program_cache() -> None:
     with _programs_lock:
         for cache in _programs.values():
             cache.clear()
+        for held in list(_held_programs.values()):
+            held.clear()
         _program_generation += 1
 
 

@@ -445,6 +445,10 @@ class _Metrics:
         self.pending.append((step, epoch, metrics))
         self.window_pairs += pairs
 
+    def drop_from(self, step: int) -> None:
+        """Forget the pending records of ``step`` and later (steps that trained nothing)."""
+        self.pending = [record for record in self.pending if record[0] < step]
+
     def flush(self, finished_only: bool = False) -> None:
         """Record the pending steps (waiting for them); ``finished_only``: only those already finished, never
         waiting (an interrupted run, where a step may wait on a process that is gone)."""
@@ -1134,6 +1138,7 @@ def _run_fit(
             (flag, aborted_step), unread_abort = unread_abort, None
             flag = int(jax.device_get(flag))
             if flag:
+                metrics.drop_from(aborted_step)  # the aborted step trained nothing: no record of it
                 data.abort(flag, aborted_step)
 
     def synced_model() -> None:
@@ -1306,6 +1311,8 @@ def _run_fit(
             sync_model()
         finally:
             if not completed:  # in a multi-process run a pending step may wait on a process that is gone
+                if unread_abort is not None:  # a step whose stream-abort flag was never read may not have trained
+                    metrics.drop_from(unread_abort[1])
                 with contextlib.suppress(Exception):
                     metrics.flush(finished_only=jax.process_count() > 1)
             data.close()

@@ -78,8 +78,6 @@ def _is_cross_encoder_save(directory: Path, st_config: dict[str, Any]) -> bool:
     return (directory / "modules.json").is_file() and st_config.get("model_type") == "CrossEncoder"
 
 
-
-
 def _check_keep_in_fp32(keep_in_fp32_modules: list[str] | None, compute_dtype) -> None:
     if keep_in_fp32_modules and jnp.dtype(compute_dtype) != jnp.float32:
         raise ValueError(
@@ -88,6 +86,7 @@ def _check_keep_in_fp32(keep_in_fp32_modules: list[str] | None, compute_dtype) -
             "Compute in float32 (then every module already does), or pass keep_in_fp32_modules=[] to compute "
             "the whole model in that dtype"
         )
+
 
 def _saved_pipeline(directory: Path) -> dict[str, Any]:
     """What a sentence-transformers 6 CrossEncoder save holds besides the transformer. Modules after it
@@ -122,6 +121,7 @@ def _saved_pipeline(directory: Path) -> dict[str, Any]:
             "its scores would differ from sentence-transformers'"
         )
     return settings
+
 
 def _saved_activations(st_config: dict[str, Any], config, cross_encoder_save: bool) -> list[str]:
     """The activations a sentence-transformers CrossEncoder saved, in the order it tries them: its own file's
@@ -351,7 +351,7 @@ class CrossEncoder:
         else:
             default = losses.sigmoid if self.num_labels == 1 else losses.identity
             self.activation_fn = _activation_or_default(saved, default)
-        # compute dtype name -> (eval-mode graph, (output sharding, generation), its predict program)
+        # compute dtype name -> (eval-mode graph, output sharding, its predict program)
         self._predict_programs = training.HeldPrograms()
         self._arrays_guard = training.ArraysGuard()  # predict/save from other threads while fit trains
         self.model_card_data = CrossEncoderModelCardData.coerce(model_card_data)
@@ -459,11 +459,10 @@ class CrossEncoder:
         config, compute dtype and mesh (see :func:`crossjax.training.predict_program`)."""
         key = jnp.dtype(dtype).name
         held = self._predict_programs.get(key)
-        current = (self.mesh_plan.replicated, training.program_generation())
-        if held is None or held[1] != current:
+        if held is None or held[1] != self.mesh_plan.replicated:
             graphdef = held[0] if held is not None else training.graphdef_with_dtype(self.model, dtype, train=False)
             program, _ = training.predict_program(graphdef, self.mesh_plan)
-            self._predict_programs[key] = held = (graphdef, current, program)
+            self._predict_programs[key] = held = (graphdef, self.mesh_plan.replicated, program)
         return held[2]
 
     def __setstate__(self, state: dict) -> None:

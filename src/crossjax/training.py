@@ -332,14 +332,16 @@ class CompileCounter:
     own, so a call measures what it compiled whatever other threads compile meanwhile."""
 
     def __init__(self) -> None:
-        self.count = 0
         self.shapes: list[tuple] = []
         self._by_thread: dict[int, list[tuple]] = {}
         self._lock = threading.Lock()
 
+    @property
+    def count(self) -> int:
+        return len(self.shapes)
+
     def tick(self, shape) -> None:
         with self._lock:
-            self.count += 1
             self.shapes.append(tuple(shape))
             self._by_thread.setdefault(threading.get_ident(), []).append(tuple(shape))
 
@@ -667,23 +669,28 @@ class StepProgram:
 
 
 
-class HeldPrograms(dict):
+class _FreshWhenCopied:
+    """Process-local state of a model (compiled programs, locks): a copy or pickle of the model gets a new one."""
+
+    def __deepcopy__(self, memo):
+        return type(self)()
+
+    def __reduce__(self):
+        return (type(self), ())
+
+
+class HeldPrograms(_FreshWhenCopied, dict):
     """A model's own compiled programs (key -> program), kept as long as the model lives, so that a server
-    holding more models than the process-wide cache keeps (``PROGRAM_CACHE_SIZE``) never recompiles. A copy or
-    pickle of the model starts empty: it finds the programs again in the process cache or compiles them."""
+    holding more models than the process-wide cache keeps (``PROGRAM_CACHE_SIZE``) never recompiles;
+    :func:`clear_program_cache` empties them too. A copy or pickle of the model starts empty: it finds the
+    programs again in the process cache or compiles them."""
 
     def __init__(self) -> None:
         super().__init__()
         _held_programs[id(self)] = self
 
-    def __deepcopy__(self, memo) -> HeldPrograms:
-        return HeldPrograms()
 
-    def __reduce__(self):
-        return (HeldPrograms, ())
-
-
-class ArraysGuard:
+class ArraysGuard(_FreshWhenCopied):
     """Who may read a model's arrays while ``fit`` trains it in place. A train step donates the training state,
     so the model's arrays are freed from the first step until the loop syncs the model back (evaluations,
     callbacks, checkpoints, the end). Readers (``predict``, ``save``, in any thread) run side by side while the
@@ -736,18 +743,11 @@ class ArraysGuard:
         with self._changed:
             self.stale = False
 
-    def __deepcopy__(self, memo) -> ArraysGuard:
-        return ArraysGuard()
-
-    def __reduce__(self):
-        return (ArraysGuard, ())
-
 # At most this many jitted train steps (and as many predict steps) are kept: each holds its compiled
 # executables, one per batch shape.
 PROGRAM_CACHE_SIZE = 8
 _programs: dict[str, list[tuple[tuple, StepProgram]]] = {"train": [], "predict": [], "eval_loss": []}
 _programs_lock = threading.Lock()
-_program_generation = 0
 # every model's own programs (by id: a dict is unhashable), cleared with the process cache
 _held_programs: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
 
@@ -868,18 +868,11 @@ def _program(kind: str, key: tuple | None, build: Callable[[], StepProgram]) -> 
 def clear_program_cache() -> None:
     """Forget every jitted train and predict step of this process (the next fit or predict traces again),
     those that models hold too (:class:`HeldPrograms`)."""
-    global _program_generation
     with _programs_lock:
         for cache in _programs.values():
             cache.clear()
         for held in list(_held_programs.values()):
             held.clear()
-        _program_generation += 1
-
-
-def program_generation() -> int:
-    """How many times :func:`clear_program_cache` ran: a held program of an earlier generation is forgotten."""
-    return _program_generation
 
 
 def train_program(

@@ -31,7 +31,7 @@ from crossjax.model_card import (
     write_model_card,
 )
 from crossjax.models.auto import load_config, model_class_for
-from crossjax.models.base import compute_dtype_of
+from crossjax.models.base import compute_dtype_of, merged_keywords
 from crossjax.models.checkpoints import resolve_checkpoint_dir
 from crossjax.models.export import ST_CONFIG
 from crossjax.parallel import MeshPlan, devices_for, make_mesh, put_global
@@ -133,15 +133,6 @@ def _saved_activations(st_config: dict[str, Any], config, cross_encoder_save: bo
     elif getattr(config, "sbert_ce_default_activation_function", None):
         paths.append(config.sbert_ce_default_activation_function)
     return paths
-
-
-def _merged(name_a: str, a: dict | None, name_b: str, b: dict | None) -> dict:
-    """Two spellings of the same keyword dict (e.g. tokenizer_kwargs and ST 6's processor_kwargs)."""
-    a, b = dict(a or {}), dict(b or {})
-    clash = sorted(k for k in set(a) & set(b) if a[k] != b[k])
-    if clash:
-        raise ValueError(f"{name_a} and {name_b} give different values for {clash}")
-    return {**a, **b}
 
 
 def _compute_dtype_from_model_kwargs(model_kwargs: dict | None, compute_dtype: Any) -> Any:
@@ -287,7 +278,7 @@ class CrossEncoder:
                 f"with sentence_transformers.CrossEncoder(path, backend={backend!r})."
             )
         compute_dtype = _compute_dtype_from_model_kwargs(model_kwargs, compute_dtype)
-        tokenizer_kwargs = _merged("tokenizer_kwargs", tokenizer_kwargs, "processor_kwargs", processor_kwargs)
+        tokenizer_kwargs = merged_keywords("tokenizer_kwargs", tokenizer_kwargs, "processor_kwargs", processor_kwargs)
         config_kwargs = dict(config_kwargs or {})
         if classifier_dropout is not None:  # sentence-transformers < 4 spelling
             config_kwargs["classifier_dropout"] = float(classifier_dropout)

@@ -69,6 +69,16 @@ def refuse_torch_tensors(*inputs: Any) -> None:
         )
 
 
+
+def merged_keywords(name_a: str, a: dict | None, name_b: str, b: dict | None) -> dict:
+    """Two spellings of the same keyword dict (tokenizer_kwargs and ST 6's processor_kwargs; config_kwargs and
+    from_pretrained's keywords): equal values may repeat, different ones are an error."""
+    a, b = dict(a or {}), dict(b or {})
+    clash = sorted(k for k in set(a) & set(b) if a[k] != b[k])
+    if clash:
+        raise ValueError(f"{name_a} and {name_b} give different values for {clash}")
+    return {**a, **b}
+
 # transformers' from_pretrained keywords that say where a checkpoint comes from (huggingface_hub's download)
 HUB_DOWNLOAD_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "proxies")
 # ... those that steer PyTorch's loading, with no meaning for JAX arrays: refused unless at transformers' default
@@ -118,11 +128,7 @@ def pretrained_options(
         dtype = torch_dtype
     hub = {key: kwargs.pop(key) for key in HUB_DOWNLOAD_KWARGS if key in kwargs}
     directory = resolve_checkpoint_dir(name_or_path, **hub)
-    overrides = dict(config_kwargs or {})
-    clash = sorted(k for k in set(overrides) & set(kwargs) if overrides[k] != kwargs[k])
-    if clash:
-        raise ValueError(f"{where}: config_kwargs and keyword arguments give different values for {clash}")
-    overrides.update(kwargs)
+    overrides = merged_keywords(f"{where}: config_kwargs", config_kwargs, "keyword arguments", kwargs)
     if "num_labels" in overrides:  # sentence-transformers' config_kwargs={"num_labels": 3}
         asked = overrides.pop("num_labels")
         if num_labels is not None and int(num_labels) != int(asked):

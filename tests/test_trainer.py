@@ -291,7 +291,10 @@ def test_sentence_transformers_6_2_spellings_and_trainer_methods(tiny_ce, tmp_pa
     assert CrossEncoderTrainingArguments("o", tf32=False).tf32 is STArgs("o", tf32=False).tf32 is False
 
     class Counting(TrainerCallback):
-        steps = 0
+        steps = inits = 0
+
+        def on_init_end(self, args, state, control, **kwargs):
+            type(self).inits += 1
 
         def on_step_end(self, args, state, control, **kwargs):
             type(self).steps += 1
@@ -303,6 +306,16 @@ def test_sentence_transformers_6_2_spellings_and_trainer_methods(tiny_ce, tmp_pa
     data = {"a": ["x y", "y z", "z w", "w v"], "b": ["p", "q", "r", "s"], "label": [1.0, 0.0, 1.0, 0.0]}
     trainer = CrossEncoderTrainer(model=tiny_ce, args=args, train_dataset=data, callbacks=[Counting])
     assert isinstance(trainer.callbacks[0], Counting)
+    assert Counting.inits == 1  # Hugging Face calls on_init_end when the trainer is made
+    # trainer.callback_handler as Hugging Face's: the same list, names and event objects
+    from transformers.trainer_callback import CallbackHandler, DefaultFlowCallback
+
+    theirs = CallbackHandler([DefaultFlowCallback, Counting], None, None, None, None)
+    trainer.callback_handler.callbacks.insert(0, DefaultFlowCallback())
+    assert trainer.callback_handler.callback_list == theirs.callback_list == "DefaultFlowCallback\nCounting"
+    assert trainer.pop_callback(DefaultFlowCallback) is not None
+    assert trainer.callback_handler.callbacks is trainer.callbacks
+    assert trainer.callback_handler.processing_class is tiny_ce.tokenizer
     trainer.train()
     assert Counting.steps == 2
     assert isinstance(trainer.pop_callback(Counting), Counting) and trainer.callbacks == []

@@ -69,6 +69,12 @@ class Recorder:
     def on_save(self, args, state, control, **kwargs):
         self.events.append(("save", state.global_step))
 
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        self.events.append(("epoch_begin", state.global_step))
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self.events.append(("step_begin", state.global_step))
+
 
 def _kinds(log_history: list[dict]) -> list[tuple[str, int]]:
     def kind(entry: dict) -> str:
@@ -126,6 +132,7 @@ def test_evaluation_logging_and_saving_follow_sentence_transformers(tiny, tmp_pa
     }[id(schedule)]
     assert _kinds(their_history)[: len(expected)] == expected
     assert recorder.events == their_events, (recorder.events, their_events)
+    assert ("epoch_begin", 0) in recorder.events and ("step_begin", ours.global_step - 1) in recorder.events
     assert ours.global_step == theirs.global_step
     # train() returns the mean loss of all steps, and its metrics say the same (not the last step's loss); the
     # batches are drawn by other generators (README), so only the evaluation before any step is the same number

@@ -237,6 +237,8 @@ class FitTarget:
     # Called after every step with (global step, epoch, sync): ``sync()`` brings the model up to date with the
     # step (its arrays are the state's, valid until the next step runs); returning True stops the run.
     on_step: Callable[[int, int, Callable[[], None]], bool | None] | None = None
+    # Called before a step is dispatched with (steps done, epoch, whether the step opens the epoch or the run)
+    on_step_begin: Callable[[int, int, bool], None] | None = None
     callbacks: list[logs.RunCallback] = field(default_factory=list)  # e.g. the model card's recorder
     # Shared with the facade's predict and save, which other threads may call while the model trains
     guard: training.ArraysGuard = field(default_factory=training.ArraysGuard)
@@ -1254,6 +1256,9 @@ def _run_fit(
                     np.full(len(step.batch.input_ids), step.abort, np.int32), plan.batch, step.global_groups
                 )
                 stop_if_aborted()
+            if target.on_step_begin is not None:
+                stop_if_aborted()
+                target.on_step_begin(global_step, step.epoch, step.steps_in_epoch == 1 or global_step == start_step)
             guard.step()  # waits while another thread's predict dispatches work on the model's arrays
             state, step_metrics, gradients = program.fn(state, global_batch, healthy, hparams, gradients)
             healthy = step_metrics["finite"]  # stays on the device: a bad step freezes all later ones

@@ -39,7 +39,7 @@ from crossjax.training_args import CrossEncoderTrainingArguments
 
 logger = logging.getLogger("crossjax")
 
-__all__ = ["CrossEncoderTrainer", "TrainOutput", "TrainerState", "TrainerControl"]
+__all__ = ["CallbackHandler", "CrossEncoderTrainer", "TrainOutput", "TrainerState", "TrainerControl"]
 
 LABEL_COLUMNS = ("label", "labels", "score", "scores")
 # Hugging Face Trainer arguments that hand it PyTorch objects: no JAX meaning.
@@ -168,6 +168,79 @@ def _is_dataset_dict(value: dict) -> bool:
     """A dict of named datasets (``DatasetDict`` or ``{"name": Dataset}``), not a dict of columns."""
     return bool(value) and all(not isinstance(v, Sequence) or hasattr(v, "column_names") for v in value.values())
 
+# The control flags Hugging Face's CallbackHandler clears before it calls an event.
+_EVENT_CLEARS = {
+    "on_train_begin": ("should_training_stop",),
+    "on_epoch_begin": ("should_epoch_stop",),
+    "on_step_begin": ("should_log", "should_evaluate", "should_save"),
+    "on_evaluate": ("should_evaluate",),
+    "on_save": ("should_save",),
+    "on_log": ("should_log",),
+}
+
+
+class CallbackHandler:
+    """Hugging Face's ``CallbackHandler`` (``trainer.callback_handler``): the callbacks in order, and the event
+    call. Every callback gets the model and its tokenizer; the PyTorch objects (optimizer, scheduler,
+    dataloaders) are None here, so a callback method needs ``**kwargs``, as with Hugging Face's Trainer."""
+
+    def __init__(self, callbacks: Sequence[Any], model: Any, processing_class: Any) -> None:
+        self.callbacks: list[Any] = []
+        for callback in callbacks:
+            self.add_callback(callback)
+        self.model, self.processing_class = model, processing_class
+        self.optimizer = self.lr_scheduler = self.train_dataloader = self.eval_dataloader = None
+
+    @property
+    def callback_list(self) -> str:
+        return "\n".join(type(callback).__name__ for callback in self.callbacks)
+
+    def add_callback(self, callback: Any) -> None:
+        """Add an instance, or a class (made with no arguments); a second of a class is added with a warning."""
+        instance = callback() if isinstance(callback, type) else callback
+        if type(instance) in (type(present) for present in self.callbacks):
+            logger.warning(
+                "Adding a %s to the callbacks of this trainer, which already has one. The callbacks are:\n%s",
+                type(instance).__name__,
+                self.callback_list,
+            )
+        self.callbacks.append(instance)
+
+    def pop_callback(self, callback: Any) -> Any:
+        """Remove and return a callback (an instance, or the first of a class); None if there is none."""
+        for i, present in enumerate(self.callbacks):
+            if present is callback or (isinstance(callback, type) and isinstance(present, callback)):
+                return self.callbacks.pop(i)
+        return None
+
+    def remove_callback(self, callback: Any) -> None:
+        """Remove a callback: the first of a class (if any), or an instance, which must be there (as Hugging
+        Face's ``list.remove`` requires)."""
+        if self.pop_callback(callback) is None and not isinstance(callback, type):
+            raise ValueError(f"remove_callback: {callback!r} is not among the trainer's callbacks")
+
+    def call_event(self, event: str, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+        """Hugging Face's ``call_event``: each callback's ``event`` method in order; a control a callback
+        returns replaces the one the next callback gets. Returns the last control. As Hugging Face's handler,
+        an event first clears the flags it answers (``on_epoch_begin`` clears ``should_epoch_stop``, ...)."""
+        for flag in _EVENT_CLEARS.get(event, ()):
+            setattr(control, flag, False)
+        objects = {
+            "model": self.model,
+            "processing_class": self.processing_class,
+            "optimizer": self.optimizer,
+            "lr_scheduler": self.lr_scheduler,
+            "train_dataloader": self.train_dataloader,
+            "eval_dataloader": self.eval_dataloader,
+        }
+        for callback in self.callbacks:
+            method = getattr(callback, event, None)
+            if method is not None:
+                returned = method(args, state, control, **{**objects, **kwargs})
+                if returned is not None:
+                    control = returned
+        return control
+
 
 class CrossEncoderTrainer:
     """Train a :class:`crossjax.CrossEncoder` as sentence-transformers' ``CrossEncoderTrainer`` does.
@@ -242,9 +315,7 @@ class CrossEncoderTrainer:
                 f"args.eval_strategy={self.args.eval_strategy!r} but neither eval_dataset nor evaluator was given: "
                 "pass one, or set eval_strategy='no'"
             )
-        self.callbacks: list[Any] = []
-        for callback in callbacks or []:
-            self.add_callback(callback)
+        self.callback_handler = CallbackHandler(callbacks or [], model, model.tokenizer)
         self.state = TrainerState()
         self.control = TrainerControl()
         self._warned_epoch_stop = False
@@ -252,27 +323,32 @@ class CrossEncoderTrainer:
         # anew at save (a card it was loaded with no longer describes it)
         model.model_card_data.add_tags("generated_from_trainer")
         self._in_train = False  # evaluate() during train(): the evaluator runs with the first eval dataset only
+        self._call_back("on_init_end")
 
     def loss_for(self, name: str | None):
         """The loss of dataset ``name`` (a dict of losses is keyed by the datasets' names)."""
         return self.loss[name] if isinstance(self.loss, dict) else self.loss
 
+    @property
+    def callbacks(self) -> list[Any]:
+        """The callbacks, in the order they are called (``callback_handler.callbacks``)."""
+        return self.callback_handler.callbacks
+
+    @callbacks.setter
+    def callbacks(self, callbacks: Sequence[Any]) -> None:
+        self.callback_handler.callbacks = list(callbacks)
+
     def add_callback(self, callback: Any) -> None:
         """Add a callback: an instance, or a class (made with no arguments, as Hugging Face does)."""
-        self.callbacks.append(callback() if isinstance(callback, type) else callback)
+        self.callback_handler.add_callback(callback)
 
     def pop_callback(self, callback: Any) -> Any:
         """Remove and return a callback (an instance, or the first of a class); None if there is none."""
-        for i, present in enumerate(self.callbacks):
-            if present is callback or (isinstance(callback, type) and isinstance(present, callback)):
-                return self.callbacks.pop(i)
-        return None
+        return self.callback_handler.pop_callback(callback)
 
     def remove_callback(self, callback: Any) -> None:
-        """Remove a callback: the first of a class (if any), or an instance, which must be there (as Hugging
-        Face's ``list.remove`` requires)."""
-        if self.pop_callback(callback) is None and not isinstance(callback, type):
-            raise ValueError(f"remove_callback: {callback!r} is not among the trainer's callbacks")
+        """Remove a callback: the first of a class (if any), or an instance, which must be there."""
+        self.callback_handler.remove_callback(callback)
 
     def is_world_process_zero(self) -> bool:
         """Whether this is the main process of a multi-process (multi-host) run, as Hugging Face's Trainer."""
@@ -284,24 +360,8 @@ class CrossEncoderTrainer:
         self.model.save(output_dir if output_dir is not None else self.args.output_dir)
 
     def _call_back(self, event: str, **kwargs: Any) -> None:
-        """Hugging Face's ``CallbackHandler.call_event``: every callback gets the model and its tokenizer (the
-        PyTorch objects, optimizer, scheduler and dataloaders, are None here), and a control a callback returns
-        replaces the trainer's."""
-        kwargs = {
-            "model": self.model,
-            "processing_class": self.model.tokenizer,
-            "optimizer": None,
-            "lr_scheduler": None,
-            "train_dataloader": None,
-            "eval_dataloader": None,
-            **kwargs,
-        }
-        for callback in self.callbacks:
-            method = getattr(callback, event, None)
-            if method is not None:
-                control = method(self.args, self.state, self.control, **kwargs)
-                if control is not None:
-                    self.control = control
+        """Call ``event`` on every callback; a control a callback returns replaces the trainer's."""
+        self.control = self.callback_handler.call_event(event, self.args, self.state, self.control, **kwargs)
         if getattr(self.control, "should_epoch_stop", False) and not self._warned_epoch_stop:
             self._warned_epoch_stop = True
             logger.warning(
@@ -437,6 +497,7 @@ class CrossEncoderTrainer:
             train_batch_size=self._global_batch_size(train=True),
         )
         self.control = TrainerControl()
+        self.callback_handler.model, self.callback_handler.processing_class = self.model, self.model.tokenizer
         result = FitResult(history=[])
         run = _RunHooks(self, data, result, logging_every)
         data.target = self._fit_target(
@@ -445,6 +506,8 @@ class CrossEncoderTrainer:
             callbacks=[CardRecorder(self.model, None, record_setup=False), run],
         )
         data.target.checkpoint_state, data.target.resume_state = run.checkpoint_state, run.resume_state
+        if self.callbacks:
+            data.target.on_step_begin = run.on_step_begin
         self._record_card(data)
         self.model.training_history = result.history
         self._call_back("on_train_begin")
@@ -683,6 +746,14 @@ class _RunHooks(RunCallback):
     def _epoch(self, step: int) -> float:
         """Hugging Face's ``state.epoch`` (batches consumed; steps for several datasets, whose batches differ)."""
         return epoch_at(step, self.data.steps_per_epoch, self.data.k, getattr(self.data, "batches_per_epoch", None))
+
+    def on_step_begin(self, done: int, epoch: int, opens_epoch: bool) -> None:
+        """Hugging Face's ``on_epoch_begin`` (an epoch's first step, or a resumed run's first) and
+        ``on_step_begin``, with the state of the steps done (the model is synced: the last ``on_step`` did it)."""
+        trainer = self.trainer
+        if opens_epoch:
+            trainer._call_back("on_epoch_begin")
+        trainer._call_back("on_step_begin")
 
     def on_step(self, global_step: int, epoch: int, sync: Callable[[], None]) -> bool:
         trainer = self.trainer

@@ -233,6 +233,14 @@ CASES = {
     ),
     "plistmle": (cj.PListMLELoss, {}, st_losses.PListMLELoss, {}, "lists", 1),
     "plistmle_long_list": (cj.PListMLELoss, {}, st_losses.PListMLELoss, {}, "long_list", 1),
+    "plistmle_custom_discount": (  # a DCG-style discount, written once with jax.numpy and once with torch
+        cj.PListMLELoss,
+        {"lambda_weight": cj.PListMLELambdaWeight(lambda m: m / jnp.log2(jnp.arange(2.0, m.shape[1] + 2)))},
+        st_losses.PListMLELoss,
+        {"lambda_weight": st_losses.PListMLELambdaWeight(lambda m: m / torch.log2(torch.arange(2.0, m.shape[1] + 2)))},
+        "lists",
+        1,
+    ),
     "plistmle_by_label_sigmoid": (
         cj.PListMLELoss,
         {"respect_input_order": False, "activation_fn": nn.Sigmoid()},
@@ -536,3 +544,12 @@ def test_equal_losses_share_one_compiled_step():
         cj.CrossEntropyLoss(crossjax_model(3), weight=[1.0, 2.0, 4.0])
     )
     assert key(cj.BinaryCrossEntropyLoss(first)) != key(cj.BinaryCrossEntropyLoss(first, activation_fn="sigmoid"))
+
+
+def test_a_torch_rank_discount_is_refused_where_it_is_written() -> None:
+    """A ported script's torch discount fails when the weight is made, naming the argument, not inside the
+    first compiled step."""
+    with pytest.raises(TypeError, match=r"rank_discount_fn=.*must be a JAX function.*torch.log1p"):
+        cj.PListMLELambdaWeight(rank_discount_fn=lambda ranks: 1.0 / torch.log1p(ranks))
+    with pytest.raises(ValueError, match="one weight per document"):
+        cj.PListMLELambdaWeight(rank_discount_fn=lambda mask: mask.sum(axis=1))

@@ -443,3 +443,52 @@ def test_what_a_sentence_transformers_save_holds_besides_the_transformer(saved, 
     (folder / "modules.json").write_text(json.dumps([*modules, dense]))
     with pytest.raises(ValueError, match=r"lists modules after the transformer \(\['sentence_transformers"):
         CrossEncoder(folder)
+
+
+def test_sentence_transformers_import_paths_have_crossjax_counterparts():
+    """Every import path sentence-transformers 6.2 offers for its cross-encoder classes (its modules, and the
+    older one-module-per-class aliases its example scripts use) works with the package name changed, and
+    gives the class of the same name."""
+    import importlib
+    import inspect
+
+    from sentence_transformers.util.deprecated_import import DEPRECATED_MODULE_PATHS
+
+    import crossjax.evaluation
+    import crossjax.losses
+
+    ours_for = {  # sentence-transformers' package -> crossjax's
+        "sentence_transformers.cross_encoder.losses": "crossjax.losses",
+        "sentence_transformers.cross_encoder.evaluation": "crossjax.evaluation",
+        "sentence_transformers.evaluation": "crossjax.evaluation",
+        "sentence_transformers.readers": "crossjax.readers",
+    }
+    cross_encoder = ("sentence_transformers.cross_encoder.losses", "sentence_transformers.cross_encoder.evaluation")
+    paths = [p for p in DEPRECATED_MODULE_PATHS if p.rsplit(".", 1)[0] in cross_encoder]  # the older aliases
+    paths += ["sentence_transformers.evaluation.SequentialEvaluator", "sentence_transformers.readers.InputExample"]
+    for package in cross_encoder:  # its own modules by topic
+        paths += [m.__name__ for _, m in inspect.getmembers(importlib.import_module(package), inspect.ismodule)]
+    checked = 0
+    for path in sorted(set(paths)):
+        theirs, last = path.rsplit(".", 1)
+        their_module = importlib.import_module(path)
+        our_package = importlib.import_module(ours_for[theirs])
+        our_module = importlib.import_module(f"{ours_for[theirs]}.{last}")
+        names = [last] if last[0].isupper() else [
+            n for n, v in vars(their_module).items()
+            if inspect.isclass(v) and v.__module__ == their_module.__name__ and n != "CrossEncoderDataCollator"
+        ]  # fmt: skip
+        for name in names:
+            assert getattr(our_module, name) is getattr(our_package, name), (path, name)
+            checked += 1
+    assert checked >= 30
+    # the package attributes stay the classes (an alias module never replaces them)
+    assert isinstance(crossjax.losses.BinaryCrossEntropyLoss, type)
+    assert isinstance(crossjax.evaluation.SequentialEvaluator, type)
+    from crossjax import LoggingHandler
+    from crossjax.cross_encoder import CrossEncoderModelCardData, CrossEncoderTrainer, CrossEncoderTrainingArguments
+
+    assert LoggingHandler.__name__ == "LoggingHandler" and CrossEncoderTrainer and CrossEncoderTrainingArguments
+    assert CrossEncoderModelCardData
+    with pytest.raises(NotImplementedError, match="CrossEncoderBEIREvaluator"):
+        crossjax.evaluation.CrossEncoderNanoBEIREvaluator(dataset_names=["msmarco"])

@@ -247,7 +247,7 @@ def test_every_sentence_transformers_argument_is_accepted_at_its_default_and_rea
     [
         ({"fp16": True}, ValueError, "fp16=True"),
         ({"deepspeed": "ds.json"}, ValueError, "deepspeed"),
-        ({"dataloader_num_workers": 4}, ValueError, "dataloader_num_workers"),
+        ({"dataloader_num_workers": 4, "fsdp": "full_shard"}, ValueError, "fsdp"),
         ({"optim": "sgd"}, ValueError, "optim='sgd'"),
         ({"lr_scheduler_type": "inverse_sqrt"}, ValueError, "lr_scheduler_type"),
         ({"per_device_train_batch_size": 0}, ValueError, "per_device_train_batch_size"),
@@ -287,6 +287,7 @@ def test_sentence_transformers_6_2_spellings_and_trainer_methods(tiny_ce, tmp_pa
     # arguments without effect read back as given (scripts read args.hub_model_id, args.run_name)
     assert CrossEncoderTrainingArguments("o", hub_model_id="me/x").hub_model_id == "me/x"
     assert CrossEncoderTrainingArguments("o").run_name is None
+    assert CrossEncoderTrainingArguments("o", dataloader_num_workers=4).dataloader_num_workers == 4  # speed only
     # tf32=False asks for full-precision float32 matmuls: what crossjax's float32 compute does
     assert CrossEncoderTrainingArguments("o", tf32=False).tf32 is STArgs("o", tf32=False).tf32 is False
 

@@ -100,7 +100,7 @@ def _theirs(directory: Path, tmp: Path, schedule: dict):
     recorder = STRecorder()
     data = Dataset.from_dict(_pairs())
     trainer = STTrainer(model=model, args=args, train_dataset=data, eval_dataset=data, callbacks=[recorder])
-    return trainer.train(), trainer.state.log_history, recorder.events
+    return trainer.train(), trainer.state, recorder.events
 
 
 # All by epoch: an epoch's log, then its evaluation, then its save (Hugging Face's on_epoch_end order).
@@ -110,13 +110,24 @@ BY_EPOCH = dict(
 )  # fmt: skip
 # No logging: nothing but the end's entry, whatever the saves.
 NO_LOGS = dict(max_steps=4, per_device_train_batch_size=2, logging_strategy="no", logging_steps=2, save_steps=2, seed=0)
+# Asked for explicitly, the evaluation before the first step and the first step's log come whatever the strategies.
+FIRST_ONLY = dict(
+    max_steps=3, per_device_train_batch_size=2, eval_strategy="no", eval_on_start=True, logging_strategy="no",
+    logging_first_step=True, save_strategy="no", metric_for_best_model="loss", seed=0,
+)  # fmt: skip
 
 
 @pytest.mark.parametrize(
-    "schedule", [SCHEDULE, RUN_END, BY_EPOCH, NO_LOGS], ids=["schedule", "run_end", "by_epoch", "no_logs"]
+    "schedule",
+    [SCHEDULE, RUN_END, BY_EPOCH, NO_LOGS, FIRST_ONLY],
+    ids=["schedule", "run_end", "by_epoch", "no_logs", "first_only"],
 )
-def test_evaluation_logging_and_saving_follow_sentence_transformers(tiny, tmp_path, schedule):
-    theirs, their_history, their_events = _theirs(tiny, tmp_path / "st", schedule)
+def test_evaluation_logging_and_saving_follow_sentence_transformers(tiny, tmp_path, capsys, schedule):
+    import ast
+
+    theirs, their_state, their_events = _theirs(tiny, tmp_path / "st", schedule)
+    their_history = their_state.log_history
+    their_printed = capsys.readouterr().out
     recorder = Recorder()
     args = CrossEncoderTrainingArguments(str(tmp_path / "ours"), disable_tqdm=True, **schedule)
     trainer = CrossEncoderTrainer(
@@ -129,11 +140,18 @@ def test_evaluation_logging_and_saving_follow_sentence_transformers(tiny, tmp_pa
         id(RUN_END): [("eval", 3), ("train", 4), ("eval", 5), ("train", 5), ("end", 5)],
         id(BY_EPOCH): [("train", 4), ("eval", 4), ("train", 8), ("eval", 8), ("end", 8)],
         id(NO_LOGS): [("end", 4)],
+        id(FIRST_ONLY): [("eval", 0), ("train", 1), ("end", 3)],
     }[id(schedule)]
     assert _kinds(their_history)[: len(expected)] == expected
     assert recorder.events == their_events, (recorder.events, their_events)
     assert ("epoch_begin", 0) in recorder.events and ("step_begin", ours.global_step - 1) in recorder.events
     assert ours.global_step == theirs.global_step
+    for name in ("global_step", "epoch", "max_steps", "logging_steps", "eval_steps", "save_steps", "best_global_step"):
+        assert getattr(trainer.state, name) == getattr(their_state, name), name
+    # Each log entry is printed as Hugging Face's progress or printer callback prints it (the values differ)
+    printed = [ast.literal_eval(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    theirs_printed = [ast.literal_eval(line) for line in their_printed.splitlines() if line.startswith("{")]
+    assert [sorted(d) for d in printed] == [sorted(d) for d in theirs_printed] and len(printed) == len(their_history)
     # train() returns the mean loss of all steps, and its metrics say the same (not the last step's loss); the
     # batches are drawn by other generators (README), so only the evaluation before any step is the same number
     step_losses = [h["loss"] for h in trainer.model.training_history]
@@ -509,3 +527,44 @@ def test_callbacks_get_hugging_faces_arguments_and_eval_on_start_is_no_best_cand
         trainer.remove_callback(recorder)
     trainer.remove_callback(DefaultFlowCallback)
     trainer.remove_callback(DefaultFlowCallback)  # a class that is not there: nothing to do, as there
+
+
+def test_finished_run_resume_and_metric_files_as_hugging_face(tiny, tmp_path, capsys):
+    """A resume of a run that has nothing left to train ends at the run's step with a loss of 0 (Hugging Face's
+    state and value); log_metrics / save_metrics / save_state print and write what Hugging Face's do."""
+    from transformers import TrainerState as HFState
+    from transformers.trainer_pt_utils import log_metrics, save_metrics
+
+    def trainer(**evaluation) -> CrossEncoderTrainer:
+        args = CrossEncoderTrainingArguments(
+            str(tmp_path / "run"), max_steps=4, per_device_train_batch_size=2, save_steps=2, disable_tqdm=True,
+            **evaluation,
+        )  # fmt: skip
+        data = _pairs()
+        return CrossEncoderTrainer(model=CrossEncoder(str(tiny)), args=args, train_dataset=data, eval_dataset=data)
+
+    first = trainer().train()
+    again = trainer(eval_strategy="epoch")  # how often to evaluate does not change the run: it resumes
+    output = again.train(resume_from_checkpoint=True)
+    assert output.global_step == again.state.global_step == 4 and again.state.epoch == first.metrics["epoch"]
+    assert output.training_loss == output.metrics["train_loss"] == 0.0
+    assert again.state.log_history[-1]["step"] == 4
+    capsys.readouterr()
+
+    metrics = {"train_runtime": 3725.257, "train_loss": 0.123456789, "epoch": 2.0, "total_flos": 3 * 2**30, "n": 7}
+    again.log_metrics("train", metrics)
+    ours = capsys.readouterr().out
+    log_metrics(again, "train", metrics)  # Hugging Face's, on the same object
+    assert ours == capsys.readouterr().out and "train_runtime = 1:02:05.25" in ours
+    again.save_metrics("train", metrics)
+    again.save_metrics("eval", {"eval_loss": np.float32(0.5)})
+    ours_files = {p.name: p.read_text() for p in (tmp_path / "run").glob("*_results.json")}
+    for name in ours_files:
+        (tmp_path / "run" / name).unlink()
+    save_metrics(again, "train", metrics)
+    save_metrics(again, "eval", {"eval_loss": 0.5})
+    assert ours_files == {p.name: p.read_text() for p in (tmp_path / "run").glob("*_results.json")}
+    assert set(ours_files) == {"train_results.json", "eval_results.json", "all_results.json"}
+    again.save_state()
+    theirs = HFState.load_from_json(str(tmp_path / "run" / "trainer_state.json"))  # Hugging Face reads it
+    assert theirs.global_step == 4 and theirs.log_history == again.state.log_history

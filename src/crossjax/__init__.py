@@ -19,7 +19,10 @@ _LAZY = {
     "CrossEncoderTrainingArguments": "crossjax.training_args",
     "BatchSamplers": "crossjax.training_args",
     "CrossEncoderModelCardData": "crossjax.model_card",
+    "LoggingHandler": "crossjax.runtime",
 }
+
+_SUBMODULES = ("losses", "evaluation", "util", "readers")
 
 __all__ = ["__version__", *_LAZY]
 
@@ -27,4 +30,6 @@ __all__ = ["__version__", *_LAZY]
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
         return getattr(importlib.import_module(_LAZY[name]), name)
+    if name in _SUBMODULES:  # ``import crossjax; crossjax.losses`` as sentence-transformers' package allows
+        return importlib.import_module(f"crossjax.{name}")
     raise AttributeError(f"module 'crossjax' has no attribute {name!r}")

@@ -189,9 +189,15 @@ class TrainCheckpointer:
                     f" Its steps were laid out for {shapes[0][0][0]} groups (data-parallel devices x gradient "
                     f"accumulation), this run has {shapes[1][0][0]}: resume on as many devices."
                 )
+            if {"epochs", "max_steps"} & set(diff):
+                hint += (
+                    " A resume continues the run the checkpoint belongs to, whose learning-rate schedule and data "
+                    "order were laid out for its length (Hugging Face's Trainer lets a resume change it)."
+                )
             raise CheckpointMismatchError(
                 f"The checkpoint in {self.directory} belongs to a different run ({details}).{hint} Use another "
-                "checkpoint_path, or the same data and settings to resume."
+                "checkpoint folder (fit's checkpoint_path, the trainer's output_dir), or the same data and settings "
+                "to resume."
             )
         pure = _as_pure(state)
         pure_shardings = {

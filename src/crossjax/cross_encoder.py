@@ -1138,3 +1138,18 @@ class _EvaluatorHook:
 
 
 __all__ = ["CrossEncoder"]
+
+# sentence-transformers' ``cross_encoder`` package also holds its trainer and arguments (and the card data,
+# imported above)
+_ALSO_HERE = {
+    "CrossEncoderTrainer": "crossjax.trainer",
+    "CrossEncoderTrainingArguments": "crossjax.training_args",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _ALSO_HERE:  # imported when asked: the trainer imports this module
+        import importlib
+
+        return getattr(importlib.import_module(_ALSO_HERE[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -262,6 +262,8 @@ class FitResult:
 # FitConfig fields that do not change the trained parameters: a resume may change them freely.
 _NOT_IN_FINGERPRINT = (
     "evaluation_steps",
+    "evaluation_global_steps",
+    "evaluate_each_epoch",
     "output_path",
     "save_best_model",
     "show_progress_bar",
@@ -741,7 +743,7 @@ class _StreamData:
             raise CheckpointMismatchError(
                 f"The checkpoint was written by a stream run of {saved_processes} process(es), this run has "
                 f"{self.processes}: each process's data position is in its own shard. Resume with "
-                f"{saved_processes} process(es), or use another checkpoint_path."
+                f"{saved_processes} process(es), or use another checkpoint folder."
             )
         if per_process is not None:
             self.position = int(per_process[self.process])

@@ -26,6 +26,22 @@ _cache_lock = threading.Lock()
 _cache_state: dict[str, Any] = {}
 
 
+class LoggingHandler(logging.Handler):
+    """sentence-transformers' ``LoggingHandler``: log records written above any progress bar (``tqdm.write``),
+    for ``logging.basicConfig(handlers=[LoggingHandler()])`` in its example scripts."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            from tqdm.auto import tqdm
+
+            tqdm.write(self.format(record))
+            self.flush()
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except Exception:  # noqa: BLE001 - logging's convention: report, never raise
+            self.handleError(record)
+
+
 def is_main_process() -> bool:
     """Only process 0 of a multi-process run writes exports, CSV files, logs and progress bars."""
     import jax

@@ -15,12 +15,13 @@ checkpoints in ``output_dir/checkpoints`` (resumed bit-exactly), not ``checkpoin
 
 from __future__ import annotations
 
+import datetime
 import json
 import logging
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -70,7 +71,7 @@ class TrainerState:
 
     global_step: int = 0
     max_steps: int = 0
-    epoch: float = 0.0
+    epoch: float = 0
     num_train_epochs: int = 0
     log_history: list[dict[str, Any]] = field(default_factory=list)
     best_metric: float | None = None
@@ -315,6 +316,8 @@ class CrossEncoderTrainer:
                 f"args.eval_strategy={self.args.eval_strategy!r} but neither eval_dataset nor evaluator was given: "
                 "pass one, or set eval_strategy='no'"
             )
+        if self.args.eval_on_start and eval_dataset is None and evaluator is None:
+            raise ValueError("args.eval_on_start=True but neither eval_dataset nor evaluator was given: pass one")
         self.callback_handler = CallbackHandler(callbacks or [], model, model.tokenizer)
         self.state = TrainerState()
         self.control = TrainerControl()
@@ -350,6 +353,40 @@ class CrossEncoderTrainer:
         """Remove a callback: the first of a class (if any), or an instance, which must be there."""
         self.callback_handler.remove_callback(callback)
 
+    def log_metrics(self, split: str, metrics: dict[str, Any]) -> None:
+        """Print ``metrics`` under a ``***** {split} metrics *****`` header, as Hugging Face's Trainer does
+        (runtimes as h:mm:ss.cc, floats to 4 decimals); on the main process only."""
+        if not self.is_world_process_zero():
+            return
+        print(f"***** {split} metrics *****")
+        shown = {key: _metric_text(key, value) for key, value in metrics.items()}
+        key_width = max((len(str(key)) for key in shown), default=0)
+        value_width = max((len(str(value)) for value in shown.values()), default=0)
+        for key in sorted(shown):
+            print(f"  {key: <{key_width}} = {str(shown[key]):>{value_width}}")
+
+    def save_metrics(self, split: str, metrics: dict[str, Any], combined: bool = True) -> None:
+        """Write ``metrics`` to ``output_dir/{split}_results.json`` (and merge them into ``all_results.json``
+        unless ``combined=False``), as Hugging Face's Trainer does; on the main process only."""
+        if not self.is_world_process_zero():
+            return
+        folder = Path(self.args.output_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"{split}_results.json").write_text(_json_text(metrics, indent=4), encoding="utf-8")
+        if combined:
+            path = folder / "all_results.json"
+            merged = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+            merged.update(json.loads(_json_text(metrics, indent=4)))
+            path.write_text(_json_text(merged, indent=4), encoding="utf-8")
+
+    def save_state(self) -> None:
+        """Write ``trainer.state`` to ``output_dir/trainer_state.json`` (Hugging Face's ``save_state``)."""
+        if not self.is_world_process_zero():
+            return
+        folder = Path(self.args.output_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "trainer_state.json").write_text(_json_text(asdict(self.state), indent=2) + "\n", encoding="utf-8")
+
     def is_world_process_zero(self) -> bool:
         """Whether this is the main process of a multi-process (multi-host) run, as Hugging Face's Trainer."""
         return is_main_process()
@@ -360,7 +397,10 @@ class CrossEncoderTrainer:
         self.model.save(output_dir if output_dir is not None else self.args.output_dir)
 
     def _call_back(self, event: str, **kwargs: Any) -> None:
-        """Call ``event`` on every callback; a control a callback returns replaces the trainer's."""
+        """Call ``event`` on every callback; a control a callback returns replaces the trainer's. A log entry is
+        printed first, as Hugging Face's default progress (or printer) callback does."""
+        if event == "on_log" and self.state.is_local_process_zero and is_main_process():
+            _print_log(kwargs["logs"])
         self.control = self.callback_handler.call_event(event, self.args, self.state, self.control, **kwargs)
         if getattr(self.control, "should_epoch_stop", False) and not self._warned_epoch_stop:
             self._warned_epoch_stop = True
@@ -482,9 +522,9 @@ class CrossEncoderTrainer:
             checkpoint_save_total_limit=args.save_total_limit,
             max_steps=total,
             log_dir=args.extra.get("logging_dir") or args.output_dir,
-            evaluate_on_start=bool(args.eval_on_start) and args.eval_strategy != "no",
+            evaluate_on_start=bool(args.eval_on_start),  # whatever eval_strategy, as Hugging Face
             evaluation_delay_steps=math.ceil(eval_delay),
-            log_first_step=bool(args.logging_first_step) and args.logging_strategy != "no",
+            log_first_step=bool(args.logging_first_step),  # whatever logging_strategy, as Hugging Face
             evaluate_last_step=args.eval_strategy == "steps",
             log_last_step=args.logging_strategy == "epoch",
         )
@@ -492,7 +532,10 @@ class CrossEncoderTrainer:
             max_steps=total,
             num_train_epochs=data.epochs,
             logging_steps=args.logging_interval(total),  # Hugging Face's: a ratio below 1 made a step count
-            eval_steps=args.eval_interval(total),
+            # Hugging Face keeps its default where eval_steps is unset and evaluation is not by steps
+            eval_steps=args.eval_interval(total)
+            if args.eval_strategy == "steps" or args.eval_steps is not None
+            else TrainerState.eval_steps,
             save_steps=args.save_interval(total),
             train_batch_size=self._global_batch_size(train=True),
         )
@@ -501,7 +544,7 @@ class CrossEncoderTrainer:
         result = FitResult(history=[])
         run = _RunHooks(self, data, result, logging_every)
         data.target = self._fit_target(
-            evaluate=run if args.eval_strategy != "no" else None,
+            evaluate=run if args.eval_strategy != "no" or args.eval_on_start else None,
             on_step=run.on_step,
             callbacks=[CardRecorder(self.model, None, record_setup=False), run],
         )
@@ -527,8 +570,9 @@ class CrossEncoderTrainer:
             self.model._place_parameters()
             logger.info("Loaded the best model (step %s, %s)", self.state.best_global_step, self.state.best_metric)
         step_losses = [h["loss"] for h in result.history]
-        training_loss = float(np.mean(step_losses)) if step_losses else float("nan")
+        training_loss = float(np.mean(step_losses)) if step_losses else 0.0  # Hugging Face's 0 for no step
         global_step = int(result.summary.get("global_step", 0))
+        run._reach(global_step, log=False)  # a resumed run that had nothing left to train ends at its step too
         trained = global_step - int(result.summary.get("resumed_from_step", 0))
         # transformers' speed metrics: the schedule's samples (max_steps x global batch, or rows x epochs), for
         # the share of its steps this call trained
@@ -701,6 +745,32 @@ def _sampler_algorithm(sampler: str) -> str:
     return _SAMPLER_ALGORITHMS.get(sampler, sampler)
 
 
+def _json_text(value: Any, indent: int | None = None, sort_keys: bool = True) -> str:
+    """JSON (sorted keys, as Hugging Face writes its files); numpy numbers as Python numbers, anything else JSON
+    lacks as its text."""
+    plain = lambda x: x.item() if hasattr(x, "item") else str(x)  # noqa: E731
+    return json.dumps(value, indent=indent, sort_keys=sort_keys, default=plain)
+
+
+def _metric_text(key: str, value: Any) -> Any:
+    """A metric as Hugging Face's ``metrics_format`` shows it."""
+    if "_runtime" in key and isinstance(value, int | float):
+        hundredths = int(abs(value - int(value)) * 100)
+        return f"{datetime.timedelta(seconds=int(value))}.{hundredths:02d}"
+    if key == "total_flos" and isinstance(value, int | float):
+        return f"{int(value) >> 30}GF"
+    return round(value, 4) if isinstance(value, float) else value
+
+
+def _print_log(entry: dict[str, Any]) -> None:
+    """A log entry as Hugging Face's progress callback writes it (floats to 4 significant digits), above any
+    progress bar."""
+    from tqdm.auto import tqdm
+
+    shown = {k: f"{v:.4g}" if isinstance(v, float) else v for k, v in entry.items() if k != "total_flos"}
+    tqdm.write(str(shown))
+
+
 def _is_checkpoint_step(path: Path) -> bool:
     return path.is_dir() and path.name.isdigit() and (path / "state").is_dir()
 
@@ -811,7 +881,7 @@ class _RunHooks(RunCallback):
         self._reach(step, epoch_end=self._saves_at_epoch_end(step))
         kept = {"log_history": state.log_history, "best_metric": state.best_metric, "best_step": state.best_global_step}
         # JSON-safe copies (numpy scalars from evaluators become Python numbers)
-        kept = json.loads(json.dumps(kept, default=lambda x: x.item() if hasattr(x, "item") else str(x)))
+        kept = json.loads(_json_text(kept, sort_keys=False))
         return {"trainer_state": kept}, self.best_params
 
     def resume_state(self, meta: dict[str, Any]) -> None:
@@ -865,7 +935,10 @@ class _RunHooks(RunCallback):
             value > state.best_metric if args.greater_is_better else value < state.best_metric
         )
         if better and math.isfinite(value):
-            state.best_metric, state.best_global_step = value, step
+            state.best_metric = value
+            # Hugging Face's: a best step only where there are checkpoints (or, crossjax's, a best model kept)
+            if args.save_strategy != "no" or args.load_best_model_at_end:
+                state.best_global_step = step
             if args.load_best_model_at_end:
                 model = trainer.model
                 self.best_params = jax.device_get(parallel.gathered(nnx.state(model.model, nnx.Param), model.mesh_plan))

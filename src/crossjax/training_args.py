@@ -3,7 +3,7 @@ defaults for everything that applies to a JAX run, and a clear error for everyth
 
 A script written for ``sentence_transformers.cross_encoder.CrossEncoderTrainingArguments`` runs unchanged
 where it sets arguments listed here. Arguments of ``transformers.TrainingArguments`` that choose PyTorch
-machinery (``fp16``, ``deepspeed``, ``fsdp``, ``torch_compile``, DDP knobs, dataloader workers, ...) raise a
+machinery (``fp16``, ``deepspeed``, ``fsdp``, ``torch_compile``, DDP knobs, ...) raise a
 ``ValueError`` that names them when set to anything but their default, instead of being silently ignored.
 """
 
@@ -63,10 +63,6 @@ _TORCH_ONLY: dict[str, Any] = {
     "activation_checkpointing_kwargs": None,
     "use_liger_kernel": False,
     "liger_kernel_config": None,
-    "dataloader_num_workers": 0,
-    "dataloader_prefetch_factor": None,
-    "dataloader_persistent_workers": False,
-    "dataloader_multiprocessing_context": None,
     "ddp_backend": None,
     "ddp_find_unused_parameters": None,
     "ddp_bucket_cap_mb": None,
@@ -114,6 +110,11 @@ _NO_EFFECT = (
     "disable_tqdm",
     "dataloader_pin_memory",
     "dataloader_in_order",
+    # PyTorch's data-loading workers: how fast batches are read, never which (crossjax packs its own)
+    "dataloader_num_workers",
+    "dataloader_prefetch_factor",
+    "dataloader_persistent_workers",
+    "dataloader_multiprocessing_context",
     "remove_unused_columns",
     "skip_memory_metrics",
     "do_train",

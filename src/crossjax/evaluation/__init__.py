@@ -7,8 +7,16 @@ Both the classic ``CE*`` names and the sentence-transformers 6 ``CrossEncoder*Ev
 
 from __future__ import annotations
 
+from crossjax.st_paths import alias_class_modules, alias_modules
+
 from .base import CrossEncoderEvaluator, is_main_process
-from .beir import BEIRFolder, CrossEncoderBEIREvaluator, bm25_reranking_samples, load_beir_folder
+from .beir import (
+    BEIRFolder,
+    CrossEncoderBEIREvaluator,
+    CrossEncoderNanoBEIREvaluator,
+    bm25_reranking_samples,
+    load_beir_folder,
+)
 from .binary import (
     CEBinaryAccuracyEvaluator,
     CEBinaryClassificationEvaluator,
@@ -47,6 +55,7 @@ __all__ = [
     "SequentialEvaluator",
     # BEIR folders: BM25 candidates, reranked
     "CrossEncoderBEIREvaluator",
+    "CrossEncoderNanoBEIREvaluator",  # not in crossjax: its constructor says what to use instead
     "BEIRFolder",
     "load_beir_folder",
     "bm25_reranking_samples",
@@ -61,3 +70,23 @@ __all__ = [
     "mrr_at_k",
     "ndcg_at_k",
 ]
+
+# sentence-transformers' other paths to these classes (crossjax.evaluation stands for both its
+# ``cross_encoder.evaluation`` and its ``evaluation`` packages): one module per class, and its topic modules
+_CE_NAMES = [
+    "CEBinaryAccuracyEvaluator",
+    "CEBinaryClassificationEvaluator",
+    "CEF1Evaluator",
+    "CESoftmaxAccuracyEvaluator",
+    "CECorrelationEvaluator",
+    "CERerankingEvaluator",
+]
+alias_class_modules(__name__, [*_CE_NAMES, "SequentialEvaluator"])
+alias_modules(
+    __name__,
+    {
+        "classification": ["CrossEncoderClassificationEvaluator"],
+        "nano_beir": ["CrossEncoderNanoBEIREvaluator"],
+        "deprecated": _CE_NAMES,
+    },
+)

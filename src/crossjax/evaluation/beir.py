@@ -293,3 +293,17 @@ class CrossEncoderBEIREvaluator(CrossEncoderEvaluator):
             "min_relevance": self.min_relevance,
             "max_queries": self.max_queries,
         }
+
+
+class CrossEncoderNanoBEIREvaluator:
+    """sentence-transformers' NanoBEIR evaluator, which downloads its datasets and BM25 candidates from the
+    Hugging Face hub, is not in crossjax: :class:`CrossEncoderBEIREvaluator` reranks the BM25 candidates of
+    local BEIR folders (a NanoBEIR dataset saved as one works) and reports the same metrics."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        raise NotImplementedError(
+            "CrossEncoderNanoBEIREvaluator is not in crossjax (it reads sentence-transformers' NanoBEIR datasets "
+            "from the Hugging Face hub): use crossjax.evaluation.CrossEncoderBEIREvaluator([folder, ...], "
+            "rerank_k=100) on BEIR folders (corpus.jsonl, queries.jsonl, qrels/*.tsv), e.g. NanoBEIR's datasets "
+            "saved in that layout"
+        )

@@ -51,6 +51,7 @@ from crossjax.losses.pointwise import (
     resolve_loss,
 )
 from crossjax.losses.pointwise_st import BinaryCrossEntropyLoss, CrossEntropyLoss, MSELoss
+from crossjax.st_paths import alias_class_modules, alias_modules
 
 __all__ = [
     # sentence-transformers 6.2 cross-encoder losses
@@ -97,3 +98,29 @@ __all__ = [
     "softmax",
     "relu",
 ]
+
+# sentence-transformers' other paths to these losses: one module per loss (the older paths its examples use),
+# and its 6.x modules by topic
+alias_class_modules(
+    __name__,
+    (
+        "BinaryCrossEntropyLoss", "CachedMultipleNegativesRankingLoss", "CrossEntropyLoss", "LambdaLoss",
+        "ListMLELoss", "ListNetLoss", "MSELoss", "MarginMSELoss", "MultipleNegativesRankingLoss", "PListMLELoss",
+        "RankNetLoss",
+    ),
+)  # fmt: skip
+alias_modules(
+    __name__,
+    {
+        "adr_mse": ["ADRMSELoss"],
+        "binary_cross_entropy": ["BinaryCrossEntropyLoss"],
+        "cached_multiple_negatives_ranking": ["CachedMultipleNegativesRankingLoss"],
+        "cross_entropy": ["CrossEntropyLoss"],
+        "list_mle": ["ListMLELoss"],
+        "list_net": ["ListNetLoss"],
+        "margin_mse": ["MarginMSELoss"],
+        "mse": ["MSELoss"],
+        "multiple_negatives_ranking": ["MultipleNegativesRankingLoss"],
+        "rank_net": ["RankNetLoss"],
+    },
+)

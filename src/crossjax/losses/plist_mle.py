@@ -32,6 +32,8 @@ class PListMLELambdaWeight:
     st_name = "sentence_transformers.cross_encoder.losses.plist_mle.PListMLELambdaWeight"
 
     def __init__(self, rank_discount_fn: Callable[[jnp.ndarray], jnp.ndarray] | None = None) -> None:
+        if rank_discount_fn is not None:
+            _check_traceable(rank_discount_fn)
         self.rank_discount_fn = rank_discount_fn
 
     def __call__(self, mask: jnp.ndarray) -> jnp.ndarray:
@@ -43,6 +45,25 @@ class PListMLELambdaWeight:
         one = jnp.float32(1.0)
         weights = jnp.ldexp(one, num_docs - ranks - scale) - jnp.ldexp(one, -scale)
         return weights * mask
+
+
+def _check_traceable(rank_discount_fn: Callable) -> None:
+    """Refuse now, by name, a discount that cannot run inside the compiled step (a torch function, as a ported
+    sentence-transformers script passes): traced on an abstract mask, nothing is computed."""
+    mask = jax.ShapeDtypeStruct((2, 3), jnp.bool_)
+    try:
+        weights = jax.eval_shape(rank_discount_fn, mask)
+    except Exception as e:  # noqa: BLE001 - whatever the function raises on a JAX array
+        raise TypeError(
+            "PListMLELambdaWeight(rank_discount_fn=...) must be a JAX function of the bool [queries, documents] "
+            f"mask (it runs inside the compiled train step); on a JAX array it raised {type(e).__name__}: {e}. "
+            "Write it with jax.numpy (e.g. jnp.log1p instead of torch.log1p)"
+        ) from e
+    if getattr(weights, "shape", None) != mask.shape:
+        raise ValueError(
+            f"PListMLELambdaWeight(rank_discount_fn=...) must return one weight per document: a {mask.shape} mask "
+            f"gave {getattr(weights, 'shape', type(weights).__name__)}"
+        )
 
 
 def normalized_weights(weights: jnp.ndarray, eps: float) -> jnp.ndarray:

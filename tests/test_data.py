@@ -289,3 +289,17 @@ def test_import_does_not_pull_torch_or_jax() -> None:
     code = "import sys, crossjax.data; print(sorted(m for m in ('torch', 'jax') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_dataset_columns_are_read_whole_and_equal_row_by_row_reads():
+    """``column_values`` reads a ``datasets`` column at once; it equals reading it row by row, also through
+    an indices mapping (shuffle, select) and a numpy format, and for a dict of columns."""
+    import datasets
+
+    from crossjax.data import column_values
+
+    ds = datasets.Dataset.from_dict({"q": [f"q{i}" for i in range(50)], "label": [i % 3 / 2 for i in range(50)]})
+    for view in (ds, ds.shuffle(seed=4).select(range(0, 50, 3)), ds.with_format("numpy")):
+        for name in ("q", "label"):
+            assert column_values(view, name) == [view[i][name] for i in range(len(view))]
+    assert column_values({"q": ("a", "b")}, "q") == ["a", "b"]

@@ -46,6 +46,33 @@ def test_choose_row_counts_is_optimal_against_brute_force():
             assert total(chosen) == best
 
 
+def _first_fit_one_by_one(lengths, rows, row_length):
+    """First-fit-decreasing as its definition reads: longest first (ties in input order), each pair into the
+    first row with room."""
+    layout, free = [[] for _ in range(rows)], [row_length] * rows
+    for position in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        row = next((r for r in range(rows) if free[r] >= lengths[position]), None)
+        if row is None:
+            return None
+        layout[row].append(position)
+        free[row] -= lengths[position]
+    return layout
+
+
+def test_first_fit_decreasing_places_every_pair_where_one_by_one_first_fit_does():
+    rng = np.random.default_rng(7)
+    failed = 0
+    for _ in range(2000):
+        lengths = rng.integers(1, int(rng.integers(2, 90)), size=int(rng.integers(0, 50))).tolist()
+        rows, row_length = int(rng.integers(1, 10)), int(rng.integers(1, 130))
+        expected = _first_fit_one_by_one(lengths, rows, row_length)
+        failed += expected is None
+        assert packing._fits(np.asarray(lengths), rows, row_length) == expected, (lengths, rows, row_length)
+    assert 100 < failed < 1900  # both outcomes were exercised
+    lengths = rng.integers(8, 120, size=20_000)  # a call of 20,000 pairs: placed by runs of one length
+    assert packing._fits(lengths, 2_500, 512) == _first_fit_one_by_one(lengths.tolist(), 2_500, 512)
+
+
 @pytest.mark.parametrize("groups", [1, 2, 4])
 def test_every_pair_is_packed_once_as_one_contiguous_segment(groups):
     rng = np.random.default_rng(2)

@@ -31,6 +31,7 @@ import numpy as np
 from flax import nnx
 
 from crossjax import logs, losses, parallel, training
+from crossjax.data import column_values
 from crossjax.list_batches import ListData, MultiListData
 from crossjax.logs import RunCallback, epoch_at
 from crossjax.model_card import CardRecorder
@@ -111,12 +112,10 @@ def dataset_columns(dataset: Any, name: str) -> tuple[list[str], list[list[Any]]
     dataset = in_memory(dataset)
     if hasattr(dataset, "column_names") and hasattr(dataset, "__getitem__"):
         names = _column_names(dataset)
-        get = dataset.__getitem__
     elif isinstance(dataset, dict) and all(
         isinstance(v, Sequence) and not isinstance(v, str) for v in dataset.values()
     ):
         names = list(dataset)
-        get = dataset.__getitem__
     else:
         raise TypeError(f"{name} must be a datasets.Dataset (or a dict of equal-length columns), got {type(dataset)}")
     _refuse_reserved_columns(dataset, name)
@@ -124,11 +123,11 @@ def dataset_columns(dataset: Any, name: str) -> tuple[list[str], list[list[Any]]
     inputs = [c for c in names if c != label_name]
     if not inputs:
         raise ValueError(f"{name} has no input columns (columns: {names})")
-    columns = [list(get(c)) for c in inputs]
+    columns = [list(column_values(dataset, c)) for c in inputs]
     lengths = {len(c) for c in columns}
     if len(lengths) != 1:
         raise ValueError(f"{name}'s columns differ in length: {dict(zip(inputs, map(len, columns), strict=True))}")
-    labels = None if label_name is None else list(get(label_name))
+    labels = None if label_name is None else list(column_values(dataset, label_name))
     return inputs, columns, labels
 
 

@@ -29,6 +29,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from crossjax.data import column_values
+
 from .bm25 import BM25, top_k_indices
 
 if TYPE_CHECKING:
@@ -339,8 +341,8 @@ def mine_hard_negatives(
             f"instead. Setting `absolute_margin` to `{absolute_margin}`."
         )
 
-    queries = list(dataset[anchor_column_name])
-    positives = list(dataset[positive_column_name])
+    queries = list(column_values(dataset, anchor_column_name))
+    positives = list(column_values(dataset, positive_column_name))
     _check_text_column(queries, anchor_column_name)
     _check_text_column(positives, positive_column_name)
     if corpus is not None:

@@ -31,8 +31,8 @@ from crossjax.model_card import (
     write_model_card,
 )
 from crossjax.models.auto import load_config, model_class_for
-from crossjax.models.base import compute_dtype_of, merged_keywords
-from crossjax.models.checkpoints import resolve_checkpoint_dir
+from crossjax.models.base import HUB_DOWNLOAD_KWARGS, compute_dtype_of, merged_keywords
+from crossjax.models.checkpoints import CheckpointError, hub_commit, resolve_checkpoint_dir
 from crossjax.models.export import ST_CONFIG
 from crossjax.parallel import MeshPlan, devices_for, make_mesh, put_global
 from crossjax.runtime import is_main_process, progress_bar
@@ -44,6 +44,8 @@ logger = logging.getLogger("crossjax")
 # slots for the pairs there are, rounded up to a power of two: a slot costs the head's work and memory whether a
 # pair fills it or not, and ``batch_size=10**6`` for five pairs once took 2.9 GB.
 SHARED_PREDICT_SLOTS = 1024
+# sentence-transformers' CrossEncoder.default_huggingface_organization: short names are looked up there first
+DEFAULT_ORGANIZATION = "cross-encoder"
 
 
 def _as_dtype(dtype) -> Any:
@@ -133,6 +135,47 @@ def _saved_activations(st_config: dict[str, Any], config, cross_encoder_save: bo
     elif getattr(config, "sbert_ce_default_activation_function", None):
         paths.append(config.sbert_ce_default_activation_function)
     return paths
+
+
+def _hub_options(own: dict[str, Any], keyword_dicts: dict[str, dict | None]) -> tuple[dict, list[dict]]:
+    """Where the checkpoint comes from: CrossEncoder's own hub arguments, and the download options
+    sentence-transformers also reads from ``model_kwargs`` / ``config_kwargs`` / ``tokenizer_kwargs``
+    (``revision``, ``subfolder``, ``cache_dir``, ...), which must agree: crossjax reads the model, its config and
+    its tokenizer from one folder. Returns the options and each dict without them."""
+    options = {k: v for k, v in own.items() if v not in (None, False, "")}
+    source = dict.fromkeys(options, "CrossEncoder's argument")
+    rest = []
+    for where, given in keyword_dicts.items():
+        given = dict(given or {})
+        for key in HUB_DOWNLOAD_KWARGS:
+            value = given.pop(key, None)
+            if value in (None, False, ""):
+                continue
+            if key in options and options[key] != value:
+                raise ValueError(
+                    f"{where} {key}={value!r} and {source[key]} {key}={options[key]!r} disagree: crossjax reads "
+                    "the model, its config and its tokenizer from one checkpoint folder"
+                )
+            options[key], source[key] = value, where
+        rest.append(given)
+    return options, rest
+
+
+def _resolve_model(name: str, hub: dict[str, Any]) -> tuple[str | None, Path]:
+    """(the hub id, or None for a local folder; the folder). A short name that is not a local folder is first
+    looked up in the ``cross-encoder`` organisation, as sentence-transformers does
+    (``CrossEncoder("ms-marco-MiniLM-L6-v2")``), then as it is."""
+    if Path(name).expanduser().exists():
+        return None, resolve_checkpoint_dir(name, **hub)
+    if "/" not in name and not name.startswith((".", "~")):
+        try:
+            return f"{DEFAULT_ORGANIZATION}/{name}", resolve_checkpoint_dir(f"{DEFAULT_ORGANIZATION}/{name}", **hub)
+        except CheckpointError as first:
+            try:
+                return name, resolve_checkpoint_dir(name, **hub)
+            except CheckpointError as second:
+                raise CheckpointError(f"{first}; and as {name!r} itself: {second}") from second
+    return name, resolve_checkpoint_dir(name, **hub)
 
 
 def _compute_dtype_from_model_kwargs(model_kwargs: dict | None, compute_dtype: Any) -> Any:
@@ -277,17 +320,18 @@ class CrossEncoder:
                 "default spelling). To serve with ONNX Runtime or OpenVINO, save() the model and load the export "
                 f"with sentence_transformers.CrossEncoder(path, backend={backend!r})."
             )
-        compute_dtype = _compute_dtype_from_model_kwargs(model_kwargs, compute_dtype)
         tokenizer_kwargs = merged_keywords("tokenizer_kwargs", tokenizer_kwargs, "processor_kwargs", processor_kwargs)
-        config_kwargs = dict(config_kwargs or {})
+        own_options = dict(cache_dir=cache_folder or os.environ.get("SENTENCE_TRANSFORMERS_HOME"), revision=revision)
+        hub, (model_kwargs, config_kwargs, tokenizer_kwargs) = _hub_options(
+            {**own_options, "token": token, "local_files_only": local_files_only},
+            {"model_kwargs": model_kwargs, "config_kwargs": config_kwargs, "tokenizer_kwargs": tokenizer_kwargs},
+        )
+        compute_dtype = _compute_dtype_from_model_kwargs(model_kwargs, compute_dtype)
         if classifier_dropout is not None:  # sentence-transformers < 4 spelling
             config_kwargs["classifier_dropout"] = float(classifier_dropout)
         # The mesh first: with CROSSJAX_DISTRIBUTED=1 it joins the multi-process run before JAX starts a backend.
         self.mesh_plan: MeshPlan = make_mesh(sharding, devices=device)
-        hub = {k: v for k, v in dict(cache_dir=cache_folder, revision=revision, token=token).items() if v}
-        if local_files_only:
-            hub["local_files_only"] = True
-        directory = resolve_checkpoint_dir(model_name_or_path, **hub)
+        hub_id, directory = _resolve_model(str(model_name_or_path), hub)
         saved_st_config = _saved_st_config(directory)
         cross_encoder_save = _is_cross_encoder_save(directory, saved_st_config)
         transformer_settings = _saved_pipeline(directory) if cross_encoder_save else {}
@@ -346,8 +390,11 @@ class CrossEncoder:
         self._predict_programs = training.HeldPrograms()
         self._arrays_guard = training.ArraysGuard()  # predict/save from other threads while fit trains
         self.model_card_data = CrossEncoderModelCardData.coerce(model_card_data)
-        if self.model_card_data.base_model is None and not Path(model_name_or_path).expanduser().exists():
-            self.model_card_data.base_model = str(model_name_or_path)  # a hub id
+        if self.model_card_data.base_model is None and hub_id is not None:
+            self.model_card_data.base_model = hub_id
+            # as sentence-transformers: the revision asked for, else the commit the id resolved to
+            asked = hub.get("revision")
+            self.model_card_data.base_model_revision = asked if asked not in (None, "main") else hub_commit(directory)
         self.compilations = {"train": 0, "predict": 0}
         self._parameters_not_finite: str | None = None  # set when a run's update overflowed
         self.training_history: list[dict[str, float]] = []

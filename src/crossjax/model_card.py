@@ -111,6 +111,8 @@ class CrossEncoderModelCardData:
             one label, generated_from_trainer after training).
         base_model: the hub id the model was fine-tuned from (default: the hub id it was loaded from, if it was
             loaded from the hub). Not in sentence-transformers, which looks it up on the hub.
+        base_model_revision: the base model's revision (default: the revision it was loaded at, else the commit
+            of the hub cache it was read from), shown as sentence-transformers shows it.
         generate_widget_examples: False leaves the computed scores out of the usage snippet.
     """
 
@@ -125,6 +127,7 @@ class CrossEncoderModelCardData:
     local_files_only: bool = False  # accepted for sentence-transformers compatibility: the hub is never queried
     generate_widget_examples: bool = True
     base_model: str | None = None
+    base_model_revision: str | None = None
 
     eval_results_dict: dict[Any, dict[str, Any]] = field(default_factory=dict, init=False, repr=False)
     training: TrainingRecord | None = field(default=None, init=False, repr=False)
@@ -533,7 +536,8 @@ def _model_details(data: CrossEncoderModelCardData, model: Any) -> str:
     config = model.config
     lines = ["## Model Details", "", "### Model Description", "- **Model Type:** Cross Encoder"]
     if data.base_model:
-        lines.append(f"- **Base model:** [{data.base_model}](https://huggingface.co/{data.base_model})")
+        revision = f" <!-- at revision {data.base_model_revision} -->" if data.base_model_revision else ""
+        lines.append(f"- **Base model:** [{data.base_model}](https://huggingface.co/{data.base_model}){revision}")
     else:
         lines.append("<!-- - **Base model:** [Unknown](https://huggingface.co/unknown) -->")
     lines.append(f"- **Maximum Sequence Length:** {model.max_length} tokens")

@@ -80,12 +80,12 @@ def merged_keywords(name_a: str, a: dict | None, name_b: str, b: dict | None) ->
     return {**a, **b}
 
 # transformers' from_pretrained keywords that say where a checkpoint comes from (huggingface_hub's download)
-HUB_DOWNLOAD_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "proxies")
+HUB_DOWNLOAD_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "proxies", "subfolder")
 # ... those that steer PyTorch's loading, with no meaning for JAX arrays: refused unless at transformers' default
 TORCH_LOADING_DEFAULTS = {
     "attn_implementation": None, "device_map": None, "max_memory": None, "offload_folder": None,
     "quantization_config": None, "use_safetensors": True, "variant": None, "state_dict": None, "tp_plan": None,
-    "device_mesh": None, "key_mapping": None, "subfolder": "", "trust_remote_code": False, "use_kernels": False,
+    "device_mesh": None, "key_mapping": None, "trust_remote_code": False, "use_kernels": False,
     "gguf_file": None, "weights_only": True,
 }  # fmt: skip
 # ... and those transformers 5 itself ignores (retired), ignored here too

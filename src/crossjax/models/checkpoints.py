@@ -28,30 +28,53 @@ class UnknownModelTypeError(CheckpointError):
         self.model_type = model_type
 
 
-def resolve_checkpoint_dir(name_or_path: str | os.PathLike, **hub_kwargs: Any) -> Path:
-    """A local directory as is; anything else is a hub id fetched (config + weights) with huggingface_hub."""
+def resolve_checkpoint_dir(name_or_path: str | os.PathLike, subfolder: str | None = None, **hub_kwargs: Any) -> Path:
+    """A local directory as is; anything else is a hub id fetched (config + weights) with huggingface_hub.
+    ``subfolder`` is a folder inside it that holds the model, as transformers reads it."""
+    if hub_kwargs.get("force_download") and (hub_kwargs.get("local_files_only") or _hub_offline()):
+        raise CheckpointError(
+            f"{name_or_path!r}: force_download=True asks for a download, but local_files_only=True (or "
+            "HF_HUB_OFFLINE=1) forbids one (transformers refuses the pair too)"
+        )
     path = Path(name_or_path).expanduser()
     if path.is_dir():
-        if not (path / CONFIG).is_file():
-            raise CheckpointError(f"{path} has no {CONFIG}: it is not a Hugging Face model directory")
-        return path
+        inner = path / subfolder if subfolder else path
+        if not (inner / CONFIG).is_file():
+            raise CheckpointError(f"{inner} has no {CONFIG}: it is not a Hugging Face model directory")
+        return inner
     if path.exists():
         raise CheckpointError(f"{path} is a file; pass the model directory that holds {CONFIG}")
     if str(name_or_path).startswith((".", "/", "~")) or os.sep + os.sep in str(name_or_path):
         raise CheckpointError(f"Model directory {path} does not exist")
     from huggingface_hub import snapshot_download
 
+    patterns = ["*.json", "*.safetensors", "*.txt", "*.model", "pytorch_model*.bin"]
+    if subfolder:
+        patterns = [f"{subfolder.strip('/')}/{pattern}" for pattern in patterns]
     try:
-        local = snapshot_download(
-            str(name_or_path),
-            allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model", "pytorch_model*.bin"],
-            **hub_kwargs,
-        )
+        local = snapshot_download(str(name_or_path), allow_patterns=patterns, **hub_kwargs)
     except Exception as e:  # noqa: BLE001 - re-raised with the id named
         raise CheckpointError(
             f"Could not find {name_or_path!r} locally or download it from the Hugging Face hub: {e}"
         ) from e
-    return resolve_checkpoint_dir(local)
+    inner = Path(local) / subfolder if subfolder else Path(local)
+    if not (inner / CONFIG).is_file():
+        where = f" in its folder {subfolder!r}" if subfolder else ""
+        revision = f" at revision {hub_kwargs['revision']!r}" if hub_kwargs.get("revision") else ""
+        raise CheckpointError(f"{str(name_or_path)!r}{revision} has no {CONFIG}{where} ({inner})")
+    return inner
+
+
+def _hub_offline() -> bool:
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE)
+
+
+def hub_commit(directory: str | os.PathLike) -> str | None:
+    """The commit a folder of the Hugging Face cache holds (``.../snapshots/<commit>/...``), else None."""
+    parts = Path(directory).parts
+    return parts[parts.index("snapshots") + 1] if "snapshots" in parts[:-1] else None
 
 
 def _read_safetensors(file: Path) -> dict[str, np.ndarray]:

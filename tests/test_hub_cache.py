@@ -99,3 +99,9 @@ def test_sentence_transformers_home_is_the_default_cache_folder(offline, tmp_pat
         CrossEncoder("cross-encoder/tiny-ce")
     monkeypatch.setenv("SENTENCE_TRANSFORMERS_HOME", str(offline))
     assert CrossEncoder("cross-encoder/tiny-ce").num_labels == 1
+    # a cache folder given in the keyword dicts wins over the environment's, as in sentence-transformers
+    monkeypatch.setenv("SENTENCE_TRANSFORMERS_HOME", str(tmp_path / "empty"))
+    assert CrossEncoder("cross-encoder/tiny-ce", model_kwargs={"cache_dir": str(offline)}).num_labels == 1
+    # force_download asks nothing of a local folder (transformers loads it too)
+    local = offline / "models--cross-encoder--tiny-ce" / "snapshots" / MAIN
+    assert FlaxAutoModelForSequenceClassification.from_pretrained(local, force_download=True, local_files_only=True)

@@ -548,8 +548,14 @@ def test_equal_losses_share_one_compiled_step():
 
 def test_a_torch_rank_discount_is_refused_where_it_is_written() -> None:
     """A ported script's torch discount fails when the weight is made, naming the argument, not inside the
-    first compiled step."""
-    with pytest.raises(TypeError, match=r"rank_discount_fn=.*must be a JAX function.*torch.log1p"):
+    first compiled step; a JAX discount written for one list length is taken, and a failing or misshapen one
+    is named when the step first runs it."""
+    with pytest.raises(TypeError, match=r"rank_discount_fn=.*must be a JAX function.*but it calls torch"):
         cj.PListMLELambdaWeight(rank_discount_fn=lambda ranks: 1.0 / torch.log1p(ranks))
+    discount = 1.0 / jnp.log2(jnp.arange(2.0, 6.0))  # lists of exactly 4 documents
+    weight = cj.PListMLELambdaWeight(rank_discount_fn=lambda mask: mask * discount)
+    np.testing.assert_allclose(weight(jnp.ones((2, 4), bool)), np.tile(discount, (2, 1)))
+    with pytest.raises(TypeError, match=r"must be a JAX function.*shape \(2, 5\) it raised ValueError"):
+        jax.jit(weight)(jnp.ones((2, 5), bool))
     with pytest.raises(ValueError, match="one weight per document"):
-        cj.PListMLELambdaWeight(rank_discount_fn=lambda mask: mask.sum(axis=1))
+        cj.PListMLELambdaWeight(rank_discount_fn=lambda mask: mask.sum(axis=1))(jnp.ones((2, 3), bool))

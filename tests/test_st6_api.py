@@ -450,6 +450,7 @@ def test_sentence_transformers_import_paths_have_crossjax_counterparts():
     older one-module-per-class aliases its example scripts use) works with the package name changed, and
     gives the class of the same name."""
     import importlib
+    import importlib.util
     import inspect
 
     from sentence_transformers.util.deprecated_import import DEPRECATED_MODULE_PATHS
@@ -485,6 +486,7 @@ def test_sentence_transformers_import_paths_have_crossjax_counterparts():
     # the package attributes stay the classes (an alias module never replaces them)
     assert isinstance(crossjax.losses.BinaryCrossEntropyLoss, type)
     assert isinstance(crossjax.evaluation.SequentialEvaluator, type)
+    assert importlib.util.find_spec("crossjax.losses.mse").name == "crossjax.losses.mse"
     from crossjax import LoggingHandler
     from crossjax.cross_encoder import CrossEncoderModelCardData, CrossEncoderTrainer, CrossEncoderTrainingArguments
 

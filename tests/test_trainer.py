@@ -309,17 +309,37 @@ def test_sentence_transformers_6_2_spellings_and_trainer_methods(tiny_ce, tmp_pa
     assert isinstance(trainer.callbacks[0], Counting)
     assert Counting.inits == 1  # Hugging Face calls on_init_end when the trainer is made
     # trainer.callback_handler as Hugging Face's: the same list, names and event objects
-    from transformers.trainer_callback import CallbackHandler, DefaultFlowCallback
+    from transformers.trainer_callback import (
+        CallbackHandler,
+        DefaultFlowCallback,
+        PrinterCallback,
+        TrainerControl,
+        TrainerState,
+    )
 
-    theirs = CallbackHandler([DefaultFlowCallback, Counting], None, None, None, None)
+    from crossjax.trainer import CallbackHandler as OurHandler
+
+    # Hugging Face's trainer adds its printer (disable_tqdm) after the user's callbacks
+    theirs = CallbackHandler([DefaultFlowCallback, Counting, PrinterCallback], None, None, None, None)
     trainer.callback_handler.callbacks.insert(0, DefaultFlowCallback())
-    assert trainer.callback_handler.callback_list == theirs.callback_list == "DefaultFlowCallback\nCounting"
+    expected = "DefaultFlowCallback\nCounting\nPrinterCallback"
+    assert trainer.callback_handler.callback_list == theirs.callback_list == expected
     assert trainer.pop_callback(DefaultFlowCallback) is not None
     assert trainer.callback_handler.callbacks is trainer.callbacks
     assert trainer.callback_handler.processing_class is tiny_ce.tokenizer
+    for event, flag in [("on_epoch_begin", "should_epoch_stop"), ("on_step_begin", "should_save"),
+                        ("on_log", "should_log"), ("on_step_end", "should_save")]:  # fmt: skip
+        cleared = []
+        for handler in (OurHandler([], None, None), CallbackHandler([], None, None, None, None)):
+            control = TrainerControl(**{flag: True})
+            kwargs = {"logs": {}} if event == "on_log" else {}
+            getattr(handler, event)(args, TrainerState(), control, **kwargs)
+            cleared.append(not getattr(control, flag))
+        assert cleared[0] == cleared[1] == (event != "on_step_end"), (event, cleared)
     trainer.train()
     assert Counting.steps == 2
-    assert isinstance(trainer.pop_callback(Counting), Counting) and trainer.callbacks == []
+    assert isinstance(trainer.pop_callback(Counting), Counting)
+    assert trainer.remove_callback(PrinterCallback) is None and trainer.callbacks == []  # Hugging Face's class
     trainer.save_model()
     assert (tmp_path / "run" / "model.safetensors").is_file() and (tmp_path / "run" / "config.json").is_file()
     trainer.save_model(str(tmp_path / "elsewhere"))

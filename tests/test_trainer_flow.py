@@ -335,9 +335,27 @@ def test_resumed_run_keeps_the_log_history_and_the_best_model_of_before(tiny, tm
         params = jax.tree.leaves(jax.device_get(nnx.state(model.model, nnx.Param)))
         return trainer, params
 
+    class Begins:
+        """Where a resumed run's callbacks begin: Hugging Face restores the state before on_train_begin."""
+
+        def __init__(self) -> None:
+            self.events = []
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.events.append(("train_begin", state.global_step, state.epoch))
+
+        def on_epoch_begin(self, args, state, control, **kwargs):
+            self.events.append(("epoch_begin", state.global_step, state.epoch))
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            self.events.append(("step_begin", state.global_step, state.epoch))
+
     whole, whole_params = train(tmp_path / "whole")
     train(tmp_path / "stopped", callbacks=[_StopAt(4)])
-    resumed, resumed_params = train(tmp_path / "stopped", resume=True)
+    begins = Begins()
+    resumed, resumed_params = train(tmp_path / "stopped", callbacks=[begins], resume=True)
+    assert begins.events[:4] == [("train_begin", 4, 1.0), ("epoch_begin", 4, 1.0), ("step_begin", 4, 1.0),
+                                 ("step_begin", 5, 1.25)]  # fmt: skip
     assert whole.state.best_global_step == resumed.state.best_global_step == 2
     assert whole.state.best_metric == resumed.state.best_metric == pytest.approx(0.9)
     # The best model is step 2's, trained before the interruption (save_total_limit=1 kept only step 4's

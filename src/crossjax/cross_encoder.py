@@ -321,11 +321,12 @@ class CrossEncoder:
                 f"with sentence_transformers.CrossEncoder(path, backend={backend!r})."
             )
         tokenizer_kwargs = merged_keywords("tokenizer_kwargs", tokenizer_kwargs, "processor_kwargs", processor_kwargs)
-        own_options = dict(cache_dir=cache_folder or os.environ.get("SENTENCE_TRANSFORMERS_HOME"), revision=revision)
         hub, (model_kwargs, config_kwargs, tokenizer_kwargs) = _hub_options(
-            {**own_options, "token": token, "local_files_only": local_files_only},
+            dict(cache_dir=cache_folder, revision=revision, token=token, local_files_only=local_files_only),
             {"model_kwargs": model_kwargs, "config_kwargs": config_kwargs, "tokenizer_kwargs": tokenizer_kwargs},
         )
+        if "cache_dir" not in hub and os.environ.get("SENTENCE_TRANSFORMERS_HOME"):  # sentence-transformers' default
+            hub["cache_dir"] = os.environ["SENTENCE_TRANSFORMERS_HOME"]
         compute_dtype = _compute_dtype_from_model_kwargs(model_kwargs, compute_dtype)
         if classifier_dropout is not None:  # sentence-transformers < 4 spelling
             config_kwargs["classifier_dropout"] = float(classifier_dropout)

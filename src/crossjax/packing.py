@@ -166,35 +166,31 @@ def _fits(lengths: np.ndarray, rows: int, row_length: int) -> list[list[int]] | 
 
     Pairs are taken longest first (ties in input order), each into the first row with room for it. Pairs of
     one length are placed together: they fill the rows with room for that length in row order, each row
-    taking as many as fit, which is where one-by-one first fit puts them; so the cost grows with the distinct
+    taking as many as fit, which is where one-by-one first fit puts them. So the work grows with the distinct
     lengths times the rows, not with the pairs times the rows (a call of 30,000 pairs stays fast).
     """
-    lengths = np.asarray(lengths, dtype=np.int64)
-    if not len(lengths):
-        return [[] for _ in range(rows)]
-    order = np.argsort(-lengths, kind="stable")
-    ordered = lengths[order]
-    free = np.full(rows, row_length, dtype=np.int64)
-    row_of = np.empty(len(order), dtype=np.int64)
-    starts = np.flatnonzero(np.diff(ordered, prepend=-1))
-    for start, end in zip(starts, [*starts[1:], len(order)], strict=True):
-        length, count = int(ordered[start]), int(end - start)
-        open_rows = np.flatnonzero(free >= length)
-        if length <= 0:  # takes no room: the first row holds them all
-            row_of[start:end] = 0
-            continue
-        room = free[open_rows] // length
-        filled = np.cumsum(room)
-        if not len(open_rows) or int(filled[-1]) < count:
+    values = np.asarray(lengths).tolist()
+    order = sorted(range(len(values)), key=values.__getitem__, reverse=True)  # stable: ties keep input order
+    layout: list[list[int]] = [[] for _ in range(rows)]
+    free = [row_length] * rows
+    start = 0
+    while start < len(order):
+        length = values[order[start]]
+        end = start + 1
+        while end < len(order) and values[order[end]] == length:
+            end += 1
+        for r in range(rows):
+            if start == end:
+                break
+            room = end - start if length <= 0 else free[r] // length
+            if room:
+                taken = min(room, end - start)
+                layout[r].extend(order[start : start + taken])
+                free[r] -= taken * length
+                start += taken
+        if start < end:
             return None
-        last = int(np.searchsorted(filled, count))  # the row that takes the run's last pair
-        taken = room[: last + 1].copy()
-        taken[last] = count - (int(filled[last - 1]) if last else 0)
-        row_of[start:end] = np.repeat(open_rows[: last + 1], taken)
-        free[open_rows[: last + 1]] -= taken * length
-    by_row = order[np.argsort(row_of, kind="stable")]  # each row's pairs in the order they were placed
-    bounds = np.cumsum(np.bincount(row_of, minlength=rows))[:-1]
-    return [part.tolist() for part in np.split(by_row, bounds)]
+    return layout
 
 
 def row_length_needed(lengths: np.ndarray, rows: int) -> int:

@@ -10,6 +10,7 @@ setting it as an attribute of the package, whose attribute of the same name stay
 
 from __future__ import annotations
 
+import importlib.machinery
 import sys
 import types
 from collections.abc import Iterable, Mapping
@@ -23,6 +24,7 @@ def alias_modules(package: str, modules: Mapping[str, Iterable[str]]) -> None:
         if full_name in sys.modules:
             continue
         module = types.ModuleType(full_name, f"sentence-transformers' import path for {package}'s {', '.join(names)}")
+        module.__spec__ = importlib.machinery.ModuleSpec(full_name, None)  # importlib.util.find_spec finds it
         for name in names:
             setattr(module, name, getattr(parent, name))
         sys.modules[full_name] = module

@@ -19,6 +19,7 @@ import datetime
 import json
 import logging
 import math
+import numbers
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -168,7 +169,12 @@ def _is_dataset_dict(value: dict) -> bool:
     """A dict of named datasets (``DatasetDict`` or ``{"name": Dataset}``), not a dict of columns."""
     return bool(value) and all(not isinstance(v, Sequence) or hasattr(v, "column_names") for v in value.values())
 
-# The control flags Hugging Face's CallbackHandler clears before it calls an event.
+# The events of Hugging Face's TrainerCallback, and the control flags its CallbackHandler clears before one.
+HF_EVENTS = (
+    "on_init_end", "on_train_begin", "on_train_end", "on_epoch_begin", "on_epoch_end", "on_step_begin",
+    "on_pre_optimizer_step", "on_optimizer_step", "on_substep_end", "on_step_end", "on_evaluate", "on_predict",
+    "on_save", "on_log", "on_prediction_step", "on_push_begin",
+)  # fmt: skip
 _EVENT_CLEARS = {
     "on_train_begin": ("should_training_stop",),
     "on_epoch_begin": ("should_epoch_stop",),
@@ -207,9 +213,10 @@ class CallbackHandler:
         self.callbacks.append(instance)
 
     def pop_callback(self, callback: Any) -> Any:
-        """Remove and return a callback (an instance, or the first of a class); None if there is none."""
+        """Remove and return a callback (an instance, or the first of a class); None if there is none.
+        Hugging Face's ``PrinterCallback`` / ``ProgressCallback`` classes name crossjax's log printers."""
         for i, present in enumerate(self.callbacks):
-            if present is callback or (isinstance(callback, type) and isinstance(present, callback)):
+            if present is callback or (isinstance(callback, type) and _is_instance(present, callback)):
                 return self.callbacks.pop(i)
         return None
 
@@ -221,10 +228,7 @@ class CallbackHandler:
 
     def call_event(self, event: str, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
         """Hugging Face's ``call_event``: each callback's ``event`` method in order; a control a callback
-        returns replaces the one the next callback gets. Returns the last control. As Hugging Face's handler,
-        an event first clears the flags it answers (``on_epoch_begin`` clears ``should_epoch_stop``, ...)."""
-        for flag in _EVENT_CLEARS.get(event, ()):
-            setattr(control, flag, False)
+        returns replaces the one the next callback gets. Returns the last control."""
         objects = {
             "model": self.model,
             "processing_class": self.processing_class,
@@ -240,6 +244,66 @@ class CallbackHandler:
                 if returned is not None:
                     control = returned
         return control
+
+    def user_callbacks(self) -> list[Any]:
+        """The callbacks besides crossjax's log printer (those need the model synced at every step)."""
+        return [callback for callback in self.callbacks if not isinstance(callback, _LogPrinter)]
+
+
+def _event_method(event: str) -> Callable[..., Any]:
+    """Hugging Face's ``CallbackHandler.on_*``: clear the control flags the event answers, then call it."""
+
+    def call(self: CallbackHandler, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+        for flag in _EVENT_CLEARS.get(event, ()):
+            setattr(control, flag, False)
+        return self.call_event(event, args, state, control, **kwargs)
+
+    call.__name__ = event
+    return call
+
+
+for _event in HF_EVENTS:
+    setattr(CallbackHandler, _event, _event_method(_event))
+
+
+def _is_instance(callback: Any, cls: type) -> bool:
+    return isinstance(callback, cls) or (
+        isinstance(callback, _LogPrinter) and cls.__name__ == type(callback).__name__  # Hugging Face's class
+    )
+
+
+class _LogPrinter:
+    """Prints each log entry as Hugging Face's default printer callbacks do (floats to 4 significant digits)."""
+
+    def __init__(self) -> None:
+        self.training = False
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.training = True
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.training = False
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any) -> None:
+        if logs is not None and self.prints() and is_main_process():
+            from tqdm.auto import tqdm
+
+            shown = {k: f"{v:.4g}" if isinstance(v, float) else v for k, v in logs.items() if k != "total_flos"}
+            tqdm.write(str(shown))
+
+    def prints(self) -> bool:
+        return True
+
+
+class PrinterCallback(_LogPrinter):
+    """Hugging Face's ``PrinterCallback`` (with ``disable_tqdm``): every log entry, ``evaluate()``'s too."""
+
+
+class ProgressCallback(_LogPrinter):
+    """Hugging Face's ``ProgressCallback``'s log lines: the entries logged while training (above the bar)."""
+
+    def prints(self) -> bool:
+        return self.training
 
 
 class CrossEncoderTrainer:
@@ -317,7 +381,9 @@ class CrossEncoderTrainer:
             )
         if self.args.eval_on_start and eval_dataset is None and evaluator is None:
             raise ValueError("args.eval_on_start=True but neither eval_dataset nor evaluator was given: pass one")
-        self.callback_handler = CallbackHandler(callbacks or [], model, model.tokenizer)
+        # Hugging Face's printer goes last, after the user's callbacks (it prints what they changed in a log)
+        printer = PrinterCallback if self.args.extra.get("disable_tqdm", False) else ProgressCallback
+        self.callback_handler = CallbackHandler([*(callbacks or []), printer], model, model.tokenizer)
         self.state = TrainerState()
         self.control = TrainerControl()
         self._warned_epoch_stop = False
@@ -362,7 +428,7 @@ class CrossEncoderTrainer:
         key_width = max((len(str(key)) for key in shown), default=0)
         value_width = max((len(str(value)) for value in shown.values()), default=0)
         for key in sorted(shown):
-            print(f"  {key: <{key_width}} = {str(shown[key]):>{value_width}}")
+            print(f"  {key: <{key_width}} = {shown[key]:>{value_width}}")
 
     def save_metrics(self, split: str, metrics: dict[str, Any], combined: bool = True) -> None:
         """Write ``metrics`` to ``output_dir/{split}_results.json`` (and merge them into ``all_results.json``
@@ -396,11 +462,8 @@ class CrossEncoderTrainer:
         self.model.save(output_dir if output_dir is not None else self.args.output_dir)
 
     def _call_back(self, event: str, **kwargs: Any) -> None:
-        """Call ``event`` on every callback; a control a callback returns replaces the trainer's. A log entry is
-        printed first, as Hugging Face's default progress (or printer) callback does."""
-        if event == "on_log" and self.state.is_local_process_zero and is_main_process():
-            _print_log(kwargs["logs"])
-        self.control = self.callback_handler.call_event(event, self.args, self.state, self.control, **kwargs)
+        """Call ``event`` on every callback; a control a callback returns replaces the trainer's."""
+        self.control = getattr(self.callback_handler, event)(self.args, self.state, self.control, **kwargs)
         if getattr(self.control, "should_epoch_stop", False) and not self._warned_epoch_stop:
             self._warned_epoch_stop = True
             logger.warning(
@@ -548,11 +611,10 @@ class CrossEncoderTrainer:
             callbacks=[CardRecorder(self.model, None, record_setup=False), run],
         )
         data.target.checkpoint_state, data.target.resume_state = run.checkpoint_state, run.resume_state
-        if self.callbacks:
+        if self.callback_handler.user_callbacks():
             data.target.on_step_begin = run.on_step_begin
         self._record_card(data)
         self.model.training_history = result.history
-        self._call_back("on_train_begin")
         started = time.perf_counter()
         self._in_train = True
         try:
@@ -753,21 +815,12 @@ def _json_text(value: Any, indent: int | None = None, sort_keys: bool = True) ->
 
 def _metric_text(key: str, value: Any) -> Any:
     """A metric as Hugging Face's ``metrics_format`` shows it."""
-    if "_runtime" in key and isinstance(value, int | float):
+    if "_runtime" in key and isinstance(value, numbers.Real):
         hundredths = int(abs(value - int(value)) * 100)
         return f"{datetime.timedelta(seconds=int(value))}.{hundredths:02d}"
-    if key == "total_flos" and isinstance(value, int | float):
+    if key == "total_flos" and isinstance(value, numbers.Real):
         return f"{int(value) >> 30}GF"
     return round(value, 4) if isinstance(value, float) else value
-
-
-def _print_log(entry: dict[str, Any]) -> None:
-    """A log entry as Hugging Face's progress callback writes it (floats to 4 significant digits), above any
-    progress bar."""
-    from tqdm.auto import tqdm
-
-    shown = {k: f"{v:.4g}" if isinstance(v, float) else v for k, v in entry.items() if k != "total_flos"}
-    tqdm.write(str(shown))
 
 
 def _is_checkpoint_step(path: Path) -> bool:
@@ -816,21 +869,28 @@ class _RunHooks(RunCallback):
         """Hugging Face's ``state.epoch`` (batches consumed; steps for several datasets, whose batches differ)."""
         return epoch_at(step, self.data.steps_per_epoch, self.data.k, getattr(self.data, "batches_per_epoch", None))
 
+    def on_train_begin(self, info: Any) -> None:
+        """Hugging Face's ``on_train_begin``, once a resumed run's state is restored (as Hugging Face loads it
+        before the event)."""
+        self.trainer._call_back("on_train_begin")
+
     def on_step_begin(self, done: int, epoch: int, opens_epoch: bool) -> None:
         """Hugging Face's ``on_epoch_begin`` (an epoch's first step, or a resumed run's first) and
         ``on_step_begin``, with the state of the steps done (the model is synced: the last ``on_step`` did it)."""
         trainer = self.trainer
+        self._reach(done, log=False)
         if opens_epoch:
             trainer._call_back("on_epoch_begin")
         trainer._call_back("on_step_begin")
 
     def on_step(self, global_step: int, epoch: int, sync: Callable[[], None]) -> bool:
         trainer = self.trainer
-        if trainer.callbacks:
+        called = bool(trainer.callback_handler.user_callbacks())
+        if called:
             sync()  # callbacks (on_log first) get the model as it is after this step (HF passes model=)
         self._reach(global_step)
         epoch_end = self._epoch_ends(global_step)
-        if trainer.callbacks:
+        if called:
             trainer._call_back("on_step_end", model=trainer.model)
             if epoch_end:
                 trainer._call_back("on_epoch_end", model=trainer.model)
@@ -894,6 +954,7 @@ class _RunHooks(RunCallback):
         state.best_metric, state.best_global_step = kept["best_metric"], kept["best_step"]
         self.best_params = meta.get("best_params")
         self.logged_through = int(meta["step"])
+        self._reach(int(meta["step"]), log=False)
 
     def log(self) -> None:
         """Hugging Face's training log entry: the mean loss since the last one, the last gradient norm and

@@ -10,6 +10,7 @@ order, because the position of a document is what the loss is about.
 
 from __future__ import annotations
 
+import types
 from collections.abc import Callable
 from typing import Any
 
@@ -32,13 +33,22 @@ class PListMLELambdaWeight:
     st_name = "sentence_transformers.cross_encoder.losses.plist_mle.PListMLELambdaWeight"
 
     def __init__(self, rank_discount_fn: Callable[[jnp.ndarray], jnp.ndarray] | None = None) -> None:
-        if rank_discount_fn is not None:
-            _check_traceable(rank_discount_fn)
+        if rank_discount_fn is not None and _uses_torch(rank_discount_fn):  # refused where it is written
+            raise _discount_error(None)
         self.rank_discount_fn = rank_discount_fn
 
     def __call__(self, mask: jnp.ndarray) -> jnp.ndarray:
         if self.rank_discount_fn is not None:
-            return self.rank_discount_fn(mask)
+            try:
+                weights = self.rank_discount_fn(mask)
+            except Exception as e:  # noqa: BLE001 - whatever the function raises on a JAX array
+                raise _discount_error(e, tuple(mask.shape)) from e
+            if getattr(weights, "shape", None) != mask.shape:
+                raise ValueError(
+                    f"PListMLELambdaWeight(rank_discount_fn=...) must return one weight per document: a {mask.shape} "
+                    f"mask gave {getattr(weights, 'shape', type(weights).__name__)}"
+                )
+            return weights
         num_docs = jnp.sum(mask, axis=1, keepdims=True, dtype=jnp.int32)
         ranks = jnp.arange(1, mask.shape[1] + 1, dtype=jnp.int32)[None, :]
         scale = jnp.maximum(num_docs - 127, 0)
@@ -47,23 +57,28 @@ class PListMLELambdaWeight:
         return weights * mask
 
 
-def _check_traceable(rank_discount_fn: Callable) -> None:
-    """Refuse now, by name, a discount that cannot run inside the compiled step (a torch function, as a ported
-    sentence-transformers script passes): traced on an abstract mask, nothing is computed."""
-    mask = jax.ShapeDtypeStruct((2, 3), jnp.bool_)
-    try:
-        weights = jax.eval_shape(rank_discount_fn, mask)
-    except Exception as e:  # noqa: BLE001 - whatever the function raises on a JAX array
-        raise TypeError(
-            "PListMLELambdaWeight(rank_discount_fn=...) must be a JAX function of the bool [queries, documents] "
-            f"mask (it runs inside the compiled train step); on a JAX array it raised {type(e).__name__}: {e}. "
-            "Write it with jax.numpy (e.g. jnp.log1p instead of torch.log1p)"
-        ) from e
-    if getattr(weights, "shape", None) != mask.shape:
-        raise ValueError(
-            f"PListMLELambdaWeight(rank_discount_fn=...) must return one weight per document: a {mask.shape} mask "
-            f"gave {getattr(weights, 'shape', type(weights).__name__)}"
-        )
+def _uses_torch(function: Callable) -> bool:
+    """Whether a function names torch (``torch.log1p``, or a torch function imported by name): such a
+    discount cannot run inside the compiled step."""
+    code, names = getattr(function, "__code__", None), getattr(function, "__globals__", {})
+    for name in code.co_names if code is not None else ():
+        value = names.get(name)
+        owner = value.__name__ if isinstance(value, types.ModuleType) else getattr(value, "__module__", None) or ""
+        if owner.split(".")[0] == "torch":
+            return True
+    return False
+
+
+def _discount_error(error: Exception | None, shape: tuple[int, ...] | None = None) -> TypeError:
+    """The error for a discount that names torch (``error`` None), or that raised on a mask of ``shape``."""
+    where = "it calls torch"
+    if error is not None:
+        where = f"on the mask of shape {shape} it raised {type(error).__name__}: {error}"
+    return TypeError(
+        "PListMLELambdaWeight(rank_discount_fn=...) must be a JAX function of the bool [queries, documents] mask "
+        f"(any number of documents; it runs inside the compiled train step), but {where}. Write it with jax.numpy "
+        "(e.g. jnp.log1p instead of torch.log1p)"
+    )
 
 
 def normalized_weights(weights: jnp.ndarray, eps: float) -> jnp.ndarray:

@@ -31,11 +31,6 @@ class UnknownModelTypeError(CheckpointError):
 def resolve_checkpoint_dir(name_or_path: str | os.PathLike, subfolder: str | None = None, **hub_kwargs: Any) -> Path:
     """A local directory as is; anything else is a hub id fetched (config + weights) with huggingface_hub.
     ``subfolder`` is a folder inside it that holds the model, as transformers reads it."""
-    if hub_kwargs.get("force_download") and (hub_kwargs.get("local_files_only") or _hub_offline()):
-        raise CheckpointError(
-            f"{name_or_path!r}: force_download=True asks for a download, but local_files_only=True (or "
-            "HF_HUB_OFFLINE=1) forbids one (transformers refuses the pair too)"
-        )
     path = Path(name_or_path).expanduser()
     if path.is_dir():
         inner = path / subfolder if subfolder else path
@@ -46,6 +41,11 @@ def resolve_checkpoint_dir(name_or_path: str | os.PathLike, subfolder: str | Non
         raise CheckpointError(f"{path} is a file; pass the model directory that holds {CONFIG}")
     if str(name_or_path).startswith((".", "/", "~")) or os.sep + os.sep in str(name_or_path):
         raise CheckpointError(f"Model directory {path} does not exist")
+    if hub_kwargs.get("force_download") and (hub_kwargs.get("local_files_only") or _hub_offline()):
+        raise CheckpointError(
+            f"{name_or_path!r}: force_download=True asks for a download, but local_files_only=True (or "
+            "HF_HUB_OFFLINE=1) forbids one (transformers refuses the pair too)"
+        )
     from huggingface_hub import snapshot_download
 
     patterns = ["*.json", "*.safetensors", "*.txt", "*.model", "pytorch_model*.bin"]

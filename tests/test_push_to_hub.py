@@ -18,6 +18,7 @@ class RecordingHfApi:
     """Stands in for ``huggingface_hub.HfApi``: records each call (and the files of an uploaded folder)."""
 
     calls: list[tuple[str, dict]] = []
+    files_there: set[str] = set()  # what the repository already holds
 
     def __init__(self, token=None, **kwargs) -> None:
         self.calls.append(("__init__", {"token": token, **kwargs}))
@@ -26,6 +27,10 @@ class RecordingHfApi:
         self.calls.append(("create_repo", {"repo_id": repo_id, **kwargs}))
         owner_and_name = repo_id if "/" in repo_id else f"the-user/{repo_id}"
         return SimpleNamespace(repo_id=owner_and_name, url=f"https://huggingface.co/{owner_and_name}")
+
+    def file_exists(self, repo_id, filename, **kwargs):
+        self.calls.append(("file_exists", {"repo_id": repo_id, "filename": filename, **kwargs}))
+        return filename in self.files_there
 
     def create_branch(self, repo_id, branch, **kwargs):
         self.calls.append(("create_branch", {"repo_id": repo_id, "branch": branch, **kwargs}))
@@ -42,6 +47,7 @@ class RecordingHfApi:
 @pytest.fixture
 def hub(monkeypatch) -> list[tuple[str, dict]]:
     RecordingHfApi.calls = []
+    RecordingHfApi.files_there = set()
     monkeypatch.setattr(huggingface_hub, "HfApi", RecordingHfApi)
     return RecordingHfApi.calls
 
@@ -54,10 +60,10 @@ def model(tiny_dir) -> CrossEncoder:
 def test_push_creates_the_repo_and_uploads_a_saved_export(model, hub):
     url = model.push_to_hub("my-reranker", token="hf_secret", private=True)
 
-    assert [name for name, _ in hub] == ["__init__", "create_repo", "upload_folder"]
+    assert [name for name, _ in hub] == ["__init__", "create_repo", "file_exists", "upload_folder"]
     assert hub[0][1]["token"] == "hf_secret"
     assert hub[1][1] == {"repo_id": "my-reranker", "private": True, "exist_ok": True}
-    upload = hub[2][1]
+    upload = hub[3][1]
     assert upload["repo_id"] == "the-user/my-reranker"  # the owner the hub reports, as sentence-transformers does
     assert upload["commit_message"] == "Add new CrossEncoder model (crossjax)"
     assert upload["create_pr"] is False and upload["revision"] is None
@@ -87,7 +93,13 @@ def test_push_of_a_local_folder_uploads_it_as_is(model, hub, tmp_path):
     assert calls["upload_folder"]["folder_path"] == str(tmp_path) and calls["upload_folder"]["files"] == ["config.json"]
 
 
-def test_push_refuses_pickle_weights(model, hub):
-    with pytest.raises(ValueError, match="safetensors"):
-        model.push_to_hub("org/ranker", safe_serialization=False)
-    assert hub == []
+def test_push_keeps_the_repository_s_card_unless_asked_and_writes_safetensors(model, hub):
+    """As sentence-transformers 6.2: a README.md the repository has is kept unless replace_model_card=True; and
+    safe_serialization=False writes safetensors (transformers 5 writes nothing else)."""
+    RecordingHfApi.files_there = {"README.md"}
+    model.push_to_hub("org/ranker", safe_serialization=False)
+    upload = dict(hub)["upload_folder"]
+    assert upload["ignore_patterns"] == ["README.md"] and "model.safetensors" in upload["files"]
+    hub.clear()
+    model.push_to_hub("org/ranker", replace_model_card=True)
+    assert "file_exists" not in dict(hub) and "ignore_patterns" not in dict(hub)["upload_folder"]

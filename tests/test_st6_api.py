@@ -194,8 +194,8 @@ def test_save_takes_sentence_transformers_arguments(saved, tmp_path):
     assert not (tmp_path / "no_card" / "README.md").exists()
     model.save(tmp_path / "named", model_name="my-org/my-reranker")
     assert "my-org/my-reranker" in (tmp_path / "named" / "README.md").read_text()
-    with pytest.raises(ValueError, match="safetensors only"):
-        model.save(tmp_path / "bin", safe_serialization=False)
+    model.save(tmp_path / "bin", safe_serialization=False)  # safetensors, as sentence-transformers 6.2 writes
+    assert (tmp_path / "bin" / "model.safetensors").is_file() and not (tmp_path / "bin" / "pytorch_model.bin").exists()
     with pytest.raises(TypeError, match="bogus"):
         model.save(tmp_path / "x", bogus=1)
 
@@ -494,3 +494,23 @@ def test_sentence_transformers_import_paths_have_crossjax_counterparts():
     assert CrossEncoderModelCardData
     with pytest.raises(NotImplementedError, match="CrossEncoderBEIREvaluator"):
         crossjax.evaluation.CrossEncoderNanoBEIREvaluator(dataset_names=["msmarco"])
+
+
+def test_a_config_assigned_to_the_model_is_the_one_saved(saved, tmp_path):
+    """As sentence-transformers' ``config`` setter: a new config (relabelled) reaches the export; one that
+    would reshape the model is refused by name. ``processor`` and ``get_backend()`` as sentence-transformers 6."""
+    from transformers import AutoConfig
+
+    model = CrossEncoder(saved)
+    config = AutoConfig.from_pretrained(saved)
+    config.id2label, config.label2id = {0: "relevance"}, {"relevance": 0}
+    model.config = config
+    model.save(tmp_path / "relabelled")
+    assert json.loads((tmp_path / "relabelled" / "config.json").read_text())["id2label"] == {"0": "relevance"}
+    with pytest.raises(ValueError, match="num_labels is 3"):
+        model.config = AutoConfig.from_pretrained(saved, num_labels=3)
+    assert model.processor is model.tokenizer and model.get_backend() == "torch"
+    from crossjax.evaluation import CECorrelationEvaluator, CrossEncoderCorrelationEvaluator
+
+    assert issubclass(CECorrelationEvaluator, CrossEncoderCorrelationEvaluator)  # the card names the class used
+    assert CrossEncoderCorrelationEvaluator.__name__ == "CrossEncoderCorrelationEvaluator"

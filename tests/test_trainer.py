@@ -288,6 +288,16 @@ def test_sentence_transformers_6_2_spellings_and_trainer_methods(tiny_ce, tmp_pa
     assert CrossEncoderTrainingArguments("o", hub_model_id="me/x").hub_model_id == "me/x"
     assert CrossEncoderTrainingArguments("o").run_name is None
     assert CrossEncoderTrainingArguments("o", dataloader_num_workers=4).dataloader_num_workers == 4  # speed only
+    # arguments not given read back as Hugging Face's do (scripts test args.report_to, args.do_eval ...)
+    from crossjax.training_args import _NO_EFFECT, _TORCH_ONLY
+
+    for kwargs in ({}, {"eval_strategy": "steps"}):
+        ours, theirs = CrossEncoderTrainingArguments("o", **kwargs), STArgs("o", **kwargs)
+        for name in [*_NO_EFFECT, *_TORCH_ONLY]:
+            if not hasattr(theirs, name) or name == "accelerator_config":  # gone from transformers 5; torch-side
+                continue
+            expected = getattr(getattr(theirs, name), "value", getattr(theirs, name))  # Hugging Face's enums
+            assert getattr(ours, name) == expected, (name, kwargs)
     # tf32=False asks for full-precision float32 matmuls: what crossjax's float32 compute does
     assert CrossEncoderTrainingArguments("o", tf32=False).tf32 is STArgs("o", tf32=False).tf32 is False
 
@@ -344,6 +354,24 @@ def test_sentence_transformers_6_2_spellings_and_trainer_methods(tiny_ce, tmp_pa
     assert (tmp_path / "run" / "model.safetensors").is_file() and (tmp_path / "run" / "config.json").is_file()
     trainer.save_model(str(tmp_path / "elsewhere"))
     assert CrossEncoder(str(tmp_path / "elsewhere")).num_labels == tiny_ce.num_labels
+
+
+def test_trainer_takes_a_loss_factory_and_hugging_face_arguments_at_their_defaults(tiny_ce, tmp_path):
+    """sentence-transformers calls a loss given as a class (or factory) with the model; Hugging Face's
+    arguments crossjax has no use for are taken at their defaults and refused otherwise, saying why."""
+    args = CrossEncoderTrainingArguments(str(tmp_path), max_steps=1, per_device_train_batch_size=2, disable_tqdm=True)
+    data = {"a": ["x y", "y z"], "b": ["p", "q"], "label": [1.0, 0.0]}
+    trainer = CrossEncoderTrainer(
+        model=tiny_ce, args=args, train_dataset=data, loss=losses.BinaryCrossEntropyLoss,
+        processing_class=tiny_ce.tokenizer, optimizers=(None, None),
+    )  # fmt: skip
+    assert isinstance(trainer.loss, losses.BinaryCrossEntropyLoss) and trainer.loss.model is tiny_ce
+    assert trainer.processing_class is tiny_ce.tokenizer and trainer.is_local_process_zero()
+    assert trainer.train().global_step == 1
+    with pytest.raises(ValueError, match="compute_metrics= .*evaluator="):
+        CrossEncoderTrainer(model=tiny_ce, args=args, train_dataset=data, compute_metrics=lambda p: {})
+    with pytest.raises(ValueError, match="processing_class= is the model's tokenizer"):
+        CrossEncoderTrainer(model=tiny_ce, args=args, train_dataset=data, processing_class=object())
 
 
 def test_metric_for_best_model_direction_follows_hugging_face():

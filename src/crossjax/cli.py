@@ -31,7 +31,7 @@ PAIR_FORMAT = (
     "[, label]."
 )
 EVALUATORS = {
-    "correlation": "Pearson/Spearman of the scores against float labels (CECorrelationEvaluator)",
+    "correlation": "Pearson/Spearman of the scores against float labels (CrossEncoderCorrelationEvaluator)",
     "classification": "best-threshold accuracy/F1/AP for 1 label, macro/micro F1 otherwise "
     "(CrossEncoderClassificationEvaluator); binary, softmax and f1 are its other names",
     "binary": "= classification (CEBinaryClassificationEvaluator)",
@@ -367,7 +367,7 @@ def _build_evaluator(
 
     common = dict(name=name, batch_size=batch_size, show_progress_bar=progress)
     if kind == "correlation":
-        return evaluation.CECorrelationEvaluator(pairs, labels, **common)
+        return evaluation.CrossEncoderCorrelationEvaluator(pairs, labels, **common)
     if kind == "reranking":
         from crossjax import InputExample
 

@@ -348,7 +348,6 @@ class CrossEncoder:
             num_labels = 1  # a base model gets one output, unless config_kwargs asks for more (as in ST 6)
         if num_labels is not None:
             config.num_labels = int(num_labels)  # transformers' setter also resizes id2label / label2id
-        self.config = config
         self.model_name_or_path = str(model_name_or_path)
         self.compute_dtype = _as_dtype(compute_dtype or "float32")
         self.seed = data_lib.checked_seed(seed, "CrossEncoder seed")
@@ -478,6 +477,24 @@ class CrossEncoder:
         nnx.update(self.model, placed)
 
     @property
+    def config(self) -> Any:
+        """The model's transformers config, which ``save`` writes: an edit (``config.id2label = ...``) and a
+        config assigned here both reach the export, as in sentence-transformers."""
+        return self.model.config
+
+    @config.setter
+    def config(self, config: Any) -> None:
+        current = self.model.config
+        for name in ("model_type", "num_labels", "hidden_size", "num_hidden_layers"):
+            if getattr(config, name, None) != getattr(current, name, None):
+                raise ValueError(
+                    f"CrossEncoder.config: the new config's {name} is {getattr(config, name, None)!r}, the model's "
+                    f"{getattr(current, name, None)!r}; a config can relabel the model, not reshape it (load the "
+                    "checkpoint with the config instead: CrossEncoder(path, config_kwargs=...))"
+                )
+        self.model.config = config
+
+    @property
     def num_labels(self) -> int:
         return self.model.num_labels
 
@@ -485,6 +502,19 @@ class CrossEncoder:
     def _first_device(self) -> Any:
         """The model's first device of this process (another process's device cannot take data from here)."""
         return next(d for d in self.mesh_plan.mesh.devices.flat if d.process_index == jax.process_index())
+
+    @property
+    def processor(self) -> Any:
+        """sentence-transformers 6's name for the tokenizer."""
+        return self.tokenizer
+
+    @processor.setter
+    def processor(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+
+    def get_backend(self) -> str:
+        """``"torch"``: the ``backend`` argument's only value here (the model itself always runs in JAX)."""
+        return "torch"
 
     @property
     def device(self) -> str:
@@ -723,15 +753,13 @@ class CrossEncoder:
         that cannot be generated is skipped with a warning, never failing the save. As in sentence-transformers,
         ``model_name`` (a hub id, not an existing path) becomes the card's model id, ``create_model_card=False``
         writes no card, and ``train_datasets`` is accepted and unused (the card data holds the datasets).
-        ``safe_serialization=False`` is refused: crossjax writes safetensors only.
+        ``safe_serialization=False`` writes safetensors too, as sentence-transformers on transformers 5 does.
 
         In a multi-process run every process must call it (parameters are gathered, the card's usage example
         is scored); only process 0 writes.
         """
         if path is None:
             return None
-        if not safe_serialization:
-            raise ValueError("safe_serialization=False: crossjax exports safetensors only")
         if model_name and not Path(model_name).exists() and not self.model_card_data.model_id:
             self.model_card_data.model_id = model_name
         with self._arrays_guard.reading("save"):
@@ -796,15 +824,14 @@ class CrossEncoder:
         sentence-transformers 6's signature, through ``huggingface_hub``: ``create_repo`` then ``upload_folder``
         of a folder ``save()`` writes (weights, config, tokenizer, sentence-transformers metadata, model card),
         or of ``local_model_path`` when given. Differences: ``exist_ok`` defaults to True (pushing a new
-        version to your own repository is the common case); ``safe_serialization=False`` is refused (crossjax
-        writes safetensors only); ``replace_model_card``/``train_datasets`` are accepted for compatibility, and
-        the card is the one ``save`` writes. In a multi-process run every process must call it; only process 0
-        uploads (and returns the URL).
+        version to your own repository is the common case); weights are safetensors whatever
+        ``safe_serialization`` says (as sentence-transformers on transformers 5 writes them). As there, the card
+        ``save`` writes replaces one the repository already has only with ``replace_model_card=True``;
+        ``train_datasets`` is accepted and unused (the card data holds the datasets). In a multi-process run every
+        process must call it; only process 0 uploads (and returns the URL).
         """
         import tempfile
 
-        if not safe_serialization:
-            raise ValueError("safe_serialization=False: crossjax exports safetensors only")
         upload = dict(
             repo_id=repo_id,
             token=token,
@@ -820,7 +847,7 @@ class CrossEncoder:
             # every process gathers the parameters; only process 0 writes and uploads
             if self.save(tmp, model_name=repo_id) is None:
                 return None
-            return _upload_folder(tmp, **upload)
+            return _upload_folder(tmp, keep_hub_card=not replace_model_card, **upload)
 
     # ------------------------------------------------------------------------------------------ fit
     def fit(
@@ -1091,20 +1118,31 @@ def _upload_folder(
     exist_ok: bool,
     revision: str | None,
     create_pr: bool,
+    keep_hub_card: bool = False,
 ) -> str:
-    """``create_repo`` (+ the branch) then ``upload_folder``; the commit URL, or the PR URL with create_pr."""
+    """``create_repo`` (+ the branch) then ``upload_folder``; the commit URL, or the PR URL with create_pr.
+    ``keep_hub_card``: a README.md the repository has is kept (and kept too when it cannot be checked)."""
     from huggingface_hub import HfApi
 
     api = HfApi(token=token)
     repo_id = api.create_repo(repo_id=repo_id, private=private, exist_ok=exist_ok).repo_id  # the full owner/name
     if revision is not None:
         api.create_branch(repo_id=repo_id, branch=revision, exist_ok=True)
+    ignored = []
+    if keep_hub_card:
+        try:
+            has_card = api.file_exists(repo_id, "README.md", revision=revision)
+        except Exception as e:  # noqa: BLE001 - as sentence-transformers: when in doubt, never overwrite a card
+            logger.warning("Could not check %s for a README.md (%s): its card is left as it is", repo_id, e)
+            has_card = True
+        ignored = ["README.md"] if has_card else []
     commit = api.upload_folder(
         repo_id=repo_id,
         folder_path=str(folder),
         commit_message=commit_message,
         create_pr=create_pr,
         revision=revision,
+        **({"ignore_patterns": ignored} if ignored else {}),
     )
     logger.info("Uploaded %s to %s", folder, commit.pr_url if create_pr else commit.commit_url)
     return commit.pr_url if create_pr else commit.commit_url

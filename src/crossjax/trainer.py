@@ -45,17 +45,18 @@ logger = logging.getLogger("crossjax")
 __all__ = ["CallbackHandler", "CrossEncoderTrainer", "TrainOutput", "TrainerState", "TrainerControl"]
 
 LABEL_COLUMNS = ("label", "labels", "score", "scores")
-# Hugging Face Trainer arguments that hand it PyTorch objects: no JAX meaning.
-_TORCH_ARGUMENTS = (
-    "data_collator",
-    "tokenizer",
-    "processing_class",
-    "model_init",
-    "compute_metrics",
-    "optimizers",
-    "optimizer_cls_and_kwargs",
-    "preprocess_logits_for_metrics",
-)
+# Hugging Face Trainer arguments without a crossjax meaning, and why (each is taken at its default).
+_TOKENIZER = "is the model's tokenizer in crossjax: set CrossEncoder(..., tokenizer_kwargs=...) or model.tokenizer"
+_TORCH_ARGUMENTS = {
+    "data_collator": "collates PyTorch batches; crossjax tokenizes and packs its own",
+    "tokenizer": _TOKENIZER,
+    "processing_class": _TOKENIZER,
+    "model_init": "makes a model per hyper-parameter trial; crossjax trains the model= given",
+    "compute_metrics": "scores Hugging Face's prediction loop; crossjax evaluates with evaluator=",
+    "optimizers": "hands in a PyTorch optimizer and scheduler; crossjax's are optax's, set by the arguments",
+    "optimizer_cls_and_kwargs": "names a PyTorch optimizer; crossjax's is optax's AdamW, set by the arguments",
+    "preprocess_logits_for_metrics": "feeds compute_metrics, which crossjax has not (use evaluator=)",
+}
 
 
 class TrainOutput(NamedTuple):
@@ -306,6 +307,13 @@ class ProgressCallback(_LogPrinter):
         return self.training
 
 
+def _made_loss(loss: Any, model: Any) -> Any:
+    """A loss object, or the one a loss class or factory makes for ``model`` (sentence-transformers' rule)."""
+    if isinstance(loss, type) or (callable(loss) and not training.is_list_loss(loss)):
+        return loss(model)
+    return loss
+
+
 class CrossEncoderTrainer:
     """Train a :class:`crossjax.CrossEncoder` as sentence-transformers' ``CrossEncoderTrainer`` does.
 
@@ -327,21 +335,21 @@ class CrossEncoderTrainer:
         callbacks: list[Any] | None = None,
         **kwargs: Any,
     ) -> None:
-        for key, value in kwargs.items():
-            if key in _TORCH_ARGUMENTS:
-                if value is not None:
-                    raise ValueError(
-                        f"CrossEncoderTrainer: {key}= hands PyTorch objects to Hugging Face's Trainer and has no "
-                        "meaning in crossjax (tokenization, batching and the optimizer are crossjax's own)"
-                    )
-            else:
-                raise TypeError(f"CrossEncoderTrainer got an unexpected keyword argument {key!r}")
         if model is None:
             raise ValueError("CrossEncoderTrainer needs model= (a crossjax.CrossEncoder)")
         if not hasattr(model, "mesh_plan") or not hasattr(model, "tokenizer"):
             raise TypeError(f"model must be a crossjax.CrossEncoder, got {type(model).__name__}")
+        for key, value in kwargs.items():
+            if key not in _TORCH_ARGUMENTS:
+                raise TypeError(f"CrossEncoderTrainer got an unexpected keyword argument {key!r}")
+            if value is None or (key == "optimizers" and tuple(value) == (None, None)):  # their defaults
+                continue
+            if key in ("processing_class", "tokenizer") and value is model.tokenizer:  # what the trainer uses anyway
+                continue
+            raise ValueError(f"CrossEncoderTrainer: {key}= {_TORCH_ARGUMENTS[key]}")
         self.model = model
-        self.args = args if args is not None else CrossEncoderTrainingArguments(output_dir="trainer_output")
+        # sentence-transformers' folder when no arguments are given (Hugging Face's when output_dir is unset)
+        self.args = args if args is not None else CrossEncoderTrainingArguments(output_dir="tmp_trainer")
         if self.args.output_dir is None:
             self.args.output_dir = "trainer_output"
         self.train_dataset = in_memory(train_dataset)
@@ -353,6 +361,8 @@ class CrossEncoderTrainer:
                 _refuse_reserved_columns(one, what if name is None else f"{what}[{name!r}]")
         if loss is None:
             loss = losses.BinaryCrossEntropyLoss(model) if model.num_labels == 1 else losses.CrossEntropyLoss(model)
+        # as sentence-transformers, a loss may also be given as its class or a factory of the model
+        loss = {k: _made_loss(v, model) for k, v in loss.items()} if isinstance(loss, dict) else _made_loss(loss, model)
         for name, one in loss.items() if isinstance(loss, dict) else [("loss", loss)]:
             if not training.is_list_loss(one):
                 raise TypeError(
@@ -451,6 +461,15 @@ class CrossEncoderTrainer:
         folder = Path(self.args.output_dir)
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "trainer_state.json").write_text(_json_text(asdict(self.state), indent=2) + "\n", encoding="utf-8")
+
+    @property
+    def processing_class(self) -> Any:
+        """The model's tokenizer (Hugging Face's name)."""
+        return self.model.tokenizer
+
+    def is_local_process_zero(self) -> bool:
+        """Whether this is the first process of its host: every one, as JAX runs one process a host."""
+        return True
 
     def is_world_process_zero(self) -> bool:
         """Whether this is the main process of a multi-process (multi-host) run, as Hugging Face's Trainer."""

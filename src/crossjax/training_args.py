@@ -57,16 +57,16 @@ _TORCH_ONLY: dict[str, Any] = {
     "torch_compile": False,
     "torch_compile_backend": None,
     "torch_compile_mode": None,
-    "gradient_checkpointing": None,
+    "gradient_checkpointing": False,
     "gradient_checkpointing_kwargs": None,
-    "activation_checkpointing": None,
+    "activation_checkpointing": False,
     "activation_checkpointing_kwargs": None,
     "use_liger_kernel": False,
     "liger_kernel_config": None,
     "ddp_backend": None,
     "ddp_find_unused_parameters": None,
     "ddp_bucket_cap_mb": None,
-    "ddp_broadcast_buffers": None,
+    "ddp_broadcast_buffers": False,
     "ddp_static_graph": None,
     "local_rank": -1,
     "use_cpu": False,
@@ -79,7 +79,7 @@ _TORCH_ONLY: dict[str, Any] = {
     "accelerator_config": None,
     # Hugging Face's prediction loop and compute_metrics (crossjax evaluates with its evaluators), its debug
     # hooks, label and length columns (crossjax reads sentence-transformers' column conventions) and samplers
-    "debug": "",
+    "debug": [],
     "use_cache": False,
     "eval_do_concat_batches": True,
     "eval_use_gather_object": False,
@@ -93,7 +93,24 @@ _TORCH_ONLY: dict[str, Any] = {
 }
 # Values of _TORCH_ONLY fields besides the default that ask for what crossjax does anyway: tf32=False is full
 # precision float32 matmuls, which float32 compute already uses (crossjax.models.base matmul_precision).
-_TORCH_ONLY_ALSO_MEANT = {"tf32": (False,)}
+_TORCH_ONLY_ALSO_MEANT = {
+    "tf32": (False,),
+    # the values Hugging Face reads back as these defaults
+    "gradient_checkpointing": (None,),
+    "activation_checkpointing": (None,),
+    "ddp_broadcast_buffers": (None,),
+    "debug": ("", None),
+}
+# What Hugging Face's TrainingArguments reads back for these when they are not given (None for the others).
+_NO_EFFECT_DEFAULTS: dict[str, Any] = {
+    "report_to": [], "project": "huggingface", "log_level": "passive", "log_level_replica": "warning",
+    "log_on_each_node": True, "logging_nan_inf_filter": True, "disable_tqdm": False, "dataloader_pin_memory": True,
+    "dataloader_in_order": True, "dataloader_num_workers": 0, "dataloader_persistent_workers": False,
+    "remove_unused_columns": True, "skip_memory_metrics": True, "do_train": False, "do_predict": False,
+    "save_only_model": False, "save_on_each_node": False, "include_num_input_tokens_seen": "no",
+    "average_tokens_across_devices": True, "full_determinism": False, "ddp_timeout": 1800,
+    "hub_strategy": "every_save", "hub_always_push": False,
+}  # fmt: skip
 # Accepted and without effect in crossjax (reporting, bookkeeping and PyTorch data-loading details).
 _NO_EFFECT = (
     "run_name",
@@ -354,7 +371,12 @@ class CrossEncoderTrainingArguments:
         # Hugging Face arguments crossjax takes without effect (run_name, hub_model_id, logging_dir, ...) read back
         # as given (None when not given), as scripts read them from args.
         if name in _NO_EFFECT:
-            return self.__dict__.get("extra", {}).get(name)
+            extra = self.__dict__.get("extra", {})
+            if name in extra:
+                return extra[name]
+            if name == "do_eval":  # Hugging Face's: on when there is an evaluation schedule
+                return self.eval_strategy != "no"
+            return copy.deepcopy(_NO_EFFECT_DEFAULTS.get(name))
         if name in _TORCH_ONLY:  # its default or an _TORCH_ONLY_ALSO_MEANT value (a copy: lists are mutable)
             return copy.deepcopy(self.__dict__.get("extra", {}).get(name, _TORCH_ONLY[name]))
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")

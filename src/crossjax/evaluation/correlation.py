@@ -62,7 +62,7 @@ def spearman_correlation(x: Sequence[float] | np.ndarray, y: Sequence[float] | n
     return pearson_correlation(rankdata_average(x), rankdata_average(y))
 
 
-class CECorrelationEvaluator(CrossEncoderEvaluator):
+class CrossEncoderCorrelationEvaluator(CrossEncoderEvaluator):
     """Pearson and Spearman correlation of ``model.predict`` scores against gold scores.
 
     Same constructor, metric keys (``pearson``, ``spearman``; primary ``spearman``), CSV file
@@ -128,5 +128,5 @@ class CECorrelationEvaluator(CrossEncoderEvaluator):
         return metrics
 
 
-CrossEncoderCorrelationEvaluator = CECorrelationEvaluator
-"""sentence-transformers 6 name for :class:`CECorrelationEvaluator` (identical behaviour)."""
+class CECorrelationEvaluator(CrossEncoderCorrelationEvaluator):
+    """The name sentence-transformers 3 and earlier used (identical behaviour; its 6.x keeps it as an alias)."""

@@ -309,9 +309,13 @@ class ProgressCallback(_LogPrinter):
 
 def _made_loss(loss: Any, model: Any) -> Any:
     """A loss object, or the one a loss class or factory makes for ``model`` (sentence-transformers' rule)."""
-    if isinstance(loss, type) or (callable(loss) and not training.is_list_loss(loss)):
+    from crossjax.losses.torch_compat import is_torch_module, is_torch_module_class
+
+    if isinstance(loss, type):
+        return loss if is_torch_module_class(loss) else loss(model)
+    if callable(loss) and not training.is_list_loss(loss) and not is_torch_module(loss):
         return loss(model)
-    return loss
+    return loss  # a sentence-transformers (torch) loss is named below
 
 
 class CrossEncoderTrainer:
@@ -367,7 +371,7 @@ class CrossEncoderTrainer:
             if not training.is_list_loss(one):
                 raise TypeError(
                     f"{name} must be a crossjax.losses loss (e.g. crossjax.losses.BinaryCrossEntropyLoss(model)), "
-                    f"got {type(one).__name__}"
+                    f"got {one.__module__ + '.' + one.__name__ if isinstance(one, type) else type(one).__name__}"
                 )
         if isinstance(loss, dict):
             for dataset, what in ((train_dataset, "train_dataset"), (eval_dataset, "eval_dataset")):

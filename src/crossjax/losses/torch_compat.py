@@ -10,7 +10,12 @@ import numpy as np
 
 def is_torch_module(obj: Any) -> bool:
     """A ``torch.nn.Module`` instance, detected without importing torch."""
-    return any(cls.__module__.startswith("torch.") and cls.__name__ == "Module" for cls in type(obj).__mro__)
+    return is_torch_module_class(type(obj))
+
+
+def is_torch_module_class(cls: type) -> bool:
+    """A subclass of ``torch.nn.Module``, detected without importing torch."""
+    return any(base.__module__.startswith("torch.") and base.__name__ == "Module" for base in cls.__mro__)
 
 
 def is_torch_function(obj: Any) -> bool:

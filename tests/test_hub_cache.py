@@ -105,3 +105,15 @@ def test_sentence_transformers_home_is_the_default_cache_folder(offline, tmp_pat
     # force_download asks nothing of a local folder (transformers loads it too)
     local = offline / "models--cross-encoder--tiny-ce" / "snapshots" / MAIN
     assert FlaxAutoModelForSequenceClassification.from_pretrained(local, force_download=True, local_files_only=True)
+
+
+def test_the_command_line_takes_a_revision_and_a_cache_folder(offline, tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    from crossjax import cli
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty"))  # only --cache-folder holds it
+    out = tmp_path / "v2"
+    args = ["export", "--model", "cross-encoder/tiny-ce", "--revision", "v2", "--cache-folder", str(offline)]
+    assert cli.main([*args, "--output", str(out)]) == 0
+    assert CrossEncoder(str(out)).num_labels == 3

@@ -199,6 +199,17 @@ def test_model_card_data_overrides_and_an_untrained_classifier(tiny_dirs, tmp_pa
     values = [float(x) for x in re.findall(r"-?\d+\.\d+(?:e[-+]\d+)?", printed)]
     expected = model.predict(pairs, show_progress_bar=False)
     np.testing.assert_allclose(np.reshape(values, expected.shape), expected, atol=1e-4)
+    # sentence-transformers' setters, on both classes
+    for data in (model.model_card_data, st_data):
+        data.set_language("en")
+        data.set_license("apache-2.0")
+    assert model.model_card_data.language == st_data.language == ["en"]
+    assert model.model_card_data.license == st_data.license == "apache-2.0"
+    assert model.model_card_data.set_base_model("org/base", revision="v1")
+    model.save(tmp_path / "based")
+    assert "[org/base](https://huggingface.co/org/base) <!-- at revision v1 -->" in (
+        tmp_path / "based" / "README.md"
+    ).read_text()
 
 
 def test_bad_model_card_data_is_refused_with_a_clear_error(tiny_dirs):

@@ -115,8 +115,24 @@ def _seed(value: str) -> int:
 
 
 # ----------------------------------------------------------------------------------------------- arguments
+def _add_hub_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--revision", default=None, help="with a hub id: its branch, tag or commit (default: main)")
+    p.add_argument(
+        "--cache-folder",
+        default=None,
+        help="with a hub id: the Hugging Face cache to use (default: $SENTENCE_TRANSFORMERS_HOME, else the hub's own)",
+    )
+
+
+def _hub_options(args: argparse.Namespace) -> dict[str, str]:
+    """CrossEncoder's keywords for --revision / --cache-folder, where given."""
+    given = {"revision": args.revision, "cache_folder": args.cache_folder}
+    return {k: v for k, v in given.items() if v is not None}
+
+
 def _add_model_arguments(p: argparse.ArgumentParser, *, activation: bool = True) -> None:
     p.add_argument("--model", required=True, help="a saved model directory (or a Hugging Face hub id)")
+    _add_hub_arguments(p)
     p.add_argument("--batch-size", type=_positive_int, default=32, help="pairs per predict batch")
     p.add_argument("--max-length", type=_positive_int, default=None, help="token limit per pair (default: the model's)")
     if activation:
@@ -197,6 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     # export
     p = command("export", "save a model as a Hugging Face + sentence-transformers folder and/or write ONNX", _export)
     p.add_argument("--model", required=True, help="a model directory or hub id crossjax can load")
+    _add_hub_arguments(p)
     p.add_argument(
         "--output",
         default=None,
@@ -214,6 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
         "flags on the command line override it",
     )
     p.add_argument("--model", default=None, help="hub id or local Hugging Face directory to start from (required)")
+    _add_hub_arguments(p)
     p.add_argument("--train", default=None, help="training pairs with labels (required)")
     p.add_argument("--dev", default=None, help="dev pairs with labels, evaluated during training")
     p.add_argument("--num-labels", type=_positive_int, default=1, help="1: a score (BCE); N > 1: N classes (CE)")
@@ -271,7 +289,7 @@ def _check_output_file(output: str) -> None:
 def _load_model(args: argparse.Namespace, **kwargs: Any):
     from crossjax import CrossEncoder
 
-    return CrossEncoder(args.model, max_length=args.max_length, **kwargs)
+    return CrossEncoder(args.model, max_length=args.max_length, **_hub_options(args), **kwargs)
 
 
 def _open_output(output: str):
@@ -440,7 +458,7 @@ def _export(args: argparse.Namespace) -> int:
     if args.output is not None:
         from crossjax import CrossEncoder
 
-        directory = CrossEncoder(args.model).save(args.output)
+        directory = CrossEncoder(args.model, **_hub_options(args)).save(args.output)
         print(f"saved the model to {directory}")
     elif not Path(args.model).is_dir():
         raise CliError(f"--onnx without --output writes into --model's folder; {args.model} is not a local folder")
@@ -552,7 +570,9 @@ def _train(args: argparse.Namespace) -> int:
             10,
             not args.no_progress_bar,
         )
-    model = CrossEncoder(args.model, num_labels=args.num_labels, max_length=args.max_length, seed=args.seed)
+    model = CrossEncoder(
+        args.model, num_labels=args.num_labels, max_length=args.max_length, seed=args.seed, **_hub_options(args)
+    )
     loader = DataLoader(train_examples, shuffle=True, batch_size=args.batch_size, seed=args.seed)
     summary = model.fit(
         train_dataloader=loader,

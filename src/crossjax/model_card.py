@@ -172,6 +172,18 @@ class CrossEncoderModelCardData:
     def set_model_id(self, model_id: str) -> None:
         self.model_id = model_id
 
+    def set_language(self, language: str | list[str]) -> None:
+        self.language = [language] if isinstance(language, str) else list(language)
+
+    def set_license(self, license: str) -> None:  # noqa: A002 - sentence-transformers' name
+        self.license = license
+
+    def set_base_model(self, model_id: str, revision: str | None = None) -> bool:
+        """The model fine-tuned from, at ``revision`` (sentence-transformers checks it on the hub; the hub may be
+        unreachable here, so it is taken as given)."""
+        self.base_model, self.base_model_revision = model_id, revision
+        return True
+
     def add_tags(self, tags: str | list[str]) -> None:
         for tag in [tags] if isinstance(tags, str) else tags:
             if tag not in self.tags:

@@ -47,7 +47,7 @@ __all__ = ["CallbackHandler", "CrossEncoderTrainer", "TrainOutput", "TrainerStat
 LABEL_COLUMNS = ("label", "labels", "score", "scores")
 # Hugging Face Trainer arguments without a crossjax meaning, and why (each is taken at its default).
 _TOKENIZER = "is the model's tokenizer in crossjax: set CrossEncoder(..., tokenizer_kwargs=...) or model.tokenizer"
-_TORCH_ARGUMENTS = {
+_UNUSED_TRAINER_ARGUMENTS = {
     "data_collator": "collates PyTorch batches; crossjax tokenizes and packs its own",
     "tokenizer": _TOKENIZER,
     "processing_class": _TOKENIZER,
@@ -344,13 +344,13 @@ class CrossEncoderTrainer:
         if not hasattr(model, "mesh_plan") or not hasattr(model, "tokenizer"):
             raise TypeError(f"model must be a crossjax.CrossEncoder, got {type(model).__name__}")
         for key, value in kwargs.items():
-            if key not in _TORCH_ARGUMENTS:
+            if key not in _UNUSED_TRAINER_ARGUMENTS:
                 raise TypeError(f"CrossEncoderTrainer got an unexpected keyword argument {key!r}")
             if value is None or (key == "optimizers" and tuple(value) == (None, None)):  # their defaults
                 continue
             if key in ("processing_class", "tokenizer") and value is model.tokenizer:  # what the trainer uses anyway
                 continue
-            raise ValueError(f"CrossEncoderTrainer: {key}= {_TORCH_ARGUMENTS[key]}")
+            raise ValueError(f"CrossEncoderTrainer: {key}= {_UNUSED_TRAINER_ARGUMENTS[key]}")
         self.model = model
         # sentence-transformers' folder when no arguments are given (Hugging Face's when output_dir is unset)
         self.args = args if args is not None else CrossEncoderTrainingArguments(output_dir="tmp_trainer")
@@ -396,7 +396,7 @@ class CrossEncoderTrainer:
         if self.args.eval_on_start and eval_dataset is None and evaluator is None:
             raise ValueError("args.eval_on_start=True but neither eval_dataset nor evaluator was given: pass one")
         # Hugging Face's printer goes last, after the user's callbacks (it prints what they changed in a log)
-        printer = PrinterCallback if self.args.extra.get("disable_tqdm", False) else ProgressCallback
+        printer = PrinterCallback if self.args.disable_tqdm else ProgressCallback
         self.callback_handler = CallbackHandler([*(callbacks or []), printer], model, model.tokenizer)
         self.state = TrainerState()
         self.control = TrainerControl()
@@ -447,24 +447,23 @@ class CrossEncoderTrainer:
     def save_metrics(self, split: str, metrics: dict[str, Any], combined: bool = True) -> None:
         """Write ``metrics`` to ``output_dir/{split}_results.json`` (and merge them into ``all_results.json``
         unless ``combined=False``), as Hugging Face's Trainer does; on the main process only."""
-        if not self.is_world_process_zero():
-            return
-        folder = Path(self.args.output_dir)
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / f"{split}_results.json").write_text(_json_text(metrics, indent=4), encoding="utf-8")
+        plain = json.loads(_json_text(metrics))  # numpy numbers as Python numbers
+        self._write_output(f"{split}_results.json", _json_text(plain, indent=4))
         if combined:
-            path = folder / "all_results.json"
+            path = Path(self.args.output_dir) / "all_results.json"
             merged = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-            merged.update(json.loads(_json_text(metrics, indent=4)))
-            path.write_text(_json_text(merged, indent=4), encoding="utf-8")
+            self._write_output(path.name, _json_text({**merged, **plain}, indent=4))
 
     def save_state(self) -> None:
         """Write ``trainer.state`` to ``output_dir/trainer_state.json`` (Hugging Face's ``save_state``)."""
-        if not self.is_world_process_zero():
-            return
-        folder = Path(self.args.output_dir)
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / "trainer_state.json").write_text(_json_text(asdict(self.state), indent=2) + "\n", encoding="utf-8")
+        self._write_output("trainer_state.json", _json_text(asdict(self.state), indent=2) + "\n")
+
+    def _write_output(self, name: str, text: str) -> None:
+        """Write a file of ``output_dir`` on the main process (the others write nothing)."""
+        if self.is_world_process_zero():
+            folder = Path(self.args.output_dir)
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / name).write_text(text, encoding="utf-8")
 
     @property
     def processing_class(self) -> Any:
@@ -598,7 +597,7 @@ class CrossEncoderTrainer:
             save_best_model=False,
             max_grad_norm=float(args.max_grad_norm) if args.max_grad_norm and args.max_grad_norm > 0 else None,
             compute_dtype=jnp.bfloat16 if args.bf16 else jnp.float32,
-            show_progress_bar=not args.extra.get("disable_tqdm", False),
+            show_progress_bar=not args.disable_tqdm,
             gradient_accumulation_steps=args.gradient_accumulation_steps,
             seed=int(args.seed),
             logging_steps=logging_every if args.logging_strategy != "no" else total + 1,
@@ -606,7 +605,7 @@ class CrossEncoderTrainer:
             checkpoint_save_steps=save_every,
             checkpoint_save_total_limit=args.save_total_limit,
             max_steps=total,
-            log_dir=args.extra.get("logging_dir") or args.output_dir,
+            log_dir=args.logging_dir or args.output_dir,
             evaluate_on_start=bool(args.eval_on_start),  # whatever eval_strategy, as Hugging Face
             evaluation_delay_steps=math.ceil(eval_delay),
             log_first_step=bool(args.logging_first_step),  # whatever logging_strategy, as Hugging Face
@@ -675,7 +674,7 @@ class CrossEncoderTrainer:
         self._call_back("on_log", logs=metrics)
         self._call_back("on_train_end")
         if args.push_to_hub:
-            self.model.push_to_hub(args.extra["hub_model_id"])
+            self.model.push_to_hub(args.hub_model_id)
         # The run's summary (packing, compiles) adds to Hugging Face's metrics; its last-step loss and the legacy
         # fit's best score do not replace them.
         summary = {k: v for k, v in result.summary.items() if k not in ("train_loss", "best_score")}

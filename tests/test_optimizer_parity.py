@@ -232,7 +232,8 @@ class AdamW8bit(torch.optim.AdamW):  # named like AdamW, but another algorithm
     [
         ({"optimizer_class": torch.optim.Adam}, "optimizer_class"),
         ({"optimizer_class": AdamW8bit}, "AdamW8bit"),
-        ({"optimizer_class": torch.optim.SGD}, "optimizer_class"),
+        ({"optimizer_class": torch.optim.SGD, "optimizer_params": {"lr": 0.1, "nesterov": True}}, "Nesterov"),
+        ({"optimizer_class": torch.optim.RMSprop, "optimizer_params": {"lr": 0.1, "betas": (0.9, 0.9)}}, "betas"),
         ({"optimizer_params": {"lr": 1e-3, "momentum": 0.9}}, "momentum"),
         ({"optimizer_params": {"lr": 1e-3, "maximize": True}}, "maximize"),
         ({"optimizer_params": {"lr": 1e-3, "betas": (0.9, 1.0)}}, "betas"),
@@ -272,3 +273,151 @@ def test_accepted_optimizer_arguments():
         "adam_eps": default["eps"],
         "amsgrad": default["amsgrad"],
     }
+
+
+@pytest.mark.parametrize(
+    "optimizer_class,optimizer_params",
+    [
+        ("SGD", {"lr": 0.05, "momentum": 0.9, "dampening": 0.1}),
+        ("Adafactor", {"lr": 1e-3, "relative_step": False, "scale_parameter": False, "clip_threshold": 0.8}),
+    ],
+)
+def test_fit_with_other_torch_optimizers_equals_old_fit(optimizer_class, optimizer_params, minilm_dir, tmp_path):
+    """``fit(optimizer_class=torch.optim.SGD / transformers' Adafactor, optimizer_params=...)`` trains as
+    sentence-transformers' ``old_fit`` with the same class: parameter by parameter after 4 steps."""
+    from sentence_transformers import CrossEncoder as TorchCrossEncoder
+    from sentence_transformers import InputExample as TorchInputExample
+    from transformers.optimization import Adafactor
+
+    torch_class = Adafactor if optimizer_class == "Adafactor" else getattr(torch.optim, optimizer_class)
+    start = tmp_path / "start"
+    CrossEncoder(_tiny_roberta(tmp_path / "roberta", minilm_dir), num_labels=1, seed=3).save(start)
+    settings = {**SETTINGS, "optimizer_class": torch_class, "optimizer_params": optimizer_params, "weight_decay": 0.1}
+    rows = read_stsb("train", limit=32)
+    ours = CrossEncoder(start, config_kwargs=NO_DROPOUT)
+    ours.fit(DataLoader([InputExample(texts=[a, b], label=s / 5.0) for a, b, s in rows], batch_size=8), **settings)
+    torch.manual_seed(0)
+    theirs = TorchCrossEncoder(str(start), device="cpu", config_kwargs=NO_DROPOUT)
+    examples = [TorchInputExample(texts=[a, b], label=s / 5.0) for a, b, s in rows]
+    theirs.old_fit(torch.utils.data.DataLoader(examples, batch_size=8, shuffle=False), **settings)
+    mine = ours.model.hf_state_dict()
+    initial = AutoModelForSequenceClassification.from_pretrained(start).state_dict()
+    for key, value in theirs.model.state_dict().items():
+        if key.endswith(("position_ids", "token_type_ids")):
+            continue
+        # attention key biases: a zero true gradient, whose round-off Adafactor normalises into lr-sized steps
+        atol = 6 * optimizer_params["lr"] if key.endswith("attention.self.key.bias") else 2e-5
+        np.testing.assert_allclose(mine[key], value.numpy(), rtol=1e-4, atol=atol, err_msg=key)
+    assert max(float(np.abs(mine[k] - initial[k].numpy()).max()) for k in mine) > 1e-3  # it trained
+
+
+# ------------------------------------------- Hugging Face's other optim choices against torch, step by step
+def _torch_optimizer(name: str, options: dict, groups: list[dict], lr: float):
+    if name == "adafactor":
+        from transformers.optimization import Adafactor
+
+        return Adafactor(groups, lr=lr, scale_parameter=False, relative_step=False, **options)
+    torch_class = {"sgd": torch.optim.SGD, "adagrad": torch.optim.Adagrad, "rmsprop": torch.optim.RMSprop}[name]
+    return torch_class(groups, lr=lr, **options)
+
+
+@pytest.mark.parametrize(
+    "name,options",
+    [
+        ("sgd", {}),
+        ("sgd", {"momentum": 0.9}),
+        ("sgd", {"momentum": 0.8, "dampening": 0.3}),
+        ("sgd", {"momentum": 0.9, "nesterov": True}),
+        ("adagrad", {}),
+        ("adagrad", {"lr_decay": 0.1, "eps": 1e-6, "initial_accumulator_value": 0.5}),
+        ("rmsprop", {}),
+        ("rmsprop", {"alpha": 0.9, "momentum": 0.5, "centered": True}),
+        ("adafactor", {}),
+        ("adafactor", {"clip_threshold": 0.5, "decay_rate": -0.6}),
+    ],
+    ids=lambda v: v if isinstance(v, str) else "-".join(f"{k}={x}" for k, x in v.items()) or "defaults",
+)
+def test_other_optimizers_match_torch_step_by_step(name, options):
+    """crossjax.optimizers' transforms in the chain the step builds (clipping, weight decay where the mask says,
+    the scheduled learning rate) against torch's SGD/Adagrad/RMSprop and transformers' Adafactor with Hugging
+    Face Trainer's two parameter groups. The parameters are laid out as crossjax holds them: a kernel transposed
+    against torch's (out, in) weight, and a stack of two layers' weights and biases on a leading axis (the
+    scanned layers), which torch holds as separate tensors."""
+    import jax.numpy as jnp
+
+    from crossjax import optimizers
+
+    rng = np.random.default_rng(1)
+    # ours: name -> (shape, layers stacked on axis 0, transposed against torch)
+    layout = {"kernel": ((3, 5), 0, True), "stack": ((2, 4, 3), 1, True), "stack_bias": ((2, 3), 1, False),
+              "bias": ((5,), 0, False), "embedding": ((6, 4), 0, False)}  # fmt: skip
+    decay = {"kernel": True, "stack": True, "stack_bias": False, "bias": False, "embedding": True}
+    init = {k: rng.normal(size=shape).astype(np.float32) for k, (shape, _, _) in layout.items()}
+    lr, wd, clip = 5e-2, 0.1, 1.0
+    spec = training.OptimizerSpec.create(
+        "warmuplinear", clip, optimizer=name, optimizer_options=optimizers.optimizer_options(name, options)
+    )
+    hparams = training.optimizer_hparams(lr, 2, 10, wd, max_grad_norm=clip)
+    layer_axes = {k: axes for k, (_, axes, _) in layout.items()}
+    tx = training.optimizer_for(spec, decay, hparams, layer_axes)
+    params = {k: jnp.asarray(v) for k, v in init.items()}
+    state = tx.init(params)
+
+    def torch_tensors(key, array):  # our leaf -> torch's tensors (one per stacked layer, (out, in) weights)
+        _, axes, transposed = layout[key]
+        slices = list(array) if axes else [array]
+        return [s.T if transposed else s for s in slices]
+
+    torch_params = {k: [torch.nn.Parameter(torch.tensor(np.ascontiguousarray(t))) for t in torch_tensors(k, v)]
+                    for k, v in init.items()}  # fmt: skip
+    groups = [
+        {"params": [p for k, ps in torch_params.items() if decay[k] for p in ps], "weight_decay": wd},
+        {"params": [p for k, ps in torch_params.items() if not decay[k] for p in ps], "weight_decay": 0.0},
+    ]
+    opt = _torch_optimizer(name, options, groups, lr)
+    import transformers
+
+    sched = transformers.get_linear_schedule_with_warmup(opt, 2, 10)
+    everything = [p for ps in torch_params.values() for p in ps]
+    for step in range(6):
+        grads = {k: (rng.normal(size=s) * (5.0 if step == 2 else 0.3)).astype(np.float32) for k, (s, _, _) in layout.items()}
+        updates, state = tx.update({k: jnp.asarray(g) for k, g in grads.items()}, state, params)
+        params = optax.apply_updates(params, updates)
+        for k, ps in torch_params.items():
+            for p, g in zip(ps, torch_tensors(k, grads[k]), strict=True):
+                p.grad = torch.tensor(np.ascontiguousarray(g))
+        torch.nn.utils.clip_grad_norm_(everything, clip)
+        opt.step()
+        sched.step()
+        for k, ps in torch_params.items():
+            theirs = [p.detach().numpy() for p in ps]
+            np.testing.assert_allclose(
+                torch_tensors(k, np.asarray(params[k])), theirs, rtol=2e-5, atol=2e-6, err_msg=f"{k}, step {step}"
+            )
+
+
+@pytest.mark.parametrize(
+    "optim,optim_args,error,match",
+    [
+        ("sgd", "momentum=0.9,betas=3", ValueError, "betas"),
+        ("adamw_torch", "beta1=0.8", ValueError, "no effect"),
+        ("sgd", "nesterov=True", ValueError, "Nesterov"),
+        ("rmsprop", "alpha=fast", ValueError, "alpha"),
+        ("adamw_8bit", None, ValueError, "adamw_8bit"),
+        ("sgd", "momentum", ValueError, "key=value"),
+    ],
+)
+def test_optim_and_optim_args_are_checked_before_training(optim, optim_args, error, match):
+    from crossjax.training_args import CrossEncoderTrainingArguments
+
+    with pytest.raises(error, match=match):
+        CrossEncoderTrainingArguments("out", optim=optim, optim_args=optim_args)
+
+
+def test_optim_args_read_as_hugging_face_reads_them():
+    from crossjax.training_args import CrossEncoderTrainingArguments
+
+    args = CrossEncoderTrainingArguments("out", optim="sgd", optim_args="momentum=0.9, nesterov=true")
+    settings = args.optimizer_settings
+    assert settings["optimizer"] == "sgd"
+    assert dict(settings["optimizer_options"]) == {"momentum": 0.9, "dampening": 0.0, "nesterov": True}

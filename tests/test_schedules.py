@@ -123,3 +123,91 @@ def test_unknown_name_lists_valid_ones() -> None:
         make_schedule("warmuppolynomial", LR, 0, 10)
     for name in SCHEDULER_NAMES:
         assert name in str(err.value)
+
+
+# Hugging Face Trainer's lr_scheduler_type values beyond fit's five, with lr_scheduler_kwargs, by crossjax key.
+TRAINER_CASES = [
+    ("cosine", "warmupcosine", {"num_cycles": 1.5}),
+    ("cosine_with_restarts", "warmupcosinewithhardrestarts", {"num_cycles": 3}),
+    ("cosine_with_restarts", "warmupcosinewithhardrestarts", {"num_cycles": 2.5}),
+    ("polynomial", "polynomial", {}),
+    ("polynomial", "polynomial", {"lr_end": 1e-6, "power": 2.0}),
+    ("polynomial", "polynomial", {"power": 0.5}),
+    ("inverse_sqrt", "inverse_sqrt", {}),
+    ("inverse_sqrt", "inverse_sqrt", {"timescale": 7}),
+    ("cosine_with_min_lr", "cosine_with_min_lr", {"min_lr": 1e-6}),
+    ("cosine_with_min_lr", "cosine_with_min_lr", {"min_lr_rate": 0.1, "num_cycles": 0.25}),
+    ("cosine_warmup_with_min_lr", "cosine_warmup_with_min_lr", {"min_lr_rate": 0.05}),
+    ("cosine_warmup_with_min_lr", "cosine_warmup_with_min_lr", {"min_lr": 2e-6, "warmup_lr_rate": 0.2}),
+    ("warmup_stable_decay", "warmup_stable_decay", {"num_decay_steps": 4}),
+    ("warmup_stable_decay", "warmup_stable_decay", {"num_decay_steps": 5, "min_lr_ratio": 0.1, "decay_type": "linear"}),
+    (
+        "warmup_stable_decay",
+        "warmup_stable_decay",
+        {"num_decay_steps": 6, "num_stable_steps": 2, "warmup_type": "1-sqrt", "decay_type": "1-sqrt"},
+    ),
+    ("warmup_stable_decay", "warmup_stable_decay", {"num_decay_steps": 3, "warmup_type": "cosine"}),
+]
+TRAINER_COMBOS = [(0, 12), (3, 12), (4, 40), (12, 12), (1, 2), (37, 413)]
+
+
+@pytest.mark.parametrize("hf_name,key,kwargs", TRAINER_CASES, ids=[f"{c[0]}-{i}" for i, c in enumerate(TRAINER_CASES)])
+def test_trainer_schedules_match_transformers_get_scheduler(hf_name: str, key: str, kwargs: dict) -> None:
+    """Every schedule ``lr_scheduler_type`` names, with its ``lr_scheduler_kwargs``, gives the learning rates of
+    ``transformers.get_scheduler(..., scheduler_specific_kwargs=kwargs)`` at each optimizer step (traced numbers,
+    one trace for every run length)."""
+    from crossjax.schedules import scheduler_options
+
+    options = scheduler_options(key, kwargs, learning_rate=LR)
+    jitted = jax.jit(schedule_fn(key, options))
+    for warmup, total in TRAINER_COMBOS:
+        n = total + 3
+        param = torch.nn.Parameter(torch.zeros(1))
+        opt = torch.optim.SGD([param], lr=LR)
+        sched = transformers.get_scheduler(
+            hf_name, opt, num_warmup_steps=warmup, num_training_steps=total, scheduler_specific_kwargs=dict(kwargs)
+        )
+        expected = []
+        try:
+            for _ in range(n):
+                expected.append(opt.param_groups[0]["lr"])
+                opt.step()
+                sched.step()
+        except ZeroDivisionError:  # transformers' polynomial decay over zero steps (total == warmup)
+            n = len(expected)
+        steps = np.arange(n, dtype=np.int32)
+        got = np.asarray(jitted(steps, np.float32(LR), np.int32(warmup), np.int32(total)), dtype=np.float64)
+        # float32 against float64: a relative 2e-6, or 2e-7 of the peak where a cosine of several cycles dips to 0
+        np.testing.assert_allclose(got, expected, rtol=2e-6, atol=LR * 2e-7, err_msg=f"{hf_name} {warmup}, {total}")
+        eager = np.asarray(make_schedule(key, LR, warmup, total, options)(steps), dtype=np.float64)
+        np.testing.assert_allclose(eager, got, rtol=1e-6, atol=LR * 2e-7)
+
+
+@pytest.mark.parametrize(
+    "key,kwargs,error,match",
+    [
+        ("warmuplinear", {"num_cycles": 2}, TypeError, "num_cycles"),
+        ("polynomial", {"lr_end": 1.0}, ValueError, "lr_end"),
+        ("cosine_with_min_lr", {}, ValueError, "min_lr"),
+        ("cosine_with_min_lr", {"min_lr": 1e-6, "min_lr_rate": 0.1}, ValueError, "Only one"),
+        ("warmup_stable_decay", {"min_lr_ratio": 0.1}, ValueError, "num_decay_steps"),
+        ("warmup_stable_decay", {"num_decay_steps": 3, "decay_type": "exp"}, ValueError, "decay type"),
+        ("inverse_sqrt", {"timescale": 2.5}, TypeError, "timescale"),
+        ("warmupcosine", {"num_cycles": "two"}, TypeError, "num_cycles"),
+    ],
+)
+def test_trainer_schedule_options_are_checked_as_transformers_does(key, kwargs, error, match) -> None:
+    """What transformers refuses (an option the schedule does not take, a missing required one) is refused
+    before training, naming the option."""
+    from crossjax.schedules import scheduler_options
+
+    with pytest.raises(error, match=match):
+        scheduler_options(key, kwargs, learning_rate=LR)
+
+
+def test_constant_schedules_ignore_options_as_transformers_does(caplog) -> None:
+    from crossjax.schedules import scheduler_options
+
+    with caplog.at_level("WARNING", logger="crossjax"):
+        assert scheduler_options("constantlr", {"num_cycles": 3}) == ()
+    assert "ignored" in caplog.text

@@ -142,6 +142,8 @@ def _as_pure(state: TrainState) -> dict:
 LATER_FINGERPRINT_KEYS = frozenset(
     {"scan_layers", "groups", "max_length", "stream_files", "decay_rule", "data", "model_shape"}
 )
+# Settings added later whose value before was fixed: a checkpoint without them was written with these values.
+LATER_FINGERPRINT_DEFAULTS = {"scheduler_kwargs": None, "optimizer": "adamw", "optimizer_options": []}
 
 
 class TrainCheckpointer:
@@ -172,6 +174,7 @@ class TrainCheckpointer:
         saved = meta.get("fingerprint", {})
         # Keys added to the fingerprint later are compared only where the checkpoint has them, so checkpoints
         # written before still resume.
+        saved = {**LATER_FINGERPRINT_DEFAULTS, **saved}
         diff = {
             k: (saved.get(k), v)
             for k, v in self.fingerprint.items()

@@ -886,8 +886,9 @@ class CrossEncoder:
     ) -> dict[str, Any]:
         """Train like sentence-transformers' legacy ``fit`` (see its docs); returns a summary of the run.
 
-        ``optimizer_class`` must be None or ``torch.optim.AdamW``; ``optimizer_params`` takes its ``lr``,
-        ``betas``, ``eps``, ``amsgrad`` (see :func:`crossjax.fit_loop.adamw_settings` for the rest).
+        ``optimizer_class`` is None or ``torch.optim.AdamW`` (``optimizer_params``: its ``lr``, ``betas``, ``eps``,
+        ``amsgrad``), or ``torch.optim.SGD`` / ``Adagrad`` / ``RMSprop`` or transformers' ``Adafactor`` with
+        their own options (see :func:`crossjax.fit_loop.optimizer_settings`).
 
         JAX extras: ``gradient_accumulation_steps`` (each optimizer step consumes that many dataloader
         batches), ``seed`` (data order and dropout; default: the CrossEncoder's seed), ``compute_dtype``
@@ -923,7 +924,14 @@ class CrossEncoder:
         installed) and ``training_curves.png`` (with matplotlib) are written to ``log_dir``, default
         ``output_path``; neither given: no log files. The model card saved with the model records the run.
         """
-        from crossjax.fit_loop import FitConfig, FitResult, FitTarget, ParametersOverflowError, adamw_settings, run_fit
+        from crossjax.fit_loop import (
+            FitConfig,
+            FitResult,
+            FitTarget,
+            ParametersOverflowError,
+            optimizer_settings,
+            run_fit,
+        )
 
         self._check_parameters_finite()
         if evaluator is not None and (isinstance(evaluator, type) or not callable(evaluator)):
@@ -936,7 +944,7 @@ class CrossEncoder:
             epochs=epochs,
             scheduler=scheduler,
             warmup_steps=warmup_steps,
-            **adamw_settings(optimizer_class, optimizer_params),
+            **optimizer_settings(optimizer_class, optimizer_params),
             weight_decay=weight_decay,
             evaluation_steps=evaluation_steps,
             output_path=output_path,

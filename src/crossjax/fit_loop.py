@@ -37,7 +37,7 @@ from crossjax.models.base import FlaxPreTrainedModel
 from crossjax.models.export import atomic_directory_write, check_local_path, ensure_writable_directory
 from crossjax.parallel import MeshPlan, global_batch_array, process_rows, put_global
 from crossjax.runtime import is_main_process, progress_bar
-from crossjax.schedules import make_schedule, scheduler_key
+from crossjax.schedules import make_schedule, scheduler_options
 
 logger = logging.getLogger("crossjax")
 
@@ -51,11 +51,14 @@ class ParametersOverflowError(FloatingPointError):
 class FitConfig:
     epochs: int = 1
     scheduler: str = "WarmupLinear"
+    scheduler_kwargs: dict[str, Any] | None = None  # transformers' lr_scheduler_kwargs (the trainer's schedules)
     warmup_steps: int = 10000
     learning_rate: float = 2e-5
     adam_eps: float = 1e-8
     adam_betas: tuple[float, float] = (0.9, 0.999)
     amsgrad: bool = False
+    optimizer: str = "adamw"  # or sgd, adagrad, rmsprop, adafactor (crossjax.optimizers)
+    optimizer_options: tuple[tuple[str, Any], ...] = ()  # crossjax.optimizers.optimizer_options
     weight_decay: float = 0.01
     decay_rule: str = "fit"  # which parameters weight_decay applies to (training.decay_mask): "fit" or "trainer"
     evaluation_steps: int = 0
@@ -150,25 +153,76 @@ _IMPLEMENTATION_SWITCHES = ("foreach", "fused", "capturable", "differentiable")
 _TORCH_ADAMW_DEFAULTS = {"lr": 1e-3, "betas": (0.9, 0.999), "eps": 1e-8, "amsgrad": False}
 
 
-def _allowed_optimizer_classes() -> list[Any]:
-    """torch.optim.AdamW and transformers' AdamW (gone in transformers 5), looked up only where already
-    imported: a class the caller holds comes from an imported module, and crossjax never imports torch."""
+def _torch_optimizer_classes() -> dict[str, list[Any]]:
+    """The torch optimizer classes crossjax implements, by crossjax's optimizer key: torch.optim's AdamW, SGD,
+    Adagrad and RMSprop, transformers' Adafactor and old AdamW (gone in transformers 5). Looked up only where
+    already imported: a class the caller holds comes from an imported module, and crossjax never imports torch."""
     import sys
 
-    allowed = []
+    classes: dict[str, list[Any]] = {key: [] for key in ("adamw", "sgd", "adagrad", "rmsprop", "adafactor")}
     if "torch" in sys.modules:
-        allowed.append(sys.modules["torch"].optim.AdamW)
-    legacy = getattr(sys.modules.get("transformers.optimization"), "AdamW", None)
-    if legacy is not None:
-        allowed.append(legacy)
-    return allowed
+        optim = sys.modules["torch"].optim
+        for key, name in (("adamw", "AdamW"), ("sgd", "SGD"), ("adagrad", "Adagrad"), ("rmsprop", "RMSprop")):
+            classes[key].append(getattr(optim, name))
+    module = sys.modules.get("transformers.optimization")
+    for key, name in (("adamw", "AdamW"), ("adafactor", "Adafactor")):
+        found = getattr(module, name, None)
+        if found is not None:
+            classes[key].append(found)
+    return classes
+
+
+# torch's default learning rates of the other optimizers (fit passes optimizer_params to the class as torch does).
+_TORCH_DEFAULT_LR = {"sgd": 1e-3, "adagrad": 1e-2, "rmsprop": 1e-2}
+
+
+def optimizer_settings(optimizer_class: Any, optimizer_params: dict[str, Any] | None) -> dict[str, Any]:
+    """``fit``'s ``optimizer_class``/``optimizer_params`` as FitConfig fields, checked before any work:
+    :func:`adamw_settings` for AdamW (and ``None``); for ``torch.optim.SGD``, ``Adagrad``, ``RMSprop`` and
+    transformers' ``Adafactor`` (``relative_step=False, scale_parameter=False``, no ``beta1``), their ``lr`` and
+    options (:func:`crossjax.optimizers.optimizer_options`), weight decay set per parameter group by fit as in
+    sentence-transformers' ``old_fit``."""
+    key = next((k for k, found in _torch_optimizer_classes().items() if any(optimizer_class is c for c in found)), None)
+    if optimizer_class is None or key == "adamw":
+        return {"optimizer": "adamw", **adamw_settings(optimizer_class, optimizer_params)}
+    if key is None:
+        name = getattr(optimizer_class, "__qualname__", None) or repr(optimizer_class)
+        raise ValueError(
+            f"optimizer_class={name} is not supported: crossjax implements torch.optim.AdamW, SGD, Adagrad, RMSprop "
+            "and transformers' Adafactor (pass one of those, or None for AdamW)"
+        )
+    params = {"lr": 2e-5} if optimizer_params is None else dict(optimizer_params)
+    for switch in _IMPLEMENTATION_SWITCHES:
+        params.pop(switch, None)
+    if params.pop("maximize", False):
+        raise ValueError("optimizer_params['maximize']=True is not supported: fit minimises the loss")
+    if key == "adafactor":
+        if params.pop("relative_step", True) or params.pop("warmup_init", False) or params.pop("beta1", None):
+            raise ValueError(
+                "Adafactor in crossjax takes a learning rate and fit's schedule: pass optimizer_params with lr, "
+                "relative_step=False, scale_parameter=False (and no warmup_init or beta1), as Hugging Face's "
+                "Trainer does"
+            )
+        params.setdefault("scale_parameter", True)  # transformers' default, refused by optimizer_options
+    learning_rate = params.pop("lr", _TORCH_DEFAULT_LR.get(key))
+    if learning_rate is None:
+        raise ValueError(f"optimizer_params needs an lr for {optimizer_class.__qualname__}")
+    if "weight_decay" in params and _real("weight_decay", params["weight_decay"]) < 0:
+        raise ValueError(f"optimizer_params['weight_decay'] must be >= 0, got {params['weight_decay']!r}")
+    from crossjax.optimizers import optimizer_options
+
+    return {
+        "learning_rate": _real("lr", learning_rate),
+        "optimizer": key,
+        "optimizer_options": optimizer_options(key, params),
+    }
 
 
 def adamw_settings(optimizer_class: Any, optimizer_params: dict[str, Any] | None) -> dict[str, Any]:
     """``fit``'s ``optimizer_class``/``optimizer_params`` as FitConfig fields, checked before any work.
 
-    crossjax implements ``torch.optim.AdamW`` exactly, so ``optimizer_class`` must be ``None`` or that class
-    (by identity; transformers' old AdamW too where it still exists). ``optimizer_params`` takes AdamW's
+    For ``torch.optim.AdamW`` (or ``None``; transformers' old AdamW too where it still exists, see
+    :func:`optimizer_settings`), which crossjax implements exactly. ``optimizer_params`` takes AdamW's
     ``lr``, ``betas``, ``eps`` and ``amsgrad`` (torch's defaults where missing: lr 1e-3, betas (0.9, 0.999),
     eps 1e-8); ``weight_decay`` is checked but has no effect, exactly as in sentence-transformers' fit, which
     sets it per parameter group (``fit``'s ``weight_decay`` / 0.0) and so overrides AdamW's own default; the
@@ -176,12 +230,6 @@ def adamw_settings(optimizer_class: Any, optimizer_params: dict[str, Any] | None
     ignored; ``maximize=True`` and any other key raise ``ValueError``. ``None`` means fit's default
     ``{"lr": 2e-5}``.
     """
-    if optimizer_class is not None and not any(optimizer_class is c for c in _allowed_optimizer_classes()):
-        name = getattr(optimizer_class, "__qualname__", None) or repr(optimizer_class)
-        raise ValueError(
-            f"optimizer_class={name} is not supported: crossjax implements torch.optim.AdamW only (pass "
-            "optimizer_class=None or torch.optim.AdamW)"
-        )
     params = {"lr": 2e-5} if optimizer_params is None else dict(optimizer_params)
     accepted = {*_TORCH_ADAMW_DEFAULTS, "weight_decay", "maximize", *_IMPLEMENTATION_SWITCHES}
     unknown = sorted(set(params) - accepted)
@@ -988,7 +1036,8 @@ def _run_fit(
     # 1. Everything that can be wrong with the input is checked before any tokenization or compilation (a
     #    stream's examples as they are read: its first steps before compiling).
     cfg.validate()
-    scheduler_key(cfg.scheduler)  # an unknown scheduler name is reported before tokenizing anything
+    # an unknown scheduler name or option is reported before tokenizing anything
+    schedule_options = scheduler_options(cfg.scheduler, cfg.scheduler_kwargs, cfg.learning_rate)
     local_checkpoints = cfg.checkpoint_path if "://" not in str(cfg.checkpoint_path) else None  # orbax: gs:// too
     ensure_writable_folders(
         [("output_path", cfg.output_path), ("log_dir", cfg.log_dir), ("checkpoint_path", local_checkpoints)]
@@ -1005,14 +1054,16 @@ def _run_fit(
     plan = target.plan
     k = cfg.gradient_accumulation_steps
     total_steps = data.total_steps
-    schedule = make_schedule(cfg.scheduler, cfg.learning_rate, cfg.warmup_steps, total_steps)
+    schedule = make_schedule(cfg.scheduler, cfg.learning_rate, cfg.warmup_steps, total_steps, schedule_options)
 
     # 2. The train state, placed on the mesh.
     nnx.reseed(model, dropout=cfg.seed, policy="match_shape")  # scanned layers hold one stream per layer
     params = nnx.state(model, nnx.Param)
     # Only structure is static in the compiled step (spec, mask, loss, activation, k, graph, shardings); the
     # numbers are traced arguments, so a later fit with other numbers reuses the program.
-    spec = training.OptimizerSpec.create(cfg.scheduler, cfg.max_grad_norm, cfg.amsgrad)
+    spec = training.OptimizerSpec.create(
+        cfg.scheduler, cfg.max_grad_norm, cfg.amsgrad, schedule_options, cfg.optimizer, cfg.optimizer_options
+    )
     numbers = training.optimizer_hparams(
         cfg.learning_rate,
         cfg.warmup_steps,
@@ -1023,7 +1074,10 @@ def _run_fit(
         cfg.max_grad_norm,
     )
     mask = training.decay_mask(model, params, cfg.decay_rule)
-    state, state_shardings = training.init_train_state(model, training.optimizer_for(spec, mask, numbers), plan)
+    layer_axes = training.layer_axes(model, params) if spec.needs_layer_axes else None
+    state, state_shardings = training.init_train_state(
+        model, training.optimizer_for(spec, mask, numbers, layer_axes), plan
+    )
 
     checkpointer = None
     start_step = 0
@@ -1088,7 +1142,7 @@ def _run_fit(
     # loss's mini_batch_size splits each micro-batch into chunks of whole queries.
     step_losses = getattr(data, "step_losses", None) or [(loss_fn, 1)]
     programs = [
-        training.train_program(graphdef, spec, mask, loss, activation, k * chunks, state_shardings, plan)[0]
+        training.train_program(graphdef, spec, mask, loss, activation, k * chunks, state_shardings, plan, layer_axes)[0]
         for loss, chunks in step_losses
     ]
     # A program may be shared with earlier fits: count this fit's traces only.

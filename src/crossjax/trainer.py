@@ -584,6 +584,8 @@ class CrossEncoderTrainer:
         cfg = FitConfig(
             epochs=data.epochs,
             scheduler=args.scheduler_name,
+            scheduler_kwargs=args.scheduler_kwargs or None,
+            **args.optimizer_settings,
             warmup_steps=args.get_warmup_steps(total),
             learning_rate=float(args.learning_rate),
             adam_eps=float(args.adam_epsilon),

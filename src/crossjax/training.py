@@ -38,12 +38,12 @@ import numpy as np
 import optax
 from flax import nnx, struct
 
-from crossjax import losses, packing
+from crossjax import losses, optimizers, packing
 from crossjax.models.base import FlaxPreTrainedModel
 from crossjax.models.params import hf_name_of
 from crossjax.packing import PackedBatch
 from crossjax.parallel import MeshPlan, global_batch_array, process_rows
-from crossjax.schedules import schedule_fn, scheduler_key
+from crossjax.schedules import Options, schedule_fn, scheduler_key
 
 logger = logging.getLogger("crossjax")
 
@@ -109,6 +109,17 @@ def decay_mask(model: FlaxPreTrainedModel, params, rule: str = "fit") -> Any:
     return jax.tree_util.tree_map_with_path(
         decays, params, is_leaf=lambda x: isinstance(x, nnx.Variable)
     )
+
+
+def layer_axes(model: FlaxPreTrainedModel, params) -> Any:
+    """1 where a parameter is a stack of scanned layers (one Hugging Face tensor per slice of axis 0), else 0.
+    Same tree structure as ``params``; what Adafactor needs to treat each Hugging Face tensor as one."""
+    stacked = {rule.stacked_ours for rule in model.param_table(model.config) if rule.stacked_ours}
+
+    def axes(path, variable):
+        return jax.tree.map(lambda _: int(".".join(_key_name(k) for k in path) in stacked), variable)
+
+    return jax.tree_util.tree_map_with_path(axes, params, is_leaf=lambda x: isinstance(x, nnx.Variable))
 
 
 def clip_by_global_norm_like_torch(max_norm) -> optax.GradientTransformationExtraArgs:
@@ -259,17 +270,39 @@ def make_optimizer(
 
 @dataclass(frozen=True)
 class OptimizerSpec:
-    """What is static in the optimizer (changing it changes the program): the scheduler's name, whether
-    gradients are clipped, and amsgrad. Every number is in :func:`optimizer_hparams` instead."""
+    """What is static in the optimizer (changing it changes the program): the scheduler's name and options
+    (transformers' ``lr_scheduler_kwargs``), whether gradients are clipped, and amsgrad. Every other number is
+    in :func:`optimizer_hparams` instead."""
 
     scheduler: str
     clipping: bool
     amsgrad: bool = False
+    schedule_options: Options = ()
+    optimizer: str = "adamw"  # or a key of crossjax.optimizers (sgd, adagrad, rmsprop, adafactor)
+    optimizer_options: Options = ()
 
     @classmethod
-    def create(cls, scheduler: str, max_grad_norm: float | None, amsgrad: bool = False) -> OptimizerSpec:
+    def create(
+        cls,
+        scheduler: str,
+        max_grad_norm: float | None,
+        amsgrad: bool = False,
+        schedule_options: Options = (),
+        optimizer: str = "adamw",
+        optimizer_options: Options = (),
+    ) -> OptimizerSpec:
         clipping = max_grad_norm is not None and max_grad_norm > 0
-        return cls(scheduler_key(scheduler), bool(clipping), bool(amsgrad))
+        if optimizer != "adamw" and amsgrad:
+            raise ValueError(f"amsgrad is AdamW's option, not {optimizer!r}'s")
+        options = tuple(optimizer_options) or optimizers.optimizer_options(optimizer)
+        return cls(
+            scheduler_key(scheduler), bool(clipping), bool(amsgrad), tuple(schedule_options), optimizer, options
+        )
+
+    @property
+    def needs_layer_axes(self) -> bool:
+        """Whether the optimizer reads which parameters are stacks of layers (Adafactor's per-tensor factors)."""
+        return self.optimizer == "adafactor"
 
 
 def optimizer_hparams(
@@ -304,13 +337,22 @@ def optimizer_hparams(
     }
 
 
-def optimizer_for(spec: OptimizerSpec, mask, hparams: dict) -> optax.GradientTransformation:
+def optimizer_for(spec: OptimizerSpec, mask, hparams: dict, layer_axes: Any = None) -> optax.GradientTransformation:
     """The optimizer of ``spec`` with the numbers of ``hparams`` (numpy or traced scalars): what the step
-    applies. Equal, value for value, to :func:`make_optimizer` with the same numbers as Python floats."""
-    fn = schedule_fn(spec.scheduler)
+    applies. Equal, value for value, to :func:`make_optimizer` with the same numbers as Python floats.
+    ``layer_axes`` (:func:`layer_axes`) is read by the optimizers whose spec ``needs_layer_axes``."""
+    fn = schedule_fn(spec.scheduler, spec.schedule_options)
 
     def schedule(count):
         return fn(count, hparams["learning_rate"], hparams["warmup_steps"], hparams["total_steps"])
+
+    if spec.optimizer != "adamw":
+        clip = [clip_by_global_norm_like_torch(hparams["max_grad_norm"])] if spec.clipping else []
+        decay = optax.add_decayed_weights(hparams["weight_decay"], mask)
+        move = optimizers.direction(spec.optimizer, spec.optimizer_options, layer_axes)
+        # torch's SGD/Adagrad/RMSprop add weight_decay * p to the gradient; Adafactor decays after its direction
+        steps = [move, decay] if optimizers.decoupled_decay(spec.optimizer) else [decay, move]
+        return optax.chain(*clip, *steps, optax.scale_by_learning_rate(schedule))
 
     return _adamw_chain(
         schedule,
@@ -884,6 +926,7 @@ def train_program(
     accumulation_steps: int,
     state_shardings: TrainState,
     plan: MeshPlan,
+    layer_axes: Any = None,
 ) -> tuple[StepProgram, bool]:
     """The jitted ``(state, batch, healthy, hparams, gradients) -> (state, metrics, gradients)`` for these
     static choices, shared by every fit in the process that makes the same ones; True when it was already there.
@@ -902,6 +945,7 @@ def train_program(
             graphdef,
             spec,
             _tree_key(mask),
+            None if layer_axes is None else _tree_key(layer_axes),
             loss_key,
             activation_key,
             int(accumulation_steps),
@@ -914,7 +958,7 @@ def train_program(
         counter = CompileCounter()
         step = make_train_step(
             graphdef,
-            functools.partial(optimizer_for, spec, mask),
+            functools.partial(optimizer_for, spec, mask, layer_axes=layer_axes),
             loss_fn,
             activation,
             accumulation_steps,

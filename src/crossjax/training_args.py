@@ -19,6 +19,8 @@ from enum import Enum
 from typing import Any
 
 from crossjax.data import checked_seed
+from crossjax.optimizers import optim_args_options, optimizer_key
+from crossjax.schedules import TRAINER_SCHEDULER_NAMES, scheduler_options
 
 logger = logging.getLogger("crossjax")
 
@@ -152,15 +154,35 @@ _NO_EFFECT = (
     "hub_always_push",
     "hub_revision",
 )
-_OPTIMIZERS = ("adamw_torch", "adamw_torch_fused", "adamw_hf", "adamw")
 _SCHEDULERS = {
     "linear": "WarmupLinear",
     "cosine": "WarmupCosine",
     "cosine_with_restarts": "WarmupCosineWithHardRestarts",
     "constant": "ConstantLR",
     "constant_with_warmup": "WarmupConstant",
+    **{name: name for name in TRAINER_SCHEDULER_NAMES},  # polynomial, inverse_sqrt, cosine_with_min_lr, ...
 }
+# Schedules driven by evaluation metrics (host-side state between steps), which crossjax does not implement.
+_METRIC_SCHEDULERS = ("reduce_lr_on_plateau", "greedy")
 _STRATEGIES = ("no", "steps", "epoch")
+
+
+def _typed_values(options: dict[str, Any]) -> dict[str, Any]:
+    """A JSON dict from a command line with its numeric and boolean strings read as numbers and booleans, as
+    transformers' ``TrainingArguments`` reads ``lr_scheduler_kwargs='{"min_lr": "1e-6"}'``."""
+    typed = {}
+    for key, value in options.items():
+        if isinstance(value, str):
+            lowered = value.lower()
+            if lowered in ("true", "false"):
+                value = lowered == "true"
+            else:
+                try:
+                    value = int(value) if value.lstrip("-").isdigit() else float(value)
+                except ValueError:
+                    pass
+        typed[key] = value
+    return typed
 
 
 def _strategy(name: str, value: Any) -> str:
@@ -287,17 +309,22 @@ class CrossEncoderTrainingArguments:
             getattr(self.multi_dataset_batch_sampler, "value", self.multi_dataset_batch_sampler)
         )
         scheduler = getattr(self.lr_scheduler_type, "value", self.lr_scheduler_type)
+        if scheduler in _METRIC_SCHEDULERS:
+            raise ValueError(
+                f"lr_scheduler_type={scheduler!r} changes the learning rate from evaluation metrics, which crossjax "
+                f"does not implement; choose one of {sorted(_SCHEDULERS)}"
+            )
         if scheduler not in _SCHEDULERS:
             raise ValueError(f"lr_scheduler_type must be one of {sorted(_SCHEDULERS)} in crossjax, got {scheduler!r}")
         self.lr_scheduler_type = scheduler
-        if self.lr_scheduler_kwargs:
-            raise ValueError("lr_scheduler_kwargs are not supported: the schedules use transformers' defaults")
-        optim = getattr(self.optim, "value", self.optim)
-        if optim not in _OPTIMIZERS:
-            raise ValueError(f"optim={optim!r} is not supported: crossjax implements torch's AdamW ({_OPTIMIZERS})")
-        self.optim = optim
-        if self.optim_args:
-            raise ValueError("optim_args are not supported: set adam_beta1/adam_beta2/adam_epsilon instead")
+        if isinstance(self.lr_scheduler_kwargs, str) and self.lr_scheduler_kwargs.lstrip().startswith("{"):
+            self.lr_scheduler_kwargs = _typed_values(json.loads(self.lr_scheduler_kwargs))  # from a command line
+        if self.lr_scheduler_kwargs is not None and not isinstance(self.lr_scheduler_kwargs, dict):
+            raise TypeError(f"lr_scheduler_kwargs must be a dict (or its JSON), got {self.lr_scheduler_kwargs!r}")
+        # transformers' checks, before any data is read: options the schedule does not take, required ones
+        scheduler_options(self.scheduler_name, self.lr_scheduler_kwargs, float(self.learning_rate))
+        self.optim = getattr(self.optim, "value", self.optim)
+        optim_args_options(optimizer_key(self.optim), self.optim_args)  # checked as its Trainer reads them
         for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -347,6 +374,18 @@ class CrossEncoderTrainingArguments:
     def scheduler_name(self) -> str:
         """The crossjax / sentence-transformers ``fit`` name of ``lr_scheduler_type``."""
         return _SCHEDULERS[self.lr_scheduler_type]
+
+    @property
+    def optimizer_settings(self) -> dict[str, Any]:
+        """``optim`` and ``optim_args`` as crossjax's step takes them: ``{"optimizer": key, "optimizer_options":
+        (...)}`` (FitConfig's fields)."""
+        key = optimizer_key(self.optim)
+        return {"optimizer": key, "optimizer_options": optim_args_options(key, self.optim_args)}
+
+    @property
+    def scheduler_kwargs(self) -> dict[str, Any]:
+        """``lr_scheduler_kwargs`` as the schedule reads them (checked; the constant schedules ignore them)."""
+        return dict(scheduler_options(self.scheduler_name, self.lr_scheduler_kwargs, float(self.learning_rate)))
 
     def get_warmup_steps(self, num_training_steps: int) -> int:
         """transformers 5's rule: a count, or ``ceil(fraction * steps)`` for a value below 1."""

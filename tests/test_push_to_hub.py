@@ -103,3 +103,29 @@ def test_push_keeps_the_repository_s_card_unless_asked_and_writes_safetensors(mo
     hub.clear()
     model.push_to_hub("org/ranker", replace_model_card=True)
     assert "file_exists" not in dict(hub) and "ignore_patterns" not in dict(hub)["upload_folder"]
+
+
+def test_trainer_pushes_with_the_arguments_hub_options_and_never_writes_the_token(model, hub, tmp_path):
+    """``push_to_hub=True`` ends a run with Hugging Face's ``Trainer.push_to_hub``: the repository private as
+    ``hub_private_repo`` asks, the upload with ``hub_token`` and to ``hub_revision``; the token appears in no file
+    the run writes (its arguments read back ``<HUB_TOKEN>``, as Hugging Face's ``to_dict`` does)."""
+    from crossjax import CrossEncoderTrainer, CrossEncoderTrainingArguments
+
+    token = "hf_SECRET_abc123"
+    args = CrossEncoderTrainingArguments(
+        str(tmp_path / "run"), max_steps=2, per_device_train_batch_size=2, save_strategy="no", disable_tqdm=True,
+        push_to_hub=True, hub_model_id="me/reranker", hub_token=token, hub_private_repo=True, hub_revision="v1",
+    )  # fmt: skip
+    assert args.to_dict()["hub_token"] == "<HUB_TOKEN>" and args.hub_token == token
+    data = {"a": ["one two", "three", "four five", "six"], "b": ["x", "y z", "w", "v"], "label": [1.0, 0.0, 1.0, 0.0]}
+    trainer = CrossEncoderTrainer(model=model, args=args, train_dataset=data)
+    trainer.train()
+    create = next(kwargs for name, kwargs in hub if name == "create_repo")
+    assert create["repo_id"] == "me/reranker" and create["private"] is True
+    upload = next(kwargs for name, kwargs in hub if name == "upload_folder")
+    assert upload["revision"] == "v1" and upload["commit_message"] == "End of training"
+    assert any(name == "__init__" and kwargs["token"] == token for name, kwargs in hub)
+    written = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert written and not [p for p in written if token in p.read_text(errors="ignore")]
+    model.save(tmp_path / "saved")
+    assert token not in (tmp_path / "saved" / "README.md").read_text()

@@ -471,8 +471,9 @@ class CrossEncoderTrainer:
         return self.model.tokenizer
 
     def is_local_process_zero(self) -> bool:
-        """Whether this is the first process of its host: every one, as JAX runs one process a host."""
-        return True
+        """Whether this is the first process of its machine (``args.local_process_index``: one JAX process a
+        host unless a launcher sets ``LOCAL_RANK``)."""
+        return self.args.local_process_index == 0
 
     def is_world_process_zero(self) -> bool:
         """Whether this is the main process of a multi-process (multi-host) run, as Hugging Face's Trainer."""
@@ -676,11 +677,37 @@ class CrossEncoderTrainer:
         self._call_back("on_log", logs=metrics)
         self._call_back("on_train_end")
         if args.push_to_hub:
-            self.model.push_to_hub(args.hub_model_id)
+            self.push_to_hub(commit_message="End of training")
         # The run's summary (packing, compiles) adds to Hugging Face's metrics; its last-step loss and the legacy
         # fit's best score do not replace them.
         summary = {k: v for k, v in result.summary.items() if k not in ("train_loss", "best_score")}
         return TrainOutput(global_step, training_loss, {**summary, **metrics})
+
+    def push_to_hub(
+        self,
+        commit_message: str | None = "End of training",
+        blocking: bool = True,
+        token: str | None = None,
+        revision: str | None = None,
+        **kwargs: Any,
+    ) -> str | None:
+        """Upload the model to ``args.hub_model_id`` (else the output folder's name), with the arguments'
+        ``hub_token``, ``hub_private_repo`` and ``hub_revision`` unless given here, as Hugging Face's
+        ``Trainer.push_to_hub``; ``kwargs`` go to :meth:`CrossEncoder.push_to_hub`. Only the main process pushes.
+        Returns the commit URL (None on the other processes)."""
+        del blocking  # uploads are synchronous here
+        if not self.is_world_process_zero():
+            return None
+        args = self.args
+        repo_id = args.hub_model_id or Path(args.output_dir).name
+        return self.model.push_to_hub(
+            repo_id,
+            token=token if token is not None else args.hub_token,
+            private=kwargs.pop("private", args.hub_private_repo),
+            revision=revision if revision is not None else args.hub_revision,
+            commit_message=commit_message,
+            **kwargs,
+        )
 
     def _record_card(self, data: Any) -> None:
         """The model card's training details: each dataset with its loss, and the arguments (the run adds logs

@@ -9,12 +9,17 @@ machinery (``fp16``, ``deepspeed``, ``fsdp``, ``torch_compile``, DDP knobs, ...)
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import functools
 import json
 import logging
 import math
 import os
-from dataclasses import dataclass, field, fields
+import typing
+from collections.abc import Iterator
+from dataclasses import dataclass, field, fields, make_dataclass
+from datetime import timedelta
 from enum import Enum
 from typing import Any
 
@@ -37,6 +42,16 @@ class BatchSamplers(str, Enum):
     GROUP_BY_LABEL = "group_by_label"  # each batch holds >= 2 rows of every label it contains
 
 
+class ParallelMode(str, Enum):
+    """Hugging Face's ``ParallelMode`` values, for ``args.parallel_mode``: one device, several in one process,
+    several processes (on TPU: ``TPU``)."""
+
+    NOT_PARALLEL = "not_parallel"
+    NOT_DISTRIBUTED = "not_distributed"
+    DISTRIBUTED = "distributed"
+    TPU = "tpu"
+
+
 class MultiDatasetBatchSamplers(str, Enum):
     """How batches of several training datasets interleave (each batch comes from one dataset)."""
 
@@ -51,8 +66,8 @@ _TORCH_ONLY: dict[str, Any] = {
     "fp16_full_eval": False,
     "bf16_full_eval": False,
     "tf32": None,
-    "half_precision_backend": "auto",
-    "fp16_opt_level": "O1",
+    "half_precision_backend": None,  # transformers 4's "auto" and "O1" are accepted too
+    "fp16_opt_level": None,
     "deepspeed": None,
     "fsdp": None,
     "fsdp_config": None,
@@ -102,13 +117,21 @@ _TORCH_ONLY_ALSO_MEANT = {
     "activation_checkpointing": (None,),
     "ddp_broadcast_buffers": (None,),
     "debug": ("", None),
-}
+    "half_precision_backend": ("auto",),
+    "fp16_opt_level": ("O1",),
+    # what Hugging Face's to_dict writes for its default AcceleratorConfig (a saved arguments file)
+    "accelerator_config": (
+        {"split_batches": False, "dispatch_batches": None, "even_batches": True, "use_seedable_sampler": True,
+         "non_blocking": False, "gradient_accumulation_kwargs": None},
+    ),
+}  # fmt: skip
 # What Hugging Face's TrainingArguments reads back for these when they are not given (None for the others).
 _NO_EFFECT_DEFAULTS: dict[str, Any] = {
     "report_to": [], "project": "huggingface", "log_level": "passive", "log_level_replica": "warning",
     "log_on_each_node": True, "logging_nan_inf_filter": True, "disable_tqdm": False, "dataloader_pin_memory": True,
     "dataloader_in_order": True, "dataloader_num_workers": 0, "dataloader_persistent_workers": False,
-    "remove_unused_columns": True, "skip_memory_metrics": True, "do_train": False, "do_predict": False,
+    "remove_unused_columns": True, "skip_memory_metrics": True, "do_train": False, "do_eval": False,
+    "do_predict": False,
     "save_only_model": False, "save_on_each_node": False, "include_num_input_tokens_seen": "no",
     "average_tokens_across_devices": True, "full_determinism": False, "ddp_timeout": 1800,
     "hub_strategy": "every_save", "hub_always_push": False,
@@ -154,6 +177,46 @@ _NO_EFFECT = (
     "hub_always_push",
     "hub_revision",
 )
+# The parser types of the Hugging Face fields above where their default does not say it (Hugging Face's own, with
+# its dict-valued fields as ``dict | str | None`` and its deprecated ones by what they held).
+_FIELD_TYPES: dict[str, Any] = {
+    "eval_accumulation_steps": int | None, "tf32": bool | None, "half_precision_backend": str | None,
+    "fp16_opt_level": str | None, "deepspeed": dict | str | None, "fsdp": str | None,
+    "fsdp_config": dict | str | None, "torch_compile_backend": str | None, "torch_compile_mode": str | None,
+    "gradient_checkpointing": bool | None, "gradient_checkpointing_kwargs": dict | str | None,
+    "activation_checkpointing": bool | None, "activation_checkpointing_kwargs": dict | str | None,
+    "liger_kernel_config": dict | str | None, "ddp_backend": str | None, "ddp_find_unused_parameters": bool | None,
+    "ddp_bucket_cap_mb": int | None, "ddp_broadcast_buffers": bool | None, "ddp_static_graph": bool | None,
+    "torch_empty_cache_steps": int | None, "neftune_noise_alpha": float | None,
+    "optim_target_modules": None | str | list[str], "parallelism_config": str | None,
+    "accelerator_config": dict | str | None, "debug": str | list[str], "include_for_metrics": list[str],
+    "label_names": list[str] | None, "run_name": str | None, "report_to": None | str | list[str],
+    "trackio_space_id": str | None, "trackio_bucket_id": str | None, "trackio_static_space_id": str | None,
+    "logging_dir": str | None, "disable_tqdm": bool | None, "dataloader_prefetch_factor": int | None,
+    "dataloader_multiprocessing_context": str | None, "overwrite_output_dir": bool | None,
+    "save_safetensors": bool | None, "include_num_input_tokens_seen": str | bool, "hub_model_id": str | None,
+    "hub_token": str | None, "hub_private_repo": bool | None, "hub_strategy": str, "hub_revision": str | None,
+}  # fmt: skip
+
+
+def _hf_field(name: str, default: Any) -> tuple[str, Any, Any]:
+    """A keyword-only dataclass field for a Hugging Face argument crossjax reads without using it."""
+    annotation = _FIELD_TYPES.get(name, type(default))
+    if isinstance(default, list | dict):
+        return name, annotation, field(default_factory=lambda d=default: copy.deepcopy(d), kw_only=True)
+    return name, annotation, field(default=default, kw_only=True)
+
+
+# Every Hugging Face argument without a crossjax meaning, as a real field (so dataclasses.replace, asdict,
+# HfArgumentParser and to_dict see them): the PyTorch-only ones at their defaults, the others as Hugging Face's
+# TrainingArguments reads them back when not given. Keyword-only: output_dir stays the first positional argument.
+_HuggingFaceArguments = make_dataclass(
+    "_HuggingFaceArguments",
+    [_hf_field(name, default) for name, default in _TORCH_ONLY.items()]
+    + [_hf_field(name, _NO_EFFECT_DEFAULTS.get(name)) for name in _NO_EFFECT],
+)
+
+
 _SCHEDULERS = {
     "linear": "WarmupLinear",
     "cosine": "WarmupCosine",
@@ -164,6 +227,11 @@ _SCHEDULERS = {
 }
 # Schedules driven by evaluation metrics (host-side state between steps), which crossjax does not implement.
 _METRIC_SCHEDULERS = ("reduce_lr_on_plateau", "greedy")
+# Arguments that hold a dict, given as its JSON on a command line.
+_DICT_FIELDS = (
+    "prompts", "router_mapping", "learning_rate_mapping", "lr_scheduler_kwargs", "deepspeed", "fsdp_config",
+    "accelerator_config", "gradient_checkpointing_kwargs", "activation_checkpointing_kwargs", "liger_kernel_config",
+)  # fmt: skip
 _STRATEGIES = ("no", "steps", "epoch")
 
 
@@ -185,6 +253,18 @@ def _typed_values(options: dict[str, Any]) -> dict[str, Any]:
     return typed
 
 
+@functools.cache
+def _scalar_kinds(cls: type) -> dict[str, type]:
+    """The fields annotated ``int``, ``float`` or ``bool`` (or one of those or None), from the annotations
+    themselves: ``HfArgumentParser`` rewrites the fields' ``type`` in place."""
+    kinds = {}
+    for name, hint in typing.get_type_hints(cls).items():
+        options = set(typing.get_args(hint)) - {type(None)} if typing.get_args(hint) else {hint}
+        if len(options) == 1 and (kind := options.pop()) in (int, float, bool):
+            kinds[name] = kind
+    return kinds
+
+
 def _strategy(name: str, value: Any) -> str:
     value = getattr(value, "value", value)
     if value not in _STRATEGIES:
@@ -193,7 +273,7 @@ def _strategy(name: str, value: Any) -> str:
 
 
 @dataclass
-class CrossEncoderTrainingArguments:
+class CrossEncoderTrainingArguments(_HuggingFaceArguments):
     """The settings of a :class:`crossjax.CrossEncoderTrainer` run (Hugging Face Trainer defaults).
 
     ``per_device_train_batch_size`` counts pairs (rows of the dataset) per device: the global batch of a step is
@@ -202,6 +282,10 @@ class CrossEncoderTrainingArguments:
     ``warmup_ratio`` is the older spelling of that fraction. ``bf16`` computes in bfloat16 with float32
     parameters and optimizer state. ``resume_from_checkpoint`` (True or a checkpoint folder) resumes the orbax
     checkpoint of ``output_dir/checkpoints`` bit-exactly.
+
+    Every other argument of Hugging Face's ``TrainingArguments`` is a field too (so ``dataclasses.replace``,
+    ``HfArgumentParser`` and ``to_dict`` see them): PyTorch machinery only at its default (``ValueError``
+    otherwise), reporting and data-loading details read back as given, without effect.
     """
 
     output_dir: str | None = None
@@ -216,10 +300,10 @@ class CrossEncoderTrainingArguments:
     adam_epsilon: float = 1e-8
     max_grad_norm: float = 1.0
     lr_scheduler_type: str = "linear"
-    lr_scheduler_kwargs: dict | None = None
+    lr_scheduler_kwargs: dict | str | None = None
     warmup_steps: float = 0
     warmup_ratio: float | None = None
-    optim: str = "adamw_torch"
+    optim: str = "adamw_torch_fused"  # transformers 5's default name; crossjax's AdamW either way
     optim_args: str | None = None
     bf16: bool = False
     gradient_accumulation_steps: int = 1
@@ -241,51 +325,26 @@ class CrossEncoderTrainingArguments:
     dataloader_drop_last: bool = False
     batch_sampler: BatchSamplers | str = BatchSamplers.BATCH_SAMPLER
     multi_dataset_batch_sampler: MultiDatasetBatchSamplers | str = MultiDatasetBatchSamplers.PROPORTIONAL
-    prompts: str | dict[str, str] | None = None
+    prompts: dict | str | None = None  # one prompt, or one per dataset (a dict, or its JSON on a command line)
     # sentence-transformers 6.2's Router options: a cross-encoder has no Router (accepted empty only)
-    router_mapping: dict[str, Any] | None = None
-    learning_rate_mapping: dict[str, Any] | None = None
-    resume_from_checkpoint: str | bool | None = None
+    router_mapping: dict | str | None = field(default_factory=dict)
+    learning_rate_mapping: dict | str | None = field(default_factory=dict)
+    resume_from_checkpoint: str | None = None  # or True: the latest checkpoint of output_dir
     ignore_data_skip: bool = False  # a resume always continues at the checkpoint's data position here
     push_to_hub: bool = False
     prediction_loss_only: bool = True
-    extra: dict[str, Any] = field(default_factory=dict, repr=False)
-
-    def __init__(self, output_dir: str | None = None, **kwargs: Any) -> None:
-        own = {f.name: f for f in fields(self) if f.name != "extra"}
-        for f in own.values():
-            if f.name == "output_dir":
-                continue
-            default = f.default_factory() if callable(f.default_factory) else f.default  # type: ignore[misc]
-            setattr(self, f.name, default)
-        # "~/out" expanded, as Hugging Face's TrainingArguments does (else a literal "~" folder is made)
-        self.output_dir = os.path.expanduser(output_dir) if isinstance(output_dir, str | os.PathLike) else output_dir
-        self.extra = {}
-        for key, value in kwargs.items():
-            if key in own:
-                setattr(self, key, value)
-            elif key in _TORCH_ONLY:
-                if value in _TORCH_ONLY_ALSO_MEANT.get(key, ()):
-                    self.extra[key] = value
-                elif value != _TORCH_ONLY[key]:
-                    hint = " (use bf16=True: bfloat16 compute)" if key.startswith("fp16") else ""
-                    raise ValueError(
-                        f"CrossEncoderTrainingArguments: {key}={value!r} selects Hugging Face / PyTorch machinery "
-                        f"that has no meaning in crossjax (JAX){hint}; leave it at its default {_TORCH_ONLY[key]!r}"
-                    )
-            elif key in _NO_EFFECT:
-                self.extra[key] = value
-            else:
-                raise TypeError(f"CrossEncoderTrainingArguments got an unexpected keyword argument {key!r}")
-        self.__post_init__()
-
     def __post_init__(self) -> None:
+        if self.output_dir is None:  # transformers 5's default
+            self.output_dir = "trainer_output"
+        # "~/out" expanded, as Hugging Face's TrainingArguments does (else a literal "~" folder is made)
+        if isinstance(self.output_dir, os.PathLike) or str(self.output_dir).startswith("~"):
+            self.output_dir = os.path.expanduser(self.output_dir)
+        self._read_strings()
+        self._check_torch_only()
         self.eval_strategy = _strategy("eval_strategy", self.eval_strategy)
         self.save_strategy = _strategy("save_strategy", self.save_strategy)
         self.logging_strategy = _strategy("logging_strategy", self.logging_strategy)
         self.batch_sampler = BatchSamplers(getattr(self.batch_sampler, "value", self.batch_sampler))
-        if isinstance(self.prompts, str) and self.prompts.lstrip().startswith("{"):
-            self.prompts = json.loads(self.prompts)  # a dict given on a command line, as sentence-transformers does
         if isinstance(self.prompts, dict) and any(not isinstance(p, str) for p in self.prompts.values()):
             raise ValueError(
                 f"prompts={self.prompts!r}: a cross-encoder takes one prompt string per dataset (prepended to its "
@@ -317,8 +376,6 @@ class CrossEncoderTrainingArguments:
         if scheduler not in _SCHEDULERS:
             raise ValueError(f"lr_scheduler_type must be one of {sorted(_SCHEDULERS)} in crossjax, got {scheduler!r}")
         self.lr_scheduler_type = scheduler
-        if isinstance(self.lr_scheduler_kwargs, str) and self.lr_scheduler_kwargs.lstrip().startswith("{"):
-            self.lr_scheduler_kwargs = _typed_values(json.loads(self.lr_scheduler_kwargs))  # from a command line
         if self.lr_scheduler_kwargs is not None and not isinstance(self.lr_scheduler_kwargs, dict):
             raise TypeError(f"lr_scheduler_kwargs must be a dict (or its JSON), got {self.lr_scheduler_kwargs!r}")
         # transformers' checks, before any data is read: options the schedule does not take, required ones
@@ -341,6 +398,10 @@ class CrossEncoderTrainingArguments:
             if self.warmup_steps:
                 raise ValueError("set warmup_steps or warmup_ratio, not both")
             logger.warning("warmup_ratio is deprecated in transformers 5: use warmup_steps=%s", self.warmup_ratio)
+            # as sentence-transformers reads it: the fraction moves to warmup_steps (a float below 1 is a fraction;
+            # 1.0 stays a ratio, where warmup_steps=1.0 would mean one step)
+            if self.warmup_ratio < 1:
+                self.warmup_steps, self.warmup_ratio = self.warmup_ratio, None
         if not (self.warmup_steps >= 0 and math.isfinite(self.warmup_steps)):
             raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps!r}")
         if self.warmup_steps >= 1 and self.warmup_steps != int(self.warmup_steps):
@@ -366,8 +427,53 @@ class CrossEncoderTrainingArguments:
             self.greater_is_better = not self.metric_for_best_model.removeprefix("eval_").endswith("loss")
         if self.save_total_limit is not None and self.save_total_limit < 1:
             raise ValueError(f"save_total_limit must be >= 1 or None, got {self.save_total_limit!r}")
-        if self.push_to_hub and not self.extra.get("hub_model_id"):
+        if self.push_to_hub and not self.hub_model_id:
             raise ValueError("push_to_hub=True needs hub_model_id (the repository to push to)")
+        # what Hugging Face reads back: its report_to list, debug list, and evaluation bookkeeping
+        if isinstance(self.report_to, str):
+            self.report_to = [] if self.report_to == "none" else [self.report_to]
+        self.report_to = [] if self.report_to is None else self.report_to
+        if self.debug in ("", None):
+            self.debug = []
+        for name in ("gradient_checkpointing", "activation_checkpointing", "ddp_broadcast_buffers"):
+            if getattr(self, name) is None:
+                setattr(self, name, False)
+        if self.eval_strategy == "steps" and self.eval_steps is None:
+            self.eval_steps = self.logging_steps
+        if self.eval_strategy != "no":
+            self.do_eval = True
+        self.prediction_loss_only = True  # as sentence-transformers sets it: its evaluators compute the metrics
+
+    def _read_strings(self) -> None:
+        """Numbers and booleans given as strings (a YAML file's ``1e-5`` is one) read as the field's type, and
+        dict arguments given as JSON (a command line's) parsed, as Hugging Face reads them; else a clear error."""
+        kinds = _scalar_kinds(type(self))
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if not isinstance(value, str):
+                continue
+            kind = kinds.get(f.name)
+            if value.lstrip().startswith("{") and f.name in _DICT_FIELDS:
+                setattr(self, f.name, _typed_values(json.loads(value)))
+            elif kind in (int, float):
+                try:
+                    number = float(value)
+                    setattr(self, f.name, int(number) if kind is int and number.is_integer() else number)
+                except ValueError:
+                    raise ValueError(f"{f.name} must be a number, got {value!r}") from None
+            elif kind is bool and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+                setattr(self, f.name, value.lower() in ("true", "1", "yes"))
+
+    def _check_torch_only(self) -> None:
+        for key, default in _TORCH_ONLY.items():
+            value = getattr(self, key)
+            if value == default or value in _TORCH_ONLY_ALSO_MEANT.get(key, ()):
+                continue
+            hint = " (use bf16=True: bfloat16 compute)" if key.startswith("fp16") else ""
+            raise ValueError(
+                f"CrossEncoderTrainingArguments: {key}={value!r} selects Hugging Face / PyTorch machinery "
+                f"that has no meaning in crossjax (JAX){hint}; leave it at its default {default!r}"
+            )
 
     # ---------------------------------------------------------------------------------- derived numbers
     @property
@@ -406,25 +512,263 @@ class CrossEncoderTrainingArguments:
     def save_interval(self, total_steps: int) -> int:
         return self._interval(self.save_steps, total_steps)
 
-    def __getattr__(self, name: str) -> Any:
-        # Hugging Face arguments crossjax takes without effect (run_name, hub_model_id, logging_dir, ...) read back
-        # as given (None when not given), as scripts read them from args.
-        if name in _NO_EFFECT:
-            extra = self.__dict__.get("extra", {})
-            if name in extra:
-                return extra[name]
-            if name == "do_eval":  # Hugging Face's: on when there is an evaluation schedule
-                return self.eval_strategy != "no"
-            return copy.deepcopy(_NO_EFFECT_DEFAULTS.get(name))
-        if name in _TORCH_ONLY:  # its default or an _TORCH_ONLY_ALSO_MEANT value (a copy: lists are mutable)
-            return copy.deepcopy(self.__dict__.get("extra", {}).get(name, _TORCH_ONLY[name]))
-        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
-
+    # ------------------------------------------------------------------- Hugging Face's serialisation
     def to_dict(self) -> dict[str, Any]:
-        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "extra"}
-        for key in ("batch_sampler", "multi_dataset_batch_sampler"):
-            out[key] = out[key].value
-        return {**out, **self.extra}
+        """Every argument, enums as their values and ``*_token`` values hidden, as Hugging Face's ``to_dict``."""
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.init}
+        for key, value in out.items():
+            if isinstance(value, Enum):
+                out[key] = value.value
+            if key.endswith("_token"):
+                out[key] = f"<{key.upper()}>"
+        return out
+
+    def to_json_string(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    def to_sanitized_dict(self) -> dict[str, Any]:
+        """``to_dict`` with the batch sizes, every value a bool, int, float or str (TensorBoard's hparams)."""
+        out = {**self.to_dict(), "train_batch_size": self.train_batch_size, "eval_batch_size": self.eval_batch_size}
+        return {k: v if type(v) in (bool, int, float, str) else str(v) for k, v in out.items()}
+
+    # ------------------------------------------------------- the process facts scripts and callbacks read
+    @property
+    def n_gpu(self) -> int:
+        """The GPUs this process trains on (JAX's local GPU devices; 0 on a CPU or a TPU)."""
+        import jax
+
+        return sum(1 for d in jax.local_devices() if d.platform == "gpu")
+
+    @property
+    def device(self) -> Any:
+        """This process's first JAX device (Hugging Face: a torch.device; crossjax places arrays itself)."""
+        import jax
+
+        return jax.local_devices()[0]
+
+    @property
+    def train_batch_size(self) -> int:
+        """Pairs a step draws on this process: per device times the process's devices (before accumulation)."""
+        import jax
+
+        return self.per_device_train_batch_size * jax.local_device_count()
+
+    @property
+    def eval_batch_size(self) -> int:
+        import jax
+
+        return self.per_device_eval_batch_size * jax.local_device_count()
+
+    @property
+    def world_size(self) -> int:
+        """The number of processes (``jax.process_count()``)."""
+        import jax
+
+        return jax.process_count()
+
+    @property
+    def process_index(self) -> int:
+        import jax
+
+        return jax.process_index()
+
+    @property
+    def local_process_index(self) -> int:
+        """The process's index on its machine: ``LOCAL_RANK`` where a launcher sets it, else 0 (one process a
+        host, as on a TPU VM pod)."""
+        return int(os.environ.get("LOCAL_RANK", 0)) if self.world_size > 1 else 0
+
+    @property
+    def parallel_mode(self) -> ParallelMode:
+        import jax
+
+        if self.world_size > 1:
+            return ParallelMode.TPU if jax.default_backend() == "tpu" else ParallelMode.DISTRIBUTED
+        return ParallelMode.NOT_DISTRIBUTED if jax.local_device_count() > 1 else ParallelMode.NOT_PARALLEL
+
+    @property
+    def should_log(self) -> bool:
+        return (self.local_process_index if self.log_on_each_node else self.process_index) == 0
+
+    @property
+    def should_save(self) -> bool:
+        return (self.local_process_index if self.save_on_each_node else self.process_index) == 0
+
+    @property
+    def ddp_timeout_delta(self) -> timedelta:
+        return timedelta(seconds=self.ddp_timeout)
+
+    def get_process_log_level(self) -> int:
+        """``log_level`` on the process that logs, ``log_level_replica`` on the others; "passive" leaves
+        transformers' own verbosity, as Hugging Face's does."""
+        from transformers.utils import logging as hf_logging
+
+        levels = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50, "passive": -1}
+        level = levels[self.log_level if self.should_log else self.log_level_replica]
+        return hf_logging.get_verbosity() if level == -1 else level
+
+    @contextlib.contextmanager
+    def main_process_first(self, local: bool = True, desc: str = "work") -> Iterator[None]:
+        """Run the block on the main process (of each machine with ``local``) first, the others after it: one
+        barrier across JAX processes (``multihost_utils.sync_global_devices``), nothing in a single process."""
+        if self.world_size <= 1:
+            yield
+            return
+        from jax.experimental import multihost_utils
+
+        main = (self.local_process_index if local else self.process_index) == 0
+        if not main:
+            multihost_utils.sync_global_devices(f"main_process_first {desc}")
+        try:
+            yield
+        finally:
+            if main:
+                multihost_utils.sync_global_devices(f"main_process_first {desc}")
+
+    # ------------------------------------------------------------------ Hugging Face's grouped setters
+    def _update(self, **changes: Any) -> CrossEncoderTrainingArguments:
+        """Set ``changes`` and check the whole again (the arguments stay unchanged where they fail)."""
+        before = {name: getattr(self, name) for name in changes}
+        try:
+            for name, value in changes.items():
+                setattr(self, name, value)
+            self.__post_init__()
+        except BaseException:
+            for name, value in before.items():
+                setattr(self, name, value)
+            raise
+        return self
+
+    def set_training(
+        self,
+        learning_rate: float = 5e-5,
+        batch_size: int = 8,
+        weight_decay: float = 0,
+        num_epochs: float = 3,
+        max_steps: int = -1,
+        gradient_accumulation_steps: int = 1,
+        seed: int = 42,
+        activation_checkpointing: bool = False,
+        gradient_checkpointing: bool | None = None,
+    ) -> CrossEncoderTrainingArguments:
+        checkpointing = activation_checkpointing if gradient_checkpointing is None else gradient_checkpointing
+        return self._update(
+            do_train=True, learning_rate=learning_rate, per_device_train_batch_size=batch_size,
+            weight_decay=weight_decay, num_train_epochs=num_epochs, max_steps=max_steps,
+            gradient_accumulation_steps=gradient_accumulation_steps, seed=seed,
+            activation_checkpointing=checkpointing, gradient_checkpointing=checkpointing,
+        )  # fmt: skip
+
+    def set_evaluate(
+        self,
+        strategy: str = "no",
+        steps: int = 500,
+        batch_size: int = 8,
+        accumulation_steps: int | None = None,
+        delay: float | None = None,
+        loss_only: bool = False,
+    ) -> CrossEncoderTrainingArguments:
+        strategy = getattr(strategy, "value", strategy)
+        if strategy == "steps" and steps == 0:
+            raise ValueError("Setting `strategy` as 'steps' requires a positive value for `steps`.")
+        return self._update(
+            eval_strategy=strategy, do_eval=strategy != "no", eval_steps=steps, per_device_eval_batch_size=batch_size,
+            eval_accumulation_steps=accumulation_steps, eval_delay=0 if delay is None else delay,
+            prediction_loss_only=loss_only,
+        )  # fmt: skip
+
+    def set_testing(self, batch_size: int = 8, loss_only: bool = False) -> CrossEncoderTrainingArguments:
+        return self._update(do_predict=True, per_device_eval_batch_size=batch_size, prediction_loss_only=loss_only)
+
+    def set_save(
+        self, strategy: str = "steps", steps: int = 500, total_limit: int | None = None, on_each_node: bool = False
+    ) -> CrossEncoderTrainingArguments:
+        strategy = getattr(strategy, "value", strategy)
+        if strategy == "steps" and steps == 0:
+            raise ValueError("Setting `strategy` as 'steps' requires a positive value for `steps`.")
+        return self._update(
+            save_strategy=strategy, save_steps=steps, save_total_limit=total_limit, save_on_each_node=on_each_node
+        )
+
+    def set_logging(
+        self,
+        strategy: str = "steps",
+        steps: int = 500,
+        report_to: str | list[str] = "none",
+        level: str = "passive",
+        first_step: bool = False,
+        nan_inf_filter: bool = False,
+        on_each_node: bool = False,
+        replica_level: str = "passive",
+    ) -> CrossEncoderTrainingArguments:
+        strategy = getattr(strategy, "value", strategy)
+        if strategy == "steps" and steps == 0:
+            raise ValueError("Setting `strategy` as 'steps' requires a positive value for `steps`.")
+        return self._update(
+            logging_strategy=strategy, logging_steps=steps, report_to=report_to, log_level=level,
+            logging_first_step=first_step, logging_nan_inf_filter=nan_inf_filter, log_on_each_node=on_each_node,
+            log_level_replica=replica_level,
+        )  # fmt: skip
+
+    def set_push_to_hub(
+        self,
+        model_id: str,
+        strategy: str = "every_save",
+        token: str | None = None,
+        private_repo: bool | None = None,
+        always_push: bool = False,
+        revision: str | None = None,
+    ) -> CrossEncoderTrainingArguments:
+        return self._update(
+            push_to_hub=True, hub_model_id=model_id, hub_strategy=getattr(strategy, "value", strategy),
+            hub_token=token, hub_private_repo=private_repo, hub_always_push=always_push, hub_revision=revision,
+        )  # fmt: skip
+
+    def set_optimizer(
+        self,
+        name: str = "adamw_torch",
+        learning_rate: float = 5e-5,
+        weight_decay: float = 0,
+        beta1: float = 0.9,
+        beta2: float = 0.999,
+        epsilon: float = 1e-8,
+        args: str | None = None,
+    ) -> CrossEncoderTrainingArguments:
+        return self._update(
+            optim=getattr(name, "value", name), learning_rate=learning_rate, weight_decay=weight_decay,
+            adam_beta1=beta1, adam_beta2=beta2, adam_epsilon=epsilon, optim_args=args,
+        )  # fmt: skip
+
+    def set_lr_scheduler(
+        self, name: str = "linear", num_epochs: float = 3.0, max_steps: int = -1, warmup_steps: float = 0
+    ) -> CrossEncoderTrainingArguments:
+        return self._update(
+            lr_scheduler_type=getattr(name, "value", name), num_train_epochs=num_epochs, max_steps=max_steps,
+            warmup_steps=warmup_steps, warmup_ratio=None,
+        )  # fmt: skip
+
+    def set_dataloader(
+        self,
+        train_batch_size: int = 8,
+        eval_batch_size: int = 8,
+        drop_last: bool = False,
+        num_workers: int = 0,
+        pin_memory: bool = True,
+        persistent_workers: bool = False,
+        prefetch_factor: int | None = None,
+        multiprocessing_context: str | None = None,
+        in_order: bool = True,
+        auto_find_batch_size: bool = False,
+        ignore_data_skip: bool = False,
+        sampler_seed: int | None = None,
+    ) -> CrossEncoderTrainingArguments:
+        return self._update(
+            per_device_train_batch_size=train_batch_size, per_device_eval_batch_size=eval_batch_size,
+            dataloader_drop_last=drop_last, dataloader_num_workers=num_workers, dataloader_pin_memory=pin_memory,
+            dataloader_persistent_workers=persistent_workers, dataloader_prefetch_factor=prefetch_factor,
+            dataloader_multiprocessing_context=multiprocessing_context, dataloader_in_order=in_order,
+            auto_find_batch_size=auto_find_batch_size, ignore_data_skip=ignore_data_skip, data_seed=sampler_seed,
+        )  # fmt: skip
 
     def non_default(self) -> dict[str, Any]:
         """The arguments that differ from their defaults (what a model card lists)."""

@@ -1,0 +1,140 @@
+"""``CrossEncoderTrainingArguments`` used the ways Hugging Face and sentence-transformers scripts use training
+arguments, against sentence-transformers 6.2's ``CrossEncoderTrainingArguments`` (a transformers 5
+``TrainingArguments``) as the oracle: ``HfArgumentParser``, ``dataclasses.replace``, JSON dumps, the ``set_*``
+helpers and the process facts callbacks read."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+
+from crossjax import CrossEncoderTrainingArguments as Ours
+
+transformers = pytest.importorskip("transformers")
+st_cross_encoder = pytest.importorskip("sentence_transformers.cross_encoder")
+Theirs = st_cross_encoder.CrossEncoderTrainingArguments
+
+COMMAND_LINE = [
+    "--output_dir", "runs/x", "--learning_rate", "1e-5", "--bf16", "--eval_strategy", "steps", "--report_to", "none",
+    "--run_name", "nightly", "--lr_scheduler_type", "cosine", "--lr_scheduler_kwargs", '{"num_cycles": 2}',
+    "--per_device_train_batch_size", "32", "--warmup_steps", "0.1", "--batch_sampler", "no_duplicates",
+    "--save_total_limit", "2", "--logging_steps", "50", "--seed", "7", "--dataloader_num_workers", "4",
+]  # fmt: skip
+COMPARED = [
+    "output_dir", "learning_rate", "bf16", "eval_strategy", "eval_steps", "report_to", "run_name", "lr_scheduler_type",
+    "lr_scheduler_kwargs", "per_device_train_batch_size", "warmup_steps", "batch_sampler", "save_total_limit",
+    "logging_steps", "seed", "dataloader_num_workers", "do_eval", "prediction_loss_only", "optim",
+]  # fmt: skip
+
+
+def _value(args, name):
+    value = getattr(args, name)
+    return getattr(value, "value", value)  # enums (Hugging Face's IntervalStrategy ...) by their value
+
+
+@dataclasses.dataclass
+class ScriptArguments:
+    model_name: str = "cross-encoder/ms-marco-MiniLM-L6-v2"
+    max_length: int = 128
+
+
+def test_hf_argument_parser_reads_a_command_line_as_sentence_transformers_does(tmp_path):
+    parsed = {}
+    for cls in (Ours, Theirs):
+        on_cpu = ["--use_cpu"] if cls is Theirs else []  # Hugging Face refuses bf16 on a CPU without it
+        script, args = transformers.HfArgumentParser((ScriptArguments, cls)).parse_args_into_dataclasses(
+            COMMAND_LINE + ["--max_length", "256"] + on_cpu
+        )
+        assert script.max_length == 256
+        parsed[cls] = args
+    for name in COMPARED:
+        assert _value(parsed[Ours], name) == _value(parsed[Theirs], name), name
+    # the same settings from a JSON file and a dict
+    settings = {"output_dir": "runs/y", "num_train_epochs": 2, "eval_strategy": "epoch", "fp16": False}
+    (tmp_path / "args.json").write_text(json.dumps(settings))
+    (from_file,) = transformers.HfArgumentParser(Ours).parse_json_file(str(tmp_path / "args.json"))
+    (from_dict,) = transformers.HfArgumentParser(Ours).parse_dict(settings)
+    assert from_file == from_dict and from_dict.num_train_epochs == 2 and from_dict.do_eval is True
+
+
+def test_copies_and_dumps_keep_every_argument():
+    args = Ours("out", learning_rate=3e-5, run_name="r", report_to="none", dataloader_num_workers=2)
+    changed = dataclasses.replace(args, learning_rate=1e-5)
+    assert changed.run_name == "r" and changed.learning_rate == 1e-5 and changed.dataloader_num_workers == 2
+    assert Ours(**dataclasses.asdict(args)) == args
+    assert Ours(**{**json.loads(args.to_json_string()), "hub_token": None}) == args  # the dump hides the token
+    # sentence-transformers' own dump loads (its default accelerator_config included), and dumps the same keys
+    theirs = Theirs("out", report_to="none")
+    ours = Ours(**json.loads(theirs.to_json_string()))
+    assert set(theirs.to_dict()) <= set(ours.to_dict())
+    assert {k: ours.to_dict()[k] for k in COMPARED} == {k: theirs.to_dict()[k] for k in COMPARED}
+
+
+def test_tokens_are_hidden_as_hugging_face_hides_them():
+    for cls in (Ours, Theirs):
+        args = cls("out", hub_token="hf_secret", report_to="none")
+        assert args.to_dict()["hub_token"] == "<HUB_TOKEN>"
+        assert "hf_secret" not in args.to_json_string() and "hf_secret" not in str(args.to_sanitized_dict())
+        assert args.hub_token == "hf_secret"
+
+
+@pytest.mark.parametrize(
+    "method,kwargs",
+    [
+        ("set_training", {"learning_rate": 1e-4, "batch_size": 16, "weight_decay": 0.01, "num_epochs": 2, "seed": 3}),
+        ("set_evaluate", {"strategy": "steps", "steps": 100, "batch_size": 32}),
+        ("set_testing", {"batch_size": 64}),
+        ("set_save", {"strategy": "epoch", "total_limit": 3}),
+        ("set_logging", {"strategy": "steps", "steps": 25, "first_step": True, "level": "info"}),
+        ("set_push_to_hub", {"model_id": "me/model", "private_repo": True, "token": "hf_x"}),
+        ("set_optimizer", {"name": "adamw_torch", "learning_rate": 2e-5, "beta1": 0.8, "epsilon": 1e-6}),
+        ("set_lr_scheduler", {"name": "cosine", "num_epochs": 5, "warmup_steps": 0.05}),
+        ("set_dataloader", {"train_batch_size": 4, "eval_batch_size": 12, "drop_last": True, "sampler_seed": 9}),
+    ],
+)
+def test_set_helpers_set_what_hugging_face_s_do(method, kwargs):
+    ours, theirs = Ours("out", report_to="none"), Theirs("out", report_to="none")
+    assert getattr(ours, method)(**kwargs) is ours
+    getattr(theirs, method)(**kwargs)
+    mine, expected = ours.to_dict(), theirs.to_dict()
+    differing = {k: (mine[k], expected[k]) for k in expected if k in mine and mine[k] != expected[k]}
+    differing.pop("accelerator_config", None)  # Hugging Face's is an accelerate object's dict, crossjax's None
+    differing.pop("disable_tqdm", None)  # Hugging Face's follows the log level
+    # Hugging Face's setters store some values raw, which its own __post_init__ reads as crossjax's:
+    # report_to "none" is [], eval_delay None is 0; sentence-transformers forces prediction_loss_only to True
+    # at construction, which set_evaluate/set_testing turn off in its arguments (its evaluators ignore it).
+    for name, raw, read in (("report_to", "none", []), ("eval_delay", None, 0), ("prediction_loss_only", False, True)):
+        if differing.get(name) == (read, raw):
+            differing.pop(name)
+    assert differing == {}, differing
+
+
+def test_set_helpers_check_what_they_set():
+    args = Ours("out")
+    with pytest.raises(ValueError, match="optim"):
+        args.set_optimizer(name="adamw_bnb_8bit")
+    assert args.optim == "adamw_torch_fused"  # unchanged by the refused call
+
+
+def test_process_facts_equal_hugging_face_s_in_one_cpu_process():
+    ours, theirs = Ours("out", per_device_train_batch_size=4, report_to="none"), Theirs(
+        "out", per_device_train_batch_size=4, report_to="none", use_cpu=True
+    )
+    for name in ("train_batch_size", "eval_batch_size", "world_size", "process_index", "local_process_index",
+                 "should_log", "should_save", "n_gpu", "ddp_timeout_delta"):  # fmt: skip
+        assert getattr(ours, name) == getattr(theirs, name), name
+    assert ours.parallel_mode.value == theirs.parallel_mode.value
+    assert ours.get_process_log_level() == theirs.get_process_log_level()
+    with ours.main_process_first(desc="tokenize"):
+        pass
+
+
+def test_numbers_given_as_strings_are_read_or_named():
+    """PyYAML reads ``1e-5`` as a string: it is read as the number (sentence-transformers keeps the string and
+    fails in the first comparison); a string that is no number names its argument."""
+    args = Ours("out", learning_rate="1e-5", num_train_epochs="2", max_steps="-1", bf16="true")
+    assert (args.learning_rate, args.num_train_epochs, args.max_steps, args.bf16) == (1e-5, 2.0, -1, True)
+    with pytest.raises(ValueError, match="learning_rate"):
+        Ours("out", learning_rate="fast")

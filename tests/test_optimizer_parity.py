@@ -380,7 +380,8 @@ def test_other_optimizers_match_torch_step_by_step(name, options):
     sched = transformers.get_linear_schedule_with_warmup(opt, 2, 10)
     everything = [p for ps in torch_params.values() for p in ps]
     for step in range(6):
-        grads = {k: (rng.normal(size=s) * (5.0 if step == 2 else 0.3)).astype(np.float32) for k, (s, _, _) in layout.items()}
+        scale = 5.0 if step == 2 else 0.3
+        grads = {k: (rng.normal(size=s) * scale).astype(np.float32) for k, (s, _, _) in layout.items()}
         updates, state = tx.update({k: jnp.asarray(g) for k, g in grads.items()}, state, params)
         params = optax.apply_updates(params, updates)
         for k, ps in torch_params.items():

@@ -269,3 +269,36 @@ def test_reranking_evaluators_name_what_they_cannot_use(minilm_dir):
     examples = [InputExample(texts=["q", "a"], label=1), InputExample(texts=["q", "b"])]
     with pytest.raises(ValueError, match=r"labels\[1\] is None.*defaults to None"):
         CERerankingEvaluator.from_input_examples(examples)
+
+
+def test_an_empty_candidate_list_is_a_retriever_that_found_nothing(models, tmp_path):
+    """``documents=[]``: with ``always_rerank_positives=False`` the query scores 0 reranked and 0 as retrieved,
+    as sentence-transformers scores a list that holds no positive (its own evaluator fails on an empty list);
+    with ``always_rerank_positives=True`` its positives alone are reranked (a perfect ranking of one)."""
+    from sentence_transformers.cross_encoder.evaluation import CrossEncoderRerankingEvaluator as STEvaluator
+
+    ours_model, theirs_model = models
+    samples = with_documents(trecqa_samples(3))
+    empty = [{**samples[0], "positive": samples[0]["positive"][:1], "documents": []}, *samples[1:]]
+    missed = [{**empty[0], "documents": ["a candidate that answers nothing"]}, *samples[1:]]
+    ours = CrossEncoderRerankingEvaluator(empty, always_rerank_positives=False)(ours_model)
+    theirs = STEvaluator(missed, always_rerank_positives=False)(theirs_model)
+    assert_same_metrics(ours, theirs)
+    both = CrossEncoderRerankingEvaluator(empty, always_rerank_positives=True)(ours_model)
+    rest = CrossEncoderRerankingEvaluator(samples[1:], always_rerank_positives=True)(ours_model)
+    for key in ("map", "mrr@10", "ndcg@10"):
+        assert both[key] == pytest.approx((1.0 + 2 * rest[key]) / 3), key
+        assert both[f"base_{key}"] == pytest.approx(2 * rest[f"base_{key}"] / 3), key
+
+
+@pytest.mark.parametrize("at_k", [0, -1, 2.5, True])
+def test_at_k_below_one_is_refused(at_k):
+    with pytest.raises(ValueError, match="at_k"):
+        CrossEncoderRerankingEvaluator(trecqa_samples(1), at_k=at_k)
+
+
+def test_evaluators_without_pairs_are_refused():
+    from crossjax.evaluation import CrossEncoderClassificationEvaluator
+
+    with pytest.raises(ValueError, match="at least one sentence pair"):
+        CrossEncoderClassificationEvaluator([], [])

@@ -44,6 +44,8 @@ def checked_gold(values: Sequence[Any], pairs: int, what: str, classes: bool = F
     values = list(values)
     if len(values) != pairs:
         raise ValueError(f"{what}: {len(values)} values for {pairs} sentence pairs")
+    if pairs == 0:  # metrics of nothing would read as a real (0 or NaN) score
+        raise ValueError(f"{what}: the evaluator needs at least one sentence pair")
     for i, value in enumerate(values):
         number = isinstance(value, (int, float, np.integer, np.floating, np.bool_))
         bad = not number or not math.isfinite(float(value))

@@ -113,7 +113,9 @@ class CrossEncoderRerankingEvaluator(CrossEncoderEvaluator):
                 f"The `mrr_at_k` parameter has been deprecated; please use `at_k={mrr_at_k}` instead."
             )
             at_k = mrr_at_k
-        self.at_k = at_k
+        if isinstance(at_k, bool) or not isinstance(at_k, int | np.integer) or at_k < 1:
+            raise ValueError(f"at_k must be an integer >= 1 (the ranks MRR and NDCG look at), got {at_k!r}")
+        self.at_k = int(at_k)
         self.samples = list(samples.values()) if isinstance(samples, dict) else samples
         if not self.samples:
             raise ValueError(f"{type(self).__name__} needs at least one sample (query, positives, candidates)")
@@ -180,7 +182,7 @@ class CrossEncoderRerankingEvaluator(CrossEncoderEvaluator):
             negative = instance.get("negative", None)
             documents = instance.get("documents", None)
 
-            if documents:
+            if documents is not None:  # an empty list: the retriever found nothing (not "no documents key")
                 base_is_relevant = [int(doc in positive) for doc in documents]
                 if sum(base_is_relevant) == 0:
                     base_mrr, base_ndcg, base_ap = 0.0, 0.0, 0.0

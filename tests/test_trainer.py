@@ -446,9 +446,14 @@ def _params(model: CrossEncoder) -> dict[str, np.ndarray]:
     return model.model.hf_state_dict()
 
 
-def test_resumed_run_equals_uninterrupted_run_exactly(tiny_dirs, tmp_path):
+@pytest.mark.parametrize(
+    "optimizer",
+    [{}, {"optim": "adafactor", "lr_scheduler_type": "warmup_stable_decay", "lr_scheduler_kwargs": {"num_decay_steps": 2}}],  # noqa: E501
+    ids=["adamw", "adafactor-wsd"],
+)
+def test_resumed_run_equals_uninterrupted_run_exactly(optimizer, tiny_dirs, tmp_path):
     """In-batch negatives sampled with the step's generator: a run stopped after step 2 and resumed from its
-    checkpoint ends bit-identical to a run that never stopped."""
+    checkpoint ends bit-identical to a run that never stopped (Adafactor's factored state restored too)."""
     data = _dataset("triplets")
 
     def run(output: Path, stop_at: int | None, resume: bool) -> CrossEncoder:
@@ -460,7 +465,7 @@ def test_resumed_run_equals_uninterrupted_run_exactly(tiny_dirs, tmp_path):
 
         args = CrossEncoderTrainingArguments(
             str(output), per_device_train_batch_size=3, max_steps=5, save_steps=2, learning_rate=LR,
-            disable_tqdm=True, resume_from_checkpoint=resume or None,
+            disable_tqdm=True, resume_from_checkpoint=resume or None, **optimizer,
         )  # fmt: skip
         loss = losses.MultipleNegativesRankingLoss(model, num_negatives=1)
         CrossEncoderTrainer(model=model, args=args, train_dataset=data, loss=loss, callbacks=[Stop()]).train()

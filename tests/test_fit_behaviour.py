@@ -178,6 +178,8 @@ def test_bad_examples_rejected_before_compilation(case, untrained, spies):
         ([], {}, "empty"),
         (DataLoader(make_examples(4), batch_size=4), {"epochs": 0}, "epochs"),
         (DataLoader(make_examples(4), batch_size=4), {"scheduler": "NoSuchSchedule"}, "Unknown scheduler"),
+        # the trainer's schedules are not fit's (sentence-transformers' fit knows five)
+        (DataLoader(make_examples(4), batch_size=4), {"scheduler": "polynomial"}, "Unknown scheduler"),
         (DataLoader(make_examples(4), batch_size=4), {"gradient_accumulation_steps": 0}, "accumulation"),
         (DataLoader(make_examples(4), batch_size=4), {"optimizer_params": {"lr": -1.0}}, "lr"),
         (DataLoader(make_examples(4), batch_size=4), {"weight_decay": None}, "weight_decay must be a number"),
@@ -185,7 +187,8 @@ def test_bad_examples_rejected_before_compilation(case, untrained, spies):
         (DataLoader(make_examples(4), batch_size=4), {"output_path": __file__}, "is an existing file"),
     ],
     ids=[
-        "empty DataLoader", "empty list", "epochs=0", "unknown scheduler", "accumulation 0", "negative lr",
+        "empty DataLoader", "empty list", "epochs=0", "unknown scheduler", "trainer scheduler", "accumulation 0",
+        "negative lr",
         "weight_decay None", "empty output_path", "output_path a file",
     ],
 )  # fmt: skip

@@ -348,18 +348,21 @@ def test_other_optimizers_match_torch_step_by_step(name, options):
     from crossjax import optimizers
 
     rng = np.random.default_rng(1)
-    # ours: name -> (shape, layers stacked on axis 0, transposed against torch)
+    # ours: name -> (shape, layers stacked on axis 0, transposed against torch); "conv" is DeBERTa-v2's Conv1d
+    # weight, (k, in, out) here and (out, in, k) in torch, whose last two axes Adafactor factors
     layout = {"kernel": ((3, 5), 0, True), "stack": ((2, 4, 3), 1, True), "stack_bias": ((2, 3), 1, False),
-              "bias": ((5,), 0, False), "embedding": ((6, 4), 0, False)}  # fmt: skip
-    decay = {"kernel": True, "stack": True, "stack_bias": False, "bias": False, "embedding": True}
+              "bias": ((5,), 0, False), "embedding": ((6, 4), 0, False), "conv": ((3, 4, 5), 0, True),
+              "stack_conv": ((2, 3, 4, 5), 1, True)}  # fmt: skip
+    decay = {k: not k.endswith("bias") for k in layout}
     init = {k: rng.normal(size=shape).astype(np.float32) for k, (shape, _, _) in layout.items()}
     lr, wd, clip = 5e-2, 0.1, 1.0
     spec = training.OptimizerSpec.create(
         "warmuplinear", clip, optimizer=name, optimizer_options=optimizers.optimizer_options(name, options)
     )
     hparams = training.optimizer_hparams(lr, 2, 10, wd, max_grad_norm=clip)
-    layer_axes = {k: axes for k, (_, axes, _) in layout.items()}
-    tx = training.optimizer_for(spec, decay, hparams, layer_axes)
+    layouts = {k: stacked * optimizers.STACKED + transposed * optimizers.TRANSPOSED
+               for k, (_, stacked, transposed) in layout.items()}  # fmt: skip
+    tx = training.optimizer_for(spec, decay, hparams, layouts)
     params = {k: jnp.asarray(v) for k, v in init.items()}
     state = tx.init(params)
 

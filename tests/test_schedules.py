@@ -194,6 +194,7 @@ def test_trainer_schedules_match_transformers_get_scheduler(hf_name: str, key: s
         ("warmup_stable_decay", {"num_decay_steps": 3, "decay_type": "exp"}, ValueError, "decay type"),
         ("inverse_sqrt", {"timescale": 2.5}, TypeError, "timescale"),
         ("warmupcosine", {"num_cycles": "two"}, TypeError, "num_cycles"),
+        ("inverse_sqrt", {"timescale": 0}, ValueError, "timescale"),  # transformers: a division by zero
     ],
 )
 def test_trainer_schedule_options_are_checked_as_transformers_does(key, kwargs, error, match) -> None:
@@ -203,6 +204,15 @@ def test_trainer_schedule_options_are_checked_as_transformers_does(key, kwargs, 
 
     with pytest.raises(error, match=match):
         scheduler_options(key, kwargs, learning_rate=LR)
+
+
+def test_options_that_would_make_nan_learning_rates_are_refused() -> None:
+    from crossjax.schedules import scheduler_options
+
+    with pytest.raises(ValueError, match="min_lr"):
+        scheduler_options("cosine_with_min_lr", {"min_lr": 1e-6}, learning_rate=0.0)
+    # arguments still being set (Hugging Face's set_lr_scheduler, then lr_scheduler_kwargs) pass until training
+    assert scheduler_options("warmup_stable_decay", {}, complete=False) == ()
 
 
 def test_constant_schedules_ignore_options_as_transformers_does(caplog) -> None:

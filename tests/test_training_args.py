@@ -138,3 +138,15 @@ def test_numbers_given_as_strings_are_read_or_named():
     assert (args.learning_rate, args.num_train_epochs, args.max_steps, args.bf16) == (1e-5, 2.0, -1, True)
     with pytest.raises(ValueError, match="learning_rate"):
         Ours("out", learning_rate="fast")
+
+
+def test_schedule_set_before_its_options_as_hugging_face_scripts_do(minilm_dir, tmp_path):
+    """``set_lr_scheduler`` has no options parameter: Hugging Face's scripts assign ``lr_scheduler_kwargs`` after
+    it. A schedule still missing a required option is named when training starts, before any data is read."""
+    from crossjax import CrossEncoder, CrossEncoderTrainer
+
+    args = Ours(str(tmp_path)).set_lr_scheduler(name="cosine_with_min_lr")
+    with pytest.raises(ValueError, match="min_lr"):
+        CrossEncoderTrainer(model=CrossEncoder(minilm_dir), args=args, train_dataset=object()).train()
+    args.lr_scheduler_kwargs = {"min_lr": 1e-6}
+    assert args.scheduler_kwargs == {"min_lr": 1e-6}

@@ -36,6 +36,7 @@ from crossjax.models.checkpoints import CheckpointError, hub_commit, resolve_che
 from crossjax.models.export import ST_CONFIG
 from crossjax.parallel import MeshPlan, devices_for, make_mesh, put_global
 from crossjax.runtime import is_main_process, progress_bar
+from crossjax.schedules import SCHEDULER_NAMES
 
 logger = logging.getLogger("crossjax")
 
@@ -934,6 +935,8 @@ class CrossEncoder:
         )
 
         self._check_parameters_finite()
+        if str(scheduler).lower() not in SCHEDULER_NAMES:  # sentence-transformers' five (the trainer has more)
+            raise ValueError(f"Unknown scheduler {scheduler!r}; valid schedulers are: {', '.join(SCHEDULER_NAMES)}")
         if evaluator is not None and (isinstance(evaluator, type) or not callable(evaluator)):
             raise TypeError(
                 f"evaluator must be an evaluator instance, called as evaluator(model, output_path, epoch, steps); "

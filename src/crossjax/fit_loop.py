@@ -1074,9 +1074,9 @@ def _run_fit(
         cfg.max_grad_norm,
     )
     mask = training.decay_mask(model, params, cfg.decay_rule)
-    layer_axes = training.layer_axes(model, params) if spec.needs_layer_axes else None
+    layouts = training.hf_layouts(model, params) if spec.needs_layouts else None
     state, state_shardings = training.init_train_state(
-        model, training.optimizer_for(spec, mask, numbers, layer_axes), plan
+        model, training.optimizer_for(spec, mask, numbers, layouts), plan
     )
 
     checkpointer = None
@@ -1142,7 +1142,7 @@ def _run_fit(
     # loss's mini_batch_size splits each micro-batch into chunks of whole queries.
     step_losses = getattr(data, "step_losses", None) or [(loss_fn, 1)]
     programs = [
-        training.train_program(graphdef, spec, mask, loss, activation, k * chunks, state_shardings, plan, layer_axes)[0]
+        training.train_program(graphdef, spec, mask, loss, activation, k * chunks, state_shardings, plan, layouts)[0]
         for loss, chunks in step_losses
     ]
     # A program may be shared with earlier fits: count this fit's traces only.

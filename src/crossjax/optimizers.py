@@ -88,8 +88,9 @@ def optimizer_options(key: str, settings: Mapping[str, Any] | None = None) -> Op
     settings = dict(settings or {})
     if settings.pop("weight_decay", None) is not None:
         logger.warning(
-            "weight_decay in the optimizer's own arguments has no effect: as in Hugging Face's Trainer (torch "
-            "parameter groups), the training arguments' weight_decay decays the weights, norms and biases get 0"
+            "weight_decay in the optimizer's own arguments has no effect: as in sentence-transformers and Hugging "
+            "Face (torch parameter groups), the run's weight_decay (fit's argument, the trainer's training "
+            "argument) decays the weights, and norms and biases get 0"
         )
     unknown = sorted(set(settings) - set(defaults))
     if unknown:
@@ -128,19 +129,25 @@ def optimizer_options(key: str, settings: Mapping[str, Any] | None = None) -> Op
     return tuple(sorted(options.items()))
 
 
-def optim_args_options(key: str, optim_args: str | None) -> Options:
-    """Hugging Face's ``optim_args`` for ``optim`` ``key``, read as its Trainer reads them: the keys it knows for
-    SGD, Adagrad and RMSprop; a key it would ignore (and AdamW's and Adafactor's, which it ignores whole) is
-    refused here, so a setting never silently does nothing."""
+def optim_args_options(key: str, optim_args: str | None, optim: str | None = None) -> Options:
+    """Hugging Face's ``optim_args`` for optimizer ``key`` (given as ``optim``), read as its Trainer reads them:
+    the keys it knows for SGD, Adagrad and RMSprop; a key it would ignore (and AdamW's and Adafactor's, which it
+    ignores whole) is refused here, so a setting never silently does nothing."""
     parsed = parse_optim_args(optim_args)
     if not parsed:
         return optimizer_options(key)
     known = _OPTIM_ARGS_KEYS.get(key, ())
     ignored = sorted(set(parsed) - set(known))
     if ignored:
+        if known:
+            hint = f"it reads {list(known)}"
+        elif key == "adamw":
+            hint = "set adam_beta1, adam_beta2 and adam_epsilon instead"
+        else:
+            hint = "Adafactor runs with transformers' defaults there (and here)"
         raise ValueError(
-            f"optim_args {ignored} have no effect on optim={key!r} (Hugging Face's Trainer ignores them); "
-            + (f"it reads {list(known)}" if known else "set the optimizer's numbers through the training arguments")
+            f"optim_args {ignored} have no effect on optim={optim or key!r} (Hugging Face's Trainer ignores them); "
+            + hint
         )
     return optimizer_options(key, parsed)
 
@@ -230,8 +237,26 @@ class AdafactorState(NamedTuple):
     factors: list  # per parameter leaf: (row, col) second-moment factors, or (full second moment,)
 
 
+# How a parameter leaf holds its Hugging Face tensor (training.hf_layouts): a stack of scanned layers on axis 0,
+# and/or transposed (every axis reversed: nnx kernels against torch's Linear and Conv1d weights).
+STACKED, TRANSPOSED = 1, 2
+
+
+def _factor_axes(ndim: int, layout: int) -> tuple[int, int] | None:
+    """The two axes of our leaf that are the last two of its Hugging Face tensor (what transformers' Adafactor
+    factors), or None for a tensor of fewer than two dimensions (kept whole)."""
+    stacked = layout & STACKED
+    if ndim - stacked < 2:
+        return None
+    return (stacked, stacked + 1) if layout & TRANSPOSED else (ndim - 2, ndim - 1)
+
+
+def _to_end(x, axes: tuple[int, int]):
+    return jnp.moveaxis(x, axes, (-2, -1))
+
+
 def scale_by_hf_adafactor(
-    layer_axes: Any,
+    layouts: Any,
     eps: tuple[float, float] = (1e-30, 1e-3),
     clip_threshold: float = 1.0,
     decay_rate: float = -0.8,
@@ -239,57 +264,56 @@ def scale_by_hf_adafactor(
     """transformers' ``Adafactor`` with ``relative_step=False`` and no first moment (Hugging Face Trainer's
     ``optim="adafactor"``), without the learning rate.
 
-    Each parameter is one of transformers' tensors, possibly stacked over layers (``layer_axes``: a tree like
-    the parameters' of 1 for a stack of scanned layers, else 0): the second moment is factored over the last
-    two axes of a tensor of two or more dimensions (a transposed nnx kernel factors into the same product as
-    torch's ``(out, in)`` weight) and the update's RMS clipping is per layer, as in torch."""
+    Each parameter is one of transformers' tensors as ``layouts`` (a tree like the parameters', of
+    :data:`STACKED` / :data:`TRANSPOSED` codes) says crossjax holds it: the second moment is factored over the
+    axes that are the torch tensor's last two (the factored product does not depend on which of the two is the
+    row), the other axes (layers, a convolution's outputs) kept apart, and the update's RMS clipping is per
+    layer, as in torch, where each layer is a tensor of its own."""
     eps1 = eps[0]  # eps[1] bounds the parameter scale of scale_parameter=True, which Hugging Face turns off
 
-    def _factored(x, layers) -> bool:
-        return x.ndim - layers >= 2
-
     def init(params):
-        leaves = jax.tree.leaves(params)
-        axes = jax.tree.leaves(layer_axes)
-        factors = [
-            (jnp.zeros(x.shape[:-1], jnp.float32), jnp.zeros(x.shape[:-2] + x.shape[-1:], jnp.float32))
-            if _factored(x, a)
-            else (jnp.zeros(x.shape, jnp.float32),)
-            for x, a in zip(leaves, axes, strict=True)
-        ]
+        factors = []
+        for x, layout in zip(jax.tree.leaves(params), jax.tree.leaves(layouts), strict=True):
+            axes = _factor_axes(x.ndim, layout)
+            if axes is None:
+                factors.append((jnp.zeros(x.shape, jnp.float32),))
+                continue
+            rest = [n for axis, n in enumerate(x.shape) if axis not in axes]
+            shape = (*rest, x.shape[axes[0]], x.shape[axes[1]])  # _to_end's
+            factors.append((jnp.zeros(shape[:-1], jnp.float32), jnp.zeros(shape[:-2] + shape[-1:], jnp.float32)))
         return AdafactorState(jnp.zeros([], jnp.int32), factors)
 
-    def rms(x, layers):
-        axes = tuple(range(layers, x.ndim))
-        return jnp.sqrt(jnp.mean(jnp.square(x), axis=axes, keepdims=True))
+    def rms(x, stacked):
+        return jnp.sqrt(jnp.mean(jnp.square(x), axis=tuple(range(stacked, x.ndim)), keepdims=True))
 
     def update(updates, state, params=None):
+        del params
         count = optax.safe_increment(state.count)
         beta2 = 1.0 - jnp.power(count.astype(jnp.float32), jnp.float32(decay_rate))
         grads, treedef = jax.tree.flatten(updates)
-        del params
-        axes = jax.tree.leaves(layer_axes)
         outs, factors = [], []
-        for g, factor, layers in zip(grads, state.factors, axes, strict=True):
+        for g, factor, layout in zip(grads, state.factors, jax.tree.leaves(layouts), strict=True):
             g = g.astype(jnp.float32)
-            squared = jnp.square(g) + eps1
-            if _factored(g, layers):
+            axes = _factor_axes(g.ndim, layout)
+            if axes is not None:
+                moved = _to_end(g, axes)
+                squared = jnp.square(moved) + eps1
                 row = beta2 * factor[0] + (1.0 - beta2) * jnp.mean(squared, axis=-1)
                 col = beta2 * factor[1] + (1.0 - beta2) * jnp.mean(squared, axis=-2)
                 r = jax.lax.rsqrt(row / jnp.mean(row, axis=-1, keepdims=True))[..., None]
-                u = r * jax.lax.rsqrt(col)[..., None, :] * g
+                u = jnp.moveaxis(r * jax.lax.rsqrt(col)[..., None, :] * moved, (-2, -1), axes)
                 factors.append((row, col))
             else:
-                full = beta2 * factor[0] + (1.0 - beta2) * squared
+                full = beta2 * factor[0] + (1.0 - beta2) * (jnp.square(g) + eps1)
                 u = jax.lax.rsqrt(full) * g
                 factors.append((full,))
-            outs.append(u / jnp.maximum(rms(u, layers) / clip_threshold, 1.0))
+            outs.append(u / jnp.maximum(rms(u, layout & STACKED) / clip_threshold, 1.0))
         return jax.tree.unflatten(treedef, outs), AdafactorState(count, factors)
 
     return optax.GradientTransformation(init, update)
 
 
-def direction(key: str, options: Options, layer_axes: Any = None) -> optax.GradientTransformation:
+def direction(key: str, options: Options, layouts: Any = None) -> optax.GradientTransformation:
     """The direction transform of optimizer ``key`` (not AdamW) with its :func:`optimizer_options`."""
     o = dict(options)
     if key == "sgd":
@@ -299,9 +323,9 @@ def direction(key: str, options: Options, layer_axes: Any = None) -> optax.Gradi
     if key == "rmsprop":
         return scale_by_torch_rmsprop(o["alpha"], o["eps"], o["momentum"], o["centered"])
     if key == "adafactor":
-        if layer_axes is None:
-            raise ValueError("Adafactor needs the parameters' layer axes (training.layer_axes)")
-        return scale_by_hf_adafactor(layer_axes, o["eps"], o["clip_threshold"], o["decay_rate"])
+        if layouts is None:
+            raise ValueError("Adafactor needs the parameters' Hugging Face layouts (training.hf_layouts)")
+        return scale_by_hf_adafactor(layouts, o["eps"], o["clip_threshold"], o["decay_rate"])
     raise ValueError(f"no direction transform for optimizer {key!r}")
 
 

@@ -17,6 +17,7 @@ values.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from collections.abc import Callable, Mapping
@@ -24,6 +25,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 logger = logging.getLogger("crossjax")
@@ -246,19 +248,18 @@ Options = tuple[tuple[str, Any], ...]
 
 
 def scheduler_options(
-    name: str, kwargs: Mapping[str, Any] | None = None, learning_rate: float | None = None
+    name: str, kwargs: Mapping[str, Any] | None = None, learning_rate: float | None = None, complete: bool = True
 ) -> Options:
     """transformers' ``lr_scheduler_kwargs`` for schedule ``name``, checked as transformers checks them, as the
     static (hashable) options :func:`schedule_fn` takes. An option the schedule does not take is a
     ``TypeError`` (transformers: an unexpected keyword argument), except for the constant schedules, which
-    ignore them as transformers does; ``learning_rate`` is needed to check ``polynomial``'s ``lr_end``."""
+    ignore them as transformers does; values that would give a NaN or infinite learning rate are refused
+    (transformers divides by zero there). ``learning_rate`` is needed to check ``polynomial``'s ``lr_end`` and
+    ``min_lr``; ``complete=False`` leaves out the check that required options are there (arguments still being
+    set)."""
     key = scheduler_key(name)
     kwargs = dict(kwargs or {})
-    if key in _IGNORES_OPTIONS or not kwargs:
-        if key == "warmup_stable_decay":
-            raise ValueError("lr_scheduler_type='warmup_stable_decay' needs lr_scheduler_kwargs={'num_decay_steps': N}")
-        if key in ("cosine_with_min_lr", "cosine_warmup_with_min_lr"):
-            raise ValueError(f"{name!r} needs one of min_lr or min_lr_rate in lr_scheduler_kwargs")
+    if key in _IGNORES_OPTIONS:
         if kwargs:
             logger.warning("lr_scheduler_kwargs %s are ignored by the %r schedule (as in transformers)", kwargs, name)
         return ()
@@ -272,6 +273,14 @@ def scheduler_options(
     for option, value in kwargs.items():
         if isinstance(value, str) and option not in ("warmup_type", "decay_type"):
             raise TypeError(f"lr_scheduler_kwargs[{option!r}] must be a number, got {value!r}")
+    for option in ("num_decay_steps", "num_stable_steps", "timescale"):
+        value = kwargs.get(option)
+        if value is not None and (isinstance(value, bool) or not float(value).is_integer()):
+            raise TypeError(f"lr_scheduler_kwargs[{option!r}] must be a whole number of steps, got {value!r}")
+        if value is not None:
+            kwargs[option] = int(value)
+    if kwargs.get("timescale") is not None and kwargs["timescale"] < 1:
+        raise ValueError(f"lr_scheduler_kwargs['timescale'] must be >= 1 step, got {kwargs['timescale']}")
     if key == "polynomial":
         lr_end = float(kwargs.get("lr_end", allowed["lr_end"]))
         if learning_rate is not None and not learning_rate > lr_end:
@@ -279,21 +288,17 @@ def scheduler_options(
     if key in ("cosine_with_min_lr", "cosine_warmup_with_min_lr"):
         if kwargs.get("min_lr") is not None and kwargs.get("min_lr_rate") is not None:
             raise ValueError("Only one of min_lr or min_lr_rate should be set")
-        if kwargs.get("min_lr") is None and kwargs.get("min_lr_rate") is None:
+        if complete and kwargs.get("min_lr") is None and kwargs.get("min_lr_rate") is None:
             raise ValueError(f"{name!r} needs one of min_lr or min_lr_rate in lr_scheduler_kwargs")
+        if kwargs.get("min_lr") is not None and learning_rate is not None and not learning_rate > 0:
+            raise ValueError(f"min_lr is a fraction of the learning rate, which must then be > 0, not {learning_rate}")
     if key == "warmup_stable_decay":
-        if kwargs.get("num_decay_steps") is None:
+        if complete and kwargs.get("num_decay_steps") is None:
             raise ValueError("lr_scheduler_type='warmup_stable_decay' needs lr_scheduler_kwargs={'num_decay_steps': N}")
         for option in ("warmup_type", "decay_type"):
             if kwargs.get(option, "linear") not in _WSD_SHAPES:
                 kind = option.split("_")[0]
                 raise ValueError(f"Unknown {kind} type: {kwargs[option]}, expected 'linear', 'cosine' or '1-sqrt'")
-    for option in ("num_decay_steps", "num_stable_steps", "timescale"):
-        value = kwargs.get(option)
-        if value is not None and (isinstance(value, bool) or not float(value).is_integer()):
-            raise TypeError(f"lr_scheduler_kwargs[{option!r}] must be a whole number of steps, got {value!r}")
-        if value is not None:
-            kwargs[option] = int(value)
     return tuple(sorted(kwargs.items()))
 
 
@@ -333,6 +338,14 @@ def _polynomial_lr(step, lr, warmup, total, lr_end: float, power: float) -> jnp.
     return jnp.where(step < warmup, lr * _warmup(step, warmup), after)
 
 
+@functools.cache
+def _compiled(name: str, options: Options) -> Callable:
+    """:func:`schedule_fn` jitted with its numbers as arguments: the train step's own arithmetic (bit for bit),
+    one compile per name and options (evaluated eagerly, every ``jnp`` operation compiled a program of its own:
+    ~10 on each first use in a process)."""
+    return jax.jit(schedule_fn(name, options))
+
+
 def make_schedule(
     name: str, learning_rate: float, warmup_steps: int, total_steps: int, options: Options = ()
 ) -> optax.Schedule:
@@ -340,16 +353,17 @@ def make_schedule(
 
     ``schedule(k)`` equals the learning rate PyTorch uses at optimizer step ``k`` (0-based) under
     ``SentenceTransformer._get_scheduler(optimizer, name, warmup_steps, total_steps)`` (or
-    ``transformers.get_scheduler`` with the options as ``scheduler_specific_kwargs``).
+    ``transformers.get_scheduler`` with the options as ``scheduler_specific_kwargs``), and, bit for bit, what
+    the train step computes (:func:`schedule_fn` with the numbers as traced arguments).
     """
-    fn = schedule_fn(name, options)
+    fn = _compiled(scheduler_key(name), tuple(options))
     warmup_steps = int(warmup_steps)
     total_steps = int(total_steps)
     if warmup_steps < 0 or total_steps < 0:
         raise ValueError(f"warmup_steps and total_steps must be >= 0, got {warmup_steps} and {total_steps}")
-    lr = jnp.float32(learning_rate)
-    warmup = jnp.int32(warmup_steps)
-    total = jnp.int32(total_steps)
+    lr = np.float32(learning_rate)
+    warmup = np.int32(warmup_steps)
+    total = np.int32(total_steps)
 
     def schedule(count: jnp.ndarray | int) -> jnp.ndarray:
         return fn(count, lr, warmup, total)

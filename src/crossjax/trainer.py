@@ -571,6 +571,7 @@ class CrossEncoderTrainer:
         args = self.args
         if self.train_dataset is None:
             raise ValueError("CrossEncoderTrainer.train() needs train_dataset")
+        scheduler_kwargs = args.scheduler_kwargs  # its required options, checked before any data is read
         self.model._check_parameters_finite()
         ensure_writable_folders([("output_dir", args.output_dir)])  # named as the user set it (fit: log_dir)
         resume = resume_from_checkpoint if resume_from_checkpoint is not None else args.resume_from_checkpoint
@@ -585,7 +586,7 @@ class CrossEncoderTrainer:
         cfg = FitConfig(
             epochs=data.epochs,
             scheduler=args.scheduler_name,
-            scheduler_kwargs=args.scheduler_kwargs or None,
+            scheduler_kwargs=scheduler_kwargs or None,
             **args.optimizer_settings,
             warmup_steps=args.get_warmup_steps(total),
             learning_rate=float(args.learning_rate),
@@ -693,13 +694,11 @@ class CrossEncoderTrainer:
     ) -> str | None:
         """Upload the model to ``args.hub_model_id`` (else the output folder's name), with the arguments'
         ``hub_token``, ``hub_private_repo`` and ``hub_revision`` unless given here, as Hugging Face's
-        ``Trainer.push_to_hub``; ``kwargs`` go to :meth:`CrossEncoder.push_to_hub`. Only the main process pushes.
-        Returns the commit URL (None on the other processes)."""
+        ``Trainer.push_to_hub``; ``kwargs`` go to :meth:`CrossEncoder.push_to_hub`. Every process calls it (the
+        export gathers the parameters from all of them); the main process uploads. Returns the commit URL."""
         del blocking  # uploads are synchronous here
-        if not self.is_world_process_zero():
-            return None
         args = self.args
-        repo_id = args.hub_model_id or Path(args.output_dir).name
+        repo_id = args.hub_model_id or Path(args.output_dir).absolute().name
         return self.model.push_to_hub(
             repo_id,
             token=token if token is not None else args.hub_token,

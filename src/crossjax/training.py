@@ -111,15 +111,24 @@ def decay_mask(model: FlaxPreTrainedModel, params, rule: str = "fit") -> Any:
     )
 
 
-def layer_axes(model: FlaxPreTrainedModel, params) -> Any:
-    """1 where a parameter is a stack of scanned layers (one Hugging Face tensor per slice of axis 0), else 0.
-    Same tree structure as ``params``; what Adafactor needs to treat each Hugging Face tensor as one."""
-    stacked = {rule.stacked_ours for rule in model.param_table(model.config) if rule.stacked_ours}
+def hf_layouts(model: FlaxPreTrainedModel, params) -> Any:
+    """How each parameter holds its Hugging Face tensor, as :mod:`crossjax.optimizers` codes: ``STACKED`` for a
+    stack of scanned layers (one tensor per slice of axis 0), ``TRANSPOSED`` for a reversed one (the family
+    table's ``transpose``). Same tree structure as ``params``; what Adafactor needs to treat each Hugging Face
+    tensor as transformers' does."""
+    table = model.param_table(model.config)
 
-    def axes(path, variable):
-        return jax.tree.map(lambda _: int(".".join(_key_name(k) for k in path) in stacked), variable)
+    def layout(path, variable):
+        dotted = ".".join(_key_name(k) for k in path)
+        for rule in table:
+            code = optimizers.TRANSPOSED if rule.transpose else 0
+            if rule.stacked_ours == dotted:
+                return jax.tree.map(lambda _, c=code | optimizers.STACKED: c, variable)
+            if rule.match_ours(dotted) is not None:
+                return jax.tree.map(lambda _, c=code: c, variable)
+        raise RuntimeError(f"{type(model).__name__}: no Hugging Face tensor for parameter {dotted}")
 
-    return jax.tree_util.tree_map_with_path(axes, params, is_leaf=lambda x: isinstance(x, nnx.Variable))
+    return jax.tree_util.tree_map_with_path(layout, params, is_leaf=lambda x: isinstance(x, nnx.Variable))
 
 
 def clip_by_global_norm_like_torch(max_norm) -> optax.GradientTransformationExtraArgs:
@@ -300,7 +309,7 @@ class OptimizerSpec:
         )
 
     @property
-    def needs_layer_axes(self) -> bool:
+    def needs_layouts(self) -> bool:
         """Whether the optimizer reads which parameters are stacks of layers (Adafactor's per-tensor factors)."""
         return self.optimizer == "adafactor"
 
@@ -337,10 +346,10 @@ def optimizer_hparams(
     }
 
 
-def optimizer_for(spec: OptimizerSpec, mask, hparams: dict, layer_axes: Any = None) -> optax.GradientTransformation:
+def optimizer_for(spec: OptimizerSpec, mask, hparams: dict, layouts: Any = None) -> optax.GradientTransformation:
     """The optimizer of ``spec`` with the numbers of ``hparams`` (numpy or traced scalars): what the step
     applies. Equal, value for value, to :func:`make_optimizer` with the same numbers as Python floats.
-    ``layer_axes`` (:func:`layer_axes`) is read by the optimizers whose spec ``needs_layer_axes``."""
+    ``layouts`` (:func:`hf_layouts`) is read by the optimizers whose spec ``needs_layouts``."""
     fn = schedule_fn(spec.scheduler, spec.schedule_options)
 
     def schedule(count):
@@ -349,7 +358,7 @@ def optimizer_for(spec: OptimizerSpec, mask, hparams: dict, layer_axes: Any = No
     if spec.optimizer != "adamw":
         clip = [clip_by_global_norm_like_torch(hparams["max_grad_norm"])] if spec.clipping else []
         decay = optax.add_decayed_weights(hparams["weight_decay"], mask)
-        move = optimizers.direction(spec.optimizer, spec.optimizer_options, layer_axes)
+        move = optimizers.direction(spec.optimizer, spec.optimizer_options, layouts)
         # torch's SGD/Adagrad/RMSprop add weight_decay * p to the gradient; Adafactor decays after its direction
         steps = [move, decay] if optimizers.decoupled_decay(spec.optimizer) else [decay, move]
         return optax.chain(*clip, *steps, optax.scale_by_learning_rate(schedule))
@@ -553,7 +562,11 @@ def new_gradient_buffer(params, shardings):
     The zeros are made on the devices: an array put there from numpy may share numpy's memory (XLA:CPU takes
     an aligned host buffer without a copy), and such a buffer cannot be donated, so the first step copied it.
     """
-    return jax.tree.map(lambda p, sharding: jnp.zeros(p.shape, p.dtype, device=sharding), params, shardings)
+    return jax.jit(_zeros_like_tree, out_shardings=shardings)(params)  # one program, not one per shape
+
+
+def _zeros_like_tree(tree):
+    return jax.tree.map(jnp.zeros_like, tree)
 
 
 def _keep_unless(flag: jax.Array, new, old):
@@ -926,7 +939,7 @@ def train_program(
     accumulation_steps: int,
     state_shardings: TrainState,
     plan: MeshPlan,
-    layer_axes: Any = None,
+    layouts: Any = None,
 ) -> tuple[StepProgram, bool]:
     """The jitted ``(state, batch, healthy, hparams, gradients) -> (state, metrics, gradients)`` for these
     static choices, shared by every fit in the process that makes the same ones; True when it was already there.
@@ -945,7 +958,7 @@ def train_program(
             graphdef,
             spec,
             _tree_key(mask),
-            None if layer_axes is None else _tree_key(layer_axes),
+            None if layouts is None else _tree_key(layouts),
             loss_key,
             activation_key,
             int(accumulation_steps),
@@ -958,7 +971,7 @@ def train_program(
         counter = CompileCounter()
         step = make_train_step(
             graphdef,
-            functools.partial(optimizer_for, spec, mask, layer_axes=layer_axes),
+            functools.partial(optimizer_for, spec, mask, layouts=layouts),
             loss_fn,
             activation,
             accumulation_steps,

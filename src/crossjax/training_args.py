@@ -378,10 +378,11 @@ class CrossEncoderTrainingArguments(_HuggingFaceArguments):
         self.lr_scheduler_type = scheduler
         if self.lr_scheduler_kwargs is not None and not isinstance(self.lr_scheduler_kwargs, dict):
             raise TypeError(f"lr_scheduler_kwargs must be a dict (or its JSON), got {self.lr_scheduler_kwargs!r}")
-        # transformers' checks, before any data is read: options the schedule does not take, required ones
-        scheduler_options(self.scheduler_name, self.lr_scheduler_kwargs, float(self.learning_rate))
+        # transformers' checks, before any data is read: options the schedule does not take (the required ones
+        # when training starts: Hugging Face's set_lr_scheduler comes before lr_scheduler_kwargs are assigned)
+        scheduler_options(self.scheduler_name, self.lr_scheduler_kwargs, float(self.learning_rate), complete=False)
         self.optim = getattr(self.optim, "value", self.optim)
-        optim_args_options(optimizer_key(self.optim), self.optim_args)  # checked as its Trainer reads them
+        optim_args_options(optimizer_key(self.optim), self.optim_args, self.optim)  # as its Trainer reads them
         for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "gradient_accumulation_steps"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -427,8 +428,6 @@ class CrossEncoderTrainingArguments(_HuggingFaceArguments):
             self.greater_is_better = not self.metric_for_best_model.removeprefix("eval_").endswith("loss")
         if self.save_total_limit is not None and self.save_total_limit < 1:
             raise ValueError(f"save_total_limit must be >= 1 or None, got {self.save_total_limit!r}")
-        if self.push_to_hub and not self.hub_model_id:
-            raise ValueError("push_to_hub=True needs hub_model_id (the repository to push to)")
         # what Hugging Face reads back: its report_to list, debug list, and evaluation bookkeeping
         if isinstance(self.report_to, str):
             self.report_to = [] if self.report_to == "none" else [self.report_to]
@@ -486,7 +485,7 @@ class CrossEncoderTrainingArguments(_HuggingFaceArguments):
         """``optim`` and ``optim_args`` as crossjax's step takes them: ``{"optimizer": key, "optimizer_options":
         (...)}`` (FitConfig's fields)."""
         key = optimizer_key(self.optim)
-        return {"optimizer": key, "optimizer_options": optim_args_options(key, self.optim_args)}
+        return {"optimizer": key, "optimizer_options": optim_args_options(key, self.optim_args, self.optim)}
 
     @property
     def scheduler_kwargs(self) -> dict[str, Any]:

@@ -150,3 +150,20 @@ def test_schedule_set_before_its_options_as_hugging_face_scripts_do(minilm_dir, 
         CrossEncoderTrainer(model=CrossEncoder(minilm_dir), args=args, train_dataset=object()).train()
     args.lr_scheduler_kwargs = {"min_lr": 1e-6}
     assert args.scheduler_kwargs == {"min_lr": 1e-6}
+
+
+def test_log_level_and_process_index_do_not_start_jax():
+    """Scripts read ``get_process_log_level()`` / ``should_log`` right after parsing their arguments, before a
+    multi-host run calls ``jax.distributed.initialize()``, which fails once JAX's backends have started."""
+    import subprocess
+    import sys
+
+    code = (
+        "from crossjax import CrossEncoderTrainingArguments as A\n"
+        "from jax._src import xla_bridge\n"
+        "a = A('out')\n"
+        "print(a.get_process_log_level(), a.should_log, a.should_save, a.world_size, a.process_index,\n"
+        "      xla_bridge.backends_are_initialized())\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["30", "True", "True", "1", "0", "False"]

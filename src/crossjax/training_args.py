@@ -253,6 +253,20 @@ def _typed_values(options: dict[str, Any]) -> dict[str, Any]:
     return typed
 
 
+def _process_facts() -> tuple[int, int]:
+    """(this process's index, the number of processes), without starting JAX's backends: a script reads
+    ``args.get_process_log_level()`` or ``args.should_log`` early, and a backend started then would make a later
+    ``jax.distributed.initialize()`` fail. Before the backends start, the distributed client's numbers if
+    ``jax.distributed.initialize`` ran, else one process."""
+    import jax
+    from jax._src import distributed, xla_bridge
+
+    if xla_bridge.backends_are_initialized():
+        return jax.process_index(), jax.process_count()
+    state = distributed.global_state
+    return (state.process_id, state.num_processes) if state.client is not None else (0, 1)
+
+
 @functools.cache
 def _scalar_kinds(cls: type) -> dict[str, type]:
     """The fields annotated ``int``, ``float`` or ``bool`` (or one of those or None), from the annotations
@@ -560,16 +574,12 @@ class CrossEncoderTrainingArguments(_HuggingFaceArguments):
 
     @property
     def world_size(self) -> int:
-        """The number of processes (``jax.process_count()``)."""
-        import jax
-
-        return jax.process_count()
+        """The number of processes (``jax.process_count()``; see :func:`_process_facts`)."""
+        return _process_facts()[1]
 
     @property
     def process_index(self) -> int:
-        import jax
-
-        return jax.process_index()
+        return _process_facts()[0]
 
     @property
     def local_process_index(self) -> int:

@@ -432,3 +432,41 @@ def test_constructing_a_cross_encoder_never_joins_a_distributed_run(tiny_dir, mo
     monkeypatch.setenv("CROSSJAX_DISTRIBUTED", "1")
     CrossEncoder(tiny_dir)
     assert len(calls) == 1
+
+
+def test_dropout_rates_and_label_counts_no_model_can_have_are_refused(tiny_dir):
+    """torch refuses a dropout rate outside [0, 1] when it builds the layer; crossjax's failed in the first
+    step (a uint32 overflow) or, above 1, trained nothing. ``num_labels=0`` through ``config_kwargs`` too."""
+    for kwargs, message in (
+        ({"config_kwargs": {"hidden_dropout_prob": -1.0}}, "hidden_dropout_prob=-1.0"),
+        ({"classifier_dropout": 1.5}, "classifier_dropout=1.5"),
+        ({"config_kwargs": {"num_labels": 0}}, "num_labels=0"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            CrossEncoder(tiny_dir, **kwargs)
+
+
+def test_trainer_inputs_that_would_do_nothing_or_fail_deep_are_named(tiny_dir, tmp_path):
+    from crossjax import CrossEncoderTrainer, CrossEncoderTrainingArguments
+    from crossjax.evaluation import CrossEncoderRerankingEvaluator
+    from crossjax.util import mine_hard_negatives
+
+    model = CrossEncoder(tiny_dir)
+    data = {"a": ["x y", "z"], "b": ["w", "v u"], "label": [1.0, 0.0]}
+    with pytest.raises(TypeError, match="TrainerCallback events"):
+        CrossEncoderTrainer(model=model, train_dataset=data, callbacks=["x"])
+    with pytest.raises(TypeError, match="CrossEncoderTrainingArguments"):
+        CrossEncoderTrainer(model=model, args="out", train_dataset=data)
+    args = CrossEncoderTrainingArguments(str(tmp_path), max_steps=1, per_device_train_batch_size=2)
+    with pytest.raises(TypeError, match="resume_from_checkpoint"):
+        CrossEncoderTrainer(model=model, args=args, train_dataset=data).train(resume_from_checkpoint=5)
+    with pytest.raises(ValueError, match="logging_steps must be a whole number"):
+        CrossEncoderTrainingArguments(str(tmp_path), logging_steps=2.5)  # Hugging Face refuses it too
+    with pytest.raises(ValueError, match="'no_duplicates'"):
+        CrossEncoderTrainingArguments(str(tmp_path), batch_sampler="bogus")  # the choices are listed
+    with pytest.raises(TypeError, match="'negative' must be a list"):
+        CrossEncoderRerankingEvaluator([{"query": "q", "positive": ["a"], "negative": "bcd"}])(model)
+    with pytest.raises(TypeError, match="corpus must be a list"):
+        mine_hard_negatives(data, anchor_column_name="a", positive_column_name="b", corpus="xyz")
+    with pytest.raises(ValueError, match="batch_size"):
+        mine_hard_negatives(data, anchor_column_name="a", positive_column_name="b", batch_size=0)

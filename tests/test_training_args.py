@@ -152,18 +152,17 @@ def test_schedule_set_before_its_options_as_hugging_face_scripts_do(minilm_dir, 
     assert args.scheduler_kwargs == {"min_lr": 1e-6}
 
 
-def test_log_level_and_process_index_do_not_start_jax():
-    """Scripts read ``get_process_log_level()`` / ``should_log`` right after parsing their arguments, before a
-    multi-host run calls ``jax.distributed.initialize()``, which fails once JAX's backends have started."""
-    import subprocess
-    import sys
+def test_reading_the_process_index_joins_an_asked_multi_process_run_first(monkeypatch):
+    """Scripts read ``get_process_log_level()`` / ``should_log`` right after parsing their arguments, before the
+    model's mesh would join a ``CROSSJAX_DISTRIBUTED=1`` run: reading them joins it first (JAX refuses to join
+    once its backends have started)."""
+    import jax
 
-    code = (
-        "from crossjax import CrossEncoderTrainingArguments as A\n"
-        "from jax._src import xla_bridge\n"
-        "a = A('out')\n"
-        "print(a.get_process_log_level(), a.should_log, a.should_save, a.world_size, a.process_index,\n"
-        "      xla_bridge.backends_are_initialized())\n"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
-    assert out == ["30", "True", "True", "1", "0", "False"]
+    calls = []
+    monkeypatch.setattr(jax.distributed, "is_initialized", lambda: False)
+    monkeypatch.setattr(jax.distributed, "initialize", lambda *a, **k: calls.append(k))
+    monkeypatch.delenv("CROSSJAX_DISTRIBUTED", raising=False)
+    args = Ours("out")
+    assert args.should_log and calls == []
+    monkeypatch.setenv("CROSSJAX_DISTRIBUTED", "1")
+    assert args.get_process_log_level() == 30 and len(calls) == 1

@@ -205,6 +205,11 @@ class CallbackHandler:
     def add_callback(self, callback: Any) -> None:
         """Add an instance, or a class (made with no arguments); a second of a class is added with a warning."""
         instance = callback() if isinstance(callback, type) else callback
+        if not any(callable(getattr(instance, event, None)) for event in HF_EVENTS):
+            raise TypeError(
+                f"callback {callback!r} has none of Hugging Face's TrainerCallback events ({', '.join(HF_EVENTS[:4])}, "
+                "...): pass a transformers.TrainerCallback (or any object with such methods), or its class"
+            )
         if type(instance) in (type(present) for present in self.callbacks):
             logger.warning(
                 "Adding a %s to the callbacks of this trainer, which already has one. The callbacks are:\n%s",
@@ -352,6 +357,11 @@ class CrossEncoderTrainer:
                 continue
             raise ValueError(f"CrossEncoderTrainer: {key}= {_UNUSED_TRAINER_ARGUMENTS[key]}")
         self.model = model
+        if args is not None and not isinstance(args, CrossEncoderTrainingArguments):
+            raise TypeError(
+                f"args must be a crossjax.CrossEncoderTrainingArguments, got {type(args).__name__} (sentence-"
+                "transformers' arguments convert: CrossEncoderTrainingArguments(**their.to_dict()))"
+            )
         # sentence-transformers' folder when no arguments are given (Hugging Face's when output_dir is unset)
         self.args = args if args is not None else CrossEncoderTrainingArguments(output_dir="tmp_trainer")
         if self.args.output_dir is None:
@@ -734,6 +744,8 @@ class CrossEncoderTrainer:
 
     def _checkpoint_path(self, resume: str | bool | None) -> str | None:
         """Where the orbax checkpoints go; an earlier run's checkpoints are resumed only when asked."""
+        if resume is not None and not isinstance(resume, str | Path | bool):
+            raise TypeError(f"resume_from_checkpoint must be True, False or a checkpoint folder, got {resume!r}")
         if isinstance(resume, str | Path) and resume:
             return str(_checkpoints_to_resume(Path(resume)))
         if self.args.save_strategy == "no" and not resume:

@@ -254,17 +254,15 @@ def _typed_values(options: dict[str, Any]) -> dict[str, Any]:
 
 
 def _process_facts() -> tuple[int, int]:
-    """(this process's index, the number of processes), without starting JAX's backends: a script reads
-    ``args.get_process_log_level()`` or ``args.should_log`` early, and a backend started then would make a later
-    ``jax.distributed.initialize()`` fail. Before the backends start, the distributed client's numbers if
-    ``jax.distributed.initialize`` ran, else one process."""
+    """(this process's index, the number of processes). Reading them starts JAX, so a run that asks crossjax to
+    join a multi-process run (``CROSSJAX_DISTRIBUTED=1``) joins it first, as the model's mesh would: scripts
+    read ``args.get_process_log_level()`` or ``args.should_log`` before they build the model."""
     import jax
-    from jax._src import distributed, xla_bridge
 
-    if xla_bridge.backends_are_initialized():
-        return jax.process_index(), jax.process_count()
-    state = distributed.global_state
-    return (state.process_id, state.num_processes) if state.client is not None else (0, 1)
+    from crossjax.parallel import initialize_distributed
+
+    initialize_distributed()
+    return jax.process_index(), jax.process_count()
 
 
 @functools.cache
@@ -277,6 +275,14 @@ def _scalar_kinds(cls: type) -> dict[str, type]:
         if len(options) == 1 and (kind := options.pop()) in (int, float, bool):
             kinds[name] = kind
     return kinds
+
+
+def _member(enum: type[Enum], name: str, value: Any) -> Any:
+    """``value`` (a member or its value) as a member of ``enum``; else an error listing the choices."""
+    try:
+        return enum(getattr(value, "value", value))
+    except ValueError:
+        raise ValueError(f"{name} must be one of {[m.value for m in enum]}, got {value!r}") from None
 
 
 def _strategy(name: str, value: Any) -> str:
@@ -358,7 +364,7 @@ class CrossEncoderTrainingArguments(_HuggingFaceArguments):
         self.eval_strategy = _strategy("eval_strategy", self.eval_strategy)
         self.save_strategy = _strategy("save_strategy", self.save_strategy)
         self.logging_strategy = _strategy("logging_strategy", self.logging_strategy)
-        self.batch_sampler = BatchSamplers(getattr(self.batch_sampler, "value", self.batch_sampler))
+        self.batch_sampler = _member(BatchSamplers, "batch_sampler", self.batch_sampler)
         if isinstance(self.prompts, dict) and any(not isinstance(p, str) for p in self.prompts.values()):
             raise ValueError(
                 f"prompts={self.prompts!r}: a cross-encoder takes one prompt string per dataset (prepended to its "
@@ -378,8 +384,8 @@ class CrossEncoderTrainingArguments(_HuggingFaceArguments):
                     f"{name}={getattr(self, name)!r} needs a sentence-transformers Router module, which a "
                     "cross-encoder does not have; leave it empty"
                 )
-        self.multi_dataset_batch_sampler = MultiDatasetBatchSamplers(
-            getattr(self.multi_dataset_batch_sampler, "value", self.multi_dataset_batch_sampler)
+        self.multi_dataset_batch_sampler = _member(
+            MultiDatasetBatchSamplers, "multi_dataset_batch_sampler", self.multi_dataset_batch_sampler
         )
         scheduler = getattr(self.lr_scheduler_type, "value", self.lr_scheduler_type)
         if scheduler in _METRIC_SCHEDULERS:
@@ -432,6 +438,8 @@ class CrossEncoderTrainingArguments(_HuggingFaceArguments):
             value = getattr(self, name)
             if getattr(self, strategy) == "steps" and value is not None and not value > 0:
                 raise ValueError(f"{strategy}='steps' needs {name} > 0 (steps or a fraction of the run), got {value!r}")
+            if value is not None and value > 1 and value != int(value):  # Hugging Face's rule
+                raise ValueError(f"{name} must be a whole number of steps above 1 (else a fraction), got {value!r}")
         if self.eval_delay < 0:
             raise ValueError(f"eval_delay must be >= 0, got {self.eval_delay!r}")
         if self.load_best_model_at_end and self.eval_strategy == "no":

@@ -181,6 +181,9 @@ class CrossEncoderRerankingEvaluator(CrossEncoderEvaluator):
             positive = list(positive)
             negative = instance.get("negative", None)
             documents = instance.get("documents", None)
+            for key, value in (("negative", negative), ("documents", documents)):
+                if isinstance(value, str | bytes):  # would be read as one document a character
+                    raise TypeError(f"{cls_name}: a sample's {key!r} must be a list of texts, got {value!r:.60}")
 
             if documents is not None:  # an empty list: the retriever found nothing (not "no documents key")
                 base_is_relevant = [int(doc in positive) for doc in documents]

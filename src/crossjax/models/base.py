@@ -70,6 +70,19 @@ def refuse_torch_tensors(*inputs: Any) -> None:
 
 
 
+def check_config_values(config) -> None:
+    """Values a config may hold that no model can be built with, refused by name before anything is built (torch
+    refuses a dropout rate outside [0, 1] when it builds the layer; crossjax's would fail in the first step, or
+    train nothing at 1.5): every ``*dropout*`` rate, and ``num_labels``."""
+    for name, value in config.to_dict().items():
+        if "dropout" in name and isinstance(value, int | float) and not isinstance(value, bool):
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"config {name}={value!r}: a dropout probability must be between 0 and 1")
+    num_labels = getattr(config, "num_labels", 1)
+    if not isinstance(num_labels, int) or num_labels < 1:
+        raise ValueError(f"config num_labels={num_labels!r}: a model needs at least one output")
+
+
 def merged_keywords(name_a: str, a: dict | None, name_b: str, b: dict | None) -> dict:
     """Two spellings of the same keyword dict (tokenizer_kwargs and ST 6's processor_kwargs; config_kwargs and
     from_pretrained's keywords): equal values may repeat, different ones are an error."""
@@ -289,6 +302,7 @@ class FlaxPreTrainedModel(nnx.Module):
 
     @classmethod
     def _builder(cls, config, dtype, seed: int, scan_layers: bool) -> Callable[[], FlaxPreTrainedModel]:
+        check_config_values(config)
         dtype = compute_dtype_of(dtype)
         return lambda: cls(config, dtype=dtype, rngs=nnx.Rngs(params=seed, dropout=seed + 1), scan_layers=scan_layers)
 

@@ -273,6 +273,10 @@ def mine_hard_negatives(
         raise ValueError("The dataset is empty. Please provide a non-empty dataset.")
     if faiss_batch_size <= 0:
         raise ValueError(f"faiss_batch_size must be a positive integer, got {faiss_batch_size}.")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if isinstance(corpus, str | bytes) or (corpus is not None and not hasattr(corpus, "__len__")):
+        raise TypeError(f"corpus must be a list of texts, got {corpus!r:.60}")  # a string: one text a character
     if use_faiss or use_multi_process or cache_folder:
         raise ValueError(
             "use_faiss, use_multi_process and cache_folder are sentence-transformers options crossjax does not "

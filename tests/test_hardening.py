@@ -188,6 +188,15 @@ def test_predict_arguments(tiny_dir):
     with pytest.raises(ValueError, match=r"does not take a DataFrame.*values\.tolist\(\)"):
         ce.predict(frame)
     np.testing.assert_array_equal(ce.predict(frame.values.tolist()), ce.predict(pairs))
+    with pytest.raises(ValueError, match="got 5"):
+        ce.predict(5)
+    for top_k in ("2", -1, 1.5):  # sentence-transformers: a slice error, or silently one result short for -1
+        with pytest.raises(ValueError, match="top_k"):
+            ce.rank("q", ["a b", "c"], top_k=top_k)
+    with pytest.raises(ValueError, match="documents must be a list"):
+        ce.rank("q", "a b c")  # sentence-transformers ranks its characters
+    generated = ce.rank("q", (d for d in ["a b", "c"]), return_documents=True)  # sentence-transformers: fails
+    assert sorted(r["text"] for r in generated) == ["a b", "c"]
 
 
 # -------------------------------------------------------------------- 4. unexportable activation, early

@@ -687,6 +687,12 @@ class CrossEncoder:
             )
         if not isinstance(query, str):
             raise ValueError(f"query must be a string, got {type(query).__name__}")
+        if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int | np.integer) or top_k < 0):
+            raise ValueError(f"top_k must be a whole number >= 0 (or None for all), got {top_k!r}")
+        if isinstance(documents, str | bytes):  # would be ranked a character a document
+            raise ValueError(f"documents must be a list of texts, got the string {documents!r:.60}")
+        if not hasattr(documents, "__len__"):
+            documents = list(documents)  # a generator: read once, so return_documents can show the texts
         scores = self.predict(
             [(query, doc) for doc in documents],
             batch_size=batch_size,
@@ -1196,6 +1202,8 @@ def _pair_texts(inputs: Any) -> tuple[bool, list[str], list[str]]:
             "Pass its rows as pairs, e.g. df[['text_a', 'text_b']].values.tolist()"
         )
     if not isinstance(inputs, (list, tuple, np.ndarray)):
+        if not hasattr(inputs, "__iter__"):
+            raise ValueError(f"predict() takes one (text_a, text_b) pair or a list of them, got {inputs!r:.60}")
         inputs = list(inputs)  # a generator, a dataset column ...
     if len(inputs) == 2 and any(isinstance(t, str) for t in inputs):
         if all(isinstance(t, str) for t in inputs):

@@ -190,6 +190,7 @@ def test_predict_arguments(tiny_dir):
     np.testing.assert_array_equal(ce.predict(frame.values.tolist()), ce.predict(pairs))
     with pytest.raises(ValueError, match="got 5"):
         ce.predict(5)
+    assert len(ce.rank("q", ["a b", "c", "d"], top_k=np.array(2))) == 2  # what a slice takes
     for top_k in ("2", -1, 1.5):  # sentence-transformers: a slice error, or silently one result short for -1
         with pytest.raises(ValueError, match="top_k"):
             ce.rank("q", ["a b", "c"], top_k=top_k)
@@ -471,6 +472,7 @@ def test_trainer_inputs_that_would_do_nothing_or_fail_deep_are_named(tiny_dir, t
         CrossEncoderTrainer(model=model, args=args, train_dataset=data).train(resume_from_checkpoint=5)
     with pytest.raises(ValueError, match="logging_steps must be a whole number"):
         CrossEncoderTrainingArguments(str(tmp_path), logging_steps=2.5)  # Hugging Face refuses it too
+    CrossEncoderTrainingArguments(str(tmp_path), eval_strategy="no", eval_steps=2.5)  # unused there: accepted
     with pytest.raises(ValueError, match="'no_duplicates'"):
         CrossEncoderTrainingArguments(str(tmp_path), batch_sampler="bogus")  # the choices are listed
     with pytest.raises(TypeError, match="'negative' must be a list"):

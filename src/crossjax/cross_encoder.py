@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import operator
 import os
 import time
 from collections.abc import Callable, Mapping
@@ -687,8 +688,14 @@ class CrossEncoder:
             )
         if not isinstance(query, str):
             raise ValueError(f"query must be a string, got {type(query).__name__}")
-        if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int | np.integer) or top_k < 0):
-            raise ValueError(f"top_k must be a whole number >= 0 (or None for all), got {top_k!r}")
+        if top_k is not None:  # anything a slice takes (a numpy or JAX integer too), as sentence-transformers
+            try:
+                count = operator.index(top_k)
+            except TypeError:
+                count = -1
+            if count < 0:
+                raise ValueError(f"top_k must be a whole number >= 0 (or None for all), got {top_k!r}")
+            top_k = count
         if isinstance(documents, str | bytes):  # would be ranked a character a document
             raise ValueError(f"documents must be a list of texts, got the string {documents!r:.60}")
         if not hasattr(documents, "__len__"):

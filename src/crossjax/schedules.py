@@ -291,7 +291,9 @@ def scheduler_options(
         if complete and kwargs.get("min_lr") is None and kwargs.get("min_lr_rate") is None:
             raise ValueError(f"{name!r} needs one of min_lr or min_lr_rate in lr_scheduler_kwargs")
         if kwargs.get("min_lr") is not None and learning_rate is not None and not learning_rate > 0:
-            raise ValueError(f"min_lr is a fraction of the learning rate, which must then be > 0, not {learning_rate}")
+            raise ValueError(
+                f"min_lr is divided by the learning rate (min_lr_rate), which must be > 0, not {learning_rate}"
+            )
     if key == "warmup_stable_decay":
         if complete and kwargs.get("num_decay_steps") is None:
             raise ValueError("lr_scheduler_type='warmup_stable_decay' needs lr_scheduler_kwargs={'num_decay_steps': N}")

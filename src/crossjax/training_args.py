@@ -253,15 +253,21 @@ def _typed_values(options: dict[str, Any]) -> dict[str, Any]:
     return typed
 
 
-def _process_facts() -> tuple[int, int]:
-    """(this process's index, the number of processes). Reading them starts JAX, so a run that asks crossjax to
-    join a multi-process run (``CROSSJAX_DISTRIBUTED=1``) joins it first, as the model's mesh would: scripts
-    read ``args.get_process_log_level()`` or ``args.should_log`` before they build the model."""
+def _joined_jax() -> Any:
+    """``jax``, once a run that asks crossjax to join a multi-process run (``CROSSJAX_DISTRIBUTED=1``) has joined
+    it, as the model's mesh would: scripts read ``args.device`` or ``args.should_log`` before they build the
+    model, and JAX refuses to join once its backends have started."""
     import jax
 
     from crossjax.parallel import initialize_distributed
 
     initialize_distributed()
+    return jax
+
+
+def _process_facts() -> tuple[int, int]:
+    """(this process's index, the number of processes); see :func:`_joined_jax`."""
+    jax = _joined_jax()
     return jax.process_index(), jax.process_count()
 
 
@@ -438,7 +444,7 @@ class CrossEncoderTrainingArguments(_HuggingFaceArguments):
             value = getattr(self, name)
             if getattr(self, strategy) == "steps" and value is not None and not value > 0:
                 raise ValueError(f"{strategy}='steps' needs {name} > 0 (steps or a fraction of the run), got {value!r}")
-            if value is not None and value > 1 and value != int(value):  # Hugging Face's rule
+            if getattr(self, strategy) == "steps" and value is not None and value > 1 and value != int(value):
                 raise ValueError(f"{name} must be a whole number of steps above 1 (else a fraction), got {value!r}")
         if self.eval_delay < 0:
             raise ValueError(f"eval_delay must be >= 0, got {self.eval_delay!r}")
@@ -556,29 +562,21 @@ class CrossEncoderTrainingArguments(_HuggingFaceArguments):
     @property
     def n_gpu(self) -> int:
         """The GPUs this process trains on (JAX's local GPU devices; 0 on a CPU or a TPU)."""
-        import jax
-
-        return sum(1 for d in jax.local_devices() if d.platform == "gpu")
+        return sum(1 for d in _joined_jax().local_devices() if d.platform == "gpu")
 
     @property
     def device(self) -> Any:
         """This process's first JAX device (Hugging Face: a torch.device; crossjax places arrays itself)."""
-        import jax
-
-        return jax.local_devices()[0]
+        return _joined_jax().local_devices()[0]
 
     @property
     def train_batch_size(self) -> int:
         """Pairs a step draws on this process: per device times the process's devices (before accumulation)."""
-        import jax
-
-        return self.per_device_train_batch_size * jax.local_device_count()
+        return self.per_device_train_batch_size * _joined_jax().local_device_count()
 
     @property
     def eval_batch_size(self) -> int:
-        import jax
-
-        return self.per_device_eval_batch_size * jax.local_device_count()
+        return self.per_device_eval_batch_size * _joined_jax().local_device_count()
 
     @property
     def world_size(self) -> int:
@@ -597,8 +595,7 @@ class CrossEncoderTrainingArguments(_HuggingFaceArguments):
 
     @property
     def parallel_mode(self) -> ParallelMode:
-        import jax
-
+        jax = _joined_jax()
         if self.world_size > 1:
             return ParallelMode.TPU if jax.default_backend() == "tpu" else ParallelMode.DISTRIBUTED
         return ParallelMode.NOT_DISTRIBUTED if jax.local_device_count() > 1 else ParallelMode.NOT_PARALLEL

@@ -322,6 +322,10 @@ class CrossEncoder:
                 "default spelling). To serve with ONNX Runtime or OpenVINO, save() the model and load the export "
                 f"with sentence_transformers.CrossEncoder(path, backend={backend!r})."
             )
+        for name, given in (("tokenizer_kwargs", tokenizer_kwargs), ("processor_kwargs", processor_kwargs),
+                            ("model_kwargs", model_kwargs), ("config_kwargs", config_kwargs)):  # fmt: skip
+            if given is not None and not isinstance(given, Mapping):
+                raise TypeError(f"{name} must be a dict of keyword arguments, got {given!r:.60}")
         tokenizer_kwargs = merged_keywords("tokenizer_kwargs", tokenizer_kwargs, "processor_kwargs", processor_kwargs)
         hub, (model_kwargs, config_kwargs, tokenizer_kwargs) = _hub_options(
             dict(cache_dir=cache_folder, revision=revision, token=token, local_files_only=local_files_only),

@@ -417,8 +417,8 @@ class CrossEncoderTrainingArguments(_HuggingFaceArguments):
             raise ValueError(
                 f"max_steps must be a positive integer, or -1 to train num_train_epochs; got {self.max_steps!r}"
             )
-        if self.max_steps < 0 and not (self.num_train_epochs > 0):
-            raise ValueError(f"num_train_epochs must be > 0, got {self.num_train_epochs!r}")
+        if self.max_steps < 0 and not (0 < self.num_train_epochs < math.inf):
+            raise ValueError(f"num_train_epochs must be > 0 and finite (or use max_steps): {self.num_train_epochs!r}")
         if self.warmup_ratio is not None:
             if not 0 <= self.warmup_ratio <= 1:
                 raise ValueError(f"warmup_ratio must be in [0, 1], got {self.warmup_ratio!r}")

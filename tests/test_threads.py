@@ -197,5 +197,7 @@ def test_old_pickles_and_a_cleared_program_cache_still_predict(tiny_dir):
     compiled = model.compilations["predict"]
     training.clear_program_cache()
     assert len(model._predict_programs) == 0  # the compiled executables are freed, not only marked old
-    np.testing.assert_array_equal(model.predict(PAIRS), expected)
+    # A fresh program plans afresh: where the first call reused a shape another test of this process had compiled,
+    # the pairs may now be packed into another one (float32 round-off apart, as packing promises; seen in CI)
+    np.testing.assert_allclose(model.predict(PAIRS), expected, rtol=1e-6, atol=1e-7)
     assert model.compilations["predict"] == compiled + 1  # the model's own program was forgotten too

@@ -75,6 +75,12 @@ class Recorder:
     def on_step_begin(self, args, state, control, **kwargs):
         self.events.append(("step_begin", state.global_step))
 
+    def on_step_end(self, args, state, control, **kwargs):
+        self.events.append(("step_end", state.global_step))
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        self.events.append(("epoch_end", state.global_step))
+
 
 def _kinds(log_history: list[dict]) -> list[tuple[str, int]]:
     def kind(entry: dict) -> str:
@@ -83,7 +89,7 @@ def _kinds(log_history: list[dict]) -> list[tuple[str, int]]:
     return [(kind(h), h["step"]) for h in log_history]
 
 
-def _theirs(directory: Path, tmp: Path, schedule: dict):
+def _theirs(directory: Path, tmp: Path, schedule: dict, evaluator=None, steer=None):
     import torch
     from datasets import Dataset
     from sentence_transformers.cross_encoder import CrossEncoder as STCrossEncoder
@@ -97,9 +103,17 @@ def _theirs(directory: Path, tmp: Path, schedule: dict):
     torch.manual_seed(0)
     model = STCrossEncoder(str(directory), device="cpu")
     args = STArgs(output_dir=str(tmp), report_to="none", disable_tqdm=True, use_cpu=True, **schedule)
+    if evaluator is not None:  # sentence-transformers takes its own evaluator class only
+        from sentence_transformers.base.evaluation import BaseEvaluator
+
+        scripted = evaluator
+        evaluator = type("STScripted", (BaseEvaluator,), {"__call__": lambda self, *a, **k: scripted(*a, **k)})()
     recorder = STRecorder()
+    callbacks = [recorder] if steer is None else [type("STSteer", (_Steer, TrainerCallback), {})(steer), recorder]
     data = Dataset.from_dict(_pairs())
-    trainer = STTrainer(model=model, args=args, train_dataset=data, eval_dataset=data, callbacks=[recorder])
+    trainer = STTrainer(
+        model=model, args=args, train_dataset=data, eval_dataset=data, evaluator=evaluator, callbacks=callbacks
+    )
     return trainer.train(), trainer.state, recorder.events
 
 
@@ -586,3 +600,155 @@ def test_finished_run_resume_and_metric_files_as_hugging_face(tiny, tmp_path, ca
     again.save_state()
     theirs = HFState.load_from_json(str(tmp_path / "run" / "trainer_state.json"))  # Hugging Face reads it
     assert theirs.global_step == 4 and theirs.log_history == again.state.log_history
+
+
+class _Steer:
+    """Sets control flags at given (event, step)s, as a user's callback may: Hugging Face acts on them after the
+    event (log, evaluate, save, stop)."""
+
+    def __init__(self, plan: dict[tuple[str, int], dict[str, bool]]) -> None:
+        self.plan = plan
+
+    def _apply(self, event: str, state, control) -> None:
+        for flag, value in self.plan.get((event, state.global_step), {}).items():
+            setattr(control, flag, value)
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self._apply("step_end", state, control)
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        self._apply("epoch_end", state, control)
+
+
+class _StepScores:
+    """A score fixed by the step (so which evaluations are best does not depend on training)."""
+
+    SCORES = {1: 0.5, 2: 0.7, 3: 0.6, 4: 0.8, 5: 0.8, 6: 0.9, 7: 0.1, 8: 0.95}
+
+    def __call__(self, model, output_path=None, epoch=-1, steps=-1):
+        return {"score": self.SCORES[steps]}
+
+
+# A callback steering the run (8 rows in batches of 2: 4 steps an epoch): an evaluation asked for at step 1
+# although evaluation is by epoch, a log and a save at step 2 although logging is off and saving by epoch, the
+# first epoch's evaluation vetoed at its end, and the run stopped mid-epoch at step 6, whose epoch end still
+# evaluates and saves (Hugging Face ends the epoch's loop).
+STEERED = dict(
+    max_steps=10, per_device_train_batch_size=2, learning_rate=1e-3, eval_strategy="epoch", logging_strategy="no",
+    save_strategy="epoch", seed=0,
+)  # fmt: skip
+STEER = {
+    ("step_end", 1): {"should_evaluate": True},
+    ("step_end", 2): {"should_log": True, "should_save": True},
+    ("epoch_end", 4): {"should_evaluate": False},
+    ("step_end", 6): {"should_training_stop": True},
+}
+# save_strategy="best": a checkpoint after each evaluation that beats the best so far (0.5, 0.7, 0.8, 0.9, 0.95;
+# not 0.6, the second 0.8 or 0.1), and no save at the run's end.
+BEST = dict(
+    max_steps=8, per_device_train_batch_size=2, learning_rate=1e-3, eval_strategy="steps", eval_steps=1,
+    logging_steps=3, save_strategy="best", metric_for_best_model="score", seed=0,
+)  # fmt: skip
+# Evaluation by steps and saving by epoch with a save vetoed at step 4's epoch end and one forced at step 3.
+VETO = dict(
+    max_steps=8, per_device_train_batch_size=2, learning_rate=1e-3, eval_strategy="steps", eval_steps=2,
+    logging_steps=2, save_strategy="epoch", seed=0,
+)  # fmt: skip
+VETOES = {("epoch_end", 4): {"should_save": False}, ("step_end", 3): {"should_save": True}}
+
+
+@pytest.mark.parametrize(
+    "schedule, steer, saved",
+    [(STEERED, STEER, [2, 4, 6]), (BEST, None, [1, 2, 4, 6, 8]), (VETO, VETOES, [3, 8])],
+    ids=["steered", "best", "veto"],
+)
+def test_callbacks_steer_logging_evaluation_and_saving_as_in_hugging_face(tiny, tmp_path, schedule, steer, saved):
+    """Hugging Face's flow after a step: on_step_end (its DefaultFlowCallback first sets what the arguments
+    schedule, then a user's callback may change it), the step's log, evaluation and save as the control says;
+    at an epoch's end or a stop, on_epoch_end and the same. Events, log entries and the steps saved equal
+    sentence-transformers' trainer's."""
+    theirs, their_state, their_events = _theirs(tiny, tmp_path / "st", schedule, _StepScores(), steer)
+    their_saved = sorted(int(p.name.split("-")[1]) for p in (tmp_path / "st").glob("checkpoint-*"))
+    recorder = Recorder()
+    callbacks = [recorder] if steer is None else [_Steer(steer), recorder]
+    args = CrossEncoderTrainingArguments(str(tmp_path / "ours"), disable_tqdm=True, **schedule)
+    trainer = CrossEncoderTrainer(
+        model=CrossEncoder(str(tiny)), args=args, train_dataset=_pairs(), eval_dataset=_pairs(),
+        evaluator=_StepScores(), callbacks=callbacks,
+    )  # fmt: skip
+    ours = trainer.train()
+    assert their_saved == saved  # what the oracle does, written out
+    assert recorder.events == their_events, (recorder.events, their_events)
+    assert _kinds(trainer.state.log_history) == _kinds(their_state.log_history)
+    assert ours.global_step == theirs.global_step
+    assert (trainer.state.best_metric, trainer.state.best_global_step) == (
+        their_state.best_metric,
+        their_state.best_global_step,
+    )
+    # crossjax keeps a checkpoint of the last step too (for a resume), without an on_save
+    ours_saved = sorted(int(p.name) for p in (tmp_path / "ours" / "checkpoints").iterdir() if p.name.isdigit())
+    assert ours_saved == sorted({*saved, ours.global_step})
+
+
+class _FailOnSave:
+    """Raises in on_save at ``step``: a preemption right after that step's checkpoint, before what follows."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_save(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            raise KeyboardInterrupt("preempted")
+
+
+def test_a_resume_does_the_epoch_end_its_checkpoint_came_before(tiny, tmp_path):
+    """A step's own save (by steps) comes before its epoch's end (Hugging Face's order); a run preempted
+    between the two does that epoch's evaluation when resumed (Hugging Face's would skip it), so its log history
+    and best model are the uninterrupted run's."""
+    schedule = dict(
+        max_steps=8, per_device_train_batch_size=2, learning_rate=1e-3, eval_strategy="epoch", save_steps=2,
+        logging_steps=2, metric_for_best_model="loss", load_best_model_at_end=True, disable_tqdm=True, seed=0,
+    )  # fmt: skip
+
+    def trainer(output: Path, callbacks=()) -> CrossEncoderTrainer:
+        args = CrossEncoderTrainingArguments(str(output), **schedule)
+        return CrossEncoderTrainer(
+            model=CrossEncoder(str(tiny)), args=args, train_dataset=_pairs(), eval_dataset=_pairs(),
+            callbacks=list(callbacks),
+        )  # fmt: skip
+
+    whole = trainer(tmp_path / "whole")
+    whole.train()
+    with pytest.raises(KeyboardInterrupt, match="preempted"):
+        trainer(tmp_path / "cut", [_FailOnSave(4)]).train()
+    recorder = Recorder()
+    resumed = trainer(tmp_path / "cut", [recorder])
+    resumed.train(resume_from_checkpoint=True)
+    assert recorder.events[:3] == [("epoch_end", 4), ("log:eval", 4), ("evaluate", 4)], recorder.events
+    timed = ("_runtime", "_samples_per_second", "_steps_per_second", "train_loss")
+    histories = (whole.state.log_history, resumed.state.log_history)
+    untimed = [[{k: v for k, v in h.items() if not k.endswith(timed)} for h in history] for history in histories]
+    assert [(h["step"], "eval_loss" in h) for h in untimed[0]] == [
+        (2, False), (4, False), (4, True), (6, False), (8, False), (8, True), (8, False)
+    ]  # fmt: skip
+    assert len(untimed[1]) == len(untimed[0])
+    for ours, uninterrupted in zip(untimed[1], untimed[0], strict=True):
+        assert ours == pytest.approx(uninterrupted, rel=1e-6), (ours, uninterrupted)
+    assert resumed.state.best_global_step == whole.state.best_global_step
+
+
+def test_a_save_asked_for_without_checkpoints_is_named(tiny, tmp_path, caplog):
+    """save_strategy="no" keeps no checkpoint folder: a callback's should_save is a warning, not a silent no-op
+    (Hugging Face would write a checkpoint-N folder)."""
+    args = CrossEncoderTrainingArguments(
+        str(tmp_path), max_steps=3, per_device_train_batch_size=2, save_strategy="no", disable_tqdm=True
+    )
+    recorder = Recorder()
+    trainer = CrossEncoderTrainer(
+        model=CrossEncoder(str(tiny)), args=args, train_dataset=_pairs(),
+        callbacks=[_Steer({("step_end", 2): {"should_save": True}}), recorder],
+    )  # fmt: skip
+    with caplog.at_level("WARNING", logger="crossjax"):
+        trainer.train()
+    assert "control.should_save at step 2: save_strategy='no' keeps no checkpoints" in caplog.text
+    assert not (tmp_path / "checkpoints").exists() and ("save", 2) not in recorder.events

@@ -167,3 +167,22 @@ def test_reading_the_process_index_joins_an_asked_multi_process_run_first(monkey
     monkeypatch.setenv("CROSSJAX_DISTRIBUTED", "1")
     assert args.device is not None and len(calls) == 1  # Hugging Face's scripts log args.device first
     assert args.get_process_log_level() == 30 and len(calls) == 2
+
+
+def test_save_strategy_best_is_taken_with_what_it_needs(tmp_path):
+    """``save_strategy="best"`` as Hugging Face takes it (its parser too); without ``metric_for_best_model``
+    Hugging Face's Trainer refuses it, and crossjax's arguments already do; with no evaluation it could never
+    save, which crossjax refuses too (Hugging Face runs and never saves)."""
+    from transformers import HfArgumentParser
+
+    line = ["--output_dir", str(tmp_path), "--save_strategy", "best", "--eval_strategy", "steps"]
+    line += ["--metric_for_best_model", "score"]
+    ours, theirs = (HfArgumentParser(cls).parse_args_into_dataclasses(line)[0] for cls in (Ours, Theirs))
+    assert ours.save_strategy == _value(theirs, "save_strategy") == "best"
+    assert ours.greater_is_better is theirs.greater_is_better is True
+    with pytest.raises(ValueError, match="metric_for_best_model"):
+        Ours(str(tmp_path), save_strategy="best", eval_strategy="steps")
+    with pytest.raises(ValueError, match="eval_strategy"):
+        Ours(str(tmp_path), save_strategy="best", metric_for_best_model="score")
+    with pytest.raises(ValueError, match=r"save_strategy must be one of \('no', 'steps', 'epoch', 'best'\)"):
+        Ours(str(tmp_path), save_strategy="always")

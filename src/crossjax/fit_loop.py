@@ -80,18 +80,9 @@ class FitConfig:
     # In-memory only: steps of one packed shape holding about this many tokens (all devices), pairs per step
     # varying (fairseq's max_tokens); None: batch_size pairs a step.
     max_tokens_per_step: int | None = None
-    # Evaluation cadence: fit's legacy rule (every evaluation_steps steps of an epoch, counted from the epoch's
-    # start, and at each epoch's end) or the Trainer's (every evaluation_steps global steps; epoch ends only if
-    # evaluate_each_epoch).
-    evaluation_global_steps: bool = False
-    evaluate_each_epoch: bool = True
+    # fit's evaluation cadence: every evaluation_steps steps of an epoch (counted from the epoch's start) and at
+    # each epoch's end. A facade with its own flow (FitTarget.on_step: the trainer's) decides instead.
     evaluate_on_start: bool = False  # the Trainer's eval_on_start: once before the first step
-    evaluation_delay_steps: int = 0  # the Trainer's eval_delay: no evaluation before this global step
-    log_first_step: bool = False  # the Trainer's logging_first_step: step 1's metrics are fetched at once
-    # Hugging Face's end of a run: an evaluation at the last step when evaluation_steps does not fall on it
-    # (eval_strategy="steps"), and the last step's metrics fetched (logging_strategy="epoch": a partial epoch)
-    evaluate_last_step: bool = False
-    log_last_step: bool = False
     log_dir: str | None = None  # metrics.jsonl, TensorBoard events, curves PNG (see crossjax.logs); default output_path
 
     def validate(self) -> None:
@@ -282,9 +273,10 @@ class FitTarget:
     save: Callable[[str], Any]
     max_shapes: int = 2
     evaluate: Callable[[str | None, int, int], Any] | None = None
-    # Called after every step with (global step, epoch, sync): ``sync()`` brings the model up to date with the
-    # step (its arrays are the state's, valid until the next step runs); returning True stops the run.
-    on_step: Callable[[int, int, Callable[[], None]], bool | None] | None = None
+    # A facade's own flow after every step (the trainer's: Hugging Face's on_step_end, log, evaluation, save,
+    # then the epoch's end), in place of fit's cadence: it gets a StepEnd, acts through it, and returns True to
+    # stop the run. Also called once with ``resumed=True`` when a run resumes, before its first step.
+    on_step: Callable[[StepEnd], bool | None] | None = None
     # Called before a step is dispatched with (steps done, epoch, whether the step opens the epoch or the run)
     on_step_begin: Callable[[int, int, bool], None] | None = None
     callbacks: list[logs.RunCallback] = field(default_factory=list)  # e.g. the model card's recorder
@@ -295,6 +287,20 @@ class FitTarget:
     # ``resume_state(meta)`` with the restored checkpoint's meta (``meta["best_params"]``: those parameters).
     checkpoint_state: Callable[[int], tuple[dict[str, Any], Any]] | None = None
     resume_state: Callable[[dict[str, Any]], None] | None = None
+
+
+@dataclass
+class StepEnd:
+    """A finished step as the loop hands it to ``FitTarget.on_step``: the facade logs, evaluates and saves through
+    these, in the order its rules say (the loop's own cadence does nothing then)."""
+
+    global_step: int
+    epoch: int
+    resumed: bool  # the run resumed at global_step: no step was trained yet in this call
+    sync: Callable[[], None]  # the model up to date with the step (its arrays valid until the next step runs)
+    flush: Callable[[], None]  # the run's step records (FitResult.history) complete through this step
+    evaluate: Callable[[bool], None]  # the evaluator at this step; True: as the epoch's end
+    save: Callable[[], bool]  # a checkpoint of this step (once), where the run keeps checkpoints: whether it does
 
 
 @dataclass
@@ -310,8 +316,6 @@ class FitResult:
 # FitConfig fields that do not change the trained parameters: a resume may change them freely.
 _NOT_IN_FINGERPRINT = (
     "evaluation_steps",
-    "evaluation_global_steps",
-    "evaluate_each_epoch",
     "output_path",
     "save_best_model",
     "show_progress_bar",
@@ -323,10 +327,6 @@ _NOT_IN_FINGERPRINT = (
     "shuffle_buffer_size",  # fingerprinted for streams, where it applies
     "log_dir",
     "evaluate_on_start",
-    "evaluation_delay_steps",
-    "log_first_step",
-    "evaluate_last_step",
-    "log_last_step",
 )
 
 
@@ -1081,6 +1081,7 @@ def _run_fit(
 
     checkpointer = None
     start_step = 0
+    resumed_epoch = 0  # the epoch of the step a run resumes at
     best_score = None
     best_model_path = None  # the folder holding the best model saved so far (kept across resumes)
     if cfg.checkpoint_path:
@@ -1112,6 +1113,7 @@ def _run_fit(
         if restored is not None:
             state, meta = restored
             start_step = int(meta["step"])
+            resumed_epoch = int(meta.get("epoch", 0))
             best_score = meta.get("best_score")
             if best_score in (-9999999, 9999999):  # older checkpoints' "nothing evaluated yet"
                 best_score = None
@@ -1171,7 +1173,7 @@ def _run_fit(
         smoothing=0.05,
     )
     global_step = start_step
-    last_epoch = 0
+    last_epoch = resumed_epoch
     started = time.perf_counter()
     trained_pairs = 0
     evaluate_fn = target.evaluate
@@ -1268,10 +1270,30 @@ def _run_fit(
         metrics.restart_clock()
 
     def maybe_checkpoint(epoch: int) -> None:
-        # Every checkpoint_save_steps, and the run's last step (before its callbacks, as Hugging Face saves it)
+        # Every checkpoint_save_steps, and the run's last step
         due = global_step % cfg.checkpoint_save_steps == 0 or global_step == total_steps
         if checkpointer is not None and due and global_step > start_step:
             save_checkpoint(epoch)
+
+    def flush_records() -> None:
+        stop_if_aborted()
+        metrics.flush()
+
+    def save_once(epoch: int) -> bool:
+        if checkpointer is not None and global_step != saved_step:
+            save_checkpoint(epoch)
+        return checkpointer is not None
+
+    def step_end(epoch: int, steps_in_epoch: int, resumed: bool = False) -> StepEnd:
+        return StepEnd(
+            global_step=global_step,
+            epoch=epoch,
+            resumed=resumed,
+            sync=synced_model,
+            flush=flush_records,
+            evaluate=lambda epoch_end: evaluate(epoch, -1 if epoch_end else steps_in_epoch),
+            save=lambda: save_once(epoch),
+        )
 
     completed = False
     try:
@@ -1294,9 +1316,8 @@ def _run_fit(
         )
         if cfg.evaluate_on_start and evaluate_fn is not None:
             evaluate(0, 0)
-
-        def evaluating() -> bool:
-            return evaluate_fn is not None and global_step >= cfg.evaluation_delay_steps
+        if target.on_step is not None and start_step > 0:
+            target.on_step(step_end(last_epoch, -1, resumed=True))
 
         for step in data.steps():
             stats.add(step.batch)
@@ -1326,39 +1347,31 @@ def _run_fit(
                 # No process had a pair (every process reads the same count): the step changed nothing and
                 # the run ends here on all of them; the epoch's end is evaluated as a stream's end would be.
                 data.stream_ended(global_step)
-                if evaluate_fn is not None and cfg.evaluate_each_epoch:
+                if evaluate_fn is not None:
                     evaluate(last_epoch, -1)
                 break
             global_step += 1
             last_epoch = step.epoch
             trained_pairs += step.pairs
             metrics.add(global_step, step.epoch, step_metrics, step.pairs)
-            final = global_step == total_steps
-            if (
-                global_step % cfg.logging_steps == 0
-                or (global_step == 1 and cfg.log_first_step)
-                or (final and cfg.log_last_step)
-            ):
-                stop_if_aborted()
-                metrics.flush()
+            if global_step % cfg.logging_steps == 0:
+                flush_records()
                 if bar is not None:
                     bar.set_postfix(loss=f"{metrics.last_loss:.4f}", pairs_per_s=f"{metrics.pairs_per_second:.1f}")
             if bar is not None:
                 bar.update(1)
-            counted = global_step if cfg.evaluation_global_steps else step.steps_in_epoch
-            if (
-                evaluating()
-                and cfg.evaluation_steps > 0
-                and (counted % cfg.evaluation_steps == 0 or (final and cfg.evaluate_last_step))
-            ):
+            if target.on_step is not None:
+                if target.on_step(step_end(step.epoch, step.steps_in_epoch)):
+                    break
+                continue
+            evaluates = evaluate_fn is not None and cfg.evaluation_steps > 0
+            if evaluates and step.steps_in_epoch % cfg.evaluation_steps == 0:
                 evaluate(step.epoch, step.steps_in_epoch)
             # An epoch's last step is checkpointed after the epoch's evaluation, so a preemption between the two
             # never skips that evaluation and its best-model save on resume.
-            if step.last_in_epoch and evaluating() and cfg.evaluate_each_epoch:
+            if step.last_in_epoch and evaluate_fn is not None:
                 evaluate(step.epoch, -1)
             maybe_checkpoint(step.epoch)
-            if target.on_step is not None and target.on_step(global_step, step.epoch, synced_model):
-                break
         stop_if_aborted()
         metrics.flush()
         if checkpointer is not None and global_step != saved_step:  # a run that stopped early

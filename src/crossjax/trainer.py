@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -39,6 +39,9 @@ from crossjax.model_card import CardRecorder
 from crossjax.runtime import is_main_process
 from crossjax.streaming import is_datasets_stream
 from crossjax.training_args import CrossEncoderTrainingArguments
+
+if TYPE_CHECKING:
+    from crossjax.fit_loop import StepEnd
 
 logger = logging.getLogger("crossjax")
 
@@ -96,7 +99,8 @@ class TrainerState:
 
 @dataclass
 class TrainerControl:
-    """A callback sets ``should_training_stop`` to end the run after the current step."""
+    """Hugging Face's control: what the run does after ``on_step_end`` / ``on_epoch_end`` (log, evaluate, save,
+    stop); the arguments' schedule sets it first, then callbacks may change it."""
 
     should_training_stop: bool = False
     should_epoch_stop: bool = False  # not acted on (a warning says so): crossjax's epochs run whole
@@ -169,6 +173,7 @@ def _refuse_reserved_columns(dataset: Any, name: str) -> None:
 def _is_dataset_dict(value: dict) -> bool:
     """A dict of named datasets (``DatasetDict`` or ``{"name": Dataset}``), not a dict of columns."""
     return bool(value) and all(not isinstance(v, Sequence) or hasattr(v, "column_names") for v in value.values())
+
 
 # The events of Hugging Face's TrainerCallback, and the control flags its CallbackHandler clears before one.
 HF_EVENTS = (
@@ -330,7 +335,8 @@ class CrossEncoderTrainer:
     sentence-transformers; ``evaluator`` is any crossjax evaluator (or a list of them), whose metrics are logged
     with the ``eval_`` prefix; ``callbacks`` are Hugging Face ``TrainerCallback``-like objects (``on_train_begin``,
     ``on_step_end``, ``on_log``, ``on_evaluate``, ``on_save``, ``on_epoch_end``, ``on_train_end`` are called with
-    ``(args, state, control, ...)``; ``control.should_training_stop`` ends the run).
+    ``(args, state, control, ...)``; the control's ``should_log`` / ``should_evaluate`` / ``should_save`` /
+    ``should_training_stop`` are acted on after ``on_step_end`` and ``on_epoch_end``, as Hugging Face does).
     """
 
     def __init__(
@@ -588,10 +594,10 @@ class CrossEncoderTrainer:
         data = self._list_data(self.train_dataset, "train_dataset", train=True)
         total = data.total_steps
         checkpoint_path = self._checkpoint_path(resume)
+        # When to log, evaluate and save is the run's flow (_RunHooks.on_step: Hugging Face's); these are what
+        # the loop records, and how often it fetches step metrics for the progress bar and the training log.
         save_every = data.steps_per_epoch if args.save_strategy == "epoch" else args.save_interval(total)
         eval_every = args.eval_interval(total) if args.eval_strategy == "steps" else 0
-        # eval_delay counts steps or epochs as eval_strategy does (Hugging Face's rule)
-        eval_delay = args.eval_delay * (data.steps_per_epoch if args.eval_strategy == "epoch" else 1)
         logging_every = data.steps_per_epoch if args.logging_strategy == "epoch" else args.logging_interval(total)
         cfg = FitConfig(
             epochs=data.epochs,
@@ -605,8 +611,6 @@ class CrossEncoderTrainer:
             weight_decay=float(args.weight_decay),
             decay_rule="trainer",  # Hugging Face's: no norm or bias decays (DistilBERT's, ModernBERT's norms too)
             evaluation_steps=eval_every,
-            evaluation_global_steps=True,
-            evaluate_each_epoch=args.eval_strategy == "epoch",
             output_path=None,
             save_best_model=False,
             max_grad_norm=float(args.max_grad_norm) if args.max_grad_norm and args.max_grad_norm > 0 else None,
@@ -621,10 +625,6 @@ class CrossEncoderTrainer:
             max_steps=total,
             log_dir=args.logging_dir or args.output_dir,
             evaluate_on_start=bool(args.eval_on_start),  # whatever eval_strategy, as Hugging Face
-            evaluation_delay_steps=math.ceil(eval_delay),
-            log_first_step=bool(args.logging_first_step),  # whatever logging_strategy, as Hugging Face
-            evaluate_last_step=args.eval_strategy == "steps",
-            log_last_step=args.logging_strategy == "epoch",
         )
         self.state = TrainerState(
             max_steps=total,
@@ -640,9 +640,9 @@ class CrossEncoderTrainer:
         self.control = TrainerControl()
         self.callback_handler.model, self.callback_handler.processing_class = self.model, self.model.tokenizer
         result = FitResult(history=[])
-        run = _RunHooks(self, data, result, logging_every)
+        run = _RunHooks(self, data, result)
         data.target = self._fit_target(
-            evaluate=run if args.eval_strategy != "no" or args.eval_on_start else None,
+            evaluate=run,  # when the flow says (a callback may ask for an evaluation whatever eval_strategy)
             on_step=run.on_step,
             callbacks=[CardRecorder(self.model, None, record_setup=False), run],
         )
@@ -669,7 +669,7 @@ class CrossEncoderTrainer:
         step_losses = [h["loss"] for h in result.history]
         training_loss = float(np.mean(step_losses)) if step_losses else 0.0  # Hugging Face's 0 for no step
         global_step = int(result.summary.get("global_step", 0))
-        run._reach(global_step, log=False)  # a resumed run that had nothing left to train ends at its step too
+        run._reach(global_step)  # a resumed run that had nothing left to train ends at its step too
         trained = global_step - int(result.summary.get("resumed_from_step", 0))
         # transformers' speed metrics: the schedule's samples (max_steps x global batch, or rows x epochs), for
         # the share of its steps this call trained
@@ -913,18 +913,55 @@ def _checkpoints_to_resume(path: Path) -> Path:
     return path
 
 
+def _flow_step_end(args: Any, state: TrainerState, control: TrainerControl) -> None:
+    """Hugging Face's ``DefaultFlowCallback.on_step_end``: what the arguments schedule after this step."""
+    step = state.global_step
+    if step == 1 and args.logging_first_step:
+        control.should_log = True
+    if args.logging_strategy == "steps" and step % state.logging_steps == 0:
+        control.should_log = True
+    evaluates = args.eval_strategy == "steps" and args.eval_delay <= step
+    if evaluates and step % state.eval_steps == 0:
+        control.should_evaluate = True
+    if args.save_strategy == "steps" and state.save_steps > 0 and step % state.save_steps == 0:
+        control.should_save = True
+    if step >= state.max_steps:  # the run's end: its evaluation by steps, if due elsewhere, and its save
+        control.should_training_stop = True
+        if evaluates and step % state.eval_steps != 0:
+            control.should_evaluate = True
+        if args.save_strategy == "steps":
+            control.should_save = True
+
+
+def _flow_epoch_end(args: Any, state: TrainerState, control: TrainerControl) -> None:
+    """Hugging Face's ``DefaultFlowCallback.on_epoch_end`` (``eval_delay`` counts epochs here)."""
+    if args.logging_strategy == "epoch":
+        control.should_log = True
+    if args.eval_strategy == "epoch" and args.eval_delay <= state.epoch:
+        control.should_evaluate = True
+    if args.save_strategy == "epoch":
+        control.should_save = True
+
+
 class _RunHooks(RunCallback):
-    """The trainer's side of one run: logging, evaluation, best-model tracking and callbacks. Called as the
-    loop's evaluator, it returns the metrics without the ``eval_`` prefix (the run's logs add it) and keeps the
-    best model itself (``tracks_best``), by ``metric_for_best_model`` and ``greater_is_better``."""
+    """The trainer's side of one run: Hugging Face's flow after each step (``on_step_end``, then the step's log,
+    evaluation and save as the control says; at an epoch's end, or where the run stops, ``on_epoch_end`` and the
+    epoch's log, evaluation and save), callbacks, and the best model. Called as the loop's evaluator, it returns
+    the metrics without the ``eval_`` prefix (the run's logs add it) and keeps the best model itself
+    (``tracks_best``), by ``metric_for_best_model`` and ``greater_is_better``."""
 
     tracks_best = True
     takes_global_step = True
     primary_metric = None
 
-    def __init__(self, trainer: CrossEncoderTrainer, data: ListData, result: Any, logging_every: int) -> None:
-        self.trainer, self.data, self.result, self.logging_every = trainer, data, result, logging_every
+    def __init__(self, trainer: CrossEncoderTrainer, data: ListData, result: Any) -> None:
+        self.trainer, self.data, self.result = trainer, data, result
         self.best_params = None
+        self.new_best = False  # the last evaluation found a new best metric (save_strategy="best" saves then)
+        # A step's epoch end has yet to run: a checkpoint written in the step's own save keeps this, so a run
+        # resumed from it still does that epoch's log, evaluation and save (Hugging Face's would skip them).
+        self.epoch_end_pending = False
+        self.warned_no_checkpoints = False
         self.logged_through = 0
         self.history_read = 0  # the run's step records before this index are all logged (or before the resume)
 
@@ -941,67 +978,80 @@ class _RunHooks(RunCallback):
         """Hugging Face's ``on_epoch_begin`` (an epoch's first step, or a resumed run's first) and
         ``on_step_begin``, with the state of the steps done (the model is synced: the last ``on_step`` did it)."""
         trainer = self.trainer
-        self._reach(done, log=False)
+        self._reach(done)
         if opens_epoch:
             trainer._call_back("on_epoch_begin")
         trainer._call_back("on_step_begin")
 
-    def on_step(self, global_step: int, epoch: int, sync: Callable[[], None]) -> bool:
+    def on_step(self, end: StepEnd) -> bool:
         trainer = self.trainer
         called = bool(trainer.callback_handler.user_callbacks())
         if called:
-            sync()  # callbacks (on_log first) get the model as it is after this step (HF passes model=)
-        self._reach(global_step)
-        epoch_end = self._epoch_ends(global_step)
+            end.sync()  # callbacks get the model as it is after this step (Hugging Face passes model=)
+        self._reach(end.global_step)
+        if end.resumed:  # before a resumed run's first step: the epoch end its checkpoint left undone
+            if self.epoch_end_pending:
+                self._epoch_end(end, called)
+            return False
+        _flow_step_end(trainer.args, trainer.state, trainer.control)
         if called:
             trainer._call_back("on_step_end", model=trainer.model)
-            if epoch_end:
-                trainer._call_back("on_epoch_end", model=trainer.model)
-        if epoch_end:
-            self._maybe_log(global_step, epoch_end=True)
+        self.epoch_end_pending = self._epoch_ends(end.global_step) or trainer.control.should_training_stop
+        self._log_evaluate_save(end, epoch_end=False)
+        if self.epoch_end_pending:  # Hugging Face's on_epoch_end comes after a stop too (the epoch's loop ends)
+            self._epoch_end(end, called)
         return trainer.control.should_training_stop
 
-    def _reach(self, step: int, epoch_end: bool = False, log: bool = True) -> None:
-        """The state callbacks see at ``step``, and its training log entry if one is due there."""
+    def _epoch_end(self, end: StepEnd, called: bool) -> None:
+        trainer = self.trainer
+        self.epoch_end_pending = False
+        _flow_epoch_end(trainer.args, trainer.state, trainer.control)
+        if called:
+            trainer._call_back("on_epoch_end", model=trainer.model)
+        self._log_evaluate_save(end, epoch_end=True)
+
+    def _log_evaluate_save(self, end: StepEnd, epoch_end: bool) -> None:
+        """Hugging Face's ``_maybe_log_save_evaluate``: log, evaluate, save, as the control says."""
+        trainer, args = self.trainer, self.trainer.args
+        if trainer.control.should_log:
+            end.flush()
+            self.log()
+        if trainer.control.should_evaluate:
+            self.new_best = False
+            end.evaluate(epoch_end)
+            if args.save_strategy == "best":
+                trainer.control.should_save = self.new_best
+        if trainer.control.should_save:
+            if end.save():
+                trainer._call_back("on_save")
+            elif not self.warned_no_checkpoints:
+                self.warned_no_checkpoints = True
+                logger.warning(
+                    "control.should_save at step %d: save_strategy='no' keeps no checkpoints, so nothing is saved "
+                    "(set save_strategy to keep them)",
+                    end.global_step,
+                )
+
+    def _reach(self, step: int) -> None:
+        """The state callbacks see at ``step``."""
         state = self.trainer.state
         state.global_step, state.epoch = step, self._epoch(step)
-        if log:
-            self._maybe_log(step, epoch_end=epoch_end)
 
     def _epoch_ends(self, global_step: int) -> bool:
         return global_step % self.data.steps_per_epoch == 0 or global_step == self.data.total_steps
 
-    def _saves_at_epoch_end(self, global_step: int) -> bool:
-        return self.trainer.args.save_strategy == "epoch" and self._epoch_ends(global_step)
-
-    def _maybe_log(self, global_step: int, epoch_end: bool = False) -> None:
-        """Log the training metrics if this step is due. Hugging Face does a step's log, evaluation and save,
-        then its epoch end's (a partial last epoch's too): logging by steps comes before the step's evaluation
-        and save; by epoch (``epoch_end``: the caller is in the epoch-end phase) after the step's and before the
-        epoch's. ``log()`` logs each step once, so the first due call wins."""
-        args = self.trainer.args
-        if args.logging_strategy == "epoch":
-            due = epoch_end
-        elif args.logging_strategy == "no":
-            due = False
-        else:
-            due = global_step % self.logging_every == 0
-        if due or (global_step == 1 and args.logging_first_step):
-            self.log()
-
-    def on_checkpoint(self, step: int) -> None:
-        """Hugging Face's on_save, after the step's log entry (the loop checkpoints before its on_step)."""
-        self._reach(step, epoch_end=self._saves_at_epoch_end(step))
-        self.trainer._call_back("on_save")
-
     def checkpoint_state(self, step: int) -> tuple[dict[str, Any], Any]:
-        """What a checkpoint keeps of the trainer, as Hugging Face's ``trainer_state.json`` does: the log history
-        (with this step's entry where Hugging Face logs it before saving: a step's log before the step's save,
-        an epoch's log before the epoch's save), the best metric and its step, and
-        the best model's parameters (``load_best_model_at_end``) so that a resumed run ends with that model."""
+        """What a checkpoint keeps of the trainer, as Hugging Face's ``trainer_state.json`` does: the log history,
+        the best metric and its step, and the best model's parameters (``load_best_model_at_end``) so that a
+        resumed run ends with that model; and whether the step's epoch end is still to run."""
         state = self.trainer.state
-        self._reach(step, epoch_end=self._saves_at_epoch_end(step))
-        kept = {"log_history": state.log_history, "best_metric": state.best_metric, "best_step": state.best_global_step}
+        self._reach(step)
+        kept = {
+            "log_history": state.log_history,
+            "best_metric": state.best_metric,
+            "best_step": state.best_global_step,
+            "epoch_end_pending": self.epoch_end_pending,
+        }
         # JSON-safe copies (numpy scalars from evaluators become Python numbers)
         kept = json.loads(_json_text(kept, sort_keys=False))
         return {"trainer_state": kept}, self.best_params
@@ -1015,9 +1065,10 @@ class _RunHooks(RunCallback):
         state = self.trainer.state
         state.log_history = list(kept["log_history"])
         state.best_metric, state.best_global_step = kept["best_metric"], kept["best_step"]
+        self.epoch_end_pending = bool(kept.get("epoch_end_pending", False))
         self.best_params = meta.get("best_params")
         self.logged_through = int(meta["step"])
-        self._reach(int(meta["step"]), log=False)
+        self._reach(int(meta["step"]))
 
     def log(self) -> None:
         """Hugging Face's training log entry: the mean loss since the last one, the last gradient norm and
@@ -1042,10 +1093,8 @@ class _RunHooks(RunCallback):
 
     def __call__(self, output_path: str | None, epoch: int, steps: int, global_step: int) -> dict[str, float]:
         trainer, state, args = self.trainer, self.trainer.state, self.trainer.args
-        # The loop evaluates right after a step, before its on_step: the step's log entry comes first, as in
-        # Hugging Face's Trainer, and callbacks see the state of this step.
         step = global_step
-        self._reach(step, epoch_end=steps == -1, log=step > 0)  # an epoch's evaluation comes after its log
+        self._reach(step)
         metrics = trainer.evaluate()  # logs its entries and calls on_log / on_evaluate
         name = args.metric_for_best_model
         timing = ("_runtime", "_samples_per_second", "_steps_per_second")
@@ -1062,6 +1111,7 @@ class _RunHooks(RunCallback):
             value > state.best_metric if args.greater_is_better else value < state.best_metric
         )
         if better and math.isfinite(value):
+            self.new_best = True
             state.best_metric = value
             # Hugging Face's: a best step only where there are checkpoints (or, crossjax's, a best model kept)
             if args.save_strategy != "no" or args.load_best_model_at_end:

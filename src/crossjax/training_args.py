@@ -291,10 +291,10 @@ def _member(enum: type[Enum], name: str, value: Any) -> Any:
         raise ValueError(f"{name} must be one of {[m.value for m in enum]}, got {value!r}") from None
 
 
-def _strategy(name: str, value: Any) -> str:
+def _strategy(name: str, value: Any, choices: tuple[str, ...] = _STRATEGIES) -> str:
     value = getattr(value, "value", value)
-    if value not in _STRATEGIES:
-        raise ValueError(f"{name} must be one of {_STRATEGIES}, got {value!r}")
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
     return value
 
 
@@ -359,6 +359,7 @@ class CrossEncoderTrainingArguments(_HuggingFaceArguments):
     ignore_data_skip: bool = False  # a resume always continues at the checkpoint's data position here
     push_to_hub: bool = False
     prediction_loss_only: bool = True
+
     def __post_init__(self) -> None:
         if self.output_dir is None:  # transformers 5's default
             self.output_dir = "trainer_output"
@@ -368,7 +369,7 @@ class CrossEncoderTrainingArguments(_HuggingFaceArguments):
         self._read_strings()
         self._check_torch_only()
         self.eval_strategy = _strategy("eval_strategy", self.eval_strategy)
-        self.save_strategy = _strategy("save_strategy", self.save_strategy)
+        self.save_strategy = _strategy("save_strategy", self.save_strategy, (*_STRATEGIES, "best"))
         self.logging_strategy = _strategy("logging_strategy", self.logging_strategy)
         self.batch_sampler = _member(BatchSamplers, "batch_sampler", self.batch_sampler)
         if isinstance(self.prompts, dict) and any(not isinstance(p, str) for p in self.prompts.values()):
@@ -452,6 +453,11 @@ class CrossEncoderTrainingArguments(_HuggingFaceArguments):
             raise ValueError("load_best_model_at_end=True needs an eval_strategy other than 'no'")
         if self.metric_for_best_model is None and self.load_best_model_at_end:
             self.metric_for_best_model = "loss"
+        if self.save_strategy == "best":  # Hugging Face's Trainer refuses the first; the second would never save
+            if self.metric_for_best_model is None:
+                raise ValueError("save_strategy='best' needs metric_for_best_model (the metric whose best is saved)")
+            if self.eval_strategy == "no":
+                raise ValueError("save_strategy='best' saves after evaluations: it needs eval_strategy other than 'no'")
         if self.metric_for_best_model is not None and self.greater_is_better is None:
             self.greater_is_better = not self.metric_for_best_model.removeprefix("eval_").endswith("loss")
         if self.save_total_limit is not None and self.save_total_limit < 1:

@@ -235,22 +235,30 @@ _DICT_FIELDS = (
 _STRATEGIES = ("no", "steps", "epoch")
 
 
+def _scalar(text: str, kind: type | None = None) -> Any:
+    """A number or boolean written as a string, read as ``kind`` (int, float or bool; a ValueError if it is not
+    one), or with no ``kind`` as whatever it reads as (else the string itself)."""
+    lowered = text.strip().lower()
+    if kind is bool or kind is None:
+        if lowered in ("true", "false") or (kind is bool and lowered in ("1", "0", "yes", "no")):
+            return lowered in ("true", "1", "yes")
+        if kind is bool:
+            raise ValueError(text)
+    if kind is None and lowered.lstrip("-").isdigit():
+        return int(lowered)
+    try:
+        number = float(text)
+    except ValueError:
+        if kind is None:
+            return text
+        raise
+    return int(number) if kind is int and number.is_integer() else number
+
+
 def _typed_values(options: dict[str, Any]) -> dict[str, Any]:
     """A JSON dict from a command line with its numeric and boolean strings read as numbers and booleans, as
     transformers' ``TrainingArguments`` reads ``lr_scheduler_kwargs='{"min_lr": "1e-6"}'``."""
-    typed = {}
-    for key, value in options.items():
-        if isinstance(value, str):
-            lowered = value.lower()
-            if lowered in ("true", "false"):
-                value = lowered == "true"
-            else:
-                try:
-                    value = int(value) if value.lstrip("-").isdigit() else float(value)
-                except ValueError:
-                    pass
-        typed[key] = value
-    return typed
+    return {key: _scalar(value) if isinstance(value, str) else value for key, value in options.items()}
 
 
 def _joined_jax() -> Any:
@@ -490,12 +498,12 @@ class CrossEncoderTrainingArguments(_HuggingFaceArguments):
                 setattr(self, f.name, _typed_values(json.loads(value)))
             elif kind in (int, float):
                 try:
-                    number = float(value)
-                    setattr(self, f.name, int(number) if kind is int and number.is_integer() else number)
+                    setattr(self, f.name, _scalar(value, kind))
                 except ValueError:
                     raise ValueError(f"{f.name} must be a number, got {value!r}") from None
-            elif kind is bool and value.lower() in ("true", "false", "1", "0", "yes", "no"):
-                setattr(self, f.name, value.lower() in ("true", "1", "yes"))
+            elif kind is bool:
+                with contextlib.suppress(ValueError):  # any other string is left for the checks to name
+                    setattr(self, f.name, _scalar(value, bool))
 
     def _check_torch_only(self) -> None:
         for key, default in _TORCH_ONLY.items():

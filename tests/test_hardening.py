@@ -481,3 +481,22 @@ def test_trainer_inputs_that_would_do_nothing_or_fail_deep_are_named(tiny_dir, t
         mine_hard_negatives(data, anchor_column_name="a", positive_column_name="b", corpus="xyz")
     with pytest.raises(ValueError, match="batch_size"):
         mine_hard_negatives(data, anchor_column_name="a", positive_column_name="b", batch_size=0)
+
+
+def test_loss_numbers_that_are_not_numbers_are_named(tiny_dir):
+    """A YAML config's ``scale: "10"`` reaches a loss as a string; sentence-transformers fails when the first
+    batch multiplies by it, crossjax failed inside the first compiled step: each is named when the loss is made."""
+    from crossjax import losses
+
+    model = CrossEncoder(tiny_dir)
+    for make, name in (
+        (lambda: losses.MultipleNegativesRankingLoss(model, scale="10"), "scale"),
+        (lambda: losses.CachedMultipleNegativesRankingLoss(model, scale=float("nan")), "scale"),
+        (lambda: losses.LambdaLoss(model, sigma="1"), "sigma"),
+        (lambda: losses.RankNetLoss(model, eps=True), "eps"),
+        (lambda: losses.ADRMSELoss(model, alpha=None), "alpha"),
+        (lambda: losses.NDCGLoss2PPScheme(mu="10"), "mu"),
+    ):
+        with pytest.raises(ValueError, match=f"{name} must be a finite number"):
+            make()
+    assert losses.LambdaLoss(model, sigma=np.float32(2.0)).sigma == 2.0  # numpy numbers are numbers

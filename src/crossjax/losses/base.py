@@ -110,6 +110,14 @@ def is_finite_number(value: Any) -> bool:
     return is_number(value) and fits_float32(float(value))
 
 
+def checked_number(name: str, value: Any) -> Any:
+    """A loss's numeric argument (``scale``, ``sigma``, ``eps`` ...), refused by name when it is not a finite
+    number: a string from a config file would otherwise fail inside the first compiled step."""
+    if isinstance(value, bool | np.bool_) or not is_finite_number(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    return value
+
+
 def as_list(value: Any) -> list | None:
     """A row's list value (list, tuple, numpy array, torch tensor) as a Python list; None if it is a scalar."""
     if isinstance(value, str | bytes):

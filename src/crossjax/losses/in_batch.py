@@ -16,7 +16,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from crossjax.losses.activations import is_row_normalising, sigmoid
-from crossjax.losses.base import CrossEncoderLoss, PairLayout, PairTable, is_integer, masked_log_softmax
+from crossjax.losses.base import (
+    CrossEncoderLoss,
+    PairLayout,
+    PairTable,
+    checked_number,
+    is_integer,
+    masked_log_softmax,
+)
 
 __all__ = ["MultipleNegativesRankingLoss", "CachedMultipleNegativesRankingLoss"]
 
@@ -40,7 +47,7 @@ class MultipleNegativesRankingLoss(CrossEncoderLoss):
                 f"num_negatives must be a positive int or None (all in-batch negatives), got {num_negatives!r}"
             )
         self.num_negatives = None if num_negatives is None else int(num_negatives)
-        self.scale = scale
+        self.scale = checked_number("scale", scale)
 
     def sampled_negative_count(self, rows: int, num_candidate_columns: int) -> int:
         """How many in-batch negatives each row gets: ``num_negatives``, or all of them when that is None

@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from crossjax.losses.activations import identity
-from crossjax.losses.base import fullname, is_integer
+from crossjax.losses.base import checked_number, fullname, is_integer
 from crossjax.losses.listwise import ListwiseLoss
 from crossjax.losses.torch_compat import is_torch_module
 
@@ -89,7 +89,7 @@ class NDCGLoss2PPScheme(BaseWeightingScheme):
     """NDCG Loss2++: ``mu * Loss2 + LambdaRank``, the strongest in the LambdaLoss paper."""
 
     def __init__(self, mu: float = 10.0) -> None:
-        self.mu = mu
+        self.mu = checked_number("mu", mu)
         self.ndcg_loss2 = NDCGLoss2Scheme()
         self.lambda_rank = LambdaRankScheme()
 
@@ -151,8 +151,8 @@ class LambdaLoss(ListwiseLoss):
         if reduction_log not in ("natural", "binary"):
             raise ValueError(f"reduction_log must be 'natural' or 'binary', got {reduction_log!r}")
         self.k = k
-        self.sigma = sigma
-        self.eps = eps
+        self.sigma = checked_number("sigma", sigma)
+        self.eps = checked_number("eps", eps)
         self.reduction_log = reduction_log
 
     def parts(self, logits, doc_mask, labels, query_mask):

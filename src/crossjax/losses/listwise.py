@@ -21,6 +21,7 @@ from crossjax.losses.base import (
     PairLayout,
     PairTable,
     as_list,
+    checked_number,
     is_finite_number,
     is_integer,
     label_rows,
@@ -145,7 +146,7 @@ Zuccon, Guido and Stein, Benno and Potthast, Martin and Hagen, Matthias},
         self, model: Any, alpha: float = 1.0, activation_fn: Any = identity, mini_batch_size: int | None = None
     ) -> None:
         super().__init__(model, activation_fn, mini_batch_size)
-        self.alpha = alpha
+        self.alpha = checked_number("alpha", alpha)
 
     def approximate_ranks(self, scores: jnp.ndarray, mask: jnp.ndarray) -> jnp.ndarray:
         """``1 + sum_{j != i} sigmoid(alpha * (s_j - s_i))`` over the real documents j."""

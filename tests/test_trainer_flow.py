@@ -89,7 +89,7 @@ def _kinds(log_history: list[dict]) -> list[tuple[str, int]]:
     return [(kind(h), h["step"]) for h in log_history]
 
 
-def _theirs(directory: Path, tmp: Path, schedule: dict, evaluator=None, steer=None):
+def _theirs(directory: Path, tmp: Path, schedule: dict, evaluator=None, steer=None, callbacks=()):
     import torch
     from datasets import Dataset
     from sentence_transformers.cross_encoder import CrossEncoder as STCrossEncoder
@@ -109,7 +109,9 @@ def _theirs(directory: Path, tmp: Path, schedule: dict, evaluator=None, steer=No
         scripted = evaluator
         evaluator = type("STScripted", (BaseEvaluator,), {"__call__": lambda self, *a, **k: scripted(*a, **k)})()
     recorder = STRecorder()
-    callbacks = [recorder] if steer is None else [type("STSteer", (_Steer, TrainerCallback), {})(steer), recorder]
+    callbacks = [*callbacks, recorder]
+    if steer is not None:
+        callbacks.insert(0, type("STSteer", (_Steer, TrainerCallback), {})(steer))
     data = Dataset.from_dict(_pairs())
     trainer = STTrainer(
         model=model, args=args, train_dataset=data, eval_dataset=data, evaluator=evaluator, callbacks=callbacks
@@ -752,3 +754,30 @@ def test_a_save_asked_for_without_checkpoints_is_named(tiny, tmp_path, caplog):
         trainer.train()
     assert "control.should_save at step 2: save_strategy='no' keeps no checkpoints" in caplog.text
     assert not (tmp_path / "checkpoints").exists() and ("save", 2) not in recorder.events
+
+
+def test_hugging_faces_early_stopping_callback_stops_where_it_does_there(tiny, tmp_path):
+    """transformers' EarlyStoppingCallback (it reads the best metric before the evaluation updates it, and sets
+    should_training_stop in on_evaluate): scores 0.5, 0.7, 0.6, 0.65 end the run at step 4 with patience 2, and
+    the best model is step 2's, in both trainers."""
+    from transformers import EarlyStoppingCallback
+
+    schedule = dict(
+        max_steps=8, per_device_train_batch_size=2, learning_rate=1e-3, eval_strategy="steps", eval_steps=1,
+        save_steps=1, logging_steps=2, load_best_model_at_end=True, metric_for_best_model="score", seed=0,
+    )  # fmt: skip
+    scores = type("Scores", (_StepScores,), {"SCORES": {1: 0.5, 2: 0.7, 3: 0.6, 4: 0.65, 5: 0.9}})
+    theirs, their_state, their_events = _theirs(
+        tiny, tmp_path / "st", schedule, scores(), callbacks=[EarlyStoppingCallback(early_stopping_patience=2)]
+    )
+    recorder = Recorder()
+    args = CrossEncoderTrainingArguments(str(tmp_path / "ours"), disable_tqdm=True, **schedule)
+    trainer = CrossEncoderTrainer(
+        model=CrossEncoder(str(tiny)), args=args, train_dataset=_pairs(), eval_dataset=_pairs(), evaluator=scores(),
+        callbacks=[EarlyStoppingCallback(early_stopping_patience=2), recorder],
+    )  # fmt: skip
+    ours = trainer.train()
+    assert ours.global_step == theirs.global_step == 4
+    assert recorder.events == their_events, (recorder.events, their_events)
+    assert (trainer.state.best_metric, trainer.state.best_global_step) == (0.7, 2)
+    assert (their_state.best_metric, their_state.best_global_step) == (0.7, 2)

@@ -781,3 +781,36 @@ def test_hugging_faces_early_stopping_callback_stops_where_it_does_there(tiny, t
     assert recorder.events == their_events, (recorder.events, their_events)
     assert (trainer.state.best_metric, trainer.state.best_global_step) == (0.7, 2)
     assert (their_state.best_metric, their_state.best_global_step) == (0.7, 2)
+
+
+@pytest.mark.parametrize("restore", [True, False])
+def test_stateful_callbacks_are_checkpointed_and_restored_when_asked(tiny, tmp_path, restore):
+    """Hugging Face keeps each ExportableState callback's state() in its checkpoints (state.stateful_callbacks) and,
+    with restore_callback_states_from_checkpoint, a resumed run continues with it: EarlyStoppingCallback's
+    patience count survives an interruption, so the run stops where the uninterrupted one does (step 5); without
+    it the count restarts at the resume (step 6), as there."""
+    from transformers import EarlyStoppingCallback
+
+    scores = type("Scores", (_StepScores,), {"SCORES": {1: 0.5, 2: 0.7, 3: 0.6, 4: 0.65, 5: 0.66, 6: 0.62, 7: 0.6}})
+
+    def trainer(output: Path, *callbacks, **more) -> CrossEncoderTrainer:
+        args = CrossEncoderTrainingArguments(
+            str(output), max_steps=8, per_device_train_batch_size=2, eval_strategy="steps", eval_steps=1,
+            save_steps=1, metric_for_best_model="score", load_best_model_at_end=True, disable_tqdm=True, seed=0,
+            **more,
+        )  # fmt: skip
+        return CrossEncoderTrainer(
+            model=CrossEncoder(str(tiny)), args=args, train_dataset=_pairs(), evaluator=scores(), callbacks=[*callbacks]
+        )
+
+    assert trainer(tmp_path / "whole", EarlyStoppingCallback(3)).train().global_step == 5
+    cut = trainer(tmp_path / "cut", EarlyStoppingCallback(3), _StopAt(3))
+    cut.train()
+    saved = cut.state.stateful_callbacks
+    assert saved["EarlyStoppingCallback"]["attributes"] == {"early_stopping_patience_counter": 1}
+    assert saved["TrainerControl"]["args"]["should_training_stop"] is True  # as Hugging Face's at that save
+    given = EarlyStoppingCallback(3)
+    resumed = trainer(tmp_path / "cut", given, restore_callback_states_from_checkpoint=restore)
+    assert resumed.train(resume_from_checkpoint=True).global_step == (5 if restore else 6)
+    restored = next(c for c in resumed.callback_handler.callbacks if isinstance(c, EarlyStoppingCallback))
+    assert (restored is given) is not restore  # Hugging Face replaces it with one made from the saved state

@@ -108,6 +108,32 @@ class TrainerControl:
     should_evaluate: bool = False
     should_save: bool = False
 
+    def state(self) -> dict[str, Any]:
+        """Hugging Face's ``ExportableState``: what a checkpoint keeps of the control."""
+        return {"args": asdict(self), "attributes": {}}
+
+
+def _exportable(callback: Any) -> bool:
+    """Hugging Face's stateful callbacks (``ExportableState``, e.g. ``EarlyStoppingCallback``) and the control."""
+    from transformers.trainer_callback import ExportableState
+
+    return isinstance(callback, ExportableState | TrainerControl)
+
+
+def callback_states(callbacks: Sequence[Any]) -> dict[str, Any]:
+    """``TrainerState.stateful_callbacks``: each stateful callback's ``state()`` by class name (a list where a
+    class has several), as Hugging Face's ``TrainerState`` keeps them."""
+    states: dict[str, Any] = {}
+    for callback in filter(_exportable, callbacks):
+        name, state = type(callback).__name__, callback.state()
+        if name not in states:
+            states[name] = state
+        elif isinstance(states[name], list):
+            states[name].append(state)
+        else:
+            states[name] = [states[name], state]
+    return states
+
 
 def dataset_columns(dataset: Any, name: str) -> tuple[list[str], list[list[Any]], list[Any] | None]:
     """(input column names, input columns, labels or None) of a ``datasets.Dataset`` or a dict of lists.
@@ -500,6 +526,28 @@ class CrossEncoderTrainer:
         ``args.output_dir``), as sentence-transformers scripts call it after ``train()``."""
         self.model.save(output_dir if output_dir is not None else self.args.output_dir)
 
+    def _restore_callback_states(self) -> None:
+        """Hugging Face's ``restore_callback_states_from_checkpoint``: each stateful callback (and the control) is
+        replaced by one made from its checkpointed ``state()`` (made from its ``args``, then its ``attributes``
+        set), in its place among the callbacks; a checkpointed class the trainer no longer has is a warning."""
+        present = [*self.callback_handler.callbacks, self.control]
+        missing = []
+        for name, saved in self.state.stateful_callbacks.items():
+            same = [callback for callback in present if type(callback).__name__ == name]
+            if not same:
+                missing.append(name)
+            for callback, data in zip(same, saved if isinstance(saved, list) else [saved], strict=False):
+                restored = type(callback)(**data.get("args", {}))
+                for attribute, value in data.get("attributes", {}).items():
+                    setattr(restored, attribute, value)
+                if callback is self.control:
+                    self.control = restored
+                else:
+                    callbacks = self.callback_handler.callbacks
+                    callbacks[next(i for i, c in enumerate(callbacks) if c is callback)] = restored
+        if missing:
+            logger.warning("The checkpoint holds states of callbacks this trainer does not have, ignored: %s", missing)
+
     def _call_back(self, event: str, **kwargs: Any) -> None:
         """Call ``event`` on every callback; a control a callback returns replaces the trainer's."""
         self.control = getattr(self.callback_handler, event)(self.args, self.state, self.control, **kwargs)
@@ -638,6 +686,7 @@ class CrossEncoderTrainer:
             train_batch_size=self._global_batch_size(train=True),
         )
         self.control = TrainerControl()
+        self.state.stateful_callbacks = callback_states([*self.callback_handler.callbacks, self.control])
         self.callback_handler.model, self.callback_handler.processing_class = self.model, self.model.tokenizer
         result = FitResult(history=[])
         run = _RunHooks(self, data, result)
@@ -1044,13 +1093,15 @@ class _RunHooks(RunCallback):
         """What a checkpoint keeps of the trainer, as Hugging Face's ``trainer_state.json`` does: the log history,
         the best metric and its step, and the best model's parameters (``load_best_model_at_end``) so that a
         resumed run ends with that model; and whether the step's epoch end is still to run."""
-        state = self.trainer.state
+        trainer, state = self.trainer, self.trainer.state
         self._reach(step)
+        state.stateful_callbacks = callback_states([*trainer.callback_handler.callbacks, trainer.control])
         kept = {
             "log_history": state.log_history,
             "best_metric": state.best_metric,
             "best_step": state.best_global_step,
             "epoch_end_pending": self.epoch_end_pending,
+            "stateful_callbacks": state.stateful_callbacks,
         }
         # JSON-safe copies (numpy scalars from evaluators become Python numbers)
         kept = json.loads(_json_text(kept, sort_keys=False))
@@ -1066,6 +1117,9 @@ class _RunHooks(RunCallback):
         state.log_history = list(kept["log_history"])
         state.best_metric, state.best_global_step = kept["best_metric"], kept["best_step"]
         self.epoch_end_pending = bool(kept.get("epoch_end_pending", False))
+        state.stateful_callbacks = kept.get("stateful_callbacks", {})
+        if self.trainer.args.restore_callback_states_from_checkpoint:
+            self.trainer._restore_callback_states()
         self.best_params = meta.get("best_params")
         self.logged_through = int(meta["step"])
         self._reach(int(meta["step"]))

@@ -103,7 +103,6 @@ _TORCH_ONLY: dict[str, Any] = {
     "include_for_metrics": [],
     "batch_eval_metrics": False,
     "enable_jit_checkpoint": False,
-    "restore_callback_states_from_checkpoint": False,
     "label_names": None,
     "train_sampling_strategy": "random",
     "length_column_name": "length",
@@ -365,6 +364,7 @@ class CrossEncoderTrainingArguments(_HuggingFaceArguments):
     learning_rate_mapping: dict | str | None = field(default_factory=dict)
     resume_from_checkpoint: str | None = None  # or True: the latest checkpoint of output_dir
     ignore_data_skip: bool = False  # a resume always continues at the checkpoint's data position here
+    restore_callback_states_from_checkpoint: bool = False  # stateful callbacks (EarlyStoppingCallback) resumed
     push_to_hub: bool = False
     prediction_loss_only: bool = True
 

@@ -625,7 +625,7 @@ class _Steer:
 class _StepScores:
     """A score fixed by the step (so which evaluations are best does not depend on training)."""
 
-    SCORES = {1: 0.5, 2: 0.7, 3: 0.6, 4: 0.8, 5: 0.8, 6: 0.9, 7: 0.1, 8: 0.95}
+    SCORES = {1: 0.5, 2: 0.7, 3: 0.6, 4: 0.8, 5: 0.8, 6: 0.9, 7: 0.1, 8: 0.95, 9: 0.3, 10: 0.2}
 
     def __call__(self, model, output_path=None, epoch=-1, steps=-1):
         return {"score": self.SCORES[steps]}
@@ -657,12 +657,27 @@ VETO = dict(
     logging_steps=2, save_strategy="epoch", seed=0,
 )  # fmt: skip
 VETOES = {("epoch_end", 4): {"should_save": False}, ("step_end", 3): {"should_save": True}}
+# An epoch ended early at step 2 (control.should_epoch_stop): its end is logged, evaluated and saved, the next
+# step opens the next epoch, and the run ends at max_steps (10, in epoch 2) or when its epochs run out (2
+# epochs: step 6), as Hugging Face's does.
+EPOCH_STOP = dict(
+    max_steps=10, per_device_train_batch_size=2, learning_rate=1e-3, eval_strategy="epoch", logging_steps=1,
+    save_strategy="epoch", seed=0,
+)  # fmt: skip
+EPOCHS_STOP = {**{k: v for k, v in EPOCH_STOP.items() if k != "max_steps"}, "num_train_epochs": 2}
+STOP_EPOCH = {("step_end", 2): {"should_epoch_stop": True}}
 
 
 @pytest.mark.parametrize(
     "schedule, steer, saved",
-    [(STEERED, STEER, [2, 4, 6]), (BEST, None, [1, 2, 4, 6, 8]), (VETO, VETOES, [3, 8])],
-    ids=["steered", "best", "veto"],
+    [
+        (STEERED, STEER, [2, 4, 6]),
+        (BEST, None, [1, 2, 4, 6, 8]),
+        (VETO, VETOES, [3, 8]),
+        (EPOCH_STOP, STOP_EPOCH, [2, 6, 10]),
+        (EPOCHS_STOP, STOP_EPOCH, [2, 6]),
+    ],
+    ids=["steered", "best", "veto", "epoch_stop", "epochs_run_out"],
 )
 def test_callbacks_steer_logging_evaluation_and_saving_as_in_hugging_face(tiny, tmp_path, schedule, steer, saved):
     """Hugging Face's flow after a step: on_step_end (its DefaultFlowCallback first sets what the arguments
@@ -682,7 +697,9 @@ def test_callbacks_steer_logging_evaluation_and_saving_as_in_hugging_face(tiny, 
     assert their_saved == saved  # what the oracle does, written out
     assert recorder.events == their_events, (recorder.events, their_events)
     assert _kinds(trainer.state.log_history) == _kinds(their_state.log_history)
-    assert ours.global_step == theirs.global_step
+    epochs = [h["epoch"] for h in trainer.state.log_history]
+    assert epochs == pytest.approx([h["epoch"] for h in their_state.log_history])
+    assert ours.global_step == theirs.global_step and trainer.state.epoch == pytest.approx(their_state.epoch)
     assert (trainer.state.best_metric, trainer.state.best_global_step) == (
         their_state.best_metric,
         their_state.best_global_step,
@@ -814,3 +831,31 @@ def test_stateful_callbacks_are_checkpointed_and_restored_when_asked(tiny, tmp_p
     assert resumed.train(resume_from_checkpoint=True).global_step == (5 if restore else 6)
     restored = next(c for c in resumed.callback_handler.callbacks if isinstance(c, EarlyStoppingCallback))
     assert (restored is given) is not restore  # Hugging Face replaces it with one made from the saved state
+
+
+def test_an_epoch_ended_early_resumes_where_it_went_on(tiny, tmp_path):
+    """The positions an early-ended epoch skipped are checkpointed: a run interrupted after the skip resumes in
+    the next epoch, bit for bit as the uninterrupted run (Hugging Face's resume assumes no skip and would train
+    the skipped batches). Both end when the 2 epochs' positions run out, at step 6 of 8."""
+    from flax import nnx
+
+    def train(output: Path, *callbacks, resume=None):
+        args = CrossEncoderTrainingArguments(
+            str(output), max_steps=8, per_device_train_batch_size=2, learning_rate=1e-2, save_steps=1,
+            logging_steps=1, disable_tqdm=True, seed=0,
+        )  # fmt: skip
+        model = CrossEncoder(str(tiny))
+        trainer = CrossEncoderTrainer(
+            model=model, args=args, train_dataset=_pairs(), callbacks=[_Steer(STOP_EPOCH), *callbacks]
+        )
+        output = trainer.train(resume_from_checkpoint=resume)
+        return output, trainer, jax.tree.leaves(jax.device_get(nnx.state(model.model, nnx.Param)))
+
+    whole, whole_trainer, whole_params = train(tmp_path / "whole")
+    train(tmp_path / "cut", _StopAt(4))
+    resumed, resumed_trainer, resumed_params = train(tmp_path / "cut", resume=True)
+    assert whole.global_step == resumed.global_step == 6 and whole_trainer.state.epoch == 2.0
+    for a, b in zip(whole_params, resumed_params, strict=True):
+        np.testing.assert_array_equal(a, b)
+    losses_of = lambda trainer: [h["loss"] for h in trainer.state.log_history if "loss" in h]  # noqa: E731
+    assert losses_of(resumed_trainer) == losses_of(whole_trainer)

@@ -200,7 +200,47 @@ def group_by_label_batches(
     return batches
 
 
-class ListData:
+class _EpochPlan:
+    """Where a run's steps fall in its plan of epochs: step ``g`` trains plan position ``g``, until a callback ends
+    an epoch early (Hugging Face's ``control.should_epoch_stop``); the positions left in that epoch are then
+    skipped, and the next step trains the next epoch's first. The skips are checkpointed, so a resume continues
+    where the run did. A run ends at ``total_steps`` steps or when its epochs' positions run out (as Hugging
+    Face's ends at ``max_steps`` or after its last epoch)."""
+
+    steps_per_epoch: int
+    total_steps: int
+    epochs: int
+    skips: list[tuple[int, int]]  # (steps done when the epoch was ended, positions skipped)
+
+    def position(self, done: int, inclusive: bool = True) -> int:
+        """Plan positions consumed once ``done`` steps are trained (``inclusive``: with a skip asked for then)."""
+        return done + sum(count for at, count in self.skips if at < done or (inclusive and at == done))
+
+    def end_epoch(self, done: int) -> None:
+        """Skip the rest of the current epoch: the step after ``done`` trains the next epoch's first position."""
+        rest = -self.position(done) % self.steps_per_epoch
+        if rest:
+            self.skips.append((done, rest))
+
+    def _positions(self) -> Any:
+        """(global step, plan position) of each step left to train."""
+        done = self.start_step
+        while done < self.total_steps and (position := self.position(done)) < self.epochs * self.steps_per_epoch:
+            yield done, position
+            done += 1
+
+    def resume(self, meta: dict[str, Any]) -> None:
+        """The skips of the checkpointed run (the global step says the rest)."""
+        self.skips = [(int(at), int(count)) for at, count in meta.get("epoch_skips", [])]
+
+    def start(self, start_step: int) -> None:
+        self.start_step = start_step
+
+    def checkpoint_meta(self) -> dict[str, Any]:
+        return {"epoch_skips": [list(skip) for skip in self.skips]} if self.skips else {}
+
+
+class ListData(_EpochPlan):
     """The trainer's data source for :func:`crossjax.fit_loop.run_fit`: dataset rows -> loss layout -> packed
     list batches. Batches are drawn like Hugging Face Trainer's (seeded per epoch, ``per_device`` batches of
     rows, ``gradient_accumulation_steps`` of them an optimizer step); a step's layout uses a numpy generator
@@ -237,6 +277,7 @@ class ListData:
         plan = target.plan
         plan.check_batch_size(self.batch_size)
         self._epoch_cache: dict[int, list[list[np.ndarray]]] = {}
+        self.skips = []
         self._data_fingerprint: str | None = None
         self._stream: list[np.ndarray] = []  # NO_DUPLICATES: the batches of passes 0, 1, ... end to end
         self._stream_passes = 0
@@ -340,9 +381,9 @@ class ListData:
             self._stream.extend(batches)
         return self._stream[start:stop]
 
-    def _list_step(self, global_step: int) -> ListStep:
-        epoch, index = divmod(global_step, self.steps_per_epoch)
-        return self.laid_step(epoch, index, (self.seed, 1, global_step))
+    def _list_step(self, position: int) -> ListStep:
+        epoch, index = divmod(position, self.steps_per_epoch)
+        return self.laid_step(epoch, index, (self.seed, 1, position))
 
     def laid_step(self, epoch: int, index: int, rng_key: tuple[int, ...]) -> ListStep:
         """Step ``index`` of ``epoch``: its (up to k) per-device batches laid out by the loss and tokenized;
@@ -369,18 +410,12 @@ class ListData:
             self._data_fingerprint = values_fingerprint([*self.columns, self.labels if self.labels is not None else []])
         return self._data_fingerprint
 
-    def resume(self, meta: dict[str, Any]) -> None:
-        """Nothing to restore: the global step says where the plan continues."""
-
-    def start(self, start_step: int) -> None:
-        self.start_step = start_step
-
     def steps(self) -> Any:
         from crossjax.fit_loop import TrainStep
 
-        for global_step in range(self.start_step, self.total_steps):
-            epoch, index = divmod(global_step, self.steps_per_epoch)
-            laid = self._list_step(global_step)
+        for global_step, position in self._positions():
+            epoch, index = divmod(position, self.steps_per_epoch)
+            laid = self._list_step(position)
             last = index + 1 == self.steps_per_epoch or global_step + 1 == self.total_steps
             yield TrainStep(epoch, index + 1, last, self.pack(laid), len(laid.tokenized))
 
@@ -402,9 +437,6 @@ class ListData:
         """The (loss, chunks) of each source of steps (one here)."""
         return [(self.loss, self.chunks)]
 
-    def checkpoint_meta(self) -> dict[str, Any]:
-        return {}
-
     def summary(self) -> dict[str, Any]:
         return {"steps_per_epoch": self.steps_per_epoch, "docs_per_query": self.docs, "loss_chunks": self.chunks}
 
@@ -412,7 +444,7 @@ class ListData:
         pass
 
 
-class MultiListData:
+class MultiListData(_EpochPlan):
     """Several training datasets, each with its own loss (and packed shapes): every step is one batch of one
     dataset, as sentence-transformers' multi-dataset samplers do. ``proportional``: every batch of every
     dataset once per epoch, in a seeded random order; ``round_robin``: one batch of each in turn until the
@@ -426,6 +458,7 @@ class MultiListData:
         self.batch_size, self.k = sources[0].batch_size, sources[0].k
         self.rows = sum(source.rows for source in sources)  # as Hugging Face counts a concatenated dataset
         self.steps_per_epoch = len(self._order(0))
+        self.skips = []
         if max_steps is not None and max_steps > 0:
             self.total_steps = int(max_steps)
         else:
@@ -457,28 +490,19 @@ class MultiListData:
         described = [source.describe() for source in self.sources]
         return sum(rows for rows, _ in described), described[0][1]
 
-    def resume(self, meta: dict[str, Any]) -> None:
-        """Nothing to restore: the global step says where the plan continues."""
-
-    def start(self, start_step: int) -> None:
-        self.start_step = start_step
-
     def steps(self) -> Any:
         from crossjax.fit_loop import TrainStep
 
         order, order_epoch = None, -1
-        for global_step in range(self.start_step, self.total_steps):
-            epoch, index = divmod(global_step, self.steps_per_epoch)
+        for global_step, position in self._positions():
+            epoch, index = divmod(position, self.steps_per_epoch)
             if epoch != order_epoch:
                 order, order_epoch = self._order(epoch), epoch
             s, i = order[index]
             source = self.sources[s]
-            laid = source.laid_step(epoch, i, (self.seed, 1, s, global_step))
+            laid = source.laid_step(epoch, i, (self.seed, 1, s, position))
             last = index + 1 == self.steps_per_epoch or global_step + 1 == self.total_steps
             yield TrainStep(epoch, index + 1, last, source.pack(laid), len(laid.tokenized), source=s)
-
-    def checkpoint_meta(self) -> dict[str, Any]:
-        return {}
 
     def summary(self) -> dict[str, Any]:
         return {

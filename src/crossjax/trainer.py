@@ -103,7 +103,7 @@ class TrainerControl:
     stop); the arguments' schedule sets it first, then callbacks may change it."""
 
     should_training_stop: bool = False
-    should_epoch_stop: bool = False  # not acted on (a warning says so): crossjax's epochs run whole
+    should_epoch_stop: bool = False
     should_log: bool = False
     should_evaluate: bool = False
     should_save: bool = False
@@ -442,7 +442,6 @@ class CrossEncoderTrainer:
         self.callback_handler = CallbackHandler([*(callbacks or []), printer], model, model.tokenizer)
         self.state = TrainerState()
         self.control = TrainerControl()
-        self._warned_epoch_stop = False
         # As sentence-transformers' card callback at the trainer's creation: the model's card is now generated
         # anew at save (a card it was loaded with no longer describes it)
         model.model_card_data.add_tags("generated_from_trainer")
@@ -551,12 +550,6 @@ class CrossEncoderTrainer:
     def _call_back(self, event: str, **kwargs: Any) -> None:
         """Call ``event`` on every callback; a control a callback returns replaces the trainer's."""
         self.control = getattr(self.callback_handler, event)(self.args, self.state, self.control, **kwargs)
-        if getattr(self.control, "should_epoch_stop", False) and not self._warned_epoch_stop:
-            self._warned_epoch_stop = True
-            logger.warning(
-                "control.should_epoch_stop is not acted on by crossjax's trainer (its epochs run whole); set "
-                "control.should_training_stop to end the run"
-            )
 
     # ------------------------------------------------------------------------------------------ data
     def _prompted(self, columns: list[list[Any]], dataset_name: str | None) -> list[list[Any]]:
@@ -1015,8 +1008,10 @@ class _RunHooks(RunCallback):
         self.history_read = 0  # the run's step records before this index are all logged (or before the resume)
 
     def _epoch(self, step: int) -> float:
-        """Hugging Face's ``state.epoch`` (batches consumed; steps for several datasets, whose batches differ)."""
-        return epoch_at(step, self.data.steps_per_epoch, self.data.k, getattr(self.data, "batches_per_epoch", None))
+        """Hugging Face's ``state.epoch`` (batches consumed; steps for several datasets, whose batches differ);
+        an epoch ended early counts as far as it went until the next step trains."""
+        consumed = self.data.position(step, inclusive=False)
+        return epoch_at(consumed, self.data.steps_per_epoch, self.data.k, getattr(self.data, "batches_per_epoch", None))
 
     def on_train_begin(self, info: Any) -> None:
         """Hugging Face's ``on_train_begin``, once a resumed run's state is restored (as Hugging Face loads it
@@ -1045,11 +1040,21 @@ class _RunHooks(RunCallback):
         _flow_step_end(trainer.args, trainer.state, trainer.control)
         if called:
             trainer._call_back("on_step_end", model=trainer.model)
+        self._end_epoch_if_asked(end.global_step)  # before the step's save: its checkpoint keeps the skip
         self.epoch_end_pending = self._epoch_ends(end.global_step) or trainer.control.should_training_stop
         self._log_evaluate_save(end, epoch_end=False)
+        if self._end_epoch_if_asked(end.global_step):  # asked for during the step's log, evaluation or save
+            self.epoch_end_pending = True
         if self.epoch_end_pending:  # Hugging Face's on_epoch_end comes after a stop too (the epoch's loop ends)
             self._epoch_end(end, called)
         return trainer.control.should_training_stop
+
+    def _end_epoch_if_asked(self, step: int) -> bool:
+        """``control.should_epoch_stop``: the rest of this epoch is skipped (the next step opens the next one)."""
+        if not self.trainer.control.should_epoch_stop or self._epoch_ends(step):
+            return False
+        self.data.end_epoch(step)
+        return True
 
     def _epoch_end(self, end: StepEnd, called: bool) -> None:
         trainer = self.trainer
@@ -1087,7 +1092,8 @@ class _RunHooks(RunCallback):
         state.global_step, state.epoch = step, self._epoch(step)
 
     def _epoch_ends(self, global_step: int) -> bool:
-        return global_step % self.data.steps_per_epoch == 0 or global_step == self.data.total_steps
+        data = self.data
+        return data.position(global_step) % data.steps_per_epoch == 0 or global_step == data.total_steps
 
     def checkpoint_state(self, step: int) -> tuple[dict[str, Any], Any]:
         """What a checkpoint keeps of the trainer, as Hugging Face's ``trainer_state.json`` does: the log history,

@@ -129,3 +129,31 @@ def test_trainer_pushes_with_the_arguments_hub_options_and_never_writes_the_toke
     assert written and not [p for p in written if token in p.read_text(errors="ignore")]
     model.save(tmp_path / "saved")
     assert token not in (tmp_path / "saved" / "README.md").read_text()
+
+
+@pytest.mark.parametrize("strategy, messages", [
+    ("every_save", ["Training in progress, step 2", "Training in progress, step 4", "End of training"]),
+    ("end", ["End of training"]),
+])  # fmt: skip
+def test_trainer_pushes_each_save_as_hugging_face_s_default_hub_strategy(model, hub, tmp_path, strategy, messages):
+    """Hugging Face's ``hub_strategy="every_save"`` (its default) uploads the model at every save, with its
+    commit message, so a crashed run still left its last saved model on the hub; ``"end"`` only at the end.
+    The strategies that upload checkpoint-N folders (crossjax writes orbax checkpoints) are refused up front."""
+    from crossjax import CrossEncoderTrainer, CrossEncoderTrainingArguments
+
+    data = {"a": ["one two", "three", "four five", "six"], "b": ["x", "y z", "w", "v"], "label": [1.0, 0.0, 1.0, 0.0]}
+
+    def trainer(**hub_options) -> CrossEncoderTrainer:
+        args = CrossEncoderTrainingArguments(
+            str(tmp_path / hub_options["hub_strategy"]), max_steps=4, per_device_train_batch_size=2, save_steps=2,
+            disable_tqdm=True, push_to_hub=True, hub_model_id="me/reranker", **hub_options,
+        )  # fmt: skip
+        return CrossEncoderTrainer(model=model, args=args, train_dataset=data)
+
+    run = trainer(hub_strategy=strategy)
+    run.train()
+    run.save_model()  # as Hugging Face's: with push_to_hub, the saved model is uploaded too
+    assert [kwargs["commit_message"] for name, kwargs in hub if name == "upload_folder"] == [*messages, "Model save"]
+    for refused in ("checkpoint", "all_checkpoints"):
+        with pytest.raises(ValueError, match=f"hub_strategy='{refused}' uploads Hugging Face's checkpoint-N"):
+            trainer(hub_strategy=refused).train()

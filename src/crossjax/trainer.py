@@ -520,10 +520,13 @@ class CrossEncoderTrainer:
         """Whether this is the main process of a multi-process (multi-host) run, as Hugging Face's Trainer."""
         return is_main_process()
 
-    def save_model(self, output_dir: str | None = None) -> None:
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
         """Save the model (Hugging Face format, as :meth:`CrossEncoder.save`) to ``output_dir`` (default
-        ``args.output_dir``), as sentence-transformers scripts call it after ``train()``."""
+        ``args.output_dir``), as sentence-transformers scripts call it after ``train()``; with ``push_to_hub``
+        it is uploaded too ("Model save"), as Hugging Face's ``save_model`` does."""
         self.model.save(output_dir if output_dir is not None else self.args.output_dir)
+        if self.args.push_to_hub and not _internal_call:
+            self.push_to_hub(commit_message="Model save")
 
     def _restore_callback_states(self) -> None:
         """Hugging Face's ``restore_callback_states_from_checkpoint``: each stateful callback (and the control) is
@@ -629,6 +632,13 @@ class CrossEncoderTrainer:
         if self.train_dataset is None:
             raise ValueError("CrossEncoderTrainer.train() needs train_dataset")
         scheduler_kwargs = args.scheduler_kwargs  # its required options, checked before any data is read
+        hub_strategy = getattr(args.hub_strategy, "value", args.hub_strategy)
+        if args.push_to_hub and hub_strategy in ("checkpoint", "all_checkpoints"):
+            raise ValueError(
+                f"hub_strategy={hub_strategy!r} uploads Hugging Face's checkpoint-N folders, which crossjax does not "
+                "write (its checkpoints are orbax folders in output_dir/checkpoints): use 'every_save' (the model "
+                "at each save) or 'end'"
+            )
         self.model._check_parameters_finite()
         ensure_writable_folders([("output_dir", args.output_dir)])  # named as the user set it (fit: log_dir)
         resume = resume_from_checkpoint if resume_from_checkpoint is not None else args.resume_from_checkpoint
@@ -1077,6 +1087,7 @@ class _RunHooks(RunCallback):
                 trainer.control.should_save = self.new_best
         if trainer.control.should_save:
             if end.save():
+                self._push_saved_model(end)
                 trainer._call_back("on_save")
             elif not self.warned_no_checkpoints:
                 self.warned_no_checkpoints = True
@@ -1085,6 +1096,19 @@ class _RunHooks(RunCallback):
                     "(set save_strategy to keep them)",
                     end.global_step,
                 )
+
+    def _push_saved_model(self, end: StepEnd) -> None:
+        """Hugging Face's ``hub_strategy="every_save"`` (its default): with ``push_to_hub``, the model of each save
+        is uploaded, with its commit message (synchronously here: every process exports, the main one uploads)."""
+        trainer, args = self.trainer, self.trainer.args
+        if not args.push_to_hub or getattr(args.hub_strategy, "value", args.hub_strategy) == "end":
+            return
+        end.sync()
+        if args.save_strategy == "steps":
+            message = f"Training in progress, step {trainer.state.global_step}"
+        else:
+            message = f"Training in progress, epoch {int(trainer.state.epoch)}"
+        trainer.push_to_hub(commit_message=message)
 
     def _reach(self, step: int) -> None:
         """The state callbacks see at ``step``."""

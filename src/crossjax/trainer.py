@@ -1047,6 +1047,9 @@ class _RunHooks(RunCallback):
             if self.epoch_end_pending:
                 self._epoch_end(end, called)
             return False
+        if not called:  # what on_step_begin clears (with callbacks, it was called: flags set there stay)
+            for flag in _EVENT_CLEARS["on_step_begin"]:
+                setattr(trainer.control, flag, False)
         _flow_step_end(trainer.args, trainer.state, trainer.control)
         if called:
             trainer._call_back("on_step_end", model=trainer.model)

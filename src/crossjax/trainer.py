@@ -1053,22 +1053,29 @@ class _RunHooks(RunCallback):
         _flow_step_end(trainer.args, trainer.state, trainer.control)
         if called:
             trainer._call_back("on_step_end", model=trainer.model)
-        # Hugging Face leaves the epoch's loop after a step whose control says stop (the run or the epoch), then
-        # ends the epoch: the rest of it is skipped (a stop vetoed at on_epoch_end goes on with the next epoch).
-        # Asked for by on_step_end, the skip comes before the step's save, so its checkpoint keeps it.
-        self.epoch_end_pending = self._leave_epoch_if_asked(end.global_step) or self._epoch_ends(end.global_step)
+        # Hugging Face leaves the epoch's loop after a step whose control says stop (the epoch or the run), then
+        # ends the epoch. should_epoch_stop skips the rest of the epoch: asked for by on_step_end, before the
+        # step's save, so its checkpoint keeps the skip. A run's stop skips nothing (a resume continues where the
+        # run stopped, as Hugging Face's does), unless on_epoch_end clears it: the run goes on in the next epoch.
+        self.epoch_end_pending = (
+            self._end_epoch_if_asked(end.global_step)
+            or trainer.control.should_training_stop
+            or self._epoch_ends(end.global_step)
+        )
         self._log_evaluate_save(end, epoch_end=False)
-        if self._leave_epoch_if_asked(end.global_step):  # asked for during the step's log, evaluation or save
+        # asked for during the step's log, evaluation or save
+        if self._end_epoch_if_asked(end.global_step) or trainer.control.should_training_stop:
             self.epoch_end_pending = True
         if self.epoch_end_pending:
             self._epoch_end(end, called)
+            if not trainer.control.should_training_stop and not self._epoch_ends(end.global_step):
+                self.data.end_epoch(end.global_step)
         return trainer.control.should_training_stop
 
-    def _leave_epoch_if_asked(self, step: int) -> bool:
-        """``control.should_epoch_stop`` or ``should_training_stop``: the epoch ends after this step (the rest of
-        it is skipped). Whether it is asked for."""
-        control = self.trainer.control
-        if not (control.should_epoch_stop or control.should_training_stop):
+    def _end_epoch_if_asked(self, step: int) -> bool:
+        """``control.should_epoch_stop``: the rest of this epoch is skipped (the next step opens the next one).
+        Whether it is asked for."""
+        if not self.trainer.control.should_epoch_stop:
             return False
         if not self._epoch_ends(step):
             self.data.end_epoch(step)

@@ -882,3 +882,30 @@ def test_an_epoch_ended_early_resumes_where_it_went_on(tiny, tmp_path):
         np.testing.assert_array_equal(a, b)
     losses_of = lambda trainer: [h["loss"] for h in trainer.state.log_history if "loss" in h]  # noqa: E731
     assert losses_of(resumed_trainer) == losses_of(whole_trainer)
+
+
+def test_a_run_stopped_mid_epoch_resumes_without_an_extra_epoch_end(tiny, tmp_path):
+    """A callback's stop at step 3 of a 4-step epoch runs that epoch's end (an evaluation by epoch, as Hugging
+    Face does at a stop); the resumed run goes on with the epoch and has the uninterrupted run's log entries,
+    with no evaluation at step 3."""
+
+    def trainer(output: Path, *callbacks) -> CrossEncoderTrainer:
+        args = CrossEncoderTrainingArguments(
+            str(output), max_steps=8, per_device_train_batch_size=2, learning_rate=1e-3, eval_strategy="epoch",
+            save_steps=1, logging_steps=1, disable_tqdm=True, seed=0,
+        )  # fmt: skip
+        return CrossEncoderTrainer(
+            model=CrossEncoder(str(tiny)), args=args, train_dataset=_pairs(), eval_dataset=_pairs(),
+            callbacks=list(callbacks),
+        )  # fmt: skip
+
+    whole = trainer(tmp_path / "whole")
+    whole.train()
+    cut = trainer(tmp_path / "cut", _StopAt(3))
+    cut.train()
+    assert _kinds(cut.state.log_history)[-2:] == [("eval", 3), ("end", 3)]  # the stop's epoch end evaluated
+    resumed = trainer(tmp_path / "cut")
+    resumed.train(resume_from_checkpoint=True)
+    expected = [("train", 1), ("train", 2), ("train", 3), ("train", 4), ("eval", 4), ("train", 5), ("train", 6),
+                ("train", 7), ("train", 8), ("eval", 8), ("end", 8)]  # fmt: skip
+    assert _kinds(whole.state.log_history) == _kinds(resumed.state.log_history) == expected

@@ -1145,7 +1145,8 @@ class _RunHooks(RunCallback):
             "log_history": state.log_history,
             "best_metric": state.best_metric,
             "best_step": state.best_global_step,
-            "epoch_end_pending": self.epoch_end_pending,
+            # a real epoch end only: after a run's stop mid-epoch, a resume goes on with that epoch
+            "epoch_end_pending": self.epoch_end_pending and self._epoch_ends(step),
             "stateful_callbacks": state.stateful_callbacks,
         }
         # JSON-safe copies (numpy scalars from evaluators become Python numbers)

@@ -500,3 +500,4 @@ def test_loss_numbers_that_are_not_numbers_are_named(tiny_dir):
         with pytest.raises(ValueError, match=f"{name} must be a finite number"):
             make()
     assert losses.LambdaLoss(model, sigma=np.float32(2.0)).sigma == 2.0  # numpy numbers are numbers
+    assert losses.MultipleNegativesRankingLoss(model, scale=None).scale is None  # unscaled, as sentence-transformers

@@ -154,6 +154,8 @@ def test_trainer_pushes_each_save_as_hugging_face_s_default_hub_strategy(model, 
     run.train()
     run.save_model()  # as Hugging Face's: with push_to_hub, the saved model is uploaded too
     assert [kwargs["commit_message"] for name, kwargs in hub if name == "upload_folder"] == [*messages, "Model save"]
+    with pytest.raises(ValueError, match="hub_strategy must be one of"):  # a typo is named, not an every_save
+        CrossEncoderTrainingArguments(str(tmp_path), hub_strategy="every_step")
     for refused in ("checkpoint", "all_checkpoints"):
         with pytest.raises(ValueError, match=f"hub_strategy='{refused}' uploads Hugging Face's checkpoint-N"):
             trainer(hub_strategy=refused).train()

@@ -743,13 +743,16 @@ class _FailOnSave:
             raise KeyboardInterrupt("preempted")
 
 
-def test_a_resume_does_the_epoch_end_its_checkpoint_came_before(tiny, tmp_path):
+@pytest.mark.parametrize("restore", [False, True])
+def test_a_resume_does_the_epoch_end_its_checkpoint_came_before(tiny, tmp_path, restore):
     """A step's own save (by steps) comes before its epoch's end (Hugging Face's order); a run preempted
     between the two does that epoch's evaluation when resumed (Hugging Face's would skip it), so its log history
-    and best model are the uninterrupted run's."""
+    and best model are the uninterrupted run's. A control restored from the checkpoint (written while its save
+    was asked for) asks for no second save there."""
     schedule = dict(
         max_steps=8, per_device_train_batch_size=2, learning_rate=1e-3, eval_strategy="epoch", save_steps=2,
         logging_steps=2, metric_for_best_model="loss", load_best_model_at_end=True, disable_tqdm=True, seed=0,
+        restore_callback_states_from_checkpoint=restore,
     )  # fmt: skip
 
     def trainer(output: Path, callbacks=()) -> CrossEncoderTrainer:
@@ -766,7 +769,8 @@ def test_a_resume_does_the_epoch_end_its_checkpoint_came_before(tiny, tmp_path):
     recorder = Recorder()
     resumed = trainer(tmp_path / "cut", [recorder])
     resumed.train(resume_from_checkpoint=True)
-    assert recorder.events[:3] == [("epoch_end", 4), ("log:eval", 4), ("evaluate", 4)], recorder.events
+    assert recorder.events[:5] == [("epoch_end", 4), ("log:eval", 4), ("evaluate", 4), ("epoch_begin", 4),
+                                   ("step_begin", 4)], recorder.events  # fmt: skip
     timed = ("_runtime", "_samples_per_second", "_steps_per_second", "train_loss")
     histories = (whole.state.log_history, resumed.state.log_history)
     untimed = [[{k: v for k, v in h.items() if not k.endswith(timed)} for h in history] for history in histories]
@@ -909,3 +913,34 @@ def test_a_run_stopped_mid_epoch_resumes_without_an_extra_epoch_end(tiny, tmp_pa
     expected = [("train", 1), ("train", 2), ("train", 3), ("train", 4), ("eval", 4), ("train", 5), ("train", 6),
                 ("train", 7), ("train", 8), ("eval", 8), ("end", 8)]  # fmt: skip
     assert _kinds(whole.state.log_history) == _kinds(resumed.state.log_history) == expected
+
+
+@pytest.mark.parametrize(
+    "steer, last_step",
+    [({("evaluate", 4): {"should_training_stop": True}}, 4), ({("evaluate", 2): {"should_epoch_stop": True}}, 6)],
+    ids=["stop_in_the_redone_epoch_end", "epoch_stop_before_the_save"],
+)
+def test_what_a_callback_asks_around_an_interrupted_save_holds_after_the_resume(tiny, tmp_path, steer, last_step):
+    """A run interrupted right after a step's save ends where the uninterrupted one does: a stop asked for while
+    the resumed run redoes that step's epoch end (evaluating by epoch) ends it there, before any step; an epoch
+    stop asked for by the step's evaluation, before its save, is in that checkpoint (the rest of the epoch
+    stays skipped)."""
+    step = next(iter(steer))[1]
+    evaluation = {"eval_strategy": "epoch"} if step == 4 else {"eval_strategy": "steps", "eval_steps": 1}
+
+    def trainer(output: Path, *callbacks) -> CrossEncoderTrainer:
+        args = CrossEncoderTrainingArguments(
+            str(output), max_steps=8, per_device_train_batch_size=2, learning_rate=1e-3, save_steps=step,
+            logging_steps=1, disable_tqdm=True, seed=0, **evaluation,
+        )  # fmt: skip
+        return CrossEncoderTrainer(
+            model=CrossEncoder(str(tiny)), args=args, train_dataset=_pairs(), eval_dataset=_pairs(),
+            callbacks=[_Steer(steer), *callbacks],
+        )  # fmt: skip
+
+    assert trainer(tmp_path / "whole").train().global_step == last_step
+    with pytest.raises(KeyboardInterrupt, match="preempted"):
+        trainer(tmp_path / "cut", _FailOnSave(step)).train()
+    recorder = Recorder()
+    assert trainer(tmp_path / "cut", recorder).train(resume_from_checkpoint=True).global_step == last_step
+    assert ("step_end", last_step + 1) not in recorder.events

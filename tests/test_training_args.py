@@ -186,3 +186,15 @@ def test_save_strategy_best_is_taken_with_what_it_needs(tmp_path):
         Ours(str(tmp_path), save_strategy="best", metric_for_best_model="score")
     with pytest.raises(ValueError, match=r"save_strategy must be one of \('no', 'steps', 'epoch', 'best'\)"):
         Ours(str(tmp_path), save_strategy="always")
+
+
+def test_dict_options_read_numbers_and_leave_other_strings():
+    """A JSON dict option's number and boolean strings are read as such (transformers' ``_convert_str_dict``
+    reads "3" and "0.5" but leaves "1e-6" and "-2", which its schedules then fail on); any other string stays
+    (``--5``; ``\u00b2``, which ``str.isdigit`` calls a digit and transformers fails to read)."""
+    from crossjax.training_args import _typed_values
+
+    options = {"a": "1e-6", "b": "3", "c": "true", "d": "--5", "e": "\u00b2", "f": "-2", "g": "x", "h": 4, "i": "0.5"}
+    assert _typed_values(options) == {
+        "a": 1e-6, "b": 3, "c": True, "d": "--5", "e": "\u00b2", "f": -2, "g": "x", "h": 4, "i": 0.5
+    }  # fmt: skip

@@ -61,6 +61,8 @@ class FitConfig:
     optimizer_options: tuple[tuple[str, Any], ...] = ()  # crossjax.optimizers.optimizer_options
     weight_decay: float = 0.01
     decay_rule: str = "fit"  # which parameters weight_decay applies to (training.decay_mask): "fit" or "trainer"
+    # fit's evaluation cadence: every evaluation_steps steps of an epoch (counted from the epoch's start) and at
+    # each epoch's end. A facade with its own flow (FitTarget.on_step: the trainer's) decides instead.
     evaluation_steps: int = 0
     output_path: str | None = None
     save_best_model: bool = True
@@ -80,8 +82,6 @@ class FitConfig:
     # In-memory only: steps of one packed shape holding about this many tokens (all devices), pairs per step
     # varying (fairseq's max_tokens); None: batch_size pairs a step.
     max_tokens_per_step: int | None = None
-    # fit's evaluation cadence: every evaluation_steps steps of an epoch (counted from the epoch's start) and at
-    # each epoch's end. A facade with its own flow (FitTarget.on_step: the trainer's) decides instead.
     evaluate_on_start: bool = False  # the Trainer's eval_on_start: once before the first step
     log_dir: str | None = None  # metrics.jsonl, TensorBoard events, curves PNG (see crossjax.logs); default output_path
 
@@ -295,12 +295,12 @@ class StepEnd:
     these, in the order its rules say (the loop's own cadence does nothing then)."""
 
     global_step: int
-    epoch: int
     resumed: bool  # the run resumed at global_step: no step was trained yet in this call
     sync: Callable[[], None]  # the model up to date with the step (its arrays valid until the next step runs)
     flush: Callable[[], None]  # the run's step records (FitResult.history) complete through this step
     evaluate: Callable[[bool], None]  # the evaluator at this step; True: as the epoch's end
-    save: Callable[[], bool]  # a checkpoint of this step (once), where the run keeps checkpoints: whether it does
+    # a checkpoint of this step (a second ask at the step keeps the first): whether the run keeps checkpoints
+    save: Callable[[], bool]
 
 
 @dataclass
@@ -1251,7 +1251,7 @@ def _run_fit(
         nonlocal saved_step
         stop_if_aborted()  # nor one whose data positions count pairs an aborted step did not train
         metrics.flush()  # never checkpoint a state whose last loss was not finite
-        sync_model()  # the checkpoint's callbacks (the trainer's on_log, on_save) see the model of this step
+        sync_model()  # the checkpoint holds the model of this step; callbacks after it see that model too
         own, best_params = target.checkpoint_state(global_step) if target.checkpoint_state else ({}, None)
         checkpointer.save(
             global_step,
@@ -1279,7 +1279,8 @@ def _run_fit(
         stop_if_aborted()
         metrics.flush()
 
-    def save_once(epoch: int) -> bool:
+    def checkpoint_step(epoch: int) -> bool:
+        # A second ask at the same step keeps the step's first checkpoint (orbax writes a step once)
         if checkpointer is not None and global_step != saved_step:
             save_checkpoint(epoch)
         return checkpointer is not None
@@ -1287,12 +1288,11 @@ def _run_fit(
     def step_end(epoch: int, steps_in_epoch: int, resumed: bool = False) -> StepEnd:
         return StepEnd(
             global_step=global_step,
-            epoch=epoch,
             resumed=resumed,
             sync=synced_model,
             flush=flush_records,
             evaluate=lambda epoch_end: evaluate(epoch, -1 if epoch_end else steps_in_epoch),
-            save=lambda: save_once(epoch),
+            save=lambda: checkpoint_step(epoch),
         )
 
     completed = False
@@ -1316,10 +1316,9 @@ def _run_fit(
         )
         if cfg.evaluate_on_start and evaluate_fn is not None:
             evaluate(0, 0)
-        if target.on_step is not None and start_step > 0:
-            target.on_step(step_end(last_epoch, -1, resumed=True))
-
-        for step in data.steps():
+        # a resumed run's flow may end it before its first step (a stop asked for at the epoch end it redoes)
+        stopped = target.on_step is not None and start_step > 0 and target.on_step(step_end(last_epoch, -1, True))
+        for step in () if stopped else data.steps():
             stats.add(step.batch)
             used_shapes.add(tuple(step.batch.input_ids.shape))
             program = programs[step.source]

@@ -210,7 +210,7 @@ class _EpochPlan:
     steps_per_epoch: int
     total_steps: int
     epochs: int
-    skips: list[tuple[int, int]]  # (steps done when the epoch was ended, positions skipped)
+    skips: tuple[tuple[int, int], ...] = ()  # (steps done when the epoch was ended, positions skipped)
 
     def position(self, done: int, inclusive: bool = True) -> int:
         """Plan positions consumed once ``done`` steps are trained (``inclusive``: with a skip asked for then)."""
@@ -220,7 +220,7 @@ class _EpochPlan:
         """Skip the rest of the current epoch: the step after ``done`` trains the next epoch's first position."""
         rest = -self.position(done) % self.steps_per_epoch
         if rest:
-            self.skips.append((done, rest))
+            self.skips = (*self.skips, (done, rest))
 
     def _positions(self) -> Any:
         """(global step, plan position) of each step left to train."""
@@ -231,7 +231,7 @@ class _EpochPlan:
 
     def resume(self, meta: dict[str, Any]) -> None:
         """The skips of the checkpointed run (the global step says the rest)."""
-        self.skips = [(int(at), int(count)) for at, count in meta.get("epoch_skips", [])]
+        self.skips = tuple((int(at), int(count)) for at, count in meta.get("epoch_skips", []))
 
     def start(self, start_step: int) -> None:
         self.start_step = start_step
@@ -277,7 +277,6 @@ class ListData(_EpochPlan):
         plan = target.plan
         plan.check_batch_size(self.batch_size)
         self._epoch_cache: dict[int, list[list[np.ndarray]]] = {}
-        self.skips = []
         self._data_fingerprint: str | None = None
         self._stream: list[np.ndarray] = []  # NO_DUPLICATES: the batches of passes 0, 1, ... end to end
         self._stream_passes = 0
@@ -458,7 +457,6 @@ class MultiListData(_EpochPlan):
         self.batch_size, self.k = sources[0].batch_size, sources[0].k
         self.rows = sum(source.rows for source in sources)  # as Hugging Face counts a concatenated dataset
         self.steps_per_epoch = len(self._order(0))
-        self.skips = []
         if max_steps is not None and max_steps > 0:
             self.total_steps = int(max_steps)
         else:

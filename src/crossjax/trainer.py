@@ -632,12 +632,11 @@ class CrossEncoderTrainer:
         if self.train_dataset is None:
             raise ValueError("CrossEncoderTrainer.train() needs train_dataset")
         scheduler_kwargs = args.scheduler_kwargs  # its required options, checked before any data is read
-        hub_strategy = getattr(args.hub_strategy, "value", args.hub_strategy)
-        if args.push_to_hub and hub_strategy in ("checkpoint", "all_checkpoints"):
+        if args.push_to_hub and args.hub_strategy in ("checkpoint", "all_checkpoints"):
             raise ValueError(
-                f"hub_strategy={hub_strategy!r} uploads Hugging Face's checkpoint-N folders, which crossjax does not "
-                "write (its checkpoints are orbax folders in output_dir/checkpoints): use 'every_save' (the model "
-                "at each save) or 'end'"
+                f"hub_strategy={args.hub_strategy!r} uploads Hugging Face's checkpoint-N folders, which crossjax "
+                "does not write (its checkpoints are orbax folders in output_dir/checkpoints): use 'every_save' (the "
+                "model at each save) or 'end'"
             )
         self.model._check_parameters_finite()
         ensure_writable_folders([("output_dir", args.output_dir)])  # named as the user set it (fit: log_dir)
@@ -965,34 +964,12 @@ def _checkpoints_to_resume(path: Path) -> Path:
     return path
 
 
-def _flow_step_end(args: Any, state: TrainerState, control: TrainerControl) -> None:
-    """Hugging Face's ``DefaultFlowCallback.on_step_end``: what the arguments schedule after this step."""
-    step = state.global_step
-    if step == 1 and args.logging_first_step:
-        control.should_log = True
-    if args.logging_strategy == "steps" and step % state.logging_steps == 0:
-        control.should_log = True
-    evaluates = args.eval_strategy == "steps" and args.eval_delay <= step
-    if evaluates and step % state.eval_steps == 0:
-        control.should_evaluate = True
-    if args.save_strategy == "steps" and state.save_steps > 0 and step % state.save_steps == 0:
-        control.should_save = True
-    if step >= state.max_steps:  # the run's end: its evaluation by steps, if due elsewhere, and its save
-        control.should_training_stop = True
-        if evaluates and step % state.eval_steps != 0:
-            control.should_evaluate = True
-        if args.save_strategy == "steps":
-            control.should_save = True
+def _default_flow() -> Any:
+    """Hugging Face's own ``DefaultFlowCallback``: what the arguments schedule after a step (``on_step_end``) and
+    at an epoch's end (``on_epoch_end``), set on the control before the user's callbacks see it."""
+    from transformers.trainer_callback import DefaultFlowCallback
 
-
-def _flow_epoch_end(args: Any, state: TrainerState, control: TrainerControl) -> None:
-    """Hugging Face's ``DefaultFlowCallback.on_epoch_end`` (``eval_delay`` counts epochs here)."""
-    if args.logging_strategy == "epoch":
-        control.should_log = True
-    if args.eval_strategy == "epoch" and args.eval_delay <= state.epoch:
-        control.should_evaluate = True
-    if args.save_strategy == "epoch":
-        control.should_save = True
+    return DefaultFlowCallback()
 
 
 class _RunHooks(RunCallback):
@@ -1014,6 +991,7 @@ class _RunHooks(RunCallback):
         # resumed from it still does that epoch's log, evaluation and save (Hugging Face's would skip them).
         self.epoch_end_pending = False
         self.warned_no_checkpoints = False
+        self.flow = _default_flow()
         self.logged_through = 0
         self.history_read = 0  # the run's step records before this index are all logged (or before the resume)
 
@@ -1043,50 +1021,48 @@ class _RunHooks(RunCallback):
         if called:
             end.sync()  # callbacks get the model as it is after this step (Hugging Face passes model=)
         self._reach(end.global_step)
+        if not called or end.resumed:  # what on_step_begin clears (with callbacks, it was called: flags set there
+            # stay); a resumed control comes with the flags of its checkpoint's save
+            for flag in _EVENT_CLEARS["on_step_begin"]:
+                setattr(trainer.control, flag, False)
         if end.resumed:  # before a resumed run's first step: the epoch end its checkpoint left undone
             if self.epoch_end_pending:
                 self._epoch_end(end, called)
-            return False
-        if not called:  # what on_step_begin clears (with callbacks, it was called: flags set there stay)
-            for flag in _EVENT_CLEARS["on_step_begin"]:
-                setattr(trainer.control, flag, False)
-        _flow_step_end(trainer.args, trainer.state, trainer.control)
+            return trainer.control.should_training_stop
+        self.flow.on_step_end(trainer.args, trainer.state, trainer.control)
         if called:
             trainer._call_back("on_step_end", model=trainer.model)
         # Hugging Face leaves the epoch's loop after a step whose control says stop (the epoch or the run), then
         # ends the epoch. should_epoch_stop skips the rest of the epoch: asked for by on_step_end, before the
         # step's save, so its checkpoint keeps the skip. A run's stop skips nothing (a resume continues where the
         # run stopped, as Hugging Face's does), unless on_epoch_end clears it: the run goes on in the next epoch.
-        self.epoch_end_pending = (
-            self._end_epoch_if_asked(end.global_step)
-            or trainer.control.should_training_stop
-            or self._epoch_ends(end.global_step)
-        )
+        self.epoch_end_pending = self._epoch_ends(end.global_step)
+        self._leave_epoch_if_asked(end.global_step)
         self._log_evaluate_save(end, epoch_end=False)
-        # asked for during the step's log, evaluation or save
-        if self._end_epoch_if_asked(end.global_step) or trainer.control.should_training_stop:
-            self.epoch_end_pending = True
+        self._leave_epoch_if_asked(end.global_step)  # asked for during the step's log, evaluation or save
         if self.epoch_end_pending:
             self._epoch_end(end, called)
-            if not trainer.control.should_training_stop and not self._epoch_ends(end.global_step):
-                self.data.end_epoch(end.global_step)
         return trainer.control.should_training_stop
 
-    def _end_epoch_if_asked(self, step: int) -> bool:
-        """``control.should_epoch_stop``: the rest of this epoch is skipped (the next step opens the next one).
-        Whether it is asked for."""
-        if not self.trainer.control.should_epoch_stop:
-            return False
-        if not self._epoch_ends(step):
+    def _leave_epoch_if_asked(self, step: int) -> None:
+        """Hugging Face leaves the epoch's loop after a step whose control says stop (the epoch or the run), then
+        ends the epoch: ``epoch_end_pending``. ``should_epoch_stop`` also skips the rest of the epoch (the next
+        step opens the next one); a run's stop skips nothing (a resume continues where the run stopped, as
+        Hugging Face's does) unless ``on_epoch_end`` clears it (``_epoch_end``)."""
+        control = self.trainer.control
+        if control.should_epoch_stop or control.should_training_stop:
+            self.epoch_end_pending = True
+        if control.should_epoch_stop and not self._epoch_ends(step):
             self.data.end_epoch(step)
-        return True
 
     def _epoch_end(self, end: StepEnd, called: bool) -> None:
         trainer = self.trainer
         self.epoch_end_pending = False
-        _flow_epoch_end(trainer.args, trainer.state, trainer.control)
+        self.flow.on_epoch_end(trainer.args, trainer.state, trainer.control)
         if called:
             trainer._call_back("on_epoch_end", model=trainer.model)
+        if not trainer.control.should_training_stop and not self._epoch_ends(end.global_step):
+            self.data.end_epoch(end.global_step)  # a stop cleared there: the run goes on with the next epoch
         self._log_evaluate_save(end, epoch_end=True)
 
     def _log_evaluate_save(self, end: StepEnd, epoch_end: bool) -> None:
@@ -1100,6 +1076,8 @@ class _RunHooks(RunCallback):
             end.evaluate(epoch_end)
             if args.save_strategy == "best":
                 trainer.control.should_save = self.new_best
+        if not epoch_end:  # an epoch stop asked for by the log or the evaluation: the save below keeps the skip
+            self._leave_epoch_if_asked(end.global_step)
         if trainer.control.should_save:
             if end.save():
                 self._push_saved_model(end)
@@ -1116,7 +1094,7 @@ class _RunHooks(RunCallback):
         """Hugging Face's ``hub_strategy="every_save"`` (its default): with ``push_to_hub``, the model of each save
         is uploaded, with its commit message (synchronously here: every process exports, the main one uploads)."""
         trainer, args = self.trainer, self.trainer.args
-        if not args.push_to_hub or getattr(args.hub_strategy, "value", args.hub_strategy) == "end":
+        if not args.push_to_hub or args.hub_strategy == "end":
             return
         end.sync()
         if args.save_strategy == "steps":

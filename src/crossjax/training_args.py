@@ -133,7 +133,7 @@ _NO_EFFECT_DEFAULTS: dict[str, Any] = {
     "do_predict": False,
     "save_only_model": False, "save_on_each_node": False, "include_num_input_tokens_seen": "no",
     "average_tokens_across_devices": True, "full_determinism": False, "ddp_timeout": 1800,
-    "hub_strategy": "every_save", "hub_always_push": False,
+    "hub_always_push": False,
 }  # fmt: skip
 # Accepted and without effect in crossjax (reporting, bookkeeping and PyTorch data-loading details).
 _NO_EFFECT = (
@@ -172,7 +172,6 @@ _NO_EFFECT = (
     "hub_model_id",
     "hub_token",
     "hub_private_repo",
-    "hub_strategy",
     "hub_always_push",
     "hub_revision",
 )
@@ -194,7 +193,7 @@ _FIELD_TYPES: dict[str, Any] = {
     "logging_dir": str | None, "disable_tqdm": bool | None, "dataloader_prefetch_factor": int | None,
     "dataloader_multiprocessing_context": str | None, "overwrite_output_dir": bool | None,
     "save_safetensors": bool | None, "include_num_input_tokens_seen": str | bool, "hub_model_id": str | None,
-    "hub_token": str | None, "hub_private_repo": bool | None, "hub_strategy": str, "hub_revision": str | None,
+    "hub_token": str | None, "hub_private_repo": bool | None, "hub_revision": str | None,
 }  # fmt: skip
 
 
@@ -232,6 +231,8 @@ _DICT_FIELDS = (
     "accelerator_config", "gradient_checkpointing_kwargs", "activation_checkpointing_kwargs", "liger_kernel_config",
 )  # fmt: skip
 _STRATEGIES = ("no", "steps", "epoch")
+# Hugging Face's HubStrategy values; crossjax refuses the last two with push_to_hub (it writes no checkpoint-N)
+_HUB_STRATEGIES = ("end", "every_save", "checkpoint", "all_checkpoints")
 
 
 def _scalar(text: str, kind: type | None = None) -> Any:
@@ -243,9 +244,9 @@ def _scalar(text: str, kind: type | None = None) -> Any:
             return lowered in ("true", "1", "yes")
         if kind is bool:
             raise ValueError(text)
-    if kind is None and lowered.lstrip("-").isdigit():
-        return int(lowered)
     try:
+        if kind is None and lowered.lstrip("-").isdigit():
+            return int(lowered)
         number = float(text)
     except ValueError:
         if kind is None:
@@ -366,6 +367,7 @@ class CrossEncoderTrainingArguments(_HuggingFaceArguments):
     ignore_data_skip: bool = False  # a resume always continues at the checkpoint's data position here
     restore_callback_states_from_checkpoint: bool = False  # stateful callbacks (EarlyStoppingCallback) resumed
     push_to_hub: bool = False
+    hub_strategy: str = "every_save"  # with push_to_hub: "every_save" uploads the model at each save, "end" not
     prediction_loss_only: bool = True
 
     def __post_init__(self) -> None:
@@ -379,6 +381,7 @@ class CrossEncoderTrainingArguments(_HuggingFaceArguments):
         self.eval_strategy = _strategy("eval_strategy", self.eval_strategy)
         self.save_strategy = _strategy("save_strategy", self.save_strategy, (*_STRATEGIES, "best"))
         self.logging_strategy = _strategy("logging_strategy", self.logging_strategy)
+        self.hub_strategy = _strategy("hub_strategy", self.hub_strategy, _HUB_STRATEGIES)
         self.batch_sampler = _member(BatchSamplers, "batch_sampler", self.batch_sampler)
         if isinstance(self.prompts, dict) and any(not isinstance(p, str) for p in self.prompts.values()):
             raise ValueError(
@@ -748,7 +751,7 @@ class CrossEncoderTrainingArguments(_HuggingFaceArguments):
         revision: str | None = None,
     ) -> CrossEncoderTrainingArguments:
         return self._update(
-            push_to_hub=True, hub_model_id=model_id, hub_strategy=getattr(strategy, "value", strategy),
+            push_to_hub=True, hub_model_id=model_id, hub_strategy=strategy,
             hub_token=token, hub_private_repo=private_repo, hub_always_push=always_push, hub_revision=revision,
         )  # fmt: skip
 

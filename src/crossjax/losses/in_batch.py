@@ -47,7 +47,7 @@ class MultipleNegativesRankingLoss(CrossEncoderLoss):
                 f"num_negatives must be a positive int or None (all in-batch negatives), got {num_negatives!r}"
             )
         self.num_negatives = None if num_negatives is None else int(num_negatives)
-        self.scale = checked_number("scale", scale)
+        self.scale = None if scale is None else checked_number("scale", scale)  # None: unscaled, as there
 
     def sampled_negative_count(self, rows: int, num_candidate_columns: int) -> int:
         """How many in-batch negatives each row gets: ``num_negatives``, or all of them when that is None

@@ -451,6 +451,8 @@ def test_dropout_rates_and_label_counts_no_model_can_have_are_refused(tiny_dir):
         ({"config_kwargs": {"hidden_dropout_prob": -1.0}}, "hidden_dropout_prob=-1.0"),
         ({"classifier_dropout": 1.5}, "classifier_dropout=1.5"),
         ({"config_kwargs": {"num_labels": 0}}, "num_labels=0"),
+        # torch's BERT builds a token-type table of 0 rows and fails reading it at the first forward
+        ({"config_kwargs": {"type_vocab_size": 0}}, "type_vocab_size=0"),
     ):
         with pytest.raises(ValueError, match=message):
             CrossEncoder(tiny_dir, **kwargs)

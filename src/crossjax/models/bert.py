@@ -44,6 +44,11 @@ def classifier_dropout(config) -> float:
 
 def bert_embeddings(config, dtype, rngs: nnx.Rngs, *, features: int | None = None, **kwargs) -> Embeddings:
     """The BERT-layout embeddings of a config (shared with RoBERTa and ELECTRA)."""
+    if not config.type_vocab_size >= 1:  # transformers' model fails on it (a table of 0 rows, read for every token)
+        raise ValueError(
+            f"{config.model_type} config has type_vocab_size={config.type_vocab_size!r}: its embeddings add a "
+            "token-type vector to every token, so it needs at least 1"
+        )
     return Embeddings(
         vocab_size=config.vocab_size,
         features=config.hidden_size if features is None else features,

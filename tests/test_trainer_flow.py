@@ -631,6 +631,16 @@ class _Steer:
         self._apply("save", state, control)
 
 
+def _ours(tiny: Path, output: Path, *callbacks, eval_dataset: bool = True, evaluator=None, **arguments):
+    """crossjax's trainer of the tiny model on ``_pairs()`` (also its eval data unless ``eval_dataset=False``),
+    the progress bar off and seed 0 unless the arguments say otherwise."""
+    args = CrossEncoderTrainingArguments(str(output), **{"disable_tqdm": True, "seed": 0, **arguments})
+    return CrossEncoderTrainer(
+        model=CrossEncoder(str(tiny)), args=args, train_dataset=_pairs(),
+        eval_dataset=_pairs() if eval_dataset else None, evaluator=evaluator, callbacks=list(callbacks),
+    )  # fmt: skip
+
+
 class _StepScores:
     """A score fixed by the step (so which evaluations are best does not depend on training)."""
 
@@ -754,20 +764,12 @@ def test_a_resume_does_the_epoch_end_its_checkpoint_came_before(tiny, tmp_path, 
         logging_steps=2, metric_for_best_model="loss", load_best_model_at_end=True, disable_tqdm=True, seed=0,
         restore_callback_states_from_checkpoint=restore,
     )  # fmt: skip
-
-    def trainer(output: Path, callbacks=()) -> CrossEncoderTrainer:
-        args = CrossEncoderTrainingArguments(str(output), **schedule)
-        return CrossEncoderTrainer(
-            model=CrossEncoder(str(tiny)), args=args, train_dataset=_pairs(), eval_dataset=_pairs(),
-            callbacks=list(callbacks),
-        )  # fmt: skip
-
-    whole = trainer(tmp_path / "whole")
+    whole = _ours(tiny, tmp_path / "whole", **schedule)
     whole.train()
     with pytest.raises(KeyboardInterrupt, match="preempted"):
-        trainer(tmp_path / "cut", [_FailOnSave(4)]).train()
+        _ours(tiny, tmp_path / "cut", _FailOnSave(4), **schedule).train()
     recorder = Recorder()
-    resumed = trainer(tmp_path / "cut", [recorder])
+    resumed = _ours(tiny, tmp_path / "cut", recorder, **schedule)
     resumed.train(resume_from_checkpoint=True)
     assert recorder.events[:5] == [("epoch_end", 4), ("log:eval", 4), ("evaluate", 4), ("epoch_begin", 4),
                                    ("step_begin", 4)], recorder.events  # fmt: skip
@@ -838,14 +840,11 @@ def test_stateful_callbacks_are_checkpointed_and_restored_when_asked(tiny, tmp_p
     scores = type("Scores", (_StepScores,), {"SCORES": {1: 0.5, 2: 0.7, 3: 0.6, 4: 0.65, 5: 0.66, 6: 0.62, 7: 0.6}})
 
     def trainer(output: Path, *callbacks, **more) -> CrossEncoderTrainer:
-        args = CrossEncoderTrainingArguments(
-            str(output), max_steps=8, per_device_train_batch_size=2, eval_strategy="steps", eval_steps=1,
-            save_steps=1, metric_for_best_model="score", load_best_model_at_end=True, disable_tqdm=True, seed=0,
-            **more,
+        return _ours(
+            tiny, output, *callbacks, eval_dataset=False, evaluator=scores(), max_steps=8,
+            per_device_train_batch_size=2, eval_strategy="steps", eval_steps=1, save_steps=1,
+            metric_for_best_model="score", load_best_model_at_end=True, **more,
         )  # fmt: skip
-        return CrossEncoderTrainer(
-            model=CrossEncoder(str(tiny)), args=args, train_dataset=_pairs(), evaluator=scores(), callbacks=[*callbacks]
-        )
 
     assert trainer(tmp_path / "whole", EarlyStoppingCallback(3)).train().global_step == 5
     cut = trainer(tmp_path / "cut", EarlyStoppingCallback(3), _StopAt(3))
@@ -867,16 +866,12 @@ def test_an_epoch_ended_early_resumes_where_it_went_on(tiny, tmp_path):
     from flax import nnx
 
     def train(output: Path, *callbacks, resume=None):
-        args = CrossEncoderTrainingArguments(
-            str(output), max_steps=8, per_device_train_batch_size=2, learning_rate=1e-2, save_steps=1,
-            logging_steps=1, disable_tqdm=True, seed=0,
+        trainer = _ours(
+            tiny, output, _Steer(STOP_EPOCH), *callbacks, eval_dataset=False, max_steps=8,
+            per_device_train_batch_size=2, learning_rate=1e-2, save_steps=1, logging_steps=1,
         )  # fmt: skip
-        model = CrossEncoder(str(tiny))
-        trainer = CrossEncoderTrainer(
-            model=model, args=args, train_dataset=_pairs(), callbacks=[_Steer(STOP_EPOCH), *callbacks]
-        )
         output = trainer.train(resume_from_checkpoint=resume)
-        return output, trainer, jax.tree.leaves(jax.device_get(nnx.state(model.model, nnx.Param)))
+        return output, trainer, jax.tree.leaves(jax.device_get(nnx.state(trainer.model.model, nnx.Param)))
 
     whole, whole_trainer, whole_params = train(tmp_path / "whole")
     train(tmp_path / "cut", _StopAt(4))
@@ -894,13 +889,9 @@ def test_a_run_stopped_mid_epoch_resumes_without_an_extra_epoch_end(tiny, tmp_pa
     with no evaluation at step 3."""
 
     def trainer(output: Path, *callbacks) -> CrossEncoderTrainer:
-        args = CrossEncoderTrainingArguments(
-            str(output), max_steps=8, per_device_train_batch_size=2, learning_rate=1e-3, eval_strategy="epoch",
-            save_steps=1, logging_steps=1, disable_tqdm=True, seed=0,
-        )  # fmt: skip
-        return CrossEncoderTrainer(
-            model=CrossEncoder(str(tiny)), args=args, train_dataset=_pairs(), eval_dataset=_pairs(),
-            callbacks=list(callbacks),
+        return _ours(
+            tiny, output, *callbacks, max_steps=8, per_device_train_batch_size=2, learning_rate=1e-3,
+            eval_strategy="epoch", save_steps=1, logging_steps=1,
         )  # fmt: skip
 
     whole = trainer(tmp_path / "whole")
@@ -929,13 +920,9 @@ def test_what_a_callback_asks_around_an_interrupted_save_holds_after_the_resume(
     evaluation = {"eval_strategy": "epoch"} if step == 4 else {"eval_strategy": "steps", "eval_steps": 1}
 
     def trainer(output: Path, *callbacks) -> CrossEncoderTrainer:
-        args = CrossEncoderTrainingArguments(
-            str(output), max_steps=8, per_device_train_batch_size=2, learning_rate=1e-3, save_steps=step,
-            logging_steps=1, disable_tqdm=True, seed=0, **evaluation,
-        )  # fmt: skip
-        return CrossEncoderTrainer(
-            model=CrossEncoder(str(tiny)), args=args, train_dataset=_pairs(), eval_dataset=_pairs(),
-            callbacks=[_Steer(steer), *callbacks],
+        return _ours(
+            tiny, output, _Steer(steer), *callbacks, max_steps=8, per_device_train_batch_size=2, learning_rate=1e-3,
+            save_steps=step, logging_steps=1, **evaluation,
         )  # fmt: skip
 
     assert trainer(tmp_path / "whole").train().global_step == last_step

@@ -1269,21 +1269,20 @@ def _run_fit(
         events.on_checkpoint(global_step)
         metrics.restart_clock()
 
-    def maybe_checkpoint(epoch: int) -> None:
-        # Every checkpoint_save_steps, and the run's last step
-        due = global_step % cfg.checkpoint_save_steps == 0 or global_step == total_steps
-        if checkpointer is not None and due and global_step > start_step:
-            save_checkpoint(epoch)
-
-    def flush_records() -> None:
-        stop_if_aborted()
-        metrics.flush()
-
     def checkpoint_step(epoch: int) -> bool:
         # A second ask at the same step keeps the step's first checkpoint (orbax writes a step once)
         if checkpointer is not None and global_step != saved_step:
             save_checkpoint(epoch)
         return checkpointer is not None
+
+    def maybe_checkpoint(epoch: int) -> None:
+        # Every checkpoint_save_steps, and the run's last step
+        if global_step % cfg.checkpoint_save_steps == 0 or global_step == total_steps:
+            checkpoint_step(epoch)
+
+    def flush_records() -> None:
+        stop_if_aborted()
+        metrics.flush()
 
     def step_end(epoch: int, steps_in_epoch: int, resumed: bool = False) -> StepEnd:
         return StepEnd(
@@ -1373,8 +1372,7 @@ def _run_fit(
             maybe_checkpoint(step.epoch)
         stop_if_aborted()
         metrics.flush()
-        if checkpointer is not None and global_step != saved_step:  # a run that stopped early
-            save_checkpoint(last_epoch)
+        checkpoint_step(last_epoch)  # a run that stopped early
         completed = True
     finally:
         # Ctrl-C, an evaluator or callback error, OOM, a checkpoint error or a non-finite loss: the model keeps

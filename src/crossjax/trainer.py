@@ -1033,13 +1033,11 @@ class _RunHooks(RunCallback):
         if called:
             trainer._call_back("on_step_end", model=trainer.model)
         # Hugging Face leaves the epoch's loop after a step whose control says stop (the epoch or the run), then
-        # ends the epoch. should_epoch_stop skips the rest of the epoch: asked for by on_step_end, before the
-        # step's save, so its checkpoint keeps the skip. A run's stop skips nothing (a resume continues where the
-        # run stopped, as Hugging Face's does), unless on_epoch_end clears it: the run goes on in the next epoch.
+        # ends the epoch (_leave_epoch_if_asked: before the step's save, so its checkpoint keeps an epoch stop
+        # asked for by on_step_end, the log or the evaluation; and after it, for one asked for by on_save).
         self.epoch_end_pending = self._epoch_ends(end.global_step)
-        self._leave_epoch_if_asked(end.global_step)
         self._log_evaluate_save(end, epoch_end=False)
-        self._leave_epoch_if_asked(end.global_step)  # asked for during the step's log, evaluation or save
+        self._leave_epoch_if_asked(end.global_step)
         if self.epoch_end_pending:
             self._epoch_end(end, called)
         return trainer.control.should_training_stop
@@ -1076,7 +1074,7 @@ class _RunHooks(RunCallback):
             end.evaluate(epoch_end)
             if args.save_strategy == "best":
                 trainer.control.should_save = self.new_best
-        if not epoch_end:  # an epoch stop asked for by the log or the evaluation: the save below keeps the skip
+        if not epoch_end:  # a stop asked for until now (on_step_end, the log, the evaluation): before the save
             self._leave_epoch_if_asked(end.global_step)
         if trainer.control.should_save:
             if end.save():

@@ -144,16 +144,24 @@ def test_sequential_evaluator_equals_sentence_transformers(tiny_dir, tmp_path):
 
 
 def test_checkpoint_save_total_limit_of_zero_keeps_every_checkpoint(tiny_dir, tmp_path):
-    """sentence-transformers' fit deletes old checkpoints only for a limit > 0; orbax's max_to_keep=0 would
-    delete them all."""
+    """sentence-transformers' fit deletes old checkpoints only for a limit > 0 (the oldest first); orbax's
+    max_to_keep=0 would delete them all."""
     examples = make_examples(8)
-    for limit, kept in ((0, 4), (-1, 4), (2, 2)):
+    for limit, kept in ((0, [1, 2, 3, 4]), (-1, [1, 2, 3, 4]), (2, [3, 4])):
         path = tmp_path / f"limit{limit}"
-        CrossEncoder(tiny_dir).fit(
+        model = CrossEncoder(tiny_dir)
+        model.fit(
             DataLoader(examples, batch_size=2), epochs=1, checkpoint_path=str(path), checkpoint_save_steps=1,
             checkpoint_save_total_limit=limit, **TRAIN,
         )  # fmt: skip
-        assert len([p for p in path.iterdir() if p.name.isdigit()]) == kept, limit
+        assert sorted(int(p.name) for p in path.iterdir() if p.name.isdigit()) == kept, limit
+    # Each step's folder holds that step's model, as sentence-transformers' checkpoint folders do: crossjax loads
+    # the step's folder, sentence-transformers its "model" folder; the last step's is the trained model
+    pairs = [e.texts for e in examples]
+    trained = model.predict(pairs)
+    np.testing.assert_allclose(CrossEncoder(str(path / "4")).predict(pairs), trained, atol=1e-6)
+    np.testing.assert_allclose(st.CrossEncoder(str(path / "4" / "model")).predict(pairs), trained, atol=1e-5)
+    assert np.abs(CrossEncoder(str(path / "3")).predict(pairs) - trained).max() > 1e-5
 
 
 def test_rows_of_texts_and_label_are_named_not_split_into_examples(tiny_dir, spies):

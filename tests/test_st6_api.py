@@ -370,6 +370,15 @@ examples = make_examples(12, seed=3)  # a DataLoader batch size the 4 devices do
 CrossEncoder(folder).fit(DataLoader(examples, batch_size=6), max_tokens_per_step=512, show_progress_bar=False)
 CrossEncoder(folder).fit(DataLoader(examples, batch_size=4), max_steps=1, checkpoint_path=checkpoints,
                          show_progress_bar=False)
+# The arguments' batch sizes count the devices the trainer's model trains on (Hugging Face's: per device x
+# this process's devices)
+from crossjax import CrossEncoderTrainer, CrossEncoderTrainingArguments
+for model, devices in ((one, 1), (CrossEncoder(folder), 4)):
+    args = CrossEncoderTrainingArguments(checkpoints + "-trainer", per_device_train_batch_size=3,
+                                         per_device_eval_batch_size=2)
+    trainer = CrossEncoderTrainer(model=model, args=args, train_dataset={"a": ["x"], "b": ["y"], "label": [1.0]})
+    assert (args.train_batch_size, args.eval_batch_size) == (3 * devices, 2 * devices), (args.train_batch_size, devices)
+    assert trainer._global_batch_size(train=True) == args.train_batch_size
 print("OK")
 """
 
@@ -378,7 +387,7 @@ def test_one_device_of_several_is_kept_by_to_and_predict(tiny_dir, tmp_path):
     """On 4 (forced) CPU devices: ``to()`` naming another device than the model's is an error, not a silent
     no-op; ``convert_to_tensor`` returns the scores on the model's device; ``device=torch.device(...)`` is taken;
     token-budget steps do not need a batch size the devices divide; a checkpoint of 4 devices resumed on 1
-    says why it cannot be."""
+    says why it cannot be; the training arguments' batch sizes count the trainer's model's devices."""
     import os
     import subprocess
     import sys

@@ -16,6 +16,7 @@ from conftest import save_tiny_bert
 from crossjax import CrossEncoder, losses
 from crossjax.checkpoint import CheckpointMismatchError
 from crossjax.list_batches import no_duplicates_batches
+from crossjax.models.checkpoints import CheckpointError
 from crossjax.trainer import CrossEncoderTrainer
 from crossjax.training_args import BatchSamplers, CrossEncoderTrainingArguments
 
@@ -740,6 +741,48 @@ def test_callbacks_steer_logging_evaluation_and_saving_as_in_hugging_face(tiny, 
     folder = tmp_path / "ours" / "checkpoints"
     ours_saved = sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit()) if folder.exists() else []
     assert ours_saved == (sorted({*saved, ours.global_step}) if args.save_strategy != "no" else [])
+
+
+class _FirstBest:
+    """The first evaluation scores best, so the best model's checkpoint is the oldest."""
+
+    SCORES = {1: 0.9, 2: 0.1, 3: 0.2, 4: 0.3}
+
+    def __call__(self, model, output_path=None, epoch=-1, steps=-1):
+        return {"score": self.SCORES[steps]}
+
+
+def test_the_best_models_checkpoint_is_kept_named_and_loads_as_in_hugging_face(tiny, tmp_path):
+    """``state.best_model_checkpoint`` names the best step's checkpoint, which ``save_total_limit`` never deletes
+    (Hugging Face's rotation); each checkpoint holds its model, which crossjax loads from the step's folder and
+    sentence-transformers from its ``model`` folder, with the scores of the best model."""
+    from sentence_transformers.cross_encoder import CrossEncoder as STCrossEncoder
+
+    schedule = dict(
+        max_steps=4, per_device_train_batch_size=2, learning_rate=1e-3, eval_strategy="steps", eval_steps=1,
+        logging_steps=1, save_steps=1, save_total_limit=2, metric_for_best_model="score",
+        load_best_model_at_end=True, seed=0,
+    )  # fmt: skip
+    _, their_state, _ = _theirs(tiny, tmp_path / "st", schedule, _FirstBest())
+    their_saved = sorted(int(p.name.split("-")[1]) for p in (tmp_path / "st").glob("checkpoint-*"))
+    assert their_saved == [1, 4] and Path(their_state.best_model_checkpoint).name == "checkpoint-1"  # the oracle
+    trainer = _ours(tiny, tmp_path / "ours", evaluator=_FirstBest(), **schedule)
+    trainer.train()
+    folder = tmp_path / "ours" / "checkpoints"
+    assert sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit()) == their_saved
+    assert trainer.state.best_model_checkpoint == str(folder / "1")
+    pairs = list(zip(_pairs()["q"], _pairs()["d"], strict=True))
+    best = trainer.model.predict(pairs)  # load_best_model_at_end: step 1's model
+    np.testing.assert_allclose(CrossEncoder(trainer.state.best_model_checkpoint).predict(pairs), best, atol=1e-6)
+    theirs = STCrossEncoder(str(folder / "1" / "model"), device="cpu").predict(pairs)
+    np.testing.assert_allclose(theirs, best, atol=1e-5)
+    assert np.abs(CrossEncoder(str(folder / "4")).predict(pairs) - best).max() > 1e-4  # another model there
+    with pytest.raises(CheckpointError, match=r"pass one step's folder, e\.g\. .*4"):
+        CrossEncoder(str(folder))
+    # A resumed run (nothing left to train) keeps it
+    again = _ours(tiny, tmp_path / "ours", evaluator=_FirstBest(), **schedule)
+    again.train(resume_from_checkpoint=True)
+    assert again.state.best_model_checkpoint == trainer.state.best_model_checkpoint
 
 
 class _FailOnSave:

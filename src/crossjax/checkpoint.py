@@ -14,13 +14,20 @@ damaged checkpoint is reported, never silently trained on, and the earlier steps
 Saves are asynchronous, but ``save`` returns only after the state was copied to host memory (orbax's default:
 every array's device-to-host transfer is synchronous), so the caller may donate the state's buffers to the
 next step right away.
+
+Each step's folder also holds the model of that step as a Hugging Face folder (``<step>/model``: config,
+safetensors, tokenizer, sentence-transformers' files), written inside orbax's atomic save, so a checkpoint is
+loadable as a model (``CrossEncoder("<dir>/<step>")``, or ``<step>/model`` by transformers and
+sentence-transformers), as sentence-transformers' and Hugging Face's checkpoint folders are.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import logging
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +40,64 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from crossjax.training import TrainState
 
 logger = logging.getLogger("crossjax")
+
+
+MODEL_FOLDER = "model"  # the step's exported model, inside the step's folder
+
+
+class _ModelFolderHandler(ocp.AsyncCheckpointHandler):
+    """Writes a step's exported model into its item folder, inside orbax's atomic step save (a step folder
+    that exists holds its model), in orbax's background commit like the state's arrays: ``write`` holds host
+    copies of the parameters, so the next step may run meanwhile. Restoring returns the folder's path: the
+    model is read by the loaders."""
+
+    async def async_save(self, directory, args: ModelFolderSave) -> list[Any]:
+        if args.write is None:
+            return []
+
+        async def write() -> None:
+            args.write(str(directory))
+
+        # waits for orbax's signals (the item folder created) before it writes
+        return [ocp.future.CommitFutureAwaitingContractedSignals(write(), name="crossjax_model_folder")]
+
+    def save(self, directory, args: ModelFolderSave) -> None:
+        if args.write is not None:
+            args.write(str(directory))
+
+    def restore(self, directory, args=None) -> str:
+        return str(directory)
+
+    def metadata(self, directory) -> None:
+        return None
+
+
+@ocp.args.register_with_handler(_ModelFolderHandler, for_save=True, for_restore=True)
+@dataclasses.dataclass
+class ModelFolderSave(ocp.args.CheckpointArgs):
+    """``write(folder)`` exports the model into ``folder`` (None on processes that do not write)."""
+
+    write: Callable[[str], Any] | None = None
+
+
+@dataclasses.dataclass
+class _LatestAndBest:
+    """orbax's preservation rule for Hugging Face's ``save_total_limit`` (``n``; None keeps all): the latest ``n``
+    steps, where the step ``best()`` names (the best model's) is never deleted and counts among them, with at
+    least the latest step beside it (Hugging Face's ``_sorted_checkpoints`` / ``_rotate_checkpoints``)."""
+
+    n: int | None
+    best: Callable[[], int | None]
+
+    def should_preserve(self, checkpoints: Sequence[Any], *, context: Any) -> list[bool]:
+        steps = [info.step for info in checkpoints]
+        if self.n is None:
+            return [True] * len(steps)
+        best = self.best()
+        latest = sorted(steps)[-self.n :]
+        if best in steps and best not in latest:
+            latest = [best, *sorted(steps)[-max(self.n - 1, 1) :]]
+        return [step in latest for step in steps]
 
 
 class CheckpointMismatchError(ValueError):
@@ -147,7 +212,17 @@ LATER_FINGERPRINT_DEFAULTS = {"scheduler_kwargs": None, "optimizer": "adamw", "o
 
 
 class TrainCheckpointer:
-    def __init__(self, directory: str, save_steps: int, total_limit: int | None, fingerprint: dict[str, Any]):
+    """``directory``'s step folders, the latest ``total_limit`` of them kept (all for None or <= 0), and the one
+    ``keep_step()`` names (the trainer's best model's, as Hugging Face's rotation keeps it)."""
+
+    def __init__(
+        self,
+        directory: str,
+        save_steps: int,
+        total_limit: int | None,
+        fingerprint: dict[str, Any],
+        keep_step: Callable[[], int | None] = lambda: None,
+    ):
         self.directory = directory if "://" in str(directory) else str(Path(directory).expanduser().resolve())
         self.fingerprint = fingerprint
         # No ``save_device_host_concurrent_bytes``: with it orbax would copy some arrays to the host only after
@@ -155,9 +230,16 @@ class TrainCheckpointer:
         # sentence-transformers' fit deletes old checkpoints only for a limit > 0: 0 or less keeps them all.
         keep = int(total_limit) if total_limit is not None and total_limit > 0 else None
         options = ocp.CheckpointManagerOptions(
-            max_to_keep=keep, save_interval_steps=1, enable_async_checkpointing=True, create=True
+            save_interval_steps=1,
+            enable_async_checkpointing=True,
+            create=True,
+            preservation_policy=_LatestAndBest(keep, keep_step),
         )
         self.manager = ocp.CheckpointManager(self.directory, options=options)
+
+    def step_folder(self, step: int) -> str:
+        """The folder of ``step``'s checkpoint."""
+        return f"{self.directory}/{int(step)}"
 
     def restore_latest(self, state: TrainState, shardings: TrainState) -> tuple[TrainState, dict] | None:
         """The latest step's state and meta (``meta["best_params"]``: the host parameters saved with it, if any)."""
@@ -262,12 +344,21 @@ class TrainCheckpointer:
             )
         return f"Nothing was deleted. Delete the folder {where} to start afresh, or use a new checkpoint_path."
 
-    def save(self, step: int, state: TrainState, extra: dict[str, Any], best_params: Any = None) -> None:
+    def save(
+        self,
+        step: int,
+        state: TrainState,
+        extra: dict[str, Any],
+        best_params: Any = None,
+        write_model: Callable[[str], Any] | None = None,
+    ) -> None:
         """Save ``state`` and the JSON ``extra``; ``best_params`` (host arrays shaped as the parameters: the
-        trainer's best model so far) go with it, so a resumed run still ends with that model."""
+        trainer's best model so far) go with it, so a resumed run still ends with that model. ``write_model``
+        exports the step's model into the step's ``model`` folder (every process calls ``save``; pass None on
+        those that do not write)."""
         pure = _as_pure(state)
         meta = {"step": int(step), "fingerprint": self.fingerprint, **extra, "checksums": state_checksums(pure)}
-        items = {"state": ocp.args.StandardSave(pure)}
+        items = {"state": ocp.args.StandardSave(pure), MODEL_FOLDER: ModelFolderSave(write_model)}
         if best_params is not None:
             meta["has_best_params"] = True
             items["best_params"] = ocp.args.StandardSave(best_params)

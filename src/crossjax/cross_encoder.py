@@ -780,9 +780,7 @@ class CrossEncoder:
             return None
         if model_name and not Path(model_name).exists() and not self.model_card_data.model_id:
             self.model_card_data.model_id = model_name
-        with self._arrays_guard.reading("save"):
-            gathered = parallel.gathered(nnx.state(self.model, nnx.Param), self.mesh_plan)
-            rest = nnx.state(self.model, nnx.Not(nnx.Param))
+        write = self._model_writer()
         kept_card = self._kept_model_card()
         if create_model_card and kept_card is None:
             try:
@@ -790,18 +788,9 @@ class CrossEncoder:
             except Exception as e:  # noqa: BLE001 - the card then shows the snippet without scores
                 logger.warning("Could not score the model card's usage example: %s", e)
                 self.model_card_data.usage_examples = None
-        if not is_main_process():
+        if write is None:
             return None
-        model = nnx.merge(nnx.graphdef(self.model), gathered, rest)
-        out = model.save_pretrained(
-            path,
-            self.tokenizer,
-            activation_fn=losses.activation_name_for_export(self.activation_fn),
-            max_length=self.max_length,
-            prompts=self.prompts,
-            default_prompt_name=self.default_prompt_name,
-            keep_in_fp32_modules=self.keep_in_fp32_modules,
-        )
+        out = write(path)
         if create_model_card:
             try:
                 if kept_card is None:
@@ -814,6 +803,26 @@ class CrossEncoder:
         return out
 
     save_pretrained = save
+
+    def _model_writer(self) -> Callable[[str | os.PathLike], Path] | None:
+        """``write(path)``: the model as it is now (parameters gathered from every process, so every process must
+        call this), its tokenizer and sentence-transformers' files exported to ``path``, without a card; None
+        on the processes that do not write. It holds host copies of the parameters, so it may run after the
+        model's arrays changed (checkpoints write each step's model with it in the background)."""
+        with self._arrays_guard.reading("save"):
+            gathered = jax.device_get(parallel.gathered(nnx.state(self.model, nnx.Param), self.mesh_plan))
+            rest = nnx.state(self.model, nnx.Not(nnx.Param))
+        if not is_main_process():
+            return None
+        model = nnx.merge(nnx.graphdef(self.model), gathered, rest)
+        options = dict(
+            activation_fn=losses.activation_name_for_export(self.activation_fn),
+            max_length=self.max_length,
+            prompts=self.prompts,
+            default_prompt_name=self.default_prompt_name,
+            keep_in_fp32_modules=self.keep_in_fp32_modules,
+        )
+        return lambda path: model.save_pretrained(path, self.tokenizer, **options)
 
     def _kept_model_card(self) -> tuple[str, Path] | None:
         """(card text, folder it was loaded from) while the card a loaded model came with still describes it:
@@ -1000,6 +1009,7 @@ class CrossEncoder:
             max_shapes=self.max_shapes,
             pad_id=self._pad_id,
             save=self.save,
+            model_writer=self._model_writer,
             evaluate=None if evaluator is None else _EvaluatorHook(self, evaluator),
             callbacks=[CardRecorder(self, config.output_path)],  # validated: "~/out" expanded
             guard=self._arrays_guard,

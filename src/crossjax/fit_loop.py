@@ -110,7 +110,9 @@ class FitConfig:
                 f"max_grad_norm must be > 0, or None for no clipping; got {self.max_grad_norm!r} (torch's "
                 "clip_grad_norm_ with 0 zeroes every gradient, and a negative norm flips them)"
             )
-        if not (math.isfinite(self.learning_rate) and 0 <= self.learning_rate <= FLOAT32_MAX):
+        if not (math.isfinite(self.learning_rate) and 0 <= self.learning_rate <= FLOAT32_MAX) or (
+            self.learning_rate > 0 and np.float32(self.learning_rate) == 0  # rounds to 0: would train nothing
+        ):
             raise ValueError(
                 f"optimizer_params['lr'] must be a number >= 0 that float32 can hold (the step computes in "
                 f"float32), got {self.learning_rate!r}"
@@ -287,6 +289,11 @@ class FitTarget:
     # ``resume_state(meta)`` with the restored checkpoint's meta (``meta["best_params"]``: those parameters).
     checkpoint_state: Callable[[int], tuple[dict[str, Any], Any]] | None = None
     resume_state: Callable[[dict[str, Any]], None] | None = None
+    # ``model_writer()`` (on the synced model, every process) -> ``write(folder)`` exporting it, or None on the
+    # processes that do not write: each checkpoint step's folder holds its model (``<step>/model``)
+    model_writer: Callable[[], Callable[[str], Any] | None] | None = None
+    # The checkpoint step that ``checkpoint_save_total_limit`` never deletes (the trainer's best model's)
+    kept_checkpoint: Callable[[], int | None] | None = None
 
 
 @dataclass
@@ -1103,7 +1110,11 @@ def _run_fit(
         if stream is not None:
             fingerprint.pop("epochs", None)  # ignored for streams
         checkpointer = TrainCheckpointer(
-            cfg.checkpoint_path, cfg.checkpoint_save_steps, cfg.checkpoint_save_total_limit, fingerprint
+            cfg.checkpoint_path,
+            cfg.checkpoint_save_steps,
+            cfg.checkpoint_save_total_limit,
+            fingerprint,
+            target.kept_checkpoint or (lambda: None),
         )
         try:
             restored = checkpointer.restore_latest(state, state_shardings)
@@ -1264,6 +1275,7 @@ def _run_fit(
                 **own,
             },
             best_params=best_params,
+            write_model=target.model_writer() if target.model_writer else None,
         )
         saved_step = global_step
         events.on_checkpoint(global_step)

@@ -87,6 +87,13 @@ class MeshPlan:
         return int(self.mesh.shape[DATA_AXIS])
 
     @property
+    def local_data_shards(self) -> int:
+        """The batch's shards on this process's devices (the mesh's data shards times its share of them)."""
+        devices = list(self.mesh.devices.flat)
+        local = sum(1 for d in devices if d.process_index == jax.process_index())
+        return max(1, self.data_shards * local // len(devices))
+
+    @property
     def batch(self) -> NamedSharding:
         return NamedSharding(self.mesh, PartitionSpec(DATA_AXIS))
 

@@ -20,6 +20,7 @@ import json
 import logging
 import math
 import numbers
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -73,7 +74,8 @@ class TrainOutput(NamedTuple):
 @dataclass
 class TrainerState:
     """Hugging Face's ``TrainerState`` fields (so that its own callbacks, e.g. ``DefaultFlowCallback``, run).
-    ``best_model_checkpoint`` stays None: crossjax keeps the best model's parameters in its checkpoints."""
+    ``best_model_checkpoint`` is the checkpoint step folder of the best metric's step, once saved (as there;
+    ``CrossEncoder(best_model_checkpoint)`` loads its model)."""
 
     global_step: int = 0
     max_steps: int = 0
@@ -398,6 +400,8 @@ class CrossEncoderTrainer:
         self.args = args if args is not None else CrossEncoderTrainingArguments(output_dir="tmp_trainer")
         if self.args.output_dir is None:
             self.args.output_dir = "trainer_output"
+        # args.train_batch_size / eval_batch_size count the model's data-parallel devices here, as the run does
+        self.args.__dict__["_model_data_devices"] = model.mesh_plan.local_data_shards
         self.train_dataset = in_memory(train_dataset)
         self.eval_dataset = in_memory(eval_dataset)
         train_dataset, eval_dataset = self.train_dataset, self.eval_dataset
@@ -617,6 +621,7 @@ class CrossEncoderTrainer:
             max_shapes=model.max_shapes,
             pad_id=model._pad_id,
             save=model.save,
+            model_writer=model._model_writer,
             evaluate=evaluate,
             on_step=on_step,
             callbacks=list(callbacks),
@@ -691,13 +696,14 @@ class CrossEncoderTrainer:
         self.state.stateful_callbacks = callback_states([*self.callback_handler.callbacks, self.control])
         self.callback_handler.model, self.callback_handler.processing_class = self.model, self.model.tokenizer
         result = FitResult(history=[])
-        run = _RunHooks(self, data, result)
+        run = _RunHooks(self, data, result, checkpoint_path)
         data.target = self._fit_target(
             evaluate=run,  # when the flow says (a callback may ask for an evaluation whatever eval_strategy)
             on_step=run.on_step,
             callbacks=[CardRecorder(self.model, None, record_setup=False), run],
         )
         data.target.checkpoint_state, data.target.resume_state = run.checkpoint_state, run.resume_state
+        data.target.kept_checkpoint = lambda: run.best_checkpoint_step
         if self.callback_handler.user_callbacks():
             data.target.on_step_begin = run.on_step_begin
         self._record_card(data)
@@ -983,8 +989,16 @@ class _RunHooks(RunCallback):
     takes_global_step = True
     primary_metric = None
 
-    def __init__(self, trainer: CrossEncoderTrainer, data: ListData, result: Any) -> None:
+    def __init__(self, trainer: CrossEncoderTrainer, data: ListData, result: Any, checkpoints: str | None) -> None:
         self.trainer, self.data, self.result = trainer, data, result
+        # The steps saved in ``checkpoints`` (a resumed run's earlier ones too), and the one the best model's
+        # checkpoint is (``state.best_model_checkpoint``), which ``save_total_limit`` never deletes
+        self.checkpoints = checkpoints
+        self.saved_steps: set[int] = set()
+        if checkpoints is not None and Path(checkpoints).is_dir():
+            self.saved_steps = {int(p.name) for p in Path(checkpoints).iterdir() if _is_checkpoint_step(p)}
+        self.best_checkpoint_step: int | None = None
+        self.flow_saving = False  # a save the flow asked for (not the loop's own at the run's end)
         self.best_params = None
         self.new_best = False  # the last evaluation found a new best metric (save_strategy="best" saves then)
         # A step's epoch end has yet to run: a checkpoint written in the step's own save keeps this, so a run
@@ -1077,7 +1091,12 @@ class _RunHooks(RunCallback):
         if not epoch_end:  # a stop asked for until now (on_step_end, the log, the evaluation): before the save
             self._leave_epoch_if_asked(end.global_step)
         if trainer.control.should_save:
-            if end.save():
+            self.flow_saving = True
+            try:
+                saved = end.save()
+            finally:
+                self.flow_saving = False
+            if saved:
                 self._push_saved_model(end)
                 trainer._call_back("on_save")
             elif not self.warned_no_checkpoints:
@@ -1116,11 +1135,17 @@ class _RunHooks(RunCallback):
         resumed run ends with that model; and whether the step's epoch end is still to run."""
         trainer, state = self.trainer, self.trainer.state
         self._reach(step)
+        # Hugging Face's: after each of its saves, the best step's checkpoint (if saved) is the best model's
+        self.saved_steps.add(step)
+        if self.flow_saving and state.best_global_step is not None and state.best_global_step in self.saved_steps:
+            self.best_checkpoint_step = state.best_global_step
+            state.best_model_checkpoint = os.path.join(self.checkpoints, str(state.best_global_step))
         state.stateful_callbacks = callback_states([*trainer.callback_handler.callbacks, trainer.control])
         kept = {
             "log_history": state.log_history,
             "best_metric": state.best_metric,
             "best_step": state.best_global_step,
+            "best_model_checkpoint": state.best_model_checkpoint,
             # a real epoch end only: after a run's stop mid-epoch, a resume goes on with that epoch
             "epoch_end_pending": self.epoch_end_pending and self._epoch_ends(step),
             "stateful_callbacks": state.stateful_callbacks,
@@ -1138,6 +1163,12 @@ class _RunHooks(RunCallback):
         state = self.trainer.state
         state.log_history = list(kept["log_history"])
         state.best_metric, state.best_global_step = kept["best_metric"], kept["best_step"]
+        best_folder = kept.get("best_model_checkpoint")
+        if best_folder is not None and int(Path(best_folder).name) in self.saved_steps:
+            self.best_checkpoint_step = int(Path(best_folder).name)
+            state.best_model_checkpoint = os.path.join(self.checkpoints, Path(best_folder).name)
+        elif best_folder is not None:
+            logger.warning("The best checkpoint %s recorded in the resumed state does not exist anymore", best_folder)
         self.epoch_end_pending = bool(kept.get("epoch_end_pending", False))
         state.stateful_callbacks = kept.get("stateful_callbacks", {})
         if self.trainer.args.restore_callback_states_from_checkpoint:

@@ -588,12 +588,17 @@ class CrossEncoderTrainingArguments(_HuggingFaceArguments):
 
     @property
     def train_batch_size(self) -> int:
-        """Pairs a step draws on this process: per device times the process's devices (before accumulation)."""
-        return self.per_device_train_batch_size * _joined_jax().local_device_count()
+        """Pairs a step draws on this process: per device times the process's devices (before accumulation);
+        the devices of its model's mesh once a trainer holds these arguments (a model on one device of
+        several trains per-device batches)."""
+        return self.per_device_train_batch_size * self._data_devices_here()
 
     @property
     def eval_batch_size(self) -> int:
-        return self.per_device_eval_batch_size * _joined_jax().local_device_count()
+        return self.per_device_eval_batch_size * self._data_devices_here()
+
+    def _data_devices_here(self) -> int:
+        return self.__dict__.get("_model_data_devices") or _joined_jax().local_device_count()
 
     @property
     def world_size(self) -> int:

@@ -34,8 +34,16 @@ def resolve_checkpoint_dir(name_or_path: str | os.PathLike, subfolder: str | Non
     path = Path(name_or_path).expanduser()
     if path.is_dir():
         inner = path / subfolder if subfolder else path
+        if not (inner / CONFIG).is_file() and (inner / "state").is_dir() and (inner / "model" / CONFIG).is_file():
+            return inner / "model"  # a crossjax training checkpoint's step folder holds its model there
         if not (inner / CONFIG).is_file():
-            raise CheckpointError(f"{inner} has no {CONFIG}: it is not a Hugging Face model directory")
+            steps = sorted(int(p.name) for p in inner.iterdir() if p.name.isdigit() and (p / "model").is_dir())
+            hint = (
+                f"; it holds crossjax training checkpoints: pass one step's folder, e.g. {inner / str(steps[-1])}"
+                if steps
+                else ""
+            )
+            raise CheckpointError(f"{inner} has no {CONFIG}: it is not a Hugging Face model directory{hint}")
         return inner
     if path.exists():
         raise CheckpointError(f"{path} is a file; pass the model directory that holds {CONFIG}")

@@ -164,6 +164,28 @@ def test_checkpoint_save_total_limit_of_zero_keeps_every_checkpoint(tiny_dir, tm
     assert np.abs(CrossEncoder(str(path / "3")).predict(pairs) - trained).max() > 1e-5
 
 
+def test_a_checkpoint_whose_model_cannot_be_exported_keeps_its_training_state(tiny_dir, tmp_path, caplog):
+    """The model folder is a convenience: an export that fails is a warning, and the step's state is saved and
+    resumed as before (a failed orbax item would have discarded the whole step)."""
+
+    def failing_writer(self):
+        def write(path):
+            raise OSError("No space left on device")
+
+        return write
+
+    examples, path = make_examples(8), tmp_path / "ckpt"
+    run = dict(epochs=1, checkpoint_path=str(path), checkpoint_save_steps=1, **TRAIN)
+    with pytest.MonkeyPatch.context() as patch, caplog.at_level("WARNING", logger="crossjax"):
+        patch.setattr(CrossEncoder, "_model_writer", failing_writer)
+        CrossEncoder(tiny_dir).fit(DataLoader(examples, batch_size=2), **run)
+    assert "No space left on device" in caplog.text and "the training state is saved" in caplog.text
+    assert sorted(int(p.name) for p in path.iterdir() if p.name.isdigit())[-1] == 4
+    assert not any((path / "4" / "model").glob("*.json"))
+    resumed = CrossEncoder(tiny_dir).fit(DataLoader(examples, batch_size=2), **run)
+    assert resumed["resumed_from_step"] == 4
+
+
 def test_rows_of_texts_and_label_are_named_not_split_into_examples(tiny_dir, spies):
     rows = [("a b", "c", 1.0)] * 4
     for data in (rows, (row for row in rows)):  # in memory, and a stream

@@ -785,6 +785,36 @@ def test_the_best_models_checkpoint_is_kept_named_and_loads_as_in_hugging_face(t
     assert again.state.best_model_checkpoint == trainer.state.best_model_checkpoint
 
 
+class _LaterBest:
+    """The best evaluation at step 2, then at step 4."""
+
+    SCORES = {1: 0.1, 2: 0.5, 3: 0.2, 4: 0.6, 5: 0.3}
+
+    def __call__(self, model, output_path=None, epoch=-1, steps=-1):
+        return {"score": self.SCORES[steps]}
+
+
+def test_a_new_best_releases_the_old_ones_checkpoint(tiny, tmp_path):
+    """save_total_limit=1, saves at steps 2, 4 and 5 (the run's end): the best at step 2, then at 4, whose save
+    deletes step 2's folder; step 5's save keeps the best's beside it, as Hugging Face's rotation does. (Hugging
+    Face's end of a limit-1 run then deletes all but the best; crossjax keeps its last step for a resume,
+    README.)"""
+    schedule = dict(
+        max_steps=5, per_device_train_batch_size=2, learning_rate=1e-3, eval_strategy="steps", eval_steps=1,
+        logging_steps=1, save_steps=2, save_total_limit=1, metric_for_best_model="score", seed=0,
+    )  # fmt: skip
+    _, their_state, _ = _theirs(tiny, tmp_path / "st", schedule, _LaterBest())
+    their_saved = sorted(int(p.name.split("-")[1]) for p in (tmp_path / "st").glob("checkpoint-*"))
+    assert their_saved == [4] and their_state.best_global_step == 4  # the oracle
+    trainer = _ours(tiny, tmp_path / "ours", evaluator=_LaterBest(), **schedule)
+    trainer.train()
+    folder = tmp_path / "ours" / "checkpoints"
+    assert sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit()) == [4, 5]
+    assert trainer.state.best_global_step == their_state.best_global_step
+    assert Path(their_state.best_model_checkpoint).name == "checkpoint-4"
+    assert trainer.state.best_model_checkpoint == str(folder / "4")
+
+
 class _FailOnSave:
     """Raises in on_save at ``step``: a preemption right after that step's checkpoint, before what follows."""
 

@@ -45,6 +45,29 @@ logger = logging.getLogger("crossjax")
 MODEL_FOLDER = "model"  # the step's exported model, inside the step's folder
 
 
+def _write_model_folder(write: Callable[[str], Any], directory: Any) -> None:
+    """``write`` into ``directory`` (an orbax item folder, local or ``gs://``: a remote one gets a local export
+    copied file by file). A model that cannot be written is a warning, never a lost checkpoint: the step's state
+    is what a resume needs, and on several processes a failed commit would leave the others waiting for it."""
+    import tempfile
+
+    from etils import epath
+
+    try:
+        if "://" not in str(directory):
+            write(str(directory))
+            return
+        with tempfile.TemporaryDirectory(prefix="crossjax-model-") as local:
+            write(local)
+            for file in Path(local).rglob("*"):
+                if file.is_file():
+                    target = epath.Path(directory) / str(file.relative_to(local))
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    target.write_bytes(file.read_bytes())
+    except Exception as e:  # noqa: BLE001 - the checkpoint's state is kept whatever the export's problem
+        logger.warning("Checkpoint model folder %s not written (%s); the training state is saved", directory, e)
+
+
 class _ModelFolderHandler(ocp.AsyncCheckpointHandler):
     """Writes a step's exported model into its item folder, inside orbax's atomic step save (a step folder
     that exists holds its model), in orbax's background commit like the state's arrays: ``write`` holds host
@@ -56,14 +79,14 @@ class _ModelFolderHandler(ocp.AsyncCheckpointHandler):
             return []
 
         async def write() -> None:
-            args.write(str(directory))
+            _write_model_folder(args.write, directory)
 
         # waits for orbax's signals (the item folder created) before it writes
         return [ocp.future.CommitFutureAwaitingContractedSignals(write(), name="crossjax_model_folder")]
 
     def save(self, directory, args: ModelFolderSave) -> None:
         if args.write is not None:
-            args.write(str(directory))
+            _write_model_folder(args.write, directory)
 
     def restore(self, directory, args=None) -> str:
         return str(directory)

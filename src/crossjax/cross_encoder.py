@@ -810,10 +810,11 @@ class CrossEncoder:
         on the processes that do not write. It holds host copies of the parameters, so it may run after the
         model's arrays changed (checkpoints write each step's model with it in the background)."""
         with self._arrays_guard.reading("save"):
-            gathered = jax.device_get(parallel.gathered(nnx.state(self.model, nnx.Param), self.mesh_plan))
+            gathered = parallel.gathered(nnx.state(self.model, nnx.Param), self.mesh_plan)  # every process
             rest = nnx.state(self.model, nnx.Not(nnx.Param))
         if not is_main_process():
             return None
+        gathered = jax.device_get(gathered)  # host copies: the writer may run after the next step
         model = nnx.merge(nnx.graphdef(self.model), gathered, rest)
         options = dict(
             activation_fn=losses.activation_name_for_export(self.activation_fn),

@@ -111,7 +111,8 @@ class FitConfig:
                 "clip_grad_norm_ with 0 zeroes every gradient, and a negative norm flips them)"
             )
         if not (math.isfinite(self.learning_rate) and 0 <= self.learning_rate <= FLOAT32_MAX) or (
-            self.learning_rate > 0 and np.float32(self.learning_rate) == 0  # rounds to 0: would train nothing
+            # below float32's smallest normal number XLA computes 0 (subnormals are flushed): would train nothing
+            0 < self.learning_rate < np.finfo(np.float32).tiny
         ):
             raise ValueError(
                 f"optimizer_params['lr'] must be a number >= 0 that float32 can hold (the step computes in "

@@ -1097,6 +1097,7 @@ class _RunHooks(RunCallback):
             finally:
                 self.flow_saving = False
             if saved:
+                self._point_best_checkpoint()  # also after a second save asked for at one step (no new folder)
                 self._push_saved_model(end)
                 trainer._call_back("on_save")
             elif not self.warned_no_checkpoints:
@@ -1135,11 +1136,9 @@ class _RunHooks(RunCallback):
         resumed run ends with that model; and whether the step's epoch end is still to run."""
         trainer, state = self.trainer, self.trainer.state
         self._reach(step)
-        # Hugging Face's: after each of its saves, the best step's checkpoint (if saved) is the best model's
         self.saved_steps.add(step)
-        if self.flow_saving and state.best_global_step is not None and state.best_global_step in self.saved_steps:
-            self.best_checkpoint_step = state.best_global_step
-            state.best_model_checkpoint = os.path.join(self.checkpoints, str(state.best_global_step))
+        if self.flow_saving:  # the checkpoint's state holds what the save sets (not the loop's own last save)
+            self._point_best_checkpoint()
         state.stateful_callbacks = callback_states([*trainer.callback_handler.callbacks, trainer.control])
         kept = {
             "log_history": state.log_history,
@@ -1153,6 +1152,13 @@ class _RunHooks(RunCallback):
         # JSON-safe copies (numpy scalars from evaluators become Python numbers)
         kept = json.loads(_json_text(kept, sort_keys=False))
         return {"trainer_state": kept}, self.best_params
+
+    def _point_best_checkpoint(self) -> None:
+        """Hugging Face's, after each of its saves: the best step's checkpoint, if saved, is the best model's."""
+        state = self.trainer.state
+        if state.best_global_step is not None and state.best_global_step in self.saved_steps:
+            self.best_checkpoint_step = state.best_global_step
+            state.best_model_checkpoint = os.path.join(self.checkpoints, str(state.best_global_step))
 
     def resume_state(self, meta: dict[str, Any]) -> None:
         """The trainer state of a restored checkpoint (checkpoints written before it was kept have none: the

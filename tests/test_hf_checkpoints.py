@@ -332,6 +332,48 @@ def test_head_of_other_size_is_reinitialised_with_warning(tiny_dir, caplog):
     np.testing.assert_array_equal(np.asarray(model.classifier.bias[...]), 0.0)
 
 
+def test_a_head_that_contradicts_the_checkpoints_own_config_is_refused_as_in_transformers(tiny_dir, tmp_path):
+    """A 2-label head whose config.json lists 3 labels is a broken checkpoint: transformers refuses it; crossjax
+    too (it re-initialises a head only at a size the caller asks for)."""
+    directory, _ = tiny_dir
+    broken = tmp_path / "broken"
+    shutil.copytree(directory, broken)
+    config = json.loads((broken / "config.json").read_text())
+    config["id2label"] = {str(i): f"LABEL_{i}" for i in range(3)}
+    config["label2id"] = {f"LABEL_{i}": i for i in range(3)}
+    (broken / "config.json").write_text(json.dumps(config))
+    with pytest.raises(RuntimeError, match="ignore_mismatched_sizes"):
+        AutoModelForSequenceClassification.from_pretrained(str(broken))  # the oracle
+    with pytest.raises(CheckpointError, match=r"do not fit the checkpoint's own config.*classifier.weight: \(2, 16\)"):
+        FlaxAutoModelForSequenceClassification.from_pretrained(broken)
+    asked = FlaxAutoModelForSequenceClassification.from_pretrained(broken, num_labels=4)  # on purpose: taken
+    assert asked.num_labels == 4
+
+
+@pytest.mark.parametrize("mapped", ["AutoModelForSequenceClassification", "AutoModel", "AutoConfig"])
+def test_a_checkpoint_that_needs_its_own_code_is_refused_without_a_prompt(tiny_dir, tmp_path, mapped):
+    """A config whose auto_map points a model (or config) class at the checkpoint's own code (jina-reranker v1:
+    model_type "bert" with JinaBert layers) is refused by name: loaded into transformers' class, as transformers
+    does without trust_remote_code, its weights would not fit. transformers' interactive prompt never runs."""
+    import time
+
+    from crossjax import CrossEncoder
+
+    directory, _ = tiny_dir
+    custom = tmp_path / "custom"
+    shutil.copytree(directory, custom)
+    config = json.loads((custom / "config.json").read_text())
+    config["auto_map"] = {mapped: "modeling_jina.JinaBertForSequenceClassification", "AutoTokenizer": "x.Tok"}
+    (custom / "config.json").write_text(json.dumps(config))
+    started = time.perf_counter()
+    with pytest.raises(CheckpointError, match=rf"needs its own modelling code \({mapped} -> modeling_jina"):
+        CrossEncoder(str(custom))
+    assert time.perf_counter() - started < 5  # transformers' prompt waits 15 s for an answer
+    config["auto_map"] = {"AutoTokenizer": "x.Tok"}  # a custom tokenizer alone: the model is transformers'
+    (custom / "config.json").write_text(json.dumps(config))
+    assert FlaxAutoModelForSequenceClassification.from_pretrained(custom).num_labels == 2
+
+
 def test_classifier_loaded_with_one_output_exports_a_folder_transformers_reads(tmp_path):
     """An NLI classifier made a reranker (num_labels=1): its problem_type was the replaced head's, and
     transformers refuses to read "single_label_classification" next to num_labels=1."""

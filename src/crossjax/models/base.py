@@ -18,7 +18,13 @@ import numpy as np
 from flax import nnx
 
 from crossjax.models import export
-from crossjax.models.checkpoints import CheckpointError, load_config, read_state_dict, resolve_checkpoint_dir
+from crossjax.models.checkpoints import (
+    CheckpointError,
+    labels_in_config_file,
+    load_config,
+    read_state_dict,
+    resolve_checkpoint_dir,
+)
 from crossjax.models.params import IGNORED_KEYS, ParamRule, flat_params, hf_slots_of, our_slot_of, rename_legacy
 
 logger = logging.getLogger("crossjax")
@@ -418,6 +424,15 @@ class FlaxPreTrainedModel(nnx.Module):
         abstract = nnx.eval_shape(build)
         tensors, source = read_state_dict(directory)
         placed, info = abstract.place_hf_state_dict(tensors, source=str(source))
+        if info.mismatched_keys and labels_in_config_file(directory) == config.num_labels:
+            # A head of another size than asked for is re-initialised; one that contradicts the checkpoint's own
+            # config is a broken checkpoint (transformers refuses it), not a choice of the caller's
+            mismatched = info.mismatched_keys
+            shown = "; ".join(f"{k}: {tuple(a)} in the weights, {tuple(b)} by the config" for k, a, b in mismatched)
+            raise CheckpointError(
+                f"The weights in {source} do not fit the checkpoint's own config ({shown}). Pass num_labels= (or "
+                "config_kwargs) to re-initialise the head at another size on purpose."
+            )
         whole = {path: value for path, value in placed.items() if not isinstance(value, dict)}
         # Only what the checkpoint lacks is initialised (XLA drops the other initialisers from the program).
         model = initialise(build, whole, abstract)

@@ -153,6 +153,34 @@ def read_state_dict(directory: Path) -> tuple[dict[str, np.ndarray], Path]:
 
 
 CLASSIFICATION_PROBLEM_TYPES = ("single_label_classification", "multi_label_classification")
+# auto classes a checkpoint's own code may replace (its config's ``auto_map``): the model or its config
+CUSTOM_CODE_CLASSES = ("AutoConfig", "AutoModel", "AutoModelForSequenceClassification")
+
+
+def labels_in_config_file(directory: str | os.PathLike) -> int | None:
+    """The number of labels a checkpoint's own config.json gives its head (transformers' default 2 when it names
+    none); None without a readable file."""
+    try:
+        raw = json.loads((Path(directory) / CONFIG).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(raw, dict):
+        return None
+    if isinstance(raw.get("id2label"), dict):
+        return len(raw["id2label"])
+    return int(raw["num_labels"]) if isinstance(raw.get("num_labels"), int) else 2
+
+
+def _custom_code_classes(config_file: Path) -> str:
+    """The model classes a local config.json maps to its own code (``auto_map``), as ``"AutoModel -> x.Y"``
+    pairs; empty when it uses transformers' classes (a custom tokenizer alone does not count)."""
+    try:
+        auto_map = json.loads(config_file.read_text()).get("auto_map") if config_file.is_file() else None
+    except (OSError, ValueError, AttributeError):
+        return ""  # transformers' reading names a bad file below
+    if not isinstance(auto_map, dict):
+        return ""
+    return ", ".join(f"{name} -> {auto_map[name]}" for name in CUSTOM_CODE_CLASSES if auto_map.get(name))
 
 
 def load_config(directory: str | os.PathLike, num_labels: int | None = None, **config_kwargs: Any):
@@ -164,8 +192,16 @@ def load_config(directory: str | os.PathLike, num_labels: int | None = None, **c
     config_file = directory if directory.is_file() else directory / CONFIG
     if num_labels is not None:
         config_kwargs["num_labels"] = int(num_labels)
+    custom = _custom_code_classes(config_file)
+    if custom:
+        raise CheckpointError(
+            f"{str(directory)!r} needs its own modelling code ({custom}: trust_remote_code in transformers), which "
+            "crossjax cannot run: its Flax models are its own. Loaded as a standard class its weights would not "
+            "fit (transformers does that without trust_remote_code, and scores with random weights)."
+        )
     try:
-        config = AutoConfig.from_pretrained(str(directory), **config_kwargs)
+        # never transformers' interactive "run the custom code?" prompt: crossjax runs no checkpoint's code
+        config = AutoConfig.from_pretrained(str(directory), **{"trust_remote_code": False, **config_kwargs})
     except Exception as e:  # noqa: BLE001 - transformers raises ValueError/KeyError/OSError here
         from transformers import CONFIG_MAPPING
 

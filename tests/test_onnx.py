@@ -60,15 +60,17 @@ def test_onnxruntime_logits_equal_crossjax_for_every_family(model_type, tmp_path
 
 
 def test_cross_encoder_export_served_with_its_tokenizer_matches_predict(tiny_dir, tmp_path):
-    """The README recipe: the tokenizer from the export + onnxruntime + the saved activation = predict.
-    (A random 2-layer BERT with MiniLM's real tokenizer.)"""
+    """The README recipe: the tokenizer from the export + onnxruntime + the saved activation = predict; the
+    graph has the opset asked for. (A random 2-layer BERT with MiniLM's real tokenizer.)"""
+    import onnx
     from transformers import AutoTokenizer
 
     from crossjax import CrossEncoder
 
     model = CrossEncoder(tiny_dir, max_length=64)
-    path = export_onnx(model, tmp_path / "export")
+    path = export_onnx(model, tmp_path / "export", opset=17)  # the lowest the exporter can write
     assert (tmp_path / "export" / "config.json").is_file() and path.parent.name == "onnx"
+    assert {e.domain: e.version for e in onnx.load(str(path)).opset_import}[""] == 17  # as asked
 
     pairs = [
         ("A man is eating food.", "A man eats something."),
@@ -91,6 +93,11 @@ def test_export_onnx_rejects_what_it_cannot_export(tmp_path):
         export_onnx(tmp_path / "missing")
     with pytest.raises(ValueError, match="opset"):
         export_onnx(tmp_path, opset=7)
+    # torch's exporter writes opset 18 and cannot convert LayerNormalization below 17: 14-16 came out as 18
+    with pytest.raises(ValueError, match=r"opset must be an integer >= 17 .*LayerNormalization.*got 16"):
+        export_onnx(tmp_path, opset=16)
+    with pytest.raises(ValueError, match=r"opset 999 is newer than the installed onnx"):
+        export_onnx(tmp_path, opset=999)
 
 
 def test_a_folder_without_a_trained_head_is_refused(minilm_dir, tmp_path):

@@ -34,6 +34,7 @@ logger = logging.getLogger("crossjax")
 ONNX_SUBFOLDER = "onnx"
 ONNX_FILE = "model.onnx"
 DEFAULT_OPSET = 18
+MIN_OPSET = 17  # LayerNormalization; torch's dynamo exporter writes 18 and cannot convert below 17
 OUTPUT_NAME = "logits"
 # protobuf cannot hold a file over 2 GiB: bigger models keep their weights in an external data file.
 _SINGLE_FILE_LIMIT_BYTES = 1_800_000_000
@@ -191,8 +192,20 @@ def export_onnx(
     """
     from crossjax.models.export import atomic_directory_write, check_local_path
 
-    if isinstance(opset, bool) or not isinstance(opset, int) or opset < 14:
-        raise ValueError(f"opset must be an integer >= 14, got {opset!r}")
+    if isinstance(opset, bool) or not isinstance(opset, int) or opset < MIN_OPSET:
+        raise ValueError(
+            f"opset must be an integer >= {MIN_OPSET} (the graph's LayerNormalization operator is opset 17's; "
+            f"torch's exporter cannot convert it to older ones), got {opset!r}"
+        )
+    try:
+        import onnx
+    except ImportError:
+        onnx = None  # _import_torch names the missing extra below
+    if onnx is not None and opset > onnx.defs.onnx_opset_version():
+        raise ValueError(
+            f"opset {opset} is newer than the installed onnx {onnx.__version__} knows "
+            f"({onnx.defs.onnx_opset_version()}); the default is {DEFAULT_OPSET}"
+        )
     if hasattr(model, "save") and hasattr(model, "predict"):  # a CrossEncoder
         if output_dir is None:
             raise ValueError("export_onnx(CrossEncoder, output_dir=None): name the directory to save the model to")
@@ -218,8 +231,10 @@ def export_onnx(
     def write(tmp: Path) -> None:
         target = tmp / ONNX_SUBFOLDER / ONNX_FILE
         target.parent.mkdir(parents=True)
-        chatter = io.StringIO()  # the exporter prints its progress to stdout: keep stdout for the caller's data
-        with _quiet_torch_logs(), warnings.catch_warnings(), contextlib.redirect_stdout(chatter), torch.no_grad():
+        chatter = io.StringIO()  # the exporter prints its progress to stdout and its converter's notes to
+        # stderr: keep stdout for the caller's data, and both readable (the log has them at debug level)
+        quiet = contextlib.redirect_stdout(chatter), contextlib.redirect_stderr(chatter)
+        with _quiet_torch_logs(), warnings.catch_warnings(), quiet[0], quiet[1], torch.no_grad():
             warnings.simplefilter("ignore")
             torch.onnx.export(
                 wrapper,
@@ -233,6 +248,12 @@ def export_onnx(
                 external_data=weight_bytes > _SINGLE_FILE_LIMIT_BYTES,
             )
         logger.debug("torch.onnx.export: %s", chatter.getvalue().strip())
+        written = {entry.domain: entry.version for entry in _load_graph_header(target).opset_import}
+        if written.get("", written.get("ai.onnx")) != opset:  # the exporter falls back to its own when it cannot
+            raise RuntimeError(
+                f"torch's ONNX exporter wrote opset {written.get('', written.get('ai.onnx'))} where {opset} was "
+                f"asked (it could not convert the graph); nothing was written. Its notes: {chatter.getvalue()[-500:]}"
+            )
         if weight_bytes > _SINGLE_FILE_LIMIT_BYTES:
             _name_external_data_for_optimum(target)
         if verify:
@@ -267,7 +288,14 @@ def _verify(path: Path, wrapper: Any, config: Any, torch: Any) -> None:
         logger.warning("onnxruntime is not installed: %s was not checked against PyTorch", path)
         return
     inputs = example_inputs(config, _VERIFY_BATCH, min(_VERIFY_LENGTH, _max_length(config)), seed=1)
-    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    try:
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception as e:  # noqa: BLE001 - onnxruntime raises its own exception types
+        opset = {entry.domain: entry.version for entry in _load_graph_header(path).opset_import}.get("")
+        raise RuntimeError(
+            f"onnxruntime {onnxruntime.__version__} cannot load the exported graph (opset {opset}; a runtime "
+            f"supports opsets up to its own release's; the default is {DEFAULT_OPSET}): {str(e)[:300]}"
+        ) from e
     (ours,) = session.run([OUTPUT_NAME], inputs)
     with torch.no_grad():
         reference = wrapper(*(torch.from_numpy(inputs[name]) for name in wrapper.input_names)).numpy()
@@ -277,6 +305,12 @@ def _verify(path: Path, wrapper: Any, config: Any, torch: Any) -> None:
             f"ONNX export check failed: onnxruntime's logits differ from PyTorch's by {error:.3g} "
             f"(> {VERIFY_TOLERANCE}) at batch {_VERIFY_BATCH}, length {inputs['input_ids'].shape[1]}"
         )
+
+
+def _load_graph_header(path: Path) -> Any:
+    import onnx
+
+    return onnx.load(str(path), load_external_data=False)
 
 
 def onnx_feed(session: Any, encoded: Any) -> dict[str, np.ndarray]:

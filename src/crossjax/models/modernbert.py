@@ -345,7 +345,9 @@ class ModernBertForSequenceClassification(FlaxPreTrainedModel):
             return hidden[:, :1]
         weights = token_mask.astype(hidden.dtype)[..., None]
         total = jnp.sum(hidden * weights, axis=1, keepdims=True)
-        return total / jnp.maximum(jnp.sum(weights, axis=1, keepdims=True), 1)
+        # the count in float32: bfloat16 holds integers exactly only up to 256 (3,000 tokens would be 3,008)
+        count = jnp.maximum(jnp.sum(token_mask.astype(jnp.float32), axis=1)[:, None, None], 1)
+        return (total.astype(jnp.float32) / count).astype(hidden.dtype)
 
     def __call__(self, input_ids: Array, attention_mask: Array | None = None, token_type_ids=None) -> Array:
         """Logits (B, num_labels) in float32; ``attention_mask`` (B, L) marks the real tokens."""
@@ -374,6 +376,6 @@ class ModernBertForSequenceClassification(FlaxPreTrainedModel):
             )
             weights = members.astype(hidden.dtype)
             total = jnp.einsum("gprt,grth->gph", weights, hidden)
-            count = jnp.maximum(jnp.sum(weights, axis=(2, 3)), 1)[..., None]
-            pooled = (total / count).reshape(-1, 1, hidden.shape[-1])
+            count = jnp.maximum(jnp.sum(members, axis=(2, 3), dtype=jnp.float32), 1)[..., None]  # exact (pool)
+            pooled = (total.astype(jnp.float32) / count).astype(hidden.dtype).reshape(-1, 1, hidden.shape[-1])
             return self.classify(pooled).astype(jnp.float32)

@@ -245,6 +245,21 @@ def test_tokenize_stsb_pairs(tokenizer, stsb_rows) -> None:
     assert max(len(tokenizer(x, y)["input_ids"]) for x, y in pairs) > 24
 
 
+def test_tokenizing_many_chunks_shows_progress_and_the_same_tokens(tokenizer, stsb_rows, capsys) -> None:
+    """A fit of a big in-memory set tokenizes it before its first step: a bar says so (for more than two
+    chunks), and the tokens are those of an unbarred run."""
+    pairs = [(r[0], r[1]) for r in stsb_rows[:50]]
+    a, b = [x for x, _ in pairs], [y for _, y in pairs]
+    quiet = tokenize_pairs(tokenizer, a, b, 24, chunk_size=16)
+    assert "Tokenizing" not in capsys.readouterr().err
+    barred = tokenize_pairs(tokenizer, a, b, 24, chunk_size=16, progress=True)  # 4 chunks
+    assert "Tokenizing" in capsys.readouterr().err
+    tokenize_pairs(tokenizer, a[:32], b[:32], 24, chunk_size=16, progress=True)  # 2 chunks: no bar
+    assert "Tokenizing" not in capsys.readouterr().err
+    for field in ("flat_input_ids", "flat_token_type_ids", "offsets", "lengths"):
+        np.testing.assert_array_equal(getattr(barred, field), getattr(quiet, field))
+
+
 # --- batch plans -------------------------------------------------------------------------------------
 
 

@@ -18,6 +18,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from crossjax.runtime import progress_bar
+
 __all__ = [
     "InputExample",
     "DataLoader",
@@ -438,16 +440,21 @@ def tokenize_pairs(
     max_length: int,
     chunk_size: int = 10_000,
     limits: tuple[int, int | None] | None = None,
+    progress: bool | None = False,
 ) -> TokenizedPairs:
     """Tokenize all pairs once with a Hugging Face (fast) tokenizer, ``truncation="longest_first"`` like
     ``CrossEncoder``, without padding; chunks bound the peak memory of Python lists. ``limits``
-    (:func:`token_limits` of the model) checks every id against the model's embedding tables."""
+    (:func:`token_limits` of the model) checks every id against the model's embedding tables. ``progress``
+    shows a bar for inputs of several chunks (a million pairs take about a minute before a fit's first step)."""
     if len(texts_a) != len(texts_b):
         raise ValueError(f"texts_a and texts_b differ in length: {len(texts_a)} vs {len(texts_b)}")
     ids_parts: list[np.ndarray] = []
     type_parts: list[np.ndarray] = []
     len_parts: list[np.ndarray] = []
-    for start in range(0, len(texts_a), chunk_size):
+    starts = range(0, len(texts_a), chunk_size)
+    if progress is not False and len(starts) > 2:
+        starts = progress_bar(starts, enabled=progress, desc="Tokenizing", unit="chunk", leave=False)
+    for start in starts:
         enc = tokenizer(
             list(texts_a[start : start + chunk_size]),
             list(texts_b[start : start + chunk_size]),

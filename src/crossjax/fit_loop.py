@@ -635,7 +635,12 @@ class _InMemoryData:
         self.batch_size, self.pad_id = batch_size, target.pad_id
         # Tokenize once; then every epoch's batches are known: plan the packed shapes of the whole run.
         self.tokenized = data_lib.tokenize_pairs(
-            target.tokenizer, texts_a, texts_b, target.max_length, limits=data_lib.token_limits(target.model.config)
+            target.tokenizer,
+            texts_a,
+            texts_b,
+            target.max_length,
+            limits=data_lib.token_limits(target.model.config),
+            progress=cfg.show_progress_bar,
         )
         groups = plan.data_shards * cfg.gradient_accumulation_steps  # packing never crosses a shard/micro-batch
         self.dealt: list[list[list[np.ndarray]]] | None = None  # token budget: each step's examples per group

@@ -278,6 +278,41 @@ def test_checkpoint_whose_data_fails_its_checksums_is_refused_and_kept(tiny_dir,
     assert {p: p.read_bytes() for p in ckpt.rglob("*") if p.is_file()} == before  # nothing written or removed
 
 
+def test_a_remote_checkpoints_model_folder_is_exported_locally_and_copied(tmp_path, monkeypatch, caplog):
+    """A gs:// checkpoint's item folder is not a local path (the export's atomic write and its checks are
+    local): the model is written to a local folder, then each file copied through etils' epath, as orbax writes
+    there. The bucket is a local folder here (epath.Path mapped onto it)."""
+    from etils import epath
+
+    from crossjax.checkpoint import _write_model_folder
+
+    bucket = tmp_path / "bucket"
+
+    class Bucket(type(epath.Path(tmp_path))):  # gs://bucket/... -> tmp_path/bucket/...
+        def __new__(cls, *parts):
+            text = "/".join(str(p) for p in parts)
+            return super().__new__(cls, text.replace("gs://bucket", str(bucket)))
+
+    monkeypatch.setattr(epath, "Path", Bucket)
+
+    def write(folder: str) -> None:
+        assert "://" not in folder  # a local folder
+        (Path(folder) / "config.json").write_text("{}")
+        (Path(folder) / "sub").mkdir()
+        (Path(folder) / "sub" / "vocab.txt").write_text("a\nb")
+
+    _write_model_folder(write, "gs://bucket/ckpt/5/model")
+    assert (bucket / "ckpt/5/model/config.json").read_text() == "{}"
+    assert (bucket / "ckpt/5/model/sub/vocab.txt").read_text() == "a\nb"
+
+    def failing(folder: str) -> None:
+        raise OSError("quota exceeded")
+
+    with caplog.at_level("WARNING", logger="crossjax"):
+        _write_model_folder(failing, "gs://bucket/ckpt/6/model")  # a warning, not an exception
+    assert "quota exceeded" in caplog.text
+
+
 def test_preemption_between_epoch_end_and_its_evaluation_redoes_the_evaluation(tiny_dir, tmp_path):
     examples = make_examples(8, seed=25)  # 2 steps per epoch
     settings = {**TRAIN, "epochs": 2, "checkpoint_path": str(tmp_path / "ckpt"), "checkpoint_save_steps": 2}

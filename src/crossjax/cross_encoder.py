@@ -809,13 +809,14 @@ class CrossEncoder:
         call this), its tokenizer and sentence-transformers' files exported to ``path``, without a card; None
         on the processes that do not write. It holds host copies of the parameters, so it may run after the
         model's arrays changed (checkpoints write each step's model with it in the background)."""
+        writes = is_main_process()
         with self._arrays_guard.reading("save"):
-            gathered = parallel.gathered(nnx.state(self.model, nnx.Param), self.mesh_plan)  # every process
+            # host copies (every process joins the gather): the writer may run after the next step
+            params = parallel.host_copy(nnx.state(self.model, nnx.Param), self.mesh_plan, keep=writes)
             rest = nnx.state(self.model, nnx.Not(nnx.Param))
-        if not is_main_process():
+        if not writes:
             return None
-        gathered = jax.device_get(gathered)  # host copies: the writer may run after the next step
-        model = nnx.merge(nnx.graphdef(self.model), gathered, rest)
+        model = nnx.merge(nnx.graphdef(self.model), params, rest)
         options = dict(
             activation_fn=losses.activation_name_for_export(self.activation_fn),
             max_length=self.max_length,

@@ -192,10 +192,19 @@ def _replicator(sharding: NamedSharding):
     return jax.jit(lambda tree: tree, out_shardings=sharding)
 
 
-def gathered(tree, plan: MeshPlan):
-    """``tree`` replicated on every device of the mesh (fsdp shards gathered): every process can then read it
-    whole, e.g. with ``jax.device_get`` (a sharded array spanning other processes' devices cannot be fetched)."""
-    return _replicator(plan.replicated)(tree)
+def host_copy(tree, plan: MeshPlan, keep: bool = True):
+    """``tree``'s arrays copied to host memory whole (fsdp shards joined), one array at a time, so no device
+    ever holds a second whole copy of the model. An array spanning other processes' devices cannot be fetched
+    whole: it is first replicated on the mesh (collective: every process calls this, in the same order).
+    ``keep=False`` (processes that only take part in the collective) returns None."""
+
+    def one(x):
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            x = _replicator(plan.replicated)(x)
+        return np.asarray(jax.device_get(x)) if keep else None
+
+    copied = jax.tree.map(one, tree)
+    return copied if keep else None
 
 
 def _mesh_plan_of_device_ids(ids: tuple[tuple[str, int], ...], mode: str) -> MeshPlan:

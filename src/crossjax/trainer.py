@@ -27,7 +27,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
@@ -1231,5 +1230,5 @@ class _RunHooks(RunCallback):
                 state.best_global_step = step
             if args.load_best_model_at_end:
                 model = trainer.model
-                self.best_params = jax.device_get(parallel.gathered(nnx.state(model.model, nnx.Param), model.mesh_plan))
+                self.best_params = parallel.host_copy(nnx.state(model.model, nnx.Param), model.mesh_plan)
         return unprefixed

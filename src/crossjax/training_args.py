@@ -513,7 +513,11 @@ class CrossEncoderTrainingArguments(_HuggingFaceArguments):
             value = getattr(self, key)
             if value == default or value in _TORCH_ONLY_ALSO_MEANT.get(key, ()):
                 continue
-            hint = " (use bf16=True: bfloat16 compute)" if key.startswith("fp16") else ""
+            hint = {
+                "fp16": " (use bf16=True: bfloat16 compute)",
+                "fp16_full_eval": " (bf16=True computes the evaluations in bfloat16 too)",
+                "bf16_full_eval": " (bf16=True computes the evaluations in bfloat16 too)",
+            }.get(key, "")
             raise ValueError(
                 f"CrossEncoderTrainingArguments: {key}={value!r} selects Hugging Face / PyTorch machinery "
                 f"that has no meaning in crossjax (JAX){hint}; leave it at its default {default!r}"

@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -92,6 +93,10 @@ BAD_ARGUMENTS = {
         "columns must be a list of column names (strings), got [1, 2]",
     ),
     "missing required flag": (["predict", "--model", "{model}"], "--input"),
+    "a folder of training checkpoints": (
+        ["predict", "--model", "{tmp}/ckpt", "--input", "{tmp}/pairs.tsv"],
+        "it holds training checkpoints: pass a step's folder, e.g. {tmp}/ckpt/7",
+    ),
     "negative batch size": (
         ["predict", "--model", "{model}", "--input", "{tmp}/pairs.tsv", "--batch-size", "-3"],
         "positive integer",
@@ -129,11 +134,13 @@ def test_bad_arguments_exit_2_with_one_line(case, tiny_dir, tmp_path):
     (tmp_path / "blank.tsv").write_text("\t\tlabel\nx\ty\t1\n")
     write_tsv(tmp_path / "classes.tsv", ["a", "b", "label"], [("x", "y", 0), ("z", "w", 2)])
     write_tsv(tmp_path / "fractions.tsv", ["a", "b", "label"], [("x", "y", 0.7), ("z", "w", 2)])
+    (tmp_path / "ckpt" / "7" / "state").mkdir(parents=True)
+    (tmp_path / "ckpt" / "7" / "model").mkdir()
     args, expected = BAD_ARGUMENTS[case]
     done = run_cli(*(a.format(model=tiny_dir, tmp=tmp_path) for a in args))
     assert done.returncode == 2, (done.stdout, done.stderr)
     assert len(done.stderr.splitlines()) == 1, done.stderr
-    assert done.stderr.startswith("crossjax") and expected in done.stderr, done.stderr
+    assert done.stderr.startswith("crossjax") and expected.format(tmp=tmp_path) in done.stderr, done.stderr
     assert done.stdout == ""
 
 
@@ -148,6 +155,13 @@ def test_rank_and_eval_print_what_the_library_computes(tiny_dir, stsb_rows, tmp_
     expected = model.rank(query, documents, top_k=5)
     assert [int(row[1]) for row in printed] == [hit["corpus_id"] for hit in expected]
     assert [np.float32(row[2]) for row in printed] == [np.float32(hit["score"]) for hit in expected]
+    # A training checkpoint's step folder (orbax's state beside the step's model) is a model to the commands
+    step = tmp_path / "checkpoints" / "12"
+    (step / "state").mkdir(parents=True)
+    shutil.copytree(tiny_dir, step / "model")
+    assert cli.main(["rank", "--model", str(step), "--query", query, "--documents", str(tmp_path / "docs.txt"),
+                     "--top-k", "5", "--no-progress-bar"]) == 0  # fmt: skip
+    assert [line.split("\t") for line in capsys.readouterr().out.splitlines()[1:]] == printed
 
     data = write_tsv(tmp_path / "dev.tsv", ["sentence1", "sentence2", "score"], stsb_rows)
     assert cli.main(["eval", "--model", str(tiny_dir), "--evaluator", "correlation", "--data", data,

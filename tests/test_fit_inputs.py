@@ -182,6 +182,8 @@ def test_a_checkpoint_whose_model_cannot_be_exported_keeps_its_training_state(ti
     assert "No space left on device" in caplog.text and "the training state is saved" in caplog.text
     assert sorted(int(p.name) for p in path.iterdir() if p.name.isdigit())[-1] == 4
     assert not any((path / "4" / "model").glob("*.json"))
+    with pytest.raises(ValueError, match="training checkpoint without a model folder .* resume the run from it"):
+        CrossEncoder(str(path / "4"))  # (as one written before checkpoints held their model)
     resumed = CrossEncoder(tiny_dir).fit(DataLoader(examples, batch_size=2), **run)
     assert resumed["resumed_from_step"] == 4
 

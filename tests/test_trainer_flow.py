@@ -766,9 +766,18 @@ def test_the_best_models_checkpoint_is_kept_named_and_loads_as_in_hugging_face(t
     _, their_state, _ = _theirs(tiny, tmp_path / "st", schedule, _FirstBest())
     their_saved = sorted(int(p.name.split("-")[1]) for p in (tmp_path / "st").glob("checkpoint-*"))
     assert their_saved == [1, 4] and Path(their_state.best_model_checkpoint).name == "checkpoint-1"  # the oracle
-    trainer = _ours(tiny, tmp_path / "ours", evaluator=_FirstBest(), **schedule)
-    trainer.train()
     folder = tmp_path / "ours" / "checkpoints"
+    seen = []
+
+    class OnSave:  # as in Hugging Face's Trainer, the step's folder and the best's are complete in on_save
+        def on_save(self, args, state, control, **kwargs):
+            assert (folder / str(state.global_step) / "model" / "config.json").is_file()
+            assert (Path(state.best_model_checkpoint) / "model" / "config.json").is_file()
+            seen.append((state.global_step, Path(state.best_model_checkpoint).name))
+
+    trainer = _ours(tiny, tmp_path / "ours", OnSave(), evaluator=_FirstBest(), **schedule)
+    trainer.train()
+    assert seen == [(1, "1"), (2, "1"), (3, "1"), (4, "1")]
     assert sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit()) == their_saved
     assert trainer.state.best_model_checkpoint == str(folder / "1")
     pairs = list(zip(_pairs()["q"], _pairs()["d"], strict=True))

@@ -198,3 +198,13 @@ def test_dict_options_read_numbers_and_leave_other_strings():
     assert _typed_values(options) == {
         "a": 1e-6, "b": 3, "c": True, "d": "--5", "e": "\u00b2", "f": -2, "g": "x", "h": 4, "i": 0.5
     }  # fmt: skip
+
+
+def test_a_save_total_limit_of_zero_or_less_keeps_every_checkpoint_as_there():
+    """Hugging Face's rotation deletes nothing for a limit <= 0 (sentence-transformers 6.2 accepts 0); the
+    checkpointer keeps every step then (tests/test_fit_inputs.py)."""
+    from sentence_transformers.cross_encoder import CrossEncoderTrainingArguments as STArgs
+
+    for limit in (0, -1):
+        assert STArgs("out", save_total_limit=limit).save_total_limit == limit
+        assert Ours("out", save_total_limit=limit).save_total_limit == limit

@@ -387,6 +387,10 @@ class TrainCheckpointer:
             items["best_params"] = ocp.args.StandardSave(best_params)
         self.manager.save(int(step), args=ocp.args.Composite(meta=ocp.args.JsonSave(meta), **items))
 
+    def wait(self) -> None:
+        """Until every save so far is complete on disk (its step folder exists, model included)."""
+        self.manager.wait_until_finished()
+
     def close(self) -> None:
         self.manager.wait_until_finished()
         self.manager.close()

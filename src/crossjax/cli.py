@@ -273,8 +273,14 @@ def _check_model(name: str) -> None:
             raise CliError(
                 f"--model {name}: no such directory" if not path.exists() else f"--model {name}: not a directory"
             )
+        if (path / "state").is_dir() and (path / "model" / HF_CONFIG).is_file():
+            return  # a crossjax training checkpoint's step folder: the loader reads its model folder
         if not (path / HF_CONFIG).is_file():
-            raise CliError(f"--model {name}: no {HF_CONFIG} in it (not a Hugging Face model directory)")
+            steps = sorted(int(p.name) for p in path.iterdir() if p.name.isdigit() and (p / "model").is_dir())
+            hint = ""
+            if steps:
+                hint = f"; it holds training checkpoints: pass a step's folder, e.g. {path / str(steps[-1])}"
+            raise CliError(f"--model {name}: no {HF_CONFIG} in it (not a Hugging Face model directory){hint}")
 
 
 def _check_output_file(output: str) -> None:

@@ -309,6 +309,8 @@ class StepEnd:
     evaluate: Callable[[bool], None]  # the evaluator at this step; True: as the epoch's end
     # a checkpoint of this step (a second ask at the step keeps the first): whether the run keeps checkpoints
     save: Callable[[], bool]
+    # waits until the checkpoints saved so far are on disk (orbax commits them in the background)
+    committed: Callable[[], None] = lambda: None
 
 
 @dataclass
@@ -1310,6 +1312,7 @@ def _run_fit(
             flush=flush_records,
             evaluate=lambda epoch_end: evaluate(epoch, -1 if epoch_end else steps_in_epoch),
             save=lambda: checkpoint_step(epoch),
+            committed=checkpointer.wait if checkpointer is not None else (lambda: None),
         )
 
     completed = False

@@ -994,8 +994,12 @@ class _RunHooks(RunCallback):
         # checkpoint is (``state.best_model_checkpoint``), which ``save_total_limit`` never deletes
         self.checkpoints = checkpoints
         self.saved_steps: set[int] = set()
-        if checkpoints is not None and Path(checkpoints).is_dir():
-            self.saved_steps = {int(p.name) for p in Path(checkpoints).iterdir() if _is_checkpoint_step(p)}
+        if checkpoints is not None and Path(checkpoints).is_dir():  # written before folders held models: not loadable
+            self.saved_steps = {
+                int(p.name)
+                for p in Path(checkpoints).iterdir()
+                if _is_checkpoint_step(p) and (p / "model" / "config.json").is_file()
+            }
         self.best_checkpoint_step: int | None = None
         self.flow_saving = False  # a save the flow asked for (not the loop's own at the run's end)
         self.best_params = None
@@ -1098,6 +1102,8 @@ class _RunHooks(RunCallback):
             if saved:
                 self._point_best_checkpoint()  # also after a second save asked for at one step (no new folder)
                 self._push_saved_model(end)
+                if trainer.callback_handler.user_callbacks():
+                    end.committed()  # Hugging Face's on_save finds the step's folder (and the best's) complete
                 trainer._call_back("on_save")
             elif not self.warned_no_checkpoints:
                 self.warned_no_checkpoints = True

@@ -471,8 +471,6 @@ class CrossEncoderTrainingArguments(_HuggingFaceArguments):
                 raise ValueError("save_strategy='best' saves after evaluations: it needs eval_strategy other than 'no'")
         if self.metric_for_best_model is not None and self.greater_is_better is None:
             self.greater_is_better = not self.metric_for_best_model.removeprefix("eval_").endswith("loss")
-        if self.save_total_limit is not None and self.save_total_limit < 1:
-            raise ValueError(f"save_total_limit must be >= 1 or None, got {self.save_total_limit!r}")
         # what Hugging Face reads back: its report_to list, debug list, and evaluation bookkeeping
         if isinstance(self.report_to, str):
             self.report_to = [] if self.report_to == "none" else [self.report_to]

@@ -34,8 +34,13 @@ def resolve_checkpoint_dir(name_or_path: str | os.PathLike, subfolder: str | Non
     path = Path(name_or_path).expanduser()
     if path.is_dir():
         inner = path / subfolder if subfolder else path
-        if not (inner / CONFIG).is_file() and (inner / "state").is_dir() and (inner / "model" / CONFIG).is_file():
-            return inner / "model"  # a crossjax training checkpoint's step folder holds its model there
+        if not (inner / CONFIG).is_file() and (inner / "state").is_dir():  # a crossjax training checkpoint's step
+            if (inner / "model" / CONFIG).is_file():
+                return inner / "model"  # it holds its model there
+            raise CheckpointError(
+                f"{inner} is a crossjax training checkpoint without a model folder (written before checkpoints held "
+                "their model, or its export failed): resume the run from it and save, or load a later step"
+            )
         if not (inner / CONFIG).is_file():
             steps = sorted(int(p.name) for p in inner.iterdir() if p.name.isdigit() and (p / "model").is_dir())
             hint = (

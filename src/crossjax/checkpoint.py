@@ -260,10 +260,6 @@ class TrainCheckpointer:
         )
         self.manager = ocp.CheckpointManager(self.directory, options=options)
 
-    def step_folder(self, step: int) -> str:
-        """The folder of ``step``'s checkpoint."""
-        return f"{self.directory}/{int(step)}"
-
     def restore_latest(self, state: TrainState, shardings: TrainState) -> tuple[TrainState, dict] | None:
         """The latest step's state and meta (``meta["best_params"]``: the host parameters saved with it, if any)."""
         step = self.manager.latest_step()
@@ -392,5 +388,5 @@ class TrainCheckpointer:
         self.manager.wait_until_finished()
 
     def close(self) -> None:
-        self.manager.wait_until_finished()
+        self.wait()
         self.manager.close()

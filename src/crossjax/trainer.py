@@ -994,7 +994,7 @@ class _RunHooks(RunCallback):
         # checkpoint is (``state.best_model_checkpoint``), which ``save_total_limit`` never deletes
         self.checkpoints = checkpoints
         self.saved_steps: set[int] = set()
-        if checkpoints is not None and Path(checkpoints).is_dir():  # written before folders held models: not loadable
+        if checkpoints is not None and Path(checkpoints).is_dir():  # a resume: the earlier steps that hold a model
             self.saved_steps = {
                 int(p.name)
                 for p in Path(checkpoints).iterdir()

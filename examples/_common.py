@@ -32,6 +32,7 @@ import math
 import os
 import random
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -54,12 +55,17 @@ def build_parser(description: str, *, evaluation_steps: int, output_prefix: str)
     """The flags every example takes; defaults are sentence-transformers' script defaults."""
     p = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--model", default="distilroberta-base", help="hub id or local Hugging Face directory")
-    p.add_argument("--data-dir", default=None, help="local data folder (see examples/_common.py); default: the hub")
+    p.add_argument(
+        "--data-dir",
+        default=None,
+        help="local data: the task's folder (../shared/data/stsb) or the folder above it (../shared/data); "
+        "file formats in examples/_common.py; default: the hub",
+    )
     p.add_argument("--train-split", default="train", help="split name to train on")
     p.add_argument("--dev-split", default="dev", help="split name to evaluate on")
-    p.add_argument("--epochs", type=int, default=4)
+    p.add_argument("--epochs", type=int, default=4, help="passes over the training data")
     p.add_argument("--batch-size", type=int, default=16, help="global batch size (all devices, all hosts)")
-    p.add_argument("--lr", type=float, default=2e-5)
+    p.add_argument("--lr", type=float, default=2e-5, help="peak learning rate (AdamW)")
     p.add_argument("--warmup-ratio", type=float, default=0.1, help="warm-up steps as a fraction of all steps")
     p.add_argument(
         "--evaluation-steps",
@@ -81,16 +87,28 @@ def build_parser(description: str, *, evaluation_steps: int, output_prefix: str)
         help="random subset of the training pairs (before the (b, a) copies)",
     )
     p.add_argument("--max-dev-samples", type=int, default=None, help="random subset of the dev pairs")
-    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--seed", type=int, default=42, help="data order, dropout and the new head's weights")
     p.add_argument("--use-amp", action="store_true", help="bfloat16 compute (float32 master weights)")
     p.add_argument("--checkpoint-path", default=None, help="orbax checkpoints for preemption-safe resume")
-    p.add_argument("--checkpoint-save-steps", type=int, default=500)
+    p.add_argument("--checkpoint-save-steps", type=int, default=500, help="a checkpoint every N steps")
     p.add_argument("--coordinator-address", default=None, help="multi-host: host:port of process 0")
     p.add_argument("--num-processes", type=int, default=None, help="multi-host: number of processes")
     p.add_argument("--process-id", type=int, default=None, help="multi-host: this process's index")
     p.add_argument("--no-progress-bar", action="store_true")
     p.set_defaults(output_prefix=output_prefix)
     return p
+
+
+def run(main: Callable[[], None]) -> None:
+    """``main()``, with a bad input (a missing file or folder, a malformed row, a model that cannot load, no
+    network for the hub) said in one line, as the command line says it; ``CROSSJAX_DEBUG=1`` shows the
+    traceback instead."""
+    try:
+        main()
+    except (ValueError, OSError) as e:  # FileNotFoundError, ConnectionError, crossjax's CheckpointError
+        if os.environ.get("CROSSJAX_DEBUG", "").strip().lower() in ("1", "true", "yes", "on"):
+            raise
+        raise SystemExit(f"{Path(sys.argv[0]).name}: error: {str(e).splitlines()[0] if str(e) else repr(e)}") from e
 
 
 def setup(args: argparse.Namespace) -> None:
@@ -101,6 +119,7 @@ def setup(args: argparse.Namespace) -> None:
     initialize_distributed(args.coordinator_address, args.num_processes, args.process_id)
     level = logging.INFO if is_main_process() else logging.WARNING
     logging.basicConfig(format="%(asctime)s - %(message)s", datefmt="%Y-%m-%d %H:%M:%S", level=level)
+    logging.getLogger("absl").setLevel(logging.WARNING)  # orbax logs ~40 INFO lines a checkpoint through absl
     if args.output is None:
         args.output = f"output/{args.output_prefix}-{datetime.now().strftime('%Y-%m-%d_%H-%M-%S')}"
 
@@ -256,6 +275,7 @@ def hub_all_nli(split: str) -> list[Row]:
     return _hub_rows(ds, "premise", "hypothesis", "label", lambda v: ALL_NLI_TO_LABEL2INT[int(v)])
 
 
+TASK_FOLDERS = {"stsb": "stsb", "paraphrase": "mrpc", "nli": "snli"}  # their folders in ../shared/data
 TASKS: dict[str, tuple[Callable[[str, str], list[Row]], Callable[[str], list[Row]]]] = {
     "stsb": (read_stsb_csv, hub_stsb),
     "paraphrase": (read_paraphrase_tsv, hub_quora),
@@ -266,7 +286,15 @@ TASKS: dict[str, tuple[Callable[[str, str], list[Row]], Callable[[str], list[Row
 def load_rows(task: str, args: argparse.Namespace, split: str, max_samples: int | None = None) -> list[Row]:
     """Rows of one split from ``--data-dir`` or the hub, optionally a seeded random subset (order kept)."""
     local, hub = TASKS[task]
-    rows = local(args.data_dir, split) if args.data_dir else hub(split)
+    if not args.data_dir:
+        return subsample(hub(split), max_samples, args.seed)
+    try:
+        rows = local(args.data_dir, split)
+    except FileNotFoundError:
+        inner = Path(args.data_dir) / TASK_FOLDERS[task]  # --data-dir ../shared/data: the task's folder in it
+        if not inner.is_dir():
+            raise
+        rows = local(inner, split)
     return subsample(rows, max_samples, args.seed)
 
 

@@ -250,3 +250,17 @@ def test_predict_leaves_the_named_label_column_out_of_the_texts(tiny_dir, stsb_r
                      "--output", str(output), "--no-progress-bar"]) == 0  # fmt: skip
     scores = np.array([np.float32(line) for line in output.read_text().splitlines()[1:]], dtype=np.float32)
     np.testing.assert_array_equal(scores, CrossEncoder(tiny_dir).predict([(a, b) for _, a, b in rows]))
+
+
+def test_a_reader_that_stops_early_ends_the_command_quietly(tiny_dir, tmp_path):
+    """`crossjax predict ... | head -1`: the pipe closes while results are written; the command stops without
+    an error message (it printed "error: [Errno 32] Broken pipe")."""
+    pairs = write_tsv(tmp_path / "many.tsv", ["a", "b"], [(f"w{i % 50}", f"v{i % 7}") for i in range(20_000)])
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    command = [sys.executable, "-m", "crossjax", "predict", "--model", str(tiny_dir), "--input", pairs,
+               "--no-progress-bar"]  # fmt: skip
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
+    assert process.stdout.readline()  # the header: the scores follow, 20,000 lines, more than a pipe holds
+    process.stdout.close()
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode != 0 and "error" not in stderr.lower() and "Traceback" not in stderr, stderr

@@ -31,6 +31,8 @@ def test_example_trains_and_exports(script, minilm_dir, tmp_path):
 
     folder, extra, expected_word, num_labels = CASES[script]
     data_dir = shared_data(folder)
+    if script == "training_stsbenchmark.py":  # the folder above the task's (../shared/data) is read too
+        data_dir = data_dir.parent
     model_dir = save_tiny_bert(tmp_path / "tiny", AutoTokenizer.from_pretrained(minilm_dir), num_labels=num_labels)
     out = tmp_path / "model"
     cmd = [
@@ -50,6 +52,21 @@ def test_example_trains_and_exports(script, minilm_dir, tmp_path):
     _, info = AutoModelForSequenceClassification.from_pretrained(out, output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"]
     assert Path(out / "tokenizer.json").exists()
+
+
+def test_an_example_given_bad_input_says_so_in_one_line(tmp_path):
+    """A missing data folder (or a malformed file, a model that cannot load) is one line on stderr, as the
+    command line says it, not a traceback; CROSSJAX_DEBUG=1 shows the traceback."""
+    cmd = [sys.executable, str(REPO / "examples" / "training_stsbenchmark.py"), "--data-dir", str(tmp_path / "nope")]
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        f"training_stsbenchmark.py: error: no STS-B file for split 'train' in {tmp_path / 'nope'} (looked for "
+        "stsb-en-{split}.csv); the folder holds: nothing. Choose splits with --train-split/--dev-split."
+    ]
+    debug = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**env, "CROSSJAX_DEBUG": "1"})
+    assert "Traceback" in debug.stderr and "FileNotFoundError" in debug.stderr
 
 
 def test_reranker_example_mines_trains_and_evaluates(minilm_dir, tmp_path):

@@ -628,6 +628,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         message = _one_line(e)
         print(message if message.startswith("crossjax") else f"{command}: error: {message}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # the reader of the results (e.g. `| head`) stopped reading: nothing to report
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes
+        return 1
     except (PairFileError, ValueError, OSError) as e:
         if debug:
             raise

@@ -34,7 +34,7 @@ def main() -> None:
 
     train_dataloader = DataLoader(train_samples, shuffle=True, batch_size=args.batch_size, seed=args.seed)
     # During training, the softmax (argmax) accuracy on the dev set is measured.
-    evaluator = CESoftmaxAccuracyEvaluator.from_input_examples(dev_samples, name="AllNLI-dev")
+    evaluator = CESoftmaxAccuracyEvaluator.from_input_examples(dev_samples, name=f"AllNLI-{args.dev_split}")
     _common.fit_and_report(args, model, train_dataloader, evaluator)
 
 

@@ -30,23 +30,26 @@ LISTWISE = {"lambda", "listnet", "listmle", "plistmle", "ranknet", "adrmse"}
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawTextHelpFormatter)
+    class Formatter(argparse.RawTextHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+        """The help's own line breaks, and every flag's default."""
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=Formatter)
     p.add_argument("--model", default=_common.default_model_dir(), help="hub id or local Hugging Face directory")
-    p.add_argument("--data-dir", type=Path, default=None, help="local data folder (trecqa/, msmarco/); default: hub")
+    p.add_argument("--data-dir", type=Path, default=None, help="local data folder (trecqa/, msmarco/); None: the hub")
     p.add_argument("--eval-dirs", type=Path, nargs="*", default=None, help="BEIR folders to evaluate on")
-    p.add_argument("--loss", choices=LOSSES, default="lambda", help="training loss (default: LambdaLoss)")
+    p.add_argument("--loss", choices=LOSSES, default="lambda", help="training loss (lambda: LambdaLoss)")
     p.add_argument("--num-negatives", type=int, default=5, help="BM25 hard negatives per question")
     p.add_argument("--max-train-pairs", type=int, default=None, help="use the first N (question, answer) pairs")
-    p.add_argument("--epochs", type=float, default=1.0)
+    p.add_argument("--epochs", type=float, default=1.0, help="passes over the training rows")
     p.add_argument("--max-steps", type=int, default=-1, help="stop after N optimizer steps (-1: epochs)")
     p.add_argument("--batch-size", type=int, default=16, help="rows (questions) per device and step")
-    p.add_argument("--lr", type=float, default=2e-5)
+    p.add_argument("--lr", type=float, default=2e-5, help="peak learning rate (AdamW)")
     p.add_argument("--warmup", type=float, default=0.1, help="warm-up steps, or a fraction of the run below 1")
     p.add_argument("--rerank-k", type=int, default=20, help="BM25 candidates reranked per evaluation query")
     p.add_argument("--max-eval-queries", type=int, default=None, help="evaluate on the first N judged queries")
-    p.add_argument("--max-length", type=int, default=256)
+    p.add_argument("--max-length", type=int, default=256, help="token limit per (question, answer) pair")
     p.add_argument("--bf16", action="store_true", help="bfloat16 compute (float32 master weights)")
-    p.add_argument("--seed", type=int, default=12)
+    p.add_argument("--seed", type=int, default=12, help="data order, negatives, dropout, the new head")
     p.add_argument(
         "--output",
         default="output/training_reranker",

@@ -508,7 +508,8 @@ def _train_config_argv(parser: argparse.ArgumentParser, path: str) -> list[str]:
         flag = action.option_strings[0]
         if isinstance(action, argparse._StoreTrueAction):
             if not isinstance(value, bool):
-                raise CliError(f"--config {path}: {key} must be true or false, got {value!r}")
+                quoted = " (a quoted string: write it unquoted)" if isinstance(value, str) else ""
+                raise CliError(f"--config {path}: {key} must be true or false, got {value!r}{quoted}")
             argv += [flag] if value else []
         elif isinstance(value, list):  # only --columns takes a list (its comma-separated names)
             if action.type is not _columns:

@@ -99,7 +99,7 @@ BAD_ARGUMENTS = {
     "missing required flag": (["predict", "--model", "{model}"], "--input"),
     "a folder of training checkpoints": (
         ["predict", "--model", "{tmp}/ckpt", "--input", "{tmp}/pairs.tsv"],
-        "it holds training checkpoints: pass a step's folder, e.g. {tmp}/ckpt/7",
+        "it holds crossjax training checkpoints: pass one step's folder, e.g. {tmp}/ckpt/7",
     ),
     "negative batch size": (
         ["predict", "--model", "{model}", "--input", "{tmp}/pairs.tsv", "--batch-size", "-3"],

@@ -37,12 +37,10 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from crossjax.step_folders import MODEL_FOLDER
 from crossjax.training import TrainState
 
 logger = logging.getLogger("crossjax")
-
-
-MODEL_FOLDER = "model"  # the step's exported model, inside the step's folder
 
 
 def _write_model_folder(write: Callable[[str], Any], directory: Any) -> None:

@@ -19,6 +19,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from crossjax import step_folders
 from crossjax.data import checked_seed
 from crossjax.pair_files import EXTENSIONS, PairFileError, PairTable, read_documents, read_pairs
 
@@ -273,13 +274,10 @@ def _check_model(name: str) -> None:
             raise CliError(
                 f"--model {name}: no such directory" if not path.exists() else f"--model {name}: not a directory"
             )
-        if (path / "state").is_dir() and (path / "model" / HF_CONFIG).is_file():
+        if step_folders.step_model(path) is not None:
             return  # a crossjax training checkpoint's step folder: the loader reads its model folder
         if not (path / HF_CONFIG).is_file():
-            steps = sorted(int(p.name) for p in path.iterdir() if p.name.isdigit() and (p / "model").is_dir())
-            hint = ""
-            if steps:
-                hint = f"; it holds training checkpoints: pass a step's folder, e.g. {path / str(steps[-1])}"
+            hint = step_folders.steps_hint(path)
             raise CliError(f"--model {name}: no {HF_CONFIG} in it (not a Hugging Face model directory){hint}")
 
 

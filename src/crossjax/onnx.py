@@ -248,11 +248,11 @@ def export_onnx(
                 external_data=weight_bytes > _SINGLE_FILE_LIMIT_BYTES,
             )
         logger.debug("torch.onnx.export: %s", chatter.getvalue().strip())
-        written = {entry.domain: entry.version for entry in _load_graph_header(target).opset_import}
-        if written.get("", written.get("ai.onnx")) != opset:  # the exporter falls back to its own when it cannot
+        written = _graph_opset(target)
+        if written != opset:  # the exporter falls back to its own opset when it cannot convert the graph
             raise RuntimeError(
-                f"torch's ONNX exporter wrote opset {written.get('', written.get('ai.onnx'))} where {opset} was "
-                f"asked (it could not convert the graph); nothing was written. Its notes: {chatter.getvalue()[-500:]}"
+                f"torch's ONNX exporter wrote opset {written} where {opset} was asked (it could not convert the "
+                f"graph); nothing was written. Its notes: {chatter.getvalue()[-500:]}"
             )
         if weight_bytes > _SINGLE_FILE_LIMIT_BYTES:
             _name_external_data_for_optimum(target)
@@ -291,10 +291,9 @@ def _verify(path: Path, wrapper: Any, config: Any, torch: Any) -> None:
     try:
         session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     except Exception as e:  # noqa: BLE001 - onnxruntime raises its own exception types
-        opset = {entry.domain: entry.version for entry in _load_graph_header(path).opset_import}.get("")
         raise RuntimeError(
-            f"onnxruntime {onnxruntime.__version__} cannot load the exported graph (opset {opset}; a runtime "
-            f"supports opsets up to its own release's; the default is {DEFAULT_OPSET}): {str(e)[:300]}"
+            f"onnxruntime {onnxruntime.__version__} cannot load the exported graph (opset {_graph_opset(path)}; a "
+            f"runtime supports opsets up to its own release's; the default is {DEFAULT_OPSET}): {str(e)[:300]}"
         ) from e
     (ours,) = session.run([OUTPUT_NAME], inputs)
     with torch.no_grad():
@@ -307,10 +306,12 @@ def _verify(path: Path, wrapper: Any, config: Any, torch: Any) -> None:
         )
 
 
-def _load_graph_header(path: Path) -> Any:
+def _graph_opset(path: Path) -> int | None:
+    """The default (ai.onnx) opset a written graph imports, read without its external weights."""
     import onnx
 
-    return onnx.load(str(path), load_external_data=False)
+    imports = onnx.load(str(path), load_external_data=False).opset_import
+    return next((entry.version for entry in imports if entry.domain in ("", "ai.onnx")), None)
 
 
 def onnx_feed(session: Any, encoded: Any) -> dict[str, np.ndarray]:

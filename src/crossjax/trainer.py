@@ -37,6 +37,7 @@ from crossjax.list_batches import ListData, MultiListData
 from crossjax.logs import RunCallback, epoch_at
 from crossjax.model_card import CardRecorder
 from crossjax.runtime import is_main_process
+from crossjax.step_folders import is_checkpoint_step, step_model
 from crossjax.streaming import is_datasets_stream
 from crossjax.training_args import CrossEncoderTrainingArguments
 
@@ -808,11 +809,11 @@ class CrossEncoderTrainer:
             return None
         path = Path(self.args.output_dir) / "checkpoints"
         if resume:
-            if not path.is_dir() or not any(_is_checkpoint_step(p) for p in path.iterdir()):
+            if not path.is_dir() or not any(is_checkpoint_step(p) for p in path.iterdir()):
                 # as Hugging Face: asked to resume, never a silent fresh start (an interrupted first save leaves
                 # only a "*.orbax-checkpoint-tmp" folder)
                 raise ValueError(f"resume_from_checkpoint=True but {path} holds no complete checkpoint")
-        elif path.is_dir() and any(_is_checkpoint_step(p) for p in path.iterdir()):  # not an unfinished first save
+        elif path.is_dir() and any(is_checkpoint_step(p) for p in path.iterdir()):  # not an unfinished first save
             raise FileExistsError(
                 f"{path} holds checkpoints of an earlier run: pass resume_from_checkpoint=True to continue it, or "
                 "choose another output_dir (nothing is overwritten)"
@@ -941,18 +942,14 @@ def _metric_text(key: str, value: Any) -> Any:
     return round(value, 4) if isinstance(value, float) else value
 
 
-def _is_checkpoint_step(path: Path) -> bool:
-    return path.is_dir() and path.name.isdigit() and (path / "state").is_dir()
-
-
 def _checkpoints_to_resume(path: Path) -> Path:
     """The checkpoints folder a ``resume_from_checkpoint`` path names: the folder itself, or one step's folder
     in it (Hugging Face's habit of naming ``checkpoint-N``) when that step is the latest, which is the one a
     resume restores. Anything else is an error, never a silent fresh start."""
     if not path.exists():
         raise FileNotFoundError(f"resume_from_checkpoint={str(path)!r} does not exist")
-    if _is_checkpoint_step(path):
-        steps = (int(p.name) for p in path.parent.iterdir() if _is_checkpoint_step(p))
+    if is_checkpoint_step(path):
+        steps = (int(p.name) for p in path.parent.iterdir() if is_checkpoint_step(p))
         later = sorted(step for step in steps if step > int(path.name))
         if later:
             raise ValueError(
@@ -961,7 +958,7 @@ def _checkpoints_to_resume(path: Path) -> Path:
                 "or delete the later steps to resume from this one"
             )
         return path.parent
-    if not path.is_dir() or not any(_is_checkpoint_step(p) for p in path.iterdir()):
+    if not path.is_dir() or not any(is_checkpoint_step(p) for p in path.iterdir()):
         raise FileNotFoundError(
             f"resume_from_checkpoint={str(path)!r} holds no crossjax checkpoint (step folders with a 'state' "
             "folder, as output_dir/checkpoints holds them)"
@@ -995,11 +992,7 @@ class _RunHooks(RunCallback):
         self.checkpoints = checkpoints
         self.saved_steps: set[int] = set()
         if checkpoints is not None and Path(checkpoints).is_dir():  # a resume: the earlier steps that hold a model
-            self.saved_steps = {
-                int(p.name)
-                for p in Path(checkpoints).iterdir()
-                if _is_checkpoint_step(p) and (p / "model" / "config.json").is_file()
-            }
+            self.saved_steps = {int(p.name) for p in Path(checkpoints).iterdir() if step_model(p) is not None}
         self.best_checkpoint_step: int | None = None
         self.flow_saving = False  # a save the flow asked for (not the loop's own at the run's end)
         self.best_params = None

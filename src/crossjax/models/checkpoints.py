@@ -9,6 +9,8 @@ from typing import Any
 
 import numpy as np
 
+from crossjax import step_folders
+
 SAFE_WEIGHTS = "model.safetensors"
 SAFE_INDEX = "model.safetensors.index.json"
 TORCH_WEIGHTS = "pytorch_model.bin"
@@ -34,20 +36,16 @@ def resolve_checkpoint_dir(name_or_path: str | os.PathLike, subfolder: str | Non
     path = Path(name_or_path).expanduser()
     if path.is_dir():
         inner = path / subfolder if subfolder else path
-        if not (inner / CONFIG).is_file() and (inner / "state").is_dir():  # a crossjax training checkpoint's step
-            if (inner / "model" / CONFIG).is_file():
-                return inner / "model"  # it holds its model there
+        if not (inner / CONFIG).is_file() and step_folders.is_checkpoint_step(inner):  # a crossjax training step
+            model = step_folders.step_model(inner)
+            if model is not None:
+                return model  # it holds its model there
             raise CheckpointError(
                 f"{inner} is a crossjax training checkpoint without a model folder (written before checkpoints held "
                 "their model, or its export failed): resume the run from it and save, or load a later step"
             )
         if not (inner / CONFIG).is_file():
-            steps = sorted(int(p.name) for p in inner.iterdir() if p.name.isdigit() and (p / "model").is_dir())
-            hint = (
-                f"; it holds crossjax training checkpoints: pass one step's folder, e.g. {inner / str(steps[-1])}"
-                if steps
-                else ""
-            )
+            hint = step_folders.steps_hint(inner)
             raise CheckpointError(f"{inner} has no {CONFIG}: it is not a Hugging Face model directory{hint}")
         return inner
     if path.exists():

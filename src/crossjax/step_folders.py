@@ -1,0 +1,31 @@
+"""The layout of crossjax's training checkpoints on disk, for the readers that are not the checkpointer (model
+loading, the command line, the trainer's resume): ``<checkpoints>/<step>/`` holds orbax's ``state`` and the step's
+exported model in ``model``. Imports nothing heavy, so the command line checks a path without loading JAX.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+MODEL_FOLDER = "model"  # the step's exported model (a Hugging Face folder), inside the step's folder
+_CONFIG = "config.json"
+
+
+def is_checkpoint_step(path: Path) -> bool:
+    """A step's folder: named by its step number, holding orbax's ``state`` (an unfinished save holds neither)."""
+    return path.is_dir() and path.name.isdigit() and (path / "state").is_dir()
+
+
+def step_model(path: Path) -> Path | None:
+    """The model folder of the step folder ``path``, or None (not a step folder, or one without a model: written
+    before checkpoints held their model, or its export failed)."""
+    model = path / MODEL_FOLDER
+    return model if is_checkpoint_step(path) and (model / _CONFIG).is_file() else None
+
+
+def steps_hint(folder: Path) -> str:
+    """For an error about ``folder`` not being a model: what to pass instead when it holds checkpoint steps."""
+    steps = sorted(int(p.name) for p in folder.iterdir() if is_checkpoint_step(p)) if folder.is_dir() else []
+    if not steps:
+        return ""
+    return f"; it holds crossjax training checkpoints: pass one step's folder, e.g. {folder / str(steps[-1])}"

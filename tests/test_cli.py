@@ -92,6 +92,10 @@ BAD_ARGUMENTS = {
         ["train", "--config", "{tmp}/quoted.yaml"],
         "no_progress_bar must be true or false, got 'false' (a quoted string: write it unquoted)",
     ),
+    "a config value of the wrong type": (
+        ["train", "--config", "{tmp}/typed.yaml"],
+        "--config {tmp}/typed.yaml: epochs: expected a positive integer, got 'two'",
+    ),
     "a config list of column numbers": (
         ["train", "--config", "{tmp}/columns_list.yaml"],
         "columns must be a list of column names (strings), got [1, 2]",
@@ -134,6 +138,7 @@ def test_bad_arguments_exit_2_with_one_line(case, tiny_dir, tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"epoch": 2}))
     (tmp_path / "batch_list.yaml").write_text(f"model: {tiny_dir}\ntrain: pairs.tsv\nbatch_size: [8, 16]\n")
     (tmp_path / "columns_list.yaml").write_text(f"model: {tiny_dir}\ntrain: pairs.tsv\ncolumns: [1, 2]\n")
+    (tmp_path / "typed.yaml").write_text(f"model: {tiny_dir}\ntrain: pairs.tsv\nepochs: two\n")
     (tmp_path / "quoted.yaml").write_text(f'model: {tiny_dir}\ntrain: pairs.tsv\nno_progress_bar: "false"\n')
     write_tsv(tmp_path / "twice.tsv", ["text", "text", "label"], [("x", "y", 1)])
     (tmp_path / "blank.tsv").write_text("\t\tlabel\nx\ty\t1\n")

@@ -516,8 +516,23 @@ def _train_config_argv(parser: argparse.ArgumentParser, path: str) -> list[str]:
                 raise CliError(f"--config {path}: {key} must be a list of column names (strings), got {value!r}")
             argv += [flag, ",".join(value)]
         elif value is not None:
+            _check_config_value(path, key, action, str(value))
             argv += [flag, str(value)]
     return argv
+
+
+def _check_config_value(path: str, key: Any, action: argparse.Action, text: str) -> None:
+    """A config file's value checked as argparse checks the flag's, named with the file and key (argparse's own
+    message names only the flag)."""
+    try:
+        value = action.type(text) if callable(action.type) else text
+    except (TypeError, ValueError, argparse.ArgumentTypeError) as e:
+        kind = getattr(action.type, "__name__", "value")
+        detail = str(e) if isinstance(e, argparse.ArgumentTypeError) else f"not a valid {kind}, got {text!r}"
+        raise CliError(f"--config {path}: {key}: {detail}") from None
+    if action.choices is not None and value not in action.choices:
+        choices = ", ".join(map(repr, action.choices))
+        raise CliError(f"--config {path}: {key} must be one of {choices}, got {text!r}")
 
 
 def _train(args: argparse.Namespace) -> int:

@@ -770,6 +770,29 @@ def test_rank_calls_of_other_sizes_share_compiled_shapes(tiny_dir):
         np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5)
 
 
+def test_predict_keeps_at_most_the_cap_of_compiled_shapes(tiny_dir, monkeypatch):
+    """A server's calls of ever other sizes and lengths: past the cap, calls use the compiled shapes that hold
+    their pairs, or the program forgets its shapes; the executables JAX holds never pass the cap, and scores
+    stay HF's."""
+    import crossjax.cross_encoder as cross_encoder_module
+
+    monkeypatch.setattr(cross_encoder_module, "MAX_PREDICT_SHAPES", 2)
+    training.clear_program_cache()
+    ce = CrossEncoder(tiny_dir)
+    program = ce._predict_program(ce.compute_dtype)
+    rng = np.random.default_rng(41)
+    forgotten = 0
+    for n, words in [(3, 4), (40, 6), (7, 30), (300, 3), (5, 4), (2, 45), (40, 6)]:
+        pairs = [(sentence(rng, words), sentence(rng, int(k))) for k in rng.integers(1, words + 2, size=n)]
+        before = len(set(program.counter.shapes))
+        got = ce.predict(pairs)
+        forgotten += len(set(program.counter.shapes)) < before
+        assert len(set(program.counter.shapes)) <= 2 and program.fn.jitted._cache_size() <= 2
+        expected = 1 / (1 + np.exp(-hf_logits(tiny_dir, pairs)[:, 0]))
+        np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5)
+    assert forgotten >= 1  # the calls above do not fit two shapes
+
+
 # ------------------------------------------------------------------------------- 10. construction rules
 def test_num_labels_and_default_activation(tiny_dirs, minilm_dir):
     pairs = [tuple(e.texts) for e in make_examples(4, seed=17)]

@@ -46,6 +46,10 @@ logger = logging.getLogger("crossjax")
 # slots for the pairs there are, rounded up to a power of two: a slot costs the head's work and memory whether a
 # pair fills it or not, and ``batch_size=10**6`` for five pairs once took 2.9 GB.
 SHARED_PREDICT_SLOTS = 1024
+# At most this many compiled shapes per predict program (each holds an executable): beyond it, calls use the
+# compiled shapes that hold their pairs, or the program forgets its shapes and compiles anew (a server whose
+# calls vary without end; the persistent compilation cache makes a shape compiled before cheap to load again).
+MAX_PREDICT_SHAPES = 32
 # sentence-transformers' CrossEncoder.default_huggingface_organization: short names are looked up there first
 DEFAULT_ORGANIZATION = "cross-encoder"
 
@@ -570,6 +574,12 @@ class CrossEncoder:
         plan = packing.plan_calls_sharing_shapes(
             group_lengths, shards, rows // shards, width, self.max_shapes, program.counter.shapes, program.economy
         )
+        plan, forget = packing.within_shape_cap(
+            plan, group_lengths, program.counter.shapes, width, MAX_PREDICT_SHAPES
+        )
+        if forget:  # the cap's compiled shapes hold none of this call's steps: start again from none
+            program.fn.clear_cache()
+            program.counter.forget_shapes()
         traced_before = len(program.counter.shapes_here())
         out = np.zeros((len(texts_a), self.num_labels), dtype=np.float32)
         pending = []

@@ -590,6 +590,27 @@ def plan_calls_sharing_shapes(
     return reuse_compiled_shapes(plan, group_lengths, compiled, hidden_size, economy.debts, compile_cost)
 
 
+def within_shape_cap(
+    plan: PackingPlan,
+    group_lengths: Sequence[Sequence[np.ndarray]],
+    compiled: Iterable[tuple[int, int, int, int]],
+    hidden_size: int,
+    cap: int,
+) -> tuple[PackingPlan, bool]:
+    """``plan`` kept within ``cap`` compiled shapes (``compiled``: ``(groups, rows, row length, pairs)`` tuples, a
+    program's): when its new shapes would pass the cap, the compiled shapes that hold every step are used
+    whatever their cost; when none holds them, ``plan`` is returned with True: the caller forgets the compiled
+    shapes before running it. So a server whose calls vary without end keeps a bounded number of programs."""
+    shapes = set(compiled)
+    new = {t for t in plan.row_lengths if (plan.groups, plan.rows, t, plan.pairs) not in shapes}
+    if len(shapes) + len(new) <= cap:
+        return plan, False
+    reused = reuse_compiled_shapes(plan, group_lengths, shapes, hidden_size, compile_cost=math.inf)
+    if all((reused.groups, reused.rows, t, reused.pairs) in shapes for t in reused.row_lengths):
+        return reused, False
+    return plan, True
+
+
 def token_budget_shape(lengths: np.ndarray, groups: int, max_tokens: int) -> tuple[int, int]:
     """(rows, row length) of token-budget steps: rows of at least 128 tokens (short rows pack badly: two
     30-token pairs rarely fill 64) and at least the longest pair, as many per group as ``max_tokens`` allows;

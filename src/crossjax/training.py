@@ -396,6 +396,12 @@ class CompileCounter:
             self.shapes.append(tuple(shape))
             self._by_thread.setdefault(threading.get_ident(), []).append(tuple(shape))
 
+    def forget_shapes(self) -> None:
+        """Forget the process's shapes (their programs were dropped); each thread's own list stays, so a call in
+        flight still counts what it traces."""
+        with self._lock:
+            self.shapes = []
+
     def shapes_here(self) -> list[tuple]:
         """The shapes this thread traced, oldest first (a call's: the entries past their count before it)."""
         return self._by_thread.get(threading.get_ident(), [])
@@ -711,6 +717,10 @@ class GcPausedJit:
     def lower(self, *args, **kwargs):
         with garbage_collection_paused():
             return self.jitted.lower(*args, **kwargs)
+
+    def clear_cache(self) -> None:
+        """Drop the compiled executables of every shape (the next call of a shape traces and compiles again)."""
+        self.jitted.clear_cache()
 
 
 @dataclass

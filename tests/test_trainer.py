@@ -15,6 +15,7 @@ import pytest
 from conftest import save_tiny_bert
 
 from crossjax import CrossEncoder, losses
+from crossjax.checkpoint import CheckpointMismatchError
 from crossjax.trainer import CrossEncoderTrainer
 from crossjax.training_args import CrossEncoderTrainingArguments
 
@@ -480,6 +481,36 @@ def test_resumed_run_equals_uninterrupted_run_exactly(optimizer, tiny_dirs, tmp_
     resumed = _params(run(tmp_path / "split", None, True))
     for key, value in whole.items():
         np.testing.assert_array_equal(resumed[key], value, err_msg=key)
+
+
+def test_save_only_model_checkpoints_hold_the_model_and_refuse_a_resume(tiny_dirs, tmp_path):
+    """Hugging Face's save_only_model: each step's folder holds the model that step had, no optimizer state (so
+    no resume from it, said by name, as Hugging Face says of it)."""
+    pairs = [("a man plays a guitar", "someone makes music"), ("the cat sleeps", "a dog runs in a field")]
+    seen: dict[int, np.ndarray] = {}
+
+    class Keep:
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            seen[state.global_step] = model.predict(pairs)
+
+    def run(resume: bool) -> CrossEncoder:
+        model = CrossEncoder(str(tiny_dirs[1]))
+        args = CrossEncoderTrainingArguments(
+            str(tmp_path), per_device_train_batch_size=2, max_steps=4, save_steps=2, save_only_model=True,
+            learning_rate=LR, disable_tqdm=True, resume_from_checkpoint=resume or None,
+        )  # fmt: skip
+        CrossEncoderTrainer(model=model, args=args, train_dataset=_dataset("pairs"), callbacks=[Keep()]).train()
+        return model
+
+    run(False)
+    steps = tmp_path / "checkpoints"
+    assert sorted(int(p.name) for p in steps.iterdir() if p.name.isdigit()) == [2, 4]
+    for step in (2, 4):
+        assert not (steps / str(step) / "state").exists()
+        np.testing.assert_allclose(CrossEncoder(str(steps / str(step))).predict(pairs), seen[step], atol=1e-6)
+    assert not np.allclose(seen[2], seen[4], atol=1e-6)
+    with pytest.raises(CheckpointMismatchError, match="save_only_model=True"):
+        run(True)
 
 
 def test_load_best_model_at_end_restores_the_best_evaluation(tiny_ce, tiny_dirs, tmp_path):

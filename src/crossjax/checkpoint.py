@@ -243,9 +243,11 @@ class TrainCheckpointer:
         total_limit: int | None,
         fingerprint: dict[str, Any],
         keep_step: Callable[[], int | None] = lambda: None,
+        model_only: bool = False,
     ):
         self.directory = directory if "://" in str(directory) else str(Path(directory).expanduser().resolve())
         self.fingerprint = fingerprint
+        self.model_only = model_only  # steps of the exported model and the JSON meta only (no resume from them)
         # No ``save_device_host_concurrent_bytes``: with it orbax would copy some arrays to the host only after
         # ``save`` returned, while the train step may already have donated (overwritten) their buffers.
         # sentence-transformers' fit deletes old checkpoints only for a limit > 0: 0 or less keeps them all.
@@ -270,6 +272,12 @@ class TrainCheckpointer:
                 f"The checkpoint at step {step} in {self.directory} cannot be read ({_first_line(e)}). "
                 + self._recovery_hint(step)
             ) from e
+        if meta.get("model_only"):
+            raise CheckpointMismatchError(
+                f"The checkpoint at step {step} in {self.directory} was saved with save_only_model=True: it holds "
+                f"the model ({self.directory}/{step}/{MODEL_FOLDER}), not the optimizer state and data position a "
+                "resume needs (as Hugging Face's). Load it as a model, or train afresh in another output_dir."
+            )
         saved = meta.get("fingerprint", {})
         # Keys added to the fingerprint later are compared only where the checkpoint has them, so checkpoints
         # written before still resume.
@@ -373,9 +381,15 @@ class TrainCheckpointer:
         trainer's best model so far) go with it, so a resumed run still ends with that model. ``write_model``
         exports the step's model into the step's ``model`` folder (every process calls ``save``; pass None on
         those that do not write)."""
+        meta = {"step": int(step), "fingerprint": self.fingerprint, **extra}
+        items: dict[str, Any] = {MODEL_FOLDER: ModelFolderSave(write_model)}
+        if self.model_only:
+            meta["model_only"] = True
+            self.manager.save(int(step), args=ocp.args.Composite(meta=ocp.args.JsonSave(meta), **items))
+            return
         pure = _as_pure(state)
-        meta = {"step": int(step), "fingerprint": self.fingerprint, **extra, "checksums": state_checksums(pure)}
-        items = {"state": ocp.args.StandardSave(pure), MODEL_FOLDER: ModelFolderSave(write_model)}
+        meta["checksums"] = state_checksums(pure)
+        items["state"] = ocp.args.StandardSave(pure)
         if best_params is not None:
             meta["has_best_params"] = True
             items["best_params"] = ocp.args.StandardSave(best_params)

@@ -75,6 +75,8 @@ class FitConfig:
     checkpoint_path: str | None = None
     checkpoint_save_steps: int = 500
     checkpoint_save_total_limit: int | None = 2
+    # checkpoints of the model only (the trainer's save_only_model): no optimizer state, so no resume from them
+    checkpoint_model_only: bool = False
     group_by_length: bool = False
     max_steps: int | None = None  # optimizer steps: required for streams, a cap otherwise
     batch_size: int | None = None  # a stream's batch size (default 16); overrides a loader's otherwise
@@ -333,6 +335,7 @@ _NOT_IN_FINGERPRINT = (
     "checkpoint_path",
     "checkpoint_save_steps",
     "checkpoint_save_total_limit",
+    "checkpoint_model_only",
     "batch_size",  # fingerprinted as the batch size actually used
     "shuffle_buffer_size",  # fingerprinted for streams, where it applies
     "log_dir",
@@ -1123,6 +1126,7 @@ def _run_fit(
             cfg.checkpoint_save_total_limit,
             fingerprint,
             target.kept_checkpoint or (lambda: None),
+            model_only=cfg.checkpoint_model_only,
         )
         try:
             restored = checkpointer.restore_latest(state, state_shardings)

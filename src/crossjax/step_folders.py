@@ -12,8 +12,9 @@ _CONFIG = "config.json"
 
 
 def is_checkpoint_step(path: Path) -> bool:
-    """A step's folder: named by its step number, holding orbax's ``state`` (an unfinished save holds neither)."""
-    return path.is_dir() and path.name.isdigit() and (path / "state").is_dir()
+    """A step's folder: named by its step number, holding orbax's ``state``, or only the run's ``meta`` and the
+    model (the trainer's ``save_only_model``); an unfinished save is a folder of another name."""
+    return path.is_dir() and path.name.isdigit() and ((path / "state").is_dir() or (path / "meta").is_dir())
 
 
 def step_model(path: Path) -> Path | None:

@@ -677,6 +677,7 @@ class CrossEncoderTrainer:
             checkpoint_path=checkpoint_path,
             checkpoint_save_steps=save_every,
             checkpoint_save_total_limit=args.save_total_limit,
+            checkpoint_model_only=bool(args.save_only_model),
             max_steps=total,
             log_dir=args.logging_dir or args.output_dir,
             evaluate_on_start=bool(args.eval_on_start),  # whatever eval_strategy, as Hugging Face

@@ -131,7 +131,7 @@ _NO_EFFECT_DEFAULTS: dict[str, Any] = {
     "dataloader_in_order": True, "dataloader_num_workers": 0, "dataloader_persistent_workers": False,
     "remove_unused_columns": True, "skip_memory_metrics": True, "do_train": False, "do_eval": False,
     "do_predict": False,
-    "save_only_model": False, "save_on_each_node": False, "include_num_input_tokens_seen": "no",
+    "save_on_each_node": False, "include_num_input_tokens_seen": "no",
     "average_tokens_across_devices": True, "full_determinism": False, "ddp_timeout": 1800,
     "hub_always_push": False,
 }  # fmt: skip
@@ -163,7 +163,6 @@ _NO_EFFECT = (
     "do_predict",
     "overwrite_output_dir",
     "save_safetensors",
-    "save_only_model",
     "save_on_each_node",
     "include_num_input_tokens_seen",
     "average_tokens_across_devices",
@@ -348,6 +347,9 @@ class CrossEncoderTrainingArguments(_HuggingFaceArguments):
     save_strategy: str = "steps"
     save_steps: float = 500
     save_total_limit: int | None = None
+    # Hugging Face's: checkpoints hold the model only (no optimizer state, data position or RNG): a third of the
+    # disk, and no resume from them
+    save_only_model: bool = False
     load_best_model_at_end: bool = False
     metric_for_best_model: str | None = None
     greater_is_better: bool | None = None

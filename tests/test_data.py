@@ -197,6 +197,11 @@ def test_collect_from_hf_dataset() -> None:
         collect_examples(datasets.Dataset.from_dict({"text": ["a"], "label": [1]}))
     with pytest.raises(TypeError, match="DatasetDict"):
         collect_examples(datasets.DatasetDict({"train": ds}))
+    with pytest.raises(TypeError, match=r"IterableDatasetDict with splits \['train'\]; pass one split"):
+        collect_examples(datasets.IterableDatasetDict({"train": ds.to_iterable_dataset()}))
+    # sentence-transformers' trainer's label column names, "scores" among them
+    ds = datasets.Dataset.from_dict({"query": ["q", "r"], "document": ["d", "e"], "scores": [0.25, 1.0]})
+    assert [e.label for e in collect_examples(ds).examples] == [0.25, 1.0]
 
 
 def test_collect_from_iterables() -> None:

@@ -337,6 +337,10 @@ def test_torch_iterable_datasets_stream_and_a_loaders_drop_last_holds(tiny_dir):
     Pairs.reads = 0
     summary = CrossEncoder(tiny_dir).fit(Pairs(), max_steps=2, **RUN)
     assert summary["stream_examples"] == 8 and Pairs.reads < 26
+    # a stream whose only step drop_last drops: named as such, as for a list (not "holds no examples")
+    examples[:] = fourteen[:3]
+    with pytest.raises(ValueError, match=r"no full batch of 8 examples with drop_last=True: .* holds 3 only"):
+        CrossEncoder(tiny_dir).fit(loader, max_steps=100, **{**RUN, "batch_size": 8})
 
 
 def test_a_streams_text_columns_come_from_its_schema_and_in_memory_refuses_a_shuffle_buffer(tiny_dir, tmp_path):

@@ -8,6 +8,7 @@ batch cannot matter. For each loss: the first step's loss equals sentence-transf
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -776,6 +777,40 @@ def test_dataset_forms_evaluator_lists_and_epochs_as_sentence_transformers_reads
         STTrainer(model=st_model, args=st_args, train_dataset=reserved)
     with pytest.raises(ValueError, match=r"\['dataset_name'\]"):
         CrossEncoderTrainer(model=model, args=args, train_dataset=reserved).train()
+
+    # columns as numpy arrays and pandas Series; a torch-formatted dataset's 0-d tensors as labels (both
+    # sentence-transformers' collator reads); a stream with known columns but no rows is named empty
+    import pandas as pd
+
+    from crossjax.losses.base import label_rows
+
+    arrays = {"q": np.array(data["q"]), "d": pd.Series(data["d"]), "label": np.array(data["label"])}
+    assert dataset_columns(arrays, "train_dataset") == (["q", "d"], [data["q"], data["d"]], data["label"])
+    _, columns, labels = dataset_columns(Dataset.from_dict(data).with_format("torch"), "train_dataset")
+    assert label_rows(labels, 10, "loss") == pytest.approx(data["label"], abs=1e-7)
+    losses.BinaryCrossEntropyLoss(model).validate(columns, labels)
+    empty = Dataset.from_dict(data).to_iterable_dataset().filter(lambda row: False)
+    with pytest.raises(ValueError, match="train_dataset is empty"):
+        CrossEncoderTrainer(model=model, args=args, train_dataset=empty).train()
+    # a bad eval row stops the run before its first step (sentence-transformers: at the first evaluation)
+    bad_eval = {**data, "label": ["x"] * 10}
+    evaluating = dataclasses.replace(args, eval_strategy="steps", eval_steps=1)
+    steps = []
+
+    class Steps:
+        def on_step_end(self, args, state, control, **kwargs):
+            steps.append(state.global_step)
+
+    with pytest.raises(ValueError, match=r"eval_dataset: BinaryCrossEntropyLoss: row 0: label 'x'"):
+        CrossEncoderTrainer(
+            model=model, args=evaluating, train_dataset=data, eval_dataset=bad_eval, callbacks=[Steps()]
+        ).train()
+    assert steps == []
+    by_name = CrossEncoderTrainer(
+        model=model, args=args, train_dataset={"a": data}, loss={"a": losses.BinaryCrossEntropyLoss(model)}
+    )
+    with pytest.raises(ValueError, match=r"evaluate\(\)'s eval_dataset must be a dict of datasets"):
+        by_name.evaluate(eval_dataset=Dataset.from_dict(data))
 
 
 def test_cross_entropy_takes_class_probabilities_as_torch_does(tiny_dirs, tmp_path):

@@ -119,7 +119,8 @@ _PAIR_COLUMNS: tuple[tuple[str, str], ...] = (
     ("premise", "hypothesis"),
     ("question1", "question2"),
 )
-_LABEL_COLUMNS: tuple[str, ...] = ("label", "labels", "score")
+# sentence-transformers' trainer's label column names (its data collator's ``valid_label_columns``)
+LABEL_COLUMNS: tuple[str, ...] = ("label", "labels", "score", "scores")
 
 
 def column_values(dataset: Any, name: str) -> list[Any]:
@@ -129,6 +130,8 @@ def column_values(dataset: Any, name: str) -> list[Any]:
     if isinstance(column, list):
         return column
     whole = column[:] if hasattr(column, "__getitem__") and not isinstance(column, str) else column
+    if hasattr(whole, "tolist") and not isinstance(whole, list):  # numpy arrays, pandas Series: Python values
+        whole = whole.tolist()
     return whole if isinstance(whole, list) else list(whole)
 
 
@@ -145,8 +148,8 @@ def pair_and_label_columns(
     columns: list[str], is_text: Callable[[str], bool], what: str
 ) -> tuple[tuple[str, str], str | None]:
     """The two text columns and the label column of a dataset or stream: the pair by name, else the first two
-    text columns; the label from "label"/"labels"/"score" if present."""
-    label = next((c for c in _LABEL_COLUMNS if c in columns), None)
+    text columns; the label from a column of :data:`LABEL_COLUMNS` if present."""
+    label = next((c for c in LABEL_COLUMNS if c in columns), None)
     pair = next((p for p in _PAIR_COLUMNS if p[0] in columns and p[1] in columns), None)
     if pair is None:
         texts = [c for c in columns if c != label and is_text(c)]
@@ -161,7 +164,7 @@ def pair_and_label_columns(
 
 def _examples_from_hf_dataset(ds: Any) -> list[InputExample]:
     """Read a ``datasets.Dataset`` column-wise into examples (pair columns by name, else the first two
-    string columns; the label from "label"/"labels"/"score" if present)."""
+    string columns; the label from a column of :data:`LABEL_COLUMNS` if present)."""
     columns = ds.column_names
     if isinstance(columns, dict):
         raise TypeError(f"got a DatasetDict with splits {sorted(columns)}; pass one split, e.g. ds['train']")
@@ -236,6 +239,13 @@ def collect_examples(
                 reject_text_row(batch, item)
                 bs = len(batch) if bs is None else bs
                 examples.extend(batch)
+    elif isinstance(train_dataloader, dict) and train_dataloader and all(
+        hasattr(split, "column_names") for split in train_dataloader.values()
+    ):  # load_dataset(...) without split=: a DatasetDict or IterableDatasetDict
+        raise TypeError(
+            f"got a {type(train_dataloader).__name__} with splits {sorted(train_dataloader)}; pass one split, "
+            "e.g. ds['train']"
+        )
     else:
         raise TypeError(
             f"train_dataloader must be a DataLoader, a datasets.Dataset or an iterable of InputExample "
@@ -343,7 +353,10 @@ def validate_examples(
         label = ex.label
         if label is None:
             if require_labels:
-                raise ValueError(f"{where}: missing label (label is None)")
+                raise ValueError(
+                    f"{where}: missing label (label is None; a dataset's or stream's label column is named "
+                    f"{', '.join(LABEL_COLUMNS)})"
+                )
             continue
         if getattr(label, "ndim", None) == 0 and hasattr(label, "item"):  # numpy / torch scalars
             label = label.item()

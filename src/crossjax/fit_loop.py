@@ -856,6 +856,11 @@ class _StreamData:
         try:
             self.lookahead: list[streaming.StreamStep] = self._read_lookahead(self.reader)
             if not self.lookahead and start_step == 0:
+                if self.reader.dropped:
+                    raise ValueError(
+                        f"no full batch of {self.step_rows} examples with drop_last=True: the stream "
+                        f"({self.stream.description}) holds {self.reader.dropped} only"
+                    )
                 raise ValueError(f"train_dataloader is empty: the stream ({self.stream.description}) holds no examples")
             if self.packing_plan is None:
                 self.packing_plan = self._plan(self.lookahead, self.target.max_shapes)

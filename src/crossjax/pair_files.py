@@ -24,10 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from crossjax.data import _LABEL_COLUMNS, _PAIR_COLUMNS
+from crossjax.data import _PAIR_COLUMNS, LABEL_COLUMNS
 
 PAIR_COLUMNS: tuple[tuple[str, str], ...] = (("text_a", "text_b"), *_PAIR_COLUMNS)
-LABEL_COLUMNS: tuple[str, ...] = _LABEL_COLUMNS
 EXTENSIONS = (".tsv", ".csv", ".jsonl")
 
 

@@ -131,13 +131,13 @@ def as_stream(train_dataloader: Any, batch_size: int | None = None) -> StreamSou
     read it.
     """
     if is_datasets_stream(train_dataloader):
-        return StreamSource(train_dataloader, None, f"datasets.IterableDataset {_columns(train_dataloader)}")
+        return StreamSource(train_dataloader, None, f"datasets.IterableDataset{_columns(train_dataloader)}")
     dataset = getattr(train_dataloader, "dataset", None)
     if hasattr(train_dataloader, "sampler") and (
         is_datasets_stream(dataset) or _is_torch_iterable_dataset(dataset)
     ):
         size = train_dataloader.batch_size
-        description = f"DataLoader over {type(dataset).__name__} {_columns(dataset)}"
+        description = f"DataLoader over {type(dataset).__name__}{_columns(dataset)}"
         if size is None and batch_size is None and _is_torch_iterable_dataset(dataset):
             size = _batch_length(next(iter(dataset), None))  # re-iterable: the first item only is read
         return StreamSource(dataset, size, description, drop_last=bool(getattr(train_dataloader, "drop_last", False)))
@@ -178,9 +178,11 @@ def data_file_names(ds: Any) -> list[str] | None:
     return None
 
 
-def _columns(ds: Any) -> list[str] | None:
+def _columns(ds: Any) -> str:
+    """A stream's columns for its description (nothing when it has none, as a torch dataset)."""
     columns = getattr(ds, "column_names", None)
-    return list(columns) if isinstance(columns, (list, tuple)) else None
+    return f" {list(columns)}" if isinstance(columns, (list, tuple)) else ""
+
 
 
 class _RowReader:
@@ -260,6 +262,7 @@ class StreamReader:
         self.num_labels = num_labels
         self.step_size = step_size
         self.max_steps = max_steps
+        self.dropped = 0  # examples of a last partial step that drop_last dropped (set before the end is put)
         self.start = start
         self.block = int(shuffle_buffer_size)
         self.seed = (int(seed),) if isinstance(seed, (int, np.integer)) else tuple(int(x) for x in seed)
@@ -305,6 +308,7 @@ class StreamReader:
             for _ in range(self.max_steps):
                 chunk = list(itertools.islice(ordered, self.step_size))
                 if not chunk or (self.source.drop_last and len(chunk) < self.step_size):
+                    self.dropped = len(chunk)
                     break  # the end, or a last partial step that the DataLoader's drop_last drops
                 texts_a, texts_b, parts = [], [], []
                 for number, example in chunk:

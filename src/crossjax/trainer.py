@@ -32,7 +32,7 @@ import numpy as np
 from flax import nnx
 
 from crossjax import logs, losses, parallel, training
-from crossjax.data import column_values
+from crossjax.data import LABEL_COLUMNS, column_values
 from crossjax.list_batches import ListData, MultiListData
 from crossjax.logs import RunCallback, epoch_at
 from crossjax.model_card import CardRecorder
@@ -48,7 +48,6 @@ logger = logging.getLogger("crossjax")
 
 __all__ = ["CallbackHandler", "CrossEncoderTrainer", "TrainOutput", "TrainerState", "TrainerControl"]
 
-LABEL_COLUMNS = ("label", "labels", "score", "scores")
 # Hugging Face Trainer arguments without a crossjax meaning, and why (each is taken at its default).
 _TOKENIZER = "is the model's tokenizer in crossjax: set CrossEncoder(..., tokenizer_kwargs=...) or model.tokenizer"
 _UNUSED_TRAINER_ARGUMENTS = {
@@ -146,9 +145,7 @@ def dataset_columns(dataset: Any, name: str) -> tuple[list[str], list[list[Any]]
     dataset = in_memory(dataset)
     if hasattr(dataset, "column_names") and hasattr(dataset, "__getitem__"):
         names = _column_names(dataset)
-    elif isinstance(dataset, dict) and all(
-        isinstance(v, Sequence) and not isinstance(v, str) for v in dataset.values()
-    ):
+    elif isinstance(dataset, dict) and all(_is_column(v) and not isinstance(v, str) for v in dataset.values()):
         names = list(dataset)
     else:
         raise TypeError(f"{name} must be a datasets.Dataset (or a dict of equal-length columns), got {type(dataset)}")
@@ -173,7 +170,10 @@ def in_memory(dataset: Any) -> Any:
     if is_datasets_stream(dataset):
         from datasets import Dataset
 
-        return Dataset.from_list(list(dataset))
+        rows, features = list(dataset), getattr(dataset, "features", None)
+        if not rows and features:  # the stream's columns where known, so that it is named as empty
+            return Dataset.from_dict({column: [] for column in features}, features=features)
+        return Dataset.from_list(rows)
     return dataset
 
 
@@ -200,7 +200,12 @@ def _refuse_reserved_columns(dataset: Any, name: str) -> None:
 
 def _is_dataset_dict(value: dict) -> bool:
     """A dict of named datasets (``DatasetDict`` or ``{"name": Dataset}``), not a dict of columns."""
-    return bool(value) and all(not isinstance(v, Sequence) or hasattr(v, "column_names") for v in value.values())
+    return bool(value) and all(hasattr(v, "column_names") or not _is_column(v) for v in value.values())
+
+
+def _is_column(value: Any) -> bool:
+    """A dict's value that holds a column: a sequence, or an array or pandas Series (``tolist``)."""
+    return isinstance(value, Sequence) or (hasattr(value, "tolist") and hasattr(value, "__len__"))
 
 
 # The events of Hugging Face's TrainerCallback, and the control flags its CallbackHandler clears before one.
@@ -419,16 +424,9 @@ class CrossEncoderTrainer:
                     f"{name} must be a crossjax.losses loss (e.g. crossjax.losses.BinaryCrossEntropyLoss(model)), "
                     f"got {one.__module__ + '.' + one.__name__ if isinstance(one, type) else type(one).__name__}"
                 )
-        if isinstance(loss, dict):
-            for dataset, what in ((train_dataset, "train_dataset"), (eval_dataset, "eval_dataset")):
-                if dataset is None:
-                    continue
-                if not (isinstance(dataset, dict) and _is_dataset_dict(dataset)):
-                    raise ValueError(f"loss is a dict of losses by dataset name, so {what} must be a dict of datasets")
-                missing = sorted(set(dataset) - set(loss))
-                if missing:
-                    raise ValueError(f"loss has no entry for the {what} dataset(s) {missing} (it has {sorted(loss)})")
         self.loss = loss
+        for dataset, what in ((train_dataset, "train_dataset"), (eval_dataset, "eval_dataset")):
+            self._check_losses_for(dataset, what)
         if isinstance(evaluator, list | tuple):  # as sentence-transformers: one evaluator, with sequential_score
             from crossjax.evaluation import SequentialEvaluator
 
@@ -451,6 +449,16 @@ class CrossEncoderTrainer:
         model.model_card_data.add_tags("generated_from_trainer")
         self._in_train = False  # evaluate() during train(): the evaluator runs with the first eval dataset only
         self._call_back("on_init_end")
+
+    def _check_losses_for(self, dataset: Any, what: str) -> None:
+        """A dict of losses needs a dict of datasets, each named among the losses."""
+        if not isinstance(self.loss, dict) or dataset is None:
+            return
+        if not (isinstance(dataset, dict) and _is_dataset_dict(dataset)):
+            raise ValueError(f"loss is a dict of losses by dataset name, so {what} must be a dict of datasets")
+        missing = sorted(set(dataset) - set(self.loss))
+        if missing:
+            raise ValueError(f"loss has no entry for the {what} dataset(s) {missing} (it has {sorted(self.loss)})")
 
     def loss_for(self, name: str | None):
         """The loss of dataset ``name`` (a dict of losses is keyed by the datasets' names)."""
@@ -584,6 +592,24 @@ class CrossEncoderTrainer:
             )
         return self._one_list_data(dataset, what, train, None)
 
+    def _check_eval_data(self) -> None:
+        """The eval datasets' rows checked as the train dataset's are, before any step: a bad label there would
+        otherwise stop the run at its first evaluation (only when the run evaluates: as Hugging Face's, a trainer
+        that never evaluates never reads them)."""
+        dataset = self.eval_dataset
+        if dataset is None or (self.args.eval_strategy == "no" and not self.args.eval_on_start):
+            return
+        named = dataset.items() if isinstance(dataset, dict) and _is_dataset_dict(dataset) else [(None, dataset)]
+        for name, one in named:
+            what = "eval_dataset" if name is None else f"eval_dataset[{name!r}]"
+            _, columns, labels = dataset_columns(one, what)
+            if not columns[0]:
+                raise ValueError(f"{what} is empty")
+            try:
+                self.loss_for(name).validate(columns, None if labels is None else list(labels), 0)
+            except ValueError as e:
+                raise ValueError(f"{what}: {e}") from None
+
     def _one_list_data(self, dataset: Any, what: str, train: bool, name: str | None) -> ListData:
         _, columns, labels = dataset_columns(dataset, what)
         if not columns[0]:
@@ -647,6 +673,7 @@ class CrossEncoderTrainer:
         ensure_writable_folders([("output_dir", args.output_dir)])  # named as the user set it (fit: log_dir)
         resume = resume_from_checkpoint if resume_from_checkpoint is not None else args.resume_from_checkpoint
         data = self._list_data(self.train_dataset, "train_dataset", train=True)
+        self._check_eval_data()
         total = data.total_steps
         checkpoint_path = self._checkpoint_path(resume)
         # When to log, evaluate and save is the run's flow (_RunHooks.on_step: Hugging Face's); these are what
@@ -841,6 +868,9 @@ class CrossEncoderTrainer:
             return self._evaluate_one(named[eval_dataset], eval_dataset, metric_key_prefix, metric_key_prefix, True)
         if dataset is None and not self._evaluators():
             raise ValueError("evaluate() needs an eval_dataset (here or in the trainer) or an evaluator")
+        if eval_dataset is not None:
+            dataset = in_memory(eval_dataset)
+            self._check_losses_for(dataset, "evaluate()'s eval_dataset")
         if isinstance(dataset, dict) and _is_dataset_dict(dataset):
             metrics: dict[str, float] = {}
             for i, (name, one) in enumerate(dataset.items()):

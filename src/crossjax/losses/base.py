@@ -134,6 +134,8 @@ def label_rows(labels: Any, count: int, loss_name: str) -> list:
     if labels is None:
         raise ValueError(f"{loss_name} needs a label column ('label', 'labels', 'score' or 'scores'), but got none")
     rows = labels.tolist() if hasattr(labels, "tolist") else list(labels)
+    # a row's numpy or torch value (a torch-formatted dataset's 0-d tensors): its Python value or list
+    rows = [row.tolist() if hasattr(row, "tolist") else row for row in rows]
     if len(rows) != count:
         raise ValueError(f"{loss_name}: got {len(rows)} labels for {count} rows")
     return rows

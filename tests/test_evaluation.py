@@ -237,6 +237,22 @@ def test_correlation_from_input_examples_and_degenerate_input(tmp_path: Path) ->
     assert np.isnan(our_metrics["spearman"]) and np.isnan(our_metrics["pearson"])
     assert_same_metrics(our_metrics, st_metrics)
 
+    # Gold values as a torch tensor, a JAX array or 0-d numpy arrays (a torch-formatted dataset's column), as
+    # sentence-transformers reads them
+    import jax.numpy as jnp
+    import torch
+
+    pairs, gold = [e.texts for e in examples], [e.label for e in examples]
+    for given in (torch.tensor(gold), jnp.asarray(gold), [np.array(g) for g in gold]):
+        ours3 = cje.CrossEncoderCorrelationEvaluator(pairs, given)
+        theirs3 = st_eval.CrossEncoderCorrelationEvaluator(pairs, given)
+        our_metrics, st_metrics, *_ = run_both(ours3, theirs3, model, tmp_path / "arrays")
+        assert_same_metrics(our_metrics, st_metrics, tol=1e-6)  # scipy in float32 for float32 gold
+    labels = torch.tensor([i % 2 for i in range(20)])
+    ours4 = cje.CrossEncoderClassificationEvaluator(pairs, labels)
+    theirs4 = st_eval.CrossEncoderClassificationEvaluator(pairs, labels)
+    assert_same_metrics(*run_both(ours4, theirs4, model, tmp_path / "classes")[:2])
+
 
 def test_numpy_correlations_match_scipy() -> None:
     rng = np.random.default_rng(0)

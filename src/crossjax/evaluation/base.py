@@ -41,7 +41,10 @@ def checked_gold(values: Sequence[Any], pairs: int, what: str, classes: bool = F
     """One gold value per sentence pair, checked when the evaluator is made: finite numbers, and for classes
     whole numbers >= 0. A None (crossjax's ``InputExample`` label default), a string or a NaN would otherwise
     surface as a NaN metric, a silent 0 or a numpy error at the first evaluation, after training."""
-    values = list(values)
+    # numpy, JAX or torch arrays (a torch-formatted dataset's column), or lists of their 0-d values: Python
+    # numbers, as sentence-transformers' np.asarray reads them
+    values = values.tolist() if hasattr(values, "tolist") else list(values)
+    values = [value.tolist() if getattr(value, "ndim", None) == 0 else value for value in values]
     if len(values) != pairs:
         raise ValueError(f"{what}: {len(values)} values for {pairs} sentence pairs")
     if pairs == 0:  # metrics of nothing would read as a real (0 or NaN) score

@@ -207,7 +207,8 @@ class CrossEncoderClassificationEvaluator(CrossEncoderEvaluator):
     ) -> dict[str, float]:
         """Predict all pairs, compute binary or multi-class metrics, log/CSV them, return prefixed metrics."""
         logger.info(
-            f"{type(self).__name__}: Evaluating the model on {self.name} dataset{epoch_text(epoch, steps)}:"
+            f"CrossEncoderClassificationEvaluator: Evaluating the model on {self.name} dataset"
+            f"{epoch_text(epoch, steps)}:"
         )
         pred_scores = self.predict(
             model, self.sentence_pairs, self.batch_size, self.show_progress_bar, self.prompt_name

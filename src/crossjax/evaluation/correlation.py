@@ -107,7 +107,7 @@ class CrossEncoderCorrelationEvaluator(CrossEncoderEvaluator):
     ) -> dict[str, float]:
         """Predict all pairs, correlate with the gold scores, log/CSV the result, return prefixed metrics."""
         logger.info(
-            f"{type(self).__name__}: Evaluating the model on {self.name} dataset{epoch_text(epoch, steps)}:"
+            f"CrossEncoderCorrelationEvaluator: Evaluating the model on {self.name} dataset{epoch_text(epoch, steps)}:"
         )
         pred_scores = self.predict(
             model, self.sentence_pairs, self.batch_size, self.show_progress_bar, self.prompt_name

@@ -155,7 +155,7 @@ class CrossEncoderRerankingEvaluator(CrossEncoderEvaluator):
     ) -> dict[str, float]:
         """Predict all (query, doc) pairs in one batch, average per-query metrics, log/CSV, return them."""
         where = epoch_text(epoch, steps)
-        logger.info(f"{type(self).__name__}: Evaluating the model on the {self.name} dataset{where}:")
+        logger.info(f"CrossEncoderRerankingEvaluator: Evaluating the model on the {self.name} dataset{where}:")
         base_mrr_scores: list[float] = []
         base_ndcg_scores: list[float] = []
         base_ap_scores: list[float] = []

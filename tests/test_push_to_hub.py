@@ -159,3 +159,14 @@ def test_trainer_pushes_each_save_as_hugging_face_s_default_hub_strategy(model, 
     for refused in ("checkpoint", "all_checkpoints"):
         with pytest.raises(ValueError, match=f"hub_strategy='{refused}' uploads Hugging Face's checkpoint-N"):
             trainer(hub_strategy=refused).train()
+
+
+def test_each_push_names_its_repository_in_the_card(tiny_dir, hub):
+    """As sentence-transformers 6.2: the card's model id is the full id of the repository pushed to (the owner
+    the hub reports for a bare name), set anew by every push."""
+    model = CrossEncoder(tiny_dir, max_length=32)
+    model.push_to_hub("first-ranker")
+    assert model.model_card_data.model_id == "the-user/first-ranker"
+    model.push_to_hub("org/second-ranker")
+    assert model.model_card_data.model_id == "org/second-ranker"
+    assert [name for name, _ in hub].count("create_repo") == 2

@@ -288,6 +288,19 @@ def test_activations_that_reshape_the_scores_as_in_sentence_transformers(tiny_di
     theirs = st.CrossEncoder(str(three)).predict(pairs, activation_fn=lambda x: x[:, 0], apply_softmax=True)
     np.testing.assert_allclose(CrossEncoder(three).predict(pairs, activation_fn=lambda x: x[:, 0], apply_softmax=True),
                                theirs, atol=1e-5)  # fmt: skip
+    # A function across the pairs sees exactly the call's scores (9 pairs: not a padded size), and one written
+    # for torch tensors, as a sentence-transformers user writes it, works too
+    nine = (pairs * 2)[:9]
+    across = CrossEncoder(one).predict(nine, activation_fn=lambda x: jax.nn.softmax(x, axis=0))
+    np.testing.assert_allclose(
+        across, st.CrossEncoder(str(one)).predict(nine, activation_fn=lambda x: torch.softmax(x, dim=0)), atol=1e-6
+    )
+    written_for_torch = lambda x: torch.sigmoid(x / 2) - x.mean()  # noqa: E731
+    np.testing.assert_allclose(
+        CrossEncoder(one).predict(nine, activation_fn=written_for_torch),
+        st.CrossEncoder(str(one)).predict(nine, activation_fn=written_for_torch),
+        atol=1e-6,
+    )
 
 
 def test_a_batch_size_far_beyond_the_pairs_plans_slots_for_the_pairs_there_are(saved, pairs):
@@ -323,6 +336,8 @@ def test_torch_module_habits_work_or_name_the_jax_way(saved, pairs, tmp_path):
     assert model.to("cpu", non_blocking=True) is model and model.to(device="cpu", dtype=torch.float32) is model
     with pytest.raises(ValueError, match="must be float32 or bfloat16"):
         model.to(torch.float64)
+    with pytest.raises(ValueError, match="must be float32 or bfloat16, got float64"):
+        model.double()
     with pytest.raises(ValueError, match="float16 is not a crossjax compute dtype"):
         model.half()
     with pytest.raises(ValueError, match="runs on cpu.*CrossEncoder\\(..., device='cuda'\\)"):
@@ -503,6 +518,49 @@ def test_sentence_transformers_import_paths_have_crossjax_counterparts():
     assert CrossEncoderModelCardData
     with pytest.raises(NotImplementedError, match="CrossEncoderBEIREvaluator"):
         crossjax.evaluation.CrossEncoderNanoBEIREvaluator(dataset_names=["msmarco"])
+
+
+def test_sentence_transformers_attributes_and_helpers(saved, pairs, tmp_path, caplog):
+    """The rest of sentence-transformers 6.2's CrossEncoder surface, against its own values: class attributes,
+    the mode flag, the input test, keep_in_fp32_modules' checks, and a custom activation's save."""
+    ours, theirs = CrossEncoder(saved), st.CrossEncoder(str(saved))
+    for name in ("model_type", "default_huggingface_organization", "keep_in_fp32_modules"):
+        assert getattr(ours, name) == getattr(theirs, name), name
+    assert ours.get_model_kwargs() == theirs.get_model_kwargs()
+    logits = [-1.0, 2.0]
+    np.testing.assert_allclose(
+        ours.get_default_activation_fn()(jax.numpy.array(logits)),
+        theirs.get_default_activation_fn()(torch.tensor(logits)).numpy(),
+        atol=1e-7,
+    )
+    for inputs in [pairs[0], list(pairs[0]), pairs, [], np.array(pairs[0]), np.array(pairs), ("a",), "ab"]:
+        assert ours.is_singular_input(inputs) == theirs.is_singular_input(inputs), inputs
+    assert ours.dtype == np.float32 and ours.to(torch.bfloat16).dtype == jax.numpy.bfloat16
+    ours.float()
+    for mode in (True, False):
+        assert ours.train(mode).training == theirs.train(mode).training == mode
+    assert ours.eval().training == theirs.eval().training is False
+
+    # keep_in_fp32_modules: sentence-transformers' module paths of linear layers, refused as it refuses them
+    for bad in (["does.not.exist"], "model.classifier", [1], ["model.bert.embeddings.word_embeddings"]):
+        with pytest.raises((ValueError, AttributeError)):
+            st.CrossEncoder(str(saved), keep_in_fp32_modules=bad)
+        with pytest.raises(ValueError, match="keep_in_fp32_modules"):
+            CrossEncoder(saved, keep_in_fp32_modules=bad)
+    chosen = ["model.classifier", "model.bert.encoder.layer.1.output.dense"]
+    kept = CrossEncoder(saved, keep_in_fp32_modules=chosen)
+    assert kept.keep_in_fp32_modules == chosen
+    assert st.CrossEncoder(str(kept.save(tmp_path / "kept"))).keep_in_fp32_modules == chosen
+
+    # a custom activation is saved as sentence-transformers saves one (a warning); both reload the default
+    ours.activation_fn = lambda x: x * 3
+    with caplog.at_level("WARNING"):
+        folder = ours.save(tmp_path / "custom")
+    assert "loads with the default activation" in caplog.text
+    np.testing.assert_allclose(
+        CrossEncoder(folder).predict(pairs), st.CrossEncoder(str(folder)).predict(pairs), atol=1e-6
+    )
+    np.testing.assert_allclose(CrossEncoder(folder).predict(pairs), CrossEncoder(saved).predict(pairs), atol=1e-6)
 
 
 def test_a_config_assigned_to_the_model_is_the_one_saved(saved, tmp_path):

@@ -11,6 +11,7 @@ import json
 import logging
 import operator
 import os
+import sys
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -84,6 +85,11 @@ def _is_cross_encoder_save(directory: Path, st_config: dict[str, Any]) -> bool:
     """Whether ``directory`` is a sentence-transformers CrossEncoder save (``modules.json`` and model type
     "CrossEncoder"; sentence-transformers reads a missing type as "SentenceTransformer")."""
     return (directory / "modules.json").is_file() and st_config.get("model_type") == "CrossEncoder"
+
+
+def _check_module_paths(module_names: Any) -> None:
+    if not isinstance(module_names, (list, tuple)) or any(not isinstance(name, str) for name in module_names):
+        raise ValueError(f"keep_in_fp32_modules must be a list of module paths, got {module_names!r:.80}")
 
 
 def _check_keep_in_fp32(keep_in_fp32_modules: list[str] | None, compute_dtype) -> None:
@@ -271,6 +277,10 @@ class CrossEncoder:
     sets what the model card written by ``save`` says (language, license, model_id, datasets, base_model ...).
     """
 
+    # sentence-transformers' class attributes: short hub names are looked up in this organisation first
+    default_huggingface_organization: str | None = DEFAULT_ORGANIZATION
+    model_type: str = "CrossEncoder"
+
     @_accepts_renamed_kwargs(_RENAMED_INIT_KWARGS)
     def __init__(
         self,
@@ -348,8 +358,9 @@ class CrossEncoder:
         transformer_settings = _saved_pipeline(directory) if cross_encoder_save else {}
         if keep_in_fp32_modules is None and cross_encoder_save:
             keep_in_fp32_modules = saved_st_config.get("keep_in_fp32_modules") or None
+        if keep_in_fp32_modules is not None:
+            _check_module_paths(keep_in_fp32_modules)
         _check_keep_in_fp32(keep_in_fp32_modules, _as_dtype(compute_dtype or "float32"))
-        self.keep_in_fp32_modules = keep_in_fp32_modules
         config = load_config(directory, **config_kwargs)
         classifier_trained = any(
             a.endswith("ForSequenceClassification") for a in (config.architectures or [])
@@ -365,6 +376,9 @@ class CrossEncoder:
             directory, config, jnp.float32, self.seed, scan_layers=bool(scan_layers)
         )
         self.model.eval()
+        self.training = False  # the mode torch code reads (train() / eval() set it); predict never uses dropout
+        self.keep_in_fp32_modules: list[str] = []
+        self.set_keep_in_fp32_modules(keep_in_fp32_modules or [])
         self.tokenizer = self._load_tokenizer(directory, tokenizer_kwargs or {})
         saved_limit = transformer_settings.get("max_seq_length")
         if max_length is None and saved_limit is not None and "model_max_length" not in (tokenizer_kwargs or {}):
@@ -732,6 +746,16 @@ class CrossEncoder:
         results.sort(key=lambda r: r["score"], reverse=True)
         return results[:top_k] if top_k is not None else results
 
+    def _activation_path_to_save(self) -> str:
+        """What the saved model names as its activation: the torch class path, or for a custom function its own
+        path with a warning (sentence-transformers saves one it cannot import either: reloaded, both warn and
+        take the default activation)."""
+        try:
+            return losses.activation_name_for_export(self.activation_fn)
+        except ValueError as e:
+            logger.warning("%s: the saved model loads with the default activation instead", e)
+            return losses.activation_name_for_export(self.activation_fn, strict=False)
+
     def _check_exportable(self) -> None:
         try:
             losses.activation_name_for_export(self.activation_fn)
@@ -828,7 +852,7 @@ class CrossEncoder:
             return None
         model = nnx.merge(nnx.graphdef(self.model), params, rest)
         options = dict(
-            activation_fn=losses.activation_name_for_export(self.activation_fn),
+            activation_fn=self._activation_path_to_save(),
             max_length=self.max_length,
             prompts=self.prompts,
             default_prompt_name=self.default_prompt_name,
@@ -871,17 +895,24 @@ class CrossEncoder:
         """
         import tempfile
 
+        main, api = is_main_process(), None
+        if main:  # the repository first: its full id (a name without owner gets the user's) goes into the card
+            from huggingface_hub import HfApi
+
+            api = HfApi(token=token)
+            repo_id = api.create_repo(repo_id=repo_id, private=private, exist_ok=exist_ok or create_pr).repo_id
+            if revision is not None:
+                api.create_branch(repo_id=repo_id, branch=revision, exist_ok=True)
+            self.model_card_data.set_model_id(repo_id)
         upload = dict(
+            api=api,
             repo_id=repo_id,
-            token=token,
-            private=private,
             commit_message=commit_message or "Add new CrossEncoder model (crossjax)",
-            exist_ok=exist_ok or create_pr,
             revision=revision,
             create_pr=create_pr,
         )
         if local_model_path is not None:
-            return _upload_folder(local_model_path, **upload) if is_main_process() else None
+            return _upload_folder(local_model_path, **upload) if main else None
         with tempfile.TemporaryDirectory(prefix="crossjax-push-") as tmp:
             # every process gathers the parameters; only process 0 writes and uploads
             if self.save(tmp, model_name=repo_id) is None:
@@ -1058,12 +1089,69 @@ class CrossEncoder:
         return evaluator(self, output_path=output_path)
 
     def eval(self) -> CrossEncoder:
-        """The model (a no-op): predict and rank always run without dropout; fit turns it on for its steps."""
-        return self
+        """The model: predict and rank always run without dropout; fit turns it on for its steps. Sets
+        :attr:`training` to False, as torch's does."""
+        return self.train(False)
 
     def train(self, mode: bool = True) -> CrossEncoder:
-        """The model (a no-op): fit and the trainer turn dropout on for their steps only."""
+        """The model: fit and the trainer turn dropout on for their steps only; ``mode`` is kept in
+        :attr:`training` for code that reads it (torch's flag), and changes nothing else."""
+        self.training = bool(mode)
         return self
+
+    @property
+    def dtype(self) -> Any:
+        """The compute dtype (numpy's ``float32`` or ``bfloat16``); sentence-transformers': its parameters' torch
+        dtype, which ``to(dtype)`` changes as ``to(dtype)`` changes the compute dtype here."""
+        return jnp.dtype(self.compute_dtype)
+
+    def double(self) -> CrossEncoder:
+        return self.to("float64")
+
+    def set_keep_in_fp32_modules(self, module_names: list[str]) -> None:
+        """sentence-transformers' selection of ``nn.Linear`` layers (paths as in its ``named_modules()``:
+        ``"model.classifier"``, ``"model.bert.encoder.layer.0.output.dense"``) that compute in float32 under
+        autocast. crossjax computes every layer in the compute dtype, so a selection needs float32 compute; it
+        is checked as sentence-transformers checks it, kept, and saved with the model for sentence-transformers."""
+        _check_module_paths(module_names)
+        names = list(dict.fromkeys(module_names))
+        linear = {f"model.{path}" for path in self.model.hf_linear_layers()}
+        unknown = [name for name in names if name not in linear]
+        if unknown:
+            raise ValueError(
+                f"keep_in_fp32_modules: {unknown} name no nn.Linear layer of this model (sentence-transformers "
+                f"module paths, e.g. {sorted(linear)[:2]})"
+            )
+        _check_keep_in_fp32(names, self.compute_dtype)
+        self.keep_in_fp32_modules = names
+
+    def get_default_activation_fn(self) -> Callable:
+        """The activation the model's saved config names, else Sigmoid for one label and Identity otherwise
+        (sentence-transformers' rule, which :attr:`activation_fn` starts from)."""
+        saved = _saved_activations({}, self.config, False)
+        default = losses.sigmoid if self.num_labels == 1 else losses.identity
+        return _activation_or_default(saved, default)
+
+    def is_singular_input(self, inputs: Any) -> bool:
+        """Whether ``inputs`` is one pair (``predict`` returns one score) rather than a list of pairs."""
+        if isinstance(inputs, (list, tuple)) or type(inputs).__name__ == "Column":
+            return len(inputs) > 0 and not isinstance(inputs[0], (list, tuple))
+        if isinstance(inputs, np.ndarray) and inputs.dtype.kind in ("U", "O"):
+            return inputs.size > 0 and inputs.ndim < 2
+        return True  # as sentence-transformers: anything else is taken for one input
+
+    def get_model_kwargs(self) -> list[str]:
+        """Model-specific keyword arguments of ``predict``: none for a cross-encoder of crossjax's families."""
+        return []
+
+    def save_to_hub(self, repo_id: str, organization: str | None = None, **kwargs: Any) -> str | None:
+        """sentence-transformers' deprecated name of :meth:`push_to_hub` (``organization`` prefixed to
+        ``repo_id``; ``exist_ok`` False by default, as there)."""
+        logger.warning("save_to_hub is deprecated (as in sentence-transformers): use push_to_hub instead")
+        if organization and "/" not in repo_id:
+            repo_id = f"{organization}/{repo_id}"
+        kwargs.setdefault("exist_ok", False)
+        return self.push_to_hub(repo_id, **kwargs)
 
     def bfloat16(self) -> CrossEncoder:
         """predict and rank compute in bfloat16 from now on (the parameters stay float32), as
@@ -1098,6 +1186,10 @@ class CrossEncoder:
                 compute_dtype_of(value)
                 dtype_like = True
             except ValueError:
+                pass
+            try:  # any other dtype's name ("float64", "int8"): refused as a dtype, not taken for a device
+                dtype_like = dtype_like or isinstance(value, str) and np.dtype(value) is not None
+            except TypeError:
                 pass
             if dtype_like:
                 _check_keep_in_fp32(self.keep_in_fp32_modules, _as_dtype(value))
@@ -1161,23 +1253,15 @@ _TORCH_MODULE_ONLY = {
 def _upload_folder(
     folder: str | os.PathLike,
     *,
+    api: Any,
     repo_id: str,
-    token: str | None,
-    private: bool | None,
     commit_message: str,
-    exist_ok: bool,
     revision: str | None,
     create_pr: bool,
     keep_hub_card: bool = False,
 ) -> str:
-    """``create_repo`` (+ the branch) then ``upload_folder``; the commit URL, or the PR URL with create_pr.
+    """``api.upload_folder`` into the repository ``repo_id`` (made); the commit URL, or the PR URL with create_pr.
     ``keep_hub_card``: a README.md the repository has is kept (and kept too when it cannot be checked)."""
-    from huggingface_hub import HfApi
-
-    api = HfApi(token=token)
-    repo_id = api.create_repo(repo_id=repo_id, private=private, exist_ok=exist_ok).repo_id  # the full owner/name
-    if revision is not None:
-        api.create_branch(repo_id=repo_id, branch=revision, exist_ok=True)
     ignored = []
     if keep_hub_card:
         try:
@@ -1214,12 +1298,28 @@ def _activation_or_default(saved: list[str], default: Callable) -> Callable:
 
 
 def _rowwise(fn: Callable, scores: np.ndarray) -> np.ndarray:
-    """``fn`` (a JAX function of a (pairs, labels) array, row by row) on ``scores``, as float32 numpy. The rows
-    are padded up to :func:`crossjax.packing.grid_ceiling`: eager JAX compiles a program per shape, and calls
-    with other numbers of pairs then share it."""
-    padded = np.zeros((packing.grid_ceiling(len(scores)), scores.shape[1]), np.float32)
-    padded[: len(scores)] = scores
-    return np.asarray(fn(jax.device_put(padded)), dtype=np.float32)[: len(scores)]
+    """``fn`` (a function of the (pairs, labels) scores) on ``scores``, as float32 numpy.
+
+    crossjax's own activations (row by row) get the rows padded up to :func:`crossjax.packing.grid_ceiling`:
+    eager JAX compiles a program per shape, and calls with other numbers of pairs then share it. A user's
+    function gets exactly the scores (it may normalise over the pairs), as a JAX array, or as a torch tensor
+    when it fails on that and torch is loaded (a function written for sentence-transformers, e.g.
+    ``lambda x: torch.sigmoid(x / 2)``)."""
+    if losses.is_known_activation(fn) or isinstance(fn, functools.partial) and fn.func is jax.nn.softmax:
+        padded = np.zeros((packing.grid_ceiling(len(scores)), scores.shape[1]), np.float32)
+        padded[: len(scores)] = scores
+        return np.asarray(fn(jax.device_put(padded)), dtype=np.float32)[: len(scores)]
+    try:
+        return np.asarray(fn(jax.device_put(scores)), dtype=np.float32)
+    except Exception as e:  # noqa: BLE001 - whatever a user's function raises, tried once more on torch
+        torch = sys.modules.get("torch")
+        if torch is None:
+            raise
+        try:
+            out = fn(torch.from_numpy(np.array(scores, dtype=np.float32)))
+        except Exception:  # noqa: BLE001
+            raise e from None
+        return np.asarray(out.detach().cpu().float().numpy() if hasattr(out, "detach") else out, dtype=np.float32)
 
 
 def _pair_texts(inputs: Any) -> tuple[bool, list[str], list[str]]:

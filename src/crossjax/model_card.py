@@ -554,7 +554,7 @@ def _model_details(data: CrossEncoderModelCardData, model: Any) -> str:
         lines.append("<!-- - **Base model:** [Unknown](https://huggingface.co/unknown) -->")
     lines.append(f"- **Maximum Sequence Length:** {model.max_length} tokens")
     lines.append(f"- **Number of Output Labels:** {model.num_labels} label{'s' if model.num_labels > 1 else ''}")
-    lines.append(f"- **Activation Function:** `{activation_name_for_export(model.activation_fn)}`")
+    lines.append(f"- **Activation Function:** `{activation_name_for_export(model.activation_fn, strict=False)}`")
     lines.append(f"- **Architecture:** {_architecture(model)} (`{config.model_type}`)")
     named = [d for d in data.train_datasets if d.get("name")]
     if named:
@@ -588,7 +588,8 @@ def _model_details(data: CrossEncoderModelCardData, model: Any) -> str:
         "```",
         "CrossEncoder(",
         f"  (0): {_architecture(model)}({config.model_type}, {described})",
-        f"  max_length={model.max_length}, activation_fn={activation_name_for_export(model.activation_fn)}",
+        f"  max_length={model.max_length}, "
+        f"activation_fn={activation_name_for_export(model.activation_fn, strict=False)}",
         ")",
         "```",
     ]
@@ -598,7 +599,7 @@ def _model_details(data: CrossEncoderModelCardData, model: Any) -> str:
 def _torch_activation(model: Any) -> str:
     from crossjax.losses import activation_name_for_export
 
-    name = activation_name_for_export(model.activation_fn).rsplit(".", 1)[-1]
+    name = activation_name_for_export(model.activation_fn, strict=False).rsplit(".", 1)[-1]
     return "torch.nn.Softmax(dim=-1)" if name == "Softmax" else f"torch.nn.{name}()"
 
 

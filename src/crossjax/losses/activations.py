@@ -13,6 +13,7 @@ from crossjax.losses.torch_compat import is_torch_function, is_torch_module
 __all__ = [
     "resolve_activation",
     "activation_name_for_export",
+    "is_known_activation",
     "activation_from_export_name",
     "identity",
     "sigmoid",
@@ -180,13 +181,23 @@ def resolve_activation(activation: Any) -> Callable[[jnp.ndarray], jnp.ndarray]:
     )
 
 
-def activation_name_for_export(fn: Any) -> str:
+def is_known_activation(fn: Any) -> bool:
+    """One of crossjax's own (elementwise or row-wise) activations, which every torch activation maps to."""
+    return any(fn is known for known in _EXPORT_NAMES)
+
+
+def activation_name_for_export(fn: Any, strict: bool = True) -> str:
     """The dotted torch class path sentence-transformers stores for this activation (``fullname(...)``),
-    e.g. ``"torch.nn.modules.activation.Sigmoid"``, so exported models load with the same activation."""
+    e.g. ``"torch.nn.modules.activation.Sigmoid"``, so exported models load with the same activation. A custom
+    callable is an error, or with ``strict=False`` its own dotted path, which neither library imports on
+    loading (both then warn and take the default, as sentence-transformers does with what it saved)."""
     resolved = resolve_activation(fn)
     for known, export_name in _EXPORT_NAMES.items():
         if resolved is known:
             return export_name
+    if not strict:
+        module = getattr(fn, "__module__", None) or type(fn).__module__
+        return f"{module}.{getattr(fn, '__qualname__', type(fn).__qualname__)}"
     raise ValueError(
         f"Cannot export custom activation {fn!r}: only the torch.nn activations "
         f"({', '.join(_TORCH_ACTIVATIONS)}) map to torch classes sentence-transformers can load"

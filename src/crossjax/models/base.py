@@ -441,6 +441,18 @@ class FlaxPreTrainedModel(nnx.Module):
         _report(cls.architecture, str(directory), info)
         return (model, info.as_dict()) if output_loading_info else model
 
+    def hf_linear_layers(self) -> list[str]:
+        """The Hugging Face module paths of this model's ``nn.Linear`` layers (``bert.encoder.layer.0.output.dense``,
+        ``classifier``), in the table's order: what sentence-transformers' ``keep_in_fp32_modules`` may name."""
+        table = self.param_table(self.config)
+        layers = []
+        for path, var in flat_params(self).items():
+            shape = var[...].shape
+            for name, rule, _ in hf_slots_of(table, path, shape[0] if shape else 0):
+                if rule.transpose and name.endswith(".weight"):
+                    layers.append(name.removesuffix(".weight"))
+        return layers
+
     # ------------------------------------------------------------------------------------- export
     def hf_state_dict(self) -> dict[str, np.ndarray]:
         """Our parameters under Hugging Face PyTorch names and layouts, float32."""

@@ -547,7 +547,7 @@ def test_sentence_transformers_attributes_and_helpers(saved, pairs, tmp_path, ca
             st.CrossEncoder(str(saved), keep_in_fp32_modules=bad)
         with pytest.raises(ValueError, match="keep_in_fp32_modules"):
             CrossEncoder(saved, keep_in_fp32_modules=bad)
-    chosen = ["model.classifier", "model.bert.encoder.layer.1.output.dense"]
+    chosen = ["model.classifier", "0.model.bert.encoder.layer.1.output.dense", "0.auto_model.bert.pooler.dense"]
     kept = CrossEncoder(saved, keep_in_fp32_modules=chosen)
     assert kept.keep_in_fp32_modules == chosen
     assert st.CrossEncoder(str(kept.save(tmp_path / "kept"))).keep_in_fp32_modules == chosen

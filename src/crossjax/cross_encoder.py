@@ -87,6 +87,9 @@ def _is_cross_encoder_save(directory: Path, st_config: dict[str, Any]) -> bool:
     return (directory / "modules.json").is_file() and st_config.get("model_type") == "CrossEncoder"
 
 
+_MODEL_ROOTS = ("model", "0.model", "0.auto_model")
+
+
 def _check_module_paths(module_names: Any) -> None:
     if not isinstance(module_names, (list, tuple)) or any(not isinstance(name, str) for name in module_names):
         raise ValueError(f"keep_in_fp32_modules must be a list of module paths, got {module_names!r:.80}")
@@ -1109,13 +1112,15 @@ class CrossEncoder:
         return self.to("float64")
 
     def set_keep_in_fp32_modules(self, module_names: list[str]) -> None:
-        """sentence-transformers' selection of ``nn.Linear`` layers (paths as in its ``named_modules()``:
-        ``"model.classifier"``, ``"model.bert.encoder.layer.0.output.dense"``) that compute in float32 under
-        autocast. crossjax computes every layer in the compute dtype, so a selection needs float32 compute; it
-        is checked as sentence-transformers checks it, kept, and saved with the model for sentence-transformers."""
+        """sentence-transformers' selection of ``nn.Linear`` layers (paths as it resolves them:
+        ``"model.classifier"``, ``"0.model.bert.encoder.layer.0.output.dense"``, ``"0.auto_model..."``) that
+        compute in float32 under autocast. crossjax computes every layer in the compute dtype, so a selection
+        needs float32 compute; it is checked as sentence-transformers checks it, kept, and saved with the model
+        for sentence-transformers."""
         _check_module_paths(module_names)
         names = list(dict.fromkeys(module_names))
-        linear = {f"model.{path}" for path in self.model.hf_linear_layers()}
+        # sentence-transformers reaches the transformer as "model", and as its module "0" ("0.model", "0.auto_model")
+        linear = {f"{root}.{path}" for root in _MODEL_ROOTS for path in self.model.hf_linear_layers()}
         unknown = [name for name in names if name not in linear]
         if unknown:
             raise ValueError(

@@ -277,12 +277,19 @@ def test_bad_input_is_named():
     cases = [
         ({"anchor_column_name": "question"}, "anchor_column_name='question' is not a column.*'query', 'doc'"),
         ({"positive_column_name": "answer"}, "positive_column_name='answer' is not a column"),
-        ({"num_negatives": 0}, "num_negatives must be at least 1"),
+        ({"num_negatives": 0}, "num_negatives must be an integer >= 1"),
+        ({"num_negatives": "2"}, "num_negatives must be an integer >= 1, got num_negatives='2'"),
+        ({"range_max": 2.5}, r"range_max must be an integer, got 2.5 \(float\)"),
+        ({"max_score": "0.5"}, r"max_score must be a number \(or None\), got '0.5'"),
+        ({"faiss_batch_size": 2.5}, "faiss_batch_size must be a positive integer"),
+        ({"model": lambda texts: np.full((len(texts), 4), np.nan)}, "embedding of 'd1' is not finite"),
+        ({"model": {"q1": [1.0, 0.0], "q2": [0.0, 1.0], "d1": [1.0, 0.0], "d2": [1.0]}}, "differ in shape"),
         ({"output_format": "pairs"}, "Invalid output_format: pairs"),
         ({"sampling_strategy": "bottom"}, "Invalid sampling_strategy: 'bottom'"),
         ({"range_min": 5, "range_max": 3}, "range_min must be smaller than range_max"),
         ({"num_negatives": 4, "range_max": 3}, "Cannot mine 4 negatives per query"),
-        ({"use_faiss": True}, "use_faiss, use_multi_process and cache_folder"),
+        ({"use_faiss": True}, "use_faiss=True is a sentence-transformers option crossjax does not support"),
+        ({"cache_folder": "x"}, "cache_folder='x' is a sentence-transformers option"),
     ]
     for kwargs, message in cases:
         with pytest.raises(ValueError, match=message):
@@ -295,3 +302,9 @@ def test_bad_input_is_named():
         mine_hard_negatives(Dataset.from_dict({"query": ["q1"]}))
     with pytest.raises(TypeError, match="model must be None"):
         mine_hard_negatives(dataset, model=42)
+    with pytest.raises(TypeError, match="model must be an instance, got the class BM25"):
+        mine_hard_negatives(dataset, model=BM25)
+    with pytest.raises(TypeError, match="cross_encoder must be a CrossEncoder"):
+        mine_hard_negatives(dataset, cross_encoder="path/to/model")
+    with pytest.raises(ValueError, match="BM25 found no terms to index"):
+        mine_hard_negatives({"query": ["q1", "q2"], "doc": ["", "the"]}, model=BM25(), verbose=False)

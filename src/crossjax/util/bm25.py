@@ -76,8 +76,13 @@ class BM25:
         """Build the index over ``corpus`` (document i is ``corpus[i]``); returns ``self``."""
         if len(corpus) == 0:
             raise ValueError("BM25 cannot index an empty corpus")
+        tokens = self._tokenize(corpus)
+        if not any(len(document) for document in tokens):
+            raise ValueError(
+                f"BM25 found no terms to index in the corpus of {len(corpus)} text(s): all are empty or stopwords"
+            )
         retriever = self._bm25s.BM25(k1=self.k1, b=self.b, method=self.method)
-        retriever.index(self._tokenize(corpus), show_progress=False)
+        retriever.index(tokens, show_progress=False)
         self._retriever = retriever
         self.num_documents = len(corpus)
         return self

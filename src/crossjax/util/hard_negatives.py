@@ -113,13 +113,25 @@ class _EmbeddingRetriever(_Retriever):
                     f"the precomputed embeddings have no vector for {len(missing)} {role} text(s), e.g. "
                     f"{missing[0]!r:.120}; the mapping must cover every anchor, positive and corpus text"
                 )
-            embeddings = np.stack([_to_numpy(model[text]) for text in texts]) if texts else np.zeros((0, 0))
+            vectors = [_to_numpy(model[text]) for text in texts]
+            sizes = {vector.shape for vector in vectors}
+            if len(sizes) > 1:
+                first = vectors[0].shape
+                odd = next(i for i, vector in enumerate(vectors) if vector.shape != first)
+                raise ValueError(
+                    f"the precomputed embeddings differ in shape: {texts[0]!r:.60} has {first}, {texts[odd]!r:.60} "
+                    f"has {vectors[odd].shape}"
+                )
+            embeddings = np.stack(vectors) if texts else np.zeros((0, 0))
         else:
             embeddings = _to_numpy(model(texts))
         if embeddings.ndim != 2 or embeddings.shape[0] != len(texts):
             raise ValueError(
                 f"precomputed {role} embeddings must have shape ({len(texts)}, dim), got {embeddings.shape}"
             )
+        if not np.isfinite(embeddings).all():
+            row = int(np.flatnonzero(~np.isfinite(embeddings).all(axis=1))[0])
+            raise ValueError(f"the {role} embedding of {texts[row]!r:.80} is not finite (NaN or inf)")
         return _l2_normalize(embeddings)
 
     def _similarity(self, queries: np.ndarray, documents: Any) -> np.ndarray:
@@ -159,6 +171,13 @@ def _make_retriever(model: Any, batch_size: int, chunk_size: int, verbose: bool,
         return _BM25Retriever(BM25())
     if isinstance(model, BM25):
         return _BM25Retriever(model)
+    if isinstance(model, type):
+        raise TypeError(f"model must be an instance, got the class {model.__name__} (e.g. {model.__name__}())")
+    if callable(getattr(model, "predict", None)) and callable(getattr(model, "rank", None)):
+        raise TypeError(
+            f"model is a cross-encoder ({type(model).__name__}): it rescores candidates, passed as cross_encoder=; "
+            "model retrieves them (None for BM25, a SentenceTransformer, or embeddings)"
+        )
     if (hasattr(model, "encode") and hasattr(model, "similarity")) or isinstance(model, Mapping) or callable(model):
         return _EmbeddingRetriever(model, batch_size, chunk_size, verbose, prompts)
     raise TypeError(
@@ -271,17 +290,29 @@ def mine_hard_negatives(
         raise TypeError(f"dataset must be a datasets.Dataset (or a dict of columns), got {type(dataset).__name__}")
     if len(dataset) == 0:
         raise ValueError("The dataset is empty. Please provide a non-empty dataset.")
-    if faiss_batch_size <= 0:
-        raise ValueError(f"faiss_batch_size must be a positive integer, got {faiss_batch_size}.")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    for option, value in (("faiss_batch_size", faiss_batch_size), ("batch_size", batch_size)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"{option} must be a positive integer, got {value!r}")
     if isinstance(corpus, str | bytes) or (corpus is not None and not hasattr(corpus, "__len__")):
         raise TypeError(f"corpus must be a list of texts, got {corpus!r:.60}")  # a string: one text a character
-    if use_faiss or use_multi_process or cache_folder:
-        raise ValueError(
-            "use_faiss, use_multi_process and cache_folder are sentence-transformers options crossjax does not "
-            "support: leave them at their defaults (candidates are scored with numpy, in chunks of "
-            "faiss_batch_size queries)"
+    for option, value in (("use_faiss", use_faiss), ("use_multi_process", use_multi_process),
+                          ("cache_folder", cache_folder)):  # fmt: skip
+        if value:
+            raise ValueError(
+                f"{option}={value!r} is a sentence-transformers option crossjax does not support: leave it at its "
+                "default (candidates are scored exactly with numpy, in chunks of faiss_batch_size queries)"
+            )
+    for option, value in (("range_min", range_min), ("range_max", range_max)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer))):
+            raise ValueError(f"{option} must be an integer, got {value!r} ({type(value).__name__})")
+    for option, value in (("max_score", max_score), ("min_score", min_score), ("absolute_margin", absolute_margin),
+                          ("relative_margin", relative_margin), ("margin", margin)):  # fmt: skip
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float, np.number))):
+            raise ValueError(f"{option} must be a number (or None), got {value!r} ({type(value).__name__})")
+    if cross_encoder is not None and not callable(getattr(cross_encoder, "predict", None)):
+        raise TypeError(
+            f"cross_encoder must be a CrossEncoder (an object with predict), got {cross_encoder!r:.60}; load it "
+            "first, e.g. cross_encoder=crossjax.CrossEncoder(path)"
         )
 
     columns = dataset.column_names
@@ -358,7 +389,7 @@ def mine_hard_negatives(
     max_positives = max(positives_per_query)
 
     if isinstance(num_negatives, bool) or not isinstance(num_negatives, (int, np.integer)) or num_negatives < 1:
-        raise ValueError(f"num_negatives must be at least 1, got num_negatives={num_negatives}.")
+        raise ValueError(f"num_negatives must be an integer >= 1, got num_negatives={num_negatives!r}.")
     if range_max is None:
         if (
             absolute_margin is not None

@@ -652,6 +652,10 @@ def test_without_evaluator_final_model_saved_and_reloads(tiny_dir, tmp_path):
     reloaded = CrossEncoder(out)
     np.testing.assert_allclose(reloaded.predict(probe), ce.predict(probe), rtol=0, atol=1e-6)
     assert not np.allclose(CrossEncoder(tiny_dir).predict(probe), ce.predict(probe), rtol=0, atol=1e-6)
+    # save_best_model=False saves no model, as in sentence-transformers
+    loader = DataLoader(make_examples(16), batch_size=8)
+    ce.fit(loader, output_path=str(tmp_path / "none"), save_best_model=False, warmup_steps=2.0, **TRAIN)
+    assert not (tmp_path / "none" / "config.json").exists()
 
 
 # --------------------------------------------------------------------------------------- 7. loader kinds

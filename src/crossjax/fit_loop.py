@@ -92,8 +92,14 @@ class FitConfig:
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
                 raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
 
+        for name in ("warmup_steps", "evaluation_steps"):  # a whole number computed as a float (len(dl) * 0.1 * 10)
+            value = getattr(self, name)
+            if isinstance(value, (float, np.floating)) and float(value).is_integer():
+                setattr(self, name, int(value))
         positive_int("epochs", self.epochs)
         positive_int("warmup_steps", self.warmup_steps, 0)
+        if self.warmup_steps > np.iinfo(np.int32).max:
+            raise ValueError(f"warmup_steps must be at most 2**31 - 1 (steps count in int32), got {self.warmup_steps}")
         positive_int("evaluation_steps", self.evaluation_steps, 0)
         positive_int("gradient_accumulation_steps", self.gradient_accumulation_steps)
         positive_int("logging_steps", self.logging_steps)
@@ -107,7 +113,7 @@ class FitConfig:
             positive_int("max_tokens_per_step", self.max_tokens_per_step)
             if self.group_by_length:
                 raise ValueError("max_tokens_per_step and group_by_length cannot be combined")
-        if self.max_grad_norm is not None and not self.max_grad_norm > 0:
+        if self.max_grad_norm is not None and not (_is_real(self.max_grad_norm) and self.max_grad_norm > 0):
             raise ValueError(
                 f"max_grad_norm must be > 0, or None for no clipping; got {self.max_grad_norm!r} (torch's "
                 "clip_grad_norm_ with 0 zeroes every gradient, and a negative norm flips them)"
@@ -1261,7 +1267,8 @@ def _run_fit(
         if callback is not None:  # the primary score, as sentence-transformers' fit passes it (and 3.x's did)
             callback(score, epoch, steps)
         best = result.best_score
-        if score is None or not math.isfinite(score):  # a NaN (e.g. a correlation of constant scores) is no best
+        # a NaN (e.g. a correlation of constant scores) or an infinite score (a broken evaluator) is no best
+        if score is None or not math.isfinite(score):
             better = False
         else:
             better = best is None or (score > best if greater_is_better else score < best)
@@ -1422,7 +1429,9 @@ def _run_fit(
         if checkpointer is not None:
             checkpointer.close()
         events.on_train_end(completed)  # closes the logs (a killed run keeps them) and draws the curves
-    if evaluate_fn is None and cfg.output_path is not None:
+    # Without an evaluator the trained model is saved at the end (sentence-transformers' fit saves nothing then:
+    # an output_path given would end empty); save_best_model=False saves nothing, as there
+    if evaluate_fn is None and cfg.output_path is not None and cfg.save_best_model:
         events.on_save(global_step)
         target.save(cfg.output_path)
     elapsed = time.perf_counter() - started

@@ -243,6 +243,8 @@ class TrainingLog(RunCallback):
         if self.tensorboard is not False and tensorboard_available():
             from tensorboardX import SummaryWriter
 
+            # its "NaN or Inf found in input tensor." once per scalar: a NaN metric is named where it is logged
+            logging.getLogger("tensorboardX.x2num").setLevel(logging.ERROR)
             # TensorBoard drops the events of earlier files from purge_step on: a resumed run's orphaned steps,
             # and all of an earlier run's when this one starts afresh in the same folder (as metrics.jsonl does).
             purge = {"purge_step": info.start_step + 1 if info.start_step > 0 else 0}

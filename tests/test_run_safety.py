@@ -131,7 +131,8 @@ def test_a_refused_resume_closes_its_checkpoint_manager(tiny_dir, tiny_dirs, tmp
     CrossEncoder(str(tiny_dir), max_length=32).fit(DataLoader(make_examples(8), batch_size=4), **settings)
     opened, closed = [], []
     real_init, real_close = TrainCheckpointer.__init__, TrainCheckpointer.close
-    monkeypatch.setattr(TrainCheckpointer, "__init__", lambda self, *a: (opened.append(self), real_init(self, *a))[1])
+    spy = lambda self, *a, **kw: (opened.append(self), real_init(self, *a, **kw))[1]  # noqa: E731
+    monkeypatch.setattr(TrainCheckpointer, "__init__", spy)
     monkeypatch.setattr(TrainCheckpointer, "close", lambda self: (closed.append(self), real_close(self))[1])
     other = CrossEncoder(str(tiny_dirs[3]), max_length=32)  # 3 labels: another run
     with pytest.raises(CheckpointMismatchError):

@@ -406,7 +406,7 @@ def test_train_step_computes_its_gradient_into_the_donated_buffer(tiny_dir):
         order = packed.indices.reshape(-1)
         return jnp.mean(optax_bce(logits[order >= 0], labels[order[order >= 0]]))
 
-    expected = jax.grad(mean_loss)(state.params)
+    expected = jax.jit(jax.grad(mean_loss))(state.params)  # one program (eager: one per operation, ~15 s)
     abstract_state = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
     buffer = training.new_gradient_buffer(state.params, shardings.params)
     pointers = [leaf.unsafe_buffer_pointer() for leaf in jax.tree.leaves(buffer)]
@@ -781,9 +781,10 @@ def test_predict_keeps_at_most_the_cap_of_compiled_shapes(tiny_dir, monkeypatch)
     import crossjax.cross_encoder as cross_encoder_module
 
     monkeypatch.setattr(cross_encoder_module, "MAX_PREDICT_SHAPES", 2)
-    training.clear_program_cache()
     ce = CrossEncoder(tiny_dir)
     program = ce._predict_program(ce.compute_dtype)
+    program.fn.clear_cache()  # this program's shapes only (the process's other programs stay compiled)
+    program.counter.forget_shapes()
     rng = np.random.default_rng(41)
     forgotten = 0
     for n, words in [(3, 4), (40, 6), (7, 30), (300, 3), (5, 4), (2, 45), (40, 6)]:

@@ -105,6 +105,12 @@ def test_card_metadata_parses_with_huggingface_hub(trained):
     assert data.pipeline_tag == "text-ranking"
     for tag in ("sentence-transformers", "cross-encoder", "reranker", "jax", "flax", "generated_from_trainer"):
         assert tag in data.tags
+    assert "dataset_size:16" in data.tags  # sentence-transformers' tag of the training set's size
+    # as sentence-transformers' card: no run-local settings among the hyperparameters (paths, logging, saving)
+    hyperparameters = _section(card.text, "### Training Hyperparameters")
+    for local in ("output_path", "log_dir", "evaluation_steps", "logging_steps", "show_progress_bar"):
+        assert f"`{local}`" not in hyperparameters, local
+    assert "`epochs`: 2" in hyperparameters
     assert data.base_model == "someone/tiny-bert"
     assert data.datasets == ["someone/toy-pairs"]
     assert data.language == ["en"] and data.license == "apache-2.0"
@@ -189,7 +195,13 @@ def test_model_card_data_overrides_and_an_untrained_classifier(tiny_dirs, tmp_pa
     card = ModelCard.load(out / "README.md")
     assert card.data.pipeline_tag == "text-classification"
     assert card.data.license == "mit"
-    assert "reranker" not in card.data.tags and "generated_from_trainer" not in card.data.tags
+    from sentence_transformers import CrossEncoder as STCrossEncoder
+
+    st_folder = tmp_path / "st-classifier"
+    STCrossEncoder(str(tiny_dirs[3]), device="cpu").save(str(st_folder))
+    st_tags = ModelCard.load(st_folder / "README.md").data.tags
+    assert ("reranker" in card.data.tags) == ("reranker" in st_tags)  # 6.2 tags every cross-encoder one
+    assert "generated_from_trainer" not in card.data.tags
     assert card.data.eval_results is None
     assert 'CrossEncoder("someone/nli-head")' in card.text  # the hub id, not the local folder
     assert "## Training Details" not in card.text

@@ -518,8 +518,15 @@ def test_load_best_model_at_end_restores_the_best_evaluation(tiny_ce, tiny_dirs,
     scores = iter([0.2, 0.9, 0.4])
     seen: dict[int, dict[str, np.ndarray]] = {}
 
-    def evaluator(model, **kwargs):
-        return {"made_up": next(scores)}
+    class Scripted:  # reports to the card, as sentence-transformers' evaluators do
+        primary_metric = "made_up"
+
+        def __call__(self, model, **kwargs):
+            metrics = {"made_up": next(scores)}
+            model.model_card_data.set_evaluation_metrics(self, metrics)
+            return metrics
+
+    evaluator = Scripted()
 
     class Keep:
         def on_step_end(self, args, state, control, model=None, **kwargs):
@@ -541,6 +548,11 @@ def test_load_best_model_at_end_restores_the_best_evaluation(tiny_ce, tiny_dirs,
     for key, value in seen[2].items():
         np.testing.assert_array_equal(_params(model)[key], value, err_msg=key)
     assert not np.array_equal(seen[3]["classifier.weight"], seen[2]["classifier.weight"])
+    # the saved model's card shows that model's evaluation (0.9, not the last one's 0.4) and marks its step
+    trainer.save_model(str(tmp_path / "best"))
+    text = (tmp_path / "best" / "README.md").read_text()
+    assert "value: 0.9" in text and "value: 0.4" not in text
+    assert "| **0.6667** | **2** | **-**         | **0.9** |" in text
 
 
 def test_cached_mnrl_equals_uncached_in_chunks(tiny_dirs, tmp_path):

@@ -31,6 +31,16 @@ from crossjax.logs import CURVES_FILE, EVAL_PREFIX, RunCallback, RunInfo, epoch_
 logger = logging.getLogger("crossjax")
 
 README = "README.md"
+# Settings a card leaves out: sentence-transformers' list (its card callback's on_train_begin), and the legacy
+# fit's run-local ones (where it writes and how often it reports)
+CARD_IGNORED_SETTINGS = frozenset({
+    "output_dir", "logging_dir", "logging_strategy", "logging_first_step", "logging_steps", "evaluation_strategy",
+    "eval_strategy", "eval_steps", "eval_delay", "save_strategy", "save_steps", "save_total_limit",
+    "metric_for_best_model", "greater_is_better", "report_to", "samples_per_label", "show_progress_bar", "do_train",
+    "do_eval", "do_test", "run_name", "hub_token", "push_to_hub_token",
+    "output_path", "log_dir", "checkpoint_path", "checkpoint_save_steps", "checkpoint_save_total_limit",
+    "evaluation_steps", "save_best_model",
+})  # fmt: skip
 MODEL_ID_PLACEHOLDER = "cross_encoder_model_id"  # the snippets' model name when saved nowhere yet
 DEFAULT_USAGE_PAIRS = [
     ["How many calories in an egg", "There are on average between 55 and 80 calories in an egg depending on its size."],
@@ -228,9 +238,11 @@ class CrossEncoderModelCardData:
         if any(v is not None for v in (dataset, dataset_size, columns, samples, loss, loss_config)):
             self._set_dataset(record, dataset_name, dataset, dataset_size, columns, samples, loss, loss_config)
         if args is not None:
-            record.hyperparameters, defaults = _settings_and_defaults(args)
+            hyperparameters, defaults = _settings_and_defaults(args)
             if default_args is not None:
                 defaults = _settings_and_defaults(default_args)[0]
+            # as sentence-transformers' card: no run-local settings (paths, logging, saving, tokens)
+            record.hyperparameters = {k: v for k, v in hyperparameters.items() if k not in CARD_IGNORED_SETTINGS}
             record.default_hyperparameters = defaults
         for name, value in (
             ("log_history", log_history),
@@ -417,10 +429,11 @@ def card_metadata(data: CrossEncoderModelCardData, model: Any, eval_results: dic
                     metric_value=value,
                 )
             )
-    tags = ["sentence-transformers", "cross-encoder"]
-    if model.num_labels == 1:
-        tags.append("reranker")
-    tags += ["jax", "flax", *data.tags]
+    tags = ["sentence-transformers", "cross-encoder", "reranker", "jax", "flax", *data.tags]  # sentence-transformers
+    # 6.2 tags every cross-encoder a reranker, and a trained one with its training set's size
+    sizes = [one.dataset_size for one in data.training.datasets] if data.training is not None else []
+    if any(sizes):
+        tags.append(f"dataset_size:{sum(size or 0 for size in sizes)}")
     dataset_ids = [d["id"] for d in [*data.train_datasets, *data.eval_datasets] if d.get("id")]
     return ModelCardData(
         language=data.language or None,

@@ -750,6 +750,12 @@ class CrossEncoderTrainer:
         if args.load_best_model_at_end and run.best_params is not None:
             nnx.update(self.model.model, run.best_params)
             self.model._place_parameters()
+            card = self.model.model_card_data
+            if run.best_eval_results is not None:  # the card describes the model loaded: its evaluation, its step
+                card.eval_results_dict.clear()
+                card.eval_results_dict.update(run.best_eval_results)
+            if card.training is not None and self.state.best_global_step:
+                card.training.best_step = self.state.best_global_step
             logger.info("Loaded the best model (step %s, %s)", self.state.best_global_step, self.state.best_metric)
         step_losses = [h["loss"] for h in result.history]
         training_loss = float(np.mean(step_losses)) if step_losses else 0.0  # Hugging Face's 0 for no step
@@ -1027,6 +1033,7 @@ class _RunHooks(RunCallback):
         self.best_checkpoint_step: int | None = None
         self.flow_saving = False  # a save the flow asked for (not the loop's own at the run's end)
         self.best_params = None
+        self.best_eval_results: dict | None = None
         self.new_best = False  # the last evaluation found a new best metric (save_strategy="best" saves then)
         # A step's epoch end has yet to run: a checkpoint written in the step's own save keeps this, so a run
         # resumed from it still does that epoch's log, evaluation and save (Hugging Face's would skip them).
@@ -1261,4 +1268,6 @@ class _RunHooks(RunCallback):
             if args.load_best_model_at_end:
                 model = trainer.model
                 self.best_params = parallel.host_copy(nnx.state(model.model, nnx.Param), model.mesh_plan)
+                # the evaluators' results of that model, which the card of the model loaded at the end shows
+                self.best_eval_results = {k: dict(v) for k, v in model.model_card_data.eval_results_dict.items()}
         return unprefixed

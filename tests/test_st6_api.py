@@ -516,6 +516,21 @@ def test_sentence_transformers_import_paths_have_crossjax_counterparts():
 
     assert LoggingHandler.__name__ == "LoggingHandler" and CrossEncoderTrainer and CrossEncoderTrainingArguments
     assert CrossEncoderModelCardData
+    # sentence-transformers' cross-encoder modules, and the homes its 6.2 deprecation warnings give shared classes
+    for path, names in {
+        "cross_encoder.trainer": ["CrossEncoderTrainer"],
+        "cross_encoder.training_args": ["CrossEncoderTrainingArguments"],
+        "cross_encoder.model_card": ["CrossEncoderModelCardData"],
+        "cross_encoder.model": ["CrossEncoder"],
+        "sentence_transformer.training_args": ["BatchSamplers", "MultiDatasetBatchSamplers"],
+        "sentence_transformer.evaluation": ["SequentialEvaluator"],
+        "base.evaluation.sequential": ["SequentialEvaluator"],
+        "base.sampler": ["BatchSamplers"],
+    }.items():
+        for name in names:
+            assert hasattr(importlib.import_module(f"sentence_transformers.{path}"), name), (path, name)
+            ours = getattr(importlib.import_module(f"crossjax.{path}"), name)
+            assert ours.__name__ == name and ours.__module__.startswith("crossjax."), (path, name)
     with pytest.raises(NotImplementedError, match="CrossEncoderBEIREvaluator"):
         crossjax.evaluation.CrossEncoderNanoBEIREvaluator(dataset_names=["msmarco"])
 

@@ -43,14 +43,15 @@ class ScriptArguments:
 def test_hf_argument_parser_reads_a_command_line_as_sentence_transformers_does(tmp_path):
     parsed = {}
     for cls in (Ours, Theirs):
-        on_cpu = ["--use_cpu"] if cls is Theirs else []  # Hugging Face refuses bf16 on a CPU without it
+        # Hugging Face refuses bf16 on a CPU without --use_cpu: a CPU script's command line has it, for both
         script, args = transformers.HfArgumentParser((ScriptArguments, cls)).parse_args_into_dataclasses(
-            COMMAND_LINE + ["--max_length", "256"] + on_cpu
+            COMMAND_LINE + ["--max_length", "256", "--use_cpu"]
         )
         assert script.max_length == 256
         parsed[cls] = args
     for name in COMPARED:
         assert _value(parsed[Ours], name) == _value(parsed[Theirs], name), name
+    assert parsed[Ours].use_cpu is parsed[Theirs].use_cpu is True
     # the same settings from a JSON file and a dict
     settings = {"output_dir": "runs/y", "num_train_epochs": 2, "eval_strategy": "epoch", "fp16": False}
     (tmp_path / "args.json").write_text(json.dumps(settings))

@@ -24,7 +24,29 @@ _LAZY = {
 
 _SUBMODULES = ("losses", "evaluation", "util", "readers")
 
+# sentence-transformers 6.2's module paths with the package renamed: its cross-encoder package's modules (crossjax
+# keeps them as top-level modules) and the homes its deprecation warnings now send the shared classes to
+_ST_PATHS = {
+    "crossjax.cross_encoder.trainer": "crossjax.trainer",
+    "crossjax.cross_encoder.training_args": "crossjax.training_args",
+    "crossjax.cross_encoder.model_card": "crossjax.model_card",
+    "crossjax.cross_encoder.model": "crossjax.cross_encoder",
+    "crossjax.cross_encoder.losses": "crossjax.losses",
+    "crossjax.cross_encoder.evaluation": "crossjax.evaluation",
+    "crossjax.sentence_transformer": None,
+    "crossjax.sentence_transformer.training_args": "crossjax.training_args",
+    "crossjax.sentence_transformer.evaluation": "crossjax.evaluation",
+    "crossjax.base": None,
+    "crossjax.base.sampler": "crossjax.training_args",
+    "crossjax.base.evaluation": "crossjax.evaluation",
+    "crossjax.base.evaluation.sequential": "crossjax.evaluation",
+}
+
 __all__ = ["__version__", *_LAZY]
+
+from crossjax.st_paths import alias_paths  # noqa: E402 - after the names it does not need
+
+alias_paths(_ST_PATHS)
 
 
 def __getattr__(name: str) -> Any:

@@ -43,6 +43,17 @@ from crossjax.training import TrainState
 logger = logging.getLogger("crossjax")
 
 
+class _OrbaxWarningsOnly(logging.Filter):
+    """orbax's own INFO lines (a dozen a checkpoint, through absl's logger) are left out of a script's
+    ``logging.basicConfig(level=logging.INFO)``; its warnings and errors stay."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or "orbax" not in record.pathname
+
+
+logging.getLogger("absl").addFilter(_OrbaxWarningsOnly())
+
+
 def _write_model_folder(write: Callable[[str], Any], directory: Any) -> None:
     """``write`` into ``directory`` (an orbax item folder, local or ``gs://``: a remote one gets a local export
     copied file by file). A model that cannot be written is a warning, never a lost checkpoint: the step's state

@@ -30,6 +30,37 @@ def alias_modules(package: str, modules: Mapping[str, Iterable[str]]) -> None:
         sys.modules[full_name] = module
 
 
+class _LazyAlias(types.ModuleType):
+    """A module standing for another (``target``), imported on first attribute access; without a target, a
+    parent of other aliases (its attributes are those child modules)."""
+
+    def __init__(self, name: str, target: str | None) -> None:
+        standing_for = f" (crossjax's {target})" if target else ""
+        super().__init__(name, f"sentence-transformers' import path {name}{standing_for}")
+        self.__spec__ = importlib.machinery.ModuleSpec(name, None)
+        self._target = target
+
+    def __getattr__(self, attribute: str):
+        child = sys.modules.get(f"{self.__name__}.{attribute}")
+        if child is not None:
+            return child
+        if self._target is None or attribute.startswith("__"):
+            raise AttributeError(f"module {self.__name__!r} has no attribute {attribute!r}")
+        return getattr(importlib.import_module(self._target), attribute)
+
+    def __dir__(self) -> list[str]:
+        target = set(dir(importlib.import_module(self._target))) if self._target else set()
+        return sorted(set(super().__dir__()) | target)
+
+
+def alias_paths(aliases: Mapping[str, str | None]) -> None:
+    """Make each of ``aliases`` (full module names) importable, standing for its crossjax module (imported only
+    when a name is read from it), or, for None, holding the aliases below it."""
+    for name, target in aliases.items():
+        if name not in sys.modules:
+            sys.modules[name] = _LazyAlias(name, target)
+
+
 def alias_class_modules(package: str, names: Iterable[str]) -> None:
     """``{package}.{Name}`` for each class name: a module holding that class (the older paths)."""
     alias_modules(package, {name: [name] for name in names})

@@ -187,7 +187,9 @@ def _column_names(dataset: Any) -> list[str]:
         return list(dataset) if isinstance(dataset, dict) else []
     shown = (getattr(dataset, "format", None) or {}).get("columns")
     hidden = shown is not None and not dataset.format.get("output_all_columns")
-    return list(shown if hidden else dataset.column_names or [])
+    # in the dataset's column order, as a row's keys come (datasets lists a format's columns in its own order:
+    # sorted after a select, shuffle or split), which sentence-transformers' collator reads
+    return [c for c in dataset.column_names or [] if not hidden or c in shown]
 
 
 def _refuse_reserved_columns(dataset: Any, name: str) -> None:
@@ -407,6 +409,11 @@ class CrossEncoderTrainer:
             self.args.output_dir = "trainer_output"
         # args.train_batch_size / eval_batch_size count the model's data-parallel devices here, as the run does
         self.args.__dict__["_model_data_devices"] = model.mesh_plan.local_data_shards
+        if self.args.use_cpu and model.device != "cpu":
+            raise ValueError(
+                f"use_cpu=True but the model runs on {model.device}: crossjax trains where the model was placed; "
+                "make it with CrossEncoder(..., device='cpu')"
+            )
         self.train_dataset = in_memory(train_dataset)
         self.eval_dataset = in_memory(eval_dataset)
         train_dataset, eval_dataset = self.train_dataset, self.eval_dataset

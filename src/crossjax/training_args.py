@@ -86,7 +86,6 @@ _TORCH_ONLY: dict[str, Any] = {
     "ddp_broadcast_buffers": False,
     "ddp_static_graph": None,
     "local_rank": -1,
-    "use_cpu": False,
     "auto_find_batch_size": False,
     "torch_empty_cache_steps": None,
     "neftune_noise_alpha": None,
@@ -350,6 +349,9 @@ class CrossEncoderTrainingArguments(_HuggingFaceArguments):
     # Hugging Face's: checkpoints hold the model only (no optimizer state, data position or RNG): a third of the
     # disk, and no resume from them
     save_only_model: bool = False
+    # Hugging Face's "train on the CPU even with a GPU": crossjax trains where the model was placed, so this
+    # asks that it be on the CPU (CrossEncoder(..., device="cpu")); the trainer checks it
+    use_cpu: bool = False
     load_best_model_at_end: bool = False
     metric_for_best_model: str | None = None
     greater_is_better: bool | None = None

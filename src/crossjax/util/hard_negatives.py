@@ -280,7 +280,8 @@ def mine_hard_negatives(
 
     Differences from sentence-transformers: a column name that is not in the dataset raises (instead of
     silently using the first/second column); unknown ``sampling_strategy`` raises; ``use_faiss``,
-    ``use_multi_process`` and ``cache_folder`` are not supported and raise when set.
+    ``use_multi_process`` and ``cache_folder`` have no effect (a warning says so: candidates are scored exactly,
+    in this process, without an embedding cache).
     """
     from datasets import Dataset
 
@@ -297,10 +298,12 @@ def mine_hard_negatives(
         raise TypeError(f"corpus must be a list of texts, got {corpus!r:.60}")  # a string: one text a character
     for option, value in (("use_faiss", use_faiss), ("use_multi_process", use_multi_process),
                           ("cache_folder", cache_folder)):  # fmt: skip
-        if value:
-            raise ValueError(
-                f"{option}={value!r} is a sentence-transformers option crossjax does not support: leave it at its "
-                "default (candidates are scored exactly with numpy, in chunks of faiss_batch_size queries)"
+        if value:  # how sentence-transformers computes, not what: the same candidates come out
+            logger.warning(
+                "%s=%r has no effect in crossjax: candidates are scored exactly with numpy, in chunks of "
+                "faiss_batch_size queries, in this process, embeddings computed anew",
+                option,
+                value,
             )
     for option, value in (("range_min", range_min), ("range_max", range_max)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer))):

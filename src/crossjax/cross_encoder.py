@@ -1119,6 +1119,9 @@ class CrossEncoder:
         for sentence-transformers."""
         _check_module_paths(module_names)
         names = list(dict.fromkeys(module_names))
+        if not names:  # every model's construction: no layer table to read
+            self.keep_in_fp32_modules = []
+            return
         # sentence-transformers reaches the transformer as "model", and as its module "0" ("0.model", "0.auto_model")
         linear = {f"{root}.{path}" for root in _MODEL_ROOTS for path in self.model.hf_linear_layers()}
         unknown = [name for name in names if name not in linear]

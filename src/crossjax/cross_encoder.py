@@ -680,11 +680,11 @@ class CrossEncoder:
         unique_a, unique_b = ([p[i] for p in first_seen] for i in (0, 1))
         logits = self._logits(unique_a, unique_b, batch_size, show_progress_bar)[where]
         activation = self.activation_fn if activation_fn is None else losses.resolve_activation(activation_fn)
-        scores = _rowwise(activation, logits)
+        scores = _rowwise(activation, logits, rowwise=losses.is_known_activation(activation))
         if self.num_labels == 1 and scores.ndim > 1 and scores.shape[-1] == 1:
             scores = scores[:, 0]  # an activation may already have dropped the label axis
         if apply_softmax and scores.ndim > 1:
-            scores = _rowwise(functools.partial(jax.nn.softmax, axis=1), scores)
+            scores = _rowwise(functools.partial(jax.nn.softmax, axis=1), scores, rowwise=True)
         if single:
             scores = scores[0]
         if convert_to_tensor:  # on the model's (first) device, as sentence-transformers returns it on model.device
@@ -1305,15 +1305,15 @@ def _activation_or_default(saved: list[str], default: Callable) -> Callable:
     return default
 
 
-def _rowwise(fn: Callable, scores: np.ndarray) -> np.ndarray:
+def _rowwise(fn: Callable, scores: np.ndarray, rowwise: bool) -> np.ndarray:
     """``fn`` (a function of the (pairs, labels) scores) on ``scores``, as float32 numpy.
 
-    crossjax's own activations (row by row) get the rows padded up to :func:`crossjax.packing.grid_ceiling`:
-    eager JAX compiles a program per shape, and calls with other numbers of pairs then share it. A user's
-    function gets exactly the scores (it may normalise over the pairs), as a JAX array, or as a torch tensor
-    when it fails on that and torch is loaded (a function written for sentence-transformers, e.g.
-    ``lambda x: torch.sigmoid(x / 2)``)."""
-    if losses.is_known_activation(fn) or isinstance(fn, functools.partial) and fn.func is jax.nn.softmax:
+    A ``rowwise`` function (crossjax's own activations) gets the rows padded up to
+    :func:`crossjax.packing.grid_ceiling`: eager JAX compiles a program per shape, and calls with other numbers of
+    pairs then share it. A user's function gets exactly the scores (it may normalise over the pairs), as a JAX
+    array, or as a torch tensor when it fails on that and torch is loaded (a function written for
+    sentence-transformers, e.g. ``lambda x: torch.sigmoid(x / 2)``)."""
+    if rowwise:
         padded = np.zeros((packing.grid_ceiling(len(scores)), scores.shape[1]), np.float32)
         padded[: len(scores)] = scores
         return np.asarray(fn(jax.device_put(padded)), dtype=np.float32)[: len(scores)]

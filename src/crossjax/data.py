@@ -162,12 +162,19 @@ def pair_and_label_columns(
     return pair, label
 
 
+def _refuse_splits(value: Any) -> None:
+    """``load_dataset(...)`` without ``split=`` (a ``DatasetDict`` or ``IterableDatasetDict``) named as such."""
+    if isinstance(value, dict) and value and all(hasattr(split, "column_names") for split in value.values()):
+        raise TypeError(
+            f"got a {type(value).__name__} with splits {sorted(value)}; pass one split, e.g. ds['train']"
+        )
+
+
 def _examples_from_hf_dataset(ds: Any) -> list[InputExample]:
     """Read a ``datasets.Dataset`` column-wise into examples (pair columns by name, else the first two
     string columns; the label from a column of :data:`LABEL_COLUMNS` if present)."""
+    _refuse_splits(ds)
     columns = ds.column_names
-    if isinstance(columns, dict):
-        raise TypeError(f"got a DatasetDict with splits {sorted(columns)}; pass one split, e.g. ds['train']")
     if columns is None:
         raise TypeError("streaming datasets (IterableDataset) without known columns are not supported")
     pair, label_col = pair_and_label_columns(list(columns), lambda c: is_text_feature(ds.features[c]), "dataset")
@@ -239,14 +246,8 @@ def collect_examples(
                 reject_text_row(batch, item)
                 bs = len(batch) if bs is None else bs
                 examples.extend(batch)
-    elif isinstance(train_dataloader, dict) and train_dataloader and all(
-        hasattr(split, "column_names") for split in train_dataloader.values()
-    ):  # load_dataset(...) without split=: a DatasetDict or IterableDatasetDict
-        raise TypeError(
-            f"got a {type(train_dataloader).__name__} with splits {sorted(train_dataloader)}; pass one split, "
-            "e.g. ds['train']"
-        )
     else:
+        _refuse_splits(train_dataloader)
         raise TypeError(
             f"train_dataloader must be a DataLoader, a datasets.Dataset or an iterable of InputExample "
             f"batches, got {type(train_dataloader).__name__}"

@@ -21,6 +21,7 @@ from test_fit_behaviour import _save_tiny, compilation_cache, make_examples  # n
 from crossjax import CrossEncoder, CrossEncoderModelCardData, DataLoader
 from crossjax.evaluation import CECorrelationEvaluator
 from crossjax.logs import CURVES_FILE
+from crossjax.model_card import MODEL_ID_PLACEHOLDER
 
 FAST = {"scheduler": "constantlr", "optimizer_params": {"lr": 1e-3}, "show_progress_bar": False}
 
@@ -160,8 +161,11 @@ def test_training_log_table_marks_the_saved_step_and_the_card_embeds_the_curves(
 def test_usage_snippets_run_as_written_and_print_crossjaxs_scores(trained):
     _, _, out = trained
     text = (out / "README.md").read_text()
+    assert str(out.resolve()) not in text and str(out) not in text  # no local path travels with the card
+    # sentence-transformers' placeholder until the model has a hub id; a user pasting the snippet puts a name there
     st_code = _code_block(_section(text, "### Direct Usage (Sentence Transformers)"))
-    assert f'CrossEncoder("{out.resolve()}")' in st_code  # a local save names its folder
+    assert f'CrossEncoder("{MODEL_ID_PLACEHOLDER}")' in st_code
+    st_code = st_code.replace(MODEL_ID_PLACEHOLDER, str(out))
     st_scope: dict = {}
     with contextlib.redirect_stdout(io.StringIO()):
         exec(st_code, st_scope)  # noqa: S102 - the card's snippet, as a user would paste it
@@ -177,11 +181,13 @@ def test_usage_snippets_run_as_written_and_print_crossjaxs_scores(trained):
 
     hf_scope: dict = {}
     with contextlib.redirect_stdout(io.StringIO()):
-        exec(_code_block(_section(text, "### Direct Usage (Transformers)")), hf_scope)  # noqa: S102
+        hf_code = _code_block(_section(text, "### Direct Usage (Transformers)"))
+        exec(hf_code.replace(MODEL_ID_PLACEHOLDER, str(out)), hf_scope)  # noqa: S102
     np.testing.assert_allclose(hf_scope["scores"].numpy().reshape(-1), ours, atol=1e-5)
     printed_jax = io.StringIO()
     with contextlib.redirect_stdout(printed_jax):
-        exec(_code_block(_section(text, "### Direct Usage (crossjax")), {})  # noqa: S102
+        jax_code = _code_block(_section(text, "### Direct Usage (crossjax"))
+        exec(jax_code.replace(MODEL_ID_PLACEHOLDER, str(out)), {})  # noqa: S102
     assert printed_jax.getvalue().startswith("[")
 
 
@@ -237,8 +243,8 @@ def test_a_loaded_card_is_kept_until_the_model_trains_and_a_later_save_marks_no_
     trained, tmp_path
 ):
     """sentence-transformers 6.2 saves a loaded, untrained model with the card it came with; crossjax does too,
-    with the snippets naming the new folder. The model in memory after fit is the last step's: saved again, its
-    card bolds no other step (the best one went to output_path)."""
+    the snippets naming sentence-transformers' placeholder in both. The model in memory after fit is the last
+    step's: saved again, its card bolds no other step (the best one went to output_path)."""
     from sentence_transformers import CrossEncoder as STCrossEncoder
 
     model, _, out = trained
@@ -246,8 +252,7 @@ def test_a_loaded_card_is_kept_until_the_model_trains_and_a_later_save_marks_no_
     STCrossEncoder(str(out)).save(str(tmp_path / "st"))
     assert (tmp_path / "st" / "README.md").read_text() == original  # the oracle keeps it as it was
     copy = CrossEncoder(out).save(tmp_path / "copy")
-    assert (copy / "README.md").read_text() == original.replace(f'"{out.resolve()}"', f'"{copy.resolve()}"')
-    assert f'CrossEncoder("{copy.resolve()}")' in (copy / "README.md").read_text()
+    assert (copy / "README.md").read_text() == original  # as sentence-transformers: no folder named in either
     assert f"]({CURVES_FILE})" in original and (copy / CURVES_FILE).read_bytes() == (out / CURVES_FILE).read_bytes()
     # a trainer made for a model tags it, as sentence-transformers' does: its card is generated anew
     from sentence_transformers.cross_encoder import CrossEncoderTrainer as STTrainer
@@ -275,15 +280,16 @@ def test_a_loaded_card_is_kept_until_the_model_trains_and_a_later_save_marks_no_
     assert bold_steps(final) == []
 
 
-def test_transformers_snippet_applies_the_default_prompt_and_a_quoted_folder_name_stays_code(tiny_dirs, tmp_path):
+def test_transformers_snippet_applies_the_default_prompt(tiny_dirs, tmp_path):
     model = CrossEncoder(tiny_dirs[1], max_length=32, prompts={"query": "query: "}, default_prompt_name="query")
     out = model.save(tmp_path / 'my "q" model')
     text = (out / "README.md").read_text()
     scopes = {}
     for heading in ("### Direct Usage (Sentence Transformers)", "### Direct Usage (Transformers)"):
         scopes[heading] = {}
+        code = _code_block(_section(text, heading)).replace(f'"{MODEL_ID_PLACEHOLDER}"', repr(str(out)))
         with contextlib.redirect_stdout(io.StringIO()):
-            exec(_code_block(_section(text, heading)), scopes[heading])  # noqa: S102 - as a user pastes it
+            exec(code, scopes[heading])  # noqa: S102 - as a user pastes it, naming the folder
     st, hf = scopes.values()
     expected = model.predict(st["pairs"], show_progress_bar=False)
     assert not np.allclose(expected, model.predict(st["pairs"], prompt="", show_progress_bar=False), atol=1e-4)

@@ -468,7 +468,7 @@ def generate_model_card(
     data: CrossEncoderModelCardData = model.model_card_data
     eval_results = data.eval_results_dict if eval_results is None else eval_results
     metadata = card_metadata(data, model, eval_results)
-    location = card_location(data, save_path)
+    location = card_location(data)
     sections = [
         _intro(data, model),
         _model_details(data, model),
@@ -481,9 +481,11 @@ def generate_model_card(
     return ModelCard(content).content  # validates the metadata as the hub does
 
 
-def card_location(data: CrossEncoderModelCardData, save_path: str | os.PathLike | None) -> str:
-    """How the card's snippets name the model: its hub id, else the folder it is saved to."""
-    return data.model_id or (str(Path(save_path).resolve()) if save_path is not None else MODEL_ID_PLACEHOLDER)
+def card_location(data: CrossEncoderModelCardData) -> str:
+    """How the card's snippets name the model: its hub id, else sentence-transformers' placeholder. Never the
+    local folder: a card travels (uploaded by any tool, copied with the folder) and an absolute path would show
+    the saving machine's directories and load nowhere else."""
+    return data.model_id or MODEL_ID_PLACEHOLDER
 
 
 def loaded_model_card(directory: str | os.PathLike) -> str | None:
@@ -496,10 +498,11 @@ def loaded_model_card(directory: str | os.PathLike) -> str | None:
 
 def reused_model_card(text: str, loaded_from: str | os.PathLike, model: Any, save_path: str | os.PathLike) -> str:
     """The card a model was loaded with, saved again. As in sentence-transformers, a model not trained since keeps
-    its card (it describes that model's training); only the snippets' name for the model moves, from the folder it
-    was loaded from (or the placeholder) to where it is saved now. The curves image the card shows is copied into
-    ``save_path`` beside it."""
-    new = _python_string(card_location(model.model_card_data, save_path))
+    its card (it describes that model's training); only the snippets' name for the model changes, from the
+    placeholder (or the folder it was loaded from, which earlier crossjax versions wrote) to its hub id once it has
+    one.
+    The curves image the card shows is copied into ``save_path`` beside it."""
+    new = _python_string(card_location(model.model_card_data))
     for old in (str(Path(loaded_from).resolve()), MODEL_ID_PLACEHOLDER):
         text = text.replace(_python_string(old), new)
     image, copy_to = Path(loaded_from) / CURVES_FILE, Path(save_path) / CURVES_FILE

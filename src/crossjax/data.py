@@ -123,6 +123,19 @@ _PAIR_COLUMNS: tuple[tuple[str, str], ...] = (
 LABEL_COLUMNS: tuple[str, ...] = ("label", "labels", "score", "scores")
 
 
+def python_value(value: Any) -> Any:
+    """A numpy, JAX or torch value (a torch-formatted dataset's 0-d tensors, a row's 1-d array) as Python's
+    number or list; anything else as it is."""
+    return value.tolist() if hasattr(value, "tolist") and not isinstance(value, str | bytes) else value
+
+
+def python_values(values: Any) -> list[Any]:
+    """A column (list, tuple, numpy / JAX / torch array, or a list of their values) as a list of Python values,
+    as ``np.asarray`` would read it in sentence-transformers."""
+    rows = values.tolist() if hasattr(values, "tolist") else list(values)
+    return [python_value(row) for row in rows]
+
+
 def column_values(dataset: Any, name: str) -> list[Any]:
     """A column of a ``datasets.Dataset`` (or a dict of columns) as a list, read at once: ``datasets`` 4+
     hands out a lazy ``Column`` that, iterated, reads row by row (~100x slower on 100,000 rows)."""
@@ -359,8 +372,8 @@ def validate_examples(
                     f"{', '.join(LABEL_COLUMNS)})"
                 )
             continue
-        if getattr(label, "ndim", None) == 0 and hasattr(label, "item"):  # numpy / torch scalars
-            label = label.item()
+        if getattr(label, "ndim", None) == 0:  # numpy / JAX / torch scalars
+            label = python_value(label)
         if isinstance(label, (bool, np.bool_)):
             raise ValueError(f"{where}: label {label!r} is a bool; use an int (0/1) or a float")
         if not isinstance(label, (int, float, np.integer, np.floating)):

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from crossjax.data import python_values
 from crossjax.runtime import is_main_process
 
 logger = logging.getLogger(__name__)
@@ -41,10 +42,7 @@ def checked_gold(values: Sequence[Any], pairs: int, what: str, classes: bool = F
     """One gold value per sentence pair, checked when the evaluator is made: finite numbers, and for classes
     whole numbers >= 0. A None (crossjax's ``InputExample`` label default), a string or a NaN would otherwise
     surface as a NaN metric, a silent 0 or a numpy error at the first evaluation, after training."""
-    # numpy, JAX or torch arrays (a torch-formatted dataset's column), or lists of their 0-d values: Python
-    # numbers, as sentence-transformers' np.asarray reads them
-    values = values.tolist() if hasattr(values, "tolist") else list(values)
-    values = [value.tolist() if getattr(value, "ndim", None) == 0 else value for value in values]
+    values = python_values(values)
     if len(values) != pairs:
         raise ValueError(f"{what}: {len(values)} values for {pairs} sentence pairs")
     if pairs == 0:  # metrics of nothing would read as a real (0 or NaN) score

@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from crossjax.data import fits_float32
+from crossjax.data import fits_float32, python_values
 from crossjax.losses.activations import (
     activation_name_for_export,
     identity,
@@ -133,9 +133,7 @@ def label_rows(labels: Any, count: int, loss_name: str) -> list:
     """The label column as one Python value per row (numpy/torch arrays unpacked)."""
     if labels is None:
         raise ValueError(f"{loss_name} needs a label column ('label', 'labels', 'score' or 'scores'), but got none")
-    rows = labels.tolist() if hasattr(labels, "tolist") else list(labels)
-    # a row's numpy or torch value (a torch-formatted dataset's 0-d tensors): its Python value or list
-    rows = [row.tolist() if hasattr(row, "tolist") else row for row in rows]
+    rows = python_values(labels)
     if len(rows) != count:
         raise ValueError(f"{loss_name}: got {len(rows)} labels for {count} rows")
     return rows

@@ -11,6 +11,7 @@ import ast
 import contextlib
 import csv
 import io
+import json
 import re
 from pathlib import Path
 
@@ -153,7 +154,18 @@ def test_training_log_table_marks_the_saved_step_and_the_card_embeds_the_curves(
     details = _section(text, "## Training Details")
     assert "* Size: 16 training samples" in details
     assert "- `learning_rate`: 0.001" in _section(details, "#### Non-Default Hyperparameters")
-    assert "binary_cross_entropy_with_logits" in details
+    # fit's default loss named as sentence-transformers' fit names it: the BinaryCrossEntropyLoss it trains with,
+    # its settings as that class's get_config_dict gives them (the oracle), and its tag
+    from sentence_transformers.cross_encoder import CrossEncoder as STCrossEncoder
+    from sentence_transformers.cross_encoder.losses import BinaryCrossEntropyLoss as STBinaryCrossEntropyLoss
+
+    loss_line = details[details.index("* Loss:") :]
+    assert loss_line.startswith("* Loss: <code>crossjax.losses.pointwise_st.BinaryCrossEntropyLoss</code>")
+    shown = json.loads(loss_line.split("```json")[1].split("```")[0])
+    assert shown == STBinaryCrossEntropyLoss(STCrossEncoder(str(out))).get_config_dict()
+    from huggingface_hub import ModelCard
+
+    assert "loss:BinaryCrossEntropyLoss" in ModelCard.load(out / "README.md").data.tags
     for version in ("crossjax", "JAX", "Flax", "Optax", "Transformers", "Tokenizers", "Python"):
         assert f"- {version}: " in text
 

@@ -33,6 +33,7 @@ from flax import nnx
 from crossjax import data as data_lib
 from crossjax import logs, losses, packing, streaming, training
 from crossjax.data import FLOAT32_MAX
+from crossjax.losses.base import activation_config_name
 from crossjax.models.base import FlaxPreTrainedModel
 from crossjax.models.export import atomic_directory_write, check_local_path, ensure_writable_directory
 from crossjax.parallel import MeshPlan, global_batch_array, process_rows, put_global
@@ -490,6 +491,21 @@ def describe_callable(fn: Any) -> str:
             state = "..."
         return f"{type(fn).__module__}.{type(fn).__qualname__}({state})"
     return f"{getattr(fn, '__module__', '')}.{getattr(fn, '__qualname__', type(fn).__qualname__)}"
+
+
+def card_loss(loss_fct: Any, loss_fn: Any, activation_fct: Any, activation: Any) -> tuple[str, dict[str, Any]]:
+    """How ``fit``'s model card names its loss and settings. sentence-transformers' ``fit`` trains its default
+    loss as a ``BinaryCrossEntropyLoss`` (one label) or ``CrossEntropyLoss`` object, and its card names that
+    class (and tags ``loss:BinaryCrossEntropyLoss``); crossjax's card names its own classes of those names. A
+    loss the caller gives is named by its description."""
+    if loss_fct is None:
+        one_label = loss_fn is losses.binary_cross_entropy_with_logits
+        kind = losses.BinaryCrossEntropyLoss if one_label else losses.CrossEntropyLoss
+        config = {"activation_fn": activation_config_name(activation_fct, activation)}
+        if one_label:
+            config["pos_weight"] = None
+        return f"{kind.__module__}.{kind.__qualname__}", config
+    return describe_callable(loss_fn), {"activation_fct": describe_callable(activation)}
 
 
 class _Metrics:
@@ -1332,6 +1348,7 @@ def _run_fit(
         )
 
     completed = False
+    card_name, card_config = card_loss(loss_fct, loss_fn, activation_fct, activation)
     try:
         train_examples, train_samples = data.describe()
         events.on_train_begin(
@@ -1341,7 +1358,8 @@ def _run_fit(
                 steps_per_epoch=getattr(data, "steps_per_epoch", None),
                 train_examples=train_examples,
                 train_samples=train_samples,
-                loss=describe_callable(loss_fn),
+                loss=card_name,
+                loss_config=card_config,
                 activation=describe_callable(activation),
                 config={**_settings(cfg), "batch_size": data.batch_size},
                 default_config=_settings(FitConfig()),

@@ -52,7 +52,8 @@ class RunInfo:
     steps_per_epoch: int | None = None  # None for a stream
     train_examples: int | None = None  # None for a stream (unknown length)
     train_samples: list[tuple[list[str], Any]] = field(default_factory=list)  # the first few (texts, label)
-    loss: str = ""  # the resolved loss function (fit's description of it)
+    loss: str = ""  # the loss as the model card names it (fit_loop.card_loss)
+    loss_config: dict[str, Any] = field(default_factory=dict)  # and its settings, as the card shows them
     activation: str = ""  # the activation applied to logits before the loss
     config: dict[str, Any] = field(default_factory=dict)  # the run's settings (FitConfig or trainer arguments)
     default_config: dict[str, Any] = field(default_factory=dict)  # the same settings' defaults

@@ -917,7 +917,7 @@ class CardRecorder(RunCallback):
                 columns=columns,
                 samples=[dict(zip(columns, [*texts, label], strict=True)) for texts, label in info.train_samples],
                 loss=info.loss,
-                loss_config={"activation_fct": info.activation},
+                loss_config=info.loss_config or {"activation_fct": info.activation},
                 args=info.config,
                 default_args=info.default_config,
             )

@@ -37,7 +37,7 @@ from crossjax.losses.base import activation_config_name
 from crossjax.models.base import FlaxPreTrainedModel
 from crossjax.models.export import atomic_directory_write, check_local_path, ensure_writable_directory
 from crossjax.parallel import MeshPlan, global_batch_array, process_rows, put_global
-from crossjax.runtime import is_main_process, progress_bar
+from crossjax.runtime import interrupts_deferred, is_main_process, progress_bar
 from crossjax.schedules import make_schedule, scheduler_options
 
 logger = logging.getLogger("crossjax")
@@ -1390,7 +1390,8 @@ def _run_fit(
                 stop_if_aborted()
                 target.on_step_begin(global_step, step.epoch, step.steps_in_epoch == 1 or global_step == start_step)
             guard.step()  # waits while another thread's predict dispatches work on the model's arrays
-            state, step_metrics, gradients = program.fn(state, global_batch, healthy, hparams, gradients)
+            with interrupts_deferred():  # the old state is donated: the new one must be assigned
+                state, step_metrics, gradients = program.fn(state, global_batch, healthy, hparams, gradients)
             healthy = step_metrics["finite"]  # stays on the device: a bad step freezes all later ones
             if "abort" in step_metrics:
                 unread_abort = (step_metrics["abort"], global_step + 1)

@@ -6,9 +6,12 @@ Imports nothing heavy (jax is imported on first use), so evaluators and data cod
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import signal
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -134,3 +137,26 @@ def _configure_compilation_cache() -> str | None:
     compilation_cache.reset_cache()
     logger.debug("persistent compilation cache: %s", directory)
     return str(directory)
+
+
+@contextlib.contextmanager
+def interrupts_deferred() -> Iterator[None]:
+    """Ctrl-C (SIGINT) held back while the block runs, then raised as ``KeyboardInterrupt``. A jitted step that
+    donates its input state must return and have its outputs assigned: interrupted inside the call (JAX
+    flattening its outputs), the donated buffers were already deleted and the new ones lost, and the model was
+    left holding deleted arrays (predict, save and fit then failed with "Array has been deleted"). Only the main
+    thread receives signals; elsewhere, or under a SIGINT handler of the program's own, nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield
+        return
+    received: list[int] = []
+    signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if received:
+        raise KeyboardInterrupt

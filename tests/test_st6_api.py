@@ -295,12 +295,31 @@ def test_activations_that_reshape_the_scores_as_in_sentence_transformers(tiny_di
     np.testing.assert_allclose(
         across, st.CrossEncoder(str(one)).predict(nine, activation_fn=lambda x: torch.softmax(x, dim=0)), atol=1e-6
     )
-    written_for_torch = lambda x: torch.sigmoid(x / 2) - x.mean()  # noqa: E731
-    np.testing.assert_allclose(
-        CrossEncoder(one).predict(nine, activation_fn=written_for_torch),
-        st.CrossEncoder(str(one)).predict(nine, activation_fn=written_for_torch),
-        atol=1e-6,
-    )
+    # Functions and modules get what sentence-transformers gives them, a torch tensor: methods that JAX has too
+    # mean torch's (std and var unbiased: on a JAX array they were silently biased), and torch modules without
+    # a JAX form (other arguments, containers, a user's module) run on torch
+    class Tempered(torch.nn.Module):
+        def forward(self, x):
+            return torch.sigmoid(x / 3)
+
+    for activation in (
+        lambda x: torch.sigmoid(x / 2) - x.mean(),
+        lambda x: (x - x.mean()) / x.std(),
+        lambda x: x / x.var(),
+        torch.nn.Softmax(dim=0),
+        torch.nn.GELU(approximate="tanh"),
+        torch.nn.Sequential(torch.nn.Identity(), torch.nn.Sigmoid()),
+        Tempered(),
+    ):
+        np.testing.assert_allclose(
+            CrossEncoder(one).predict(nine, activation_fn=activation),
+            st.CrossEncoder(str(one)).predict(nine, activation_fn=activation),
+            atol=1e-5,
+            err_msg=repr(activation),
+        )
+    model = CrossEncoder(one, activation_fn=Tempered())  # kept by the constructor, as sentence-transformers keeps it
+    logits = CrossEncoder(one).predict(nine, activation_fn="identity")
+    np.testing.assert_allclose(model.predict(nine), 1 / (1 + np.exp(-logits / 3)), atol=1e-6)
 
 
 def test_a_batch_size_far_beyond_the_pairs_plans_slots_for_the_pairs_there_are(saved, pairs):

@@ -11,7 +11,6 @@ import json
 import logging
 import operator
 import os
-import sys
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -24,6 +23,7 @@ from flax import nnx
 
 from crossjax import data as data_lib
 from crossjax import losses, packing, parallel, training
+from crossjax.losses.torch_compat import runs_on_torch
 from crossjax.model_card import (
     CardRecorder,
     CrossEncoderModelCardData,
@@ -490,7 +490,7 @@ class CrossEncoder:
 
     @activation_fn.setter
     def activation_fn(self, value: Callable | str) -> None:
-        self._activation_fn = losses.resolve_activation(value)
+        self._activation_fn = losses.resolve_scoring_activation(value)
 
     @property
     def default_activation_function(self) -> Callable:
@@ -679,7 +679,7 @@ class CrossEncoder:
         )
         unique_a, unique_b = ([p[i] for p in first_seen] for i in (0, 1))
         logits = self._logits(unique_a, unique_b, batch_size, show_progress_bar)[where]
-        activation = self.activation_fn if activation_fn is None else losses.resolve_activation(activation_fn)
+        activation = self.activation_fn if activation_fn is None else losses.resolve_scoring_activation(activation_fn)
         scores = _rowwise(activation, logits, rowwise=losses.is_known_activation(activation))
         if self.num_labels == 1 and scores.ndim > 1 and scores.shape[-1] == 1:
             scores = scores[:, 0]  # an activation may already have dropped the label axis
@@ -1310,24 +1310,31 @@ def _rowwise(fn: Callable, scores: np.ndarray, rowwise: bool) -> np.ndarray:
 
     A ``rowwise`` function (crossjax's own activations) gets the rows padded up to
     :func:`crossjax.packing.grid_ceiling`: eager JAX compiles a program per shape, and calls with other numbers of
-    pairs then share it. A user's function gets exactly the scores (it may normalise over the pairs), as a JAX
-    array, or as a torch tensor when it fails on that and torch is loaded (a function written for
-    sentence-transformers, e.g. ``lambda x: torch.sigmoid(x / 2)``)."""
+    pairs then share it. A user's function gets exactly the scores (it may normalise over the pairs), as a torch
+    tensor or a JAX array (:func:`crossjax.losses.torch_compat.runs_on_torch`: what sentence-transformers would
+    give it, unless its code is JAX's); where it fails on that, on the other."""
     if rowwise:
         padded = np.zeros((packing.grid_ceiling(len(scores)), scores.shape[1]), np.float32)
         padded[: len(scores)] = scores
         return np.asarray(fn(jax.device_put(padded)), dtype=np.float32)[: len(scores)]
+
+    def on_jax() -> Any:
+        return fn(jax.device_put(scores))
+
+    def on_torch() -> Any:
+        import torch
+
+        return fn(torch.from_numpy(np.array(scores, dtype=np.float32)))
+
+    first, second = (on_torch, on_jax) if runs_on_torch(fn) else (on_jax, on_torch)
     try:
-        return np.asarray(fn(jax.device_put(scores)), dtype=np.float32)
-    except Exception as e:  # noqa: BLE001 - whatever a user's function raises, tried once more on torch
-        torch = sys.modules.get("torch")
-        if torch is None:
-            raise
+        out = first()
+    except Exception as e:  # noqa: BLE001 - whatever a user's function raises, tried once more on the other
         try:
-            out = fn(torch.from_numpy(np.array(scores, dtype=np.float32)))
+            out = second()
         except Exception:  # noqa: BLE001
             raise e from None
-        return np.asarray(out.detach().cpu().float().numpy() if hasattr(out, "detach") else out, dtype=np.float32)
+    return np.asarray(out.detach().cpu().float().numpy() if hasattr(out, "detach") else out, dtype=np.float32)
 
 
 def _pair_texts(inputs: Any) -> tuple[bool, list[str], list[str]]:

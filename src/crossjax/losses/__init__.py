@@ -19,6 +19,7 @@ from crossjax.losses.activations import (
     is_known_activation,
     relu,
     resolve_activation,
+    resolve_scoring_activation,
     sigmoid,
     softmax,
     tanh,
@@ -91,6 +92,7 @@ __all__ = [
     "resolve_loss",
     # activations
     "resolve_activation",
+    "resolve_scoring_activation",
     "activation_name_for_export",
     "activation_from_export_name",
     "is_known_activation",

@@ -181,6 +181,18 @@ def resolve_activation(activation: Any) -> Callable[[jnp.ndarray], jnp.ndarray]:
     )
 
 
+def resolve_scoring_activation(activation: Any) -> Callable:
+    """``predict``'s activation: :func:`resolve_activation`'s JAX form where there is one; a torch module or
+    function without one (``Softmax(dim=0)``, ``GELU(approximate="tanh")``, a user's ``nn.Module``) is kept as it
+    is, and predict runs it on torch tensors, as sentence-transformers does."""
+    try:
+        return resolve_activation(activation)
+    except ValueError:
+        if is_torch_module(activation) or is_torch_function(activation):
+            return activation
+        raise
+
+
 def is_known_activation(fn: Any) -> bool:
     """One of crossjax's own (elementwise or row-wise) activations, which every torch activation maps to."""
     return any(fn is known for known in _EXPORT_NAMES)
@@ -191,7 +203,10 @@ def activation_name_for_export(fn: Any, strict: bool = True) -> str:
     e.g. ``"torch.nn.modules.activation.Sigmoid"``, so exported models load with the same activation. A custom
     callable is an error, or with ``strict=False`` its own dotted path, which neither library imports on
     loading (both then warn and take the default, as sentence-transformers does with what it saved)."""
-    resolved = resolve_activation(fn)
+    try:
+        resolved = resolve_activation(fn)
+    except ValueError:  # a torch module or function without a JAX form: its own class path, below
+        resolved = resolve_scoring_activation(fn)
     for known, export_name in _EXPORT_NAMES.items():
         if resolved is known:
             return export_name

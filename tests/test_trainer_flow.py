@@ -224,6 +224,32 @@ def test_evaluation_without_anything_to_evaluate_is_refused_up_front(tiny, tmp_p
             CrossEncoderTrainingArguments(str(tmp_path), **bad)
 
 
+def test_an_evaluators_values_beside_its_scores_are_skipped_its_primary_metric_must_be_a_number(tiny, tmp_path, caplog):
+    """As sentence-transformers trains on: a note, a list or a None beside the scores is not logged (a warning
+    names it); the primary metric (or metric_for_best_model) that is not a number is a TypeError naming it."""
+
+    class Noted:
+        primary_metric = "score"
+
+        def __init__(self, score):
+            self.score = score
+
+        def __call__(self, model, output_path=None, epoch=-1, steps=-1):
+            return {"score": self.score, "note": "x", "per_query": [0.1, 0.2], "missing": None}
+
+    model = CrossEncoder(str(tiny))
+    args = CrossEncoderTrainingArguments(str(tmp_path), disable_tqdm=True)
+    with caplog.at_level("WARNING", logger="crossjax"):
+        metrics = CrossEncoderTrainer(model=model, args=args, evaluator=Noted(0.5)).evaluate()
+    assert metrics["eval_score"] == 0.5 and not {"eval_note", "eval_per_query", "eval_missing"} & set(metrics)
+    assert "returned 'note'" in caplog.text and "returned 'per_query'" in caplog.text
+    with pytest.raises(TypeError, match="the evaluator Noted returned 'score': 'high'"):
+        CrossEncoderTrainer(model=model, args=args, evaluator=Noted("high")).evaluate()
+    best_is_note = CrossEncoderTrainingArguments(str(tmp_path), metric_for_best_model="note", disable_tqdm=True)
+    with pytest.raises(TypeError, match="returned 'note': 'x'"):
+        CrossEncoderTrainer(model=model, args=best_is_note, evaluator=Noted(0.5)).evaluate()
+
+
 def test_an_overflowed_update_marks_the_model_instead_of_a_misleading_next_error(tiny, tmp_path):
     from crossjax.fit_loop import ParametersOverflowError
 

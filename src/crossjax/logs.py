@@ -144,7 +144,7 @@ class RunCallbacks(RunCallback):
 def check_evaluator_number(value: Any, evaluator: Any, key: str | None = None) -> float:
     """An evaluator's score as a float, or a TypeError that names the evaluator and the value (a ``None`` or a
     string would otherwise fail deep inside the run's bookkeeping, or never count as a best score)."""
-    if not _is_number(value):
+    if not is_number(value):
         where = f"{key!r}: {value!r}" if key is not None else repr(value)
         raise TypeError(
             f"the evaluator {type(evaluator).__name__} returned {where}; an evaluator returns a number, or a dict "
@@ -157,7 +157,7 @@ def evaluation_metrics(score: Any, primary_metric: str | None) -> dict[str, floa
     """An evaluator's return value as ``{metric: value}``: a dict as is (numbers only), a bare number (the
     legacy evaluators' return) under its ``primary_metric`` or ``"score"``."""
     if isinstance(score, dict):
-        return {str(k): float(v) for k, v in score.items() if _is_number(v)}
+        return {str(k): float(v) for k, v in score.items() if is_number(v)}
     return {primary_metric or "score": float(score)}
 
 
@@ -169,7 +169,7 @@ def describe_devices(devices: Any) -> str:
     return ", ".join(f"{n} x {kind}" for kind, n in counts.items())
 
 
-def _is_number(value: Any) -> bool:
+def is_number(value: Any) -> bool:
     try:
         float(value)
     except (TypeError, ValueError):

@@ -893,6 +893,14 @@ class CrossEncoderTrainer:
             return metrics
         return self._evaluate_one(dataset, None, metric_key_prefix, metric_key_prefix, True)
 
+    def _metric_needed(self, evaluator: Any, key: str, prefixed: str) -> bool:
+        """Whether an evaluator's value must be a number: its primary metric, or the run's metric for the best
+        model (Hugging Face's name, with or without ``eval_``)."""
+        best = self.args.metric_for_best_model
+        return key == getattr(evaluator, "primary_metric", None) or (
+            best is not None and prefixed in (best, f"eval_{best}") or key == "evaluator"
+        )
+
     def _evaluators(self) -> list[Any]:
         return [] if self.evaluator is None else [self.evaluator]
 
@@ -923,6 +931,11 @@ class CrossEncoderTrainer:
                 result = {"evaluator": result}
             for key, value in result.items():
                 prefixed = key if key.startswith(f"{evaluator_prefix}_") else f"{evaluator_prefix}_{key}"
+                if not logs.is_number(value) and not self._metric_needed(evaluator, key, prefixed):
+                    # as sentence-transformers trains on: a note or a list beside the scores (not logged here)
+                    logger.warning("the evaluator %s returned %r: %.60r, not a number; not logged",
+                                   type(evaluator).__name__, key, value)  # fmt: skip
+                    continue
                 metrics[prefixed] = logs.check_evaluator_number(value, evaluator, key)
         # transformers' speed_metrics: the dataset's rows, in steps of per_device_eval_batch_size x devices
         runtime = time.time() - started

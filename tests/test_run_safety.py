@@ -89,6 +89,20 @@ def test_an_evaluator_returning_none_is_named(tiny_dir):
                 model.fit(DataLoader(make_examples(8), batch_size=8), evaluator=kind(value=value), **TRAIN)
 
 
+def test_a_run_whose_evaluations_never_scored_saves_its_final_model(tiny_dir, tmp_path, caplog):
+    """All-NaN evaluations (constant predictions' correlation) save no best model; the run used to end with an
+    output_path holding logs and no model, without a word (sentence-transformers' fit leaves it empty too)."""
+    model = CrossEncoder(str(tiny_dir), max_length=32)
+    out = tmp_path / "out"
+    with caplog.at_level("WARNING", logger="crossjax"):
+        model.fit(DataLoader(make_examples(8), batch_size=4), evaluator=Evaluator(value=lambda: float("nan")),
+                  evaluation_steps=1, output_path=str(out), **TRAIN)  # fmt: skip
+    assert "No evaluation gave a finite score" in caplog.text
+    saved = CrossEncoder(str(out), max_length=32)
+    for got, want in zip(params_of(saved), params_of(model), strict=True):
+        np.testing.assert_array_equal(got, want)
+
+
 def test_checkpoint_path_expands_the_home_folder(tiny_dir, tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.chdir(tmp_path)

@@ -1453,6 +1453,16 @@ def _run_fit(
     if evaluate_fn is None and cfg.output_path is not None and cfg.save_best_model:
         events.on_save(global_step)
         target.save(cfg.output_path)
+    elif cfg.output_path is not None and cfg.save_best_model and result.best_score is None:
+        # no evaluation scored (all NaN: e.g. a correlation of constant predictions): sentence-transformers then
+        # leaves output_path without a model; the trained one is saved, and the reason said
+        logger.warning(
+            "No evaluation gave a finite score, so no best model was saved during training; saving the final "
+            "model to %s",
+            cfg.output_path,
+        )
+        events.on_save(global_step)
+        target.save(cfg.output_path)
     elapsed = time.perf_counter() - started
     traced = sum(len(p.counter.shapes_here()) - before for p, before in zip(programs, traced_before, strict=True))
     compiled_shapes = sorted(

@@ -60,16 +60,21 @@ def test_onnxruntime_logits_equal_crossjax_for_every_family(model_type, tmp_path
 
 
 def test_cross_encoder_export_served_with_its_tokenizer_matches_predict(tiny_dir, tmp_path):
-    """The README recipe: the tokenizer from the export + onnxruntime + the saved activation = predict; the
-    graph has the opset asked for. (A random 2-layer BERT with MiniLM's real tokenizer.)"""
+    """The README recipe: the tokenizer from the export (truncating at the saved max_length) + onnxruntime + the
+    saved activation = predict; the graph has the opset asked for; exported from a saved folder into another,
+    the graph comes with the model's files (config, tokenizer). (A random 2-layer BERT with MiniLM's real
+    tokenizer.)"""
     import onnx
     from transformers import AutoTokenizer
 
     from crossjax import CrossEncoder
 
-    model = CrossEncoder(tiny_dir, max_length=64)
-    path = export_onnx(model, tmp_path / "export", opset=17)  # the lowest the exporter can write
-    assert (tmp_path / "export" / "config.json").is_file() and path.parent.name == "onnx"
+    model = CrossEncoder(tiny_dir, max_length=16)  # the second pair is longer: truncated
+    model.save(tmp_path / "saved")
+    path = export_onnx(tmp_path / "saved", tmp_path / "export", opset=17)  # the lowest the exporter can write
+    assert path.parent.name == "onnx" and not (tmp_path / "saved" / "onnx").exists()
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "config_sentence_transformers.json"):
+        assert (tmp_path / "export" / name).read_bytes() == (tmp_path / "saved" / name).read_bytes(), name
     assert {e.domain: e.version for e in onnx.load(str(path)).opset_import}[""] == 17  # as asked
 
     pairs = [
@@ -78,9 +83,9 @@ def test_cross_encoder_export_served_with_its_tokenizer_matches_predict(tiny_dir
         ("The cat sits.", "Stocks fell sharply on Monday."),
     ]
     tokenizer = AutoTokenizer.from_pretrained(tmp_path / "export")
-    encoded = tokenizer(
-        [a for a, _ in pairs], [b for _, b in pairs], padding=True, truncation=True, max_length=64, return_tensors="np"
-    )
+    first, second = [a for a, _ in pairs], [b for _, b in pairs]
+    encoded = tokenizer(first, second, padding=True, truncation=True, return_tensors="np")
+    assert encoded["input_ids"].shape[1] == 16
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     (logits,) = session.run(["logits"], onnx_feed(session, encoded))
     np.testing.assert_allclose(logits[:, 0], model.predict(pairs, activation_fn="identity"), atol=1e-4, rtol=0)

@@ -336,8 +336,9 @@ class CrossEncoder:
         if backend != "torch":
             raise ValueError(
                 f"backend={backend!r}: crossjax always runs the model in JAX (backend='torch' is accepted as the "
-                "default spelling). To serve with ONNX Runtime or OpenVINO, save() the model and load the export "
-                f"with sentence_transformers.CrossEncoder(path, backend={backend!r})."
+                "default spelling). To serve with ONNX Runtime, write the graph with crossjax.onnx.export_onnx(path) "
+                "(or `crossjax export --model PATH --onnx`) and run it with onnxruntime (README, \"ONNX\"), or load "
+                "the folder with sentence_transformers.CrossEncoder(path, backend='onnx')."
             )
         for name, given in (("tokenizer_kwargs", tokenizer_kwargs), ("processor_kwargs", processor_kwargs),
                             ("model_kwargs", model_kwargs), ("config_kwargs", config_kwargs)):  # fmt: skip

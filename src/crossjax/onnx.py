@@ -21,6 +21,7 @@ import inspect
 import io
 import logging
 import os
+import shutil
 import warnings
 from pathlib import Path
 from typing import Any
@@ -174,6 +175,20 @@ def _stale_external_data(target: Path, written: set[str]) -> list[Path]:
     return [target / ONNX_SUBFOLDER / name for name in names if f"{ONNX_SUBFOLDER}/{name}" not in written]
 
 
+def _copy_model_files(source: Path, destination: Path) -> None:
+    """The model directory's files (weights, config, tokenizer, sentence-transformers' files and card), not its
+    ONNX graphs (written anew) nor unfinished saves."""
+    from crossjax.models.export import TMP_PREFIX
+
+    for entry in source.iterdir():
+        if entry.name == ONNX_SUBFOLDER or entry.name.startswith(TMP_PREFIX):
+            continue
+        if entry.is_dir():
+            shutil.copytree(entry, destination / entry.name)
+        else:
+            shutil.copy2(entry, destination / entry.name)
+
+
 def export_onnx(
     model: str | os.PathLike | Any,
     output_dir: str | os.PathLike | None = None,
@@ -185,12 +200,14 @@ def export_onnx(
 
     ``model``: a directory ``CrossEncoder.save`` (or transformers) wrote, or a ``CrossEncoder``, which is
     first saved to ``output_dir`` (required then). ``output_dir`` defaults to the model directory, so the
-    graph lands next to the export, where sentence-transformers' ``backend="onnx"`` looks for it.
+    graph lands next to the export, where sentence-transformers' ``backend="onnx"`` looks for it; another
+    ``output_dir`` gets a copy of the model directory's files with the graph (config and tokenizer: a graph
+    alone is a folder nothing loads).
     ``verify`` runs the graph in onnxruntime at a batch size and length other than the traced ones and
     raises if its logits differ from PyTorch's by more than ``VERIFY_TOLERANCE`` (skipped, with a warning,
     when onnxruntime is not installed).
     """
-    from crossjax.models.export import atomic_directory_write, check_local_path
+    from crossjax.models.export import atomic_directory_write, check_local_path, stale_weight_files
 
     if isinstance(opset, bool) or not isinstance(opset, int) or opset < MIN_OPSET:
         raise ValueError(
@@ -220,6 +237,7 @@ def export_onnx(
         directory = resolve_checkpoint_dir(directory)
     output_dir = Path(directory if output_dir is None else output_dir).expanduser()
     check_local_path(output_dir, "output directory")
+    copy_model_from = None if output_dir.resolve() == Path(directory).resolve() else Path(directory)
     torch = _import_torch()
     wrapper, config = _load_torch_model(Path(directory))
     names = wrapper.input_names
@@ -229,6 +247,8 @@ def export_onnx(
     weight_bytes = sum(p.numel() * p.element_size() for p in wrapper.parameters())
 
     def write(tmp: Path) -> None:
+        if copy_model_from is not None:
+            _copy_model_files(copy_model_from, tmp)
         target = tmp / ONNX_SUBFOLDER / ONNX_FILE
         target.parent.mkdir(parents=True)
         chatter = io.StringIO()  # the exporter prints its progress to stdout and its converter's notes to
@@ -257,9 +277,13 @@ def export_onnx(
         if weight_bytes > _SINGLE_FILE_LIMIT_BYTES:
             _name_external_data_for_optimum(target)
         if verify:
-            _verify(target, wrapper, config, torch)
+            _verify(target, wrapper, config, torch, shown=output_dir.resolve() / ONNX_SUBFOLDER / ONNX_FILE)
 
-    atomic_directory_write(output_dir, write, stale=_stale_external_data)
+    def stale(target: Path, written: set[str]) -> list[Path]:
+        weights = stale_weight_files(target, written) if copy_model_from is not None else []
+        return weights + _stale_external_data(target, written)
+
+    atomic_directory_write(output_dir, write, stale=stale)
     path = output_dir.resolve() / ONNX_SUBFOLDER / ONNX_FILE
     logger.info("Wrote %s (inputs %s, output %s)", path, names, OUTPUT_NAME)
     return path
@@ -281,11 +305,12 @@ def _max_length(config: Any) -> int:
     return int(getattr(config, "max_position_embeddings", 512) or 512)
 
 
-def _verify(path: Path, wrapper: Any, config: Any, torch: Any) -> None:
+def _verify(path: Path, wrapper: Any, config: Any, torch: Any, shown: Path | None = None) -> None:
+    """``shown``: the graph's final path, for messages (``path`` is in the save's temporary folder)."""
     try:
         import onnxruntime
     except ImportError:
-        logger.warning("onnxruntime is not installed: %s was not checked against PyTorch", path)
+        logger.warning("onnxruntime is not installed: %s was not checked against PyTorch", shown or path)
         return
     inputs = example_inputs(config, _VERIFY_BATCH, min(_VERIFY_LENGTH, _max_length(config)), seed=1)
     try:

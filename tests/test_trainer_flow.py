@@ -250,6 +250,27 @@ def test_an_evaluators_values_beside_its_scores_are_skipped_its_primary_metric_m
         CrossEncoderTrainer(model=model, args=best_is_note, evaluator=Noted(0.5)).evaluate()
 
 
+def test_the_trainer_puts_its_model_into_losses_made_for_another(tiny, minilm_dir, tmp_path):
+    """As sentence-transformers' trainer: a loss made for another model computes with the trainer's. Its checks
+    then hold for the model that trains: a one-label loss on a 3-label model is refused (it trained logit 0
+    only, silently), cross-entropy on a one-label model too (nothing trains: it ended in a NaN-loss error)."""
+    from transformers import AutoTokenizer
+
+    three = save_tiny_bert(tmp_path / "three", AutoTokenizer.from_pretrained(str(minilm_dir)), 3)
+    one_label, three_labels = CrossEncoder(str(tiny)), CrossEncoder(str(three))
+    args = CrossEncoderTrainingArguments(str(tmp_path / "out"), disable_tqdm=True)
+    with pytest.raises(ValueError, match="BinaryCrossEntropyLoss expects a model with 1 output label, but got .* 3"):
+        CrossEncoderTrainer(model=three_labels, args=args, train_dataset=_pairs(),
+                            loss=losses.BinaryCrossEntropyLoss(one_label))  # fmt: skip
+    with pytest.raises(ValueError, match="CrossEntropyLoss over a model's one output is 0"):
+        CrossEncoderTrainer(model=one_label, args=args, train_dataset=_pairs(),
+                            loss={"a": losses.CrossEntropyLoss(three_labels)})  # fmt: skip
+    other = CrossEncoder(str(tiny))
+    loss = losses.BinaryCrossEntropyLoss(other)
+    CrossEncoderTrainer(model=one_label, args=args, train_dataset=_pairs(), loss=loss)
+    assert loss.model is one_label
+
+
 def test_an_overflowed_update_marks_the_model_instead_of_a_misleading_next_error(tiny, tmp_path):
     from crossjax.fit_loop import ParametersOverflowError
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,13 +92,24 @@ def _choose_columns(
     return (texts[0], texts[1]), label
 
 
+def _is_number_text(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 def _label_value(value: Any, where: str) -> float:
     if isinstance(value, bool) or value is None or value == "":
         raise PairFileError(f"{where}: missing or invalid label {value!r}")
     try:
-        return float(value)
+        number = float(value)
     except (TypeError, ValueError):
         raise PairFileError(f"{where}: label {value!r} is not a number") from None
+    if not math.isfinite(number):
+        raise PairFileError(f"{where}: label {value!r} is not a finite number")
+    return number
 
 
 def _rows(path: Path, header: bool) -> tuple[list[str], list[tuple[int, dict[str, Any]]]]:
@@ -166,6 +178,15 @@ def read_pairs(
     if not records:
         raise PairFileError(f"{path}: no pairs in the file")
     (col_a, col_b), label = _choose_columns(path, names, columns, label_column, need_label)
+    if columns is None and (col_a, col_b) not in PAIR_COLUMNS:  # chosen by position: they may be ids, not texts
+        for column in (col_a, col_b):
+            values = [record.get(column) for _, record in records]
+            if all(isinstance(v, str) and _is_number_text(v) for v in values):
+                raise PairFileError(
+                    f"{path}: column {column!r}, taken as a text column (the first two columns that are not the "
+                    f"label), holds only numbers: name the two text columns with --columns A,B (the columns are "
+                    f"{names})"
+                )
     read = label if read_labels else None  # the label column whose values are read
     texts_a, texts_b, labels = [], [], []
     for number, record in records:

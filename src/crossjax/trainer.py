@@ -431,6 +431,9 @@ class CrossEncoderTrainer:
                     f"{name} must be a crossjax.losses loss (e.g. crossjax.losses.BinaryCrossEntropyLoss(model)), "
                     f"got {one.__module__ + '.' + one.__name__ if isinstance(one, type) else type(one).__name__}"
                 )
+        for one in loss.values() if isinstance(loss, dict) else [loss]:
+            if getattr(one, "model", model) is not model and hasattr(one, "bind_model"):
+                one.bind_model(model)  # as sentence-transformers' trainer puts its model into its losses
         self.loss = loss
         for dataset, what in ((train_dataset, "train_dataset"), (eval_dataset, "eval_dataset")):
             self._check_losses_for(dataset, what)

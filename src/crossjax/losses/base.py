@@ -165,6 +165,16 @@ class CrossEncoderLoss(abc.ABC):
                 "across the batch's documents (sentence-transformers applies it to all scores at once; over one "
                 "logit a pair it trains nothing); use an elementwise activation"
             )
+        self._check_model(model)
+
+    def bind_model(self, model: Any) -> None:
+        """Compute with ``model`` from now on: a trainer puts its own model into its losses, as
+        sentence-transformers' trainer does (a loss made for another model would otherwise check labels against
+        that one's outputs while the trainer trained its own), checked as the constructor checks it."""
+        self._check_model(model)
+        self.model = model
+
+    def _check_model(self, model: Any) -> None:
         if self.checks_model_type:
             from crossjax.cross_encoder import CrossEncoder  # cross_encoder imports this package
 

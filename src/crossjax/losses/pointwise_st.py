@@ -122,15 +122,27 @@ class CrossEntropyLoss(_PairLoss):
         self.ignore_index = int(kwargs.get("ignore_index", -100))
         if not -(2**31) <= self.ignore_index < 2**31:  # labels travel as int32
             raise ValueError(f"CrossEntropyLoss(ignore_index={self.ignore_index}) must fit in int32")
-        if 0 <= self.ignore_index < model.num_labels:
-            raise ValueError(f"CrossEntropyLoss(ignore_index={self.ignore_index}) is not supported for a real class")
         weight = kwargs.get("weight")
         self.class_weights = None if weight is None else jnp.asarray(tensor_to_numpy(weight).reshape(-1))
+        self.label_smoothing = checked_label_smoothing(kwargs.get("label_smoothing", 0.0))
+        self._check_classes(model)
+
+    def bind_model(self, model: Any) -> None:
+        super().bind_model(model)
+        self._check_classes(model)
+
+    def _check_classes(self, model: Any) -> None:
+        if model.num_labels == 1:  # sentence-transformers trains it, and nothing changes
+            raise ValueError(
+                "CrossEntropyLoss over a model's one output is 0 whatever the logits (softmax over one class), so "
+                "nothing would train: use BinaryCrossEntropyLoss or MSELoss for one label, or num_labels >= 2"
+            )
+        if 0 <= self.ignore_index < model.num_labels:
+            raise ValueError(f"CrossEntropyLoss(ignore_index={self.ignore_index}) is not supported for a real class")
         if self.class_weights is not None and self.class_weights.shape[0] != model.num_labels:
             raise ValueError(
                 f"CrossEntropyLoss(weight=...) has {self.class_weights.shape[0]} values for {model.num_labels} classes"
             )
-        self.label_smoothing = checked_label_smoothing(kwargs.get("label_smoothing", 0.0))
 
     @staticmethod
     def _soft(labels: Any) -> bool:

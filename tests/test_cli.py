@@ -19,7 +19,7 @@ from test_fit_behaviour import tiny_dir, tiny_dirs  # noqa: F401 - fixtures used
 
 from crossjax import CrossEncoder, cli
 from crossjax.evaluation import CECorrelationEvaluator, CrossEncoderClassificationEvaluator
-from crossjax.pair_files import read_pairs
+from crossjax.pair_files import PairFileError, read_pairs
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
@@ -70,6 +70,17 @@ def test_pair_files_in_tsv_csv_and_jsonl_read_the_same(tmp_path):
     tables.append(read_pairs(tmp_path / "bare.csv", header=False, need_label=True))
     for table in tables:
         assert table.pairs == [(a, b) for a, b, _ in rows] and table.labels == [0.5, 1.0]
+    # MRPC's layout: columns taken by position that hold ids were scored as texts, silently
+    rows = [(1, 702876, 702977, "He said so.", "So he said."), (0, 2108705, 2108831, "A b.", "C d.")]
+    mrpc = write_tsv(tmp_path / "mrpc.tsv", ["Quality", "#1 ID", "#2 ID", "#1 String", "#2 String"], rows)
+    with pytest.raises(PairFileError, match=r"column 'Quality', taken as a text column .* holds only numbers"):
+        read_pairs(mrpc)
+    with pytest.raises(PairFileError, match=r"column '#1 ID', taken as a text column"):
+        read_pairs(mrpc, label_column="Quality")
+    assert read_pairs(mrpc, columns=("#1 String", "#2 String")).pairs == [r[3:] for r in rows]
+    nan = write_tsv(tmp_path / "nan.tsv", ["a", "b", "label"], [("x", "y", 1), ("z", "w", "nan")])
+    with pytest.raises(PairFileError, match=r"nan.tsv:3: label 'nan' is not a finite number"):
+        read_pairs(nan, need_label=True)
 
 
 BAD_ARGUMENTS = {

@@ -611,6 +611,29 @@ def test_callbacks_get_hugging_faces_arguments_and_eval_on_start_is_no_best_cand
     trainer.remove_callback(DefaultFlowCallback)  # a class that is not there: nothing to do, as there
 
 
+def test_a_metric_a_callback_adds_in_on_evaluate_counts_for_the_best_model(tiny, tmp_path):
+    """Hugging Face passes one metrics dict around: a callback's added score (named by metric_for_best_model)
+    picks the best model and is returned by evaluate(); it was a KeyError at the first evaluation."""
+    from transformers import TrainerCallback
+
+    combined = iter([0.2, 0.9, 0.4])
+
+    class Combine(TrainerCallback):
+        def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+            metrics["eval_combined"] = next(combined)
+
+    args = CrossEncoderTrainingArguments(
+        str(tmp_path), max_steps=3, per_device_train_batch_size=2, eval_strategy="steps", eval_steps=1,
+        save_steps=1, metric_for_best_model="combined", load_best_model_at_end=True, disable_tqdm=True,
+    )  # fmt: skip
+    trainer = CrossEncoderTrainer(model=CrossEncoder(str(tiny)), args=args, train_dataset=_pairs(),
+                                  eval_dataset=_pairs(4), callbacks=[Combine()])  # fmt: skip
+    trainer.train()
+    assert (trainer.state.best_metric, trainer.state.best_global_step) == (0.9, 2)
+    combined = iter([0.5])
+    assert trainer.evaluate()["eval_combined"] == 0.5
+
+
 def test_finished_run_resume_and_metric_files_as_hugging_face(tiny, tmp_path, capsys):
     """A resume of a run that has nothing left to train ends at the run's step with a loss of 0 (Hugging Face's
     state and value); log_metrics / save_metrics / save_state print and write what Hugging Face's do."""

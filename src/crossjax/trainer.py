@@ -953,6 +953,9 @@ class CrossEncoderTrainer:
         self.state.log_history.append({**logged, "step": self.state.global_step})
         self._call_back("on_log", logs=logged)
         self._call_back("on_evaluate", metrics=logged)
+        # what callbacks added to the metrics in on_evaluate counts, as in Hugging Face (one dict goes around):
+        # e.g. a combined score named by metric_for_best_model
+        metrics.update({k: v for k, v in logged.items() if k not in metrics and k != "epoch"})
         return metrics if "eval_loss" in metrics else logged
 
     def _eval_loss(self, dataset: Any, name: str | None) -> tuple[float | None, int]:

@@ -209,3 +209,36 @@ def test_a_save_total_limit_of_zero_or_less_keeps_every_checkpoint_as_there():
     for limit in (0, -1):
         assert STArgs("out", save_total_limit=limit).save_total_limit == limit
         assert Ours("out", save_total_limit=limit).save_total_limit == limit
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        dict(eval_strategy="steps", eval_steps=2, save_steps=4),
+        dict(eval_strategy="steps", eval_steps=3, save_steps=4),
+        dict(eval_strategy="steps", eval_steps=0.1, save_steps=0.2),
+        dict(eval_strategy="steps", eval_steps=0.1, save_steps=0.25),
+        dict(eval_strategy="steps", eval_steps=0.1, save_steps=4),
+        dict(eval_strategy="steps", save_strategy="epoch"),
+        dict(eval_strategy="epoch", save_strategy="no"),
+        dict(eval_strategy="epoch", save_strategy="epoch"),
+        dict(eval_strategy="steps", logging_steps=5, save_steps=10),
+        dict(eval_strategy="steps", eval_steps=3, save_strategy="best", metric_for_best_model="loss"),
+    ],
+    ids=lambda s: ",".join(f"{k}={v}" for k, v in s.items()),
+)
+def test_load_best_model_at_end_needs_what_hugging_face_needs(settings, tmp_path):
+    """Every evaluation on a save, or the best model is no checkpoint: the model loaded at the end was one
+    state.best_model_checkpoint does not hold. Oracle: transformers' own TrainingArguments accepts or refuses."""
+    from transformers import TrainingArguments
+
+    try:
+        TrainingArguments(str(tmp_path), load_best_model_at_end=True, **settings)
+        refused = None
+    except ValueError as e:
+        refused = str(e)
+    if refused is None:
+        Ours(str(tmp_path), load_best_model_at_end=True, **settings)
+    else:
+        with pytest.raises(ValueError, match="load_best_model_at_end requires"):
+            Ours(str(tmp_path), load_best_model_at_end=True, **settings)

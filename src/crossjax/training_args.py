@@ -374,6 +374,30 @@ class CrossEncoderTrainingArguments(_HuggingFaceArguments):
     hub_strategy: str = "every_save"  # with push_to_hub: "every_save" uploads the model at each save, "end" not
     prediction_loss_only: bool = True
 
+    def _check_best_is_saved(self) -> None:
+        """Hugging Face's rule for ``load_best_model_at_end``: every evaluation falls on a save, so the best
+        model is a checkpoint (``state.best_model_checkpoint``) and the one loaded at the end."""
+        if self.eval_strategy != self.save_strategy:
+            raise ValueError(
+                "load_best_model_at_end requires the save and eval strategy to match, except when "
+                f"save_strategy='best', but found eval_strategy={self.eval_strategy!r}, "
+                f"save_strategy={self.save_strategy!r}"
+            )
+        if self.eval_strategy != "steps":
+            return
+        eval_steps = self.eval_steps if self.eval_steps is not None else self.logging_steps
+        save, every = self.save_steps, eval_steps
+        if (save < 1) != (every < 1):
+            raise ValueError(
+                "load_best_model_at_end requires the saving steps to be a multiple of the evaluation steps, which "
+                f"cannot be guaranteed when mixing a fraction and a step count: save_steps={save}, eval_steps={every}"
+            )
+        if round(save * 1_000_000) % round(every * 1_000_000) != 0:
+            raise ValueError(
+                f"load_best_model_at_end requires the saving steps to be a multiple of the evaluation steps, but "
+                f"save_steps={save} is not a multiple of eval_steps={every}"
+            )
+
     def __post_init__(self) -> None:
         if self.output_dir is None:  # transformers 5's default
             self.output_dir = "trainer_output"
@@ -466,6 +490,8 @@ class CrossEncoderTrainingArguments(_HuggingFaceArguments):
             raise ValueError(f"eval_delay must be >= 0, got {self.eval_delay!r}")
         if self.load_best_model_at_end and self.eval_strategy == "no":
             raise ValueError("load_best_model_at_end=True needs an eval_strategy other than 'no'")
+        if self.load_best_model_at_end and self.save_strategy != "best":
+            self._check_best_is_saved()
         if self.metric_for_best_model is None and self.load_best_model_at_end:
             self.metric_for_best_model = "loss"
         if self.save_strategy == "best":  # Hugging Face's Trainer refuses the first; the second would never save

@@ -632,6 +632,17 @@ def test_a_metric_a_callback_adds_in_on_evaluate_counts_for_the_best_model(tiny,
     assert (trainer.state.best_metric, trainer.state.best_global_step) == (0.9, 2)
     combined = iter([0.5])
     assert trainer.evaluate()["eval_combined"] == 0.5
+    # Hugging Face's Trainer.log, which scripts call to log their own numbers
+    seen = []
+
+    class Seen(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            seen.append(dict(logs))
+
+    trainer.add_callback(Seen())
+    trainer.log({"custom": 1.5})
+    assert trainer.state.log_history[-1] == {"custom": 1.5, "epoch": trainer.state.epoch, "step": 3}
+    assert seen == [{"custom": 1.5, "epoch": trainer.state.epoch}]
 
 
 def test_finished_run_resume_and_metric_files_as_hugging_face(tiny, tmp_path, capsys):

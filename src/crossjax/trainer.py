@@ -572,6 +572,14 @@ class CrossEncoderTrainer:
         if missing:
             logger.warning("The checkpoint holds states of callbacks this trainer does not have, ignored: %s", missing)
 
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """Hugging Face's ``Trainer.log``: ``logs`` (with the epoch) into ``state.log_history`` at the current step,
+        and to every callback's ``on_log``. ``start_time`` is accepted (it times token throughput there)."""
+        if self.state.epoch is not None:
+            logs["epoch"] = self.state.epoch
+        self.state.log_history.append({**logs, "step": self.state.global_step})
+        self._call_back("on_log", logs=logs)
+
     def _call_back(self, event: str, **kwargs: Any) -> None:
         """Call ``event`` on every callback; a control a callback returns replaces the trainer's."""
         self.control = getattr(self.callback_handler, event)(self.args, self.state, self.control, **kwargs)

@@ -446,8 +446,8 @@ def best_model_line(what: str, best_score: float | None, output: str, has_model:
     (``has_model`` is asked on process 0 only, the one that prints)."""
     from crossjax.runtime import is_main_process
 
-    if best_score is None:
-        return f"{what}: none; no model was saved to {output} because no evaluation gave a finite score"
+    if best_score is None:  # fit then saves the final model
+        return f"{what}: none (no evaluation gave a finite score); the final model was saved to {output}"
     if is_main_process() and not has_model():
         return f"{what}: {best_score:.4f}; but no model was saved to {output} (see the warnings above)"
     return f"{what}: {best_score:.4f}; best model exported to {output}"

@@ -173,9 +173,9 @@ def test_a_url_output_gets_each_best_model_when_fit_saves_it(examples_common, ti
 def test_the_last_line_says_plainly_when_no_model_was_saved(
     case, examples_common, tiny_model_dir, tmp_path, capsys, monkeypatch
 ):
-    """fit's best_score is None when no evaluation gave a finite score (e.g. a correlation of constant dev scores),
-    and a finite best score may have no model in --output (a resumed run whose earlier model was lost): neither
-    claims an export (nor fails formatting None)."""
+    """fit's best_score is None when no evaluation gave a finite score (e.g. a correlation of constant dev scores):
+    fit then saves the final model, and the line says which; a finite best score may have no model in --output (a
+    resumed run whose earlier model was lost): no export is claimed (nor formatting None failed)."""
     out = tmp_path / "out"
     scores = [math.nan] * 3 if case == "no finite score" else [0.5, 0.4, 0.3]
     if case == "no model saved":
@@ -184,10 +184,10 @@ def test_the_last_line_says_plainly_when_no_model_was_saved(
         monkeypatch.setattr(CrossEncoder, "save", lambda self, path, *args, **kwargs: None)
     summary = fit_and_report(examples_common, tiny_model_dir, str(out), ScriptedEvaluator(scores, watched=out))
     last = capsys.readouterr().out.splitlines()[-1]
-    assert not (out / "config.json").exists()
+    assert (out / "config.json").exists() == (case == "no finite score")
     if case == "no finite score":
         assert summary["best_score"] is None
-        expected = f"Best dev dev_score: none; no model was saved to {out} because no evaluation gave a finite score"
+        expected = f"Best dev dev_score: none (no evaluation gave a finite score); the final model was saved to {out}"
     else:
         expected = f"Best dev dev_score: 0.5000; but no model was saved to {out} (see the warnings above)"
     assert last == expected

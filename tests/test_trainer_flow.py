@@ -924,7 +924,7 @@ def test_a_resume_does_the_epoch_end_its_checkpoint_came_before(tiny, tmp_path, 
     was asked for) asks for no second save there."""
     schedule = dict(
         max_steps=8, per_device_train_batch_size=2, learning_rate=1e-3, eval_strategy="epoch", save_steps=2,
-        logging_steps=2, metric_for_best_model="loss", load_best_model_at_end=True, disable_tqdm=True, seed=0,
+        logging_steps=2, metric_for_best_model="loss", disable_tqdm=True, seed=0,
         restore_callback_states_from_checkpoint=restore,
     )  # fmt: skip
     whole = _ours(tiny, tmp_path / "whole", **schedule)

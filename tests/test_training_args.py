@@ -220,7 +220,6 @@ def test_a_save_total_limit_of_zero_or_less_keeps_every_checkpoint_as_there():
         dict(eval_strategy="steps", eval_steps=0.1, save_steps=0.25),
         dict(eval_strategy="steps", eval_steps=0.1, save_steps=4),
         dict(eval_strategy="steps", save_strategy="epoch"),
-        dict(eval_strategy="epoch", save_strategy="no"),
         dict(eval_strategy="epoch", save_strategy="epoch"),
         dict(eval_strategy="steps", logging_steps=5, save_steps=10),
         dict(eval_strategy="steps", eval_steps=3, save_strategy="best", metric_for_best_model="loss"),
@@ -229,7 +228,8 @@ def test_a_save_total_limit_of_zero_or_less_keeps_every_checkpoint_as_there():
 )
 def test_load_best_model_at_end_needs_what_hugging_face_needs(settings, tmp_path):
     """Every evaluation on a save, or the best model is no checkpoint: the model loaded at the end was one
-    state.best_model_checkpoint does not hold. Oracle: transformers' own TrainingArguments accepts or refuses."""
+    state.best_model_checkpoint does not hold. Oracle: transformers' own TrainingArguments accepts or refuses.
+    (crossjax's one extension: save_strategy="no" keeps the best model in memory, where Hugging Face refuses.)"""
     from transformers import TrainingArguments
 
     try:
@@ -242,3 +242,8 @@ def test_load_best_model_at_end_needs_what_hugging_face_needs(settings, tmp_path
     else:
         with pytest.raises(ValueError, match="load_best_model_at_end requires"):
             Ours(str(tmp_path), load_best_model_at_end=True, **settings)
+
+
+def test_load_best_model_at_end_without_checkpoints_keeps_the_best_in_memory(tmp_path):
+    args = Ours(str(tmp_path), load_best_model_at_end=True, eval_strategy="steps", eval_steps=3, save_strategy="no")
+    assert args.load_best_model_at_end and args.metric_for_best_model == "loss"

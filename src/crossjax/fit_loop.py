@@ -33,7 +33,6 @@ from flax import nnx
 from crossjax import data as data_lib
 from crossjax import logs, losses, packing, streaming, training
 from crossjax.data import FLOAT32_MAX
-from crossjax.losses.base import activation_config_name
 from crossjax.models.base import FlaxPreTrainedModel
 from crossjax.models.export import atomic_directory_write, check_local_path, ensure_writable_directory
 from crossjax.parallel import MeshPlan, global_batch_array, process_rows, put_global
@@ -501,7 +500,7 @@ def card_loss(loss_fct: Any, loss_fn: Any, activation_fct: Any, activation: Any)
     if loss_fct is None:
         one_label = loss_fn is losses.binary_cross_entropy_with_logits
         kind = losses.BinaryCrossEntropyLoss if one_label else losses.CrossEntropyLoss
-        config = {"activation_fn": activation_config_name(activation_fct, activation)}
+        config = {"activation_fn": losses.activation_config_name(activation_fct, activation)}
         if one_label:
             config["pos_weight"] = None
         return f"{kind.__module__}.{kind.__qualname__}", config

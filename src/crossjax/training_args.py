@@ -375,13 +375,15 @@ class CrossEncoderTrainingArguments(_HuggingFaceArguments):
     prediction_loss_only: bool = True
 
     def _check_best_is_saved(self) -> None:
-        """Hugging Face's rule for ``load_best_model_at_end``: every evaluation falls on a save, so the best
-        model is a checkpoint (``state.best_model_checkpoint``) and the one loaded at the end."""
+        """Hugging Face's rule for ``load_best_model_at_end`` with checkpoints: every evaluation falls on a save,
+        so the best model is a checkpoint (``state.best_model_checkpoint``) and the one loaded at the end.
+        (Without checkpoints, ``save_strategy="no"``, crossjax keeps the best model in memory; Hugging Face
+        refuses that setting.)"""
         if self.eval_strategy != self.save_strategy:
             raise ValueError(
                 "load_best_model_at_end requires the save and eval strategy to match, except when "
-                f"save_strategy='best', but found eval_strategy={self.eval_strategy!r}, "
-                f"save_strategy={self.save_strategy!r}"
+                f"save_strategy='best' (or 'no': the best model kept in memory), but found "
+                f"eval_strategy={self.eval_strategy!r}, save_strategy={self.save_strategy!r}"
             )
         if self.eval_strategy != "steps":
             return
@@ -490,7 +492,7 @@ class CrossEncoderTrainingArguments(_HuggingFaceArguments):
             raise ValueError(f"eval_delay must be >= 0, got {self.eval_delay!r}")
         if self.load_best_model_at_end and self.eval_strategy == "no":
             raise ValueError("load_best_model_at_end=True needs an eval_strategy other than 'no'")
-        if self.load_best_model_at_end and self.save_strategy != "best":
+        if self.load_best_model_at_end and self.save_strategy not in ("best", "no"):
             self._check_best_is_saved()
         if self.metric_for_best_model is None and self.load_best_model_at_end:
             self.metric_for_best_model = "loss"

@@ -24,7 +24,7 @@ from crossjax.losses.activations import (
     softmax,
     tanh,
 )
-from crossjax.losses.base import CrossEncoderLoss, PairLayout
+from crossjax.losses.base import CrossEncoderLoss, PairLayout, activation_config_name
 from crossjax.losses.in_batch import CachedMultipleNegativesRankingLoss, MultipleNegativesRankingLoss
 from crossjax.losses.lambda_loss import (
     BaseWeightingScheme,
@@ -92,6 +92,7 @@ __all__ = [
     "resolve_loss",
     # activations
     "resolve_activation",
+    "activation_config_name",
     "resolve_scoring_activation",
     "activation_name_for_export",
     "activation_from_export_name",

@@ -172,20 +172,6 @@ def test_logits_do_not_depend_on_batch_neighbours(saved_pair):
         np.testing.assert_allclose(alone[0], together[row], atol=1e-5, rtol=0)
 
 
-def test_dropout_active_in_train_mode_only(saved_pair):
-    _, pt, directory = saved_pair
-    model = FlaxAutoModelForSequenceClassification.from_pretrained(directory)
-    ids, mask, types = padded_batch(pt.config.pad_token_id)
-    model.train()
-    a = np.asarray(model(input_ids=ids, attention_mask=mask, token_type_ids=types))
-    b = np.asarray(model(input_ids=ids, attention_mask=mask, token_type_ids=types))
-    assert not np.allclose(a, b), "dropout should make two train-mode calls differ"
-    model.eval()
-    c = np.asarray(model(input_ids=ids, attention_mask=mask, token_type_ids=types))
-    d = np.asarray(model(input_ids=ids, attention_mask=mask, token_type_ids=types))
-    np.testing.assert_array_equal(c, d)
-
-
 @pytest.mark.parametrize("scan_layers", [True, False], ids=["scanned", "unrolled"])
 def test_export_round_trip_loads_in_pytorch(saved_pair, tmp_path, scan_layers):
     _, pt, directory = saved_pair

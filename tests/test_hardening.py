@@ -92,10 +92,9 @@ def test_unknown_constructor_argument_is_a_type_error(tiny_dir):
 @pytest.mark.parametrize(
     "kwargs, error, message",
     [
-        ({"trust_remote_code": True}, ValueError, "cannot run in JAX"),
         ({"backend": "onnx"}, ValueError, "backend='onnx'"),
         ({"backend": "tensorflow"}, ValueError, "always runs the model in JAX"),
-        ({"model_kwargs": {"attn_implementation": "sdpa"}}, ValueError, "attn_implementation"),
+        ({"model_kwargs": {"device_map": "auto"}}, ValueError, "device_map"),
         ({"model_kwargs": {"torch_dtype": "float16"}}, ValueError, "float32 or bfloat16"),
         ({"model_kwargs": {"dtype": "bfloat16"}, "compute_dtype": "float32"}, ValueError, "contradicts"),
         ({"device": "mps"}, ValueError, "no JAX backend"),
@@ -108,6 +107,15 @@ def test_unknown_constructor_argument_is_a_type_error(tiny_dir):
 def test_sentence_transformers_arguments_are_honoured_or_refused(tiny_dir, kwargs, error, message):
     with pytest.raises(error, match=message):
         CrossEncoder(tiny_dir, **kwargs)
+
+
+def test_options_without_a_meaning_in_jax_are_taken_as_in_sentence_transformers(tiny_dir):
+    """trust_remote_code on a checkpoint without code of its own (one with is refused when its config is read),
+    PyTorch's attention and memory options: sentence-transformers users pass them; they change nothing here."""
+    reference = CrossEncoder(tiny_dir).predict([("a b", "c d")])
+    for kwargs in ({"trust_remote_code": True}, {"model_kwargs": {"attn_implementation": "sdpa"}},
+                   {"model_kwargs": {"attn_implementation": "eager", "low_cpu_mem_usage": True}}):  # fmt: skip
+        np.testing.assert_array_equal(CrossEncoder(tiny_dir, **kwargs).predict([("a b", "c d")]), reference)
 
 
 def test_model_kwargs_dtype_device_and_processor_kwargs(tiny_dir):

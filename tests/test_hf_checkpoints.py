@@ -312,11 +312,23 @@ def test_unknown_model_type_lists_supported(tmp_path):
         FlaxAutoModelForSequenceClassification.from_pretrained(tmp_path / "odd")
 
 
-def test_head_of_other_size_is_reinitialised_with_warning(tiny_dir, caplog):
+def test_head_of_other_size_is_refused_or_reinitialised_with_warning_as_in_transformers(tiny_dir, caplog):
+    """transformers refuses a head of another size than asked for (sentence-transformers 6.2 too: a 3-class NLI
+    head loaded with num_labels=1 scored with a random head here, with only a warning); with
+    ignore_mismatched_sizes=True it is initialised anew."""
+    from crossjax import CrossEncoder
+
     directory, reference = tiny_dir
+    with pytest.raises(RuntimeError, match="ignore_mismatched_sizes"):
+        AutoModelForSequenceClassification.from_pretrained(str(directory), num_labels=3)  # the oracle
+    with pytest.raises(CheckpointError, match=r"head of another size than the 3 labels asked for.*ignore_mismatched"):
+        FlaxAutoModelForSequenceClassification.from_pretrained(directory, num_labels=3)
+    with pytest.raises(CheckpointError, match=r"model_kwargs=\{'ignore_mismatched_sizes': True\}"):
+        CrossEncoder(directory, num_labels=1)
+    assert CrossEncoder(directory, num_labels=3, model_kwargs={"ignore_mismatched_sizes": True}).num_labels == 3
     with caplog.at_level(logging.WARNING, logger="crossjax"):
         model, info = FlaxAutoModelForSequenceClassification.from_pretrained(
-            directory, num_labels=3, output_loading_info=True
+            directory, num_labels=3, ignore_mismatched_sizes=True, output_loading_info=True
         )
     assert model.num_labels == 3
     assert {k for k, _, _ in info["mismatched_keys"]} == {"classifier.weight", "classifier.bias"}
@@ -346,7 +358,7 @@ def test_a_head_that_contradicts_the_checkpoints_own_config_is_refused_as_in_tra
         AutoModelForSequenceClassification.from_pretrained(str(broken))  # the oracle
     with pytest.raises(CheckpointError, match=r"do not fit the checkpoint's own config.*classifier.weight: \(2, 16\)"):
         FlaxAutoModelForSequenceClassification.from_pretrained(broken)
-    asked = FlaxAutoModelForSequenceClassification.from_pretrained(broken, num_labels=4)  # on purpose: taken
+    asked = FlaxAutoModelForSequenceClassification.from_pretrained(broken, num_labels=4, ignore_mismatched_sizes=True)
     assert asked.num_labels == 4
 
 
@@ -381,7 +393,9 @@ def test_classifier_loaded_with_one_output_exports_a_folder_transformers_reads(t
     config.problem_type = "single_label_classification"
     torch.manual_seed(1)
     AutoModelForSequenceClassification.from_config(config).save_pretrained(tmp_path / "nli")
-    model = FlaxAutoModelForSequenceClassification.from_pretrained(tmp_path / "nli", num_labels=1)
+    model = FlaxAutoModelForSequenceClassification.from_pretrained(
+        tmp_path / "nli", num_labels=1, ignore_mismatched_sizes=True
+    )
     assert model.config.problem_type is None
     model.save_pretrained(tmp_path / "reranker")
     reloaded, info = AutoModelForSequenceClassification.from_pretrained(tmp_path / "reranker", output_loading_info=True)
@@ -403,7 +417,9 @@ def test_loading_report_names_keys_as_transformers_does(tiny_dir, tmp_path):
         return {kind: sorted(k[0] if isinstance(k, tuple) else k for k in info[kind]) for kind in kinds}
 
     directory, _ = tiny_dir
-    _, ours = FlaxAutoModelForSequenceClassification.from_pretrained(directory, num_labels=3, output_loading_info=True)
+    _, ours = FlaxAutoModelForSequenceClassification.from_pretrained(
+        directory, num_labels=3, ignore_mismatched_sizes=True, output_loading_info=True
+    )
     _, theirs = AutoModelForSequenceClassification.from_pretrained(
         directory, num_labels=3, ignore_mismatched_sizes=True, output_loading_info=True
     )
@@ -490,7 +506,9 @@ def test_loading_compiles_one_initialiser_for_what_the_checkpoint_lacks(tiny_dir
     jax.monitoring.register_event_duration_secs_listener(listen)
     try:
         jax.config.update("jax_enable_compilation_cache", False)  # count compiles, not cache loads
-        model = FlaxAutoModelForSequenceClassification.from_pretrained(directory, num_labels=3, seed=5)
+        model = FlaxAutoModelForSequenceClassification.from_pretrained(
+            directory, num_labels=3, seed=5, ignore_mismatched_sizes=True
+        )
         loaded = len(compiles)
         again = FlaxAutoModelForSequenceClassification.from_config(model.config, seed=5)
         fresh = len(compiles) - loaded
@@ -565,4 +583,7 @@ def test_from_pretrained_reads_transformers_keywords_as_transformers_does(tiny_d
     same["config"] = path / "config.json"
     assert AutoModelForSequenceClassification.from_pretrained(path, **same).config.num_labels == 2
     assert FlaxAutoModelForSequenceClassification.from_pretrained(path, **same).num_labels == 2
-    assert FlaxAutoModelForSequenceClassification.from_pretrained(path, config_kwargs={"num_labels": 3}).num_labels == 3
+    resized = FlaxAutoModelForSequenceClassification.from_pretrained(
+        path, config_kwargs={"num_labels": 3}, ignore_mismatched_sizes=True
+    )
+    assert resized.num_labels == 3

@@ -199,6 +199,10 @@ def _compute_dtype_from_model_kwargs(model_kwargs: dict | None, compute_dtype: A
     if "torch_dtype" in model_kwargs and "dtype" in model_kwargs:
         raise ValueError("model_kwargs has both 'torch_dtype' and 'dtype'; pass one")
     dtype = model_kwargs.pop("dtype", model_kwargs.pop("torch_dtype", None))
+    for name in ("attn_implementation", "low_cpu_mem_usage"):  # PyTorch's speed options: crossjax has its own
+        if name in model_kwargs:
+            value = model_kwargs.pop(name)
+            logger.info("model_kwargs %s=%r: crossjax runs its own attention in JAX; ignored", name, value)
     if model_kwargs:
         raise ValueError(
             f"model_kwargs {sorted(model_kwargs)} have no meaning in crossjax (PyTorch model loading options); "
@@ -328,11 +332,8 @@ class CrossEncoder:
             isinstance(num_labels, bool) or not isinstance(num_labels, (int, np.integer)) or num_labels < 1
         ):
             raise ValueError(f"num_labels must be an integer >= 1 (or None), got {num_labels!r}")
-        if trust_remote_code:
-            raise ValueError(
-                "trust_remote_code=True runs a checkpoint's own PyTorch modelling code, which cannot run in JAX. "
-                "crossjax supports the architectures in crossjax.models.supported_model_types()."
-            )
+        # trust_remote_code=True is taken: a checkpoint that maps its classes to its own code (auto_map) is refused
+        # by name when its config is read (that code is PyTorch's), one without needs no code of its own
         if backend != "torch":
             raise ValueError(
                 f"backend={backend!r}: crossjax always runs the model in JAX (backend='torch' is accepted as the "
@@ -351,6 +352,8 @@ class CrossEncoder:
         )
         if "cache_dir" not in hub and os.environ.get("SENTENCE_TRANSFORMERS_HOME"):  # sentence-transformers' default
             hub["cache_dir"] = os.environ["SENTENCE_TRANSFORMERS_HOME"]
+        model_kwargs = dict(model_kwargs or {})
+        ignore_mismatched_sizes = bool(model_kwargs.pop("ignore_mismatched_sizes", False))
         compute_dtype = _compute_dtype_from_model_kwargs(model_kwargs, compute_dtype)
         if classifier_dropout is not None:  # sentence-transformers < 4 spelling
             config_kwargs["classifier_dropout"] = float(classifier_dropout)
@@ -377,7 +380,7 @@ class CrossEncoder:
         self.compute_dtype = _as_dtype(compute_dtype or "float32")
         self.seed = data_lib.checked_seed(seed, "CrossEncoder seed")
         self.model = model_class_for(config).from_checkpoint(
-            directory, config, jnp.float32, self.seed, scan_layers=bool(scan_layers)
+            directory, config, jnp.float32, self.seed, bool(scan_layers), False, ignore_mismatched_sizes
         )
         self.model.eval()
         self.training = False  # the mode torch code reads (train() / eval() set it); predict never uses dropout

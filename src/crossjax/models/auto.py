@@ -99,12 +99,13 @@ class FlaxAutoModelForSequenceClassification:
         ``num_labels`` and ``config_kwargs`` (sentence-transformers' spelling); hub options (``revision``,
         ``token``, ``cache_dir``, ...) go to the download. A keyword that is none of those is a TypeError, and
         PyTorch-only loading options (``device_map``, ``attn_implementation``, ...) are refused by name. A head
-        of another size than the checkpoint's is re-initialised with a warning (``ignore_mismatched_sizes``).
+        of another size than the checkpoint's is an error unless ``ignore_mismatched_sizes=True`` (then it is
+        re-initialised, with a warning), as in transformers.
         """
         where = "FlaxAutoModelForSequenceClassification.from_pretrained"
-        directory, config, dtype = pretrained_options(
+        directory, config, dtype, ignore_mismatched_sizes = pretrained_options(
             where, name_or_path, config, num_labels, config_kwargs, dtype, kwargs, load=load_config
         )
         return model_class_for(config).from_checkpoint(
-            directory, config, dtype, seed, scan_layers, output_loading_info
+            directory, config, dtype, seed, scan_layers, output_loading_info, ignore_mismatched_sizes
         )

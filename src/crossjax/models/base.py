@@ -120,7 +120,7 @@ def pretrained_options(
     dtype,
     kwargs: dict,
     load: Callable[..., Any] = load_config,
-) -> tuple[Path, Any, type]:
+) -> tuple[Path, Any, type, bool]:
     """transformers' ``from_pretrained`` keywords read as it reads them: the checkpoint directory (hub options
     passed to the download), the config (``config=`` an object or a path; other keywords that name config
     attributes override the checkpoint's, any other one is a TypeError, as in transformers) and the compute
@@ -139,7 +139,7 @@ def pretrained_options(
         )
     for key in (*TORCH_LOADING_DEFAULTS, *RETIRED_LOADING_KWARGS, "tqdm_class"):
         kwargs.pop(key, None)
-    kwargs.pop("ignore_mismatched_sizes", None)  # a head of another size is re-initialised (with a warning) anyway
+    ignore_mismatched_sizes = bool(kwargs.pop("ignore_mismatched_sizes", False))
     torch_dtype = kwargs.pop("torch_dtype", None)
     if torch_dtype is not None:
         if dtype is not None and compute_dtype_of(dtype) != compute_dtype_of(torch_dtype):
@@ -176,7 +176,7 @@ def pretrained_options(
             f"{where} got unexpected keyword arguments {unknown}: neither attributes of {type(config).__name__} "
             f"nor loading options (hub: {list(HUB_DOWNLOAD_KWARGS)})"
         )
-    return directory, config, compute_dtype_of(dtype)
+    return directory, config, compute_dtype_of(dtype), ignore_mismatched_sizes
 
 
 @dataclass
@@ -409,17 +409,27 @@ class FlaxPreTrainedModel(nnx.Module):
         """This family's model from a Hugging Face checkpoint, in eval mode; keywords as
         :meth:`crossjax.models.FlaxAutoModelForSequenceClassification.from_pretrained` takes them."""
         where = f"{cls.__name__}.from_pretrained"
-        directory, config, dtype = pretrained_options(
+        directory, config, dtype, ignore_mismatched_sizes = pretrained_options(
             where, name_or_path, config, num_labels, config_kwargs, dtype, kwargs
         )
-        return cls.from_checkpoint(directory, config, dtype, seed, scan_layers, output_loading_info)
+        return cls.from_checkpoint(
+            directory, config, dtype, seed, scan_layers, output_loading_info, ignore_mismatched_sizes
+        )
 
     @classmethod
     def from_checkpoint(
-        cls, directory: Path, config, dtype=None, seed: int = 0, scan_layers: bool = True, output_loading_info=False
+        cls,
+        directory: Path,
+        config,
+        dtype=None,
+        seed: int = 0,
+        scan_layers: bool = True,
+        output_loading_info=False,
+        ignore_mismatched_sizes: bool = False,
     ):
         """The model of a local checkpoint ``directory`` built from ``config`` as given (the model keeps this
-        very object as its config), in eval mode."""
+        very object as its config), in eval mode. A head of another size than the checkpoint's is an error, as
+        in transformers, unless ``ignore_mismatched_sizes`` (then it is initialised anew, with a warning)."""
         build = cls._builder(config, dtype, seed, scan_layers)
         abstract = nnx.eval_shape(build)
         tensors, source = read_state_dict(directory)
@@ -430,8 +440,16 @@ class FlaxPreTrainedModel(nnx.Module):
             mismatched = info.mismatched_keys
             shown = "; ".join(f"{k}: {tuple(a)} in the weights, {tuple(b)} by the config" for k, a, b in mismatched)
             raise CheckpointError(
-                f"The weights in {source} do not fit the checkpoint's own config ({shown}). Pass num_labels= (or "
-                "config_kwargs) to re-initialise the head at another size on purpose."
+                f"The weights in {source} do not fit the checkpoint's own config ({shown}). Pass num_labels= with "
+                "ignore_mismatched_sizes=True to re-initialise the head at another size on purpose."
+            )
+        if info.mismatched_keys and not ignore_mismatched_sizes:
+            shown = "; ".join(f"{k}: {tuple(a)} in the weights, {tuple(b)} asked" for k, a, b in info.mismatched_keys)
+            raise CheckpointError(
+                f"The checkpoint {directory} has a head of another size than the {config.num_labels} labels asked "
+                f"for ({shown}); transformers and sentence-transformers refuse it too. Pass "
+                "ignore_mismatched_sizes=True (a CrossEncoder: model_kwargs={'ignore_mismatched_sizes': True}) to "
+                "train a new head of that size, or leave num_labels out to use the checkpoint's."
             )
         whole = {path: value for path, value in placed.items() if not isinstance(value, dict)}
         # Only what the checkpoint lacks is initialised (XLA drops the other initialisers from the program).

@@ -36,7 +36,7 @@ from crossjax.data import FLOAT32_MAX
 from crossjax.models.base import FlaxPreTrainedModel
 from crossjax.models.export import atomic_directory_write, check_local_path, ensure_writable_directory
 from crossjax.parallel import MeshPlan, global_batch_array, process_rows, put_global
-from crossjax.runtime import interrupts_deferred, is_main_process, progress_bar
+from crossjax.runtime import StepInterrupts, is_main_process, progress_bar
 from crossjax.schedules import make_schedule, scheduler_options
 
 logger = logging.getLogger("crossjax")
@@ -570,9 +570,11 @@ class _Metrics:
                     )
                 raise FloatingPointError(
                     f"Training stopped: {what} at step {step} (epoch {epoch}); neither that update nor any "
-                    "later one was applied, so the model keeps the parameters of the last finite step, and what "
-                    "this run saved before (the output folder, checkpoints) is untouched. Lower the learning "
-                    "rate, check the labels, or use float32 compute."
+                    "later one was applied, so the model keeps the parameters of the last step whose loss was "
+                    "finite (after a learning rate that diverged they may already score NaN: check "
+                    "model.predict, or load the last checkpoint), and what this run saved before (the output "
+                    "folder, checkpoints) is untouched. Lower the learning rate, check the labels, or use float32 "
+                    "compute."
                 )
             record = {
                 "step": step,
@@ -1348,7 +1350,9 @@ def _run_fit(
 
     completed = False
     card_name, card_config = card_loss(loss_fct, loss_fn, activation_fct, activation)
+    interrupts = StepInterrupts()
     try:
+        interrupts.install()
         train_examples, train_samples = data.describe()
         events.on_train_begin(
             logs.RunInfo(
@@ -1389,8 +1393,9 @@ def _run_fit(
                 stop_if_aborted()
                 target.on_step_begin(global_step, step.epoch, step.steps_in_epoch == 1 or global_step == start_step)
             guard.step()  # waits while another thread's predict dispatches work on the model's arrays
-            with interrupts_deferred():  # the old state is donated: the new one must be assigned
-                state, step_metrics, gradients = program.fn(state, global_batch, healthy, hparams, gradients)
+            interrupts.inside = True  # the old state is donated: the new one must be assigned
+            state, step_metrics, gradients = program.fn(state, global_batch, healthy, hparams, gradients)
+            interrupts.step_done()
             healthy = step_metrics["finite"]  # stays on the device: a bad step freezes all later ones
             if "abort" in step_metrics:
                 unread_abort = (step_metrics["abort"], global_step + 1)
@@ -1430,6 +1435,7 @@ def _run_fit(
         checkpoint_step(last_epoch)  # a run that stopped early
         completed = True
     finally:
+        interrupts.uninstall()
         # Ctrl-C, an evaluator or callback error, OOM, a checkpoint error or a non-finite loss: the model keeps
         # the last completed step's parameters (the state was only ever replaced by finished steps), and the
         # records of its steps not yet logged (a failing step's own error, or a non-finite loss, is not masked).

@@ -6,12 +6,10 @@ Imports nothing heavy (jax is imported on first use), so evaluators and data cod
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import signal
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -139,24 +137,42 @@ def _configure_compilation_cache() -> str | None:
     return str(directory)
 
 
-@contextlib.contextmanager
-def interrupts_deferred() -> Iterator[None]:
-    """Ctrl-C (SIGINT) held back while the block runs, then raised as ``KeyboardInterrupt``. A jitted step that
-    donates its input state must return and have its outputs assigned: interrupted inside the call (JAX
-    flattening its outputs), the donated buffers were already deleted and the new ones lost, and the model was
-    left holding deleted arrays (predict, save and fit then failed with "Array has been deleted"). Only the main
-    thread receives signals; elsewhere, or under a SIGINT handler of the program's own, nothing changes."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
-        yield
-        return
-    received: list[int] = []
-    signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-    if received:
-        raise KeyboardInterrupt
+class StepInterrupts:
+    """Ctrl-C (SIGINT) held back while a step is inside the jitted call that donates the run's state, and raised
+    once the call's outputs are assigned (:meth:`step_done`). Interrupted inside the call (JAX flattening its
+    outputs), the donated buffers were already deleted and the new ones lost: the model was left holding deleted
+    arrays, and predict, save and fit then failed with "Array has been deleted". Installed once for a run (a
+    flag a step, not a handler swap); outside the call a Ctrl-C raises at once, as Python's own handler does.
+    Only on the main thread, and only where SIGINT has Python's default handler (a program's own is kept)."""
+
+    def __init__(self) -> None:
+        self.inside = False
+        self.pending = False
+        self.installed = False
+
+    def install(self) -> None:
+        main = threading.current_thread() is threading.main_thread()
+        if main and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            signal.signal(signal.SIGINT, self._handle)
+            self.installed = True
+
+    def uninstall(self) -> None:
+        """Python's handler back; a Ctrl-C still held (a step call that raised) is dropped with a warning."""
+        if self.installed:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            self.installed = False
+        if self.pending:
+            logger.warning("a Ctrl-C arrived while the run was already stopping")
+        self.inside = self.pending = False
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.inside:
+            self.pending = True
+        else:
+            raise KeyboardInterrupt
+
+    def step_done(self) -> None:
+        self.inside = False
+        if self.pending:
+            self.pending = False
+            raise KeyboardInterrupt

@@ -23,7 +23,7 @@ from flax import nnx
 
 from crossjax import data as data_lib
 from crossjax import losses, packing, parallel, training
-from crossjax.losses.torch_compat import runs_on_torch
+from crossjax.losses.torch_compat import runs_on_torch, tensor_to_numpy
 from crossjax.model_card import (
     CardRecorder,
     CrossEncoderModelCardData,
@@ -1338,7 +1338,7 @@ def _rowwise(fn: Callable, scores: np.ndarray, rowwise: bool) -> np.ndarray:
             out = second()
         except Exception:  # noqa: BLE001
             raise e from None
-    return np.asarray(out.detach().cpu().float().numpy() if hasattr(out, "detach") else out, dtype=np.float32)
+    return tensor_to_numpy(out)
 
 
 def _pair_texts(inputs: Any) -> tuple[bool, list[str], list[str]]:

@@ -31,8 +31,8 @@ def is_torch_function(obj: Any) -> bool:
 
 def tensor_to_numpy(value: Any) -> np.ndarray:
     """A torch tensor, numpy array or number as a float32 numpy array."""
-    if hasattr(value, "detach"):  # a torch tensor
-        value = value.detach().cpu().numpy()
+    if hasattr(value, "detach"):  # a torch tensor (bfloat16 too: numpy has no such dtype)
+        value = value.detach().cpu().float().numpy()
     return np.asarray(value, dtype=np.float32)
 
 

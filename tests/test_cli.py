@@ -78,6 +78,8 @@ def test_pair_files_in_tsv_csv_and_jsonl_read_the_same(tmp_path):
     with pytest.raises(PairFileError, match=r"column '#1 ID', taken as a text column"):
         read_pairs(mrpc, label_column="Quality")
     assert read_pairs(mrpc, columns=("#1 String", "#2 String")).pairs == [r[3:] for r in rows]
+    (tmp_path / "bool.jsonl").write_text('{"a": "x", "b": "y", "label": true}\n{"a": "z", "b": "w", "label": false}\n')
+    assert read_pairs(tmp_path / "bool.jsonl", need_label=True).labels == [1.0, 0.0]  # JSON's booleans
     nan = write_tsv(tmp_path / "nan.tsv", ["a", "b", "label"], [("x", "y", 1), ("z", "w", "nan")])
     with pytest.raises(PairFileError, match=r"nan.tsv:3: label 'nan' is not a finite number"):
         read_pairs(nan, need_label=True)

@@ -109,6 +109,15 @@ def test_sentence_transformers_arguments_are_honoured_or_refused(tiny_dir, kwarg
         CrossEncoder(tiny_dir, **kwargs)
 
 
+def test_a_tokenizer_limit_beyond_the_position_table_is_capped_with_a_warning(tiny_dir, caplog):
+    """sentence-transformers keeps model_max_length=2000 and fails on the first longer pair; crossjax truncates at
+    the position limit, and says so (it did silently)."""
+    with caplog.at_level("WARNING", logger="crossjax"):
+        model = CrossEncoder(tiny_dir, tokenizer_kwargs={"model_max_length": 2000})
+    limit = model.model.position_limit
+    assert model.max_length == limit and f"truncated at {limit}" in caplog.text
+
+
 def test_options_without_a_meaning_in_jax_are_taken_as_in_sentence_transformers(tiny_dir):
     """trust_remote_code on a checkpoint without code of its own (one with is refused when its config is read),
     PyTorch's attention and memory options: sentence-transformers users pass them; they change nothing here."""

@@ -392,6 +392,12 @@ class CrossEncoder:
             # sentence-transformers' Transformer setting, unless the tokenizer's own is given
             max_length = self._checked_max_length(saved_limit, "sentence_bert_config.json's max_seq_length")
         self.max_length = self._resolve_max_length(max_length)  # kept in tokenizer.model_max_length
+        asked = (tokenizer_kwargs or {}).get("model_max_length")
+        if max_length is None and isinstance(asked, int) and asked > self.max_length:
+            logger.warning(
+                "tokenizer_kwargs model_max_length=%d is beyond the model's position limit: pairs are truncated at %d "
+                "(sentence-transformers keeps %d and fails on a longer pair)", asked, self.max_length, asked
+            )
         if isinstance(max_shapes, bool) or not isinstance(max_shapes, int) or max_shapes < 1:
             raise ValueError(f"max_shapes must be an integer >= 1, got {max_shapes!r}")
         self.max_shapes = max_shapes

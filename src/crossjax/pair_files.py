@@ -101,7 +101,9 @@ def _is_number_text(text: str) -> bool:
 
 
 def _label_value(value: Any, where: str) -> float:
-    if isinstance(value, bool) or value is None or value == "":
+    if isinstance(value, bool):  # a JSONL true / false: 1.0 / 0.0, as a dataset's boolean column trains
+        return float(value)
+    if value is None or value == "":
         raise PairFileError(f"{where}: missing or invalid label {value!r}")
     try:
         number = float(value)

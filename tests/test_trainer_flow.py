@@ -1094,3 +1094,27 @@ def test_what_a_callback_asks_around_an_interrupted_save_holds_after_the_resume(
     recorder = Recorder()
     assert trainer(tmp_path / "cut", recorder).train(resume_from_checkpoint=True).global_step == last_step
     assert ("step_end", last_step + 1) not in recorder.events
+
+
+def test_a_loss_called_on_a_batch_gives_sentence_transformers_value(tiny):
+    """sentence-transformers' ``loss(inputs, labels)`` (tests and custom loops call it): the same value from the
+    same model, for pointwise, in-batch and listwise losses (was "object is not callable")."""
+    import torch
+    from sentence_transformers.cross_encoder import CrossEncoder as STCrossEncoder
+    from sentence_transformers.cross_encoder import losses as st_losses
+
+    ours, theirs = CrossEncoder(str(tiny)), STCrossEncoder(str(tiny))
+    queries, documents = ["apple river", "stone cloud", "green music"], ["river apple", "cloud", "music of the sea"]
+    lists = [["apple", "river stone", "sea"], ["cloud stone", "green"], ["music", "sea", "park", "red"]]
+    scores = [[1.0, 0.0, 0.0], [0.0, 1.0], [1.0, 0.5, 0.0, 0.0]]
+    tensors = [torch.tensor(s) for s in scores]
+    cases = [
+        ("BinaryCrossEntropyLoss", [queries, documents], torch.tensor([1.0, 0.0, 0.5])),
+        ("MultipleNegativesRankingLoss", [queries, documents], torch.zeros(3)),
+        ("ListNetLoss", [queries, lists], tensors),
+        ("LambdaLoss", [queries, lists], tensors),
+    ]
+    for name, inputs, labels in cases:
+        expected = float(getattr(st_losses, name)(theirs)(inputs, labels))
+        got = getattr(losses, name)(ours)(inputs, labels)
+        assert float(got) == pytest.approx(expected, abs=1e-5), name

@@ -224,6 +224,23 @@ class CrossEncoderLoss(abc.ABC):
         """The loss itself: ``numerator / denominator`` (0 for a batch without real rows)."""
         return ratio(*self.parts(logits, doc_mask, labels, query_mask))
 
+    def __call__(self, inputs: Sequence[Sequence], labels: Any = None) -> jnp.ndarray:
+        """sentence-transformers' ``loss(inputs, labels)``: this loss on one batch, ``inputs`` its text columns
+        (queries, then documents) and ``labels`` its label column, scored by :attr:`model` as ``predict`` scores
+        (no dropout). A value to look at or test with; training steps are the trainer's (jitted, packed)."""
+        columns = [list(column) for column in inputs]
+        self.validate(columns, labels)
+        layout = self.layout(columns, labels, np.random.default_rng(0))
+        logits = self.model.predict(layout.pairs, activation_fn="identity", show_progress_bar=False)
+        logits = np.asarray(logits, np.float32).reshape(len(layout.pairs), -1)
+        index = np.asarray(layout.index)
+        return self.value(
+            jnp.asarray(logits[np.maximum(index, 0)]),
+            jnp.asarray(index >= 0),
+            jnp.asarray(layout.labels),
+            jnp.ones(index.shape[0], bool),
+        )
+
     def get_config_dict(self) -> dict[str, Any]:
         """The loss's settings, as sentence-transformers' ``get_config_dict`` returns them (for the model card)."""
         return {"activation_fn": activation_config_name(self._activation_arg, self.activation)}

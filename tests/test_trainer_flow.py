@@ -76,6 +76,12 @@ class Recorder:
     def on_step_begin(self, args, state, control, **kwargs):
         self.events.append(("step_begin", state.global_step))
 
+    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        self.events.append(("pre_optimizer_step", state.global_step))
+
+    def on_optimizer_step(self, args, state, control, **kwargs):
+        self.events.append(("optimizer_step", state.global_step))
+
     def on_step_end(self, args, state, control, **kwargs):
         self.events.append(("step_end", state.global_step))
 

@@ -1102,6 +1102,9 @@ class _RunHooks(RunCallback):
         called = bool(trainer.callback_handler.user_callbacks())
         if called:
             end.sync()  # callbacks get the model as it is after this step (Hugging Face passes model=)
+            if not end.resumed:  # Hugging Face's, around its optimizer's step (here inside the compiled step)
+                trainer._call_back("on_pre_optimizer_step")
+                trainer._call_back("on_optimizer_step")
         self._reach(end.global_step)
         if not called or end.resumed:  # what on_step_begin clears (with callbacks, it was called: flags set there
             # stay); a resumed control comes with the flags of its checkpoint's save

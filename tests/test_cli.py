@@ -132,6 +132,10 @@ BAD_ARGUMENTS = {
          "--num-labels", "3"],
         "fractions.tsv: pair 1 has label 0.7",
     ),  # fmt: skip
+    "a head of another size than the model's": (
+        ["train", "--model", "{model}", "--train", "{tmp}/classes.tsv", "--num-labels", "3"],
+        "--ignore-mismatched-sizes) to train a new head of that size",
+    ),
     "a negative seed": (
         ["train", "--model", "{model}", "--train", "{tmp}/classes.tsv", "--seed", "-1"],
         "argument --seed: expected an integer in [0, 2**32), got '-1'",

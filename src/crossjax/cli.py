@@ -237,6 +237,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dev", default=None, help="dev pairs with labels, evaluated during training")
     p.add_argument("--num-labels", type=_positive_int, default=1, help="1: a score (BCE); N > 1: N classes (CE)")
     p.add_argument(
+        "--ignore-mismatched-sizes",
+        action="store_true",
+        help="train a new head when --model's has another number of labels than --num-labels (else an error, as in "
+        "transformers)",
+    )
+    p.add_argument(
         "--evaluator",
         choices=[e for e in EVALUATORS if e != "beir"],
         default=None,
@@ -591,8 +597,9 @@ def _train(args: argparse.Namespace) -> int:
             not args.no_progress_bar,
         )
     model = CrossEncoder(
-        args.model, num_labels=args.num_labels, max_length=args.max_length, seed=args.seed, **_hub_options(args)
-    )
+        args.model, num_labels=args.num_labels, max_length=args.max_length, seed=args.seed, **_hub_options(args),
+        model_kwargs={"ignore_mismatched_sizes": args.ignore_mismatched_sizes},
+    )  # fmt: skip
     loader = DataLoader(train_examples, shuffle=True, batch_size=args.batch_size, seed=args.seed)
     summary = model.fit(
         train_dataloader=loader,

@@ -126,7 +126,7 @@ LABEL_COLUMNS: tuple[str, ...] = ("label", "labels", "score", "scores")
 def python_value(value: Any) -> Any:
     """A numpy, JAX or torch value (a torch-formatted dataset's 0-d tensors, a row's 1-d array) as Python's
     number or list; anything else as it is."""
-    return value.tolist() if hasattr(value, "tolist") and not isinstance(value, str | bytes) else value
+    return value.tolist() if hasattr(value, "tolist") else value
 
 
 def python_values(values: Any) -> list[Any]:

@@ -1455,17 +1455,15 @@ def _run_fit(
         events.on_train_end(completed)  # closes the logs (a killed run keeps them) and draws the curves
     # Without an evaluator the trained model is saved at the end (sentence-transformers' fit saves nothing then:
     # an output_path given would end empty); save_best_model=False saves nothing, as there
-    if evaluate_fn is None and cfg.output_path is not None and cfg.save_best_model:
-        events.on_save(global_step)
-        target.save(cfg.output_path)
-    elif cfg.output_path is not None and cfg.save_best_model and result.best_score is None:
-        # no evaluation scored (all NaN: e.g. a correlation of constant predictions): sentence-transformers then
-        # leaves output_path without a model; the trained one is saved, and the reason said
-        logger.warning(
-            "No evaluation gave a finite score, so no best model was saved during training; saving the final "
-            "model to %s",
-            cfg.output_path,
-        )
+    # Nor does it when no evaluation scored (all NaN: e.g. a correlation of constant predictions); crossjax saves
+    # the trained model then too, and says why
+    if cfg.output_path is not None and cfg.save_best_model and (evaluate_fn is None or result.best_score is None):
+        if evaluate_fn is not None:
+            logger.warning(
+                "No evaluation gave a finite score, so no best model was saved during training; saving the final "
+                "model to %s",
+                cfg.output_path,
+            )
         events.on_save(global_step)
         target.save(cfg.output_path)
     elapsed = time.perf_counter() - started

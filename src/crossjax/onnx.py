@@ -238,6 +238,7 @@ def export_onnx(
     output_dir = Path(directory if output_dir is None else output_dir).expanduser()
     check_local_path(output_dir, "output directory")
     copy_model_from = None if output_dir.resolve() == Path(directory).resolve() else Path(directory)
+    path = output_dir.resolve() / ONNX_SUBFOLDER / ONNX_FILE
     torch = _import_torch()
     wrapper, config = _load_torch_model(Path(directory))
     names = wrapper.input_names
@@ -277,14 +278,13 @@ def export_onnx(
         if weight_bytes > _SINGLE_FILE_LIMIT_BYTES:
             _name_external_data_for_optimum(target)
         if verify:
-            _verify(target, wrapper, config, torch, shown=output_dir.resolve() / ONNX_SUBFOLDER / ONNX_FILE)
+            _verify(target, wrapper, config, torch, shown=path)
 
     def stale(target: Path, written: set[str]) -> list[Path]:
         weights = stale_weight_files(target, written) if copy_model_from is not None else []
         return weights + _stale_external_data(target, written)
 
     atomic_directory_write(output_dir, write, stale=stale)
-    path = output_dir.resolve() / ONNX_SUBFOLDER / ONNX_FILE
     logger.info("Wrote %s (inputs %s, output %s)", path, names, OUTPUT_NAME)
     return path
 

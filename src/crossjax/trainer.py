@@ -908,9 +908,9 @@ class CrossEncoderTrainer:
         """Whether an evaluator's value must be a number: its primary metric, or the run's metric for the best
         model (Hugging Face's name, with or without ``eval_``)."""
         best = self.args.metric_for_best_model
-        return key == getattr(evaluator, "primary_metric", None) or (
-            best is not None and prefixed in (best, f"eval_{best}") or key == "evaluator"
-        )
+        if key in (getattr(evaluator, "primary_metric", None), "evaluator"):  # "evaluator": a bare number returned
+            return True
+        return best is not None and prefixed in (best, f"eval_{best}")
 
     def _evaluators(self) -> list[Any]:
         return [] if self.evaluator is None else [self.evaluator]
@@ -958,8 +958,7 @@ class CrossEncoderTrainer:
         # The log entry has the epoch. sentence-transformers 6.2's log() adds it to the returned metrics too,
         # except where they hold "eval_loss" (it logs a copy of those): so evaluate() returns them there
         logged = {**metrics, "epoch": self.state.epoch}
-        self.state.log_history.append({**logged, "step": self.state.global_step})
-        self._call_back("on_log", logs=logged)
+        self.log(logged)
         self._call_back("on_evaluate", metrics=logged)
         # what callbacks added to the metrics in on_evaluate counts, as in Hugging Face (one dict goes around):
         # e.g. a combined score named by metric_for_best_model

@@ -203,10 +203,7 @@ def activation_name_for_export(fn: Any, strict: bool = True) -> str:
     e.g. ``"torch.nn.modules.activation.Sigmoid"``, so exported models load with the same activation. A custom
     callable is an error, or with ``strict=False`` its own dotted path, which neither library imports on
     loading (both then warn and take the default, as sentence-transformers does with what it saved)."""
-    try:
-        resolved = resolve_activation(fn)
-    except ValueError:  # a torch module or function without a JAX form: its own class path, below
-        resolved = resolve_scoring_activation(fn)
+    resolved = resolve_scoring_activation(fn)  # a torch module without a JAX form stays itself: its path below
     for known, export_name in _EXPORT_NAMES.items():
         if resolved is known:
             return export_name

@@ -92,14 +92,28 @@ def save_tiny_bert(
 
 @pytest.fixture(scope="session", autouse=True)
 def crossjax_compilation_cache(tmp_path_factory):
-    """crossjax's persistent XLA cache goes to a directory of this test session, never to ~/.cache (the
-    variable is inherited by the examples and workers the tests start). An explicit CROSSJAX_COMPILATION_CACHE
-    (0 to compile everything cold) is left as it is."""
-    os.environ.setdefault("CROSSJAX_COMPILATION_CACHE", str(tmp_path_factory.mktemp("crossjax_xla_cache")))
+    """One persistent XLA cache for the whole test run, never ~/.cache: both xdist workers and every example,
+    CLI run and worker the tests start (they inherit the variables) share it, and it caches every program (min
+    compile time 0). A test whose step its process does not hold yet, but which lowers to a program another
+    module, worker or subprocess compiled, loads it (~1 s) instead of compiling it (~5 s on two cores).
+    crossjax's compile counters count traces, so they are unaffected; tests of the cache itself run in
+    subprocesses with their own directories. An explicit CROSSJAX_COMPILATION_CACHE (0 to compile everything
+    cold) is left as it is."""
+    import jax
+
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the run's folder, above each worker's own: shared by the workers
+    directory = root / "crossjax_xla_cache"
+    directory.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("CROSSJAX_COMPILATION_CACHE", str(directory))
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
     from crossjax.runtime import enable_compilation_cache
 
-    # Settled now, before a module fixture (test_fit_behaviour's compilation_cache) points JAX elsewhere.
-    return enable_compilation_cache()
+    used = enable_compilation_cache()
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    return used
 
 
 @pytest.fixture(scope="session")

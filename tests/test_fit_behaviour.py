@@ -24,7 +24,8 @@ from crossjax.evaluation import CECorrelationEvaluator
 NO_DROPOUT = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
 QUIET = {"show_progress_bar": False}
 # Shared by most fits: a constant schedule makes the step program independent of the run's length, so fits
-# with the same batch shape and dropout setting reuse one compiled program (see `compilation_cache`).
+# with the same batch shape and dropout setting reuse one compiled program
+# (and the run's shared XLA cache: conftest's `crossjax_compilation_cache`).
 TRAIN = {"scheduler": "constantlr", "optimizer_params": {"lr": 1e-3}, **QUIET}
 WORDS = (
     "the a man woman dog cat plays runs guitar field music park red blue small large quickly slowly "
@@ -33,29 +34,6 @@ WORDS = (
 
 
 # --------------------------------------------------------------------------------------------- fixtures
-@pytest.fixture(scope="module", autouse=True)
-def compilation_cache(tmp_path_factory):
-    """XLA's persistent cache for this module, caching every program (min compile time 0): a fit whose step
-    the process does not hold yet (another loss, dropout setting or mesh, or after clear_program_cache) but
-    that lowers to a program seen before loads it instead of compiling again (~1 s instead of ~5 s on two
-    cores). crossjax's compile counters count traces, so they are unaffected."""
-    from jax.experimental.compilation_cache import compilation_cache as cc
-
-    options = (
-        ("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("xla_cache"))),
-        ("jax_persistent_cache_min_compile_time_secs", 0.0),
-        ("jax_persistent_cache_min_entry_size_bytes", 0),
-    )
-    previous = [(name, getattr(jax.config, name)) for name, _ in options]
-    for name, value in options:
-        jax.config.update(name, value)
-    cc.reset_cache()
-    yield
-    for name, value in previous:
-        jax.config.update(name, value)
-    cc.reset_cache()
-
-
 def _save_tiny(directory: Path, tokenizer, num_labels: int) -> Path:
     # initializer_range 0.2: visibly different scores per pair, so order/equality checks mean something
     return save_tiny_bert(directory, tokenizer, num_labels, seed=num_labels, initializer_range=0.2)

@@ -21,7 +21,6 @@ from test_fit_behaviour import (  # noqa: F401 - fixtures used by name
     NO_DROPOUT,
     QUIET,
     TRAIN,
-    compilation_cache,
     losses_of,
     make_examples,
     params_of,

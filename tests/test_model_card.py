@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_fit_behaviour import _save_tiny, compilation_cache, make_examples  # noqa: F401 (module fixture)
+from test_fit_behaviour import _save_tiny, make_examples  # noqa: F401 (module fixture)
 
 from crossjax import CrossEncoder, CrossEncoderModelCardData, DataLoader
 from crossjax.evaluation import CECorrelationEvaluator

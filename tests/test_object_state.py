@@ -18,7 +18,6 @@ import optax
 import pytest
 from test_fit_behaviour import (  # noqa: F401 - fixtures used by name
     TRAIN,
-    compilation_cache,
     losses_of,
     make_examples,
     tiny_dir,

@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 from test_fit_behaviour import (  # noqa: F401 - fixtures used by name
     TRAIN,
-    compilation_cache,
     make_examples,
     params_of,
     tiny_dir,

@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 from test_fit_behaviour import (  # noqa: F401 - fixtures used by name
     TRAIN,
-    compilation_cache,
     losses_of,
     make_examples,
     params_of,
@@ -22,7 +21,7 @@ from test_fit_behaviour import (  # noqa: F401 - fixtures used by name
 
 from crossjax import CrossEncoder, InputExample
 
-FIXTURES = (compilation_cache, tiny_dir, tiny_dirs)  # imported for pytest, which finds them by name
+FIXTURES = (tiny_dir, tiny_dirs)  # imported for pytest, which finds them by name
 RUN = {**TRAIN, "logging_steps": 1, "batch_size": 4}
 
 

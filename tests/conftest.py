@@ -93,12 +93,12 @@ def save_tiny_bert(
 @pytest.fixture(scope="session", autouse=True)
 def crossjax_compilation_cache(tmp_path_factory):
     """One persistent XLA cache for the whole test run, never ~/.cache: both xdist workers and every example,
-    CLI run and worker the tests start (they inherit the variables) share it, and it caches every program (min
-    compile time 0). A test whose step its process does not hold yet, but which lowers to a program another
-    module, worker or subprocess compiled, loads it (~1 s) instead of compiling it (~5 s on two cores).
-    crossjax's compile counters count traces, so they are unaffected; tests of the cache itself run in
-    subprocesses with their own directories. An explicit CROSSJAX_COMPILATION_CACHE (0 to compile everything
-    cold) is left as it is."""
+    CLI run and worker the tests start (they inherit CROSSJAX_COMPILATION_CACHE) share it. In the test processes
+    it caches every program (min compile time 0; subprocesses keep crossjax's threshold, which measured faster
+    for them): a fit whose step the process does not hold yet, but which lowers to a program another module or
+    worker compiled, loads it (~1 s) instead of compiling it (~5 s on two cores). crossjax's compile counters
+    count traces, so they are unaffected; tests of the cache itself run in subprocesses with their own
+    directories. An explicit CROSSJAX_COMPILATION_CACHE (0 to compile everything cold) is left as it is."""
     import jax
 
     root = tmp_path_factory.getbasetemp()
@@ -107,7 +107,6 @@ def crossjax_compilation_cache(tmp_path_factory):
     directory = root / "crossjax_xla_cache"
     directory.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("CROSSJAX_COMPILATION_CACHE", str(directory))
-    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
     from crossjax.runtime import enable_compilation_cache
 
     used = enable_compilation_cache()

@@ -468,6 +468,22 @@ def test_what_a_sentence_transformers_save_holds_besides_the_transformer(saved, 
     with pytest.raises(ValueError, match="the saved model's setting"):
         ours.bfloat16()
     assert CrossEncoder(folder, keep_in_fp32_modules=[]).bfloat16().compute_dtype == jnp.bfloat16
+    # ... and training in bfloat16 would ignore the selection too (sentence-transformers keeps those layers in
+    # float32 under autocast): refused before anything is tokenized; fit's contradictory dtypes likewise
+    from crossjax import CrossEncoderTrainer, CrossEncoderTrainingArguments, DataLoader, InputExample
+
+    examples = [InputExample(texts=list(p), label=1.0) for p in pairs]
+    with pytest.raises(ValueError, match="keep_in_fp32_modules.*bf16=True / use_amp=True"):
+        ours.fit(DataLoader(examples, batch_size=2), epochs=1, use_amp=True, show_progress_bar=False)
+    args = CrossEncoderTrainingArguments(str(tmp_path / "run"), bf16=True, max_steps=1, disable_tqdm=True)
+    data = {"a": [p[0] for p in pairs], "b": [p[1] for p in pairs], "label": [1.0] * len(pairs)}
+    with pytest.raises(ValueError, match="keep_in_fp32_modules.*bf16=True / use_amp=True"):
+        CrossEncoderTrainer(model=ours, args=args, train_dataset=data).train()
+    assert ours.training_history == [] and not (tmp_path / "run").exists()
+    with pytest.raises(ValueError, match="contradicts itself"):
+        CrossEncoder(folder, keep_in_fp32_modules=[]).fit(
+            DataLoader(examples, batch_size=2), use_amp=True, compute_dtype="float32", show_progress_bar=False
+        )
     assert CrossEncoder(folder, tokenizer_kwargs={"model_max_length": 20}).max_length == 20  # as there
     # sentence-transformers' own example of processing_kwargs: a limit and truncation, padding changes nothing
     example = {"processing_kwargs": {"text": {"max_length": 12, "truncation": True, "padding": "longest"}}}

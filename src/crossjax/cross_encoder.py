@@ -95,14 +95,31 @@ def _check_module_paths(module_names: Any) -> None:
         raise ValueError(f"keep_in_fp32_modules must be a list of module paths, got {module_names!r:.80}")
 
 
-def _check_keep_in_fp32(keep_in_fp32_modules: list[str] | None, compute_dtype) -> None:
+def check_keep_in_fp32(keep_in_fp32_modules: list[str] | None, compute_dtype) -> None:
     if keep_in_fp32_modules and jnp.dtype(compute_dtype) != jnp.float32:
         raise ValueError(
             f"keep_in_fp32_modules={keep_in_fp32_modules!r} (an argument, or the saved model's setting) with "
-            f"compute dtype {jnp.dtype(compute_dtype).name}: crossjax computes every layer in the compute dtype. "
+            f"compute dtype {jnp.dtype(compute_dtype).name} (asked for by the model or by training with bf16=True / "
+            "use_amp=True): crossjax computes every layer in the compute dtype. "
             "Compute in float32 (then every module already does), or pass keep_in_fp32_modules=[] to compute "
             "the whole model in that dtype"
         )
+
+
+def _fit_compute_dtype(use_amp: bool, compute_dtype, keep_in_fp32_modules: list[str]) -> jnp.dtype:
+    """``fit``'s compute dtype: bfloat16 with ``use_amp`` (sentence-transformers' autocast), else float32, unless
+    ``compute_dtype`` names one; an explicit dtype that contradicts ``use_amp=True`` is refused, not overridden."""
+    if compute_dtype is None or (isinstance(compute_dtype, str) and compute_dtype == "auto"):
+        dtype = _as_dtype("bfloat16" if use_amp else "float32")
+    else:
+        dtype = _as_dtype(compute_dtype)
+        if use_amp and dtype != jnp.bfloat16:
+            raise ValueError(
+                f"fit(use_amp=True, compute_dtype={compute_dtype!r}) contradicts itself: use_amp trains in bfloat16. "
+                "Pass one of them"
+            )
+    check_keep_in_fp32(keep_in_fp32_modules, dtype)
+    return dtype
 
 
 def _saved_pipeline(directory: Path) -> dict[str, Any]:
@@ -367,7 +384,7 @@ class CrossEncoder:
             keep_in_fp32_modules = saved_st_config.get("keep_in_fp32_modules") or None
         if keep_in_fp32_modules is not None:
             _check_module_paths(keep_in_fp32_modules)
-        _check_keep_in_fp32(keep_in_fp32_modules, _as_dtype(compute_dtype or "float32"))
+        check_keep_in_fp32(keep_in_fp32_modules, _as_dtype(compute_dtype or "float32"))
         config = load_config(directory, **config_kwargs)
         classifier_trained = any(
             a.endswith("ForSequenceClassification") for a in (config.architectures or [])
@@ -1035,11 +1052,7 @@ class CrossEncoder:
             output_path=output_path,
             save_best_model=save_best_model,
             max_grad_norm=max_grad_norm,
-            compute_dtype=_as_dtype(
-                ("bfloat16" if use_amp else "float32")
-                if compute_dtype is None or (isinstance(compute_dtype, str) and compute_dtype == "auto")
-                else compute_dtype
-            ),
+            compute_dtype=_fit_compute_dtype(use_amp, compute_dtype, self.keep_in_fp32_modules),
             show_progress_bar=show_progress_bar,
             gradient_accumulation_steps=gradient_accumulation_steps,
             seed=self.seed if seed is None else data_lib.checked_seed(seed, "fit seed"),
@@ -1140,7 +1153,7 @@ class CrossEncoder:
                 f"keep_in_fp32_modules: {unknown} name no nn.Linear layer of this model (sentence-transformers "
                 f"module paths, e.g. {sorted(linear)[:2]})"
             )
-        _check_keep_in_fp32(names, self.compute_dtype)
+        check_keep_in_fp32(names, self.compute_dtype)
         self.keep_in_fp32_modules = names
 
     def get_default_activation_fn(self) -> Callable:
@@ -1210,7 +1223,7 @@ class CrossEncoder:
             except TypeError:
                 pass
             if dtype_like:
-                _check_keep_in_fp32(self.keep_in_fp32_modules, _as_dtype(value))
+                check_keep_in_fp32(self.keep_in_fp32_modules, _as_dtype(value))
                 self.compute_dtype = _as_dtype(value)
                 continue
             platform, _, index = str(value).lower().partition(":")

@@ -32,6 +32,7 @@ import numpy as np
 from flax import nnx
 
 from crossjax import logs, losses, parallel, training
+from crossjax.cross_encoder import check_keep_in_fp32
 from crossjax.data import LABEL_COLUMNS, column_values
 from crossjax.list_batches import ListData, MultiListData
 from crossjax.logs import RunCallback, epoch_at
@@ -610,6 +611,13 @@ class CrossEncoderTrainer:
             )
         return self._one_list_data(dataset, what, train, None)
 
+    def _train_compute_dtype(self) -> jnp.dtype:
+        """bfloat16 with ``bf16=True`` (Hugging Face's autocast), else float32; a model whose
+        ``keep_in_fp32_modules`` bfloat16 would ignore is refused, as its constructor refuses it."""
+        dtype = jnp.dtype(jnp.bfloat16 if self.args.bf16 else jnp.float32)
+        check_keep_in_fp32(self.model.keep_in_fp32_modules, dtype)
+        return dtype
+
     def _check_eval_data(self) -> None:
         """The eval datasets' rows checked as the train dataset's are, before any step: a bad label there would
         otherwise stop the run at its first evaluation (only when the run evaluates: as Hugging Face's, a trainer
@@ -688,6 +696,7 @@ class CrossEncoderTrainer:
                 "model at each save) or 'end'"
             )
         self.model._check_parameters_finite()
+        compute_dtype = self._train_compute_dtype()
         ensure_writable_folders([("output_dir", args.output_dir)])  # named as the user set it (fit: log_dir)
         resume = resume_from_checkpoint if resume_from_checkpoint is not None else args.resume_from_checkpoint
         data = self._list_data(self.train_dataset, "train_dataset", train=True)
@@ -714,7 +723,7 @@ class CrossEncoderTrainer:
             output_path=None,
             save_best_model=False,
             max_grad_norm=float(args.max_grad_norm) if args.max_grad_norm and args.max_grad_norm > 0 else None,
-            compute_dtype=jnp.bfloat16 if args.bf16 else jnp.float32,
+            compute_dtype=compute_dtype,
             show_progress_bar=not args.disable_tqdm,
             gradient_accumulation_steps=args.gradient_accumulation_steps,
             seed=int(args.seed),
@@ -976,8 +985,7 @@ class CrossEncoderTrainer:
         loss = self.loss_for(name)
         data.start(0)
         model, plan = self.model.model, self.model.mesh_plan
-        dtype = jnp.bfloat16 if self.args.bf16 else jnp.float32
-        graphdef = training.graphdef_with_dtype(model, dtype, train=False)
+        graphdef = training.graphdef_with_dtype(model, self._train_compute_dtype(), train=False)
         step_fn = training.eval_loss_program(graphdef, loss, plan)[0].fn
         params, rest = nnx.state(model, nnx.Param), nnx.state(model, nnx.Not(nnx.Param))
         numerator, denominator = 0.0, 0.0

@@ -545,8 +545,10 @@ class CrossEncoderTrainingArguments(_HuggingFaceArguments):
                 continue
             hint = {
                 "fp16": " (use bf16=True: bfloat16 compute)",
-                "fp16_full_eval": " (bf16=True computes the evaluations in bfloat16 too)",
-                "bf16_full_eval": " (bf16=True computes the evaluations in bfloat16 too)",
+                "fp16_full_eval": " (bf16=True computes the eval loss in bfloat16; evaluators score in the model's "
+                "own dtype, float32 unless it was loaded in bfloat16)",
+                "bf16_full_eval": " (bf16=True computes the eval loss in bfloat16; evaluators score in the model's "
+                "own dtype, float32 unless it was loaded in bfloat16)",
             }.get(key, "")
             raise ValueError(
                 f"CrossEncoderTrainingArguments: {key}={value!r} selects Hugging Face / PyTorch machinery "

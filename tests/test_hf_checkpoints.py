@@ -344,6 +344,34 @@ def test_head_of_other_size_is_refused_or_reinitialised_with_warning_as_in_trans
     np.testing.assert_array_equal(np.asarray(model.classifier.bias[...]), 0.0)
 
 
+def test_inputs_past_the_models_tables_are_refused_as_in_transformers_not_scored_nan(tmp_path):
+    """A raw call with rows longer than the position table, or ids past the vocabulary / token types: transformers
+    raises; a JAX lookup out of range would give NaN logits silently."""
+    from transformers import BertConfig
+
+    config = BertConfig(
+        vocab_size=100, hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=37,
+        max_position_embeddings=16, num_labels=1,
+    )  # fmt: skip
+    theirs = AutoModelForSequenceClassification.from_config(config).eval()
+    theirs.save_pretrained(tmp_path)
+    ours = FlaxAutoModelForSequenceClassification.from_pretrained(tmp_path)
+    fine = np.array([[1, 5, 7, 2]])
+    np.testing.assert_allclose(
+        np.asarray(ours(fine, np.ones_like(fine))), theirs(torch.tensor(fine)).logits.detach().numpy(), atol=1e-5
+    )
+    cases = [
+        ((np.full((1, 20), 5), np.ones((1, 20))), "20 tokens a row.*holds 16 .max_position_embeddings"),
+        ((np.array([[1, 150, 2]]), np.ones((1, 3))), "input_ids holds 150.*100 .vocab_size"),
+        ((fine, np.ones_like(fine), np.array([[0, 2, 0, 0]])), "token_type_ids holds 2.*type_vocab_size"),
+    ]
+    for arrays, message in cases:
+        with pytest.raises((RuntimeError, IndexError)):
+            theirs(*(torch.tensor(a, dtype=torch.long) for a in arrays))
+        with pytest.raises(ValueError, match=message):
+            ours(*arrays)
+
+
 def test_a_head_that_contradicts_the_checkpoints_own_config_is_refused_as_in_transformers(tiny_dir, tmp_path):
     """A 2-label head whose config.json lists 3 labels is a broken checkpoint: transformers refuses it; crossjax
     too (it re-initialises a head only at a size the caller asks for)."""

@@ -236,6 +236,29 @@ class FlaxPreTrainedModel(nnx.Module):
             limit -= int(self.config.pad_token_id) + 1
         return limit
 
+    def _check_token_inputs(self, input_ids, token_type_ids) -> None:
+        """What transformers refuses and a JAX lookup would turn into NaN logits without a word: rows longer than
+        the position table, ids past the vocabulary or the token type table. The length is checked always (a
+        static shape); the ids where they are concrete (not under ``jit``)."""
+        limit, length = self.position_limit, np.shape(input_ids)[-1] if np.ndim(input_ids) else 0
+        if limit is not None and length > limit:
+            raise ValueError(
+                f"input_ids has {length} tokens a row; this {self.config.model_type} model's position table holds "
+                f"{limit} (max_position_embeddings): truncate the inputs to {limit} tokens"
+            )
+        tables = [(input_ids, "input_ids", "vocab_size", int(self.config.vocab_size))]
+        if token_type_ids is not None and self.uses_token_types and getattr(self.config, "type_vocab_size", 0) > 0:
+            tables.append((token_type_ids, "token_type_ids", "type_vocab_size", int(self.config.type_vocab_size)))
+        for ids, name, field_name, size in tables:
+            if isinstance(ids, jax.core.Tracer) or not np.size(ids):
+                continue
+            values = np.asarray(ids)
+            if values.min() < 0 or values.max() >= size:
+                raise ValueError(
+                    f"{name} holds {int(values.max() if values.max() >= size else values.min())}, outside this "
+                    f"model's table of {size} ({field_name}): a tokenizer of another model?"
+                )
+
     # Forward pass: embed -> encoder -> classify. Families override ``embed`` or ``classify`` where they differ.
     def embed(self, input_ids: jax.Array, token_type_ids: jax.Array | None, position_ids=None) -> jax.Array:
         return self.embeddings(input_ids, token_type_ids if self.uses_token_types else None, position_ids)
@@ -259,6 +282,7 @@ class FlaxPreTrainedModel(nnx.Module):
     ) -> jax.Array:
         """Logits (B, num_labels) in float32 from integer token arrays (B, L)."""
         refuse_torch_tensors(input_ids, attention_mask, token_type_ids)
+        self._check_token_inputs(input_ids, token_type_ids)
         with self.matmul_precision():
             return self.classify(self.encode(input_ids, attention_mask, token_type_ids)).astype(jnp.float32)
 

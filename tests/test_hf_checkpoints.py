@@ -372,6 +372,27 @@ def test_inputs_past_the_models_tables_are_refused_as_in_transformers_not_scored
             ours(*arrays)
 
 
+@pytest.mark.parametrize(
+    "family, change, message",
+    [
+        ("deberta-v2", {"pooler_hidden_size": 16}, "pooler_hidden_size=16 differs from hidden_size=32"),
+        ("modernbert", {"hidden_size": 36, "intermediate_size": 40}, "heads of 9 dimensions.*even head size"),
+    ],
+)
+def test_configs_transformers_fails_on_in_its_forward_are_refused_by_name_at_load(family, change, message, tmp_path):
+    from test_models_parity import FAMILIES
+
+    config = FAMILIES[family](1)
+    for name, value in change.items():
+        setattr(config, name, value)
+    theirs = AutoModelForSequenceClassification.from_config(config).eval()
+    with pytest.raises(RuntimeError):  # a shape error deep in its forward
+        theirs(torch.tensor([[1, 5, 7, 2]]))
+    theirs.save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match=message):
+        FlaxAutoModelForSequenceClassification.from_pretrained(tmp_path)
+
+
 def test_a_head_that_contradicts_the_checkpoints_own_config_is_refused_as_in_transformers(tiny_dir, tmp_path):
     """A 2-label head whose config.json lists 3 labels is a broken checkpoint: transformers refuses it; crossjax
     too (it re-initialises a head only at a size the caller asks for)."""

@@ -350,6 +350,11 @@ class DebertaV2ForSequenceClassification(FlaxPreTrainedModel):
         )
         self.conv = SegmentConv(config, dtype=dtype, rngs=rngs) if conv_kernel_size(config) > 0 else None
         pooler_hidden = int(getattr(config, "pooler_hidden_size", hidden))
+        if pooler_hidden != hidden:  # the pooler reads the first token's hidden state (transformers fails there)
+            raise ValueError(
+                f"DeBERTa-v2 pooler_hidden_size={pooler_hidden} differs from hidden_size={hidden}: the pooler "
+                "reads the first token's hidden state, so they must be equal"
+            )
         self.pooler_dropout = Dropout(config_dropout(config, "pooler_dropout", 0.0), rngs=rngs)
         self.pooler = dense(pooler_hidden, pooler_hidden, std=std, dtype=dtype, rngs=rngs)
         self.pooler_act = activation(getattr(config, "pooler_hidden_act", "gelu"))

@@ -134,6 +134,11 @@ class ModernBertLayer(nnx.Module):
     ):
         if hidden % heads:
             raise ValueError(f"hidden size {hidden} is not a multiple of the number of heads {heads}")
+        if (hidden // heads) % 2:  # rotary angles pair up a head's dimensions
+            raise ValueError(
+                f"hidden_size {hidden} / num_attention_heads {heads} gives heads of {hidden // heads} dimensions: "
+                "ModernBERT's rotary positions need an even head size"
+            )
         self.heads = heads
         self.intermediate = intermediate
         norm = dict(dtype=dtype, rngs=rngs, use_bias=norm_bias)
@@ -352,6 +357,7 @@ class ModernBertForSequenceClassification(FlaxPreTrainedModel):
     def __call__(self, input_ids: Array, attention_mask: Array | None = None, token_type_ids=None) -> Array:
         """Logits (B, num_labels) in float32; ``attention_mask`` (B, L) marks the real tokens."""
         refuse_torch_tensors(input_ids, attention_mask, token_type_ids)
+        self._check_token_inputs(input_ids, None)
         if attention_mask is None:
             attention_mask = jnp.ones_like(input_ids)
         with self.matmul_precision():

@@ -236,6 +236,10 @@ class FlaxPreTrainedModel(nnx.Module):
             limit -= int(self.config.pad_token_id) + 1
         return limit
 
+    def reads_token_types(self) -> bool:
+        """Whether given token type ids are embedded (families without a table, or that ignore it, do not)."""
+        return self.uses_token_types and int(getattr(self.config, "type_vocab_size", 0) or 0) > 0
+
     def _check_token_inputs(self, input_ids, token_type_ids) -> None:
         """What transformers refuses and a JAX lookup would turn into NaN logits without a word: rows longer than
         the position table, ids past the vocabulary or the token type table. The length is checked always (a
@@ -247,7 +251,7 @@ class FlaxPreTrainedModel(nnx.Module):
                 f"{limit} (max_position_embeddings): truncate the inputs to {limit} tokens"
             )
         tables = [(input_ids, "input_ids", "vocab_size", int(self.config.vocab_size))]
-        if token_type_ids is not None and self.uses_token_types and getattr(self.config, "type_vocab_size", 0) > 0:
+        if token_type_ids is not None and self.reads_token_types():
             tables.append((token_type_ids, "token_type_ids", "type_vocab_size", int(self.config.type_vocab_size)))
         for ids, name, field_name, size in tables:
             if isinstance(ids, jax.core.Tracer) or not np.size(ids):

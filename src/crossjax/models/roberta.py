@@ -50,10 +50,12 @@ class RobertaForSequenceClassification(FlaxPreTrainedModel):
             *linear("classifier.out_proj", "classifier.out_proj"),
         ]
 
+    def reads_token_types(self) -> bool:
+        # a single type: transformers' tokenizers send none, so given ones are ignored and all embed as type 0
+        return self.config.type_vocab_size > 1
+
     def embed(self, input_ids: jax.Array, token_type_ids: jax.Array | None, position_ids=None) -> jax.Array:
-        if self.config.type_vocab_size <= 1:
-            token_type_ids = None  # a single type: transformers' tokenizers send none, embed all as type 0
-        return self.embeddings(input_ids, token_type_ids, position_ids)
+        return self.embeddings(input_ids, token_type_ids if self.reads_token_types() else None, position_ids)
 
 
 class XLMRobertaForSequenceClassification(RobertaForSequenceClassification):

@@ -83,6 +83,31 @@ def test_jsonl_stream_matches_in_memory_dataset(tiny_dir, tmp_path):
     assert_same_params(in_memory, via_loader)
 
 
+def test_a_text_column_beside_the_pair_is_refused_not_trained_on(tiny_dir, tmp_path, spies):
+    """An id column beside unnamed pair columns: fit refused it as sentence-transformers' trainer refuses three
+    input columns (it trained on (id, query) before); a stream with a mixed-type column is named by row in the
+    trainer (pyarrow's error came from reading it into memory)."""
+    import datasets
+
+    from crossjax import CrossEncoderTrainer, CrossEncoderTrainingArguments
+
+    path = tmp_path / "rows.jsonl"
+    rows = [{"id": f"q{i}", "query": e.texts[0], "doc": e.texts[1], "label": e.label} for i, e in
+            enumerate(make_examples(8, seed=4))]  # fmt: skip
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    for streaming in (True, False):
+        ds = datasets.load_dataset("json", data_files=str(path), split="train", streaming=streaming)
+        with pytest.raises(ValueError, match=r"3 text columns \['id', 'query', 'doc'\].*ambiguous"):
+            CrossEncoder(tiny_dir).fit(ds, max_steps=1, **RUN)
+    assert spies == []
+    rows[2]["doc"] = 5
+    path.write_text("".join(json.dumps({k: v for k, v in row.items() if k != "id"}) + "\n" for row in rows))
+    stream = datasets.load_dataset("json", data_files=str(path), split="train", streaming=True)
+    args = CrossEncoderTrainingArguments(str(tmp_path / "run"), max_steps=1, disable_tqdm=True)
+    with pytest.raises((TypeError, ValueError), match="row 2.*int 5"):
+        CrossEncoderTrainer(model=CrossEncoder(tiny_dir), args=args, train_dataset=stream).train()
+
+
 def test_stream_errors(tiny_dir):
     ce = CrossEncoder(tiny_dir)
     with pytest.raises(ValueError, match="max_steps"):

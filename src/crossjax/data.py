@@ -160,7 +160,7 @@ def is_text_feature(feature: Any) -> bool:
 def pair_and_label_columns(
     columns: list[str], is_text: Callable[[str], bool], what: str
 ) -> tuple[tuple[str, str], str | None]:
-    """The two text columns and the label column of a dataset or stream: the pair by name, else the first two
+    """The two text columns and the label column of a dataset or stream: the pair by name, else the only two
     text columns; the label from a column of :data:`LABEL_COLUMNS` if present."""
     label = next((c for c in LABEL_COLUMNS if c in columns), None)
     pair = next((p for p in _PAIR_COLUMNS if p[0] in columns and p[1] in columns), None)
@@ -169,7 +169,14 @@ def pair_and_label_columns(
         if len(texts) < 2:
             raise ValueError(
                 f"could not find two text columns in the {what} (columns {columns}); name them e.g. "
-                "'sentence1'/'sentence2' or make the first two string columns the pair"
+                "'sentence1'/'sentence2' or make them the only two string columns"
+            )
+        if len(texts) > 2:  # an id or title column beside the pair: guessing would train on the wrong texts
+            raise ValueError(
+                f"the {what} has {len(texts)} text columns {texts} and none of the known pair names; which two "
+                "are the pair is ambiguous: keep only the pair and the label (e.g. ds.select_columns([...])) or "
+                "name them e.g. 'sentence1'/'sentence2' (sentence-transformers' trainer refuses more than two "
+                "input columns too)"
             )
         pair = (texts[0], texts[1])
     return pair, label

@@ -174,7 +174,11 @@ def in_memory(dataset: Any) -> Any:
         rows, features = list(dataset), getattr(dataset, "features", None)
         if not rows and features:  # the stream's columns where known, so that it is named as empty
             return Dataset.from_dict({column: [] for column in features}, features=features)
-        return Dataset.from_list(rows)
+        try:
+            return Dataset.from_list(rows)
+        except (TypeError, ValueError):  # pyarrow's ArrowTypeError / ArrowInvalid: mixed types in a column
+            # plain columns instead, so that the row checks name the bad value as for data held in memory
+            return {column: [row.get(column) for row in rows] for column in rows[0]}
     return dataset
 
 

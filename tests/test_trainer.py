@@ -284,7 +284,7 @@ def test_every_sentence_transformers_argument_is_accepted_at_its_default_and_rea
     "kwargs, error, message",
     [
         ({"fp16": True}, ValueError, r"fp16=True .*use bf16=True"),
-        ({"bf16_full_eval": True}, ValueError, "bf16=True computes the evaluations in bfloat16 too"),
+        ({"bf16_full_eval": True}, ValueError, "bf16=True computes the eval loss in bfloat16; evaluators score in"),
         ({"deepspeed": "ds.json"}, ValueError, "deepspeed"),
         ({"dataloader_num_workers": 4, "fsdp": "full_shard"}, ValueError, "fsdp"),
         ({"optim": "adamw_bnb_8bit"}, ValueError, "optim='adamw_bnb_8bit'"),

@@ -543,12 +543,14 @@ class CrossEncoderTrainingArguments(_HuggingFaceArguments):
             value = getattr(self, key)
             if value == default or value in _TORCH_ONLY_ALSO_MEANT.get(key, ()):
                 continue
+            full_eval = (
+                " (bf16=True computes the eval loss in bfloat16; evaluators score in the model's own dtype, float32 "
+                "unless it was loaded in bfloat16)"
+            )
             hint = {
                 "fp16": " (use bf16=True: bfloat16 compute)",
-                "fp16_full_eval": " (bf16=True computes the eval loss in bfloat16; evaluators score in the model's "
-                "own dtype, float32 unless it was loaded in bfloat16)",
-                "bf16_full_eval": " (bf16=True computes the eval loss in bfloat16; evaluators score in the model's "
-                "own dtype, float32 unless it was loaded in bfloat16)",
+                "fp16_full_eval": full_eval,
+                "bf16_full_eval": full_eval,
             }.get(key, "")
             raise ValueError(
                 f"CrossEncoderTrainingArguments: {key}={value!r} selects Hugging Face / PyTorch machinery "

@@ -371,13 +371,14 @@ def test_a_streams_text_columns_come_from_its_schema_and_in_memory_refuses_a_shu
     import datasets
 
     path = tmp_path / "pairs.jsonl"
-    rows = [{"a": None, "b": "x y", "note": "n", "label": 1.0}, {"a": "z", "b": "w", "note": "m", "label": 0.0}]
+    # the first row's "a" is None: read from the values, that row would hold one text column only
+    rows = [{"a": None, "b": "x y", "label": 1.0}, {"a": "z", "b": "w", "label": 0.0}]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows * 4))
     in_memory = datasets.load_dataset("json", data_files=str(path), split="train")
     stream = datasets.load_dataset("json", data_files=str(path), split="train", streaming=True)
     with pytest.raises(ValueError, match="Example 0: text 0 is None"):
         CrossEncoder(tiny_dir).fit(in_memory, **RUN)
-    with pytest.raises(ValueError, match="Example 0: text 0 is None"):  # not a pair of the other columns
+    with pytest.raises(ValueError, match="Example 0: text 0 is None"):  # not "could not find two text columns"
         CrossEncoder(tiny_dir).fit(stream, max_steps=2, **RUN)
     with pytest.raises(ValueError, match="shuffle_buffer_size=8 applies to streams"):
         CrossEncoder(tiny_dir).fit(make_examples(8), shuffle_buffer_size=8, **RUN)

@@ -256,16 +256,16 @@ class FlaxPreTrainedModel(nnx.Module):
         for ids, name, field_name, size in tables:
             if isinstance(ids, jax.core.Tracer) or not np.size(ids):
                 continue
-            values = np.asarray(ids)
-            if values.min() < 0 or values.max() >= size:
+            low, high = int(np.min(ids)), int(np.max(ids))
+            if low < 0 or high >= size:
                 raise ValueError(
-                    f"{name} holds {int(values.max() if values.max() >= size else values.min())}, outside this "
-                    f"model's table of {size} ({field_name}): a tokenizer of another model?"
+                    f"{name} holds {high if high >= size else low}, outside this model's table of {size} "
+                    f"({field_name}): a tokenizer of another model?"
                 )
 
     # Forward pass: embed -> encoder -> classify. Families override ``embed`` or ``classify`` where they differ.
     def embed(self, input_ids: jax.Array, token_type_ids: jax.Array | None, position_ids=None) -> jax.Array:
-        return self.embeddings(input_ids, token_type_ids if self.uses_token_types else None, position_ids)
+        return self.embeddings(input_ids, token_type_ids if self.reads_token_types() else None, position_ids)
 
     def classify(self, hidden: jax.Array) -> jax.Array:
         """Logits from hidden states (B, L, H); the heads read position 0 (each pair's first token)."""

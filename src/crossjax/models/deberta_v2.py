@@ -413,7 +413,7 @@ class DebertaV2ForSequenceClassification(FlaxPreTrainedModel):
         if position_ids is None:
             position_ids = jnp.broadcast_to(jnp.arange(input_ids.shape[1]), input_ids.shape)
         with self.matmul_precision():
-            x = self.embeddings(input_ids, token_type_ids if self.uses_token_types else None, position_ids, tokens)
+            x = self.embeddings(input_ids, token_type_ids if self.reads_token_types() else None, position_ids, tokens)
             c2p_index = p2c_index = rel = None
             if self.rel_embeddings is not None:
                 c2p_index, p2c_index = relative_indices(self.config, position_ids)

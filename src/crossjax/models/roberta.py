@@ -7,7 +7,6 @@ reported unexpected, as transformers does), and token types are used only when `
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 from flax import nnx
 
@@ -53,9 +52,6 @@ class RobertaForSequenceClassification(FlaxPreTrainedModel):
     def reads_token_types(self) -> bool:
         # a single type: transformers' tokenizers send none, so given ones are ignored and all embed as type 0
         return self.config.type_vocab_size > 1
-
-    def embed(self, input_ids: jax.Array, token_type_ids: jax.Array | None, position_ids=None) -> jax.Array:
-        return self.embeddings(input_ids, token_type_ids if self.reads_token_types() else None, position_ids)
 
 
 class XLMRobertaForSequenceClassification(RobertaForSequenceClassification):

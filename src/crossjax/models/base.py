@@ -256,7 +256,8 @@ class FlaxPreTrainedModel(nnx.Module):
         for ids, name, field_name, size in tables:
             if isinstance(ids, jax.core.Tracer) or not np.size(ids):
                 continue
-            low, high = int(np.min(ids)), int(np.max(ids))
+            values = np.asarray(ids)  # to host first: under a trace, jnp reductions of a constant are traced
+            low, high = int(values.min()), int(values.max())
             if low < 0 or high >= size:
                 raise ValueError(
                     f"{name} holds {high if high >= size else low}, outside this model's table of {size} "

@@ -361,6 +361,17 @@ def test_torch_iterable_datasets_stream_and_a_loaders_drop_last_holds(tiny_dir):
     Pairs.reads = 0
     summary = CrossEncoder(tiny_dir).fit(Pairs(), max_steps=2, **RUN)
     assert summary["stream_examples"] == 8 and Pairs.reads < 26
+    # a one-shot dataset (its iterator is itself): probing its first item for a batch size must not lose it
+    class OneShot(torch.utils.data.IterableDataset):
+        def __init__(self, items):
+            self.items = iter(items)
+
+        def __iter__(self):
+            return self.items
+
+    for source in (OneShot(fourteen), torch.utils.data.DataLoader(OneShot(fourteen), batch_size=None)):
+        summary = CrossEncoder(tiny_dir).fit(source, max_steps=100, **{**RUN, "batch_size": None})
+        assert summary["stream_examples"] == 14, type(source)
     # a stream whose only step drop_last drops: named as such, as for a list (not "holds no examples")
     examples[:] = fourteen[:3]
     with pytest.raises(ValueError, match=r"no full batch of 8 examples with drop_last=True: .* holds 3 only"):

@@ -139,16 +139,27 @@ def as_stream(train_dataloader: Any, batch_size: int | None = None) -> StreamSou
         size = train_dataloader.batch_size
         description = f"DataLoader over {type(dataset).__name__}{_columns(dataset)}"
         if size is None and batch_size is None and _is_torch_iterable_dataset(dataset):
-            size = _batch_length(next(iter(dataset), None))  # re-iterable: the first item only is read
+            dataset, size = _probe_batch_length(dataset)
         return StreamSource(dataset, size, description, drop_last=bool(getattr(train_dataloader, "drop_last", False)))
     if _is_torch_iterable_dataset(train_dataloader):
-        size = None if batch_size is not None else _batch_length(next(iter(train_dataloader), None))
-        return StreamSource(train_dataloader, size, f"{type(train_dataloader).__name__} (torch IterableDataset)")
+        source, size = (train_dataloader, None) if batch_size is not None else _probe_batch_length(train_dataloader)
+        return StreamSource(source, size, f"{type(train_dataloader).__name__} (torch IterableDataset)")
     if isinstance(train_dataloader, Iterator):
         first = next(train_dataloader, None)
         source = itertools.chain([] if first is None else [first], train_dataloader)
         return StreamSource(source, _batch_length(first), f"iterator {type(train_dataloader).__name__}")
     return None
+
+
+def _probe_batch_length(dataset: Any) -> tuple[Any, int | None]:
+    """(the source to read, the batch length of ``dataset``'s first item): a dataset that makes a fresh iterator
+    each time is read from its start again; one whose iterator is one-shot (``__iter__`` returns itself or the
+    same generator) keeps the probed item in front of the rest, so that no example is lost."""
+    items = iter(dataset)
+    first = next(items, None)
+    if iter(dataset) is items:
+        return itertools.chain([] if first is None else [first], items), _batch_length(first)
+    return dataset, _batch_length(first)
 
 
 def _is_batch(item: Any) -> bool:

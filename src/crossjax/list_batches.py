@@ -13,6 +13,8 @@ rows (:mod:`crossjax.packing`, ``P = Q * D`` pair slots a group).
 
 from __future__ import annotations
 
+import itertools
+import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,7 +25,17 @@ import numpy as np
 from crossjax import data as data_lib
 from crossjax import packing
 
-__all__ = ["ListStep", "ListData", "tokenize_layout", "deal_queries", "group_token_lengths", "pack_list_step"]
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "ListStep",
+    "ListData",
+    "StreamListData",
+    "tokenize_layout",
+    "deal_queries",
+    "group_token_lengths",
+    "pack_list_step",
+]
 
 
 @dataclass
@@ -200,6 +212,35 @@ def group_by_label_batches(
     return batches
 
 
+def step_geometry(plan: Any, loss: Any, batch_size: int, k: int, docs: int) -> tuple[int, int, int]:
+    """(chunks, groups, queries per group) of a step of ``batch_size`` rows x ``k`` micro-batches: a loss's
+    ``mini_batch_size`` (pairs per forward pass) splits each micro-batch into chunks of whole queries."""
+    queries_per_micro = math.ceil(batch_size / plan.data_shards)
+    mini = getattr(loss, "mini_batch_size", None)
+    pairs_per_micro = queries_per_micro * docs
+    chunks = 1
+    if mini is not None and mini > 0 and pairs_per_micro > mini:
+        chunks = min(queries_per_micro, math.ceil(pairs_per_micro / max(int(mini), docs)))
+    groups = plan.data_shards * k * chunks
+    return chunks, groups, math.ceil(batch_size * k / groups)
+
+
+def plan_list_packing(data: Any, sample: Sequence[ListStep]) -> packing.PackingPlan:
+    """The packed shapes of ``data``'s run (a :class:`ListData` or :class:`StreamListData`), planned on the laid
+    steps ``sample`` (the compile is weighed against the share of the run's steps they are)."""
+    group_lengths = [group_token_lengths(laid, deal_queries(laid, data.groups)) for laid in sample]
+    config = data.target.model.config
+    return packing.plan_call(
+        group_lengths,
+        data.groups,
+        data.queries_per_group * data.docs,
+        hidden_size=packing.model_width(config),
+        max_shapes=data.target.max_shapes,
+        # a step runs its k x chunks groups one after another
+        compile_cost=packing.train_compile_cost(config, data.k * data.chunks, len(sample) / data.total_steps),
+    )
+
+
 class _EpochPlan:
     """Where a run's steps fall in its plan of epochs: step ``g`` trains plan position ``g``, until a callback ends
     an epoch early (Hugging Face's ``control.should_epoch_stop``); the positions left in that epoch are then
@@ -296,31 +337,10 @@ class ListData(_EpochPlan):
         else:
             self.total_steps = max(1, math.ceil(float(epochs) * self.steps_per_epoch))
         self.epochs = math.ceil(self.total_steps / self.steps_per_epoch)
-        # mini_batch_size (pairs per forward pass) splits each micro-batch into chunks of whole queries.
-        queries_per_micro = math.ceil(self.batch_size / plan.data_shards)
-        mini = getattr(loss, "mini_batch_size", None)
-        pairs_per_micro = queries_per_micro * self.docs
-        self.chunks = 1
-        if mini is not None and mini > 0 and pairs_per_micro > mini:
-            self.chunks = min(queries_per_micro, math.ceil(pairs_per_micro / max(int(mini), self.docs)))
-        self.groups = plan.data_shards * self.k * self.chunks
-        self.queries_per_group = math.ceil(self.batch_size * self.k / self.groups)
+        self.chunks, self.groups, self.queries_per_group = step_geometry(plan, loss, self.batch_size, self.k, self.docs)
         sampled = min(self.PLAN_SAMPLE_STEPS, self.total_steps)
         sample = np.unique(np.linspace(0, self.total_steps - 1, sampled).astype(int))
-        group_lengths = []
-        for step in sample:
-            laid = self._list_step(int(step))
-            group_lengths.append(group_token_lengths(laid, deal_queries(laid, self.groups)))
-        config = target.model.config
-        self.packing_plan = packing.plan_call(
-            group_lengths,
-            self.groups,
-            self.queries_per_group * self.docs,
-            hidden_size=packing.model_width(config),
-            max_shapes=target.max_shapes,
-            # a step runs its k x chunks groups one after another; the plan is made on ``sample`` steps only
-            compile_cost=packing.train_compile_cost(config, self.k * self.chunks, len(sample) / self.total_steps),
-        )
+        self.packing_plan = plan_list_packing(self, [self._list_step(int(step)) for step in sample])
         self.fingerprint = {
             "rows": self.rows,
             "batch_size": self.batch_size,
@@ -453,7 +473,7 @@ class MultiListData(_EpochPlan):
         self, sources: list[ListData], names: list[str], sampler: str, seed: int, epochs: float, max_steps: int | None
     ) -> None:
         self.sources, self.names, self.sampler, self.seed = sources, names, sampler, int(seed)
-        self.target = sources[0].target
+        self.target, self.loss = sources[0].target, sources[0].loss  # the run's first loss (its fingerprint)
         self.batch_size, self.k = sources[0].batch_size, sources[0].k
         self.rows = sum(source.rows for source in sources)  # as Hugging Face counts a concatenated dataset
         self.steps_per_epoch = len(self._order(0))
@@ -510,3 +530,217 @@ class MultiListData(_EpochPlan):
 
     def close(self) -> None:
         pass
+
+
+class StreamListData(_EpochPlan):
+    """The trainer's data from a stream (a ``datasets.IterableDataset``): its rows in the stream's order (no
+    sampler; shuffle the stream itself, e.g. ``IterableDataset.shuffle(buffer_size=...)``), one pass at most,
+    for ``max_steps`` steps. Each step's ``batch_size x accumulation_steps`` rows are laid out by the loss and
+    tokenized in a background thread, a few steps ahead, so memory does not grow with the stream.
+
+    The documents per query and the packed shapes are planned from the first :data:`ListData.PLAN_SAMPLE_STEPS`
+    steps (a later step that needs longer rows gets one more shape; one that needs more documents per query is
+    refused by name). The data position (rows read) and that plan go into every checkpoint: a resume skips
+    the rows trained on and continues as the uninterrupted run would. Every process reads the whole stream and
+    packs the global step, as for data in memory (the I/O is not split between hosts)."""
+
+    def __init__(
+        self,
+        target: Any,
+        source: Any,
+        to_columns: Any,
+        loss: Any,
+        *,
+        batch_size: int,
+        accumulation_steps: int,
+        max_steps: int,
+        seed: int,
+        drop_last: bool,
+        name: str = "train_dataset",
+    ) -> None:
+        self.target, self.source, self.to_columns, self.loss, self.name = target, source, to_columns, loss, name
+        self.batch_size, self.k, self.seed = int(batch_size), int(accumulation_steps), int(seed)
+        self.drop_last = bool(drop_last)
+        target.plan.check_batch_size(self.batch_size)
+        self.total_steps = self.steps_per_epoch = int(max_steps)  # one pass: a single epoch of max_steps
+        self.epochs, self.batches_per_epoch = 1, self.total_steps * self.k
+        self.rows = None  # unknown
+        self.rows_read = 0  # rows of the stream read for the steps trained so far (the data position)
+        self.widths: tuple[int, int] | None = None  # (D, K): planned, or restored from a checkpoint
+        self.packing_plan: packing.PackingPlan | None = None
+        self.reader: Any = None
+        self.samples: list[tuple[list[Any], Any]] = []
+        self.dropped = 0  # rows of a last partial batch that drop_last dropped
+
+    # ------------------------------------------------------------------------------ the background thread
+    def _laid_steps(self, first_step: int, start: int, tokenizer: Any) -> Any:
+        """(laid step, rows read once it is trained, its (D, K)) for the steps from ``first_step`` on, reading
+        the stream from row ``start``."""
+        rows = enumerate(self.source.open(start), start=start)
+        limits = data_lib.token_limits(self.target.model.config)
+        step_rows = self.batch_size * self.k
+        for step in range(first_step, self.total_steps):
+            chunk = list(itertools.islice(rows, step_rows))
+            batches = [chunk[i : i + self.batch_size] for i in range(0, len(chunk), self.batch_size)]
+            if self.drop_last and batches and len(batches[-1]) < self.batch_size:
+                self.dropped = len(batches.pop())
+            if not batches:
+                return
+            rng = np.random.default_rng((self.seed, 1, step))  # ListData's key: the same layout of the same rows
+            layouts, widths = [], (0, 0)
+            for batch in batches:
+                first_row = batch[0][0]
+                columns, labels = self.to_columns([row for _, row in batch], first_row)
+                self.loss.validate(columns, labels, first_row)
+                if not self.samples:
+                    self.samples = [([column[i] for column in columns], None if labels is None else labels[i])
+                                    for i in range(min(3, len(batch)))]  # fmt: skip
+                width = self.loss.width(columns, labels, self.batch_size)
+                widths = (max(widths[0], int(width[0])), max(widths[1], int(width[1])))
+                layouts.append(self.loss.layout(columns, labels, rng))
+            yield tokenize_layout(layouts, tokenizer, self.target.max_length, limits), chunk[-1][0] + 1, widths
+            if len(chunk) < step_rows:
+                return
+
+    # -------------------------------------------------------------------------- the run_fit interface
+    def run_fingerprint(self) -> dict[str, Any]:
+        from crossjax.streaming import data_file_names
+
+        return {
+            "stream": self.source.description,  # the data itself cannot be hashed: what is known of it
+            "stream_files": data_file_names(self.source.source),
+            "batch_size": self.batch_size,
+            "sampler": "stream_order",
+            "drop_last": self.drop_last,
+            "data_seed": self.seed,
+        }
+
+    def resume(self, meta: dict[str, Any]) -> None:
+        super().resume(meta)
+        self.rows_read = int(meta["stream_rows"])
+        self.widths = (int(meta["docs"]), int(meta["label_width"]))
+        self._set_geometry()
+        saved, pairs = meta["packing_plan"], self.queries_per_group * self.docs
+        self.packing_plan = packing.PackingPlan(
+            int(saved["rows"]), tuple(int(t) for t in saved["row_lengths"]), self.groups, pairs
+        )
+
+    def _set_geometry(self) -> None:
+        self.docs, self.label_width = self.widths
+        self.chunks, self.groups, self.queries_per_group = step_geometry(
+            self.target.plan, self.loss, self.batch_size, self.k, self.docs
+        )
+
+    def start(self, start_step: int) -> None:
+        """Start the reader and read the planning steps: a bad row among them is reported before compiling."""
+        import copy
+
+        from crossjax.streaming import BackgroundReader
+
+        super().start(start_step)
+        tokenizer = copy.deepcopy(self.target.tokenizer)  # the main thread's evaluators may tokenize meanwhile
+        self.reader = BackgroundReader(
+            lambda: self._laid_steps(start_step, self.rows_read, tokenizer), name="crossjax-trainer-stream"
+        )
+        try:
+            self.lookahead = []
+            while len(self.lookahead) < min(ListData.PLAN_SAMPLE_STEPS, self.total_steps - start_step):
+                item = self.reader.next_step()
+                if item is None:
+                    break
+                self.lookahead.append(item)
+            if not self.lookahead and start_step == 0:
+                if self.dropped:
+                    raise ValueError(
+                        f"{self.name}: no full batch of {self.batch_size} rows with dataloader_drop_last=True: the "
+                        f"stream ({self.source.description}) holds {self.dropped} only"
+                    )
+                raise ValueError(f"{self.name} is empty: the stream ({self.source.description}) holds no rows")
+            if self.packing_plan is None:
+                self.widths = tuple(max(w[i] for _, _, w in self.lookahead) for i in (0, 1))
+                self._set_geometry()
+                self.packing_plan = plan_list_packing(self, [laid for laid, _, _ in self.lookahead])
+        except BaseException:
+            self.reader.close()
+            raise
+
+    def _next(self) -> Any:
+        return self.lookahead.pop(0) if self.lookahead else self.reader.next_step()
+
+    def steps(self) -> Any:
+        """The steps left, the last one known by reading one step ahead; a callback's epoch stop (the run's one
+        epoch) ends them."""
+        from crossjax.fit_loop import TrainStep
+
+        global_step = self.start_step
+        upcoming = self._next() if global_step < self.total_steps else None
+        if upcoming is None and 0 < global_step < self.total_steps:
+            logger.warning(
+                "%s has no rows past the data position of the checkpoint it resumes (%d rows read by step %d): "
+                "nothing is trained",
+                self.name,
+                self.rows_read,
+                global_step,
+            )
+        while upcoming is not None and self.position(global_step) < self.steps_per_epoch:
+            laid, end, widths = upcoming
+            failure = None
+            try:
+                upcoming = self._next() if global_step + 1 < self.total_steps else None
+            except Exception as e:  # noqa: BLE001 - a bad row in the next step: this step trains first
+                upcoming, failure = None, e
+            if widths[0] > self.docs or widths[1] > self.label_width:
+                raise ValueError(
+                    f"{self.name}: the rows of step {global_step + 1} (stream rows {self.rows_read} to {end - 1}) need "
+                    f"{widths[0]} documents and {widths[1]} label columns per query; the run's shapes were planned "
+                    f"for {self.docs} and {self.label_width} from its first steps. Put a row with the longest list "
+                    "first in the stream, or cap the lists"
+                )
+            if upcoming is None and failure is None and global_step + 1 < self.total_steps:
+                logger.warning(
+                    "The stream of %s ended after %d rows, before max_steps=%d: training stops at step %d",
+                    self.name,
+                    end,
+                    self.total_steps,
+                    global_step + 1,
+                )
+            batch = self.pack(laid)
+            self.rows_read = end
+            yield TrainStep(0, global_step + 1, upcoming is None and failure is None, batch, len(laid.tokenized))
+            global_step += 1
+            if failure is not None:  # raised before the step that would hold the bad row
+                raise failure
+
+    def pack(self, laid: ListStep) -> packing.PackedBatch:
+        return pack_list_step(
+            laid, self.packing_plan, self.queries_per_group, self.docs, self.label_width, self.target.pad_id
+        )
+
+    @property
+    def step_losses(self) -> list[tuple[Any, int]]:
+        return [(self.loss, self.chunks)]
+
+    def checkpoint_meta(self) -> dict[str, Any]:
+        plan = {"rows": self.packing_plan.rows, "row_lengths": list(self.packing_plan.row_lengths)}
+        return {
+            **super().checkpoint_meta(),
+            "stream_rows": self.rows_read,
+            "docs": self.docs,
+            "label_width": self.label_width,
+            "packing_plan": plan,
+        }
+
+    def describe(self) -> tuple[int | None, list[tuple[list[Any], Any]]]:
+        return None, self.samples  # a stream's length is unknown
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "steps_per_epoch": self.steps_per_epoch,
+            "docs_per_query": self.docs,
+            "loss_chunks": self.chunks,
+            "stream_rows": self.rows_read,
+        }
+
+    def close(self) -> None:
+        if self.reader is not None:
+            self.reader.close()

@@ -60,7 +60,15 @@ import numpy as np
 
 from crossjax import data as data_lib
 
-__all__ = ["StreamSource", "as_stream", "StreamReader", "deferring_steps", "concat_pairs", "slice_pairs"]
+__all__ = [
+    "StreamSource",
+    "as_stream",
+    "BackgroundReader",
+    "StreamReader",
+    "deferring_steps",
+    "concat_pairs",
+    "slice_pairs",
+]
 
 
 def is_datasets_stream(obj: Any) -> bool:
@@ -85,6 +93,11 @@ class StreamSource:
     description: str
     shard: tuple[int, int] = (0, 1)
     drop_last: bool = False  # a DataLoader's drop_last: the stream's last partial step is not trained
+
+    @classmethod
+    def of_datasets(cls, stream: Any) -> StreamSource:
+        """A ``datasets.IterableDataset``, described by its columns."""
+        return cls(stream, None, f"datasets.IterableDataset{_columns(stream)}")
 
     def open(self, skip: int) -> Iterator[Any]:
         """Iterate the stream's items (examples or rows) from item ``skip`` (of this shard) on."""
@@ -131,7 +144,7 @@ def as_stream(train_dataloader: Any, batch_size: int | None = None) -> StreamSou
     read it.
     """
     if is_datasets_stream(train_dataloader):
-        return StreamSource(train_dataloader, None, f"datasets.IterableDataset{_columns(train_dataloader)}")
+        return StreamSource.of_datasets(train_dataloader)
     dataset = getattr(train_dataloader, "dataset", None)
     if hasattr(train_dataloader, "sampler") and (
         is_datasets_stream(dataset) or _is_torch_iterable_dataset(dataset)
@@ -243,8 +256,65 @@ class StreamStep:
     end: int  # examples handed over once this step is trained (the data position)
 
 
-class StreamReader:
-    """The background reader: ``next_step()`` returns the next :class:`StreamStep`, or None at the end.
+class BackgroundReader:
+    """Items that ``produce()`` (a generator) makes in a daemon thread, at most ``prefetch`` ahead of the caller:
+    ``next_step()`` returns the next item, None at the end, and raises the generator's error in the caller's
+    thread (before the step that would hold the bad item)."""
+
+    def __init__(self, produce: Callable[[], Iterator[Any]], prefetch: int = 4, name: str = "crossjax-stream") -> None:
+        self.produce = produce
+        self.queue: queue.Queue = queue.Queue(maxsize=max(1, prefetch))
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self.done = False
+        self.thread.start()
+
+    # -- the background thread
+    def _put(self, item: Any) -> bool:
+        while not self.stop.is_set():
+            try:
+                self.queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _run(self) -> None:
+        try:
+            for item in self.produce():
+                if not self._put(item):
+                    return
+            self._put(None)
+        except BaseException as e:  # noqa: BLE001 - re-raised in the main thread, before the step
+            self._put(e)
+
+    # -- the main thread
+    def next_step(self) -> Any:
+        if self.done:
+            return None
+        while True:
+            try:
+                item = self.queue.get(timeout=0.5)
+                break
+            except queue.Empty:
+                if not self.thread.is_alive() and self.queue.empty():
+                    self.done = True
+                    return None
+        if item is None:
+            self.done = True
+            return None
+        if isinstance(item, BaseException):
+            self.done = True
+            raise item
+        return item
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(timeout=5)
+
+
+class StreamReader(BackgroundReader):
+    """``fit``'s background reader: ``next_step()`` returns the next :class:`StreamStep`, or None at the end.
 
     ``start`` examples (already trained on, from a checkpoint) are skipped. With ``shuffle_buffer_size``,
     the block holding ``start`` is rebuilt and its first examples dropped, so the order is the same as
@@ -277,21 +347,7 @@ class StreamReader:
         self.start = start
         self.block = int(shuffle_buffer_size)
         self.seed = (int(seed),) if isinstance(seed, (int, np.integer)) else tuple(int(x) for x in seed)
-        self.queue: queue.Queue = queue.Queue(maxsize=max(1, prefetch))
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self.done = False
-        self.thread.start()
-
-    # -- the background thread
-    def _put(self, item: Any) -> bool:
-        while not self.stop.is_set():
-            try:
-                self.queue.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
+        super().__init__(self._steps, prefetch, name)
 
     def _ordered(self) -> Iterator[tuple[int, Any]]:
         """(number in the stream, example) in training order, from the data position ``start`` on."""
@@ -312,57 +368,26 @@ class StreamReader:
             drop = 0
             block_index += 1
 
-    def _run(self) -> None:
-        try:
-            position = self.start
-            ordered = self._ordered()
-            for _ in range(self.max_steps):
-                chunk = list(itertools.islice(ordered, self.step_size))
-                if not chunk or (self.source.drop_last and len(chunk) < self.step_size):
-                    self.dropped = len(chunk)
-                    break  # the end, or a last partial step that the DataLoader's drop_last drops
-                texts_a, texts_b, parts = [], [], []
-                for number, example in chunk:
-                    a, b, label = data_lib.validate_examples([example], self.num_labels, start=number)
-                    texts_a += a
-                    texts_b += b
-                    parts.append(label)
-                labels = np.concatenate(parts)
-                tokenized = data_lib.tokenize_pairs(
-                    self.tokenizer, texts_a, texts_b, self.max_length, limits=self.limits
-                )
-                position += len(chunk)
-                if not self._put(StreamStep(tokenized, labels, position)):
-                    return
-                if len(chunk) < self.step_size:
-                    break
-            self._put(None)
-        except BaseException as e:  # noqa: BLE001 - re-raised in the main thread, before the step
-            self._put(e)
-
-    # -- the main thread
-    def next_step(self) -> StreamStep | None:
-        if self.done:
-            return None
-        while True:
-            try:
-                item = self.queue.get(timeout=0.5)
-                break
-            except queue.Empty:
-                if not self.thread.is_alive() and self.queue.empty():
-                    self.done = True
-                    return None
-        if item is None:
-            self.done = True
-            return None
-        if isinstance(item, BaseException):
-            self.done = True
-            raise item
-        return item
-
-    def close(self) -> None:
-        self.stop.set()
-        self.thread.join(timeout=5)
+    def _steps(self) -> Iterator[StreamStep]:
+        position = self.start
+        ordered = self._ordered()
+        for _ in range(self.max_steps):
+            chunk = list(itertools.islice(ordered, self.step_size))
+            if not chunk or (self.source.drop_last and len(chunk) < self.step_size):
+                self.dropped = len(chunk)
+                return  # the end, or a last partial step that the DataLoader's drop_last drops
+            texts_a, texts_b, parts = [], [], []
+            for number, example in chunk:
+                a, b, label = data_lib.validate_examples([example], self.num_labels, start=number)
+                texts_a += a
+                texts_b += b
+                parts.append(label)
+            labels = np.concatenate(parts)
+            tokenized = data_lib.tokenize_pairs(self.tokenizer, texts_a, texts_b, self.max_length, limits=self.limits)
+            position += len(chunk)
+            yield StreamStep(tokenized, labels, position)
+            if len(chunk) < self.step_size:
+                return
 
 
 def plan_from_steps(

@@ -34,7 +34,7 @@ from flax import nnx
 from crossjax import logs, losses, parallel, training
 from crossjax.cross_encoder import check_keep_in_fp32
 from crossjax.data import LABEL_COLUMNS, column_values
-from crossjax.list_batches import ListData, MultiListData
+from crossjax.list_batches import ListData, MultiListData, StreamListData
 from crossjax.logs import RunCallback, epoch_at
 from crossjax.model_card import CardRecorder
 from crossjax.runtime import is_main_process
@@ -140,7 +140,8 @@ def callback_states(callbacks: Sequence[Any]) -> dict[str, Any]:
 def dataset_columns(dataset: Any, name: str) -> tuple[list[str], list[list[Any]], list[Any] | None]:
     """(input column names, input columns, labels or None) of a ``datasets.Dataset`` or a dict of lists.
 
-    A ``datasets.IterableDataset`` is read once, whole, into memory (``fit`` streams; this trainer does not).
+    A ``datasets.IterableDataset`` is read once, whole, into memory (the trainer streams a training dataset
+    itself: :class:`~crossjax.list_batches.StreamListData`).
     A dataset formatted to some of its columns (``set_format(columns=...)``) gives those. The columns
     sentence-transformers reserves (``dataset_name``, ``return_loss``) are refused, as it refuses them."""
     dataset = in_memory(dataset)
@@ -150,17 +151,47 @@ def dataset_columns(dataset: Any, name: str) -> tuple[list[str], list[list[Any]]
         names = list(dataset)
     else:
         raise TypeError(f"{name} must be a datasets.Dataset (or a dict of equal-length columns), got {type(dataset)}")
-    _refuse_reserved_columns(dataset, name)
-    label_name = next((c for c in LABEL_COLUMNS if c in names), None)
-    inputs = [c for c in names if c != label_name]
-    if not inputs:
-        raise ValueError(f"{name} has no input columns (columns: {names})")
+    inputs, label_name = _inputs_and_label(names, name)
     columns = [list(column_values(dataset, c)) for c in inputs]
     lengths = {len(c) for c in columns}
     if len(lengths) != 1:
         raise ValueError(f"{name}'s columns differ in length: {dict(zip(inputs, map(len, columns), strict=True))}")
     labels = None if label_name is None else list(column_values(dataset, label_name))
     return inputs, columns, labels
+
+
+def _inputs_and_label(names: list[str], name: str) -> tuple[list[str], str | None]:
+    """(input columns, label column or None) of a dataset with columns ``names``: the label is the first of
+    :data:`LABEL_COLUMNS` there, every other column an input. The columns sentence-transformers reserves are
+    refused, as it refuses them."""
+    _refuse_reserved_columns(names, name)
+    label_name = next((c for c in LABEL_COLUMNS if c in names), None)
+    inputs = [c for c in names if c != label_name]
+    if not inputs:
+        raise ValueError(f"{name} has no input columns (columns: {names})")
+    return inputs, label_name
+
+
+class _StreamColumns:
+    """A stream's rows (dicts) as the trainer's columns, named as :func:`dataset_columns` names a dataset's: from
+    the stream's schema where it has one, else from its first row."""
+
+    def __init__(self, stream: Any, name: str, prepare: Callable[[list[list[Any]]], list[list[Any]]]) -> None:
+        self.name, self.prepare = name, prepare
+        names = getattr(stream, "column_names", None)
+        self.columns = _inputs_and_label(list(names), name) if names else None
+
+    def __call__(self, rows: list[Any], first_row: int) -> tuple[list[list[Any]], list[Any] | None]:
+        if not all(isinstance(row, dict) for row in rows):
+            bad = next(i for i, row in enumerate(rows) if not isinstance(row, dict))
+            kind = type(rows[bad]).__name__
+            raise TypeError(f"{self.name}: row {first_row + bad} of the stream is a {kind}, not a dict of columns")
+        if self.columns is None:
+            self.columns = _inputs_and_label(list(rows[0]), self.name)
+        inputs, label_name = self.columns
+        columns = [[row.get(c) for row in rows] for c in inputs]
+        labels = None if label_name is None else [row.get(label_name) for row in rows]
+        return self.prepare(columns), labels
 
 
 def in_memory(dataset: Any) -> Any:
@@ -197,8 +228,8 @@ def _column_names(dataset: Any) -> list[str]:
     return [c for c in dataset.column_names or [] if not hidden or c in shown]
 
 
-def _refuse_reserved_columns(dataset: Any, name: str) -> None:
-    if reserved := sorted(set(_column_names(dataset)) & {"dataset_name", "return_loss"}):
+def _refuse_reserved_columns(names: list[str], name: str) -> None:
+    if reserved := sorted(set(names) & {"dataset_name", "return_loss"}):
         raise ValueError(
             f"The following column names are invalid in {name}: {reserved}. Avoid using these column names, as "
             "sentence-transformers reserves them for internal use"
@@ -419,13 +450,14 @@ class CrossEncoderTrainer:
                 f"use_cpu=True but the model runs on {model.device}: crossjax trains where the model was placed; "
                 "make it with CrossEncoder(..., device='cpu')"
             )
-        self.train_dataset = in_memory(train_dataset)
+        # one stream is read as the run goes (_one_list_data); evaluation and several datasets read theirs whole
+        self.train_dataset = train_dataset if is_datasets_stream(train_dataset) else in_memory(train_dataset)
         self.eval_dataset = in_memory(eval_dataset)
         train_dataset, eval_dataset = self.train_dataset, self.eval_dataset
         for dataset, what in ((train_dataset, "train_dataset"), (eval_dataset, "eval_dataset")):
             named = dataset.items() if isinstance(dataset, dict) and _is_dataset_dict(dataset) else [(None, dataset)]
             for name, one in named:
-                _refuse_reserved_columns(one, what if name is None else f"{what}[{name!r}]")
+                _refuse_reserved_columns(_column_names(one), what if name is None else f"{what}[{name!r}]")
         if loss is None:
             loss = losses.BinaryCrossEntropyLoss(model) if model.num_labels == 1 else losses.CrossEntropyLoss(model)
         # as sentence-transformers, a loss may also be given as its class or a factory of the model
@@ -640,7 +672,11 @@ class CrossEncoderTrainer:
             except ValueError as e:
                 raise ValueError(f"{what}: {e}") from None
 
-    def _one_list_data(self, dataset: Any, what: str, train: bool, name: str | None) -> ListData:
+    def _one_list_data(self, dataset: Any, what: str, train: bool, name: str | None) -> ListData | StreamListData:
+        if train and is_datasets_stream(dataset):
+            if self._streams(what):
+                return self._stream_list_data(dataset, what, name)
+            dataset = in_memory(dataset)
         _, columns, labels = dataset_columns(dataset, what)
         if not columns[0]:
             raise ValueError(f"{what} is empty")
@@ -657,6 +693,36 @@ class CrossEncoderTrainer:
             seed=(args.data_seed if args.data_seed is not None else args.seed) if train else 0,
             drop_last=args.dataloader_drop_last,
             sampler=_sampler_algorithm(args.batch_sampler.value) if train else "sequential",
+            name=what,
+        )
+
+    def _streams(self, what: str) -> bool:
+        """Whether a stream given as ``what`` is read as the run goes: with ``max_steps`` (its length is unknown)
+        and the plain batch sampler (the others draw batches from the whole dataset); else it is read whole into
+        memory first, with a warning that says why."""
+        args, why = self.args, None
+        if args.max_steps <= 0:
+            why = "max_steps is not set (a stream's length is unknown: set max_steps to stream it)"
+        elif args.batch_sampler.value != "batch_sampler":
+            why = f"batch_sampler={args.batch_sampler.value} draws its batches from the whole dataset"
+        if why is not None:
+            logger.warning("%s is a datasets.IterableDataset; it is read whole into memory: %s", what, why)
+        return why is None
+
+    def _stream_list_data(self, dataset: Any, what: str, name: str | None) -> StreamListData:
+        from crossjax.streaming import StreamSource
+
+        args = self.args
+        return StreamListData(
+            self._fit_target(),
+            StreamSource.of_datasets(dataset),
+            _StreamColumns(dataset, what, lambda columns: self._prompted(columns, name)),
+            self.loss_for(name),
+            batch_size=self._global_batch_size(True),
+            accumulation_steps=args.gradient_accumulation_steps,
+            max_steps=args.max_steps,
+            seed=args.data_seed if args.data_seed is not None else args.seed,
+            drop_last=args.dataloader_drop_last,
             name=what,
         )
 
@@ -770,7 +836,7 @@ class CrossEncoderTrainer:
         started = time.perf_counter()
         self._in_train = True
         try:
-            run_fit(data.target, None, data.step_losses[0][0], None, None, cfg, result, data_source=data)
+            run_fit(data.target, None, data.loss, None, None, cfg, result, data_source=data)
         except ParametersOverflowError as e:
             self.model._parameters_not_finite = str(e)
             raise

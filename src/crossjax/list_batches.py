@@ -281,7 +281,32 @@ class _EpochPlan:
         return {"epoch_skips": [list(skip) for skip in self.skips]} if self.skips else {}
 
 
-class ListData(_EpochPlan):
+class _OneLossSteps(_EpochPlan):
+    """What the steps of one dataset (one loss) share: packing a laid step into the run's shapes."""
+
+    loss: Any
+    target: Any
+    packing_plan: packing.PackingPlan
+    docs: int
+    label_width: int
+    chunks: int
+    queries_per_group: int
+
+    def pack(self, laid: ListStep) -> packing.PackedBatch:
+        return pack_list_step(
+            laid, self.packing_plan, self.queries_per_group, self.docs, self.label_width, self.target.pad_id
+        )
+
+    @property
+    def step_losses(self) -> list[tuple[Any, int]]:
+        """The (loss, chunks) of each source of steps (one here)."""
+        return [(self.loss, self.chunks)]
+
+    def summary(self) -> dict[str, Any]:
+        return {"steps_per_epoch": self.steps_per_epoch, "docs_per_query": self.docs, "loss_chunks": self.chunks}
+
+
+class ListData(_OneLossSteps):
     """The trainer's data source for :func:`crossjax.fit_loop.run_fit`: dataset rows -> loss layout -> packed
     list batches. Batches are drawn like Hugging Face Trainer's (seeded per epoch, ``per_device`` batches of
     rows, ``gradient_accumulation_steps`` of them an optimizer step); a step's layout uses a numpy generator
@@ -446,19 +471,6 @@ class ListData(_EpochPlan):
         ]
         return self.rows, samples
 
-    def pack(self, laid: ListStep) -> packing.PackedBatch:
-        return pack_list_step(
-            laid, self.packing_plan, self.queries_per_group, self.docs, self.label_width, self.target.pad_id
-        )
-
-    @property
-    def step_losses(self) -> list[tuple[Any, int]]:
-        """The (loss, chunks) of each source of steps (one here)."""
-        return [(self.loss, self.chunks)]
-
-    def summary(self) -> dict[str, Any]:
-        return {"steps_per_epoch": self.steps_per_epoch, "docs_per_query": self.docs, "loss_chunks": self.chunks}
-
     def close(self) -> None:
         pass
 
@@ -532,7 +544,7 @@ class MultiListData(_EpochPlan):
         pass
 
 
-class StreamListData(_EpochPlan):
+class StreamListData(_OneLossSteps):
     """The trainer's data from a stream (a ``datasets.IterableDataset``): its rows in the stream's order (no
     sampler; shuffle the stream itself, e.g. ``IterableDataset.shuffle(buffer_size=...)``), one pass at most,
     for ``max_steps`` steps. Each step's ``batch_size x accumulation_steps`` rows are laid out by the loss and
@@ -711,15 +723,6 @@ class StreamListData(_EpochPlan):
             if failure is not None:  # raised before the step that would hold the bad row
                 raise failure
 
-    def pack(self, laid: ListStep) -> packing.PackedBatch:
-        return pack_list_step(
-            laid, self.packing_plan, self.queries_per_group, self.docs, self.label_width, self.target.pad_id
-        )
-
-    @property
-    def step_losses(self) -> list[tuple[Any, int]]:
-        return [(self.loss, self.chunks)]
-
     def checkpoint_meta(self) -> dict[str, Any]:
         plan = {"rows": self.packing_plan.rows, "row_lengths": list(self.packing_plan.row_lengths)}
         return {
@@ -734,12 +737,7 @@ class StreamListData(_EpochPlan):
         return None, self.samples  # a stream's length is unknown
 
     def summary(self) -> dict[str, Any]:
-        return {
-            "steps_per_epoch": self.steps_per_epoch,
-            "docs_per_query": self.docs,
-            "loss_chunks": self.chunks,
-            "stream_rows": self.rows_read,
-        }
+        return {**super().summary(), "stream_rows": self.rows_read}
 
     def close(self) -> None:
         if self.reader is not None:

@@ -89,6 +89,40 @@ def train_keeping_best(model_dir: str, rows: list, job: dict, out_dir: Path) -> 
     return {"best_step": trainer.state.best_global_step, "predictions": [float(x) for x in model.predict(pairs)]}
 
 
+def train_from_a_stream(model_dir: str, rows: list, out_dir: Path) -> dict:
+    """CrossEncoderTrainer over a ``datasets.IterableDataset`` (every process reads the whole stream) and over the
+    same rows in memory, ordered as the in-memory sampler's first epoch: both train the same global steps."""
+    import numpy as np
+    from datasets import Dataset
+
+    from crossjax import CrossEncoder, losses
+    from crossjax.trainer import CrossEncoderTrainer
+    from crossjax.training_args import CrossEncoderTrainingArguments
+
+    columns = {"a": [a for a, _, _ in rows], "b": [b for _, b, _ in rows], "label": [s / 5 for *_, s in rows]}
+    order = [int(i) for i in np.random.default_rng((0, 0)).permutation(len(rows))]
+    result = {}
+    for name, dataset in (
+        ("in_memory", Dataset.from_dict(columns)),
+        ("stream", Dataset.from_dict(columns).select(order).to_iterable_dataset()),
+    ):
+        model = CrossEncoder(model_dir, num_labels=1, max_length=64, config_kwargs={"hidden_dropout_prob": 0.0})
+        args = CrossEncoderTrainingArguments(
+            str(out_dir / f"trainer_{name}"), per_device_train_batch_size=2, max_steps=3, save_strategy="no",
+            seed=0, report_to=[], disable_tqdm=True,
+        )  # fmt: skip
+        try:
+            output = CrossEncoderTrainer(model, args, dataset, loss=losses.BinaryCrossEntropyLoss(model)).train()
+        except Exception as e:  # noqa: BLE001 - reported to the test
+            return {"error": {"type": type(e).__name__, "message": str(e), "traceback": traceback.format_exc()}}
+        result[name] = {
+            "losses": [h["loss"] for h in model.training_history],
+            "predictions": [float(x) for x in model.predict([(a, b) for a, b, _ in rows[:8]])],
+            "stream_rows": output.metrics.get("stream_rows"),
+        }
+    return result
+
+
 def predict_on_interleaved_mesh(model_dir: str, pairs: list) -> dict:
     """Predict on the usual mesh, then on one whose device order alternates between the processes."""
     import jax
@@ -227,6 +261,9 @@ def main() -> None:
             continue
         if job.get("kind") == "trainer_best":
             res.update(train_keeping_best(spec["model_dir"], rows, job, out_dir))
+            continue
+        if job.get("kind") == "trainer_stream":
+            res.update(train_from_a_stream(spec["model_dir"], rows, out_dir))
             continue
         limit = job.get("limit", len(rows))
         scale = job.get("label_scale", 5.0)

@@ -187,6 +187,7 @@ def runs(tmp_path_factory):
         ),
         {"name": "interleaved", "kind": "interleaved_mesh"},
         {"name": "trainer_best", "kind": "trainer_best"},
+        {"name": "trainer_stream", "kind": "trainer_stream"},
         dict(FIT, name="lr_differs", process_1_lr=1e-2, predict=False),
     ]
     stream_order, files = _stream_files(rows, root)
@@ -444,6 +445,18 @@ def test_two_process_trainer_keeps_the_best_model_of_an_fsdp_run(runs):
         assert "error" not in job, job.get("error", {}).get("traceback")
         assert job["best_step"] in (2, 4)
     assert jobs[0]["predictions"] == jobs[1]["predictions"]
+
+
+def test_two_process_trainer_streams_the_steps_it_trains_in_memory(runs):
+    """Every process reads the whole stream and packs the global step: the same steps as the same rows in
+    memory (in the in-memory sampler's order), on both processes, with the stream read only as far as needed."""
+    jobs = [result["jobs"]["trainer_stream"] for result in _results(runs["2proc"])]
+    for job in jobs:
+        assert "error" not in job, job.get("error", {}).get("traceback")
+        assert job["stream"]["stream_rows"] == 3 * 2 * 8  # 3 steps of 2 rows on each of the 8 devices
+        assert job["stream"]["losses"] == job["in_memory"]["losses"]
+        assert job["stream"]["predictions"] == job["in_memory"]["predictions"]
+    assert jobs[0]["stream"] == jobs[1]["stream"]
 
 
 def test_processes_given_different_settings_stop_with_a_clear_error(runs):

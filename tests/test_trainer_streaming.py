@@ -18,6 +18,7 @@ from test_trainer import _dataset, _text
 from test_trainer import tiny_dirs as tiny_dirs  # a fixture, found by name
 
 from crossjax import CrossEncoder, losses
+from crossjax.checkpoint import CheckpointMismatchError
 from crossjax.list_batches import ListData
 from crossjax.trainer import CrossEncoderTrainer
 from crossjax.training_args import CrossEncoderTrainingArguments
@@ -77,8 +78,10 @@ def test_a_stream_trains_the_steps_of_the_same_rows_in_memory(kind, loss_of, set
 
 def test_a_resumed_stream_run_equals_the_uninterrupted_one(tiny_dirs, tmp_path):
     """Stopped after step 2 and resumed from its checkpoint, a stream run skips the rows it trained on and ends
-    bit-identical to one that never stopped (in-batch negatives drawn with the step's generator)."""
-    stream = Dataset.from_dict(_rows("triplets", copies=3)).to_iterable_dataset()
+    bit-identical to one that never stopped (in-batch negatives drawn with the step's generator, the stream
+    shuffled with a seed). A stream shuffled without a seed is another order each time: its resume is refused."""
+    rows = Dataset.from_dict(_rows("triplets", copies=3))
+    stream = rows.to_iterable_dataset().shuffle(seed=3, buffer_size=4)
 
     def loss_of(model):
         return losses.MultipleNegativesRankingLoss(model, num_negatives=1)
@@ -97,6 +100,11 @@ def test_a_resumed_stream_run_equals_the_uninterrupted_one(tiny_dirs, tmp_path):
     ours, theirs = resumed.model.hf_state_dict(), whole.model.hf_state_dict()
     for key, value in theirs.items():
         np.testing.assert_array_equal(ours[key], value, err_msg=key)
+    unseeded = rows.to_iterable_dataset().shuffle(buffer_size=4)
+    _train(tiny_dirs[1], unseeded, loss_of, tmp_path / "unseeded", callbacks=[Stop()], **settings)
+    unseeded = rows.to_iterable_dataset().shuffle(buffer_size=4)  # made again, as a resumed script makes it
+    with pytest.raises(CheckpointMismatchError, match="stream_shuffle.*shuffle it with a seed"):
+        _train(tiny_dirs[1], unseeded, loss_of, tmp_path / "unseeded", resume_from_checkpoint=True, **settings)
 
 
 def test_an_endless_stream_is_read_only_as_far_as_max_steps_needs(tiny_dirs, tmp_path, caplog):
@@ -116,15 +124,24 @@ def test_an_endless_stream_is_read_only_as_far_as_max_steps_needs(tiny_dirs, tmp
     stream = IterableDataset.from_generator(endless)
     model, result = _train(tiny_dirs[1], stream, losses.BinaryCrossEntropyLoss, tmp_path / "a", max_steps=3)
     assert result.global_step == 3 and result.metrics["stream_rows"] == 9 and len(model.training_history) == 3
+    samples = model.model_card_data.training.datasets[0].samples  # the card shows the first rows, as in memory
+    assert [list(row) for row in samples] == [["q", "d", "label"]] * 3 and samples[1]["label"] == 1.0
     # the plain in-memory reading is what a stream without max_steps gets, with a warning that says so
     finite = Dataset.from_dict(_rows("pairs")).to_iterable_dataset()
     with caplog.at_level(logging.WARNING, logger="crossjax"):
         _, result = _train(tiny_dirs[1], finite, losses.BinaryCrossEntropyLoss, tmp_path / "b", num_train_epochs=1)
     assert "read whole into memory: max_steps is not set" in caplog.text and result.global_step == 4
+    # so are an evaluation stream and a stream among several training datasets, said before they are read
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="crossjax"):
+        model = CrossEncoder(str(tiny_dirs[1]))
+        CrossEncoderTrainer(model, _args(tmp_path / "c"), {"a": finite}, eval_dataset=finite)
+    assert "train_dataset['a'] is a datasets.IterableDataset; it is read whole into memory: several" in caplog.text
+    assert "eval_dataset is a datasets.IterableDataset; it is read whole into memory: an evaluation" in caplog.text
     # a bad row past the planned steps: the steps before it train, then the row is named by its number
     bad = IterableDataset.from_generator(endless, gen_kwargs={"bad_at": 5})
     with pytest.raises(ValueError, match=r"row 5: label 'x'"):
-        _train(tiny_dirs[1], bad, losses.BinaryCrossEntropyLoss, tmp_path / "c", max_steps=3)
+        _train(tiny_dirs[1], bad, losses.BinaryCrossEntropyLoss, tmp_path / "d", max_steps=3)
 
 
 def test_a_stream_that_ends_early_or_outgrows_its_planned_lists_says_so(tiny_dirs, tmp_path, caplog, monkeypatch):

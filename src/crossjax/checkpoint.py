@@ -237,7 +237,7 @@ def _as_pure(state: TrainState) -> dict:
 # Fingerprint keys newer than the first checkpoints (crossjax 0.x, session 14): absent from older ones.
 # (decay_rule: an older checkpoint's run decayed with fit's rule, and its resume keeps that rule: see fit_loop)
 LATER_FINGERPRINT_KEYS = frozenset(
-    {"scan_layers", "groups", "max_length", "stream_files", "decay_rule", "data", "model_shape"}
+    {"scan_layers", "groups", "max_length", "stream_files", "stream_shuffle", "decay_rule", "data", "model_shape"}
 )
 # Settings added later whose value before was fixed: a checkpoint without them was written with these values.
 LATER_FINGERPRINT_DEFAULTS = {"scheduler_kwargs": None, "optimizer": "adamw", "optimizer_options": []}
@@ -309,6 +309,12 @@ class TrainCheckpointer:
                 hint = (
                     f" Its steps were laid out for {shapes[0][0][0]} groups (data-parallel devices x gradient "
                     f"accumulation), this run has {shapes[1][0][0]}: resume on as many devices."
+                )
+            if "stream_shuffle" in diff:
+                hint += (
+                    " The stream is shuffled in another order than the checkpoint's: a stream shuffled without a "
+                    "seed (shuffle(buffer_size=...)) draws a new order each time it is made; shuffle it with a seed "
+                    "to resume it."
                 )
             if {"epochs", "max_steps"} & set(diff):
                 hint += (

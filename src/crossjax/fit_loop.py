@@ -817,6 +817,7 @@ class _StreamData:
             "groups": self.groups,
             "max_length": self.target.max_length,
             "stream_files": streaming.data_file_names(self.stream.source),
+            "stream_shuffle": streaming.shuffle_fingerprint(self.stream.source),
         }
         if self.processes > 1:  # each process's position is in its own shard: P fixes the shards
             fingerprint["processes"] = self.processes

@@ -581,7 +581,8 @@ class StreamListData(_OneLossSteps):
         self.widths: tuple[int, int] | None = None  # (D, K): planned, or restored from a checkpoint
         self.packing_plan: packing.PackingPlan | None = None
         self.reader: Any = None
-        self.samples: list[tuple[list[Any], Any]] = []
+        self.samples: list[tuple[list[Any], Any]] = []  # the first rows' (inputs, label)
+        self.first_rows: list[dict[str, Any]] = []  # the first rows as the stream gave them
         self.dropped = 0  # rows of a last partial batch that drop_last dropped
 
     # ------------------------------------------------------------------------------ the background thread
@@ -604,9 +605,10 @@ class StreamListData(_OneLossSteps):
                 first_row = batch[0][0]
                 columns, labels = self.to_columns([row for _, row in batch], first_row)
                 self.loss.validate(columns, labels, first_row)
-                if not self.samples:
+                if not self.first_rows:  # for logs and the model card
+                    self.first_rows = [dict(row) for _, row in batch[:3]]
                     self.samples = [([column[i] for column in columns], None if labels is None else labels[i])
-                                    for i in range(min(3, len(batch)))]  # fmt: skip
+                                    for i in range(len(self.first_rows))]  # fmt: skip
                 width = self.loss.width(columns, labels, self.batch_size)
                 widths = (max(widths[0], int(width[0])), max(widths[1], int(width[1])))
                 layouts.append(self.loss.layout(columns, labels, rng))
@@ -616,11 +618,12 @@ class StreamListData(_OneLossSteps):
 
     # -------------------------------------------------------------------------- the run_fit interface
     def run_fingerprint(self) -> dict[str, Any]:
-        from crossjax.streaming import data_file_names
+        from crossjax.streaming import data_file_names, shuffle_fingerprint
 
         return {
             "stream": self.source.description,  # the data itself cannot be hashed: what is known of it
             "stream_files": data_file_names(self.source.source),
+            "stream_shuffle": shuffle_fingerprint(self.source.source),
             "batch_size": self.batch_size,
             "sampler": "stream_order",
             "drop_last": self.drop_last,

@@ -202,6 +202,26 @@ def data_file_names(ds: Any) -> list[str] | None:
     return None
 
 
+def shuffle_fingerprint(ds: Any) -> str | None:
+    """A hash of the shuffle generators of a ``datasets`` stream (``IterableDataset.shuffle``) as it was made, or
+    None for an unshuffled one. Best effort, through ``datasets``' iterables (not a public API): a stream
+    shuffled without a seed draws another order each time it is made, which a resume must not take for the
+    run's own."""
+    found, iterable = [], getattr(ds, "_ex_iterable", None)
+    for _ in range(32):
+        if iterable is None:
+            break
+        generator = getattr(iterable, "generator", None)
+        if isinstance(generator, np.random.Generator):
+            found.append(repr(generator.bit_generator.state))
+        iterable = getattr(iterable, "ex_iterable", None)
+    if not found:
+        return None
+    import hashlib
+
+    return hashlib.sha256("|".join(found).encode()).hexdigest()[:16]
+
+
 def _columns(ds: Any) -> str:
     """A stream's columns for its description (nothing when it has none, as a torch dataset)."""
     columns = getattr(ds, "column_names", None)

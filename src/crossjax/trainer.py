@@ -194,14 +194,19 @@ class _StreamColumns:
         return self.prepare(columns), labels
 
 
-def in_memory(dataset: Any) -> Any:
+def in_memory(dataset: Any, what: str | None = None, why: str = "") -> Any:
     """``dataset`` with each ``datasets.IterableDataset`` in it read once, whole, into a ``datasets.Dataset``
-    (a dict of datasets keeps its names); anything else as it is."""
+    (a dict of datasets keeps its names); anything else as it is. With ``what`` (its name), a warning says
+    that a stream is read, and ``why``, before reading it (a large or endless one takes long)."""
     if isinstance(dataset, dict) and _is_dataset_dict(dataset):
-        return {name: in_memory(one) for name, one in dataset.items()} if _has_stream(dataset) else dataset
+        if not _has_stream(dataset):
+            return dataset
+        return {name: in_memory(one, what and f"{what}[{name!r}]", why) for name, one in dataset.items()}
     if is_datasets_stream(dataset):
         from datasets import Dataset
 
+        if what is not None:
+            logger.warning("%s is a datasets.IterableDataset; it is read whole into memory: %s", what, why)
         rows, features = list(dataset), getattr(dataset, "features", None)
         if not rows and features:  # the stream's columns where known, so that it is named as empty
             return Dataset.from_dict({column: [] for column in features}, features=features)
@@ -451,8 +456,11 @@ class CrossEncoderTrainer:
                 "make it with CrossEncoder(..., device='cpu')"
             )
         # one stream is read as the run goes (_one_list_data); evaluation and several datasets read theirs whole
-        self.train_dataset = train_dataset if is_datasets_stream(train_dataset) else in_memory(train_dataset)
-        self.eval_dataset = in_memory(eval_dataset)
+        several = "several training datasets are sampled by their lengths (stream one dataset with max_steps)"
+        self.train_dataset = (
+            train_dataset if is_datasets_stream(train_dataset) else in_memory(train_dataset, "train_dataset", several)
+        )
+        self.eval_dataset = in_memory(eval_dataset, "eval_dataset", "an evaluation reads every row")
         train_dataset, eval_dataset = self.train_dataset, self.eval_dataset
         for dataset, what in ((train_dataset, "train_dataset"), (eval_dataset, "eval_dataset")):
             named = dataset.items() if isinstance(dataset, dict) and _is_dataset_dict(dataset) else [(None, dataset)]
@@ -674,9 +682,9 @@ class CrossEncoderTrainer:
 
     def _one_list_data(self, dataset: Any, what: str, train: bool, name: str | None) -> ListData | StreamListData:
         if train and is_datasets_stream(dataset):
-            if self._streams(what):
+            if (why := self._why_not_streamed()) is None:
                 return self._stream_list_data(dataset, what, name)
-            dataset = in_memory(dataset)
+            dataset = in_memory(dataset, what, why)
         _, columns, labels = dataset_columns(dataset, what)
         if not columns[0]:
             raise ValueError(f"{what} is empty")
@@ -696,18 +704,15 @@ class CrossEncoderTrainer:
             name=what,
         )
 
-    def _streams(self, what: str) -> bool:
-        """Whether a stream given as ``what`` is read as the run goes: with ``max_steps`` (its length is unknown)
-        and the plain batch sampler (the others draw batches from the whole dataset); else it is read whole into
-        memory first, with a warning that says why."""
-        args, why = self.args, None
-        if args.max_steps <= 0:
-            why = "max_steps is not set (a stream's length is unknown: set max_steps to stream it)"
-        elif args.batch_sampler.value != "batch_sampler":
-            why = f"batch_sampler={args.batch_sampler.value} draws its batches from the whole dataset"
-        if why is not None:
-            logger.warning("%s is a datasets.IterableDataset; it is read whole into memory: %s", what, why)
-        return why is None
+    def _why_not_streamed(self) -> str | None:
+        """Why a training stream is read whole into memory first, or None where it is read as the run goes:
+        that needs ``max_steps`` (its length is unknown) and the plain batch sampler (the others draw batches
+        from the whole dataset)."""
+        if self.args.max_steps <= 0:
+            return "max_steps is not set (a stream's length is unknown: set max_steps to stream it)"
+        if self.args.batch_sampler.value != "batch_sampler":
+            return f"batch_sampler={self.args.batch_sampler.value} draws its batches from the whole dataset"
+        return None
 
     def _stream_list_data(self, dataset: Any, what: str, name: str | None) -> StreamListData:
         from crossjax.streaming import StreamSource
@@ -972,7 +977,7 @@ class CrossEncoderTrainer:
         if dataset is None and not self._evaluators():
             raise ValueError("evaluate() needs an eval_dataset (here or in the trainer) or an evaluator")
         if eval_dataset is not None:
-            dataset = in_memory(eval_dataset)
+            dataset = in_memory(eval_dataset, "evaluate()'s eval_dataset", "an evaluation reads every row")
             self._check_losses_for(dataset, "evaluate()'s eval_dataset")
         if isinstance(dataset, dict) and _is_dataset_dict(dataset):
             metrics: dict[str, float] = {}
@@ -1162,7 +1167,11 @@ class _RunHooks(RunCallback):
 
     def on_train_begin(self, info: Any) -> None:
         """Hugging Face's ``on_train_begin``, once a resumed run's state is restored (as Hugging Face loads it
-        before the event)."""
+        before the event). A stream's first rows, read by now, go into the model card as a dataset's do."""
+        rows = getattr(self.data, "first_rows", None)
+        card = getattr(self.trainer.model, "model_card_data", None)
+        if rows and card is not None:
+            card.set_training(columns=list(rows[0]), samples=rows)
         self.trainer._call_back("on_train_begin")
 
     def on_step_begin(self, done: int, epoch: int, opens_epoch: bool) -> None:

@@ -74,6 +74,9 @@ def test_jsonl_stream_matches_in_memory_dataset(tiny_dir, tmp_path):
     streamed.fit(stream, max_steps=6, **RUN)
     assert losses_of(streamed) == losses_of(in_memory)
     assert_same_params(in_memory, streamed)
+    # the model card shows the stream's first rows, as it shows the dataset's
+    card_rows = [m.model_card_data.training.datasets[0].samples for m in (streamed, in_memory)]
+    assert card_rows[0] == card_rows[1] and len(card_rows[0]) == 3
     # a torch DataLoader over the stream: its batch size is used, it is never iterated
     via_loader = CrossEncoder(tiny_dir)
     summary = via_loader.fit(

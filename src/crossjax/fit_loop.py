@@ -1060,7 +1060,8 @@ class _StreamData:
         return {"stream_examples": self.position}  # examples of the stream (this process's shard) trained on
 
     def describe(self) -> tuple[int | None, list[tuple[list[str], Any]]]:
-        return None, []  # a stream's length is unknown, and its examples are only held tokenized
+        """A stream's length is unknown; its first few examples (this process's shard's), once read."""
+        return None, list(self.reader.first_examples) if self.reader is not None else []
 
     def close(self) -> None:
         if self.reader is not None:

@@ -364,6 +364,7 @@ class StreamReader(BackgroundReader):
         self.step_size = step_size
         self.max_steps = max_steps
         self.dropped = 0  # examples of a last partial step that drop_last dropped (set before the end is put)
+        self.first_examples: list[tuple[list[str], Any]] = []  # the first few (texts, label): logs, model card
         self.start = start
         self.block = int(shuffle_buffer_size)
         self.seed = (int(seed),) if isinstance(seed, (int, np.integer)) else tuple(int(x) for x in seed)
@@ -399,6 +400,8 @@ class StreamReader(BackgroundReader):
             texts_a, texts_b, parts = [], [], []
             for number, example in chunk:
                 a, b, label = data_lib.validate_examples([example], self.num_labels, start=number)
+                if len(self.first_examples) < 3:
+                    self.first_examples.append(([a[0], b[0]], label.tolist()[0]))
                 texts_a += a
                 texts_b += b
                 parts.append(label)

@@ -578,11 +578,9 @@ class StreamListData(_OneLossSteps):
         self.epochs, self.batches_per_epoch = 1, self.total_steps * self.k
         self.rows = None  # unknown
         self.rows_read = 0  # rows of the stream read for the steps trained so far (the data position)
-        self.widths: tuple[int, int] | None = None  # (D, K): planned, or restored from a checkpoint
         self.packing_plan: packing.PackingPlan | None = None
         self.reader: Any = None
-        self.samples: list[tuple[list[Any], Any]] = []  # the first rows' (inputs, label)
-        self.first_rows: list[dict[str, Any]] = []  # the first rows as the stream gave them
+        self.first_rows: list[dict[str, Any]] = []  # the first rows as the stream gave them (logs, model card)
         self.dropped = 0  # rows of a last partial batch that drop_last dropped
 
     # ------------------------------------------------------------------------------ the background thread
@@ -605,10 +603,8 @@ class StreamListData(_OneLossSteps):
                 first_row = batch[0][0]
                 columns, labels = self.to_columns([row for _, row in batch], first_row)
                 self.loss.validate(columns, labels, first_row)
-                if not self.first_rows:  # for logs and the model card
+                if not self.first_rows:
                     self.first_rows = [dict(row) for _, row in batch[:3]]
-                    self.samples = [([column[i] for column in columns], None if labels is None else labels[i])
-                                    for i in range(len(self.first_rows))]  # fmt: skip
                 width = self.loss.width(columns, labels, self.batch_size)
                 widths = (max(widths[0], int(width[0])), max(widths[1], int(width[1])))
                 layouts.append(self.loss.layout(columns, labels, rng))
@@ -633,15 +629,15 @@ class StreamListData(_OneLossSteps):
     def resume(self, meta: dict[str, Any]) -> None:
         super().resume(meta)
         self.rows_read = int(meta["stream_rows"])
-        self.widths = (int(meta["docs"]), int(meta["label_width"]))
-        self._set_geometry()
+        self._set_geometry((int(meta["docs"]), int(meta["label_width"])))
         saved, pairs = meta["packing_plan"], self.queries_per_group * self.docs
         self.packing_plan = packing.PackingPlan(
             int(saved["rows"]), tuple(int(t) for t in saved["row_lengths"]), self.groups, pairs
         )
 
-    def _set_geometry(self) -> None:
-        self.docs, self.label_width = self.widths
+    def _set_geometry(self, widths: tuple[int, int]) -> None:
+        """The step's shapes for (D, K) documents and label columns per query: planned, or a checkpoint's."""
+        self.docs, self.label_width = widths
         self.chunks, self.groups, self.queries_per_group = step_geometry(
             self.target.plan, self.loss, self.batch_size, self.k, self.docs
         )
@@ -672,8 +668,7 @@ class StreamListData(_OneLossSteps):
                     )
                 raise ValueError(f"{self.name} is empty: the stream ({self.source.description}) holds no rows")
             if self.packing_plan is None:
-                self.widths = tuple(max(w[i] for _, _, w in self.lookahead) for i in (0, 1))
-                self._set_geometry()
+                self._set_geometry(tuple(max(w[i] for _, _, w in self.lookahead) for i in (0, 1)))
                 self.packing_plan = plan_list_packing(self, [laid for laid, _, _ in self.lookahead])
         except BaseException:
             self.reader.close()
@@ -737,7 +732,12 @@ class StreamListData(_OneLossSteps):
         }
 
     def describe(self) -> tuple[int | None, list[tuple[list[Any], Any]]]:
-        return None, self.samples  # a stream's length is unknown
+        """A stream's length is unknown; its first rows' (inputs, label), once read."""
+        if not self.first_rows:
+            return None, []
+        columns, labels = self.to_columns(self.first_rows, 0)
+        rows = [[column[i] for column in columns] for i in range(len(self.first_rows))]
+        return None, [(inputs, None if labels is None else labels[i]) for i, inputs in enumerate(rows)]
 
     def summary(self) -> dict[str, Any]:
         return {**super().summary(), "stream_rows": self.rows_read}

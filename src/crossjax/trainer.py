@@ -698,7 +698,7 @@ class CrossEncoderTrainer:
             accumulation_steps=args.gradient_accumulation_steps if train else 1,
             epochs=args.num_train_epochs if train else 1,
             max_steps=(args.max_steps if args.max_steps > 0 else None) if train else None,
-            seed=(args.data_seed if args.data_seed is not None else args.seed) if train else 0,
+            seed=self._data_seed() if train else 0,
             drop_last=args.dataloader_drop_last,
             sampler=_sampler_algorithm(args.batch_sampler.value) if train else "sequential",
             name=what,
@@ -726,10 +726,14 @@ class CrossEncoderTrainer:
             batch_size=self._global_batch_size(True),
             accumulation_steps=args.gradient_accumulation_steps,
             max_steps=args.max_steps,
-            seed=args.data_seed if args.data_seed is not None else args.seed,
+            seed=self._data_seed(),
             drop_last=args.dataloader_drop_last,
             name=what,
         )
+
+    def _data_seed(self) -> int:
+        """The seed of the training data's order and layouts: Hugging Face's ``data_seed``, else ``seed``."""
+        return self.args.data_seed if self.args.data_seed is not None else self.args.seed
 
     def _global_batch_size(self, train: bool) -> int:
         """Rows a step (train) or an evaluation batch takes: per device x data-parallel devices."""

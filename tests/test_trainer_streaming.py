@@ -156,15 +156,29 @@ def test_a_stream_that_ends_early_or_outgrows_its_planned_lists_says_so(tiny_dir
         tiny_dirs[1], odd, losses.BinaryCrossEntropyLoss, tmp_path / "b", max_steps=10, dataloader_drop_last=True
     )
     assert result.global_step == 4 and result.metrics["stream_rows"] == 12
-    # lists longer than the planning steps saw: refused by name, not trained truncated
+    # lists longer than the planning steps saw: the run's lists widen (one more shape), trained as in memory
     monkeypatch.setattr(ListData, "PLAN_SAMPLE_STEPS", 1)
+    order = _epoch_zero_order(6)
+    counts = [0] * 6
+    for slot, row in enumerate(order):  # the stream's first step has at most 2 documents a row, its second 4
+        counts[row] = [2, 1, 2, 4, 2, 1][slot]
     rng = np.random.default_rng(2)
-    counts = [2, 1, 2, 4, 2, 1]  # the first step's rows have at most 2 documents, the second's 4
     lists = {
         "q": [_text(rng, 3) for _ in counts],
         "docs": [[_text(rng, 3) for _ in range(c)] for c in counts],
-        "labels": [[1.0] + [0.0] * (c - 1) for c in counts],
+        "labels": [[1.0] + [0.5] * (c - 1) for c in counts],
     }
-    stream = Dataset.from_dict(lists).to_iterable_dataset()
-    with pytest.raises(ValueError, match=r"step 2 .* need 4 documents .* planned for 2"):
-        _train(tiny_dirs[1], stream, losses.ListNetLoss, tmp_path / "c", max_steps=3)
+    stream = Dataset.from_dict(lists).select(order).to_iterable_dataset()
+    in_memory, _ = _train(tiny_dirs[1], Dataset.from_dict(lists), losses.ListNetLoss, tmp_path / "c", max_steps=2)
+    with caplog.at_level(logging.INFO, logger="crossjax"):
+        streamed, result = _train(tiny_dirs[1], stream, losses.ListNetLoss, tmp_path / "d", max_steps=2)
+    assert "lists widen from 2 to 4" in caplog.text and result.metrics["docs_per_query"] == 4
+    np.testing.assert_allclose(
+        [h["loss"] for h in streamed.training_history], [h["loss"] for h in in_memory.training_history], rtol=1e-6
+    )
+    ours, theirs = streamed.model.hf_state_dict(), in_memory.model.hf_state_dict()
+    for key, value in theirs.items():
+        np.testing.assert_allclose(ours[key], value, rtol=1e-5, atol=1e-7, err_msg=key)
+    # unless mini_batch_size would then split a micro-batch into more chunks (another program): refused by name
+    with pytest.raises(ValueError, match=r"step 2 .* need 4 documents .* planned for 2 .* another number of chunks"):
+        _train(tiny_dirs[1], stream, lambda m: losses.ListNetLoss(m, mini_batch_size=4), tmp_path / "e", max_steps=2)

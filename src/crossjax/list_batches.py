@@ -551,10 +551,10 @@ class StreamListData(_OneLossSteps):
     tokenized in a background thread, a few steps ahead, so memory does not grow with the stream.
 
     The documents per query and the packed shapes are planned from the first :data:`ListData.PLAN_SAMPLE_STEPS`
-    steps (a later step that needs longer rows gets one more shape; one that needs more documents per query is
-    refused by name). The data position (rows read) and that plan go into every checkpoint: a resume skips
-    the rows trained on and continues as the uninterrupted run would. Every process reads the whole stream and
-    packs the global step, as for data in memory (the I/O is not split between hosts)."""
+    steps (a later step that needs longer rows, or more documents per query, gets one more shape). The data
+    position (rows read) and that plan go into every checkpoint: a resume skips the rows trained on and
+    continues as the uninterrupted run would. Every process reads the whole stream and packs the global step,
+    as for data in memory (the I/O is not split between hosts)."""
 
     def __init__(
         self,
@@ -642,6 +642,30 @@ class StreamListData(_OneLossSteps):
             self.target.plan, self.loss, self.batch_size, self.k, self.docs
         )
 
+    def _widen(self, widths: tuple[int, int], where: str) -> None:
+        """A later step's rows need more documents (or label columns) per query than the planning steps did: the
+        run's (D, K) grow onto :func:`~crossjax.packing.grid_ceiling`'s grid (a new compiled shape; later
+        steps of about that width share it), as a longer row gets one more row length. A loss whose
+        ``mini_batch_size`` would then split a micro-batch into another number of chunks (another program) is
+        refused by name instead."""
+        docs = max(self.docs, packing.grid_ceiling(widths[0]))
+        label_width = max(self.label_width, packing.grid_ceiling(widths[1]))
+        chunks = step_geometry(self.target.plan, self.loss, self.batch_size, self.k, docs)[0]
+        if chunks != self.chunks:
+            raise ValueError(
+                f"{self.name}: the rows of {where} need {widths[0]} documents and {widths[1]} label columns per "
+                f"query; the run's shapes were planned for {self.docs} and {self.label_width} from its first steps, "
+                f"and its mini_batch_size splits wider lists into another number of chunks. Put a row with the "
+                "longest list first in the stream, or cap the lists"
+            )
+        logger.info(
+            "%s: %s needs %d documents per query; the run's lists widen from %d to %d (one more compiled shape)",
+            self.name, where, widths[0], self.docs, docs,
+        )  # fmt: skip
+        plan = self.packing_plan
+        self.docs, self.label_width = docs, label_width
+        self.packing_plan = packing.PackingPlan(plan.rows, plan.row_lengths, plan.groups, self.queries_per_group * docs)
+
     def start(self, start_step: int) -> None:
         """Start the reader and read the planning steps: a bad row among them is reported before compiling."""
         import copy
@@ -700,12 +724,7 @@ class StreamListData(_OneLossSteps):
             except Exception as e:  # noqa: BLE001 - a bad row in the next step: this step trains first
                 upcoming, failure = None, e
             if widths[0] > self.docs or widths[1] > self.label_width:
-                raise ValueError(
-                    f"{self.name}: the rows of step {global_step + 1} (stream rows {self.rows_read} to {end - 1}) need "
-                    f"{widths[0]} documents and {widths[1]} label columns per query; the run's shapes were planned "
-                    f"for {self.docs} and {self.label_width} from its first steps. Put a row with the longest list "
-                    "first in the stream, or cap the lists"
-                )
+                self._widen(widths, f"step {global_step + 1} (stream rows {self.rows_read} to {end - 1})")
             if upcoming is None and failure is None and global_step + 1 < self.total_steps:
                 logger.warning(
                     "The stream of %s ended after %d rows, before max_steps=%d: training stops at step %d",

@@ -648,8 +648,10 @@ class StreamListData(_OneLossSteps):
         steps of about that width share it), as a longer row gets one more row length. A loss whose
         ``mini_batch_size`` would then split a micro-batch into another number of chunks (another program) is
         refused by name instead."""
-        docs = max(self.docs, packing.grid_ceiling(widths[0]))
-        label_width = max(self.label_width, packing.grid_ceiling(widths[1]))
+        docs, label_width = (
+            old if new <= old else packing.grid_ceiling(new)
+            for old, new in zip((self.docs, self.label_width), widths, strict=True)
+        )
         chunks = step_geometry(self.target.plan, self.loss, self.batch_size, self.k, docs)[0]
         if chunks != self.chunks:
             raise ValueError(

@@ -157,17 +157,16 @@ def as_stream(train_dataloader: Any, batch_size: int | None = None) -> StreamSou
     if _is_torch_iterable_dataset(train_dataloader):
         source, size = (train_dataloader, None) if batch_size is not None else _probe_batch_length(train_dataloader)
         return StreamSource(source, size, f"{type(train_dataloader).__name__} (torch IterableDataset)")
-    if isinstance(train_dataloader, Iterator):
-        first = next(train_dataloader, None)
-        source = itertools.chain([] if first is None else [first], train_dataloader)
-        return StreamSource(source, _batch_length(first), f"iterator {type(train_dataloader).__name__}")
+    if isinstance(train_dataloader, Iterator):  # one-shot: its probed first item is kept in front
+        source, size = _probe_batch_length(train_dataloader)
+        return StreamSource(source, size, f"iterator {type(train_dataloader).__name__}")
     return None
 
 
 def _probe_batch_length(dataset: Any) -> tuple[Any, int | None]:
     """(the source to read, the batch length of ``dataset``'s first item): a dataset that makes a fresh iterator
-    each time is read from its start again; one whose iterator is one-shot (``__iter__`` returns itself or the
-    same generator) keeps the probed item in front of the rest, so that no example is lost."""
+    each time is read from its start again; an iterator, or a dataset whose iterator is one-shot (``__iter__``
+    returns itself or the same generator), keeps the probed item in front of the rest, so none is lost."""
     items = iter(dataset)
     first = next(items, None)
     if iter(dataset) is items:

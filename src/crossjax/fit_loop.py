@@ -878,7 +878,7 @@ class _StreamData:
             return
         self.reader = self._reader(self.stream, self.step_rows, self.remaining, start=self.position, seed=self.cfg.seed)
         try:
-            self.lookahead: list[streaming.StreamStep] = self._read_lookahead(self.reader)
+            self.lookahead: list[streaming.StreamStep] = self.reader.take(min(STREAM_LOOKAHEAD, self.remaining))
             if not self.lookahead and start_step == 0:
                 if self.reader.dropped:
                     raise ValueError(
@@ -891,15 +891,6 @@ class _StreamData:
         except BaseException:
             self.reader.close()
             raise
-
-    def _read_lookahead(self, reader: streaming.StreamReader) -> list[streaming.StreamStep]:
-        steps: list[streaming.StreamStep] = []
-        while len(steps) < min(STREAM_LOOKAHEAD, self.remaining):
-            step = reader.next_step()
-            if step is None:
-                break
-            steps.append(step)
-        return steps
 
     def _start_shard(self, start_step: int) -> None:
         """Multi-host: plan from the global stream's first steps (every process reads the same ones), then read
@@ -915,7 +906,7 @@ class _StreamData:
                 name="crossjax-stream-plan",
             )
             try:
-                lookahead = self._read_lookahead(reader)
+                lookahead = reader.take(min(STREAM_LOOKAHEAD, self.remaining))
             finally:
                 reader.close()
             if not lookahead and start_step == 0:
@@ -943,23 +934,9 @@ class _StreamData:
             yield from self._shard_steps()
             return
         taken = 0
-        upcoming = self._next() if self.remaining else None
-        if upcoming is None and self.remaining and self.start_step > 0:
-            logger.warning(
-                "The stream has no examples past the data position of the checkpoint it resumes (%d examples "
-                "trained on by step %d): nothing is trained. A stream that ended there is done; a shorter one is "
-                "not the stream of that run.",
-                self.position,
-                self.start_step,
-            )
-        while upcoming is not None:
-            step, taken = upcoming, taken + 1
-            failure = None
-            try:
-                upcoming = self._next() if taken < self.remaining else None
-            except Exception as e:  # noqa: BLE001 - a bad example in the next step: this step trains first
-                upcoming, failure = None, e
-            if upcoming is None and failure is None and taken < self.remaining:
+        for step, last, failure in streaming.read_ahead(self._next, self.remaining):
+            taken += 1
+            if last and taken < self.remaining:
                 logger.warning(
                     "The stream ended after %d examples, before max_steps=%d: training stops at step %d",
                     step.end,
@@ -969,9 +946,17 @@ class _StreamData:
             indices = np.arange(len(step.tokenized), dtype=np.int64)
             batch = packing.pack(step.tokenized, indices, step.labels, self.packing_plan, self.target.pad_id)
             self.position = step.end
-            yield TrainStep(0, self.start_step + taken, upcoming is None and failure is None, batch, len(indices))
+            yield TrainStep(0, self.start_step + taken, last, batch, len(indices))
             if failure is not None:  # raised before the step that would hold the bad example, as documented
                 raise failure
+        if taken == 0 and self.remaining and self.start_step > 0:
+            logger.warning(
+                "The stream has no examples past the data position of the checkpoint it resumes (%d examples "
+                "trained on by step %d): nothing is trained. A stream that ended there is done; a shorter one is "
+                "not the stream of that run.",
+                self.position,
+                self.start_step,
+            )
 
     def _shard_steps(self) -> Any:
         """Multi-host: this process's share of each step in the agreed shape, the suffix that does not fit

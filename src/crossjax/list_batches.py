@@ -81,6 +81,16 @@ def tokenize_layout(
     return ListStep(tokenized, np.concatenate(indices), np.concatenate(labels))
 
 
+def lay_out_step(
+    target: Any, loss: Any, batches: Sequence[tuple[list[list[Any]], Any]], rng: np.random.Generator, tokenizer: Any
+) -> ListStep:
+    """One step's micro-batches (``(columns, labels)`` each) laid out by ``loss`` (in-batch negatives drawn from
+    ``rng``, one generator for the step) and tokenized for ``target``'s model."""
+    layouts = [loss.layout(columns, labels, rng) for columns, labels in batches]
+    limits = data_lib.token_limits(target.model.config)
+    return tokenize_layout(layouts, tokenizer, target.max_length, limits)
+
+
 def _as_2d(labels: Any) -> np.ndarray:
     labels = np.asarray(labels)
     labels = labels.astype(np.int32 if np.issubdtype(labels.dtype, np.integer) else np.float32)
@@ -432,14 +442,12 @@ class ListData(_OneLossSteps):
     def laid_step(self, epoch: int, index: int, rng_key: tuple[int, ...]) -> ListStep:
         """Step ``index`` of ``epoch``: its (up to k) per-device batches laid out by the loss and tokenized;
         ``rng_key`` seeds the layout's generator (in-batch negatives)."""
-        rng = np.random.default_rng(rng_key)
-        layouts = []
-        for rows in self._epoch_steps(epoch)[index]:
-            columns = [[column[i] for i in rows] for column in self.columns]
-            labels = None if self.labels is None else [self.labels[i] for i in rows]
-            layouts.append(self.loss.layout(columns, labels, rng))
-        limits = data_lib.token_limits(self.target.model.config)
-        return tokenize_layout(layouts, self.target.tokenizer, self.target.max_length, limits)
+        labels = self.labels
+        batches = [
+            ([[c[i] for i in rows] for c in self.columns], None if labels is None else [labels[i] for i in rows])
+            for rows in self._epoch_steps(epoch)[index]
+        ]
+        return lay_out_step(self.target, self.loss, batches, np.random.default_rng(rng_key), self.target.tokenizer)
 
     # -------------------------------------------------------------------------- the run_fit interface
     def run_fingerprint(self) -> dict[str, Any]:
@@ -588,7 +596,6 @@ class StreamListData(_OneLossSteps):
         """(laid step, rows read once it is trained, its (D, K)) for the steps from ``first_step`` on, reading
         the stream from row ``start``."""
         rows = enumerate(self.source.open(start), start=start)
-        limits = data_lib.token_limits(self.target.model.config)
         step_rows = self.batch_size * self.k
         for step in range(first_step, self.total_steps):
             chunk = list(itertools.islice(rows, step_rows))
@@ -597,8 +604,7 @@ class StreamListData(_OneLossSteps):
                 self.dropped = len(batches.pop())
             if not batches:
                 return
-            rng = np.random.default_rng((self.seed, 1, step))  # ListData's key: the same layout of the same rows
-            layouts, widths = [], (0, 0)
+            columns_of, widths = [], (0, 0)
             for batch in batches:
                 first_row = batch[0][0]
                 columns, labels = self.to_columns([row for _, row in batch], first_row)
@@ -607,8 +613,9 @@ class StreamListData(_OneLossSteps):
                     self.first_rows = [dict(row) for _, row in batch[:3]]
                 width = self.loss.width(columns, labels, self.batch_size)
                 widths = (max(widths[0], int(width[0])), max(widths[1], int(width[1])))
-                layouts.append(self.loss.layout(columns, labels, rng))
-            yield tokenize_layout(layouts, tokenizer, self.target.max_length, limits), chunk[-1][0] + 1, widths
+                columns_of.append((columns, labels))
+            rng = np.random.default_rng((self.seed, 1, step))  # ListData's key: the same layout of the same rows
+            yield lay_out_step(self.target, self.loss, columns_of, rng, tokenizer), chunk[-1][0] + 1, widths
             if len(chunk) < step_rows:
                 return
 
@@ -680,12 +687,7 @@ class StreamListData(_OneLossSteps):
             lambda: self._laid_steps(start_step, self.rows_read, tokenizer), name="crossjax-trainer-stream"
         )
         try:
-            self.lookahead = []
-            while len(self.lookahead) < min(ListData.PLAN_SAMPLE_STEPS, self.total_steps - start_step):
-                item = self.reader.next_step()
-                if item is None:
-                    break
-                self.lookahead.append(item)
+            self.lookahead = self.reader.take(min(ListData.PLAN_SAMPLE_STEPS, self.total_steps - start_step))
             if not self.lookahead and start_step == 0:
                 if self.dropped:
                     raise ValueError(
@@ -707,27 +709,15 @@ class StreamListData(_OneLossSteps):
         """The steps left, the last one known by reading one step ahead; a callback's epoch stop (the run's one
         epoch) ends them."""
         from crossjax.fit_loop import TrainStep
+        from crossjax.streaming import read_ahead
 
         global_step = self.start_step
-        upcoming = self._next() if global_step < self.total_steps else None
-        if upcoming is None and 0 < global_step < self.total_steps:
-            logger.warning(
-                "%s has no rows past the data position of the checkpoint it resumes (%d rows read by step %d): "
-                "nothing is trained",
-                self.name,
-                self.rows_read,
-                global_step,
-            )
-        while upcoming is not None and self.position(global_step) < self.steps_per_epoch:
-            laid, end, widths = upcoming
-            failure = None
-            try:
-                upcoming = self._next() if global_step + 1 < self.total_steps else None
-            except Exception as e:  # noqa: BLE001 - a bad row in the next step: this step trains first
-                upcoming, failure = None, e
+        for (laid, end, widths), last, failure in read_ahead(self._next, self.total_steps - global_step):
+            if self.position(global_step) >= self.steps_per_epoch:  # a callback ended the run's one epoch
+                return
             if widths[0] > self.docs or widths[1] > self.label_width:
                 self._widen(widths, f"step {global_step + 1} (stream rows {self.rows_read} to {end - 1})")
-            if upcoming is None and failure is None and global_step + 1 < self.total_steps:
+            if last and global_step + 1 < self.total_steps:
                 logger.warning(
                     "The stream of %s ended after %d rows, before max_steps=%d: training stops at step %d",
                     self.name,
@@ -737,10 +727,18 @@ class StreamListData(_OneLossSteps):
                 )
             batch = self.pack(laid)
             self.rows_read = end
-            yield TrainStep(0, global_step + 1, upcoming is None and failure is None, batch, len(laid.tokenized))
+            yield TrainStep(0, global_step + 1, last, batch, len(laid.tokenized))
             global_step += 1
             if failure is not None:  # raised before the step that would hold the bad row
                 raise failure
+        if global_step == self.start_step and 0 < global_step < self.total_steps:
+            logger.warning(
+                "%s has no rows past the data position of the checkpoint it resumes (%d rows read by step %d): "
+                "nothing is trained",
+                self.name,
+                self.rows_read,
+                global_step,
+            )
 
     def checkpoint_meta(self) -> dict[str, Any]:
         plan = {"rows": self.packing_plan.rows, "row_lengths": list(self.packing_plan.row_lengths)}

@@ -65,6 +65,7 @@ __all__ = [
     "as_stream",
     "BackgroundReader",
     "StreamReader",
+    "read_ahead",
     "deferring_steps",
     "concat_pairs",
     "slice_pairs",
@@ -327,9 +328,31 @@ class BackgroundReader:
             raise item
         return item
 
+    def take(self, count: int) -> list[Any]:
+        """Up to ``count`` next items (fewer at the end): a run's lookahead, planned on before compiling."""
+        items: list[Any] = []
+        while len(items) < count and (item := self.next_step()) is not None:
+            items.append(item)
+        return items
+
     def close(self) -> None:
         self.stop.set()
         self.thread.join(timeout=5)
+
+
+def read_ahead(read: Callable[[], Any], count: int) -> Iterator[tuple[Any, bool, Exception | None]]:
+    """Up to ``count`` items of ``read()`` (None: the end) as ``(item, last, failure)``: whether an item is the
+    last is known by reading the next one first. An error reading the next item comes as ``failure`` with the
+    current one, so that the caller trains that step before raising it (before the step that would hold it)."""
+    upcoming = read() if count > 0 else None
+    taken = 0
+    while upcoming is not None:
+        item, taken, failure = upcoming, taken + 1, None
+        try:
+            upcoming = read() if taken < count else None
+        except Exception as e:  # noqa: BLE001 - handed to the caller, raised after this item's step
+            upcoming, failure = None, e
+        yield item, upcoming is None and failure is None, failure
 
 
 class StreamReader(BackgroundReader):

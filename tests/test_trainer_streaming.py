@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from datasets import Dataset, IterableDataset
-from test_trainer import _dataset, _text
+from test_trainer import KEY_BIAS, _compare, _dataset, _text
 from test_trainer import tiny_dirs as tiny_dirs  # a fixture, found by name
 
 from crossjax import CrossEncoder, losses
@@ -176,9 +176,11 @@ def test_a_stream_that_ends_early_or_outgrows_its_planned_lists_says_so(tiny_dir
     np.testing.assert_allclose(
         [h["loss"] for h in streamed.training_history], [h["loss"] for h in in_memory.training_history], rtol=1e-6
     )
-    ours, theirs = streamed.model.hf_state_dict(), in_memory.model.hf_state_dict()
-    for key, value in theirs.items():
-        np.testing.assert_allclose(ours[key], value, rtol=1e-5, atol=1e-7, err_msg=key)
+    # the lists are padded otherwise (D = 2, then 4, against 4 throughout): the parameters whose true gradient is
+    # zero (ListNet ignores a shift of a query's logits) move by Adam-normalised round-off, so they are loose
+    _compare(
+        streamed.model.hf_state_dict(), in_memory.model.hf_state_dict(), 1e-5, 1e-7, (KEY_BIAS, "classifier.bias")
+    )
     # unless mini_batch_size would then split a micro-batch into more chunks (another program): refused by name
     with pytest.raises(ValueError, match=r"step 2 .* need 4 documents .* planned for 2 .* another number of chunks"):
         _train(tiny_dirs[1], stream, lambda m: losses.ListNetLoss(m, mini_batch_size=4), tmp_path / "e", max_steps=2)

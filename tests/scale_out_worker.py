@@ -27,6 +27,7 @@ import threading
 import time
 import traceback
 from pathlib import Path
+from typing import Any
 
 
 def act(job: dict) -> dict:
@@ -90,36 +91,85 @@ def train_keeping_best(model_dir: str, rows: list, job: dict, out_dir: Path) -> 
 
 
 def train_from_a_stream(model_dir: str, rows: list, out_dir: Path) -> dict:
-    """CrossEncoderTrainer over a ``datasets.IterableDataset`` (every process reads the whole stream) and over the
-    same rows in memory, ordered as the in-memory sampler's first epoch: both train the same global steps."""
+    """CrossEncoderTrainer over a ``datasets.IterableDataset`` of two shards, each process reading only its own,
+    against the same rows in memory: the shards are cut so that the rows the two processes take for a step are
+    the rows of the in-memory sampler's step (its first epoch's order). Then a run stopped after step 2 and
+    resumed; then a run whose later steps outgrow the shape planned from its first step (they defer rows)."""
     import numpy as np
     from datasets import Dataset
+    from transformers import TrainerCallback
 
     from crossjax import CrossEncoder, losses
+    from crossjax.list_batches import ListData, StreamListData
     from crossjax.trainer import CrossEncoderTrainer
     from crossjax.training_args import CrossEncoderTrainingArguments
 
     columns = {"a": [a for a, _, _ in rows], "b": [b for _, b, _ in rows], "label": [s / 5 for *_, s in rows]}
+    step_rows = 16  # 2 rows on each of the 8 devices
     order = [int(i) for i in np.random.default_rng((0, 0)).permutation(len(rows))]
-    result = {}
-    for name, dataset in (
-        ("in_memory", Dataset.from_dict(columns)),
-        ("stream", Dataset.from_dict(columns).select(order).to_iterable_dataset()),
-    ):
+    # shard p: the p-th half of every in-memory step's rows
+    shards = [[order[s + p * 8 + i] for s in range(0, len(rows), step_rows) for i in range(8)] for p in range(2)]
+    by_length = sorted(range(len(rows)), key=lambda i: (len(rows[i][0].split()) + len(rows[i][1].split()), i))
+    short_first = [by_length[:16], by_length[16:]]  # the 16 shortest rows make the first step (8 a shard)
+    deferring_shards = [sorted(short_first[0])[p::2] + sorted(short_first[1])[p::2] for p in range(2)]
+    read: list[tuple[str, int]] = []  # (thread, row) of each row this process's readers took from the stream
+
+    def stream(shard_rows: list[list[int]]) -> Any:
+        ids = {"id": list(range(len(rows)))}
+        dataset = Dataset.from_dict({**columns, **ids}).select(shard_rows[0] + shard_rows[1])
+        return dataset.to_iterable_dataset(num_shards=2).map(
+            lambda row: read.append((threading.current_thread().name, row["id"])) or {}, remove_columns="id"
+        )
+
+    class StopAfterStep2(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            control.should_training_stop = state.global_step == 2
+
+    fitted: list[list[int]] = []  # the shard rows of each step this process trained (deferring run)
+    fitting_rows = StreamListData._fitting_rows
+
+    def recording(self, pending, *args):
+        taken, laid = fitting_rows(self, pending, *args)
+        fitted.append([i for i, _ in pending[:taken]])
+        return taken, laid
+
+    runs = {
+        "in_memory": (Dataset.from_dict(columns), losses.BinaryCrossEntropyLoss, {}),
+        "stream": (stream(shards), losses.BinaryCrossEntropyLoss, {}),
+        "stopped": (stream(shards), losses.BinaryCrossEntropyLoss, {"save_steps": 2, "callbacks": [StopAfterStep2()]}),
+        "resumed": (stream(shards), losses.BinaryCrossEntropyLoss, {"resume": True}),
+        "deferring": (stream(deferring_shards), lambda m: losses.MultipleNegativesRankingLoss(m, num_negatives=3), {
+            "max_steps": 20
+        }),
+    }
+    result = {"shards": shards, "deferring_shards": deferring_shards}
+    for name, (dataset, loss_of, settings) in runs.items():
+        read.clear()
         model = CrossEncoder(model_dir, num_labels=1, max_length=64, config_kwargs={"hidden_dropout_prob": 0.0})
         args = CrossEncoderTrainingArguments(
-            str(out_dir / f"trainer_{name}"), per_device_train_batch_size=2, max_steps=3, save_strategy="no",
-            seed=0, report_to=[], disable_tqdm=True,
+            str(out_dir / ("trainer_stopped" if name == "resumed" else f"trainer_{name}")),
+            per_device_train_batch_size=2, max_steps=settings.get("max_steps", 3), seed=0, report_to=[],
+            disable_tqdm=True, save_strategy="steps" if "save_steps" in settings else "no",
+            save_steps=settings.get("save_steps", 500),
         )  # fmt: skip
+        if name == "deferring":
+            ListData.PLAN_SAMPLE_STEPS, StreamListData._fitting_rows = 1, recording
         try:
-            output = CrossEncoderTrainer(model, args, dataset, loss=losses.BinaryCrossEntropyLoss(model)).train()
+            callbacks = settings.get("callbacks")
+            trainer = CrossEncoderTrainer(model, args, dataset, loss=loss_of(model), callbacks=callbacks)
+            output = trainer.train(resume_from_checkpoint=True if settings.get("resume") else None)
         except Exception as e:  # noqa: BLE001 - reported to the test
             return {"error": {"type": type(e).__name__, "message": str(e), "traceback": traceback.format_exc()}}
+        finally:
+            ListData.PLAN_SAMPLE_STEPS, StreamListData._fitting_rows = 64, fitting_rows
         result[name] = {
-            "losses": [h["loss"] for h in model.training_history],
+            "losses": {h["step"]: h["loss"] for h in model.training_history},
+            "global_step": output.global_step,
             "predictions": [float(x) for x in model.predict([(a, b) for a, b, _ in rows[:8]])],
             "stream_rows": output.metrics.get("stream_rows"),
+            "read": {thread: sorted(r for t, r in read if t == thread) for thread in {t for t, _ in read}},
         }
+    result["deferring"]["fitted"] = fitted
     return result
 
 

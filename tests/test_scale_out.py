@@ -187,7 +187,6 @@ def runs(tmp_path_factory):
         ),
         {"name": "interleaved", "kind": "interleaved_mesh"},
         {"name": "trainer_best", "kind": "trainer_best"},
-        {"name": "trainer_stream", "kind": "trainer_stream"},
         dict(FIT, name="lr_differs", process_1_lr=1e-2, predict=False),
     ]
     stream_order, files = _stream_files(rows, root)
@@ -232,6 +231,8 @@ def runs(tmp_path_factory):
         out["8dev"] = procs.run("8dev", 8, eight_devices)
         out["killed"] = procs.run("killed", 8, killed)
         out["resumed"] = procs.run("resumed", 8, resumed)
+        trainer_stream = [{"name": "trainer_stream", "kind": "trainer_stream"}]
+        out["trainer_stream"] = procs.run("trainer_stream", 4, trainer_stream, processes=2)
 
     threads = [threading.Thread(target=chain_1), threading.Thread(target=chain_2)]
     try:
@@ -447,16 +448,32 @@ def test_two_process_trainer_keeps_the_best_model_of_an_fsdp_run(runs):
     assert jobs[0]["predictions"] == jobs[1]["predictions"]
 
 
-def test_two_process_trainer_streams_the_steps_it_trains_in_memory(runs):
-    """Every process reads the whole stream and packs the global step: the same steps as the same rows in
-    memory (in the in-memory sampler's order), on both processes, with the stream read only as far as needed."""
-    jobs = [result["jobs"]["trainer_stream"] for result in _results(runs["2proc"])]
-    for job in jobs:
+def test_two_process_trainer_streams_each_process_its_own_shard(runs):
+    """Each process reads only its shard of the stream (the planning read of the stream's first steps aside).
+    The shards hold, step by step, the halves of the in-memory sampler's steps: the same losses and model as in
+    memory, to round-off (the pairs are packed otherwise). A run stopped after step 2 and resumed ends as the
+    uninterrupted one, bit for bit. Rows that outgrow the shape planned from the first step wait for a later
+    step: every row of each shard is trained once, in order, and the processes agree on every step."""
+    jobs = [result["jobs"]["trainer_stream"] for result in _results(runs["trainer_stream"])]
+    for process, job in enumerate(jobs):
         assert "error" not in job, job.get("error", {}).get("traceback")
-        assert job["stream"]["stream_rows"] == 3 * 2 * 8  # 3 steps of 2 rows on each of the 8 devices
-        assert job["stream"]["losses"] == job["in_memory"]["losses"]
-        assert job["stream"]["predictions"] == job["in_memory"]["predictions"]
-    assert jobs[0]["stream"] == jobs[1]["stream"]
+        shard, stream, in_memory = job["shards"][process], job["stream"], job["in_memory"]
+        assert stream["read"]["crossjax-trainer-stream"] == sorted(shard)
+        assert stream["global_step"] == 3 and stream["stream_rows"] == 24  # 3 steps of 8 rows a process
+        np.testing.assert_allclose(list(stream["losses"].values()), list(in_memory["losses"].values()), rtol=1e-5)
+        np.testing.assert_allclose(stream["predictions"], in_memory["predictions"], rtol=1e-5, atol=1e-6)
+        stopped, resumed = job["stopped"], job["resumed"]
+        assert stopped["global_step"] == 2 and resumed["global_step"] == 3
+        assert list(resumed["read"]) == ["crossjax-trainer-stream"]  # the plan comes from the checkpoint
+        assert resumed["read"]["crossjax-trainer-stream"] == sorted(shard)  # datasets' skip reads the rows it skips
+        assert resumed["losses"]["3"] == stream["losses"]["3"]
+        assert resumed["predictions"] == stream["predictions"]
+        deferring = job["deferring"]
+        assert [row for step in deferring["fitted"] for row in step] == list(range(24))
+        assert deferring["global_step"] > 3 and deferring["stream_rows"] == 24
+    assert jobs[0]["stream"]["losses"] == jobs[1]["stream"]["losses"]
+    assert jobs[0]["deferring"]["losses"] == jobs[1]["deferring"]["losses"]
+    assert jobs[0]["deferring"]["global_step"] == jobs[1]["deferring"]["global_step"]
 
 
 def test_processes_given_different_settings_stop_with_a_clear_error(runs):

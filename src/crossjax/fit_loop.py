@@ -632,6 +632,108 @@ class TrainStep:
     abort: int = 0  # multi-host stream: 1 + this process's index once its shard failed (the step trains nothing)
 
 
+class ShardedStream:
+    """What the multi-host streams of ``fit`` (examples) and of the trainer (rows) share: each process trains
+    its own shard in the one shape every process planned, and no process may leave the others waiting in a
+    step's collectives.
+
+    An error reading or checking the shard (a bad item past the planned steps, an I/O error) is not raised
+    where it happens: the other processes would wait for this one in the next step's collectives until JAX's
+    coordination timed out. This process feeds empty steps flagged ``abort`` instead; the fit loop reads each
+    step's flag before it dispatches the next one, and every process stops there (:meth:`abort`). A process
+    whose shard is used up feeds empty *probe* steps; the fit loop ends the run where no process had a pair
+    (:meth:`stream_ended`)."""
+
+    processes: int
+    process: int
+    position_unit: str  # what the data position counts ("examples", "rows")
+    failure: Exception | None
+    start_step: int
+    total_steps: int
+    groups: int  # the global step's groups
+
+    def shard_train_steps(
+        self, shard: Any, pack_step: Callable[[Any | None], tuple[packing.PackedBatch, int]]
+    ) -> Any:
+        """The remaining steps of ``shard`` (an iterator of this process's steps), each packed by ``pack_step``
+        (None: an empty step) into this process's groups of the global step."""
+        length = None
+        for taken in range(1, self.total_steps - self.start_step + 1):
+            item = None
+            if self.failure is None:
+                try:
+                    item = next(shard, None)
+                except Exception as error:  # noqa: BLE001 - raised by abort() once every process knows
+                    self.failure = error
+            batch, pairs = pack_step(item)
+            length = batch.input_ids.shape[-1] if length is None else length
+            if batch.input_ids.shape[-1] != length:  # the packer guarantees it; a mismatch would hang
+                raise RuntimeError(f"multi-host stream step of row length {batch.input_ids.shape[-1]}, not {length}")
+            failed = self.failure is not None
+            yield TrainStep(
+                0,
+                self.start_step + taken,
+                self.start_step + taken == self.total_steps,
+                batch,
+                pairs,
+                global_groups=self.groups,
+                probe=item is None and not failed,
+                abort=self.process + 1 if failed else 0,
+            )
+
+    def stream_position(self) -> int:
+        """This process's data position: the items of its shard (of the stream) trained on."""
+        raise NotImplementedError
+
+    def positions_of_processes(self) -> list[int]:
+        """Every process's data position, in process order (a checkpoint's save is collective anyway)."""
+        from jax.experimental import multihost_utils
+
+        positions = multihost_utils.process_allgather(np.array([self.stream_position()], np.int64), tiled=True)
+        return [int(x) for x in np.asarray(positions)]
+
+    def own_position(self, meta: dict[str, Any], key: str) -> int:
+        """This process's data position in a checkpoint's ``meta`` (``key``: the sum over processes,
+        ``key + "_per_process"``: each one's), refused where another number of processes wrote it."""
+        per_process = meta.get(f"{key}_per_process")
+        saved_processes = 1 if per_process is None else len(per_process)
+        if saved_processes != self.processes:
+            from crossjax.checkpoint import CheckpointMismatchError
+
+            raise CheckpointMismatchError(
+                f"The checkpoint was written by a stream run of {saved_processes} process(es), this run has "
+                f"{self.processes}: each process's data position is in its own shard. Resume with "
+                f"{saved_processes} process(es), or use another checkpoint folder."
+            )
+        return int(meta[key] if per_process is None else per_process[self.process])
+
+    def abort(self, flag: int, step: int) -> None:
+        """Every process read a nonzero ``abort`` of ``step`` (that step and later ones trained nothing): stop
+        with this process's own error, or name the process that failed."""
+        if self.failure is not None:
+            self.failure.add_note(
+                f"(process {self.process} of {self.processes}: every process stopped at step {step}, which trained "
+                f"nothing; steps up to {step - 1} trained)"
+            )
+            raise self.failure
+        raise RuntimeError(
+            f"Training stopped at step {step} of a multi-host stream: process {flag - 1} could not read or check "
+            f"its shard (its own error says why). Steps up to {step - 1} trained and the model holds them (the "
+            "checkpoints hold the last one saved); this process stops with the others instead of waiting for it."
+        )
+
+    def stream_ended(self, step: int) -> None:
+        """The fit loop found a probe step empty on every process: all shards are used up."""
+        logger.warning(
+            "The stream ended (this process trained on %d %s of its shard), before max_steps=%d: training stops at "
+            "step %d",
+            self.stream_position(),
+            self.position_unit,
+            self.total_steps,
+            step,
+        )
+
+
 class _InMemoryData:
     """A run over examples held in memory: tokenized once, every epoch planned up front (pure functions of the
     seed and the epoch, so the global step is the data position), packed shapes planned over the whole run."""
@@ -774,7 +876,7 @@ CARD_SAMPLES = 3  # training examples shown in the model card
 STREAM_LOOKAHEAD = 32  # a stream's first steps, held to plan the packed shapes (R and the row lengths)
 
 
-class _StreamData:
+class _StreamData(ShardedStream):
     """A run over a stream (see :mod:`crossjax.streaming`): ``max_steps`` optimizer steps, one pass at most,
     tokenized lazily in a background thread. The packed shapes are planned from the first
     :data:`STREAM_LOOKAHEAD` steps (a later step that needs a longer row gets one more shape); the plan and the
@@ -803,6 +905,7 @@ class _StreamData:
         self.total_steps = int(cfg.max_steps)
         self.processes, self.process = jax.process_count(), jax.process_index()
         self.position = 0  # examples of the stream (of this process's shard) trained on so far
+        self.position_unit = "examples"
         self.packing_plan: packing.PackingPlan | None = None
         self.reader: streaming.StreamReader | None = None
         self.failure: Exception | None = None  # multi-host: why this process's shard stopped (bad example, I/O)
@@ -824,19 +927,7 @@ class _StreamData:
         return fingerprint
 
     def resume(self, meta: dict[str, Any]) -> None:
-        self.position = int(meta["stream_examples"])
-        per_process = meta.get("stream_examples_per_process")
-        saved_processes = 1 if per_process is None else len(per_process)
-        if saved_processes != self.processes:
-            from crossjax.checkpoint import CheckpointMismatchError
-
-            raise CheckpointMismatchError(
-                f"The checkpoint was written by a stream run of {saved_processes} process(es), this run has "
-                f"{self.processes}: each process's data position is in its own shard. Resume with "
-                f"{saved_processes} process(es), or use another checkpoint folder."
-            )
-        if per_process is not None:
-            self.position = int(per_process[self.process])
+        self.position = self.own_position(meta, "stream_examples")
         saved = meta["packing_plan"]
         self.packing_plan = packing.PackingPlan(
             int(saved["rows"]), tuple(int(t) for t in saved["row_lengths"]), self.groups, self.step_rows // self.groups
@@ -928,6 +1019,9 @@ class _StreamData:
     def _next(self) -> streaming.StreamStep | None:
         return self.lookahead.pop(0) if self.lookahead else self.reader.next_step()
 
+    def stream_position(self) -> int:
+        return self.position
+
     def steps(self) -> Any:
         """One epoch (0) of up to ``max_steps`` steps; the last one (known by reading one step ahead) ends it."""
         if self.processes > 1:
@@ -960,12 +1054,7 @@ class _StreamData:
 
     def _shard_steps(self) -> Any:
         """Multi-host: this process's share of each step in the agreed shape, the suffix that does not fit
-        deferred; empty probe steps once its shard is used up (the fit loop stops when all are empty).
-
-        An error reading or checking the shard (a bad example past the planned steps, an I/O error) is not
-        raised here: the other processes would wait for this one in the next step's collectives until JAX's
-        coordination timed out. This process feeds empty steps flagged ``abort`` instead; the fit loop reads
-        each step's flag before it dispatches the next one, and every process stops there (:meth:`abort`)."""
+        deferred (see :class:`ShardedStream` for the empty and aborted steps)."""
         plan = self.local_plan
         length = plan.row_lengths[-1]
 
@@ -976,68 +1065,23 @@ class _StreamData:
         shard = streaming.deferring_steps(chunks, self.step_rows // self.processes, fitting)
         empty = streaming.concat_pairs([])
         no_labels = data_lib.validate_examples([], self.target.model.num_labels)[2]  # the label dtype of all
-        for taken in range(1, self.remaining + 1):
-            step = None
-            if self.failure is None:
-                try:
-                    step = next(shard, None)
-                except Exception as error:  # noqa: BLE001 - raised by abort() once every process knows
-                    self.failure = error
+
+        def pack_step(step: streaming.ShardStep | None) -> tuple[packing.PackedBatch, int]:
             if step is None:
                 tokenized, labels, n = empty, no_labels, 0
             else:
                 tokenized, labels, n = step.tokenized, step.labels, step.fitting
-            indices = np.arange(n, dtype=np.int64)
-            batch = packing.pack(tokenized, indices, labels, plan, self.target.pad_id)
-            if batch.input_ids.shape[-1] != length:  # fitting_prefix guarantees it; a mismatch would hang
-                raise RuntimeError(f"multi-host stream step of row length {batch.input_ids.shape[-1]}, not {length}")
+            batch = packing.pack(tokenized, np.arange(n, dtype=np.int64), labels, plan, self.target.pad_id)
             self.position += n
-            last = taken == self.remaining
-            failed = self.failure is not None
-            yield TrainStep(
-                0,
-                self.start_step + taken,
-                last,
-                batch,
-                n,
-                global_groups=self.groups,
-                probe=step is None and not failed,
-                abort=self.process + 1 if failed else 0,
-            )
+            return batch, n
 
-    def abort(self, flag: int, step: int) -> None:
-        """Every process read a nonzero ``abort`` of ``step`` (that step and later ones trained nothing): stop
-        with this process's own error, or name the process that failed."""
-        if self.failure is not None:
-            self.failure.add_note(
-                f"(process {self.process} of {self.processes}: every process stopped at step {step}, which trained "
-                f"nothing; steps up to {step - 1} trained)"
-            )
-            raise self.failure
-        raise RuntimeError(
-            f"Training stopped at step {step} of a multi-host stream: process {flag - 1} could not read or check "
-            f"its shard (its own error says why). Steps up to {step - 1} trained and the model holds them (the "
-            "checkpoints hold the last one saved); this process stops with the others instead of waiting for it."
-        )
-
-    def stream_ended(self, step: int) -> None:
-        """The fit loop found a probe step empty on every process: all shards are used up."""
-        logger.warning(
-            "The stream ended (this process trained on %d examples of its shard), before max_steps=%d: training "
-            "stops at step %d",
-            self.position,
-            self.total_steps,
-            step,
-        )
+        yield from self.shard_train_steps(shard, pack_step)
 
     def checkpoint_meta(self) -> dict[str, Any]:
         plan = {"rows": self.packing_plan.rows, "row_lengths": list(self.packing_plan.row_lengths)}
         meta: dict[str, Any] = {"stream_examples": self.position, "packing_plan": plan}  # a resume skips these
         if self.processes > 1:  # saving is collective anyway: every process's position, in process order
-            from jax.experimental import multihost_utils
-
-            positions = multihost_utils.process_allgather(np.array([self.position], np.int64), tiled=True)
-            meta["stream_examples_per_process"] = [int(x) for x in np.asarray(positions)]
+            meta["stream_examples_per_process"] = self.positions_of_processes()
             meta["stream_examples"] = sum(meta["stream_examples_per_process"])
         return meta
 
@@ -1390,9 +1434,10 @@ def _run_fit(
                 stop_if_aborted()
             if step.probe and float(jax.device_get(step_metrics["pairs"])) == 0:
                 # No process had a pair (every process reads the same count): the step changed nothing and
-                # the run ends here on all of them; the epoch's end is evaluated as a stream's end would be.
+                # the run ends here on all of them; fit's epoch end is evaluated as a stream's end would be (the
+                # trainer's flow has no epoch end for a stream that ends before max_steps, on one process or many).
                 data.stream_ended(global_step)
-                if evaluate_fn is not None:
+                if evaluate_fn is not None and target.on_step is None:
                     evaluate(last_epoch, -1)
                 break
             global_step += 1

@@ -24,6 +24,8 @@ import numpy as np
 
 from crossjax import data as data_lib
 from crossjax import packing
+from crossjax.fit_loop import ShardedStream
+from crossjax.parallel import process_rows
 
 logger = logging.getLogger(__name__)
 
@@ -235,20 +237,24 @@ def step_geometry(plan: Any, loss: Any, batch_size: int, k: int, docs: int) -> t
     return chunks, groups, math.ceil(batch_size * k / groups)
 
 
-def plan_list_packing(data: Any, sample: Sequence[ListStep]) -> packing.PackingPlan:
+def plan_list_packing(data: Any, sample: Sequence[ListStep], min_row_length: int = 0) -> packing.PackingPlan:
     """The packed shapes of ``data``'s run (a :class:`ListData` or :class:`StreamListData`), planned on the laid
-    steps ``sample`` (the compile is weighed against the share of the run's steps they are)."""
+    steps ``sample`` (the compile is weighed against the share of the run's steps they are). With
+    ``min_row_length`` (a multi-host stream's): one shape, of rows at least that long."""
     group_lengths = [group_token_lengths(laid, deal_queries(laid, data.groups)) for laid in sample]
     config = data.target.model.config
-    return packing.plan_call(
+    plan = packing.plan_call(
         group_lengths,
         data.groups,
         data.queries_per_group * data.docs,
         hidden_size=packing.model_width(config),
-        max_shapes=data.target.max_shapes,
+        max_shapes=1 if min_row_length else data.target.max_shapes,
         # a step runs its k x chunks groups one after another
         compile_cost=packing.train_compile_cost(config, data.k * data.chunks, len(sample) / data.total_steps),
     )
+    if not min_row_length:
+        return plan
+    return packing.with_row_length_floor(plan, [g for step in group_lengths for g in step], min_row_length)
 
 
 class _EpochPlan:
@@ -552,7 +558,7 @@ class MultiListData(_EpochPlan):
         pass
 
 
-class StreamListData(_OneLossSteps):
+class StreamListData(_OneLossSteps, ShardedStream):
     """The trainer's data from a stream (a ``datasets.IterableDataset``): its rows in the stream's order (no
     sampler; shuffle the stream itself, e.g. ``IterableDataset.shuffle(buffer_size=...)``), one pass at most,
     for ``max_steps`` steps. Each step's ``batch_size x accumulation_steps`` rows are laid out by the loss and
@@ -561,8 +567,19 @@ class StreamListData(_OneLossSteps):
     The documents per query and the packed shapes are planned from the first :data:`ListData.PLAN_SAMPLE_STEPS`
     steps (a later step that needs longer rows, or more documents per query, gets one more shape). The data
     position (rows read) and that plan go into every checkpoint: a resume skips the rows trained on and
-    continues as the uninterrupted run would. Every process reads the whole stream and packs the global step,
-    as for data in memory (the I/O is not split between hosts)."""
+    continues as the uninterrupted run would.
+
+    **Multi-host** (``P > 1`` processes): process ``p`` reads only its own shard of the stream
+    (``datasets.distributed.split_dataset_by_node``: whole files per process where the stream's shards divide
+    by ``P``, else every ``P``-th row) and lays out only its own rows, ``batch_size / P`` a micro-batch (so
+    in-batch negatives come from the process's rows, as in a PyTorch DDP run, whose negatives come from each
+    device's batch). The shapes are agreed without communication, as ``fit``'s streams do (see
+    :mod:`crossjax.streaming`): every process plans (D, K) and one packed shape, of rows at least
+    ``max_length`` long, from the first steps of the whole stream; a step takes the longest prefix of the
+    process's rows that fits its groups and defers the rest to its next step. A row whose list is wider than
+    planned, or too long for a group, stops every process with an error naming it (a single process would
+    widen the run's shapes instead). A process whose shard is used up feeds empty steps; the run ends when all
+    are (see :class:`crossjax.fit_loop.ShardedStream`). Each checkpoint holds every process's data position."""
 
     def __init__(
         self,
@@ -578,6 +595,8 @@ class StreamListData(_OneLossSteps):
         drop_last: bool,
         name: str = "train_dataset",
     ) -> None:
+        import jax
+
         self.target, self.source, self.to_columns, self.loss, self.name = target, source, to_columns, loss, name
         self.batch_size, self.k, self.seed = int(batch_size), int(accumulation_steps), int(seed)
         self.drop_last = bool(drop_last)
@@ -585,13 +604,32 @@ class StreamListData(_OneLossSteps):
         self.total_steps = self.steps_per_epoch = int(max_steps)  # one pass: a single epoch of max_steps
         self.epochs, self.batches_per_epoch = 1, self.total_steps * self.k
         self.rows = None  # unknown
-        self.rows_read = 0  # rows of the stream read for the steps trained so far (the data position)
+        self.rows_read = 0  # rows of the stream (this process's shard) read for the steps trained so far
+        self.processes, self.process = jax.process_count(), jax.process_index()
+        self.position_unit, self.failure = "rows", None
         self.packing_plan: packing.PackingPlan | None = None
+        self.label_dtype = np.dtype(np.float32)  # a multi-host step's labels (its empty steps' too)
         self.reader: Any = None
         self.first_rows: list[dict[str, Any]] = []  # the first rows as the stream gave them (logs, model card)
         self.dropped = 0  # rows of a last partial batch that drop_last dropped
 
     # ------------------------------------------------------------------------------ the background thread
+    def _lay_out(self, rows: list[tuple[int, Any]], micro_rows: int, key: tuple[int, ...], tokenizer: Any) -> Any:
+        """(laid step, its (D, K)) of ``rows`` (``(row number, row)``), ``micro_rows`` a micro-batch."""
+        columns_of, widths = [], (0, 0)
+        for i in range(0, len(rows), micro_rows):
+            batch = rows[i : i + micro_rows]
+            first_row = batch[0][0]
+            columns, labels = self.to_columns([row for _, row in batch], first_row)
+            self.loss.validate(columns, labels, first_row)
+            if not self.first_rows:
+                self.first_rows = [dict(row) for _, row in batch[:3]]
+            width = self.loss.width(columns, labels, micro_rows)
+            widths = (max(widths[0], int(width[0])), max(widths[1], int(width[1])))
+            columns_of.append((columns, labels))
+        rng = np.random.default_rng(key)  # ListData's key: the same layout of the same rows
+        return lay_out_step(self.target, self.loss, columns_of, rng, tokenizer), widths
+
     def _laid_steps(self, first_step: int, start: int, tokenizer: Any) -> Any:
         """(laid step, rows read once it is trained, its (D, K)) for the steps from ``first_step`` on, reading
         the stream from row ``start``."""
@@ -599,31 +637,91 @@ class StreamListData(_OneLossSteps):
         step_rows = self.batch_size * self.k
         for step in range(first_step, self.total_steps):
             chunk = list(itertools.islice(rows, step_rows))
-            batches = [chunk[i : i + self.batch_size] for i in range(0, len(chunk), self.batch_size)]
-            if self.drop_last and batches and len(batches[-1]) < self.batch_size:
-                self.dropped = len(batches.pop())
-            if not batches:
+            end = chunk[-1][0] + 1 if chunk else start
+            if self.drop_last and len(chunk) % self.batch_size:
+                self.dropped = len(chunk) % self.batch_size
+                chunk = chunk[: len(chunk) - self.dropped]
+            if not chunk:
                 return
-            columns_of, widths = [], (0, 0)
-            for batch in batches:
-                first_row = batch[0][0]
-                columns, labels = self.to_columns([row for _, row in batch], first_row)
-                self.loss.validate(columns, labels, first_row)
-                if not self.first_rows:
-                    self.first_rows = [dict(row) for _, row in batch[:3]]
-                width = self.loss.width(columns, labels, self.batch_size)
-                widths = (max(widths[0], int(width[0])), max(widths[1], int(width[1])))
-                columns_of.append((columns, labels))
-            rng = np.random.default_rng((self.seed, 1, step))  # ListData's key: the same layout of the same rows
-            yield lay_out_step(self.target, self.loss, columns_of, rng, tokenizer), chunk[-1][0] + 1, widths
+            laid, widths = self._lay_out(chunk, self.batch_size, (self.seed, 1, step), tokenizer)
+            yield laid, end, widths
             if len(chunk) < step_rows:
                 return
+
+    def _shard_laid_steps(self, first_step: int, start: int, tokenizer: Any) -> Any:
+        """Multi-host: (laid step, shard rows read once it is trained) of this process's shard from row
+        ``start``: each step up to its share of rows in order, the longest prefix that fits this process's groups;
+        the rest waits for the next step."""
+        rows = enumerate(self.source.sharded(self.process, self.processes).open(start), start=start)
+        micro_rows = self.batch_size // self.processes
+        share = micro_rows * self.k
+        pending: list[tuple[int, Any]] = []
+        for step in range(first_step, self.total_steps):
+            pending.extend(itertools.islice(rows, share - len(pending)))
+            if self.drop_last and len(pending) < share and len(pending) % micro_rows:
+                self.dropped = len(pending) % micro_rows  # the shard's last partial batch
+                pending = pending[: len(pending) - self.dropped]
+            if not pending:
+                return
+            taken, laid = self._fitting_rows(pending, micro_rows, step, tokenizer)
+            yield laid, pending[taken - 1][0] + 1
+            pending = pending[taken:]
+
+    def _fitting_rows(self, rows: list[tuple[int, Any]], micro_rows: int, step: int, tokenizer: Any) -> Any:
+        """(n, laid step) of the longest prefix of ``rows`` whose layout fits this process's groups of the planned
+        shape (found by bisection; each try lays the prefix out anew, as its in-batch negatives differ)."""
+        key = (self.seed, 1, step, self.process)
+
+        def lay(n: int) -> ListStep | None:
+            laid, _ = self._lay_out(rows[:n], micro_rows, key, tokenizer)
+            return laid if self._fits(laid) else None
+
+        if (laid := lay(len(rows))) is not None:
+            return len(rows), laid
+        good, bad, best = 0, len(rows), None
+        while bad - good > 1:  # lay(good) fits (or good = 0), lay(bad) does not
+            middle = (good + bad) // 2
+            if (tried := lay(middle)) is not None:
+                good, best = middle, tried
+            else:
+                bad = middle
+        if best is None:
+            raise ValueError(self._unfit_row(rows[0], micro_rows, key, tokenizer))
+        return good, best
+
+    def _fits(self, laid: ListStep) -> bool:
+        plan = self.local_plan
+        if laid.index.shape[1] > self.docs or laid.labels.shape[1] > self.label_width:
+            return False
+        dealt = deal_queries(laid, plan.groups)
+        if any(len(g) > self.queries_per_group for g in dealt):
+            return False
+        length = plan.row_lengths[-1]
+        return all(packing.fits_rows(lengths, plan.rows, length) for lengths in group_token_lengths(laid, dealt))
+
+    def _unfit_row(self, row: tuple[int, Any], micro_rows: int, key: tuple[int, ...], tokenizer: Any) -> str:
+        laid, _ = self._lay_out([row], micro_rows, key, tokenizer)
+        where = f"{self.name}: row {row[0]} of process {self.process}'s shard of the stream"
+        plan = self.local_plan
+        if laid.index.shape[1] > self.docs or laid.labels.shape[1] > self.label_width:
+            return (
+                f"{where} needs {laid.index.shape[1]} documents and {laid.labels.shape[1]} label columns per query; "
+                f"every process planned {self.docs} and {self.label_width} from the stream's first steps (a "
+                "multi-host run has one shape, agreed without communication). Put a row with the longest list "
+                "among the stream's first steps, or cap the lists"
+            )
+        return (
+            f"{where} has {len(laid.tokenized)} pairs of {int(laid.tokenized.lengths.sum())} tokens, more than the "
+            f"{plan.rows} rows of {plan.row_lengths[-1]} tokens of a group that every process planned from the "
+            "stream's first steps (a multi-host run has one shape). Put rows that long among the stream's first "
+            "steps, or lower max_length"
+        )
 
     # -------------------------------------------------------------------------- the run_fit interface
     def run_fingerprint(self) -> dict[str, Any]:
         from crossjax.streaming import data_file_names, shuffle_fingerprint
 
-        return {
+        fingerprint = {
             "stream": self.source.description,  # the data itself cannot be hashed: what is known of it
             "stream_files": data_file_names(self.source.source),
             "stream_shuffle": shuffle_fingerprint(self.source.source),
@@ -632,15 +730,22 @@ class StreamListData(_OneLossSteps):
             "drop_last": self.drop_last,
             "data_seed": self.seed,
         }
+        if self.processes > 1:  # each process's position is in its own shard: P fixes the shards
+            fingerprint["processes"] = self.processes
+        return fingerprint
 
     def resume(self, meta: dict[str, Any]) -> None:
         super().resume(meta)
-        self.rows_read = int(meta["stream_rows"])
+        self.rows_read = self.own_position(meta, "stream_rows")
         self._set_geometry((int(meta["docs"]), int(meta["label_width"])))
+        self.label_dtype = np.dtype(meta.get("label_dtype", "float32"))
         saved, pairs = meta["packing_plan"], self.queries_per_group * self.docs
         self.packing_plan = packing.PackingPlan(
             int(saved["rows"]), tuple(int(t) for t in saved["row_lengths"]), self.groups, pairs
         )
+
+    def stream_position(self) -> int:
+        return self.rows_read
 
     def _set_geometry(self, widths: tuple[int, int]) -> None:
         """The step's shapes for (D, K) documents and label columns per query: planned, or a checkpoint's."""
@@ -683,24 +788,40 @@ class StreamListData(_OneLossSteps):
 
         super().start(start_step)
         tokenizer = copy.deepcopy(self.target.tokenizer)  # the main thread's evaluators may tokenize meanwhile
-        self.reader = BackgroundReader(
-            lambda: self._laid_steps(start_step, self.rows_read, tokenizer), name="crossjax-trainer-stream"
-        )
-        try:
-            self.lookahead = self.reader.take(min(ListData.PLAN_SAMPLE_STEPS, self.total_steps - start_step))
-            if not self.lookahead and start_step == 0:
-                if self.dropped:
-                    raise ValueError(
-                        f"{self.name}: no full batch of {self.batch_size} rows with dataloader_drop_last=True: the "
-                        f"stream ({self.source.description}) holds {self.dropped} only"
-                    )
-                raise ValueError(f"{self.name} is empty: the stream ({self.source.description}) holds no rows")
+        planning = min(ListData.PLAN_SAMPLE_STEPS, self.total_steps - start_step)
+        self.lookahead = []
+        if self.processes > 1:  # plan from the whole stream's first steps (the same on every process)
             if self.packing_plan is None:
-                self._set_geometry(tuple(max(w[i] for _, _, w in self.lookahead) for i in (0, 1)))
-                self.packing_plan = plan_list_packing(self, [laid for laid, _, _ in self.lookahead])
+                sample = list(itertools.islice(self._laid_steps(0, 0, tokenizer), planning))
+                self._plan(sample, start_step, self.target.max_length)
+            plan = self.packing_plan
+            local_groups = len(process_rows(self.target.plan.batch, self.groups))
+            self.local_plan = packing.PackingPlan(plan.rows, plan.row_lengths, local_groups, plan.pairs)
+            read = lambda: self._shard_laid_steps(start_step, self.rows_read, tokenizer)  # noqa: E731
+            self.reader = BackgroundReader(read, name="crossjax-trainer-stream")
+            return
+        read = lambda: self._laid_steps(start_step, self.rows_read, tokenizer)  # noqa: E731
+        self.reader = BackgroundReader(read, name="crossjax-trainer-stream")
+        try:
+            self.lookahead = self.reader.take(planning)
+            if self.packing_plan is None:
+                self._plan(self.lookahead, start_step)
         except BaseException:
             self.reader.close()
             raise
+
+    def _plan(self, lookahead: list[Any], start_step: int, min_row_length: int = 0) -> None:
+        """(D, K) and the packed shapes from the laid planning steps (refused where there are none)."""
+        if not lookahead and start_step == 0:
+            if self.dropped:
+                raise ValueError(
+                    f"{self.name}: no full batch of {self.batch_size} rows with dataloader_drop_last=True: the "
+                    f"stream ({self.source.description}) holds {self.dropped} only"
+                )
+            raise ValueError(f"{self.name} is empty: the stream ({self.source.description}) holds no rows")
+        self._set_geometry(tuple(max(w[i] for _, _, w in lookahead) for i in (0, 1)))
+        self.packing_plan = plan_list_packing(self, [laid for laid, _, _ in lookahead], min_row_length)
+        self.label_dtype = lookahead[0][0].labels.dtype
 
     def _next(self) -> Any:
         return self.lookahead.pop(0) if self.lookahead else self.reader.next_step()
@@ -711,6 +832,9 @@ class StreamListData(_OneLossSteps):
         from crossjax.fit_loop import TrainStep
         from crossjax.streaming import read_ahead
 
+        if self.processes > 1:
+            yield from self._shard_steps()
+            return
         global_step = self.start_step
         for (laid, end, widths), last, failure in read_ahead(self._next, self.total_steps - global_step):
             if self.position(global_step) >= self.steps_per_epoch:  # a callback ended the run's one epoch
@@ -740,15 +864,44 @@ class StreamListData(_OneLossSteps):
                 global_step,
             )
 
+    def _shard_steps(self) -> Any:
+        """Multi-host: this process's rows of each step, packed into its groups (empty once its shard is used
+        up); a callback's epoch stop ends them on every process alike."""
+        from crossjax.streaming import concat_pairs
+
+        empty = ListStep(
+            concat_pairs([]), np.zeros((0, self.docs), np.int64), np.zeros((0, self.label_width), self.label_dtype)
+        )
+
+        def pack_step(item: tuple[ListStep, int] | None) -> tuple[packing.PackedBatch, int]:
+            laid = empty if item is None else item[0]
+            laid = ListStep(laid.tokenized, laid.index, laid.labels.astype(self.label_dtype))  # every process alike
+            batch = pack_list_step(
+                laid, self.local_plan, self.queries_per_group, self.docs, self.label_width, self.target.pad_id
+            )
+            if item is not None:
+                self.rows_read = item[1]
+            return batch, len(laid.tokenized)
+
+        for step in self.shard_train_steps(iter(self.reader.next_step, None), pack_step):
+            yield step
+            if self.position(step.steps_in_epoch) >= self.steps_per_epoch:  # a callback ended the run's one epoch
+                return
+
     def checkpoint_meta(self) -> dict[str, Any]:
         plan = {"rows": self.packing_plan.rows, "row_lengths": list(self.packing_plan.row_lengths)}
-        return {
+        meta = {
             **super().checkpoint_meta(),
             "stream_rows": self.rows_read,
             "docs": self.docs,
             "label_width": self.label_width,
+            "label_dtype": self.label_dtype.name,
             "packing_plan": plan,
         }
+        if self.processes > 1:  # saving is collective anyway: every process's position, in process order
+            meta["stream_rows_per_process"] = self.positions_of_processes()
+            meta["stream_rows"] = sum(meta["stream_rows_per_process"])
+        return meta
 
     def describe(self) -> tuple[int | None, list[tuple[list[Any], Any]]]:
         """A stream's length is unknown; its first rows' (inputs, label), once read."""

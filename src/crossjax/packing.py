@@ -193,6 +193,12 @@ def _fits(lengths: np.ndarray, rows: int, row_length: int) -> list[list[int]] | 
     return layout
 
 
+def fits_rows(lengths: np.ndarray, rows: int, row_length: int) -> bool:
+    """Whether :func:`pack` lays pairs of ``lengths`` out in ``rows`` rows of ``row_length`` tokens."""
+    lengths = np.asarray(lengths)
+    return not len(lengths) or (int(lengths.max()) <= row_length and _fits(lengths, rows, row_length) is not None)
+
+
 def row_length_needed(lengths: np.ndarray, rows: int) -> int:
     """The shortest row length (a multiple of 8) at which first-fit-decreasing fits ``lengths`` in ``rows``."""
     lengths = np.asarray(lengths)
@@ -265,6 +271,17 @@ def rows_needed(lengths: np.ndarray, row_length: int) -> int:
     return rows
 
 
+def with_row_length_floor(plan: PackingPlan, group_lengths: Sequence[np.ndarray], min_row_length: int) -> PackingPlan:
+    """``plan``, or, where its rows are shorter than ``min_row_length`` (a multi-host stream's ``max_length``), one
+    shape of rows that long (rounded up to :data:`ROW_QUANTUM`), as many rows as the planning groups
+    ``group_lengths`` need: so any later pair fits a row, whatever shard it comes from."""
+    floor = math.ceil(min_row_length / ROW_QUANTUM) * ROW_QUANTUM
+    if plan.row_lengths[-1] >= floor:
+        return plan
+    rows = max((rows_needed(lengths, floor) for lengths in group_lengths), default=1)
+    return PackingPlan(rows, (floor,), plan.groups, plan.pairs)
+
+
 def fitting_prefix(lengths: np.ndarray, groups: int, pairs: int, rows: int, row_length: int) -> int:
     """How many leading examples of ``lengths`` (at most ``groups * pairs``) :func:`pack` lays out in ``groups``
     groups of ``rows`` rows of ``row_length`` tokens: the longest such prefix, found by bisection (0 when the
@@ -274,9 +291,7 @@ def fitting_prefix(lengths: np.ndarray, groups: int, pairs: int, rows: int, row_
 
     def fits(n: int) -> bool:
         head = lengths[:n]
-        if n and int(head.max()) > row_length:
-            return False
-        return all(_fits(head[g], rows, row_length) is not None for g in deal_into_groups(np.arange(n), head, groups))
+        return all(fits_rows(head[g], rows, row_length) for g in deal_into_groups(np.arange(n), head, groups))
 
     good, bad = 0, min(len(lengths), groups * pairs) + 1
     if fits(bad - 1):

@@ -47,7 +47,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import itertools
-import math
 import os
 import queue
 import sys
@@ -456,12 +455,10 @@ def plan_from_steps(
     plan = packing.plan_packing(
         indices, lengths, groups, pairs, hidden_size=hidden_size, max_shapes=max_shapes, compile_cost=compile_cost
     )
-    floor = math.ceil(min_row_length / packing.ROW_QUANTUM) * packing.ROW_QUANTUM
-    if plan.row_lengths[-1] >= floor:
+    if not min_row_length:
         return plan
     dealt = [g for step in indices for g in packing.deal_into_groups(step, lengths, groups)]
-    rows = max((packing.rows_needed(lengths[g], floor) for g in dealt), default=1)
-    return packing.PackingPlan(rows, (floor,), groups, pairs)
+    return packing.with_row_length_floor(plan, [lengths[g] for g in dealt], min_row_length)
 
 
 def concat_pairs(parts: Sequence[data_lib.TokenizedPairs]) -> data_lib.TokenizedPairs:

@@ -82,8 +82,14 @@ class Recorder:
     def on_optimizer_step(self, args, state, control, **kwargs):
         self.events.append(("optimizer_step", state.global_step))
 
+    def on_substep_end(self, args, state, control, **kwargs):
+        self.events.append(("substep_end", state.global_step))
+
     def on_step_end(self, args, state, control, **kwargs):
         self.events.append(("step_end", state.global_step))
+
+    def on_prediction_step(self, args, state, control, **kwargs):
+        self.events.append(("prediction_step", state.global_step))
 
     def on_epoch_end(self, args, state, control, **kwargs):
         self.events.append(("epoch_end", state.global_step))
@@ -131,6 +137,12 @@ BY_EPOCH = dict(
     num_train_epochs=2, per_device_train_batch_size=2, learning_rate=1e-3, eval_strategy="epoch",
     logging_strategy="epoch", save_strategy="epoch", seed=0,
 )  # fmt: skip
+# Gradient accumulation over 3 of an epoch's 4 batches, then the last one alone: Hugging Face's substeps (each
+# accumulated batch but a step's last); an evaluation of 8 rows in batches of 3 (its prediction steps).
+ACCUMULATED = dict(
+    num_train_epochs=2, per_device_train_batch_size=2, gradient_accumulation_steps=3, per_device_eval_batch_size=3,
+    learning_rate=1e-3, eval_strategy="epoch", logging_strategy="epoch", save_strategy="no", seed=0,
+)  # fmt: skip
 # No logging: nothing but the end's entry, whatever the saves.
 NO_LOGS = dict(max_steps=4, per_device_train_batch_size=2, logging_strategy="no", logging_steps=2, save_steps=2, seed=0)
 # Asked for explicitly, the evaluation before the first step and the first step's log come whatever the strategies.
@@ -142,8 +154,8 @@ FIRST_ONLY = dict(
 
 @pytest.mark.parametrize(
     "schedule",
-    [SCHEDULE, RUN_END, BY_EPOCH, NO_LOGS, FIRST_ONLY],
-    ids=["schedule", "run_end", "by_epoch", "no_logs", "first_only"],
+    [SCHEDULE, RUN_END, BY_EPOCH, ACCUMULATED, NO_LOGS, FIRST_ONLY],
+    ids=["schedule", "run_end", "by_epoch", "accumulated", "no_logs", "first_only"],
 )
 def test_evaluation_logging_and_saving_follow_sentence_transformers(tiny, tmp_path, capsys, schedule):
     import ast
@@ -162,12 +174,16 @@ def test_evaluation_logging_and_saving_follow_sentence_transformers(tiny, tmp_pa
         id(SCHEDULE): [("eval", 0), ("train", 1), ("train", 2), ("eval", 3)],
         id(RUN_END): [("eval", 3), ("train", 4), ("eval", 5), ("train", 5), ("end", 5)],
         id(BY_EPOCH): [("train", 4), ("eval", 4), ("train", 8), ("eval", 8), ("end", 8)],
+        id(ACCUMULATED): [("train", 2), ("eval", 2), ("train", 4), ("eval", 4), ("end", 4)],
         id(NO_LOGS): [("end", 4)],
         id(FIRST_ONLY): [("eval", 0), ("train", 1), ("end", 3)],
     }[id(schedule)]
     assert _kinds(their_history)[: len(expected)] == expected
     assert recorder.events == their_events, (recorder.events, their_events)
     assert ("epoch_begin", 0) in recorder.events and ("step_begin", ours.global_step - 1) in recorder.events
+    if schedule is ACCUMULATED:  # not vacuous: 2 substeps before each epoch's first step, 3 prediction steps an eval
+        assert recorder.events.count(("substep_end", 0)) == recorder.events.count(("substep_end", 2)) == 2
+        assert recorder.events.count(("prediction_step", 2)) == 3 and ("substep_end", 1) not in recorder.events
     assert ours.global_step == theirs.global_step
     for name in ("global_step", "epoch", "max_steps", "logging_steps", "eval_steps", "save_steps", "best_global_step"):
         assert getattr(trainer.state, name) == getattr(their_state, name), name
@@ -499,7 +515,9 @@ def test_evaluate_logs_and_reports_as_sentence_transformers(tiny, tmp_path, drop
     for name in named:
         key = f"eval_{name}_loss"
         assert our_metrics[key] == pytest.approx(their_metrics[key], abs=1e-5), key
-    assert our_recorder.events == their_recorder.events == [("log:eval", 0), ("evaluate", 0)] * 2
+    batches = ROWS // 3 if drop_last else -(-ROWS // 3)  # the rows in batches of 3: a prediction step each
+    expected = ([("prediction_step", 0)] * batches + [("log:eval", 0), ("evaluate", 0)]) * 2
+    assert our_recorder.events == their_recorder.events == expected
     their_keys = [sorted(k for k in h if not k.endswith("_model_preparation_time")) for h in theirs.state.log_history]
     assert [sorted(h) for h in ours.state.log_history] == their_keys
 
@@ -940,8 +958,8 @@ def test_a_resume_does_the_epoch_end_its_checkpoint_came_before(tiny, tmp_path, 
     recorder = Recorder()
     resumed = _ours(tiny, tmp_path / "cut", recorder, **schedule)
     resumed.train(resume_from_checkpoint=True)
-    assert recorder.events[:5] == [("epoch_end", 4), ("log:eval", 4), ("evaluate", 4), ("epoch_begin", 4),
-                                   ("step_begin", 4)], recorder.events  # fmt: skip
+    assert recorder.events[:6] == [("epoch_end", 4), ("prediction_step", 4), ("log:eval", 4), ("evaluate", 4),
+                                   ("epoch_begin", 4), ("step_begin", 4)], recorder.events  # fmt: skip
     timed = ("_runtime", "_samples_per_second", "_steps_per_second", "train_loss")
     histories = (whole.state.log_history, resumed.state.log_history)
     untimed = [[{k: v for k, v in h.items() if not k.endswith(timed)} for h in history] for history in histories]

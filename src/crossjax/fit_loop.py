@@ -319,6 +319,7 @@ class StepEnd:
     save: Callable[[], bool]
     # waits until the checkpoints saved so far are on disk (orbax commits them in the background)
     committed: Callable[[], None] = lambda: None
+    micro_batches: int = 1  # the per-device batches the step accumulated
 
 
 @dataclass
@@ -630,6 +631,7 @@ class TrainStep:
     global_groups: int | None = None  # set: ``batch`` holds only this process's groups (a multi-host stream)
     probe: bool = False  # this process had nothing to feed: the run ends if no process had (see streaming)
     abort: int = 0  # multi-host stream: 1 + this process's index once its shard failed (the step trains nothing)
+    micro_batches: int = 1  # the trainer's per-device batches in the step (Hugging Face's substeps)
 
 
 class ShardedStream:
@@ -653,10 +655,11 @@ class ShardedStream:
     groups: int  # the global step's groups
 
     def shard_train_steps(
-        self, shard: Any, pack_step: Callable[[Any | None], tuple[packing.PackedBatch, int]]
+        self, shard: Any, pack_step: Callable[[Any | None], tuple[packing.PackedBatch, int]], micro_batches: int = 1
     ) -> Any:
         """The remaining steps of ``shard`` (an iterator of this process's steps), each packed by ``pack_step``
-        (None: an empty step) into this process's groups of the global step."""
+        (None: an empty step) into this process's groups of the global step; ``micro_batches`` is every step's
+        (the same on every process: callbacks see the same events)."""
         length = None
         for taken in range(1, self.total_steps - self.start_step + 1):
             item = None
@@ -679,6 +682,7 @@ class ShardedStream:
                 global_groups=self.groups,
                 probe=item is None and not failed,
                 abort=self.process + 1 if failed else 0,
+                micro_batches=micro_batches,
             )
 
     def stream_position(self) -> int:
@@ -1368,7 +1372,7 @@ def _run_fit(
         stop_if_aborted()
         metrics.flush()
 
-    def step_end(epoch: int, steps_in_epoch: int, resumed: bool = False) -> StepEnd:
+    def step_end(epoch: int, steps_in_epoch: int, resumed: bool = False, micro_batches: int = 1) -> StepEnd:
         return StepEnd(
             global_step=global_step,
             resumed=resumed,
@@ -1377,6 +1381,7 @@ def _run_fit(
             evaluate=lambda epoch_end: evaluate(epoch, -1 if epoch_end else steps_in_epoch),
             save=lambda: checkpoint_step(epoch),
             committed=checkpointer.wait if checkpointer is not None else (lambda: None),
+            micro_batches=micro_batches,
         )
 
     completed = False
@@ -1451,7 +1456,7 @@ def _run_fit(
             if bar is not None:
                 bar.update(1)
             if target.on_step is not None:
-                if target.on_step(step_end(step.epoch, step.steps_in_epoch)):
+                if target.on_step(step_end(step.epoch, step.steps_in_epoch, micro_batches=step.micro_batches)):
                     break
                 continue
             evaluates = evaluate_fn is not None and cfg.evaluation_steps > 0

@@ -24,7 +24,7 @@ import numpy as np
 
 from crossjax import data as data_lib
 from crossjax import packing
-from crossjax.fit_loop import ShardedStream
+from crossjax.fit_loop import ShardedStream, TrainStep
 from crossjax.parallel import process_rows
 
 logger = logging.getLogger(__name__)
@@ -47,6 +47,7 @@ class ListStep:
     tokenized: data_lib.TokenizedPairs
     index: np.ndarray  # int64 [Q', D']: pair of doc d of query q, -1 none (Q' = the step's rows)
     labels: np.ndarray  # [Q', K']
+    micro_batches: int = 1  # the per-device batches laid out (gradient accumulation; Hugging Face's substeps)
 
     @property
     def queries(self) -> int:
@@ -80,7 +81,7 @@ def tokenize_layout(
     tokenized = data_lib.tokenize_pairs(
         tokenizer, [a for a, _ in pairs], [b for _, b in pairs], max_length, limits=limits
     )
-    return ListStep(tokenized, np.concatenate(indices), np.concatenate(labels))
+    return ListStep(tokenized, np.concatenate(indices), np.concatenate(labels), len(layouts))
 
 
 def lay_out_step(
@@ -313,6 +314,11 @@ class _OneLossSteps(_EpochPlan):
             laid, self.packing_plan, self.queries_per_group, self.docs, self.label_width, self.target.pad_id
         )
 
+    def train_step(self, epoch: int, steps_in_epoch: int, last: bool, laid: ListStep, **fields: Any) -> Any:
+        """The :class:`~crossjax.fit_loop.TrainStep` of a laid step, packed."""
+        batch, pairs = self.pack(laid), len(laid.tokenized)
+        return TrainStep(epoch, steps_in_epoch, last, batch, pairs, micro_batches=laid.micro_batches, **fields)
+
     @property
     def step_losses(self) -> list[tuple[Any, int]]:
         """The (loss, chunks) of each source of steps (one here)."""
@@ -469,13 +475,11 @@ class ListData(_OneLossSteps):
         return self._data_fingerprint
 
     def steps(self) -> Any:
-        from crossjax.fit_loop import TrainStep
-
         for global_step, position in self._positions():
             epoch, index = divmod(position, self.steps_per_epoch)
             laid = self._list_step(position)
             last = index + 1 == self.steps_per_epoch or global_step + 1 == self.total_steps
-            yield TrainStep(epoch, index + 1, last, self.pack(laid), len(laid.tokenized))
+            yield self.train_step(epoch, index + 1, last, laid)
 
     def describe(self) -> tuple[int | None, list[tuple[list[Any], Any]]]:
         """The number of rows and the first three (inputs, label), for logs and the model card."""
@@ -535,8 +539,6 @@ class MultiListData(_EpochPlan):
         return sum(rows for rows, _ in described), described[0][1]
 
     def steps(self) -> Any:
-        from crossjax.fit_loop import TrainStep
-
         order, order_epoch = None, -1
         for global_step, position in self._positions():
             epoch, index = divmod(position, self.steps_per_epoch)
@@ -546,7 +548,7 @@ class MultiListData(_EpochPlan):
             source = self.sources[s]
             laid = source.laid_step(epoch, i, (self.seed, 1, s, position))
             last = index + 1 == self.steps_per_epoch or global_step + 1 == self.total_steps
-            yield TrainStep(epoch, index + 1, last, source.pack(laid), len(laid.tokenized), source=s)
+            yield source.train_step(epoch, index + 1, last, laid, source=s)
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -829,7 +831,6 @@ class StreamListData(_OneLossSteps, ShardedStream):
     def steps(self) -> Any:
         """The steps left, the last one known by reading one step ahead; a callback's epoch stop (the run's one
         epoch) ends them."""
-        from crossjax.fit_loop import TrainStep
         from crossjax.streaming import read_ahead
 
         if self.processes > 1:
@@ -849,9 +850,9 @@ class StreamListData(_OneLossSteps, ShardedStream):
                     self.total_steps,
                     global_step + 1,
                 )
-            batch = self.pack(laid)
+            step = self.train_step(0, global_step + 1, last, laid)
             self.rows_read = end
-            yield TrainStep(0, global_step + 1, last, batch, len(laid.tokenized))
+            yield step
             global_step += 1
             if failure is not None:  # raised before the step that would hold the bad row
                 raise failure
@@ -883,7 +884,7 @@ class StreamListData(_OneLossSteps, ShardedStream):
                 self.rows_read = item[1]
             return batch, len(laid.tokenized)
 
-        for step in self.shard_train_steps(iter(self.reader.next_step, None), pack_step):
+        for step in self.shard_train_steps(iter(self.reader.next_step, None), pack_step, self.k):
             yield step
             if self.position(step.steps_in_epoch) >= self.steps_per_epoch:  # a callback ended the run's one epoch
                 return

@@ -1068,9 +1068,12 @@ class CrossEncoderTrainer:
         step_fn = training.eval_loss_program(graphdef, loss, plan)[0].fn
         params, rest = nnx.state(model, nnx.Param), nnx.state(model, nnx.Not(nnx.Param))
         numerator, denominator = 0.0, 0.0
+        called = bool(self.callback_handler.user_callbacks())
         for step in data.steps():
             num, den = step_fn(params, rest, training.batch_to_global(step.batch, plan))
             numerator, denominator = numerator + float(num), denominator + float(den)
+            if called:  # Hugging Face's, after each evaluation batch
+                self._call_back("on_prediction_step")
         return (numerator / denominator if denominator else float("nan")), rows
 
 
@@ -1193,6 +1196,8 @@ class _RunHooks(RunCallback):
         if called:
             end.sync()  # callbacks get the model as it is after this step (Hugging Face passes model=)
             if not end.resumed:  # Hugging Face's, around its optimizer's step (here inside the compiled step)
+                for _ in range(end.micro_batches - 1):  # each accumulated batch but the last (after the step here)
+                    trainer._call_back("on_substep_end")
                 trainer._call_back("on_pre_optimizer_step")
                 trainer._call_back("on_optimizer_step")
         self._reach(end.global_step)

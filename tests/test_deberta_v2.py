@@ -113,6 +113,8 @@ def test_logits_and_hidden_states_equal_pytorch_float32(saved):
     assert isinstance(model, DebertaV2ForSequenceClassification)
     assert info["missing_keys"] == [] and info["unexpected_keys"] == []
     model.eval()
+    for exclude in (False, True):  # transformers' counts (nn.Embedding tables left out: the trainer's total_flos)
+        assert model.num_parameters(exclude_embeddings=exclude) == pt.num_parameters(exclude_embeddings=exclude)
     ids, mask, types = long_padded_batch()
     logits, hidden = torch_forward(pt, ids, mask, types)
     assert np.abs(logits).max() > 0.1  # O(1) logits: the comparison below can fail

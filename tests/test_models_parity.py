@@ -140,6 +140,9 @@ def test_logits_equal_pytorch_float32(saved_pair, scan_layers):
     ours = np.asarray(model(input_ids=ids, attention_mask=mask, token_type_ids=types))
     assert ours.shape == (ids.shape[0], pt.config.num_labels)
     np.testing.assert_allclose(ours, torch_logits(pt, ids, mask, types), atol=1e-5, rtol=0)
+    # transformers' counts (the trainer's total_flos uses the count without embeddings)
+    for exclude in (False, True):
+        assert model.num_parameters(exclude_embeddings=exclude) == pt.num_parameters(exclude_embeddings=exclude)
 
 
 def test_logits_close_in_bfloat16(saved_pair):

@@ -111,6 +111,8 @@ def test_logits_equal_pytorch_float32(saved, scan_layers):
     )
     assert info["missing_keys"] == [] and info["unexpected_keys"] == []
     model.eval()
+    for exclude in (False, True):  # transformers' counts (nn.Embedding tables left out: the trainer's total_flos)
+        assert model.num_parameters(exclude_embeddings=exclude) == pt.num_parameters(exclude_embeddings=exclude)
     ids, mask = padded_batch()
     ours = np.asarray(model(ids, mask))
     assert ours.shape == (ids.shape[0], pt.config.num_labels)

@@ -12,6 +12,7 @@ import jax
 import numpy as np
 import pytest
 from conftest import save_tiny_bert
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from crossjax import CrossEncoder, losses
 from crossjax.checkpoint import CheckpointMismatchError
@@ -957,7 +958,13 @@ def test_a_resume_does_the_epoch_end_its_checkpoint_came_before(tiny, tmp_path, 
         _ours(tiny, tmp_path / "cut", _FailOnSave(4), **schedule).train()
     recorder = Recorder()
     resumed = _ours(tiny, tmp_path / "cut", recorder, **schedule)
-    resumed.train(resume_from_checkpoint=True)
+    output = resumed.train(resume_from_checkpoint=True)
+    # Hugging Face's total_flos estimate, kept in the checkpoint: 6 x transformers' parameter count without the
+    # embeddings x the tokens trained (8 steps of 2 rows: every row twice; its tokenizer's count of each pair)
+    data = _pairs()
+    tokens = sum(len(ids) for ids in AutoTokenizer.from_pretrained(str(tiny))(data["q"], data["d"])["input_ids"])
+    params = AutoModelForSequenceClassification.from_pretrained(str(tiny)).num_parameters(exclude_embeddings=True)
+    assert output.metrics["total_flos"] == resumed.state.total_flos == whole.state.total_flos == 6 * params * tokens * 2
     assert recorder.events[:6] == [("epoch_end", 4), ("prediction_step", 4), ("log:eval", 4), ("evaluate", 4),
                                    ("epoch_begin", 4), ("step_begin", 4)], recorder.events  # fmt: skip
     timed = ("_runtime", "_samples_per_second", "_steps_per_second", "train_loss")

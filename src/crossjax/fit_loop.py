@@ -320,6 +320,7 @@ class StepEnd:
     # waits until the checkpoints saved so far are on disk (orbax commits them in the background)
     committed: Callable[[], None] = lambda: None
     micro_batches: int = 1  # the per-device batches the step accumulated
+    real_tokens: int = 0  # the tokens of the pairs trained so far in this call (a multi-host stream: this process's)
 
 
 @dataclass
@@ -1101,6 +1102,16 @@ class _StreamData(ShardedStream):
             self.reader.close()
 
 
+def _global_real_tokens(data: Any, real_tokens: int) -> int:
+    """The tokens every process trained: a multi-host stream's processes each count their own shard's (the
+    others' batches hold the global step)."""
+    if isinstance(data, ShardedStream) and data.processes > 1:
+        from jax.experimental import multihost_utils
+
+        return int(np.sum(multihost_utils.process_allgather(np.array([real_tokens], np.int64), tiled=True)))
+    return int(real_tokens)
+
+
 def _run_fit(
     target: FitTarget,
     train_dataloader: Any,
@@ -1382,6 +1393,7 @@ def _run_fit(
             save=lambda: checkpoint_step(epoch),
             committed=checkpointer.wait if checkpointer is not None else (lambda: None),
             micro_batches=micro_batches,
+            real_tokens=stats.real_tokens,
         )
 
     completed = False
@@ -1523,6 +1535,7 @@ def _run_fit(
         "compile_seconds": monitor.seconds,
         "cache_hits": monitor.cache_hits,  # programs loaded from the persistent compilation cache
         "padding_efficiency": stats.efficiency,
+        "real_tokens": _global_real_tokens(data, stats.real_tokens),  # of the pairs trained in this fit
         "pairs_per_second": trained_pairs / elapsed if elapsed > 0 else float("nan"),
         "best_score": None if evaluate_fn is None else result.best_score,
         "config": {k: v for k, v in asdict(cfg).items() if k != "compute_dtype"},

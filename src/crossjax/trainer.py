@@ -878,9 +878,11 @@ class CrossEncoderTrainer:
             "train_runtime": round(runtime, 4),
             "train_samples_per_second": round(schedule_samples * trained / max(total, 1) / max(runtime, 1e-9), 3),
             "train_steps_per_second": round(trained / max(runtime, 1e-9), 3),
+            "total_flos": run.flos_before + float(run.flops_per_token * result.summary.get("real_tokens", 0)),
             "train_loss": training_loss,
             "epoch": run._epoch(global_step),
         }
+        self.state.total_flos = metrics["total_flos"]
         self.state.log_history.append({**metrics, "step": global_step})
         self._call_back("on_log", logs=metrics)
         self._call_back("on_train_end")
@@ -1165,6 +1167,10 @@ class _RunHooks(RunCallback):
         self.flow = _default_flow()
         self.logged_through = 0
         self.history_read = 0  # the run's step records before this index are all logged (or before the resume)
+        # Hugging Face's total_flos: 6 x the parameters without embeddings x the tokens trained (real tokens here,
+        # padded ones there), counted from the earlier calls' total (a resume's)
+        self.flops_per_token = 6 * trainer.model.model.num_parameters(exclude_embeddings=True)
+        self.flos_before = 0.0
 
     def _epoch(self, step: int) -> float:
         """Hugging Face's ``state.epoch`` (batches consumed; steps for several datasets, whose batches differ);
@@ -1201,6 +1207,7 @@ class _RunHooks(RunCallback):
                 trainer._call_back("on_pre_optimizer_step")
                 trainer._call_back("on_optimizer_step")
         self._reach(end.global_step)
+        trainer.state.total_flos = self.flos_before + float(self.flops_per_token * end.real_tokens)
         if not called or end.resumed:  # what on_step_begin clears (with callbacks, it was called: flags set there
             # stay); a resumed control comes with the flags of its checkpoint's save
             for flag in _EVENT_CLEARS["on_step_begin"]:
@@ -1316,6 +1323,7 @@ class _RunHooks(RunCallback):
             # a real epoch end only: after a run's stop mid-epoch, a resume goes on with that epoch
             "epoch_end_pending": self.epoch_end_pending and self._epoch_ends(step),
             "stateful_callbacks": state.stateful_callbacks,
+            "total_flos": state.total_flos,
         }
         # JSON-safe copies (numpy scalars from evaluators become Python numbers)
         kept = json.loads(_json_text(kept, sort_keys=False))
@@ -1345,6 +1353,7 @@ class _RunHooks(RunCallback):
             logger.warning("The best checkpoint %s recorded in the resumed state does not exist anymore", best_folder)
         self.epoch_end_pending = bool(kept.get("epoch_end_pending", False))
         state.stateful_callbacks = kept.get("stateful_callbacks", {})
+        state.total_flos = self.flos_before = float(kept.get("total_flos", 0.0))
         if self.trainer.args.restore_callback_states_from_checkpoint:
             self.trainer._restore_callback_states()
         self.best_params = meta.get("best_params")

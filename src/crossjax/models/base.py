@@ -501,6 +501,21 @@ class FlaxPreTrainedModel(nnx.Module):
                     layers.append(name.removesuffix(".weight"))
         return layers
 
+    def num_parameters(self, only_trainable: bool = False, exclude_embeddings: bool = False) -> int:
+        """Hugging Face's ``PreTrainedModel.num_parameters``: the parameters' element count, without the embedding
+        tables (every ``nnx.Embed``, as Hugging Face leaves out every ``nn.Embedding``) if asked. Every parameter
+        here is trainable."""
+        del only_trainable
+        table, count = self.param_table(self.config), 0
+        for path, var in flat_params(self).items():
+            shape = var[...].shape
+            if exclude_embeddings and path.split(".")[-1] == "embedding":
+                continue
+            # a stacked array's slices that export to a tensor (ModernBERT's first layer has no attention norm)
+            for _, _, layer in hf_slots_of(table, path, shape[0] if shape else 0):
+                count += int(np.prod(shape if layer is None else shape[1:]))
+        return count
+
     # ------------------------------------------------------------------------------------- export
     def hf_state_dict(self) -> dict[str, np.ndarray]:
         """Our parameters under Hugging Face PyTorch names and layouts, float32."""

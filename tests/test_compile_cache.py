@@ -271,7 +271,9 @@ def test_predict_step_of_a_real_model_is_cached_too(minilm_dir, tmp_path):
     cold = run_python(PREDICT_SCRIPT, tmp_path, str(minilm_dir), CROSSJAX_COMPILATION_CACHE=str(directory))
     assert cold["writes"] >= 1 and cold["hits"] == 0
     warm = run_python(PREDICT_SCRIPT, tmp_path, str(minilm_dir), CROSSJAX_COMPILATION_CACHE=str(directory))
-    assert warm["hits"] >= 1 and warm["writes"] == 0
+    # every program the cold process cached is loaded (a program compiled near the caching threshold, 0.1 s,
+    # may be written by the warm process only, on a busy machine)
+    assert warm["hits"] >= cold["writes"] >= 1
     np.testing.assert_array_equal(warm["scores"], cold["scores"])
 
 

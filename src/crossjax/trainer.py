@@ -878,7 +878,7 @@ class CrossEncoderTrainer:
             "train_runtime": round(runtime, 4),
             "train_samples_per_second": round(schedule_samples * trained / max(total, 1) / max(runtime, 1e-9), 3),
             "train_steps_per_second": round(trained / max(runtime, 1e-9), 3),
-            "total_flos": run.flos_before + float(run.flops_per_token * result.summary.get("real_tokens", 0)),
+            "total_flos": run.total_flos(result.summary.get("real_tokens", 0)),
             "train_loss": training_loss,
             "epoch": run._epoch(global_step),
         }
@@ -1172,6 +1172,10 @@ class _RunHooks(RunCallback):
         self.flops_per_token = 6 * trainer.model.model.num_parameters(exclude_embeddings=True)
         self.flos_before = 0.0
 
+    def total_flos(self, real_tokens: int) -> float:
+        """``state.total_flos`` once this call trained ``real_tokens`` tokens."""
+        return self.flos_before + float(self.flops_per_token * real_tokens)
+
     def _epoch(self, step: int) -> float:
         """Hugging Face's ``state.epoch`` (batches consumed; steps for several datasets, whose batches differ);
         an epoch ended early counts as far as it went until the next step trains."""
@@ -1207,7 +1211,7 @@ class _RunHooks(RunCallback):
                 trainer._call_back("on_pre_optimizer_step")
                 trainer._call_back("on_optimizer_step")
         self._reach(end.global_step)
-        trainer.state.total_flos = self.flos_before + float(self.flops_per_token * end.real_tokens)
+        trainer.state.total_flos = self.total_flos(end.real_tokens)
         if not called or end.resumed:  # what on_step_begin clears (with callbacks, it was called: flags set there
             # stay); a resumed control comes with the flags of its checkpoint's save
             for flag in _EVENT_CLEARS["on_step_begin"]:

@@ -314,6 +314,7 @@ def test_activations_that_reshape_the_scores_as_in_sentence_transformers(tiny_di
         np.testing.assert_allclose(
             CrossEncoder(one).predict(nine, activation_fn=activation),
             st.CrossEncoder(str(one)).predict(nine, activation_fn=activation),
+            rtol=1e-5,  # x / x.var() scales float32 round-off of the logits up to ~12
             atol=1e-5,
             err_msg=repr(activation),
         )

@@ -979,21 +979,38 @@ def test_a_resume_does_the_epoch_end_its_checkpoint_came_before(tiny, tmp_path, 
     assert resumed.state.best_global_step == whole.state.best_global_step
 
 
-def test_a_save_asked_for_without_checkpoints_is_named(tiny, tmp_path, caplog):
-    """save_strategy="no" keeps no checkpoint folder: a callback's should_save is a warning, not a silent no-op
-    (Hugging Face would write a checkpoint-N folder)."""
-    args = CrossEncoderTrainingArguments(
-        str(tmp_path), max_steps=3, per_device_train_batch_size=2, save_strategy="no", disable_tqdm=True
-    )
+def test_a_save_asked_for_without_a_save_strategy_is_made_as_hugging_face_makes_it(tiny, tmp_path, caplog):
+    """save_strategy="no" saves only where a callback sets should_save, as Hugging Face's trainer does (its
+    checkpoint-2): the same events, a folder holding step 2's whole state (a resume from it ends with the
+    uninterrupted run's model), none at the run's end; a run never asked makes no folder. A folder holding an
+    earlier run's checkpoints is left as it was, with a warning (never mixed with this run's or rotated away)."""
+    schedule = dict(max_steps=3, per_device_train_batch_size=2, learning_rate=1e-3, save_strategy="no", seed=0)
+    asked = {("step_end", 2): {"should_save": True}}
+    _, _, their_events = _theirs(tiny, tmp_path / "st", schedule, steer=asked)
+    assert sorted(p.name for p in (tmp_path / "st").iterdir() if p.name.startswith("checkpoint")) == ["checkpoint-2"]
     recorder = Recorder()
-    trainer = CrossEncoderTrainer(
-        model=CrossEncoder(str(tiny)), args=args, train_dataset=_pairs(),
-        callbacks=[_Steer({("step_end", 2): {"should_save": True}}), recorder],
-    )  # fmt: skip
+    trainer = _ours(tiny, tmp_path / "ours", _Steer(asked), recorder, eval_dataset=False, **schedule)
+    trainer.train()
+    assert recorder.events == their_events and ("save", 2) in recorder.events
+    checkpoints = tmp_path / "ours" / "checkpoints"
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["2"]
+    pairs = list(zip(_pairs()["q"], _pairs()["d"], strict=True))
+    step_two = CrossEncoder(str(checkpoints / "2")).predict(pairs)
+    assert np.abs(step_two - trainer.model.predict(pairs)).max() > 1e-5  # an earlier model than the last
+    resumed = _ours(tiny, tmp_path / "resumed", eval_dataset=False, **schedule)
+    resumed.train(resume_from_checkpoint=str(checkpoints / "2"))
+    np.testing.assert_array_equal(resumed.model.predict(pairs), trainer.model.predict(pairs))
+
+    never_asked = _ours(tiny, tmp_path / "never", eval_dataset=False, **schedule)
+    never_asked.train()
+    assert not (tmp_path / "never" / "checkpoints").exists()
+
+    earlier = sorted(p.name for p in checkpoints.iterdir())
+    again = _ours(tiny, tmp_path / "ours", _Steer(asked), eval_dataset=False, **schedule)
     with caplog.at_level("WARNING", logger="crossjax"):
-        trainer.train()
-    assert "control.should_save at step 2: save_strategy='no' keeps no checkpoints" in caplog.text
-    assert not (tmp_path / "checkpoints").exists() and ("save", 2) not in recorder.events
+        again.train()
+    assert "A save was asked for at step 2, but" in caplog.text and "holds checkpoints of an earlier run" in caplog.text
+    assert sorted(p.name for p in checkpoints.iterdir()) == earlier
 
 
 def test_hugging_faces_early_stopping_callback_stops_where_it_does_there(tiny, tmp_path):

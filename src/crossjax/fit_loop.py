@@ -38,6 +38,7 @@ from crossjax.models.export import atomic_directory_write, check_local_path, ens
 from crossjax.parallel import MeshPlan, global_batch_array, process_rows, put_global
 from crossjax.runtime import StepInterrupts, is_main_process, progress_bar
 from crossjax.schedules import make_schedule, scheduler_options
+from crossjax.step_folders import is_checkpoint_step
 
 logger = logging.getLogger("crossjax")
 
@@ -77,6 +78,8 @@ class FitConfig:
     checkpoint_save_total_limit: int | None = 2
     # checkpoints of the model only (the trainer's save_only_model): no optimizer state, so no resume from them
     checkpoint_model_only: bool = False
+    # checkpoints only where the trainer's flow asks (its save_strategy="no"), none at the run's end, no resume
+    checkpoint_on_request: bool = False
     group_by_length: bool = False
     max_steps: int | None = None  # optimizer steps: required for streams, a cap otherwise
     batch_size: int | None = None  # a stream's batch size (default 16); overrides a loader's otherwise
@@ -344,6 +347,7 @@ _NOT_IN_FINGERPRINT = (
     "checkpoint_save_steps",
     "checkpoint_save_total_limit",
     "checkpoint_model_only",
+    "checkpoint_on_request",
     "batch_size",  # fingerprinted as the batch size actually used
     "shuffle_buffer_size",  # fingerprinted for streams, where it applies
     "log_dir",
@@ -1131,6 +1135,8 @@ def _run_fit(
     # an unknown scheduler name or option is reported before tokenizing anything
     schedule_options = scheduler_options(cfg.scheduler, cfg.scheduler_kwargs, cfg.learning_rate)
     local_checkpoints = cfg.checkpoint_path if "://" not in str(cfg.checkpoint_path) else None  # orbax: gs:// too
+    if cfg.checkpoint_on_request:
+        local_checkpoints = None  # made at the first save asked for
     ensure_writable_folders(
         [("output_path", cfg.output_path), ("log_dir", cfg.log_dir), ("checkpoint_path", local_checkpoints)]
     )
@@ -1176,7 +1182,8 @@ def _run_fit(
     resumed_epoch = 0  # the epoch of the step a run resumes at
     best_score = None
     best_model_path = None  # the folder holding the best model saved so far (kept across resumes)
-    if cfg.checkpoint_path:
+
+    def open_checkpointer() -> Any:
         from crossjax.checkpoint import TrainCheckpointer
 
         fingerprint = {
@@ -1194,7 +1201,7 @@ def _run_fit(
         }
         if stream is not None:
             fingerprint.pop("epochs", None)  # ignored for streams
-        checkpointer = TrainCheckpointer(
+        return TrainCheckpointer(
             cfg.checkpoint_path,
             cfg.checkpoint_save_steps,
             cfg.checkpoint_save_total_limit,
@@ -1202,6 +1209,9 @@ def _run_fit(
             target.kept_checkpoint or (lambda: None),
             model_only=cfg.checkpoint_model_only,
         )
+
+    if cfg.checkpoint_path and not cfg.checkpoint_on_request:
+        checkpointer = open_checkpointer()
         try:
             restored = checkpointer.restore_latest(state, state_shardings)
         except BaseException:  # a refused resume leaves no orbax thread behind
@@ -1368,8 +1378,33 @@ def _run_fit(
         events.on_checkpoint(global_step)
         metrics.restart_clock()
 
-    def checkpoint_step(epoch: int) -> bool:
-        # A second ask at the same step keeps the step's first checkpoint (orbax writes a step once)
+    refused_folder = False  # checkpoints on request: the folder held another run's checkpoints
+
+    def checkpointer_on_request() -> Any:
+        """The checkpointer of a run that saves only when asked (the trainer's save_strategy="no": Hugging Face
+        saves where a callback sets should_save), opened at the first ask, so that a run never asked makes no
+        folder. A folder holding another run's checkpoints is left alone (a warning): its steps are never mixed
+        with this run's, nor rotated away by save_total_limit."""
+        nonlocal checkpointer, refused_folder
+        if checkpointer is None and not refused_folder:
+            folder = Path(cfg.checkpoint_path)
+            if folder.is_dir() and any(is_checkpoint_step(p) for p in folder.iterdir()):
+                refused_folder = True
+                logger.warning(
+                    "A save was asked for at step %d, but %s holds checkpoints of an earlier run: nothing is saved "
+                    "there in this run (choose another output_dir to keep this run's)",
+                    global_step,
+                    folder,
+                )
+            else:
+                checkpointer = open_checkpointer()
+        return checkpointer
+
+    def checkpoint_step(epoch: int, requested: bool = False) -> bool:
+        """Checkpoints this step unless it is (a second ask at a step keeps its first checkpoint: orbax writes a
+        step once); whether the run keeps checkpoints. ``requested``: the trainer's flow asks for this save."""
+        if cfg.checkpoint_on_request and (not requested or checkpointer_on_request() is None):
+            return False
         if checkpointer is not None and global_step != saved_step:
             save_checkpoint(epoch)
         return checkpointer is not None
@@ -1390,8 +1425,8 @@ def _run_fit(
             sync=synced_model,
             flush=flush_records,
             evaluate=lambda epoch_end: evaluate(epoch, -1 if epoch_end else steps_in_epoch),
-            save=lambda: checkpoint_step(epoch),
-            committed=checkpointer.wait if checkpointer is not None else (lambda: None),
+            save=lambda: checkpoint_step(epoch, requested=True),
+            committed=lambda: checkpointer.wait() if checkpointer is not None else None,
             micro_batches=micro_batches,
             real_tokens=stats.real_tokens,
         )

@@ -811,6 +811,7 @@ class CrossEncoderTrainer:
             checkpoint_save_steps=save_every,
             checkpoint_save_total_limit=args.save_total_limit,
             checkpoint_model_only=bool(args.save_only_model),
+            checkpoint_on_request=args.save_strategy == "no" and not resume,
             max_steps=total,
             log_dir=args.logging_dir or args.output_dir,
             evaluate_on_start=bool(args.eval_on_start),  # whatever eval_strategy, as Hugging Face
@@ -947,9 +948,9 @@ class CrossEncoderTrainer:
             raise TypeError(f"resume_from_checkpoint must be True, False or a checkpoint folder, got {resume!r}")
         if isinstance(resume, str | Path) and resume:
             return str(_checkpoints_to_resume(Path(resume)))
-        if self.args.save_strategy == "no" and not resume:
-            return None
         path = Path(self.args.output_dir) / "checkpoints"
+        if self.args.save_strategy == "no" and not resume:
+            return str(path)  # only where a callback asks (Hugging Face's should_save): fit_loop.checkpoint_step
         if resume:
             if not path.is_dir() or not any(is_checkpoint_step(p) for p in path.iterdir()):
                 # as Hugging Face: asked to resume, never a silent fresh start (an interrupted first save leaves
@@ -1163,7 +1164,6 @@ class _RunHooks(RunCallback):
         # A step's epoch end has yet to run: a checkpoint written in the step's own save keeps this, so a run
         # resumed from it still does that epoch's log, evaluation and save (Hugging Face's would skip them).
         self.epoch_end_pending = False
-        self.warned_no_checkpoints = False
         self.flow = _default_flow()
         self.logged_through = 0
         self.history_read = 0  # the run's step records before this index are all logged (or before the resume)
@@ -1279,13 +1279,6 @@ class _RunHooks(RunCallback):
                 if trainer.callback_handler.user_callbacks():
                     end.committed()  # Hugging Face's on_save finds the step's folder (and the best's) complete
                 trainer._call_back("on_save")
-            elif not self.warned_no_checkpoints:
-                self.warned_no_checkpoints = True
-                logger.warning(
-                    "control.should_save at step %d: save_strategy='no' keeps no checkpoints, so nothing is saved "
-                    "(set save_strategy to keep them)",
-                    end.global_step,
-                )
 
     def _push_saved_model(self, end: StepEnd) -> None:
         """Hugging Face's ``hub_strategy="every_save"`` (its default): with ``push_to_hub``, the model of each save

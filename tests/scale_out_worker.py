@@ -167,6 +167,7 @@ def train_from_a_stream(model_dir: str, rows: list, out_dir: Path) -> dict:
             "global_step": output.global_step,
             "predictions": [float(x) for x in model.predict([(a, b) for a, b, _ in rows[:8]])],
             "stream_rows": output.metrics.get("stream_rows"),
+            "total_flos": output.metrics["total_flos"],
             "read": {thread: sorted(r for t, r in read if t == thread) for thread in {t for t, _ in read}},
         }
     result["deferring"]["fitted"] = fitted

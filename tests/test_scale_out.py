@@ -468,10 +468,13 @@ def test_two_process_trainer_streams_each_process_its_own_shard(runs):
         assert resumed["read"]["crossjax-trainer-stream"] == sorted(shard)  # datasets' skip reads the rows it skips
         assert resumed["losses"]["3"] == stream["losses"]["3"]
         assert resumed["predictions"] == stream["predictions"]
+        # Hugging Face's total_flos counts every process's tokens, the checkpoint's too (the shards' differ)
+        assert resumed["total_flos"] == stream["total_flos"] == in_memory["total_flos"] > 0
         deferring = job["deferring"]
         assert [row for step in deferring["fitted"] for row in step] == list(range(24))
         assert deferring["global_step"] > 3 and deferring["stream_rows"] == 24
     assert jobs[0]["stream"]["losses"] == jobs[1]["stream"]["losses"]
+    assert jobs[0]["resumed"]["total_flos"] == jobs[1]["resumed"]["total_flos"]
     assert jobs[0]["deferring"]["losses"] == jobs[1]["deferring"]["losses"]
     assert jobs[0]["deferring"]["global_step"] == jobs[1]["deferring"]["global_step"]
 

@@ -1106,7 +1106,7 @@ class _StreamData(ShardedStream):
             self.reader.close()
 
 
-def _global_real_tokens(data: Any, real_tokens: int) -> int:
+def global_real_tokens(data: Any, real_tokens: int) -> int:
     """The tokens every process trained: a multi-host stream's processes each count their own shard's (the
     others' batches hold the global step)."""
     if isinstance(data, ShardedStream) and data.processes > 1:
@@ -1570,7 +1570,7 @@ def _run_fit(
         "compile_seconds": monitor.seconds,
         "cache_hits": monitor.cache_hits,  # programs loaded from the persistent compilation cache
         "padding_efficiency": stats.efficiency,
-        "real_tokens": _global_real_tokens(data, stats.real_tokens),  # of the pairs trained in this fit
+        "real_tokens": global_real_tokens(data, stats.real_tokens),  # of the pairs trained in this fit
         "pairs_per_second": trained_pairs / elapsed if elapsed > 0 else float("nan"),
         "best_score": None if evaluate_fn is None else result.best_score,
         "config": {k: v for k, v in asdict(cfg).items() if k != "compute_dtype"},

@@ -1171,6 +1171,7 @@ class _RunHooks(RunCallback):
         # padded ones there), counted from the earlier calls' total (a resume's)
         self.flops_per_token = 6 * trainer.model.model.num_parameters(exclude_embeddings=True)
         self.flos_before = 0.0
+        self.real_tokens = 0  # this process's, trained in this call by the last step
 
     def total_flos(self, real_tokens: int) -> float:
         """``state.total_flos`` once this call trained ``real_tokens`` tokens."""
@@ -1211,6 +1212,7 @@ class _RunHooks(RunCallback):
                 trainer._call_back("on_pre_optimizer_step")
                 trainer._call_back("on_optimizer_step")
         self._reach(end.global_step)
+        self.real_tokens = end.real_tokens
         trainer.state.total_flos = self.total_flos(end.real_tokens)
         if not called or end.resumed:  # what on_step_begin clears (with callbacks, it was called: flags set there
             # stay); a resumed control comes with the flags of its checkpoint's save
@@ -1312,6 +1314,10 @@ class _RunHooks(RunCallback):
         if self.flow_saving:  # the checkpoint's state holds what the save sets (not the loop's own last save)
             self._point_best_checkpoint()
         state.stateful_callbacks = callback_states([*trainer.callback_handler.callbacks, trainer.control])
+        from crossjax.fit_loop import global_real_tokens
+
+        # every process's tokens (a multi-host stream's processes count their own shard's between checkpoints)
+        state.total_flos = self.total_flos(global_real_tokens(self.data, self.real_tokens))
         kept = {
             "log_history": state.log_history,
             "best_metric": state.best_metric,

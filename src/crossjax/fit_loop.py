@@ -38,7 +38,7 @@ from crossjax.models.export import atomic_directory_write, check_local_path, ens
 from crossjax.parallel import MeshPlan, global_batch_array, process_rows, put_global
 from crossjax.runtime import StepInterrupts, is_main_process, progress_bar
 from crossjax.schedules import make_schedule, scheduler_options
-from crossjax.step_folders import is_checkpoint_step
+from crossjax.step_folders import holds_checkpoints
 
 logger = logging.getLogger("crossjax")
 
@@ -1388,7 +1388,7 @@ def _run_fit(
         nonlocal checkpointer, refused_folder
         if checkpointer is None and not refused_folder:
             folder = Path(cfg.checkpoint_path)
-            if folder.is_dir() and any(is_checkpoint_step(p) for p in folder.iterdir()):
+            if holds_checkpoints(folder):
                 refused_folder = True
                 logger.warning(
                     "A save was asked for at step %d, but %s holds checkpoints of an earlier run: nothing is saved "

@@ -17,6 +17,11 @@ def is_checkpoint_step(path: Path) -> bool:
     return path.is_dir() and path.name.isdigit() and ((path / "state").is_dir() or (path / "meta").is_dir())
 
 
+def holds_checkpoints(folder: Path) -> bool:
+    """Whether ``folder`` holds a complete checkpoint step (an interrupted first save leaves none)."""
+    return folder.is_dir() and any(is_checkpoint_step(p) for p in folder.iterdir())
+
+
 def step_model(path: Path) -> Path | None:
     """The model folder of the step folder ``path``, or None (not a step folder, or one without a model: written
     before checkpoints held their model, or its export failed)."""

@@ -38,7 +38,7 @@ from crossjax.list_batches import ListData, MultiListData, StreamListData
 from crossjax.logs import RunCallback, epoch_at
 from crossjax.model_card import CardRecorder
 from crossjax.runtime import is_main_process
-from crossjax.step_folders import is_checkpoint_step, step_model
+from crossjax.step_folders import holds_checkpoints, is_checkpoint_step, step_model
 from crossjax.streaming import is_datasets_stream
 from crossjax.training_args import CrossEncoderTrainingArguments
 
@@ -952,11 +952,11 @@ class CrossEncoderTrainer:
         if self.args.save_strategy == "no" and not resume:
             return str(path)  # only where a callback asks (Hugging Face's should_save): fit_loop.checkpoint_step
         if resume:
-            if not path.is_dir() or not any(is_checkpoint_step(p) for p in path.iterdir()):
+            if not holds_checkpoints(path):
                 # as Hugging Face: asked to resume, never a silent fresh start (an interrupted first save leaves
                 # only a "*.orbax-checkpoint-tmp" folder)
                 raise ValueError(f"resume_from_checkpoint=True but {path} holds no complete checkpoint")
-        elif path.is_dir() and any(is_checkpoint_step(p) for p in path.iterdir()):  # not an unfinished first save
+        elif holds_checkpoints(path):  # not an unfinished first save
             raise FileExistsError(
                 f"{path} holds checkpoints of an earlier run: pass resume_from_checkpoint=True to continue it, or "
                 "choose another output_dir (nothing is overwritten)"
@@ -1121,7 +1121,7 @@ def _checkpoints_to_resume(path: Path) -> Path:
                 "or delete the later steps to resume from this one"
             )
         return path.parent
-    if not path.is_dir() or not any(is_checkpoint_step(p) for p in path.iterdir()):
+    if not holds_checkpoints(path):
         raise FileNotFoundError(
             f"resume_from_checkpoint={str(path)!r} holds no crossjax checkpoint (step folders with a 'state' "
             "folder, as output_dir/checkpoints holds them)"

@@ -1401,8 +1401,9 @@ def _run_fit(
         return checkpointer
 
     def checkpoint_step(epoch: int, requested: bool = False) -> bool:
-        """Checkpoints this step unless it is (a second ask at a step keeps its first checkpoint: orbax writes a
-        step once); whether the run keeps checkpoints. ``requested``: the trainer's flow asks for this save."""
+        """Checkpoints this step unless it already is (a second ask at a step keeps its first checkpoint: orbax
+        writes a step once); returns whether the run keeps checkpoints. ``requested``: the trainer's flow asks for
+        this save (a run with ``checkpoint_on_request`` saves only then)."""
         if cfg.checkpoint_on_request and (not requested or checkpointer_on_request() is None):
             return False
         if checkpointer is not None and global_step != saved_step:

@@ -341,8 +341,24 @@ class _Output:
             # Fail now, not after training, when the protocol's filesystem package (e.g. gcsfs) is missing.
             self.fs = fsspec.filesystem(target.split("://", 1)[0])
             self.local = tempfile.mkdtemp(prefix="crossjax-output-")
+            self._download()
         else:
             self.local = target
+
+    def _download(self) -> None:
+        """Process 0 starts from what the URL already holds (a preempted run's training log, evaluation CSVs and
+        best model), as a local folder keeps them: a resumed run then keeps the log lines of the steps before its
+        checkpoint, and an upload never replaces the URL's log with the resumed part alone."""
+        from crossjax.runtime import is_main_process
+
+        target = self.target.rstrip("/")
+        if not is_main_process() or not self.fs.isdir(target):
+            return
+        prefix = self.fs._strip_protocol(target).rstrip("/") + "/"
+        for remote in self.fs.find(target):
+            local = Path(self.local, self.fs._strip_protocol(remote)[len(prefix) :])
+            local.parent.mkdir(parents=True, exist_ok=True)
+            self.fs.get_file(remote, str(local))
 
     def _model_signature(self) -> tuple | None:
         try:

@@ -195,6 +195,53 @@ def predict_on_interleaved_mesh(model_dir: str, pairs: list) -> dict:
     }
 
 
+def refuse_mismatches(model_dir: str, rows: list, out_dir: Path) -> dict:
+    """What each process is told when the processes were given different pairs to score, different weights, or
+    a checkpoint folder that is not one folder for all (the same relative path in each process's own working
+    directory, as on each worker's own disk); then a predict of the same pairs, which must still work."""
+    import os
+
+    import jax
+
+    from crossjax import CrossEncoder, DataLoader, InputExample
+    from crossjax.models import FlaxAutoModelForSequenceClassification
+
+    pid, told = jax.process_index(), {}
+
+    def attempt(name: str, call) -> None:
+        try:
+            call()
+            told[name] = None
+        except ValueError as e:
+            told[name] = str(e)
+
+    ce = CrossEncoder(model_dir, num_labels=1, max_length=64)
+    pairs = [(a, b) for a, b, _ in rows]
+    attempt("predict", lambda: ce.predict(pairs[: 8 if pid == 0 else 6], batch_size=16))
+    source = model_dir
+    if pid == 1:  # a copy with a moved head: same architecture, other weights
+        moved = FlaxAutoModelForSequenceClassification.from_pretrained(model_dir)
+        moved.classifier.bias[...] = moved.classifier.bias[...] + 1.0
+        source = str(moved.save_pretrained(out_dir / "moved_head", ce.tokenizer))
+    attempt("weights", lambda: CrossEncoder(source, num_labels=1, max_length=64))
+    disk = out_dir / f"disk_{pid}"
+    disk.mkdir(parents=True, exist_ok=True)
+    here = os.getcwd()
+    os.chdir(disk)
+    try:
+        examples = [InputExample(texts=[a, b], label=s / 5) for a, b, s in rows[:32]]
+        loader = DataLoader(examples, batch_size=16)
+        attempt(
+            "checkpoint_folder",
+            lambda: ce.fit(loader, epochs=1, checkpoint_path="checkpoints", show_progress_bar=False),
+        )
+    finally:
+        os.chdir(here)
+    told["marks_left"] = [str(p) for p in disk.rglob(".crossjax-shared-folder-check")]
+    told["after"] = [float(x) for x in ce.predict(pairs[:8], batch_size=16)]
+    return told
+
+
 def main() -> None:
     spec = json.loads(Path(sys.argv[1]).read_text())
     process_id = int(sys.argv[2]) if len(sys.argv) > 2 else 0
@@ -315,6 +362,9 @@ def main() -> None:
             continue
         if job.get("kind") == "trainer_stream":
             res.update(train_from_a_stream(spec["model_dir"], rows, out_dir))
+            continue
+        if job.get("kind") == "mismatches":
+            res.update(refuse_mismatches(spec["model_dir"], rows, out_dir))
             continue
         limit = job.get("limit", len(rows))
         scale = job.get("label_scale", 5.0)

@@ -140,7 +140,7 @@ class ScriptedEvaluator:
         return {self.primary_metric: self.scores[len(self.seen) - 1]}
 
 
-def fit_and_report(common, model_dir: Path, output: str, evaluator) -> dict:
+def fit_and_report(common, model_dir: Path, output: str, evaluator, checkpoint_path: str | None = None) -> dict:
     """_common.fit_and_report on 8 pairs in 2 steps, evaluated after each step and at the epoch's end."""
     from crossjax import CrossEncoder, DataLoader, InputExample
 
@@ -148,7 +148,7 @@ def fit_and_report(common, model_dir: Path, output: str, evaluator) -> dict:
     pairs = [InputExample(texts=[f"question {i}", f"answer number {i}"], label=float(i % 2)) for i in range(8)]
     args = argparse.Namespace(
         epochs=1, warmup_ratio=0.1, evaluation_steps=1, lr=2e-5, output=output, use_amp=False,
-        no_progress_bar=True, seed=0, checkpoint_path=None, checkpoint_save_steps=500,
+        no_progress_bar=True, seed=0, checkpoint_path=checkpoint_path, checkpoint_save_steps=1,
     )  # fmt: skip
     return common.fit_and_report(args, model, DataLoader(pairs, batch_size=4), evaluator)
 
@@ -167,6 +167,20 @@ def test_a_url_output_gets_each_best_model_when_fit_saves_it(examples_common, ti
     assert (bucket / "config.json").is_file()
     last = capsys.readouterr().out.splitlines()[-1]
     assert last == f"Best dev dev_score: 0.3000; best model exported to file://{bucket}"
+
+
+def test_a_run_relaunched_into_a_url_keeps_the_log_it_wrote_there(examples_common, tiny_model_dir, tmp_path):
+    """A preempted VM's local copy of a gs:// --output is gone: the relaunched run (resuming from its checkpoints,
+    here at the end of the run) starts from what the URL holds, so its upload keeps the earlier steps' log lines
+    instead of replacing the URL's metrics.jsonl with the resumed part alone (file:// stands in for gs://)."""
+    bucket, checkpoints = tmp_path / "bucket" / "run", str(tmp_path / "checkpoints")
+    url = f"file://{bucket}"
+    fit_and_report(examples_common, tiny_model_dir, url, ScriptedEvaluator([0.1, 0.3, 0.2], bucket), checkpoints)
+    logged = (bucket / "metrics.jsonl").read_text().splitlines()
+    assert len([line for line in logged if '"loss"' in line]) == 2  # a line for each of the 2 steps
+    fit_and_report(examples_common, tiny_model_dir, url, ScriptedEvaluator([0.1], bucket), checkpoints)
+    assert (bucket / "metrics.jsonl").read_text().splitlines()[: len(logged)] == logged
+    assert (bucket / "config.json").is_file()
 
 
 @pytest.mark.parametrize("case", ["no finite score", "no model saved"])

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 import transformers
-from conftest import read_stsb
+from conftest import minilm_checkpoint, read_stsb
 from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer
 
 from crossjax.models import CheckpointError, FlaxAutoModelForSequenceClassification
@@ -319,6 +319,7 @@ def test_head_of_other_size_is_refused_or_reinitialised_with_warning_as_in_trans
     from crossjax import CrossEncoder
 
     directory, reference = tiny_dir
+    AutoTokenizer.from_pretrained(minilm_checkpoint()).save_pretrained(directory)  # a CrossEncoder needs one
     with pytest.raises(RuntimeError, match="ignore_mismatched_sizes"):
         AutoModelForSequenceClassification.from_pretrained(str(directory), num_labels=3)  # the oracle
     with pytest.raises(CheckpointError, match=r"head of another size than the 3 labels asked for.*ignore_mismatched"):
@@ -370,6 +371,47 @@ def test_inputs_past_the_models_tables_are_refused_as_in_transformers_not_scored
             theirs(*(torch.tensor(a, dtype=torch.long) for a in arrays))
         with pytest.raises(ValueError, match=message):
             ours(*arrays)
+
+
+@pytest.mark.parametrize("family", ["bert", "modernbert"])  # modernbert: a call of its own (no token types)
+def test_raw_calls_with_misshapen_or_additive_inputs_are_named_and_bad_ids_never_wrap_under_jit(family, tmp_path):
+    """A JAX user's raw call: arrays of the wrong rank, shape or dtype are refused by name, eagerly and under
+    ``nnx.jit`` (shapes are static), not left to a broadcasting error deep in JAX or broadcast silently; an
+    additive mask (0 / -1e9) is refused where its values are concrete (read as 0/1 it inverts the mask); nested
+    lists are read as arrays. Under jit ids cannot be checked: a negative one gives NaN as a too-large one does
+    (a JAX gather would wrap it to the table's last row and score it), where transformers raises."""
+    from flax import nnx
+    from test_models_parity import FAMILIES
+
+    theirs = AutoModelForSequenceClassification.from_config(FAMILIES[family](2)).eval()
+    theirs.save_pretrained(tmp_path)
+    ours = FlaxAutoModelForSequenceClassification.from_pretrained(tmp_path)
+    jitted = nnx.jit(lambda model, *arrays: model(*arrays))
+    ids = np.array([[1, 5, 7, 2], [1, 9, 2, 0]])
+    mask = (ids > 0).astype(np.int64)
+    expected = theirs(torch.tensor(ids), attention_mask=torch.tensor(mask)).logits.detach().numpy()
+    for call in (ours, lambda *arrays: jitted(ours, *arrays)):
+        np.testing.assert_allclose(np.asarray(call(ids.tolist(), mask.tolist())), expected, atol=1e-5)
+        cases = [
+            ((ids[0], mask[0]), r"input_ids must be an integer array \(batch, tokens\).*got shape \(4,\)"),
+            ((ids[:, :0], mask[:, :0]), r"at least one token, got shape \(2, 0\)"),
+            ((ids, mask[:1]), r"attention_mask has shape \(1, 4\), input_ids \(2, 4\)"),
+            ((ids, mask.T), r"attention_mask has shape \(4, 2\)"),
+            ((ids, mask, ids[:, :3]), r"token_type_ids has shape \(2, 3\)"),
+            ((ids.astype(np.float32), mask), "input_ids must hold integers, got float32"),
+        ]
+        for arrays, message in cases:
+            with pytest.raises(ValueError, match=message):
+                call(*arrays)
+    with pytest.raises(ValueError, match="attention_mask holds -1000000000.0: .* 0/1 padding mask"):
+        ours(ids, np.where(mask > 0, 0.0, -1e9).astype(np.float32))
+    wrong = ids.copy()
+    wrong[0, 1] = -1
+    with pytest.raises(ValueError, match="input_ids holds -1"):
+        ours(wrong, mask)
+    logits = np.asarray(jitted(ours, wrong, mask))
+    assert np.isnan(logits[0]).all()  # not row vocab_size - 1's score
+    np.testing.assert_allclose(logits[1], expected[1], atol=1e-5)  # the other row is untouched
 
 
 @pytest.mark.parametrize(
@@ -627,6 +669,16 @@ def test_from_pretrained_reads_transformers_keywords_as_transformers_does(tiny_d
             FlaxAutoModelForSequenceClassification.from_pretrained(path, **call)
     with pytest.raises(ValueError, match=r"\['device_map'\] are PyTorch loading options"):
         FlaxAutoModelForSequenceClassification.from_pretrained(path, device_map="auto")
+    # transformers' Flax classes' keywords: from_pt (read PyTorch weights: what crossjax does) is taken; outputs
+    # the call does not return and parameters kept apart from the model are refused by name
+    assert FlaxAutoModelForSequenceClassification.from_pretrained(path, from_pt=True).num_labels == 2
+    for call, message in [
+        (dict(output_hidden_states=True), r"\['output_hidden_states'\]: a crossjax model's call returns the logits"),
+        (dict(config_kwargs={"output_attentions": True}), r"\['output_attentions'\]"),
+        (dict(_do_init=False), "_do_init=False .* nnx.split"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            FlaxAutoModelForSequenceClassification.from_pretrained(path, **call)
     # transformers' defaults and the keywords it retired are accepted; a config file; ST's config_kwargs labels
     same = dict(weights_only=True, use_safetensors=True, subfolder="", low_cpu_mem_usage=True)
     same["config"] = path / "config.json"

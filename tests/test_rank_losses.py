@@ -58,7 +58,7 @@ class ScoreTable(STCrossEncoder):
 def crossjax_model(num_labels: int = 1) -> CrossEncoder:
     """A crossjax CrossEncoder the losses accept (they only read ``num_labels``), without weights."""
     model = CrossEncoder.__new__(CrossEncoder)
-    model.model = SimpleNamespace(num_labels=num_labels)
+    model.__dict__["model"] = SimpleNamespace(num_labels=num_labels)  # past the setter, which takes crossjax models
     return model
 
 

@@ -188,6 +188,7 @@ def runs(tmp_path_factory):
         {"name": "interleaved", "kind": "interleaved_mesh"},
         {"name": "trainer_best", "kind": "trainer_best"},
         dict(FIT, name="lr_differs", process_1_lr=1e-2, predict=False),
+        {"name": "mismatches", "kind": "mismatches"},
     ]
     stream_order, files = _stream_files(rows, root)
     stream = dict(STREAM, files=files)
@@ -486,6 +487,21 @@ def test_processes_given_different_settings_stop_with_a_clear_error(runs):
         error = result["jobs"]["lr_differs"].get("error")
         assert error is not None and error["type"] == "ValueError"
         assert "were given different settings" in error["message"]
+
+
+def test_processes_given_different_pairs_weights_or_disks_stop_with_a_clear_error(runs):
+    """What would otherwise score or train silently wrong, or hang: process 1 scores other pairs than process 0
+    (each computes its share of every batch: both would get wrong scores), loads other weights (the replicas
+    would train apart), or resolves the checkpoint folder on its own disk (the first checkpoint would wait
+    forever for the other process's files). Every process refuses each by name; then both still predict."""
+    results = _results(runs["2proc"])
+    for result in results:
+        told = result["jobs"]["mismatches"]
+        assert "called predict (or an evaluator) with different pairs" in told["predict"]
+        assert "loaded different weights" in told["weights"] and "process(es) [1] differ" in told["weights"]
+        assert "is not one folder for every process: process(es) [1] do not see" in told["checkpoint_folder"]
+        assert told["marks_left"] == []
+    assert results[0]["jobs"]["mismatches"]["after"] == results[1]["jobs"]["mismatches"]["after"]
 
 
 def test_mesh_interleaving_the_processes_feeds_the_right_rows(runs):

@@ -632,3 +632,40 @@ def test_a_config_assigned_to_the_model_is_the_one_saved(saved, tmp_path):
 
     assert issubclass(CECorrelationEvaluator, CrossEncoderCorrelationEvaluator)  # the card names the class used
     assert CrossEncoderCorrelationEvaluator.__name__ == "CrossEncoderCorrelationEvaluator"
+
+
+def test_a_model_assigned_after_predict_is_the_one_scored_and_saved(saved, pairs, tmp_path):
+    """``ce.model = ...`` (a model trained or loaded by the user in JAX, here in the other layer layout with a
+    moved head) after a first predict: crossjax scores and saves the new model, as sentence-transformers does
+    with an assigned ``model.model`` (the compiled programs of the one before are dropped, not reused)."""
+    from crossjax.models import FlaxAutoModelForSequenceClassification
+
+    ours, theirs = CrossEncoder(saved), st.CrossEncoder(str(saved))
+    before = ours.predict(pairs[:3])
+    replacement = FlaxAutoModelForSequenceClassification.from_pretrained(saved, scan_layers=False)
+    replacement.classifier.bias[...] = replacement.classifier.bias[...] + 1.0
+    ours.model = replacement
+    with torch.no_grad():
+        theirs.model.classifier.bias += 1.0
+    after = ours.predict(pairs[:3])
+    assert np.abs(after - before).min() > 1e-3
+    np.testing.assert_allclose(after, theirs.predict(pairs[:3]), atol=1e-5)
+    ours.save(tmp_path / "assigned")
+    np.testing.assert_allclose(st.CrossEncoder(str(tmp_path / "assigned")).predict(pairs[:3]), after, atol=1e-5)
+    with pytest.raises(TypeError, match="CrossEncoder.model takes a crossjax model.*got transformers"):
+        ours.model = theirs.model
+
+
+def test_a_folder_without_tokenizer_files_is_refused_not_scored_as_unknown_words(saved, tmp_path):
+    """A model saved without its tokenizer (``save_pretrained(path)`` alone): transformers 5 builds an empty
+    tokenizer from config.json, so sentence-transformers reads every word as unknown and scores the pairs without
+    a word; crossjax refuses the folder, saying what is missing."""
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for name in ("config.json", "model.safetensors"):
+        shutil.copy(saved / name, bare / name)
+    tokenizer = st.CrossEncoder(str(bare)).tokenizer
+    unknown = {tokenizer.unk_token_id}
+    assert set(tokenizer("a man plays guitar", add_special_tokens=False)["input_ids"]) == unknown
+    with pytest.raises(ValueError, match="tokenizer has no vocabulary .*no tokenizer files"):
+        CrossEncoder(bare)

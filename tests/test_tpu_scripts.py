@@ -171,6 +171,16 @@ def test_launch_rejects_indivisible_global_batch():
     assert "Traceback" not in proc.stderr and proc.stdout == ""
 
 
+@pytest.mark.parametrize("script", ["launch", "run_all"])
+def test_a_dry_run_flag_after_the_double_dash_is_refused_before_any_command_runs(script, fake_bin):
+    """After '--' a flag goes to the example: the chain itself would run (and create a billed TPU) and the example
+    would fail on the unknown flag. Refused, and no gcloud command is called."""
+    extra = ["--accelerator-type", "v4-16"]
+    proc = run(script, *TARGET, *extra, "--", "--batch-size", "64", "--dry-run", fake_bin=fake_bin)
+    assert proc.returncode == 2 and "--dry-run after '--'" in proc.stderr and "put it before '--'" in proc.stderr
+    assert calls(fake_bin) == []
+
+
 def test_launch_takes_the_reranker_batch_size_per_device():
     """training_reranker.py's --batch-size is per device (per_device_train_batch_size): any size fits a slice,
     and the global size it makes is noted; the other examples' global sizes are still checked."""

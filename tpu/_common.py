@@ -603,6 +603,9 @@ def main(
     own, forwarded = split_forwarded(sys.argv[1:] if argv is None else argv)
     if forwarded and not forwards:
         parser.error("unexpected arguments after '--'")
+    if any(a == "--dry-run" or a.startswith("--dry-run=") for a in forwarded):
+        # after '--' it would go to the example, and the commands themselves would run (and bill)
+        parser.error("--dry-run after '--' would be passed to the example while the commands run: put it before '--'")
     args = parser.parse_args(own)
     try:
         steps = build(args, forwarded)

@@ -33,7 +33,7 @@ from crossjax.model_card import (
     write_model_card,
 )
 from crossjax.models.auto import load_config, model_class_for
-from crossjax.models.base import HUB_DOWNLOAD_KWARGS, compute_dtype_of, merged_keywords
+from crossjax.models.base import HUB_DOWNLOAD_KWARGS, FlaxPreTrainedModel, compute_dtype_of, merged_keywords
 from crossjax.models.checkpoints import CheckpointError, hub_commit, resolve_checkpoint_dir
 from crossjax.models.export import ST_CONFIG
 from crossjax.parallel import MeshPlan, devices_for, make_mesh, put_global
@@ -465,6 +465,15 @@ class CrossEncoder:
                 f"{directory}: crossjax needs a fast (Rust) tokenizer; this checkpoint only has a slow one. "
                 "Convert it with `AutoTokenizer.from_pretrained(..., use_fast=True).save_pretrained(...)`."
             )
+        if len(tokenizer) <= len(set(tokenizer.all_special_ids)):
+            # transformers 5 builds an empty tokenizer from config.json alone: every word would be [UNK] and
+            # every pair would get a plausible score (sentence-transformers scores them so, without a word)
+            raise ValueError(
+                f"{directory}: its tokenizer has no vocabulary (only {len(tokenizer)} special tokens), so every word "
+                "would be read as unknown: the folder holds no tokenizer files (tokenizer.json, vocab.txt, ...). "
+                "Save the model with its tokenizer (CrossEncoder.save, or model.save_pretrained(path, tokenizer)) "
+                "or copy the base model's tokenizer files into the folder."
+            )
         return tokenizer
 
     def _resolve_max_length(self, max_length: int | None) -> int:
@@ -524,9 +533,41 @@ class CrossEncoder:
         """sentence-transformers < 4's name of :attr:`activation_fn`."""
         return self.activation_fn
 
+    @property
+    def model(self) -> FlaxPreTrainedModel:
+        """The crossjax model scoring the pairs (``model.model`` in sentence-transformers: a transformers model)."""
+        return self.__dict__["model"]
+
+    @model.setter
+    def model(self, model: FlaxPreTrainedModel) -> None:
+        """A model assigned after loading (one a user trained in JAX, or loaded in another layout) is scored by
+        programs built for it: the compiled predict programs of the one before are dropped (their graph would not
+        fit its parameters) and its parameters go onto this model's mesh. Its activation stays, as in
+        sentence-transformers."""
+        if not isinstance(model, FlaxPreTrainedModel):
+            raise TypeError(
+                "CrossEncoder.model takes a crossjax model (crossjax.models.FlaxAutoModelForSequenceClassification."
+                f"from_pretrained(...)), got {type(model).__module__}.{type(model).__qualname__}"
+            )
+        self.__dict__["model"] = model
+        if "mesh_plan" in self.__dict__ and "_predict_programs" in self.__dict__:  # not during __init__
+            self._predict_programs = training.HeldPrograms()
+            self._place_parameters()
+
     def _place_parameters(self) -> None:
-        """Put the parameters on the mesh (replicated, or sharded under fsdp) once, not per call."""
+        """Put the parameters on the mesh (replicated, or sharded under fsdp) once, not per call. In a
+        multi-process run each process fills its own devices from its own copy, so the copies must be equal: one
+        all-gather of a digest says so (different ones would train and score the replicas apart silently)."""
         params = nnx.state(self.model, nnx.Param)
+        multi_process = jax.process_count() > 1  # (the digest reads every parameter: not for one process)
+        differing = parallel.processes_differing(parallel.local_values_digest(params)) if multi_process else []
+        if differing:
+            raise ValueError(
+                f"the {jax.process_count()} processes of this run loaded different weights for "
+                f"{self.model_name_or_path}: process(es) {differing} differ from process 0. Every process must load "
+                "the same checkpoint (a hub revision that moved between the workers' downloads, or a local folder "
+                "that differs between them?)"
+            )
         placed = put_global(params, self.mesh_plan.state_shardings(params))
         nnx.update(self.model, placed)
 
@@ -597,7 +638,16 @@ class CrossEncoder:
     def _logits(
         self, texts_a: list[str], texts_b: list[str], batch_size: int, show_progress_bar: bool | None, dtype=None
     ) -> np.ndarray:
-        """Logits in input order, computed on packed batches (at most ``max_shapes`` compiled shapes a call)."""
+        """Logits in input order, computed on packed batches (at most ``max_shapes`` compiled shapes a call). In a
+        multi-process run every process must score the same pairs (each computes its share of every batch): one
+        all-gather of a digest of the call checks it."""
+        differing = parallel.processes_differing(_call_digest(texts_a, texts_b, batch_size, dtype))
+        if differing:
+            raise ValueError(
+                f"the {jax.process_count()} processes of this run called predict (or an evaluator) with different "
+                f"pairs or settings: process(es) {differing} differ from process 0. Every process scores its share of "
+                "each batch, so every process must pass the same pairs, batch size and dtype"
+            )
         limits = data_lib.token_limits(self.config)
         tokenized = data_lib.tokenize_pairs(self.tokenizer, texts_a, texts_b, self.max_length, limits=limits)
         shards = self.mesh_plan.data_shards  # a multiple of the process count
@@ -1392,6 +1442,20 @@ def _pair_texts(inputs: Any) -> tuple[bool, list[str], list[str]]:
         texts_a.append(a)
         texts_b.append(b)
     return False, texts_a, texts_b
+
+
+def _call_digest(texts_a: list[str], texts_b: list[str], batch_size: int, dtype: Any) -> int:
+    """A 64-bit digest of a predict call's pairs and settings (only computed in a multi-process run)."""
+    if jax.process_count() == 1:
+        return 0
+    import hashlib
+
+    digest = hashlib.blake2b(digest_size=8)
+    digest.update(repr((len(texts_a), int(batch_size), None if dtype is None else jnp.dtype(dtype).name)).encode())
+    for texts in (texts_a, texts_b):
+        digest.update("\x00".join(texts).encode("utf-8", "surrogatepass"))
+        digest.update(b"\x01")
+    return int.from_bytes(digest.digest(), "little")
 
 
 class _EvaluatorHook:

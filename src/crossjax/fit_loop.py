@@ -410,26 +410,62 @@ def _carry_best_model(best_score: float, earlier: str | None, cfg: FitConfig) ->
     return None
 
 
-def ensure_writable_folders(folders: list[tuple[str, Any]]) -> None:
+# A file the main process writes into a folder every process must share (a multi-process run's checkpoints)
+SHARED_FOLDER_MARK = ".crossjax-shared-folder-check"
+
+
+def ensure_writable_folders(folders: list[tuple[str, Any]], shared: tuple[str, ...] = ("checkpoint_path",)) -> None:
     """The main process makes and test-writes each ``(name, folder)`` (None: skipped), so that a folder which
     cannot take files fails now, not at its first save hours later. In a multi-process run every process
-    learns of a failure (one all-gather), so none is left waiting in the run's first collective."""
+    learns of a failure (one all-gather), so none is left waiting in the run's first collective; and a folder
+    named in ``shared`` (orbax checkpoints, which every process writes its shards into) must be the same folder
+    for every process: a path on each worker's own disk would leave the first checkpoint waiting forever for
+    files the other processes wrote elsewhere. The main process writes a mark there that every other one must
+    read back (two more all-gathers)."""
     error = None
+    marks = [Path(folder) for what, folder in folders if what in shared and folder is not None]
+    token = int.from_bytes(os.urandom(4), "little") & 0x7FFFFFFF  # the main process's is compared (int32: JAX's)
     if is_main_process():
         try:
             for what, folder in folders:
                 if folder is not None:
                     ensure_writable_directory(folder, what)
-        except ValueError as e:
-            error = e
+            if jax.process_count() > 1:
+                for folder in marks:
+                    (folder / SHARED_FOLDER_MARK).write_text(str(token))
+        except (ValueError, OSError) as e:
+            error = e if isinstance(e, ValueError) else ValueError(f"cannot write into {marks}: {e}")
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
 
-        failed = np.asarray(multihost_utils.process_allgather(np.array([error is not None], np.int32)))
-        if error is None and failed.any():
+        gathered = multihost_utils.process_allgather(np.array([error is not None, token], np.int32))
+        gathered = np.asarray(gathered).reshape(jax.process_count(), 2)
+        if error is None and gathered[:, 0].any():
             raise ValueError("the main process cannot write this run's folders (its own error says which)")
+        if error is None and marks:
+            token = int(gathered[0, 1])
+            sees = all(_reads_mark(folder, token) for folder in marks)
+            seen = np.asarray(multihost_utils.process_allgather(np.array([sees], np.int32))).reshape(-1)
+            if is_main_process():
+                for folder in marks:
+                    (folder / SHARED_FOLDER_MARK).unlink(missing_ok=True)
+            if not seen.all():
+                blind = [i for i, ok in enumerate(seen.tolist()) if not ok]
+                raise ValueError(
+                    f"{', '.join(str(m) for m in marks)} is not one folder for every process: process(es) {blind} "
+                    "do not see the file the main process wrote there (a path on each worker's own disk?). Every "
+                    "process writes its shards of a checkpoint into it: give a folder all of them share (a network "
+                    "file system, or a gs:// bucket path)"
+                )
     if error is not None:
         raise error
+
+
+def _reads_mark(folder: Path, token: int) -> bool:
+    try:
+        return (folder / SHARED_FOLDER_MARK).read_text() == str(token)
+    except OSError:
+        return False
 
 
 # The config fields that shape a model's parameters (a checkpoint holds arrays of these sizes).

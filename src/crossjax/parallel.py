@@ -36,7 +36,8 @@ def initialize_distributed(
     Call it once, before anything touches JAX devices (the examples do, from their ``--coordinator-address``
     / ``--num-processes`` / ``--process-id`` flags). With explicit arguments they are passed through. Without
     them it joins only when ``CROSSJAX_DISTRIBUTED=1`` is set, and JAX discovers coordinator, process count
-    and id itself (TPU pod slices, SLURM, ``JAX_COORDINATOR_ADDRESS``...). Nothing in crossjax calls it
+    and id itself on the clusters it knows (TPU pod slices, SLURM, ...); ``JAX_COORDINATOR_ADDRESS`` sets only
+    the coordinator (elsewhere pass ``num_processes`` and ``process_id``). Nothing in crossjax calls it
     implicitly, except :func:`make_mesh` when ``CROSSJAX_DISTRIBUTED=1`` is set. Calling it twice is harmless.
     """
     if jax.distributed.is_initialized():
@@ -248,6 +249,35 @@ def _put_global_leaf(x, sharding):
         return jax.random.wrap_key_data(data, impl=jax.random.key_impl(x))
     host = np.asarray(x)
     return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+
+def processes_differing(code: int) -> list[int]:
+    """The processes whose ``code`` (a digest of what every process must hold alike; its low 31 bits are compared,
+    as JAX gathers int32 unless 64-bit mode is on) is not process 0's: one all-gather, so every process learns
+    the same answer; [] in a single-process run."""
+    if jax.process_count() == 1:
+        return []
+    from jax.experimental import multihost_utils
+
+    codes = np.asarray(multihost_utils.process_allgather(np.array([code & 0x7FFFFFFF], np.int32))).reshape(-1)
+    return [i for i, c in enumerate(codes.tolist()) if c != codes[0]]
+
+
+def local_values_digest(tree) -> int:
+    """A 64-bit digest of the values of ``tree``'s arrays that this process holds whole (arrays already spread
+    over several processes are left out: they are one array by construction)."""
+    import hashlib
+
+    digest = hashlib.blake2b(digest_size=8)
+    for leaf in jax.tree.leaves(tree):
+        if isinstance(leaf, jax.Array) and not leaf.is_fully_addressable:
+            continue
+        if isinstance(leaf, jax.Array) and jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+            leaf = jax.random.key_data(leaf)
+        host = np.ascontiguousarray(np.asarray(leaf))
+        digest.update(str((host.shape, host.dtype.str)).encode())
+        digest.update(host.view(np.uint8).reshape(-1))
+    return int.from_bytes(digest.digest(), "little")
 
 
 def process_rows(sharding: NamedSharding, global_rows: int) -> np.ndarray:

@@ -107,8 +107,13 @@ TORCH_LOADING_DEFAULTS = {
     "device_mesh": None, "key_mapping": None, "trust_remote_code": False, "use_kernels": False,
     "gguf_file": None, "weights_only": True,
 }  # fmt: skip
-# ... and those transformers 5 itself ignores (retired), ignored here too
-RETIRED_LOADING_KWARGS = ("low_cpu_mem_usage", "offload_state_dict", "from_tf", "from_flax", "mirror", "_fast_init")
+# ... and those transformers 5 itself ignores (retired), ignored here too; ``from_pt`` is the Flax classes' "read the
+# PyTorch weights", which is what crossjax does
+RETIRED_LOADING_KWARGS = (
+    "low_cpu_mem_usage", "offload_state_dict", "from_tf", "from_flax", "mirror", "_fast_init", "from_pt"
+)  # fmt: skip
+# Config switches for outputs a crossjax model does not return (its call returns the logits alone)
+UNRETURNED_OUTPUTS = ("output_hidden_states", "output_attentions")
 
 
 def pretrained_options(
@@ -136,6 +141,18 @@ def pretrained_options(
         raise ValueError(
             f"{where}: {torch_only} are PyTorch loading options with no meaning in crossjax (its parameters are "
             "float32 JAX arrays on the devices of its mesh, and it runs its own attention)"
+        )
+    if kwargs.pop("_do_init", True) is False:
+        raise ValueError(
+            f"{where}: _do_init=False (transformers' Flax classes then returned the parameters apart from the model) "
+            "has no counterpart: a crossjax model is an nnx.Module holding its parameters; nnx.split(model) gives "
+            "(graphdef, state)"
+        )
+    asked = sorted(k for k in UNRETURNED_OUTPUTS if kwargs.get(k) or (config_kwargs or {}).get(k))
+    if asked:
+        raise ValueError(
+            f"{where}: {asked}: a crossjax model's call returns the logits alone; model.encode(input_ids, "
+            "attention_mask, token_type_ids) gives the last hidden states"
         )
     for key in (*TORCH_LOADING_DEFAULTS, *RETIRED_LOADING_KWARGS, "tqdm_class"):
         kwargs.pop(key, None)
@@ -240,21 +257,61 @@ class FlaxPreTrainedModel(nnx.Module):
         """Whether given token type ids are embedded (families without a table, or that ignore it, do not)."""
         return self.uses_token_types and int(getattr(self.config, "type_vocab_size", 0) or 0) > 0
 
-    def _check_token_inputs(self, input_ids, token_type_ids) -> None:
-        """What transformers refuses and a JAX lookup would turn into NaN logits without a word: rows longer than
-        the position table, ids past the vocabulary or the token type table. The length is checked always (a
-        static shape); the ids where they are concrete (not under ``jit``)."""
-        limit, length = self.position_limit, np.shape(input_ids)[-1] if np.ndim(input_ids) else 0
+    def _token_inputs(self, input_ids, attention_mask, token_type_ids) -> tuple:
+        """A raw call's ``(input_ids, attention_mask, token_type_ids)``, checked for what transformers refuses and
+        JAX would fail on deep inside (a shape that does not broadcast) or turn into wrong logits without a word
+        (a mask broadcast over the batch, an additive mask read as 0/1, ids past a table: NaN logits; negative ones
+        would wrap to the table's last rows). Shapes and dtypes are checked always (they are static); values where
+        they are concrete. Under ``jit`` values cannot be checked: negative ids then give NaN logits, as ids past
+        the table do (transformers raises for both)."""
+        refuse_torch_tensors(input_ids, attention_mask, token_type_ids)
+        arrays = {"input_ids": input_ids, "attention_mask": attention_mask, "token_type_ids": token_type_ids}
+        for name, value in arrays.items():
+            if isinstance(value, (list, tuple)):  # nested lists, of numbers or (under nnx.jit) of traced scalars
+                traced = any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves(value))
+                arrays[name] = value = jnp.asarray(value) if traced else np.asarray(value)
+            if value is not None and not hasattr(value, "shape"):
+                raise TypeError(f"{name} must be an array (batch, tokens), got {type(value).__name__}")
+        input_ids = arrays["input_ids"]
+        if input_ids is None or np.ndim(input_ids) != 2 or not np.shape(input_ids)[1]:
+            shape = None if input_ids is None else tuple(np.shape(input_ids))
+            raise ValueError(
+                f"input_ids must be an integer array (batch, tokens) with at least one token, got shape {shape}"
+            )
+        for name, value in arrays.items():
+            if value is None:
+                continue
+            if tuple(np.shape(value)) != tuple(np.shape(input_ids)):
+                raise ValueError(
+                    f"{name} has shape {tuple(np.shape(value))}, input_ids {tuple(np.shape(input_ids))}: a raw model "
+                    "call takes one value per token for each (as the tokenizer returns them)"
+                )
+            kind = jnp.dtype(value.dtype)
+            if name != "attention_mask" and not jnp.issubdtype(kind, jnp.integer):
+                raise ValueError(f"{name} must hold integers, got {kind.name}")
+            if name == "attention_mask" and not isinstance(value, jax.core.Tracer):
+                values = np.unique(np.asarray(value))
+                if not np.isin(values, (0, 1)).all():
+                    raise ValueError(
+                        f"attention_mask holds {values[~np.isin(values, (0, 1))][0]}: crossjax takes transformers' "
+                        "0/1 padding mask (1 = a real token), not an additive one"
+                    )
+        limit, length = self.position_limit, np.shape(input_ids)[1]
         if limit is not None and length > limit:
             raise ValueError(
                 f"input_ids has {length} tokens a row; this {self.config.model_type} model's position table holds "
                 f"{limit} (max_position_embeddings): truncate the inputs to {limit} tokens"
             )
-        tables = [(input_ids, "input_ids", "vocab_size", int(self.config.vocab_size))]
+        token_type_ids = arrays["token_type_ids"]
+        tables = [("input_ids", "vocab_size", int(self.config.vocab_size))]
         if token_type_ids is not None and self.reads_token_types():
-            tables.append((token_type_ids, "token_type_ids", "type_vocab_size", int(self.config.type_vocab_size)))
-        for ids, name, field_name, size in tables:
-            if isinstance(ids, jax.core.Tracer) or not np.size(ids):
+            tables.append(("token_type_ids", "type_vocab_size", int(self.config.type_vocab_size)))
+        for name, field_name, size in tables:
+            ids = arrays[name]
+            if isinstance(ids, jax.core.Tracer):
+                arrays[name] = jnp.where(ids < 0, size, ids)  # past the table, as a too-large id: NaN, not a wrap
+                continue
+            if not np.size(ids):
                 continue
             values = np.asarray(ids)  # to host first: under a trace, jnp reductions of a constant are traced
             low, high = int(values.min()), int(values.max())
@@ -263,6 +320,7 @@ class FlaxPreTrainedModel(nnx.Module):
                     f"{name} holds {high if high >= size else low}, outside this model's table of {size} "
                     f"({field_name}): a tokenizer of another model?"
                 )
+        return arrays["input_ids"], arrays["attention_mask"], arrays["token_type_ids"]
 
     # Forward pass: embed -> encoder -> classify. Families override ``embed`` or ``classify`` where they differ.
     def embed(self, input_ids: jax.Array, token_type_ids: jax.Array | None, position_ids=None) -> jax.Array:
@@ -286,8 +344,7 @@ class FlaxPreTrainedModel(nnx.Module):
         self, input_ids: jax.Array, attention_mask: jax.Array | None = None, token_type_ids: jax.Array | None = None
     ) -> jax.Array:
         """Logits (B, num_labels) in float32 from integer token arrays (B, L)."""
-        refuse_torch_tensors(input_ids, attention_mask, token_type_ids)
-        self._check_token_inputs(input_ids, token_type_ids)
+        input_ids, attention_mask, token_type_ids = self._token_inputs(input_ids, attention_mask, token_type_ids)
         with self.matmul_precision():
             return self.classify(self.encode(input_ids, attention_mask, token_type_ids)).astype(jnp.float32)
 

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from crossjax.models.base import FlaxPreTrainedModel, at_first_tokens, pair_attention_mask, refuse_torch_tensors
+from crossjax.models.base import FlaxPreTrainedModel, at_first_tokens, pair_attention_mask
 from crossjax.models.layers import (
     Dropout,
     Encoder,
@@ -356,8 +356,7 @@ class ModernBertForSequenceClassification(FlaxPreTrainedModel):
 
     def __call__(self, input_ids: Array, attention_mask: Array | None = None, token_type_ids=None) -> Array:
         """Logits (B, num_labels) in float32; ``attention_mask`` (B, L) marks the real tokens."""
-        refuse_torch_tensors(input_ids, attention_mask, token_type_ids)
-        self._check_token_inputs(input_ids, None)
+        input_ids, attention_mask, _ = self._token_inputs(input_ids, attention_mask, token_type_ids)  # no type table
         if attention_mask is None:
             attention_mask = jnp.ones_like(input_ids)
         with self.matmul_precision():

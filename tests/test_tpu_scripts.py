@@ -181,6 +181,33 @@ def test_a_dry_run_flag_after_the_double_dash_is_refused_before_any_command_runs
     assert calls(fake_bin) == []
 
 
+def test_launch_checks_the_examples_default_batch_size_when_none_is_given():
+    """Without --batch-size an example trains at its default global batch (16): a slice of 32 devices cannot split
+    it, so the launch stops here, not on the pod after set-up; a given size that divides is taken."""
+    import argparse
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("crossjax_tpu_common", TPU / "_common.py")
+    tpu_common = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = tpu_common  # its dataclasses look their module up
+    spec.loader.exec_module(tpu_common)
+    sys.path.insert(0, str(REPO / "examples"))
+    try:
+        import _common as examples_common
+    finally:
+        sys.path.remove(str(REPO / "examples"))
+    parser = examples_common.build_parser("x", evaluation_steps=0, output_prefix="x")
+    default = next(a.default for a in parser._actions if a.dest == "batch_size")
+    assert isinstance(parser, argparse.ArgumentParser) and default == tpu_common.EXAMPLE_DEFAULT_BATCH_SIZE
+    acc = ["--accelerator-type", "v5litepod-32", "--dry-run"]
+    proc = run("launch", *TARGET, *acc)
+    assert proc.returncode == 1 and "default --batch-size 16 is the GLOBAL batch size" in proc.stderr
+    assert "32 JAX devices of v5litepod-32" in proc.stderr and proc.stdout == ""
+    (cmd,) = commands(run("launch", *TARGET, *acc, "--", "--batch-size", "64"))
+    assert "--batch-size 64" in flag(cmd, "--command")
+    assert commands(run("launch", *TARGET, "--accelerator-type", "v4-16", "--dry-run"))  # 16 splits over 8
+
+
 def test_launch_takes_the_reranker_batch_size_per_device():
     """training_reranker.py's --batch-size is per device (per_device_train_batch_size): any size fits a slice,
     and the global size it makes is noted; the other examples' global sizes are still checked."""

@@ -484,6 +484,8 @@ def _missing(args: argparse.Namespace, msg: str) -> None:
 _BATCH_FLAG = re.compile(r"--[a-z0-9-]*batch-size")
 # Examples whose --batch-size is PER DEVICE (the trainer's per_device_train_batch_size): any size fits a slice.
 PER_DEVICE_BATCH_EXAMPLES = frozenset({"training_reranker.py"})
+# The other examples' global --batch-size when none is given (examples/_common.py's parser; a test compares them)
+EXAMPLE_DEFAULT_BATCH_SIZE = 16
 
 
 def check_batch_sizes(acc: Accelerator | None, forwarded: Sequence[str], example: str = DEFAULT_EXAMPLE) -> None:
@@ -492,6 +494,14 @@ def check_batch_sizes(acc: Accelerator | None, forwarded: Sequence[str], example
     if acc is None:
         return
     per_device = Path(example).name in PER_DEVICE_BATCH_EXAMPLES
+    given = any(_BATCH_FLAG.fullmatch(tok.partition("=")[0]) for tok in forwarded)
+    ours = "/" not in example and (REPO_ROOT / "examples" / example).is_file()
+    if not given and not per_device and ours and EXAMPLE_DEFAULT_BATCH_SIZE % acc.devices:
+        raise ToolError(
+            f"{example}'s default --batch-size {EXAMPLE_DEFAULT_BATCH_SIZE} is the GLOBAL batch size and must be "
+            f"divisible by the {acc.devices} JAX devices of {acc.name}: pass one after '--' (e.g. --batch-size "
+            f"{_near_multiples(EXAMPLE_DEFAULT_BATCH_SIZE, acc.devices)})"
+        )
     for i, tok in enumerate(forwarded):
         flag, _, value = tok.partition("=")
         if not _BATCH_FLAG.fullmatch(flag):

@@ -441,11 +441,15 @@ def fit_and_report(args: argparse.Namespace, model: Any, train_dataloader: Any, 
         del model.save  # the class's save again
     elapsed = time.perf_counter() - started
     output.finish()
-    main_print(
-        f"fit: {summary['global_step']} steps in {elapsed:.1f} s, {summary['pairs_per_second']:.1f} pairs/s, "
-        f"final loss {summary['train_loss']:.4f}, padding efficiency {100 * summary['padding_efficiency']:.1f}%, "
-        f"{summary['compilations']} compilations {summary['compiled_shapes']}"
-    )
+    if summary.get("resumed_from_step") is not None and summary["resumed_from_step"] == summary["global_step"]:
+        # a relaunch of a run that had finished: no step, so no loss, speed or padding to report
+        main_print(f"fit: nothing left to train: the run's checkpoints end at its last step {summary['global_step']}")
+    else:
+        main_print(
+            f"fit: {summary['global_step']} steps in {elapsed:.1f} s, {summary['pairs_per_second']:.1f} pairs/s, "
+            f"final loss {summary['train_loss']:.4f}, padding efficiency {100 * summary['padding_efficiency']:.1f}%, "
+            f"{summary['compilations']} compilations {summary['compiled_shapes']}"
+        )
     primary = getattr(evaluator, "primary_metric", None)
     if last:
         score = last["score"]

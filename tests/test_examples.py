@@ -169,7 +169,7 @@ def test_a_url_output_gets_each_best_model_when_fit_saves_it(examples_common, ti
     assert last == f"Best dev dev_score: 0.3000; best model exported to file://{bucket}"
 
 
-def test_a_run_relaunched_into_a_url_keeps_the_log_it_wrote_there(examples_common, tiny_model_dir, tmp_path):
+def test_a_run_relaunched_into_a_url_keeps_the_log_it_wrote_there(examples_common, tiny_model_dir, tmp_path, capsys):
     """A preempted VM's local copy of a gs:// --output is gone: the relaunched run (resuming from its checkpoints,
     here at the end of the run) starts from what the URL holds, so its upload keeps the earlier steps' log lines
     instead of replacing the URL's metrics.jsonl with the resumed part alone (file:// stands in for gs://)."""
@@ -178,7 +178,9 @@ def test_a_run_relaunched_into_a_url_keeps_the_log_it_wrote_there(examples_commo
     fit_and_report(examples_common, tiny_model_dir, url, ScriptedEvaluator([0.1, 0.3, 0.2], bucket), checkpoints)
     logged = (bucket / "metrics.jsonl").read_text().splitlines()
     assert len([line for line in logged if '"loss"' in line]) == 2  # a line for each of the 2 steps
+    capsys.readouterr()
     fit_and_report(examples_common, tiny_model_dir, url, ScriptedEvaluator([0.1], bucket), checkpoints)
+    assert "fit: nothing left to train: the run's checkpoints end at its last step 2" in capsys.readouterr().out
     assert (bucket / "metrics.jsonl").read_text().splitlines()[: len(logged)] == logged
     assert (bucket / "config.json").is_file()
 

@@ -401,6 +401,15 @@ for other in ("cpu:3", "cpu"):
 scores = one.predict(pairs, convert_to_tensor=True)
 assert scores.devices() == {jax.devices()[2]}, scores.devices()
 assert CrossEncoder(folder, device=torch.device("cpu")).device == "cpu"
+# A JAX user's devices: one, a list, or a Mesh of their own (crossjax's data mesh spans its devices in order)
+import numpy as np
+from jax.sharding import Mesh
+reference = one.predict(pairs)
+for given, expected in ((jax.devices()[3], jax.devices()[3:]), (jax.devices()[1:3], jax.devices()[1:3]),
+                        (Mesh(np.array(jax.devices()[::-1]).reshape(2, 2), ("a", "b")), jax.devices()[::-1])):
+    placed = CrossEncoder(folder, device=given)
+    assert list(placed.mesh_plan.mesh.devices.flat) == list(expected), placed.mesh_plan.mesh
+    assert np.abs(placed.predict(pairs) - reference).max() < 1e-6
 examples = make_examples(12, seed=3)  # a DataLoader batch size the 4 devices do not divide, token budget steps
 CrossEncoder(folder).fit(DataLoader(examples, batch_size=6), max_tokens_per_step=512, show_progress_bar=False)
 CrossEncoder(folder).fit(DataLoader(examples, batch_size=4), max_steps=1, checkpoint_path=checkpoints,
@@ -420,7 +429,8 @@ print("OK")
 
 def test_one_device_of_several_is_kept_by_to_and_predict(tiny_dir, tmp_path):
     """On 4 (forced) CPU devices: ``to()`` naming another device than the model's is an error, not a silent
-    no-op; ``convert_to_tensor`` returns the scores on the model's device; ``device=torch.device(...)`` is taken;
+    no-op; ``convert_to_tensor`` returns the scores on the model's device; ``device=torch.device(...)`` is taken,
+    and so are a JAX user's ``jax.Device``, list of devices and ``Mesh``;
     token-budget steps do not need a batch size the devices divide; a checkpoint of 4 devices resumed on 1
     says why it cannot be; the training arguments' batch sizes count the trainer's model's devices."""
     import os

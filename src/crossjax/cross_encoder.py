@@ -312,7 +312,7 @@ class CrossEncoder:
         num_labels: int | None = None,
         max_length: int | None = None,
         activation_fn: Callable | str | None = None,
-        device: str | None = None,
+        device: str | Any | None = None,
         *,
         tokenizer_kwargs: dict | None = None,
         config_kwargs: dict | None = None,
@@ -340,10 +340,12 @@ class CrossEncoder:
             raise TypeError("CrossEncoder() needs model_name_or_path (a Hugging Face directory or hub id)")
         if type(device).__module__.startswith("torch"):  # torch.device("cuda:0"), as sentence-transformers takes
             device = str(device)
-        if device is not None and not isinstance(device, str):
+        device = _jax_devices_of(device)  # a JAX user's device, devices or Mesh: the devices the mesh spans
+        if device is not None and not isinstance(device, (str, list)):
             raise TypeError(
-                f"device must be a string such as 'cpu' or 'cuda', got {device!r} (the fifth positional argument is "
-                "device, as in sentence-transformers 6: pass tokenizer_kwargs=... and config_kwargs=... by name)"
+                f"device must be a string such as 'cpu' or 'cuda' (or JAX devices: a jax.Device, a list of them or a "
+                f"jax.sharding.Mesh), got {device!r} (the fifth positional argument is device, as in "
+                "sentence-transformers 6: pass tokenizer_kwargs=... and config_kwargs=... by name)"
             )
         if num_labels is not None and (
             isinstance(num_labels, bool) or not isinstance(num_labels, (int, np.integer)) or num_labels < 1
@@ -1442,6 +1444,19 @@ def _pair_texts(inputs: Any) -> tuple[bool, list[str], list[str]]:
         texts_a.append(a)
         texts_b.append(b)
     return False, texts_a, texts_b
+
+
+def _jax_devices_of(device: Any) -> Any:
+    """``device`` as a list of JAX devices where it is a ``jax.Device``, a non-empty sequence of them or a
+    ``jax.sharding.Mesh`` (its devices in the mesh's order: crossjax lays its own one-axis data mesh over them);
+    anything else as it is."""
+    if isinstance(device, jax.sharding.Mesh):
+        return list(device.devices.flat)
+    if isinstance(device, jax.Device):
+        return [device]
+    if isinstance(device, (list, tuple)) and device and all(isinstance(d, jax.Device) for d in device):
+        return list(device)
+    return device
 
 
 def _call_digest(texts_a: list[str], texts_b: list[str], batch_size: int, dtype: Any) -> int:

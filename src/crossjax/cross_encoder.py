@@ -312,7 +312,7 @@ class CrossEncoder:
         num_labels: int | None = None,
         max_length: int | None = None,
         activation_fn: Callable | str | None = None,
-        device: str | Any | None = None,
+        device: str | jax.Device | list | jax.sharding.Mesh | None = None,
         *,
         tokenizer_kwargs: dict | None = None,
         config_kwargs: dict | None = None,

@@ -643,7 +643,9 @@ class CrossEncoder:
         """Logits in input order, computed on packed batches (at most ``max_shapes`` compiled shapes a call). In a
         multi-process run every process must score the same pairs (each computes its share of every batch): one
         all-gather of a digest of the call checks it."""
-        differing = parallel.processes_differing(_call_digest(texts_a, texts_b, batch_size, dtype))
+        differing = []
+        if jax.process_count() > 1:  # (the digest reads every text: not for one process)
+            differing = parallel.processes_differing(_call_digest(texts_a, texts_b, batch_size, dtype))
         if differing:
             raise ValueError(
                 f"the {jax.process_count()} processes of this run called predict (or an evaluator) with different "
@@ -1460,9 +1462,7 @@ def _jax_devices_of(device: Any) -> Any:
 
 
 def _call_digest(texts_a: list[str], texts_b: list[str], batch_size: int, dtype: Any) -> int:
-    """A 64-bit digest of a predict call's pairs and settings (only computed in a multi-process run)."""
-    if jax.process_count() == 1:
-        return 0
+    """A 64-bit digest of a predict call's pairs and settings (what a multi-process run's processes compare)."""
     import hashlib
 
     digest = hashlib.blake2b(digest_size=8)

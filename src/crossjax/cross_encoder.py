@@ -562,7 +562,7 @@ class CrossEncoder:
         all-gather of a digest says so (different ones would train and score the replicas apart silently)."""
         params = nnx.state(self.model, nnx.Param)
         multi_process = jax.process_count() > 1  # (the digest reads every parameter: not for one process)
-        differing = parallel.processes_differing(parallel.local_values_digest(params)) if multi_process else []
+        differing = parallel.processes_differing([parallel.local_values_digest(params)])[0] if multi_process else []
         if differing:
             raise ValueError(
                 f"the {jax.process_count()} processes of this run loaded different weights for "
@@ -645,7 +645,7 @@ class CrossEncoder:
         all-gather of a digest of the call checks it."""
         differing = []
         if jax.process_count() > 1:  # (the digest reads every text: not for one process)
-            differing = parallel.processes_differing(_call_digest(texts_a, texts_b, batch_size, dtype))
+            differing = parallel.processes_differing([_call_digest(texts_a, texts_b, batch_size, dtype)])[0]
         if differing:
             raise ValueError(
                 f"the {jax.process_count()} processes of this run called predict (or an evaluator) with different "

@@ -35,7 +35,7 @@ from crossjax import logs, losses, packing, streaming, training
 from crossjax.data import FLOAT32_MAX
 from crossjax.models.base import FlaxPreTrainedModel
 from crossjax.models.export import atomic_directory_write, check_local_path, ensure_writable_directory
-from crossjax.parallel import MeshPlan, global_batch_array, process_rows, put_global
+from crossjax.parallel import MeshPlan, global_batch_array, process_rows, processes_differing, put_global
 from crossjax.runtime import StepInterrupts, is_main_process, progress_bar
 from crossjax.schedules import make_schedule, scheduler_options
 from crossjax.step_folders import holds_checkpoints
@@ -414,16 +414,16 @@ def _carry_best_model(best_score: float, earlier: str | None, cfg: FitConfig) ->
 SHARED_FOLDER_MARK = ".crossjax-shared-folder-check"
 
 
-def ensure_writable_folders(folders: list[tuple[str, Any]], shared: tuple[str, ...] = ("checkpoint_path",)) -> None:
+def ensure_writable_folders(folders: list[tuple[str, Any]]) -> None:
     """The main process makes and test-writes each ``(name, folder)`` (None: skipped), so that a folder which
     cannot take files fails now, not at its first save hours later. In a multi-process run every process
-    learns of a failure (one all-gather), so none is left waiting in the run's first collective; and a folder
-    named in ``shared`` (orbax checkpoints, which every process writes its shards into) must be the same folder
+    learns of a failure (one all-gather), so none is left waiting in the run's first collective; and the
+    ``checkpoint_path`` folder (orbax checkpoints, which every process writes its shards into) must be the same folder
     for every process: a path on each worker's own disk would leave the first checkpoint waiting forever for
     files the other processes wrote elsewhere. The main process writes a mark there that every other one must
     read back (two more all-gathers)."""
     error = None
-    marks = [Path(folder) for what, folder in folders if what in shared and folder is not None]
+    marks = [Path(folder) for what, folder in folders if what == "checkpoint_path" and folder is not None]
     token = int.from_bytes(os.urandom(4), "little") & 0x7FFFFFFF  # the main process's is compared (int32: JAX's)
     if is_main_process():
         try:
@@ -483,8 +483,6 @@ def _check_processes_agree(data: Any, cfg: FitConfig, loss_fn: Any, evaluator: A
     few hashes before anything is compiled says which of them differ."""
     if jax.process_count() == 1:
         return
-    from jax.experimental import multihost_utils
-
     parts = {
         "numbers of steps": data.total_steps,
         "settings": {
@@ -498,9 +496,8 @@ def _check_processes_agree(data: Any, cfg: FitConfig, loss_fn: Any, evaluator: A
         "training data": None if streamed else data.run_fingerprint(),
     }
     texts = [json.dumps(v, sort_keys=True, default=_stable_repr).encode() for v in parts.values()]
-    codes = np.array([int.from_bytes(hashlib.sha256(t).digest()[:4], "little") & 0x7FFFFFFF for t in texts], np.int32)
-    every = np.asarray(multihost_utils.process_allgather(codes)).reshape(jax.process_count(), len(parts))
-    differ = [name for j, name in enumerate(parts) if len(set(every[:, j].tolist())) > 1]
+    codes = [int.from_bytes(hashlib.sha256(t).digest()[:4], "little") for t in texts]
+    differ = [name for name, who in zip(parts, processes_differing(codes), strict=True) if who]
     if differ:
         raise ValueError(
             f"the {jax.process_count()} processes of this run were given different {' and '.join(differ)}: every "

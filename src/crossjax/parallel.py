@@ -251,16 +251,17 @@ def _put_global_leaf(x, sharding):
     return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 
 
-def processes_differing(code: int) -> list[int]:
-    """The processes whose ``code`` (a digest of what every process must hold alike; its low 31 bits are compared,
-    as JAX gathers int32 unless 64-bit mode is on) is not process 0's: one all-gather, so every process learns
-    the same answer; [] in a single-process run."""
+def processes_differing(codes: list[int]) -> list[list[int]]:
+    """For each of ``codes`` (digests of what every process must hold alike; their low 31 bits are compared, as
+    JAX gathers int32 unless 64-bit mode is on), the processes whose value is not process 0's: one all-gather,
+    so every process learns the same answer; nothing differs in a single-process run."""
     if jax.process_count() == 1:
-        return []
+        return [[] for _ in codes]
     from jax.experimental import multihost_utils
 
-    codes = np.asarray(multihost_utils.process_allgather(np.array([code & 0x7FFFFFFF], np.int32))).reshape(-1)
-    return [i for i, c in enumerate(codes.tolist()) if c != codes[0]]
+    local = np.array([code & 0x7FFFFFFF for code in codes], np.int32)
+    every = np.asarray(multihost_utils.process_allgather(local)).reshape(jax.process_count(), len(codes))
+    return [np.flatnonzero(column != column[0]).tolist() for column in every.T]
 
 
 def local_values_digest(tree) -> int:

@@ -135,6 +135,33 @@ def test_second_cross_encoder_reuses_the_predict_step(tiny_dir):
     assert three.compilations["predict"] == 1
 
 
+def test_a_first_predict_compiles_only_the_predict_step(tiny_dir):
+    """A cold first predict compiles one program: the default activations (Sigmoid here, one label) are applied in
+    numpy, where an eager JAX sigmoid compiled a program of its own (~30 ms of a first call)."""
+    pairs = [tuple(e.texts) for e in make_examples(12, seed=35)]
+    names = []
+
+    def listen(event, duration, **kwargs):
+        if event == "/jax/core/compile/backend_compile_duration":
+            names.append(kwargs.get("fun_name"))
+
+    model = CrossEncoder(tiny_dir, **SHAPE)
+    logits = model.predict(pairs, batch_size=8, activation_fn="identity")
+    training.clear_program_cache()
+    jax.clear_caches()  # eager ops' programs too
+    model = CrossEncoder(tiny_dir, **SHAPE)
+    cache = jax.config.jax_enable_compilation_cache
+    jax.monitoring.register_event_duration_secs_listener(listen)
+    try:
+        jax.config.update("jax_enable_compilation_cache", False)  # count compiles, not cache loads
+        scores = model.predict(pairs, batch_size=8)
+    finally:
+        jax.config.update("jax_enable_compilation_cache", cache)
+        jax.monitoring.unregister_event_duration_listener(listen)
+    assert names == ["jit(predict_step)"], names
+    np.testing.assert_array_max_ulp(scores, torch.sigmoid(torch.from_numpy(logits)).numpy(), maxulp=2)
+
+
 def test_steps_trace_with_the_garbage_collector_paused_and_restore_it():
     import gc
 

@@ -12,6 +12,7 @@ from crossjax.losses import (
     activation_name_for_export,
     binary_cross_entropy_with_logits,
     cross_entropy,
+    host_form,
     identity,
     loss_parts,
     mse,
@@ -260,6 +261,20 @@ def test_export_names_are_sentence_transformers_fullnames() -> None:
         activation_from_export_name("torch.nn.modules.activation.PReLU")
     with pytest.raises(ValueError, match="Unsupported activation"):
         activation_from_export_name("mypackage.Sigmoid")
+
+
+def test_numpy_forms_of_the_default_activations_match_torch_to_two_float32_steps() -> None:
+    """predict applies Sigmoid and Identity in numpy (no eager JAX program to compile): torch's values within two
+    float32 steps (ours is rounded from float64; torch's is up to two steps off), no overflow at the extremes."""
+    wide = np.random.default_rng(9).normal(size=10_000).astype(np.float32) * 8
+    edges = np.array([-np.inf, -1e4, -104.0, -88.7, -20.0, -1e-6, 0.0, 1e-6, 20.0, 88.7, 1e4, np.inf], np.float32)
+    x = np.concatenate([wide, edges])
+    with np.errstate(all="raise"):
+        ours = host_form(sigmoid)(x)
+    assert ours.dtype == np.float32
+    np.testing.assert_array_max_ulp(ours, torch.sigmoid(torch.from_numpy(x)).numpy(), maxulp=2)
+    np.testing.assert_array_equal(host_form(identity)(x), x)
+    assert host_form(tanh) is None and host_form(lambda v: v) is None
 
 
 def test_every_default_torch_activation_and_function_matches_torch() -> None:

@@ -1385,11 +1385,15 @@ def _activation_or_default(saved: list[str], default: Callable) -> Callable:
 def _rowwise(fn: Callable, scores: np.ndarray, rowwise: bool) -> np.ndarray:
     """``fn`` (a function of the (pairs, labels) scores) on ``scores``, as float32 numpy.
 
-    A ``rowwise`` function (crossjax's own activations) gets the rows padded up to
-    :func:`crossjax.packing.grid_ceiling`: eager JAX compiles a program per shape, and calls with other numbers of
-    pairs then share it. A user's function gets exactly the scores (it may normalise over the pairs), as a torch
+    A ``rowwise`` function (crossjax's own activations) runs in numpy where it has a numpy form
+    (:func:`crossjax.losses.host_form`), else gets the rows padded up to :func:`crossjax.packing.grid_ceiling`:
+    eager JAX compiles a program per shape, and calls with other numbers of pairs then share it. A user's function
+    gets exactly the scores (it may normalise over the pairs), as a torch
     tensor or a JAX array (:func:`crossjax.losses.torch_compat.runs_on_torch`: what sentence-transformers would
     give it, unless its code is JAX's); where it fails on that, on the other."""
+    host = losses.host_form(fn) if rowwise else None
+    if host is not None:
+        return np.asarray(host(np.asarray(scores, dtype=np.float32)), dtype=np.float32)
     if rowwise:
         padded = np.zeros((packing.grid_ceiling(len(scores)), scores.shape[1]), np.float32)
         padded[: len(scores)] = scores

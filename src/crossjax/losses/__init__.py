@@ -15,6 +15,7 @@ from __future__ import annotations
 from crossjax.losses.activations import (
     activation_from_export_name,
     activation_name_for_export,
+    host_form,
     identity,
     is_known_activation,
     relu,
@@ -97,6 +98,7 @@ __all__ = [
     "activation_name_for_export",
     "activation_from_export_name",
     "is_known_activation",
+    "host_form",
     "identity",
     "sigmoid",
     "tanh",

@@ -7,6 +7,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from crossjax.losses.torch_compat import is_torch_function, is_torch_module
 
@@ -14,6 +15,7 @@ __all__ = [
     "resolve_activation",
     "activation_name_for_export",
     "is_known_activation",
+    "host_form",
     "activation_from_export_name",
     "identity",
     "sigmoid",
@@ -196,6 +198,25 @@ def resolve_scoring_activation(activation: Any) -> Callable:
 def is_known_activation(fn: Any) -> bool:
     """One of crossjax's own (elementwise or row-wise) activations, which every torch activation maps to."""
     return any(fn is known for known in _EXPORT_NAMES)
+
+
+def _host_sigmoid(x: np.ndarray) -> np.ndarray:
+    """``sigmoid`` in numpy, float32 rounded from float64 (torch's and JAX's are up to two float32 steps off),
+    without overflow (``exp`` of non-positive numbers only)."""
+    wide = np.asarray(x, dtype=np.float64)
+    with np.errstate(under="ignore"):  # sigmoid(-1e4) is 0, as it should be
+        small = np.exp(-np.abs(wide))
+        return (np.where(wide >= 0, 1.0, small) / (1.0 + small)).astype(np.float32)
+
+
+# numpy forms of the activations ``predict`` applies by default (Sigmoid for one label, Identity otherwise): an
+# eager JAX op compiles a program of its own, ~30 ms on the first call of a process, more than the numpy runs.
+_HOST_FORMS: dict[Callable, Callable[[np.ndarray], np.ndarray]] = {identity: lambda x: x, sigmoid: _host_sigmoid}
+
+
+def host_form(fn: Any) -> Callable[[np.ndarray], np.ndarray] | None:
+    """The numpy form of one of crossjax's activations where it has one, else None."""
+    return next((host for known, host in _HOST_FORMS.items() if fn is known), None)
 
 
 def activation_name_for_export(fn: Any, strict: bool = True) -> str:

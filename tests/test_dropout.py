@@ -160,3 +160,38 @@ def test_each_dropout_site_adds_the_noise_pytorch_adds(family, tmp_path):
         ours = np.asarray(model(input_ids=ids, attention_mask=mask, token_type_ids=types)).reshape(COPIES, -1)
         ratio = ours.var(axis=0).sum() / expected.var(axis=0).sum()
         assert 0.85 < ratio < 1.18, f"{family} {site} dropout: logit variance {ratio:.3f}x PyTorch's"
+
+
+HEAD_DROPOUT_KEYS = {"bert": "classifier_dropout", "distilbert": "seq_classif_dropout", "deberta-v2": "cls_dropout",
+                     "electra": "classifier_dropout", "modernbert": "classifier_dropout"}  # fmt: skip
+
+
+@pytest.mark.parametrize("family", sorted(HEAD_DROPOUT_KEYS))
+def test_cross_encoder_classifier_dropout_is_the_heads_rate_in_every_family(family, minilm_dir, tmp_path):
+    """``CrossEncoder(classifier_dropout=p)`` (sentence-transformers < 4's argument) sets the head's rate under the
+    family's own config key: DistilBERT's head reads ``seq_classif_dropout`` and DeBERTa-v2's ``cls_dropout``, and
+    both ignored p (two fits with p = 0 and 0.95 were bit-identical). The saved config gives transformers' head
+    the same rate, and the model's only dropout of that rate is its head's."""
+    import torch
+    from test_models_parity import FAMILIES
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+    from crossjax import CrossEncoder
+
+    config = FAMILIES[family](1)
+    config.vocab_size = 30522  # MiniLM's tokenizer
+    torch.manual_seed(0)
+    AutoModelForSequenceClassification.from_config(config).save_pretrained(tmp_path / "model")
+    AutoTokenizer.from_pretrained(minilm_dir).save_pretrained(tmp_path / "model")
+    key = HEAD_DROPOUT_KEYS[family]
+    before = getattr(config, key, None)
+    ce = CrossEncoder(tmp_path / "model", classifier_dropout=0.37)
+    assert getattr(ce.config, key) == 0.37 != before
+    rates = {
+        ".".join(map(str, path)): module.rate
+        for path, module in nnx.iter_graph(ce.model)
+        if isinstance(module, Dropout) and module.rate == 0.37
+    }
+    assert rates and all(("classifier" in p or "head" in p or p == "dropout") for p in rates), rates
+    ce.save(tmp_path / "saved")
+    assert getattr(AutoConfig.from_pretrained(tmp_path / "saved"), key) == 0.37

@@ -216,3 +216,60 @@ def test_scanned_layers_are_stacked_and_each_layer_slice_is_one_checkpoint_tenso
     (partial / "config.json").write_text((directory / "config.json").read_text())
     _, info = FlaxAutoModelForSequenceClassification.from_pretrained(partial, output_loading_info=True)
     assert info["missing_keys"] == [dropped] and info["unexpected_keys"] == []
+
+
+def test_every_activation_name_equals_transformers_in_value_and_gradient():
+    """Each Hugging Face activation name crossjax builds (``hidden_act`` and the families' other activation keys)
+    is transformers' ``ACT2FN`` function: values and gradients on both sides of 0 and far out."""
+    import jax
+    import jax.numpy as jnp
+    from transformers.activations import ACT2FN
+
+    from crossjax.models.layers import ACTIVATIONS
+
+    assert len(ACTIVATIONS) >= 20
+    x = np.concatenate([np.random.default_rng(3).normal(size=400) * 4, [-40.0, -12.0, -0.3, 0.3, 12.0, 40.0]])
+    x = x.astype(np.float32)
+    for name, ours in ACTIVATIONS.items():
+        value, grad = jax.value_and_grad(lambda v, f=ours: f(v).sum())(jnp.asarray(x))
+        reference = torch.tensor(x, requires_grad=True)
+        expected = ACT2FN[name](reference)
+        expected.sum().backward()
+        np.testing.assert_allclose(np.asarray(ours(jnp.asarray(x))), expected.detach().numpy(), rtol=2e-6,
+                                   atol=2e-6, err_msg=name)  # fmt: skip
+        np.testing.assert_allclose(np.asarray(grad), reference.grad.numpy(), rtol=2e-5, atol=1e-5, err_msg=name)
+        assert np.isfinite(float(value)), name
+
+
+@pytest.mark.parametrize(
+    "family, key", [("bert", "hidden_act"), ("distilbert", "activation"), ("deberta-v2", "pooler_hidden_act"),
+                    ("modernbert", "classifier_activation"), ("modernbert", "hidden_activation")],  # fmt: skip
+)
+def test_an_activation_crossjax_lacks_is_refused_naming_its_config_key(family, key):
+    """``prelu`` (an activation with a learned parameter) is refused before anything is built, naming the key
+    (a family has up to three activation keys)."""
+    from crossjax.models import FlaxAutoModelForSequenceClassification
+
+    config = FAMILIES[family](1)
+    setattr(config, key, "prelu")
+    with pytest.raises(ValueError, match=f"config {key}='prelu' is not an activation crossjax implements"):
+        FlaxAutoModelForSequenceClassification.from_config(config)
+
+
+@pytest.mark.parametrize("family", ["bert", "roberta", "electra"])
+def test_relative_position_embeddings_of_transformers_4_are_named_where_ignored(family, tmp_path, caplog):
+    """transformers 5 dropped BERT-style ``position_embedding_type="relative_key(_query)"``: it loads such a
+    checkpoint with absolute positions and warns only of unused weights. crossjax scores as transformers 5 does
+    (the oracle here) and says why the scores differ from the model's training."""
+    config = FAMILIES[family](1)
+    config.position_embedding_type = "relative_key_query"
+    torch.manual_seed(0)
+    reference = AutoModelForSequenceClassification.from_config(config).eval()
+    reference.save_pretrained(tmp_path)
+    with caplog.at_level("WARNING", logger="crossjax"):
+        ours = FlaxAutoModelForSequenceClassification.from_pretrained(tmp_path)
+    assert "position_embedding_type='relative_key_query'" in caplog.text
+    ids, mask, types = padded_batch(config.pad_token_id)
+    np.testing.assert_allclose(
+        np.asarray(ours(ids, mask, types)), torch_logits(reference, ids, mask, types), rtol=1e-5, atol=1e-6
+    )

@@ -297,6 +297,8 @@ class CrossEncoder:
     :mod:`crossjax.packing`) and ``scan_layers`` (True, the default: stacked layers under ``nnx.scan``,
     compiled once whatever the depth; False: unrolled. On a CPU the unrolled MiniLM trained
     10-30% faster per step but predicted ~30% slower and compiled longer; ``benchmarks/RESULTS.md``).
+    ``classifier_dropout`` (sentence-transformers < 4's argument) sets the head's dropout under the family's config
+    key (``classifier_dropout``; DistilBERT's ``seq_classif_dropout``, DeBERTa-v2's ``cls_dropout``).
     ``model_card_data`` (a :class:`~crossjax.model_card.CrossEncoderModelCardData`, as in sentence-transformers)
     sets what the model card written by ``save`` says (language, license, model_id, datasets, base_model ...).
     """
@@ -374,8 +376,6 @@ class CrossEncoder:
         model_kwargs = dict(model_kwargs or {})
         ignore_mismatched_sizes = bool(model_kwargs.pop("ignore_mismatched_sizes", False))
         compute_dtype = _compute_dtype_from_model_kwargs(model_kwargs, compute_dtype)
-        if classifier_dropout is not None:  # sentence-transformers < 4 spelling
-            config_kwargs["classifier_dropout"] = float(classifier_dropout)
         # The mesh first: with CROSSJAX_DISTRIBUTED=1 it joins the multi-process run before JAX starts a backend.
         self.mesh_plan: MeshPlan = make_mesh(sharding, devices=device)
         hub_id, directory = _resolve_model(str(model_name_or_path), hub)
@@ -388,6 +388,8 @@ class CrossEncoder:
             _check_module_paths(keep_in_fp32_modules)
         check_keep_in_fp32(keep_in_fp32_modules, _as_dtype(compute_dtype or "float32"))
         config = load_config(directory, **config_kwargs)
+        if classifier_dropout is not None:  # sentence-transformers < 4's argument, under the family's own key
+            setattr(config, model_class_for(config).classifier_dropout_key, float(classifier_dropout))
         classifier_trained = any(
             a.endswith("ForSequenceClassification") for a in (config.architectures or [])
         )

@@ -25,6 +25,7 @@ from crossjax.models.checkpoints import (
     read_state_dict,
     resolve_checkpoint_dir,
 )
+from crossjax.models.layers import activation
 from crossjax.models.params import IGNORED_KEYS, ParamRule, flat_params, hf_slots_of, our_slot_of, rename_legacy
 
 logger = logging.getLogger("crossjax")
@@ -231,6 +232,10 @@ class FlaxPreTrainedModel(nnx.Module):
     last_layer_for_first_tokens: ClassVar[bool] = False
     # Regexes of checkpoint keys the family drops silently (transformers' _keys_to_ignore_on_load_unexpected).
     ignored_unexpected_keys: ClassVar[tuple[str, ...]] = ()
+    # The config keys naming the family's activations, checked by name before anything is built.
+    activation_keys: ClassVar[tuple[str, ...]] = ("hidden_act",)
+    # The config key of the classification head's dropout, which ``CrossEncoder(classifier_dropout=...)`` sets.
+    classifier_dropout_key: ClassVar[str] = "classifier_dropout"
 
     config: Any
     dtype: Any  # the compute dtype the family was built with (parameters are always float32)
@@ -395,6 +400,9 @@ class FlaxPreTrainedModel(nnx.Module):
     @classmethod
     def _builder(cls, config, dtype, seed: int, scan_layers: bool) -> Callable[[], FlaxPreTrainedModel]:
         check_config_values(config)
+        for key in cls.activation_keys:
+            if getattr(config, key, None) is not None:
+                activation(getattr(config, key), key)
         dtype = compute_dtype_of(dtype)
         return lambda: cls(config, dtype=dtype, rngs=nnx.Rngs(params=seed, dropout=seed + 1), scan_layers=scan_layers)
 

@@ -6,6 +6,8 @@ Hugging Face parameter names in both directions.
 
 from __future__ import annotations
 
+import logging
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -14,6 +16,8 @@ from crossjax.models.base import FlaxPreTrainedModel
 from crossjax.models.layers import Dropout, Embeddings, Encoder, config_dropout, dense
 from crossjax.models.params import ParamRule, bert_style_embeddings, bert_style_layer, linear
 
+logger = logging.getLogger("crossjax")
+
 
 def encoder_kwargs(config, dtype, rngs: nnx.Rngs) -> dict:
     """Keyword arguments of :class:`Encoder` from a BERT-style config (shared with RoBERTa and ELECTRA)."""
@@ -21,6 +25,15 @@ def encoder_kwargs(config, dtype, rngs: nnx.Rngs) -> dict:
         raise ValueError(
             f"{config.model_type} config has is_decoder=True (causal attention, as in a decoder); crossjax's "
             "encoders attend both ways, so they would score it differently: set is_decoder=False for a cross-encoder"
+        )
+    positions = getattr(config, "position_embedding_type", None)
+    if positions not in (None, "absolute"):
+        logger.warning(
+            "%s config has position_embedding_type=%r: transformers 5 (and crossjax) compute absolute positions only "
+            "and leave its distance_embedding unused, so a model trained with relative positions (transformers < 5) "
+            "scores differently here",
+            config.model_type,
+            positions,
         )
     return dict(
         num_layers=config.num_hidden_layers,

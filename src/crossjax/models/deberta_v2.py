@@ -233,7 +233,7 @@ class SegmentConv(nnx.Module):
         self.kernel = nnx.Param(normal_init(config.initializer_range)(rngs.params(), shape, jnp.float32))
         self.bias = nnx.Param(jnp.zeros((hidden,), jnp.float32))
         self.norm = layer_norm(hidden, config.layer_norm_eps, dtype=dtype, rngs=rngs)
-        self.act = activation(getattr(config, "conv_act", "tanh"))
+        self.act = activation(getattr(config, "conv_act", "tanh"), "conv_act")
         self.dropout = Dropout(config_dropout(config, "hidden_dropout_prob"), rngs=rngs)
         self.dtype = dtype
 
@@ -305,6 +305,8 @@ class DebertaV2ForSequenceClassification(FlaxPreTrainedModel):
     base_model_prefix = "deberta"
     head_prefixes = ("pooler.", "classifier.")
     ignored_unexpected_keys = ("position_embeddings",)  # as transformers (v3 checkpoints without them in use)
+    activation_keys = ("hidden_act", "pooler_hidden_act", "conv_act")
+    classifier_dropout_key = "cls_dropout"
 
     def __init__(self, config, *, dtype=jnp.float32, rngs: nnx.Rngs, scan_layers: bool = True):
         self.config = config
@@ -357,7 +359,7 @@ class DebertaV2ForSequenceClassification(FlaxPreTrainedModel):
             )
         self.pooler_dropout = Dropout(config_dropout(config, "pooler_dropout", 0.0), rngs=rngs)
         self.pooler = dense(pooler_hidden, pooler_hidden, std=std, dtype=dtype, rngs=rngs)
-        self.pooler_act = activation(getattr(config, "pooler_hidden_act", "gelu"))
+        self.pooler_act = activation(getattr(config, "pooler_hidden_act", "gelu"), "pooler_hidden_act")
         cls_dropout = getattr(config, "cls_dropout", None)
         self.dropout = Dropout(
             config_dropout(config, "hidden_dropout_prob") if cls_dropout is None else float(cls_dropout), rngs=rngs

@@ -47,6 +47,8 @@ class DistilBertForSequenceClassification(FlaxPreTrainedModel):
     head_prefixes = ("pre_classifier.", "classifier.")
     last_layer_for_first_tokens = True
     uses_token_types = False
+    activation_keys = ("activation",)
+    classifier_dropout_key = "seq_classif_dropout"
 
     def __init__(self, config, *, dtype=jnp.float32, rngs: nnx.Rngs, scan_layers: bool = True):
         self.config = config

@@ -67,29 +67,53 @@ class NamedActivation:
 
 
 _tanh_gelu = partial(jax.nn.gelu, approximate=True)
+
+
+def _torch_softplus(x: Array) -> Array:
+    """``torch.nn.functional.softplus``: linear above its threshold 20."""
+    return jnp.where(x > 20.0, x, jax.nn.softplus(x))
+
+
+# transformers' ``ACT2FN`` names without parameters of their own (``prelu`` and ``xielu`` learn theirs).
 ACTIVATIONS: dict[str, NamedActivation] = {
     name: NamedActivation(name, fn)
     for name, fn in {
         "gelu": gelu,
+        "gelu_python": gelu,
+        "gelu_10": lambda x: jnp.clip(gelu(x), -10.0, 10.0),
         "gelu_new": _tanh_gelu,
         "gelu_pytorch_tanh": _tanh_gelu,
+        "gelu_python_tanh": _tanh_gelu,
         "gelu_fast": _tanh_gelu,
+        "gelu_accurate": _tanh_gelu,
+        "quick_gelu": lambda x: x * jax.nn.sigmoid(1.702 * x),
+        "laplace": lambda x: 0.5 * (1.0 + jax.scipy.special.erf((x - 0.707107) / (0.282095 * math.sqrt(2.0)))),
         "relu": jax.nn.relu,
+        "relu2": lambda x: jnp.square(jax.nn.relu(x)),
+        "relu6": jax.nn.relu6,
+        "leaky_relu": lambda x: jnp.where(x > 0, x, 0.01 * x),  # torch's slope 0.01, its gradient at 0
         "silu": jax.nn.silu,
         "swish": jax.nn.silu,
+        "mish": lambda x: x * jnp.tanh(_torch_softplus(x)),
+        "sqrtsoftplus": lambda x: jnp.sqrt(_torch_softplus(x)),
+        "hardswish": jax.nn.hard_swish,
+        "sigmoid": jax.nn.sigmoid,
         "tanh": jnp.tanh,
+        "linear": lambda x: x,
     }.items()
 }
 
 
-def activation(name: str) -> NamedActivation:
-    """Look up a Hugging Face ``hidden_act`` name; unknown names are a clear error."""
+def activation(name: str, key: str = "hidden_act") -> NamedActivation:
+    """Look up a Hugging Face activation name (config ``key``); unknown names are a clear error naming the key."""
     if callable(name):
-        raise TypeError("hidden_act must be a string naming the activation, got a callable")
+        raise TypeError(f"config {key} must be a string naming the activation, got a callable")
     try:
         return ACTIVATIONS[name]
-    except KeyError:
-        raise ValueError(f"Unsupported activation {name!r}; supported: {sorted(ACTIVATIONS)}") from None
+    except (KeyError, TypeError):
+        raise ValueError(
+            f"config {key}={name!r} is not an activation crossjax implements; supported: {sorted(ACTIVATIONS)}"
+        ) from None
 
 
 def normal_init(std: float):

@@ -225,7 +225,7 @@ class ModernBertHead(nnx.Module):
         self.dense = dense(
             hidden, hidden, std=0.0, dtype=dtype, rngs=rngs, use_bias=config.classifier_bias, kernel_init=init
         )
-        self.act = activation(config.classifier_activation)
+        self.act = activation(config.classifier_activation, "classifier_activation")
         self.norm = layer_norm(hidden, config.norm_eps, dtype=dtype, rngs=rngs, use_bias=config.norm_bias)
 
     def __call__(self, pooled: Array) -> Array:
@@ -253,6 +253,7 @@ class ModernBertForSequenceClassification(FlaxPreTrainedModel):
     base_model_prefix = "model"
     head_prefixes = ("head.", "classifier.")
     uses_token_types = False
+    activation_keys = ("hidden_activation", "classifier_activation")
     position_limit = None  # rotary positions: no table to run past, as in transformers
 
     def __init__(self, config, *, dtype=jnp.float32, rngs: nnx.Rngs, scan_layers: bool = True):

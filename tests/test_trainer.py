@@ -234,6 +234,33 @@ def test_trainer_optimizers_and_schedules_equal_sentence_transformers(settings, 
     _compare(after_3, st_after_3, rtol=1e-4, atol=5e-5 * scale, zero_grad=(KEY_BIAS,))
 
 
+def test_learning_rate_mapping_equals_sentence_transformers(tiny_dirs, tmp_path):
+    """``learning_rate_mapping`` (parameter-name regex -> learning rate, searched in sentence-transformers' names,
+    the last matching pattern winning) with weight decay and a warm-up: the head at 10x, scanned layer 1 frozen
+    except its feed-forward output at a third, on both sides of the decay groups. The parameters after 1 and 3
+    steps equal sentence-transformers' trainer's, and the frozen ones never move."""
+    _, kind, num_labels, make_ours, make_theirs = next(c for c in _cases() if c[0] == "bce")
+    directory = tiny_dirs[num_labels]
+    settings = {
+        "learning_rate_mapping": {r"classifier": 10 * LR, r"layer\.1\.": 0.0, r"layer\.1\.output\.dense": LR / 3},
+        "weight_decay": 0.1,
+        "warmup_steps": 1,
+    }
+    _, (st_after_1, st_after_3) = _st_run(directory, kind, make_theirs, tmp_path, **settings)
+    model = CrossEncoder(str(directory))
+    before = model.model.hf_state_dict()
+    _, (after_1, after_3) = _ours(directory, kind, make_ours(model), tmp_path, **settings)
+    _compare(after_1, st_after_1, rtol=1e-5, atol=1e-5, zero_grad=(KEY_BIAS,))
+    _compare(after_3, st_after_3, rtol=1e-4, atol=5e-5, zero_grad=(KEY_BIAS,))
+    frozen = [k for k in before if ".layer.1." in k and ".layer.1.output.dense." not in k]
+    assert frozen and all(np.array_equal(after_3[k], before[k]) for k in frozen)
+    for faster in ("classifier.weight", "bert.encoder.layer.1.output.dense.weight"):
+        assert not np.array_equal(after_3[faster], before[faster])
+    with pytest.raises(ValueError, match="No parameters found matching the pattern 'no_such_parameter'"):
+        _ours(directory, kind, make_ours(CrossEncoder(str(directory))), tmp_path,
+              learning_rate_mapping={"no_such_parameter": LR})  # fmt: skip
+
+
 # ------------------------------------------------------------------------------------------ arguments
 def test_training_argument_defaults_equal_hugging_face_trainer():
     from transformers import TrainingArguments
@@ -296,7 +323,9 @@ def test_every_sentence_transformers_argument_is_accepted_at_its_default_and_rea
         ({"load_best_model_at_end": True}, ValueError, "eval_strategy"),
         ({"no_such_argument": 1}, TypeError, "no_such_argument"),
         ({"router_mapping": {"q": "query"}}, ValueError, "router_mapping"),
-        ({"learning_rate_mapping": {"x": 1e-3}}, ValueError, "Router"),
+        ({"learning_rate_mapping": {"x": "fast"}}, ValueError, "must be a learning rate (a number >= 0): 'fast'"),
+        ({"learning_rate_mapping": "classifier=1e-3"}, ValueError, "must be a dictionary mapping parameter name"),
+        ({"learning_rate_mapping": {"layer.(": 1e-3}}, ValueError, "pattern 'layer.(' is not a regular expression"),
         ({"prompts": {"a": {"q": "x"}}}, ValueError, "per-column prompts"),
         ({"eval_accumulation_steps": 4}, ValueError, "eval_accumulation_steps=4"),
         ({"ignore_data_skip": True}, ValueError, "exact data position"),

@@ -62,6 +62,8 @@ class FitConfig:
     optimizer_options: tuple[tuple[str, Any], ...] = ()  # crossjax.optimizers.optimizer_options
     weight_decay: float = 0.01
     decay_rule: str = "fit"  # which parameters weight_decay applies to (training.decay_mask): "fit" or "trainer"
+    # (regex, learning rate) pairs: sentence-transformers' learning_rate_mapping (training.learning_rate_scales)
+    learning_rate_mapping: tuple[tuple[str, float], ...] = ()
     # fit's evaluation cadence: every evaluation_steps steps of an epoch (counted from the epoch's start) and at
     # each epoch's end. A facade with its own flow (FitTarget.on_step: the trainer's) decides instead.
     evaluation_steps: int = 0
@@ -1204,6 +1206,17 @@ def _run_fit(
         cfg.adam_eps,
         cfg.max_grad_norm,
     )
+    if cfg.learning_rate_mapping:
+        numbers["lr_scales"], taken = training.learning_rate_scales(
+            model, params, cfg.learning_rate_mapping, cfg.learning_rate
+        )
+        for pattern, count in taken.items():
+            if not count:
+                raise ValueError(
+                    f"No parameters found matching the pattern '{pattern}' in the model. Please check the pattern "
+                    f"and ensure it matches some of the model's parameters (their names: "
+                    f"'{training.ST_PARAMETER_PREFIX}' + the Hugging Face name, as sentence-transformers names them)"
+                )
     mask = training.decay_mask(model, params, cfg.decay_rule)
     layouts = training.hf_layouts(model, params) if spec.needs_layouts else None
     state, state_shardings = training.init_train_state(

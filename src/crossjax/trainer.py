@@ -798,6 +798,7 @@ class CrossEncoderTrainer:
             adam_betas=(float(args.adam_beta1), float(args.adam_beta2)),
             weight_decay=float(args.weight_decay),
             decay_rule="trainer",  # Hugging Face's: no norm or bias decays (DistilBERT's, ModernBERT's norms too)
+            learning_rate_mapping=tuple(args.learning_rate_mapping.items()),
             evaluation_steps=eval_every,
             output_path=None,
             save_best_model=False,

@@ -40,7 +40,7 @@ from flax import nnx, struct
 
 from crossjax import losses, optimizers, packing
 from crossjax.models.base import FlaxPreTrainedModel
-from crossjax.models.params import hf_name_of
+from crossjax.models.params import hf_name_of, hf_slots_of
 from crossjax.packing import PackedBatch
 from crossjax.parallel import MeshPlan, global_batch_array, process_rows
 from crossjax.schedules import Options, schedule_fn, scheduler_key
@@ -109,6 +109,68 @@ def decay_mask(model: FlaxPreTrainedModel, params, rule: str = "fit") -> Any:
     return jax.tree_util.tree_map_with_path(
         decays, params, is_leaf=lambda x: isinstance(x, nnx.Variable)
     )
+
+
+# The prefix sentence-transformers 6's losses give a cross-encoder's Hugging Face parameter names
+# (``loss.named_parameters()``), which ``learning_rate_mapping``'s patterns are searched in, as there.
+ST_PARAMETER_PREFIX = "model.0.model."
+
+
+def learning_rate_scales(
+    model: FlaxPreTrainedModel, params, mapping: Any, learning_rate: float
+) -> tuple[Any, dict[str, int]]:
+    """sentence-transformers' ``learning_rate_mapping`` (parameter-name regex -> learning rate) as multipliers of
+    each parameter's update: ``rate / learning_rate`` where a pattern ``re.search``-es the parameter's name
+    (``ST_PARAMETER_PREFIX`` + its Hugging Face name; the last matching pattern wins, as its optimizer groups do),
+    else 1. A stack of scanned layers gets one multiplier per layer (shape (layers, 1, ...)). Returns the tree
+    (``params``' structure) and how many Hugging Face tensors each pattern took.
+
+    Why a multiplier: every update crossjax's optimizers make is proportional to the learning rate (AdamW's step
+    and decoupled decay, SGD, Adafactor without its relative step), and every schedule multiplies each group's own
+    rate by the same factor (transformers' ``LambdaLR``), so a group's update is the model's times its ratio."""
+    patterns = [(str(pattern), re.compile(str(pattern)), float(rate)) for pattern, rate in dict(mapping).items()]
+    if patterns and not learning_rate:
+        raise ValueError(
+            "learning_rate_mapping needs a nonzero learning_rate: crossjax scales each group's update by its rate "
+            "over learning_rate"
+        )
+    table = model.param_table(model.config)
+    taken = {pattern: 0 for pattern, _, _ in patterns}
+
+    def rate_of(name: str) -> float:
+        rate = learning_rate
+        for pattern, compiled, value in patterns:
+            if compiled.search(ST_PARAMETER_PREFIX + name):
+                rate = value
+                taken[pattern] += 1
+        return rate / learning_rate if learning_rate else 1.0
+
+    def scales(path, variable):
+        dotted = ".".join(_key_name(k) for k in path)
+        value = jax.tree.leaves(variable)[0]
+        slots = hf_slots_of(table, dotted, value.shape[0] if value.ndim else 0)
+        if not slots:
+            raise RuntimeError(f"{type(model).__name__}: no Hugging Face name for parameter {dotted}")
+        if slots[0][2] is None:  # one tensor
+            scale = np.float32(rate_of(slots[0][0]))
+        else:  # a stack: one multiplier per layer (a layer below the row's first_layer holds no tensor: 1)
+            per_layer = np.ones(value.shape[0], np.float32)
+            for name, _, layer in slots:
+                per_layer[layer] = rate_of(name)
+            scale = per_layer.reshape((-1,) + (1,) * (value.ndim - 1))
+        return jax.tree.map(lambda _: scale, variable)
+
+    tree = jax.tree_util.tree_map_with_path(scales, params, is_leaf=lambda x: isinstance(x, nnx.Variable))
+    return tree, taken
+
+
+def scale_updates_by(scales) -> optax.GradientTransformation:
+    """Multiply each update by its leaf of ``scales`` (the tree of :func:`learning_rate_scales`); no state."""
+
+    def update(updates, state, params=None):
+        return jax.tree.map(lambda u, k: u * k.astype(u.dtype), updates, scales), state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 
 def hf_layouts(model: FlaxPreTrainedModel, params) -> Any:
@@ -355,15 +417,18 @@ def optimizer_for(spec: OptimizerSpec, mask, hparams: dict, layouts: Any = None)
     def schedule(count):
         return fn(count, hparams["learning_rate"], hparams["warmup_steps"], hparams["total_steps"])
 
+    # learning_rate_mapping's per-parameter multipliers (:func:`learning_rate_scales`), applied last; a run
+    # without one keeps the optimizer state's tree of before (its checkpoints restore)
+    per_group = [scale_updates_by(hparams["lr_scales"])] if "lr_scales" in hparams else []
     if spec.optimizer != "adamw":
         clip = [clip_by_global_norm_like_torch(hparams["max_grad_norm"])] if spec.clipping else []
         decay = optax.add_decayed_weights(hparams["weight_decay"], mask)
         move = optimizers.direction(spec.optimizer, spec.optimizer_options, layouts)
         # torch's SGD/Adagrad/RMSprop add weight_decay * p to the gradient; Adafactor decays after its direction
         steps = [move, decay] if optimizers.decoupled_decay(spec.optimizer) else [decay, move]
-        return optax.chain(*clip, *steps, optax.scale_by_learning_rate(schedule))
+        return optax.chain(*clip, *steps, optax.scale_by_learning_rate(schedule), *per_group)
 
-    return _adamw_chain(
+    adamw = _adamw_chain(
         schedule,
         hparams["weight_decay"],
         mask,
@@ -375,6 +440,7 @@ def optimizer_for(spec: OptimizerSpec, mask, hparams: dict, layouts: Any = None)
         hparams["one_minus_b2"],
         amsgrad=spec.amsgrad,
     )
+    return optax.chain(adamw, *per_group) if per_group else adamw
 
 
 class CompileCounter:

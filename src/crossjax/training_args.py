@@ -15,9 +15,11 @@ import functools
 import json
 import logging
 import math
+import numbers
 import os
+import re
 import typing
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, fields, make_dataclass
 from datetime import timedelta
 from enum import Enum
@@ -229,6 +231,33 @@ _DICT_FIELDS = (
     "accelerator_config", "gradient_checkpointing_kwargs", "activation_checkpointing_kwargs", "liger_kernel_config",
 )  # fmt: skip
 _STRATEGIES = ("no", "steps", "epoch")
+
+
+def _checked_learning_rate_mapping(mapping: Any) -> dict[str, float]:
+    """sentence-transformers' ``learning_rate_mapping``: a dict (or its JSON) of parameter-name regular expressions
+    to learning rates, each pattern compiled and each rate a finite number >= 0 here, not at the first step."""
+    if mapping is None or mapping == "":
+        return {}
+    if isinstance(mapping, str):
+        try:
+            mapping = json.loads(mapping)
+        except json.JSONDecodeError:
+            mapping = None
+    if not isinstance(mapping, Mapping):
+        raise ValueError(
+            "The `learning_rate_mapping` argument must be a dictionary mapping parameter name regular expressions "
+            "to learning rates. A stringified dictionary also works."
+        )
+    checked = {}
+    for pattern, rate in mapping.items():
+        try:
+            re.compile(pattern)
+        except (re.error, TypeError) as e:
+            raise ValueError(f"learning_rate_mapping pattern {pattern!r} is not a regular expression: {e}") from None
+        if isinstance(rate, bool) or not isinstance(rate, numbers.Real) or not 0 <= float(rate) < float("inf"):
+            raise ValueError(f"learning_rate_mapping[{pattern!r}] must be a learning rate (a number >= 0): {rate!r}")
+        checked[pattern] = float(rate)
+    return checked
 # Hugging Face's HubStrategy values; crossjax refuses the last two with push_to_hub (it writes no checkpoint-N)
 _HUB_STRATEGIES = ("end", "every_save", "checkpoint", "all_checkpoints")
 
@@ -426,12 +455,12 @@ class CrossEncoderTrainingArguments(_HuggingFaceArguments):
         self.seed = checked_seed(self.seed, "seed")
         if self.data_seed is not None:
             self.data_seed = checked_seed(self.data_seed, "data_seed")
-        for name in ("router_mapping", "learning_rate_mapping"):
-            if getattr(self, name):
-                raise ValueError(
-                    f"{name}={getattr(self, name)!r} needs a sentence-transformers Router module, which a "
-                    "cross-encoder does not have; leave it empty"
-                )
+        if self.router_mapping:
+            raise ValueError(
+                f"router_mapping={self.router_mapping!r} needs a sentence-transformers Router module, which a "
+                "cross-encoder does not have; leave it empty"
+            )
+        self.learning_rate_mapping = _checked_learning_rate_mapping(self.learning_rate_mapping)
         self.multi_dataset_batch_sampler = _member(
             MultiDatasetBatchSamplers, "multi_dataset_batch_sampler", self.multi_dataset_batch_sampler
         )

@@ -8,6 +8,8 @@ hand counts; bad input must fail before anything is tokenized or compiled.
 # ruff: noqa: F811 - the shared fixtures are imported from test_fit_behaviour and requested by name
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from test_fit_behaviour import TRAIN, make_examples, tiny_dir, tiny_dirs  # noqa: F401 - fixtures used by name
@@ -197,3 +199,45 @@ def test_rows_of_texts_and_label_are_named_not_split_into_examples(tiny_dir, spi
         with pytest.raises(ValueError, match=r"yielded tuple \('a b', 'c', 1.0\): expected InputExample"):
             CrossEncoder(tiny_dir).fit(data, max_steps=2, **TRAIN)
     assert spies == []
+
+
+def test_non_examples_and_untokenizable_texts_are_named_before_any_work(tiny_dir, spies):
+    """A None among a plain list's examples, and a lone surrogate (``json.loads('"caf\\\\ud800e"')``, which the
+    tokenizer fails on with ``TextInputSequence must be str`` and no pair named; sentence-transformers too) are
+    named by example or pair, in fit (in memory and streamed), predict, and a direct tokenization."""
+    from transformers import AutoTokenizer
+
+    from crossjax import data
+
+    good = InputExample(texts=["a b", "c"], label=1.0)
+    broken = json.loads('"caf\\ud800e"')
+    with pytest.raises(ValueError, match="Example 1: expected an InputExample with .texts and .label, got NoneType"):
+        CrossEncoder(tiny_dir).fit([good, None, good], **TRAIN)
+    bad = InputExample(texts=[broken, "c"], label=0.0)
+    for examples in ([good, good, bad, good], (e for e in [good, good, bad, good])):
+        with pytest.raises(ValueError, match=r"Example 2: text 0 holds '\\ud800' at character 3, a lone surrogate"):
+            CrossEncoder(tiny_dir).fit(examples, max_steps=2, **TRAIN)
+    assert spies == []
+    with pytest.raises(ValueError, match=r"Pair 1: text 1 holds '\\ud800' at character 3"):
+        CrossEncoder(tiny_dir).predict([("a", "b"), ("a", broken)])
+    tokenizer = AutoTokenizer.from_pretrained(tiny_dir)
+    with pytest.raises(ValueError, match=r"pair 2: text 0 holds '\\ud800'"):
+        data.tokenize_pairs(tokenizer, ["a", "b", broken], ["x", "y", "z"], 16)
+    assert data.unencodable("café, 東京, 🙂") is None
+
+
+def test_rank_reads_documents_by_position_whatever_their_container(tiny_dir):
+    """``corpus_id`` is a document's position: a pandas Series with another index gave each score the text at
+    that index label (sentence-transformers 6.2 too), and a set or dict failed after scoring."""
+    import pandas as pd
+
+    docs = ["Faust is a play.", "Goethe wrote Faust.", "Paris is in France."]
+    model = CrossEncoder(tiny_dir)
+    expected = model.rank("Who wrote Faust?", docs, return_documents=True)
+    for container in (pd.Series(docs, index=[2, 1, 0]), pd.Series(docs, index=[10, 20, 30]), np.array(docs)):
+        ranked = model.rank("Who wrote Faust?", container, return_documents=True)
+        assert ranked == expected
+    assert {r["corpus_id"]: r["text"] for r in expected} == dict(enumerate(docs))
+    for container in (set(docs), dict.fromkeys(docs, 1)):
+        with pytest.raises(ValueError, match="documents must be a sequence of texts"):
+            model.rank("Who wrote Faust?", container)

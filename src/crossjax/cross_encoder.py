@@ -812,8 +812,13 @@ class CrossEncoder:
             top_k = count
         if isinstance(documents, str | bytes):  # would be ranked a character a document
             raise ValueError(f"documents must be a list of texts, got the string {documents!r:.60}")
-        if not hasattr(documents, "__len__"):
-            documents = list(documents)  # a generator: read once, so return_documents can show the texts
+        if isinstance(documents, Mapping | set | frozenset):  # no positions for corpus_id to name
+            raise ValueError(
+                f"documents must be a sequence of texts (a list), got a {type(documents).__name__}: corpus_id is a "
+                "document's position in it"
+            )
+        if not isinstance(documents, list | tuple):  # a generator (read once), a pandas Series (by position, not by
+            documents = list(documents)  # its index), an array: corpus_id is a position and the text the one there
         scores = self.predict(
             [(query, doc) for doc in documents],
             batch_size=batch_size,
@@ -1449,6 +1454,9 @@ def _pair_texts(inputs: Any) -> tuple[bool, list[str], list[str]]:
         a, b = pair
         if not isinstance(a, str) or not isinstance(b, str):
             raise ValueError(f"Pair {i}: texts must be strings, got {type(a).__name__}, {type(b).__name__}")
+        for j, text in enumerate(pair):
+            if (reason := data_lib.unencodable(text)) is not None:
+                raise ValueError(f"Pair {i}: text {j} {reason}")
         texts_a.append(a)
         texts_b.append(b)
     return False, texts_a, texts_b

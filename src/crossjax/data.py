@@ -261,6 +261,11 @@ def collect_examples(
             if hasattr(item, "texts"):  # a flat iterable of examples
                 examples.append(item)
                 bs = 16 if bs is None else bs
+            elif not isinstance(item, Iterable):  # None or a number among the examples
+                raise ValueError(
+                    f"{_where(len(examples), '')}: expected an InputExample with .texts and .label, got "
+                    f"{type(item).__name__}"
+                )
             else:
                 batch = list(item)
                 reject_text_row(batch, item)
@@ -324,6 +329,21 @@ def reject_text_row(batch: list, item: Any) -> None:
 # --- validation --------------------------------------------------------------------------------------
 
 
+def unencodable(text: str) -> str | None:
+    """Why a ``str`` cannot be tokenized, else None: a lone UTF-16 surrogate (``json.loads`` makes one of a broken
+    escape such as ``"\\ud800"``) is no text in UTF-8, and the tokenizer fails on it without naming the pair."""
+    if text.isascii():
+        return None
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        return (
+            f"holds {text[e.start : e.end]!r} at character {e.start}, a lone surrogate that is not text in UTF-8 "
+            "and cannot be tokenized (a broken escape in the data?)"
+        )
+    return None
+
+
 def _where(i: int, guid: Any) -> str:
     return f"Example {i} (guid {guid!r})" if guid not in (None, "") else f"Example {i}"
 
@@ -368,6 +388,8 @@ def validate_examples(
                 raise ValueError(f"{where}: text {j} is None")
             if not isinstance(t, str):
                 raise ValueError(f"{where}: text {j} must be a string, got {type(t).__name__} {t!r}")
+            if (reason := unencodable(t)) is not None:
+                raise ValueError(f"{where}: text {j} {reason}")
         texts_a.append(texts[0])
         texts_b.append(texts[1])
 
@@ -467,6 +489,16 @@ def _check_token_ids(ids: np.ndarray, types: np.ndarray, lens: np.ndarray, start
             )
 
 
+def _name_untokenizable(texts_a: list, texts_b: list, start: int) -> None:
+    """After the tokenizer failed: raise an error naming the first pair whose text cannot be tokenized (the
+    tokenizer's own, ``TextInputSequence must be str``, names none); return where no text explains it."""
+    for i, pair in enumerate(zip(texts_a, texts_b, strict=True)):
+        for j, text in enumerate(pair):
+            reason = unencodable(text) if isinstance(text, str) else f"is a {type(text).__name__}, not a string"
+            if reason is not None:
+                raise ValueError(f"pair {start + i}: text {j} {reason}") from None
+
+
 def tokenize_pairs(
     tokenizer: Any,
     texts_a: Sequence[str],
@@ -489,16 +521,21 @@ def tokenize_pairs(
     if progress is not False and len(starts) > 2:
         starts = progress_bar(starts, enabled=progress, desc="Tokenizing", unit="chunk", leave=False)
     for start in starts:
-        enc = tokenizer(
-            list(texts_a[start : start + chunk_size]),
-            list(texts_b[start : start + chunk_size]),
-            truncation="longest_first",
-            max_length=max_length,
-            padding=False,
-            # token types only where the tokenizer gives them (its ``model_input_names``), as sentence-transformers
-            # feeds them; otherwise every token is type 0, as transformers' models default to
-            return_attention_mask=False,
-        )
+        chunk_a, chunk_b = list(texts_a[start : start + chunk_size]), list(texts_b[start : start + chunk_size])
+        try:
+            enc = tokenizer(
+                chunk_a,
+                chunk_b,
+                truncation="longest_first",
+                max_length=max_length,
+                padding=False,
+                # token types only where the tokenizer gives them (its ``model_input_names``), as
+                # sentence-transformers feeds them; otherwise every token is type 0, as transformers' models default to
+                return_attention_mask=False,
+            )
+        except Exception:
+            _name_untokenizable(chunk_a, chunk_b, start)
+            raise
         ids = enc["input_ids"]
         lens = np.fromiter((len(x) for x in ids), dtype=np.int32, count=len(ids))
         if len(lens) and int(lens.max()) > max_length:  # a long pair would run past the position table

@@ -221,6 +221,10 @@ def test_export_saves_and_writes_onnx(tiny_dir, tmp_path, capsys):
     assert (out / "config.json").is_file() and (out / "model.safetensors").is_file()
     assert (out / "onnx" / "model.onnx").is_file()
     assert "onnx/model.onnx" in capsys.readouterr().out
+    # An opset the export cannot write stops before the model is saved (it was saved, then the opset refused).
+    unwritten = tmp_path / "unwritten"
+    assert cli.main(["export", "--model", str(tiny_dir), "--output", str(unwritten), "--onnx", "--opset", "16"]) == 2
+    assert "opset must be an integer >= 17" in capsys.readouterr().err and not unwritten.exists()
 
 
 def test_train_from_a_yaml_config_with_a_flag_overriding_it(tiny_dir, stsb_rows, tmp_path, capsys):

@@ -241,3 +241,27 @@ def test_rank_reads_documents_by_position_whatever_their_container(tiny_dir):
     for container in (set(docs), dict.fromkeys(docs, 1)):
         with pytest.raises(ValueError, match="documents must be a sequence of texts"):
             model.rank("Who wrote Faust?", container)
+
+
+def test_fit_summary_train_loss_is_the_mean_of_its_steps(tiny_dir):
+    """``train_loss`` means what Hugging Face's ``training_loss`` does (the CLI printed the last step's as it):
+    the mean over the steps the call trained; ``last_loss`` is the last one's."""
+    model = CrossEncoder(tiny_dir)
+    summary = model.fit(make_examples(24, seed=4), batch_size=4, max_steps=5, **{**TRAIN, "logging_steps": 1})
+    losses = [record["loss"] for record in model.training_history if "loss" in record]
+    assert len(losses) == 5 and len(set(losses)) > 1
+    np.testing.assert_allclose(summary["train_loss"], np.mean(losses), rtol=1e-12)
+    assert summary["last_loss"] == losses[-1]
+
+
+def test_fit_warns_of_binary_cross_entropy_labels_outside_0_1(tiny_dir, caplog):
+    """sentence-transformers' ``fit`` trains BCE on labels outside [0, 1] (raw STS-B scores, which train towards
+    nothing) without a word; crossjax's does too, for compatibility, but says so (the CLI's train runs it)."""
+    scaled = make_examples(8, seed=5)
+    raw = [InputExample(texts=e.texts, label=5.0 * e.label) for e in scaled]
+    with caplog.at_level("WARNING", logger="crossjax"):
+        CrossEncoder(tiny_dir).fit(scaled, batch_size=4, max_steps=1, **TRAIN)
+    assert "binary cross-entropy takes labels in [0, 1]" not in caplog.text
+    with caplog.at_level("WARNING", logger="crossjax"):
+        CrossEncoder(tiny_dir).fit(raw, batch_size=4, max_steps=1, **TRAIN)
+    assert "The labels lie in [0, 5], but binary cross-entropy takes labels in [0, 1]" in caplog.text

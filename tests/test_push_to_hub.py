@@ -170,3 +170,26 @@ def test_each_push_names_its_repository_in_the_card(tiny_dir, hub):
     model.push_to_hub("org/second-ranker")
     assert model.model_card_data.model_id == "org/second-ranker"
     assert [name for name, _ in hub].count("create_repo") == 2
+
+
+def test_an_unreachable_hub_or_a_missing_folder_is_said_in_words(model, tmp_path, monkeypatch):
+    """Offline, ``huggingface_hub``'s client raised a bare ``ConnectError: Name or service not known`` naming neither
+    the hub nor the repository; a missing ``local_model_path`` was found only after the network call."""
+
+    class Offline(RecordingHfApi):
+        def create_repo(self, repo_id, **kwargs):
+            raise type("ConnectError", (type("TransportError", (Exception,), {}),), {})("Name or service not known")
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", Offline)
+    with pytest.raises(ConnectionError, match="could not reach the Hugging Face hub to create 'me/ranker'"):
+        model.push_to_hub("me/ranker")
+    with pytest.raises(ValueError, match="no such folder to upload"):
+        model.push_to_hub("me/ranker", local_model_path=str(tmp_path / "missing"))
+
+    class Refused(RecordingHfApi):  # a hub error of another kind is the hub's own
+        def create_repo(self, repo_id, **kwargs):
+            raise PermissionError("403: no write access")
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", Refused)
+    with pytest.raises(PermissionError, match="403"):
+        model.push_to_hub("me/ranker")

@@ -986,14 +986,25 @@ class CrossEncoder:
         """
         import tempfile
 
+        if local_model_path is not None and not Path(local_model_path).is_dir():
+            raise ValueError(f"push_to_hub(local_model_path={local_model_path!r}): no such folder to upload")
         main, api = is_main_process(), None
         if main:  # the repository first: its full id (a name without owner gets the user's) goes into the card
             from huggingface_hub import HfApi
 
             api = HfApi(token=token)
-            repo_id = api.create_repo(repo_id=repo_id, private=private, exist_ok=exist_ok or create_pr).repo_id
-            if revision is not None:
-                api.create_branch(repo_id=repo_id, branch=revision, exist_ok=True)
+            try:
+                repo_id = api.create_repo(repo_id=repo_id, private=private, exist_ok=exist_ok or create_pr).repo_id
+                if revision is not None:
+                    api.create_branch(repo_id=repo_id, branch=revision, exist_ok=True)
+            except Exception as e:
+                if not _unreachable(e):
+                    raise
+                raise ConnectionError(
+                    f"push_to_hub could not reach the Hugging Face hub to create {repo_id!r} ({type(e).__name__}: "
+                    f"{e}); nothing was uploaded. Check the network (or HF_ENDPOINT), or save() the model and push "
+                    "the folder later with local_model_path="
+                ) from e
             self.model_card_data.set_model_id(repo_id)
         upload = dict(
             api=api,
@@ -1423,6 +1434,14 @@ def _rowwise(fn: Callable, scores: np.ndarray, rowwise: bool) -> np.ndarray:
         except Exception:  # noqa: BLE001
             raise e from None
     return tensor_to_numpy(out)
+
+
+def _unreachable(error: BaseException) -> bool:
+    """A failure to reach a server (no network, DNS, a timeout), whatever HTTP client ``huggingface_hub`` uses."""
+    names = {cls.__name__ for cls in type(error).__mro__}
+    return isinstance(error, ConnectionError | TimeoutError) or bool(
+        names & {"TransportError", "ConnectionError", "Timeout", "ConnectTimeout"}
+    )
 
 
 def _pair_texts(inputs: Any) -> tuple[bool, list[str], list[str]]:

@@ -533,6 +533,22 @@ def describe_callable(fn: Any) -> str:
     return f"{getattr(fn, '__module__', '')}.{getattr(fn, '__qualname__', type(fn).__qualname__)}"
 
 
+def _warn_of_bce_labels_outside_0_1(loss_fn: Any, labels: np.ndarray | None) -> None:
+    """sentence-transformers' ``fit`` (and so crossjax's) takes BCE labels outside [0, 1], which train towards
+    nothing (STS-B's unscaled 0-5 scores); the trainer's ``BinaryCrossEntropyLoss`` refuses them. Say so here."""
+    if loss_fn is not losses.binary_cross_entropy_with_logits or labels is None or not len(labels):
+        return
+    low, high = float(np.min(labels)), float(np.max(labels))
+    if low < 0.0 or high > 1.0:
+        logger.warning(
+            "The labels lie in [%g, %g], but binary cross-entropy takes labels in [0, 1] (probabilities): a label "
+            "above 1 or below 0 has no logit to train towards (raw STS-B scores 0-5? divide them by 5). Pass "
+            "loss_fct=MSELoss() to regress on them as they are.",
+            low,
+            high,
+        )
+
+
 def card_loss(loss_fct: Any, loss_fn: Any, activation_fct: Any, activation: Any) -> tuple[str, dict[str, Any]]:
     """How ``fit``'s model card names its loss and settings. sentence-transformers' ``fit`` trains its default
     loss as a ``BinaryCrossEntropyLoss`` (one label) or ``CrossEntropyLoss`` object, and its card names that
@@ -561,6 +577,7 @@ class _Metrics:
         self.schedule = schedule
         self.on_record = on_record
         self.last_loss = float("nan")
+        self.loss_sum, self.loss_steps = 0.0, 0  # over this fit's recorded steps: the mean train_loss
         self.pairs_per_second = float("nan")
         self.restart_clock()
 
@@ -628,6 +645,7 @@ class _Metrics:
             self.history.append(record)
             self.on_record(record)
             self.last_loss = loss
+            self.loss_sum, self.loss_steps = self.loss_sum + loss, self.loss_steps + 1
         self.pending = []
 
 
@@ -1183,6 +1201,7 @@ def _run_fit(
         loss_fn = losses.resolve_loss(loss_fct, model.num_labels)
         activation = losses.resolve_activation(activation_fct)
         data = _StreamData(target, stream, cfg) if stream is not None else _InMemoryData(target, train_dataloader, cfg)
+        _warn_of_bce_labels_outside_0_1(loss_fn, getattr(data, "labels", None))
     _check_processes_agree(data, cfg, loss_fn, target.evaluate, streamed=stream is not None)
     plan = target.plan
     k = cfg.gradient_accumulation_steps
@@ -1607,7 +1626,9 @@ def _run_fit(
         "global_step": global_step,
         "resumed_from_step": start_step,  # 0 unless a checkpoint was restored
         **data.summary(),
-        "train_loss": metrics.last_loss,
+        # Hugging Face's train_loss: the mean over the steps this call trained (a resumed run's, its own)
+        "train_loss": metrics.loss_sum / metrics.loss_steps if metrics.loss_steps else float("nan"),
+        "last_loss": metrics.last_loss,
         "compilations": traced,  # train-step programs traced (and compiled or loaded) in this fit
         "compiled_shapes": compiled_shapes,
         # batch shapes whose train step an earlier fit of this process had already compiled

@@ -189,6 +189,24 @@ def _copy_model_files(source: Path, destination: Path) -> None:
             shutil.copy2(entry, destination / entry.name)
 
 
+def check_opset(opset: Any) -> None:
+    """An opset the export can write, else a ValueError saying why (checked before anything is written)."""
+    if isinstance(opset, bool) or not isinstance(opset, int) or opset < MIN_OPSET:
+        raise ValueError(
+            f"opset must be an integer >= {MIN_OPSET} (the graph's LayerNormalization operator is opset 17's; "
+            f"torch's exporter cannot convert it to older ones), got {opset!r}"
+        )
+    try:
+        import onnx
+    except ImportError:
+        return  # export_onnx names the missing extra
+    if opset > onnx.defs.onnx_opset_version():
+        raise ValueError(
+            f"opset {opset} is newer than the installed onnx {onnx.__version__} knows "
+            f"({onnx.defs.onnx_opset_version()}); the default is {DEFAULT_OPSET}"
+        )
+
+
 def export_onnx(
     model: str | os.PathLike | Any,
     output_dir: str | os.PathLike | None = None,
@@ -209,20 +227,7 @@ def export_onnx(
     """
     from crossjax.models.export import atomic_directory_write, check_local_path, stale_weight_files
 
-    if isinstance(opset, bool) or not isinstance(opset, int) or opset < MIN_OPSET:
-        raise ValueError(
-            f"opset must be an integer >= {MIN_OPSET} (the graph's LayerNormalization operator is opset 17's; "
-            f"torch's exporter cannot convert it to older ones), got {opset!r}"
-        )
-    try:
-        import onnx
-    except ImportError:
-        onnx = None  # _import_torch names the missing extra below
-    if onnx is not None and opset > onnx.defs.onnx_opset_version():
-        raise ValueError(
-            f"opset {opset} is newer than the installed onnx {onnx.__version__} knows "
-            f"({onnx.defs.onnx_opset_version()}); the default is {DEFAULT_OPSET}"
-        )
+    check_opset(opset)
     if hasattr(model, "save") and hasattr(model, "predict"):  # a CrossEncoder
         if output_dir is None:
             raise ValueError("export_onnx(CrossEncoder, output_dir=None): name the directory to save the model to")

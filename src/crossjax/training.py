@@ -143,7 +143,7 @@ def learning_rate_scales(
             if compiled.search(ST_PARAMETER_PREFIX + name):
                 rate = value
                 taken[pattern] += 1
-        return rate / learning_rate if learning_rate else 1.0
+        return rate / learning_rate  # nonzero where there are patterns (above)
 
     def scales(path, variable):
         dotted = ".".join(_key_name(k) for k in path)

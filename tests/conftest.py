@@ -20,6 +20,25 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("CROSSJAX_SHARED_DATA") or REPO.parent / "shared" / "data")
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+# XLA:CPU's compiling dominates this suite (thousands of small programs, each run a few times). Unless
+# CROSSJAX_TEST_FAST_CODEGEN=0, the tests and every subprocess they start compile with LLVM's optimizations off and
+# XLA's older kernel emitters: the whole suite took 755 s instead of 1,181 s (Session 32, 2 workers). Both change
+# how kernels are generated, not what they compute (a transcendental function may differ by an ulp or two);
+# tests/test_default_codegen.py runs the numerical parity tests again with XLA's defaults, the code users run.
+FAST_CODEGEN_FLAGS = ("--xla_backend_optimization_level=0", "--xla_cpu_use_fusion_emitters=false")
+
+
+def xla_flags(*extra: str) -> str:
+    """``XLA_FLAGS`` for a subprocess: this process's flags (the fast codegen's) plus ``extra``, an extra flag
+    replacing one of the same name."""
+    names = {flag.split("=")[0] for flag in extra}
+    kept = [flag for flag in os.environ.get("XLA_FLAGS", "").split() if flag.split("=")[0] not in names]
+    return " ".join([*kept, *extra])
+
+
+if os.environ.get("CROSSJAX_TEST_FAST_CODEGEN", "1") != "0":
+    os.environ["XLA_FLAGS"] = xla_flags(*FAST_CODEGEN_FLAGS)
 logging.getLogger("transformers").setLevel(logging.ERROR)
 
 

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import xla_flags
 
 pytestmark = pytest.mark.slow
 
@@ -101,7 +102,7 @@ class _Processes:
         env = dict(os.environ)
         env.update(
             JAX_PLATFORMS="cpu",
-            XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+            XLA_FLAGS=xla_flags(f"--xla_force_host_platform_device_count={devices}"),
             JAX_COMPILATION_CACHE_DIR=str(self.cache),
             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0.5",
             TOKENIZERS_PARALLELISM="false",

@@ -437,13 +437,13 @@ def test_one_device_of_several_is_kept_by_to_and_predict(tiny_dir, tmp_path):
     import subprocess
     import sys
 
-    from conftest import REPO
+    from conftest import REPO, xla_flags
 
     from crossjax.checkpoint import CheckpointMismatchError
 
     env = {
         **os.environ,
-        "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+        "XLA_FLAGS": xla_flags("--xla_force_host_platform_device_count=4"),
         "PYTHONPATH": os.pathsep.join([str(REPO / "src"), str(REPO / "tests")]),
     }
     done = subprocess.run(

@@ -429,6 +429,28 @@ def test_gradient_accumulation_matches_large_batch(tiny_dir):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
+def test_drop_last_with_accumulation_drops_only_the_loaders_partial_batch(tiny_dir):
+    """A DataLoader's drop_last drops its last partial batch; a last optimizer step of fewer accumulated batches
+    keeps its full ones (Hugging Face's rule). Oracle: the same run over the loader's full batches alone."""
+    examples = make_examples(14, seed=6, max_words=10)  # batches of 4: 4, 4, 4 and a partial 2
+    settings = dict(epochs=2, gradient_accumulation_steps=2, **TRAIN)
+    dropped = CrossEncoder(tiny_dir, config_kwargs=NO_DROPOUT)
+    summary = dropped.fit(DataLoader(examples, batch_size=4, drop_last=True), **settings)
+    assert summary["global_step"] == 4  # steps of 8 and 4 rows, twice
+    full = CrossEncoder(tiny_dir, config_kwargs=NO_DROPOUT)
+    full.fit(DataLoader(examples[:12], batch_size=4), **settings)
+    np.testing.assert_array_equal(losses_of(dropped), losses_of(full))
+    for a, b in zip(dropped.model.hf_state_dict().values(), full.model.hf_state_dict().values(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    # fewer rows than one step but whole batches of the loader: one step of them, not an error
+    few = CrossEncoder(tiny_dir).fit(DataLoader(examples[:9], batch_size=2, drop_last=True), epochs=1,
+                                     gradient_accumulation_steps=6, **TRAIN)
+    assert few["global_step"] == 1
+    with pytest.raises(ValueError, match="no full batch of 4 examples with drop_last=True: 3 examples only"):
+        CrossEncoder(tiny_dir).fit(DataLoader(examples[:3], batch_size=4, drop_last=True), epochs=1,
+                                   gradient_accumulation_steps=2, **TRAIN)
+
+
 def test_gradient_accumulation_exact_for_class_weighted_cross_entropy(tiny_dirs):
     """torch's CrossEntropyLoss(weight=w) is sum(w[y] * nll) / sum(w[y]) over the whole batch: 4 accumulated
     micro-batches of 4 must give the parameters of one batch of 16, and both those of sentence-transformers'

@@ -1063,7 +1063,8 @@ class CrossEncoder:
         their own options (see :func:`crossjax.fit_loop.optimizer_settings`).
 
         JAX extras: ``gradient_accumulation_steps`` (each optimizer step consumes that many dataloader
-        batches), ``seed`` (data order and dropout; default: the CrossEncoder's seed), ``compute_dtype``
+        batches; the loader's ``drop_last`` drops only its own last partial batch, so a last step of an epoch may
+        accumulate fewer), ``seed`` (data order and dropout; default: the CrossEncoder's seed), ``compute_dtype``
         (default bfloat16 with ``use_amp`` else float32), ``logging_steps`` (how often the loss is fetched
         from the device for the progress bar), and ``checkpoint_path``/``checkpoint_save_steps``/
         ``checkpoint_save_total_limit`` for preemption-safe orbax checkpoints with exact resume, and

@@ -774,6 +774,34 @@ def test_rank_calls_of_other_sizes_share_compiled_shapes(tiny_dir):
         np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5)
 
 
+def test_fits_of_ever_other_data_keep_a_bounded_number_of_compiled_train_shapes(tiny_dir, monkeypatch):
+    """A notebook or server that fine-tunes on other data again and again: past the cap, a fit's train step
+    forgets its compiled shapes before its first step, so the executables JAX holds stay bounded, and a fit after
+    the forgetting trains exactly as one that found its shapes compiled."""
+    from crossjax import training
+
+    monkeypatch.setattr(training, "MAX_TRAIN_SHAPES", 2)
+    settings = dict(epochs=1, **TRAIN)
+    ce = CrossEncoder(tiny_dir, config_kwargs=NO_DROPOUT)
+    program, forgotten = None, 0
+    runs = [(16, 3, 4), (24, 20, 8), (8, 40, 2), (30, 6, 16), (16, 3, 4)]  # examples, words, batch size
+    for i, (n, words, batch_size) in enumerate(runs):
+        before = set(program.counter.shapes) if program is not None else set()
+        ce.fit(DataLoader(make_examples(n, seed=i, max_words=words), batch_size=batch_size), **settings)
+        program = training._programs["train"][-1][1]  # the step this fit used (most recently used)
+        shapes = set(program.counter.shapes)
+        forgotten += bool(before) and not before <= shapes
+        assert program.fn.jitted._cache_size() == len(shapes) <= 2 - 1 + 3  # under the cap + one fit's shapes
+    assert forgotten >= 1
+    # the last fit (its shape compiled again after the forgetting) equals the same fit on a step that kept it
+    monkeypatch.setattr(training, "MAX_TRAIN_SHAPES", 100)
+    again = CrossEncoder(tiny_dir, config_kwargs=NO_DROPOUT)
+    for i, (n, words, batch_size) in enumerate(runs):
+        again.fit(DataLoader(make_examples(n, seed=i, max_words=words), batch_size=batch_size), **settings)
+    for a, b in zip(ce.model.hf_state_dict().values(), again.model.hf_state_dict().values(), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_predict_keeps_at_most_the_cap_of_compiled_shapes(tiny_dir, monkeypatch):
     """A server's calls of ever other sizes and lengths: past the cap, calls use the compiled shapes that hold
     their pairs, or the program forgets its shapes; the executables JAX holds never pass the cap, and scores

@@ -798,6 +798,12 @@ class StepProgram:
     # what its calls measured: the price of a compile in compute (crossjax.packing.plan_call, predict only)
     economy: packing.CompileEconomy = field(default_factory=packing.CompileEconomy)
 
+    def forget_shapes_past(self, cap: int) -> None:
+        """Drop every compiled shape once the program holds ``cap`` of them (the next call of each compiles again)."""
+        if len(set(self.counter.shapes)) >= cap:
+            self.fn.clear_cache()
+            self.counter.forget_shapes()
+
 
 
 class _FreshWhenCopied:
@@ -877,6 +883,11 @@ class ArraysGuard(_FreshWhenCopied):
 # At most this many jitted train steps (and as many predict steps) are kept: each holds its compiled
 # executables, one per batch shape.
 PROGRAM_CACHE_SIZE = 8
+# A jitted train step that holds this many compiled shapes forgets them before the next fit's first step, so a
+# process that fits ever other data (a notebook, a server fine-tuning per request) holds a bounded number of
+# executables: tens of MB each even for a tiny model. A fit plans at most ``max_shapes`` shapes, so this
+# forgets nothing in runs that repeat their data.
+MAX_TRAIN_SHAPES = 16
 _programs: dict[str, list[tuple[tuple, StepProgram]]] = {"train": [], "predict": [], "eval_loss": []}
 _programs_lock = threading.Lock()
 # every model's own programs (by id: a dict is unhashable), cleared with the process cache

@@ -584,8 +584,13 @@ def plan_batches(
     drop_last: bool,
     group_by_length: bool = True,
     megabatch_mult: int = 50,
+    loader_batch_size: int | None = None,
 ) -> list[np.ndarray]:
     """One epoch's batches as arrays of example indices (only the last may be partial).
+
+    ``loader_batch_size``: the DataLoader's batch, where a batch here is an optimizer step of several accumulated
+    ones; ``drop_last`` then drops what the loader's drops, its last partial batch, so a last step of fewer
+    accumulated batches keeps its full ones (Hugging Face's rule, and the trainer's).
 
     Without ``shuffle``: sequential order, exactly the batches sentence-transformers would see. With
     ``shuffle`` and ``group_by_length``: like HF's ``LengthGroupedSampler`` — a seeded permutation is cut
@@ -593,6 +598,10 @@ def plan_batches(
     into batches, whose order is then shuffled (the partial batch stays last). Examples in a batch then
     have similar lengths, so far less padding is computed. Depends only on ``(seed, epoch)``.
     """
+    if drop_last and loader_batch_size is not None and loader_batch_size < batch_size:
+        steps = plan_batches(lengths, batch_size, shuffle, seed, epoch, False, group_by_length, megabatch_mult)
+        kept = len(steps[-1]) // loader_batch_size * loader_batch_size if steps else 0
+        return steps[:-1] + [steps[-1][:kept]] if kept else steps[:-1]
     lengths = np.asarray(lengths)
     batch_size = int(batch_size)
     if batch_size < 1:

@@ -796,28 +796,6 @@ class ShardedStream:
         )
 
 
-def _plan_steps(
-    lengths: np.ndarray,
-    step_rows: int,
-    batch_size: int,
-    shuffle: bool,
-    seed: int,
-    epoch: int,
-    drop_last: bool,
-    group_by_length: bool = True,
-) -> list[np.ndarray]:
-    """One epoch's optimizer steps of ``step_rows`` (``batch_size`` x accumulated batches) example indices each.
-    ``drop_last`` drops what a DataLoader's drops, its last partial batch of fewer than ``batch_size`` rows: a last
-    step of fewer accumulated batches keeps its full ones (Hugging Face's rule, and the trainer's)."""
-    steps = data_lib.plan_batches(lengths, step_rows, shuffle, seed, epoch, False, group_by_length)
-    if drop_last and steps:
-        kept = len(steps[-1]) // batch_size * batch_size
-        steps[-1] = steps[-1][:kept]
-        if kept == 0:
-            steps.pop()
-    return steps
-
-
 class _InMemoryData:
     """A run over examples held in memory: tokenized once, every epoch planned up front (pure functions of the
     seed and the epoch, so the global step is the data position), packed shapes planned over the whole run."""
@@ -840,7 +818,10 @@ class _InMemoryData:
         n = len(self.labels)
         k = CARD_SAMPLES
         self.samples = [([a, b], y) for a, b, y in zip(texts_a[:k], texts_b[:k], self.labels[:k].tolist(), strict=True)]
-        self.steps_per_epoch = len(_plan_steps(np.zeros(n, np.int32), step_rows, batch_size, False, 0, 0, drop_last))
+        epoch_steps = data_lib.plan_batches(
+            np.zeros(n, np.int32), step_rows, False, 0, 0, drop_last, loader_batch_size=batch_size
+        )
+        self.steps_per_epoch = len(epoch_steps)
         if self.steps_per_epoch == 0:
             raise ValueError(f"no full batch of {batch_size} examples with drop_last=True: {n} examples only")
         self.total_steps = self.steps_per_epoch * cfg.epochs
@@ -863,9 +844,9 @@ class _InMemoryData:
         else:
             epochs = math.ceil(self.total_steps / self.steps_per_epoch)
             self.run_batches = [
-                _plan_steps(
-                    self.tokenized.lengths, step_rows, batch_size, shuffle, data_seed, epoch, drop_last,
-                    cfg.group_by_length,
+                data_lib.plan_batches(
+                    *(self.tokenized.lengths, step_rows, shuffle, data_seed, epoch, drop_last, cfg.group_by_length),
+                    loader_batch_size=batch_size,
                 )
                 for epoch in range(epochs)
             ]

@@ -678,8 +678,7 @@ class CrossEncoder:
             plan, group_lengths, program.counter.shapes, width, MAX_PREDICT_SHAPES
         )
         if forget:  # the cap's compiled shapes hold none of this call's steps: start again from none
-            program.fn.clear_cache()
-            program.counter.forget_shapes()
+            program.forget_shapes()
         traced_before = len(program.counter.shapes_here())
         out = np.zeros((len(texts_a), self.num_labels), dtype=np.float32)
         pending = []

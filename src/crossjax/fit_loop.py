@@ -818,10 +818,10 @@ class _InMemoryData:
         n = len(self.labels)
         k = CARD_SAMPLES
         self.samples = [([a, b], y) for a, b, y in zip(texts_a[:k], texts_b[:k], self.labels[:k].tolist(), strict=True)]
-        epoch_steps = data_lib.plan_batches(
-            np.zeros(n, np.int32), step_rows, False, 0, 0, drop_last, loader_batch_size=batch_size
+        unordered = np.zeros(n, np.int32)  # lengths do not change how many steps an epoch has
+        self.steps_per_epoch = len(
+            data_lib.plan_batches(unordered, step_rows, False, 0, 0, drop_last, loader_batch_size=batch_size)
         )
-        self.steps_per_epoch = len(epoch_steps)
         if self.steps_per_epoch == 0:
             raise ValueError(f"no full batch of {batch_size} examples with drop_last=True: {n} examples only")
         self.total_steps = self.steps_per_epoch * cfg.epochs
@@ -845,7 +845,13 @@ class _InMemoryData:
             epochs = math.ceil(self.total_steps / self.steps_per_epoch)
             self.run_batches = [
                 data_lib.plan_batches(
-                    *(self.tokenized.lengths, step_rows, shuffle, data_seed, epoch, drop_last, cfg.group_by_length),
+                    self.tokenized.lengths,
+                    step_rows,
+                    shuffle,
+                    data_seed,
+                    epoch,
+                    drop_last,
+                    cfg.group_by_length,
                     loader_batch_size=batch_size,
                 )
                 for epoch in range(epochs)

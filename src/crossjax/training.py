@@ -798,12 +798,15 @@ class StepProgram:
     # what its calls measured: the price of a compile in compute (crossjax.packing.plan_call, predict only)
     economy: packing.CompileEconomy = field(default_factory=packing.CompileEconomy)
 
-    def forget_shapes_past(self, cap: int) -> None:
-        """Drop every compiled shape once the program holds ``cap`` of them (the next call of each compiles again)."""
-        if len(set(self.counter.shapes)) >= cap:
-            self.fn.clear_cache()
-            self.counter.forget_shapes()
+    def forget_shapes(self) -> None:
+        """Drop the executables of every compiled shape (the next call of each compiles again)."""
+        self.fn.clear_cache()
+        self.counter.forget_shapes()
 
+    def forget_shapes_past(self, cap: int) -> None:
+        """:meth:`forget_shapes` once the program holds ``cap`` of them."""
+        if len(set(self.counter.shapes)) >= cap:
+            self.forget_shapes()
 
 
 class _FreshWhenCopied:

@@ -360,6 +360,14 @@ def test_torch_iterable_datasets_stream_and_a_loaders_drop_last_holds(tiny_dir):
     summary = streamed.fit(loader, max_steps=100, **{**RUN, "batch_size": 8})
     assert summary["global_step"] == len(losses_of(in_memory)) == 1 and summary["stream_examples"] == 8
     assert_same_params(in_memory, streamed)
+    # with accumulation a step is 2 of the loader's batches: drop_last drops its last partial batch only (8 + 4)
+    accumulated = {**RUN, "gradient_accumulation_steps": 2}
+    in_memory, streamed = CrossEncoder(tiny_dir), CrossEncoder(tiny_dir)
+    in_memory.fit(torch.utils.data.DataLoader(fourteen, batch_size=4, drop_last=True, collate_fn=list), **accumulated)
+    Pairs.reads = 0
+    summary = streamed.fit(loader, max_steps=100, **accumulated)
+    assert summary["global_step"] == len(losses_of(in_memory)) == 2 and summary["stream_examples"] == 12
+    np.testing.assert_allclose(losses_of(streamed), losses_of(in_memory), rtol=1e-6)
     # a bare torch IterableDataset is a stream too: max_steps reads what it needs, not the whole dataset
     Pairs.reads = 0
     summary = CrossEncoder(tiny_dir).fit(Pairs(), max_steps=2, **RUN)

@@ -1078,7 +1078,7 @@ class CrossEncoder:
         ``datasets.IterableDataset`` (e.g. ``load_dataset("json", data_files=..., streaming=True)``; columns
         found as for a ``datasets.Dataset``), an iterator or generator of ``InputExample`` (or of batches), a
         torch ``IterableDataset``, or a torch DataLoader over an iterable dataset (its ``drop_last`` drops a last
-        partial step). Such input is read once, lazily, in a background thread
+        partial batch). Such input is read once, lazily, in a background thread
         (memory independent of its size); ``max_steps`` is then required and ``epochs`` is ignored (one pass
         at most; the run stops early if the stream ends). ``batch_size`` sets a stream's batch size (default:
         the torch DataLoader's, else a stream of batches' first batch's length, else 16); for in-memory input it

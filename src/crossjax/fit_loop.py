@@ -1016,6 +1016,7 @@ class _StreamData(ShardedStream):
             steps,
             shuffle_buffer_size=self.cfg.shuffle_buffer_size,
             limits=data_lib.token_limits(self.target.model.config),
+            accumulated_batches=self.cfg.gradient_accumulation_steps,
             **kwargs,
         )
 
@@ -1045,7 +1046,7 @@ class _StreamData(ShardedStream):
             if not self.lookahead and start_step == 0:
                 if self.reader.dropped:
                     raise ValueError(
-                        f"no full batch of {self.step_rows} examples with drop_last=True: the stream "
+                        f"no full batch of {self.batch_size} examples with drop_last=True: the stream "
                         f"({self.stream.description}) holds {self.reader.dropped} only"
                     )
                 raise ValueError(f"train_dataloader is empty: the stream ({self.stream.description}) holds no examples")

@@ -92,7 +92,7 @@ class StreamSource:
     batch_size: int | None
     description: str
     shard: tuple[int, int] = (0, 1)
-    drop_last: bool = False  # a DataLoader's drop_last: the stream's last partial step is not trained
+    drop_last: bool = False  # a DataLoader's drop_last: the stream's last partial batch is not trained
 
     @classmethod
     def of_datasets(cls, stream: Any) -> StreamSource:
@@ -359,7 +359,8 @@ class StreamReader(BackgroundReader):
 
     ``start`` examples (already trained on, from a checkpoint) are skipped. With ``shuffle_buffer_size``,
     the block holding ``start`` is rebuilt and its first examples dropped, so the order is the same as
-    without the interruption.
+    without the interruption. A step is ``accumulated_batches`` batches: the source's ``drop_last`` drops the
+    last partial batch only, so a last step keeps its full ones (as for data in memory).
     """
 
     def __init__(
@@ -376,15 +377,17 @@ class StreamReader(BackgroundReader):
         prefetch: int = 4,
         name: str = "crossjax-stream",
         limits: tuple[int, int | None] | None = None,
+        accumulated_batches: int = 1,
     ) -> None:
         self.source = source
+        self.batch_rows = step_size // accumulated_batches  # the DataLoader's batch (in this process's shard)
         self.limits = limits  # the model's embedding table sizes (data.token_limits), checked per batch
         self.tokenizer = copy.deepcopy(tokenizer)  # the main thread's evaluators may tokenize meanwhile
         self.max_length = max_length
         self.num_labels = num_labels
         self.step_size = step_size
         self.max_steps = max_steps
-        self.dropped = 0  # examples of a last partial step that drop_last dropped (set before the end is put)
+        self.dropped = 0  # examples of a last partial batch that drop_last dropped (set before the end is put)
         self.first_examples: list[tuple[list[str], Any]] = []  # the first few (texts, label): logs, model card
         self.start = start
         self.block = int(shuffle_buffer_size)
@@ -415,9 +418,12 @@ class StreamReader(BackgroundReader):
         ordered = self._ordered()
         for _ in range(self.max_steps):
             chunk = list(itertools.islice(ordered, self.step_size))
-            if not chunk or (self.source.drop_last and len(chunk) < self.step_size):
-                self.dropped = len(chunk)
-                return  # the end, or a last partial step that the DataLoader's drop_last drops
+            if self.source.drop_last and len(chunk) < self.step_size:  # the DataLoader drops its last partial batch
+                kept = len(chunk) // self.batch_rows * self.batch_rows
+                self.dropped = len(chunk) - kept
+                del chunk[kept:]
+            if not chunk:
+                return
             texts_a, texts_b, parts = [], [], []
             for number, example in chunk:
                 a, b, label = data_lib.validate_examples([example], self.num_labels, start=number)

@@ -1330,8 +1330,6 @@ def _run_fit(
         training.train_program(graphdef, spec, mask, loss, activation, k * chunks, state_shardings, plan, layouts)[0]
         for loss, chunks in step_losses
     ]
-    for program in programs:
-        program.forget_shapes_past(training.MAX_TRAIN_SHAPES)
     # A program may be shared with earlier fits: count this fit's traces only.
     traced_before = [len(program.counter.shapes_here()) for program in programs]
     hparams = put_global(numbers, plan.replicated)

@@ -886,7 +886,7 @@ class ArraysGuard(_FreshWhenCopied):
 # At most this many jitted train steps (and as many predict steps) are kept: each holds its compiled
 # executables, one per batch shape.
 PROGRAM_CACHE_SIZE = 8
-# A jitted train step that holds this many compiled shapes forgets them before the next fit's first step, so a
+# A jitted train step that holds this many compiled shapes forgets them when a fit takes it (train_program), so a
 # process that fits ever other data (a notebook, a server fine-tuning per request) holds a bounded number of
 # executables: tens of MB each even for a tiny model. A fit plans at most ``max_shapes`` shapes, so this
 # forgets nothing in runs that repeat their data.
@@ -1033,7 +1033,8 @@ def train_program(
 ) -> tuple[StepProgram, bool]:
     """The jitted ``(state, batch, healthy, hparams, gradients) -> (state, metrics, gradients)`` for these
     static choices, shared by every fit in the process that makes the same ones; True when it was already there.
-    ``state`` and ``gradients`` (from :func:`new_gradient_buffer`, then the previous step's) are donated.
+    A program holding ``MAX_TRAIN_SHAPES`` compiled shapes is handed out without them. ``state`` and
+    ``gradients`` (from :func:`new_gradient_buffer`, then the previous step's) are donated.
 
     The step's numbers (``hparams`` from :func:`optimizer_hparams`) are traced arguments, so runs that differ in
     learning rate, warm-up, length, weight decay, betas, eps or clipping norm reuse one program per batch shape.
@@ -1077,7 +1078,9 @@ def train_program(
         )
         return StepProgram(GcPausedJit(fn), counter)
 
-    return _program("train", key, build)
+    program, cached = _program("train", key, build)
+    program.forget_shapes_past(MAX_TRAIN_SHAPES)  # a run's steps come next: bound what fits of other data leave
+    return program, cached
 
 
 def predict_program(graphdef, plan: MeshPlan) -> tuple[StepProgram, bool]:

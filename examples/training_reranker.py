@@ -109,9 +109,15 @@ def main() -> None:
     from crossjax.training_args import CrossEncoderTrainingArguments
     from crossjax.util import mine_hard_negatives
 
-    eval_dirs = args.eval_dirs or ([args.data_dir / "msmarco"] if args.data_dir else None)
+    # DIR/msmarco, and the folders --eval-dirs adds (without --data-dir, only those)
+    eval_dirs = ([args.data_dir / "msmarco"] if args.data_dir else []) + list(args.eval_dirs or [])
+    eval_dirs = list(dict.fromkeys(eval_dirs))
     if not eval_dirs:
         raise SystemExit("--eval-dirs is required without --data-dir (local BEIR folders)")
+    # The BEIR folders are read now: a wrong folder stops the run before mining and loading the model.
+    evaluator = CrossEncoderBEIREvaluator(
+        [str(d) for d in eval_dirs], rerank_k=args.rerank_k, max_queries=args.max_eval_queries
+    )
 
     # 1. Hard negatives: BM25 over every answer of the training data.
     pairs = Dataset.from_dict(training_pairs(args))
@@ -127,9 +133,6 @@ def main() -> None:
 
     # 2. The model and the evaluator (BM25 top-k of each judged query, reranked).
     model = CrossEncoder(args.model, num_labels=1, max_length=args.max_length, seed=args.seed)
-    evaluator = CrossEncoderBEIREvaluator(
-        [str(d) for d in eval_dirs], rerank_k=args.rerank_k, max_queries=args.max_eval_queries
-    )
     before = evaluator(model)
     _common.main_print(f"Before training: {evaluator.primary_metric} = {before[evaluator.primary_metric]:.4f}")
 
@@ -168,4 +171,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    _common.run(main)

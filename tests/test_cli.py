@@ -68,6 +68,12 @@ def test_pair_files_in_tsv_csv_and_jsonl_read_the_same(tmp_path):
         csv.writer(f).writerows(rows)
     tables = [read_pairs(p, need_label=True) for p in (tsv, tmp_path / "p.csv", tmp_path / "p.jsonl")]
     tables.append(read_pairs(tmp_path / "bare.csv", header=False, need_label=True))
+    # read with a header row, its first data row becomes the "columns": the error points at --no-header too
+    with pytest.raises(PairFileError, match=r"name it with --label-column \(or, if the first row is data, not a "):
+        read_pairs(tmp_path / "bare.csv", need_label=True)
+    (tmp_path / "nolabel.jsonl").write_text('{"query": "a", "doc": "b"}\n')  # JSONL has keys, not a header row
+    with pytest.raises(PairFileError, match=r"name it with --label-column\); the columns are \['query', 'doc'\]"):
+        read_pairs(tmp_path / "nolabel.jsonl", need_label=True)
     for table in tables:
         assert table.pairs == [(a, b) for a, b, _ in rows] and table.labels == [0.5, 1.0]
     # MRPC's layout: columns taken by position that hold ids were scored as texts, silently

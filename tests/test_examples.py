@@ -54,6 +54,26 @@ def test_example_trains_and_exports(script, minilm_dir, tmp_path):
     assert Path(out / "tokenizer.json").exists()
 
 
+def test_make_demo_runs_to_its_end(minilm_dir, tmp_path):
+    """``make demo`` (examples/demo.py) with a tiny random BERT: it trains, exports, reloads the export in
+    sentence-transformers and runs the model card's snippet (whose model id is the placeholder) on the export."""
+    from transformers import AutoTokenizer
+
+    shared_data("stsb")
+    model_dir = save_tiny_bert(tmp_path / "tiny", AutoTokenizer.from_pretrained(minilm_dir))
+    out = tmp_path / "demo"
+    cmd = [
+        sys.executable, str(REPO / "examples" / "demo.py"), "--model", str(model_dir), "--max-train-samples", "16",
+        "--batch-size", "8", "--max-length", "64", "--output", str(out),
+    ]  # fmt: skip
+    env = dict(os.environ, JAX_PLATFORMS="cpu", TOKENIZERS_PARALLELISM="false")
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    difference = result.stdout.split("max |card snippet (sentence-transformers) - crossjax| over its 3 pairs: ")[1]
+    assert float(difference.split()[0]) < 1e-5
+    assert "demo runtime" in result.stdout
+
+
 def test_an_example_given_bad_input_says_so_in_one_line(tmp_path):
     """A missing data folder (or a malformed file, a model that cannot load) is one line on stderr, as the
     command line says it, not a traceback; CROSSJAX_DEBUG=1 shows the traceback."""
@@ -82,6 +102,7 @@ def test_reranker_example_mines_trains_and_evaluates(minilm_dir, tmp_path):
         sys.executable, str(REPO / "examples" / "training_reranker.py"), "--model", str(model_dir),
         "--data-dir", str(data_dir), "--max-train-pairs", "16", "--num-negatives", "3", "--max-steps", "2",
         "--batch-size", "4", "--max-length", "64", "--rerank-k", "4", "--max-eval-queries", "2",
+        "--eval-dirs", str(data_dir / "dbpedia-entity"),  # evaluated beside DIR/msmarco
         "--output", f"file://{out}",  # a URL, as tpu/run_all.py passes gs://...: written locally, then uploaded
     ]  # fmt: skip
     env = dict(os.environ, JAX_PLATFORMS="cpu", TOKENIZERS_PARALLELISM="false", **launch_py_environment())
@@ -90,9 +111,24 @@ def test_reranker_example_mines_trains_and_evaluates(minilm_dir, tmp_path):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "train: 2 steps" in result.stdout
     assert "mean_ndcg@10: before" in result.stdout
+    assert "on ['msmarco', 'dbpedia-entity']" in result.stderr  # the BEIR evaluator's log line
     assert f"Model exported to file://{out}/final" in result.stdout and not (tmp_path / "file:").exists()
     _, info = AutoModelForSequenceClassification.from_pretrained(out / "final", output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"]
+
+
+def test_the_reranker_example_refuses_a_folder_that_is_no_beir_folder_before_any_work(minilm_dir, tmp_path):
+    """A wrong --eval-dirs folder is one line on stderr, before mining negatives and loading the model."""
+    data_dir = shared_data()
+    cmd = [
+        sys.executable, str(REPO / "examples" / "training_reranker.py"), "--model", str(tmp_path / "no-model"),
+        "--data-dir", str(data_dir), "--eval-dirs", str(data_dir / "mrpc"), "--output", str(tmp_path / "out"),
+    ]  # fmt: skip
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    assert result.returncode == 1
+    line = result.stderr.strip().splitlines()[-1]  # (after the example's INFO log lines)
+    assert line.startswith("training_reranker.py: error: ") and str(data_dir / "mrpc") in line, line
+    assert "Traceback" not in result.stderr and "Training data" not in result.stdout  # nothing mined
 
 
 def launch_py_environment() -> dict[str, str]:

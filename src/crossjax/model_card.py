@@ -113,7 +113,8 @@ class CrossEncoderModelCardData:
         license: e.g. ``"apache-2.0"``.
         model_name: the card's title (default ``"CrossEncoder based on <base_model>"``).
         model_id: the hub id the model will have (``"user/name"``); the usage snippets load it. Without it they
-            load the folder the model was saved to.
+            name sentence-transformers' placeholder ``"cross_encoder_model_id"`` (never the local folder: a
+            card travels with the model, and a path of the saving machine loads nowhere else).
         train_datasets / eval_datasets: ``[{"name": "STS-B", "id": "sentence-transformers/stsb"}]``; the ``id``s
             become the card's ``datasets`` metadata (not checked against the hub, which may be unreachable).
         task_name: what the scores are for (default: by the number of labels, as sentence-transformers).

@@ -68,15 +68,22 @@ def check_pair_file(path: str | os.PathLike, what: str = "input") -> Path:
 
 
 def _choose_columns(
-    path: Path, names: list[str], columns: tuple[str, str] | None, label_column: str | None, need_label: bool
+    path: Path,
+    names: list[str],
+    columns: tuple[str, str] | None,
+    label_column: str | None,
+    need_label: bool,
+    header_row: bool = False,
 ) -> tuple[tuple[str, str], str | None]:
     if label_column is not None and label_column not in names:
         raise PairFileError(f"{path}: no label column {label_column!r}; the columns are {names}")
     label = label_column or next((c for c in LABEL_COLUMNS if c in names), None)
     if need_label and label is None:
+        # the "names" of a file without a header row are its first row's texts: --no-header is the fix there
+        headerless = " (or, if the first row is data, not a header: --no-header)" if header_row else ""
         raise PairFileError(
-            f"{path}: no label column (looked for {', '.join(LABEL_COLUMNS)}; name it with --label-column); "
-            f"the columns are {names}"
+            f"{path}: no label column (looked for {', '.join(LABEL_COLUMNS)}; name it with --label-column"
+            f"{headerless}); the columns are {names}"
         )
     if columns is not None:
         missing = [c for c in columns if c not in names]
@@ -171,15 +178,16 @@ def read_pairs(
     """Read a pair file in the module's format. ``need_label`` makes a missing label column an error;
     ``read_labels=False`` leaves the label column out of the texts without reading its values (predict)."""
     path = check_pair_file(path)
+    header_row = header and path.suffix.lower() != ".jsonl"
     try:
-        names, records = _rows(path, header and path.suffix.lower() != ".jsonl")
+        names, records = _rows(path, header_row)
     except UnicodeDecodeError as e:
         raise PairFileError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     except OSError as e:
         raise PairFileError(f"{path}: cannot read it ({e.strerror or e})") from None
     if not records:
         raise PairFileError(f"{path}: no pairs in the file")
-    (col_a, col_b), label = _choose_columns(path, names, columns, label_column, need_label)
+    (col_a, col_b), label = _choose_columns(path, names, columns, label_column, need_label, header_row)
     if columns is None and (col_a, col_b) not in PAIR_COLUMNS:  # chosen by position: they may be ids, not texts
         for column in (col_a, col_b):
             values = [record.get(column) for _, record in records]

@@ -105,3 +105,49 @@ def test_final_predictions_match_sentence_transformers(parity_runs):
     reference = theirs.predict(pairs, batch_size=16)
     np.testing.assert_allclose(mine, reference, rtol=1e-3, atol=1e-5)
     assert np.std(mine) > 1e-3
+
+
+def byte_level_tokenizer(texts: list[str], directory):
+    """A byte-level BPE tokenizer (RoBERTa's and ModernBERT's kind: whitespace is part of its tokens) trained on
+    ``texts``, with BERT's pair template, saved to ``directory``."""
+    import transformers
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]"]
+    trainer = trainers.BpeTrainer(
+        vocab_size=400, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tok.train_from_iterator(texts, trainer)
+    cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls), ("[SEP]", sep)]
+    )
+    fast = transformers.PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]", sep_token="[SEP]",
+        model_max_length=128,
+    )  # fmt: skip
+    fast.save_pretrained(directory)
+    return fast
+
+
+def test_fit_strips_texts_as_old_fit_does(tmp_path):
+    """old_fit's collate strips every text; with a byte-level tokenizer the surrounding whitespace is tokens of
+    its own, so a fit that kept it would train on other inputs: the step losses and the trained scores equal
+    old_fit's on texts padded with spaces, tabs and newlines."""
+    from conftest import save_tiny_bert
+
+    rows = read_stsb("train", limit=16)
+    tokenizer = byte_level_tokenizer([t for a, b, _ in rows for t in (a, b)], tmp_path)
+    padded = [(f" {a}\n", f"\t{b}  ", s) for a, b, s in rows]
+    a, b, _ = padded[0]
+    assert tokenizer(a, b)["input_ids"] != tokenizer(a.strip(), b.strip())["input_ids"]  # whitespace is tokens
+    save_tiny_bert(tmp_path, tokenizer, dropout=0.0, initializer_range=0.3)
+    ours, theirs, history = fit_both(tmp_path, padded, TWO_STEPS)
+    our_losses = [h["loss"] for h in ours.training_history]
+    assert len(our_losses) == len(history) == 2
+    np.testing.assert_allclose(our_losses, history, rtol=1e-5)
+    pairs = [(a, b) for a, b, _ in rows]
+    np.testing.assert_allclose(ours.predict(pairs), theirs.predict(pairs), rtol=1e-5, atol=1e-6)

@@ -361,6 +361,8 @@ def validate_examples(
 ) -> tuple[list[str], list[str], np.ndarray]:
     """Check every example and split it into ``(texts_a, texts_b, labels)``.
 
+    Each text loses its surrounding whitespace (``str.strip``), as sentence-transformers' ``old_fit`` collate
+    strips it: this is ``fit``'s reader (predict, evaluators and the trainer keep texts as given, as there).
     Raises ``ValueError`` naming the example index (and guid) on the first problem, so bad data fails
     fast, before tokenization or compilation. Regression (``num_labels == 1``) labels become float32;
     classification labels int32 in ``[0, num_labels)`` (integral floats like ``1.0`` are accepted as
@@ -390,8 +392,10 @@ def validate_examples(
                 raise ValueError(f"{where}: text {j} must be a string, got {type(t).__name__} {t!r}")
             if (reason := unencodable(t)) is not None:
                 raise ValueError(f"{where}: text {j} {reason}")
-        texts_a.append(texts[0])
-        texts_b.append(texts[1])
+        # Surrounding whitespace stripped, as sentence-transformers' old_fit collate does (byte-level BPE
+        # tokenizers, RoBERTa's and ModernBERT's, would otherwise train on whitespace tokens that it never sees).
+        texts_a.append(texts[0].strip())
+        texts_b.append(texts[1].strip())
 
         label = ex.label
         if label is None:

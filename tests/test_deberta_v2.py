@@ -272,3 +272,8 @@ def test_without_absolute_positions_max_length_may_pass_max_position_embeddings(
     lengths = [len(ids) for ids in ours.tokenizer([a for a, _ in pairs], [b for _, b in pairs])["input_ids"]]
     assert max(lengths) > 64  # untruncated, these pairs run past max_position_embeddings
     np.testing.assert_allclose(ours.predict(pairs), theirs.predict(pairs), atol=1e-5, rtol=0)
+    # tokenizer_kwargs' model_max_length is taken as is there (no cap at max_position_embeddings): here too
+    asked = {"tokenizer_kwargs": {"model_max_length": 100}}
+    ours, theirs = CrossEncoder(start_dir, **asked), TorchCrossEncoder(str(start_dir), **asked)
+    assert ours.max_length == theirs.max_seq_length == 100
+    np.testing.assert_allclose(ours.predict(pairs), theirs.predict(pairs), atol=1e-5, rtol=0)

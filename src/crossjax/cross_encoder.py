@@ -412,12 +412,22 @@ class CrossEncoder:
         if max_length is None and saved_limit is not None and "model_max_length" not in (tokenizer_kwargs or {}):
             # sentence-transformers' Transformer setting, unless the tokenizer's own is given
             max_length = self._checked_max_length(saved_limit, "sentence_bert_config.json's max_seq_length")
-        self.max_length = self._resolve_max_length(max_length)  # kept in tokenizer.model_max_length
         asked = (tokenizer_kwargs or {}).get("model_max_length")
+        explicit = isinstance(asked, (int, np.integer)) and not isinstance(asked, bool) and asked < 10**6
+        if max_length is None and self.model.position_limit is None and explicit:
+            # sentence-transformers takes tokenizer_kwargs' model_max_length as is; nothing caps it in a family
+            # without a position table (relative or rotary positions)
+            max_length = asked
+        self.max_length = self._resolve_max_length(max_length)  # kept in tokenizer.model_max_length
         if max_length is None and isinstance(asked, int) and asked > self.max_length:
+            there = (
+                f"keeps {asked} and fails on a longer pair"
+                if self.model.position_limit is not None
+                else "does not truncate pairs then"
+            )
             logger.warning(
                 "tokenizer_kwargs model_max_length=%d is beyond the model's position limit: pairs are truncated at %d "
-                "(sentence-transformers keeps %d and fails on a longer pair)", asked, self.max_length, asked
+                "(sentence-transformers %s)", asked, self.max_length, there
             )
         if isinstance(max_shapes, bool) or not isinstance(max_shapes, int) or max_shapes < 1:
             raise ValueError(f"max_shapes must be an integer >= 1, got {max_shapes!r}")

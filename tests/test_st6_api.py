@@ -679,3 +679,32 @@ def test_a_folder_without_tokenizer_files_is_refused_not_scored_as_unknown_words
     assert set(tokenizer("a man plays guitar", add_special_tokens=False)["input_ids"]) == unknown
     with pytest.raises(ValueError, match="tokenizer has no vocabulary .*no tokenizer files"):
         CrossEncoder(bare)
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [{"do_lower_case": True}, {"tokenizer_args": {"truncation_side": "left"}},
+     {"processor_kwargs": {"truncation_side": "left"}, "config_args": {"layer_norm_eps": 1e-3}}],
+    ids=["do_lower_case", "tokenizer_args", "processor_and_config_kwargs"],
+)  # fmt: skip
+def test_a_saved_transformer_config_s_tokenizer_and_config_arguments_apply_as_there(tmp_path, extra):
+    """sentence-transformers' Transformer reads do_lower_case, tokenizer/processor and config arguments (and
+    their older names) from sentence_bert_config.json: the same scores here (they were ignored); model
+    arguments there are refused by name."""
+    from conftest import read_stsb, save_tiny_bert
+    from test_fit_parity import byte_level_tokenizer
+
+    rows = read_stsb("train", limit=16)
+    tokenizer = byte_level_tokenizer([t for a, b, _ in rows for t in (a, b)], tmp_path / "tiny")  # cased
+    save_tiny_bert(tmp_path / "tiny", tokenizer, dropout=0.0, initializer_range=0.3)
+    folder = CrossEncoder(tmp_path / "tiny", max_length=24).save(tmp_path / "saved")
+    settings = json.loads((folder / "sentence_bert_config.json").read_text())
+    (folder / "sentence_bert_config.json").write_text(json.dumps({**settings, **extra}))
+    pairs = [(a.upper(), b) for a, b, _ in rows[:4]] + [(" ".join(a for a, _, _ in rows), rows[0][1])]
+    theirs = st.CrossEncoder(str(folder), device="cpu").predict(pairs)
+    without = CrossEncoder(tmp_path / "tiny", max_length=24).predict(pairs)
+    assert np.abs(theirs - without).max() > 1e-4  # the setting changes the scores there
+    np.testing.assert_allclose(CrossEncoder(folder).predict(pairs), theirs, rtol=1e-5, atol=1e-6)
+    (folder / "sentence_bert_config.json").write_text(json.dumps({**settings, "model_args": {"torch_dtype": "auto"}}))
+    with pytest.raises(ValueError, match=r"sets model_kwargs \{'torch_dtype': 'auto'\}"):
+        CrossEncoder(folder)

@@ -143,6 +143,15 @@ def _saved_pipeline(directory: Path) -> dict[str, Any]:
         )
     if not isinstance(settings, dict):
         raise ValueError(f"{directory / 'sentence_bert_config.json'} is not a JSON object")
+    for key in ("tokenizer_args", "processor_kwargs", "config_args", "config_kwargs", "model_args", "model_kwargs"):
+        if not isinstance(settings.get(key) or {}, dict):
+            raise ValueError(f"{directory / 'sentence_bert_config.json'}: {key} must be a JSON object")
+    model_settings = {**(settings.get("model_args") or {}), **(settings.get("model_kwargs") or {})}
+    if model_settings:  # (the model's dtype and attention options: crossjax takes them as arguments only)
+        raise ValueError(
+            f"{directory / 'sentence_bert_config.json'} sets model_kwargs {model_settings!r}, which crossjax does not "
+            "read from the file: remove them there (pass CrossEncoder(..., model_kwargs=...) instead)"
+        )
     processing = {k: v for k, v in (settings.get("processing_kwargs") or {}).items() if v}
     text = dict(processing.pop("text", None) or {})
     text.pop("padding", None)  # padding never changes an encoder's scores
@@ -155,6 +164,26 @@ def _saved_pipeline(directory: Path) -> dict[str, Any]:
             "its scores would differ from sentence-transformers'"
         )
     return settings
+
+
+def _lowercase_first(tokenizer: Any) -> None:
+    """A Lowercase step ahead of the fast tokenizer's normalizer (where it has none), as sentence-transformers'
+    Transformer applies ``do_lower_case`` of its ``sentence_bert_config.json``."""
+    from tokenizers.normalizers import Lowercase
+    from tokenizers.normalizers import Sequence as NormalizerSequence
+
+    backend = tokenizer.backend_tokenizer
+    normalizer = backend.normalizer
+    if isinstance(normalizer, Lowercase) or (
+        isinstance(normalizer, NormalizerSequence) and any(isinstance(n, Lowercase) for n in normalizer)
+    ):
+        return
+    steps = [Lowercase()]
+    if isinstance(normalizer, NormalizerSequence):
+        steps += list(normalizer)
+    elif normalizer is not None:
+        steps.append(normalizer)
+    backend.normalizer = NormalizerSequence(steps)
 
 
 def _saved_activations(st_config: dict[str, Any], config, cross_encoder_save: bool) -> list[str]:
@@ -382,6 +411,17 @@ class CrossEncoder:
         saved_st_config = _saved_st_config(directory)
         cross_encoder_save = _is_cross_encoder_save(directory, saved_st_config)
         transformer_settings = _saved_pipeline(directory) if cross_encoder_save else {}
+        # The file's tokenizer and config arguments (sentence-transformers' older names too), under the caller's
+        tokenizer_kwargs = {
+            **(transformer_settings.get("tokenizer_args") or {}),
+            **(transformer_settings.get("processor_kwargs") or {}),
+            **(tokenizer_kwargs or {}),
+        }
+        config_kwargs = {
+            **(transformer_settings.get("config_args") or {}),
+            **(transformer_settings.get("config_kwargs") or {}),
+            **(config_kwargs or {}),
+        }
         if keep_in_fp32_modules is None and cross_encoder_save:
             keep_in_fp32_modules = saved_st_config.get("keep_in_fp32_modules") or None
         if keep_in_fp32_modules is not None:
@@ -408,6 +448,8 @@ class CrossEncoder:
         self.keep_in_fp32_modules: list[str] = []
         self.set_keep_in_fp32_modules(keep_in_fp32_modules or [])
         self.tokenizer = self._load_tokenizer(directory, tokenizer_kwargs or {})
+        if transformer_settings.get("do_lower_case"):  # sentence-transformers lowercases the texts then
+            _lowercase_first(self.tokenizer)
         saved_limit = transformer_settings.get("max_seq_length")
         if max_length is None and saved_limit is not None and "model_max_length" not in (tokenizer_kwargs or {}):
             # sentence-transformers' Transformer setting, unless the tokenizer's own is given

@@ -219,3 +219,56 @@ def test_ctrl_c_inside_the_donating_step_leaves_a_usable_model(tiny_dir, monkeyp
     assert np.isfinite(model.predict([("a b", "c d")], show_progress_bar=False)).all()
     monkeypatch.setattr(fit_loop.training, "train_program", real)
     model.fit(DataLoader(examples[:8], batch_size=4), **TRAIN)  # and it trains on
+
+
+def test_saves_into_one_folder_at_once_leave_each_other_s_temporary_folder_alone(tiny_dir, tmp_path):
+    """A save removes the temporary folders that killed saves left, never one a save still writes: two saves
+    into one folder at once (two jobs exporting to a "latest" folder, a server's threads) deleted each other's
+    (10 of 30 failed in a probe; sentence-transformers' save: none). Here two threads save two models 8 times
+    each, beside a live writer of another process and two leftovers of killed saves."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    import threading
+
+    from crossjax.models.export import TMP_PREFIX
+
+    target = tmp_path / "latest"
+    target.mkdir()
+    host = socket.gethostname().replace("-", "_")
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        dead = target / f"{TMP_PREFIX}{host}-{int(finished.stdout)}-killed"
+        older = target / f"{TMP_PREFIX}abc123_x"  # an older crossjax's name: no writer in it
+        writing = target / f"{TMP_PREFIX}{host}-{live.pid}-writing"
+        for folder in (dead, older, writing):
+            folder.mkdir()
+            (folder / "config.json").write_text("{}")
+        models = [CrossEncoder(str(tiny_dir)), CrossEncoder(str(tiny_dir), num_labels=1, seed=9)]
+        models[1].model.classifier.bias[...] = models[1].model.classifier.bias[...] + 1.0  # other scores
+        errors: list[BaseException] = []
+
+        def save_often(model) -> None:
+            try:
+                for _ in range(8):
+                    model.save(target, create_model_card=False)
+            except BaseException as e:  # noqa: BLE001 - reported below
+                errors.append(e)
+
+        threads = [threading.Thread(target=save_often, args=(m,)) for m in models]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors, errors
+        assert not dead.exists() and not older.exists() and writing.is_dir()
+        assert sorted(p.name for p in target.glob(TMP_PREFIX + "*")) == [writing.name]
+        pairs = [("a b", "c d"), ("e", "f g h")]
+        scores = CrossEncoder(str(target)).predict(pairs)
+        assert any(np.array_equal(scores, m.predict(pairs)) for m in models)  # one model's files, whole
+    finally:
+        live.kill()
+        live.wait()
+    assert os.path.isdir(writing)

@@ -6,6 +6,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import stat
 import tempfile
 from collections.abc import Callable, Sequence
@@ -117,9 +118,10 @@ def atomic_directory_write(
     target = Path(target).expanduser().resolve()
     created = not target.exists()
     target.mkdir(parents=True, exist_ok=True)
-    for leftover in target.glob(TMP_PREFIX + "*"):  # from a save that was killed (an exception cleans up)
-        shutil.rmtree(leftover, ignore_errors=True)
-    tmp = Path(tempfile.mkdtemp(prefix=TMP_PREFIX, dir=target))
+    for leftover in target.glob(TMP_PREFIX + "*"):
+        if _abandoned(leftover.name):  # a killed save's (an exception cleans up), not one still writing
+            shutil.rmtree(leftover, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{_writer_tag()}-", dir=target))
     done = False
     try:
         write(tmp)
@@ -145,6 +147,29 @@ def atomic_directory_write(
             except OSError:
                 pass
     return target
+
+
+def _writer_tag() -> str:
+    """This process, as a temporary folder's name carries it: host and process id."""
+    return f"{socket.gethostname().replace('-', '_')}-{os.getpid()}"
+
+
+def _abandoned(name: str) -> bool:
+    """Whether the temporary folder ``name`` (in a folder being saved to) belongs to no save that is still
+    writing: its process on this host is gone (a killed save). Another process's or another host's save into
+    the same folder is left alone; a folder of an older crossjax, whose name carries no writer, is a leftover."""
+    host, pid, *_ = [*name[len(TMP_PREFIX) :].split("-"), "", ""]
+    if not pid.isdigit():
+        return True
+    if host != socket.gethostname().replace("-", "_"):
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # another user's live process
+        return False
+    return False
 
 
 def check_local_path(path, what: str) -> None:

@@ -272,3 +272,43 @@ def test_saves_into_one_folder_at_once_leave_each_other_s_temporary_folder_alone
         live.kill()
         live.wait()
     assert os.path.isdir(writing)
+
+
+def test_a_second_process_writing_checkpoints_into_the_same_folder_is_refused_up_front(tiny_dir, tmp_path):
+    """Two runs' checkpoints in one folder: orbax's saves deleted each other's temporary folders and one run died
+    in a 300-line orbax traceback after training (a probe's two fits). A run of another process that writes
+    into the folder now holds its lock: this fit is refused before its first step, with the model untouched,
+    and runs once that process is gone; runs of one process share the folder as before."""
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    from crossjax.checkpoint import CheckpointInUseError, _lock_directory, _unlock_directory
+
+    folder = tmp_path / "ckpt"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from crossjax.checkpoint import _lock_directory; "
+         f"_lock_directory({str(folder)!r}); print('locked', flush=True); time.sleep(120)"],
+        stdout=subprocess.PIPE, text=True, env={**__import__("os").environ, "PYTHONPATH": str(REPO / "src")},
+    )  # fmt: skip
+    model = CrossEncoder(str(tiny_dir), max_length=32)
+    before = params_of(model)
+    settings = dict(epochs=1, checkpoint_path=str(folder), checkpoint_save_steps=1, **TRAIN)
+    loader = DataLoader(make_examples(8, seed=3), batch_size=4)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(CheckpointInUseError, match=r"Another process is writing checkpoints into .*ckpt"):
+            model.fit(loader, **settings)
+        for a, b in zip(before, params_of(model), strict=True):
+            np.testing.assert_array_equal(a, b)
+    finally:
+        holder.kill()
+        holder.wait()
+    held = _lock_directory(str(folder.resolve()))  # this process's own hold (a run not closed yet) shares it
+    try:
+        model.fit(loader, **settings)  # the other process's lock went with it
+    finally:
+        _unlock_directory(held)
+    assert held is not None and len(model.training_history) == 2
+    assert sorted(p.name for p in folder.iterdir() if p.name.isdigit()) == ["1", "2"]

@@ -27,6 +27,8 @@ import dataclasses
 import functools
 import hashlib
 import logging
+import os
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -138,6 +140,65 @@ class CheckpointMismatchError(ValueError):
 
 class CheckpointCorruptError(CheckpointMismatchError):
     """The latest checkpoint is damaged or incomplete: unreadable files, or data failing its checksums."""
+
+
+class CheckpointInUseError(ValueError):
+    """Another process is writing checkpoints into the same directory now."""
+
+
+# The checkpoint directories this process writes into: path -> [open directory descriptor (holding the lock), users]
+_locked_directories: dict[str, list[int]] = {}
+_locked_directories_guard = threading.Lock()
+
+
+def _lock_directory(directory: str) -> str | None:
+    """Hold an exclusive ``flock`` on a local checkpoint directory while a run writes into it, so a second run
+    of another process is refused up front: two runs' orbax saves into one directory deleted each other's
+    temporary folders and one run died in a 300-line orbax traceback. Runs of one process share the lock (a
+    run interrupted before it closed its checkpointer must not block the next one); only process 0 of a
+    multi-process run takes it (all of them write into one directory). Where the file system has no locks, or
+    the directory is a URL, nothing is locked."""
+    if "://" in directory or jax.process_index() != 0:
+        return None
+    import fcntl
+
+    with _locked_directories_guard:
+        held = _locked_directories.get(directory)
+        if held is not None:
+            held[1] += 1
+            return directory
+        try:
+            os.makedirs(directory, exist_ok=True)
+            descriptor = os.open(directory, os.O_RDONLY)
+        except OSError:  # an unusable folder is refused by the run's own checks, with their message
+            return None
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(descriptor)
+            raise CheckpointInUseError(
+                f"Another process is writing checkpoints into {directory} now (its run holds the directory's lock): "
+                "give each run its own checkpoint folder (checkpoint_path, or the trainer's output_dir), or wait "
+                "for that run to end before resuming from it"
+            ) from None
+        except OSError:  # no locks on this file system (some network mounts): run unlocked
+            os.close(descriptor)
+            return None
+        _locked_directories[directory] = [descriptor, 1]
+        return directory
+
+
+def _unlock_directory(directory: str | None) -> None:
+    if directory is None:
+        return
+    with _locked_directories_guard:
+        held = _locked_directories.get(directory)
+        if held is None:
+            return
+        held[1] -= 1
+        if held[1] == 0:
+            del _locked_directories[directory]
+            os.close(held[0])  # (closing the descriptor releases the lock)
 
 
 def _keys_to_data(tree):
@@ -269,7 +330,12 @@ class TrainCheckpointer:
             create=True,
             preservation_policy=_LatestAndBest(keep, keep_step),
         )
-        self.manager = ocp.CheckpointManager(self.directory, options=options)
+        self._locked = _lock_directory(self.directory)
+        try:
+            self.manager = ocp.CheckpointManager(self.directory, options=options)
+        except BaseException:
+            _unlock_directory(self._locked)
+            raise
 
     def restore_latest(self, state: TrainState, shardings: TrainState) -> tuple[TrainState, dict] | None:
         """The latest step's state and meta (``meta["best_params"]``: the host parameters saved with it, if any)."""
@@ -417,5 +483,9 @@ class TrainCheckpointer:
         self.manager.wait_until_finished()
 
     def close(self) -> None:
-        self.wait()
-        self.manager.close()
+        try:
+            self.wait()
+            self.manager.close()
+        finally:
+            _unlock_directory(self._locked)
+            self._locked = None

@@ -100,6 +100,7 @@ def test_dataloader_basics() -> None:
         (InputExample(texts=["a", "b"], label=1.5), 3, "label 1.5 is not a class index.*use int\\(label\\)"),
         (InputExample(texts=["a", "b"], label=-1), 3, "label -1 is out of range for num_labels=3"),
         (InputExample(texts=["a", "b"], label=3), 3, "label 3 is out of range for num_labels=3"),
+        (InputExample(texts=["a", "b"], label=-100), 3, "label -100 is .* \\(-100 is torch's ignore_index"),
         ({"texts": ["a", "b"], "label": 1}, 1, "expected an InputExample"),
     ],
 )

@@ -65,7 +65,7 @@ def test_torch_samplers_are_followed_or_refused(tiny_dir, spies):
 @pytest.mark.parametrize(
     "settings, message",
     [
-        ({"loss_fct": torch.nn.CrossEntropyLoss()}, "cross-entropy over a model's one output"),
+        ({"loss_fct": torch.nn.CrossEntropyLoss()}, "cross-entropy needs num_labels >= 2"),
         ({"loss_fct": lambda logits, labels: (logits - labels).mean()}, r"must take \(logits, labels, example_mask\)"),
         ({"loss_fct": torch.nn.functional.mse_loss}, "is a torch function"),
         ({"max_grad_norm": 0}, "max_grad_norm must be > 0"),
@@ -265,3 +265,34 @@ def test_fit_warns_of_binary_cross_entropy_labels_outside_0_1(tiny_dir, caplog):
     with caplog.at_level("WARNING", logger="crossjax"):
         CrossEncoder(tiny_dir).fit(raw, batch_size=4, max_steps=1, **TRAIN)
     assert "The labels lie in [0, 5], but binary cross-entropy takes labels in [0, 1]" in caplog.text
+
+
+def test_fit_refuses_trainer_losses_and_torch_code_in_its_activation(tiny_dirs) -> None:
+    """A CrossEncoderTrainer loss (``CrossEntropyLoss(model, weight=w)``, ``MSELoss(model, activation_fn=...)``)
+    given to fit's loss_fct trained as the plain loss, its settings dropped (its class name matched torch's):
+    refused, naming the trainer. An activation whose code uses torch (``lambda x: torch.sigmoid(x) * 2``, an
+    old_fit habit) failed inside JAX's trace with torch's message about a tracer: refused by name, in fit and in
+    the trainer's losses; JAX code and torch modules are taken."""
+    import jax
+    from torch import nn
+
+    from crossjax import losses as crossjax_losses
+    from crossjax.losses import resolve_loss, resolve_training_activation
+
+    model, classifier = CrossEncoder(str(tiny_dirs[1])), CrossEncoder(str(tiny_dirs[3]))
+    for loss in (
+        crossjax_losses.CrossEntropyLoss(classifier, weight=torch.tensor([1.0, 2.0, 3.0])),
+        crossjax_losses.MSELoss(model, activation_fn=nn.Sigmoid()),
+        crossjax_losses.BinaryCrossEntropyLoss(model, pos_weight=torch.tensor(3.0)),
+    ):
+        trainer_loss = rf"loss_fct={type(loss).__name__}\(model, \.\.\.\) is a CrossEncoderTrainer loss"
+        with pytest.raises(ValueError, match=trainer_loss):
+            resolve_loss(loss, loss.model.num_labels)
+    scaled = lambda x: torch.sigmoid(x) * 2  # noqa: E731
+    with pytest.raises(ValueError, match="'<lambda>' uses torch, but training computes the logits as JAX arrays"):
+        resolve_training_activation(scaled)
+    with pytest.raises(ValueError, match="uses torch"):
+        crossjax_losses.MSELoss(model, activation_fn=scaled)
+    jax_scaled = lambda x: jax.nn.sigmoid(x) * 2  # noqa: E731
+    assert resolve_training_activation(jax_scaled) is jax_scaled
+    assert resolve_training_activation(nn.Sigmoid()) is resolve_training_activation("sigmoid")

@@ -142,7 +142,7 @@ def test_resolve_loss_defaults_and_names() -> None:
         ("MSE", mse),
     ]:
         assert resolve_loss(name, 1 if fn is not cross_entropy else 3) is fn
-    with pytest.raises(ValueError, match="cross-entropy over a model's one output"):
+    with pytest.raises(ValueError, match="cross-entropy needs num_labels >= 2.*old_fit flattens the logits"):
         resolve_loss("CE", 1)
     assert resolve_loss(nn.BCEWithLogitsLoss(), 1) is binary_cross_entropy_with_logits
     assert resolve_loss(nn.CrossEntropyLoss(), 2) is cross_entropy
@@ -159,6 +159,11 @@ def test_resolve_loss_errors() -> None:
         resolve_loss(nn.L1Loss(), 1)
     with pytest.raises(ValueError, match="reduction='sum'"):
         resolve_loss(nn.MSELoss(reduction="sum"), 1)
+    # an unsupported loss is named as such before its reduction (whose advice would not make it supported)
+    with pytest.raises(ValueError, match="Unsupported torch loss KLDivLoss"):
+        resolve_loss(nn.KLDivLoss(reduction="batchmean"), 1)
+    with pytest.raises(ValueError, match="Unsupported torch loss L1Loss"):
+        resolve_loss(nn.L1Loss(reduction="sum"), 1)
     with pytest.raises(ValueError, match="Unknown loss 'hinge'"):
         resolve_loss("hinge", 1)
     with pytest.raises(TypeError):

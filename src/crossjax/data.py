@@ -422,7 +422,13 @@ def validate_examples(
                 )
             value = int(label)
             if not 0 <= value < num_labels:
-                raise ValueError(f"{where}: label {label!r} is out of range for num_labels={num_labels}")
+                ignored = (
+                    " (-100 is torch's ignore_index, whose rows old_fit's cross-entropy skips; crossjax trains on "
+                    "every row: leave those examples out of the training data)"
+                    if value == -100
+                    else ""
+                )
+                raise ValueError(f"{where}: label {label!r} is out of range for num_labels={num_labels}{ignored}")
             labels[i] = value
         else:
             labels[i] = float(label)

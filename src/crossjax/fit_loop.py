@@ -1211,7 +1211,7 @@ def _run_fit(
     else:
         stream = streaming.as_stream(train_dataloader, cfg.batch_size)
         loss_fn = losses.resolve_loss(loss_fct, model.num_labels)
-        activation = losses.resolve_activation(activation_fct)
+        activation = losses.resolve_training_activation(activation_fct)
         data = _StreamData(target, stream, cfg) if stream is not None else _InMemoryData(target, train_dataloader, cfg)
         _warn_of_bce_labels_outside_0_1(loss_fn, getattr(data, "labels", None))
     _check_processes_agree(data, cfg, loss_fn, target.evaluate, streamed=stream is not None)

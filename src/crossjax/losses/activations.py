@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from crossjax.losses.torch_compat import is_torch_function, is_torch_module
+from crossjax.losses.torch_compat import is_torch_function, is_torch_module, names_torch
 
 __all__ = [
     "resolve_activation",
@@ -143,7 +143,7 @@ def _from_torch_module(activation: Any) -> Callable[[jnp.ndarray], jnp.ndarray]:
         if value not in allowed:
             raise ValueError(
                 f"{cls_name}({attr}={value!r}) is not supported: a saved model records only the class, which "
-                f"sentence-transformers re-creates with {attr}={allowed[0]!r}; pass a JAX callable to predict with it"
+                f"sentence-transformers re-creates with {attr}={allowed[0]!r}; pass a JAX callable that computes it"
             )
     return fn
 
@@ -181,6 +181,19 @@ def resolve_activation(activation: Any) -> Callable[[jnp.ndarray], jnp.ndarray]:
     raise TypeError(
         f"activation must be None, a name, a torch activation or a callable, got {type(activation)}"
     )
+
+
+def resolve_training_activation(activation: Any) -> Callable[[jnp.ndarray], jnp.ndarray]:
+    """:func:`resolve_activation` for training, where the activation is traced by ``jax.jit``: a Python
+    function whose code uses torch is refused by name (inside the trace torch would fail on a JAX tracer)."""
+    resolved = resolve_activation(activation)
+    if resolved is activation and not is_known_activation(resolved) and names_torch(activation):
+        raise ValueError(
+            f"activation {getattr(activation, '__name__', activation)!r} uses torch, but training computes the logits "
+            "as JAX arrays (traced by jax.jit): pass a torch.nn activation module, its name, or a JAX function "
+            "(e.g. lambda x: jax.nn.sigmoid(x) * 2)"
+        )
+    return resolved
 
 
 def resolve_scoring_activation(activation: Any) -> Callable:

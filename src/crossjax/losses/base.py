@@ -34,7 +34,7 @@ from crossjax.losses.activations import (
     activation_name_for_export,
     identity,
     is_row_normalising,
-    resolve_activation,
+    resolve_training_activation,
 )
 from crossjax.losses.pointwise import ratio
 from crossjax.losses.torch_compat import is_torch_module
@@ -158,7 +158,7 @@ class CrossEncoderLoss(abc.ABC):
     def __init__(self, model: Any, activation_fn: Any = identity) -> None:
         self.model = model
         self._activation_arg = activation_fn
-        self.activation = None if activation_fn is None else resolve_activation(activation_fn)
+        self.activation = None if activation_fn is None else resolve_training_activation(activation_fn)
         if is_row_normalising(self.activation) and not self.allows_softmax:
             raise ValueError(
                 f"{type(self).__name__}: a Softmax-style activation ({self.activation.__name__}) would normalise "

@@ -223,6 +223,12 @@ _TORCH_LOSSES = ("BCEWithLogitsLoss", "CrossEntropyLoss", "MSELoss")
 
 def _from_torch_loss(obj: Any) -> LossFn:
     name = type(obj).__name__
+    if name not in _TORCH_LOSSES:
+        raise ValueError(
+            f"Unsupported torch loss {name}: crossjax trains in JAX and maps only the torch losses "
+            f"{', '.join(_TORCH_LOSSES)} (or pass 'bce', 'cross_entropy', 'mse', or a JAX callable "
+            "(logits, labels, example_mask) -> scalar)"
+        )
     reduction = getattr(obj, "reduction", "mean")
     if reduction != "mean":
         raise ValueError(f"{name}(reduction={reduction!r}) is not supported; only reduction='mean' is")
@@ -249,13 +255,7 @@ def _from_torch_loss(obj: Any) -> LossFn:
             return cross_entropy
         class_weights = None if weight is None else jnp.asarray(tensor_to_numpy(weight))
         return functools.partial(cross_entropy, class_weights=class_weights, label_smoothing=smoothing)
-    if name == "MSELoss":
-        return mse
-    raise ValueError(
-        f"Unsupported torch loss {name}: crossjax trains in JAX and maps only the torch losses "
-        f"{', '.join(_TORCH_LOSSES)} (or pass 'bce', 'cross_entropy', 'mse', or a JAX callable "
-        "(logits, labels, example_mask) -> scalar)"
-    )
+    return mse  # MSELoss
 
 
 def resolve_loss(loss_fct: Any, num_labels: int) -> LossFn:
@@ -271,6 +271,14 @@ def resolve_loss(loss_fct: Any, num_labels: int) -> LossFn:
         if key not in _LOSS_NAMES:
             raise ValueError(f"Unknown loss {loss_fct!r}; valid names are: {', '.join(sorted(_LOSS_NAMES))}")
         resolved = _LOSS_NAMES[key]
+    elif _is_trainer_loss(loss_fct):
+        raise ValueError(
+            f"loss_fct={type(loss_fct).__name__}(model, ...) is a CrossEncoderTrainer loss (built on the model, "
+            "with settings of its own that fit's loss_fct does not take): train with "
+            "CrossEncoderTrainer(loss=...) to use it, or pass fit a torch.nn loss module with the same settings "
+            "(BCEWithLogitsLoss(pos_weight=...), CrossEntropyLoss(weight=..., label_smoothing=...), MSELoss() with "
+            "activation_fct=...), its name, or a JAX callable (logits, labels, example_mask) -> scalar"
+        )
     elif type(loss_fct).__name__ in _TORCH_LOSSES or is_torch_module(loss_fct):
         resolved = _from_torch_loss(loss_fct)
     elif callable(loss_fct):
@@ -285,10 +293,20 @@ def resolve_loss(loss_fct: Any, num_labels: int) -> LossFn:
         )
     if num_labels == 1 and getattr(resolved, "func", resolved) is cross_entropy:
         raise ValueError(
-            "cross-entropy over a model's one output is 0 whatever the logits (softmax over one class), so "
-            "nothing would train: use BCEWithLogitsLoss or MSELoss for one label, or num_labels >= 2"
+            "cross-entropy needs num_labels >= 2: over a model's one output it is a softmax over one class (0 "
+            "whatever the logits; sentence-transformers' old_fit flattens the logits instead, into one softmax "
+            "across the batch's pairs, which crossjax does not reproduce): use BCEWithLogitsLoss or MSELoss for one "
+            "label"
         )
     return resolved
+
+
+def _is_trainer_loss(loss: Any) -> bool:
+    """A loss of crossjax's or sentence-transformers' trainer (``LossClass(model, ...)``), not fit's kind."""
+    from crossjax.losses.base import CrossEncoderLoss
+
+    from_sentence_transformers = (type(loss).__module__ or "").startswith("sentence_transformers.")
+    return isinstance(loss, CrossEncoderLoss) or (from_sentence_transformers and hasattr(loss, "model"))
 
 
 def _checked_custom_loss(loss_fct: Callable) -> LossFn:

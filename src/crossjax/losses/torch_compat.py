@@ -72,6 +72,12 @@ def _named_frameworks(fn: Any, depth: int = 0) -> set[str]:
     return found
 
 
+def names_torch(fn: Any) -> bool:
+    """Whether a plain Python function's code names torch (``lambda x: torch.sigmoid(x) * 2``): under JAX's
+    tracing (training) it would be handed a tracer, which torch refuses with a message naming neither."""
+    return "torch" in _named_frameworks(fn)
+
+
 def runs_on_torch(fn: Any) -> bool:
     """Whether ``predict`` hands the activation ``fn`` (not one of crossjax's own) a torch tensor, as
     sentence-transformers does, rather than a JAX array. torch's modules and functions take tensors; a function

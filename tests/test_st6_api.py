@@ -8,6 +8,7 @@ errors bad pairs get (never a NaN, never a silently wrong pair).
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -76,6 +77,8 @@ def test_legacy_positional_and_renamed_constructor_arguments(saved, pairs):
     np.testing.assert_array_equal(same.predict(pairs), reference.predict(pairs))  # equal values under both names
     with pytest.raises(TypeError, match="device must be a string .*tokenizer_kwargs=... and config_kwargs=... by name"):
         CrossEncoder(saved, 1, 32, None, {"use_fast": True})  # crossjax < 0.14's fifth positional argument
+    with pytest.raises(ValueError, match=r"activation_fn='cuda:0' is a device: .* pass device='cuda:0' by name"):
+        CrossEncoder(saved, 1, 32, "cuda:0")  # sentence-transformers < 4's fourth positional argument
     for bad in (0, -1, 1.5, True):
         with pytest.raises(ValueError, match="num_labels must be an integer >= 1"):
             CrossEncoder(saved, num_labels=bad)
@@ -553,6 +556,35 @@ def test_sentence_transformers_import_paths_have_crossjax_counterparts():
             assert getattr(our_module, name) is getattr(our_package, name), (path, name)
             checked += 1
     assert checked >= 30
+    # the same paths with only the package renamed: under crossjax.cross_encoder, as in sentence-transformers
+    renamed = [p for p in sorted(set(paths)) if p.startswith("sentence_transformers.cross_encoder.")]
+    for path in [*renamed, "sentence_transformers.cross_encoder.CrossEncoder"]:
+        their_module, ours = importlib.import_module(path), importlib.import_module(path.replace(
+            "sentence_transformers", "crossjax"))  # fmt: skip
+        names = [
+            n for n, v in vars(their_module).items()
+            if inspect.isclass(v) and v.__module__.startswith("sentence_transformers") and hasattr(ours, n)
+        ]  # fmt: skip
+        assert names, path
+        for name in names:
+            assert getattr(ours, name).__module__.startswith("crossjax."), (path, name)
+    assert len(renamed) >= 20
+    # ``import X.Y.Z as m`` and attribute paths, whatever was imported before (a fresh process each)
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    for code in (
+        "import crossjax.losses; import crossjax.cross_encoder.losses as m; m.BinaryCrossEntropyLoss.__name__",
+        "import crossjax.cross_encoder.evaluation; import crossjax; crossjax.cross_encoder.evaluation.CEF1Evaluator",
+        "from crossjax.cross_encoder.losses.BinaryCrossEntropyLoss import BinaryCrossEntropyLoss as B; "
+        "import crossjax.cross_encoder.losses as m; assert m.BinaryCrossEntropyLoss is B",
+        "import sys, crossjax.cross_encoder.evaluation.deprecated; assert 'torch' not in sys.modules",
+    ):
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                              env={**os.environ, "PYTHONPATH": str(REPO / "src")})  # fmt: skip
+        assert done.returncode == 0, (code, done.stderr[-800:])
     # the package attributes stay the classes (an alias module never replaces them)
     assert isinstance(crossjax.losses.BinaryCrossEntropyLoss, type)
     assert isinstance(crossjax.evaluation.SequentialEvaluator, type)

@@ -22,7 +22,7 @@ _LAZY = {
     "LoggingHandler": "crossjax.runtime",
 }
 
-_SUBMODULES = ("losses", "evaluation", "util", "readers")
+_SUBMODULES = ("losses", "evaluation", "util", "readers", "cross_encoder")
 
 # sentence-transformers 6.2's module paths with the package renamed: its cross-encoder package's modules (crossjax
 # keeps them as top-level modules) and the homes its deprecation warnings now send the shared classes to
@@ -31,6 +31,7 @@ _ST_PATHS = {
     "crossjax.cross_encoder.training_args": "crossjax.training_args",
     "crossjax.cross_encoder.model_card": "crossjax.model_card",
     "crossjax.cross_encoder.model": "crossjax.cross_encoder",
+    "crossjax.cross_encoder.CrossEncoder": "crossjax.cross_encoder",  # the module of sentence-transformers < 4
     "crossjax.cross_encoder.losses": "crossjax.losses",
     "crossjax.cross_encoder.evaluation": "crossjax.evaluation",
     "crossjax.sentence_transformer": None,

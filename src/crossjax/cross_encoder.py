@@ -11,6 +11,7 @@ import json
 import logging
 import operator
 import os
+import sys
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -41,6 +42,9 @@ from crossjax.runtime import is_main_process, progress_bar
 from crossjax.schedules import SCHEDULER_NAMES
 
 logger = logging.getLogger("crossjax")
+
+# The device names sentence-transformers < 4 took as CrossEncoder's fourth positional argument (now activation_fn)
+_DEVICE_KINDS = frozenset({"cpu", "cuda", "gpu", "tpu", "mps", "xla", "npu", "hpu"})
 
 # Up to this many pair slots a predict call plans ``batch_size`` slots, whatever its number of pairs, so calls of
 # other sizes share compiled shapes (shapes are keyed by their slots). Beyond it, a call of fewer pairs gets
@@ -369,6 +373,12 @@ class CrossEncoder:
         # sentence-transformers' own arguments, checked first: none is silently ignored.
         if model_name_or_path is None:
             raise TypeError("CrossEncoder() needs model_name_or_path (a Hugging Face directory or hub id)")
+        if isinstance(activation_fn, str) and activation_fn.split(":")[0].lower() in _DEVICE_KINDS:
+            raise ValueError(
+                f"activation_fn={activation_fn!r} is a device: the fourth positional argument is activation_fn, as "
+                "in sentence-transformers 4+ (sentence-transformers < 4 took device there): pass "
+                f"device={activation_fn!r} by name"
+            )
         if type(device).__module__.startswith("torch"):  # torch.device("cuda:0"), as sentence-transformers takes
             device = str(device)
         device = _jax_devices_of(device)  # a JAX user's device, devices or Mesh: the devices the mesh spans
@@ -1592,4 +1602,9 @@ def __getattr__(name: str) -> Any:
         import importlib
 
         return getattr(importlib.import_module(_ALSO_HERE[name]), name)
+    # sentence-transformers' paths below its ``cross_encoder`` package (``crossjax.cross_encoder.evaluation``,
+    # ``.trainer``, ...: crossjax.st_paths) are attributes of this module, as of that package
+    alias = sys.modules.get(f"{__name__}.{name}")
+    if alias is not None and not name.startswith("__"):
+        return alias
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -151,3 +151,22 @@ def test_fit_strips_texts_as_old_fit_does(tmp_path):
     np.testing.assert_allclose(our_losses, history, rtol=1e-5)
     pairs = [(a, b) for a, b, _ in rows]
     np.testing.assert_allclose(ours.predict(pairs), theirs.predict(pairs), rtol=1e-5, atol=1e-6)
+
+
+def test_a_text_holding_the_pad_token_leaves_its_embedding_row_as_torch_does(minilm_dir, tmp_path):
+    """transformers' embedding tables take ``padding_idx``: torch gives that row no gradient. A text holding the
+    pad token's string ("[PAD]") reads the row; crossjax trained it (a probe: DeBERTa's gradient norm 20 against
+    5 in sentence-transformers). Two old_fit steps with such texts: the same losses and scores, the row unmoved."""
+    from conftest import save_tiny_bert
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(minilm_dir))
+    save_tiny_bert(tmp_path, tokenizer, dropout=0.0, initializer_range=0.3)
+    rows = [(a + " [PAD] " + b, b + " [PAD]", s) for a, b, s in read_stsb("train", limit=8)]
+    before = CrossEncoder(tmp_path, config_kwargs=NO_DROPOUT)
+    pad_row = np.asarray(before.model.embeddings.word.embedding[...][tokenizer.pad_token_id])
+    ours, theirs, history = fit_both(tmp_path, rows, TWO_STEPS, batch_size=4)
+    np.testing.assert_allclose([h["loss"] for h in ours.training_history], history, rtol=1e-5)
+    np.testing.assert_array_equal(ours.model.embeddings.word.embedding[...][tokenizer.pad_token_id], pad_row)
+    pairs = [(a, b) for a, b, _ in rows]
+    np.testing.assert_allclose(ours.predict(pairs), theirs.predict(pairs), rtol=1e-4, atol=1e-5)

@@ -209,23 +209,46 @@ def _small_table_take(rows: int, dtype: jnp.dtype) -> Callable[[Array, Array], A
 
 
 class Embed(nnx.Embed):
-    """``nnx.Embed`` (same parameters and outputs) whose small tables train without a scatter-add: see
-    :func:`_small_table_take`."""
+    """``nnx.Embed`` (same parameters and outputs) whose small tables train without a scatter-add (see
+    :func:`_small_table_take`), and whose ``padding_idx`` row, if any, gets no gradient, as torch's
+    ``nn.Embedding(padding_idx=...)`` gives it none (a text holding the pad token's string, "[PAD]" or "<pad>",
+    reads that row; a probe saw DeBERTa's zero pad row, through its LayerNorm, make a step's gradient norm 20
+    instead of sentence-transformers' 5)."""
+
+    padding_idx: int | None = None
 
     def __call__(self, inputs: Array, out_sharding=None) -> Array:
         if out_sharding is not None or not 1 < self.num_embeddings <= SMALL_TABLE_ROWS:
-            return super().__call__(inputs, out_sharding=out_sharding)
-        if not jnp.issubdtype(inputs.dtype, jnp.integer):
-            raise ValueError("Input type must be an integer or unsigned integer.")
-        (table,) = self.promote_dtype((self.embedding[...],), dtype=self.dtype, inexact=False)
-        return _small_table_take(self.num_embeddings, jnp.dtype(table.dtype))(table, inputs)
+            out = super().__call__(inputs, out_sharding=out_sharding)
+        else:
+            if not jnp.issubdtype(inputs.dtype, jnp.integer):
+                raise ValueError("Input type must be an integer or unsigned integer.")
+            (table,) = self.promote_dtype((self.embedding[...],), dtype=self.dtype, inexact=False)
+            out = _small_table_take(self.num_embeddings, jnp.dtype(table.dtype))(table, inputs)
+        if self.padding_idx is None:
+            return out
+        return jnp.where((inputs == self.padding_idx)[..., None], jax.lax.stop_gradient(out), out)
 
 
-def embedding(num: int, features: int, *, std: float, dtype, rngs: nnx.Rngs, padding_idx: int | None = None):
-    emb = Embed(num, features, embedding_init=normal_init(std), dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
+def embedding(
+    num: int,
+    features: int,
+    *,
+    std: float | None = None,
+    dtype,
+    rngs: nnx.Rngs,
+    padding_idx: int | None = None,
+    init: Callable | None = None,
+    zero_padding_row: bool = True,
+) -> Embed:
+    """An :class:`Embed` of ``num`` rows (``init``, else normal with ``std``) whose ``padding_idx`` row gets no
+    gradient (transformers' ``padding_idx``) and starts at zero where transformers zeroes it."""
+    embedding_init = init if init is not None else normal_init(std)
+    emb = Embed(num, features, embedding_init=embedding_init, dtype=dtype, param_dtype=jnp.float32, rngs=rngs)
     if padding_idx is not None and 0 <= padding_idx < num:
-        # transformers zeroes the padding row at init; do the same so fresh models agree.
-        emb.embedding[...] = emb.embedding[...].at[padding_idx].set(0.0)
+        emb.padding_idx = int(padding_idx)
+        if zero_padding_row:  # transformers zeroes the padding row at init; do the same so fresh models agree.
+            emb.embedding[...] = emb.embedding[...].at[padding_idx].set(0.0)
     return emb
 
 

@@ -29,6 +29,7 @@ from crossjax.models.layers import (
     Encoder,
     activation,
     dense,
+    embedding,
     layer_norm,
     scaled_dot_product_attention,
     scanned_layer,
@@ -202,13 +203,14 @@ class ModernBertEmbeddings(nnx.Module):
 
     def __init__(self, config, *, dtype, rngs: nnx.Rngs):
         std, cutoff = config.initializer_range, _cutoff(config)
-        self.tok = nnx.Embed(
+        self.tok = embedding(
             config.vocab_size,
             config.hidden_size,
-            embedding_init=_trunc_normal(std, cutoff),
+            init=_trunc_normal(std, cutoff),
             dtype=dtype,
-            param_dtype=jnp.float32,
             rngs=rngs,
+            padding_idx=config.pad_token_id,  # no gradient, as transformers' padding_idx
+            zero_padding_row=False,  # transformers' ModernBERT initialises every row alike
         )
         self.norm = layer_norm(config.hidden_size, config.norm_eps, dtype=dtype, rngs=rngs, use_bias=config.norm_bias)
         self.dropout = Dropout(float(config.embedding_dropout), rngs=rngs)

@@ -302,11 +302,10 @@ def resolve_loss(loss_fct: Any, num_labels: int) -> LossFn:
 
 
 def _is_trainer_loss(loss: Any) -> bool:
-    """A loss of crossjax's or sentence-transformers' trainer (``LossClass(model, ...)``), not fit's kind."""
-    from crossjax.losses.base import CrossEncoderLoss
-
-    from_sentence_transformers = (type(loss).__module__ or "").startswith("sentence_transformers.")
-    return isinstance(loss, CrossEncoderLoss) or (from_sentence_transformers and hasattr(loss, "model"))
+    """A loss of crossjax's or sentence-transformers' trainer (``LossClass(model, ...)``: it holds the model),
+    not fit's kind. (By its module: crossjax.losses.base imports this module.)"""
+    module = type(loss).__module__ or ""
+    return module.startswith(("crossjax.losses.", "sentence_transformers.")) and hasattr(loss, "model")
 
 
 def _checked_custom_loss(loss_fct: Callable) -> LossFn:

@@ -149,9 +149,14 @@ def atomic_directory_write(
     return target
 
 
+def _host() -> str:
+    """This host's name as a temporary folder's name carries it (no "-": that separates the name's fields)."""
+    return socket.gethostname().replace("-", "_")
+
+
 def _writer_tag() -> str:
     """This process, as a temporary folder's name carries it: host and process id."""
-    return f"{socket.gethostname().replace('-', '_')}-{os.getpid()}"
+    return f"{_host()}-{os.getpid()}"
 
 
 def _abandoned(name: str) -> bool:
@@ -161,7 +166,7 @@ def _abandoned(name: str) -> bool:
     host, pid, *_ = [*name[len(TMP_PREFIX) :].split("-"), "", ""]
     if not pid.isdigit():
         return True
-    if host != socket.gethostname().replace("-", "_"):
+    if host != _host():
         return False
     try:
         os.kill(int(pid), 0)

@@ -181,14 +181,15 @@ def test_bad_fit_arguments_rejected_before_compilation(loader, kwargs, message, 
 @pytest.mark.parametrize(
     "loss, message",
     [
-        ("ignore", "CrossEntropyLoss\\(ignore_index=0\\) is not supported"),
+        ("ignore", "CrossEntropyLoss\\(ignore_index=0\\) names a real class of num_labels=3"),
         ("two weights", "needs one weight per class, shape \\(3,\\)"),
         ("four weights", "holds 4 class weights"),
     ],
 )
 def test_cross_entropy_settings_torch_would_apply_otherwise_are_refused(untrained, spies, loss, message):
-    """torch drops the rows of ``ignore_index`` (crossjax would train on them) and refuses a weight per class of
-    another count (JAX would clamp the index and train on made-up weights)."""
+    """An ``ignore_index`` naming a real class is refused (crossjax could not tell those rows from unlabelled
+    ones when it checks labels), as is a weight per class of another count, which torch refuses (JAX would clamp
+    the index and train on made-up weights)."""
     import torch
 
     torch_loss = {

@@ -170,3 +170,56 @@ def test_a_text_holding_the_pad_token_leaves_its_embedding_row_as_torch_does(min
     np.testing.assert_array_equal(ours.model.embeddings.word.embedding[...][tokenizer.pad_token_id], pad_row)
     pairs = [(a, b) for a, b, _ in rows]
     np.testing.assert_allclose(ours.predict(pairs), theirs.predict(pairs), rtol=1e-4, atol=1e-5)
+
+
+class RecordingCE(torch.nn.CrossEntropyLoss):
+    """CrossEntropyLoss that remembers each step's loss."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.history: list[float] = []
+
+    def forward(self, logits, labels):
+        loss = super().forward(logits, labels)
+        self.history.append(float(loss.detach()))
+        return loss
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [{}, {"weight": [0.5, 1.0, 2.0], "label_smoothing": 0.1}, {"ignore_index": -1}],
+    ids=["default", "weights+smoothing", "ignore -1"],
+)
+def test_fit_skips_rows_labelled_ignore_index_as_old_fit_does(minilm_dir, tmp_path, settings):
+    """torch's cross-entropy leaves out the rows labelled ``ignore_index`` (-100 unless set): old_fit trains on
+    the others, and so does fit now (it refused such labels). Three steps of 3-class pairs, a third of them
+    unlabelled: the same step losses (the weighted mean over the labelled rows), and the same trained scores."""
+    from conftest import save_tiny_bert
+    from sentence_transformers import CrossEncoder as TorchCrossEncoder
+    from sentence_transformers import InputExample as TorchInputExample
+    from transformers import AutoTokenizer
+
+    save_tiny_bert(tmp_path, AutoTokenizer.from_pretrained(str(minilm_dir)), num_labels=3, dropout=0.0)
+    ignored = settings.get("ignore_index", -100)
+    rows = [(a, b, ignored if i % 3 == 1 else i % 3) for i, (a, b, _) in enumerate(read_stsb("train", limit=12))]
+    torch_settings = {k: torch.tensor(v) if k == "weight" else v for k, v in settings.items()}
+    loss_kwargs = {"loss_fct": torch.nn.CrossEntropyLoss(**torch_settings)} if settings else {}
+    fit_settings = {**TWO_STEPS, "optimizer_params": {"lr": 1e-2}}
+    ours = CrossEncoder(tmp_path, config_kwargs=NO_DROPOUT)
+    examples = [InputExample(texts=[a, b], label=y) for a, b, y in rows]
+    ours.fit(DataLoader(examples, batch_size=4, shuffle=False), **loss_kwargs, **fit_settings)
+    torch.manual_seed(0)
+    theirs = TorchCrossEncoder(str(tmp_path), device="cpu", config_kwargs=NO_DROPOUT)
+    recorder = RecordingCE(**torch_settings)
+    loader = torch.utils.data.DataLoader(
+        [TorchInputExample(texts=[a, b], label=y) for a, b, y in rows], batch_size=4, shuffle=False
+    )
+    theirs.old_fit(loader, loss_fct=recorder, **fit_settings)
+    assert len(recorder.history) == 3
+    np.testing.assert_allclose([h["loss"] for h in ours.training_history], recorder.history, rtol=1e-5)
+    pairs = [(a, b) for a, b, _ in rows]
+    np.testing.assert_allclose(ours.predict(pairs), theirs.predict(pairs), rtol=1e-4, atol=1e-5)
+    # A loss that does not skip them still refuses the label, naming it.
+    with pytest.raises(ValueError, match=f"label {ignored} is out of range for num_labels=3"):
+        summed = lambda logits, labels, mask: logits.sum()  # noqa: E731
+        ours.fit(DataLoader(examples, batch_size=4), loss_fct=summed, show_progress_bar=False)

@@ -41,6 +41,19 @@ def test_generator_matches_list(tiny_dir):
     assert_same_params(in_memory, streamed)
 
 
+def test_a_stream_keeps_the_rows_cross_entropy_ignores(tiny_dirs):
+    """Rows labelled -100 (torch's ignore_index, which fit's cross-entropy skips) pass a stream's checks as they
+    pass the in-memory ones: the same losses and parameters."""
+    examples = make_examples(24, seed=3)
+    for i, example in enumerate(examples):
+        example.label = -100 if i % 4 == 1 else i % 3
+    in_memory, streamed = CrossEncoder(tiny_dirs[3]), CrossEncoder(tiny_dirs[3])
+    in_memory.fit(list(examples), **RUN)
+    streamed.fit(iter(examples), max_steps=6, **RUN)
+    assert len(losses_of(streamed)) == 6 and losses_of(streamed) == losses_of(in_memory)
+    assert_same_params(in_memory, streamed)
+
+
 @pytest.mark.parametrize(
     "max_steps, extra",
     [(100, {}), (6, {"gradient_accumulation_steps": 2})],

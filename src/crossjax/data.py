@@ -357,7 +357,11 @@ def fits_float32(value: float) -> bool:
 
 
 def validate_examples(
-    examples: Sequence[Any], num_labels: int, require_labels: bool = True, start: int = 0
+    examples: Sequence[Any],
+    num_labels: int,
+    require_labels: bool = True,
+    start: int = 0,
+    ignored_label: int | None = None,
 ) -> tuple[list[str], list[str], np.ndarray]:
     """Check every example and split it into ``(texts_a, texts_b, labels)``.
 
@@ -366,8 +370,9 @@ def validate_examples(
     Raises ``ValueError`` naming the example index (and guid) on the first problem, so bad data fails
     fast, before tokenization or compilation. Regression (``num_labels == 1``) labels become float32;
     classification labels int32 in ``[0, num_labels)`` (integral floats like ``1.0`` are accepted as
-    ``1``, ``1.5`` is rejected). Without ``require_labels`` missing labels become 0. ``start`` is the number
-    of the first example in messages (a stream's examples are checked a few at a time).
+    ``1``, ``1.5`` is rejected); ``ignored_label`` (the loss's ``ignore_index``, e.g. torch's -100) is kept as
+    is for the loss to skip. Without ``require_labels`` missing labels become 0. ``start`` is the number of the
+    first example in messages (a stream's examples are checked a few at a time).
     """
     if int(num_labels) < 1:
         raise ValueError(f"num_labels must be >= 1, got {num_labels}")
@@ -421,10 +426,10 @@ def validate_examples(
                     "for regression)"
                 )
             value = int(label)
-            if not 0 <= value < num_labels:
+            if not 0 <= value < num_labels and value != ignored_label:
                 ignored = (
-                    " (-100 is torch's ignore_index, whose rows old_fit's cross-entropy skips; crossjax trains on "
-                    "every row: leave those examples out of the training data)"
+                    " (-100 is torch's ignore_index: only the cross-entropy loss skips such rows, and this run's "
+                    "loss is another)"
                     if value == -100
                     else ""
                 )

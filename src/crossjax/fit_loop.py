@@ -801,7 +801,9 @@ class _InMemoryData:
     """A run over examples held in memory: tokenized once, every epoch planned up front (pure functions of the
     seed and the epoch, so the global step is the data position), packed shapes planned over the whole run."""
 
-    def __init__(self, target: FitTarget, train_dataloader: Any, cfg: FitConfig) -> None:
+    def __init__(
+        self, target: FitTarget, train_dataloader: Any, cfg: FitConfig, ignored_label: int | None = None
+    ) -> None:
         model, plan = target.model, target.plan
         if cfg.shuffle_buffer_size:
             raise ValueError(
@@ -812,7 +814,9 @@ class _InMemoryData:
             train_dataloader, batch_size=cfg.batch_size
         )
         data_seed = cfg.seed if loader_seed is None else loader_seed  # DataLoader(seed=...) orders the data
-        texts_a, texts_b, self.labels = data_lib.validate_examples(examples, model.num_labels)
+        texts_a, texts_b, self.labels = data_lib.validate_examples(
+            examples, model.num_labels, ignored_label=ignored_label
+        )
         if not cfg.max_tokens_per_step:  # token-budget steps take pairs by tokens, not batch_size
             plan.check_batch_size(batch_size)
         step_rows = batch_size * cfg.gradient_accumulation_steps
@@ -956,7 +960,9 @@ class _StreamData(ShardedStream):
     data position (examples consumed) go into every checkpoint. In a multi-host run each process reads and
     packs only its own shard, in the one shape all processes plan from the global stream's first steps."""
 
-    def __init__(self, target: FitTarget, stream: streaming.StreamSource, cfg: FitConfig) -> None:
+    def __init__(
+        self, target: FitTarget, stream: streaming.StreamSource, cfg: FitConfig, ignored_label: int | None = None
+    ) -> None:
         if cfg.max_steps is None:
             raise ValueError(
                 f"fit got a stream ({stream.description}) of unknown length: pass max_steps=... (the number of "
@@ -970,7 +976,7 @@ class _StreamData(ShardedStream):
                     f"{name}={value!r} needs the whole training set in memory (it plans every epoch's batches up "
                     f"front); a stream ({stream.description}) is read once, in batches of batch_size"
                 )
-        self.target, self.stream, self.cfg = target, stream, cfg
+        self.target, self.stream, self.cfg, self.ignored_label = target, stream, cfg, ignored_label
         self.batch_size = int(cfg.batch_size or stream.batch_size or 16)
         target.plan.check_batch_size(self.batch_size)
         self.step_rows = self.batch_size * cfg.gradient_accumulation_steps
@@ -1018,6 +1024,7 @@ class _StreamData(ShardedStream):
             shuffle_buffer_size=self.cfg.shuffle_buffer_size,
             limits=data_lib.token_limits(self.target.model.config),
             accumulated_batches=self.cfg.gradient_accumulation_steps,
+            ignored_label=self.ignored_label,
             **kwargs,
         )
 
@@ -1212,7 +1219,12 @@ def _run_fit(
         stream = streaming.as_stream(train_dataloader, cfg.batch_size)
         loss_fn = losses.resolve_loss(loss_fct, model.num_labels)
         activation = losses.resolve_training_activation(activation_fct)
-        data = _StreamData(target, stream, cfg) if stream is not None else _InMemoryData(target, train_dataloader, cfg)
+        ignored = losses.ignored_label(loss_fn)  # rows labelled so (torch's -100) are kept for the loss to skip
+        data = (
+            _StreamData(target, stream, cfg, ignored)
+            if stream is not None
+            else _InMemoryData(target, train_dataloader, cfg, ignored)
+        )
         _warn_of_bce_labels_outside_0_1(loss_fn, getattr(data, "labels", None))
     _check_processes_agree(data, cfg, loss_fn, target.evaluate, streamed=stream is not None)
     plan = target.plan

@@ -378,8 +378,10 @@ class StreamReader(BackgroundReader):
         name: str = "crossjax-stream",
         limits: tuple[int, int | None] | None = None,
         accumulated_batches: int = 1,
+        ignored_label: int | None = None,
     ) -> None:
         self.source = source
+        self.ignored_label = ignored_label  # the loss's ignore_index (data.validate_examples)
         self.batch_rows = step_size // accumulated_batches  # the DataLoader's batch (in this process's shard)
         self.limits = limits  # the model's embedding table sizes (data.token_limits), checked per batch
         self.tokenizer = copy.deepcopy(tokenizer)  # the main thread's evaluators may tokenize meanwhile
@@ -426,7 +428,9 @@ class StreamReader(BackgroundReader):
                 return
             texts_a, texts_b, parts = [], [], []
             for number, example in chunk:
-                a, b, label = data_lib.validate_examples([example], self.num_labels, start=number)
+                a, b, label = data_lib.validate_examples(
+                    [example], self.num_labels, start=number, ignored_label=self.ignored_label
+                )
                 if len(self.first_examples) < 3:
                     self.first_examples.append(([a[0], b[0]], label.tolist()[0]))
                 texts_a += a

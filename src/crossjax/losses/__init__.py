@@ -48,6 +48,7 @@ from crossjax.losses.pointwise import (
     binary_cross_entropy_with_logits_parts,
     cross_entropy,
     cross_entropy_parts,
+    ignored_label,
     loss_parts,
     mse,
     mse_parts,
@@ -91,6 +92,7 @@ __all__ = [
     "binary_cross_entropy_with_logits",
     "cross_entropy",
     "mse",
+    "ignored_label",
     "resolve_loss",
     # activations
     "resolve_activation",

@@ -125,13 +125,15 @@ def cross_entropy(
     example_mask: jnp.ndarray,
     class_weights: jnp.ndarray | None = None,
     label_smoothing: float = 0.0,
+    ignore_index: int = -100,
 ) -> jnp.ndarray:
     """``torch.nn.CrossEntropyLoss`` with integer class labels [N] (or class probabilities [N, C], see
     :func:`cross_entropy_parts`), averaged over real rows.
 
     With ``class_weights`` and class labels the mean is weighted like torch's: ``sum(w[y] * loss) / sum(w[y])``.
+    Rows labelled ``ignore_index`` (torch's default -100) count for nothing, as in torch.
     """
-    return ratio(*cross_entropy_parts(logits, labels, example_mask, class_weights, label_smoothing))
+    return ratio(*cross_entropy_parts(logits, labels, example_mask, class_weights, label_smoothing, ignore_index))
 
 
 def cross_entropy_parts(
@@ -140,16 +142,19 @@ def cross_entropy_parts(
     example_mask: jnp.ndarray,
     class_weights: jnp.ndarray | None = None,
     label_smoothing: float = 0.0,
+    ignore_index: int = -100,
 ) -> tuple[jnp.ndarray, jnp.ndarray]:
     """(numerator, denominator) of :func:`cross_entropy`: ``(sum(w[y] * loss), sum(w[y]))`` over real rows
-    (``w`` = 1 without class weights; label smoothing changes the numerator only, as in torch).
+    (``w`` = 1 without class weights; label smoothing changes the numerator only, as in torch) whose label is not
+    ``ignore_index``: a batch of ignored rows only has (0, 0), so its loss is 0 (torch's mean is NaN there).
 
     ``labels`` of shape [N, C] are class probabilities (torch's soft targets, e.g. a teacher's): the numerator
     is ``sum(-sum_c w_c t_c log q_c)`` with ``t = (1 - e) p + e / C``, and as torch does for them the mean is
     over rows, not over the weights."""
-    logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    logits = logits.astype(jnp.float32)
     mask = example_mask.astype(jnp.float32)
     if labels.ndim == 2:
+        logp = jax.nn.log_softmax(logits, axis=-1)
         targets = labels.astype(jnp.float32)
         if label_smoothing:
             targets = (1.0 - label_smoothing) * targets + label_smoothing / logits.shape[-1]
@@ -157,6 +162,10 @@ def cross_entropy_parts(
             targets = targets * jnp.asarray(class_weights, jnp.float32)[None, :]
         return _masked_sum_and_count(-jnp.sum(targets * logp, axis=-1), mask)
     y = labels.astype(jnp.int32)
+    kept = y != ignore_index
+    mask = jnp.where(kept, mask, 0.0)
+    y = jnp.where(kept, y, 0)  # any class: the row is masked out
+    logp = jax.nn.log_softmax(jnp.where(kept[:, None], logits, 0.0), axis=-1)  # an ignored row's NaN reaches nothing
     nll = -jnp.take_along_axis(logp, y[:, None], axis=-1)[:, 0]
     if class_weights is None:
         loss = nll
@@ -243,19 +252,24 @@ def _from_torch_loss(obj: Any) -> LossFn:
             raise ValueError(f"BCEWithLogitsLoss(pos_weight=...) must hold one value, got shape {pw.shape}")
         return functools.partial(binary_cross_entropy_with_logits, pos_weight=float(pw[0]))
     if name == "CrossEntropyLoss":
-        ignore_index = getattr(obj, "ignore_index", -100)
-        if ignore_index != -100:
-            raise ValueError(
-                f"CrossEntropyLoss(ignore_index={ignore_index}) is not supported: crossjax trains on every example "
-                "(a label outside 0..num_labels-1 is an error); leave those examples out of the training data"
-            )
+        ignore_index = int(getattr(obj, "ignore_index", -100))
         weight = getattr(obj, "weight", None)
         smoothing = checked_label_smoothing(getattr(obj, "label_smoothing", 0.0) or 0.0)
-        if weight is None and smoothing == 0.0:
+        if weight is None and smoothing == 0.0 and ignore_index == -100:
             return cross_entropy
         class_weights = None if weight is None else jnp.asarray(tensor_to_numpy(weight))
-        return functools.partial(cross_entropy, class_weights=class_weights, label_smoothing=smoothing)
+        return functools.partial(
+            cross_entropy, class_weights=class_weights, label_smoothing=smoothing, ignore_index=ignore_index
+        )
     return mse  # MSELoss
+
+
+def ignored_label(loss_fn: Callable) -> int | None:
+    """The label whose rows ``loss_fn`` skips (torch's ``ignore_index``: -100 unless set), for the cross-entropy
+    :func:`resolve_loss` returns; None for any other loss, which trains on every row."""
+    if isinstance(loss_fn, functools.partial) and loss_fn.func is cross_entropy:
+        return int(loss_fn.keywords.get("ignore_index", -100))
+    return -100 if loss_fn is cross_entropy else None
 
 
 def resolve_loss(loss_fct: Any, num_labels: int) -> LossFn:
@@ -285,6 +299,15 @@ def resolve_loss(loss_fct: Any, num_labels: int) -> LossFn:
         return _checked_custom_loss(loss_fct)
     else:
         raise TypeError(f"loss_fct must be None, a name, a torch loss module or a callable, got {type(loss_fct)}")
+    ignored = ignored_label(resolved)
+    if ignored is not None and not -(2**31) <= ignored < 2**31:  # labels travel as int32
+        raise ValueError(f"CrossEntropyLoss(ignore_index={ignored}) must fit in int32")
+    if ignored is not None and 0 <= ignored < num_labels:
+        raise ValueError(
+            f"CrossEntropyLoss(ignore_index={ignored}) names a real class of num_labels={num_labels}: crossjax "
+            "checks every label before training and would take that class's examples for unlabelled ones; "
+            "leave those examples out of the training data instead"
+        )
     weights = getattr(resolved, "keywords", {}).get("class_weights")
     if weights is not None and weights.shape != (num_labels,):
         raise ValueError(

@@ -180,16 +180,16 @@ class CrossEntropyLoss(_PairLoss):
     def parts(self, logits, doc_mask, labels, query_mask):
         soft = jnp.issubdtype(labels.dtype, jnp.floating)  # probabilities travel as float32, classes as int32
         mask = self._row_mask(doc_mask, query_mask)
-        if not soft:
-            mask = mask & (labels[:, 0].astype(jnp.int32) != self.ignore_index)
         class_logits = jnp.where(mask[:, None], logits[:, 0, :].astype(jnp.float32), 0.0)
         if self.activation is not None:
             class_logits = self.activation(class_logits)
         if soft:
             targets = jnp.where(mask[:, None], labels[:, : class_logits.shape[-1]].astype(jnp.float32), 0.0)
         else:
-            targets = jnp.where(mask, labels[:, 0].astype(jnp.int32), 0)
-        return cross_entropy_parts(class_logits, targets, mask, self.class_weights, self.label_smoothing)
+            targets = jnp.where(mask, labels[:, 0].astype(jnp.int32), 0)  # rows labelled ignore_index keep it
+        return cross_entropy_parts(
+            class_logits, targets, mask, self.class_weights, self.label_smoothing, self.ignore_index
+        )
 
     def get_config_dict(self) -> dict[str, Any]:
         return {}  # sentence-transformers' CrossEntropyLoss has no get_config_dict: its model card lists nothing

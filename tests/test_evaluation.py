@@ -428,9 +428,9 @@ def _tied_table() -> dict[tuple[str, str], float]:
     return table
 
 
-@pytest.mark.parametrize("at_k", [10, 3])
+@pytest.mark.parametrize("at_k", [10, 3, None])  # None: no cut-off, keys "mrr@None", as sentence-transformers
 @pytest.mark.parametrize("levels", [0, 4])
-def test_reranking_negatives_match_st_and_sklearn(tmp_path: Path, at_k: int, levels: int) -> None:
+def test_reranking_negatives_match_st_and_sklearn(tmp_path: Path, at_k: int | None, levels: int) -> None:
     samples = _negative_samples()
     model = StubModel(table=_tied_table(), levels=levels)
     ours = cje.CrossEncoderRerankingEvaluator(samples, at_k=at_k, name="rr")
@@ -477,6 +477,17 @@ def test_reranking_documents_match_st(tmp_path: Path, always_rerank_positives: b
     assert ours.get_config_dict() == theirs.get_config_dict()
     # Model-card metrics carry the base -> reranked delta strings, like ST.
     assert model.model_card_data.calls[0][1] == model.model_card_data.calls[1][1]
+
+
+def test_reranking_samples_from_a_generator_are_read_at_every_evaluation(tmp_path: Path) -> None:
+    """A generator of samples was read once: the second evaluation (of a training run's many) had no query and
+    returned NaN metrics (sentence-transformers raises at every call). It is now read into a list when made."""
+    model = StubModel(table=_tied_table(), levels=4)
+    listed = cje.CrossEncoderRerankingEvaluator(_negative_samples(), at_k=3)(model)
+    streamed = cje.CrossEncoderRerankingEvaluator((sample for sample in _negative_samples()), at_k=3)
+    assert streamed(model) == streamed(model) == listed
+    with pytest.raises(ValueError, match="needs at least one sample"):
+        cje.CrossEncoderRerankingEvaluator(sample for sample in [])
 
 
 def test_reranking_dict_samples_and_mrr_at_k_alias(tmp_path: Path) -> None:

@@ -106,6 +106,17 @@ def test_predict_and_rank_take_sentence_transformers_6_arguments(saved, pairs):
     assert ours.predict([], convert_to_numpy=False) == theirs.predict([], convert_to_numpy=False) == []
 
 
+def test_a_progress_bar_asked_for_is_drawn_for_one_batch_too(saved, pairs, capsys):
+    """sentence-transformers draws the bar it is asked for whatever the number of batches; crossjax drew none
+    for a call of one batch."""
+    ours, theirs = CrossEncoder(saved), st.CrossEncoder(str(saved))
+    for model in (theirs, ours):
+        model.predict(pairs[:2], show_progress_bar=True)
+        assert "Batches: 100%" in capsys.readouterr().err, type(model).__module__
+        model.predict(pairs[:2], show_progress_bar=False)
+        assert "Batches" not in capsys.readouterr().err
+
+
 def test_pairs_are_ordered_pairs_of_texts(saved, pairs):
     model = CrossEncoder(saved)
     np.testing.assert_array_equal(model.predict(p for p in pairs), model.predict(pairs))  # any iterable

@@ -749,7 +749,7 @@ class CrossEncoder:
         with training.CompileMonitor() as compiling:
             with self._arrays_guard.reading("predict"):  # a train step of another thread waits for the dispatch
                 params, rest = nnx.state(self.model, nnx.Param), nnx.state(self.model, nnx.Not(nnx.Param))
-                bar = progress_bar(range(len(chunks)), enabled=show_progress_bar and len(chunks) > 1, desc="Batches")
+                bar = progress_bar(range(len(chunks)), enabled=show_progress_bar, desc="Batches")
                 for i in bar:
                     batch = packing.pack(tokenized, chunks[i], None, plan, self._pad_id, dealt[i])
                     compute += packing.step_cost(*batch.input_ids.shape[1:], width)

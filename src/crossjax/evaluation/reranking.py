@@ -14,8 +14,8 @@ from .binary import average_precision
 logger = logging.getLogger(__name__)
 
 
-def mrr_at_k(y_true: Sequence[int], y_pred: np.ndarray, k: int) -> float:
-    """Reciprocal rank of the first relevant document within the top ``k``, else 0.
+def mrr_at_k(y_true: Sequence[int], y_pred: np.ndarray, k: int | None) -> float:
+    """Reciprocal rank of the first relevant document within the top ``k`` (None: any rank), else 0.
 
     Uses ``np.argsort(y_pred)[::-1]`` exactly like sentence-transformers, so tied scores are ordered the
     same way and the numbers agree bit for bit.
@@ -85,7 +85,7 @@ class CrossEncoderRerankingEvaluator(CrossEncoderEvaluator):
         samples: dicts with ``query``, ``positive`` (list of str) and either ``negative`` (list of str) or
             ``documents`` (all documents, ranked by a first-stage retriever, positives included). A dict of
             such samples (the pre-v4 format) is also accepted.
-        at_k: cut-off for MRR and NDCG.
+        at_k: cut-off for MRR and NDCG (None: every rank).
         always_rerank_positives: with ``documents``, add positives the retriever missed before re-ranking.
         name: prefix for metric keys and the CSV file name.
         prompt_name: forwarded to ``model.predict`` only when set (crossjax models take no prompts).
@@ -98,7 +98,7 @@ class CrossEncoderRerankingEvaluator(CrossEncoderEvaluator):
     def __init__(
         self,
         samples: list[dict[str, str | list[str]]],
-        at_k: int = 10,
+        at_k: int | None = 10,
         always_rerank_positives: bool = True,
         name: str = "",
         prompt_name: str | None = None,
@@ -113,10 +113,13 @@ class CrossEncoderRerankingEvaluator(CrossEncoderEvaluator):
                 f"The `mrr_at_k` parameter has been deprecated; please use `at_k={mrr_at_k}` instead."
             )
             at_k = mrr_at_k
-        if isinstance(at_k, bool) or not isinstance(at_k, int | np.integer) or at_k < 1:
-            raise ValueError(f"at_k must be an integer >= 1 (the ranks MRR and NDCG look at), got {at_k!r}")
-        self.at_k = int(at_k)
-        self.samples = list(samples.values()) if isinstance(samples, dict) else samples
+        if at_k is not None and (isinstance(at_k, bool) or not isinstance(at_k, int | np.integer) or at_k < 1):
+            raise ValueError(
+                f"at_k must be an integer >= 1 (the ranks MRR and NDCG look at) or None (every rank), got {at_k!r}"
+            )
+        self.at_k = None if at_k is None else int(at_k)  # None: no cut-off ("mrr@None"), as sentence-transformers
+        # A list, so that every evaluation reads the samples again (a generator would be empty the second time)
+        self.samples = list(samples.values()) if isinstance(samples, dict) else list(samples)
         if not self.samples:
             raise ValueError(f"{type(self).__name__} needs at least one sample (query, positives, candidates)")
         self.always_rerank_positives = always_rerank_positives

@@ -416,7 +416,10 @@ def test_sentence_transformers_6_2_spellings_and_trainer_methods(tiny_ce, tmp_pa
             getattr(handler, event)(args, TrainerState(), control, **kwargs)
             cleared.append(not getattr(control, flag))
         assert cleared[0] == cleared[1] == (event != "on_step_end"), (event, cleared)
-    trainer.train()
+    with pytest.raises(ValueError, match="hyperparameter search"):  # Hugging Face's train(trial=...)
+        trainer.train(trial={"learning_rate": 1e-4})
+    assert Counting.steps == 0
+    trainer.train(ignore_keys_for_eval=["hidden_states"])  # Hugging Face's signature: nothing to ignore here
     assert Counting.steps == 2
     assert isinstance(trainer.pop_callback(Counting), Counting)
     assert trainer.remove_callback(PrinterCallback) is None and trainer.callbacks == []  # Hugging Face's class

@@ -760,10 +760,23 @@ class CrossEncoderTrainer:
         )
 
     # ----------------------------------------------------------------------------------------- train
-    def train(self, resume_from_checkpoint: str | bool | None = None) -> TrainOutput:
-        """Train; returns ``TrainOutput(global_step, training_loss, metrics)``."""
+    def train(
+        self,
+        resume_from_checkpoint: str | bool | None = None,
+        trial: Any = None,
+        ignore_keys_for_eval: list[str] | None = None,
+    ) -> TrainOutput:
+        """Train; returns ``TrainOutput(global_step, training_loss, metrics)``. Hugging Face's signature:
+        ``ignore_keys_for_eval`` (keys of a model's output dict left out of gathered predictions) has nothing to
+        act on here (evaluation computes the loss and the evaluators' metrics, never gathers model outputs)."""
         from crossjax.fit_loop import FitConfig, FitResult, ParametersOverflowError, ensure_writable_folders, run_fit
 
+        if trial is not None:
+            raise ValueError(
+                "train(trial=...) is Hugging Face's hyperparameter search (Optuna/Ray trials), which crossjax's "
+                "trainer does not run: build one trainer per trial's settings instead"
+            )
+        del ignore_keys_for_eval
         args = self.args
         if self.train_dataset is None:
             raise ValueError("CrossEncoderTrainer.train() needs train_dataset")

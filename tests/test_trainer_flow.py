@@ -6,6 +6,7 @@ and NO_DUPLICATES epochs.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import jax
@@ -445,6 +446,8 @@ def test_resumed_run_keeps_the_log_history_and_the_best_model_of_before(tiny, tm
                                  ("step_begin", 5, 1.25)]  # fmt: skip
     assert whole.state.best_global_step == resumed.state.best_global_step == 2
     assert whole.state.best_metric == resumed.state.best_metric == pytest.approx(0.9)
+    kept = json.loads((tmp_path / "stopped" / "checkpoints" / "8" / "meta" / "metadata").read_text())["trainer_state"]
+    assert kept["best_global_step"] == 2 and kept["best_metric"] == pytest.approx(0.9)  # Hugging Face's names
     # The best model is step 2's, trained before the interruption (save_total_limit=1 kept only step 4's
     # checkpoint, which carries it); training resumed bit-exactly, so the models are equal.
     for a, b in zip(whole_params, resumed_params, strict=True):

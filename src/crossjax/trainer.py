@@ -1335,7 +1335,7 @@ class _RunHooks(RunCallback):
         kept = {
             "log_history": state.log_history,
             "best_metric": state.best_metric,
-            "best_step": state.best_global_step,
+            "best_global_step": state.best_global_step,  # Hugging Face's name ("best_step" before Session 34)
             "best_model_checkpoint": state.best_model_checkpoint,
             # a real epoch end only: after a run's stop mid-epoch, a resume goes on with that epoch
             "epoch_end_pending": self.epoch_end_pending and self._epoch_ends(step),
@@ -1361,7 +1361,8 @@ class _RunHooks(RunCallback):
             return
         state = self.trainer.state
         state.log_history = list(kept["log_history"])
-        state.best_metric, state.best_global_step = kept["best_metric"], kept["best_step"]
+        state.best_metric = kept["best_metric"]
+        state.best_global_step = kept["best_global_step"] if "best_global_step" in kept else kept["best_step"]
         best_folder = kept.get("best_model_checkpoint")
         if best_folder is not None and int(Path(best_folder).name) in self.saved_steps:
             self.best_checkpoint_step = int(Path(best_folder).name)

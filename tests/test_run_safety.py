@@ -129,6 +129,31 @@ def test_resuming_with_a_changed_loss_object_setting_is_refused(tiny_dir, tmp_pa
         fit()
 
 
+def test_fit_does_not_resume_over_weights_trained_since_the_checkpointed_run(tiny_dir, tmp_path):
+    """fit resumes a checkpoint_path's run by itself. A notebook's model that trained elsewhere after such a run
+    lost that training to the checkpoint's weights (a probe: the parameters snapped back, 0.02 apart). Now a run
+    started anew (the same weights as the checkpointed run's start) or run again (its checkpoint's weights)
+    resumes; a model holding other weights is refused and left as it was."""
+    settings = dict(TRAIN, checkpoint_path=str(tmp_path / "ckpt"), checkpoint_save_steps=2)
+    examples = DataLoader(make_examples(8), batch_size=2)
+    model = CrossEncoder(str(tiny_dir), max_length=32)
+    model.fit(examples, **settings)
+    finished = params_of(model)
+    again = CrossEncoder(str(tiny_dir), max_length=32)
+    assert again.fit(examples, **settings)["resumed_from_step"] == 4  # a script run again from the base model
+    for a, b in zip(params_of(again), finished, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert again.fit(examples, **settings)["resumed_from_step"] == 4  # a cell run again: nothing left to train
+    for a, b in zip(params_of(again), finished, strict=True):
+        np.testing.assert_array_equal(a, b)
+    again.fit(DataLoader(make_examples(8, seed=9), batch_size=4), **TRAIN)  # training elsewhere
+    trained_elsewhere = params_of(again)
+    with pytest.raises(CheckpointMismatchError, match="started from other weights than this model's"):
+        again.fit(examples, **settings)
+    for a, b in zip(params_of(again), trained_elsewhere, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_a_label_float32_cannot_hold_is_refused_up_front(tiny_dir):
     examples = make_examples(8)
     examples[5] = InputExample(texts=examples[5].texts, label=1e39)  # finite in float64, inf in the step

@@ -1216,6 +1216,7 @@ class CrossEncoder:
             evaluate=None if evaluator is None else _EvaluatorHook(self, evaluator),
             callbacks=[CardRecorder(self, config.output_path)],  # validated: "~/out" expanded
             guard=self._arrays_guard,
+            resume_needs_own_weights=True,  # fit resumes a checkpoint_path's run by itself
         )
         result = FitResult(history=[])
         self.training_history = result.history  # filled as the run goes, so an interrupted run keeps it too

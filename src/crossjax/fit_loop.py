@@ -309,6 +309,10 @@ class FitTarget:
     model_writer: Callable[[], Callable[[str], Any] | None] | None = None
     # The checkpoint step that ``checkpoint_save_total_limit`` never deletes (the trainer's best model's)
     kept_checkpoint: Callable[[], int | None] | None = None
+    # Whether a resume must start from the weights the checkpointed run started from (or ended with): fit
+    # resumes by itself, so a model trained since (in a notebook) would silently lose that training. The trainer
+    # resumes when asked (resume_from_checkpoint), and like Hugging Face's takes the checkpoint's weights then.
+    resume_needs_own_weights: bool = False
 
 
 @dataclass
@@ -795,6 +799,23 @@ class ShardedStream:
             self.total_steps,
             step,
         )
+
+
+def _check_resumed_weights(restored: tuple[Any, dict[str, Any]], start_weights: str, folder: Any) -> None:
+    """Refuse a resume that would replace weights the model gained elsewhere: the model must hold the weights the
+    checkpointed run started from (a script run again after an interruption) or those of its checkpoint (a run
+    already resumed or finished here). Checkpoints written before the digest was kept are resumed as before."""
+    from crossjax.checkpoint import CheckpointMismatchError
+
+    state, meta = restored
+    started = meta.get("start_weights")
+    if started is None or start_weights in (started, training.weights_digest(state.params)):
+        return
+    raise CheckpointMismatchError(
+        f"checkpoint_path={str(folder)!r} holds a run at step {int(meta['step'])} that started from other weights "
+        "than this model's: resuming it would replace them (and any training they hold since) with the "
+        "checkpoint's. Give this run another checkpoint_path, or load the model the run started from to resume it"
+    )
 
 
 class _InMemoryData:
@@ -1299,15 +1320,20 @@ def _run_fit(
             model_only=cfg.checkpoint_model_only,
         )
 
+    start_weights = None  # training.weights_digest of the run's first step's parameters, kept in its checkpoints
     if cfg.checkpoint_path and not cfg.checkpoint_on_request:
         checkpointer = open_checkpointer()
+        start_weights = training.weights_digest(state.params)
         try:
             restored = checkpointer.restore_latest(state, state_shardings)
+            if restored is not None and target.resume_needs_own_weights:
+                _check_resumed_weights(restored, start_weights, cfg.checkpoint_path)
         except BaseException:  # a refused resume leaves no orbax thread behind
             checkpointer.close()
             raise
         if restored is not None:
             state, meta = restored
+            start_weights = meta.get("start_weights", start_weights)
             start_step = int(meta["step"])
             resumed_epoch = int(meta.get("epoch", 0))
             best_score = meta.get("best_score")
@@ -1456,6 +1482,7 @@ def _run_fit(
             {
                 "best_score": result.best_score,
                 "best_model_path": best_model_path,
+                "start_weights": start_weights,
                 "epoch": epoch,
                 **data.checkpoint_meta(),
                 **own,

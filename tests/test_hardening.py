@@ -249,6 +249,16 @@ def test_resuming_with_other_training_settings_is_refused(tiny_dir, tmp_path, ch
         CrossEncoder(tiny_dir).fit(DataLoader(examples, batch_size=4, shuffle=True), **{**base, **change})
 
 
+def test_resuming_with_another_max_length_names_it(tiny_dir, tmp_path):
+    """A shorter max_length truncates the pairs, so the data and the packed shapes differ too; the refusal named
+    only those (a probe), not the setting to undo."""
+    loader = DataLoader(make_examples(8, seed=24), batch_size=4)
+    base = {**TRAIN, "checkpoint_path": str(tmp_path / "ckpt"), "checkpoint_save_steps": 1}
+    CrossEncoder(tiny_dir, max_length=32).fit(loader, **base)
+    with pytest.raises(CheckpointMismatchError, match=r"\(max_length: checkpoint 32 vs now 8, "):
+        CrossEncoder(tiny_dir, max_length=8).fit(loader, **base)
+
+
 def test_resuming_with_the_other_layer_layout_is_a_mismatch_not_corruption(tiny_dir, tmp_path):
     examples = make_examples(8, seed=24)
     base = {**TRAIN, "checkpoint_path": str(tmp_path / "ckpt"), "checkpoint_save_steps": 1}

@@ -129,7 +129,7 @@ def test_resuming_with_a_changed_loss_object_setting_is_refused(tiny_dir, tmp_pa
         fit()
 
 
-def test_fit_does_not_resume_over_weights_trained_since_the_checkpointed_run(tiny_dir, tmp_path):
+def test_fit_does_not_resume_over_weights_trained_since_the_checkpointed_run(tiny_dir, tmp_path, caplog):
     """fit resumes a checkpoint_path's run by itself. A notebook's model that trained elsewhere after such a run
     lost that training to the checkpoint's weights (a probe: the parameters snapped back, 0.02 apart). Now a run
     started anew (the same weights as the checkpointed run's start) or run again (its checkpoint's weights)
@@ -143,7 +143,9 @@ def test_fit_does_not_resume_over_weights_trained_since_the_checkpointed_run(tin
     assert again.fit(examples, **settings)["resumed_from_step"] == 4  # a script run again from the base model
     for a, b in zip(params_of(again), finished, strict=True):
         np.testing.assert_array_equal(a, b)
-    assert again.fit(examples, **settings)["resumed_from_step"] == 4  # a cell run again: nothing left to train
+    with caplog.at_level("WARNING", logger="crossjax"):
+        assert again.fit(examples, **settings)["resumed_from_step"] == 4  # a cell run again: nothing left to train
+    assert "had finished (step 4 of 4): nothing is left to train" in caplog.text
     for a, b in zip(params_of(again), finished, strict=True):
         np.testing.assert_array_equal(a, b)
     again.fit(DataLoader(make_examples(8, seed=9), batch_size=4), **TRAIN)  # training elsewhere

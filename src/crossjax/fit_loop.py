@@ -853,7 +853,7 @@ class _InMemoryData:
         self.total_steps = self.steps_per_epoch * cfg.epochs
         if cfg.max_steps is not None:  # a cap: the run (and its schedule) ends after max_steps steps
             self.total_steps = min(self.total_steps, cfg.max_steps)
-        self.batch_size, self.pad_id = batch_size, target.pad_id
+        self.batch_size, self.pad_id, self.max_length = batch_size, target.pad_id, target.max_length
         # Tokenize once; then every epoch's batches are known: plan the packed shapes of the whole run.
         self.tokenized = data_lib.tokenize_pairs(
             target.tokenizer,
@@ -905,8 +905,13 @@ class _InMemoryData:
     def run_fingerprint(self) -> dict[str, Any]:
         from crossjax.checkpoint import data_fingerprint
 
-        # Hashed only when checkpointing: same size but other pairs or labels is another run.
-        return {**self.fingerprint, "data": data_fingerprint(self.tokenized, self.labels)}
+        # Hashed only when checkpointing: same size but other pairs or labels is another run. max_length is named
+        # (it truncates the pairs, so it changes the data and the shapes too, which say less to the user).
+        return {
+            "max_length": self.max_length,
+            **self.fingerprint,
+            "data": data_fingerprint(self.tokenized, self.labels),
+        }
 
     def resume(self, meta: dict[str, Any]) -> None:
         """Nothing to restore: the global step says where the plan continues."""
@@ -1354,6 +1359,15 @@ def _run_fit(
             if target.resume_state is not None:
                 target.resume_state(meta)
             logger.info("Resuming from checkpoint step %d in %s", start_step, cfg.checkpoint_path)
+            if start_step >= total_steps:
+                logger.warning(
+                    "The run in %s had finished (step %d of %d): nothing is left to train, and the model holds "
+                    "that run's last weights. To train again, use another folder (fit's checkpoint_path, the "
+                    "trainer's output_dir)",
+                    cfg.checkpoint_path,
+                    start_step,
+                    total_steps,
+                )
     try:
         data.start(start_step)
     except BaseException:

@@ -543,8 +543,8 @@ class FlaxPreTrainedModel(nnx.Module):
                 f"The checkpoint {directory} has a head of another size than the {config.num_labels} labels asked "
                 f"for ({shown}); transformers and sentence-transformers refuse it too. Pass "
                 "ignore_mismatched_sizes=True (a CrossEncoder: model_kwargs={'ignore_mismatched_sizes': True}; the "
-                "command line: --ignore-mismatched-sizes) to train a new head of that size, or leave num_labels out "
-                "to use the checkpoint's."
+                "crossjax command: --ignore-mismatched-sizes) to train a new head of that size, or leave num_labels "
+                "out to use the checkpoint's."
             )
         whole = {path: value for path, value in placed.items() if not isinstance(value, dict)}
         # Only what the checkpoint lacks is initialised (XLA drops the other initialisers from the program).

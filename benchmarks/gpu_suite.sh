@@ -14,7 +14,7 @@
 #                .gpu/data/stsb/ && cp ../shared/data/trecqa/train.csv .gpu/data/trecqa/ && git rev-parse --short
 #                HEAD > .gpu/COMMIT
 # Run there:     bash benchmarks/gpu_suite.sh            (device tool: carry [".gpu", ".whl"])
-#                STAGES="attention synthetic profile throughput" bash benchmarks/gpu_suite.sh   (a second call)
+#                STAGES="attention synthetic profile throughput compile" bash benchmarks/gpu_suite.sh   (a second call)
 # On an H200 (session 6) crossjax's first GPU compiles took 10-40 s a shape (cause not measured), so the
 # stages do not fit one 10-minute call: the default runs the two that issues 8 and 9 name, the rest by STAGES.
 set -u
@@ -82,6 +82,8 @@ for s in $STAGES; do
         --tokenizer "$TOK" >>"$OUT/setup.log" 2>&1
       stage throughput 150 "$PY" benchmarks/train_throughput.py --model /tmp/ckpt-minilm --data-dir "$DATA" \
         --trials 1 --repeats 2 ;;
+    compile)  # issue 8: compile seconds of the BERT-base train step, scanned vs unrolled layers (3x asked)
+      stage compile 200 "$PY" benchmarks/compile_time.py --models bert-base --dtypes bfloat16 --steps 2 ;;
     *) echo "unknown stage $s" ;;
   esac
 done

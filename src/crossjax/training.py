@@ -638,32 +638,35 @@ def new_gradient_buffer(params, shardings):
 
 
 def weights_digest(params) -> str:
-    """A 64-bit digest of the parameters' bits, the same on every process, mesh and device count: wrapping
-    uint32 sums (exact and order-free, unlike float sums) of each element's bits times a factor of its position.
-    Why: a checkpointed fit resumes by itself, and must tell the weights its run started from (see fit_loop)."""
-    low, high = (int(x) for x in jax.device_get(_digest_program(params)))
-    return f"{high:08x}{low:08x}"
+    """A digest of the parameters' bits, the same on every process, mesh and device count: the wrapping uint32
+    sum (exact and order-free, unlike a float sum) of each element's bits times an odd factor of its position
+    (so any one changed element changes it). Why: a checkpointed fit resumes by itself, and must tell the weights
+    its run started from (see fit_loop). Computed on the host where every array is whole there (no compile),
+    else as one program over the mesh."""
+    leaves = jax.tree.leaves(params)
+    if all(getattr(leaf, "is_fully_addressable", True) for leaf in leaves):
+        total = _digest_sum([np.asarray(leaf) for leaf in jax.device_get(leaves)], np)
+    else:  # a multi-host run's sharded parameters: no process holds them whole
+        total = jax.device_get(jax.jit(functools.partial(_digest_sum, xp=jnp))(leaves))
+    return f"{int(total):08x}"
 
 
-@jax.jit
-def _digest_program(params) -> jax.Array:
-    sums = jnp.zeros((2,), jnp.uint32)
-    for number, leaf in enumerate(jax.tree.leaves(params)):
-        if leaf.dtype.itemsize == 2:
-            bits = jax.lax.bitcast_convert_type(leaf, jnp.uint16).astype(jnp.uint32)
-        elif leaf.dtype.itemsize == 1:
-            bits = leaf.astype(jnp.uint32)
-        else:  # 4-byte elements, or two words each of 8-byte ones
-            bits = jax.lax.bitcast_convert_type(leaf, jnp.uint32)
+def _digest_sum(leaves: list, xp: Any) -> Any:
+    """:func:`weights_digest`'s sum, with numpy or jax.numpy (``xp``): the same number."""
+    total = xp.zeros((1,), xp.uint32)  # arrays wrap silently where numpy's scalars warn of the overflow
+    offset = 0
+    for leaf in leaves:
+        if leaf.dtype.itemsize == 1:
+            bits = leaf.astype(xp.uint32)
+        else:  # 2-byte elements widened, 4-byte ones as they are, 8-byte ones as two words each
+            word = xp.uint16 if leaf.dtype.itemsize == 2 else xp.uint32
+            bits = (leaf.view(word) if xp is np else jax.lax.bitcast_convert_type(leaf, word)).astype(xp.uint32)
         bits = bits.reshape(1) if bits.ndim == 0 else bits
-        position = jax.lax.broadcasted_iota(jnp.uint32, bits.shape, 0)
-        for axis in range(1, bits.ndim):
-            position = position * jnp.uint32(bits.shape[axis]) + jax.lax.broadcasted_iota(jnp.uint32, bits.shape, axis)
-        salt = jnp.uint32(number * 0x9E3779B1 % 2**32)
-        low = jnp.sum(bits * (position * jnp.uint32(2) + jnp.uint32(1)) + salt, dtype=jnp.uint32)
-        high = jnp.sum((bits ^ jnp.uint32(0x5BD1E995)) * (position * jnp.uint32(0x27D4EB2F) + salt), dtype=jnp.uint32)
-        sums = sums + jnp.stack([low, high])
-    return sums
+        position = xp.arange(bits.size, dtype=xp.uint32).reshape(bits.shape) + xp.uint32(offset % 2**32)
+        # a full contraction sums in uint32 (wrapping, as every integer op here), and fast in numpy too
+        total = total + xp.tensordot(bits, position * xp.uint32(2) + xp.uint32(1), axes=bits.ndim)
+        offset += bits.size
+    return total[0]
 
 
 def _zeros_like_tree(tree):

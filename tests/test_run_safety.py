@@ -156,6 +156,36 @@ def test_fit_does_not_resume_over_weights_trained_since_the_checkpointed_run(tin
         np.testing.assert_array_equal(a, b)
 
 
+def test_the_weights_digest_is_exact_and_the_same_on_the_host_and_on_a_mesh():
+    """The resume check's digest: the host's numpy sum (one process) and the jitted one (a multi-host run's
+    sharded arrays) give the same number, against a plain Python sum of bits times odd positions mod 2**32; one
+    flipped bit anywhere changes it."""
+    import functools
+
+    import jax
+    import jax.numpy as jnp
+
+    from crossjax import training
+
+    rng = np.random.default_rng(3)
+    leaves = [
+        jnp.asarray(rng.standard_normal((37, 5)), jnp.float32),
+        jnp.float32(-2.5),
+        jnp.asarray(rng.standard_normal(9), jnp.bfloat16),
+        jnp.asarray(rng.integers(-9, 9, (2, 3)), jnp.int8),
+    ]
+    words = [np.asarray(x).reshape(-1).view(np.uint16 if x.dtype == jnp.bfloat16 else np.uint32) for x in leaves[:3]]
+    words.append(np.asarray(leaves[3]).reshape(-1).astype(np.uint32))
+    bits = [int(w) for part in words for w in part]
+    expected = sum(b * (2 * i + 1) for i, b in enumerate(bits)) % 2**32
+    assert training.weights_digest(leaves) == f"{expected:08x}"
+    on_mesh = jax.jit(functools.partial(training._digest_sum, xp=jnp))(leaves)
+    assert int(jax.device_get(on_mesh)) == expected
+    flipped = np.asarray(leaves[0]).copy()
+    flipped.view(np.uint32)[20, 3] ^= 1 << 17
+    assert training.weights_digest([jnp.asarray(flipped), *leaves[1:]]) != f"{expected:08x}"
+
+
 def test_a_label_float32_cannot_hold_is_refused_up_front(tiny_dir):
     examples = make_examples(8)
     examples[5] = InputExample(texts=examples[5].texts, label=1e39)  # finite in float64, inf in the step

@@ -138,6 +138,12 @@ BAD_ARGUMENTS = {
          "--num-labels", "3"],
         "fractions.tsv: pair 1 has label 0.7",
     ),  # fmt: skip
+    "unlabelled pairs (-100) in dev data, where training data may hold them": (
+        ["train", "--model", "{model}", "--train", "{tmp}/unlabelled.tsv", "--dev", "{tmp}/unlabelled.tsv",
+         "--num-labels", "3"],
+        "unlabelled.tsv: pair 2 has label -100; classification needs class indices 0, 1, ... (-100, torch's "
+        "ignore_index, marks an unlabelled pair in training data only)",
+    ),  # fmt: skip
     "a head of another size than the model's": (
         ["train", "--model", "{model}", "--train", "{tmp}/classes.tsv", "--num-labels", "3"],
         "--ignore-mismatched-sizes) to train a new head of that size",
@@ -167,6 +173,7 @@ def test_bad_arguments_exit_2_with_one_line(case, tiny_dir, tmp_path):
     (tmp_path / "blank.tsv").write_text("\t\tlabel\nx\ty\t1\n")
     write_tsv(tmp_path / "classes.tsv", ["a", "b", "label"], [("x", "y", 0), ("z", "w", 2)])
     write_tsv(tmp_path / "fractions.tsv", ["a", "b", "label"], [("x", "y", 0.7), ("z", "w", 2)])
+    write_tsv(tmp_path / "unlabelled.tsv", ["a", "b", "label"], [("x", "y", 0), ("z", "w", -100)])
     (tmp_path / "ckpt" / "7" / "state").mkdir(parents=True)
     (tmp_path / "ckpt" / "7" / "model").mkdir()
     args, expected = BAD_ARGUMENTS[case]

@@ -324,3 +324,13 @@ def test_dataset_columns_are_read_whole_and_equal_row_by_row_reads():
         for name in ("q", "label"):
             assert column_values(view, name) == [view[i][name] for i in range(len(view))]
     assert column_values({"q": ("a", "b")}, "q") == ["a", "b"]
+
+
+def test_the_loss_s_ignore_index_is_kept_and_another_one_named() -> None:
+    """fit's cross-entropy leaves out the rows labelled its ignore_index (torch's -100 unless set): they pass the
+    checks as is; -100 under a cross-entropy that ignores another label is refused naming that label."""
+    examples = _examples(2, label=1) + [InputExample(texts=["a", "b"], label=-1)]
+    assert validate_examples(examples, num_labels=3, ignored_label=-1)[2].tolist() == [1, 1, -1]
+    examples[2] = InputExample(texts=["a", "b"], label=-100)
+    with pytest.raises(ValueError, match=r"label -100 is .* \(this run's cross-entropy leaves out label -1, its"):
+        validate_examples(examples, num_labels=3, ignored_label=-1)

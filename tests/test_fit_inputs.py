@@ -96,6 +96,8 @@ def test_evaluators_name_missing_or_wrong_gold_values_when_made():
         ev.CESoftmaxAccuracyEvaluator(pairs, ["entailment", 1, 2])
     with pytest.raises(ValueError, match=r"labels\[2\] is 0.3"):
         ev.CEBinaryClassificationEvaluator(pairs, [0, 1, 0.3])
+    with pytest.raises(ValueError, match=r"labels\[1\] is -100: .*ignore_index, marks an unlabelled pair: fit's"):
+        ev.CrossEncoderClassificationEvaluator(pairs, [0, -100, 2])
     with pytest.raises(ValueError, match="at least one sample"):
         ev.CrossEncoderRerankingEvaluator([])
     np.testing.assert_array_equal(ev.CEBinaryClassificationEvaluator(pairs, np.array([True, False, True])).labels,

@@ -371,11 +371,20 @@ def _rank(args: argparse.Namespace) -> int:
     return 0
 
 
-def _class_labels(values: Sequence[float], path: str) -> list[int]:
+def _class_labels(values: Sequence[float], path: str, ignored: int | None = None) -> list[int]:
+    """Class indices; ``ignored`` (training data: torch's ignore_index -100, which fit's cross-entropy skips as
+    sentence-transformers' old_fit does) is kept for the loss to leave out."""
     labels = []
     for i, value in enumerate(values):
-        if not float(value).is_integer() or value < 0:
-            raise CliError(f"{path}: pair {i + 1} has label {value!r}; classification needs class indices 0, 1, ...")
+        whole = float(value).is_integer()
+        if not whole or (value < 0 and int(value) != ignored):
+            shown = int(value) if whole else value
+            note = ""
+            if shown == -100:
+                note = " (-100, torch's ignore_index, marks an unlabelled pair in training data only)"
+            raise CliError(
+                f"{path}: pair {i + 1} has label {shown!r}; classification needs class indices 0, 1, ...{note}"
+            )
         labels.append(int(value))
     return labels
 
@@ -560,7 +569,7 @@ def _train(args: argparse.Namespace) -> int:
     train_table = read_pairs(args.train, **pair_options)
     dev_table = read_pairs(args.dev, **pair_options) if args.dev else None
     if classification:  # before training: int() would truncate a dev label 0.7 to class 0
-        _class_labels(train_table.labels, args.train)
+        _class_labels(train_table.labels, args.train, ignored=-100)
         if dev_table is not None:
             _class_labels(dev_table.labels, args.dev)
     if not 0 <= args.warmup_ratio <= 1:

@@ -427,12 +427,14 @@ def validate_examples(
                 )
             value = int(label)
             if not 0 <= value < num_labels and value != ignored_label:
-                ignored = (
-                    " (-100 is torch's ignore_index: only the cross-entropy loss skips such rows, and this run's "
-                    "loss is another)"
-                    if value == -100
-                    else ""
-                )
+                ignored = ""
+                if value == -100 and ignored_label is not None:
+                    ignored = f" (this run's cross-entropy leaves out label {ignored_label}, its ignore_index)"
+                elif value == -100:
+                    ignored = (
+                        " (-100 is torch's ignore_index: only the cross-entropy loss skips such rows, and this "
+                        "run's loss is another)"
+                    )
                 raise ValueError(f"{where}: label {label!r} is out of range for num_labels={num_labels}{ignored}")
             labels[i] = value
         else:

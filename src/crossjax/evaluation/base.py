@@ -55,6 +55,11 @@ def checked_gold(values: Sequence[Any], pairs: int, what: str, classes: bool = F
         if bad:
             need = "a class index (a whole number >= 0)" if classes else "a finite number"
             hint = " (crossjax's InputExample label defaults to None)" if value is None else ""
+            if classes and number and value == -100:
+                hint = (
+                    " (-100, torch's ignore_index, marks an unlabelled pair: fit's loss skips it, but a metric "
+                    "needs every pair's class; leave such pairs out of the evaluation data)"
+                )
             raise ValueError(f"{what}[{i}] is {value!r}: every pair needs {need}{hint}")
     return np.asarray(values, dtype=np.int64 if classes else np.float64)
 

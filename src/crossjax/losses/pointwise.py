@@ -264,6 +264,21 @@ def _from_torch_loss(obj: Any) -> LossFn:
     return mse  # MSELoss
 
 
+def checked_ignore_index(ignore_index: int, num_labels: int) -> int:
+    """torch's ``ignore_index`` as crossjax takes it (fit's torch module, the trainer's loss): an int32 (labels
+    travel as int32) that names no real class, since crossjax checks every label before training and could not
+    tell that class's examples from unlabelled ones."""
+    if not -(2**31) <= ignore_index < 2**31:
+        raise ValueError(f"CrossEntropyLoss(ignore_index={ignore_index}) must fit in int32")
+    if 0 <= ignore_index < num_labels:
+        raise ValueError(
+            f"CrossEntropyLoss(ignore_index={ignore_index}) names a real class of num_labels={num_labels}: crossjax "
+            "checks every label before training and would take that class's examples for unlabelled ones; leave "
+            "those examples out of the training data instead (or mark them with -100)"
+        )
+    return ignore_index
+
+
 def ignored_label(loss_fn: Callable) -> int | None:
     """The label whose rows ``loss_fn`` skips (torch's ``ignore_index``: -100 unless set), for the cross-entropy
     :func:`resolve_loss` returns; None for any other loss, which trains on every row."""
@@ -300,14 +315,8 @@ def resolve_loss(loss_fct: Any, num_labels: int) -> LossFn:
     else:
         raise TypeError(f"loss_fct must be None, a name, a torch loss module or a callable, got {type(loss_fct)}")
     ignored = ignored_label(resolved)
-    if ignored is not None and not -(2**31) <= ignored < 2**31:  # labels travel as int32
-        raise ValueError(f"CrossEntropyLoss(ignore_index={ignored}) must fit in int32")
-    if ignored is not None and 0 <= ignored < num_labels:
-        raise ValueError(
-            f"CrossEntropyLoss(ignore_index={ignored}) names a real class of num_labels={num_labels}: crossjax "
-            "checks every label before training and would take that class's examples for unlabelled ones; "
-            "leave those examples out of the training data instead"
-        )
+    if ignored is not None:
+        checked_ignore_index(ignored, num_labels)
     weights = getattr(resolved, "keywords", {}).get("class_weights")
     if weights is not None and weights.shape != (num_labels,):
         raise ValueError(

@@ -23,6 +23,7 @@ from crossjax.losses.base import (
 )
 from crossjax.losses.pointwise import (
     binary_cross_entropy_with_logits_parts,
+    checked_ignore_index,
     checked_label_smoothing,
     cross_entropy_parts,
     mse_parts,
@@ -120,8 +121,6 @@ class CrossEntropyLoss(_PairLoss):
         # Rows labelled ``ignore_index`` count for nothing (torch's rule), e.g. -100 or -1 for pairs left unlabelled.
         # A real class as the index is refused: crossjax checks labels before training and could not tell them.
         self.ignore_index = int(kwargs.get("ignore_index", -100))
-        if not -(2**31) <= self.ignore_index < 2**31:  # labels travel as int32
-            raise ValueError(f"CrossEntropyLoss(ignore_index={self.ignore_index}) must fit in int32")
         weight = kwargs.get("weight")
         self.class_weights = None if weight is None else jnp.asarray(tensor_to_numpy(weight).reshape(-1))
         self.label_smoothing = checked_label_smoothing(kwargs.get("label_smoothing", 0.0))
@@ -137,8 +136,7 @@ class CrossEntropyLoss(_PairLoss):
                 "CrossEntropyLoss over a model's one output is 0 whatever the logits (softmax over one class), so "
                 "nothing would train: use BinaryCrossEntropyLoss or MSELoss for one label, or num_labels >= 2"
             )
-        if 0 <= self.ignore_index < model.num_labels:
-            raise ValueError(f"CrossEntropyLoss(ignore_index={self.ignore_index}) is not supported for a real class")
+        checked_ignore_index(self.ignore_index, model.num_labels)
         if self.class_weights is not None and self.class_weights.shape[0] != model.num_labels:
             raise ValueError(
                 f"CrossEntropyLoss(weight=...) has {self.class_weights.shape[0]} values for {model.num_labels} classes"

@@ -150,9 +150,36 @@ def test_fit_does_not_resume_over_weights_trained_since_the_checkpointed_run(tin
         np.testing.assert_array_equal(a, b)
     again.fit(DataLoader(make_examples(8, seed=9), batch_size=4), **TRAIN)  # training elsewhere
     trained_elsewhere = params_of(again)
-    with pytest.raises(CheckpointMismatchError, match="started from other weights than this model's"):
+    with pytest.raises(CheckpointMismatchError, match="other weights than the ones that run started from, stopped at"):
         again.fit(examples, **settings)
     for a, b in zip(params_of(again), trained_elsewhere, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_fit_run_again_after_it_stopped_on_an_error_resumes_it_exactly(tiny_dir, tmp_path):
+    """A notebook cell whose checkpointed fit stopped on an error (here its evaluator's; Ctrl-C alike) leaves the
+    model at its last finished step, past the last checkpoint: running the cell again resumes the run (a probe
+    found it refused) and ends with the uninterrupted run's parameters, bit for bit."""
+
+    class BreaksOnce:
+        calls = 0
+
+        def __call__(self, model, output_path=None, epoch=-1, steps=-1):
+            type(self).calls += 1
+            if type(self).calls == 2:
+                raise RuntimeError("the evaluator broke")
+            return 0.5
+
+    examples = DataLoader(make_examples(8), batch_size=2)
+    settings = dict(TRAIN, epochs=2, evaluation_steps=3, checkpoint_save_steps=2)
+    whole = CrossEncoder(str(tiny_dir), max_length=32)
+    whole.fit(examples, evaluator=lambda *a, **k: 0.5, checkpoint_path=str(tmp_path / "whole"), **settings)
+    model = CrossEncoder(str(tiny_dir), max_length=32)
+    with pytest.raises(RuntimeError, match="the evaluator broke"):
+        model.fit(examples, evaluator=BreaksOnce(), checkpoint_path=str(tmp_path / "ckpt"), **settings)
+    summary = model.fit(examples, evaluator=BreaksOnce(), checkpoint_path=str(tmp_path / "ckpt"), **settings)
+    assert summary["resumed_from_step"] == 2 and summary["global_step"] == 8
+    for a, b in zip(params_of(model), params_of(whole), strict=True):
         np.testing.assert_array_equal(a, b)
 
 

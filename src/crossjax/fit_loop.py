@@ -801,20 +801,33 @@ class ShardedStream:
         )
 
 
+# Checkpoint folder -> weights_digest of the weights a run into it stopped at (Ctrl-C, an evaluator's error) in
+# this process: the model keeps its last finished step, a step of that run, so running the cell again may resume.
+_STOPPED_RUNS: dict[str, str] = {}
+
+
+def _run_key(folder: Any) -> str:
+    return str(folder) if "://" in str(folder) else str(Path(folder).resolve())
+
+
 def _check_resumed_weights(restored: tuple[Any, dict[str, Any]], start_weights: str, folder: Any) -> None:
     """Refuse a resume that would replace weights the model gained elsewhere: the model must hold the weights the
-    checkpointed run started from (a script run again after an interruption) or those of its checkpoint (a run
-    already resumed or finished here). Checkpoints written before the digest was kept are resumed as before."""
+    checkpointed run started from (a script run again after an interruption), those of its checkpoint (a run
+    already resumed or finished here), or those it stopped at in this process (a notebook cell run again after
+    Ctrl-C). Checkpoints written before the digest was kept are resumed as before."""
     from crossjax.checkpoint import CheckpointMismatchError
 
     state, meta = restored
     started = meta.get("start_weights")
-    if started is None or start_weights in (started, training.weights_digest(state.params)):
+    if started is None or start_weights in (started, _STOPPED_RUNS.get(_run_key(folder))):
+        return
+    if start_weights == training.weights_digest(state.params):
         return
     raise CheckpointMismatchError(
-        f"checkpoint_path={str(folder)!r} holds a run at step {int(meta['step'])} that started from other weights "
-        "than this model's: resuming it would replace them (and any training they hold since) with the "
-        "checkpoint's. Give this run another checkpoint_path, or load the model the run started from to resume it"
+        f"checkpoint_path={str(folder)!r} holds a run at step {int(meta['step'])}, and this model holds other weights "
+        "than the ones that run started from, stopped at or saved: resuming it would replace them (and any training "
+        "they hold) with the checkpoint's. Give this run another checkpoint_path, or load the model the run "
+        "started from to resume it"
     )
 
 
@@ -1663,6 +1676,9 @@ def _run_fit(
                 with contextlib.suppress(Exception):
                     metrics.flush(finished_only=jax.process_count() > 1)
             data.close()
+        if not completed and start_weights is not None and jax.process_count() == 1:
+            with contextlib.suppress(Exception):  # never masks the run's own error
+                _STOPPED_RUNS[_run_key(cfg.checkpoint_path)] = training.weights_digest(state.params)
         if bar is not None:
             bar.close()
         if checkpointer is not None:

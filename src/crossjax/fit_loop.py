@@ -801,16 +801,13 @@ class ShardedStream:
         )
 
 
-# Checkpoint folder -> weights_digest of the weights a run into it stopped at (Ctrl-C, an evaluator's error) in
-# this process: the model keeps its last finished step, a step of that run, so running the cell again may resume.
+# Checkpoint folder (TrainCheckpointer.directory) -> weights_digest of the weights a run into it stopped at in this
+# process (Ctrl-C, an evaluator's error): the model keeps its last finished step, a step of that run, so running the
+# cell again may resume.
 _STOPPED_RUNS: dict[str, str] = {}
 
 
-def _run_key(folder: Any) -> str:
-    return str(folder) if "://" in str(folder) else str(Path(folder).resolve())
-
-
-def _check_resumed_weights(restored: tuple[Any, dict[str, Any]], start_weights: str, folder: Any) -> None:
+def _check_resumed_weights(restored: tuple[Any, dict[str, Any]], start_weights: str, folder: str) -> None:
     """Refuse a resume that would replace weights the model gained elsewhere: the model must hold the weights the
     checkpointed run started from (a script run again after an interruption), those of its checkpoint (a run
     already resumed or finished here), or those it stopped at in this process (a notebook cell run again after
@@ -819,7 +816,7 @@ def _check_resumed_weights(restored: tuple[Any, dict[str, Any]], start_weights: 
 
     state, meta = restored
     started = meta.get("start_weights")
-    if started is None or start_weights in (started, _STOPPED_RUNS.get(_run_key(folder))):
+    if started is None or start_weights in (started, _STOPPED_RUNS.get(folder)):
         return
     if start_weights == training.weights_digest(state.params):
         return
@@ -1345,7 +1342,7 @@ def _run_fit(
         try:
             restored = checkpointer.restore_latest(state, state_shardings)
             if restored is not None and target.resume_needs_own_weights:
-                _check_resumed_weights(restored, start_weights, cfg.checkpoint_path)
+                _check_resumed_weights(restored, start_weights, checkpointer.directory)
         except BaseException:  # a refused resume leaves no orbax thread behind
             checkpointer.close()
             raise
@@ -1678,7 +1675,7 @@ def _run_fit(
             data.close()
         if not completed and start_weights is not None and jax.process_count() == 1:
             with contextlib.suppress(Exception):  # never masks the run's own error
-                _STOPPED_RUNS[_run_key(cfg.checkpoint_path)] = training.weights_digest(state.params)
+                _STOPPED_RUNS[checkpointer.directory] = training.weights_digest(state.params)
         if bar is not None:
             bar.close()
         if checkpointer is not None:

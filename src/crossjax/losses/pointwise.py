@@ -258,9 +258,10 @@ def _from_torch_loss(obj: Any) -> LossFn:
         if weight is None and smoothing == 0.0 and ignore_index == -100:
             return cross_entropy
         class_weights = None if weight is None else jnp.asarray(tensor_to_numpy(weight))
-        return functools.partial(
-            cross_entropy, class_weights=class_weights, label_smoothing=smoothing, ignore_index=ignore_index
-        )
+        # torch's default ignore_index is the function's own: left out, the loss reads (and is fingerprinted in
+        # checkpoints) as before ignore_index was taken, so such runs still resume
+        other = {} if ignore_index == -100 else {"ignore_index": ignore_index}
+        return functools.partial(cross_entropy, class_weights=class_weights, label_smoothing=smoothing, **other)
     return mse  # MSELoss
 
 

@@ -1335,20 +1335,24 @@ def _run_fit(
             model_only=cfg.checkpoint_model_only,
         )
 
-    start_weights = None  # training.weights_digest of the run's first step's parameters, kept in its checkpoints
+    # training.weights_digest of the run's first step's parameters, kept in its checkpoints: only where a resume
+    # checks it (fit's), since it reads every parameter once
+    start_weights = None
     if cfg.checkpoint_path and not cfg.checkpoint_on_request:
         checkpointer = open_checkpointer()
-        start_weights = training.weights_digest(state.params)
+        if target.resume_needs_own_weights:
+            start_weights = training.weights_digest(state.params)
         try:
             restored = checkpointer.restore_latest(state, state_shardings)
-            if restored is not None and target.resume_needs_own_weights:
+            if restored is not None and start_weights is not None:
                 _check_resumed_weights(restored, start_weights, checkpointer.directory)
         except BaseException:  # a refused resume leaves no orbax thread behind
             checkpointer.close()
             raise
         if restored is not None:
             state, meta = restored
-            start_weights = meta.get("start_weights", start_weights)
+            if start_weights is not None:
+                start_weights = meta.get("start_weights", start_weights)
             start_step = int(meta["step"])
             resumed_epoch = int(meta.get("epoch", 0))
             best_score = meta.get("best_score")

@@ -247,3 +247,14 @@ def test_load_best_model_at_end_needs_what_hugging_face_needs(settings, tmp_path
 def test_load_best_model_at_end_without_checkpoints_keeps_the_best_in_memory(tmp_path):
     args = Ours(str(tmp_path), load_best_model_at_end=True, eval_strategy="steps", eval_steps=3, save_strategy="no")
     assert args.load_best_model_at_end and args.metric_for_best_model == "loss"
+
+
+@pytest.mark.parametrize("warmup", [0, 0.1, 0.5, 0.999, 1, 1.0, 1.5, 7.9, 40])
+def test_warmup_steps_become_the_step_counts_hugging_face_s_become(warmup, caplog):
+    """A count, a fraction of the run below 1, and a fractional count above 1 that transformers truncates
+    (crossjax says so in a warning)."""
+    ours = Ours("out", warmup_steps=warmup, report_to="none")
+    theirs = Theirs("out", warmup_steps=warmup, report_to="none", use_cpu=True)
+    for total in (1, 37, 1000):
+        assert ours.get_warmup_steps(total) == theirs.get_warmup_steps(total), total
+    assert ("read as" in caplog.text) == (warmup > 1 and warmup != int(warmup))

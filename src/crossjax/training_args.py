@@ -502,8 +502,9 @@ class CrossEncoderTrainingArguments(_HuggingFaceArguments):
                 self.warmup_steps, self.warmup_ratio = self.warmup_ratio, None
         if not (self.warmup_steps >= 0 and math.isfinite(self.warmup_steps)):
             raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps!r}")
-        if self.warmup_steps >= 1 and self.warmup_steps != int(self.warmup_steps):
-            raise ValueError(f"warmup_steps >= 1 must be a whole number of steps, got {self.warmup_steps!r}")
+        if self.warmup_steps >= 1 and self.warmup_steps != int(self.warmup_steps):  # transformers truncates it
+            logger.warning("warmup_steps=%r is read as %d steps, as transformers reads it", self.warmup_steps,
+                           int(self.warmup_steps))  # fmt: skip
         if not (self.learning_rate >= 0 and math.isfinite(self.learning_rate)):  # 0 trains nothing, as in torch
             raise ValueError(f"learning_rate must be >= 0, got {self.learning_rate!r}")
         if self.weight_decay < 0:

@@ -174,6 +174,34 @@ def test_public_names_and_st6_aliases() -> None:
     assert cje.is_main_process() is True  # single-process JAX
 
 
+def test_a_custom_evaluator_on_sentence_transformers_base_class_runs_on_crossjax_s(tmp_path: Path) -> None:
+    """sentence-transformers' docs subclass ``BaseEvaluator`` (``SentenceEvaluator`` at older paths): the same
+    class body on crossjax's base gives the same metrics, primary metric, card records and description."""
+    from crossjax.base.evaluation import BaseEvaluator
+    from sentence_transformers.base.evaluation import BaseEvaluator as TheirBase
+
+    def custom(base: type) -> Any:
+        class MeanScoreEvaluator(base):
+            def __init__(self, pairs: list[list[str]], name: str = "dev") -> None:
+                super().__init__()
+                self.pairs, self.name, self.primary_metric = pairs, name, "mean"
+
+            def __call__(self, model, output_path=None, epoch=-1, steps=-1):
+                scores = np.asarray(model.predict(self.pairs))
+                metrics = self.prefix_name_to_metrics({"mean": scores.mean(), "top": scores.max()}, self.name)
+                self.store_metrics_in_model_card_data(model, metrics, epoch, steps)
+                return metrics
+
+        return MeanScoreEvaluator(pairs_for(5))
+
+    ours, theirs, model = custom(BaseEvaluator), custom(TheirBase), StubModel()
+    assert_same_metrics(ours(model, epoch=1, steps=3), theirs(model, epoch=1, steps=3))
+    assert ours.primary_metric == theirs.primary_metric == "dev_mean" and ours.greater_is_better
+    assert ours.description == theirs.description == "Mean Score"
+    calls = model.model_card_data.calls
+    assert [call[1:] for call in calls[:1]] == [call[1:] for call in calls[1:]]
+
+
 def test_constructor_defaults_match_st() -> None:
     import inspect
 

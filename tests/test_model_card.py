@@ -249,6 +249,12 @@ def test_bad_model_card_data_is_refused_with_a_clear_error(tiny_dirs):
         CrossEncoderModelCardData(model_id="no-organization")
     with pytest.raises(ValueError, match="train_datasets entries"):
         CrossEncoderModelCardData(train_datasets=["stsb"])
+    # values that would leave a save without its README.md (the card's metadata cannot hold them)
+    for bad in ({"language": 5}, {"language": ["en", None]}, {"tags": [3]}, {"license": ["mit"]}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            CrossEncoder(tiny_dirs[1], model_card_data=bad)
+    theirs = pytest.importorskip("sentence_transformers.cross_encoder").CrossEncoderModelCardData
+    assert CrossEncoderModelCardData().language == theirs().language == []  # the default, as there
 
 
 def test_a_loaded_card_is_kept_until_the_model_trains_and_a_later_save_marks_no_step_it_does_not_hold(

@@ -447,6 +447,29 @@ def test_trainer_takes_a_loss_factory_and_hugging_face_arguments_at_their_defaul
         CrossEncoderTrainer(model=tiny_ce, args=args, train_dataset=data, processing_class=object())
 
 
+def test_trainer_parameters_come_in_sentence_transformers_order(tiny_ce, tmp_path):
+    """A script passing the trainer's arguments by position (callbacks 11th) means the same here; a collator in
+    the 7th place is refused by its name, not taken as callbacks."""
+    import inspect
+
+    st_trainer = pytest.importorskip("sentence_transformers.cross_encoder").CrossEncoderTrainer
+    theirs = [p for p in inspect.signature(st_trainer.__init__).parameters if p != "self"]
+    ours = [p for p in inspect.signature(CrossEncoderTrainer.__init__).parameters if p not in ("self", "kwargs")]
+    assert ours == theirs
+    args = CrossEncoderTrainingArguments(str(tmp_path), max_steps=1, per_device_train_batch_size=2, disable_tqdm=True)
+    data = {"a": ["x y", "y z"], "b": ["p", "q"], "label": [1.0, 0.0]}
+    seen = []
+
+    class Begin:
+        def on_train_begin(self, args, state, control, **kwargs):
+            seen.append(state.max_steps)
+
+    trainer = CrossEncoderTrainer(tiny_ce, args, data, None, None, None, None, tiny_ce.tokenizer, None, None, [Begin()])
+    assert trainer.train().global_step == 1 and seen == [1]
+    with pytest.raises(ValueError, match="data_collator="):
+        CrossEncoderTrainer(tiny_ce, args, data, None, None, None, [Begin()])
+
+
 def test_metric_for_best_model_direction_follows_hugging_face():
     assert CrossEncoderTrainingArguments("o", metric_for_best_model="eval_ndcg@10").greater_is_better is True
     assert CrossEncoderTrainingArguments("o", metric_for_best_model="loss").greater_is_better is False

@@ -258,3 +258,19 @@ def test_warmup_steps_become_the_step_counts_hugging_face_s_become(warmup, caplo
     for total in (1, 37, 1000):
         assert ours.get_warmup_steps(total) == theirs.get_warmup_steps(total), total
     assert ("read as" in caplog.text) == (warmup > 1 and warmup != int(warmup))
+
+
+def test_positional_arguments_mean_what_they_mean_there():
+    """Hugging Face's leading fields keep their positions (a script's ``Args("out", 32)`` is a batch size of 32,
+    not 32 epochs); past them, where Hugging Face's next field is one crossjax only reads, a positional argument
+    is a TypeError rather than another setting."""
+    import inspect
+
+    values = ["out", 32, 2.0, 7, 3e-5, "cosine", {"num_cycles": 2}, 0.1, "sgd", "momentum=0.9", 0.01, 0.8,
+              0.98, 1e-6]  # fmt: skip
+    ours, theirs = Ours(*values, report_to="none"), Theirs(*values, report_to="none", use_cpu=True)
+    names = list(inspect.signature(Theirs).parameters)[: len(values)]
+    for name in names:
+        assert _value(ours, name) == _value(theirs, name), name
+    with pytest.raises(TypeError):
+        Ours(*values, None)

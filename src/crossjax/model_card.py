@@ -127,7 +127,7 @@ class CrossEncoderModelCardData:
         generate_widget_examples: False leaves the computed scores out of the usage snippet.
     """
 
-    language: str | list[str] | None = None
+    language: str | list[str] | None = field(default_factory=list)  # sentence-transformers' default
     license: str | None = None
     model_name: str | None = None
     model_id: str | None = None
@@ -150,6 +150,14 @@ class CrossEncoderModelCardData:
             self.language = [self.language]
         if isinstance(self.tags, str):
             self.tags = [self.tags]
+        self.language = [] if self.language is None else self.language
+        for what in ("language", "tags"):  # else the card is not written at save (a warning, no README.md)
+            value = getattr(self, what)
+            if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) and v for v in value):
+                raise ValueError(f"{what} must be a string or a list of non-empty strings, got {value!r}")
+            setattr(self, what, list(value))
+        if self.license is not None and not isinstance(self.license, str):
+            raise ValueError(f"license must be a string such as 'apache-2.0', got {self.license!r}")
         if self.model_id is not None and self.model_id.count("/") != 1:
             raise ValueError(f"model_id={self.model_id!r} must be a hub id with the user or organization: 'user/name'")
         for what in ("train_datasets", "eval_datasets"):
@@ -171,7 +179,7 @@ class CrossEncoderModelCardData:
             values = {name: getattr(data, name) for name in USER_FIELDS if hasattr(data, name)}
             default_st_tags = {"sentence-transformers", "cross-encoder", "reranker"}
             values["tags"] = [t for t in values.get("tags") or [] if t not in default_st_tags]
-            values["language"] = values.get("language") or None
+            values["language"] = values.get("language") or []
             return cls(**{k: copy(v) for k, v in values.items()})
         raise TypeError(f"model_card_data must be a CrossEncoderModelCardData, got {type(data).__name__}")
 

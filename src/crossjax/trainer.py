@@ -423,9 +423,24 @@ class CrossEncoderTrainer:
         eval_dataset: Any = None,
         loss: Any = None,
         evaluator: Any = None,
+        data_collator: Any = None,
+        processing_class: Any = None,
+        model_init: Any = None,
+        compute_metrics: Any = None,
         callbacks: list[Any] | None = None,
+        optimizers: tuple[Any, Any] = (None, None),
+        optimizer_cls_and_kwargs: Any = None,
+        preprocess_logits_for_metrics: Any = None,
         **kwargs: Any,
     ) -> None:
+        # sentence-transformers' parameters in its order (a positional callbacks= lands where it lands there);
+        # those crossjax has no use for are accepted at their defaults only, as ``kwargs`` (legacy ``tokenizer=``)
+        kwargs = {
+            "data_collator": data_collator, "processing_class": processing_class, "model_init": model_init,
+            "compute_metrics": compute_metrics, "optimizers": optimizers,
+            "optimizer_cls_and_kwargs": optimizer_cls_and_kwargs,
+            "preprocess_logits_for_metrics": preprocess_logits_for_metrics, **kwargs,
+        }  # fmt: skip
         if model is None:
             raise ValueError("CrossEncoderTrainer needs model= (a crossjax.CrossEncoder)")
         if not hasattr(model, "mesh_plan") or not hasattr(model, "tokenizer"):

@@ -20,7 +20,7 @@ import os
 import re
 import typing
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field, fields, make_dataclass
+from dataclasses import KW_ONLY, dataclass, field, fields, make_dataclass
 from datetime import timedelta
 from enum import Enum
 from typing import Any
@@ -349,23 +349,27 @@ class CrossEncoderTrainingArguments(_HuggingFaceArguments):
     otherwise), reporting and data-loading details read back as given, without effect.
     """
 
+    # Hugging Face's leading fields in its order, so that positional arguments mean what they mean there; past
+    # adam_epsilon Hugging Face's next field is one crossjax only reads (keyword-only above), so the rest are
+    # keyword-only: a further positional argument is a TypeError, not another setting
     output_dir: str | None = None
+    per_device_train_batch_size: int = 8
     num_train_epochs: float = 3.0
     max_steps: int = -1
-    per_device_train_batch_size: int = 8
-    per_device_eval_batch_size: int = 8
     learning_rate: float = 5e-5
+    lr_scheduler_type: str = "linear"
+    lr_scheduler_kwargs: dict | str | None = None
+    warmup_steps: float = 0
+    optim: str = "adamw_torch_fused"  # transformers 5's default name; crossjax's AdamW either way
+    optim_args: str | None = None
     weight_decay: float = 0.0
     adam_beta1: float = 0.9
     adam_beta2: float = 0.999
     adam_epsilon: float = 1e-8
+    _: KW_ONLY
+    per_device_eval_batch_size: int = 8
     max_grad_norm: float = 1.0
-    lr_scheduler_type: str = "linear"
-    lr_scheduler_kwargs: dict | str | None = None
-    warmup_steps: float = 0
     warmup_ratio: float | None = None
-    optim: str = "adamw_torch_fused"  # transformers 5's default name; crossjax's AdamW either way
-    optim_args: str | None = None
     bf16: bool = False
     gradient_accumulation_steps: int = 1
     eval_strategy: str = "no"

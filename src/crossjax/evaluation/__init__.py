@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from crossjax.st_paths import alias_class_modules, alias_modules
 
-from .base import CrossEncoderEvaluator, is_main_process
+from .base import BaseEvaluator, CrossEncoderEvaluator, SentenceEvaluator, is_main_process
 from .beir import (
     BEIRFolder,
     CrossEncoderBEIREvaluator,
@@ -40,6 +40,8 @@ from .softmax_accuracy import CESoftmaxAccuracyEvaluator
 
 __all__ = [
     "CrossEncoderEvaluator",
+    "BaseEvaluator",  # sentence-transformers' names for the base class
+    "SentenceEvaluator",
     "is_main_process",
     # Classic names
     "CECorrelationEvaluator",

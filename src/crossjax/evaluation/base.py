@@ -186,3 +186,9 @@ class CrossEncoderEvaluator:
     def get_config_dict(self) -> dict[str, Any]:
         """Configuration worth recording in a model card; empty unless a subclass has tunables."""
         return {}
+
+
+# sentence-transformers' names for the base class a custom evaluator subclasses (``base.evaluation.BaseEvaluator``,
+# and ``SentenceEvaluator`` at its older paths): the same contract, so a subclass written for it runs here
+BaseEvaluator = CrossEncoderEvaluator
+SentenceEvaluator = CrossEncoderEvaluator

@@ -243,3 +243,23 @@ def test_a_fresh_run_in_the_same_folder_replaces_the_earlier_runs_logs(tiny_dir,
     model.fit(DataLoader(make_examples(16, seed=5), batch_size=4), output_path=str(out), log_dir=str(elsewhere), **FAST)
     assert (elsewhere / CURVES_FILE).is_file()
     assert CURVES_FILE not in (out / "README.md").read_text()
+
+
+def test_logs_failing_at_the_end_of_a_run_leave_its_final_model_saved(tiny_dir, tmp_path, monkeypatch):
+    """The curves PNG cannot be written (a full or read-only log folder) when the run ends: the error is raised,
+    but only after the trained model is saved to output_path, as it would have been (no work lost)."""
+    import crossjax.logs
+
+    def no_space(records, path, required=False):
+        raise OSError(28, "No space left on device", str(path))
+
+    monkeypatch.setattr(crossjax.logs, "plot_training_curves", no_space)
+    model = CrossEncoder(tiny_dir, max_length=32)
+    out = tmp_path / "model"
+    with pytest.raises(OSError, match="No space left"):
+        model.fit(DataLoader(make_examples(8, seed=3), batch_size=4), epochs=1, output_path=str(out),
+                  log_dir=str(tmp_path / "logs"), **FAST)  # fmt: skip
+    saved = CrossEncoder(str(out), max_length=32)
+    pairs = [e.texts for e in make_examples(4, seed=9)]
+    np.testing.assert_array_equal(saved.predict(pairs), model.predict(pairs))
+    assert len(model.training_history) == 2

@@ -1577,6 +1577,7 @@ def _run_fit(
         )
 
     completed = False
+    end_error: Exception | None = None
     card_name, card_config = card_loss(loss_fct, loss_fn, activation_fct, activation)
     interrupts = StepInterrupts()
     try:
@@ -1684,7 +1685,10 @@ def _run_fit(
             bar.close()
         if checkpointer is not None:
             checkpointer.close()
-        events.on_train_end(completed)  # closes the logs (a killed run keeps them) and draws the curves
+        try:
+            events.on_train_end(completed)  # closes the logs (a killed run keeps them) and draws the curves
+        except Exception as error:  # noqa: BLE001 - raised only after a completed run: the model is saved first
+            end_error = error
     # Without an evaluator the trained model is saved at the end (sentence-transformers' fit saves nothing then:
     # an output_path given would end empty); save_best_model=False saves nothing, as there
     # Nor does it when no evaluation scored (all NaN: e.g. a correlation of constant predictions); crossjax saves
@@ -1698,6 +1702,8 @@ def _run_fit(
             )
         events.on_save(global_step)
         target.save(cfg.output_path)
+    if end_error is not None:  # a log writer or callback failed at the end: the trained model is saved by now
+        raise end_error
     elapsed = time.perf_counter() - started
     traced = sum(len(p.counter.shapes_here()) - before for p, before in zip(programs, traced_before, strict=True))
     compiled_shapes = sorted(

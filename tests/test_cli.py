@@ -156,6 +156,20 @@ BAD_ARGUMENTS = {
         ["train", "--model", "{model}", "--train", "{tmp}/classes.tsv", "--warmup-ratio", "nan"],
         "--warmup-ratio must be a fraction",
     ),
+    "an output that is the input": (
+        ["predict", "--model", "{model}", "--input", "{tmp}/pairs.tsv", "--output", "{tmp}/pairs.tsv"],
+        "--output {tmp}/pairs.tsv is the --input file: the results would replace it",
+    ),
+    "an evaluation's output folder that is a file": (
+        ["eval", "--model", "{model}", "--evaluator", "correlation", "--data", "{tmp}/classes.tsv", "--output",
+         "{tmp}/pairs.tsv"],
+        "--output {tmp}/pairs.tsv is a file; name a folder",
+    ),  # fmt: skip
+    "a config file that is not UTF-8": (["train", "--config", "{tmp}/latin1.yaml"], "latin1.yaml is not UTF-8"),
+    "a JSON label beyond any float": (
+        ["train", "--model", "{model}", "--train", "{tmp}/huge.jsonl"],
+        "huge.jsonl:1: label 10000000000000000000... is too large for a float",
+    ),
 }
 
 
@@ -174,6 +188,8 @@ def test_bad_arguments_exit_2_with_one_line(case, tiny_dir, tmp_path):
     write_tsv(tmp_path / "classes.tsv", ["a", "b", "label"], [("x", "y", 0), ("z", "w", 2)])
     write_tsv(tmp_path / "fractions.tsv", ["a", "b", "label"], [("x", "y", 0.7), ("z", "w", 2)])
     write_tsv(tmp_path / "unlabelled.tsv", ["a", "b", "label"], [("x", "y", 0), ("z", "w", -100)])
+    (tmp_path / "latin1.yaml").write_bytes("model: caf\xe9\n".encode("latin-1"))
+    (tmp_path / "huge.jsonl").write_text('{"a": "x", "b": "y", "label": 1' + "0" * 400 + "}\n")
     (tmp_path / "ckpt" / "7" / "state").mkdir(parents=True)
     (tmp_path / "ckpt" / "7" / "model").mkdir()
     args, expected = BAD_ARGUMENTS[case]

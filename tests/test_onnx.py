@@ -105,6 +105,15 @@ def test_export_onnx_rejects_what_it_cannot_export(tmp_path):
         export_onnx(tmp_path, opset=999)
 
 
+def test_an_empty_output_dir_is_refused_not_read_as_the_working_directory(tiny_dir, tmp_path, monkeypatch):
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    with pytest.raises(ValueError, match="empty string"):
+        export_onnx(tiny_dir, output_dir="")
+    assert list(cwd.iterdir()) == []
+
+
 def test_a_folder_without_a_trained_head_is_refused(minilm_dir, tmp_path):
     """all-MiniLM-L6-v2 is a bi-encoder's base model: transformers would add a random 2-label head that neither
     crossjax nor sentence-transformers (1 label, their own random head) would read back."""

@@ -287,13 +287,23 @@ def _check_model(name: str) -> None:
             raise CliError(f"--model {name}: no {HF_CONFIG} in it (not a Hugging Face model directory){hint}")
 
 
-def _check_output_file(output: str) -> None:
+def _check_output_file(output: str, **inputs: str) -> None:
+    """A file the results can be written to, and none of the ``inputs`` (flag -> path) it would overwrite."""
     if output != "-":
         parent = Path(output).expanduser().absolute().parent
         if not parent.is_dir():
             raise CliError(f"--output {output}: folder {parent} does not exist")
         if Path(output).is_dir():
             raise CliError(f"--output {output} is a directory; name a file")
+        for flag, path in inputs.items():
+            if Path(output).expanduser().exists() and Path(path).expanduser().exists():
+                if os.path.samefile(Path(output).expanduser(), Path(path).expanduser()):
+                    raise CliError(f"--output {output} is the {flag} file: the results would replace it; name another")
+
+
+def _check_output_folder(output: str | None) -> None:
+    if output is not None and Path(output).expanduser().exists() and not Path(output).expanduser().is_dir():
+        raise CliError(f"--output {output} is a file; name a folder")
 
 
 def _load_model(args: argparse.Namespace, **kwargs: Any):
@@ -329,7 +339,7 @@ def _score_columns(model: Any) -> list[str]:
 # ----------------------------------------------------------------------------------------------- commands
 def _predict(args: argparse.Namespace) -> int:
     _check_model(args.model)
-    _check_output_file(args.output)
+    _check_output_file(args.output, **{"--input": args.input})
     # a label column is left out of the texts, its values unread
     table = read_pairs(
         args.input, columns=args.columns, label_column=args.label_column, header=not args.no_header, read_labels=False
@@ -350,7 +360,7 @@ def _predict(args: argparse.Namespace) -> int:
 
 def _rank(args: argparse.Namespace) -> int:
     _check_model(args.model)
-    _check_output_file(args.output)
+    _check_output_file(args.output, **{"--documents": args.documents})
     documents = read_documents(args.documents)
     model = _load_model(args)
     if model.num_labels != 1:
@@ -440,6 +450,7 @@ def _beir_evaluator(folder: str, args: argparse.Namespace) -> Any:
 
 def _eval(args: argparse.Namespace) -> int:
     _check_model(args.model)
+    _check_output_folder(args.output)  # before the model is loaded and scored
     if args.evaluator == "beir":
         if not Path(args.data).is_dir():
             raise CliError(
@@ -471,8 +482,7 @@ def _export(args: argparse.Namespace) -> int:
     if args.output is None and not args.onnx:
         raise CliError("nothing to do: pass --output DIR (save the model) and/or --onnx")
     _check_model(args.model)
-    if args.output is not None and Path(args.output).exists() and not Path(args.output).is_dir():
-        raise CliError(f"--output {args.output} is a file; name a folder")
+    _check_output_folder(args.output)
     if args.onnx:  # a bad opset or a missing exporter stops before the model is saved
         from crossjax.onnx import check_opset, import_export_dependencies
 
@@ -498,7 +508,10 @@ def _train_config_argv(parser: argparse.ArgumentParser, path: str) -> list[str]:
     file = Path(path).expanduser()
     if not file.is_file():
         raise CliError(f"--config {path}: no such file")
-    text = file.read_text(encoding="utf-8")
+    try:
+        text = file.read_text(encoding="utf-8")
+    except UnicodeDecodeError as error:
+        raise CliError(f"--config {path} is not UTF-8 text ({error.reason} at byte {error.start})") from None
     try:
         if file.suffix.lower() in (".yaml", ".yml"):
             import yaml

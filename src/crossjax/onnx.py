@@ -243,8 +243,8 @@ def export_onnx(
         if not directory.is_dir():
             raise FileNotFoundError(f"{directory} is not a directory; pass a saved model directory")
         directory = resolve_checkpoint_dir(directory)
+    check_local_path(output_dir, "output directory")  # as given: Path("") would already be the working directory
     output_dir = Path(directory if output_dir is None else output_dir).expanduser()
-    check_local_path(output_dir, "output directory")
     copy_model_from = None if output_dir.resolve() == Path(directory).resolve() else Path(directory)
     path = output_dir.resolve() / ONNX_SUBFOLDER / ONNX_FILE
     wrapper, config = _load_torch_model(Path(directory))

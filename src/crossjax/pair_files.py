@@ -114,6 +114,8 @@ def _label_value(value: Any, where: str) -> float:
         raise PairFileError(f"{where}: missing or invalid label {value!r}")
     try:
         number = float(value)
+    except OverflowError:  # a JSON integer beyond any float
+        raise PairFileError(f"{where}: label {str(value)[:20]}... is too large for a float") from None
     except (TypeError, ValueError):
         raise PairFileError(f"{where}: label {value!r} is not a number") from None
     if not math.isfinite(number):

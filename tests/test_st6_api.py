@@ -730,6 +730,16 @@ def test_a_folder_without_tokenizer_files_is_refused_not_scored_as_unknown_words
         CrossEncoder(bare)
 
 
+@pytest.mark.parametrize("broken", ["tokenizer.json", "tokenizer_config.json"])
+def test_a_tokenizer_file_that_is_not_json_is_named(saved, tmp_path, broken):
+    """transformers' error is json's own ("Unterminated string ..."), naming no file; crossjax names it."""
+    folder = tmp_path / "model"
+    shutil.copytree(saved, folder)
+    (folder / broken).write_text('{"version": "1.0", "trunc')
+    with pytest.raises(ValueError, match=f"{broken} is not valid JSON: Unterminated string"):
+        CrossEncoder(folder)
+
+
 @pytest.mark.parametrize(
     "extra",
     [{"do_lower_case": True}, {"tokenizer_args": {"truncation_side": "left"}},

@@ -13,7 +13,7 @@ import operator
 import os
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +70,23 @@ def _as_dtype(dtype) -> Any:
         hint = " (float16 is not a crossjax compute dtype: use bfloat16)" if float16 else ""
         raise ValueError(f"compute dtype must be float32 or bfloat16, got {dtype}{hint}")
     return resolved
+
+
+# the JSON files of a saved tokenizer: one that does not parse fails inside transformers with json's bare message
+TOKENIZER_JSON_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json")
+
+
+def _invalid_json_files(directory: Path, names: Sequence[str]) -> list[str]:
+    """``"<path> is not valid JSON: <why>"`` for each of ``names`` in ``directory`` that does not parse."""
+    broken = []
+    for name in names:
+        path = Path(directory) / name
+        if path.is_file():
+            try:
+                json.loads(path.read_text(encoding="utf-8"))
+            except (ValueError, OSError) as error:
+                broken.append(f"{path} is not valid JSON: {error}")
+    return broken
 
 
 def _saved_st_config(directory: Path) -> dict[str, Any]:
@@ -525,7 +542,13 @@ class CrossEncoder:
     def _load_tokenizer(self, directory: Path, tokenizer_kwargs: dict):
         from transformers import AutoTokenizer
 
-        tokenizer = AutoTokenizer.from_pretrained(str(directory), **tokenizer_kwargs)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(str(directory), **tokenizer_kwargs)
+        except ValueError as error:  # json's JSONDecodeError among them: transformers names no file
+            broken = _invalid_json_files(directory, TOKENIZER_JSON_FILES)
+            if not broken:
+                raise
+            raise ValueError(f"{directory}: its tokenizer cannot be read, {'; '.join(broken)}") from error
         if not getattr(tokenizer, "is_fast", False):
             raise ValueError(
                 f"{directory}: crossjax needs a fast (Rust) tokenizer; this checkpoint only has a slow one. "

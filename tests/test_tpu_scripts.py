@@ -299,6 +299,13 @@ def test_failure_stops_with_clear_message(fake_bin):
     assert len(calls(fake_bin)) == 1  # stopped after the first failing command
 
 
+def test_fetch_into_a_file_is_refused_before_copying(fake_bin, tmp_path):
+    (tmp_path / "taken").write_text("notes")
+    proc = run("fetch", *TARGET, "--remote-path", "out", "--dest", str(tmp_path / "taken"), fake_bin=fake_bin)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert "taken is a file; name a folder" in proc.stderr and calls(fake_bin) == []
+
+
 def test_run_all_failure_prints_delete_command(fake_bin):
     proc = run("run_all", *TARGET, "--accelerator-type", "v4-16", "--no-examples", fake_bin=fake_bin, rc=1)
     assert proc.returncode != 0

@@ -182,6 +182,8 @@ def run_steps(steps: Sequence[Step], dry_run: bool) -> None:
             continue
         note(f"+ {step}")
         if isinstance(step, LocalMkdir):
+            if Path(step.path).exists() and not Path(step.path).is_dir():
+                raise ToolError(f"{step.path} is a file; name a folder to copy into")
             Path(step.path).mkdir(parents=True, exist_ok=True)
         elif isinstance(step, WaitActive):
             _wait_active(step)

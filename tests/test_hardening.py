@@ -88,6 +88,12 @@ def test_unknown_constructor_argument_is_a_type_error(tiny_dir):
         CrossEncoder(tiny_dir, automodel_argz={})
 
 
+@pytest.mark.parametrize("name", ["", "  "])
+def test_an_empty_model_name_is_refused_not_read_as_the_working_directory(name):
+    with pytest.raises(ValueError, match="name a model folder or a hub id"):
+        CrossEncoder(name)
+
+
 @pytest.mark.parametrize(
     "kwargs, error, message",
     [

@@ -247,6 +247,8 @@ def _resolve_model(name: str, hub: dict[str, Any]) -> tuple[str | None, Path]:
     """(the hub id, or None for a local folder; the folder). A short name that is not a local folder is first
     looked up in the ``cross-encoder`` organisation, as sentence-transformers does
     (``CrossEncoder("ms-marco-MiniLM-L6-v2")``), then as it is."""
+    if not str(name).strip():  # Path("") is the working directory
+        raise ValueError(f"model_name_or_path is {name!r}: name a model folder or a hub id")
     if Path(name).expanduser().exists():
         return None, resolve_checkpoint_dir(name, **hub)
     if "/" not in name and not name.startswith((".", "~")):

@@ -9,6 +9,8 @@ The tiny config builders are test_models_parity's ``FAMILIES``: a family registe
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 import torch
@@ -112,6 +114,21 @@ def test_an_empty_output_dir_is_refused_not_read_as_the_working_directory(tiny_d
     with pytest.raises(ValueError, match="empty string"):
         export_onnx(tiny_dir, output_dir="")
     assert list(cwd.iterdir()) == []
+
+
+def test_a_folder_with_missing_or_broken_weights_is_named(tiny_dir, tmp_path):
+    from crossjax.models.checkpoints import CheckpointError
+
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_dir, folder)
+    weights = (folder / "model.safetensors").read_bytes()
+    (folder / "model.safetensors").write_bytes(weights[: len(weights) // 2])
+    with pytest.raises(CheckpointError, match="model.safetensors could not be read by transformers"):
+        export_onnx(folder, tmp_path / "out")
+    (folder / "model.safetensors").unlink()
+    with pytest.raises(CheckpointError, match="has no weights"):
+        export_onnx(folder, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
 
 
 def test_a_folder_without_a_trained_head_is_refused(minilm_dir, tmp_path):

@@ -121,9 +121,15 @@ def _load_torch_model(directory: Path):
             kwargs = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
             return self.model(input_ids=input_ids, attention_mask=attention_mask, **kwargs).logits
 
-    model, info = AutoModelForSequenceClassification.from_pretrained(
-        str(directory), dtype=torch.float32, output_loading_info=True
-    )
+    from crossjax.models.checkpoints import CheckpointError, weights_file
+
+    weights = weights_file(directory)  # a folder without weights: named, not transformers' OSError
+    try:
+        model, info = AutoModelForSequenceClassification.from_pretrained(
+            str(directory), dtype=torch.float32, output_loading_info=True
+        )
+    except Exception as error:  # noqa: BLE001 - safetensors' or torch's own errors name no file
+        raise CheckpointError(f"{weights} could not be read by transformers: {error}") from error
     if info["missing_keys"]:  # a base model (no classification head): transformers would make up a random one
         raise ValueError(
             f"{directory} has no trained classification head (missing {sorted(info['missing_keys'])}): its graph "

@@ -142,14 +142,18 @@ def read_state_dict(directory: Path) -> tuple[dict[str, np.ndarray], Path]:
     The first of ``WEIGHTS_PREFERENCE`` present is read, as transformers does: model.safetensors, then the
     sharded model.safetensors.index.json, then pytorch_model.bin, then pytorch_model.bin.index.json.
     """
+    path = weights_file(directory)
+    reader = _read_safetensors if path.name in (SAFE_WEIGHTS, SAFE_INDEX) else _read_torch_bin
+    if path.name in (SAFE_INDEX, TORCH_INDEX):
+        return _read_sharded(path, reader), path
+    return reader(path), path
+
+
+def weights_file(directory: Path) -> Path:
+    """The weights file transformers reads in ``directory`` (the first of ``WEIGHTS_PREFERENCE`` present)."""
     for name in WEIGHTS_PREFERENCE:
-        path = directory / name
-        if not path.is_file():
-            continue
-        reader = _read_safetensors if name in (SAFE_WEIGHTS, SAFE_INDEX) else _read_torch_bin
-        if name in (SAFE_INDEX, TORCH_INDEX):
-            return _read_sharded(path, reader), path
-        return reader(path), path
+        if (Path(directory) / name).is_file():
+            return Path(directory) / name
     raise CheckpointError(
         f"{directory} has no weights: expected {SAFE_WEIGHTS}, {SAFE_INDEX}, {TORCH_WEIGHTS} or {TORCH_INDEX}"
     )

@@ -251,6 +251,52 @@ def test_tokenize_stsb_pairs(tokenizer, stsb_rows) -> None:
     assert max(len(tokenizer(x, y)["input_ids"]) for x, y in pairs) > 24
 
 
+@pytest.mark.parametrize("side", ["right", "left"])
+@pytest.mark.parametrize("kind", ["wordpiece", "byte-level BPE", "unigram"])
+def test_pairs_of_long_texts_tokenize_as_the_tokenizer_does_without_its_windows(kind, side, tokenizer, stsb_rows,
+                                                                                  tmp_path) -> None:  # fmt: skip
+    """Pairs whose texts are both long are cut before the tokenizer sees them (its longest_first truncation
+    builds the product of both texts' overflow windows: seconds and gigabytes a pair); the ids and token types
+    equal the tokenizer's own for the whole texts, for each kind of tokenizer and truncation side, on texts with
+    and without whitespace near the cut."""
+    from crossjax.data import LONG_TEXT_CHARS_PER_TOKEN, _spare_pair_windows
+
+    if kind == "byte-level BPE":
+        from test_fit_parity import byte_level_tokenizer
+
+        tok = byte_level_tokenizer([r[0] for r in stsb_rows[:2000]], tmp_path)
+    elif kind == "unigram":
+        from test_deberta_v2 import deberta_tokenizer
+
+        tok = deberta_tokenizer()
+    else:
+        tok = tokenizer
+    tok.truncation_side = side
+    rng = np.random.default_rng(7)
+    no_spaces = "数据集中的长文本没有空格" * 9
+    sentences = [r[0] for r in stsb_rows[:400]] + [no_spaces, "emoji 🙂🙂🙂 and naïve café", "x" * 150]
+
+    def text(words: int) -> str:
+        return " ".join(rng.choice(sentences, size=words))
+
+    same = text(25)
+    pairs = [(text(int(rng.integers(12, 40))), text(int(rng.integers(12, 40)))) for _ in range(28)]
+    pairs += [(text(30), "short second text"), ("", text(30)), (sentences[-3], sentences[-3] * 2), (same, same)]
+    pairs += [(same, same + " a"), (same + " a", same)]  # one token apart: the odd budget's split follows it
+    a, b = [p[0] for p in pairs], [p[1] for p in pairs]
+    for max_length in (20, 33):  # odd and even budgets for the texts
+        cut_a, cut_b = _spare_pair_windows(tok, a, b, max_length)
+        long = [len(x) > LONG_TEXT_CHARS_PER_TOKEN * max_length and len(y) > LONG_TEXT_CHARS_PER_TOKEN * max_length
+                for x, y in pairs]  # fmt: skip
+        assert sum(long) >= 20 and sum(len(x) < len(y) for x, y in zip(cut_a + cut_b, a + b, strict=True)) >= 20
+        tokenized = tokenize_pairs(tok, a, b, max_length, chunk_size=10)
+        reference = tok(a, b, truncation="longest_first", max_length=max_length)
+        types = reference.get("token_type_ids") or [[0] * len(ids) for ids in reference["input_ids"]]
+        for i in range(len(pairs)):
+            assert tokenized.input_ids[i].tolist() == reference["input_ids"][i], (i, max_length)
+            assert tokenized.token_type_ids[i].tolist() == types[i], (i, max_length)
+
+
 def test_tokenizing_many_chunks_shows_progress_and_the_same_tokens(tokenizer, stsb_rows, capsys) -> None:
     """A fit of a big in-memory set tokenizes it before its first step: a bar says so (for more than two
     chunks), and the tokens are those of an unbarred run."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -516,6 +517,70 @@ def _name_untokenizable(texts_a: list, texts_b: list, start: int) -> None:
                 raise ValueError(f"pair {start + i}: text {j} {reason}") from None
 
 
+# tokenizers' longest_first truncation of a pair builds every overflow window of both texts and keeps their
+# product: two 30,000-word texts at max_length 512 take 5 s and 5 GB for one pair (huggingface/tokenizers#2035; a
+# batch of such pairs is killed for memory). Where both texts of a pair are longer than this many characters per
+# token of max_length, each is first cut to a part holding the tokens the truncation can keep (checked below).
+LONG_TEXT_CHARS_PER_TOKEN = 8
+_WHITESPACE = re.compile(r"\s")
+
+
+def _cut_keeping_tokens(tokenizer: Any, texts: list[str], count: int, from_end: bool) -> list[tuple[str, int, int]]:
+    """``(cut, tokens of the text, tokens of the cut)`` per text: the text cut at a whitespace to a part whose
+    tokens start (``from_end``: end) with the text's own first (last) ``count`` tokens and number at least
+    ``count``. A text whose cut does not tokenize so (a tokenizer reading across the cut) is its own cut."""
+    full = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
+    out = [(text, len(ids), len(ids)) for text, ids in zip(texts, full["input_ids"], strict=True)]
+    tried: dict[int, str] = {}
+    for i, (text, ids, offsets) in enumerate(zip(texts, full["input_ids"], full["offset_mapping"], strict=True)):
+        if len(ids) <= count:
+            continue
+        if from_end:
+            start = min(begin for begin, _ in offsets[-count:])
+            spaces = [m.end() for m in _WHITESPACE.finditer(text, 0, start)]
+            if spaces:
+                tried[i] = text[spaces[-1] :]
+        else:
+            space = _WHITESPACE.search(text, max(stop for _, stop in offsets[:count]))
+            if space:
+                tried[i] = text[: space.start()]
+    if tried:
+        again = tokenizer(list(tried.values()), add_special_tokens=False, verbose=False)["input_ids"]
+        for (i, cut), ids in zip(tried.items(), again, strict=True):
+            own = full["input_ids"][i]
+            if len(ids) >= count and (ids[-count:] == own[-count:] if from_end else ids[:count] == own[:count]):
+                out[i] = (cut, len(own), len(ids))
+    return out
+
+
+def _spare_pair_windows(tokenizer: Any, texts_a: list, texts_b: list, max_length: int) -> tuple[list, list]:
+    """``texts_a``/``texts_b`` with the pairs whose texts are both long cut as :func:`_cut_keeping_tokens` cuts.
+    longest_first keeps at most ``max_length`` tokens of a text, and splits an odd budget by which text is longer
+    (transformers' ``(8, 9)`` for ``n1 <= n2``, ``(9, 8)`` otherwise): a pair takes both cuts only where they keep
+    that order, else the longer text stays whole. Plain data (no text over ``LONG_TEXT_CHARS_PER_TOKEN *
+    max_length`` characters) is untouched."""
+    limit = LONG_TEXT_CHARS_PER_TOKEN * max_length
+    both_long = [
+        i for i, (a, b) in enumerate(zip(texts_a, texts_b, strict=True))
+        if isinstance(a, str) and isinstance(b, str) and len(a) > limit and len(b) > limit
+    ]  # fmt: skip
+    if not both_long:
+        return texts_a, texts_b
+    from_end = getattr(tokenizer, "truncation_side", "right") == "left"
+    keep = max_length + 8  # more than any side keeps: the split's inputs stay above what it reads
+    cuts_a = _cut_keeping_tokens(tokenizer, [texts_a[i] for i in both_long], keep, from_end)
+    cuts_b = _cut_keeping_tokens(tokenizer, [texts_b[i] for i in both_long], keep, from_end)
+    texts_a, texts_b = list(texts_a), list(texts_b)
+    for i, (cut_a, full_a, kept_a), (cut_b, full_b, kept_b) in zip(both_long, cuts_a, cuts_b, strict=True):
+        if full_a > full_b:  # the first stays the longer: cut it only if its cut still is
+            texts_b[i] = cut_b
+            texts_a[i] = cut_a if kept_a > kept_b else texts_a[i]
+        else:  # the second stays at least as long
+            texts_a[i] = cut_a
+            texts_b[i] = cut_b if kept_b >= kept_a else texts_b[i]
+    return texts_a, texts_b
+
+
 def tokenize_pairs(
     tokenizer: Any,
     texts_a: Sequence[str],
@@ -540,9 +605,10 @@ def tokenize_pairs(
     for start in starts:
         chunk_a, chunk_b = list(texts_a[start : start + chunk_size]), list(texts_b[start : start + chunk_size])
         try:
+            cut_a, cut_b = _spare_pair_windows(tokenizer, chunk_a, chunk_b, max_length)
             enc = tokenizer(
-                chunk_a,
-                chunk_b,
+                cut_a,
+                cut_b,
                 truncation="longest_first",
                 max_length=max_length,
                 padding=False,

@@ -212,6 +212,9 @@ def test_save_takes_sentence_transformers_arguments(saved, tmp_path):
     assert (tmp_path / "bin" / "model.safetensors").is_file() and not (tmp_path / "bin" / "pytorch_model.bin").exists()
     with pytest.raises(TypeError, match="bogus"):
         model.save(tmp_path / "x", bogus=1)
+    with pytest.raises(TypeError, match="model_name must be a string"):
+        model.save(tmp_path / "x", model_name=12345)
+    assert not (tmp_path / "x").exists()
 
 
 def test_token_ids_outside_the_model_s_tables_are_named_not_nan(minilm_dir, tmp_path, spies):

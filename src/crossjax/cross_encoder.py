@@ -989,6 +989,8 @@ class CrossEncoder:
         """
         if path is None:
             return None
+        if model_name is not None and not isinstance(model_name, str):
+            raise TypeError(f"model_name must be a string (the card's hub id, 'user/name'), got {model_name!r}")
         if model_name and not Path(model_name).exists() and not self.model_card_data.model_id:
             self.model_card_data.model_id = model_name
         write = self._model_writer()

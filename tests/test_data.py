@@ -283,6 +283,7 @@ def test_pairs_of_long_texts_tokenize_as_the_tokenizer_does_without_its_windows(
     pairs = [(text(int(rng.integers(12, 40))), text(int(rng.integers(12, 40)))) for _ in range(28)]
     pairs += [(text(30), "short second text"), ("", text(30)), (sentences[-3], sentences[-3] * 2), (same, same)]
     pairs += [(same, same + " a"), (same + " a", same)]  # one token apart: the odd budget's split follows it
+    pairs += [(no_spaces * 3, no_spaces * 4), ("🙂" * 300, "ab" * 300)]  # no whitespace: cut at a token's edge
     a, b = [p[0] for p in pairs], [p[1] for p in pairs]
     for max_length in (20, 33):  # odd and even budgets for the texts
         cut_a, cut_b = _spare_pair_windows(tok, a, b, max_length)

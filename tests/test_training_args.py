@@ -274,3 +274,10 @@ def test_positional_arguments_mean_what_they_mean_there():
         assert _value(ours, name) == _value(theirs, name), name
     with pytest.raises(TypeError):
         Ours(*values, None)
+
+
+@pytest.mark.parametrize("value", [True, False, "all", "non_padding", "no"])
+def test_include_num_input_tokens_seen_reads_as_hugging_face_s(value):
+    ours = Ours("out", include_num_input_tokens_seen=value, report_to="none")
+    theirs = Theirs("out", include_num_input_tokens_seen=value, report_to="none", use_cpu=True)
+    assert ours.include_num_input_tokens_seen == theirs.include_num_input_tokens_seen

@@ -521,17 +521,20 @@ def _name_untokenizable(texts_a: list, texts_b: list, start: int) -> None:
 # product: two 30,000-word texts at max_length 512 take 5 s and 5 GB for one pair (huggingface/tokenizers#2035; a
 # batch of such pairs is killed for memory). Where both texts of a pair are longer than this many characters per
 # token of max_length, each is first cut to a part holding the tokens the truncation can keep (checked below).
-LONG_TEXT_CHARS_PER_TOKEN = 8
+LONG_TEXT_CHARS_PER_TOKEN = 16  # below ~10 the cut's own tokenization costs more than the windows it spares
 _WHITESPACE = re.compile(r"\s")
+_EDGE_MARGIN = 16  # tokens kept past the last one read where a text is cut at a token's edge, not a whitespace
 
 
 def _cut_keeping_tokens(tokenizer: Any, texts: list[str], count: int, from_end: bool) -> list[tuple[str, int, int]]:
-    """``(cut, tokens of the text, tokens of the cut)`` per text: the text cut at a whitespace to a part whose
-    tokens start (``from_end``: end) with the text's own first (last) ``count`` tokens and number at least
-    ``count``. A text whose cut does not tokenize so (a tokenizer reading across the cut) is its own cut."""
+    """``(cut, tokens of the text, tokens of the cut)`` per text: the text cut at a whitespace (in text without
+    one, such as Chinese, at a token's edge ``_EDGE_MARGIN`` tokens further) to a part whose tokens start
+    (``from_end``: end) with the text's own first (last) ``count`` tokens and number at least ``count``. A text
+    whose cut does not tokenize so (a tokenizer reading across the cut) is its own cut."""
     full = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
     out = [(text, len(ids), len(ids)) for text, ids in zip(texts, full["input_ids"], strict=True)]
     tried: dict[int, str] = {}
+    edge = count + _EDGE_MARGIN
     for i, (text, ids, offsets) in enumerate(zip(texts, full["input_ids"], full["offset_mapping"], strict=True)):
         if len(ids) <= count:
             continue
@@ -540,10 +543,14 @@ def _cut_keeping_tokens(tokenizer: Any, texts: list[str], count: int, from_end: 
             spaces = [m.end() for m in _WHITESPACE.finditer(text, 0, start)]
             if spaces:
                 tried[i] = text[spaces[-1] :]
+            elif len(ids) > edge:
+                tried[i] = text[min(begin for begin, _ in offsets[-edge:]) :]
         else:
             space = _WHITESPACE.search(text, max(stop for _, stop in offsets[:count]))
             if space:
                 tried[i] = text[: space.start()]
+            elif len(ids) > edge:
+                tried[i] = text[: max(stop for _, stop in offsets[:edge])]
     if tried:
         again = tokenizer(list(tried.values()), add_special_tokens=False, verbose=False)["input_ids"]
         for (i, cut), ids in zip(tried.items(), again, strict=True):

@@ -440,6 +440,8 @@ class CrossEncoderTrainingArguments(_HuggingFaceArguments):
         if isinstance(self.output_dir, os.PathLike) or str(self.output_dir).startswith("~"):
             self.output_dir = os.path.expanduser(self.output_dir)
         self._read_strings()
+        if isinstance(self.include_num_input_tokens_seen, bool):  # Hugging Face's mapping of the older boolean
+            self.include_num_input_tokens_seen = "all" if self.include_num_input_tokens_seen else "no"
         self._check_torch_only()
         self.eval_strategy = _strategy("eval_strategy", self.eval_strategy)
         self.save_strategy = _strategy("save_strategy", self.save_strategy, (*_STRATEGIES, "best"))

@@ -287,18 +287,18 @@ def _check_model(name: str) -> None:
             raise CliError(f"--model {name}: no {HF_CONFIG} in it (not a Hugging Face model directory){hint}")
 
 
-def _check_output_file(output: str, **inputs: str) -> None:
-    """A file the results can be written to, and none of the ``inputs`` (flag -> path) it would overwrite."""
+def _check_output_file(output: str, input_flag: str, input_path: str) -> None:
+    """A file the results can be written to, and not the input file (``input_flag``'s) it would overwrite."""
     if output != "-":
-        parent = Path(output).expanduser().absolute().parent
+        target = Path(output).expanduser()
+        parent = target.absolute().parent
         if not parent.is_dir():
             raise CliError(f"--output {output}: folder {parent} does not exist")
         if Path(output).is_dir():
             raise CliError(f"--output {output} is a directory; name a file")
-        for flag, path in inputs.items():
-            if Path(output).expanduser().exists() and Path(path).expanduser().exists():
-                if os.path.samefile(Path(output).expanduser(), Path(path).expanduser()):
-                    raise CliError(f"--output {output} is the {flag} file: the results would replace it; name another")
+        source = Path(input_path).expanduser()
+        if target.exists() and source.exists() and os.path.samefile(target, source):
+            raise CliError(f"--output {output} is the {input_flag} file: the results would replace it; name another")
 
 
 def _check_output_folder(output: str | None) -> None:
@@ -339,7 +339,7 @@ def _score_columns(model: Any) -> list[str]:
 # ----------------------------------------------------------------------------------------------- commands
 def _predict(args: argparse.Namespace) -> int:
     _check_model(args.model)
-    _check_output_file(args.output, **{"--input": args.input})
+    _check_output_file(args.output, "--input", args.input)
     # a label column is left out of the texts, its values unread
     table = read_pairs(
         args.input, columns=args.columns, label_column=args.label_column, header=not args.no_header, read_labels=False
@@ -360,7 +360,7 @@ def _predict(args: argparse.Namespace) -> int:
 
 def _rank(args: argparse.Namespace) -> int:
     _check_model(args.model)
-    _check_output_file(args.output, **{"--documents": args.documents})
+    _check_output_file(args.output, "--documents", args.documents)
     documents = read_documents(args.documents)
     model = _load_model(args)
     if model.num_labels != 1:

@@ -13,7 +13,7 @@ import operator
 import os
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +35,7 @@ from crossjax.model_card import (
 )
 from crossjax.models.auto import load_config, model_class_for
 from crossjax.models.base import HUB_DOWNLOAD_KWARGS, FlaxPreTrainedModel, compute_dtype_of, merged_keywords
-from crossjax.models.checkpoints import CheckpointError, hub_commit, resolve_checkpoint_dir
+from crossjax.models.checkpoints import CheckpointError, hub_commit, invalid_json, resolve_checkpoint_dir
 from crossjax.models.export import ST_CONFIG
 from crossjax.parallel import MeshPlan, devices_for, make_mesh, put_global
 from crossjax.runtime import is_main_process, progress_bar
@@ -74,19 +74,6 @@ def _as_dtype(dtype) -> Any:
 
 # the JSON files of a saved tokenizer: one that does not parse fails inside transformers with json's bare message
 TOKENIZER_JSON_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json")
-
-
-def _invalid_json_files(directory: Path, names: Sequence[str]) -> list[str]:
-    """``"<path> is not valid JSON: <why>"`` for each of ``names`` in ``directory`` that does not parse."""
-    broken = []
-    for name in names:
-        path = Path(directory) / name
-        if path.is_file():
-            try:
-                json.loads(path.read_text(encoding="utf-8"))
-            except (ValueError, OSError) as error:
-                broken.append(f"{path} is not valid JSON: {error}")
-    return broken
 
 
 def _saved_st_config(directory: Path) -> dict[str, Any]:
@@ -547,7 +534,8 @@ class CrossEncoder:
         try:
             tokenizer = AutoTokenizer.from_pretrained(str(directory), **tokenizer_kwargs)
         except ValueError as error:  # json's JSONDecodeError among them: transformers names no file
-            broken = _invalid_json_files(directory, TOKENIZER_JSON_FILES)
+            files = [directory / name for name in TOKENIZER_JSON_FILES if (directory / name).is_file()]
+            broken = [message for message in map(invalid_json, files) if message is not None]
             if not broken:
                 raise
             raise ValueError(f"{directory}: its tokenizer cannot be read, {'; '.join(broken)}") from error

@@ -149,6 +149,16 @@ def read_state_dict(directory: Path) -> tuple[dict[str, np.ndarray], Path]:
     return reader(path), path
 
 
+def invalid_json(path: Path) -> str | None:
+    """``"<path> is not valid JSON: <why>"`` for a file that does not parse (transformers' own error, json's,
+    names no file), else None."""
+    try:
+        json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        return f"{path} is not valid JSON: {error}"
+    return None
+
+
 def weights_file(directory: Path) -> Path:
     """The weights file transformers reads in ``directory`` (the first of ``WEIGHTS_PREFERENCE`` present)."""
     for name in WEIGHTS_PREFERENCE:
@@ -214,11 +224,10 @@ def load_config(directory: str | os.PathLike, num_labels: int | None = None, **c
 
         if not config_file.is_file():
             raise CheckpointError(f"Could not read a config from {str(directory)!r}: {e}") from e
-        raw = {}
-        try:
-            raw = json.loads(config_file.read_text())
-        except (OSError, ValueError) as read_error:
-            raise CheckpointError(f"{config_file} is not valid JSON: {read_error}") from e
+        broken = invalid_json(config_file)
+        if broken is not None:
+            raise CheckpointError(broken) from e
+        raw = json.loads(config_file.read_text())
         model_type = raw.get("model_type")
         if model_type is not None and model_type not in CONFIG_MAPPING:
             raise UnknownModelTypeError(model_type, f"{config_file}: {e}") from e

@@ -13,7 +13,10 @@ Instrumentation (worker-side monkeypatching, no library hooks needed):
 * a ``stream`` job trains on a JSONL ``datasets`` stream and records, by row of the data, which examples
   each reader thread tokenized (planning vs this process's shard) and which it fed;
 * ``kill_after_step`` SIGKILLs the process when step ``kill_after_step + 1`` is about to be fed, once the
-  checkpoint of step ``kill_wait_for_step`` is on disk, so the kill point is deterministic.
+  checkpoint of step ``kill_wait_for_step`` is on disk, so the kill point is deterministic;
+* ``term_after_step`` sends process ``term_process`` SIGTERM (a preemption notice) when step
+  ``term_after_step + 1`` is about to be fed; the preempted job ends the job list and the process exits with the
+  status ``TrainingPreempted`` carries.
 """
 
 from __future__ import annotations
@@ -264,6 +267,7 @@ def main() -> None:
     from crossjax.checkpoint import TrainCheckpointer
     from crossjax.evaluation import CECorrelationEvaluator
     from crossjax.parallel import process_rows
+    from crossjax.runtime import TrainingPreempted
 
     rows = json.loads(Path(spec["data"]).read_text())
     out_dir = Path(spec["out_dir"])
@@ -276,7 +280,9 @@ def main() -> None:
         "jobs": {},
     }
 
-    recorder = {"active": False, "fed": [], "log": None, "calls": 0, "kill": None, "ids": None, "tokenized": None}
+    recorder = {
+        "active": False, "fed": [], "log": None, "calls": 0, "kill": None, "term": None, "ids": None, "tokenized": None
+    }  # fmt: skip
     orig_pack = packing.pack
     orig_to_global = training.batch_to_global
 
@@ -312,6 +318,9 @@ def main() -> None:
                 while not step_dir.is_dir() and time.monotonic() < deadline:
                     time.sleep(0.05)
                 os.kill(os.getpid(), signal.SIGKILL)
+            term = recorder["term"]
+            if term and recorder["calls"] == term["after_step"] + 1 and jax.process_index() == term["process"]:
+                os.kill(os.getpid(), signal.SIGTERM)  # a preemption notice to this process only
             record_fed(batch, plan, bool(global_groups))
         return orig_to_global(batch, plan, *global_groups)
 
@@ -346,6 +355,7 @@ def main() -> None:
     packing.pack = pack
     training.batch_to_global = batch_to_global
 
+    exit_status = 0
     for job in spec["jobs"]:
         name = job["name"]
         started = time.perf_counter()
@@ -402,7 +412,9 @@ def main() -> None:
         if job.get("predict", True):  # before any fit too: the model's state was only placed, not trained
             res["predictions_before"] = [float(x) for x in ce.predict(pairs, batch_size=16)]
         loader = DataLoader(examples, batch_size=job["batch_size"], shuffle=True)
-        recorder.update(active=True, fed=[], calls=0, log=job.get("fed_log"), kill=None, ids=None, tokenized=None)
+        recorder.update(
+            active=True, fed=[], calls=0, log=job.get("fed_log"), kill=None, term=None, ids=None, tokenized=None
+        )
         if job.get("kind") == "stream":  # a JSONL stream over the files of the job, max_steps steps
             import datasets
 
@@ -423,8 +435,16 @@ def main() -> None:
                 "wait_for_step": job["kill_wait_for_step"],
                 "checkpoint_path": job["checkpoint_path"],
             }
+        if job.get("term_after_step"):
+            recorder["term"] = {"after_step": job["term_after_step"], "process": job.get("term_process", 0)}
         try:
             summary = ce.fit(loader, **fit_kwargs)
+        except TrainingPreempted as e:  # the job list ends here, and the process with the status it asks for
+            res["preempted"] = {"step": e.global_step, "checkpoint": e.checkpoint, "status": e.code}
+            res["fed"] = recorder["fed"]
+            res["losses"] = [h["loss"] for h in ce.training_history]
+            exit_status = e.code
+            break
         except Exception as e:  # noqa: BLE001 - reported to the test, which decides
             res["error"] = {"type": type(e).__name__, "message": str(e), "traceback": traceback.format_exc()}
             res["seconds"] = time.perf_counter() - started
@@ -458,6 +478,7 @@ def main() -> None:
 
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / f"result_{jax.process_index()}.json").write_text(json.dumps(result))
+    sys.exit(exit_status)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,8 @@ runs all subprocesses, two chains side by side (the machine has 2 cores), with a
 cache, a timeout on each and no orphans:
 
 * chain 1: 1 device (replicated and fsdp), then 2 processes x 4 devices (fsdp, then a JSONL stream of two
-  files, one per process), then the same stream killed after step 3 and resumed from step 2;
+  files, one per process), then the same stream killed after step 3 and resumed from step 2, then the fsdp run
+  with a preemption notice (SIGTERM) to one process, and its resume;
 * chain 2: 8 devices (dropout reference, replicated, fsdp, a bad batch size), then a checkpointed run that is
   SIGKILLed after step 5, then the resume, the mismatched resumes and the damaged checkpoints.
 """
@@ -202,6 +203,14 @@ def runs(tmp_path_factory):
     stream_ck = dict(stream, checkpoint_path=str(root / "stream_checkpoints"), save_steps=2)
     stream_killed = [dict(stream_ck, name="stream_killed", kill_after_step=3, kill_wait_for_step=2)]
     stream_resumed = [dict(stream_ck, name="stream_resumed")]
+    # Process 1 gets a preemption notice (SIGTERM) as step 3 is fed; no periodic checkpoint before it. The resume
+    # must end as the uninterrupted "fsdp" run of two_processes.
+    preempted = dict(
+        two_processes[0], name="preempted", checkpoint_path=str(root / "preempt_checkpoints"), save_steps=100
+    )
+    preempted.pop("export")
+    preempt_resumed = dict(preempted, name="preempt_resumed", export=str(root / "export_preempt_resumed_{process}"))
+    preempted.update(term_after_step=2, term_process=1, predict=False)
     checkpointed = dict(RESUMABLE, checkpoint_path=str(ck), save_steps=2, save_total_limit=2)
     killed = [
         dict(checkpointed, name="killed", kill_after_step=5, kill_wait_for_step=4, fed_log=str(root / "fed.jsonl"))
@@ -228,6 +237,8 @@ def runs(tmp_path_factory):
         out["2proc"] = procs.run("2proc", 4, two_processes, processes=2)
         out["stream_killed"] = procs.run("stream_killed", 4, stream_killed, processes=2)
         out["stream_resumed"] = procs.run("stream_resumed", 4, stream_resumed, processes=2)
+        out["preempted"] = procs.run("preempted", 4, [preempted], processes=2)
+        out["preempt_resumed"] = procs.run("preempt_resumed", 4, [preempt_resumed], processes=2)
 
     def chain_2():
         out["8dev"] = procs.run("8dev", 8, eight_devices)
@@ -655,6 +666,31 @@ def test_two_process_stream_resumes_exactly(runs):
         assert job["stream_examples"] == whole["stream_examples"]
         assert job["losses"] == whole["losses"][2:], f"process {p}"  # bit-exact, dropout on
         assert job["params_sha256"] == whole["params_sha256"], f"process {p}"
+
+
+def test_a_preemption_notice_to_one_process_checkpoints_one_step_on_all_and_resumes_exactly(runs):
+    """SIGTERM to process 1 only: JAX's preemption service tells process 0, both checkpoint the same step and stop
+    with status 143 (a SIGTERM ended the run before this: with jax.distributed the signal was caught and the run
+    went on until the scheduler killed it, losing every step since the last checkpoint); the resumed run ends
+    where the uninterrupted one does."""
+    preempted = runs["preempted"]
+    if preempted is None:
+        pytest.fail("the preempted run did not happen (an earlier run of its chain hung)")
+    assert preempted["returncodes"] == [143, 143], preempted["logs"]
+    jobs = [r["jobs"]["preempted"]["preempted"] for r in preempted["results"]]
+    step = jobs[0]["step"]
+    assert jobs[1]["step"] == step and 3 <= step < 6, jobs  # one step for both, after the notice, before the end
+    folder = runs["root"] / "preempt_checkpoints"
+    assert all(job["checkpoint"] == str(folder) and job["status"] == 143 for job in jobs)
+    # the preemption's checkpoint, and the resumed run's last step
+    assert sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit()) == [step, 6]
+    straight = _job(runs["2proc"], "fsdp")
+    resumed = _job(runs["preempt_resumed"], "preempt_resumed")
+    assert resumed["resumed_from_step"] == step and resumed["global_step"] == straight["global_step"] == 6
+    assert _max_diff(resumed["losses"], straight["losses"][step:]) <= 1e-6
+    assert _max_diff(resumed["predictions"], straight["predictions"]) <= 1e-6
+    root = runs["root"]
+    assert _max_tensor_diff(_load(root / "export_preempt_resumed_0"), _load(root / "export_2proc_0")) <= 1e-6
 
 
 def test_two_process_stream_with_a_bad_example_stops_every_process(runs):

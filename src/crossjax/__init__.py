@@ -20,6 +20,7 @@ _LAZY = {
     "BatchSamplers": "crossjax.training_args",
     "CrossEncoderModelCardData": "crossjax.model_card",
     "LoggingHandler": "crossjax.runtime",
+    "TrainingPreempted": "crossjax.runtime",
     "mine_hard_negatives": "crossjax.util",
 }
 

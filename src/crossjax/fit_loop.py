@@ -36,7 +36,7 @@ from crossjax.data import FLOAT32_MAX
 from crossjax.models.base import FlaxPreTrainedModel
 from crossjax.models.export import atomic_directory_write, check_local_path, ensure_writable_directory
 from crossjax.parallel import MeshPlan, global_batch_array, process_rows, processes_differing, put_global
-from crossjax.runtime import StepInterrupts, is_main_process, progress_bar
+from crossjax.runtime import PreemptionNotice, StepInterrupts, TrainingPreempted, is_main_process, progress_bar
 from crossjax.schedules import make_schedule, scheduler_options
 from crossjax.step_folders import holds_checkpoints
 
@@ -1576,12 +1576,23 @@ def _run_fit(
             real_tokens=stats.real_tokens,
         )
 
+    def stop_preempted(epoch: int) -> None:
+        # This step checkpointed (committed) where the run keeps checkpoints, then a stop every process makes
+        kept = checkpointer is not None and checkpoint_step(epoch)
+        if kept:
+            checkpointer.wait()
+        error = TrainingPreempted(global_step, str(checkpointer.directory) if kept else None)
+        logger.warning("%s", error)
+        raise error
+
     completed = False
     end_error: Exception | None = None
     card_name, card_config = card_loss(loss_fct, loss_fn, activation_fct, activation)
     interrupts = StepInterrupts()
+    preemption = PreemptionNotice()
     try:
         interrupts.install()
+        preemption.install(watch=checkpointer is not None)
         train_examples, train_samples = data.describe()
         events.on_train_begin(
             logs.RunInfo(
@@ -1651,21 +1662,24 @@ def _run_fit(
             if target.on_step is not None:
                 if target.on_step(step_end(step.epoch, step.steps_in_epoch, micro_batches=step.micro_batches)):
                     break
-                continue
-            evaluates = evaluate_fn is not None and cfg.evaluation_steps > 0
-            if evaluates and step.steps_in_epoch % cfg.evaluation_steps == 0:
-                evaluate(step.epoch, step.steps_in_epoch)
-            # An epoch's last step is checkpointed after the epoch's evaluation, so a preemption between the two
-            # never skips that evaluation and its best-model save on resume.
-            if step.last_in_epoch and evaluate_fn is not None:
-                evaluate(step.epoch, -1)
-            maybe_checkpoint(step.epoch)
+            else:
+                evaluates = evaluate_fn is not None and cfg.evaluation_steps > 0
+                if evaluates and step.steps_in_epoch % cfg.evaluation_steps == 0:
+                    evaluate(step.epoch, step.steps_in_epoch)
+                # An epoch's last step is checkpointed after the epoch's evaluation, so a preemption between the
+                # two never skips that evaluation and its best-model save on resume.
+                if step.last_in_epoch and evaluate_fn is not None:
+                    evaluate(step.epoch, -1)
+                maybe_checkpoint(step.epoch)
+            if preemption.reached(global_step) and global_step < total_steps:  # the last step: the run completes
+                stop_preempted(step.epoch)
         stop_if_aborted()
         metrics.flush()
         checkpoint_step(last_epoch)  # a run that stopped early
         completed = True
     finally:
         interrupts.uninstall()
+        preemption.uninstall()
         # Ctrl-C, an evaluator or callback error, OOM, a checkpoint error or a non-finite loss: the model keeps
         # the last completed step's parameters (the state was only ever replaced by finished steps), and the
         # records of its steps not yet logged (a failing step's own error, or a non-finite loss, is not masked).
@@ -1742,4 +1756,8 @@ def _run_fit(
         100 * stats.efficiency,
         result.summary["pairs_per_second"],
     )
+    if preemption.noticed:  # SIGTERM as the run ended: it completed and saved; the process still has to stop
+        error = TrainingPreempted(global_step, None, finished=True)
+        logger.warning("%s", error)
+        raise error
     return result

@@ -176,3 +176,83 @@ class StepInterrupts:
         if self.pending:
             self.pending = False
             raise KeyboardInterrupt
+
+
+# The status a shell reports for a process that SIGTERM ended: what a preempted run exits with
+PREEMPTED_EXIT_STATUS = 128 + int(signal.SIGTERM)
+
+
+class TrainingPreempted(SystemExit):
+    """``fit`` (and the trainer's ``train``) stopped on a preemption notice (SIGTERM) once the step it had reached
+    was checkpointed. A ``SystemExit``: uncaught, the program ends quietly with status 143, as SIGTERM would have
+    ended it, and a script's ``except Exception`` does not swallow it. Run the same script again to resume:
+    ``checkpoint`` is the folder the run resumes from (None where the run kept no checkpoints), ``finished``
+    says the notice came as the run was ending and it completed (its model is saved as usual)."""
+
+    def __init__(self, global_step: int, checkpoint: str | None, finished: bool = False) -> None:
+        super().__init__(PREEMPTED_EXIT_STATUS)
+        self.global_step = global_step
+        self.checkpoint = checkpoint
+        self.finished = finished
+
+    def __str__(self) -> str:
+        if self.finished:
+            return f"a preemption notice (SIGTERM) came as the run ended: it completed its {self.global_step} steps"
+        if self.checkpoint is None:
+            return (
+                f"a preemption notice (SIGTERM) stopped the run after step {self.global_step}; it kept no "
+                "checkpoints, so a new run starts from the beginning"
+            )
+        return (
+            f"a preemption notice (SIGTERM) stopped the run after step {self.global_step}, checkpointed in "
+            f"{self.checkpoint}: run it again with the same checkpoint folder to resume from there"
+        )
+
+
+class PreemptionNotice:
+    """A preemption notice turned into a stop at a step's end. Cloud schedulers (spot and preemptible VMs and TPU
+    slices, Kubernetes, SLURM) send SIGTERM some seconds before they end a process, which would lose every step
+    since the last checkpoint. In a ``jax.distributed`` run, JAX's own preemption service catches the signal on
+    any process and the processes agree on one step to stop at (``reached_preemption_sync_point``, asked at
+    every step: :meth:`reached`). In a single process, a handler notes the signal; only where ``watch`` (the run
+    keeps checkpoints: otherwise there is nothing to save and SIGTERM ends the process as before), on the main
+    thread, and over the default handler (a program's own is kept). A second SIGTERM ends the process at once."""
+
+    def __init__(self) -> None:
+        self.noticed = False
+        self.installed = False
+        self.synced = False
+
+    def install(self, watch: bool) -> None:
+        import jax
+
+        if jax.distributed.is_initialized():
+            self.synced = True
+        elif watch and threading.current_thread() is threading.main_thread():
+            if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+                signal.signal(signal.SIGTERM, self._handle)
+                self.installed = True
+
+    def uninstall(self) -> None:
+        if self.installed:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            self.installed = False
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.noticed:  # a second notice: end now, as the first would have without this handler
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
+        self.noticed = True
+        logger.warning("SIGTERM (a preemption notice): the run stops after this step, with a checkpoint")
+
+    def reached(self, step: int) -> bool:
+        """Whether the run stops after ``step`` (called once at the end of every step, with its number)."""
+        if self.synced:
+            from jax.experimental import multihost_utils
+
+            try:
+                self.noticed = self.noticed or multihost_utils.reached_preemption_sync_point(step)
+            except RuntimeError:  # the preemption service is off (jax_enable_preemption_service=False)
+                self.synced = False
+        return self.noticed

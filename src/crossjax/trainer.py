@@ -785,6 +785,7 @@ class CrossEncoderTrainer:
         ``ignore_keys_for_eval`` (keys of a model's output dict left out of gathered predictions) has nothing to
         act on here (evaluation computes the loss and the evaluators' metrics, never gathers model outputs)."""
         from crossjax.fit_loop import FitConfig, FitResult, ParametersOverflowError, ensure_writable_folders, run_fit
+        from crossjax.runtime import TrainingPreempted
 
         if trial is not None:
             raise ValueError(
@@ -874,11 +875,16 @@ class CrossEncoderTrainer:
         self.model.training_history = result.history
         started = time.perf_counter()
         self._in_train = True
+        preempted = None
         try:
             run_fit(data.target, None, data.loss, None, None, cfg, result, data_source=data)
         except ParametersOverflowError as e:
             self.model._parameters_not_finite = str(e)
             raise
+        except TrainingPreempted as e:
+            if not e.finished:
+                raise
+            preempted = e  # the run completed as the notice came: end it as usual, then stop
         finally:
             self._in_train = False
             self.model.compilations["train"] = result.compilations
@@ -921,6 +927,8 @@ class CrossEncoderTrainer:
         # The run's summary (packing, compiles) adds to Hugging Face's metrics; its last-step loss and the legacy
         # fit's best score do not replace them.
         summary = {k: v for k, v in result.summary.items() if k not in ("train_loss", "best_score")}
+        if preempted is not None:
+            raise preempted
         return TrainOutput(global_step, training_loss, {**summary, **metrics})
 
     def push_to_hub(

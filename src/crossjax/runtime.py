@@ -10,6 +10,7 @@ import logging
 import os
 import signal
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -137,6 +138,15 @@ def _configure_compilation_cache() -> str | None:
     return str(directory)
 
 
+def take_signal(signum: int, default: Any, handler: Callable) -> bool:
+    """``handler`` for ``signum`` where the process has ``default`` for it (a program's own handler is kept) and
+    this is the main thread (the only one Python lets set handlers); returns whether it was set."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signum) is not default:
+        return False
+    signal.signal(signum, handler)
+    return True
+
+
 class StepInterrupts:
     """Ctrl-C (SIGINT) held back while a step is inside the jitted call that donates the run's state, and raised
     once the call's outputs are assigned (:meth:`step_done`). Interrupted inside the call (JAX flattening its
@@ -151,10 +161,7 @@ class StepInterrupts:
         self.installed = False
 
     def install(self) -> None:
-        main = threading.current_thread() is threading.main_thread()
-        if main and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
-            signal.signal(signal.SIGINT, self._handle)
-            self.installed = True
+        self.installed = take_signal(signal.SIGINT, signal.default_int_handler, self._handle)
 
     def uninstall(self) -> None:
         """Python's handler back; a Ctrl-C still held (a step call that raised) is dropped with a warning."""
@@ -228,10 +235,8 @@ class PreemptionNotice:
 
         if jax.distributed.is_initialized():
             self.synced = True
-        elif watch and threading.current_thread() is threading.main_thread():
-            if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
-                signal.signal(signal.SIGTERM, self._handle)
-                self.installed = True
+        elif watch:
+            self.installed = take_signal(signal.SIGTERM, signal.SIG_DFL, self._handle)
 
     def uninstall(self) -> None:
         if self.installed:

@@ -342,3 +342,36 @@ def test_a_local_path_under_home_is_no_base_model(tiny_dirs, tmp_path, monkeypat
     monkeypatch.setenv("HOME", str(tmp_path))
     shutil.copytree(tiny_dirs[1], tmp_path / "tiny")
     assert CrossEncoder("~/tiny").model_card_data.base_model is None
+
+
+def test_a_reranking_evaluation_of_first_stage_documents_is_in_the_model_index_as_sentence_transformers(
+    tiny_dirs, tmp_path
+):
+    """With ranked ``documents`` the reranking evaluator's card metrics are strings such as "0.8155 (+0.0123)"
+    (the value and the change from the first-stage order): sentence-transformers puts their numbers in the
+    model-index and every metric in ``metrics``; crossjax dropped them (a probe found it)."""
+    from huggingface_hub import ModelCard
+    from sentence_transformers import CrossEncoder as STCrossEncoder
+    from sentence_transformers.cross_encoder.evaluation import CrossEncoderRerankingEvaluator as STReranking
+
+    from crossjax.evaluation import CrossEncoderRerankingEvaluator
+
+    samples = [
+        {"query": "a cat", "positive": ["a cat sits"], "documents": ["rain today", "a cat sits", "dogs run"]},
+        {"query": "the rain", "positive": ["rain today"], "documents": ["rain today", "a cat sits", "dogs run"]},
+    ]
+    cards = {}
+    for name, model, evaluator in (
+        ("crossjax", CrossEncoder(str(tiny_dirs[1])), CrossEncoderRerankingEvaluator),
+        ("sentence-transformers", STCrossEncoder(str(tiny_dirs[1]), device="cpu"), STReranking),
+    ):
+        evaluator(samples, name="rr")(model)
+        model.save(str(tmp_path / name))
+        cards[name] = ModelCard.load(tmp_path / name / "README.md").data
+    ours, theirs = cards["crossjax"], cards["sentence-transformers"]
+    assert ours.metrics == theirs.metrics and "ndcg@10" in ours.metrics
+    index = {(r.task_type, r.metric_type): r.metric_value for r in ours.eval_results}
+    assert index.keys() == {(r.task_type, r.metric_type) for r in theirs.eval_results}
+    assert ("cross-encoder-reranking", "ndcg@10") in index
+    for result in theirs.eval_results:  # the same tiny model in both: scores equal to float32 round-off
+        assert index[(result.task_type, result.metric_type)] == pytest.approx(result.metric_value, abs=1e-4)

@@ -410,6 +410,19 @@ def _description(evaluator: Any) -> str:
     return description if isinstance(description, str) and description else type(evaluator).__name__
 
 
+def _card_number(value: Any) -> float | None:
+    """A metric's number for the card's model-index: a number, or the number that starts a string such as the
+    reranking evaluator's ``"0.8155 (+0.0123)"`` (its value and the change from the first-stage ranking), as
+    sentence-transformers reads it; None for anything else."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        pass
+    if isinstance(value, str) and " " in value.strip():
+        return _card_number(value.split()[0])
+    return None
+
+
 # -------------------------------------------------------------------------------------- the card
 def card_metadata(data: CrossEncoderModelCardData, model: Any, eval_results: dict[Any, dict[str, Any]]):
     """The card's YAML metadata as a validated ``huggingface_hub.ModelCardData``."""
@@ -422,11 +435,10 @@ def card_metadata(data: CrossEncoderModelCardData, model: Any, eval_results: dic
         name = getattr(evaluator, "name", None) or None
         description = _description(evaluator)
         for key, value in metrics.items():
-            try:
-                value = float(value)
-            except (TypeError, ValueError):
+            metric_names.append(key)  # every metric, as sentence-transformers lists them
+            value = _card_number(value)
+            if value is None:
                 continue
-            metric_names.append(key)
             results.append(
                 EvalResult(
                     task_type=description.lower().replace(" ", "-"),

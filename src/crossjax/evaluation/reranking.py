@@ -130,7 +130,9 @@ class CrossEncoderRerankingEvaluator(CrossEncoderEvaluator):
             "CrossEncoderRerankingEvaluator" + ("_" + name if name else "") + f"_results_@{self.at_k}.csv"
         )
         self.csv_headers = ["epoch", "steps", "MAP", f"MRR@{self.at_k}", f"NDCG@{self.at_k}"]
-        self.primary_metric = f"ndcg@{self.at_k}"
+        self.primary_metric = f"{self.primary_kind}@{self.at_k}"
+
+    primary_kind = "ndcg"  # the metric fit keeps the best model by
 
     @classmethod
     def from_input_examples(cls, examples: list[Any], **kwargs: Any) -> CrossEncoderRerankingEvaluator:
@@ -315,6 +317,4 @@ class CERerankingEvaluator(CrossEncoderRerankingEvaluator):
     use ``CrossEncoderRerankingEvaluator`` for that behaviour.
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.primary_metric = f"mrr@{self.at_k}"
+    primary_kind = "mrr"

@@ -697,6 +697,33 @@ def test_several_datasets_with_their_own_losses_equal_sentence_transformers(tiny
         CrossEncoderTrainer(model=model, train_dataset=data, loss={"pairs": losses.BinaryCrossEntropyLoss(model)})
 
 
+def test_several_datasets_follow_data_seed_in_their_order_too(tiny_dirs, tmp_path):
+    """Hugging Face's data_seed seeds the data sampling: with several datasets that includes which dataset each
+    step draws from (proportional). It followed seed (a probe found it), so fixing data_seed did not fix the data.
+    Dropout is off: seed changes nothing else, and the step losses show the data."""
+    data = {"pairs": _dataset("pairs"), "triplets": _dataset("triplets"), "lists": _dataset("lists")}
+
+    def step_losses(seed: int, data_seed: int | None) -> list[float]:
+        model = CrossEncoder(str(tiny_dirs[1]))
+        args = CrossEncoderTrainingArguments(
+            str(tmp_path / f"run{seed}_{data_seed}"), per_device_train_batch_size=ROWS, num_train_epochs=2,
+            learning_rate=LR, save_strategy="no", seed=seed, data_seed=data_seed, logging_steps=1,
+            disable_tqdm=True, report_to=[],
+        )  # fmt: skip
+        loss = {
+            "pairs": losses.BinaryCrossEntropyLoss(model),
+            "triplets": losses.MultipleNegativesRankingLoss(model, num_negatives=1),
+            "lists": losses.ListNetLoss(model),
+        }
+        trainer = CrossEncoderTrainer(model=model, args=args, train_dataset=data, loss=loss)
+        trainer.train()
+        return [round(h["loss"], 6) for h in trainer.state.log_history if "loss" in h]
+
+    fixed = [step_losses(seed, 5) for seed in (0, 1, 2)]
+    assert fixed[0] == fixed[1] == fixed[2] and len(fixed[0]) == 6
+    assert len({tuple(step_losses(seed, None)) for seed in (0, 1, 2)}) > 1  # seed alone does move the data
+
+
 def test_fit_with_a_token_budget_compiles_once_and_averages_each_steps_pairs(tiny_dirs):
     """fit(max_tokens_per_step=...): one packed shape for the whole run, each epoch's pairs once, and the
     first step's loss equals PyTorch's BCE over exactly that step's pairs (dropout off)."""

@@ -664,7 +664,7 @@ class CrossEncoderTrainer:
                 sources,
                 names,
                 args.multi_dataset_batch_sampler.value if train else "round_robin",
-                seed=args.seed,
+                seed=self._data_seed() if train else 0,  # the datasets' order too: data_seed, as each one's
                 epochs=args.num_train_epochs if train else 1,
                 max_steps=(args.max_steps if args.max_steps > 0 else None) if train else None,
             )

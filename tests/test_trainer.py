@@ -788,6 +788,15 @@ def test_trainer_writes_logs_and_the_card_names_its_loss_and_arguments(tiny_dirs
     card = ModelCard.load(tmp_path / "model" / "README.md")
     assert "loss:ListNetLoss" in card.data.tags
     assert "ListNetLoss" in card.text and "per_device_train_batch_size" in card.text
+    # The loss's BibTeX entry after Sentence-BERT's, as sentence-transformers' card cites it (a probe found none)
+    from sentence_transformers.cross_encoder.losses import ListNetLoss as STListNet
+
+    citation = card.text.split("### BibTeX", 1)[1]
+    assert citation.index("#### Sentence Transformers") < citation.index("#### ListNetLoss")
+    assert f"#### ListNetLoss\n```bibtex\n{STListNet.citation.fget(None).strip()}\n```" in citation
+    # A dict of columns is described as a Dataset is: its columns and first rows (a probe found only its size)
+    assert "* Columns: <code>q</code>, <code>docs</code> and <code>labels</code>" in card.text
+    assert "* Samples:" in card.text and _dataset("lists")["q"][0] in card.text.split("* Samples:", 1)[1]
 
 
 def test_loss_settings_that_could_not_train_as_asked_are_refused(tiny_ce, tiny_dirs):

@@ -84,6 +84,7 @@ class DatasetRecord:
     samples: list[dict[str, Any]] = field(default_factory=list)
     loss: str | None = None
     loss_config: dict[str, Any] = field(default_factory=dict)
+    citation: str | None = None  # the loss's BibTeX entry, where it has one
 
 
 @dataclass
@@ -297,6 +298,8 @@ class CrossEncoderModelCardData:
                 one.loss = f"{type(loss).__module__}.{type(loss).__qualname__}"
                 if loss_config is None and hasattr(loss, "get_config_dict"):
                     loss_config = loss.get_config_dict()
+                citation = getattr(loss, "citation", None)
+                one.citation = citation.strip() if isinstance(citation, str) and citation.strip() else None
             self.add_tags(f"loss:{one.loss.rsplit('.', 1)[-1].split('(')[0]}")
         if loss_config is not None:
             one.loss_config = dict(loss_config)
@@ -496,7 +499,7 @@ def generate_model_card(
         _usage(data, model, location),
         _evaluation(eval_results),
         _training_details(data, model, save_path),
-        _framework_and_citation(),
+        _framework_and_citation(data),
     ]
     content = f"---\n{metadata.to_yaml()}\n---\n\n" + "\n\n".join(s.strip("\n") for s in sections if s) + "\n"
     return ModelCard(content).content  # validates the metadata as the hub does
@@ -557,7 +560,7 @@ def _intro(data: CrossEncoderModelCardData, model: Any) -> str:
     on = ""
     if named:
         links = [_dataset_link(d) for d in named]
-        joined = links[0] if len(links) == 1 else ", ".join(links[:-1]) + " and " + links[-1]
+        joined = _and_list(links)
         on = f" on the {joined} dataset{'s' if len(links) > 1 else ''}"
     task = data.task_name or (
         "text reranking and semantic search" if model.num_labels == 1 else "text pair classification"
@@ -771,7 +774,7 @@ def _training_details(data: CrossEncoderModelCardData, model: Any, save_path: st
             lines.append(f"* Size: {one.dataset_size:,} training samples")
         if one.columns:
             columns = [f"<code>{c}</code>" for c in one.columns]
-            joined = columns[0] if len(columns) == 1 else ", ".join(columns[:-1]) + " and " + columns[-1]
+            joined = _and_list(columns)
             lines.append(f"* Columns: {joined}")
         if one.samples:
             rows = [{f"{k}": _sample_cell(v) for k, v in sample.items()} for sample in one.samples]
@@ -887,23 +890,30 @@ def training_log_table(record: TrainingRecord, eval_results: dict[Any, dict[str,
     return markdown_table(rows)
 
 
-def _framework_and_citation() -> str:
+def _citations(data: CrossEncoderModelCardData) -> dict[str, str]:
+    """BibTeX entries by title, as sentence-transformers' card lists them: Sentence-BERT's, then each training
+    loss's that has one (by class name; losses sharing an entry share its title, "A and B")."""
+    by_loss = {"Sentence Transformers": SBERT_CITATION}
+    for dataset in data.training.datasets if data.training is not None else []:
+        if dataset.citation and dataset.loss:
+            by_loss[dataset.loss.rsplit(".", 1)[-1]] = dataset.citation
+    titles: dict[str, list[str]] = {}
+    for loss, citation in by_loss.items():
+        titles.setdefault(citation, []).append(loss)
+    return {_and_list(names): citation for citation, names in titles.items()}
+
+
+def _and_list(names: list[str]) -> str:
+    return ", ".join(names[:-1]) + " and " + names[-1] if len(names) > 1 else names[0]
+
+
+def _framework_and_citation(data: CrossEncoderModelCardData) -> str:
     versions = framework_versions()
-    return "\n".join(
-        [
-            "### Framework Versions",
-            *(f"- {name}: {value}" for name, value in versions.items()),
-            "",
-            "## Citation",
-            "",
-            "### BibTeX",
-            "",
-            "#### Sentence Transformers",
-            "```bibtex",
-            SBERT_CITATION,
-            "```",
-        ]
-    )
+    lines = ["### Framework Versions", *(f"- {name}: {value}" for name, value in versions.items()), ""]
+    lines += ["## Citation", "", "### BibTeX"]
+    for title, citation in _citations(data).items():
+        lines += ["", f"#### {title}", "```bibtex", citation, "```"]
+    return "\n".join(lines)
 
 
 class CardRecorder(RunCallback):

@@ -965,12 +965,17 @@ class CrossEncoderTrainer:
         datasets = self.train_dataset
         named = isinstance(datasets, dict) and _is_dataset_dict(datasets)
         for name, dataset in datasets.items() if named else [(None, datasets)]:
-            card.set_training(
-                dataset=dataset if hasattr(dataset, "column_names") else None,
-                dataset_size=None if hasattr(dataset, "column_names") else len(next(iter(dataset.values()))),
-                loss=self.loss_for(name),
-                dataset_name=name,
-            )
+            if hasattr(dataset, "column_names"):
+                card.set_training(dataset=dataset, loss=self.loss_for(name), dataset_name=name)
+            else:  # a dict of columns (lists, numpy arrays, pandas Series): its columns and first rows as a Dataset's
+                head = {column: list(values[:3]) for column, values in dataset.items()}
+                card.set_training(
+                    dataset_size=len(next(iter(dataset.values()))),
+                    columns=list(dataset),
+                    samples=[dict(zip(head, row, strict=True)) for row in zip(*head.values(), strict=True)],
+                    loss=self.loss_for(name),
+                    dataset_name=name,
+                )
         card.set_training(
             args=self.args.to_dict(),
             default_args=CrossEncoderTrainingArguments().to_dict(),

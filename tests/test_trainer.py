@@ -955,3 +955,13 @@ def test_cross_entropy_takes_class_probabilities_as_torch_does(tiny_dirs, tmp_pa
 
     with pytest.raises(ValueError, match="GROUP_BY_LABEL groups rows by one label each; row 0"):
         group_by_label_batches(data["label"], 4, rng, False)
+    # of several datasets, the one without labels is named (a probe found the message named none)
+    triplets = {"q": data["q"], "pos": data["d"], "neg": list(reversed(data["d"]))}
+    args = dataclasses.replace(args, batch_sampler="group_by_label", per_device_train_batch_size=4)
+    one = CrossEncoder(str(tiny_dirs[1]))
+    loss = {"scored": losses.BinaryCrossEntropyLoss(one), "triplets": losses.MultipleNegativesRankingLoss(one)}
+    scored = {**data, "label": [float(i % 2) for i in range(8)]}
+    with pytest.raises(ValueError, match=r"needs a label column .*; train_dataset\['triplets'\] has none"):
+        CrossEncoderTrainer(
+            model=one, args=args, train_dataset={"scored": scored, "triplets": triplets}, loss=loss
+        ).train()

@@ -353,7 +353,7 @@ class ListData(_OneLossSteps):
         sampler: str = "batch_sampler",
         name: str = "train_dataset",
     ) -> None:
-        self.target, self.columns, self.loss = target, columns, loss
+        self.target, self.columns, self.loss, self.name = target, columns, loss, name
         self.labels = None if labels is None else list(labels)
         self.rows = len(columns[0]) if columns else 0
         if self.rows == 0:
@@ -415,7 +415,10 @@ class ListData(_OneLossSteps):
                 order = rng.permutation(self.rows).astype(np.int64)
             if self.sampler == "group_by_label":
                 if self.labels is None:
-                    raise ValueError("batch_sampler=GROUP_BY_LABEL needs a label column")
+                    raise ValueError(
+                        f"batch_sampler=GROUP_BY_LABEL needs a label column ('label', 'labels', 'score' or "
+                        f"'scores'); {self.name} has none"
+                    )
                 batches = group_by_label_batches(self.labels, self.batch_size, rng, self.drop_last)
             else:
                 batches = [order[i : i + self.batch_size] for i in range(0, self.rows, self.batch_size)]

@@ -26,7 +26,7 @@ from test_fit_behaviour import (  # noqa: F401 - fixtures used by name
 )
 
 from crossjax import CrossEncoder, DataLoader, TrainingPreempted, fit_loop, losses
-from crossjax.trainer import CrossEncoderTrainer
+from crossjax.trainer import CrossEncoderTrainer, get_last_checkpoint
 from crossjax.training_args import CrossEncoderTrainingArguments
 
 SETTINGS = dict(TRAIN, epochs=2, checkpoint_save_steps=100)  # no periodic checkpoint before the notice
@@ -66,7 +66,7 @@ def test_sigterm_checkpoints_the_step_reached_and_the_same_fit_resumes_it_exactl
     error = stopped.value
     assert isinstance(error, SystemExit) and error.code == 143 and not error.finished
     assert error.global_step == 3 and error.checkpoint == str(tmp_path / "run")
-    assert "stopped the run after step 3" in str(error) and "resume" in str(error)
+    assert "stopped the run after step 3" in str(error) and "run the same fit again to resume" in str(error)
     assert len(seen) == 3  # the step in flight finished; no later step ran
     assert sorted(p.name for p in (tmp_path / "run").iterdir() if p.name.isdigit()) == ["3"]
     assert not (tmp_path / "out" / "model.safetensors").exists()  # a stopped run is no trained model (logs are there)
@@ -144,10 +144,12 @@ def test_the_trainer_stops_on_sigterm_and_resumes_exactly(tiny_dir, tmp_path):
         return model, trainer.train()
 
     whole, _ = run(tmp_path / "whole")
+    assert get_last_checkpoint(tmp_path / "split") is None  # a script that starts and resumes: nothing yet
     with pytest.raises(TrainingPreempted) as stopped:
-        run(tmp_path / "split", [Terminate()])
-    assert stopped.value.global_step == 2 and (tmp_path / "split" / "checkpoints" / "2").is_dir()
-    resumed, output = run(tmp_path / "split", resume=True)
+        run(tmp_path / "split", [Terminate()], resume=get_last_checkpoint(tmp_path / "split"))
+    assert stopped.value.global_step == 2 and "resume_from_checkpoint=True" in str(stopped.value)
+    assert get_last_checkpoint(tmp_path / "split") == str(tmp_path / "split" / "checkpoints" / "2")
+    resumed, output = run(tmp_path / "split", resume=get_last_checkpoint(tmp_path / "split"))
     assert output.global_step == 4 and output.metrics["resumed_from_step"] == 2
     for a, b in zip(params_of(resumed), params_of(whole), strict=True):
         np.testing.assert_array_equal(a, b)
@@ -174,3 +176,28 @@ def test_a_second_sigterm_ends_the_process_at_once():
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, env=env)
     assert done.returncode == -signal.SIGTERM, done.stderr
     assert done.stdout.split() == ["noted"]
+
+
+def test_a_notice_while_the_run_ends_lets_it_save_its_model_then_stops(tiny_dir, tmp_path, monkeypatch):
+    """After the last step, the run still commits its checkpoint, closes its logs and saves its model: a notice
+    then (a probe sent one during the final save) waits for that, then stops the process."""
+    from crossjax import logs
+
+    real = logs.TrainingLog.on_train_end
+
+    def ending(self, completed):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return real(self, completed)
+
+    monkeypatch.setattr(logs.TrainingLog, "on_train_end", ending)
+    model = CrossEncoder(str(tiny_dir), max_length=32)
+    with pytest.raises(TrainingPreempted) as stopped:
+        model.fit(
+            DataLoader(make_examples(4), batch_size=2),
+            checkpoint_path=str(tmp_path / "run"),
+            output_path=str(tmp_path / "out"),
+            **dict(SETTINGS, epochs=1),
+        )
+    assert stopped.value.finished and stopped.value.global_step == 2
+    assert (tmp_path / "out" / "model.safetensors").is_file() and (tmp_path / "run" / "2").is_dir()
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL

@@ -1581,7 +1581,13 @@ def _run_fit(
         kept = checkpointer is not None and checkpoint_step(epoch)
         if kept:
             checkpointer.wait()
-        error = TrainingPreempted(global_step, str(checkpointer.directory) if kept else None)
+        how = (  # fit resumes by itself; the trainer when asked, as Hugging Face's
+            "run the same fit again"
+            if target.resume_needs_own_weights
+            else "run the trainer again with resume_from_checkpoint=True (or, in a script that also starts the "
+            "run, crossjax.trainer.get_last_checkpoint(output_dir), None before any checkpoint)"
+        )
+        error = TrainingPreempted(global_step, str(checkpointer.directory) if kept else None, how_to_resume=how)
         logger.warning("%s", error)
         raise error
 
@@ -1590,134 +1596,136 @@ def _run_fit(
     card_name, card_config = card_loss(loss_fct, loss_fn, activation_fct, activation)
     interrupts = StepInterrupts()
     preemption = PreemptionNotice()
-    try:
-        interrupts.install()
-        preemption.install(watch=checkpointer is not None)
-        train_examples, train_samples = data.describe()
-        events.on_train_begin(
-            logs.RunInfo(
-                total_steps=total_steps,
-                start_step=start_step,
-                steps_per_epoch=getattr(data, "steps_per_epoch", None),
-                train_examples=train_examples,
-                train_samples=train_samples,
-                loss=card_name,
-                loss_config=card_config,
-                activation=describe_callable(activation),
-                config={**_settings(cfg), "batch_size": data.batch_size},
-                default_config=_settings(FitConfig()),
-                devices=logs.describe_devices(plan.mesh.devices.flat),
-                previous_records=training_log.previous_records(start_step) if training_log else [],
-                log_dir=str(log_dir) if training_log else None,
-            )
-        )
-        if cfg.evaluate_on_start and evaluate_fn is not None:
-            evaluate(0, 0)
-        # a resumed run's flow may end it before its first step (a stop asked for at the epoch end it redoes)
-        stopped = target.on_step is not None and start_step > 0 and target.on_step(step_end(last_epoch, -1, True))
-        for step in () if stopped else data.steps():
-            stats.add(step.batch)
-            used_shapes.add(tuple(step.batch.input_ids.shape))
-            program = programs[step.source]
-            global_batch = (
-                training.batch_to_global(step.batch, plan)
-                if step.global_groups is None
-                else training.batch_to_global(step.batch, plan, step.global_groups)
-            )
-            if step.global_groups is not None:
-                global_batch["abort"] = global_batch_array(
-                    np.full(len(step.batch.input_ids), step.abort, np.int32), plan.batch, step.global_groups
+    preemption.install(watch=checkpointer is not None)
+    try:  # the notice is watched until the run's model is saved: one meanwhile stops it after that
+        try:
+            interrupts.install()
+            train_examples, train_samples = data.describe()
+            events.on_train_begin(
+                logs.RunInfo(
+                    total_steps=total_steps,
+                    start_step=start_step,
+                    steps_per_epoch=getattr(data, "steps_per_epoch", None),
+                    train_examples=train_examples,
+                    train_samples=train_samples,
+                    loss=card_name,
+                    loss_config=card_config,
+                    activation=describe_callable(activation),
+                    config={**_settings(cfg), "batch_size": data.batch_size},
+                    default_config=_settings(FitConfig()),
+                    devices=logs.describe_devices(plan.mesh.devices.flat),
+                    previous_records=training_log.previous_records(start_step) if training_log else [],
+                    log_dir=str(log_dir) if training_log else None,
                 )
-                stop_if_aborted()
-            if target.on_step_begin is not None:
-                stop_if_aborted()
-                target.on_step_begin(global_step, step.epoch, step.steps_in_epoch == 1 or global_step == start_step)
-            guard.step()  # waits while another thread's predict dispatches work on the model's arrays
-            interrupts.inside = True  # the old state is donated: the new one must be assigned
-            state, step_metrics, gradients = program.fn(state, global_batch, healthy, hparams, gradients)
-            interrupts.step_done()
-            healthy = step_metrics["finite"]  # stays on the device: a bad step freezes all later ones
-            if "abort" in step_metrics:
-                unread_abort = (step_metrics["abort"], global_step + 1)
-            if step.probe:
-                stop_if_aborted()
-            if step.probe and float(jax.device_get(step_metrics["pairs"])) == 0:
-                # No process had a pair (every process reads the same count): the step changed nothing and
-                # the run ends here on all of them; fit's epoch end is evaluated as a stream's end would be (the
-                # trainer's flow has no epoch end for a stream that ends before max_steps, on one process or many).
-                data.stream_ended(global_step)
-                if evaluate_fn is not None and target.on_step is None:
-                    evaluate(last_epoch, -1)
-                break
-            global_step += 1
-            last_epoch = step.epoch
-            trained_pairs += step.pairs
-            metrics.add(global_step, step.epoch, step_metrics, step.pairs)
-            if global_step % cfg.logging_steps == 0:
-                flush_records()
-                if bar is not None:
-                    bar.set_postfix(loss=f"{metrics.last_loss:.4f}", pairs_per_s=f"{metrics.pairs_per_second:.1f}")
-            if bar is not None:
-                bar.update(1)
-            if target.on_step is not None:
-                if target.on_step(step_end(step.epoch, step.steps_in_epoch, micro_batches=step.micro_batches)):
-                    break
-            else:
-                evaluates = evaluate_fn is not None and cfg.evaluation_steps > 0
-                if evaluates and step.steps_in_epoch % cfg.evaluation_steps == 0:
-                    evaluate(step.epoch, step.steps_in_epoch)
-                # An epoch's last step is checkpointed after the epoch's evaluation, so a preemption between the
-                # two never skips that evaluation and its best-model save on resume.
-                if step.last_in_epoch and evaluate_fn is not None:
-                    evaluate(step.epoch, -1)
-                maybe_checkpoint(step.epoch)
-            if preemption.reached(global_step) and global_step < total_steps:  # the last step: the run completes
-                stop_preempted(step.epoch)
-        stop_if_aborted()
-        metrics.flush()
-        checkpoint_step(last_epoch)  # a run that stopped early
-        completed = True
-    finally:
-        interrupts.uninstall()
-        preemption.uninstall()
-        # Ctrl-C, an evaluator or callback error, OOM, a checkpoint error or a non-finite loss: the model keeps
-        # the last completed step's parameters (the state was only ever replaced by finished steps), and the
-        # records of its steps not yet logged (a failing step's own error, or a non-finite loss, is not masked).
-        try:
-            sync_model()
-        finally:
-            if not completed:  # in a multi-process run a pending step may wait on a process that is gone
-                if unread_abort is not None:  # a step whose stream-abort flag was never read may not have trained
-                    metrics.drop_from(unread_abort[1])
-                with contextlib.suppress(Exception):
-                    metrics.flush(finished_only=jax.process_count() > 1)
-            data.close()
-        if not completed and start_weights is not None and jax.process_count() == 1:
-            with contextlib.suppress(Exception):  # never masks the run's own error
-                _STOPPED_RUNS[checkpointer.directory] = training.weights_digest(state.params)
-        if bar is not None:
-            bar.close()
-        if checkpointer is not None:
-            checkpointer.close()
-        try:
-            events.on_train_end(completed)  # closes the logs (a killed run keeps them) and draws the curves
-        except Exception as error:  # noqa: BLE001 - raised only after a completed run: the model is saved first
-            end_error = error
-    # Without an evaluator the trained model is saved at the end (sentence-transformers' fit saves nothing then:
-    # an output_path given would end empty); save_best_model=False saves nothing, as there
-    # Nor does it when no evaluation scored (all NaN: e.g. a correlation of constant predictions); crossjax saves
-    # the trained model then too, and says why
-    if cfg.output_path is not None and cfg.save_best_model and (evaluate_fn is None or result.best_score is None):
-        if evaluate_fn is not None:
-            logger.warning(
-                "No evaluation gave a finite score, so no best model was saved during training; saving the final "
-                "model to %s",
-                cfg.output_path,
             )
-        events.on_save(global_step)
-        target.save(cfg.output_path)
-    if end_error is not None:  # a log writer or callback failed at the end: the trained model is saved by now
-        raise end_error
+            if cfg.evaluate_on_start and evaluate_fn is not None:
+                evaluate(0, 0)
+            # a resumed run's flow may end it before its first step (a stop asked for at the epoch end it redoes)
+            stopped = target.on_step is not None and start_step > 0 and target.on_step(step_end(last_epoch, -1, True))
+            for step in () if stopped else data.steps():
+                stats.add(step.batch)
+                used_shapes.add(tuple(step.batch.input_ids.shape))
+                program = programs[step.source]
+                global_batch = (
+                    training.batch_to_global(step.batch, plan)
+                    if step.global_groups is None
+                    else training.batch_to_global(step.batch, plan, step.global_groups)
+                )
+                if step.global_groups is not None:
+                    global_batch["abort"] = global_batch_array(
+                        np.full(len(step.batch.input_ids), step.abort, np.int32), plan.batch, step.global_groups
+                    )
+                    stop_if_aborted()
+                if target.on_step_begin is not None:
+                    stop_if_aborted()
+                    target.on_step_begin(global_step, step.epoch, step.steps_in_epoch == 1 or global_step == start_step)
+                guard.step()  # waits while another thread's predict dispatches work on the model's arrays
+                interrupts.inside = True  # the old state is donated: the new one must be assigned
+                state, step_metrics, gradients = program.fn(state, global_batch, healthy, hparams, gradients)
+                interrupts.step_done()
+                healthy = step_metrics["finite"]  # stays on the device: a bad step freezes all later ones
+                if "abort" in step_metrics:
+                    unread_abort = (step_metrics["abort"], global_step + 1)
+                if step.probe:
+                    stop_if_aborted()
+                if step.probe and float(jax.device_get(step_metrics["pairs"])) == 0:
+                    # No process had a pair (every process reads the same count): the step changed nothing and
+                    # the run ends here on all of them; fit's epoch end is evaluated as a stream's end would be (the
+                    # trainer's flow has no epoch end for a stream that ends before max_steps, on one process or many).
+                    data.stream_ended(global_step)
+                    if evaluate_fn is not None and target.on_step is None:
+                        evaluate(last_epoch, -1)
+                    break
+                global_step += 1
+                last_epoch = step.epoch
+                trained_pairs += step.pairs
+                metrics.add(global_step, step.epoch, step_metrics, step.pairs)
+                if global_step % cfg.logging_steps == 0:
+                    flush_records()
+                    if bar is not None:
+                        bar.set_postfix(loss=f"{metrics.last_loss:.4f}", pairs_per_s=f"{metrics.pairs_per_second:.1f}")
+                if bar is not None:
+                    bar.update(1)
+                if target.on_step is not None:
+                    if target.on_step(step_end(step.epoch, step.steps_in_epoch, micro_batches=step.micro_batches)):
+                        break
+                else:
+                    evaluates = evaluate_fn is not None and cfg.evaluation_steps > 0
+                    if evaluates and step.steps_in_epoch % cfg.evaluation_steps == 0:
+                        evaluate(step.epoch, step.steps_in_epoch)
+                    # An epoch's last step is checkpointed after the epoch's evaluation, so a preemption between the
+                    # two never skips that evaluation and its best-model save on resume.
+                    if step.last_in_epoch and evaluate_fn is not None:
+                        evaluate(step.epoch, -1)
+                    maybe_checkpoint(step.epoch)
+                if preemption.reached(global_step) and global_step < total_steps:  # the last step: the run completes
+                    stop_preempted(step.epoch)
+            stop_if_aborted()
+            metrics.flush()
+            checkpoint_step(last_epoch)  # a run that stopped early
+            completed = True
+        finally:
+            interrupts.uninstall()
+            # Ctrl-C, an evaluator or callback error, OOM, a checkpoint error or a non-finite loss: the model keeps
+            # the last completed step's parameters (the state was only ever replaced by finished steps), and the
+            # records of its steps not yet logged (a failing step's own error, or a non-finite loss, is not masked).
+            try:
+                sync_model()
+            finally:
+                if not completed:  # in a multi-process run a pending step may wait on a process that is gone
+                    if unread_abort is not None:  # a step whose stream-abort flag was never read may not have trained
+                        metrics.drop_from(unread_abort[1])
+                    with contextlib.suppress(Exception):
+                        metrics.flush(finished_only=jax.process_count() > 1)
+                data.close()
+            if not completed and start_weights is not None and jax.process_count() == 1:
+                with contextlib.suppress(Exception):  # never masks the run's own error
+                    _STOPPED_RUNS[checkpointer.directory] = training.weights_digest(state.params)
+            if bar is not None:
+                bar.close()
+            if checkpointer is not None:
+                checkpointer.close()
+            try:
+                events.on_train_end(completed)  # closes the logs (a killed run keeps them) and draws the curves
+            except Exception as error:  # noqa: BLE001 - raised only after a completed run: the model is saved first
+                end_error = error
+        # Without an evaluator the trained model is saved at the end (sentence-transformers' fit saves nothing then:
+        # an output_path given would end empty); save_best_model=False saves nothing, as there
+        # Nor does it when no evaluation scored (all NaN: e.g. a correlation of constant predictions); crossjax saves
+        # the trained model then too, and says why
+        if cfg.output_path is not None and cfg.save_best_model and (evaluate_fn is None or result.best_score is None):
+            if evaluate_fn is not None:
+                logger.warning(
+                    "No evaluation gave a finite score, so no best model was saved during training; saving the final "
+                    "model to %s",
+                    cfg.output_path,
+                )
+            events.on_save(global_step)
+            target.save(cfg.output_path)
+        if end_error is not None:  # a log writer or callback failed at the end: the trained model is saved by now
+            raise end_error
+    finally:
+        preemption.uninstall()
     elapsed = time.perf_counter() - started
     traced = sum(len(p.counter.shapes_here()) - before for p, before in zip(programs, traced_before, strict=True))
     compiled_shapes = sorted(

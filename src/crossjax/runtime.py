@@ -196,11 +196,14 @@ class TrainingPreempted(SystemExit):
     ``checkpoint`` is the folder the run resumes from (None where the run kept no checkpoints), ``finished``
     says the notice came as the run was ending and it completed (its model is saved as usual)."""
 
-    def __init__(self, global_step: int, checkpoint: str | None, finished: bool = False) -> None:
+    def __init__(
+        self, global_step: int, checkpoint: str | None, finished: bool = False, how_to_resume: str | None = None
+    ) -> None:
         super().__init__(PREEMPTED_EXIT_STATUS)
         self.global_step = global_step
         self.checkpoint = checkpoint
         self.finished = finished
+        self.how_to_resume = how_to_resume or "run it again with the same checkpoint folder"
 
     def __str__(self) -> str:
         if self.finished:
@@ -212,7 +215,7 @@ class TrainingPreempted(SystemExit):
             )
         return (
             f"a preemption notice (SIGTERM) stopped the run after step {self.global_step}, checkpointed in "
-            f"{self.checkpoint}: run it again with the same checkpoint folder to resume from there"
+            f"{self.checkpoint}: {self.how_to_resume} to resume from there"
         )
 
 

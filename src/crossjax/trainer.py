@@ -1147,6 +1147,16 @@ def _metric_text(key: str, value: Any) -> Any:
     return round(value, 4) if isinstance(value, float) else value
 
 
+def get_last_checkpoint(output_dir: str | os.PathLike) -> str | None:
+    """The latest complete checkpoint step of a trainer run into ``output_dir`` (``output_dir/checkpoints/N``), or
+    None: Hugging Face's ``transformers.trainer_utils.get_last_checkpoint`` for crossjax's layout, so one script
+    both starts a run and resumes it (``trainer.train(resume_from_checkpoint=get_last_checkpoint(output_dir))``,
+    e.g. after a preemption)."""
+    folder = Path(output_dir) / "checkpoints"
+    steps = [int(p.name) for p in folder.iterdir() if is_checkpoint_step(p)] if folder.is_dir() else []
+    return str(folder / str(max(steps))) if steps else None
+
+
 def _checkpoints_to_resume(path: Path) -> Path:
     """The checkpoints folder a ``resume_from_checkpoint`` path names: the folder itself, or one step's folder
     in it (Hugging Face's habit of naming ``checkpoint-N``) when that step is the latest, which is the one a

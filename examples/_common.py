@@ -420,6 +420,8 @@ def fit_and_report(args: argparse.Namespace, model: Any, train_dataloader: Any, 
         return saved
 
     model.save = save_and_upload
+    from crossjax import TrainingPreempted
+
     started = time.perf_counter()
     try:
         summary = model.fit(
@@ -437,6 +439,9 @@ def fit_and_report(args: argparse.Namespace, model: Any, train_dataloader: Any, 
             checkpoint_path=args.checkpoint_path,
             checkpoint_save_steps=args.checkpoint_save_steps,
         )
+    except TrainingPreempted:  # stopped on a preemption notice, its checkpoint saved: upload what the run wrote
+        output.finish()
+        raise
     finally:
         del model.save  # the class's save again
     elapsed = time.perf_counter() - started

@@ -133,11 +133,11 @@ def test_the_trainer_stops_on_sigterm_and_resumes_exactly(tiny_dir, tmp_path):
             if state.global_step == 2:
                 os.kill(os.getpid(), signal.SIGTERM)
 
-    def run(output, callbacks=(), resume=None):
+    def run(output, callbacks=(), resume=None, **settings):
         model = CrossEncoder(str(tiny_dir), num_labels=1, max_length=32)
         args = CrossEncoderTrainingArguments(
             str(output), per_device_train_batch_size=3, max_steps=4, save_steps=100, learning_rate=1e-3,
-            disable_tqdm=True, report_to=[], resume_from_checkpoint=resume,
+            disable_tqdm=True, report_to=[], resume_from_checkpoint=resume, **settings,
         )  # fmt: skip
         loss = losses.BinaryCrossEntropyLoss(model)
         trainer = CrossEncoderTrainer(model=model, args=args, train_dataset=data, loss=loss, callbacks=list(callbacks))
@@ -153,6 +153,23 @@ def test_the_trainer_stops_on_sigterm_and_resumes_exactly(tiny_dir, tmp_path):
     assert output.global_step == 4 and output.metrics["resumed_from_step"] == 2
     for a, b in zip(params_of(resumed), params_of(whole), strict=True):
         np.testing.assert_array_equal(a, b)
+    # save_only_model checkpoints cannot be resumed (as Hugging Face's): the message says so and where the model is
+    with pytest.raises(TrainingPreempted) as stopped:
+        run(tmp_path / "model_only", [Terminate()], save_only_model=True)
+    model_folder = tmp_path / "model_only" / "checkpoints" / "2" / "model"
+    assert "which no run resumes from" in str(stopped.value) and str(model_folder) in str(stopped.value)
+    assert (model_folder / "config.json").is_file()
+
+
+def test_the_stop_travels_between_processes_as_itself():
+    """A process pool passes a worker's exception back pickled: SystemExit's own args would lose the fields."""
+    import copy
+    import pickle
+
+    error = TrainingPreempted(7, "/ckpt", how_to_resume="resume it")
+    for again in (pickle.loads(pickle.dumps(error)), copy.copy(error)):
+        assert isinstance(again, TrainingPreempted) and again.code == 143
+        assert (again.global_step, again.checkpoint, again.finished, str(again)) == (7, "/ckpt", False, str(error))
 
 
 def test_a_second_sigterm_ends_the_process_at_once():

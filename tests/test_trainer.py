@@ -794,6 +794,18 @@ def test_trainer_writes_logs_and_the_card_names_its_loss_and_arguments(tiny_dirs
     citation = card.text.split("### BibTeX", 1)[1]
     assert citation.index("#### Sentence Transformers") < citation.index("#### ListNetLoss")
     assert f"#### ListNetLoss\n```bibtex\n{STListNet.citation.fget(None).strip()}\n```" in citation
+    # A loss whose citation cannot be read trains, and its card leaves the entry out (sentence-transformers too)
+    class Uncited(losses.BinaryCrossEntropyLoss):
+        @property
+        def citation(self) -> str:
+            raise NotImplementedError
+
+    pairs = _dataset("pairs")
+    CrossEncoderTrainer(
+        model=model, args=dataclasses.replace(args, max_steps=1, eval_strategy="no"), train_dataset=pairs,
+        loss=Uncited(model),
+    ).train()  # fmt: skip
+    assert "#### Uncited" not in ModelCard.load(model.save(str(tmp_path / "uncited")) / "README.md").text
     # A dict of columns is described as a Dataset is: its columns and first rows (a probe found only its size)
     assert "* Columns: <code>q</code>, <code>docs</code> and <code>labels</code>" in card.text
     assert "* Samples:" in card.text and _dataset("lists")["q"][0] in card.text.split("* Samples:", 1)[1]

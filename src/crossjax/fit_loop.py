@@ -1581,12 +1581,18 @@ def _run_fit(
         kept = checkpointer is not None and checkpoint_step(epoch)
         if kept:
             checkpointer.wait()
-        how = (  # fit resumes by itself; the trainer when asked, as Hugging Face's
-            "run the same fit again"
-            if target.resume_needs_own_weights
-            else "run the trainer again with resume_from_checkpoint=True (or, in a script that also starts the "
-            "run, crossjax.trainer.get_last_checkpoint(output_dir), None before any checkpoint)"
-        )
+        if cfg.checkpoint_model_only:  # the trainer's save_only_model: no optimizer state, no data position
+            how = (
+                f"its checkpoints hold the model only (save_only_model=True), which no run resumes from; this step's "
+                f"model is in {Path(str(checkpointer.directory)) / str(global_step) / 'model'}"
+            )
+        elif target.resume_needs_own_weights:  # fit resumes by itself; the trainer when asked, as Hugging Face's
+            how = "run the same fit again to resume from there"
+        else:
+            how = (
+                "run the trainer again with resume_from_checkpoint=True (or, in a script that also starts the run, "
+                "crossjax.trainer.get_last_checkpoint(output_dir), None before any checkpoint) to resume from there"
+            )
         error = TrainingPreempted(global_step, str(checkpointer.directory) if kept else None, how_to_resume=how)
         logger.warning("%s", error)
         raise error

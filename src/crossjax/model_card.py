@@ -298,7 +298,10 @@ class CrossEncoderModelCardData:
                 one.loss = f"{type(loss).__module__}.{type(loss).__qualname__}"
                 if loss_config is None and hasattr(loss, "get_config_dict"):
                     loss_config = loss.get_config_dict()
-                citation = getattr(loss, "citation", None)
+                try:  # a property that raises leaves the entry out, as sentence-transformers does
+                    citation = loss.citation
+                except Exception:  # noqa: BLE001
+                    citation = None
                 one.citation = citation.strip() if isinstance(citation, str) and citation.strip() else None
             self.add_tags(f"loss:{one.loss.rsplit('.', 1)[-1].split('(')[0]}")
         if loss_config is not None:

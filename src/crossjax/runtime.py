@@ -203,7 +203,11 @@ class TrainingPreempted(SystemExit):
         self.global_step = global_step
         self.checkpoint = checkpoint
         self.finished = finished
-        self.how_to_resume = how_to_resume or "run it again with the same checkpoint folder"
+        # what the message says after "checkpointed in FOLDER: "
+        self.how_to_resume = how_to_resume or "run it again with the same checkpoint folder to resume from there"
+
+    def __reduce__(self):  # pickled and copied by its fields (a process pool passes it back), not SystemExit's args
+        return type(self), (self.global_step, self.checkpoint, self.finished, self.how_to_resume)
 
     def __str__(self) -> str:
         if self.finished:
@@ -215,7 +219,7 @@ class TrainingPreempted(SystemExit):
             )
         return (
             f"a preemption notice (SIGTERM) stopped the run after step {self.global_step}, checkpointed in "
-            f"{self.checkpoint}: {self.how_to_resume} to resume from there"
+            f"{self.checkpoint}: {self.how_to_resume}"
         )
 
 

@@ -20,6 +20,7 @@ with other numbers traces and compiles nothing.
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 import gc
 import hashlib
@@ -719,10 +720,15 @@ def make_batch_loss(loss_fn: Any, activation: Callable) -> Callable:
     """``(model, batch) -> (numerator, denominator)`` of a packed batch: the legacy per-pair losses (``fit``) or
     a list loss (the trainer's). The denominator never depends on the parameters."""
     if is_list_loss(loss_fn):
+        # The compiled program is cached for the process and shared by every equal loss (callable_key leaves the
+        # model out): it holds a copy of the loss without its model, or it would keep the first trainer's
+        # CrossEncoder (weights, tokenizer, programs) alive after the user let it go.
+        device_loss = copy.copy(loss_fn)
+        device_loss.model = None
 
         def list_parts(model, batch):
             logits = packed_logits(model, batch)  # the loss applies its own activation_fn
-            numerator, denominator = loss_fn.parts(*gather_lists(logits, batch))
+            numerator, denominator = device_loss.parts(*gather_lists(logits, batch))
             return _as_parts(numerator, denominator)
 
         return list_parts

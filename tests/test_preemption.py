@@ -53,6 +53,19 @@ def _terminating_after(monkeypatch, step: int, seen: list) -> None:
     monkeypatch.setattr(fit_loop.training, "train_program", program_that_terminates)
 
 
+def _one_epoch_to_its_end(tiny_dir, tmp_path, pairs: int) -> TrainingPreempted:
+    """One checkpointed epoch of ``pairs`` pairs (2 a step) with an output_path, which must end in a stop."""
+    model = CrossEncoder(str(tiny_dir), max_length=32)
+    with pytest.raises(TrainingPreempted) as stopped:
+        model.fit(
+            DataLoader(make_examples(pairs), batch_size=2),
+            checkpoint_path=str(tmp_path / "run"),
+            output_path=str(tmp_path / "out"),
+            **dict(SETTINGS, epochs=1),
+        )
+    return stopped.value
+
+
 def test_sigterm_checkpoints_the_step_reached_and_the_same_fit_resumes_it_exactly(tiny_dir, tmp_path, monkeypatch):
     examples = DataLoader(make_examples(8), batch_size=2)  # 4 steps an epoch, 8 in all
     whole = CrossEncoder(str(tiny_dir), max_length=32)
@@ -81,17 +94,9 @@ def test_sigterm_checkpoints_the_step_reached_and_the_same_fit_resumes_it_exactl
 
 
 def test_a_notice_during_the_last_step_completes_and_saves_the_run_then_stops(tiny_dir, tmp_path, monkeypatch):
-    seen: list = []
-    _terminating_after(monkeypatch, 4, seen)
-    model = CrossEncoder(str(tiny_dir), max_length=32)
-    with pytest.raises(TrainingPreempted) as stopped:
-        model.fit(
-            DataLoader(make_examples(8), batch_size=2),
-            checkpoint_path=str(tmp_path / "run"),
-            output_path=str(tmp_path / "out"),
-            **dict(SETTINGS, epochs=1),
-        )
-    assert stopped.value.finished and stopped.value.global_step == 4 and stopped.value.code == 143
+    _terminating_after(monkeypatch, 4, [])
+    stopped = _one_epoch_to_its_end(tiny_dir, tmp_path, 8)
+    assert stopped.finished and stopped.global_step == 4 and stopped.code == 143
     assert (tmp_path / "out" / "model.safetensors").is_file()  # the final model, as a run without the notice
     assert (tmp_path / "run" / "4").is_dir()
 
@@ -207,14 +212,7 @@ def test_a_notice_while_the_run_ends_lets_it_save_its_model_then_stops(tiny_dir,
         return real(self, completed)
 
     monkeypatch.setattr(logs.TrainingLog, "on_train_end", ending)
-    model = CrossEncoder(str(tiny_dir), max_length=32)
-    with pytest.raises(TrainingPreempted) as stopped:
-        model.fit(
-            DataLoader(make_examples(4), batch_size=2),
-            checkpoint_path=str(tmp_path / "run"),
-            output_path=str(tmp_path / "out"),
-            **dict(SETTINGS, epochs=1),
-        )
-    assert stopped.value.finished and stopped.value.global_step == 2
+    stopped = _one_epoch_to_its_end(tiny_dir, tmp_path, 4)
+    assert stopped.finished and stopped.global_step == 2
     assert (tmp_path / "out" / "model.safetensors").is_file() and (tmp_path / "run" / "2").is_dir()
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL

@@ -809,6 +809,15 @@ def test_trainer_writes_logs_and_the_card_names_its_loss_and_arguments(tiny_dirs
     # A dict of columns is described as a Dataset is: its columns and first rows (a probe found only its size)
     assert "* Columns: <code>q</code>, <code>docs</code> and <code>labels</code>" in card.text
     assert "* Samples:" in card.text and _dataset("lists")["q"][0] in card.text.split("* Samples:", 1)[1]
+    # Let go, the model is freed: the process's cached train and eval-loss steps held it through the loss (a
+    # probe: 91 MB of MiniLM arrays a model, up to 16 models); they keep a copy of the loss without its model
+    import gc
+    import weakref
+
+    gone = weakref.ref(model)
+    del model, trainer
+    gc.collect()
+    assert gone() is None
 
 
 def test_loss_settings_that_could_not_train_as_asked_are_refused(tiny_ce, tiny_dirs):
@@ -978,25 +987,3 @@ def test_cross_entropy_takes_class_probabilities_as_torch_does(tiny_dirs, tmp_pa
             model=one, args=args, train_dataset={"scored": scored, "triplets": triplets}, loss=loss
         ).train()
 
-
-def test_a_trained_model_is_freed_once_let_go(tiny_dirs, tmp_path):
-    """The compiled train and eval-loss steps are kept for the process and shared by equal losses; they held
-    the loss, and through it the first trainer's CrossEncoder, so `del model` freed nothing (a probe: 91 MB of
-    MiniLM arrays per model, up to 16 models). The programs keep a copy of the loss without its model."""
-    import gc
-    import weakref
-
-    model = CrossEncoder(str(tiny_dirs[1]))
-    args = CrossEncoderTrainingArguments(
-        str(tmp_path), per_device_train_batch_size=3, max_steps=2, eval_strategy="steps", eval_steps=1,
-        save_strategy="no", learning_rate=LR, disable_tqdm=True, report_to=[],
-    )  # fmt: skip
-    trainer = CrossEncoderTrainer(
-        model=model, args=args, train_dataset=_dataset("pairs"), eval_dataset=_dataset("pairs"),
-        loss=losses.BinaryCrossEntropyLoss(model),
-    )  # fmt: skip
-    trainer.train()
-    gone = weakref.ref(model)
-    del model, trainer
-    gc.collect()
-    assert gone() is None

@@ -809,6 +809,15 @@ def test_trainer_writes_logs_and_the_card_names_its_loss_and_arguments(tiny_dirs
     # A dict of columns is described as a Dataset is: its columns and first rows (a probe found only its size)
     assert "* Columns: <code>q</code>, <code>docs</code> and <code>labels</code>" in card.text
     assert "* Samples:" in card.text and _dataset("lists")["q"][0] in card.text.split("* Samples:", 1)[1]
+    # numpy columns read as a Dataset's rows: lists and numbers, not numpy's printed form
+    columns = {"q": np.array(data_q := _dataset("pairs")["q"]), "d": _dataset("pairs")["d"]}
+    columns["label"] = np.array(_dataset("pairs")["label"], dtype=np.float32)
+    CrossEncoderTrainer(
+        model=model, args=dataclasses.replace(args, max_steps=1, eval_strategy="no"), train_dataset=columns,
+        loss=losses.BinaryCrossEntropyLoss(model),
+    ).train()  # fmt: skip
+    samples = model.model_card_data.training.datasets[0].samples
+    assert samples[0]["q"] == data_q[0] and type(samples[0]["q"]) is str and type(samples[0]["label"]) is float
     # Let go, the model is freed: the process's cached train and eval-loss steps held it through the loss (a
     # probe: 91 MB of MiniLM arrays a model, up to 16 models); they keep a copy of the loss without its model
     import gc

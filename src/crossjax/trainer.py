@@ -968,7 +968,7 @@ class CrossEncoderTrainer:
             if hasattr(dataset, "column_names"):
                 card.set_training(dataset=dataset, loss=self.loss_for(name), dataset_name=name)
             else:  # a dict of columns (lists, numpy arrays, pandas Series): its columns and first rows as a Dataset's
-                head = {column: list(values[:3]) for column, values in dataset.items()}
+                head = {column: [_plain(v) for v in values[:3]] for column, values in dataset.items()}
                 card.set_training(
                     dataset_size=len(next(iter(dataset.values()))),
                     columns=list(dataset),
@@ -1145,6 +1145,11 @@ def _metric_text(key: str, value: Any) -> Any:
     if key == "total_flos" and isinstance(value, numbers.Real):
         return f"{int(value) >> 30}GF"
     return round(value, 4) if isinstance(value, float) else value
+
+
+def _plain(value: Any) -> Any:
+    """A column's value as a Dataset row gives it: numpy arrays and scalars as Python lists and numbers."""
+    return value.tolist() if isinstance(value, np.ndarray | np.generic) else value
 
 
 def get_last_checkpoint(output_dir: str | os.PathLike) -> str | None:

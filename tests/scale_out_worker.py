@@ -241,6 +241,33 @@ def refuse_mismatches(model_dir: str, rows: list, out_dir: Path) -> dict:
     finally:
         os.chdir(here)
     told["marks_left"] = [str(p) for p in disk.rglob(".crossjax-shared-folder-check")]
+    # Each process its own stream (its own file): crossjax splits one stream between the processes and plans the
+    # shapes from its first steps, which would differ; refused by every process before a step.
+    import datasets
+
+    own = out_dir / f"own_stream_{pid}.jsonl"
+    own.write_text("".join(json.dumps({"a": a, "b": b, "label": s / 5}) + "\n" for a, b, s in rows[pid::2]))
+    stream = datasets.load_dataset("json", data_files=[str(own)], split="train", streaming=True)
+    attempt("own_streams", lambda: ce.fit(stream, max_steps=2, batch_size=16, show_progress_bar=False))
+    # A resume that one process refuses alone (here a setting made to differ on process 1 only, after the check
+    # that settings agree): every process stops, none waits in orbax's restore for the other.
+    from crossjax.checkpoint import TrainCheckpointer
+
+    loader = DataLoader([InputExample(texts=[a, b], label=s / 5) for a, b, s in rows[:32]], batch_size=16)
+    shared = str(out_dir / "refused_resume")
+    ce.fit(loader, epochs=1, checkpoint_path=shared, show_progress_bar=False)  # 2 steps, checkpointed
+    real_restore = TrainCheckpointer.restore_latest
+
+    def restore_on_process_1_of_another_run(self, *args, **kwargs):
+        if pid == 1:
+            self.fingerprint = {**self.fingerprint, "max_length": 7}
+        return real_restore(self, *args, **kwargs)
+
+    TrainCheckpointer.restore_latest = restore_on_process_1_of_another_run
+    try:
+        attempt("one_refuses", lambda: ce.fit(loader, epochs=1, checkpoint_path=shared, show_progress_bar=False))
+    finally:
+        TrainCheckpointer.restore_latest = real_restore
     told["after"] = [float(x) for x in ce.predict(pairs[:8], batch_size=16)]
     return told
 

@@ -504,8 +504,10 @@ def test_processes_given_different_settings_stop_with_a_clear_error(runs):
 def test_processes_given_different_pairs_weights_or_disks_stop_with_a_clear_error(runs):
     """What would otherwise score or train silently wrong, or hang: process 1 scores other pairs than process 0
     (each computes its share of every batch: both would get wrong scores), loads other weights (the replicas
-    would train apart), or resolves the checkpoint folder on its own disk (the first checkpoint would wait
-    forever for the other process's files). Every process refuses each by name; then both still predict."""
+    would train apart), resolves the checkpoint folder on its own disk (the first checkpoint would wait
+    forever for the other process's files), streams its own file (the processes would plan other shapes), or
+    alone refuses a resume (the other waited in orbax's restore). Every process refuses each by name; then both
+    still predict."""
     results = _results(runs["2proc"])
     for result in results:
         told = result["jobs"]["mismatches"]
@@ -513,6 +515,10 @@ def test_processes_given_different_pairs_weights_or_disks_stop_with_a_clear_erro
         assert "loaded different weights" in told["weights"] and "process(es) [1] differ" in told["weights"]
         assert "is not one folder for every process: process(es) [1] do not see" in told["checkpoint_folder"]
         assert told["marks_left"] == []
+        assert "were given different training data" in told["own_streams"]
+    # the process that refused says why; the other that it refused (a probe's run hung in orbax's restore)
+    assert "max_length: checkpoint 64 vs now 7" in results[1]["jobs"]["mismatches"]["one_refuses"]
+    assert "process(es) [1] of this run refused to resume" in results[0]["jobs"]["mismatches"]["one_refuses"]
     assert results[0]["jobs"]["mismatches"]["after"] == results[1]["jobs"]["mismatches"]["after"]
 
 

@@ -39,6 +39,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from crossjax.parallel import processes_flagged
 from crossjax.step_folders import MODEL_FOLDER
 from crossjax.training import TrainState
 
@@ -338,10 +339,29 @@ class TrainCheckpointer:
             raise
 
     def restore_latest(self, state: TrainState, shardings: TrainState) -> tuple[TrainState, dict] | None:
-        """The latest step's state and meta (``meta["best_params"]``: the host parameters saved with it, if any)."""
+        """The latest step's state and meta (``meta["best_params"]``: the host parameters saved with it, if any).
+        A refusal is agreed between processes before orbax's restore, which waits for all of them: one process
+        refusing alone left the others waiting there for ever."""
         step = self.manager.latest_step()
         if step is None:
             return None
+        try:
+            meta = self._resumable_meta(step)
+            refusal = None
+        except CheckpointMismatchError as e:
+            refusal = e
+        refusing = processes_flagged(refusal is not None)
+        if refusal is not None:
+            raise refusal
+        if refusing:
+            raise CheckpointMismatchError(
+                f"process(es) {refusing} of this run refused to resume the checkpoint at step {step} in "
+                f"{self.directory} (their error says why): every process must resume the same run"
+            )
+        return self._restore_state(step, meta, state, shardings)
+
+    def _resumable_meta(self, step: int) -> dict:
+        """The meta of checkpoint ``step``, or the error that says why this run cannot resume it."""
         try:
             meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
         except Exception as e:  # noqa: BLE001 - orbax raises many types for unreadable files
@@ -392,6 +412,9 @@ class TrainCheckpointer:
                 "checkpoint folder (fit's checkpoint_path, the trainer's output_dir), or the same data and settings "
                 "to resume."
             )
+        return meta
+
+    def _restore_state(self, step: int, meta: dict, state: TrainState, shardings: TrainState):
         pure = _as_pure(state)
         pure_shardings = {
             "step": shardings.step,

@@ -484,7 +484,7 @@ _MODEL_SHAPE_KEYS = ("vocab_size", "hidden_size", "num_hidden_layers", "intermed
 _PER_PROCESS_SETTINGS = ("output_path", "log_dir", "show_progress_bar")
 
 
-def _check_processes_agree(data: Any, cfg: FitConfig, loss_fn: Any, evaluator: Any, streamed: bool) -> None:
+def _check_processes_agree(data: Any, cfg: FitConfig, loss_fn: Any, evaluator: Any) -> None:
     """In a multi-process run every process must train the same steps on the same data and settings: one that
     was given other ones would wait forever in a collective (or silently train on a mix). One all-gather of a
     few hashes before anything is compiled says which of them differ."""
@@ -499,8 +499,9 @@ def _check_processes_agree(data: Any, cfg: FitConfig, loss_fn: Any, evaluator: A
         "losses": describe_callable(loss_fn),
         # evaluating runs predict, a collective: every process evaluates, or none
         "evaluators": None if evaluator is None else type(getattr(evaluator, "evaluator", evaluator)).__qualname__,
-        # a stream's processes read their own shards; in-memory data is the whole set in every process
-        "training data": None if streamed else data.run_fingerprint(),
+        # in-memory data is the whole set in every process; a stream is one stream every process splits itself
+        # (what is known of it: description, files, shuffle): each process's own files would be planned apart
+        "training data": data.run_fingerprint(),
     }
     texts = [json.dumps(v, sort_keys=True, default=_stable_repr).encode() for v in parts.values()]
     codes = [int.from_bytes(hashlib.sha256(t).digest()[:4], "little") for t in texts]
@@ -1262,7 +1263,7 @@ def _run_fit(
             else _InMemoryData(target, train_dataloader, cfg, ignored)
         )
         _warn_of_bce_labels_outside_0_1(loss_fn, getattr(data, "labels", None))
-    _check_processes_agree(data, cfg, loss_fn, target.evaluate, streamed=stream is not None)
+    _check_processes_agree(data, cfg, loss_fn, target.evaluate)
     plan = target.plan
     k = cfg.gradient_accumulation_steps
     total_steps = data.total_steps

@@ -257,11 +257,24 @@ def processes_differing(codes: list[int]) -> list[list[int]]:
     so every process learns the same answer; nothing differs in a single-process run."""
     if jax.process_count() == 1:
         return [[] for _ in codes]
+    every = _every_process([code & 0x7FFFFFFF for code in codes])
+    return [np.flatnonzero(column != column[0]).tolist() for column in every.T]
+
+
+def processes_flagged(flag: bool) -> list[int]:
+    """The processes whose ``flag`` is set (one all-gather: every process learns the same list), so that a
+    refusal one process finds on its own stops every process, instead of leaving the others in a collective."""
+    if jax.process_count() == 1:
+        return [0] if flag else []
+    return np.flatnonzero(_every_process([int(bool(flag))])[:, 0]).tolist()
+
+
+def _every_process(values: list[int]) -> np.ndarray:
+    """(processes, len(values)) int32: every process's ``values``, gathered."""
     from jax.experimental import multihost_utils
 
-    local = np.array([code & 0x7FFFFFFF for code in codes], np.int32)
-    every = np.asarray(multihost_utils.process_allgather(local)).reshape(jax.process_count(), len(codes))
-    return [np.flatnonzero(column != column[0]).tolist() for column in every.T]
+    local = np.array(values, np.int32)
+    return np.asarray(multihost_utils.process_allgather(local)).reshape(jax.process_count(), len(values))
 
 
 def local_values_digest(tree) -> int:

@@ -1582,7 +1582,7 @@ def _run_fit(
         kept = checkpointer is not None and checkpoint_step(epoch)
         if kept:
             checkpointer.wait()
-        if cfg.checkpoint_model_only:  # the trainer's save_only_model: no optimizer state, no data position
+        if kept and cfg.checkpoint_model_only:  # the trainer's save_only_model: no optimizer state, no data position
             how = (
                 f"its checkpoints hold the model only (save_only_model=True), which no run resumes from; this step's "
                 f"model is in {Path(str(checkpointer.directory)) / str(global_step) / 'model'}"

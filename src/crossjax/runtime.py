@@ -230,7 +230,8 @@ class PreemptionNotice:
     any process and the processes agree on one step to stop at (``reached_preemption_sync_point``, asked at
     every step: :meth:`reached`). In a single process, a handler notes the signal; only where ``watch`` (the run
     keeps checkpoints: otherwise there is nothing to save and SIGTERM ends the process as before), on the main
-    thread, and over the default handler (a program's own is kept). A second SIGTERM ends the process at once."""
+    thread, and over the default handler (a program's own is kept). A second SIGTERM ends the process as soon as
+    Python handles it (two during one native call, a compile or a step, arrive as one)."""
 
     def __init__(self) -> None:
         self.noticed = False

@@ -724,7 +724,8 @@ def make_batch_loss(loss_fn: Any, activation: Callable) -> Callable:
         # model out): it holds a copy of the loss without its model, or it would keep the first trainer's
         # CrossEncoder (weights, tokenizer, programs) alive after the user let it go.
         device_loss = copy.copy(loss_fn)
-        device_loss.model = None
+        if "model" in getattr(device_loss, "__dict__", {}):  # (a subclass's own model property is left alone)
+            device_loss.model = None
 
         def list_parts(model, batch):
             logits = packed_logits(model, batch)  # the loss applies its own activation_fn

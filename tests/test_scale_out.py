@@ -9,10 +9,11 @@ runs all subprocesses, two chains side by side (the machine has 2 cores), with a
 cache, a timeout on each and no orphans:
 
 * chain 1: 1 device (replicated and fsdp), then 2 processes x 4 devices (fsdp, then a JSONL stream of two
-  files, one per process), then the same stream killed after step 3 and resumed from step 2, then the fsdp run
-  with a preemption notice (SIGTERM) to one process, and its resume;
+  files, one per process), then the same stream killed after step 3 and resumed from step 2;
 * chain 2: 8 devices (dropout reference, replicated, fsdp, a bad batch size), then a checkpointed run that is
-  SIGKILLed after step 5, then the resume, the mismatched resumes and the damaged checkpoints.
+  SIGKILLed after step 5, then the resume, the mismatched resumes and the damaged checkpoints, then the
+  trainer's 2-process stream, then chain 1's fsdp run with a preemption notice (SIGTERM) to one process, and
+  its resume.
 """
 
 from __future__ import annotations
@@ -237,8 +238,6 @@ def runs(tmp_path_factory):
         out["2proc"] = procs.run("2proc", 4, two_processes, processes=2)
         out["stream_killed"] = procs.run("stream_killed", 4, stream_killed, processes=2)
         out["stream_resumed"] = procs.run("stream_resumed", 4, stream_resumed, processes=2)
-        out["preempted"] = procs.run("preempted", 4, [preempted], processes=2)
-        out["preempt_resumed"] = procs.run("preempt_resumed", 4, [preempt_resumed], processes=2)
 
     def chain_2():
         out["8dev"] = procs.run("8dev", 8, eight_devices)
@@ -246,6 +245,8 @@ def runs(tmp_path_factory):
         out["resumed"] = procs.run("resumed", 8, resumed)
         trainer_stream = [{"name": "trainer_stream", "kind": "trainer_stream"}]
         out["trainer_stream"] = procs.run("trainer_stream", 4, trainer_stream, processes=2)
+        out["preempted"] = procs.run("preempted", 4, [preempted], processes=2)
+        out["preempt_resumed"] = procs.run("preempt_resumed", 4, [preempt_resumed], processes=2)
 
     threads = [threading.Thread(target=chain_1), threading.Thread(target=chain_2)]
     try:

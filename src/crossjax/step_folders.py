@@ -22,6 +22,11 @@ def holds_checkpoints(folder: Path) -> bool:
     return folder.is_dir() and any(is_checkpoint_step(p) for p in folder.iterdir())
 
 
+def checkpoint_steps(folder: Path) -> list[int]:
+    """The complete checkpoint steps in ``folder``, in order (none where it is not a folder)."""
+    return sorted(int(p.name) for p in folder.iterdir() if is_checkpoint_step(p)) if folder.is_dir() else []
+
+
 def step_model(path: Path) -> Path | None:
     """The model folder of the step folder ``path``, or None (not a step folder, or one without a model: written
     before checkpoints held their model, or its export failed)."""
@@ -31,7 +36,7 @@ def step_model(path: Path) -> Path | None:
 
 def steps_hint(folder: Path) -> str:
     """For an error about ``folder`` not being a model: what to pass instead when it holds checkpoint steps."""
-    steps = sorted(int(p.name) for p in folder.iterdir() if is_checkpoint_step(p)) if folder.is_dir() else []
+    steps = checkpoint_steps(folder)
     if not steps:
         return ""
     return f"; it holds crossjax training checkpoints: pass one step's folder, e.g. {folder / str(steps[-1])}"

@@ -38,7 +38,7 @@ from crossjax.list_batches import ListData, MultiListData, StreamListData
 from crossjax.logs import RunCallback, epoch_at
 from crossjax.model_card import CardRecorder
 from crossjax.runtime import is_main_process
-from crossjax.step_folders import holds_checkpoints, is_checkpoint_step, step_model
+from crossjax.step_folders import checkpoint_steps, holds_checkpoints, is_checkpoint_step, step_model
 from crossjax.streaming import is_datasets_stream
 from crossjax.training_args import CrossEncoderTrainingArguments
 
@@ -1158,8 +1158,8 @@ def get_last_checkpoint(output_dir: str | os.PathLike) -> str | None:
     both starts a run and resumes it (``trainer.train(resume_from_checkpoint=get_last_checkpoint(output_dir))``,
     e.g. after a preemption)."""
     folder = Path(output_dir) / "checkpoints"
-    steps = [int(p.name) for p in folder.iterdir() if is_checkpoint_step(p)] if folder.is_dir() else []
-    return str(folder / str(max(steps))) if steps else None
+    steps = checkpoint_steps(folder)
+    return str(folder / str(steps[-1])) if steps else None
 
 
 def _checkpoints_to_resume(path: Path) -> Path:
@@ -1169,8 +1169,7 @@ def _checkpoints_to_resume(path: Path) -> Path:
     if not path.exists():
         raise FileNotFoundError(f"resume_from_checkpoint={str(path)!r} does not exist")
     if is_checkpoint_step(path):
-        steps = (int(p.name) for p in path.parent.iterdir() if is_checkpoint_step(p))
-        later = sorted(step for step in steps if step > int(path.name))
+        later = [step for step in checkpoint_steps(path.parent) if step > int(path.name)]
         if later:
             raise ValueError(
                 f"resume_from_checkpoint={str(path)!r} is step {path.name}, but {path.parent} holds later steps "
